@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the Debian packages capstan needs to build, test and benchmark,
+# only when one is missing. Safe to run again.
+set -euo pipefail
+build_pkgs=(build-essential cmake pkg-config android-libboringssl-dev libuv1-dev liblmdb-dev
+  libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev libexpat1-dev)
+test_pkgs=(libcmocka-dev python3 python3-cryptography curl tftp-hpa atftp android-boringssl
+  lmdb-utils procps iproute2 valgrind)
+want=("${build_pkgs[@]}")
+[ "${1:-}" = "--test" ] && want+=("${test_pkgs[@]}")
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "capstan: installing Debian packages: ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds capstan and starts the server in the foreground on ./capstan-data
+# (created and initialised on first start). Extra arguments go to
+# `capstan serve`, e.g. --capf-listen 0.0.0.0:3804.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)" --target capstan
+exec build/capstan serve --data-dir "${CAPSTAN_DATA_DIR:-./capstan-data}" "$@"
