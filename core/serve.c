@@ -212,6 +212,8 @@ static void on_component_drained(void *arg) {
   uv_close((uv_handle_t *)&srv->sigint, NULL);
   uv_close((uv_handle_t *)&srv->sighup, NULL);
   uv_close((uv_handle_t *)&srv->poll, NULL);
+  /* Sessions are gone: commit what they queued, then let the loop end. */
+  capstan_store_writer_stop(srv->store);
 }
 
 static void stop_server(server_t *srv) {
