@@ -407,9 +407,11 @@ int capstan_itl_check_record(const capstan_itl_record_t *rec, const char **why) 
   }
   cert_fields_t f;
   int rc = cert_fields(cert, &f, why);
-  X509_free(cert);
-  if (rc != 0) return rc;
-  rc = CAPSTAN_EINVAL;
+  if (rc != 0) {
+    X509_free(cert);
+    return rc;
+  }
+  rc = CAPSTAN_EINVAL; /* f.signature points into |cert|: freed last */
   if (!same(&rec->subject_name, f.subject, strlen(f.subject)))
     SET_WHY("SUBJECT_NAME differs from the certificate");
   else if (!same(&rec->issuer_name, f.issuer, strlen(f.issuer)))
@@ -423,5 +425,6 @@ int capstan_itl_check_record(const capstan_itl_record_t *rec, const char **why) 
   else
     rc = 0;
   cert_fields_cleanup(&f);
+  X509_free(cert);
   return rc;
 }
