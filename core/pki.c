@@ -180,6 +180,7 @@ int capstan_pki_parse_cert(const uint8_t *der, size_t len, X509 **out) {
    * on first use. (A certificate whose extensions do not parse is kept: it
    * fails later where it matters, in chain verification.) */
   (void)X509_get_extension_flags(cert);
+  EVP_PKEY_free(X509_get_pubkey(cert)); /* likewise the decoded public key */
   ERR_clear_error();
   *out = cert;
   return 0;

@@ -454,6 +454,8 @@ static void test_lsc_refused_args(void **state) {
 #define LSC_THREADS 4
 #define LSC_PER_THREAD 3
 
+static STACK_OF(X509) * shared_trust;
+
 static void *lsc_worker(void *arg) {
   intptr_t failures = 0;
   (void)arg;
@@ -468,8 +470,20 @@ static void *lsc_worker(void *arg) {
       continue;
     }
     X509 *x = NULL;
-    if (capstan_pki_parse_cert(der, len, &x) != 0 || X509_verify(x, fx.capf.key) != 1) failures++;
+    if (capstan_pki_parse_cert(der, len, &x) != 0 || X509_verify(x, fx.capf.key) != 1 ||
+        capstan_pki_verify_chain(x, NULL, shared_trust) != 0) {
+      failures++;
+    }
     X509_free(x);
+    /* Signature checks with a key shared by all threads. */
+    uint8_t *sig = NULL;
+    size_t sig_len = 0;
+    if (capstan_pki_sign_like_phone(fx.rsa1024, 3, der, len, &sig, &sig_len) != 0 ||
+        capstan_pki_verify_signed_data(fx.rsa1024, 3, der, len, sig, sig_len) != 0 ||
+        capstan_pki_verify_signed_data(fx.rsa1024, 1, der, len, sig, sig_len) != CAPSTAN_EACCES) {
+      failures++;
+    }
+    free(sig);
     free(der);
     if (ERR_peek_error() != 0) failures++;
   }
@@ -479,6 +493,7 @@ static void *lsc_worker(void *arg) {
 static void test_lsc_concurrent(void **state) {
   (void)state;
   pthread_t t[LSC_THREADS];
+  shared_trust = stack_of(fx.ca.cert, fx.capf.cert);
   for (int i = 0; i < LSC_THREADS; i++) {
     assert_int_equal(pthread_create(&t[i], NULL, lsc_worker, NULL), 0);
   }
@@ -487,6 +502,8 @@ static void test_lsc_concurrent(void **state) {
     assert_int_equal(pthread_join(t[i], &ret), 0);
     assert_int_equal((intptr_t)ret, 0);
   }
+  sk_X509_pop_free(shared_trust, X509_free);
+  shared_trust = NULL;
 }
 
 /* --- public key checks ----------------------------------------------------- */
