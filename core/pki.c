@@ -17,6 +17,7 @@
 #include <openssl/obj.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "core/error.h"
 #include "core/pki_internal.h"
@@ -174,6 +175,13 @@ int capstan_pki_parse_cert(const uint8_t *der, size_t len, X509 **out) {
     X509_free(cert);
     return pki_fail(CAPSTAN_EINVAL);
   }
+  /* Parse the extensions now, while |cert| is ours alone: certificates end up
+   * shared read-only between worker threads, and BoringSSL caches this parse
+   * on first use. (A certificate whose extensions do not parse is kept: it
+   * fails later where it matters, in chain verification.) */
+  (void)X509_get_extension_flags(cert);
+  EVP_PKEY_free(X509_get_pubkey(cert)); /* likewise the decoded public key */
+  ERR_clear_error();
   *out = cert;
   return 0;
 }

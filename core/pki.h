@@ -191,6 +191,56 @@ int capstan_pki_cert_to_der(const X509 *cert, uint8_t **der, size_t *len);
 /* Encode the public half of |key| as a DER SubjectPublicKeyInfo; malloc'd. */
 int capstan_pki_public_key_to_der(const EVP_PKEY *key, uint8_t **der, size_t *len);
 
+/* Validity of |cert| in unix seconds (either output may be NULL).
+ * CAPSTAN_EINVAL when a time cannot be read. */
+int capstan_pki_cert_validity(const X509 *cert, int64_t *not_before, int64_t *not_after);
+
+/* R12, CA-signed CAPF: a PKCS#10 CSR (DER, malloc'd) for the CAPF key with
+ * subject = the CAPF certificate's subject and the CAPF extensions requested
+ * (basicConstraints critical CA:TRUE pathlen:0, keyUsage critical
+ * digitalSignature+keyCertSign, subjectKeyIdentifier), signed with SHA-256. */
+int capstan_pki_make_capf_csr(const capstan_identity_t *capf, uint8_t **der, size_t *der_len);
+
+/* R12: check the CA-signed CAPF certificate |cert_der| and its chain
+ * (|chain_count| DER certificates, issuers above the certificate; at least
+ * one, the top one normally the enterprise root) against the current |capf|
+ * identity: the public key matches |capf|'s key, CN starts with "CAPF-",
+ * basicConstraints CA:TRUE pathlen:0, keyUsage digitalSignature+keyCertSign,
+ * the chain builds and all are within their validity. On success |out|
+ * (zeroed by the caller) holds the new certificate, |capf|'s key (shared
+ * reference) and the chain. Otherwise CAPSTAN_EINVAL (malformed, or a rule
+ * failed) or CAPSTAN_EACCES (chain does not build), with a static reason in
+ * |*why| (may be NULL) for the operator. */
+int capstan_pki_import_capf_cert(const capstan_identity_t *capf, const uint8_t *cert_der,
+                                 size_t cert_len, const uint8_t *const *chain_ders,
+                                 const size_t *chain_lens, size_t chain_count,
+                                 capstan_identity_t *out, const char **why);
+
+/* R13 upload rules. CAPSTAN_PKI_UPLOAD_CA (a root or intermediate CA for a
+ * trust store): CA:TRUE with pathlen 0, keyUsage digitalSignature and
+ * keyCertSign, CN must not contain "CAPF-". CAPSTAN_PKI_UPLOAD_IPSEC: an
+ * IPsec certificate signed by a CA (issuer != subject) must not carry CA:TRUE.
+ * Returns 0, or CAPSTAN_EINVAL with a static reason naming the rule in
+ * |*why| (may be NULL). */
+#define CAPSTAN_PKI_UPLOAD_CA 0
+#define CAPSTAN_PKI_UPLOAD_IPSEC 1
+int capstan_pki_check_trust_upload(const X509 *cert, int kind, const char **why);
+
+/* PEM encoding of |len| bytes of DER under |label| ("CERTIFICATE",
+ * "CERTIFICATE REQUEST", ...): 64-column base64, "\n" line ends,
+ * NUL-terminated, |*pem| malloc'd. */
+int capstan_pki_pem_encode(const char *label, const uint8_t *der, size_t len, char **pem);
+
+/* Every PEM block labelled |label| in |text| (other blocks and text around
+ * them are skipped), decoded to DER: |*ders| and each element malloc'd,
+ * |*lens| malloc'd; free with capstan_pki_der_array_free. At most
+ * CAPSTAN_PKI_MAX_PEM_BLOCKS blocks and CAPSTAN_PKI_MAX_PEM_TEXT bytes of
+ * input. CAPSTAN_EINVAL when there is no such block or one is malformed. */
+#define CAPSTAN_PKI_MAX_PEM_BLOCKS 32u
+#define CAPSTAN_PKI_MAX_PEM_TEXT (1024u * 1024u)
+int capstan_pki_pem_decode(const uint8_t *text, size_t len, const char *label, uint8_t ***ders,
+                           size_t **lens, size_t *count);
+
 /* Test / simulator CA ("manufacturing CA" for MICs): self-signed, EC P-256
  * (fast to make), ECDSA-SHA256, subject CN=|cn| (must not contain "CAPF-"),
  * CA:TRUE pathlen:0 critical, keyUsage critical digitalSignature+keyCertSign,

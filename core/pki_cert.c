@@ -111,14 +111,27 @@ static int set_time(X509 *x, int64_t t, int before) {
   return ok;
 }
 
-static int add_extensions(X509 *x, const cert_spec_t *s) {
+static int push_ext(STACK_OF(X509_EXTENSION) * sk, int nid, int crit, void *value) {
+  X509_EXTENSION *ext = X509V3_EXT_i2d(nid, crit, value);
+  if (ext == NULL) return 0;
+  if (!sk_X509_EXTENSION_push(sk, ext)) {
+    X509_EXTENSION_free(ext);
+    return 0;
+  }
+  return 1;
+}
+
+/* The extensions of |s| in the order they appear in the certificate (or CSR):
+ * basicConstraints, keyUsage, extendedKeyUsage, SKI, AKI. */
+static STACK_OF(X509_EXTENSION) * make_extensions(const cert_spec_t *s) {
   int ok = 0;
+  STACK_OF(X509_EXTENSION) *sk = sk_X509_EXTENSION_new_null();
   BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
   ASN1_BIT_STRING *ku = ASN1_BIT_STRING_new();
   EXTENDED_KEY_USAGE *eku = NULL;
   ASN1_OCTET_STRING *ski = NULL;
   AUTHORITY_KEYID *aki = NULL;
-  if (bc == NULL || ku == NULL) goto done;
+  if (sk == NULL || bc == NULL || ku == NULL) goto done;
   if (s->is_ca) {
     bc->ca = 1;
     bc->pathlen = ASN1_INTEGER_new();
@@ -126,13 +139,11 @@ static int add_extensions(X509 *x, const cert_spec_t *s) {
   }
   /* CAs carry a critical basicConstraints (RFC 5280 4.2.1.9); leaves a
    * non-critical CA:FALSE, which is what phones and browsers expect. */
-  if (!X509_add1_ext_i2d(x, NID_basic_constraints, bc, s->is_ca ? 1 : 0, X509V3_ADD_DEFAULT)) {
-    goto done;
-  }
+  if (!push_ext(sk, NID_basic_constraints, s->is_ca ? 1 : 0, bc)) goto done;
   for (int bit = 0; bit < 9; bit++) {
     if ((s->ku_bits & (1u << bit)) && !ASN1_BIT_STRING_set_bit(ku, bit, 1)) goto done;
   }
-  if (!X509_add1_ext_i2d(x, NID_key_usage, ku, 1, X509V3_ADD_DEFAULT)) goto done;
+  if (!push_ext(sk, NID_key_usage, 1, ku)) goto done;
   if (s->eku_count > 0) {
     eku = sk_ASN1_OBJECT_new_null();
     if (eku == NULL) goto done;
@@ -140,21 +151,15 @@ static int add_extensions(X509 *x, const cert_spec_t *s) {
       ASN1_OBJECT *o = OBJ_nid2obj(s->eku_nids[i]);
       if (o == NULL || !sk_ASN1_OBJECT_push(eku, o)) goto done;
     }
-    if (!X509_add1_ext_i2d(x, NID_ext_key_usage, eku, 0, X509V3_ADD_DEFAULT)) goto done;
+    if (!push_ext(sk, NID_ext_key_usage, 0, eku)) goto done;
   }
   ski = key_identifier(s->public_key);
-  if (ski == NULL ||
-      !X509_add1_ext_i2d(x, NID_subject_key_identifier, ski, 0, X509V3_ADD_DEFAULT)) {
-    goto done;
-  }
+  if (ski == NULL || !push_ext(sk, NID_subject_key_identifier, 0, ski)) goto done;
   if (s->issuer_ski != NULL) {
     aki = AUTHORITY_KEYID_new();
     if (aki == NULL) goto done;
     aki->keyid = ASN1_OCTET_STRING_dup(s->issuer_ski);
-    if (aki->keyid == NULL ||
-        !X509_add1_ext_i2d(x, NID_authority_key_identifier, aki, 0, X509V3_ADD_DEFAULT)) {
-      goto done;
-    }
+    if (aki->keyid == NULL || !push_ext(sk, NID_authority_key_identifier, 0, aki)) goto done;
   }
   ok = 1;
 done:
@@ -165,6 +170,21 @@ done:
   sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
   ASN1_OCTET_STRING_free(ski);
   AUTHORITY_KEYID_free(aki);
+  if (!ok) {
+    sk_X509_EXTENSION_pop_free(sk, X509_EXTENSION_free);
+    return NULL;
+  }
+  return sk;
+}
+
+static int add_extensions(X509 *x, const cert_spec_t *s) {
+  STACK_OF(X509_EXTENSION) *sk = make_extensions(s);
+  if (sk == NULL) return 0;
+  int ok = 1;
+  for (size_t i = 0; ok && i < sk_X509_EXTENSION_num(sk); i++) {
+    ok = X509_add_ext(x, sk_X509_EXTENSION_value(sk, i), -1);
+  }
+  sk_X509_EXTENSION_pop_free(sk, X509_EXTENSION_free);
   return ok;
 }
 
@@ -185,6 +205,8 @@ static int build_cert(const cert_spec_t *s, X509 **out) {
     X509_free(x);
     return pki_fail(CAPSTAN_ECRYPTO);
   }
+  /* Cache the parsed extensions before the certificate can be shared. */
+  (void)X509_get_extension_flags(x);
   *out = x;
   return 0;
 }
@@ -249,8 +271,8 @@ static int add_subject_extra(X509_NAME *name, const char *extra) {
     n = keep;
     if (n == 0) return CAPSTAN_EINVAL;
     if (nid == NID_countryName && n != 2) return CAPSTAN_EINVAL;
-    if (!X509_NAME_add_entry_by_NID(name, nid, MBSTRING_UTF8, (const uint8_t *)val, (int)n,
-                                    -1, 0)) {
+    if (!X509_NAME_add_entry_by_NID(name, nid, MBSTRING_UTF8, (const uint8_t *)val, (int)n, -1,
+                                    0)) {
       return pki_fail(CAPSTAN_EINVAL);
     }
     if (i >= total) break;
@@ -470,5 +492,45 @@ int capstan_pki_issue_test_leaf(const capstan_identity_t *ca, const char *cn, EV
                   now + (int64_t)TEN_YEARS_DAYS * SECONDS_PER_DAY, serial, eku, 2, der, der_len);
 done:
   X509_NAME_free(subject);
+  return rc != 0 ? pki_fail(rc) : 0;
+}
+
+int capstan_pki_make_capf_csr(const capstan_identity_t *capf, uint8_t **der, size_t *der_len) {
+  if (der == NULL || der_len == NULL) return CAPSTAN_EINVAL;
+  *der = NULL;
+  *der_len = 0;
+  if (capf == NULL || capf->cert == NULL || capf->key == NULL) return CAPSTAN_EINVAL;
+  cert_spec_t spec = {
+      .public_key = capf->key,
+      .is_ca = 1,
+      .ku_bits = (1u << KU_BIT_DIGITAL_SIGNATURE) | (1u << KU_BIT_KEY_CERT_SIGN),
+  };
+  int rc = CAPSTAN_ECRYPTO;
+  uint8_t *buf = NULL;
+  STACK_OF(X509_EXTENSION) *exts = make_extensions(&spec);
+  X509_REQ *req = X509_REQ_new();
+  if (exts == NULL || req == NULL || !X509_REQ_set_version(req, X509_REQ_VERSION_1) ||
+      !X509_REQ_set_subject_name(req, X509_get_subject_name(capf->cert)) ||
+      !X509_REQ_set_pubkey(req, capf->key) || !X509_REQ_add_extensions(req, exts) ||
+      !X509_REQ_sign(req, capf->key, EVP_sha256())) {
+    goto done;
+  }
+  int n = i2d_X509_REQ(req, NULL);
+  if (n <= 0) goto done;
+  buf = malloc((size_t)n);
+  if (buf == NULL) {
+    rc = CAPSTAN_ENOMEM;
+    goto done;
+  }
+  uint8_t *p = buf;
+  if (i2d_X509_REQ(req, &p) != n) goto done;
+  *der = buf;
+  *der_len = (size_t)n;
+  buf = NULL;
+  rc = 0;
+done:
+  free(buf);
+  X509_REQ_free(req);
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
   return rc != 0 ? pki_fail(rc) : 0;
 }

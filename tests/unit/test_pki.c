@@ -454,6 +454,8 @@ static void test_lsc_refused_args(void **state) {
 #define LSC_THREADS 4
 #define LSC_PER_THREAD 3
 
+static STACK_OF(X509) * shared_trust;
+
 static void *lsc_worker(void *arg) {
   intptr_t failures = 0;
   (void)arg;
@@ -468,8 +470,20 @@ static void *lsc_worker(void *arg) {
       continue;
     }
     X509 *x = NULL;
-    if (capstan_pki_parse_cert(der, len, &x) != 0 || X509_verify(x, fx.capf.key) != 1) failures++;
+    if (capstan_pki_parse_cert(der, len, &x) != 0 || X509_verify(x, fx.capf.key) != 1 ||
+        capstan_pki_verify_chain(x, NULL, shared_trust) != 0) {
+      failures++;
+    }
     X509_free(x);
+    /* Signature checks with a key shared by all threads. */
+    uint8_t *sig = NULL;
+    size_t sig_len = 0;
+    if (capstan_pki_sign_like_phone(fx.rsa1024, 3, der, len, &sig, &sig_len) != 0 ||
+        capstan_pki_verify_signed_data(fx.rsa1024, 3, der, len, sig, sig_len) != 0 ||
+        capstan_pki_verify_signed_data(fx.rsa1024, 1, der, len, sig, sig_len) != CAPSTAN_EACCES) {
+      failures++;
+    }
+    free(sig);
     free(der);
     if (ERR_peek_error() != 0) failures++;
   }
@@ -479,6 +493,7 @@ static void *lsc_worker(void *arg) {
 static void test_lsc_concurrent(void **state) {
   (void)state;
   pthread_t t[LSC_THREADS];
+  shared_trust = stack_of(fx.ca.cert, fx.capf.cert);
   for (int i = 0; i < LSC_THREADS; i++) {
     assert_int_equal(pthread_create(&t[i], NULL, lsc_worker, NULL), 0);
   }
@@ -487,6 +502,8 @@ static void test_lsc_concurrent(void **state) {
     assert_int_equal(pthread_join(t[i], &ret), 0);
     assert_int_equal((intptr_t)ret, 0);
   }
+  sk_X509_pop_free(shared_trust, X509_free);
+  shared_trust = NULL;
 }
 
 /* --- public key checks ----------------------------------------------------- */
@@ -1250,6 +1267,329 @@ static void test_generate_key_args(void **state) {
   assert_int_equal(ERR_peek_error(), 0);
 }
 
+/* --- validity, CSR, CA-signed CAPF import, trust uploads, PEM ---------------- */
+
+static void test_cert_validity(void **state) {
+  (void)state;
+  int64_t nb = 0, na = 0, now = (int64_t)time(NULL);
+  assert_int_equal(capstan_pki_cert_validity(fx.capf.cert, &nb, &na), 0);
+  assert_true(nb <= now - 3600 && nb > now - 3600 - 600);
+  assert_int_equal(na - nb, 3650LL * 86400 + 3600);
+  uint8_t serial[16];
+  uint8_t *der = NULL;
+  size_t len = 0;
+  int64_t lsc_na = 0;
+  assert_int_equal(
+      capstan_pki_issue_lsc(&fx.capf, "SEPV", fx.ec256, 90, serial, &der, &len, &lsc_na), 0);
+  X509 *x = parse(der, len);
+  assert_int_equal(capstan_pki_cert_validity(x, NULL, &na), 0);
+  assert_int_equal(na, lsc_na);
+  assert_int_equal(capstan_pki_cert_validity(x, &nb, NULL), 0);
+  assert_int_equal(lsc_na - nb, 90LL * 86400 + 300);
+  X509_free(x);
+  free(der);
+}
+
+/* A certificate made directly with BoringSSL (independent of the code under
+ * test): subject CN=|cn| (or |subject| when non-NULL), key |pub|, signed by
+ * |issuer| with SHA-256, CA:TRUE with |pathlen| (-1: none) when |ca|,
+ * keyUsage |ku| (bit numbers) when non-zero. */
+static uint8_t *make_cert(const capstan_identity_t *issuer, const X509_NAME *subject,
+                          const char *cn, EVP_PKEY *pub, int ca, long pathlen, unsigned ku,
+                          size_t *len) {
+  X509 *x = X509_new();
+  assert_non_null(x);
+  assert_true(X509_set_version(x, X509_VERSION_3));
+  assert_true(ASN1_INTEGER_set(X509_get_serialNumber(x), 4242));
+  X509_NAME *name = subject != NULL ? X509_NAME_dup((X509_NAME *)subject) : X509_NAME_new();
+  assert_non_null(name);
+  if (subject == NULL) add_utf8(name, NID_commonName, cn, strlen(cn), 0);
+  assert_true(X509_set_subject_name(x, name));
+  X509_NAME_free(name);
+  assert_true(X509_set_issuer_name(x, X509_get_subject_name(issuer->cert)));
+  assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), -3600));
+  assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365));
+  assert_true(X509_set_pubkey(x, pub));
+  if (ca) {
+    BASIC_CONSTRAINTS *bc = BASIC_CONSTRAINTS_new();
+    bc->ca = 1;
+    if (pathlen >= 0) {
+      bc->pathlen = ASN1_INTEGER_new();
+      assert_true(ASN1_INTEGER_set(bc->pathlen, pathlen));
+    }
+    assert_true(X509_add1_ext_i2d(x, NID_basic_constraints, bc, 1, X509V3_ADD_DEFAULT));
+    BASIC_CONSTRAINTS_free(bc);
+  }
+  if (ku != 0) {
+    ASN1_BIT_STRING *bits = ASN1_BIT_STRING_new();
+    for (int b = 0; b < 9; b++) {
+      if (ku & (1u << b)) assert_true(ASN1_BIT_STRING_set_bit(bits, b, 1));
+    }
+    assert_true(X509_add1_ext_i2d(x, NID_key_usage, bits, 1, X509V3_ADD_DEFAULT));
+    ASN1_BIT_STRING_free(bits);
+  }
+  assert_true(X509_sign(x, issuer->key, EVP_sha256()) > 0);
+  uint8_t *der = NULL;
+  assert_int_equal(capstan_pki_cert_to_der(x, &der, len), 0);
+  X509_free(x);
+  return der;
+}
+
+#define KU_CA ((1u << 0) | (1u << 5))
+
+static void test_capf_csr(void **state) {
+  (void)state;
+  uint8_t *der = NULL;
+  size_t len = 0;
+  assert_int_equal(capstan_pki_make_capf_csr(&fx.capf, &der, &len), 0);
+  const uint8_t *p = der;
+  X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)len);
+  assert_non_null(req);
+  assert_ptr_equal(p, der + len);
+  assert_int_equal(X509_REQ_verify(req, fx.capf.key), 1);
+  assert_int_equal(
+      X509_NAME_cmp(X509_REQ_get_subject_name(req), X509_get_subject_name(fx.capf.cert)), 0);
+  EVP_PKEY *pub = X509_REQ_get_pubkey(req);
+  assert_int_equal(EVP_PKEY_cmp(pub, fx.capf.key), 1);
+  EVP_PKEY_free(pub);
+  STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
+  assert_non_null(exts);
+  int crit = 0;
+  BASIC_CONSTRAINTS *bc = X509V3_get_d2i(exts, NID_basic_constraints, &crit, NULL);
+  assert_non_null(bc);
+  assert_int_equal(crit, 1);
+  assert_true(bc->ca);
+  assert_int_equal(ASN1_INTEGER_get(bc->pathlen), 0);
+  BASIC_CONSTRAINTS_free(bc);
+  ASN1_BIT_STRING *ku = X509V3_get_d2i(exts, NID_key_usage, &crit, NULL);
+  assert_non_null(ku);
+  assert_int_equal(crit, 1);
+  assert_true(ASN1_BIT_STRING_get_bit(ku, 0));
+  assert_true(ASN1_BIT_STRING_get_bit(ku, 5));
+  assert_false(ASN1_BIT_STRING_get_bit(ku, 2));
+  ASN1_BIT_STRING_free(ku);
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+  X509_REQ_free(req);
+
+  /* PEM for the operator, and back. */
+  char *pem = NULL;
+  assert_int_equal(capstan_pki_pem_encode("CERTIFICATE REQUEST", der, len, &pem), 0);
+  assert_memory_equal(pem, "-----BEGIN CERTIFICATE REQUEST-----\n", 36);
+  uint8_t **ders = NULL;
+  size_t *lens = NULL, count = 0;
+  assert_int_equal(capstan_pki_pem_decode((const uint8_t *)pem, strlen(pem), "CERTIFICATE REQUEST",
+                                          &ders, &lens, &count),
+                   0);
+  assert_int_equal(count, 1);
+  assert_int_equal(lens[0], len);
+  assert_memory_equal(ders[0], der, len);
+  capstan_pki_der_array_free(ders, lens, count);
+  free(pem);
+  free(der);
+}
+
+static void test_import_capf(void **state) {
+  (void)state;
+  const X509_NAME *capf_name = X509_get_subject_name(fx.capf.cert);
+  uint8_t *root = NULL;
+  size_t root_len = 0;
+  assert_int_equal(capstan_pki_cert_to_der(fx.ca.cert, &root, &root_len), 0);
+  const uint8_t *chain[] = {root};
+  size_t chain_lens[] = {root_len};
+
+  /* The enterprise CA (the test CA) signs the CAPF key as a CA. */
+  size_t len = 0;
+  uint8_t *signed_capf = make_cert(&fx.ca, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  capstan_identity_t id = {0};
+  const char *why = "unset";
+  assert_int_equal(
+      capstan_pki_import_capf_cert(&fx.capf, signed_capf, len, chain, chain_lens, 1, &id, &why), 0);
+  assert_null(why);
+  assert_int_equal(EVP_PKEY_cmp(id.key, fx.capf.key), 1);
+  assert_int_equal(sk_X509_num(id.chain), 1);
+  assert_int_equal(X509_cmp(sk_X509_value(id.chain, 0), fx.ca.cert), 0);
+  /* LSCs from the imported CAPF chain to the enterprise root. */
+  uint8_t serial[16];
+  uint8_t *lsc = NULL;
+  size_t lsc_len = 0;
+  int64_t na;
+  assert_int_equal(
+      capstan_pki_issue_lsc(&id, "SEPIMPORT0001", fx.ec256, 30, serial, &lsc, &lsc_len, &na), 0);
+  X509 *x = parse(lsc, lsc_len);
+  STACK_OF(X509) *roots = stack_of(fx.ca.cert, NULL);
+  STACK_OF(X509) *inter = stack_of(id.cert, NULL);
+  assert_int_equal(capstan_pki_verify_chain(x, inter, roots), 0);
+  assert_int_equal(capstan_pki_verify_chain(x, NULL, roots), CAPSTAN_EACCES);
+  AUTHORITY_KEYID *aki = X509_get_ext_d2i(x, NID_authority_key_identifier, NULL, NULL);
+  assert_null(aki); /* the test CA's certificate for the CAPF carries no SKI */
+  sk_X509_pop_free(roots, X509_free);
+  sk_X509_pop_free(inter, X509_free);
+  X509_free(x);
+  free(lsc);
+  /* A CA-signed CAPF certificate is not an acceptable IPsec upload. */
+  assert_int_equal(capstan_pki_check_trust_upload(id.cert, CAPSTAN_PKI_UPLOAD_IPSEC, &why),
+                   CAPSTAN_EINVAL);
+  assert_string_equal(why, "IPsec certificate signed by a CA must not be CA:TRUE");
+  capstan_identity_cleanup(&id);
+
+  /* Refusals, each with its reason. */
+  assert_int_equal(
+      capstan_pki_import_capf_cert(&fx.capf, signed_capf, len, chain, chain_lens, 0, &id, &why),
+      CAPSTAN_EINVAL);
+  assert_string_equal(why, "chain missing");
+  uint8_t *other_root = NULL;
+  size_t other_len = 0;
+  assert_int_equal(capstan_pki_cert_to_der(fx.tftp.cert, &other_root, &other_len), 0);
+  const uint8_t *bad_chain[] = {other_root};
+  assert_int_equal(
+      capstan_pki_import_capf_cert(&fx.capf, signed_capf, len, bad_chain, &other_len, 1, &id, &why),
+      CAPSTAN_EACCES);
+  assert_string_equal(why, "chain does not build");
+  const uint8_t *junk_chain[] = {(const uint8_t *)"junk"};
+  size_t junk_len = 4;
+  assert_int_equal(
+      capstan_pki_import_capf_cert(&fx.capf, signed_capf, len, junk_chain, &junk_len, 1, &id, &why),
+      CAPSTAN_EINVAL);
+  assert_string_equal(why, "chain certificate malformed");
+  assert_int_equal(
+      capstan_pki_import_capf_cert(&fx.capf, root, root_len, chain, chain_lens, 1, &id, &why),
+      CAPSTAN_EINVAL);
+  assert_string_equal(why, "key does not match the CAPF key");
+  assert_int_equal(capstan_pki_import_capf_cert(&fx.capf, (const uint8_t *)"x", 1, chain,
+                                                chain_lens, 1, &id, &why),
+                   CAPSTAN_EINVAL);
+  assert_string_equal(why, "certificate malformed");
+  free(signed_capf);
+
+  struct {
+    const char *cn;
+    int ca;
+    long pathlen;
+    unsigned ku;
+    const char *why;
+  } bad[] = {
+      {"Enterprise Voice", 1, 0, KU_CA, "CN must start with CAPF-"},
+      {NULL, 0, -1, KU_CA, "basicConstraints CA:TRUE missing"},
+      {NULL, 1, -1, KU_CA, "basicConstraints pathlen must be 0"},
+      {NULL, 1, 1, KU_CA, "basicConstraints pathlen must be 0"},
+      {NULL, 1, 0, 1u << 5, "keyUsage must include digitalSignature and keyCertSign"},
+      {NULL, 1, 0, 0, "keyUsage must include digitalSignature and keyCertSign"},
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    uint8_t *der = make_cert(&fx.ca, bad[i].cn ? NULL : capf_name, bad[i].cn, fx.capf.key,
+                             bad[i].ca, bad[i].pathlen, bad[i].ku, &len);
+    why = NULL;
+    assert_int_equal(
+        capstan_pki_import_capf_cert(&fx.capf, der, len, chain, chain_lens, 1, &id, &why),
+        CAPSTAN_EINVAL);
+    assert_non_null(why);
+    assert_string_equal(why, bad[i].why);
+    assert_null(id.cert);
+    free(der);
+  }
+  assert_int_equal(ERR_peek_error(), 0);
+  free(root);
+  free(other_root);
+}
+
+static void test_trust_upload(void **state) {
+  (void)state;
+  const char *why = "unset";
+  assert_int_equal(capstan_pki_check_trust_upload(fx.ca.cert, CAPSTAN_PKI_UPLOAD_CA, &why), 0);
+  assert_null(why);
+  assert_int_equal(capstan_pki_check_trust_upload(fx.capf.cert, CAPSTAN_PKI_UPLOAD_CA, &why),
+                   CAPSTAN_EINVAL);
+  assert_string_equal(why, "CN containing CAPF- is reserved");
+  assert_int_equal(capstan_pki_check_trust_upload(fx.tftp.cert, CAPSTAN_PKI_UPLOAD_CA, &why),
+                   CAPSTAN_EINVAL);
+  assert_string_equal(why, "basicConstraints CA:TRUE missing");
+  size_t len = 0;
+  uint8_t *der = make_cert(&fx.ca, NULL, "Intermediate", fx.ec384, 1, 2, KU_CA, &len);
+  X509 *x = parse(der, len);
+  assert_int_equal(capstan_pki_check_trust_upload(x, CAPSTAN_PKI_UPLOAD_CA, &why), CAPSTAN_EINVAL);
+  assert_string_equal(why, "basicConstraints pathlen must be 0");
+  X509_free(x);
+  free(der);
+  der = make_cert(&fx.ca, NULL, "Voice CA", fx.ec384, 1, 0, 1u << 5, &len);
+  x = parse(der, len);
+  assert_int_equal(capstan_pki_check_trust_upload(x, CAPSTAN_PKI_UPLOAD_CA, &why), CAPSTAN_EINVAL);
+  assert_string_equal(why, "keyUsage must include digitalSignature and keyCertSign");
+  X509_free(x);
+  free(der);
+  /* A CA named "Corp CAPF-Root": reserved, even in the middle. */
+  der = make_cert(&fx.ca, NULL, "Corp CAPF-Root", fx.ec384, 1, 0, KU_CA, &len);
+  x = parse(der, len);
+  assert_int_equal(capstan_pki_check_trust_upload(x, CAPSTAN_PKI_UPLOAD_CA, &why), CAPSTAN_EINVAL);
+  assert_string_equal(why, "CN containing CAPF- is reserved");
+  X509_free(x);
+  free(der);
+  /* IPsec: a CA-signed leaf without CA:TRUE is fine; self-signed CA:TRUE too. */
+  der = make_cert(&fx.ca, NULL, "ipsec-gw", fx.ec384, 0, -1, 0, &len);
+  x = parse(der, len);
+  assert_int_equal(capstan_pki_check_trust_upload(x, CAPSTAN_PKI_UPLOAD_IPSEC, &why), 0);
+  X509_free(x);
+  free(der);
+  assert_int_equal(capstan_pki_check_trust_upload(fx.ca.cert, CAPSTAN_PKI_UPLOAD_IPSEC, &why), 0);
+  assert_int_equal(capstan_pki_check_trust_upload(fx.ca.cert, 9, &why), CAPSTAN_EINVAL);
+  assert_int_equal(ERR_peek_error(), 0);
+}
+
+static void test_pem(void **state) {
+  (void)state;
+  uint8_t *a = NULL, *b = NULL;
+  size_t a_len = 0, b_len = 0;
+  assert_int_equal(capstan_pki_cert_to_der(fx.capf.cert, &a, &a_len), 0);
+  assert_int_equal(capstan_pki_cert_to_der(fx.ca.cert, &b, &b_len), 0);
+  char *pa = NULL, *pb = NULL, *pr = NULL;
+  assert_int_equal(capstan_pki_pem_encode("CERTIFICATE", a, a_len, &pa), 0);
+  assert_int_equal(capstan_pki_pem_encode("CERTIFICATE", b, b_len, &pb), 0);
+  assert_int_equal(capstan_pki_pem_encode("CERTIFICATE REQUEST", b, b_len, &pr), 0);
+  /* Every line at most 64 columns. */
+  for (char *line = pa; *line;) {
+    char *nl = strchr(line, '\n');
+    assert_non_null(nl);
+    assert_true(nl - line <= 64);
+    line = nl + 1;
+  }
+  /* A bundle: text, a certificate, a CSR, another certificate. */
+  size_t total = strlen(pa) + strlen(pb) + strlen(pr) + 64;
+  char *bundle = malloc(total);
+  assert_non_null(bundle);
+  snprintf(bundle, total, "Subject: whatever\n%s%s\n%s", pa, pr, pb);
+  uint8_t **ders = NULL;
+  size_t *lens = NULL, count = 0;
+  assert_int_equal(capstan_pki_pem_decode((const uint8_t *)bundle, strlen(bundle), "CERTIFICATE",
+                                          &ders, &lens, &count),
+                   0);
+  assert_int_equal(count, 2);
+  assert_int_equal(lens[0], a_len);
+  assert_memory_equal(ders[0], a, a_len);
+  assert_int_equal(lens[1], b_len);
+  assert_memory_equal(ders[1], b, b_len);
+  capstan_pki_der_array_free(ders, lens, count);
+  /* No such block, or a damaged one. */
+  assert_int_equal(capstan_pki_pem_decode((const uint8_t *)bundle, strlen(bundle), "PRIVATE KEY",
+                                          &ders, &lens, &count),
+                   CAPSTAN_EINVAL);
+  assert_null(ders);
+  assert_int_equal(count, 0);
+  pa[40] = '*';
+  assert_int_equal(
+      capstan_pki_pem_decode((const uint8_t *)pa, strlen(pa), "CERTIFICATE", &ders, &lens, &count),
+      CAPSTAN_EINVAL);
+  /* Truncated: END line missing. */
+  assert_int_equal(capstan_pki_pem_decode((const uint8_t *)pb, strlen(pb) - 30, "CERTIFICATE",
+                                          &ders, &lens, &count),
+                   CAPSTAN_EINVAL);
+  assert_int_equal(ERR_peek_error(), 0);
+  free(bundle);
+  free(pa);
+  free(pb);
+  free(pr);
+  free(a);
+  free(b);
+}
+
 /* --write-fuzz-seeds DIR: write the seed corpus of tests/fuzz/fuzz_pki_sudi.c
  * (first byte: low byte of the session id 0x123456xx; then the input). */
 static int write_seed(const char *dir, const char *name, uint8_t first, const uint8_t *body,
@@ -1320,6 +1660,11 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_identity_chain_and_copy),
       cmocka_unit_test(test_parse_cert),
       cmocka_unit_test(test_generate_key_args),
+      cmocka_unit_test(test_cert_validity),
+      cmocka_unit_test(test_capf_csr),
+      cmocka_unit_test(test_import_capf),
+      cmocka_unit_test(test_trust_upload),
+      cmocka_unit_test(test_pem),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
