@@ -9,6 +9,10 @@
  *   HANDLER  the request went to the handler; not reading, no timer: the
  *            handler owns the response and must answer
  *   WRITING  the response is being written (write progress timer)
+ *   LINGER   the last response is written and our side shut down; reads
+ *            are discarded until the peer closes or the linger timer
+ *            fires, so that unread request bytes do not turn our close
+ *            into a reset that destroys the response at the client
  *   CLOSING  uv_close called; memory goes in the close callback
  *
  * The parser is paused at the end of the header block (so header bytes are
@@ -34,6 +38,7 @@
 #include "core/netaddr.h"
 
 #define READ_BUF_BYTES (64 * 1024)
+#define LINGER_MS 2000 /* at most; see CONN_LINGER */
 #define WRITE_CHUNK_BYTES (256 * 1024)
 #define FIELD_NAME_MAX 24 /* longest header name we look at: transfer-encoding */
 #define EXTRA_HEADERS_MAX 256
@@ -64,6 +69,7 @@ static const char *const kRejectLabels[REJECT_COUNT] = {"limit_total", "limit_pe
   X(BODY, "body")       \
   X(HANDLER, "handler") \
   X(WRITING, "writing") \
+  X(LINGER, "linger")   \
   X(CLOSING, "closing")
 
 typedef enum {
@@ -81,7 +87,7 @@ static const char *conn_state_name(conn_state_t s) {
   return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "unknown";
 }
 
-typedef enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE } timer_kind_t;
+typedef enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE, TIMER_LINGER } timer_kind_t;
 
 typedef struct conn conn_t;
 
@@ -97,7 +103,7 @@ struct capstan_http_response {
   char path[CAPSTAN_HTTP_MAX_URL_BYTES + 1];
   char query[CAPSTAN_HTTP_MAX_URL_BYTES + 1];
   uint8_t *body;
-  size_t body_len;
+  size_t body_len, body_cap;
   /* response */
   int responded;
   int status;
@@ -118,6 +124,7 @@ struct conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
   uv_write_t wreq;
+  uv_shutdown_t sreq;
   http_parser parser;
   capstan_http_server_t *srv;
   conn_t *prev, *next;
@@ -324,6 +331,7 @@ static void on_timer(uv_timer_t *t);
 
 static void timer_start(conn_t *c, timer_kind_t kind) {
   unsigned ms = kind == TIMER_HEADER ? c->srv->cfg.header_timeout_ms : c->srv->cfg.idle_timeout_ms;
+  if (kind == TIMER_LINGER && ms > LINGER_MS) ms = LINGER_MS;
   c->timer_kind = kind;
   uv_timer_start(&c->timer, on_timer, ms, 0);
 }
@@ -386,12 +394,33 @@ static void conn_reset_message(conn_t *c) {
 
 static size_t conn_process(conn_t *c, const char *data, size_t len);
 
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  conn_t *c = req->data;
+  if (status < 0 && c->state == CONN_LINGER) conn_close(c);
+}
+
+/* Ends a connection after its last response: shut down our side, then
+ * drain what the peer still sends, until it closes or the timer fires. */
+static void conn_linger(conn_t *c) {
+  if (c->peer_eof || c->srv->stopping) {
+    conn_close(c);
+    return;
+  }
+  c->state = CONN_LINGER;
+  if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    conn_close(c);
+    return;
+  }
+  timer_start(c, TIMER_LINGER);
+  conn_start_reading(c);
+}
+
 /* After a response is written: next request (pipelined bytes first), or
  * close. */
 static void conn_after_response(conn_t *c) {
   conn_end_request(c, 0);
   if (c->close_after || c->srv->stopping) {
-    conn_close(c);
+    conn_linger(c);
     return;
   }
   conn_reset_message(c);
@@ -615,9 +644,17 @@ static int on_body(http_parser *p, const char *at, size_t len) {
   capstan_http_response_t *rs = c->rs;
   size_t max = c->srv->cfg.max_body_bytes;
   if (len > max - rs->body_len) return conn_set_error(c, 413, "body_too_large");
-  if (rs->body == NULL) {
-    rs->body = malloc(max);
-    if (rs->body == NULL) return conn_set_error(c, 503, "out_of_memory");
+  if (rs->body_len + len > rs->body_cap) {
+    /* Content-Length is known (and checked against max) up front; chunked
+     * bodies grow, never past max. */
+    size_t cap = (p->flags & F_CONTENTLENGTH) ? (size_t)p->content_length : rs->body_cap * 2;
+    if (cap < rs->body_len + len) cap = rs->body_len + len;
+    if (cap < 256 && max >= 256) cap = 256;
+    if (cap > max) cap = max;
+    uint8_t *grown = realloc(rs->body, cap);
+    if (grown == NULL) return conn_set_error(c, 503, "out_of_memory");
+    rs->body = grown;
+    rs->body_cap = cap;
   }
   memcpy(rs->body + rs->body_len, at, len);
   rs->body_len += len;
@@ -835,6 +872,10 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn_t *c = stream->data;
   if (nread == 0) return;
+  if (c->state == CONN_LINGER) {
+    if (nread < 0) conn_close(c);
+    return; /* discarded */
+  }
   if (nread < 0) {
     if (nread != UV_EOF) {
       LOG_DEBUG("event=http_read_error server=%s peer=%s error=%s", c->srv->cfg.name, c->peer,
@@ -889,6 +930,9 @@ static void on_timer(uv_timer_t *t) {
       break;
     case TIMER_IDLE:
       if (c->state == CONN_IDLE) conn_close(c);
+      break;
+    case TIMER_LINGER:
+      conn_close(c);
       break;
     case TIMER_WRITE:
       LOG_INFO("event=http_write_timeout server=%s peer=%s", c->srv->cfg.name, c->peer);
@@ -978,6 +1022,7 @@ static void on_connection(uv_stream_t *listener, int status) {
   c->tcp.data = c;
   c->timer.data = c;
   c->wreq.data = c;
+  c->sreq.data = c;
   c->parser.data = c;
   uv_tcp_init(srv->loop, &c->tcp);
   uv_timer_init(srv->loop, &c->timer);

@@ -63,6 +63,8 @@ static struct {
   capstan_filesource_t src;
   capstan_http_server_t *phone;
   capstan_http_server_t *limited;
+  capstan_http_server_t *echo;
+  int echo_port;
   capstan_admin_t *admin;
   int phone_port, limited_port, admin_port;
   capstan_file_cb hold_cb;
@@ -175,6 +177,14 @@ static void custom_route(void *arg, const capstan_http_request_t *req,
   capstan_http_respond(res, 200, "text/plain", (const uint8_t *)body, (size_t)n);
 }
 
+/* The "echo" server allows any method and small bodies. */
+static void echo_route(void *arg, const capstan_http_request_t *req, capstan_http_response_t *res) {
+  char body[256];
+  int n = snprintf(body, sizeof(body), "%s %s body=%.*s\n", req->method, req->path,
+                   (int)req->body_len, req->body ? (const char *)req->body : "");
+  capstan_http_respond(res, 200, "text/plain", (const uint8_t *)body, (size_t)n);
+}
+
 static void start_servers(void *arg) {
   int *rc = arg;
   capstan_http_config_t cfg;
@@ -193,6 +203,12 @@ static void start_servers(void *arg) {
   *rc = capstan_http_server_start(&g.loop, "127.0.0.1:0", &cfg, capstan_http_files_handler, &g.src,
                                   &g.limited);
   if (*rc != 0) return;
+  capstan_http_config_defaults(&cfg, "echo");
+  cfg.allow_any_method = 1;
+  cfg.max_body_bytes = 16;
+  *rc = capstan_http_server_start(&g.loop, "127.0.0.1:0", &cfg, echo_route, NULL, &g.echo);
+  if (*rc != 0) return;
+  g.echo_port = capstan_http_server_port(g.echo);
   *rc = capstan_admin_start(&g.loop, "127.0.0.1:0", NULL, &g.admin);
   if (*rc != 0) return;
   *rc = capstan_admin_add_route(g.admin, "/custom", custom_route, NULL);
@@ -249,6 +265,7 @@ static void on_stopped(void *arg) {
 static void stop_servers(void *arg) {
   capstan_http_server_stop(g.phone, on_stopped, &g.stopped);
   capstan_http_server_stop(g.limited, on_stopped, &g.stopped);
+  capstan_http_server_stop(g.echo, on_stopped, &g.stopped);
   capstan_admin_stop(g.admin, on_stopped, &g.stopped);
 }
 
@@ -264,10 +281,10 @@ static int group_teardown(void **state) {
     pthread_mutex_lock(&g.lock);
     int n = g.stopped;
     pthread_mutex_unlock(&g.lock);
-    if (n == 3) break;
+    if (n == 4) break;
     usleep(10000);
   }
-  assert_int_equal(g.stopped, 3);
+  assert_int_equal(g.stopped, 4);
   on_loop(close_wake, NULL);
   pthread_join(g.thread, NULL);
   /* Every handle was closed: the loop closes cleanly. */
@@ -359,14 +376,14 @@ static void raw_send(int fd, const void *data, size_t len) {
 }
 
 /* Reads until the peer closes, an error, a timeout or |cap|. Returns the
- * length; *closed is 1 if the peer closed (EOF or reset). */
+ * length; *closed is 1 if the peer closed (EOF), 2 if it reset. */
 static size_t raw_read_all(int fd, char *buf, size_t cap, int *closed) {
   size_t len = 0;
   *closed = 0;
   while (len < cap - 1) {
     ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
     if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE))) {
-      *closed = 1;
+      *closed = n == 0 ? 1 : 2;
       break;
     }
     if (n < 0) break; /* timeout */
@@ -409,6 +426,18 @@ static int raw_exchange_closed(const void *req, size_t len) {
   raw_send(fd, req, len);
   int closed;
   raw_read_all(fd, buf, sizeof(buf), &closed);
+  close(fd);
+  assert_true(closed);
+  int status = 0;
+  sscanf(buf, "HTTP/1.1 %d", &status);
+  return status;
+}
+
+static int raw_status_on(int port, const char *req, char *buf, size_t cap) {
+  int fd = raw_connect(port);
+  raw_send(fd, req, strlen(req));
+  int closed;
+  raw_read_all(fd, buf, cap, &closed);
   close(fd);
   assert_true(closed);
   int status = 0;
@@ -671,6 +700,63 @@ static void test_methods_and_bodies(void **state) {
   assert_true(counter("capstan_http_requests_total",
                       "server=\"phone\",method=\"other\",code=\"405\"") >= 3);
   assert_phone_alive();
+}
+
+static void test_allowed_bodies(void **state) {
+  static char buf[4096];
+  const char *code =
+      run("curl -s --max-time 10 -o '%s/out.bin' -w '%%{http_code}' -H 'Expect:' -d hello "
+          "'http://127.0.0.1:%d/x'",
+          g.dir, g.echo_port);
+  assert_string_equal(code, "200");
+  size_t len;
+  char *body = read_out(&len);
+  assert_string_equal(body, "POST /x body=hello\n");
+  free(body);
+  assert_int_equal(raw_status_on(g.echo_port,
+                                 "PUT /y HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: "
+                                 "chunked\r\n\r\n3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n",
+                                 buf, sizeof(buf)),
+                   200);
+  assert_non_null(strstr(buf, "PUT /y body=abcdefgh\n"));
+  /* Over max_body_bytes (16): by Content-Length at once, or by chunks. */
+  assert_int_equal(raw_status_on(g.echo_port,
+                                 "POST /z HTTP/1.1\r\nContent-Length: 17\r\n\r\n"
+                                 "0123456789abcdefg",
+                                 buf, sizeof(buf)),
+                   413);
+  assert_int_equal(raw_status_on(g.echo_port,
+                                 "POST /z HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 "a\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n",
+                                 buf, sizeof(buf)),
+                   413);
+  /* Pipelined after a body. */
+  assert_int_equal(raw_status_on(g.echo_port,
+                                 "POST /1 HTTP/1.1\r\nContent-Length: 2\r\n\r\nab"
+                                 "DELETE /2 HTTP/1.1\r\nConnection: close\r\n\r\n",
+                                 buf, sizeof(buf)),
+                   200);
+  char *first = strstr(buf, "POST /1 body=ab\n");
+  char *second = strstr(buf, "DELETE /2 body=\n");
+  assert_non_null(first);
+  assert_non_null(second);
+  assert_true(first < second);
+}
+
+/* A refused request followed by unread bytes: the error still arrives
+ * (the server drains before closing instead of resetting). */
+static void test_error_survives_unread_bytes(void **state) {
+  static char req[200000];
+  static char buf[4096];
+  size_t n = (size_t)snprintf(req, sizeof(req), "POST /x HTTP/1.1\r\nHost: x\r\n\r\n");
+  memset(req + n, 'z', sizeof(req) - n);
+  int fd = raw_connect(g.phone_port);
+  raw_send(fd, req, sizeof(req));
+  int closed;
+  raw_read_all(fd, buf, sizeof(buf), &closed);
+  close(fd);
+  assert_non_null(strstr(buf, "HTTP/1.1 405 "));
+  assert_int_equal(closed, 1); /* an orderly close, not a reset */
 }
 
 static void test_garbage(void **state) {
@@ -953,6 +1039,8 @@ int main(void) {
       cmocka_unit_test(test_smuggling_shapes),
       cmocka_unit_test(test_oversized),
       cmocka_unit_test(test_methods_and_bodies),
+      cmocka_unit_test(test_allowed_bodies),
+      cmocka_unit_test(test_error_survives_unread_bytes),
       cmocka_unit_test(test_garbage),
       cmocka_unit_test(test_path_checks),
       cmocka_unit_test(test_slowloris),
