@@ -320,7 +320,7 @@ static int rec_apply(capstan_txn_t *txn, void *arg) {
                                            j->not_after, j->md5, j->now);
     case REC_INSTALLED:
       return capstan_devices_record_installed(txn, j->device, j->serial, j->spki, j->spki_len,
-                                              j->now);
+                                              j->md5, j->now);
     case REC_DELETED:
       return capstan_devices_record_deleted(txn, j->device, j->now);
     case REC_FETCHED:
@@ -894,6 +894,7 @@ static void on_store_response(capf_session_t *s, const capstan_capf_msg_t *m) {
     memcpy(r->serial, s->serial, sizeof(r->serial));
     r->spki = dup_bytes(s->lsc_spki, s->lsc_spki_len);
     r->spki_len = s->lsc_spki_len;
+    memcpy(r->md5, s->lsc_md5, sizeof(r->md5));
   }
   enter(s, ST_RECORDING, 0);
   if (rec_submit(s, r, after_final_record) < 0) close_session(s, CAPF_RESULT_SERVER_ERROR);
