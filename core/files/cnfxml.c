@@ -109,8 +109,9 @@ static void on_end(void *ud, const XML_Char *name) {
     s->occ[s->cur][s->n_occ[s->cur]++] = e;
     s->cur = -1;
   } else if (s->depth == 0) {
-    /* For <device/>, start and end are the same token. */
-    s->root_self_closing = sp.start == s->root_start_tag.start;
+    /* For <device/>, expat reports the end event as an empty span right
+     * after the start tag's token. */
+    s->root_self_closing = sp.start == sp.end && sp.start == s->root_start_tag.end;
     s->root_end_tag = sp.start;
   }
 }
