@@ -32,9 +32,8 @@ static int put_identities(capstan_txn_t *txn, void *arg) {
 
 static int make_identity(const char *which, const char *subject_extra, put_identity_t *out) {
   capstan_identity_t id = {0};
-  int rc = strcmp(which, CAPSTAN_IDENTITY_CAPF) == 0
-               ? capstan_pki_create_capf(subject_extra, &id)
-               : capstan_pki_create_tftp(subject_extra, &id);
+  int rc = strcmp(which, CAPSTAN_IDENTITY_CAPF) == 0 ? capstan_pki_create_capf(subject_extra, &id)
+                                                     : capstan_pki_create_tftp(subject_extra, &id);
   if (rc < 0) return rc;
   uint8_t *cert = NULL, *key = NULL;
   size_t cert_len = 0, key_len = 0;
@@ -110,10 +109,18 @@ int capstan_init_main(int argc, char **argv) {
   optind = 1;
   while ((c = getopt_long(argc, argv, "", kOpts, NULL)) != -1) {
     switch (c) {
-      case 'd': dir = optarg; break;
-      case 's': subject = optarg; break;
-      case 'h': usage(stdout); return 0;
-      default: usage(stderr); return 2;
+      case 'd':
+        dir = optarg;
+        break;
+      case 's':
+        subject = optarg;
+        break;
+      case 'h':
+        usage(stdout);
+        return 0;
+      default:
+        usage(stderr);
+        return 2;
     }
   }
   if (optind != argc) {
@@ -124,8 +131,7 @@ int capstan_init_main(int argc, char **argv) {
   capstan_store_t *store = NULL;
   int rc = capstan_store_open(dir, CAPSTAN_STORE_CREATE, &store);
   if (rc < 0) {
-    fprintf(stderr, "capstan init: cannot open data directory %s: %s\n", dir,
-            capstan_strerror(rc));
+    fprintf(stderr, "capstan init: cannot open data directory %s: %s\n", dir, capstan_strerror(rc));
     return 1;
   }
   int created = 0;
@@ -133,8 +139,7 @@ int capstan_init_main(int argc, char **argv) {
   capstan_store_close(store);
   if (rc < 0) {
     fprintf(stderr, "capstan init: failed: %s%s\n", capstan_strerror(rc),
-            rc == CAPSTAN_EINVAL ? " (check --subject: only O, OU, L, ST, C; C is 2 letters)"
-                                 : "");
+            rc == CAPSTAN_EINVAL ? " (check --subject: only O, OU, L, ST, C; C is 2 letters)" : "");
     return 1;
   }
   if (created == 0) {

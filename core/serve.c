@@ -102,16 +102,27 @@ static int read_config(const char *path, serve_options_t *o) {
     v = eq + 1;
     for (char *e = eq - 1; e >= k && (*e == ' ' || *e == '\t'); e--) *e = '\0';
     while (*v == ' ' || *v == '\t') v++;
-    for (char *e = v + strlen(v) - 1; e >= v && (*e == ' ' || *e == '\t' || *e == '\n' || *e == '\r'); e--) *e = '\0';
-    if (strcmp(k, "data-dir") == 0) set_opt(&o->data_dir, v);
-    else if (strcmp(k, "capf-listen") == 0) set_opt(&o->capf_listen, v);
-    else if (strcmp(k, "admin-listen") == 0) set_opt(&o->admin_listen, v);
-    else if (strcmp(k, "http-listen") == 0) set_opt(&o->http_listen, v);
-    else if (strcmp(k, "tftp-listen") == 0) set_opt(&o->tftp_listen, v);
-    else if (strcmp(k, "files-dir") == 0) set_opt(&o->files_dir, v);
-    else if (strcmp(k, "subject") == 0) set_opt(&o->subject, v);
-    else if (strcmp(k, "drain-seconds") == 0) o->drain_seconds = (unsigned)strtoul(v, NULL, 10);
-    else goto bad;
+    for (char *e = v + strlen(v) - 1;
+         e >= v && (*e == ' ' || *e == '\t' || *e == '\n' || *e == '\r'); e--)
+      *e = '\0';
+    if (strcmp(k, "data-dir") == 0)
+      set_opt(&o->data_dir, v);
+    else if (strcmp(k, "capf-listen") == 0)
+      set_opt(&o->capf_listen, v);
+    else if (strcmp(k, "admin-listen") == 0)
+      set_opt(&o->admin_listen, v);
+    else if (strcmp(k, "http-listen") == 0)
+      set_opt(&o->http_listen, v);
+    else if (strcmp(k, "tftp-listen") == 0)
+      set_opt(&o->tftp_listen, v);
+    else if (strcmp(k, "files-dir") == 0)
+      set_opt(&o->files_dir, v);
+    else if (strcmp(k, "subject") == 0)
+      set_opt(&o->subject, v);
+    else if (strcmp(k, "drain-seconds") == 0)
+      o->drain_seconds = (unsigned)strtoul(v, NULL, 10);
+    else
+      goto bad;
     continue;
   bad:
     fprintf(stderr, "capstan serve: %s:%d: expected 'key = value' with a known key\n", path,
@@ -125,11 +136,16 @@ static int read_config(const char *path, serve_options_t *o) {
 
 static int parse_options(int argc, char **argv, serve_options_t *o) {
   static const struct option kOpts[] = {
-      {"data-dir", required_argument, NULL, 'd'},   {"capf-listen", required_argument, NULL, 'c'},
-      {"admin-listen", required_argument, NULL, 'a'}, {"http-listen", required_argument, NULL, 'w'},
-      {"tftp-listen", required_argument, NULL, 't'}, {"files-dir", required_argument, NULL, 'f'},
-      {"subject", required_argument, NULL, 's'},    {"drain-seconds", required_argument, NULL, 'D'},
-      {"config", required_argument, NULL, 'C'},     {"help", no_argument, NULL, 'h'},
+      {"data-dir", required_argument, NULL, 'd'},
+      {"capf-listen", required_argument, NULL, 'c'},
+      {"admin-listen", required_argument, NULL, 'a'},
+      {"http-listen", required_argument, NULL, 'w'},
+      {"tftp-listen", required_argument, NULL, 't'},
+      {"files-dir", required_argument, NULL, 'f'},
+      {"subject", required_argument, NULL, 's'},
+      {"drain-seconds", required_argument, NULL, 'D'},
+      {"config", required_argument, NULL, 'C'},
+      {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
   /* Defaults, then the config file, then the command line. */
@@ -155,15 +171,32 @@ static int parse_options(int argc, char **argv, serve_options_t *o) {
   optind = 1;
   while ((c = getopt_long(argc, argv, "", kOpts, NULL)) != -1) {
     switch (c) {
-      case 'd': set_opt(&o->data_dir, optarg); break;
-      case 'c': set_opt(&o->capf_listen, optarg); break;
-      case 'a': set_opt(&o->admin_listen, optarg); break;
-      case 'w': set_opt(&o->http_listen, optarg); break;
-      case 't': set_opt(&o->tftp_listen, optarg); break;
-      case 'f': set_opt(&o->files_dir, optarg); break;
-      case 's': set_opt(&o->subject, optarg); break;
-      case 'D': o->drain_seconds = (unsigned)strtoul(optarg, NULL, 10); break;
-      default: break;
+      case 'd':
+        set_opt(&o->data_dir, optarg);
+        break;
+      case 'c':
+        set_opt(&o->capf_listen, optarg);
+        break;
+      case 'a':
+        set_opt(&o->admin_listen, optarg);
+        break;
+      case 'w':
+        set_opt(&o->http_listen, optarg);
+        break;
+      case 't':
+        set_opt(&o->tftp_listen, optarg);
+        break;
+      case 'f':
+        set_opt(&o->files_dir, optarg);
+        break;
+      case 's':
+        set_opt(&o->subject, optarg);
+        break;
+      case 'D':
+        o->drain_seconds = (unsigned)strtoul(optarg, NULL, 10);
+        break;
+      default:
+        break;
     }
   }
   if (optind != argc) {
@@ -279,8 +312,23 @@ int capstan_serve_main(int argc, char **argv) {
   srv.settings_txnid = capstan_store_txnid(srv.store);
   if (capstan_store_settings_load(srv.store, &srv.settings) < 0) goto out_writer;
 
+  uv_signal_init(srv.loop, &srv.sigterm);
+  uv_signal_init(srv.loop, &srv.sigint);
+  uv_signal_init(srv.loop, &srv.sighup);
+  srv.sigterm.data = srv.sigint.data = srv.sighup.data = &srv;
+  /* Handles first: a failed start drains through the same path. */
+  uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&srv.sigint, on_signal, SIGINT);
+  uv_signal_start(&srv.sighup, on_signal, SIGHUP);
+  uv_timer_init(srv.loop, &srv.poll);
+  srv.poll.data = &srv;
+  uv_timer_start(&srv.poll, on_poll, SETTINGS_POLL_MS, SETTINGS_POLL_MS);
   rc = capstan_capf_server_start(srv.loop, srv.store, srv.opt.capf_listen, srv.settings, &srv.capf);
-  if (rc < 0) goto out_writer;
+  if (rc < 0) {
+    stop_server(&srv);
+    uv_run(srv.loop, UV_RUN_DEFAULT);
+    goto out_writer;
+  }
   capstan_serve_env_t env = {
       .loop = srv.loop,
       .store = srv.store,
@@ -300,17 +348,6 @@ int capstan_serve_main(int argc, char **argv) {
     uv_run(srv.loop, UV_RUN_DEFAULT);
     goto out_writer;
   }
-  uv_signal_init(srv.loop, &srv.sigterm);
-  uv_signal_init(srv.loop, &srv.sigint);
-  uv_signal_init(srv.loop, &srv.sighup);
-  srv.sigterm.data = srv.sigint.data = srv.sighup.data = &srv;
-  uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
-  uv_signal_start(&srv.sigint, on_signal, SIGINT);
-  uv_signal_start(&srv.sighup, on_signal, SIGHUP);
-  uv_timer_init(srv.loop, &srv.poll);
-  srv.poll.data = &srv;
-  uv_timer_start(&srv.poll, on_poll, SETTINGS_POLL_MS, SETTINGS_POLL_MS);
-
   LOG_INFO("event=ready version=%s data_dir=%s capf=%s capf_port=%d pid=%d", CAPSTAN_VERSION,
            srv.opt.data_dir, srv.opt.capf_listen, capstan_capf_server_port(srv.capf),
            (int)getpid());

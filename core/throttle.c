@@ -13,8 +13,14 @@ static int can_admit(capstan_throttle_t *t) {
 }
 
 static void dequeue(capstan_throttle_t *t, capstan_throttle_waiter_t *w) {
-  if (w->prev) w->prev->next = w->next; else t->head = w->next;
-  if (w->next) w->next->prev = w->prev; else t->tail = w->prev;
+  if (w->prev)
+    w->prev->next = w->next;
+  else
+    t->head = w->next;
+  if (w->next)
+    w->next->prev = w->prev;
+  else
+    t->tail = w->prev;
   w->prev = w->next = NULL;
   w->queued = 0;
   t->waiting--;
@@ -40,7 +46,9 @@ static void admit_waiters(capstan_throttle_t *t) {
   }
 }
 
-static void on_timer(uv_timer_t *timer) { admit_waiters(timer->data); }
+static void on_timer(uv_timer_t *timer) {
+  admit_waiters(timer->data);
+}
 
 void capstan_throttle_init(capstan_throttle_t *t, uv_loop_t *loop, unsigned max_concurrent,
                            unsigned per_second) {
@@ -72,7 +80,10 @@ int capstan_throttle_acquire(capstan_throttle_t *t, capstan_throttle_waiter_t *w
   }
   w->prev = t->tail;
   w->next = NULL;
-  if (t->tail) t->tail->next = w; else t->head = w;
+  if (t->tail)
+    t->tail->next = w;
+  else
+    t->head = w;
   t->tail = w;
   w->queued = 1;
   t->waiting++;

@@ -82,7 +82,9 @@ const char *capstan_tls_close_reason_name(capstan_tls_close_reason_t reason) {
 
 static _Atomic uint64_t g_async_key_ops;
 
-uint64_t capstan_tls_async_key_ops(void) { return atomic_load(&g_async_key_ops); }
+uint64_t capstan_tls_async_key_ops(void) {
+  return atomic_load(&g_async_key_ops);
+}
 
 /* --- The BIO that reads from the current chunk and collects output. ------- */
 
@@ -191,8 +193,12 @@ capstan_tls_conn_t *capstan_tls_conn_new(uv_loop_t *loop, SSL_CTX *ctx, int is_s
   return conn;
 }
 
-uv_tcp_t *capstan_tls_conn_tcp(capstan_tls_conn_t *conn) { return &conn->tcp; }
-SSL *capstan_tls_conn_ssl(capstan_tls_conn_t *conn) { return conn->ssl; }
+uv_tcp_t *capstan_tls_conn_tcp(capstan_tls_conn_t *conn) {
+  return &conn->tcp;
+}
+SSL *capstan_tls_conn_ssl(capstan_tls_conn_t *conn) {
+  return conn->ssl;
+}
 int capstan_tls_conn_handshake_done(const capstan_tls_conn_t *conn) {
   return conn->handshake_done;
 }
@@ -383,8 +389,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   capstan_tls_conn_t *conn = stream->data;
   if (nread == 0) return;
   if (nread < 0) {
-    capstan_tls_conn_close(conn, nread == UV_EOF ? CAPSTAN_TLS_CLOSE_PEER_EOF
-                                                 : CAPSTAN_TLS_CLOSE_READ_ERROR);
+    capstan_tls_conn_close(
+        conn, nread == UV_EOF ? CAPSTAN_TLS_CLOSE_PEER_EOF : CAPSTAN_TLS_CLOSE_READ_ERROR);
     return;
   }
   feed(conn, (const uint8_t *)buf->base, (size_t)nread);
@@ -565,14 +571,13 @@ static enum ssl_private_key_result_t start_key_job(SSL *ssl, int is_decrypt, uin
 }
 
 static enum ssl_private_key_result_t key_sign(SSL *ssl, uint8_t *out, size_t *out_len,
-                                              size_t max_out, uint16_t sigalg,
-                                              const uint8_t *in, size_t in_len) {
+                                              size_t max_out, uint16_t sigalg, const uint8_t *in,
+                                              size_t in_len) {
   return start_key_job(ssl, 0, sigalg, in, in_len, max_out);
 }
 
 static enum ssl_private_key_result_t key_decrypt(SSL *ssl, uint8_t *out, size_t *out_len,
-                                                 size_t max_out, const uint8_t *in,
-                                                 size_t in_len) {
+                                                 size_t max_out, const uint8_t *in, size_t in_len) {
   return start_key_job(ssl, 1, 0, in, in_len, max_out);
 }
 

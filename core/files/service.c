@@ -83,10 +83,10 @@ struct capstan_files_service {
   uv_loop_t *loop;
   capstan_store_t *store;
   files_pki_t *pki;
-  char *static_dir;     /* realpath, or NULL */
+  char *static_dir; /* realpath, or NULL */
   char *default_host;
   uint16_t capf_port;
-  char *capf_host;      /* setting; NULL or "" = default */
+  char *capf_host; /* setting; NULL or "" = default */
   int sha512;
   cache_entry_t *buckets[CACHE_BUCKETS];
   size_t entries;
@@ -301,9 +301,9 @@ static void build_run(uv_work_t *req) {
       size_t n = strlen(j->name) - 4;
       memcpy(unsigned_name, j->name, n);
       unsigned_name[n] = '\0';
-      j->status = capstan_sgnfile_build(unsigned_name, j->content, j->content_len, p->tftp.cert,
-                                        p->tftp.key, j->hash_alg, now, &j->out, &j->out_len,
-                                        &j->why);
+      j->status =
+          capstan_sgnfile_build(unsigned_name, j->content, j->content_len, p->tftp.cert,
+                                p->tftp.key, j->hash_alg, now, &j->out, &j->out_len, &j->why);
       break;
     }
     case BUILD_ENC: {
@@ -447,8 +447,7 @@ static int read_device(capstan_txn_t *txn, void *arg) {
     v->device = NULL;
     return rc;
   }
-  if (v->device->template_name && v->device->template_name[0] &&
-      (v->device->config_xml.len == 0)) {
+  if (v->device->template_name && v->device->template_name[0] && (v->device->config_xml.len == 0)) {
     capstan_store_template_get(txn, v->device->template_name, &v->tmpl);
   }
   return 0;
@@ -509,8 +508,8 @@ static int complete_config(capstan_files_service_t *svc, const device_view_t *v,
   return rc;
 }
 
-static void key_of(build_job_t *j, const char *tag, const uint8_t *a, size_t alen,
-                   const uint8_t *b, size_t blen, const files_pki_t *p) {
+static void key_of(build_job_t *j, const char *tag, const uint8_t *a, size_t alen, const uint8_t *b,
+                   size_t blen, const files_pki_t *p) {
   SHA256_CTX ctx;
   SHA256_Init(&ctx);
   SHA256_Update(&ctx, tag, strlen(tag) + 1);
@@ -575,8 +574,8 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
       if (d->encrypted_config) {
         uint8_t *partial = NULL;
         size_t partial_len = 0;
-        rc = capstan_cnfxml_partial(full, full_len, d->md5hash && strlen(d->md5hash) == 32
-                                                        ? d->md5hash : NULL,
+        rc = capstan_cnfxml_partial(full, full_len,
+                                    d->md5hash && strlen(d->md5hash) == 32 ? d->md5hash : NULL,
                                     &partial, &partial_len, NULL, 0);
         free(full);
         if (rc < 0) goto fail_io;
@@ -700,7 +699,8 @@ static void source_open(capstan_filesource_t *src, const char *name, capstan_fil
   capstan_file_kind_t kind;
   if (strcmp(name, "ITLFile.tlv") == 0) {
     open_cluster_itl(svc, name, cb, ctx);
-  } else if (device_file(name, device, sizeof(device), &kind) && device_exists(svc->store, device)) {
+  } else if (device_file(name, device, sizeof(device), &kind) &&
+             device_exists(svc->store, device)) {
     open_device_file(svc, name, device, kind, cb, ctx);
   } else {
     open_static(svc, name, cb, ctx);
@@ -745,15 +745,14 @@ int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,
   char labels[64];
   for (int k = 0; k < CAPSTAN_FILE_KIND_COUNT; k++) {
     snprintf(labels, sizeof(labels), "kind=\"%s\"", capstan_file_kind_name(k));
-    svc->builds[k] = capstan_metrics_counter("capstan_files_builds_total",
-                                             "Phone files produced (signed, encrypted or read)",
-                                             labels);
+    svc->builds[k] = capstan_metrics_counter(
+        "capstan_files_builds_total", "Phone files produced (signed, encrypted or read)", labels);
     svc->hits[k] = capstan_metrics_counter("capstan_files_cache_hits_total",
                                            "Phone file requests served from the cache", labels);
   }
-  svc->build_duration = capstan_metrics_histogram(
-      "capstan_files_build_duration_seconds", "Time to produce a phone file on a worker", NULL,
-      capstan_buckets_fast, capstan_buckets_fast_n);
+  svc->build_duration = capstan_metrics_histogram("capstan_files_build_duration_seconds",
+                                                  "Time to produce a phone file on a worker", NULL,
+                                                  capstan_buckets_fast, capstan_buckets_fast_n);
   svc->build_errors = capstan_metrics_counter("capstan_files_build_errors_total",
                                               "Phone files that could not be produced", NULL);
   svc->enc_ec = capstan_metrics_counter("capstan_files_enc_config_unavailable_total",

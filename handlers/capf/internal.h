@@ -23,9 +23,9 @@
 typedef struct capf_pki {
   _Atomic unsigned refs;
   capstan_identity_t capf;
-  STACK_OF(X509) *trust; /* CAPF-trust: anchors for "by existing certificate" */
-  SSL_CTX *ctx_modern;   /* TLS 1.2 and 1.3 */
-  SSL_CTX *ctx_legacy;   /* also TLS 1.0/1.1 with AES-CBC-SHA, for old phones */
+  STACK_OF(X509) * trust; /* CAPF-trust: anchors for "by existing certificate" */
+  SSL_CTX *ctx_modern;    /* TLS 1.2 and 1.3 */
+  SSL_CTX *ctx_legacy;    /* also TLS 1.0/1.1 with AES-CBC-SHA, for old phones */
 } capf_pki_t;
 
 capf_pki_t *capf_pki_ref(capf_pki_t *pki);
@@ -46,19 +46,19 @@ typedef enum {
       CAPF_OP_COUNT
 } capf_op_label_t;
 
-#define CAPF_RESULTS(X)                  \
-  X(OK, "ok")                            \
-  X(NO_ACTION, "no_action")              \
-  X(EXPIRED, "expired")                  \
-  X(UNKNOWN_DEVICE, "unknown_device")    \
-  X(AUTH_FAILED, "auth_failed")          \
-  X(FAILED, "failed")                    \
-  X(RETRY_LATER, "retry_later")          \
-  X(PROTOCOL_ERROR, "protocol_error")    \
-  X(TIMEOUT, "timeout")                  \
-  X(DISCONNECTED, "disconnected")        \
-  X(TLS_FAILED, "tls_failed")            \
-  X(SERVER_ERROR, "server_error")        \
+#define CAPF_RESULTS(X)               \
+  X(OK, "ok")                         \
+  X(NO_ACTION, "no_action")           \
+  X(EXPIRED, "expired")               \
+  X(UNKNOWN_DEVICE, "unknown_device") \
+  X(AUTH_FAILED, "auth_failed")       \
+  X(FAILED, "failed")                 \
+  X(RETRY_LATER, "retry_later")       \
+  X(PROTOCOL_ERROR, "protocol_error") \
+  X(TIMEOUT, "timeout")               \
+  X(DISCONNECTED, "disconnected")     \
+  X(TLS_FAILED, "tls_failed")         \
+  X(SERVER_ERROR, "server_error")     \
   X(SHUTDOWN, "shutdown")
 
 typedef enum {

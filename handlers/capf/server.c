@@ -46,12 +46,13 @@ void capf_pki_unref(capf_pki_t *pki) {
 static enum ssl_select_cert_result_t select_cert_modern(const SSL_CLIENT_HELLO *hello) {
   const uint8_t *ext;
   size_t ext_len;
-  int has_supported_versions = SSL_early_callback_ctx_extension_get(
-      hello, TLSEXT_TYPE_supported_versions, &ext, &ext_len);
+  int has_supported_versions =
+      SSL_early_callback_ctx_extension_get(hello, TLSEXT_TYPE_supported_versions, &ext, &ext_len);
   if (hello->version >= TLS1_2_VERSION || has_supported_versions) return ssl_select_cert_success;
-  LOG_WARN("event=capf_legacy_tls_refused client_version=0x%04x "
-           "hint=\"old phones need TLS 1.0: capstan config set legacy-tls on\"",
-           hello->version);
+  LOG_WARN(
+      "event=capf_legacy_tls_refused client_version=0x%04x "
+      "hint=\"old phones need TLS 1.0: capstan config set legacy-tls on\"",
+      hello->version);
   capstan_metric_inc(capstan_metrics_counter("capstan_capf_handshakes_total",
                                              "CAPF TLS handshakes by result",
                                              "result=\"legacy_refused\""));
@@ -60,7 +61,7 @@ static enum ssl_select_cert_result_t select_cert_modern(const SSL_CLIENT_HELLO *
 
 static SSL_CTX *make_ctx(const capstan_identity_t *id, uv_loop_t *loop, int legacy) {
   static const uint16_t kSigAlgs[] = {
-      SSL_SIGN_RSA_PSS_RSAE_SHA256, SSL_SIGN_RSA_PKCS1_SHA256, SSL_SIGN_RSA_PSS_RSAE_SHA384,
+      SSL_SIGN_RSA_PSS_RSAE_SHA256, SSL_SIGN_RSA_PKCS1_SHA256,    SSL_SIGN_RSA_PSS_RSAE_SHA384,
       SSL_SIGN_RSA_PKCS1_SHA384,    SSL_SIGN_RSA_PSS_RSAE_SHA512, SSL_SIGN_RSA_PKCS1_SHA512,
       SSL_SIGN_RSA_PKCS1_SHA1,      SSL_SIGN_RSA_PKCS1_MD5_SHA1,
   };
@@ -72,12 +73,11 @@ static SSL_CTX *make_ctx(const capstan_identity_t *id, uv_loop_t *loop, int lega
                "AES128-GCM-SHA256:AES256-GCM-SHA384:AES256-SHA:AES128-SHA"
              : "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
                "ECDHE-RSA-CHACHA20-POLY1305";
-  int ok = SSL_CTX_set_min_proto_version(ctx, legacy ? TLS1_VERSION : TLS1_2_VERSION) &&
-           SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
-           SSL_CTX_set_strict_cipher_list(ctx, ciphers) &&
-           SSL_CTX_use_certificate(ctx, id->cert) &&
-           SSL_CTX_set_signing_algorithm_prefs(ctx, kSigAlgs,
-                                               sizeof(kSigAlgs) / sizeof(kSigAlgs[0]));
+  int ok =
+      SSL_CTX_set_min_proto_version(ctx, legacy ? TLS1_VERSION : TLS1_2_VERSION) &&
+      SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
+      SSL_CTX_set_strict_cipher_list(ctx, ciphers) && SSL_CTX_use_certificate(ctx, id->cert) &&
+      SSL_CTX_set_signing_algorithm_prefs(ctx, kSigAlgs, sizeof(kSigAlgs) / sizeof(kSigAlgs[0]));
   for (size_t i = 0; ok && id->chain && i < sk_X509_num(id->chain); i++) {
     ok = SSL_CTX_add1_chain_cert(ctx, sk_X509_value(id->chain, i));
   }
@@ -115,7 +115,7 @@ static int load_identity(capstan_store_t *store, const char *which, capstan_iden
 }
 
 typedef struct trust_collect {
-  STACK_OF(X509) *trust;
+  STACK_OF(X509) * trust;
   int rc;
 } trust_collect_t;
 
@@ -139,7 +139,7 @@ static int read_trust(capstan_txn_t *txn, void *arg) {
   return capstan_store_trust_iterate(txn, collect_trust, arg);
 }
 
-static int push_cert(STACK_OF(X509) *sk, X509 *cert) {
+static int push_cert(STACK_OF(X509) * sk, X509 *cert) {
   if (cert == NULL) return 0;
   if (!sk_X509_push(sk, cert)) return CAPSTAN_ENOMEM;
   X509_up_ref(cert);
@@ -211,30 +211,30 @@ static void register_metrics(capf_metrics_t *m) {
     for (int r = 0; r < CAPF_RESULT_COUNT; r++) {
       snprintf(labels, sizeof(labels), "operation=\"%s\",result=\"%s\"", kOpNames[op],
                kResultNames[r]);
-      m->sessions[op][r] = capstan_metrics_counter(
-          "capstan_capf_sessions_total", "CAPF sessions by scheduled operation and outcome",
-          labels);
+      m->sessions[op][r] =
+          capstan_metrics_counter("capstan_capf_sessions_total",
+                                  "CAPF sessions by scheduled operation and outcome", labels);
     }
   }
   m->sessions_active =
       capstan_metrics_gauge("capstan_capf_sessions_active", "CAPF sessions open now", NULL);
-  m->session_duration = capstan_metrics_histogram(
-      "capstan_capf_session_duration_seconds", "CAPF session duration, connect to close", NULL,
-      capstan_buckets_slow, capstan_buckets_slow_n);
+  m->session_duration = capstan_metrics_histogram("capstan_capf_session_duration_seconds",
+                                                  "CAPF session duration, connect to close", NULL,
+                                                  capstan_buckets_slow, capstan_buckets_slow_n);
   const char *hs = "capstan_capf_handshakes_total";
   const char *hs_help = "CAPF TLS handshakes by result";
   m->handshakes_ok = capstan_metrics_counter(hs, hs_help, "result=\"ok\"");
   m->handshakes_failed = capstan_metrics_counter(hs, hs_help, "result=\"failed\"");
   m->handshakes_timeout = capstan_metrics_counter(hs, hs_help, "result=\"timeout\"");
   m->handshakes_legacy_refused = capstan_metrics_counter(hs, hs_help, "result=\"legacy_refused\"");
-  m->handshake_duration = capstan_metrics_histogram(
-      "capstan_capf_handshake_duration_seconds", "CAPF TLS handshake duration", NULL,
-      capstan_buckets_fast, capstan_buckets_fast_n);
+  m->handshake_duration = capstan_metrics_histogram("capstan_capf_handshake_duration_seconds",
+                                                    "CAPF TLS handshake duration", NULL,
+                                                    capstan_buckets_fast, capstan_buckets_fast_n);
   static const char *const kModes[] = {"none", "string", "null", "lsc", "mic"};
   for (int i = 1; i <= 4; i++) {
     snprintf(labels, sizeof(labels), "mode=\"%s\"", kModes[i]);
-    m->auth_failures[i] = capstan_metrics_counter(
-        "capstan_capf_auth_failures_total", "Failed phone authentications by mode", labels);
+    m->auth_failures[i] = capstan_metrics_counter("capstan_capf_auth_failures_total",
+                                                  "Failed phone authentications by mode", labels);
   }
   const char *rj = "capstan_capf_connections_rejected_total";
   const char *rj_help = "CAPF connections refused before a session, by reason";
@@ -243,10 +243,10 @@ static void register_metrics(capf_metrics_t *m) {
   m->rejected_ipv6 = capstan_metrics_counter(rj, rj_help, "reason=\"ipv6_disabled\"");
   m->rejected_draining = capstan_metrics_counter(rj, rj_help, "reason=\"draining\"");
   m->rejected_error = capstan_metrics_counter(rj, rj_help, "reason=\"error\"");
-  m->keygen_waiting = capstan_metrics_gauge(
-      "capstan_capf_keygen_waiting", "Phones held, waiting for a key generation slot", NULL);
-  m->keygen_active = capstan_metrics_gauge("capstan_capf_keygen_active",
-                                           "Phones generating a key now", NULL);
+  m->keygen_waiting = capstan_metrics_gauge("capstan_capf_keygen_waiting",
+                                            "Phones held, waiting for a key generation slot", NULL);
+  m->keygen_active =
+      capstan_metrics_gauge("capstan_capf_keygen_active", "Phones generating a key now", NULL);
   m->keygen_duration = capstan_metrics_histogram(
       "capstan_capf_keygen_duration_seconds", "Phone key generation time, request to response",
       NULL, capstan_buckets_slow, capstan_buckets_slow_n);
@@ -351,9 +351,13 @@ err_free:
   return rc;
 }
 
-int capstan_capf_server_port(const capstan_capf_server_t *srv) { return srv->port; }
+int capstan_capf_server_port(const capstan_capf_server_t *srv) {
+  return srv->port;
+}
 
-unsigned capstan_capf_server_sessions(const capstan_capf_server_t *srv) { return srv->nsessions; }
+unsigned capstan_capf_server_sessions(const capstan_capf_server_t *srv) {
+  return srv->nsessions;
+}
 
 /* --- Drain ---------------------------------------------------------------- */
 

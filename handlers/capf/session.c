@@ -21,17 +21,17 @@
 #include "handlers/capf/wire.h"
 #include "storage/devices.h"
 
-#define CAPF_STATES(X)           \
-  X(HANDSHAKE, "handshake")      \
-  X(WAIT_AUTH, "wait_auth")      \
-  X(VERIFYING, "verifying")      \
-  X(THROTTLED, "throttled")      \
-  X(WAIT_KEYGEN, "wait_keygen")  \
-  X(SIGNING, "signing")          \
-  X(WAIT_STORE, "wait_store")    \
-  X(WAIT_FETCH, "wait_fetch")    \
-  X(WAIT_DELETE, "wait_delete")  \
-  X(RECORDING, "recording")      \
+#define CAPF_STATES(X)          \
+  X(HANDSHAKE, "handshake")     \
+  X(WAIT_AUTH, "wait_auth")     \
+  X(VERIFYING, "verifying")     \
+  X(THROTTLED, "throttled")     \
+  X(WAIT_KEYGEN, "wait_keygen") \
+  X(SIGNING, "signing")         \
+  X(WAIT_STORE, "wait_store")   \
+  X(WAIT_FETCH, "wait_fetch")   \
+  X(WAIT_DELETE, "wait_delete") \
+  X(RECORDING, "recording")     \
   X(CLOSING, "closing")
 
 typedef enum {
@@ -46,7 +46,9 @@ static const char *const kStateNames[] = {
 #undef X
 };
 
-static const char *state_name(capf_state_t st) { return kStateNames[st]; }
+static const char *state_name(capf_state_t st) {
+  return kStateNames[st];
+}
 
 struct capf_session {
   capstan_capf_server_t *srv;
@@ -85,9 +87,13 @@ struct capf_session {
   capf_result_t result;
 };
 
-static int64_t unix_now(void) { return (int64_t)time(NULL); }
+static int64_t unix_now(void) {
+  return (int64_t)time(NULL);
+}
 
-capf_session_t *capf_session_next(const capf_session_t *s) { return s->next; }
+capf_session_t *capf_session_next(const capf_session_t *s) {
+  return s->next;
+}
 
 /* --- Lifetime ------------------------------------------------------------- */
 
@@ -100,7 +106,9 @@ static void session_unref(capf_session_t *s) {
   free(s);
 }
 
-static void on_timer_closed(uv_handle_t *h) { session_unref(h->data); }
+static void on_timer_closed(uv_handle_t *h) {
+  session_unref(h->data);
+}
 
 static void release_keygen_slot(capf_session_t *s) {
   if (!s->holds_keygen_slot) return;
@@ -142,7 +150,10 @@ static void on_conn_closed(capstan_tls_conn_t *conn, void *arg, capstan_tls_clos
   release_keygen_slot(s);
   capstan_metric_set(srv->m.keygen_waiting, srv->throttle.waiting);
   if (s->linked) {
-    if (s->prev) s->prev->next = s->next; else srv->sessions = s->next;
+    if (s->prev)
+      s->prev->next = s->next;
+    else
+      srv->sessions = s->next;
     if (s->next) s->next->prev = s->prev;
     s->linked = 0;
     capstan_conntrack_remove(&srv->conntrack, (struct sockaddr *)&s->peer);
@@ -162,7 +173,9 @@ static void close_session(capf_session_t *s, capf_result_t result) {
   if (s->conn) capstan_tls_conn_close(s->conn, CAPSTAN_TLS_CLOSE_LOCAL);
 }
 
-void capf_session_abort(capf_session_t *s) { close_session(s, CAPF_RESULT_SHUTDOWN); }
+void capf_session_abort(capf_session_t *s) {
+  close_session(s, CAPF_RESULT_SHUTDOWN);
+}
 
 void capf_session_apply_keepalive(capf_session_t *s, unsigned minutes) {
   if (s->conn == NULL) return;
@@ -229,7 +242,8 @@ static int send_built(capf_session_t *s, capstan_capf_builder_t *b) {
   int rc = capstan_capf_builder_finish(b, &msg, &len);
   if (rc == 0 && s->conn) rc = capstan_tls_conn_write(s->conn, msg, len);
   OPENSSL_free(msg);
-  if (rc < 0) LOG_ERROR("event=capf_send_failed peer=%s error=%s", s->peer_host, capstan_strerror(rc));
+  if (rc < 0)
+    LOG_ERROR("event=capf_send_failed peer=%s error=%s", s->peer_host, capstan_strerror(rc));
   return rc;
 }
 
@@ -250,7 +264,8 @@ static void send_retry_later(capf_session_t *s) {
   unsigned delay = s->srv->settings.retry_delay_seconds;
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_RETRY_LATER, s->session_id, 1);
-  capstan_capf_builder_add_u16(&b, CAPSTAN_CAPF_EL_RETRY_DELAY, (uint16_t)(delay > 65535 ? 65535 : delay));
+  capstan_capf_builder_add_u16(&b, CAPSTAN_CAPF_EL_RETRY_DELAY,
+                               (uint16_t)(delay > 65535 ? 65535 : delay));
   send_built(s, &b);
 }
 
@@ -270,12 +285,12 @@ static void protocol_error(capf_session_t *s, const char *what) {
 /* --- Durable records through the store's group-commit writer -------------- */
 
 typedef enum {
-  REC_STATUS,       /* set status (+reason), maybe count an attempt */
-  REC_SEEN_CERT,    /* the phone's certificate, seen and verified */
-  REC_ISSUED,       /* a new LSC, before it goes to the phone */
-  REC_INSTALLED,    /* the phone stored it */
-  REC_DELETED,      /* the phone deleted its LSC */
-  REC_FETCHED,      /* troubleshoot done: certificate recorded */
+  REC_STATUS,    /* set status (+reason), maybe count an attempt */
+  REC_SEEN_CERT, /* the phone's certificate, seen and verified */
+  REC_ISSUED,    /* a new LSC, before it goes to the phone */
+  REC_INSTALLED, /* the phone stored it */
+  REC_DELETED,   /* the phone deleted its LSC */
+  REC_FETCHED,   /* troubleshoot done: certificate recorded */
 } rec_kind_t;
 
 typedef struct rec_job {
@@ -382,8 +397,8 @@ static void record_status(capf_session_t *s, Capstan__OpStatus status, const cha
 }
 
 static void fail_operation(capf_session_t *s, const char *reason, capf_result_t result) {
-  LOG_INFO("event=capf_operation_failed device=%s peer=%s reason=\"%s\"", s->device,
-           s->peer_host, reason);
+  LOG_INFO("event=capf_operation_failed device=%s peer=%s reason=\"%s\"", s->device, s->peer_host,
+           reason);
   record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 0);
   end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, result);
 }
@@ -476,7 +491,7 @@ static void send_keygen_request(capf_session_t *s) {
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST, s->session_id, 1);
   if (s->key_alg == CAPSTAN__KEY_ALG__KEY_ALG_EC) {
-    uint8_t curve = s->key_bits == 384 ? CAPSTAN_CAPF_CURVE_P384
+    uint8_t curve = s->key_bits == 384   ? CAPSTAN_CAPF_CURVE_P384
                     : s->key_bits == 521 ? CAPSTAN_CAPF_CURVE_P521
                                          : CAPSTAN_CAPF_CURVE_P256;
     capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_KEY_TYPE, CAPSTAN_CAPF_KEY_EC);
@@ -585,10 +600,10 @@ static void verify_cert_auth_run(work_job_t *j) {
   memcpy(data, j->device, name_len);
   data[name_len] = 0;
   memcpy(data + name_len + 1, j->cert_der, j->cert_len);
-  int ok = capstan_pki_verify_signed_data(key, CAPSTAN_CAPF_HASH_SHA1, data, data_len, j->sig1,
-                                          j->sig1_len) == 0 &&
-           capstan_pki_verify_signed_data(key, j->sig2_hash, data, data_len, j->sig2,
-                                          j->sig2_len) == 0;
+  int ok =
+      capstan_pki_verify_signed_data(key, CAPSTAN_CAPF_HASH_SHA1, data, data_len, j->sig1,
+                                     j->sig1_len) == 0 &&
+      capstan_pki_verify_signed_data(key, j->sig2_hash, data, data_len, j->sig2, j->sig2_len) == 0;
   free(data);
   if (!ok) goto out;
   if (capstan_pki_verify_chain(cert, NULL, j->pki->trust) < 0) {
@@ -734,10 +749,18 @@ static void on_auth_response(capf_session_t *s, const capstan_capf_msg_t *m) {
   s->key_alg = d->key_alg;
   s->key_bits = d->key_bits;
   switch (d->operation) {
-    case CAPSTAN__OPERATION__OPERATION_INSTALL: s->op_label = CAPF_OP_INSTALL; break;
-    case CAPSTAN__OPERATION__OPERATION_DELETE: s->op_label = CAPF_OP_DELETE; break;
-    case CAPSTAN__OPERATION__OPERATION_TROUBLESHOOT: s->op_label = CAPF_OP_TROUBLESHOOT; break;
-    default: s->op_label = CAPF_OP_NONE; break;
+    case CAPSTAN__OPERATION__OPERATION_INSTALL:
+      s->op_label = CAPF_OP_INSTALL;
+      break;
+    case CAPSTAN__OPERATION__OPERATION_DELETE:
+      s->op_label = CAPF_OP_DELETE;
+      break;
+    case CAPSTAN__OPERATION__OPERATION_TROUBLESHOOT:
+      s->op_label = CAPF_OP_TROUBLESHOOT;
+      break;
+    default:
+      s->op_label = CAPF_OP_NONE;
+      break;
   }
   capstan_capf_slice_t typed = {0};
   switch (d->auth_mode) {
@@ -768,8 +791,8 @@ static void on_auth_response(capf_session_t *s, const capstan_capf_msg_t *m) {
 /* Install: check the key and sign the LSC on a worker. */
 static void issue_lsc_run(work_job_t *j) {
   EVP_PKEY *key = NULL;
-  j->status = capstan_pki_check_public_key(j->cert_der, j->cert_len, j->key_alg, j->key_bits,
-                                           &key, &j->why);
+  j->status = capstan_pki_check_public_key(j->cert_der, j->cert_len, j->key_alg, j->key_bits, &key,
+                                           &j->why);
   if (j->status < 0) return;
   j->status = capstan_pki_issue_lsc(&j->pki->capf, j->device, key, j->validity_days, j->serial,
                                     &j->out_der, &j->out_len, &j->not_after);
@@ -871,10 +894,10 @@ static void after_final_record(capf_session_t *s, int status) {
   uint8_t reason = s->operation == CAPSTAN__OPERATION__OPERATION_TROUBLESHOOT
                        ? CAPSTAN_CAPF_REASON_NO_ACTION
                        : CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE;
-  LOG_INFO("event=capf_operation_succeeded device=%s peer=%s operation=%s", s->device,
-           s->peer_host, s->op_label == CAPF_OP_INSTALL   ? "install"
-                         : s->op_label == CAPF_OP_DELETE ? "delete"
-                                                         : "troubleshoot");
+  LOG_INFO("event=capf_operation_succeeded device=%s peer=%s operation=%s", s->device, s->peer_host,
+           s->op_label == CAPF_OP_INSTALL  ? "install"
+           : s->op_label == CAPF_OP_DELETE ? "delete"
+                                           : "troubleshoot");
   end_with(s, reason, CAPF_RESULT_OK);
 }
 
@@ -884,8 +907,7 @@ static void on_store_response(capf_session_t *s, const capstan_capf_msg_t *m) {
     protocol_error(s, "expected STORE_CERT_RESPONSE");
     return;
   }
-  if (capstan_capf_get_reason(m, &reason) < 0 ||
-      reason != CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE) {
+  if (capstan_capf_get_reason(m, &reason) < 0 || reason != CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE) {
     fail_operation(s, "phone did not store the certificate", CAPF_RESULT_FAILED);
     return;
   }
@@ -912,7 +934,8 @@ static void on_fetch_response(capf_session_t *s, const capstan_capf_msg_t *m) {
     close_session(s, CAPF_RESULT_SERVER_ERROR);
     return;
   }
-  if (capstan_capf_get_reason(m, &reason) == 0 && reason == CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE &&
+  if (capstan_capf_get_reason(m, &reason) == 0 &&
+      reason == CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE &&
       capstan_capf_get_certificate(m, &type, &der) == 0) {
     X509 *cert = NULL;
     EVP_PKEY *key = NULL;
@@ -945,8 +968,7 @@ static void on_delete_response(capf_session_t *s, const capstan_capf_msg_t *m) {
     protocol_error(s, "expected DELETE_CERT_RESPONSE");
     return;
   }
-  if (capstan_capf_get_reason(m, &reason) < 0 ||
-      reason != CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE) {
+  if (capstan_capf_get_reason(m, &reason) < 0 || reason != CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE) {
     fail_operation(s, "phone did not delete its certificate", CAPF_RESULT_FAILED);
     return;
   }
@@ -973,11 +995,21 @@ static void on_message(capf_session_t *s, const uint8_t *msg, size_t len) {
               desc);
   }
   switch (s->state) {
-    case ST_WAIT_AUTH: on_auth_response(s, &m); break;
-    case ST_WAIT_KEYGEN: on_keygen_message(s, &m); break;
-    case ST_WAIT_STORE: on_store_response(s, &m); break;
-    case ST_WAIT_FETCH: on_fetch_response(s, &m); break;
-    case ST_WAIT_DELETE: on_delete_response(s, &m); break;
+    case ST_WAIT_AUTH:
+      on_auth_response(s, &m);
+      break;
+    case ST_WAIT_KEYGEN:
+      on_keygen_message(s, &m);
+      break;
+    case ST_WAIT_STORE:
+      on_store_response(s, &m);
+      break;
+    case ST_WAIT_FETCH:
+      on_fetch_response(s, &m);
+      break;
+    case ST_WAIT_DELETE:
+      on_delete_response(s, &m);
+      break;
     case ST_THROTTLED:
     case ST_VERIFYING:
     case ST_SIGNING:
@@ -1146,4 +1178,3 @@ void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener) {
   enter(s, ST_HANDSHAKE, srv->settings.handshake_timeout_seconds);
   if (capstan_tls_conn_start(conn) < 0) close_session(s, CAPF_RESULT_SERVER_ERROR);
 }
-
