@@ -109,7 +109,10 @@ int capstan_serve_start_components(const capstan_serve_env_t *env,
               capstan_strerror(rc));
     return rc;
   }
-  if (!enabled(env->http_listen) && !enabled(env->tftp_listen)) return 0;
+  if (!enabled(env->http_listen) && !enabled(env->tftp_listen)) {
+    LOG_INFO("event=listeners admin_port=%d http_port=0 tftp_port=0", capstan_admin_port(c->admin));
+    return 0;
+  }
 
   char host[256];
   default_capf_host(env->capf_listen, host, sizeof(host));
