@@ -358,7 +358,7 @@ static void rec_done(void *arg, int status) {
     LOG_ERROR("event=capf_record_failed device=%s kind=%d error=%s", j->device, (int)j->kind,
               capstan_strerror(status));
   }
-  if (j->then && s->conn) j->then(s, status);
+  if (j->then && s->conn && s->state != ST_CLOSING) j->then(s, status);
   rec_job_free(j);
   session_unref(s);
 }
@@ -459,7 +459,7 @@ static void work_after(uv_work_t *req, int status) {
   work_job_t *j = req->data;
   capf_session_t *s = j->s;
   if (status < 0) j->status = CAPSTAN_EIO;
-  if (s->conn) j->then(s, j);
+  if (s->conn && s->state != ST_CLOSING) j->then(s, j);
   work_job_free(j);
   session_unref(s);
 }
