@@ -132,12 +132,12 @@ static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_resul
       break;
   }
   count_outcome(b, key);
+  maybe_report_hold(b);
   if (b->finished == b->phones || (b->stopping && b->active == 0)) {
     b->t_end = uv_hrtime();
     close_aux_handles(b);
     return;
   }
-  maybe_report_hold(b);
   start_more(b);
 }
 
