@@ -745,9 +745,11 @@ static int run_generate(opts_t *o) {
   free(c.names);
   if (err != 0) return store_error("cannot generate authentication strings", err);
   printf(
-      "generated %s authentication strings for %zu devices; see them with 'capstan device "
+      "generated %s for %zu devices; see them with 'capstan device "
       "export FILE' or 'capstan device show NAME --show-secrets'\n",
-      o->generate == CAPSTAN_GENERATE_SHARED ? "one shared" : "unique", c.n);
+      o->generate == CAPSTAN_GENERATE_SHARED ? "one shared authentication string"
+                                             : "unique authentication strings",
+      c.n);
   return CAPSTAN_EXIT_OK;
 }
 
