@@ -178,5 +178,23 @@ contains "$WORK/out" "for 2003 devices" "generate count (string-mode devices wit
 expect 1 "cert export tftp before init" -- "$BIN" cert export tftp
 contains "$WORK/err" "capstan init" "tftp export says what to do"
 
+# --- after init: the identity certificates export as PEM ------------------------
+expect 0 "init" -- "$BIN" init
+expect 0 "cert export capf" -- "$BIN" cert export capf --out "$WORK/capf.pem"
+expect 0 "cert export tftp" -- "$BIN" cert export tftp
+cp "$WORK/out" "$WORK/tftp.pem"
+for which in capf tftp; do
+  if python3 - "$WORK/$which.pem" "$which" <<'PY'
+import sys
+from cryptography import x509
+cert = x509.load_pem_x509_certificate(open(sys.argv[1], "rb").read())
+cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+assert cn.upper().startswith(sys.argv[2].upper() + "-"), cn
+PY
+  then pass; else fail "$which certificate PEM"; fi
+done
+expect 0 "devices survive init" -- "$BIN" report status --json
+json_ok "$WORK/out" "d['total']==2004" "init kept the devices"
+
 echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]
