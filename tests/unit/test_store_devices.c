@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "core/cli.h"
 #include "core/error.h"
 #include "storage/devices.h"
 #include "storage/store.h"
@@ -271,6 +272,61 @@ static void test_names(void **state) {
   assert_int_equal(capstan_auth_mode_parse("none", &am), CAPSTAN_EINVAL);
 }
 
+/* The CLI's stale-certificate commands on a store the domain operations
+ * filled: delete one by serial, refuse a live one, then delete all. */
+static int run_cert_cli(const char *dir, const char *a1, const char *a2) {
+  char *argv[8];
+  int argc = 0;
+  argv[argc++] = (char *)"cert";
+  argv[argc++] = (char *)a1;
+  if (a2 != NULL) argv[argc++] = (char *)a2;
+  argv[argc++] = (char *)"--data-dir";
+  argv[argc++] = (char *)dir;
+  argv[argc] = NULL;
+  return capstan_cli_cert_main(argc, argv);
+}
+
+static void test_cli_delete_stale(void **state) {
+  fixture_t *f = *state;
+  uint8_t s[4][16];
+  for (int i = 0; i < 4; i++) {
+    serial_of(s[i], i + 1);
+    assert_int_equal(
+        capstan_devices_record_issued(&f->txn, DEV, s[i], der1, sizeof(der1), 5000, md5a, 200 + i),
+        0);
+  }
+  assert_int_equal(capstan_store_commit(&f->txn), 0); /* 1..3 stale, 4 issued */
+  /* One process must not hold the same environment open twice (closing
+   * one would drop the other's lock-file locks): the CLI opens its own. */
+  capstan_store_close(f->store);
+  f->store = NULL;
+  char hex[33];
+  capstan_cli_hex(s[0], 16, hex);
+  assert_int_equal(run_cert_cli(f->dir, "delete-stale", hex), CAPSTAN_EXIT_OK);
+  capstan_cli_hex(s[3], 16, hex);
+  assert_int_equal(run_cert_cli(f->dir, "delete-stale", hex), CAPSTAN_EXIT_ERROR); /* not stale */
+  assert_int_equal(run_cert_cli(f->dir, "delete-stale", "zz"), CAPSTAN_EXIT_USAGE);
+  assert_int_equal(run_cert_cli(f->dir, "list-stale", NULL), CAPSTAN_EXIT_OK);
+
+  assert_int_equal(capstan_store_open(f->dir, 0, &f->store), 0);
+  assert_int_equal(capstan_store_begin(f->store, false, &f->txn), 0);
+  assert_int_equal(cert_status(f, 1), CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED);
+  assert_int_equal(cert_status(f, 2), CAPSTAN__CERT_STATUS__CERT_STATUS_STALE);
+  assert_int_equal(cert_status(f, 4), CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED);
+  capstan_store_abort(&f->txn);
+
+  capstan_store_close(f->store);
+  f->store = NULL;
+  assert_int_equal(run_cert_cli(f->dir, "delete-stale", "--all"), CAPSTAN_EXIT_OK);
+  assert_int_equal(capstan_store_open(f->dir, 0, &f->store), 0);
+  assert_int_equal(capstan_store_begin(f->store, false, &f->txn), 0);
+  for (int i = 1; i <= 3; i++) {
+    assert_int_equal(cert_status(f, i), CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED);
+  }
+  assert_int_equal(cert_status(f, 4), CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED);
+  /* teardown aborts this read transaction */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_issued_marks_earlier_stale, setup, teardown),
@@ -278,6 +334,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_seen_cert_and_status, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deleted, setup, teardown),
       cmocka_unit_test(test_names),
+      cmocka_unit_test_setup_teardown(test_cli_delete_stale, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
