@@ -175,6 +175,13 @@ json_ok "$WORK/out" "d==[]" "no stale certificates"
 expect 2 "delete-stale needs a target" -- "$BIN" cert delete-stale
 expect 0 "generate shared" -- "$BIN" device generate-auth-strings --shared
 contains "$WORK/out" "for 2003 devices" "generate count (string-mode devices with an operation)"
+expect 2 "bulk-set without a filter" -- "$BIN" device bulk-set --operation none
+expect 0 "bulk-set dry run" -- "$BIN" device bulk-set --name-prefix SEP00000000 --operation delete --dry-run
+contains "$WORK/out" "would change 2000 devices" "bulk-set dry run count"
+expect 0 "bulk-set" -- "$BIN" device bulk-set --name-prefix SEP00000000 --operation delete --auth null
+contains "$WORK/out" "changed 2000 devices" "bulk-set count"
+expect 0 "list after bulk-set" -- "$BIN" device list --json
+json_ok "$WORK/out" "sum(1 for x in d if x['operation']=='delete')==2001" "bulk-set applied"
 expect 1 "cert export tftp before init" -- "$BIN" cert export tftp
 contains "$WORK/err" "capstan init" "tftp export says what to do"
 

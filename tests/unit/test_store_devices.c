@@ -5,6 +5,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <openssl/crypto.h>
+#include <openssl/ec_key.h>
+#include <openssl/mem.h>
+#include <openssl/evp.h>
+#include <openssl/nid.h>
+#include <openssl/x509.h>
+#include <time.h>
 
 #include "core/cli.h"
 #include "core/error.h"
@@ -327,6 +334,88 @@ static void test_cli_delete_stale(void **state) {
   /* teardown aborts this read transaction */
 }
 
+/* A self-signed EC certificate valid for |days| more days, as DER. */
+static uint8_t *make_cert(long days, size_t *len) {
+  EC_KEY *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
+  assert_non_null(ec);
+  assert_true(EC_KEY_generate_key(ec));
+  EVP_PKEY *pkey = EVP_PKEY_new();
+  assert_true(EVP_PKEY_assign_EC_KEY(pkey, ec));
+  X509 *x = X509_new();
+  assert_true(X509_set_version(x, X509_VERSION_3));
+  assert_true(ASN1_INTEGER_set(X509_get_serialNumber(x), 1));
+  assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
+  assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), days * 86400));
+  X509_NAME *n = X509_get_subject_name(x);
+  assert_true(X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const uint8_t *)"t", -1, -1, 0));
+  assert_true(X509_set_issuer_name(x, n));
+  assert_true(X509_set_pubkey(x, pkey));
+  assert_true(X509_sign(x, pkey, EVP_sha256()));
+  uint8_t *der = NULL;
+  int n_der = i2d_X509(x, &der);
+  assert_true(n_der > 0);
+  *len = (size_t)n_der;
+  X509_free(x);
+  EVP_PKEY_free(pkey);
+  return der;
+}
+
+static int run_device_cli(char **argv) {
+  int argc = 0;
+  while (argv[argc] != NULL) argc++;
+  return capstan_cli_device_main(argc, argv);
+}
+
+/* bulk-set --expires-before picks devices by their current certificate's
+ * notAfter; report expiring reads the same field. */
+static void test_cli_bulk_set_expiring(void **state) {
+  fixture_t *f = *state;
+  size_t l1, l2;
+  uint8_t *soon = make_cert(10, &l1), *late = make_cert(100, &l2);
+  assert_int_equal(capstan_devices_record_seen_cert(
+                       &f->txn, DEV, soon, l1, CAPSTAN__CERT_TYPE__CERT_TYPE_LSC, NULL, NULL, 0, 1),
+                   0);
+  assert_int_equal(
+      capstan_devices_record_seen_cert(&f->txn, "other-phone", late, l2,
+                                       CAPSTAN__CERT_TYPE__CERT_TYPE_MIC, NULL, NULL, 0, 1),
+      0);
+  assert_int_equal(capstan_store_commit(&f->txn), 0);
+  OPENSSL_free(soon);
+  OPENSSL_free(late);
+  capstan_store_close(f->store);
+  f->store = NULL;
+
+  char when[40];
+  capstan_cli_format_time((int64_t)time(NULL) + 30 * 86400, when, sizeof(when));
+  char *bulk[] = {"device",     "bulk-set",    "--expires-before",
+                  when,         "--operation", "troubleshoot",
+                  "--data-dir", f->dir,        NULL};
+  assert_int_equal(run_device_cli(bulk), CAPSTAN_EXIT_OK);
+  char *nofilter[] = {"device", "bulk-set", "--operation", "none", "--data-dir", f->dir, NULL};
+  assert_int_equal(run_device_cli(nofilter), CAPSTAN_EXIT_USAGE);
+  char *report[] = {"report", "expiring", "--days", "30", "--data-dir", f->dir, NULL};
+  assert_int_equal(capstan_cli_report_main(6, report), CAPSTAN_EXIT_OK);
+
+  assert_int_equal(capstan_store_open(f->dir, 0, &f->store), 0);
+  Capstan__Device *d;
+  assert_int_equal(capstan_store_device_load(f->store, DEV, &d), 0);
+  assert_int_equal(d->operation, CAPSTAN__OPERATION__OPERATION_TROUBLESHOOT);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_PENDING);
+  capstan__device__free_unpacked(d, NULL);
+  assert_int_equal(capstan_store_device_load(f->store, "other-phone", &d), 0);
+  assert_int_equal(d->operation, CAPSTAN__OPERATION__OPERATION_NONE);
+  capstan__device__free_unpacked(d, NULL);
+
+  int64_t na;
+  size_t l3;
+  uint8_t *c3 = make_cert(10, &l3);
+  assert_int_equal(capstan_cli_cert_not_after(c3, l3, &na), 0);
+  int64_t want = (int64_t)time(NULL) + 10 * 86400;
+  assert_true(na >= want - 5 && na <= want + 5);
+  assert_int_equal(capstan_cli_cert_not_after(c3, l3 - 1, &na), CAPSTAN_EINVAL);
+  OPENSSL_free(c3);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_issued_marks_earlier_stale, setup, teardown),
@@ -335,6 +424,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_deleted, setup, teardown),
       cmocka_unit_test(test_names),
       cmocka_unit_test_setup_teardown(test_cli_delete_stale, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cli_bulk_set_expiring, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
