@@ -34,6 +34,7 @@ typedef struct client {
   unsigned retries;
   unsigned blksize;
   int closing;
+  int read_one;
 } client_t;
 
 static struct {
@@ -100,14 +101,24 @@ static void on_timer(uv_timer_t *t) {
   send_last(c);
 }
 
+/* One datagram per read burst: an empty buffer ends it (UV_ENOBUFS) and
+ * saves a recvmsg that would return EAGAIN; more data stays readable. */
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  client_t *c = h->data;
+  if (c->read_one) {
+    c->read_one = 0;
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
   *buf = uv_buf_init((char *)g.rbuf, sizeof(g.rbuf));
 }
 
 static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *addr,
                     unsigned flags) {
   client_t *c = h->data;
-  if (nread < 4 || addr == NULL || c->closing || addr->sa_family != AF_INET) return;
+  if (nread < 0 || addr == NULL) return;
+  c->read_one = 1;
+  if (nread < 4 || c->closing || addr->sa_family != AF_INET) return;
   const struct sockaddr_in *from = (const struct sockaddr_in *)addr;
   if (!c->have_tid) {
     c->tid = *from;

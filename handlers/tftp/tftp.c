@@ -83,7 +83,8 @@ struct transfer {
   uv_udp_t sock;
   uv_timer_t timer;
   int open_handles;
-  int active; /* counted in srv->active and the client */
+  int active;   /* counted in srv->active and the client */
+  int read_one; /* a datagram was consumed in this read burst */
   transfer_state_t state;
   struct sockaddr_storage peer;
   capstan_tftp_request_t req; /* option values are rewritten to what we accept */
@@ -536,8 +537,18 @@ static void alloc_listener(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)srv->rbuf, sizeof(srv->rbuf));
 }
 
+/* A transfer socket holds at most one packet that matters (the peer's ACK):
+ * after one datagram, an empty buffer ends libuv's read burst (documented:
+ * the receive callback gets UV_ENOBUFS) instead of a recvmsg that would
+ * only say EAGAIN. Anything still queued stays readable (level-triggered
+ * poll) and is read on the next loop iteration. */
 static void alloc_transfer(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   transfer_t *t = h->data;
+  if (t->read_one) {
+    t->read_one = 0;
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
   *buf = uv_buf_init((char *)t->srv->rbuf, sizeof(t->srv->rbuf));
 }
 
@@ -545,6 +556,7 @@ static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
                              const struct sockaddr *addr, unsigned flags) {
   transfer_t *t = h->data;
   if (nread < 0 || addr == NULL || t->state == ST_CLOSING) return;
+  t->read_one = 1;
   CBS cbs;
   uint16_t op = 0, block;
   CBS_init(&cbs, (const uint8_t *)buf->base, (size_t)nread);
