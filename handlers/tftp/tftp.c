@@ -24,6 +24,11 @@
 #define OACK_MAX 160
 #define ERROR_PKT_MAX (4 + CAPSTAN_TFTP_ERROR_MSG_MAX + 1)
 #define HOST_PORT_MAX 128
+/* Receive buffer asked for the listener: phones booting together send
+ * their requests in one burst, and the default (~200 KiB, a few hundred
+ * small datagrams) drops most of a burst of thousands. Best effort: the
+ * kernel caps it at net.core.rmem_max. */
+#define LISTENER_RCVBUF (4 << 20)
 
 #define TRANSFER_RESULTS(X) \
   X(OK, "ok")               \
@@ -848,6 +853,10 @@ int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
   int blen = sizeof(bound);
   if (rc == 0) rc = uv_udp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen);
   if (rc == 0) rc = uv_udp_recv_start(&srv->listener, alloc_listener, on_listener_recv);
+  if (rc == 0) {
+    int size = LISTENER_RCVBUF;
+    (void)uv_recv_buffer_size((uv_handle_t *)&srv->listener, &size);
+  }
   if (rc != 0) {
     uv_close((uv_handle_t *)&srv->listener, on_failed_start_closed);
     return rc;
