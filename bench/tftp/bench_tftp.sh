@@ -12,9 +12,10 @@
 # blocks), SERVERS ("capstan tftpd-hpa"), OUT (results dir), NICE (-10: the
 # servers and the load generator run at this nice level so that other work
 # on a shared machine disturbs the comparison less).
-# Besides wall-clock files/s, each run records the server's CPU time
-# (utime+stime of the server process and of its reaped children: tftpd-hpa
-# forks one child per transfer), which is steadier on a busy machine.
+# Besides wall-clock files/s, each run records the server's CPU time (perf
+# stat task-clock of the server and every process it forks: tftpd-hpa serves
+# each transfer in a child), per transfer attempted; it is steadier than
+# wall-clock numbers on a busy machine.
 # Prints a Markdown table of medians; raw lines go to $OUT/raw.txt.
 set -euo pipefail
 
@@ -107,18 +108,40 @@ cpu_ticks() { # utime+stime+cutime+cstime of a process, in clock ticks
   awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"
 }
 
+# Server CPU seconds spent during "$@": perf stat on the server process,
+# children included (tftpd-hpa serves each transfer in a forked process
+# whose time is not reaped into the daemon's cutime). Without perf: the
+# /proc counters of the server process (exact for capstan only).
+server_cpu_during() { # pid cmd...
+  local pid=$1 before after perf_pid
+  shift
+  if command -v perf >/dev/null 2>&1; then
+    perf stat -x, -e task-clock -p "$pid" -o "$OUT/perf.tmp" 2>/dev/null &
+    perf_pid=$!
+    sleep 0.2
+    "$@" >"$OUT/load.tmp" || true
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    awk -F, '/task-clock/ {printf "%.3f", $1 / 1000; found=1} END {if (!found) printf "nan"}' \
+      "$OUT/perf.tmp"
+  else
+    before=$(cpu_ticks "$pid")
+    "$@" >"$OUT/load.tmp" || true
+    after=$(cpu_ticks "$pid")
+    awk -v a="$after" -v b="$before" -v t="$(getconf CLK_TCK)" 'BEGIN{printf "%.3f", (a-b)/t}'
+  fi
+}
+
 run_load() { # server port file concurrency total
-  local server=$1 port=$2 file=$3 conc=$4 total=$5 line before after cpu
+  local server=$1 port=$2 file=$3 conc=$4 total=$5 cpu
   local bs=()
   if [ "$BLKSIZE" != 0 ]; then bs=(--blksize "$BLKSIZE"); fi
-  before=$(cpu_ticks "${SERVER_PID[$server]}")
-  line=$(nice -n "$NICE" "$BUILD/capstan-tftp-load" --server "127.0.0.1:$port" --file "$file" \
+  cpu=$(server_cpu_during "${SERVER_PID[$server]}" \
+    nice -n "$NICE" "$BUILD/capstan-tftp-load" --server "127.0.0.1:$port" --file "$file" \
     --expect "$DATA/$file" --concurrency "$conc" --total "$total" "${bs[@]}" \
-    --timeout-ms 1000 --retries 5 || true)
-  after=$(cpu_ticks "${SERVER_PID[$server]}")
-  cpu=$(awk -v a="$after" -v b="$before" -v t="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", (a-b)/t}')
-  echo "server=$server file=$file concurrency=$conc total=$total server_cpu_s=$cpu $line load=$(cut -d' ' -f1 /proc/loadavg)" |
-    tee -a "$OUT/raw.txt" >&2
+    --timeout-ms 1000 --retries 5)
+  echo "server=$server file=$file concurrency=$conc total=$total server_cpu_s=$cpu" \
+    "$(cat "$OUT/load.tmp") load=$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$OUT/raw.txt" >&2
 }
 
 main() {
@@ -170,7 +193,7 @@ print("| file | concurrent | server | files/s (median) | p99 ms (median) | serve
 print("|---|---|---|---|---|---|---|---|")
 keys = sorted({(f, c) for (f, c, _) in rows})
 for f, c in keys:
-    fps = {}
+    fps, cpus = {}, {}
     for s in ("capstan", "tftpd-hpa"):
         r = rows.get((f, c, s))
         if not r:
@@ -178,10 +201,13 @@ for f, c in keys:
         fps[s] = med([float(x["files_per_sec"]) for x in r])
         fails = sum(int(x["failures"]) if x["failures"].isdigit() else 10**9 for x in r)
         p99 = med([float(x["p99_ms"]) for x in r])
-        cpu = med([1000 * float(x["server_cpu_s"]) / max(1, int(x["files"])) for x in r])
+        cpu = med([1000 * float(x["server_cpu_s"]) / max(1, int(x["files"]) + int(x["failures"])) for x in r])
+        cpus[s] = cpu
         print(f"| {f} | {c} | {s} | {fps[s]:.1f} | {p99:.1f} | {cpu:.2f} | {fails} | {len(r)} |")
     if "capstan" in fps and fps.get("tftpd-hpa"):
-        print(f"| {f} | {c} | **ratio capstan/tftpd-hpa** | **{fps['capstan'] / fps['tftpd-hpa']:.2f}x** | | | | |")
+        cr = cpus["tftpd-hpa"] / cpus["capstan"] if cpus.get("capstan") else float("nan")
+        print(f"| {f} | {c} | **ratio capstan/tftpd-hpa** | **{fps['capstan'] / fps['tftpd-hpa']:.2f}x** | "
+              f"| tftpd-hpa uses {cr:.1f}x the CPU | | |")
 EOF
 }
 

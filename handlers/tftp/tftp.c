@@ -573,10 +573,13 @@ static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     }
     return;
   }
-  if (!have_op || (flags & UV_UDP_PARTIAL)) return;
+  /* While the source has not answered, nothing from the peer matters (it
+   * cannot know this port yet), and the transfer must stay alive for the
+   * source's callback anyway. */
+  if (!have_op || (flags & UV_UDP_PARTIAL) || t->state != ST_SENDING) return;
   if (op == CAPSTAN_TFTP_OP_ACK) {
     /* A malformed ACK is dropped: the retransmit timer covers it. */
-    if (t->state != ST_SENDING || !CBS_get_u16(&cbs, &block) || CBS_len(&cbs) != 0) return;
+    if (!CBS_get_u16(&cbs, &block) || CBS_len(&cbs) != 0) return;
     on_ack(t, block);
   } else if (op == CAPSTAN_TFTP_OP_ERROR) {
     /* The client gave up (e.g. it refused our OACK). */
