@@ -368,6 +368,14 @@ def ctx():
     return _CTX
 
 
+class EndSession(TestFailure):
+    """enroll(): the server ended the session right after AUTH_RESPONSE."""
+
+    def __init__(self, name, reason):
+        super().__init__("%s: END_SESSION %d instead of KEY_GEN_REQUEST" % (name, reason))
+        self.reason = reason
+
+
 class Closed(Exception):
     """The server closed the connection (EOF, reset or TLS close)."""
 
@@ -491,6 +499,8 @@ def enroll(port, name, spki=None, cert_sink=None, password=b""):
         p.auth_request()
         p.send_auth(name, password)
         m = p.recv()
+        if m.command == END_SESSION:
+            raise EndSession(name, m.u8(EL_REASON))
         check(m.command == KEY_GEN_REQUEST, "%s: expected KEY_GEN_REQUEST, got %r" % (name, m))
         check(m.u8(EL_KEY_TYPE) == 0, "%s: expected an RSA key request" % name)
         p.send(msg(KEY_GEN_RESPONSE, p.session_id, el(EL_PUBLIC_KEY, spki)))
