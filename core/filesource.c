@@ -26,7 +26,9 @@ capstan_file_kind_t capstan_file_kind_of(const char *name) {
   return CAPSTAN_FILE_OTHER;
 }
 
-static void blob_free_default(capstan_blob_t *blob) { free(blob); }
+static void blob_free_default(capstan_blob_t *blob) {
+  free(blob);
+}
 
 capstan_blob_t *capstan_blob_new(const uint8_t *data, size_t len) {
   capstan_blob_t *blob = malloc(sizeof(*blob) + (len ? len : 1));

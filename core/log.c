@@ -20,9 +20,13 @@ void capstan_log_init(void) {
   }
 }
 
-void capstan_log_set_level(capstan_log_level_t level) { g_level = level; }
+void capstan_log_set_level(capstan_log_level_t level) {
+  g_level = level;
+}
 
-int capstan_log_enabled(capstan_log_level_t level) { return level >= g_level; }
+int capstan_log_enabled(capstan_log_level_t level) {
+  return level >= g_level;
+}
 
 void capstan_logv(capstan_log_level_t level, const char *fmt, va_list ap) {
   if (level < g_level) return;
@@ -32,8 +36,8 @@ void capstan_logv(capstan_log_level_t level, const char *fmt, va_list ap) {
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
   int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s ",
-                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                   tm.tm_sec, ts.tv_nsec / 1000000, kLevelNames[level]);
+                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   ts.tv_nsec / 1000000, kLevelNames[level]);
   if (n < 0) return;
   int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
   size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
@@ -53,10 +57,15 @@ void capstan_log(capstan_log_level_t level, const char *fmt, ...) {
 
 const char *capstan_strerror(int err) {
   switch (err) {
-    case 0: return "success";
-    case CAPSTAN_ECRYPTO: return "cryptographic operation failed";
-    case CAPSTAN_EPROTO: return "protocol error";
-    case CAPSTAN_EBUSY: return "limit reached, try later";
-    default: return err < 0 ? strerror(-err) : "unknown error";
+    case 0:
+      return "success";
+    case CAPSTAN_ECRYPTO:
+      return "cryptographic operation failed";
+    case CAPSTAN_EPROTO:
+      return "protocol error";
+    case CAPSTAN_EBUSY:
+      return "limit reached, try later";
+    default:
+      return err < 0 ? strerror(-err) : "unknown error";
   }
 }

@@ -29,11 +29,10 @@ struct capstan_metric {
   struct capstan_metric *next;
 };
 
-const double capstan_buckets_fast[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                       0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5,
-                                       5,      10};
+const double capstan_buckets_fast[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                       0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 const size_t capstan_buckets_fast_n = sizeof(capstan_buckets_fast) / sizeof(double);
-const double capstan_buckets_slow[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,   2.5,  5,    10,
+const double capstan_buckets_slow[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1,    2.5,  5,   10,
                                        30,   60,   120, 300,  600, 1200, 1800, 3600};
 const size_t capstan_buckets_slow_n = sizeof(capstan_buckets_slow) / sizeof(double);
 
@@ -121,9 +120,8 @@ capstan_metric_t *capstan_metrics_gauge_fn(const char *name, const char *help, c
   return m;
 }
 
-capstan_metric_t *capstan_metrics_histogram(const char *name, const char *help,
-                                            const char *labels, const double *bounds,
-                                            size_t nbounds) {
+capstan_metric_t *capstan_metrics_histogram(const char *name, const char *help, const char *labels,
+                                            const double *bounds, size_t nbounds) {
   if (nbounds > CAPSTAN_METRICS_MAX_BUCKETS) nbounds = CAPSTAN_METRICS_MAX_BUCKETS;
   capstan_metric_t *m = register_metric(KIND_HISTOGRAM, name, help, labels);
   if (m != NULL && m->nbounds == 0) {
@@ -140,7 +138,9 @@ static void atomic_add_double(_Atomic uint64_t *bits, double v) {
   }
 }
 
-void capstan_metric_inc(capstan_metric_t *m) { capstan_metric_add(m, 1); }
+void capstan_metric_inc(capstan_metric_t *m) {
+  capstan_metric_add(m, 1);
+}
 
 void capstan_metric_add(capstan_metric_t *m, double v) {
   if (m == NULL) return;
@@ -164,11 +164,13 @@ void capstan_metric_observe(capstan_metric_t *m, double v) {
 double capstan_metric_value(const capstan_metric_t *m) {
   if (m == NULL) return 0;
   if (m->kind == KIND_GAUGE_FN) return m->fn(m->fn_arg);
-  return from_bits(atomic_load_explicit(&((capstan_metric_t *)m)->value_bits, memory_order_relaxed));
+  return from_bits(
+      atomic_load_explicit(&((capstan_metric_t *)m)->value_bits, memory_order_relaxed));
 }
 
 uint64_t capstan_metric_count(const capstan_metric_t *m) {
-  return m == NULL ? 0 : atomic_load_explicit(&((capstan_metric_t *)m)->count, memory_order_relaxed);
+  return m == NULL ? 0
+                   : atomic_load_explicit(&((capstan_metric_t *)m)->count, memory_order_relaxed);
 }
 
 /* A growable output buffer for rendering. */
@@ -232,8 +234,7 @@ static void render_series(out_t *o, const capstan_metric_t *m) {
       format_value(v, sizeof(v), m->bounds[i]);
     else
       snprintf(v, sizeof(v), "+Inf");
-    outf(o, "%s_bucket{%s%sle=\"%s\"} %llu\n", m->name, m->labels, sep, v,
-         (unsigned long long)cum);
+    outf(o, "%s_bucket{%s%sle=\"%s\"} %llu\n", m->name, m->labels, sep, v, (unsigned long long)cum);
   }
   format_value(v, sizeof(v), capstan_metric_value(m));
   if (m->labels[0]) {

@@ -1,0 +1,789 @@
+#include "core/files/service.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <openssl/x509.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/files/cnfxml.h"
+#include "core/files/encconf.h"
+#include "core/files/itl.h"
+#include "core/files/sgn.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/pki.h"
+
+#define CACHE_BUCKETS 16384
+#define CACHE_MAX_ENTRIES 200000
+#define NAME_MAX_LEN 255
+#define STATIC_FILE_MAX (64u * 1024u * 1024u)
+
+/* Identities used to sign and list: shared read-only with workers. */
+typedef struct files_pki {
+  _Atomic unsigned refs;
+  capstan_identity_t tftp;
+  X509 *capf;
+  X509 *capf_prev;
+} files_pki_t;
+
+typedef struct waiter {
+  capstan_file_cb cb;
+  void *ctx;
+  struct waiter *next;
+} waiter_t;
+
+typedef struct build_job build_job_t;
+
+typedef struct cache_entry {
+  char *name;
+  capstan_file_kind_t kind;
+  uint8_t key[SHA256_DIGEST_LENGTH]; /* digest of everything the file depends on */
+  uint64_t txnid;                    /* store state the key was last checked against */
+  capstan_blob_t *blob;              /* the built file, NULL until the first build */
+  build_job_t *job;                  /* build in flight for |key|, if any */
+  struct cache_entry *next;
+} cache_entry_t;
+
+typedef enum { BUILD_ITL, BUILD_SGN, BUILD_ENC, BUILD_READ_FILE } build_kind_t;
+
+struct build_job {
+  uv_work_t req;
+  capstan_files_service_t *svc;
+  cache_entry_t *entry; /* NULL once the entry was evicted */
+  uint8_t key[SHA256_DIGEST_LENGTH];
+  build_kind_t kind;
+  capstan_file_kind_t file_kind;
+  files_pki_t *pki;
+  char name[NAME_MAX_LEN + 1];
+  uint8_t *content;
+  size_t content_len;
+  EVP_PKEY *phone_key;
+  int hash_alg;
+  char *path;
+  waiter_t *waiters;
+  /* results */
+  uint8_t *out;
+  size_t out_len;
+  int status;
+  const char *why;
+  double started;
+};
+
+struct capstan_files_service {
+  capstan_filesource_t source;
+  uv_loop_t *loop;
+  capstan_store_t *store;
+  files_pki_t *pki;
+  char *static_dir; /* realpath, or NULL */
+  char *default_host;
+  uint16_t capf_port;
+  char *capf_host; /* setting; NULL or "" = default */
+  int sha512;
+  cache_entry_t *buckets[CACHE_BUCKETS];
+  size_t entries;
+  unsigned jobs;
+  int freeing;
+  capstan_metric_t *builds[CAPSTAN_FILE_KIND_COUNT];
+  capstan_metric_t *hits[CAPSTAN_FILE_KIND_COUNT];
+  capstan_metric_t *build_duration;
+  capstan_metric_t *build_errors;
+  capstan_metric_t *enc_ec, *enc_no_cert;
+};
+
+/* --- Identities ----------------------------------------------------------- */
+
+static files_pki_t *pki_ref(files_pki_t *p) {
+  atomic_fetch_add(&p->refs, 1);
+  return p;
+}
+
+static void pki_unref(files_pki_t *p) {
+  if (p == NULL || atomic_fetch_sub(&p->refs, 1) != 1) return;
+  capstan_identity_cleanup(&p->tftp);
+  X509_free(p->capf);
+  X509_free(p->capf_prev);
+  free(p);
+}
+
+static int load_cert(capstan_store_t *store, const char *which, capstan_identity_t *id,
+                     X509 **cert_only) {
+  Capstan__Identity *rec = NULL;
+  int rc = capstan_store_identity_load(store, which, &rec);
+  if (rc < 0) return rc;
+  if (id != NULL) {
+    rc = capstan_identity_from_der(rec->cert_der.data, rec->cert_der.len, rec->key_der.data,
+                                   rec->key_der.len, id);
+  } else {
+    rc = capstan_pki_parse_cert(rec->cert_der.data, rec->cert_der.len, cert_only);
+  }
+  capstan__identity__free_unpacked(rec, NULL);
+  return rc;
+}
+
+int capstan_files_service_reload(capstan_files_service_t *svc) {
+  files_pki_t *p = calloc(1, sizeof(*p));
+  if (p == NULL) return CAPSTAN_ENOMEM;
+  atomic_init(&p->refs, 1);
+  int rc = load_cert(svc->store, CAPSTAN_IDENTITY_TFTP, &p->tftp, NULL);
+  if (rc == 0) rc = load_cert(svc->store, CAPSTAN_IDENTITY_CAPF, NULL, &p->capf);
+  if (rc < 0) {
+    LOG_ERROR("event=files_identity_missing error=%s hint=\"run capstan init\"",
+              capstan_strerror(rc));
+    pki_unref(p);
+    return rc;
+  }
+  load_cert(svc->store, CAPSTAN_IDENTITY_CAPF_PREV, NULL, &p->capf_prev); /* optional */
+  pki_unref(svc->pki);
+  svc->pki = p;
+  return 0;
+}
+
+/* --- Names ---------------------------------------------------------------- */
+
+static int ends_with(const char *s, size_t n, const char *suffix) {
+  size_t m = strlen(suffix);
+  return n > m && memcmp(s + n - m, suffix, m) == 0;
+}
+
+/* Names phones ask for: printable ASCII, no backslash, no absolute path, no
+ * empty, "." or ".." segment. Only static files may have '/'. */
+static int name_acceptable(const char *name) {
+  size_t n = strlen(name);
+  if (n == 0 || n > NAME_MAX_LEN || name[0] == '/') return 0;
+  const char *seg = name;
+  for (const char *p = name;; p++) {
+    if (*p == '/' || *p == '\0') {
+      size_t len = (size_t)(p - seg);
+      if (len == 0 || (len == 1 && seg[0] == '.') || (len == 2 && seg[0] == '.' && seg[1] == '.'))
+        return 0;
+      if (*p == '\0') break;
+      seg = p + 1;
+      continue;
+    }
+    if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '\\') return 0;
+  }
+  return 1;
+}
+
+/* Splits a per-device name into the device and the kind; returns 0 when it
+ * is not a per-device name. */
+static int device_file(const char *name, char *device, size_t cap, capstan_file_kind_t *kind) {
+  size_t n = strlen(name);
+  size_t base = 0;
+  if (strchr(name, '/') != NULL) return 0;
+  if (strncmp(name, "ITL", 3) == 0 && ends_with(name, n, ".tlv")) {
+    if (strcmp(name, "ITLFile.tlv") == 0) return 0;
+    *kind = CAPSTAN_FILE_ITL;
+    if (n - 7 >= cap) return 0;
+    memcpy(device, name + 3, n - 7);
+    device[n - 7] = '\0';
+    return 1;
+  }
+  if (ends_with(name, n, ".cnf.xml.enc.sgn")) {
+    *kind = CAPSTAN_FILE_CNF_ENC_SGN;
+    base = n - strlen(".cnf.xml.enc.sgn");
+  } else if (ends_with(name, n, ".cnf.xml.sgn")) {
+    *kind = CAPSTAN_FILE_CNF_SGN;
+    base = n - strlen(".cnf.xml.sgn");
+  } else if (ends_with(name, n, ".cnf.xml")) {
+    *kind = CAPSTAN_FILE_CNF;
+    base = n - strlen(".cnf.xml");
+  } else {
+    return 0;
+  }
+  if (base == 0 || base >= cap) return 0;
+  memcpy(device, name, base);
+  device[base] = '\0';
+  return 1;
+}
+
+/* --- Cache ---------------------------------------------------------------- */
+
+static size_t bucket_of(const char *name) {
+  uint64_t h = 1469598103934665603ull;
+  for (const char *p = name; *p; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+  return (size_t)(h % CACHE_BUCKETS);
+}
+
+static cache_entry_t *cache_find(capstan_files_service_t *svc, const char *name) {
+  for (cache_entry_t *e = svc->buckets[bucket_of(name)]; e; e = e->next) {
+    if (strcmp(e->name, name) == 0) return e;
+  }
+  return NULL;
+}
+
+static void entry_free(cache_entry_t *e) {
+  if (e->job) e->job->entry = NULL;
+  capstan_blob_unref(e->blob);
+  free(e->name);
+  free(e);
+}
+
+/* Keeps the cache bounded: drops every entry of one bucket run when full
+ * (cheap, and a dropped file is only re-signed on its next request). */
+static void cache_make_room(capstan_files_service_t *svc) {
+  static size_t sweep;
+  while (svc->entries >= CACHE_MAX_ENTRIES) {
+    cache_entry_t **pp = &svc->buckets[sweep++ % CACHE_BUCKETS];
+    while (*pp) {
+      cache_entry_t *e = *pp;
+      *pp = e->next;
+      entry_free(e);
+      svc->entries--;
+    }
+  }
+}
+
+static cache_entry_t *cache_get(capstan_files_service_t *svc, const char *name,
+                                capstan_file_kind_t kind) {
+  cache_entry_t *e = cache_find(svc, name);
+  if (e) return e;
+  cache_make_room(svc);
+  e = calloc(1, sizeof(*e));
+  if (e == NULL || (e->name = strdup(name)) == NULL) {
+    free(e);
+    return NULL;
+  }
+  e->kind = kind;
+  size_t b = bucket_of(name);
+  e->next = svc->buckets[b];
+  svc->buckets[b] = e;
+  svc->entries++;
+  return e;
+}
+
+/* --- Building on the workers ---------------------------------------------- */
+
+static void job_free(build_job_t *j) {
+  pki_unref(j->pki);
+  free(j->content);
+  free(j->out);
+  free(j->path);
+  EVP_PKEY_free(j->phone_key);
+  free(j);
+}
+
+static void build_run(uv_work_t *req) {
+  build_job_t *j = req->data;
+  files_pki_t *p = j->pki;
+  uint32_t now = (uint32_t)time(NULL);
+  switch (j->kind) {
+    case BUILD_ITL: {
+      capstan_itl_entry_t entries[3];
+      size_t n = 0;
+      entries[n++] = (capstan_itl_entry_t){.cert = p->tftp.cert, .role = 3};
+      entries[n++] = (capstan_itl_entry_t){.cert = p->capf, .role = 4};
+      if (p->capf_prev) entries[n++] = (capstan_itl_entry_t){.cert = p->capf_prev, .role = 4};
+      capstan_itl_params_t params = {
+          .signer_cert = p->tftp.cert,
+          .entries = entries,
+          .n_entries = n,
+          .filename = j->name,
+          .hash_alg = j->hash_alg,
+          .signer_version_minor = 0,
+          .timestamp = now,
+      };
+      j->status = capstan_itl_build(&params, p->tftp.key, &j->out, &j->out_len, &j->why);
+      break;
+    }
+    case BUILD_SGN: {
+      /* FILENAME is "<name>.sgn" where <name> is the unsigned file. */
+      char unsigned_name[NAME_MAX_LEN + 1];
+      size_t n = strlen(j->name) - 4;
+      memcpy(unsigned_name, j->name, n);
+      unsigned_name[n] = '\0';
+      j->status =
+          capstan_sgnfile_build(unsigned_name, j->content, j->content_len, p->tftp.cert,
+                                p->tftp.key, j->hash_alg, now, &j->out, &j->out_len, &j->why);
+      break;
+    }
+    case BUILD_ENC: {
+      capstan_encconf_params_t params = {
+          .signer_cert = p->tftp.cert,
+          .phone_pub = j->phone_key,
+          .filename = j->name,
+          .config = j->content,
+          .config_len = j->content_len,
+          .enc_hash_alg = j->hash_alg,
+          .sign_hash_alg = j->hash_alg,
+          .timestamp = now,
+      };
+      j->status = capstan_encconf_build(&params, p->tftp.key, &j->out, &j->out_len, &j->why);
+      break;
+    }
+    case BUILD_READ_FILE: {
+      int fd = open(j->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+      struct stat st;
+      j->status = CAPSTAN_ENOENT;
+      if (fd < 0) break;
+      if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= STATIC_FILE_MAX) {
+        j->out = malloc(st.st_size ? (size_t)st.st_size : 1);
+        size_t got = 0;
+        while (j->out && got < (size_t)st.st_size) {
+          ssize_t r = read(fd, j->out + got, (size_t)st.st_size - got);
+          if (r <= 0) break;
+          got += (size_t)r;
+        }
+        j->out_len = got;
+        j->status = (j->out && got == (size_t)st.st_size) ? 0 : CAPSTAN_EIO;
+      }
+      close(fd);
+      break;
+    }
+  }
+}
+
+static void notify(waiter_t *w, int status, capstan_blob_t *blob, capstan_file_kind_t kind) {
+  while (w) {
+    waiter_t *next = w->next;
+    w->cb(w->ctx, status, status == 0 ? capstan_blob_ref(blob) : NULL, kind);
+    free(w);
+    w = next;
+  }
+}
+
+static void build_done(uv_work_t *req, int status) {
+  build_job_t *j = req->data;
+  capstan_files_service_t *svc = j->svc;
+  capstan_blob_t *blob = NULL;
+  int rc = status < 0 ? CAPSTAN_EIO : j->status;
+  if (rc == 0) {
+    blob = capstan_blob_new(j->out, j->out_len);
+    if (blob == NULL) rc = CAPSTAN_ENOMEM;
+  }
+  capstan_metric_observe(svc->build_duration, capstan_now_seconds() - j->started);
+  if (rc < 0) {
+    capstan_metric_inc(svc->build_errors);
+    LOG_ERROR("event=file_build_failed file=%s error=%s why=\"%s\"", j->name, capstan_strerror(rc),
+              j->why ? j->why : "-");
+  } else {
+    capstan_metric_inc(svc->builds[j->file_kind]);
+  }
+  cache_entry_t *e = j->entry;
+  if (e != NULL) {
+    e->job = NULL;
+    if (rc == 0 && memcmp(e->key, j->key, sizeof(j->key)) == 0) {
+      capstan_blob_unref(e->blob);
+      e->blob = capstan_blob_ref(blob);
+    }
+  }
+  notify(j->waiters, rc == 0 ? 0 : (rc == CAPSTAN_ENOENT ? CAPSTAN_ENOENT : CAPSTAN_EIO), blob,
+         j->file_kind);
+  capstan_blob_unref(blob);
+  job_free(j);
+  svc->jobs--;
+  if (svc->freeing && svc->jobs == 0) capstan_files_service_free(svc);
+}
+
+/* Serves |e| when its key matches, joins a build in flight for the same key,
+ * or starts one from |j| (which the call then owns). */
+static void serve_or_build(capstan_files_service_t *svc, cache_entry_t *e, build_job_t *j,
+                           capstan_file_cb cb, void *ctx) {
+  uint64_t txnid = capstan_store_txnid(svc->store);
+  if (e->blob != NULL && memcmp(e->key, j->key, sizeof(j->key)) == 0) {
+    e->txnid = txnid;
+    capstan_metric_inc(svc->hits[e->kind]);
+    job_free(j);
+    cb(ctx, 0, capstan_blob_ref(e->blob), e->kind);
+    return;
+  }
+  waiter_t *w = malloc(sizeof(*w));
+  if (w == NULL) {
+    job_free(j);
+    cb(ctx, CAPSTAN_ENOMEM, NULL, e->kind);
+    return;
+  }
+  w->cb = cb;
+  w->ctx = ctx;
+  if (e->job != NULL && memcmp(e->job->key, j->key, sizeof(j->key)) == 0) {
+    w->next = e->job->waiters;
+    e->job->waiters = w;
+    job_free(j);
+    return;
+  }
+  w->next = NULL;
+  j->waiters = w;
+  j->svc = svc;
+  j->entry = e;
+  j->file_kind = e->kind;
+  j->pki = pki_ref(svc->pki);
+  j->started = capstan_now_seconds();
+  j->req.data = j;
+  snprintf(j->name, sizeof(j->name), "%s", e->name);
+  memcpy(e->key, j->key, sizeof(j->key));
+  e->txnid = txnid;
+  if (e->job) e->job->entry = NULL; /* an older build no longer updates the entry */
+  e->job = j;
+  svc->jobs++;
+  if (uv_queue_work(svc->loop, &j->req, build_run, build_done) < 0) {
+    svc->jobs--;
+    e->job = NULL;
+    j->waiters = NULL;
+    job_free(j);
+    notify(w, CAPSTAN_EIO, NULL, e->kind);
+  }
+}
+
+/* --- Per-device content --------------------------------------------------- */
+
+typedef struct device_view {
+  Capstan__Device *device;
+  Capstan__Template *tmpl;
+} device_view_t;
+
+static int read_device(capstan_txn_t *txn, void *arg) {
+  device_view_t *v = arg;
+  int rc = capstan_store_device_get(txn, v->device->name, &v->device);
+  if (rc < 0) {
+    v->device = NULL;
+    return rc;
+  }
+  if (v->device->template_name && v->device->template_name[0] && (v->device->config_xml.len == 0)) {
+    capstan_store_template_get(txn, v->device->template_name, &v->tmpl);
+  }
+  return 0;
+}
+
+static int load_device(capstan_files_service_t *svc, const char *name, device_view_t *v) {
+  Capstan__Device probe = CAPSTAN__DEVICE__INIT;
+  probe.name = (char *)name;
+  v->device = &probe;
+  v->tmpl = NULL;
+  int rc = capstan_store_read(svc->store, read_device, v);
+  if (rc < 0 && v->device == &probe) v->device = NULL;
+  return rc;
+}
+
+static void free_view(device_view_t *v) {
+  if (v->device) capstan__device__free_unpacked(v->device, NULL);
+  if (v->tmpl) capstan__template__free_unpacked(v->tmpl, NULL);
+}
+
+const char *capstan_files_enc_unavailable_reason(const Capstan__Device *d) {
+  if (!d->encrypted_config) return NULL;
+  if (d->public_key.len == 0) return "no certificate on record: waiting for a CAPF session";
+  const uint8_t *p = d->public_key.data;
+  EVP_PKEY *key = d2i_PUBKEY(NULL, &p, (long)d->public_key.len);
+  if (key == NULL) return "public key on record is unreadable";
+  const char *why = NULL;
+  capstan_encconf_key_usable(key, &why);
+  EVP_PKEY_free(key);
+  return why;
+}
+
+/* The completed configuration for |d|; *out malloc'd. */
+static int complete_config(capstan_files_service_t *svc, const device_view_t *v, uint8_t **out,
+                           size_t *out_len) {
+  const Capstan__Device *d = v->device;
+  const uint8_t *base;
+  size_t base_len;
+  if (d->config_xml.len > 0) {
+    base = d->config_xml.data;
+    base_len = d->config_xml.len;
+  } else if (v->tmpl != NULL) {
+    base = v->tmpl->config_xml.data;
+    base_len = v->tmpl->config_xml.len;
+  } else {
+    base = (const uint8_t *)capstan_cnfxml_default_base(&base_len);
+  }
+  capstan_cnfxml_params_t params = {
+      .auth_mode = d->operation == CAPSTAN__OPERATION__OPERATION_NONE ? 0 : (int)d->auth_mode,
+      .capf_host = svc->capf_host && svc->capf_host[0] ? svc->capf_host : svc->default_host,
+      .capf_port = svc->capf_port,
+      .cert_hash = d->md5hash && strlen(d->md5hash) == 32 ? d->md5hash : NULL,
+      .encr_config = d->encrypted_config,
+  };
+  char err[160];
+  int rc = capstan_cnfxml_complete(base, base_len, &params, out, out_len, err, sizeof(err));
+  if (rc < 0) LOG_ERROR("event=config_complete_failed device=%s error=\"%s\"", d->name, err);
+  return rc;
+}
+
+static void key_of(build_job_t *j, const char *tag, const uint8_t *a, size_t alen, const uint8_t *b,
+                   size_t blen, const files_pki_t *p) {
+  SHA256_CTX ctx;
+  SHA256_Init(&ctx);
+  SHA256_Update(&ctx, tag, strlen(tag) + 1);
+  SHA256_Update(&ctx, &j->hash_alg, sizeof(j->hash_alg));
+  SHA256_Update(&ctx, &p, sizeof(p)); /* a new identity snapshot means new files */
+  if (a) SHA256_Update(&ctx, a, alen);
+  if (b) SHA256_Update(&ctx, b, blen);
+  SHA256_Final(j->key, &ctx);
+}
+
+static void open_device_file(capstan_files_service_t *svc, const char *name, const char *device,
+                             capstan_file_kind_t kind, capstan_file_cb cb, void *ctx) {
+  cache_entry_t *e = cache_find(svc, name);
+  /* Nothing changed in the store since the key was checked: serve. */
+  if (e && e->blob && e->job == NULL && e->txnid == capstan_store_txnid(svc->store)) {
+    capstan_metric_inc(svc->hits[kind]);
+    cb(ctx, 0, capstan_blob_ref(e->blob), kind);
+    return;
+  }
+  device_view_t v;
+  int rc = load_device(svc, device, &v);
+  if (rc < 0) {
+    free_view(&v);
+    cb(ctx, rc == CAPSTAN_ENOENT ? CAPSTAN_ENOENT : CAPSTAN_EIO, NULL, kind);
+    return;
+  }
+  build_job_t *j = calloc(1, sizeof(*j));
+  if (j == NULL) goto nomem;
+  j->hash_alg = svc->sha512 ? CAPSTAN_SGN_HASH_SHA512 : CAPSTAN_SGN_HASH_SHA1;
+  const Capstan__Device *d = v.device;
+  if (kind == CAPSTAN_FILE_ITL) {
+    j->kind = BUILD_ITL;
+    key_of(j, "itl", NULL, 0, NULL, 0, svc->pki);
+  } else {
+    uint8_t *full = NULL;
+    size_t full_len = 0;
+    rc = complete_config(svc, &v, &full, &full_len);
+    if (rc < 0) {
+      free(j);
+      free_view(&v);
+      cb(ctx, CAPSTAN_EIO, NULL, kind);
+      return;
+    }
+    if (kind == CAPSTAN_FILE_CNF) {
+      /* The plain configuration is never served to an encrypted device. */
+      free(j);
+      if (d->encrypted_config) {
+        LOG_INFO("event=file_denied file=%s reason=\"device has encrypted configuration\"", name);
+        free(full);
+        free_view(&v);
+        cb(ctx, CAPSTAN_EACCES, NULL, kind);
+        return;
+      }
+      capstan_blob_t *blob = capstan_blob_new(full, full_len);
+      free(full);
+      free_view(&v);
+      cb(ctx, blob ? 0 : CAPSTAN_ENOMEM, blob, kind);
+      return;
+    }
+    if (kind == CAPSTAN_FILE_CNF_SGN) {
+      j->kind = BUILD_SGN;
+      if (d->encrypted_config) {
+        uint8_t *partial = NULL;
+        size_t partial_len = 0;
+        rc = capstan_cnfxml_partial(full, full_len,
+                                    d->md5hash && strlen(d->md5hash) == 32 ? d->md5hash : NULL,
+                                    &partial, &partial_len, NULL, 0);
+        free(full);
+        if (rc < 0) goto fail_io;
+        full = partial;
+        full_len = partial_len;
+      }
+      j->content = full;
+      j->content_len = full_len;
+      key_of(j, "sgn", full, full_len, NULL, 0, svc->pki);
+    } else { /* CNF_ENC_SGN */
+      const char *why = capstan_files_enc_unavailable_reason(d);
+      if (!d->encrypted_config || why != NULL) {
+        free(full);
+        if (d->encrypted_config) {
+          capstan_metric_inc(d->public_key.len ? svc->enc_ec : svc->enc_no_cert);
+          LOG_INFO("event=enc_config_unavailable device=%s reason=\"%s\"", device, why);
+        }
+        free(j);
+        free_view(&v);
+        cb(ctx, CAPSTAN_ENOENT, NULL, kind);
+        return;
+      }
+      const uint8_t *p = d->public_key.data;
+      j->phone_key = d2i_PUBKEY(NULL, &p, (long)d->public_key.len);
+      j->kind = BUILD_ENC;
+      j->content = full;
+      j->content_len = full_len;
+      /* Encryption is randomised: the key covers what the phone decrypts. */
+      key_of(j, "enc", full, full_len, d->public_key.data, d->public_key.len, svc->pki);
+    }
+  }
+  free_view(&v);
+  e = cache_get(svc, name, kind);
+  if (e == NULL) {
+    job_free(j);
+    cb(ctx, CAPSTAN_ENOMEM, NULL, kind);
+    return;
+  }
+  serve_or_build(svc, e, j, cb, ctx);
+  return;
+fail_io:
+  job_free(j);
+  free_view(&v);
+  cb(ctx, CAPSTAN_EIO, NULL, kind);
+  return;
+nomem:
+  free_view(&v);
+  cb(ctx, CAPSTAN_ENOMEM, NULL, kind);
+}
+
+static void open_cluster_itl(capstan_files_service_t *svc, const char *name, capstan_file_cb cb,
+                             void *ctx) {
+  build_job_t *j = calloc(1, sizeof(*j));
+  cache_entry_t *e = cache_get(svc, name, CAPSTAN_FILE_ITL);
+  if (j == NULL || e == NULL) {
+    free(j);
+    cb(ctx, CAPSTAN_ENOMEM, NULL, CAPSTAN_FILE_ITL);
+    return;
+  }
+  j->kind = BUILD_ITL;
+  j->hash_alg = svc->sha512 ? CAPSTAN_SGN_HASH_SHA512 : CAPSTAN_SGN_HASH_SHA1;
+  key_of(j, "itl", NULL, 0, NULL, 0, svc->pki);
+  serve_or_build(svc, e, j, cb, ctx);
+}
+
+/* Static files: the resolved path must stay inside the directory. */
+static void open_static(capstan_files_service_t *svc, const char *name, capstan_file_cb cb,
+                        void *ctx) {
+  char path[PATH_MAX], real[PATH_MAX];
+  if (svc->static_dir == NULL ||
+      snprintf(path, sizeof(path), "%s/%s", svc->static_dir, name) >= (int)sizeof(path) ||
+      realpath(path, real) == NULL) {
+    cb(ctx, CAPSTAN_ENOENT, NULL, CAPSTAN_FILE_OTHER);
+    return;
+  }
+  size_t dl = strlen(svc->static_dir);
+  if (strncmp(real, svc->static_dir, dl) != 0 || real[dl] != '/') {
+    LOG_WARN("event=file_denied file=%s reason=\"resolves outside the files directory\"", name);
+    cb(ctx, CAPSTAN_EACCES, NULL, CAPSTAN_FILE_STATIC);
+    return;
+  }
+  struct stat st;
+  if (stat(real, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > STATIC_FILE_MAX) {
+    cb(ctx, CAPSTAN_ENOENT, NULL, CAPSTAN_FILE_STATIC);
+    return;
+  }
+  build_job_t *j = calloc(1, sizeof(*j));
+  cache_entry_t *e = cache_get(svc, name, CAPSTAN_FILE_STATIC);
+  if (j == NULL || e == NULL || (j->path = strdup(real)) == NULL) {
+    free(j);
+    cb(ctx, CAPSTAN_ENOMEM, NULL, CAPSTAN_FILE_STATIC);
+    return;
+  }
+  j->kind = BUILD_READ_FILE;
+  struct {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+  } id = {st.st_dev, st.st_ino, st.st_size, st.st_mtim};
+  key_of(j, "static", (const uint8_t *)&id, sizeof(id), NULL, 0, NULL);
+  serve_or_build(svc, e, j, cb, ctx);
+}
+
+static int device_exists(capstan_store_t *store, const char *name) {
+  Capstan__Device *d = NULL;
+  if (capstan_store_device_load(store, name, &d) < 0) return 0;
+  capstan__device__free_unpacked(d, NULL);
+  return 1;
+}
+
+static void source_open(capstan_filesource_t *src, const char *name, capstan_file_cb cb,
+                        void *ctx) {
+  capstan_files_service_t *svc = src->impl;
+  if (!name_acceptable(name)) {
+    LOG_INFO("event=file_denied reason=\"name refused\"");
+    cb(ctx, CAPSTAN_EACCES, NULL, capstan_file_kind_of(name));
+    return;
+  }
+  char device[NAME_MAX_LEN + 1];
+  capstan_file_kind_t kind;
+  if (strcmp(name, "ITLFile.tlv") == 0) {
+    open_cluster_itl(svc, name, cb, ctx);
+  } else if (device_file(name, device, sizeof(device), &kind) &&
+             device_exists(svc->store, device)) {
+    open_device_file(svc, name, device, kind, cb, ctx);
+  } else {
+    open_static(svc, name, cb, ctx);
+  }
+}
+
+/* --- Life cycle ----------------------------------------------------------- */
+
+void capstan_files_service_apply_settings(capstan_files_service_t *svc,
+                                          const Capstan__Settings *s) {
+  free(svc->capf_host);
+  svc->capf_host = s->capf_host ? strdup(s->capf_host) : NULL;
+  svc->sha512 = s->enc_config_sha512;
+}
+
+int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,
+                              const capstan_files_config_t *cfg, const Capstan__Settings *settings,
+                              capstan_files_service_t **out) {
+  capstan_files_service_t *svc = calloc(1, sizeof(*svc));
+  if (svc == NULL) return CAPSTAN_ENOMEM;
+  svc->loop = loop;
+  svc->store = store;
+  svc->source.open = source_open;
+  svc->source.impl = svc;
+  svc->capf_port = cfg->capf_port;
+  svc->default_host = strdup(cfg->default_capf_host ? cfg->default_capf_host : "capstan");
+  if (cfg->static_dir != NULL) {
+    char real[PATH_MAX];
+    if (realpath(cfg->static_dir, real) == NULL) {
+      LOG_ERROR("event=files_dir_missing dir=%s", cfg->static_dir);
+      capstan_files_service_free(svc);
+      return CAPSTAN_ENOENT;
+    }
+    svc->static_dir = strdup(real);
+  }
+  capstan_files_service_apply_settings(svc, settings);
+  int rc = capstan_files_service_reload(svc);
+  if (rc < 0) {
+    capstan_files_service_free(svc);
+    return rc;
+  }
+  char labels[64];
+  for (int k = 0; k < CAPSTAN_FILE_KIND_COUNT; k++) {
+    snprintf(labels, sizeof(labels), "kind=\"%s\"", capstan_file_kind_name(k));
+    svc->builds[k] = capstan_metrics_counter(
+        "capstan_files_builds_total", "Phone files produced (signed, encrypted or read)", labels);
+    svc->hits[k] = capstan_metrics_counter("capstan_files_cache_hits_total",
+                                           "Phone file requests served from the cache", labels);
+  }
+  svc->build_duration = capstan_metrics_histogram("capstan_files_build_duration_seconds",
+                                                  "Time to produce a phone file on a worker", NULL,
+                                                  capstan_buckets_fast, capstan_buckets_fast_n);
+  svc->build_errors = capstan_metrics_counter("capstan_files_build_errors_total",
+                                              "Phone files that could not be produced", NULL);
+  svc->enc_ec = capstan_metrics_counter("capstan_files_enc_config_unavailable_total",
+                                        "Encrypted configuration requests that cannot be served",
+                                        "reason=\"key_not_rsa\"");
+  svc->enc_no_cert = capstan_metrics_counter(
+      "capstan_files_enc_config_unavailable_total",
+      "Encrypted configuration requests that cannot be served", "reason=\"no_certificate\"");
+  *out = svc;
+  return 0;
+}
+
+capstan_filesource_t *capstan_files_service_source(capstan_files_service_t *svc) {
+  return &svc->source;
+}
+
+void capstan_files_service_free(capstan_files_service_t *svc) {
+  if (svc == NULL) return;
+  svc->freeing = 1;
+  if (svc->jobs > 0) return; /* build_done finishes the job */
+  for (size_t i = 0; i < CACHE_BUCKETS; i++) {
+    cache_entry_t *e = svc->buckets[i];
+    while (e) {
+      cache_entry_t *next = e->next;
+      entry_free(e);
+      e = next;
+    }
+  }
+  pki_unref(svc->pki);
+  free(svc->static_dir);
+  free(svc->default_host);
+  free(svc->capf_host);
+  free(svc);
+}

@@ -1,0 +1,40 @@
+/* The admin listener (default 127.0.0.1:9464): /metrics (Prometheus text),
+ * /healthz, and routes other modules add (status page, JSON endpoints).
+ * Unknown paths get 404; methods other than GET and HEAD get 405 (from the
+ * HTTP server). Loop thread only. */
+#ifndef CAPSTAN_HANDLERS_ADMIN_ADMIN_H
+#define CAPSTAN_HANDLERS_ADMIN_ADMIN_H
+
+#include <uv.h>
+
+#include "handlers/http/server.h"
+
+#define CAPSTAN_ADMIN_DEFAULT_ADDRESS "127.0.0.1:9464"
+#define CAPSTAN_ADMIN_MAX_ROUTES 64
+
+typedef struct capstan_admin capstan_admin_t;
+
+/* Starts the admin server on |host_port| with |cfg| (NULL: the HTTP
+ * defaults named "admin", at most 256 connections). Registers
+ * capstan_build_info{version,boringssl} = 1 and
+ * capstan_process_start_time_seconds (unix time of this call). On success
+ * *out is owned by the caller until capstan_admin_stop. Returns 0 or the
+ * error of capstan_http_server_start / CAPSTAN_ENOMEM. */
+int capstan_admin_start(uv_loop_t *loop, const char *host_port, const capstan_http_config_t *cfg,
+                        capstan_admin_t **out);
+
+/* Routes |path| (exact match on the decoded path, without query, e.g.
+ * "/status") to |fn| with |arg|. |path| is copied. Returns 0,
+ * CAPSTAN_EEXIST if the path is taken, CAPSTAN_EINVAL if it does not start
+ * with '/' or CAPSTAN_ADMIN_MAX_ROUTES is reached, CAPSTAN_ENOMEM. */
+int capstan_admin_add_route(capstan_admin_t *admin, const char *path, capstan_http_handler_fn fn,
+                            void *arg);
+
+/* The bound port. */
+int capstan_admin_port(const capstan_admin_t *admin);
+
+/* Stops the server (see capstan_http_server_stop) and frees |admin|; |done|
+ * (may be NULL) is called once everything is closed. */
+void capstan_admin_stop(capstan_admin_t *admin, void (*done)(void *arg), void *arg);
+
+#endif

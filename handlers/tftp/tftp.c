@@ -1,0 +1,866 @@
+#include "handlers/tftp/tftp.h"
+
+#include <netinet/in.h>
+#include <openssl/bytestring.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "handlers/tftp/tftp_packet.h"
+
+/* One receive buffer per server, shared by the listener and every transfer
+ * socket: a datagram is consumed inside its receive callback. */
+#define RECV_BUF_SIZE 65536
+/* Buckets of the per-client-address table (power of two). */
+#define CLIENT_BUCKETS 4096
+/* A netascii transfer keeps |windowsize| encoded packets; cap that memory
+ * by shrinking the window rather than trusting a large configuration. */
+#define NETASCII_RING_MAX (1u << 20)
+/* Room for an OACK: four options, each "name\0" + up to 20 digits + NUL. */
+#define OACK_MAX 160
+#define ERROR_PKT_MAX (4 + CAPSTAN_TFTP_ERROR_MSG_MAX + 1)
+#define HOST_PORT_MAX 128
+
+#define TRANSFER_RESULTS(X) \
+  X(OK, "ok")               \
+  X(NOT_FOUND, "not_found") \
+  X(DENIED, "denied")       \
+  X(ERROR, "error")         \
+  X(TIMEOUT, "timeout")
+
+typedef enum {
+#define X(id, name) RESULT_##id,
+  TRANSFER_RESULTS(X)
+#undef X
+      RESULT_COUNT
+} transfer_result_t;
+
+static const char *const kResultNames[] = {
+#define X(id, name) name,
+    TRANSFER_RESULTS(X)
+#undef X
+};
+
+#define TRANSFER_STATES(X)                           \
+  X(OPENING, "opening") /* waiting for the source */ \
+  X(SENDING, "sending") /* OACK or data in flight */ \
+  X(CLOSING, "closing") /* handles closing */
+
+typedef enum {
+#define X(id, name) ST_##id,
+  TRANSFER_STATES(X)
+#undef X
+} transfer_state_t;
+
+static const char *transfer_state_name(transfer_state_t s) {
+  static const char *const names[] = {
+#define X(id, name) name,
+      TRANSFER_STATES(X)
+#undef X
+  };
+  return names[s];
+}
+
+typedef struct transfer transfer_t;
+
+/* Transfers in progress from one IP address. */
+typedef struct client {
+  uint8_t addr[16];
+  uint8_t len;
+  unsigned count;
+  transfer_t *transfers;
+  struct client *next;
+} client_t;
+
+struct transfer {
+  capstan_tftp_server_t *srv;
+  client_t *client;
+  transfer_t *client_next, *client_prev;
+  uv_udp_t sock;
+  uv_timer_t timer;
+  int open_handles;
+  int active; /* counted in srv->active and the client */
+  transfer_state_t state;
+  struct sockaddr_storage peer;
+  capstan_tftp_request_t req; /* option values are rewritten to what we accept */
+  unsigned oack_options;
+  capstan_file_kind_t kind;
+  capstan_blob_t *blob;
+  uint64_t stream_len; /* bytes of the data stream (netascii: encoded) */
+  uint32_t blksize, windowsize;
+  /* Blocks are numbered absolutely from 0 (the OACK) and put on the wire
+   * modulo 65536, so files over 65535 blocks roll over to 0. */
+  uint64_t last_block;   /* the final (short, maybe empty) data block */
+  uint64_t base;         /* first block not acknowledged */
+  uint64_t high;         /* one past the highest block ever sent */
+  uint64_t goback_until; /* no go-back until base reaches this */
+  /* Netascii: encoder and ring of encoded packets (slot = block % window). */
+  capstan_tftp_netascii_t na;
+  uint8_t *ring;
+  uint32_t *ring_len;
+  /* Retransmission. */
+  unsigned rto_ms, rto_min_ms, rto_max_ms;
+  double srtt_ms, rttvar_ms;
+  int have_rtt;
+  int sample_valid;
+  uint64_t sample_block, sample_at;
+  unsigned retries;
+  uint64_t bytes_sent;
+  double started;
+};
+
+typedef struct {
+  capstan_metric_t *requests[CAPSTAN_FILE_KIND_COUNT];
+  capstan_metric_t *transfers[CAPSTAN_FILE_KIND_COUNT][RESULT_COUNT];
+  capstan_metric_t *bytes[CAPSTAN_FILE_KIND_COUNT];
+  capstan_metric_t *duration[CAPSTAN_FILE_KIND_COUNT];
+  capstan_metric_t *active;
+  capstan_metric_t *retransmits;
+  capstan_metric_t *timeouts;
+  capstan_metric_t *dup_acks;
+  capstan_metric_t *options[CAPSTAN_TFTP_OPT_COUNT];
+  capstan_metric_t *rejections[CAPSTAN_TFTP_REJECT_COUNT];
+  capstan_metric_t *wrong_port;
+  capstan_metric_t *large_requests;
+} tftp_metrics_t;
+
+struct capstan_tftp_server {
+  uv_loop_t *loop;
+  uv_udp_t listener;
+  struct sockaddr_storage bind_addr; /* listener address, port 0: for transfers */
+  int port;
+  capstan_tftp_config_t cfg;
+  capstan_filesource_t *files;
+  unsigned active; /* transfers counted against the limits */
+  unsigned alive;  /* transfer structs not yet freed */
+  int stopping, listener_closed;
+  void (*done)(void *arg);
+  void *done_arg;
+  uint32_t hash_seed;
+  client_t *clients[CLIENT_BUCKETS];
+  tftp_metrics_t m;
+  uint8_t rbuf[RECV_BUF_SIZE];
+};
+
+static const double kDurationBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                          0.5,   1,      2.5,   5,    10,    30,   60,  300};
+
+void capstan_tftp_config_defaults(capstan_tftp_config_t *cfg) {
+  cfg->max_blksize = 1468;
+  cfg->max_windowsize = 16;
+  cfg->max_transfers = 10000;
+  cfg->max_transfers_per_client = 8;
+  cfg->default_timeout_ms = 1000;
+  cfg->max_retries = 5;
+  /* Loopback and LAN RTTs would otherwise give an RTO of a millisecond and
+   * a resend on any scheduling hiccup. */
+  cfg->min_timeout_ms = 200;
+}
+
+/* ---- metrics -------------------------------------------------------------- */
+
+static void metrics_register(tftp_metrics_t *m) {
+  char labels[96];
+  for (int k = 0; k < CAPSTAN_FILE_KIND_COUNT; k++) {
+    const char *kind = capstan_file_kind_name((capstan_file_kind_t)k);
+    snprintf(labels, sizeof(labels), "kind=\"%s\"", kind);
+    m->requests[k] =
+        capstan_metrics_counter("capstan_tftp_requests_total", "TFTP read requests.", labels);
+    m->bytes[k] = capstan_metrics_counter(
+        "capstan_tftp_bytes_sent_total", "TFTP data payload bytes sent, resends included.", labels);
+    m->duration[k] = capstan_metrics_histogram(
+        "capstan_tftp_transfer_duration_seconds", "TFTP transfer duration, request to end.", labels,
+        kDurationBuckets, sizeof(kDurationBuckets) / sizeof(kDurationBuckets[0]));
+    for (int r = 0; r < RESULT_COUNT; r++) {
+      snprintf(labels, sizeof(labels), "kind=\"%s\",result=\"%s\"", kind, kResultNames[r]);
+      m->transfers[k][r] = capstan_metrics_counter("capstan_tftp_transfers_total",
+                                                   "TFTP transfers ended, by result.", labels);
+    }
+  }
+  m->active =
+      capstan_metrics_gauge("capstan_tftp_active_transfers", "TFTP transfers in progress.", NULL);
+  m->retransmits = capstan_metrics_counter("capstan_tftp_retransmits_total",
+                                           "TFTP packets sent again (timeout or go-back).", NULL);
+  m->timeouts = capstan_metrics_counter("capstan_tftp_timeouts_total",
+                                        "TFTP transfers abandoned after max retries.", NULL);
+  m->dup_acks = capstan_metrics_counter("capstan_tftp_duplicate_acks_ignored_total",
+                                        "TFTP duplicate or stale ACKs ignored.", NULL);
+  for (int o = 0; o < CAPSTAN_TFTP_OPT_COUNT; o++) {
+    snprintf(labels, sizeof(labels), "option=\"%s\"",
+             capstan_tftp_option_name((capstan_tftp_option_t)o));
+    m->options[o] = capstan_metrics_counter("capstan_tftp_options_negotiated_total",
+                                            "TFTP options acknowledged in an OACK.", labels);
+  }
+  for (int r = 1; r < CAPSTAN_TFTP_REJECT_COUNT; r++) {
+    snprintf(labels, sizeof(labels), "reason=\"%s\"",
+             capstan_tftp_reject_name((capstan_tftp_reject_t)r));
+    m->rejections[r] =
+        capstan_metrics_counter("capstan_tftp_rejections_total", "TFTP requests refused.", labels);
+  }
+  m->wrong_port = capstan_metrics_counter(
+      "capstan_tftp_wrong_port_packets_total",
+      "Packets to a transfer port from another address/port (answered with error 5).", NULL);
+  m->large_requests = capstan_metrics_counter(
+      "capstan_tftp_large_requests_total",
+      "TFTP requests over the RFC 1350 limit of 512 bytes (accepted up to 1024).", NULL);
+}
+
+/* ---- addresses ------------------------------------------------------------ */
+
+static socklen_t addr_len(const struct sockaddr *sa) {
+  return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+/* The limit key of a peer: its IP address, IPv4-mapped IPv6 as IPv4. */
+static void client_key(const struct sockaddr *sa, uint8_t key[16], uint8_t *len) {
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+      memcpy(key, &in6->sin6_addr.s6_addr[12], 4);
+      *len = 4;
+    } else {
+      memcpy(key, in6->sin6_addr.s6_addr, 16);
+      *len = 16;
+    }
+  } else {
+    memcpy(key, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    *len = 4;
+  }
+}
+
+static int same_peer(const struct sockaddr_storage *a, const struct sockaddr *b) {
+  if (a->ss_family != b->sa_family) return 0;
+  if (b->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+    const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+  }
+  const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+  const struct sockaddr_in *y = (const struct sockaddr_in *)b;
+  return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+}
+
+static int addr_port(const struct sockaddr *sa) {
+  return ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
+                                         : ((const struct sockaddr_in *)sa)->sin_port);
+}
+
+static void format_peer(const struct sockaddr *sa, char *out, size_t cap) {
+  char ip[64] = "?";
+  if (sa->sa_family == AF_INET6) {
+    uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
+    snprintf(out, cap, "[%s]:%d", ip, addr_port(sa));
+  } else {
+    uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
+    snprintf(out, cap, "%s:%d", ip, addr_port(sa));
+  }
+}
+
+/* Names are peer-chosen: keep logs one line of key=value by escaping
+ * anything but plain printable characters. */
+static void escape_name(const char *in, char *out, size_t cap) {
+  static const char hex[] = "0123456789abcdef";
+  size_t o = 0;
+  for (const unsigned char *p = (const unsigned char *)in; *p && o + 4 < cap; p++) {
+    if (*p > 0x20 && *p < 0x7f && *p != '"' && *p != '\\' && *p != '%' && *p != '=') {
+      out[o++] = (char)*p;
+    } else {
+      out[o++] = '%';
+      out[o++] = hex[*p >> 4];
+      out[o++] = hex[*p & 15];
+    }
+  }
+  out[o] = '\0';
+}
+
+static uint32_t hash_key(uint32_t seed, const uint8_t *key, uint8_t len) {
+  uint32_t h = 2166136261u ^ seed;
+  for (uint8_t i = 0; i < len; i++) {
+    h ^= key[i];
+    h *= 16777619u;
+  }
+  h ^= h >> 15;
+  return h;
+}
+
+static client_t **client_slot(capstan_tftp_server_t *srv, const uint8_t *key, uint8_t len) {
+  client_t **pp = &srv->clients[hash_key(srv->hash_seed, key, len) & (CLIENT_BUCKETS - 1)];
+  while (*pp != NULL && ((*pp)->len != len || memcmp((*pp)->addr, key, len) != 0)) {
+    pp = &(*pp)->next;
+  }
+  return pp;
+}
+
+/* ---- sending -------------------------------------------------------------- */
+
+static void reject(capstan_tftp_server_t *srv, const struct sockaddr *to,
+                   capstan_tftp_reject_t reason, uint16_t code, const char *msg) {
+  capstan_metric_inc(srv->m.rejections[reason]);
+  if (capstan_log_enabled(CAPSTAN_LOG_DEBUG)) {
+    char peer[96];
+    format_peer(to, peer, sizeof(peer));
+    LOG_DEBUG("event=tftp_request_rejected peer=%s reason=%s", peer,
+              capstan_tftp_reject_name(reason));
+  }
+  if (code == UINT16_MAX) return; /* never answer an ERROR packet */
+  uint8_t pkt[ERROR_PKT_MAX];
+  size_t n = capstan_tftp_build_error(pkt, sizeof(pkt), code, msg);
+  uv_buf_t b = uv_buf_init((char *)pkt, (unsigned)n);
+  if (n > 0) (void)uv_udp_try_send(&srv->listener, &b, 1, to);
+}
+
+static void send_error_to(uv_udp_t *sock, const struct sockaddr *to, uint16_t code,
+                          const char *msg) {
+  uint8_t pkt[ERROR_PKT_MAX];
+  size_t n = capstan_tftp_build_error(pkt, sizeof(pkt), code, msg);
+  uv_buf_t b = uv_buf_init((char *)pkt, (unsigned)n);
+  /* Best effort: a lost error packet ends in a client timeout. */
+  if (n > 0) (void)uv_udp_try_send(sock, &b, 1, to);
+}
+
+/* Sends block |b| (0: the OACK). For netascii, a block sent for the first
+ * time is encoded into its ring slot; later sends reuse the slot. Returns
+ * the libuv result; a failed send counts as a lost packet. */
+static int send_block(transfer_t *t, uint64_t b) {
+  const struct sockaddr *to = (const struct sockaddr *)&t->peer;
+  if (b == 0) {
+    uint8_t pkt[OACK_MAX];
+    size_t n = capstan_tftp_build_oack(pkt, sizeof(pkt), t->oack_options, &t->req);
+    uv_buf_t buf = uv_buf_init((char *)pkt, (unsigned)n);
+    return uv_udp_try_send(&t->sock, &buf, 1, to);
+  }
+  uint8_t hdr[4] = {0, CAPSTAN_TFTP_OP_DATA, (uint8_t)(b >> 8), (uint8_t)b};
+  uv_buf_t bufs[2];
+  unsigned nbufs;
+  size_t payload;
+  if (t->ring != NULL) {
+    size_t slot = (size_t)(b % t->windowsize);
+    uint8_t *pkt = t->ring + slot * ((size_t)t->blksize + 4);
+    if (b == t->high) {
+      memcpy(pkt, hdr, 4);
+      t->ring_len[slot] = (uint32_t)capstan_tftp_netascii_fill(&t->na, t->blob->data, t->blob->len,
+                                                               pkt + 4, t->blksize);
+    }
+    payload = t->ring_len[slot];
+    bufs[0] = uv_buf_init((char *)pkt, (unsigned)(payload + 4));
+    nbufs = 1;
+  } else {
+    uint64_t off = (b - 1) * t->blksize;
+    payload = t->stream_len - off < t->blksize ? (size_t)(t->stream_len - off) : t->blksize;
+    bufs[0] = uv_buf_init((char *)hdr, 4);
+    bufs[1] = uv_buf_init((char *)(t->blob->data + off), (unsigned)payload);
+    nbufs = payload > 0 ? 2 : 1;
+  }
+  t->bytes_sent += payload;
+  return uv_udp_try_send(&t->sock, bufs, nbufs, to);
+}
+
+static void on_timer(uv_timer_t *timer);
+
+/* Sends blocks from |from| (<= high) to the end of the window: resends of
+ * blocks already sent, then new ones. Then (re)arms the retransmit timer. */
+static void send_window(transfer_t *t, uint64_t from) {
+  uint64_t limit = t->base == 0 ? 1 : t->base + t->windowsize;
+  if (limit > t->last_block + 1) limit = t->last_block + 1;
+  for (uint64_t b = from; b < limit; b++) {
+    int fresh = b == t->high;
+    int rc = send_block(t, b);
+    if (fresh) {
+      t->high = b + 1;
+      if (!t->sample_valid) {
+        t->sample_valid = 1;
+        t->sample_block = b;
+        t->sample_at = uv_now(t->srv->loop);
+      }
+    } else {
+      capstan_metric_inc(t->srv->m.retransmits);
+    }
+    /* A full socket buffer: the rest of the window is as good as lost; the
+     * timer resends it. */
+    if (rc < 0) break;
+  }
+  uv_timer_start(&t->timer, on_timer, t->rto_ms, 0);
+}
+
+/* ---- transfer lifetime ---------------------------------------------------- */
+
+static void maybe_done(capstan_tftp_server_t *srv) {
+  if (!srv->stopping || !srv->listener_closed || srv->alive > 0) return;
+  void (*done)(void *) = srv->done;
+  void *arg = srv->done_arg;
+  free(srv);
+  if (done != NULL) done(arg);
+}
+
+static void on_transfer_handle_closed(uv_handle_t *h) {
+  transfer_t *t = h->data;
+  if (--t->open_handles > 0) return;
+  capstan_tftp_server_t *srv = t->srv;
+  capstan_blob_unref(t->blob);
+  free(t->ring);
+  free(t->ring_len);
+  free(t);
+  srv->alive--;
+  maybe_done(srv);
+}
+
+/* Closes the handles (|handles|: 1 = timer only, 2 = timer and socket); the
+ * memory goes in the last close callback. */
+static void transfer_release(transfer_t *t, int handles) {
+  t->state = ST_CLOSING;
+  t->open_handles = handles;
+  uv_timer_stop(&t->timer);
+  uv_close((uv_handle_t *)&t->timer, on_transfer_handle_closed);
+  if (handles > 1) {
+    uv_udp_recv_stop(&t->sock);
+    uv_close((uv_handle_t *)&t->sock, on_transfer_handle_closed);
+  }
+}
+
+static void transfer_unlink(transfer_t *t) {
+  capstan_tftp_server_t *srv = t->srv;
+  if (!t->active) return;
+  t->active = 0;
+  client_t *c = t->client;
+  if (t->client_prev != NULL) {
+    t->client_prev->client_next = t->client_next;
+  } else {
+    c->transfers = t->client_next;
+  }
+  if (t->client_next != NULL) t->client_next->client_prev = t->client_prev;
+  if (--c->count == 0) {
+    client_t **pp = client_slot(srv, c->addr, c->len);
+    *pp = c->next;
+    free(c);
+  }
+  srv->active--;
+  capstan_metric_add(srv->m.active, -1);
+}
+
+static void transfer_finish(transfer_t *t, transfer_result_t result) {
+  capstan_tftp_server_t *srv = t->srv;
+  if (t->state == ST_CLOSING) return;
+  double secs = capstan_now_seconds() - t->started;
+  capstan_metric_inc(srv->m.transfers[t->kind][result]);
+  capstan_metric_add(srv->m.bytes[t->kind], (double)t->bytes_sent);
+  capstan_metric_observe(srv->m.duration[t->kind], secs);
+  if (result == RESULT_TIMEOUT) capstan_metric_inc(srv->m.timeouts);
+  capstan_log_level_t level = result == RESULT_OK ? CAPSTAN_LOG_DEBUG
+                              : (result == RESULT_NOT_FOUND || result == RESULT_DENIED)
+                                  ? CAPSTAN_LOG_INFO
+                                  : CAPSTAN_LOG_WARN;
+  if (capstan_log_enabled(level)) {
+    char peer[96], name[CAPSTAN_TFTP_NAME_MAX * 3 + 1];
+    format_peer((const struct sockaddr *)&t->peer, peer, sizeof(peer));
+    escape_name(t->req.filename, name, sizeof(name));
+    capstan_log(level,
+                "event=tftp_transfer_done file=%s peer=%s kind=%s result=%s bytes=%llu "
+                "ms=%.1f state=%s",
+                name, peer, capstan_file_kind_name(t->kind), kResultNames[result],
+                (unsigned long long)t->bytes_sent, secs * 1e3, transfer_state_name(t->state));
+  }
+  transfer_unlink(t);
+  transfer_release(t, 2);
+}
+
+static void on_timer(uv_timer_t *timer) {
+  transfer_t *t = timer->data;
+  if (t->state != ST_SENDING) return;
+  if (t->retries >= t->srv->cfg.max_retries) {
+    transfer_finish(t, RESULT_TIMEOUT);
+    return;
+  }
+  t->retries++;
+  t->rto_ms = t->rto_ms * 2 > t->rto_max_ms ? t->rto_max_ms : t->rto_ms * 2;
+  t->sample_valid = 0; /* Karn: no sample across a resend */
+  send_window(t, t->base);
+}
+
+static void rtt_sample(transfer_t *t) {
+  double r = (double)(uv_now(t->srv->loop) - t->sample_at);
+  if (!t->have_rtt) {
+    t->srtt_ms = r;
+    t->rttvar_ms = r / 2;
+    t->have_rtt = 1;
+  } else {
+    double d = t->srtt_ms > r ? t->srtt_ms - r : r - t->srtt_ms;
+    t->rttvar_ms = 0.75 * t->rttvar_ms + 0.25 * d;
+    t->srtt_ms = 0.875 * t->srtt_ms + 0.125 * r;
+  }
+  double var = 4 * t->rttvar_ms < 1 ? 1 : 4 * t->rttvar_ms;
+  double rto = t->srtt_ms + var;
+  if (rto < t->rto_min_ms) rto = t->rto_min_ms;
+  if (rto > t->rto_max_ms) rto = t->rto_max_ms;
+  t->rto_ms = (unsigned)rto;
+}
+
+static void on_ack(transfer_t *t, uint16_t n) {
+  /* The acknowledged block: the highest one sent that matches |n| modulo
+   * 65536. Anything below |base| is a duplicate or stale. */
+  uint64_t top = t->high - 1;
+  uint16_t delta = (uint16_t)((uint16_t)top - n);
+  if (delta > top || top - delta < t->base) {
+    capstan_metric_inc(t->srv->m.dup_acks);
+    return;
+  }
+  uint64_t acked = top - delta;
+  t->retries = 0;
+  if (t->sample_valid && acked >= t->sample_block) {
+    rtt_sample(t);
+    t->sample_valid = 0;
+  }
+  t->base = acked + 1;
+  if (t->base > t->last_block) {
+    transfer_finish(t, RESULT_OK);
+    return;
+  }
+  if (t->base == t->high) {
+    send_window(t, t->high);
+  } else if (t->base >= t->goback_until) {
+    /* RFC 7440: the client missed base; go back to it, once per window. */
+    t->sample_valid = 0;
+    send_window(t, t->base);
+    t->goback_until = t->high;
+  } else {
+    send_window(t, t->high);
+  }
+}
+
+static void alloc_listener(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  capstan_tftp_server_t *srv = h->data;
+  *buf = uv_buf_init((char *)srv->rbuf, sizeof(srv->rbuf));
+}
+
+static void alloc_transfer(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  transfer_t *t = h->data;
+  *buf = uv_buf_init((char *)t->srv->rbuf, sizeof(t->srv->rbuf));
+}
+
+static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                             const struct sockaddr *addr, unsigned flags) {
+  transfer_t *t = h->data;
+  if (nread < 0 || addr == NULL || t->state == ST_CLOSING) return;
+  CBS cbs;
+  uint16_t op = 0, block;
+  CBS_init(&cbs, (const uint8_t *)buf->base, (size_t)nread);
+  int have_op = CBS_get_u16(&cbs, &op);
+  if (!same_peer(&t->peer, addr)) {
+    capstan_metric_inc(t->srv->m.wrong_port);
+    if (!(have_op && op == CAPSTAN_TFTP_OP_ERROR)) {
+      send_error_to(&t->sock, addr, CAPSTAN_TFTP_ERR_UNKNOWN_TID, "Unknown transfer ID");
+    }
+    return;
+  }
+  if (!have_op || (flags & UV_UDP_PARTIAL)) return;
+  if (op == CAPSTAN_TFTP_OP_ACK) {
+    /* A malformed ACK is dropped: the retransmit timer covers it. */
+    if (t->state != ST_SENDING || !CBS_get_u16(&cbs, &block) || CBS_len(&cbs) != 0) return;
+    on_ack(t, block);
+  } else if (op == CAPSTAN_TFTP_OP_ERROR) {
+    /* The client gave up (e.g. it refused our OACK). */
+    transfer_finish(t, RESULT_ERROR);
+  }
+  /* Anything else from the peer is ignored. */
+}
+
+static void on_file(void *ctx, int status, capstan_blob_t *blob, capstan_file_kind_t kind) {
+  transfer_t *t = ctx;
+  capstan_tftp_server_t *srv = t->srv;
+  t->kind = (unsigned)kind < CAPSTAN_FILE_KIND_COUNT ? kind : CAPSTAN_FILE_OTHER;
+  const struct sockaddr *peer = (const struct sockaddr *)&t->peer;
+  if (status != 0 || blob == NULL) {
+    capstan_blob_unref(blob);
+    if (status == CAPSTAN_ENOENT) {
+      send_error_to(&t->sock, peer, CAPSTAN_TFTP_ERR_NOT_FOUND, "File not found");
+      transfer_finish(t, RESULT_NOT_FOUND);
+    } else if (status == CAPSTAN_EACCES) {
+      send_error_to(&t->sock, peer, CAPSTAN_TFTP_ERR_ACCESS, "Access violation");
+      transfer_finish(t, RESULT_DENIED);
+    } else {
+      send_error_to(&t->sock, peer, CAPSTAN_TFTP_ERR_UNDEFINED, "Error reading file");
+      transfer_finish(t, RESULT_ERROR);
+    }
+    return;
+  }
+  t->blob = blob;
+  capstan_tftp_request_t *req = &t->req;
+  unsigned opts = req->options;
+  t->blksize = CAPSTAN_TFTP_BLKSIZE_DEFAULT;
+  if (opts & (1u << CAPSTAN_TFTP_OPT_BLKSIZE)) {
+    if (req->blksize > srv->cfg.max_blksize) req->blksize = srv->cfg.max_blksize;
+    t->blksize = req->blksize;
+  }
+  t->windowsize = 1;
+  if (opts & (1u << CAPSTAN_TFTP_OPT_WINDOWSIZE)) {
+    if (req->windowsize > srv->cfg.max_windowsize) req->windowsize = srv->cfg.max_windowsize;
+    if (req->netascii) {
+      uint32_t fit = NETASCII_RING_MAX / (t->blksize + 4);
+      if (fit < 1) fit = 1;
+      if (req->windowsize > fit) req->windowsize = fit;
+    }
+    t->windowsize = req->windowsize;
+  }
+  t->stream_len =
+      req->netascii ? capstan_tftp_netascii_size(blob->data, blob->len) : (uint64_t)blob->len;
+  /* curl refuses an OACK with tsize 0 (it takes 0 for "unknown"): for an
+   * empty file tsize is simply not acknowledged. */
+  if (t->stream_len == 0) opts &= ~(1u << CAPSTAN_TFTP_OPT_TSIZE);
+  if (opts & (1u << CAPSTAN_TFTP_OPT_TSIZE)) req->tsize = t->stream_len;
+  t->rto_max_ms = srv->cfg.default_timeout_ms;
+  if (opts & (1u << CAPSTAN_TFTP_OPT_TIMEOUT)) t->rto_max_ms = req->timeout * 1000u;
+  t->rto_ms = t->rto_max_ms;
+  t->rto_min_ms = t->rto_max_ms < srv->cfg.min_timeout_ms ? t->rto_max_ms : srv->cfg.min_timeout_ms;
+  t->last_block = t->stream_len / t->blksize + 1;
+  if (req->netascii) {
+    t->ring = malloc((size_t)t->windowsize * (t->blksize + 4));
+    t->ring_len = calloc(t->windowsize, sizeof(uint32_t));
+    if (t->ring == NULL || t->ring_len == NULL) {
+      send_error_to(&t->sock, peer, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
+      transfer_finish(t, RESULT_ERROR);
+      return;
+    }
+  }
+  t->oack_options = opts;
+  for (int o = 0; o < CAPSTAN_TFTP_OPT_COUNT; o++) {
+    if (opts & (1u << o)) capstan_metric_inc(srv->m.options[o]);
+  }
+  t->state = ST_SENDING;
+  t->base = t->high = opts ? 0 : 1;
+  send_window(t, t->base);
+}
+
+/* Starts a transfer for a validated RRQ from |peer|. */
+static void transfer_start(capstan_tftp_server_t *srv, const capstan_tftp_request_t *req,
+                           const struct sockaddr *peer, client_t **slot, const uint8_t *key,
+                           uint8_t keylen) {
+  transfer_t *t = calloc(1, sizeof(*t));
+  if (t == NULL) {
+    reject(srv, peer, CAPSTAN_TFTP_REJECT_RESOURCES, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
+    return;
+  }
+  t->srv = srv;
+  t->req = *req;
+  memcpy(&t->peer, peer, addr_len(peer));
+  t->kind = capstan_file_kind_of(req->filename);
+  t->state = ST_OPENING;
+  srv->alive++;
+  uv_timer_init(srv->loop, &t->timer);
+  t->timer.data = t;
+  int family = srv->bind_addr.ss_family;
+  int rc = uv_udp_init_ex(srv->loop, &t->sock, family);
+  if (rc != 0) {
+    transfer_release(t, 1);
+    reject(srv, peer, CAPSTAN_TFTP_REJECT_RESOURCES, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
+    return;
+  }
+  t->sock.data = t;
+  if (family == AF_INET6) {
+    uv_os_fd_t fd;
+    int off = 0;
+    if (uv_fileno((uv_handle_t *)&t->sock, &fd) == 0) {
+      (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+    }
+  }
+  rc = uv_udp_bind(&t->sock, (const struct sockaddr *)&srv->bind_addr, 0);
+  if (rc == 0) rc = uv_udp_recv_start(&t->sock, alloc_transfer, on_transfer_recv);
+  client_t *c = *slot;
+  if (rc == 0 && c == NULL) {
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+      rc = CAPSTAN_ENOMEM;
+    } else {
+      memcpy(c->addr, key, keylen);
+      c->len = keylen;
+      *slot = c;
+    }
+  }
+  if (rc != 0) {
+    transfer_release(t, 2);
+    reject(srv, peer, CAPSTAN_TFTP_REJECT_RESOURCES, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
+    return;
+  }
+  t->client = c;
+  t->client_next = c->transfers;
+  if (c->transfers != NULL) c->transfers->client_prev = t;
+  c->transfers = t;
+  c->count++;
+  t->active = 1;
+  srv->active++;
+  capstan_metric_add(srv->m.active, 1);
+  capstan_metric_inc(srv->m.requests[t->kind]);
+  t->started = capstan_now_seconds();
+  /* The source may call back before returning: |t| is complete by now and
+   * is not touched after this call. */
+  srv->files->open(srv->files, t->req.filename, on_file, t);
+}
+
+static void on_listener_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                             const struct sockaddr *addr, unsigned flags) {
+  capstan_tftp_server_t *srv = h->data;
+  if (nread < 0 || addr == NULL || srv->stopping) return;
+  const uint8_t *pkt = (const uint8_t *)buf->base;
+  size_t len = (size_t)nread;
+  if (flags & UV_UDP_PARTIAL) {
+    reject(srv, addr, CAPSTAN_TFTP_REJECT_OVERSIZED, CAPSTAN_TFTP_ERR_ILLEGAL_OP,
+           "Illegal TFTP operation");
+    return;
+  }
+  capstan_tftp_request_t req;
+  capstan_tftp_reject_t why = capstan_tftp_parse_request(pkt, len, &req);
+  if (why != CAPSTAN_TFTP_REJECT_NONE) {
+    int is_error = len >= 2 && pkt[0] == 0 && pkt[1] == CAPSTAN_TFTP_OP_ERROR;
+    reject(srv, addr, why, is_error ? UINT16_MAX : CAPSTAN_TFTP_ERR_ILLEGAL_OP,
+           "Illegal TFTP operation");
+    return;
+  }
+  if (req.opcode == CAPSTAN_TFTP_OP_WRQ) {
+    reject(srv, addr, CAPSTAN_TFTP_REJECT_WRITE_REQUEST, CAPSTAN_TFTP_ERR_ACCESS,
+           "write requests are not supported");
+    return;
+  }
+  if (len > CAPSTAN_TFTP_RFC_REQUEST_MAX) capstan_metric_inc(srv->m.large_requests);
+  uint8_t key[16], keylen;
+  client_key(addr, key, &keylen);
+  client_t **slot = client_slot(srv, key, keylen);
+  if (*slot != NULL) {
+    for (transfer_t *t = (*slot)->transfers; t != NULL; t = t->client_next) {
+      if (same_peer(&t->peer, addr)) return; /* the client resent its request */
+    }
+  }
+  if (srv->active >= srv->cfg.max_transfers) {
+    reject(srv, addr, CAPSTAN_TFTP_REJECT_TOTAL_LIMIT, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
+    return;
+  }
+  if (*slot != NULL && (*slot)->count >= srv->cfg.max_transfers_per_client) {
+    reject(srv, addr, CAPSTAN_TFTP_REJECT_CLIENT_LIMIT, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
+    return;
+  }
+  transfer_start(srv, &req, addr, slot, key, keylen);
+}
+
+/* ---- server --------------------------------------------------------------- */
+
+static int parse_host_port(const char *host_port, struct sockaddr_storage *out) {
+  char host[HOST_PORT_MAX];
+  const char *port_str;
+  size_t n = strlen(host_port);
+  if (n == 0 || n >= sizeof(host)) return CAPSTAN_EINVAL;
+  int v6 = host_port[0] == '[';
+  if (v6) {
+    const char *end = strchr(host_port, ']');
+    if (end == NULL || end[1] != ':') return CAPSTAN_EINVAL;
+    memcpy(host, host_port + 1, (size_t)(end - host_port - 1));
+    host[end - host_port - 1] = '\0';
+    port_str = end + 2;
+  } else {
+    const char *colon = strrchr(host_port, ':');
+    if (colon == NULL) return CAPSTAN_EINVAL;
+    memcpy(host, host_port, (size_t)(colon - host_port));
+    host[colon - host_port] = '\0';
+    port_str = colon + 1;
+  }
+  if (*port_str == '\0' || strlen(port_str) > 5) return CAPSTAN_EINVAL;
+  unsigned port = 0;
+  for (const char *p = port_str; *p; p++) {
+    if (*p < '0' || *p > '9') return CAPSTAN_EINVAL;
+    port = port * 10 + (unsigned)(*p - '0');
+  }
+  if (port > 65535) return CAPSTAN_EINVAL;
+  memset(out, 0, sizeof(*out));
+  if (v6) {
+    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)out) != 0) return CAPSTAN_EINVAL;
+  } else {
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)out) != 0) return CAPSTAN_EINVAL;
+  }
+  return 0;
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+  capstan_tftp_server_t *srv = h->data;
+  srv->listener_closed = 1;
+  maybe_done(srv);
+}
+
+static void on_failed_start_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
+                              const capstan_tftp_config_t *cfg, capstan_filesource_t *files,
+                              capstan_tftp_server_t **out) {
+  struct sockaddr_storage addr;
+  int rc = parse_host_port(host_port, &addr);
+  if (rc != 0) return rc;
+  capstan_tftp_server_t *srv = calloc(1, sizeof(*srv));
+  if (srv == NULL) return CAPSTAN_ENOMEM;
+  capstan_tftp_config_defaults(&srv->cfg);
+  if (cfg != NULL) {
+    if (cfg->max_blksize) srv->cfg.max_blksize = cfg->max_blksize;
+    if (cfg->max_windowsize) srv->cfg.max_windowsize = cfg->max_windowsize;
+    if (cfg->max_transfers) srv->cfg.max_transfers = cfg->max_transfers;
+    if (cfg->max_transfers_per_client) {
+      srv->cfg.max_transfers_per_client = cfg->max_transfers_per_client;
+    }
+    if (cfg->default_timeout_ms) srv->cfg.default_timeout_ms = cfg->default_timeout_ms;
+    if (cfg->max_retries) srv->cfg.max_retries = cfg->max_retries;
+    if (cfg->min_timeout_ms) srv->cfg.min_timeout_ms = cfg->min_timeout_ms;
+  }
+  if (srv->cfg.max_blksize < CAPSTAN_TFTP_BLKSIZE_MIN)
+    srv->cfg.max_blksize = CAPSTAN_TFTP_BLKSIZE_MIN;
+  if (srv->cfg.max_blksize > CAPSTAN_TFTP_BLKSIZE_MAX)
+    srv->cfg.max_blksize = CAPSTAN_TFTP_BLKSIZE_MAX;
+  srv->loop = loop;
+  srv->files = files;
+  srv->hash_seed = (uint32_t)uv_hrtime() ^ (uint32_t)(uintptr_t)srv;
+  metrics_register(&srv->m);
+  rc = uv_udp_init_ex(loop, &srv->listener, addr.ss_family);
+  if (rc != 0) {
+    free(srv);
+    return rc;
+  }
+  srv->listener.data = srv;
+  if (addr.ss_family == AF_INET6) {
+    uv_os_fd_t fd;
+    int off = 0;
+    if (uv_fileno((uv_handle_t *)&srv->listener, &fd) == 0) {
+      (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+    }
+  }
+  rc = uv_udp_bind(&srv->listener, (const struct sockaddr *)&addr, 0);
+  struct sockaddr_storage bound;
+  int blen = sizeof(bound);
+  if (rc == 0) rc = uv_udp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen);
+  if (rc == 0) rc = uv_udp_recv_start(&srv->listener, alloc_listener, on_listener_recv);
+  if (rc != 0) {
+    uv_close((uv_handle_t *)&srv->listener, on_failed_start_closed);
+    return rc;
+  }
+  srv->port = addr_port((const struct sockaddr *)&bound);
+  srv->bind_addr = addr;
+  if (addr.ss_family == AF_INET6) {
+    ((struct sockaddr_in6 *)&srv->bind_addr)->sin6_port = 0;
+  } else {
+    ((struct sockaddr_in *)&srv->bind_addr)->sin_port = 0;
+  }
+  LOG_INFO("event=tftp_listening addr=%s port=%d", host_port, srv->port);
+  *out = srv;
+  return 0;
+}
+
+void capstan_tftp_server_stop(capstan_tftp_server_t *srv, void (*done)(void *arg), void *arg) {
+  if (srv == NULL || srv->stopping) return;
+  srv->stopping = 1;
+  srv->done = done;
+  srv->done_arg = arg;
+  uv_udp_recv_stop(&srv->listener);
+  uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+}
+
+int capstan_tftp_server_port(const capstan_tftp_server_t *srv) {
+  return srv->port;
+}

@@ -1,0 +1,87 @@
+/* TFTP server for the files phones fetch at boot (RFC 1350 read requests,
+ * options of RFC 2347/2348/2349/7440). Runs entirely on one libuv loop: no
+ * thread or process per transfer. Files come from a capstan_filesource_t.
+ *
+ * Behaviour worth knowing:
+ * - Read requests only. A write request gets error 2 "write requests are
+ *   not supported". Unknown file: error 1 "File not found" (no path is
+ *   ever disclosed); a name the source refuses (CAPSTAN_EACCES): error 2
+ *   "Access violation"; any other source error: error 0.
+ * - Modes octet and netascii (case-insensitive). Netascii is encoded on the
+ *   fly (LF -> CR LF, CR -> CR NUL); its tsize is the size of the encoded
+ *   stream (the number of bytes the client receives).
+ * - Options: blksize (8..65464, clamped to max_blksize), timeout (1..255 s),
+ *   tsize (RRQ: replied with the file size), windowsize (1..65535, clamped
+ *   to max_windowsize). Options are matched case-insensitively. Unknown
+ *   options, options without a value, non-decimal or out-of-range values
+ *   and duplicated options are ignored (never an error 8): the OACK lists
+ *   only what we accept, and no OACK is sent if nothing was accepted.
+ * - Each transfer has its own UDP socket on an ephemeral port bound to the
+ *   listener's address. Packets reaching it from another address/port get
+ *   error 5 "Unknown transfer ID" and do not disturb the transfer.
+ * - Retransmission: RTO per transfer from RTT samples (RFC 6298 estimator,
+ *   Karn's rule), bounded by [min(min_timeout_ms, T), T] where T
+ *   is the negotiated timeout or default_timeout_ms; exponential back-off;
+ *   after max_retries resends without progress the transfer is abandoned
+ *   (result "timeout"). A duplicate ACK never causes a resend. With
+ *   windowsize > 1, an ACK of a block inside the window means "go back to
+ *   the next block" (RFC 7440), at most once per window.
+ * - Limits: more than max_transfers in progress, or more than
+ *   max_transfers_per_client from one IP address (IPv4-mapped IPv6
+ *   addresses count as IPv4), get error 0 "server busy". Malformed
+ *   requests (truncated, no NUL, name empty, longer than 255 bytes or with
+ *   control characters, unknown opcode or mode, larger than 1024 bytes) get
+ *   error 4 "Illegal TFTP operation". A repeated RRQ from the same
+ *   address and port as a transfer in progress is ignored (the client
+ *   retransmitted its request).
+ * - Memory: received datagrams land in one 64 KiB buffer per server, shared
+ *   by the listener and every transfer socket and consumed at once. Octet
+ *   transfers send straight from the blob (4-byte header + slice of the
+ *   blob); netascii transfers keep a ring of |windowsize| encoded packets so
+ *   that a go-back can resend them. Everything is released when the
+ *   transfer ends. */
+#ifndef CAPSTAN_TFTP_H
+#define CAPSTAN_TFTP_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/filesource.h"
+
+typedef struct capstan_tftp_config {
+  uint16_t max_blksize;              /* default 1468 */
+  uint16_t max_windowsize;           /* default 16 (RFC 7440) */
+  unsigned max_transfers;            /* total concurrent, default 10000 */
+  unsigned max_transfers_per_client; /* per client IP, default 8 */
+  unsigned default_timeout_ms;       /* initial RTO, default 1000 (adaptive after) */
+  unsigned max_retries;              /* default 5 */
+  unsigned min_timeout_ms;           /* floor of the adaptive RTO, default 200 */
+} capstan_tftp_config_t;
+
+/* Fills |cfg| with the defaults above. */
+void capstan_tftp_config_defaults(capstan_tftp_config_t *cfg);
+
+typedef struct capstan_tftp_server capstan_tftp_server_t;
+
+/* capstan_tftp_server_start binds |host_port| ("[::]:69", "127.0.0.1:6969",
+ * "0.0.0.0:69"; the IPv6 wildcard is dual-stack) and starts serving files
+ * from |files| on |loop|. |cfg| is copied (NULL: defaults; zero fields take
+ * their default). |files| must outlive the server. Must be called on the
+ * loop thread (or before the loop runs). On success returns 0 and sets
+ * *out; the server is owned by the caller until capstan_tftp_server_stop.
+ * Fails with CAPSTAN_EINVAL (bad address), CAPSTAN_ENOMEM, or a libuv error
+ * (e.g. UV_EADDRINUSE); nothing is left allocated then. */
+int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
+                              const capstan_tftp_config_t *cfg, capstan_filesource_t *files,
+                              capstan_tftp_server_t **out);
+
+/* capstan_tftp_server_stop stops accepting requests; transfers in flight
+ * finish (or time out). When every handle is closed the server frees
+ * itself and then calls |done|(|arg|) (|done| may be NULL). |srv| must not
+ * be used after this call. Loop thread only. */
+void capstan_tftp_server_stop(capstan_tftp_server_t *srv, void (*done)(void *arg), void *arg);
+
+/* Returns the bound UDP port (useful when started on port 0). */
+int capstan_tftp_server_port(const capstan_tftp_server_t *srv);
+
+#endif

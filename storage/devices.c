@@ -1,0 +1,488 @@
+#include "storage/devices.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/log.h"
+
+#define SET(msg, field, v)  \
+  do {                      \
+    (msg)->has_##field = 1; \
+    (msg)->field = (v);     \
+  } while (0)
+
+/* ---- Names ------------------------------------------------------------ */
+
+static bool is_upper_hex(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F');
+}
+static bool is_any_hex(char c) {
+  return is_upper_hex(c) || (c >= 'a' && c <= 'f');
+}
+static bool is_alpha(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+static bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
+
+bool capstan_device_name_valid(const char *name) {
+  if (name == NULL) return false;
+  size_t n = strnlen(name, CAPSTAN_DEVICE_NAME_MAX + 1);
+  if (n == 0 || n > CAPSTAN_DEVICE_NAME_MAX || !is_alpha(name[0])) return false;
+  for (size_t i = 0; i < n; i++) {
+    char c = name[i];
+    if (!is_alpha(c) && !is_digit(c) && c != '.' && c != '_' && c != '-') return false;
+  }
+  if (n == 15 && strncmp(name, "SEP", 3) == 0) {
+    bool hex = true;
+    for (size_t i = 3; i < n; i++) hex = hex && is_any_hex(name[i]);
+    if (hex) {
+      for (size_t i = 3; i < n; i++) {
+        if (!is_upper_hex(name[i])) return false;
+      }
+    }
+  }
+  return true;
+}
+
+bool capstan_auth_string_valid(const char *s) {
+  if (s == NULL) return false;
+  size_t n = strnlen(s, CAPSTAN_AUTH_STRING_MAX + 1);
+  if (n < CAPSTAN_AUTH_STRING_MIN || n > CAPSTAN_AUTH_STRING_MAX) return false;
+  for (size_t i = 0; i < n; i++) {
+    if (!is_digit(s[i])) return false;
+  }
+  return true;
+}
+
+Capstan__Device *capstan_device_new(const char *name) {
+  Capstan__Device *d = malloc(sizeof(*d));
+  if (d == NULL) return NULL;
+  capstan__device__init(d);
+  d->name = strdup(name != NULL ? name : "");
+  if (d->name == NULL) {
+    free(d);
+    return NULL;
+  }
+  SET(d, schema_version, 1);
+  SET(d, status, CAPSTAN__OP_STATUS__OP_STATUS_NONE);
+  return d;
+}
+
+int capstan_record_set_string(char **field, const char *v) {
+  char *copy = NULL;
+  if (v != NULL) {
+    copy = strdup(v);
+    if (copy == NULL) return CAPSTAN_ENOMEM;
+  }
+  free(*field);
+  *field = copy;
+  return 0;
+}
+
+int capstan_record_set_bytes(ProtobufCBinaryData *field, protobuf_c_boolean *has, const void *data,
+                             size_t len) {
+  uint8_t *copy = NULL;
+  if (data != NULL && len > 0) {
+    copy = malloc(len);
+    if (copy == NULL) return CAPSTAN_ENOMEM;
+    memcpy(copy, data, len);
+  }
+  free(field->data);
+  field->data = copy;
+  field->len = copy != NULL ? len : 0;
+  if (has != NULL) *has = copy != NULL;
+  return 0;
+}
+
+/* ---- Name tables (one list each) -------------------------------------- */
+
+typedef struct {
+  int value;
+  const char *name;
+} name_entry_t;
+
+static const char *table_name(const name_entry_t *t, size_t n, int v) {
+  for (size_t i = 0; i < n; i++) {
+    if (t[i].value == v) return t[i].name;
+  }
+  return "?";
+}
+
+static int table_parse(const name_entry_t *t, size_t n, const char *s, int *out) {
+  if (s == NULL) return CAPSTAN_EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    if (strcmp(t[i].name, s) == 0) {
+      *out = t[i].value;
+      return 0;
+    }
+  }
+  return CAPSTAN_EINVAL;
+}
+
+#define OPERATIONS(X)                                           \
+  X(CAPSTAN__OPERATION__OPERATION_INSTALL, "install")           \
+  X(CAPSTAN__OPERATION__OPERATION_DELETE, "delete")             \
+  X(CAPSTAN__OPERATION__OPERATION_TROUBLESHOOT, "troubleshoot") \
+  X(CAPSTAN__OPERATION__OPERATION_NONE, "none")
+#define AUTH_MODES(X)                               \
+  X(CAPSTAN__AUTH_MODE__AUTH_MODE_STRING, "string") \
+  X(CAPSTAN__AUTH_MODE__AUTH_MODE_NULL, "null")     \
+  X(CAPSTAN__AUTH_MODE__AUTH_MODE_LSC, "lsc")       \
+  X(CAPSTAN__AUTH_MODE__AUTH_MODE_MIC, "mic")
+#define OP_STATUSES(X)                                        \
+  X(CAPSTAN__OP_STATUS__OP_STATUS_PENDING, "pending")         \
+  X(CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS, "in-progress") \
+  X(CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED, "succeeded")     \
+  X(CAPSTAN__OP_STATUS__OP_STATUS_FAILED, "failed")           \
+  X(CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED, "expired")         \
+  X(CAPSTAN__OP_STATUS__OP_STATUS_NONE, "none")
+#define CERT_TYPES(X)                                 \
+  X(CAPSTAN__CERT_TYPE__CERT_TYPE_UNKNOWN, "unknown") \
+  X(CAPSTAN__CERT_TYPE__CERT_TYPE_LSC, "lsc")         \
+  X(CAPSTAN__CERT_TYPE__CERT_TYPE_MIC, "mic")
+#define CERT_STATUSES(X)                                      \
+  X(CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED, "issued")       \
+  X(CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED, "installed") \
+  X(CAPSTAN__CERT_STATUS__CERT_STATUS_STALE, "stale")         \
+  X(CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED, "deleted")
+
+#define ENTRY(v, n) {(int)(v), n},
+#define LIST(v, n) n ","
+static const name_entry_t operations[] = {OPERATIONS(ENTRY)};
+static const name_entry_t auth_modes[] = {AUTH_MODES(ENTRY)};
+static const name_entry_t op_statuses[] = {OP_STATUSES(ENTRY)};
+static const name_entry_t cert_types[] = {CERT_TYPES(ENTRY)};
+static const name_entry_t cert_statuses[] = {CERT_STATUSES(ENTRY)};
+static const char operation_list[] = OPERATIONS(LIST);
+static const char auth_mode_list[] = AUTH_MODES(LIST);
+static const char op_status_list[] = OP_STATUSES(LIST);
+#define COUNT(t) (sizeof(t) / sizeof((t)[0]))
+
+/* The lists end with a ',' from the X-macro; names() hides it. */
+static const char *list_text(const char *list, char *buf, size_t cap) {
+  size_t n = strlen(list);
+  if (n > 0 && n <= cap) {
+    memcpy(buf, list, n - 1);
+    buf[n - 1] = '\0';
+  }
+  return buf;
+}
+
+const char *capstan_operation_name(Capstan__Operation v) {
+  return table_name(operations, COUNT(operations), (int)v);
+}
+int capstan_operation_parse(const char *s, Capstan__Operation *out) {
+  int v;
+  int err = table_parse(operations, COUNT(operations), s, &v);
+  if (err == 0) *out = (Capstan__Operation)v;
+  return err;
+}
+const char *capstan_operation_names(void) {
+  static char buf[sizeof(operation_list)];
+  return list_text(operation_list, buf, sizeof(buf));
+}
+
+const char *capstan_auth_mode_name(Capstan__AuthMode v) {
+  if (v == CAPSTAN__AUTH_MODE__AUTH_MODE_NONE) return "none";
+  return table_name(auth_modes, COUNT(auth_modes), (int)v);
+}
+int capstan_auth_mode_parse(const char *s, Capstan__AuthMode *out) {
+  int v;
+  int err = table_parse(auth_modes, COUNT(auth_modes), s, &v);
+  if (err == 0) *out = (Capstan__AuthMode)v;
+  return err;
+}
+const char *capstan_auth_mode_names(void) {
+  static char buf[sizeof(auth_mode_list)];
+  return list_text(auth_mode_list, buf, sizeof(buf));
+}
+
+const char *capstan_op_status_name(Capstan__OpStatus v) {
+  return table_name(op_statuses, COUNT(op_statuses), (int)v);
+}
+int capstan_op_status_parse(const char *s, Capstan__OpStatus *out) {
+  int v;
+  int err = table_parse(op_statuses, COUNT(op_statuses), s, &v);
+  if (err == 0) *out = (Capstan__OpStatus)v;
+  return err;
+}
+const char *capstan_op_status_names(void) {
+  static char buf[sizeof(op_status_list)];
+  return list_text(op_status_list, buf, sizeof(buf));
+}
+
+const char *capstan_cert_type_name(Capstan__CertType v) {
+  return table_name(cert_types, COUNT(cert_types), (int)v);
+}
+const char *capstan_cert_status_name(Capstan__CertStatus v) {
+  return table_name(cert_statuses, COUNT(cert_statuses), (int)v);
+}
+
+#define KEYS(X)                                     \
+  X("rsa512", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 512)   \
+  X("rsa1024", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 1024) \
+  X("rsa2048", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 2048) \
+  X("rsa3072", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 3072) \
+  X("rsa4096", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 4096) \
+  X("ec256", CAPSTAN__KEY_ALG__KEY_ALG_EC, 256)     \
+  X("ec384", CAPSTAN__KEY_ALG__KEY_ALG_EC, 384)     \
+  X("ec521", CAPSTAN__KEY_ALG__KEY_ALG_EC, 521)
+
+static const struct {
+  const char *name;
+  Capstan__KeyAlg alg;
+  uint32_t bits;
+} keys[] = {
+#define KEY_ENTRY(n, a, b) {n, a, b},
+    KEYS(KEY_ENTRY)
+#undef KEY_ENTRY
+};
+#define KEY_LIST(n, a, b) n ","
+static const char key_list[] = KEYS(KEY_LIST);
+
+const char *capstan_key_name(Capstan__KeyAlg alg, uint32_t bits) {
+  for (size_t i = 0; i < COUNT(keys); i++) {
+    if (keys[i].alg == alg && keys[i].bits == bits) return keys[i].name;
+  }
+  return "?";
+}
+
+int capstan_key_parse(const char *s, Capstan__KeyAlg *alg, uint32_t *bits) {
+  if (s == NULL) return CAPSTAN_EINVAL;
+  for (size_t i = 0; i < COUNT(keys); i++) {
+    if (strcmp(keys[i].name, s) == 0) {
+      *alg = keys[i].alg;
+      *bits = keys[i].bits;
+      return 0;
+    }
+  }
+  return CAPSTAN_EINVAL;
+}
+
+const char *capstan_key_names(void) {
+  static char buf[sizeof(key_list)];
+  return list_text(key_list, buf, sizeof(buf));
+}
+
+/* ---- Domain operations ------------------------------------------------ */
+
+static int set_cert_status(capstan_txn_t *txn, Capstan__IssuedCert *c, Capstan__CertStatus st,
+                           int64_t now) {
+  SET(c, status, st);
+  SET(c, status_changed_at, now);
+  return capstan_store_cert_put(txn, c);
+}
+
+/* Moves every certificate of |d|'s history whose status is |from| (other
+ * than |except|) to |to|. A serial whose record is gone is skipped: the
+ * operator may have deleted stale certificates. */
+static int move_history(capstan_txn_t *txn, const Capstan__Device *d, const uint8_t *except,
+                        const Capstan__CertStatus *from, size_t nfrom, Capstan__CertStatus to,
+                        int64_t now) {
+  for (size_t i = 0; i < d->n_cert_history; i++) {
+    const ProtobufCBinaryData *s = &d->cert_history[i];
+    if (s->len != CAPSTAN_SERIAL_LEN) continue;
+    if (except != NULL && memcmp(s->data, except, CAPSTAN_SERIAL_LEN) == 0) continue;
+    Capstan__IssuedCert *c;
+    int err = capstan_store_cert_get(txn, s->data, &c);
+    if (err == CAPSTAN_ENOENT) continue;
+    if (err != 0) return err;
+    for (size_t j = 0; j < nfrom; j++) {
+      if (c->status == from[j]) {
+        err = set_cert_status(txn, c, to, now);
+        break;
+      }
+    }
+    capstan__issued_cert__free_unpacked(c, NULL);
+    if (err != 0) return err;
+  }
+  return 0;
+}
+
+static int history_append(Capstan__Device *d, const uint8_t serial[CAPSTAN_SERIAL_LEN]) {
+  for (size_t i = 0; i < d->n_cert_history; i++) {
+    if (d->cert_history[i].len == CAPSTAN_SERIAL_LEN &&
+        memcmp(d->cert_history[i].data, serial, CAPSTAN_SERIAL_LEN) == 0) {
+      return 0;
+    }
+  }
+  ProtobufCBinaryData *h =
+      realloc(d->cert_history, (d->n_cert_history + 1) * sizeof(ProtobufCBinaryData));
+  if (h == NULL) return CAPSTAN_ENOMEM;
+  d->cert_history = h;
+  uint8_t *copy = malloc(CAPSTAN_SERIAL_LEN);
+  if (copy == NULL) return CAPSTAN_ENOMEM;
+  memcpy(copy, serial, CAPSTAN_SERIAL_LEN);
+  h[d->n_cert_history].data = copy;
+  h[d->n_cert_history].len = CAPSTAN_SERIAL_LEN;
+  d->n_cert_history++;
+  return 0;
+}
+
+int capstan_devices_record_issued(capstan_txn_t *txn, const char *name,
+                                  const uint8_t serial[CAPSTAN_SERIAL_LEN], const uint8_t *der,
+                                  size_t der_len, int64_t not_after, const char *md5hex,
+                                  int64_t now) {
+  if (serial == NULL || der == NULL || der_len == 0) return CAPSTAN_EINVAL;
+  Capstan__Device *d;
+  int err = capstan_store_device_get(txn, name, &d);
+  if (err != 0) return err;
+  static const Capstan__CertStatus issued[] = {CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED};
+  err = move_history(txn, d, serial, issued, 1, CAPSTAN__CERT_STATUS__CERT_STATUS_STALE, now);
+  if (err != 0) goto done;
+
+  Capstan__IssuedCert c = CAPSTAN__ISSUED_CERT__INIT;
+  SET(&c, schema_version, 1);
+  c.serial.data = (uint8_t *)serial;
+  c.serial.len = CAPSTAN_SERIAL_LEN;
+  c.device = d->name;
+  c.der.data = (uint8_t *)der;
+  c.der.len = der_len;
+  SET(&c, status, CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED);
+  SET(&c, issued_at, now);
+  SET(&c, not_after, not_after);
+  SET(&c, status_changed_at, now);
+  c.md5hash = (char *)md5hex;
+  err = capstan_store_cert_put(txn, &c);
+  if (err != 0) goto done;
+
+  err = history_append(d, serial);
+  if (err != 0) goto done;
+  SET(d, updated_at, now);
+  err = capstan_store_device_put(txn, d);
+done:
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+static int complete_operation(Capstan__Device *d, int64_t now) {
+  if (d->status != CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED) SET(d, status_changed_at, now);
+  SET(d, status, CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED);
+  SET(d, last_operation, d->operation);
+  SET(d, operation, CAPSTAN__OPERATION__OPERATION_NONE);
+  SET(d, updated_at, now);
+  return capstan_record_set_string(&d->status_reason, NULL);
+}
+
+int capstan_devices_record_installed(capstan_txn_t *txn, const char *name,
+                                     const uint8_t serial[CAPSTAN_SERIAL_LEN], const uint8_t *spki,
+                                     size_t spki_len, const char *md5hex, int64_t now) {
+  if (serial == NULL) return CAPSTAN_EINVAL;
+  Capstan__Device *d = NULL;
+  Capstan__IssuedCert *c = NULL;
+  int err = capstan_store_device_get(txn, name, &d);
+  if (err != 0) return err;
+  err = capstan_store_cert_get(txn, serial, &c);
+  if (err != 0) goto done;
+  if (c->device == NULL || strcmp(c->device, d->name) != 0) {
+    LOG_WARN("event=cert_device_mismatch device=%s", d->name);
+    err = CAPSTAN_EINVAL;
+    goto done;
+  }
+  static const Capstan__CertStatus installed[] = {CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED};
+  err = move_history(txn, d, serial, installed, 1, CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED, now);
+  if (err != 0) goto done;
+  err = set_cert_status(txn, c, CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED, now);
+  if (err != 0) goto done;
+
+  if ((err = capstan_record_set_bytes(&d->cert_der, &d->has_cert_der, c->der.data, c->der.len)) ||
+      (err = capstan_record_set_string(&d->md5hash, md5hex != NULL ? md5hex : c->md5hash)) ||
+      (err = capstan_record_set_bytes(&d->public_key, &d->has_public_key, spki, spki_len)) ||
+      (err = history_append(d, serial)) || (err = complete_operation(d, now))) {
+    goto done;
+  }
+  SET(d, cert_type, CAPSTAN__CERT_TYPE__CERT_TYPE_LSC);
+  SET(d, cert_seen_at, now);
+  err = capstan_store_device_put(txn, d);
+done:
+  capstan__issued_cert__free_unpacked(c, NULL);
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+int capstan_devices_record_seen_cert(capstan_txn_t *txn, const char *name, const uint8_t *der,
+                                     size_t der_len, Capstan__CertType cert_type,
+                                     const char *md5hex, const uint8_t *spki, size_t spki_len,
+                                     int64_t now) {
+  if (der == NULL || der_len == 0) return CAPSTAN_EINVAL;
+  Capstan__Device *d;
+  int err = capstan_store_device_get(txn, name, &d);
+  if (err != 0) return err;
+  if ((err = capstan_record_set_bytes(&d->cert_der, &d->has_cert_der, der, der_len)) ||
+      (err = capstan_record_set_string(&d->md5hash, md5hex)) ||
+      (err = capstan_record_set_bytes(&d->public_key, &d->has_public_key, spki, spki_len))) {
+    goto done;
+  }
+  SET(d, cert_type, cert_type);
+  SET(d, cert_seen_at, now);
+  SET(d, updated_at, now);
+  err = capstan_store_device_put(txn, d);
+done:
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__OpStatus status,
+                               const char *reason, int64_t now, bool count_attempt) {
+  Capstan__Device *d;
+  int err = capstan_store_device_get(txn, name, &d);
+  if (err != 0) return err;
+  if (status == CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED) {
+    err = complete_operation(d, now);
+  } else {
+    if (d->status != status) SET(d, status_changed_at, now);
+    SET(d, status, status);
+    SET(d, updated_at, now);
+  }
+  if (err == 0 && reason != NULL) err = capstan_record_set_string(&d->status_reason, reason);
+  if (err == 0 && reason == NULL) err = capstan_record_set_string(&d->status_reason, NULL);
+  if (err == 0 && count_attempt) {
+    SET(d, attempts, d->attempts + 1);
+    SET(d, last_attempt_at, now);
+  }
+  if (err == 0) err = capstan_store_device_put(txn, d);
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+int capstan_devices_record_deleted(capstan_txn_t *txn, const char *name, int64_t now) {
+  Capstan__Device *d;
+  int err = capstan_store_device_get(txn, name, &d);
+  if (err != 0) return err;
+  static const Capstan__CertStatus live[] = {CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED,
+                                             CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED};
+  err = move_history(txn, d, NULL, live, 2, CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED, now);
+  if (err != 0) goto done;
+  if (d->cert_type == CAPSTAN__CERT_TYPE__CERT_TYPE_LSC || !d->has_cert_type) {
+    if ((err = capstan_record_set_bytes(&d->cert_der, &d->has_cert_der, NULL, 0)) ||
+        (err = capstan_record_set_string(&d->md5hash, NULL)) ||
+        (err = capstan_record_set_bytes(&d->public_key, &d->has_public_key, NULL, 0))) {
+      goto done;
+    }
+    d->has_cert_type = 0;
+    d->cert_type = CAPSTAN__CERT_TYPE__CERT_TYPE_UNKNOWN;
+    d->has_cert_seen_at = 0;
+    d->cert_seen_at = 0;
+  }
+  SET(d, operation, CAPSTAN__OPERATION__OPERATION_DELETE);
+  err = complete_operation(d, now);
+  if (err == 0) err = capstan_store_device_put(txn, d);
+done:
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+void capstan_device_rearm(Capstan__Device *d, int64_t now) {
+  Capstan__OpStatus st = d->operation == CAPSTAN__OPERATION__OPERATION_NONE
+                             ? CAPSTAN__OP_STATUS__OP_STATUS_NONE
+                             : CAPSTAN__OP_STATUS__OP_STATUS_PENDING;
+  if (d->status != st || !d->has_status) SET(d, status_changed_at, now);
+  SET(d, status, st);
+  SET(d, attempts, 0);
+  free(d->status_reason);
+  d->status_reason = NULL;
+  SET(d, updated_at, now);
+}

@@ -1,0 +1,123 @@
+/* Device records and the domain operations on them: what a CAPF session
+ * records when it issues, installs, deletes or reads a phone's certificate,
+ * and the name tables of the record enums (for the CLI, logs and JSON).
+ *
+ * The txn-taking operations run inside a write transaction: either one of
+ * the group-commit writer's (capstan_store_submit) or one of the CLI's
+ * (capstan_store_begin). They read, change and write back whole records; a
+ * failure leaves the caller to abort the transaction (the writer does so
+ * for the one request). Errors: CAPSTAN_ENOENT when the device (or the
+ * certificate) does not exist, CAPSTAN_EINVAL for bad arguments, or a store
+ * error (storage/store.h). */
+#ifndef CAPSTAN_STORAGE_DEVICES_H
+#define CAPSTAN_STORAGE_DEVICES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "storage/records.pb-c.h"
+#include "storage/store.h"
+
+#define CAPSTAN_DEVICE_NAME_MAX 64
+#define CAPSTAN_AUTH_STRING_MIN 4
+#define CAPSTAN_AUTH_STRING_MAX 10
+
+/* True for "SEP" + 12 upper-case hex digits, or for another operator name
+ * form: 1..64 characters of [A-Za-z0-9._-] starting with a letter. A name
+ * that looks like a phone MAC name with lower-case hex ("SEPabcdef012345")
+ * is refused, so that one phone cannot get two records. */
+bool capstan_device_name_valid(const char *name);
+
+/* True for 4..10 ASCII digits. */
+bool capstan_auth_string_valid(const char *s);
+
+/* A new Device with the schema's defaults, the given name, status NONE and
+ * schema_version set. Freed with capstan__device__free_unpacked(d, NULL).
+ * NULL on allocation failure. */
+Capstan__Device *capstan_device_new(const char *name);
+
+/* Replace a string / bytes field of a record obtained from the store or
+ * from capstan_device_new (fields are individually malloc'd, so the
+ * protobuf-c free function frees them). |v| NULL clears the field.
+ * CAPSTAN_ENOMEM on allocation failure (the field is unchanged). */
+int capstan_record_set_string(char **field, const char *v);
+int capstan_record_set_bytes(ProtobufCBinaryData *field, protobuf_c_boolean *has, const void *data,
+                             size_t len);
+
+/* ---- Name tables ------------------------------------------------------
+ * name() returns a static string ("?" for a value outside the table);
+ * parse() returns CAPSTAN_EINVAL for an unknown name; names() is the
+ * comma-separated list of accepted names, for error messages. */
+const char *capstan_operation_name(Capstan__Operation v);
+int capstan_operation_parse(const char *s, Capstan__Operation *out);
+const char *capstan_operation_names(void);
+
+/* Accepted: string, null, lsc, mic (AUTH_MODE_NONE prints as "none" but
+ * cannot be chosen). */
+const char *capstan_auth_mode_name(Capstan__AuthMode v);
+int capstan_auth_mode_parse(const char *s, Capstan__AuthMode *out);
+const char *capstan_auth_mode_names(void);
+
+const char *capstan_op_status_name(Capstan__OpStatus v); /* "in-progress", ... */
+int capstan_op_status_parse(const char *s, Capstan__OpStatus *out);
+const char *capstan_op_status_names(void);
+
+const char *capstan_cert_type_name(Capstan__CertType v);
+const char *capstan_cert_status_name(Capstan__CertStatus v);
+
+/* Key choices: rsa512 rsa1024 rsa2048 rsa3072 rsa4096 ec256 ec384 ec521. */
+const char *capstan_key_name(Capstan__KeyAlg alg, uint32_t bits); /* "?" if invalid */
+int capstan_key_parse(const char *s, Capstan__KeyAlg *alg, uint32_t *bits);
+const char *capstan_key_names(void);
+
+/* ---- Domain operations (inside a write txn) --------------------------- */
+
+/* Records a freshly signed LSC: stores IssuedCert{ISSUED} under |serial|,
+ * marks any earlier certificate of the device that is still ISSUED (never
+ * confirmed by the phone) STALE, and appends the serial to the device's
+ * cert_history. |md5hex| may be NULL. Call, and wait for the commit, before
+ * sending the certificate to the phone. */
+int capstan_devices_record_issued(capstan_txn_t *txn, const char *name,
+                                  const uint8_t serial[CAPSTAN_SERIAL_LEN], const uint8_t *der,
+                                  size_t der_len, int64_t not_after, const char *md5hex,
+                                  int64_t now);
+
+/* Records the phone's confirmation that it stored the LSC |serial|: the
+ * certificate becomes INSTALLED (an earlier INSTALLED one of the device
+ * becomes DELETED: the phone replaced it); the device becomes SUCCEEDED with
+ * last_operation = its operation and operation NONE; its current
+ * certificate becomes this one (cert_der, LSC, md5hash from |md5hex| or
+ * else from the IssuedCert, public_key = |spki|). CAPSTAN_ENOENT for an
+ * unknown device or serial, CAPSTAN_EINVAL if the certificate belongs to
+ * another device. */
+int capstan_devices_record_installed(capstan_txn_t *txn, const char *name,
+                                     const uint8_t serial[CAPSTAN_SERIAL_LEN], const uint8_t *spki,
+                                     size_t spki_len, const char *md5hex, int64_t now);
+
+/* Records the certificate a phone presented or sent (authentication by
+ * existing certificate, troubleshoot, delete): it becomes the device's
+ * current certificate. Status is not changed. |md5hex|, |spki| optional. */
+int capstan_devices_record_seen_cert(capstan_txn_t *txn, const char *name, const uint8_t *der,
+                                     size_t der_len, Capstan__CertType cert_type,
+                                     const char *md5hex, const uint8_t *spki, size_t spki_len,
+                                     int64_t now);
+
+/* Sets the operation status. |reason| NULL clears status_reason. With
+ * |count_attempt| the attempt counter grows and last_attempt_at = now.
+ * SUCCEEDED also completes the operation: last_operation = operation,
+ * operation = NONE. status_changed_at moves only when the status changes. */
+int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__OpStatus status,
+                               const char *reason, int64_t now, bool count_attempt);
+
+/* Records a completed delete operation: the device's current LSC fields
+ * are cleared (a MIC on record is kept), every certificate of its history
+ * that is ISSUED or INSTALLED becomes DELETED, and the status is SUCCEEDED
+ * (operation NONE, last_operation DELETE). */
+int capstan_devices_record_deleted(capstan_txn_t *txn, const char *name, int64_t now);
+
+/* Re-arms a device for its operation: status PENDING (NONE when the
+ * operation is NONE), reason cleared, attempts 0. Does not write. */
+void capstan_device_rearm(Capstan__Device *d, int64_t now);
+
+#endif

@@ -1,0 +1,223 @@
+/* The capstan store: one LMDB environment in the data directory, holding
+ * protobuf-c records (storage/records.proto) in named databases.
+ *
+ * Several processes share the environment: the server and any number of
+ * admin CLI commands. LMDB serialises writers (one write transaction at a
+ * time across all processes) and lets readers run alongside. The server
+ * notices changes made by others through capstan_store_txnid().
+ *
+ * Two ways to write:
+ *  - synchronously (CLI, start-up, tests): capstan_store_begin(write) ...
+ *    capstan_store_commit(), or capstan_store_write(store, fn, arg);
+ *  - through the group-commit writer (server): capstan_store_submit() from
+ *    the loop thread; many requests share one durable commit and each is
+ *    completed on the loop thread after that commit.
+ *
+ * Records returned by the get functions are unpacked copies that the caller
+ * owns and frees with the protobuf-c free function of its type, e.g.
+ * capstan__device__free_unpacked(d, NULL). They stay valid after the
+ * transaction ends.
+ *
+ * Errors (core/error.h): CAPSTAN_ENOENT no such record, CAPSTAN_ENOSPC store
+ * full (map size reached), CAPSTAN_EINVAL bad argument (e.g. a record missing
+ * a required field), CAPSTAN_ENOMEM, CAPSTAN_EIO anything else (logged with
+ * LMDB's text, counted in capstan_storage_errors_total{op=...}). */
+#ifndef CAPSTAN_STORAGE_STORE_H
+#define CAPSTAN_STORAGE_STORE_H
+
+#include <lmdb.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "storage/records.pb-c.h"
+
+typedef struct capstan_store capstan_store_t;
+
+/* The named databases. Keys:
+ *   DEVICES   device name (no NUL)           -> Device
+ *   CERTS     16-byte serial                 -> IssuedCert
+ *   PKI       "capf" | "capf_prev" | "tftp"  -> Identity
+ *   TRUST     32-byte SHA-256 of the DER     -> TrustCert
+ *   TEMPLATES template name                  -> Template
+ *   SETTINGS  "settings"                     -> Settings
+ *   AUDIT     8-byte big-endian unix ns      -> AuditEvent */
+#define CAPSTAN_STORE_DBS(X) \
+  X(DEVICES, "devices")      \
+  X(CERTS, "certs")          \
+  X(PKI, "pki")              \
+  X(TRUST, "trust")          \
+  X(TEMPLATES, "templates")  \
+  X(SETTINGS, "settings")    \
+  X(AUDIT, "audit")
+
+typedef enum {
+#define CAPSTAN_STORE_DB_ENUM(id, name) CAPSTAN_DB_##id,
+  CAPSTAN_STORE_DBS(CAPSTAN_STORE_DB_ENUM)
+#undef CAPSTAN_STORE_DB_ENUM
+      CAPSTAN_DB_COUNT
+} capstan_db_t;
+
+/* Identity keys in the PKI database. */
+#define CAPSTAN_IDENTITY_CAPF "capf"
+#define CAPSTAN_IDENTITY_CAPF_PREV "capf_prev"
+#define CAPSTAN_IDENTITY_TFTP "tftp"
+
+#define CAPSTAN_SERIAL_LEN 16
+#define CAPSTAN_STORE_MAP_SIZE ((size_t)4 << 30) /* 4 GiB of address space */
+#define CAPSTAN_STORE_DEFAULT_DIR "./capstan-data"
+
+/* A transaction: the LMDB transaction plus the store it belongs to (the
+ * named database handles). Fill it with capstan_store_begin; inside the
+ * writer's fn it is given to you. Treat the fields as read-only. */
+typedef struct capstan_txn {
+  MDB_txn *mdb;
+  capstan_store_t *store;
+  bool write;
+} capstan_txn_t;
+
+/* ---- Environment ----------------------------------------------------- */
+
+/* Flags for capstan_store_open. */
+#define CAPSTAN_STORE_CREATE 1u /* create |dir| (mode 0700) if it is missing */
+
+/* Opens (and with CAPSTAN_STORE_CREATE creates) the environment in |dir|.
+ * Without CREATE a missing directory or environment gives CAPSTAN_ENOENT.
+ * On success *out is owned by the caller: capstan_store_close. */
+int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out);
+
+/* Closes the environment. Accepts NULL. The writer must have been stopped
+ * and no transaction may be open. */
+void capstan_store_close(capstan_store_t *store);
+
+/* The id of the last committed write transaction, by any process. It grows
+ * with every commit, so a change means someone wrote. */
+uint64_t capstan_store_txnid(capstan_store_t *store);
+
+/* Bytes of the map in use (last page number * page size). */
+uint64_t capstan_store_size_bytes(capstan_store_t *store);
+
+/* ---- Transactions ----------------------------------------------------- */
+
+/* Starts a read (write=false) or write transaction. Read transactions are
+ * not tied to a thread (MDB_NOTLS) but must be used by one thread at a
+ * time. A write transaction blocks while another process writes. */
+int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn);
+/* Commits (durably: fsync) and ends |txn|; on failure it is aborted. */
+int capstan_store_commit(capstan_txn_t *txn);
+/* Ends |txn| without writing. Safe on a zeroed or ended txn. */
+void capstan_store_abort(capstan_txn_t *txn);
+
+/* Runs fn inside one transaction: a read transaction for capstan_store_read,
+ * a write transaction committed when fn returns 0 (aborted otherwise) for
+ * capstan_store_write. Returns fn's error or the commit's. */
+typedef int (*capstan_store_txn_fn)(capstan_txn_t *txn, void *arg);
+int capstan_store_read(capstan_store_t *store, capstan_store_txn_fn fn, void *arg);
+int capstan_store_write(capstan_store_t *store, capstan_store_txn_fn fn, void *arg);
+
+/* ---- Generic record access ------------------------------------------- */
+
+/* Unpacks the record under |key| as a |desc| message into *out (caller
+ * frees with protobuf_c_message_free_unpacked(*out, NULL)). */
+int capstan_store_get(capstan_txn_t *txn, capstan_db_t db, const void *key, size_t klen,
+                      const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out);
+/* Packs |msg| (its required fields must be set) under |key|, replacing. */
+int capstan_store_put(capstan_txn_t *txn, capstan_db_t db, const void *key, size_t klen,
+                      const ProtobufCMessage *msg);
+/* CAPSTAN_ENOENT when absent. */
+int capstan_store_del(capstan_txn_t *txn, capstan_db_t db, const void *key, size_t klen);
+/* Calls fn for each record in key order. |msg| is only valid during the
+ * call (it is freed after). fn returns 0 to go on, 1 to stop (iterate then
+ * returns 0), or a negative error that iterate returns. */
+typedef int (*capstan_store_iter_fn)(const void *key, size_t klen, const ProtobufCMessage *msg,
+                                     void *arg);
+int capstan_store_iterate(capstan_txn_t *txn, capstan_db_t db,
+                          const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
+                          void *arg);
+/* Number of records in |db|. */
+int capstan_store_count(capstan_txn_t *txn, capstan_db_t db, uint64_t *out);
+
+/* ---- Typed records ---------------------------------------------------- */
+
+/* Devices, keyed by name. put rejects a name that fails
+ * capstan_device_name_valid (CAPSTAN_EINVAL). */
+int capstan_store_device_get(capstan_txn_t *txn, const char *name, Capstan__Device **out);
+int capstan_store_device_put(capstan_txn_t *txn, const Capstan__Device *d);
+int capstan_store_device_delete(capstan_txn_t *txn, const char *name);
+typedef int (*capstan_store_device_fn)(const Capstan__Device *d, void *arg);
+int capstan_store_device_iterate(capstan_txn_t *txn, capstan_store_device_fn fn, void *arg);
+/* Opens its own read transaction. */
+int capstan_store_device_load(capstan_store_t *store, const char *name, Capstan__Device **out);
+
+/* Issued certificates, keyed by their 16-byte serial (c->serial.len must be
+ * CAPSTAN_SERIAL_LEN). */
+int capstan_store_cert_get(capstan_txn_t *txn, const uint8_t serial[CAPSTAN_SERIAL_LEN],
+                           Capstan__IssuedCert **out);
+int capstan_store_cert_put(capstan_txn_t *txn, const Capstan__IssuedCert *c);
+int capstan_store_cert_delete(capstan_txn_t *txn, const uint8_t serial[CAPSTAN_SERIAL_LEN]);
+typedef int (*capstan_store_cert_fn)(const Capstan__IssuedCert *c, void *arg);
+int capstan_store_cert_iterate(capstan_txn_t *txn, capstan_store_cert_fn fn, void *arg);
+
+/* Identities: |which| is CAPSTAN_IDENTITY_CAPF, _CAPF_PREV or _TFTP. */
+int capstan_store_identity_get(capstan_txn_t *txn, const char *which, Capstan__Identity **out);
+int capstan_store_identity_put(capstan_txn_t *txn, const char *which, const Capstan__Identity *id);
+int capstan_store_identity_delete(capstan_txn_t *txn, const char *which);
+int capstan_store_identity_load(capstan_store_t *store, const char *which, Capstan__Identity **out);
+
+/* Trust certificates, keyed by the SHA-256 of their DER (computed here). */
+int capstan_store_trust_get(capstan_txn_t *txn, const uint8_t sha256[32], Capstan__TrustCert **out);
+int capstan_store_trust_put(capstan_txn_t *txn, const Capstan__TrustCert *t);
+int capstan_store_trust_delete(capstan_txn_t *txn, const uint8_t sha256[32]);
+typedef int (*capstan_store_trust_fn)(const uint8_t sha256[32], const Capstan__TrustCert *t,
+                                      void *arg);
+int capstan_store_trust_iterate(capstan_txn_t *txn, capstan_store_trust_fn fn, void *arg);
+
+/* Configuration templates, keyed by name. */
+int capstan_store_template_get(capstan_txn_t *txn, const char *name, Capstan__Template **out);
+int capstan_store_template_put(capstan_txn_t *txn, const Capstan__Template *t);
+int capstan_store_template_delete(capstan_txn_t *txn, const char *name);
+typedef int (*capstan_store_template_fn)(const Capstan__Template *t, void *arg);
+int capstan_store_template_iterate(capstan_txn_t *txn, capstan_store_template_fn fn, void *arg);
+
+/* Settings: get never returns CAPSTAN_ENOENT; when nothing is stored *out
+ * holds the defaults of records.proto. Caller frees with
+ * capstan__settings__free_unpacked(*out, NULL). */
+int capstan_store_settings_get(capstan_txn_t *txn, Capstan__Settings **out);
+int capstan_store_settings_put(capstan_txn_t *txn, const Capstan__Settings *s);
+int capstan_store_settings_load(capstan_store_t *store, Capstan__Settings **out);
+
+/* Appends an audit event at |at_ns| (unix nanoseconds; 0 = now). Keys are
+ * kept unique and increasing: an event never replaces another. |device|
+ * and |detail| may be NULL. Never pass secrets. */
+int capstan_store_audit_append(capstan_txn_t *txn, int64_t at_ns, const char *device,
+                               const char *event, const char *detail);
+typedef int (*capstan_store_audit_fn)(const Capstan__AuditEvent *e, void *arg);
+int capstan_store_audit_iterate(capstan_txn_t *txn, capstan_store_audit_fn fn, void *arg);
+
+/* ---- Group-commit writer (server) ------------------------------------ */
+
+/* Runs on the writer thread inside a nested transaction of the batch: a
+ * non-zero return aborts only this request's changes. Must not block on the
+ * loop thread. */
+typedef int (*capstan_store_write_fn)(capstan_txn_t *txn, void *arg);
+/* Called on the loop thread after the batch's commit: |status| is fn's
+ * error, or the commit's error if the batch failed to commit, else 0 (the
+ * changes are durable). */
+typedef void (*capstan_store_done_fn)(void *arg, int status);
+
+/* Starts the writer thread; done callbacks run on |loop|. Registers the
+ * storage metrics. CAPSTAN_EINVAL if already started. */
+int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop);
+/* Queues fn. Call from the loop thread (or any thread). Returns an error
+ * (and never calls done) when the writer is not running or allocation
+ * fails; otherwise done is called exactly once, later. */
+int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void *arg,
+                         capstan_store_done_fn done);
+/* Call on the loop thread. Writes every queued request, calls every
+ * pending done callback (on this thread, before returning), stops the
+ * thread and closes its libuv handle: run the loop once more afterwards
+ * (uv_run) so the handle's memory is released. No-op if not started. */
+void capstan_store_writer_stop(capstan_store_t *store);
+
+#endif
