@@ -13,7 +13,7 @@
 #include <openssl/x509.h>
 
 #include "core/error.h"
-#include "core/files/files_internal.h"
+#include "core/pki.h"
 
 #define SET_WHY(s)               \
   do {                           \
@@ -113,8 +113,8 @@ int capstan_sgn_prepare(const capstan_sgn_params_t *p, capstan_sgn_prepared_t *o
   }
   size_t sig_len = EVP_PKEY_size(pub);
 
-  rc = capstan_files_dn_string(X509_get_subject_name(p->signer_cert), &subject);
-  if (rc == 0) rc = capstan_files_dn_string(X509_get_issuer_name(p->signer_cert), &issuer);
+  rc = capstan_pki_dn_string(X509_get_subject_name(p->signer_cert), &subject);
+  if (rc == 0) rc = capstan_pki_dn_string(X509_get_issuer_name(p->signer_cert), &issuer);
   if (rc != 0) {
     SET_WHY("cannot format the signer's names");
     goto err;
@@ -126,7 +126,7 @@ int capstan_sgn_prepare(const capstan_sgn_params_t *p, capstan_sgn_prepared_t *o
   }
   uint8_t serial[CAPSTAN_SGN_MAX_SERIAL];
   size_t serial_len;
-  rc = capstan_files_serial_bytes(p->signer_cert, serial, sizeof(serial), &serial_len);
+  rc = capstan_pki_serial_bytes(p->signer_cert, serial, sizeof(serial), &serial_len);
   if (rc != 0) {
     rc = CAPSTAN_EINVAL;
     SET_WHY("bad signer serial number");
