@@ -501,3 +501,46 @@ int capstan_sgn_verify(const uint8_t *file, size_t len, EVP_PKEY *signer_pub, co
   }
   return 0;
 }
+
+static int same_str(const capstan_sgn_bytes_t *b, const char *s) {
+  return b->len == strlen(s) && memcmp(b->data, s, b->len) == 0;
+}
+
+int capstan_sgn_verify_cert(const uint8_t *file, size_t len, X509 *signer_cert, const char **why) {
+  capstan_sgn_info_t info;
+  char *subject = NULL, *issuer = NULL;
+  uint8_t serial[CAPSTAN_SGN_MAX_SERIAL];
+  size_t serial_len = 0;
+  EVP_PKEY *pub = NULL;
+  int rc = capstan_sgn_parse(file, len, &info, why);
+  if (rc != 0) return rc;
+  if (signer_cert == NULL) {
+    SET_WHY("no signer certificate");
+    return CAPSTAN_EINVAL;
+  }
+  rc = capstan_pki_dn_string(X509_get_subject_name(signer_cert), &subject);
+  if (rc == 0) rc = capstan_pki_dn_string(X509_get_issuer_name(signer_cert), &issuer);
+  if (rc == 0) rc = capstan_pki_serial_bytes(signer_cert, serial, sizeof(serial), &serial_len);
+  if (rc != 0) {
+    SET_WHY("cannot read the signer certificate's names or serial");
+    goto done;
+  }
+  rc = CAPSTAN_EACCES;
+  if (!same_str(&info.signer_name, subject)) {
+    SET_WHY("SIGNER_NAME is not the certificate's subject");
+  } else if (!same_str(&info.issuer_name, issuer)) {
+    SET_WHY("ISSUER_NAME is not the certificate's issuer");
+  } else if (info.serial.len != serial_len || memcmp(info.serial.data, serial, serial_len) != 0) {
+    SET_WHY("SERIAL_NUMBER is not the certificate's");
+  } else if ((pub = X509_get_pubkey(signer_cert)) == NULL) {
+    rc = CAPSTAN_EINVAL;
+    SET_WHY("signer certificate without a usable key");
+  } else {
+    rc = capstan_sgn_verify(file, len, pub, why);
+  }
+done:
+  EVP_PKEY_free(pub);
+  free(subject);
+  free(issuer);
+  return rc;
+}
