@@ -574,9 +574,16 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
       if (d->encrypted_config) {
         uint8_t *partial = NULL;
         size_t partial_len = 0;
-        rc = capstan_cnfxml_partial(full, full_len,
-                                    d->md5hash && strlen(d->md5hash) == 32 ? d->md5hash : NULL,
-                                    &partial, &partial_len, NULL, 0);
+        /* The hash tells the phone its certificate is on record and its
+         * encrypted file is ready. While it is not (no certificate, or an
+         * EC one the file cannot be encrypted for), the hash stays empty. */
+        const char *why = capstan_files_enc_unavailable_reason(d);
+        if (why != NULL) {
+          LOG_INFO("event=enc_config_unavailable device=%s reason=\"%s\"", device, why);
+        }
+        const char *hash =
+            why == NULL && d->md5hash && strlen(d->md5hash) == 32 ? d->md5hash : NULL;
+        rc = capstan_cnfxml_partial(full, full_len, hash, &partial, &partial_len, NULL, 0);
         free(full);
         if (rc < 0) goto fail_io;
         full = partial;
