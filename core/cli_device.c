@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "core/cli.h"
+#include "core/files/service.h"
 #include "core/error.h"
 #include "storage/devices.h"
 
@@ -426,6 +427,14 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   capstan_cli_json_string(f, capstan_key_name(d->key_alg, d->key_bits));
   json_time(f, "completes_by", d->completes_by, d->has_completes_by);
   fprintf(f, ",\"encrypted_config\":%s", d->encrypted_config ? "true" : "false");
+  /* Why the phone cannot get its encrypted configuration yet (or null). */
+  const char *enc_why = capstan_files_enc_unavailable_reason(d);
+  fprintf(f, ",\"encrypted_config_unavailable\":");
+  if (enc_why) {
+    capstan_cli_json_string(f, enc_why);
+  } else {
+    fprintf(f, "null");
+  }
   fputs(",\"status\":", f);
   capstan_cli_json_string(f, capstan_op_status_name(d->status));
   fputs(",\"status_reason\":", f);
@@ -517,7 +526,9 @@ static int run_show(opts_t *o) {
     }
     printf("%-18s %s\n", "key:", capstan_key_name(d->key_alg, d->key_bits));
     show_time("completes by:", d->completes_by, d->has_completes_by);
-    printf("%-18s %s\n", "encrypted config:", d->encrypted_config ? "on" : "off");
+    const char *enc_why = capstan_files_enc_unavailable_reason(d);
+    printf("%-18s %s%s%s\n", "encrypted config:", d->encrypted_config ? "on" : "off",
+           enc_why ? ", not available yet: " : "", enc_why ? enc_why : "");
     printf("%-18s %s\n", "status:", capstan_op_status_name(d->status));
     printf("%-18s %s\n", "status reason:", d->status_reason != NULL ? d->status_reason : "-");
     printf("%-18s %s\n", "last operation:", capstan_operation_name(d->last_operation));
