@@ -679,10 +679,9 @@ static void test_raw_options(void **state) {
   check_normal_download();
 }
 
-static void test_raw_netascii(void **state) {
-  const test_file_t *f = &g_files[F_NETASCII];
-  /* The expected wire form: LF -> CR LF, CR -> CR NUL. */
-  uint8_t enc[256];
+/* The netascii wire form of |f| (LF -> CR LF, CR -> CR NUL) into |enc|
+ * (room for 2 * f->len bytes); returns its length. */
+static size_t encode_netascii(const test_file_t *f, uint8_t *enc) {
   size_t n = 0;
   for (size_t i = 0; i < f->len; i++) {
     if (f->data[i] == '\n') {
@@ -695,6 +694,13 @@ static void test_raw_netascii(void **state) {
       enc[n++] = f->data[i];
     }
   }
+  return n;
+}
+
+static void test_raw_netascii(void **state) {
+  const test_file_t *f = &g_files[F_NETASCII];
+  uint8_t enc[256];
+  size_t n = encode_netascii(f, enc);
   raw_download_expect(g_port, "netascii.txt", "netascii", NULL, enc, n, "");
   /* Tiny blocks and a window: pairs straddle blocks; tsize is the encoded
    * size. */
@@ -934,6 +940,7 @@ static void test_window_goback_once(void **state) {
   for (int b = 2; b <= 5; b++) {
     assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 516);
     assert_int_equal(pkt[3], b);
+    assert_memory_equal(pkt + 4, g_files[F_CONFIG].data + (b - 1) * 512, 512);
   }
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 300, NULL) < 0);
   assert_true(counter("capstan_tftp_retransmits_total", "") == rexmit + 3);
@@ -948,6 +955,53 @@ static void test_window_goback_once(void **state) {
   close(fd);
   wait_idle(5);
   check_normal_download();
+}
+
+/* Netascii keeps the encoded packets of the window: a go-back resends the
+ * very same bytes, and the encoder goes on where it was. */
+static void test_netascii_goback(void **state) {
+  wait_idle(10);
+  uint8_t enc[256];
+  size_t len = encode_netascii(&g_files[F_NETASCII], enc);
+  size_t blocks = len / 8 + 1;
+  int fd = raw_open();
+  uint8_t pkt[2000];
+  static const char *const o[] = {"blksize", "8", "windowsize", "4", NULL};
+  size_t n = build_rrq(pkt, "netascii.txt", "netascii", o);
+  raw_send(fd, g_slow_port, pkt, n);
+  int tid = 0;
+  assert_true(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid) > 2);
+  assert_int_equal(pkt[1], 6);
+  send_ack(fd, tid, 0);
+  for (int b = 1; b <= 4; b++) {
+    assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 12);
+    assert_int_equal(pkt[3], b);
+    assert_memory_equal(pkt + 4, enc + (b - 1) * 8, 8);
+  }
+  send_ack(fd, tid, 1);
+  uint8_t got[256];
+  memcpy(got, enc, 8);
+  size_t have = 8;
+  uint16_t next = 2;
+  for (;;) {
+    ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
+    assert_true(r >= 4 && r <= 12);
+    assert_int_equal((pkt[2] << 8) | pkt[3], next);
+    memcpy(got + have, pkt + 4, (size_t)r - 4);
+    have += (size_t)r - 4;
+    next++;
+    if (r < 12) {
+      send_ack(fd, tid, (uint16_t)(next - 1));
+      break;
+    }
+    /* The window after the go-back is 2-5; then windows of 4. */
+    if ((next - 2) % 4 == 0) send_ack(fd, tid, (uint16_t)(next - 1));
+  }
+  assert_int_equal(next - 1, blocks);
+  assert_int_equal(have, len);
+  assert_memory_equal(got, enc, len);
+  close(fd);
+  wait_idle(5);
 }
 
 static void test_wrong_port(void **state) {
@@ -1214,6 +1268,7 @@ int main(void) {
       cmocka_unit_test(test_write_request),
       cmocka_unit_test(test_ack_storm),
       cmocka_unit_test(test_window_goback_once),
+      cmocka_unit_test(test_netascii_goback),
       cmocka_unit_test(test_wrong_port),
       cmocka_unit_test(test_client_stops_acking),
       cmocka_unit_test(test_client_limit),
