@@ -987,8 +987,10 @@ static void test_netascii_goback(void **state) {
     ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
     assert_true(r >= 4 && r <= 12);
     assert_int_equal((pkt[2] << 8) | pkt[3], next);
-    memcpy(got + have, pkt + 4, (size_t)r - 4);
-    have += (size_t)r - 4;
+    size_t plen = r >= 4 && r <= 12 ? (size_t)r - 4 : 0;
+    assert_true(have + plen <= sizeof(got));
+    memcpy(got + have, pkt + 4, plen);
+    have += plen;
     next++;
     if (r < 12) {
       send_ack(fd, tid, (uint16_t)(next - 1));
