@@ -1,6 +1,7 @@
 /* `capstan device ...`: add, set, show, list, remove, import, export,
  * generate-auth-strings. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -679,8 +680,11 @@ static int run_export(opts_t *o) {
     /* Write beside the target and rename, so a failed export never leaves a
      * truncated file that a later import would take for the whole list. */
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    f = fopen(tmp, "w");
+    /* The file holds authentication strings: readable by the owner only. */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (f == NULL) {
+      if (fd >= 0) close(fd);
       capstan_cli_error("cannot write '%s': %s", tmp, strerror(errno));
       capstan_store_close(s);
       return CAPSTAN_EXIT_ERROR;

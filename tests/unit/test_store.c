@@ -392,6 +392,18 @@ static void test_stop_drains_queue(void **state) {
   for (int i = 0; i < 100; i++) {
     assert_int_equal(capstan_store_submit(f->store, write_one, &n, count_done), 0);
   }
+  /* The storage metrics are registered and the size gauge reads the map. */
+  char *text = NULL;
+  size_t len = 0;
+  assert_int_equal(capstan_metrics_render(&text, &len), 0);
+  assert_non_null(strstr(text, "capstan_storage_commit_duration_seconds_bucket"));
+  assert_non_null(strstr(text, "capstan_storage_batch_size_bucket"));
+  assert_non_null(strstr(text, "capstan_storage_commits_total"));
+  assert_non_null(strstr(text, "capstan_storage_errors_total{op=\"commit\"} 0"));
+  const char *size = strstr(text, "\ncapstan_storage_size_bytes ");
+  assert_non_null(size);
+  assert_true(strtod(size + strlen("\ncapstan_storage_size_bytes "), NULL) > 0);
+  free(text);
   capstan_store_writer_stop(f->store);
   assert_int_equal(n, 100); /* every done ran before stop returned */
   assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
