@@ -1,8 +1,10 @@
 /* `capstan device ...`: add, set, show, list, remove, import, export,
  * generate-auth-strings. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <unistd.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -89,9 +91,14 @@ static const struct option longopts[] = {
     {NULL, 0, NULL, 0},
 };
 
-static int usage_error(const subcmd_t *sc, const char *fmt, const char *arg) {
+static int usage_error(const subcmd_t *sc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int usage_error(const subcmd_t *sc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
   fprintf(stderr, "capstan: device %s: ", sc->name);
-  fprintf(stderr, fmt, arg);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
   fprintf(stderr, "\nusage: %s\n(see 'capstan device %s --help')\n", sc->usage, sc->name);
   return CAPSTAN_EXIT_USAGE;
 }
@@ -111,30 +118,28 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
       case 'o':
         bit = O_OPERATION;
         if (capstan_operation_parse(a, &o->operation) != 0) {
-          return usage_error(
-              sc, "--operation must be one of install,delete,troubleshoot,none; got '%s'", a);
+          return usage_error(sc, "--operation must be one of %s; got '%s'",
+                             capstan_operation_names(), a);
         }
         break;
       case 'a':
         bit = O_AUTH;
         if (capstan_auth_mode_parse(a, &o->auth) != 0) {
-          return usage_error(sc, "--auth must be one of string,null,lsc,mic; got '%s'", a);
+          return usage_error(sc, "--auth must be one of %s; got '%s'", capstan_auth_mode_names(),
+                             a);
         }
         break;
       case 's':
         bit = O_AUTH_STRING;
         if (!capstan_auth_string_valid(a)) {
-          return usage_error(sc, "--auth-string must be 4 to 10 digits%s", "");
+          return usage_error(sc, "--auth-string must be 4 to 10 digits");
         }
         o->auth_string = a;
         break;
       case 'k':
         bit = O_KEY;
         if (capstan_key_parse(a, &o->key_alg, &o->key_bits) != 0) {
-          return usage_error(sc,
-                             "--key must be one of "
-                             "rsa512,rsa1024,rsa2048,rsa3072,rsa4096,ec256,ec384,ec521; got '%s'",
-                             a);
+          return usage_error(sc, "--key must be one of %s; got '%s'", capstan_key_names(), a);
         }
         break;
       case 'c':
@@ -167,10 +172,8 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
       case 't':
         bit = O_STATUS;
         if (capstan_op_status_parse(a, &o->status) != 0) {
-          return usage_error(
-              sc,
-              "--status must be one of pending,in-progress,succeeded,failed,expired,none; got '%s'",
-              a);
+          return usage_error(sc, "--status must be one of %s; got '%s'", capstan_op_status_names(),
+                             a);
         }
         break;
       case 'g':
@@ -244,7 +247,7 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
   if (o->seen & O_HELP) return 0;
   o->args = argv + optind;
   o->nargs = argc - optind;
-  if (o->nargs < sc->nargs) return usage_error(sc, "missing argument%s", "");
+  if (o->nargs < sc->nargs) return usage_error(sc, "missing argument");
   if (o->nargs > sc->nargs) return usage_error(sc, "unexpected argument '%s'", o->args[sc->nargs]);
   return 0;
 }
@@ -284,7 +287,7 @@ static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is
   }
   if (o->seen & O_GENERATE) {
     if ((o->seen & O_AUTH_STRING)) {
-      return usage_error(sc, "give either --auth-string or --generate-auth-string%s", "");
+      return usage_error(sc, "give either --auth-string or --generate-auth-string");
     }
     if (capstan_cli_random_digits(generated, o->length != 0 ? o->length : 6) != 0 ||
         capstan_record_set_string(&d->auth_string, generated) != 0) {
@@ -296,8 +299,7 @@ static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is
       (d->auth_string == NULL || d->auth_string[0] == '\0')) {
     return usage_error(sc,
                        "--auth string needs --auth-string DIGITS (4 to 10) or "
-                       "--generate-auth-string%s",
-                       "");
+                       "--generate-auth-string");
   }
   if (is_new || (o->seen & O_KEY)) {
     d->has_key_alg = 1;
@@ -326,8 +328,8 @@ static int add_or_set(const subcmd_t *sc, opts_t *o, bool is_add) {
                        "A-Z a-z 0-9 . _ - starting with a letter)",
                        name);
   }
-  if (is_add && !(o->seen & O_OPERATION)) return usage_error(sc, "--operation is required%s", "");
-  if (is_add && !(o->seen & O_AUTH)) return usage_error(sc, "--auth is required%s", "");
+  if (is_add && !(o->seen & O_OPERATION)) return usage_error(sc, "--operation is required");
+  if (is_add && !(o->seen & O_AUTH)) return usage_error(sc, "--auth is required");
   capstan_store_t *s;
   if (open_store(o, is_add, &s) != 0) return CAPSTAN_EXIT_ERROR;
   int64_t now = (int64_t)time(NULL);
@@ -622,7 +624,7 @@ static int run_remove(opts_t *o) {
 static int run_import(opts_t *o) {
   const char *path = o->args[0];
   if ((o->seen & O_LENGTH) && !(o->seen & O_GENERATE_CSV)) {
-    return usage_error(g_sc, "--auth-string-length goes with --generate-auth-strings%s", "");
+    return usage_error(g_sc, "--auth-string-length goes with --generate-auth-strings");
   }
   uint8_t *data;
   size_t len;
@@ -690,8 +692,11 @@ static int run_export(opts_t *o) {
     /* Write beside the target and rename, so a failed export never leaves a
      * truncated file that a later import would take for the whole list. */
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    f = fopen(tmp, "w");
+    /* The file holds authentication strings: readable by the owner only. */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (f == NULL) {
+      if (fd >= 0) close(fd);
       capstan_cli_error("cannot write '%s': %s", tmp, strerror(errno));
       capstan_store_close(s);
       return CAPSTAN_EXIT_ERROR;
@@ -742,7 +747,7 @@ static int collect_string_mode(const Capstan__Device *d, void *arg) {
 
 static int run_generate(opts_t *o) {
   if ((o->seen & O_UNIQUE) && (o->seen & O_SHARED)) {
-    return usage_error(g_sc, "give one of --unique or --shared%s", "");
+    return usage_error(g_sc, "give one of --unique or --shared");
   }
   if (!(o->seen & (O_UNIQUE | O_SHARED))) o->generate = CAPSTAN_GENERATE_UNIQUE;
   unsigned len = o->length != 0 ? o->length : 6;
@@ -816,13 +821,13 @@ static int run_bulk_set(opts_t *o) {
   const unsigned changes =
       O_OPERATION | O_AUTH | O_AUTH_STRING | O_KEY | O_COMPLETES_BY | O_ENCRYPTED;
   if (!(o->seen & (filters | O_ALL))) {
-    return usage_error(
-        g_sc, "choose devices with --status, --name-prefix, --expires-before, or --all%s", "");
+    return usage_error(g_sc,
+                       "choose devices with --status, --name-prefix, --expires-before, or --all");
   }
   if ((o->seen & O_ALL) && (o->seen & filters)) {
-    return usage_error(g_sc, "--all does not combine with filters%s", "");
+    return usage_error(g_sc, "--all does not combine with filters");
   }
-  if (!(o->seen & changes)) return usage_error(g_sc, "nothing to change%s", "");
+  if (!(o->seen & changes)) return usage_error(g_sc, "nothing to change");
   capstan_store_t *s;
   if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
   int64_t now = (int64_t)time(NULL);

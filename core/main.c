@@ -10,7 +10,6 @@
 #include "core/init.h"
 #include "core/serve.h"
 
-
 typedef struct {
   const char *name;
   int (*main)(int argc, char **argv);
