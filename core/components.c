@@ -109,7 +109,10 @@ int capstan_serve_start_components(const capstan_serve_env_t *env,
               capstan_strerror(rc));
     return rc;
   }
-  if (!enabled(env->http_listen) && !enabled(env->tftp_listen)) return 0;
+  if (!enabled(env->http_listen) && !enabled(env->tftp_listen)) {
+    LOG_INFO("event=listeners admin_port=%d http_port=0 tftp_port=0", capstan_admin_port(c->admin));
+    return 0;
+  }
 
   char host[256];
   default_capf_host(env->capf_listen, host, sizeof(host));
@@ -142,13 +145,8 @@ int capstan_serve_start_components(const capstan_serve_env_t *env,
       return rc;
     }
   }
-  LOG_INFO(
-      "event=file_servers_ready http=%s http_port=%d tftp=%s tftp_port=%d admin=%s "
-      "admin_port=%d capf_host=%s",
-      enabled(env->http_listen) ? env->http_listen : "off",
-      c->http ? capstan_http_server_port(c->http) : 0,
-      enabled(env->tftp_listen) ? env->tftp_listen : "off",
-      c->tftp ? capstan_tftp_server_port(c->tftp) : 0, env->admin_listen,
-      capstan_admin_port(c->admin), host);
+  LOG_INFO("event=listeners admin_port=%d http_port=%d tftp_port=%d capf_host=%s",
+           capstan_admin_port(c->admin), c->http ? capstan_http_server_port(c->http) : 0,
+           c->tftp ? capstan_tftp_server_port(c->tftp) : 0, host);
   return 0;
 }
