@@ -18,6 +18,7 @@ freed memory by design).
 
 import os
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -222,6 +223,39 @@ def _(c):
             return  # refused: good
         t.close()
         raise h.TestFailure("a TLS 1.0 handshake succeeded with legacy-tls off")
+
+
+def one_record_install(c, max_version):
+    name = c.device("B")
+    with h.RecordPhone(c.port, max_version=max_version) as p:
+        seen = []
+        m, n = p.recv()
+        seen.append((m.command, n))
+        check(m.command == h.AUTH_REQUEST, "expected AUTH_REQUEST, got %r" % m)
+        p.send(msg(h.AUTH_RESPONSE, p.session_id, auth_elements(name=name.encode() + b"\0")))
+        m, n = p.recv()
+        seen.append((m.command, n))
+        check(m.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % m)
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+        m, n = p.recv()
+        seen.append((m.command, n))
+        check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+        p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+        m, n = p.recv()
+        seen.append((m.command, n))
+        check(m.command == h.END_SESSION and m.u8(h.EL_REASON) == 1, "expected END_SESSION 1: %r" % m)
+        split = [(cmd, n) for cmd, n in seen if n != 1]
+        check(not split, "messages split across TLS records (command, records): %r" % split)
+
+
+@case("one message, one TLS record (TLS 1.2)")
+def _(c):
+    one_record_install(c, ssl.TLSVersion.TLSv1_2)
+
+
+@case("one message, one TLS record (TLS 1.3)")
+def _(c):
+    one_record_install(c, None)
 
 
 @case("tls: close_notify right after the handshake")
@@ -944,8 +978,37 @@ def main():
             "metrics: protocol_errors=%g step_timeouts=%g handshake_timeouts=%g"
             % (m.get(PROTO_ERRORS, 0), m.get(TIMEOUT_STEP, 0), m.get(TIMEOUT_HANDSHAKE, 0))
         )
+        # Stop with sessions in flight: three phones in key generation (no
+        # timer short of the 30-minute ceiling) and one stuck mid-message.
+        # The drain deadline (--drain-seconds 5) must end them, and the
+        # server must exit 0 with nothing leaked.
+        held = []
         alive = server.alive()
+        if alive:
+            try:
+                for _ in range(3):
+                    held.append(phone_at_keygen(c)[0])
+                p = phone_at_auth(c)
+                p.send(msg(h.AUTH_RESPONSE, p.session_id, auth_elements())[:6])
+                held.append(p)
+            except Exception as e:  # noqa: BLE001
+                failures.append("setting up sessions for the drain: %s" % e)
+        if alive:
+            # While it drains: a settings change (the settings poll fires)
+            # and a SIGHUP reload must not touch components already stopped.
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            h.cli(data_dir, "config", "set", "retry-delay-seconds", "61")
+            time.sleep(1.5)  # the settings poll runs every second
+            if server.alive():
+                server.proc.send_signal(signal.SIGHUP)
         rc = server.stop()
+        for p in held:
+            try:
+                p.expect_closed(timeout=5)
+            except Exception as e:  # noqa: BLE001
+                failures.append("a session open at shutdown was not closed: %s" % e)
+            p.close()
         if not alive:
             failures.append("the server died (exit code %s)" % rc)
         elif rc != 0:
