@@ -99,9 +99,6 @@ struct capstan_http_response {
   int method_idx; /* METHOD_* for metrics */
   int is_head;
   size_t url_len;
-  char url[CAPSTAN_HTTP_MAX_URL_BYTES + 1];
-  char path[CAPSTAN_HTTP_MAX_URL_BYTES + 1];
-  char query[CAPSTAN_HTTP_MAX_URL_BYTES + 1];
   uint8_t *body;
   size_t body_len, body_cap;
   /* response */
@@ -118,6 +115,10 @@ struct capstan_http_response {
   size_t body_total; /* bytes of body to send (0 for HEAD) */
   size_t body_off;
   size_t inflight_body;
+  /* Buffers last: only the fields above are zeroed per request. */
+  char url[CAPSTAN_HTTP_MAX_URL_BYTES + 1];
+  char path[CAPSTAN_HTTP_MAX_URL_BYTES + 1];
+  char query[CAPSTAN_HTTP_MAX_URL_BYTES + 1];
 };
 
 struct conn {
@@ -551,13 +552,21 @@ static int method_index(unsigned method) {
   return METHOD_OTHER;
 }
 
+static capstan_http_response_t *request_new(conn_t *c) {
+  capstan_http_response_t *rs = malloc(sizeof(*rs));
+  if (rs == NULL) return NULL;
+  memset(rs, 0, offsetof(capstan_http_response_t, url));
+  rs->url[0] = rs->path[0] = rs->query[0] = '\0';
+  rs->conn = c;
+  rs->method_idx = METHOD_OTHER;
+  return rs;
+}
+
 static int on_message_begin(http_parser *p) {
   conn_t *c = p->data;
   if (c->rs == NULL) {
-    c->rs = calloc(1, sizeof(*c->rs));
+    c->rs = request_new(c);
     if (c->rs == NULL) return conn_set_error(c, -1, "out_of_memory");
-    c->rs->conn = c;
-    c->rs->method_idx = METHOD_OTHER;
   }
   c->state = CONN_HEADERS;
   c->requests++;
@@ -845,13 +854,11 @@ static void conn_fail(conn_t *c, int status, const char *reason) {
     return;
   }
   if (c->rs == NULL) {
-    c->rs = calloc(1, sizeof(*c->rs));
+    c->rs = request_new(c);
     if (c->rs == NULL) {
       conn_close(c);
       return;
     }
-    c->rs->conn = c;
-    c->rs->method_idx = METHOD_OTHER;
     c->started = capstan_now_seconds();
   }
   c->state = CONN_HANDLER;

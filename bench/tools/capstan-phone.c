@@ -1,0 +1,370 @@
+/* capstan-phone: one simulated phone, one CAPF session, for integration tests
+ * and by hand. Prints the outcome (one JSON line with --json) and exits 0
+ * when the session completed as the protocol says (an operation, or an
+ * END_SESSION with any reason), 1 on error (connect, TLS, protocol, timeout,
+ * RETRY_LATER, a bad certificate), 2 on bad usage. See bench/README.md. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/mem.h>
+#include <openssl/ssl.h>
+
+#include "bench/phone/phone.h"
+#include "core/error.h"
+#include "core/pki.h"
+
+#define MAX_FILE (1u << 20)
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: capstan-phone --connect HOST:PORT --name SEP... [options]\n"
+          "  --auth MODE          string | null | absent | lsc | mic (default null)\n"
+          "  --auth-string S      the authentication string (--auth string)\n"
+          "  --cert FILE.der      the phone's LSC (its MIC with --auth mic and no --mic-cert)\n"
+          "  --key FILE.der       its private key, PKCS#8 DER\n"
+          "  --mic-cert FILE.der  --mic-key FILE.der   a MIC besides the LSC\n"
+          "  --sudi-cert FILE.der --sudi-key FILE.der  send SUDI_DATA\n"
+          "  --save-cert FILE.der --save-key FILE.der  write the LSC held at the end\n"
+          "                       (removed when the phone ends without one)\n"
+          "  --keygen-delay SEC   simulated key generation time (REQUEST_IN_PROGRESS first)\n"
+          "  --key-cache DIR      reuse generated keys from DIR (PKCS#8 DER files)\n"
+          "  --ca-pem FILE        verify the server against these PEM certificates\n"
+          "  --timeout SEC        wait at most SEC for each server step (default 30)\n"
+          "  --json               print one JSON line\n"
+          "misbehaviour, to test the server:\n"
+          "  --proto-version N    VERSION in AUTH_RESPONSE (default 3)\n"
+          "  --keygen-fail        answer KEY_GEN_REQUEST with REASON=7\n"
+          "  --answer-key SPEC    answer with this key (rsa1024, ec256, ...) instead\n"
+          "  --store-reason N     STORE_CERT_RESPONSE reason (default 1)\n"
+          "  --stall              never answer AUTH_REQUEST\n"
+          "  --bad-session-id     answer with the wrong session id\n");
+}
+
+static int read_file(const char *path, uint8_t **out, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return CAPSTAN_ENOENT;
+  uint8_t *buf = malloc(MAX_FILE);
+  if (buf == NULL) {
+    fclose(f);
+    return CAPSTAN_ENOMEM;
+  }
+  size_t n = fread(buf, 1, MAX_FILE, f);
+  int too_big = n == MAX_FILE;
+  fclose(f);
+  if (too_big) {
+    free(buf);
+    return CAPSTAN_ERANGE;
+  }
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
+static int write_file(const char *path, const uint8_t *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  if (f == NULL) return CAPSTAN_EIO;
+  int ok = fwrite(data, 1, len, f) == len;
+  ok = (fclose(f) == 0) && ok;
+  return ok ? 0 : CAPSTAN_EIO;
+}
+
+static int load_identity(const char *cert_path, const char *key_path, capstan_identity_t *out) {
+  uint8_t *cert = NULL, *key = NULL;
+  size_t cert_len = 0, key_len = 0;
+  int rc = read_file(cert_path, &cert, &cert_len);
+  if (rc == 0) rc = read_file(key_path, &key, &key_len);
+  if (rc == 0) rc = capstan_identity_from_der(cert, cert_len, key, key_len, out);
+  free(cert);
+  if (key != NULL) OPENSSL_cleanse(key, key_len);
+  free(key);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  enum {
+    OPT_CONNECT = 256,
+    OPT_NAME,
+    OPT_AUTH,
+    OPT_AUTH_STRING,
+    OPT_CERT,
+    OPT_KEY,
+    OPT_MIC_CERT,
+    OPT_MIC_KEY,
+    OPT_SUDI_CERT,
+    OPT_SUDI_KEY,
+    OPT_SAVE_CERT,
+    OPT_SAVE_KEY,
+    OPT_KEYGEN_DELAY,
+    OPT_KEY_CACHE,
+    OPT_CA_PEM,
+    OPT_TIMEOUT,
+    OPT_JSON,
+    OPT_PROTO_VERSION,
+    OPT_KEYGEN_FAIL,
+    OPT_ANSWER_KEY,
+    OPT_STORE_REASON,
+    OPT_STALL,
+    OPT_BAD_SESSION,
+    OPT_HELP,
+  };
+  static const struct option opts[] = {
+      {"connect", required_argument, NULL, OPT_CONNECT},
+      {"name", required_argument, NULL, OPT_NAME},
+      {"auth", required_argument, NULL, OPT_AUTH},
+      {"auth-string", required_argument, NULL, OPT_AUTH_STRING},
+      {"cert", required_argument, NULL, OPT_CERT},
+      {"key", required_argument, NULL, OPT_KEY},
+      {"mic-cert", required_argument, NULL, OPT_MIC_CERT},
+      {"mic-key", required_argument, NULL, OPT_MIC_KEY},
+      {"sudi-cert", required_argument, NULL, OPT_SUDI_CERT},
+      {"sudi-key", required_argument, NULL, OPT_SUDI_KEY},
+      {"save-cert", required_argument, NULL, OPT_SAVE_CERT},
+      {"save-key", required_argument, NULL, OPT_SAVE_KEY},
+      {"keygen-delay", required_argument, NULL, OPT_KEYGEN_DELAY},
+      {"key-cache", required_argument, NULL, OPT_KEY_CACHE},
+      {"ca-pem", required_argument, NULL, OPT_CA_PEM},
+      {"timeout", required_argument, NULL, OPT_TIMEOUT},
+      {"json", no_argument, NULL, OPT_JSON},
+      {"proto-version", required_argument, NULL, OPT_PROTO_VERSION},
+      {"keygen-fail", no_argument, NULL, OPT_KEYGEN_FAIL},
+      {"answer-key", required_argument, NULL, OPT_ANSWER_KEY},
+      {"store-reason", required_argument, NULL, OPT_STORE_REASON},
+      {"stall", no_argument, NULL, OPT_STALL},
+      {"bad-session-id", no_argument, NULL, OPT_BAD_SESSION},
+      {"help", no_argument, NULL, OPT_HELP},
+      {NULL, 0, NULL, 0},
+  };
+  const char *connect = NULL, *cert = NULL, *key = NULL, *mic_cert = NULL, *mic_key = NULL;
+  const char *sudi_cert = NULL, *sudi_key = NULL, *save_cert = NULL, *save_key = NULL;
+  const char *key_cache = NULL, *ca_pem = NULL;
+  int json = 0;
+  capstan_phone_config_t cfg;
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.auth = CAPSTAN_PHONE_AUTH_NULL_STRING;
+  int c;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    char *end = NULL;
+    switch (c) {
+      case OPT_CONNECT:
+        connect = optarg;
+        break;
+      case OPT_NAME:
+        cfg.device_name = optarg;
+        break;
+      case OPT_AUTH:
+        if (capstan_phone_parse_auth(optarg, &cfg.auth) != 0) {
+          fprintf(stderr, "capstan-phone: bad --auth %s\n", optarg);
+          return 2;
+        }
+        break;
+      case OPT_AUTH_STRING:
+        cfg.auth_string = optarg;
+        break;
+      case OPT_CERT:
+        cert = optarg;
+        break;
+      case OPT_KEY:
+        key = optarg;
+        break;
+      case OPT_MIC_CERT:
+        mic_cert = optarg;
+        break;
+      case OPT_MIC_KEY:
+        mic_key = optarg;
+        break;
+      case OPT_SUDI_CERT:
+        sudi_cert = optarg;
+        break;
+      case OPT_SUDI_KEY:
+        sudi_key = optarg;
+        break;
+      case OPT_SAVE_CERT:
+        save_cert = optarg;
+        break;
+      case OPT_SAVE_KEY:
+        save_key = optarg;
+        break;
+      case OPT_KEYGEN_DELAY: {
+        double s = strtod(optarg, &end);
+        if (end == optarg || *end != '\0' || s < 0 || s > 86400) {
+          fprintf(stderr, "capstan-phone: bad --keygen-delay %s\n", optarg);
+          return 2;
+        }
+        cfg.keygen_delay_ms = (uint64_t)(s * 1000.0);
+        break;
+      }
+      case OPT_KEY_CACHE:
+        key_cache = optarg;
+        break;
+      case OPT_CA_PEM:
+        ca_pem = optarg;
+        break;
+      case OPT_TIMEOUT: {
+        double s = strtod(optarg, &end);
+        if (end == optarg || *end != '\0' || s <= 0 || s > 86400) {
+          fprintf(stderr, "capstan-phone: bad --timeout %s\n", optarg);
+          return 2;
+        }
+        cfg.step_timeout_ms = (uint64_t)(s * 1000.0);
+        if (cfg.step_timeout_ms == 0) cfg.step_timeout_ms = 1;
+        break;
+      }
+      case OPT_JSON:
+        json = 1;
+        break;
+      case OPT_PROTO_VERSION: {
+        long v = strtol(optarg, &end, 10);
+        if (end == optarg || *end != '\0' || v < 1 || v > 255) {
+          fprintf(stderr, "capstan-phone: bad --proto-version %s\n", optarg);
+          return 2;
+        }
+        cfg.version = (uint8_t)v;
+        break;
+      }
+      case OPT_KEYGEN_FAIL:
+        cfg.keygen_fail = 1;
+        break;
+      case OPT_ANSWER_KEY:
+        if (capstan_phone_parse_key_spec(optarg, &cfg.answer_key_alg, &cfg.answer_key_bits) != 0) {
+          fprintf(stderr, "capstan-phone: bad --answer-key %s\n", optarg);
+          return 2;
+        }
+        break;
+      case OPT_STORE_REASON: {
+        long v = strtol(optarg, &end, 10);
+        if (end == optarg || *end != '\0' || v < 0 || v > 255) {
+          fprintf(stderr, "capstan-phone: bad --store-reason %s\n", optarg);
+          return 2;
+        }
+        /* 0 in the config means "default 1"; REASON 0 is not a useful store
+         * answer to simulate separately from 7. */
+        cfg.store_reason = (int)v;
+        break;
+      }
+      case OPT_STALL:
+        cfg.stall = 1;
+        break;
+      case OPT_BAD_SESSION:
+        cfg.bad_session_id = 1;
+        break;
+      case OPT_HELP:
+        usage(stdout);
+        return 0;
+      default:
+        usage(stderr);
+        return 2;
+    }
+  }
+  if (optind != argc || connect == NULL || cfg.device_name == NULL) {
+    usage(stderr);
+    return 2;
+  }
+  if (capstan_phone_parse_addr(connect, &cfg.addr) != 0) {
+    fprintf(stderr, "capstan-phone: bad --connect %s (HOST:PORT or [V6]:PORT)\n", connect);
+    return 2;
+  }
+  if ((cert == NULL) != (key == NULL) || (mic_cert == NULL) != (mic_key == NULL) ||
+      (sudi_cert == NULL) != (sudi_key == NULL)) {
+    fprintf(stderr, "capstan-phone: certificates and keys go in pairs\n");
+    return 2;
+  }
+
+  int status = 2;
+  SSL_CTX *ctx = NULL;
+  capstan_phone_keypool_t *keys = NULL;
+  capstan_identity_t lsc = {0}, mic = {0}, sudi = {0};
+  capstan_phone_result_t res;
+  memset(&res, 0, sizeof(res));
+  int rc;
+  if (cert != NULL) {
+    /* With --auth mic and no separate MIC, --cert is the MIC. */
+    capstan_identity_t *dst =
+        (cfg.auth == CAPSTAN_PHONE_AUTH_MIC && mic_cert == NULL) ? &mic : &lsc;
+    if ((rc = load_identity(cert, key, dst)) != 0) {
+      fprintf(stderr, "capstan-phone: cannot load %s / %s: %s\n", cert, key, capstan_strerror(rc));
+      goto out;
+    }
+  }
+  if (mic_cert != NULL && (rc = load_identity(mic_cert, mic_key, &mic)) != 0) {
+    fprintf(stderr, "capstan-phone: cannot load %s / %s: %s\n", mic_cert, mic_key,
+            capstan_strerror(rc));
+    goto out;
+  }
+  if (sudi_cert != NULL && (rc = load_identity(sudi_cert, sudi_key, &sudi)) != 0) {
+    fprintf(stderr, "capstan-phone: cannot load %s / %s: %s\n", sudi_cert, sudi_key,
+            capstan_strerror(rc));
+    goto out;
+  }
+  if ((cfg.auth == CAPSTAN_PHONE_AUTH_LSC || cfg.auth == CAPSTAN_PHONE_AUTH_MIC) &&
+      lsc.cert == NULL && mic.cert == NULL) {
+    fprintf(stderr, "capstan-phone: --auth %s needs --cert and --key\n",
+            capstan_phone_auth_name(cfg.auth));
+    goto out;
+  }
+  char err[256];
+  ctx = capstan_phone_ssl_ctx_new(ca_pem, err, sizeof(err));
+  if (ctx == NULL) {
+    fprintf(stderr, "capstan-phone: %s\n", err);
+    goto out;
+  }
+  keys = capstan_phone_keypool_new(key_cache, 1);
+  if (keys == NULL) goto out;
+  cfg.ssl_ctx = ctx;
+  cfg.keys = keys;
+  cfg.lsc = lsc;
+  cfg.mic = mic;
+  cfg.sudi = sudi;
+  rc = capstan_phone_run_one(&cfg, &res);
+  if (rc != 0) {
+    fprintf(stderr, "capstan-phone: cannot start: %s\n", capstan_strerror(rc));
+    status = 1;
+    goto out;
+  }
+  status = res.kind == CAPSTAN_PHONE_RESULT_ERROR ? 1 : 0;
+
+  /* The phone's state on disk follows the session. */
+  if (status == 0 && (save_cert != NULL || save_key != NULL)) {
+    if (res.lsc.cert != NULL) {
+      uint8_t *cder = NULL, *kder = NULL;
+      size_t clen = 0, klen = 0;
+      rc = capstan_identity_to_der(&res.lsc, &cder, &clen, &kder, &klen);
+      if (rc == 0 && save_cert != NULL) rc = write_file(save_cert, cder, clen);
+      if (rc == 0 && save_key != NULL) rc = write_file(save_key, kder, klen);
+      free(cder);
+      if (kder != NULL) OPENSSL_cleanse(kder, klen);
+      free(kder);
+      if (rc != 0) {
+        fprintf(stderr, "capstan-phone: cannot save the LSC: %s\n", capstan_strerror(rc));
+        status = 1;
+      }
+    } else {
+      if (save_cert != NULL) unlink(save_cert);
+      if (save_key != NULL) unlink(save_key);
+    }
+  }
+  if (json) {
+    char line[1024];
+    capstan_phone_result_json(&res, line, sizeof(line));
+    printf("%s\n", line);
+  } else {
+    printf(
+        "result=%s reason=%d operation=%s error=%s cert_md5=%s session_id=%u total_ms=%.1f%s%s\n",
+        capstan_phone_result_name(res.kind), res.end_reason,
+        capstan_phone_operation_name(res.operation), capstan_phone_error_name(res.error),
+        res.lsc_md5[0] ? res.lsc_md5 : "-", (unsigned)res.session_id, res.total_ms,
+        res.detail[0] ? " detail=" : "", res.detail);
+  }
+  fflush(stdout);
+
+out:
+  capstan_phone_result_cleanup(&res);
+  capstan_identity_cleanup(&lsc);
+  capstan_identity_cleanup(&mic);
+  capstan_identity_cleanup(&sudi);
+  capstan_phone_keypool_free(keys);
+  SSL_CTX_free(ctx);
+  return status;
+}
