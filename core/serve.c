@@ -262,6 +262,11 @@ static void stop_server(server_t *srv) {
     srv->capf = NULL;
   }
   if (srv->extra.drain) {
+    /* The components may free their state as soon as they stop, well before
+     * the CAPF sessions drain: no settings or reloads reach them after this
+     * (the settings poll and SIGHUP stay live until everything drained). */
+    srv->extra.apply_settings = NULL;
+    srv->extra.reload = NULL;
     srv->draining++;
     srv->extra.drain(srv->extra.arg, deadline_ms, on_component_drained, srv);
   }

@@ -487,6 +487,97 @@ class Phone:
         check(not rest, "messages after END_SESSION: %r" % rest)
 
 
+class RecordPhone:
+    """A phone over a memory-BIO TLS client that sees the raw TLS records.
+
+    recv() returns (Message, number of TLS records that carried its bytes),
+    so a test can check the spec's "one message, one write" rule: each
+    server message must arrive in a single TLS record."""
+
+    def __init__(self, port, max_version=None, timeout=20):
+        self.timeout = timeout * SLOW
+        c = client_context()
+        if max_version is not None:
+            c.maximum_version = max_version
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = c.wrap_bio(self.inc, self.out, server_side=False)
+        self.raw = b""
+        self.plain = b""
+        self.owners = []  # record number of each byte in self.plain
+        self.nrec = 0
+        self.session_id = None
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._feed_record()
+        self._flush()
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _flush(self):
+        data = self.out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _feed_record(self):
+        """Moves exactly one TLS record from the socket into the TLS object."""
+        while True:
+            if len(self.raw) >= 5:
+                (n,) = struct.unpack(">H", self.raw[3:5])
+                if len(self.raw) >= 5 + n:
+                    break
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise Closed()
+            self.raw += chunk
+        rec, self.raw = self.raw[: 5 + n], self.raw[5 + n :]
+        self.nrec += 1
+        self.inc.write(rec)
+
+    def send(self, data):
+        self.obj.write(data)
+        self._flush()
+
+    def recv(self):
+        while True:
+            if len(self.plain) >= HEADER_LEN:
+                (n,) = struct.unpack(">H", self.plain[6:8])
+                if len(self.plain) >= HEADER_LEN + n:
+                    break
+            self._feed_record()
+            while True:
+                try:
+                    data = self.obj.read(65536)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    raise Closed()
+                if not data:
+                    break
+                self.plain += data
+                self.owners += [self.nrec] * len(data)
+            self._flush()
+        end = HEADER_LEN + n
+        _, cmd, sid, _ = struct.unpack(">BBIH", self.plain[:HEADER_LEN])
+        m = Message(cmd, sid, parse_elements(self.plain[HEADER_LEN:end]))
+        records = len(set(self.owners[:end]))
+        self.plain, self.owners = self.plain[end:], self.owners[end:]
+        if self.session_id is None:
+            self.session_id = sid
+        return m, records
+
+
 def enroll(port, name, spki=None, cert_sink=None, password=b""):
     """A well-behaved install: returns the LSC DER the server handed out.
 
