@@ -4,6 +4,7 @@
  * outcomes. With --hold, every phone stays connected in key generation so
  * that a script can measure the server's memory per idle session.
  * The devices must exist on the server: see bench/README.md. */
+#include <arpa/inet.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
@@ -60,6 +61,9 @@ struct bench {
   double tokens;
   uint64_t last_tick;
   int json;
+  /* --bind-base / --bind-count: phone i binds to base + (i % count). */
+  uint32_t bind_base; /* IPv4, host order; 0 = no bind */
+  unsigned long bind_count;
 };
 
 static void make_name(const bench_t *b, unsigned long n, char *out, size_t size) {
@@ -128,12 +132,12 @@ static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_resul
       break;
   }
   count_outcome(b, key);
+  maybe_report_hold(b);
   if (b->finished == b->phones || (b->stopping && b->active == 0)) {
     b->t_end = uv_hrtime();
     close_aux_handles(b);
     return;
   }
-  maybe_report_hold(b);
   start_more(b);
 }
 
@@ -180,6 +184,13 @@ static int start_one(bench_t *b) {
   make_name(b, b->first + i, name, sizeof(name));
   capstan_phone_config_t c = b->cfg;
   c.device_name = name;
+  if (b->bind_base != 0) {
+    struct sockaddr_in *sin = (struct sockaddr_in *)&c.bind_addr;
+    memset(&c.bind_addr, 0, sizeof(c.bind_addr));
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = htonl(b->bind_base + (uint32_t)(i % b->bind_count));
+    c.has_bind = 1;
+  }
   slot_t *s = &b->slots[i];
   s->bench = b;
   s->index = i;
@@ -334,6 +345,9 @@ static void usage(FILE *f) {
           "  --keygen-delay SEC   simulated phone key generation time (default 0)\n"
           "  --ca-pem FILE        verify the server certificate\n"
           "  --timeout SEC        per-step timeout (default 30)\n"
+          "  --bind-base IP       bind phones to local IPv4 addresses from IP on (e.g.\n"
+          "                       127.1.0.1: loopback is a /8), spreading them over\n"
+          "  --bind-count N       N addresses (default 1): servers limit connections per address\n"
           "  --hold               stay in key generation; report when all are held\n"
           "  --hold-seconds S     release the held sessions after S (default: at SIGINT)\n"
           "  --json               one JSON object\n");
@@ -359,6 +373,8 @@ int main(int argc, char **argv) {
       {"hold", no_argument, NULL, 'H'},
       {"hold-seconds", required_argument, NULL, 'S'},
       {"json", no_argument, NULL, 'j'},
+      {"bind-base", required_argument, NULL, 'B'},
+      {"bind-count", required_argument, NULL, 'N'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -443,6 +459,16 @@ int main(int argc, char **argv) {
       case 'j':
         b.json = 1;
         break;
+      case 'B': {
+        struct in_addr ia;
+        if (inet_pton(AF_INET, optarg, &ia) != 1) goto bad;
+        b.bind_base = ntohl(ia.s_addr);
+        break;
+      }
+      case 'N':
+        b.bind_count = strtoul(optarg, &end, 10);
+        if (end == optarg || *end || b.bind_count == 0 || b.bind_count > 16000000) goto bad;
+        break;
       case 'h':
         usage(stdout);
         return 0;
@@ -491,6 +517,11 @@ int main(int argc, char **argv) {
   unsigned key_bits;
   if (capstan_phone_parse_key_spec(key_spec, &key_alg, &key_bits) != 0) {
     fprintf(stderr, "capstan-bench: bad --key %s\n", key_spec);
+    return 2;
+  }
+  if (b.bind_count == 0) b.bind_count = 1;
+  if (b.bind_base != 0 && b.cfg.addr.ss_family != AF_INET) {
+    fprintf(stderr, "capstan-bench: --bind-base needs an IPv4 --connect address\n");
     return 2;
   }
   if (b.hold && b.concurrency < b.phones) b.concurrency = b.phones;

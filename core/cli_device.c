@@ -30,6 +30,10 @@ enum {
   O_SHARED = 1 << 14,
   O_DATA_DIR = 1 << 15,
   O_HELP = 1 << 16,
+  O_EXPIRES_BEFORE = 1 << 17, /* bulk-set filters */
+  O_NAME_PREFIX = 1 << 18,
+  O_ALL = 1 << 19,
+  O_DRY_RUN = 1 << 20,
 };
 
 typedef struct {
@@ -45,6 +49,8 @@ typedef struct {
   Capstan__OpStatus status;
   capstan_generate_t generate;
   unsigned length;
+  int64_t expires_before;
+  const char *name_prefix;
   char **args; /* positional arguments */
   int nargs;
 } opts_t;
@@ -75,6 +81,10 @@ static const struct option longopts[] = {
     {"shared", no_argument, NULL, 'H'},
     {"data-dir", required_argument, NULL, 'd'},
     {"help", no_argument, NULL, 'h'},
+    {"expires-before", required_argument, NULL, 'E'},
+    {"name-prefix", required_argument, NULL, 'P'},
+    {"all", no_argument, NULL, 'A'},
+    {"dry-run", no_argument, NULL, 'D'},
     {NULL, 0, NULL, 0},
 };
 
@@ -202,6 +212,23 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
         break;
       case 'h':
         bit = O_HELP;
+        break;
+      case 'E':
+        bit = O_EXPIRES_BEFORE;
+        if (capstan_cli_parse_time(a, &o->expires_before) != 0) {
+          return usage_error(
+              sc, "--expires-before must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z; got '%s'", a);
+        }
+        break;
+      case 'P':
+        bit = O_NAME_PREFIX;
+        o->name_prefix = a;
+        break;
+      case 'A':
+        bit = O_ALL;
+        break;
+      case 'D':
+        bit = O_DRY_RUN;
         break;
       case ':':
         return usage_error(sc, "option '%s' needs a value", argv[optind - 1]);
@@ -745,10 +772,109 @@ static int run_generate(opts_t *o) {
   free(c.names);
   if (err != 0) return store_error("cannot generate authentication strings", err);
   printf(
-      "generated %s authentication strings for %zu devices; see them with 'capstan device "
+      "generated %s for %zu devices; see them with 'capstan device "
       "export FILE' or 'capstan device show NAME --show-secrets'\n",
-      o->generate == CAPSTAN_GENERATE_SHARED ? "one shared" : "unique", c.n);
+      o->generate == CAPSTAN_GENERATE_SHARED ? "one shared authentication string"
+                                             : "unique authentication strings",
+      c.n);
   return CAPSTAN_EXIT_OK;
+}
+
+/* ---- bulk-set ---------------------------------------------------------------- */
+
+static bool bulk_match(const opts_t *o, const Capstan__Device *d) {
+  if ((o->seen & O_STATUS) && d->status != o->status) return false;
+  if ((o->seen & O_NAME_PREFIX) && strncmp(d->name, o->name_prefix, strlen(o->name_prefix)) != 0) {
+    return false;
+  }
+  if (o->seen & O_EXPIRES_BEFORE) {
+    int64_t na;
+    if (!d->has_cert_der ||
+        capstan_cli_cert_not_after(d->cert_der.data, d->cert_der.len, &na) != 0 ||
+        na >= o->expires_before) {
+      return false;
+    }
+  }
+  return true;
+}
+
+static int collect_matching(const Capstan__Device *d, void *arg);
+
+static int run_bulk_set(opts_t *o) {
+  const unsigned filters = O_STATUS | O_NAME_PREFIX | O_EXPIRES_BEFORE;
+  const unsigned changes =
+      O_OPERATION | O_AUTH | O_AUTH_STRING | O_KEY | O_COMPLETES_BY | O_ENCRYPTED;
+  if (!(o->seen & (filters | O_ALL))) {
+    return usage_error(
+        g_sc, "choose devices with --status, --name-prefix, --expires-before, or --all%s", "");
+  }
+  if ((o->seen & O_ALL) && (o->seen & filters)) {
+    return usage_error(g_sc, "--all does not combine with filters%s", "");
+  }
+  if (!(o->seen & changes)) return usage_error(g_sc, "nothing to change%s", "");
+  capstan_store_t *s;
+  if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  int64_t now = (int64_t)time(NULL);
+  int ret = CAPSTAN_EXIT_OK;
+  collect_t c = {.o = o};
+  capstan_txn_t txn;
+  int err = capstan_store_begin(s, true, &txn);
+  if (err == 0) err = capstan_store_device_iterate(&txn, collect_matching, &c);
+  if (err != 0) {
+    ret = store_error("cannot read devices", err);
+    goto out;
+  }
+  for (size_t i = 0; i < c.n && !(o->seen & O_DRY_RUN); i++) {
+    Capstan__Device *d;
+    char generated[16];
+    err = capstan_store_device_get(&txn, c.names[i], &d);
+    if (err != 0) {
+      ret = store_error("cannot read a device", err);
+      goto out;
+    }
+    ret = apply_opts(g_sc, o, d, false, now, generated);
+    if (ret == 0) {
+      err = capstan_store_device_put(&txn, d);
+      if (err != 0) ret = store_error("cannot change a device", err);
+    } else {
+      capstan_cli_error("device '%s' could not take the change; nothing was changed", d->name);
+    }
+    capstan__device__free_unpacked(d, NULL);
+    if (ret != 0) goto out;
+  }
+  if (!(o->seen & O_DRY_RUN)) {
+    char detail[64];
+    snprintf(detail, sizeof(detail), "devices=%zu", c.n);
+    err = capstan_store_audit_append(&txn, 0, NULL, "device_bulk_set", detail);
+    if (err == 0) err = capstan_store_commit(&txn);
+    if (err != 0) {
+      ret = store_error("cannot change devices", err);
+      goto out;
+    }
+  }
+  printf("%s %zu devices\n", (o->seen & O_DRY_RUN) ? "would change" : "changed", c.n);
+out:
+  capstan_store_abort(&txn);
+  capstan_store_close(s);
+  for (size_t i = 0; i < c.n; i++) free(c.names[i]);
+  free(c.names);
+  return ret;
+}
+
+static int collect_matching(const Capstan__Device *d, void *arg) {
+  collect_t *c = arg;
+  if (!bulk_match(c->o, d)) return 0;
+  if (c->n == c->cap) {
+    size_t cap = c->cap == 0 ? 256 : c->cap * 2;
+    char **n = realloc(c->names, cap * sizeof(char *));
+    if (n == NULL) return CAPSTAN_ENOMEM;
+    c->names = n;
+    c->cap = cap;
+  }
+  c->names[c->n] = strdup(d->name);
+  if (c->names[c->n] == NULL) return CAPSTAN_ENOMEM;
+  c->n++;
+  return 0;
 }
 
 /* ---- dispatch ------------------------------------------------------------------ */
@@ -782,6 +908,16 @@ static const subcmd_t subcmds[] = {
      "         all rows are imported in one transaction, or none",
      run_import},
     {"export", 0, 1, "capstan device export FILE.csv|-", run_export},
+    {"bulk-set",
+     O_OPERATION | O_AUTH | O_AUTH_STRING | O_KEY | O_COMPLETES_BY | O_ENCRYPTED | O_STATUS |
+         O_NAME_PREFIX | O_EXPIRES_BEFORE | O_ALL | O_DRY_RUN,
+     0,
+     "capstan device bulk-set (--all | [--status STATUS] [--name-prefix P]\n"
+     "         [--expires-before DATE]) [--dry-run] CHANGES\n"
+     "         CHANGES: --operation, --auth, --auth-string, --key, --completes-by,\n"
+     "         --encrypted-config as for 'device set'; one transaction for all devices\n"
+     "         (--expires-before: the current certificate's notAfter is before DATE)",
+     run_bulk_set},
     {"generate-auth-strings", O_UNIQUE | O_SHARED | O_STATUS | O_LENGTH, 0,
      "capstan device generate-auth-strings [--unique|--shared] [--status STATUS]\n"
      "         [--auth-string-length 4..10]\n"

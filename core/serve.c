@@ -10,6 +10,7 @@
 
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -289,6 +290,12 @@ int capstan_serve_main(int argc, char **argv) {
     return rc < 0 ? 0 : rc;
   }
   signal(SIGPIPE, SIG_IGN);
+  /* Every phone holds a socket: take every descriptor the system allows. */
+  struct rlimit nofile;
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   /* Crypto runs on libuv's thread pool: one thread per core (at least 2),
    * set before the pool starts. An operator may override it. */
   if (getenv("UV_THREADPOOL_SIZE") == NULL) {

@@ -78,16 +78,15 @@ int capstan_throttle_acquire(capstan_throttle_t *t, capstan_throttle_waiter_t *w
     t->tokens -= 1.0;
     return 1;
   }
+  /* Queue only: admission happens later, never inside this call, so the
+   * caller can rely on 0 meaning "held". */
   w->prev = t->tail;
   w->next = NULL;
-  if (t->tail)
-    t->tail->next = w;
-  else
-    t->head = w;
+  if (t->tail) t->tail->next = w; else t->head = w;
   t->tail = w;
   w->queued = 1;
   t->waiting++;
-  admit_waiters(t);
+  if (!uv_is_active((uv_handle_t *)&t->timer)) uv_timer_start(&t->timer, on_timer, 0, 0);
   return 0;
 }
 

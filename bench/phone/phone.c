@@ -927,6 +927,13 @@ int capstan_phone_start(uv_loop_t *loop, const capstan_phone_config_t *cfg,
   p->state = ST_CONNECTING;
   if (out != NULL) *out = p;
   p->connect_req.data = p;
+  if (cfg->has_bind) {
+    rc = uv_tcp_bind(capstan_tls_conn_tcp(p->conn), (const struct sockaddr *)&cfg->bind_addr, 0);
+    if (rc != 0) {
+      FAIL(p, CAPSTAN_PHONE_ERR_CONNECT, "bind: %s", uv_strerror(rc));
+      return 0;
+    }
+  }
   rc = uv_tcp_connect(&p->connect_req, capstan_tls_conn_tcp(p->conn),
                       (const struct sockaddr *)&cfg->addr, on_connect);
   if (rc != 0) {

@@ -102,6 +102,11 @@ typedef struct capstan_phone capstan_phone_t;
 typedef struct {
   /* Where to connect. */
   struct sockaddr_storage addr;
+  /* Local address to bind before connecting (port 0), when has_bind is set:
+   * lets a benchmark spread phones over many loopback addresses (127.x.y.z),
+   * as real phones come from many addresses. */
+  struct sockaddr_storage bind_addr;
+  int has_bind;
   /* DEVICE_NAME, e.g. "SEP58971ECC97C1" (copied at start). */
   const char *device_name;
   capstan_phone_auth_t auth;

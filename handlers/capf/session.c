@@ -1159,7 +1159,19 @@ void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener) {
     counter = rc == CAPSTAN_EBUSY ? srv->m.rejected_address_limit : srv->m.rejected_error;
   }
   if (refuse != NULL) {
-    LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\"", s->peer_host, refuse);
+    /* A storm of refusals must not flood the log: one line a second, with
+     * the number of refusals it stands for. */
+    static uint64_t last_log_ms;
+    static unsigned suppressed;
+    uint64_t now_ms = uv_now(srv->loop);
+    if (last_log_ms == 0 || now_ms - last_log_ms >= 1000) {
+      LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\" also_refused=%u",
+               s->peer_host, refuse, suppressed);
+      last_log_ms = now_ms;
+      suppressed = 0;
+    } else {
+      suppressed++;
+    }
     capstan_metric_inc(counter);
     s->finished = 1;
     capstan_tls_conn_close(conn, CAPSTAN_TLS_CLOSE_LOCAL);
