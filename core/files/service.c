@@ -129,6 +129,8 @@ static int load_cert(capstan_store_t *store, const char *which, capstan_identity
   return rc;
 }
 
+static void cache_invalidate(capstan_files_service_t *svc);
+
 int capstan_files_service_reload(capstan_files_service_t *svc) {
   files_pki_t *p = calloc(1, sizeof(*p));
   if (p == NULL) return CAPSTAN_ENOMEM;
@@ -144,6 +146,7 @@ int capstan_files_service_reload(capstan_files_service_t *svc) {
   load_cert(svc->store, CAPSTAN_IDENTITY_CAPF_PREV, NULL, &p->capf_prev); /* optional */
   pki_unref(svc->pki);
   svc->pki = p;
+  cache_invalidate(svc);
   return 0;
 }
 
@@ -259,6 +262,16 @@ static cache_entry_t *cache_get(capstan_files_service_t *svc, const char *name,
   svc->buckets[b] = e;
   svc->entries++;
   return e;
+}
+
+/* Makes every entry re-check its key on its next request. The fast path in
+ * open_device_file trusts an entry whose txnid is the store's; settings and
+ * identities are applied some time after the write that changed them, so a
+ * request in between would otherwise pin the old file until the next write. */
+static void cache_invalidate(capstan_files_service_t *svc) {
+  for (size_t i = 0; i < CACHE_BUCKETS; i++) {
+    for (cache_entry_t *e = svc->buckets[i]; e; e = e->next) e->txnid = UINT64_MAX;
+  }
 }
 
 /* --- Building on the workers ---------------------------------------------- */
@@ -721,6 +734,7 @@ void capstan_files_service_apply_settings(capstan_files_service_t *svc,
   free(svc->capf_host);
   svc->capf_host = s->capf_host ? strdup(s->capf_host) : NULL;
   svc->sha512 = s->enc_config_sha512;
+  cache_invalidate(svc);
 }
 
 int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,
