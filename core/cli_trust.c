@@ -30,7 +30,7 @@
 #define PURPOSE_CAPF "capf-trust"
 #define PURPOSE_CM "callmanager-trust"
 #define FP_LEN 32
-#define FP_PREFIX_MIN 8 /* hex digits an operator must type to name an entry */
+#define FP_PREFIX_MIN 8        /* hex digits an operator must type to name an entry */
 #define KU_BIT_KEY_CERT_SIGN 5 /* bit number in the keyUsage BIT STRING */
 
 #define RULE_CA                                                                           \
