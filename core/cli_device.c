@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "core/cli.h"
+#include "core/cli_files.h"
 #include "core/files/service.h"
 #include "core/error.h"
 #include "storage/devices.h"
@@ -959,6 +960,7 @@ int capstan_cli_device_main(int argc, char **argv) {
     device_usage(stdout);
     return CAPSTAN_EXIT_OK;
   }
+  if (strcmp(argv[1], "config") == 0) return capstan_cli_devconfig_main(argc - 1, argv + 1);
   for (size_t i = 0; i < sizeof(subcmds) / sizeof(subcmds[0]); i++) {
     const subcmd_t *sc = &subcmds[i];
     if (strcmp(argv[1], sc->name) != 0) continue;
