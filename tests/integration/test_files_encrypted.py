@@ -114,6 +114,7 @@ def main():
             check(h["enc_hash_alg"] == HASH_SHA1, "ENCRYPTION_HASH_ALGORITHM %d by default" % h["enc_hash_alg"])
             key = load_der_key(key_path)
             conf, npad = decrypt_enc(h, key)
+            cross_check(base, "enc", enc, ENC + ".cnf.xml.enc.sgn", tftp, ("--phone-key", key_path, "--enc-hash", "sha1"))
             full = cnf_fields(conf)
             check(text_of(full, "encrConfig") == "true", "full configuration: encrConfig %r" % text_of(full, "encrConfig"))
             check(text_of(full, "fullConfig") in (None, "true"), "full configuration says fullConfig false")
@@ -146,6 +147,7 @@ def main():
             check(h["hash_alg"] == HASH_SHA512, "header HASH_ALGORITHM %d under sha512" % h["hash_alg"])
             check(len(h["enc_hash"]) == 64, "SHA-512 ENCRYPTION_HASH is %d bytes" % len(h["enc_hash"]))
             conf512, _ = decrypt_enc(h, key)
+            cross_check(base, "enc", enc, ENC + ".cnf.xml.enc.sgn", tftp, ("--phone-key", key_path, "--enc-hash", "sha512"))
             check(conf512 == conf, "SHA-512 file decrypts to a different configuration")
             log("ok SHA-512 encrypted configuration")
 
