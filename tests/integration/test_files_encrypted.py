@@ -151,6 +151,28 @@ def main():
             check(conf512 == conf, "SHA-512 file decrypts to a different configuration")
             log("ok SHA-512 encrypted configuration")
 
+            # A new LSC (new key) is visible in the next download: the file is
+            # wrapped for the new key only and the hash follows.
+            cli(data, "device", "set", ENC, "--operation", "install", "--auth", "null")
+            again = os.path.join(base, "again")
+            os.makedirs(again)
+            res, cert2, key2_path = run_phone(srv.capf_port, ENC, again)
+            check(res["rc"] == 0 and res["result"] == "ok", "second install failed: %r" % res)
+            hash2 = md5_hex(open(cert2, "rb").read())
+            check(hash2 != want_hash, "the second install returned the same certificate")
+            h = verify_signed_file(both(srv, ENC + ".cnf.xml.sgn"), tftp, ENC + ".cnf.xml.sgn", "1.0")
+            check_partial(h["payload"], 0, host, port, hash2)
+            h = verify_signed_file(both(srv, ENC + ".cnf.xml.enc.sgn"), tftp, ENC + ".cnf.xml.enc.sgn", "2.0")
+            conf2, _ = decrypt_enc(h, load_der_key(key2_path))
+            check(text_of(cnf_fields(conf2), "certHash") == hash2, "new .enc.sgn carries the old certHash")
+            try:
+                decrypt_enc(h, key)
+                stale = True
+            except TestFailure:
+                stale = False
+            check(not stale, "the new .enc.sgn still decrypts with the old phone key")
+            log("ok new LSC: .sgn and .enc.sgn follow it")
+
             # 4. EC device.
             res, ec_cert, _ = run_phone(srv.capf_port, EC, base)
             check(res["rc"] == 0 and res["result"] == "ok", "capstan-phone EC install failed: %r" % res)
