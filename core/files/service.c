@@ -731,10 +731,15 @@ static void source_open(capstan_filesource_t *src, const char *name, capstan_fil
 
 void capstan_files_service_apply_settings(capstan_files_service_t *svc,
                                           const Capstan__Settings *s) {
+  const char *old_host = svc->capf_host ? svc->capf_host : "";
+  const char *new_host = s->capf_host ? s->capf_host : "";
+  /* Called on every store change: walk the cache only when a setting the
+   * files depend on changed. */
+  int changed = strcmp(old_host, new_host) != 0 || svc->sha512 != (int)s->enc_config_sha512;
   free(svc->capf_host);
   svc->capf_host = s->capf_host ? strdup(s->capf_host) : NULL;
   svc->sha512 = s->enc_config_sha512;
-  cache_invalidate(svc);
+  if (changed) cache_invalidate(svc);
 }
 
 int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,

@@ -725,6 +725,38 @@ def decrypt_enc(h, key):
     return conf, n
 
 
+# --- Cross-check with tests/tools/verify_files.py ---------------------------
+
+
+def verify_files_tool():
+    src = os.environ.get("CAPSTAN_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
+    path = os.path.join(src, "tests", "tools", "verify_files.py")
+    return path if os.path.exists(path) else None
+
+
+def cross_check(workdir, kind, data, name, signer, extra=()):
+    """Runs the files engineer's verifier (another reading of the spec) on
+    |data|; both readers must accept the file. Skipped when the tool is not
+    in the tree."""
+    tool = verify_files_tool()
+    if tool is None:
+        log("verify_files.py not in the tree: cross-check skipped")
+        return
+    f = os.path.join(workdir, "xcheck-" + name)
+    with open(f, "wb") as fh:
+        fh.write(data)
+    cert = os.path.join(workdir, "xcheck-signer.pem")
+    with open(cert, "wb") as fh:
+        fh.write(signer.public_bytes(serialization.Encoding.PEM))
+    p = subprocess.run(
+        [sys.executable, tool, kind, f, "--signer-cert", cert, "--name", name, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    check(p.returncode == 0, "verify_files.py %s %s: %s" % (kind, name, (p.stderr or p.stdout).strip()))
+
+
 # --- Misc -------------------------------------------------------------------
 
 

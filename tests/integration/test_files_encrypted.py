@@ -114,6 +114,7 @@ def main():
             check(h["enc_hash_alg"] == HASH_SHA1, "ENCRYPTION_HASH_ALGORITHM %d by default" % h["enc_hash_alg"])
             key = load_der_key(key_path)
             conf, npad = decrypt_enc(h, key)
+            cross_check(base, "enc", enc, ENC + ".cnf.xml.enc.sgn", tftp, ("--phone-key", key_path, "--enc-hash", "sha1"))
             full = cnf_fields(conf)
             check(text_of(full, "encrConfig") == "true", "full configuration: encrConfig %r" % text_of(full, "encrConfig"))
             check(text_of(full, "fullConfig") in (None, "true"), "full configuration says fullConfig false")
@@ -146,8 +147,31 @@ def main():
             check(h["hash_alg"] == HASH_SHA512, "header HASH_ALGORITHM %d under sha512" % h["hash_alg"])
             check(len(h["enc_hash"]) == 64, "SHA-512 ENCRYPTION_HASH is %d bytes" % len(h["enc_hash"]))
             conf512, _ = decrypt_enc(h, key)
+            cross_check(base, "enc", enc, ENC + ".cnf.xml.enc.sgn", tftp, ("--phone-key", key_path, "--enc-hash", "sha512"))
             check(conf512 == conf, "SHA-512 file decrypts to a different configuration")
             log("ok SHA-512 encrypted configuration")
+
+            # A new LSC (new key) is visible in the next download: the file is
+            # wrapped for the new key only and the hash follows.
+            cli(data, "device", "set", ENC, "--operation", "install", "--auth", "null")
+            again = os.path.join(base, "again")
+            os.makedirs(again)
+            res, cert2, key2_path = run_phone(srv.capf_port, ENC, again)
+            check(res["rc"] == 0 and res["result"] == "ok", "second install failed: %r" % res)
+            hash2 = md5_hex(open(cert2, "rb").read())
+            check(hash2 != want_hash, "the second install returned the same certificate")
+            h = verify_signed_file(both(srv, ENC + ".cnf.xml.sgn"), tftp, ENC + ".cnf.xml.sgn", "1.0")
+            check_partial(h["payload"], 0, host, port, hash2)
+            h = verify_signed_file(both(srv, ENC + ".cnf.xml.enc.sgn"), tftp, ENC + ".cnf.xml.enc.sgn", "2.0")
+            conf2, _ = decrypt_enc(h, load_der_key(key2_path))
+            check(text_of(cnf_fields(conf2), "certHash") == hash2, "new .enc.sgn carries the old certHash")
+            try:
+                decrypt_enc(h, key)
+                stale = True
+            except TestFailure:
+                stale = False
+            check(not stale, "the new .enc.sgn still decrypts with the old phone key")
+            log("ok new LSC: .sgn and .enc.sgn follow it")
 
             # 4. EC device.
             res, ec_cert, _ = run_phone(srv.capf_port, EC, base)

@@ -54,9 +54,11 @@ def check_cnf(xml, auth_mode, host, port, cert_hash):
     return root
 
 
-def check_sgn(srv, tftp, name, xml, hash_alg):
+def check_sgn(srv, tftp, name, xml, hash_alg, workdir=None):
     sgn = fetch_all(srv, name + ".sgn")
     h = verify_signed_file(sgn, tftp, name + ".sgn", "1.0")
+    if workdir:
+        cross_check(workdir, "sgn", sgn, name + ".sgn", tftp)
     check(h["hash_alg"] == hash_alg, "%s.sgn HASH_ALGORITHM %d, expected %d" % (name, h["hash_alg"], hash_alg))
     check(h["payload"] == xml, "%s.sgn payload is not %s" % (name, name))
     return h
@@ -75,13 +77,14 @@ def main():
             for name in ("ITLFile.tlv", "ITL%s.tlv" % DEV):
                 itl = fetch_all(srv, name)
                 h, roles = verify_itl(itl, tftp, capf, name)
+                cross_check(base, "itl", itl, name, tftp)
                 check(h["hash_alg"] == HASH_SHA1, "%s HASH_ALGORITHM %d by default" % (name, h["hash_alg"]))
                 log("ok %s: %d bytes, roles %s" % (name, len(itl), [r for r, _ in roles]))
 
             # Configuration before enrollment
             xml = fetch_all(srv, DEV + ".cnf.xml")
             check_cnf(xml, 2, host, srv.capf_port, "")
-            check_sgn(srv, tftp, DEV + ".cnf.xml", xml, HASH_SHA1)
+            check_sgn(srv, tftp, DEV + ".cnf.xml", xml, HASH_SHA1, base)
             idle = fetch_all(srv, IDLE + ".cnf.xml")
             check_cnf(idle, 0, host, srv.capf_port, "")
             check_sgn(srv, tftp, IDLE + ".cnf.xml", idle, HASH_SHA1)
@@ -149,7 +152,7 @@ def main():
 
             wait_for(sgn_is_sha512, "HASH_ALGORITHM 3 after enc-config-digest sha512", timeout=5)
             xml = fetch_all(srv, DEV + ".cnf.xml")
-            check_sgn(srv, tftp, DEV + ".cnf.xml", xml, HASH_SHA512)
+            check_sgn(srv, tftp, DEV + ".cnf.xml", xml, HASH_SHA512, base)
             for name in ("ITLFile.tlv", "ITL%s.tlv" % DEV):
                 h, _ = verify_itl(fetch_all(srv, name), tftp, capf, name)
                 check(h["hash_alg"] == HASH_SHA512, "%s HASH_ALGORITHM %d under sha512" % (name, h["hash_alg"]))
