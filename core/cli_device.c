@@ -529,9 +529,9 @@ static int run_show(opts_t *o) {
     }
     printf("%-18s %s\n", "key:", capstan_key_name(d->key_alg, d->key_bits));
     show_time("completes by:", d->completes_by, d->has_completes_by);
+    printf("%-18s %s\n", "encrypted config:", d->encrypted_config ? "on" : "off");
     const char *enc_why = capstan_files_enc_unavailable_reason(d);
-    printf("%-18s %s%s%s\n", "encrypted config:", d->encrypted_config ? "on" : "off",
-           enc_why ? ", not available yet: " : "", enc_why ? enc_why : "");
+    if (enc_why) printf("%-18s not available yet: %s\n", "encrypted file:", enc_why);
     printf("%-18s %s\n", "status:", capstan_op_status_name(d->status));
     printf("%-18s %s\n", "status reason:", d->status_reason != NULL ? d->status_reason : "-");
     printf("%-18s %s\n", "last operation:", capstan_operation_name(d->last_operation));

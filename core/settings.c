@@ -37,7 +37,7 @@
   X("capf-host", capf_host, HOST, 0, 0,                                                            \
     "CAPF host name or address given to phones (empty: the listener address)")                     \
   X("enc-config-digest", enc_config_sha512, DIGEST, 0, 1,                                          \
-    "digest of encrypted configuration signatures (sha1 or sha512)")
+    "digest of signed phone files (ITL, .sgn, .enc.sgn) and of the encrypted configuration")
 
 typedef enum {
 #define ID(cli, field, kind, min, max, help) SETTING_##field,
