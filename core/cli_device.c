@@ -38,6 +38,7 @@ enum {
   O_NAME_PREFIX = 1 << 18,
   O_ALL = 1 << 19,
   O_DRY_RUN = 1 << 20,
+  O_TEMPLATE = 1 << 21, /* add/set: --template NAME|none */
 };
 
 typedef struct {
@@ -55,7 +56,8 @@ typedef struct {
   unsigned length;
   int64_t expires_before;
   const char *name_prefix;
-  char **args; /* positional arguments */
+  const char *template_name; /* NULL: --template none */
+  char **args;               /* positional arguments */
   int nargs;
 } opts_t;
 
@@ -73,6 +75,7 @@ static const struct option longopts[] = {
     {"auth-string", required_argument, NULL, 's'},
     {"key", required_argument, NULL, 'k'},
     {"completes-by", required_argument, NULL, 'c'},
+    {"template", required_argument, NULL, 'T'},
     {"encrypted-config", required_argument, NULL, 'e'},
     {"json", no_argument, NULL, 'j'},
     {"show-secrets", no_argument, NULL, 'S'},
@@ -151,6 +154,19 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
           return usage_error(sc,
                              "--completes-by must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z (or "
                              "none); got '%s'",
+                             a);
+        }
+        break;
+      case 'T':
+        bit = O_TEMPLATE;
+        if (strcmp(a, "none") == 0) {
+          o->template_name = NULL;
+        } else if (capstan_cli_template_name_valid(a)) {
+          o->template_name = a;
+        } else {
+          return usage_error(sc,
+                             "--template must be a template name (capstan template list) or "
+                             "none; got '%s'",
                              a);
         }
         break;
@@ -316,6 +332,10 @@ static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is
     d->has_encrypted_config = 1;
     d->encrypted_config = o->encrypted;
   }
+  if ((o->seen & O_TEMPLATE) &&
+      capstan_record_set_string(&d->template_name, o->template_name ? o->template_name : "") != 0) {
+    return CAPSTAN_ENOMEM;
+  }
   d->has_updated_at = 1;
   d->updated_at = now;
   return 0;
@@ -430,6 +450,13 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   capstan_cli_json_string(f, capstan_key_name(d->key_alg, d->key_bits));
   json_time(f, "completes_by", d->completes_by, d->has_completes_by);
   fprintf(f, ",\"encrypted_config\":%s", d->encrypted_config ? "true" : "false");
+  fprintf(f, ",\"template\":");
+  if (d->template_name && d->template_name[0]) {
+    capstan_cli_json_string(f, d->template_name);
+  } else {
+    fprintf(f, "null");
+  }
+  fprintf(f, ",\"has_own_config\":%s", d->config_xml.len > 0 ? "true" : "false");
   /* Why the phone cannot get its encrypted configuration yet (or null). */
   const char *enc_why = capstan_files_enc_unavailable_reason(d);
   fprintf(f, ",\"encrypted_config_unavailable\":");
@@ -529,6 +556,10 @@ static int run_show(opts_t *o) {
     }
     printf("%-18s %s\n", "key:", capstan_key_name(d->key_alg, d->key_bits));
     show_time("completes by:", d->completes_by, d->has_completes_by);
+    printf("%-18s %s\n", "base config:",
+           d->config_xml.len > 0                     ? "the device's own (device config show)"
+           : d->template_name && d->template_name[0] ? d->template_name
+                                                     : "default");
     printf("%-18s %s\n", "encrypted config:", d->encrypted_config ? "on" : "off");
     const char *enc_why = capstan_files_enc_unavailable_reason(d);
     if (enc_why) printf("%-18s not available yet: %s\n", "encrypted file:", enc_why);
@@ -898,13 +929,13 @@ static int collect_matching(const Capstan__Device *d, void *arg) {
 
 #define ADDSET_OPTS                                                                        \
   (O_OPERATION | O_AUTH | O_AUTH_STRING | O_GENERATE | O_LENGTH | O_KEY | O_COMPLETES_BY | \
-   O_ENCRYPTED)
+   O_ENCRYPTED | O_TEMPLATE)
 #define ADDSET_USAGE                                                                        \
   " NAME --operation install|delete|troubleshoot|none --auth string|null|lsc|mic\n"         \
   "         [--auth-string DIGITS | --generate-auth-string [--auth-string-length 4..10]]\n" \
   "         [--key rsa512|rsa1024|rsa2048|rsa3072|rsa4096|ec256|ec384|ec521]\n"             \
   "         [--completes-by YYYY-MM-DD[THH:MM[:SS]Z]|none] [--encrypted-config on|off]\n"   \
-  "         [--data-dir DIR]"
+  "         [--template NAME|none] [--data-dir DIR]"
 
 static const subcmd_t subcmds[] = {
     {"add", ADDSET_OPTS, 1, "capstan device add" ADDSET_USAGE, run_add},
