@@ -27,8 +27,9 @@
  *    N ports; one recvmsg and one sendmsg per packet).
  *
  * Prints one line: files=.. failures=.. secs=.. files_per_sec=.. p50_ms=..
- * p99_ms=.. max_ms=.. mib_per_sec=.. resends=.. oack=.. (the options of the
- * first OACK received, "none" if the server sent none). Exit status 0 if
+ * p99_ms=.. max_ms=.. mib_per_sec=.. resends=.. failures_no_reply=.. (failed
+ * transfers that never got a packet from the server) oack=.. (the options
+ * of the first OACK received, "none" if the server sent none). Exit status 0 if
  * no failure. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -100,6 +101,7 @@ static struct {
   unsigned nsocks;
   xfer_t *x; /* my_total entries, index = local transfer number */
   unsigned started, done, failures, running;
+  unsigned no_reply; /* failures that never got a packet from the server */
   uint64_t resends;
   double *lat_ms;
   char oack[OACK_TEXT_MAX];
@@ -210,6 +212,7 @@ static void finish(xfer_t *x, int ok) {
     g.lat_ms[g.done++] = (double)(now_ns() - x->started_ns) / 1e6;
   } else {
     g.failures++;
+    if (!x->have_tid) g.no_reply++;
   }
   g.running--;
   if (!g.addr_mode) {
@@ -589,7 +592,7 @@ int main(int argc, char **argv) {
         perror("capstan-tftp-load: setup");
         _exit(3);
       }
-      uint32_t hdr[4] = {g.done, g.failures, (uint32_t)g.resends,
+      uint32_t hdr[5] = {g.done, g.failures, (uint32_t)g.resends, g.no_reply,
                          g.have_oack_text ? (uint32_t)strlen(g.oack) : UINT32_MAX};
       if (write_all(fds[1], hdr, sizeof(hdr)) != 0 ||
           (g.have_oack_text && write_all(fds[1], g.oack, strlen(g.oack)) != 0) ||
@@ -603,22 +606,22 @@ int main(int argc, char **argv) {
     pids[p] = pid;
   }
   double *lat = calloc(g.total, sizeof(double));
-  unsigned done = 0, failures = 0;
+  unsigned done = 0, failures = 0, no_reply = 0;
   uint64_t resends = 0;
   char oack[OACK_TEXT_MAX] = "";
   int have_oack = 0, bad = 0;
   for (unsigned p = 0; p < g.procs; p++) {
-    uint32_t hdr[4];
+    uint32_t hdr[5];
     if (lat == NULL || read_all(pipes[p], hdr, sizeof(hdr)) != 0 || hdr[0] > g.total - done) {
       bad = 1;
     } else {
-      if (hdr[3] != UINT32_MAX) {
+      if (hdr[4] != UINT32_MAX) {
         char tmp[OACK_TEXT_MAX];
-        if (hdr[3] >= sizeof(tmp) || read_all(pipes[p], tmp, hdr[3]) != 0) {
+        if (hdr[4] >= sizeof(tmp) || read_all(pipes[p], tmp, hdr[4]) != 0) {
           bad = 1;
         } else if (!have_oack) {
-          memcpy(oack, tmp, hdr[3]);
-          oack[hdr[3]] = '\0';
+          memcpy(oack, tmp, hdr[4]);
+          oack[hdr[4]] = '\0';
           have_oack = 1;
         }
       }
@@ -627,6 +630,7 @@ int main(int argc, char **argv) {
         done += hdr[0];
         failures += hdr[1];
         resends += hdr[2];
+        no_reply += hdr[3];
       }
     }
     close(pipes[p]);
@@ -649,10 +653,10 @@ int main(int argc, char **argv) {
   double mx = done ? lat[done - 1] : 0;
   printf(
       "files=%u failures=%u secs=%.3f files_per_sec=%.1f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "
-      "mib_per_sec=%.1f resends=%llu oack=%s\n",
+      "mib_per_sec=%.1f resends=%llu failures_no_reply=%u oack=%s\n",
       done, failures, secs, done / secs, p50, p99, mx,
       (double)done * (double)g.expect_len / secs / (1024.0 * 1024.0), (unsigned long long)resends,
-      have_oack ? oack : "none");
+      no_reply, have_oack ? oack : "none");
   free(lat);
   free(g.expect);
   return failures ? 1 : 0;
