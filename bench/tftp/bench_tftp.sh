@@ -11,7 +11,7 @@
 # RUNS (3), CONCURRENCY ("100 1000"), BLKSIZE (1468; 0 = no options, 512-byte
 # blocks), WINDOWS ("0 16": windowsize asked by the client for the 1 MiB
 # file, 0 = option not sent; the 4 KiB file always runs without it), PROCS
-# (2: load generator processes), MODE (addr: one source address per transfer;
+# (2: load generator processes), FILES ("f4k.bin f1m.bin"), MODE (addr: one source address per transfer;
 # port: one socket per transfer on 127.0.0.1), SERVERS ("capstan tftpd-hpa"),
 # OUT (results dir), NICE (-10: the servers and the load generator run at
 # this nice level; with sched_autogroup (Linux default) nice only ranks
@@ -36,6 +36,7 @@ CONCURRENCY=${CONCURRENCY:-"100 1000"}
 BLKSIZE=${BLKSIZE:-1468}
 SERVERS=${SERVERS:-"capstan tftpd-hpa"}
 OUT=${OUT:-$BUILD/tftp-bench}
+FILES=${FILES:-"f4k.bin f1m.bin"}
 WINDOWS=${WINDOWS:-"0 16"}
 PROCS=${PROCS:-2}
 MODE=${MODE:-addr}
@@ -215,7 +216,7 @@ main() {
     # Odd runs in the given order, even runs reversed.
     order=$SERVERS
     if [ $((run % 2)) = 0 ]; then order=$(echo "$SERVERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
-    for file in f4k.bin f1m.bin; do
+    for file in $FILES; do
       wss=0
       if [ "$file" = f1m.bin ]; then wss=$WINDOWS; fi
       for ws in $wss; do
