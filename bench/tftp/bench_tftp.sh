@@ -279,7 +279,7 @@ PYEOF
 # Own session, hence own autogroup, at the benchmark's nice level (see top).
 if [ -z "${BENCH_TFTP_SESSION:-}" ] && command -v setsid >/dev/null 2>&1; then
   export BENCH_TFTP_SESSION=1
-  exec setsid -w "$0" "$@"
+  exec setsid -w bash "$0" "$@"
 fi
 if [ -w /proc/$$/autogroup ]; then
   echo "$NICE" >/proc/$$/autogroup 2>/dev/null || log "cannot set the autogroup nice level"
