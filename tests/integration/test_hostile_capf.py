@@ -365,6 +365,16 @@ def _(c):
         check(r.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % r)
 
 
+@case("AUTH_RESPONSE with 5000 empty unknown elements: enrolls")
+def _(c):
+    name = c.device("B")
+    with phone_at_auth(c) as p:
+        junk = el(99, b"") * 5000
+        p.send(msg(h.AUTH_RESPONSE, p.session_id, junk + auth_elements(name=name.encode() + b"\0")))
+        r = p.recv()
+        check(r.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % r)
+
+
 @case("AUTH_RESPONSE sent one byte per TLS record: enrolls")
 def _(c):
     name = c.device("B")
@@ -561,6 +571,62 @@ def _(c):
     keygen_fails(c, el(h.EL_REASON, b"\x07"))
 
 
+@case("RSA 15000-bit public key when RSA 1024 was requested")
+def _(c):
+    keygen_fails(c, el(h.EL_PUBLIC_KEY, h.rsa_spki(15000)))
+
+
+def phone_at_ec_keygen(c):
+    p = phone_at_auth(c)
+    p.send_auth(c.device("F"))
+    m = p.recv()
+    check(m.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % m)
+    check(m.u8(h.EL_KEY_TYPE) == 1 and m.u8(h.EL_EC_CURVE) == 0, "not an EC P-256 request: %r" % m)
+    check(m.get(h.EL_KEY_SIZE) is None, "KEY_SIZE in an EC request")
+    return p
+
+
+@case("EC device: a valid P-256 key enrolls")
+def _(c):
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.ec_spki())))
+        m = p.recv()
+        check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+        p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+        p.expect_end(h.REASON_UPDATE)
+
+
+@case("EC device: a P-256 point that is not on the curve")
+def _(c):
+    spki = bytearray(h.ec_spki())
+    spki[-1] ^= 0x01  # y changes: the point leaves the curve
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, bytes(spki))))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("EC device: a P-384 key when P-256 was requested")
+def _(c):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    spki = (
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, spki)))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("EC device: an RSA key when EC was requested")
+def _(c):
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+        p.expect_end(h.REASON_INVALID)
+
+
 @case("STORE_CERT_RESPONSE with REASON=7 (phone did not store it)")
 def _(c):
     p, name = phone_at_keygen(c)
@@ -601,6 +667,10 @@ def _(c):
 
 @case("per-address connection limit: the 17th silent connection is refused")
 def _(c):
+    # The 16 must outlive the 2 s handshake timer on a slow machine: raise it
+    # for this case (settings apply within a second).
+    h.cli(c.data_dir, "config", "set", "handshake-timeout-seconds", "60")
+    time.sleep(1.5)
     before = c.server.metric('capstan_capf_connections_rejected_total{reason="limit_per_address"}')
     socks = []
     try:
@@ -617,6 +687,8 @@ def _(c):
     finally:
         for s in socks:
             s.close()
+        h.cli(c.data_dir, "config", "set", "handshake-timeout-seconds", str(HANDSHAKE_TIMEOUT))
+        time.sleep(1.5)
     after = c.server.metric('capstan_capf_connections_rejected_total{reason="limit_per_address"}')
     check(after == before + 1, "limit_per_address rejections %g -> %g" % (before, after))
 
@@ -944,6 +1016,7 @@ def main():
             for i in range(1, 400):
                 f.write("SEPT%011X,troubleshoot,null,,rsa1024,\n" % i)
                 f.write("SEPE%011X,delete,null,,rsa1024,\n" % i)
+                f.write("SEPF%011X,install,null,,ec256,\n" % i)
         h.cli(data_dir, "device", "import", csv)
         server = h.Server(data_dir).start()
         c = Ctx(data_dir, server)
