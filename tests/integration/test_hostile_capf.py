@@ -903,6 +903,45 @@ def _(c):
 LSC_DEVICE = "SEPAB0000000001"
 
 
+@case("throttle: held phones that reset or close do not leak the slot or the queue")
+def _(c):
+    h.cli(c.data_dir, "config", "set", "max-concurrent-keygen", "1")
+    time.sleep(1.5)
+    try:
+        holder, _ = phone_at_keygen(c)
+        held = []
+        for _ in range(3):
+            p = phone_at_auth(c)
+            p.send_auth(c.device("B"))
+            held.append(p)
+        deadline = time.monotonic() + 10 * h.SLOW
+        while c.server.metric("capstan_capf_keygen_waiting") != 3:
+            check(time.monotonic() < deadline, "3 phones not held by the throttle")
+            time.sleep(0.05)
+        # Two held phones vanish (a reset and a clean close), the third waits.
+        held[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        held[0].close()
+        held[1].close()
+        # The slot holder goes away too: the last held phone gets the slot.
+        holder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        holder.close()
+        with held[2] as p:
+            m = p.recv()
+            check(m.command == h.KEY_GEN_REQUEST, "the waiting phone got %r" % m)
+            p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+            m = p.recv()
+            check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+            p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+            p.expect_end(h.REASON_UPDATE)
+        wait_idle(c.server)
+        m = c.server.metrics()
+        check(m.get("capstan_capf_keygen_waiting") == 0, "keygen_waiting %r" % m.get("capstan_capf_keygen_waiting"))
+        check(m.get(KEYGEN_ACTIVE) == 0, "keygen_active %r" % m.get(KEYGEN_ACTIVE))
+    finally:
+        h.cli(c.data_dir, "config", "set", "max-concurrent-keygen", "2000")
+        time.sleep(1.5)
+
+
 # --- Runner ------------------------------------------------------------------
 
 
