@@ -16,6 +16,7 @@ Environment: CAPSTAN_BIN (the binary), CAPSTAN_SANITIZE=ON for the ASan build
 freed memory by design).
 """
 
+import hashlib
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from cryptography import x509
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostile_lib as h  # noqa: E402
@@ -281,6 +284,38 @@ def _(c):
     while c.server.metric(KEYGEN_ACTIVE) != 0:
         check(time.monotonic() < deadline, "keygen slot not released after a reset")
         time.sleep(0.05)
+
+
+def reset(p):
+    p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    p.sock.close()
+
+
+@case("tcp: reset right after KEY_GEN_RESPONSE (while the server signs)")
+def _(c):
+    p, _ = phone_at_keygen(c)
+    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+    reset(p)
+
+
+@case("tcp: reset right after STORE_CERT_RESPONSE (while the server records)")
+def _(c):
+    p, name = phone_at_keygen(c)
+    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+    m = p.recv()
+    check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+    p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+    reset(p)
+    # Whether the server read STORE_CERT_RESPONSE before the reset is a
+    # race; either way the certificate it handed out is on record.
+    _, der = h.cert_element_der(m.get(h.EL_CERTIFICATE))
+    serial = "%032x" % x509.load_der_x509_certificate(der).serial_number
+    wait_idle(c.server)
+    d = h.device_json(c.data_dir, name)
+    st = {e["serial"]: e["status"] for e in d["cert_history"]}
+    check(st.get(serial) in ("issued", "installed"), "%s: serial %s on record as %r" % (name, serial, st))
+    if st[serial] == "installed":
+        check(d["md5hash"] == hashlib.md5(der).hexdigest(), "%s: md5hash %r" % (name, d["md5hash"]))
 
 
 @case("wrong protocol id", **{PROTO_ERRORS: 1})
@@ -994,10 +1029,14 @@ def churn_one(c, i):
         with p:
             p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, CHURN_EC_KEY)))
             p.expect_end(h.REASON_INVALID)
-    else:
+    elif i % 16 == 7:
         p, _ = phone_at_keygen(c, name=CHURN_EC_DEVICE)
-        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        p.sock.close()
+        reset(p)
+    else:
+        # Reset while the worker checks the (wrong) key.
+        p, _ = phone_at_keygen(c, name=CHURN_EC_DEVICE)
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, CHURN_EC_KEY)))
+        reset(p)
 
 
 CHURN_HELLO = b""
