@@ -190,6 +190,20 @@ it_wait_for() {
 
 # --- Servers ----------------------------------------------------------------
 
+# srv_prepare NAME: creates server NAME's data directory (`capstan init`)
+# without starting it, so that settings can be set before the server reads
+# them (`cap NAME config set ...`); srv_start NAME then uses it.
+srv_prepare() {
+  local name=$1
+  local dir="$IT_TMP/srv-$name"
+  mkdir -p "$dir"
+  SRV_DATA[$name]="$dir/data"
+  timeout 120 "$CAPSTAN_BIN" init --data-dir "${SRV_DATA[$name]}" >"$dir/init.log" 2>&1 || {
+    cat "$dir/init.log" >&2
+    fail "capstan init for server '$name' failed"
+  }
+}
+
 # srv_start NAME [--files] [extra 'capstan serve' options...]
 # Starts a server with its own fresh data directory on free loopback ports
 # and waits (at most 30 s, more under sanitizers) until /healthz answers.
@@ -206,7 +220,7 @@ srv_start() {
   fi
   local dir="$IT_TMP/srv-$name" attempt
   mkdir -p "$dir"
-  SRV_DATA[$name]="$dir/data"
+  : "${SRV_DATA[$name]:=$dir/data}"
   SRV_NAMES+=("$name")
   local bound=30
   it_sanitized && bound=60
