@@ -1,7 +1,9 @@
 #include "core/cli.h"
 
 #include <errno.h>
+#include <openssl/asn1.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,4 +223,18 @@ void capstan_cli_hex(const uint8_t *data, size_t len, char *out) {
     out[2 * i + 1] = hex[data[i] & 15];
   }
   out[2 * len] = '\0';
+}
+
+int capstan_cli_cert_not_after(const uint8_t *der, size_t len, int64_t *out) {
+  const uint8_t *p = der;
+  X509 *x = d2i_X509(NULL, &p, (long)len);
+  if (x == NULL) return CAPSTAN_EINVAL;
+  int days, secs;
+  int64_t now = (int64_t)time(NULL);
+  /* BoringSSL here has no ASN1_TIME_to_posix: measure from now instead. */
+  int ok = ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(x));
+  X509_free(x);
+  if (!ok) return CAPSTAN_EINVAL;
+  *out = now + (int64_t)days * 86400 + secs;
+  return 0;
 }

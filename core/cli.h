@@ -61,6 +61,10 @@ int capstan_cli_random_digits(char *out, size_t n);
  * buffer (caller frees). Prints the failure and returns a negative error. */
 int capstan_cli_read_file(const char *path, size_t max, uint8_t **out, size_t *len);
 
+/* notAfter of the DER certificate |der| as unix seconds. CAPSTAN_EINVAL if
+ * it does not parse. */
+int capstan_cli_cert_not_after(const uint8_t *der, size_t len, int64_t *out);
+
 /* Hex of |len| bytes into |out| (2 * len + 1 bytes). */
 void capstan_cli_hex(const uint8_t *data, size_t len, char *out);
 

@@ -350,20 +350,6 @@ typedef struct {
   size_t n;
 } report_ctx_t;
 
-/* notAfter of a DER certificate as unix seconds. */
-static int cert_not_after(const ProtobufCBinaryData *der, int64_t now, int64_t *out) {
-  const uint8_t *p = der->data;
-  X509 *x = d2i_X509(NULL, &p, (long)der->len);
-  if (x == NULL) return CAPSTAN_EINVAL;
-  int days, secs;
-  int ok = ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(x));
-  X509_free(x);
-  if (!ok) return CAPSTAN_EINVAL;
-  /* ASN1_TIME_diff measured from the current time; |now| is that time. */
-  *out = now + (int64_t)days * 86400 + secs;
-  return 0;
-}
-
 static int report_one(const Capstan__Device *d, void *arg) {
   report_ctx_t *r = arg;
   if (!r->expiring) {
@@ -373,7 +359,9 @@ static int report_one(const Capstan__Device *d, void *arg) {
   }
   if (!d->has_cert_der || d->cert_der.len == 0) return 0;
   int64_t na;
-  if (cert_not_after(&d->cert_der, r->now, &na) != 0 || na > r->horizon) return 0;
+  if (capstan_cli_cert_not_after(d->cert_der.data, d->cert_der.len, &na) != 0 || na > r->horizon) {
+    return 0;
+  }
   char when[40];
   capstan_cli_format_time(na, when, sizeof(when));
   if (r->json) {

@@ -67,7 +67,9 @@ int capstan_csv_parse(const uint8_t *data, size_t len, capstan_csv_record_fn fn,
   CBS c;
   CBS_init(&c, data, len);
   if (len >= 3 && data[0] == 0xEF && data[1] == 0xBB && data[2] == 0xBF) CBS_skip(&c, 3);
-  record_buf_t r = {.buf = malloc(RECORD_CAP)};
+  /* A record's fields never hold more bytes than the input plus their NULs. */
+  size_t cap = len < RECORD_CAP ? len + CAPSTAN_CSV_MAX_FIELDS + 1 : RECORD_CAP;
+  record_buf_t r = {.buf = malloc(cap)};
   char **fields = malloc(CAPSTAN_CSV_MAX_FIELDS * sizeof(char *));
   if (r.buf == NULL || fields == NULL) {
     free(r.buf);

@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/filesource.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "handlers/tftp/tftp.h"
 
 #define CACHE_MAX 64
@@ -145,6 +146,17 @@ int main(int argc, char **argv) {
   uv_signal_start(&g_sigterm, on_signal, SIGTERM);
   uv_run(loop, UV_RUN_DEFAULT);
   for (int i = 0; i < ds.n; i++) capstan_blob_unref(ds.cache[i].blob);
+  /* The TFTP metrics, for the benchmark log. */
+  char *text;
+  size_t len;
+  if (capstan_metrics_render(&text, &len) == 0) {
+    for (char *line = strtok(text, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+      if (strncmp(line, "capstan_tftp_", 13) == 0 && strstr(line, "_bucket") == NULL) {
+        fprintf(stderr, "%s\n", line);
+      }
+    }
+    free(text);
+  }
   uv_loop_close(loop);
   return 0;
 }

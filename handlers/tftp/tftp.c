@@ -24,6 +24,11 @@
 #define OACK_MAX 160
 #define ERROR_PKT_MAX (4 + CAPSTAN_TFTP_ERROR_MSG_MAX + 1)
 #define HOST_PORT_MAX 128
+/* Receive buffer asked for the listener: phones booting together send
+ * their requests in one burst, and the default (~200 KiB, a few hundred
+ * small datagrams) drops most of a burst of thousands. Best effort: the
+ * kernel caps it at net.core.rmem_max. */
+#define LISTENER_RCVBUF (4 << 20)
 
 #define TRANSFER_RESULTS(X) \
   X(OK, "ok")               \
@@ -83,7 +88,8 @@ struct transfer {
   uv_udp_t sock;
   uv_timer_t timer;
   int open_handles;
-  int active; /* counted in srv->active and the client */
+  int active;   /* counted in srv->active and the client */
+  int read_one; /* a datagram was consumed in this read burst */
   transfer_state_t state;
   struct sockaddr_storage peer;
   capstan_tftp_request_t req; /* option values are rewritten to what we accept */
@@ -536,8 +542,18 @@ static void alloc_listener(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)srv->rbuf, sizeof(srv->rbuf));
 }
 
+/* A transfer socket holds at most one packet that matters (the peer's ACK):
+ * after one datagram, an empty buffer ends libuv's read burst (documented:
+ * the receive callback gets UV_ENOBUFS) instead of a recvmsg that would
+ * only say EAGAIN. Anything still queued stays readable (level-triggered
+ * poll) and is read on the next loop iteration. */
 static void alloc_transfer(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   transfer_t *t = h->data;
+  if (t->read_one) {
+    t->read_one = 0;
+    *buf = uv_buf_init(NULL, 0);
+    return;
+  }
   *buf = uv_buf_init((char *)t->srv->rbuf, sizeof(t->srv->rbuf));
 }
 
@@ -545,6 +561,7 @@ static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
                              const struct sockaddr *addr, unsigned flags) {
   transfer_t *t = h->data;
   if (nread < 0 || addr == NULL || t->state == ST_CLOSING) return;
+  t->read_one = 1;
   CBS cbs;
   uint16_t op = 0, block;
   CBS_init(&cbs, (const uint8_t *)buf->base, (size_t)nread);
@@ -556,10 +573,13 @@ static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     }
     return;
   }
-  if (!have_op || (flags & UV_UDP_PARTIAL)) return;
+  /* While the source has not answered, nothing from the peer matters (it
+   * cannot know this port yet), and the transfer must stay alive for the
+   * source's callback anyway. */
+  if (!have_op || (flags & UV_UDP_PARTIAL) || t->state != ST_SENDING) return;
   if (op == CAPSTAN_TFTP_OP_ACK) {
     /* A malformed ACK is dropped: the retransmit timer covers it. */
-    if (t->state != ST_SENDING || !CBS_get_u16(&cbs, &block) || CBS_len(&cbs) != 0) return;
+    if (!CBS_get_u16(&cbs, &block) || CBS_len(&cbs) != 0) return;
     on_ack(t, block);
   } else if (op == CAPSTAN_TFTP_OP_ERROR) {
     /* The client gave up (e.g. it refused our OACK). */
@@ -836,6 +856,10 @@ int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
   int blen = sizeof(bound);
   if (rc == 0) rc = uv_udp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen);
   if (rc == 0) rc = uv_udp_recv_start(&srv->listener, alloc_listener, on_listener_recv);
+  if (rc == 0) {
+    int size = LISTENER_RCVBUF;
+    (void)uv_recv_buffer_size((uv_handle_t *)&srv->listener, &size);
+  }
   if (rc != 0) {
     uv_close((uv_handle_t *)&srv->listener, on_failed_start_closed);
     return rc;

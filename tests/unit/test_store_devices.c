@@ -5,7 +5,15 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <openssl/crypto.h>
+#include <openssl/ec_key.h>
+#include <openssl/mem.h>
+#include <openssl/evp.h>
+#include <openssl/nid.h>
+#include <openssl/x509.h>
+#include <time.h>
 
+#include "core/cli.h"
 #include "core/error.h"
 #include "storage/devices.h"
 #include "storage/store.h"
@@ -271,6 +279,143 @@ static void test_names(void **state) {
   assert_int_equal(capstan_auth_mode_parse("none", &am), CAPSTAN_EINVAL);
 }
 
+/* The CLI's stale-certificate commands on a store the domain operations
+ * filled: delete one by serial, refuse a live one, then delete all. */
+static int run_cert_cli(const char *dir, const char *a1, const char *a2) {
+  char *argv[8];
+  int argc = 0;
+  argv[argc++] = (char *)"cert";
+  argv[argc++] = (char *)a1;
+  if (a2 != NULL) argv[argc++] = (char *)a2;
+  argv[argc++] = (char *)"--data-dir";
+  argv[argc++] = (char *)dir;
+  argv[argc] = NULL;
+  return capstan_cli_cert_main(argc, argv);
+}
+
+static void test_cli_delete_stale(void **state) {
+  fixture_t *f = *state;
+  uint8_t s[4][16];
+  for (int i = 0; i < 4; i++) {
+    serial_of(s[i], i + 1);
+    assert_int_equal(
+        capstan_devices_record_issued(&f->txn, DEV, s[i], der1, sizeof(der1), 5000, md5a, 200 + i),
+        0);
+  }
+  assert_int_equal(capstan_store_commit(&f->txn), 0); /* 1..3 stale, 4 issued */
+  /* One process must not hold the same environment open twice (closing
+   * one would drop the other's lock-file locks): the CLI opens its own. */
+  capstan_store_close(f->store);
+  f->store = NULL;
+  char hex[33];
+  capstan_cli_hex(s[0], 16, hex);
+  assert_int_equal(run_cert_cli(f->dir, "delete-stale", hex), CAPSTAN_EXIT_OK);
+  capstan_cli_hex(s[3], 16, hex);
+  assert_int_equal(run_cert_cli(f->dir, "delete-stale", hex), CAPSTAN_EXIT_ERROR); /* not stale */
+  assert_int_equal(run_cert_cli(f->dir, "delete-stale", "zz"), CAPSTAN_EXIT_USAGE);
+  assert_int_equal(run_cert_cli(f->dir, "list-stale", NULL), CAPSTAN_EXIT_OK);
+
+  assert_int_equal(capstan_store_open(f->dir, 0, &f->store), 0);
+  assert_int_equal(capstan_store_begin(f->store, false, &f->txn), 0);
+  assert_int_equal(cert_status(f, 1), CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED);
+  assert_int_equal(cert_status(f, 2), CAPSTAN__CERT_STATUS__CERT_STATUS_STALE);
+  assert_int_equal(cert_status(f, 4), CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED);
+  capstan_store_abort(&f->txn);
+
+  capstan_store_close(f->store);
+  f->store = NULL;
+  assert_int_equal(run_cert_cli(f->dir, "delete-stale", "--all"), CAPSTAN_EXIT_OK);
+  assert_int_equal(capstan_store_open(f->dir, 0, &f->store), 0);
+  assert_int_equal(capstan_store_begin(f->store, false, &f->txn), 0);
+  for (int i = 1; i <= 3; i++) {
+    assert_int_equal(cert_status(f, i), CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED);
+  }
+  assert_int_equal(cert_status(f, 4), CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED);
+  /* teardown aborts this read transaction */
+}
+
+/* A self-signed EC certificate valid for |days| more days, as DER. */
+static uint8_t *make_cert(long days, size_t *len) {
+  EC_KEY *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
+  assert_non_null(ec);
+  assert_true(EC_KEY_generate_key(ec));
+  EVP_PKEY *pkey = EVP_PKEY_new();
+  assert_true(EVP_PKEY_assign_EC_KEY(pkey, ec));
+  X509 *x = X509_new();
+  assert_true(X509_set_version(x, X509_VERSION_3));
+  assert_true(ASN1_INTEGER_set(X509_get_serialNumber(x), 1));
+  assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), 0));
+  assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), days * 86400));
+  X509_NAME *n = X509_get_subject_name(x);
+  assert_true(X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const uint8_t *)"t", -1, -1, 0));
+  assert_true(X509_set_issuer_name(x, n));
+  assert_true(X509_set_pubkey(x, pkey));
+  assert_true(X509_sign(x, pkey, EVP_sha256()));
+  uint8_t *der = NULL;
+  int n_der = i2d_X509(x, &der);
+  assert_true(n_der > 0);
+  *len = (size_t)n_der;
+  X509_free(x);
+  EVP_PKEY_free(pkey);
+  return der;
+}
+
+static int run_device_cli(char **argv) {
+  int argc = 0;
+  while (argv[argc] != NULL) argc++;
+  return capstan_cli_device_main(argc, argv);
+}
+
+/* bulk-set --expires-before picks devices by their current certificate's
+ * notAfter; report expiring reads the same field. */
+static void test_cli_bulk_set_expiring(void **state) {
+  fixture_t *f = *state;
+  size_t l1, l2;
+  uint8_t *soon = make_cert(10, &l1), *late = make_cert(100, &l2);
+  assert_int_equal(capstan_devices_record_seen_cert(
+                       &f->txn, DEV, soon, l1, CAPSTAN__CERT_TYPE__CERT_TYPE_LSC, NULL, NULL, 0, 1),
+                   0);
+  assert_int_equal(
+      capstan_devices_record_seen_cert(&f->txn, "other-phone", late, l2,
+                                       CAPSTAN__CERT_TYPE__CERT_TYPE_MIC, NULL, NULL, 0, 1),
+      0);
+  assert_int_equal(capstan_store_commit(&f->txn), 0);
+  OPENSSL_free(soon);
+  OPENSSL_free(late);
+  capstan_store_close(f->store);
+  f->store = NULL;
+
+  char when[40];
+  capstan_cli_format_time((int64_t)time(NULL) + 30 * 86400, when, sizeof(when));
+  char *bulk[] = {"device",     "bulk-set",    "--expires-before",
+                  when,         "--operation", "troubleshoot",
+                  "--data-dir", f->dir,        NULL};
+  assert_int_equal(run_device_cli(bulk), CAPSTAN_EXIT_OK);
+  char *nofilter[] = {"device", "bulk-set", "--operation", "none", "--data-dir", f->dir, NULL};
+  assert_int_equal(run_device_cli(nofilter), CAPSTAN_EXIT_USAGE);
+  char *report[] = {"report", "expiring", "--days", "30", "--data-dir", f->dir, NULL};
+  assert_int_equal(capstan_cli_report_main(6, report), CAPSTAN_EXIT_OK);
+
+  assert_int_equal(capstan_store_open(f->dir, 0, &f->store), 0);
+  Capstan__Device *d;
+  assert_int_equal(capstan_store_device_load(f->store, DEV, &d), 0);
+  assert_int_equal(d->operation, CAPSTAN__OPERATION__OPERATION_TROUBLESHOOT);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_PENDING);
+  capstan__device__free_unpacked(d, NULL);
+  assert_int_equal(capstan_store_device_load(f->store, "other-phone", &d), 0);
+  assert_int_equal(d->operation, CAPSTAN__OPERATION__OPERATION_NONE);
+  capstan__device__free_unpacked(d, NULL);
+
+  int64_t na;
+  size_t l3;
+  uint8_t *c3 = make_cert(10, &l3);
+  assert_int_equal(capstan_cli_cert_not_after(c3, l3, &na), 0);
+  int64_t want = (int64_t)time(NULL) + 10 * 86400;
+  assert_true(na >= want - 5 && na <= want + 5);
+  assert_int_equal(capstan_cli_cert_not_after(c3, l3 - 1, &na), CAPSTAN_EINVAL);
+  OPENSSL_free(c3);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_issued_marks_earlier_stale, setup, teardown),
@@ -278,6 +423,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_seen_cert_and_status, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deleted, setup, teardown),
       cmocka_unit_test(test_names),
+      cmocka_unit_test_setup_teardown(test_cli_delete_stale, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cli_bulk_set_expiring, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -163,21 +163,66 @@ static uv_loop_t g_loop;
 static uv_async_t g_stop_async;
 static pthread_t g_thread;
 static capstan_filesource_t g_source;
-/* main: default limits, short timeouts; small: max 2 transfers; slow: a
- * fixed 10 s RTO, so that within a test only ACKs can cause a resend. */
-static capstan_tftp_server_t *g_main, *g_small, *g_slow;
-static int g_port, g_small_port, g_slow_port;
+/* main: the defaults; small: max 2 transfers; slow: a fixed 10 s RTO, so
+ * that within a test only ACKs can cause a resend; short: 300 ms RTO and 3
+ * retries, for the timeout test. */
+static capstan_tftp_server_t *g_main, *g_small, *g_slow, *g_short;
+static int g_port, g_small_port, g_slow_port, g_short_port;
 static int g_stopped;
 
 static void server_done(void *arg) {
   (*(int *)arg)++;
 }
 
+/* Runs fn(arg) on the loop thread and waits for it (servers are started and
+ * stopped there). */
+static pthread_mutex_t g_call_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_call_cond = PTHREAD_COND_INITIALIZER;
+static uv_async_t g_call_async;
+static void (*g_call_fn)(void *);
+static void *g_call_arg;
+static int g_call_done;
+
+static void on_call(uv_async_t *a) {
+  pthread_mutex_lock(&g_call_lock);
+  void (*fn)(void *) = g_call_fn;
+  void *arg = g_call_arg;
+  pthread_mutex_unlock(&g_call_lock);
+  if (fn == NULL) return;
+  fn(arg);
+  pthread_mutex_lock(&g_call_lock);
+  g_call_fn = NULL;
+  g_call_done = 1;
+  pthread_cond_signal(&g_call_cond);
+  pthread_mutex_unlock(&g_call_lock);
+}
+
+static void run_on_loop(void (*fn)(void *), void *arg) {
+  pthread_mutex_lock(&g_call_lock);
+  g_call_fn = fn;
+  g_call_arg = arg;
+  g_call_done = 0;
+  pthread_mutex_unlock(&g_call_lock);
+  uv_async_send(&g_call_async);
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += 10;
+  pthread_mutex_lock(&g_call_lock);
+  while (!g_call_done) {
+    if (pthread_cond_timedwait(&g_call_cond, &g_call_lock, &deadline) != 0) break;
+  }
+  int done = g_call_done;
+  pthread_mutex_unlock(&g_call_lock);
+  assert_true(done);
+}
+
 static void on_stop(uv_async_t *a) {
   capstan_tftp_server_stop(g_main, server_done, &g_stopped);
   capstan_tftp_server_stop(g_small, server_done, &g_stopped);
   capstan_tftp_server_stop(g_slow, server_done, &g_stopped);
+  capstan_tftp_server_stop(g_short, server_done, &g_stopped);
   uv_close((uv_handle_t *)a, NULL);
+  uv_close((uv_handle_t *)&g_call_async, NULL);
 }
 
 static void *loop_thread(void *arg) {
@@ -215,8 +260,6 @@ static int group_setup(void **state) {
   g_source.impl = &g_loop;
   capstan_tftp_config_t cfg;
   capstan_tftp_config_defaults(&cfg);
-  cfg.default_timeout_ms = 300;
-  cfg.max_retries = 3;
   if (capstan_tftp_server_start(&g_loop, "127.0.0.1:0", &cfg, &g_source, &g_main) != 0) return -1;
   cfg.max_transfers = 2;
   if (capstan_tftp_server_start(&g_loop, "127.0.0.1:0", &cfg, &g_source, &g_small) != 0) return -1;
@@ -224,11 +267,17 @@ static int group_setup(void **state) {
   cfg.default_timeout_ms = 10000;
   cfg.min_timeout_ms = 10000;
   if (capstan_tftp_server_start(&g_loop, "127.0.0.1:0", &cfg, &g_source, &g_slow) != 0) return -1;
+  capstan_tftp_config_defaults(&cfg);
+  cfg.default_timeout_ms = 300;
+  cfg.max_retries = 3;
+  if (capstan_tftp_server_start(&g_loop, "127.0.0.1:0", &cfg, &g_source, &g_short) != 0) return -1;
   g_port = capstan_tftp_server_port(g_main);
   g_small_port = capstan_tftp_server_port(g_small);
   g_slow_port = capstan_tftp_server_port(g_slow);
-  if (g_port <= 0 || g_small_port <= 0 || g_slow_port <= 0) return -1;
+  g_short_port = capstan_tftp_server_port(g_short);
+  if (g_port <= 0 || g_small_port <= 0 || g_slow_port <= 0 || g_short_port <= 0) return -1;
   uv_async_init(&g_loop, &g_stop_async, on_stop);
+  uv_async_init(&g_loop, &g_call_async, on_call);
   if (pthread_create(&g_thread, NULL, loop_thread, NULL) != 0) return -1;
   return 0;
 }
@@ -245,7 +294,7 @@ static int group_teardown(void **state) {
   }
   rmdir(g_dir);
   /* Every server called |done| and every handle is closed. */
-  return (rc == 0 && g_stopped == 3) ? 0 : -1;
+  return (rc == 0 && g_stopped == 4) ? 0 : -1;
 }
 
 /* ---- metrics --------------------------------------------------------------- */
@@ -300,8 +349,8 @@ static void local_path(char *out, size_t cap, const char *tag) {
 }
 
 static void assert_local_equals(const char *path, const uint8_t *data, size_t len) {
-  uint8_t *got;
-  size_t n;
+  uint8_t *got = NULL;
+  size_t n = 0;
   assert_int_equal(read_file(path, &got, &n), 0);
   assert_int_equal(n, len);
   assert_memory_equal(got, data, len);
@@ -630,10 +679,9 @@ static void test_raw_options(void **state) {
   check_normal_download();
 }
 
-static void test_raw_netascii(void **state) {
-  const test_file_t *f = &g_files[F_NETASCII];
-  /* The expected wire form: LF -> CR LF, CR -> CR NUL. */
-  uint8_t enc[256];
+/* The netascii wire form of |f| (LF -> CR LF, CR -> CR NUL) into |enc|
+ * (room for 2 * f->len bytes); returns its length. */
+static size_t encode_netascii(const test_file_t *f, uint8_t *enc) {
   size_t n = 0;
   for (size_t i = 0; i < f->len; i++) {
     if (f->data[i] == '\n') {
@@ -646,6 +694,13 @@ static void test_raw_netascii(void **state) {
       enc[n++] = f->data[i];
     }
   }
+  return n;
+}
+
+static void test_raw_netascii(void **state) {
+  const test_file_t *f = &g_files[F_NETASCII];
+  uint8_t enc[256];
+  size_t n = encode_netascii(f, enc);
   raw_download_expect(g_port, "netascii.txt", "netascii", NULL, enc, n, "");
   /* Tiny blocks and a window: pairs straddle blocks; tsize is the encoded
    * size. */
@@ -794,6 +849,11 @@ static void test_write_request(void **state) {
 /* Starts a raw transfer of |name| and returns the socket after receiving
  * the first DATA block; *tid gets the transfer port. */
 static int start_held_transfer(int port, const char *name, int *tid) {
+  const test_file_t *f = NULL;
+  for (int i = 0; i < F_COUNT; i++) {
+    if (strcmp(g_files[i].name, name) == 0) f = &g_files[i];
+  }
+  assert_non_null(f);
   int fd = raw_open();
   uint8_t pkt[2000];
   size_t n = build_rrq(pkt, name, "octet", NULL);
@@ -802,6 +862,7 @@ static int start_held_transfer(int port, const char *name, int *tid) {
   assert_int_equal(r, 516);
   assert_int_equal(pkt[1], 3);
   assert_int_equal(pkt[3], 1);
+  assert_memory_equal(pkt + 4, f->data, 512);
   return fd;
 }
 
@@ -809,7 +870,7 @@ static void test_ack_storm(void **state) {
   wait_idle(10);
   double rexmit = counter("capstan_tftp_retransmits_total", "");
   double dups = counter("capstan_tftp_duplicate_acks_ignored_total", "");
-  int tid;
+  int tid = 0;
   /* On the slow server the RTO is 10 s: within this test only ACKs could
    * cause a resend, so there must be none at all. Phase 1: duplicates of
    * ACK 0 (the request) while block 1 is outstanding. */
@@ -822,6 +883,7 @@ static void test_ack_storm(void **state) {
   send_ack(fd, tid, 1);
   assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 516);
   assert_int_equal(pkt[3], 2);
+  assert_memory_equal(pkt + 4, g_files[F_FIRMWARE].data + 512, 512);
   for (int i = 0; i < 1000; i++) send_ack(fd, tid, 1);
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 300, NULL) < 0);
   assert_true(counter("capstan_tftp_retransmits_total", "") == rexmit);
@@ -831,14 +893,16 @@ static void test_ack_storm(void **state) {
   size_t got = 1024;
   uint16_t block = 2;
   uint8_t *out = malloc(MIB);
-  memcpy(out, g_files[F_FIRMWARE].data, 1024); /* blocks 1-2 were checked by size */
+  memcpy(out, g_files[F_FIRMWARE].data, 1024); /* blocks 1-2 were compared on receipt */
   for (;;) {
     send_ack(fd, tid, block);
     ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
     assert_true(r >= 4);
     assert_int_equal((pkt[2] << 8) | pkt[3], (uint16_t)(block + 1));
-    memcpy(out + got, pkt + 4, (size_t)r - 4);
-    got += (size_t)r - 4;
+    size_t plen = r >= 4 ? (size_t)r - 4 : 0;
+    assert_true(got + plen <= MIB);
+    memcpy(out + got, pkt + 4, plen);
+    got += plen;
     block++;
     if (r < 516) break;
   }
@@ -860,7 +924,7 @@ static void test_window_goback_once(void **state) {
   static const char *const o[] = {"blksize", "512", "windowsize", "4", NULL};
   size_t n = build_rrq(pkt, "config.xml", "octet", o);
   raw_send(fd, g_slow_port, pkt, n);
-  int tid;
+  int tid = 0;
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid) > 2);
   assert_int_equal(pkt[1], 6);
   send_ack(fd, tid, 0);
@@ -876,6 +940,7 @@ static void test_window_goback_once(void **state) {
   for (int b = 2; b <= 5; b++) {
     assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 516);
     assert_int_equal(pkt[3], b);
+    assert_memory_equal(pkt + 4, g_files[F_CONFIG].data + (b - 1) * 512, 512);
   }
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 300, NULL) < 0);
   assert_true(counter("capstan_tftp_retransmits_total", "") == rexmit + 3);
@@ -892,9 +957,58 @@ static void test_window_goback_once(void **state) {
   check_normal_download();
 }
 
+/* Netascii keeps the encoded packets of the window: a go-back resends the
+ * very same bytes, and the encoder goes on where it was. */
+static void test_netascii_goback(void **state) {
+  wait_idle(10);
+  uint8_t enc[256];
+  size_t len = encode_netascii(&g_files[F_NETASCII], enc);
+  size_t blocks = len / 8 + 1;
+  int fd = raw_open();
+  uint8_t pkt[2000];
+  static const char *const o[] = {"blksize", "8", "windowsize", "4", NULL};
+  size_t n = build_rrq(pkt, "netascii.txt", "netascii", o);
+  raw_send(fd, g_slow_port, pkt, n);
+  int tid = 0;
+  assert_true(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid) > 2);
+  assert_int_equal(pkt[1], 6);
+  send_ack(fd, tid, 0);
+  for (int b = 1; b <= 4; b++) {
+    assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 12);
+    assert_int_equal(pkt[3], b);
+    assert_memory_equal(pkt + 4, enc + (b - 1) * 8, 8);
+  }
+  send_ack(fd, tid, 1);
+  uint8_t got[256];
+  memcpy(got, enc, 8);
+  size_t have = 8;
+  uint16_t next = 2;
+  for (;;) {
+    ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
+    assert_true(r >= 4 && r <= 12);
+    assert_int_equal((pkt[2] << 8) | pkt[3], next);
+    size_t plen = r >= 4 && r <= 12 ? (size_t)r - 4 : 0;
+    assert_true(have + plen <= sizeof(got));
+    memcpy(got + have, pkt + 4, plen);
+    have += plen;
+    next++;
+    if (r < 12) {
+      send_ack(fd, tid, (uint16_t)(next - 1));
+      break;
+    }
+    /* The window after the go-back is 2-5; then windows of 4. */
+    if ((next - 2) % 4 == 0) send_ack(fd, tid, (uint16_t)(next - 1));
+  }
+  assert_int_equal(next - 1, blocks);
+  assert_int_equal(have, len);
+  assert_memory_equal(got, enc, len);
+  close(fd);
+  wait_idle(5);
+}
+
 static void test_wrong_port(void **state) {
   double wrong = counter("capstan_tftp_wrong_port_packets_total", "");
-  int tid;
+  int tid = 0;
   int fd = start_held_transfer(g_slow_port, "config.xml", &tid);
   int intruder = raw_open();
   send_ack(intruder, tid, 1);
@@ -922,8 +1036,8 @@ static void test_client_stops_acking(void **state) {
   double timeouts = counter("capstan_tftp_timeouts_total", "");
   double result = counter("capstan_tftp_transfers_total", "kind=\"static\",result=\"timeout\"");
   double rexmit = counter("capstan_tftp_retransmits_total", "");
-  int tid;
-  int fd = start_held_transfer(g_port, "firmware.bin", &tid);
+  int tid = 0;
+  int fd = start_held_transfer(g_short_port, "firmware.bin", &tid);
   assert_true(active_transfers() == 1);
   /* No ACK: block 1 comes back max_retries (3) times, then nothing. */
   uint8_t pkt[600];
@@ -946,7 +1060,7 @@ static void test_client_stops_acking(void **state) {
 static void test_client_limit(void **state) {
   wait_idle(10);
   double before = counter("capstan_tftp_rejections_total", "reason=\"client_limit\"");
-  int fds[8], tids[8];
+  int fds[8], tids[8] = {0};
   for (int i = 0; i < 8; i++) fds[i] = start_held_transfer(g_port, "firmware.bin", &tids[i]);
   assert_true(active_transfers() == 8);
   int extra = raw_open();
@@ -968,7 +1082,7 @@ static void test_client_limit(void **state) {
 static void test_total_limit(void **state) {
   wait_idle(10);
   double before = counter("capstan_tftp_rejections_total", "reason=\"total_limit\"");
-  int t1, t2;
+  int t1 = 0, t2 = 0;
   int a = start_held_transfer(g_small_port, "firmware.bin", &t1);
   int b = start_held_transfer(g_small_port, "firmware.bin", &t2);
   int c = raw_open();
@@ -1001,7 +1115,7 @@ static void test_duplicate_request(void **state) {
   size_t n = build_rrq(pkt, "small.txt", "octet", NULL);
   raw_send(fd, g_slow_port, pkt, n);
   raw_send(fd, g_slow_port, pkt, n);
-  int tid;
+  int tid = 0;
   assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid), 4 + 13);
   /* A second transfer would send a second block 1. */
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 300, NULL) < 0);
@@ -1010,6 +1124,127 @@ static void test_duplicate_request(void **state) {
   close(fd);
   wait_idle(5);
   check_normal_download();
+}
+
+/* ---- tests: server lifecycle ------------------------------------------------ */
+
+typedef struct {
+  const char *addr;
+  capstan_tftp_config_t cfg;
+  capstan_tftp_server_t *srv;
+  int rc;
+  int port;
+  int done; /* set by |done|, read by the test thread: atomic */
+} lifecycle_t;
+
+static void do_start(void *arg) {
+  lifecycle_t *l = arg;
+  l->rc = capstan_tftp_server_start(&g_loop, l->addr, &l->cfg, &g_source, &l->srv);
+  if (l->rc == 0) l->port = capstan_tftp_server_port(l->srv);
+}
+
+static void lifecycle_done(void *arg) {
+  __atomic_store_n(&((lifecycle_t *)arg)->done, 1, __ATOMIC_SEQ_CST);
+}
+
+static void do_stop(void *arg) {
+  lifecycle_t *l = arg;
+  capstan_tftp_server_stop(l->srv, lifecycle_done, l);
+}
+
+static int wait_done(lifecycle_t *l, int secs) {
+  for (int i = 0; i < secs * 100 && !__atomic_load_n(&l->done, __ATOMIC_SEQ_CST); i++) {
+    sleep_ms(10);
+  }
+  return __atomic_load_n(&l->done, __ATOMIC_SEQ_CST);
+}
+
+static void test_bad_addresses(void **state) {
+  static const char *const bad[] = {
+      "",        "127.0.0.1", "127.0.0.1:",   "127.0.0.1:x", "127.0.0.1:70000", "127.0.0.1:123456",
+      "[::1]69", "[::1:69",   "localhost:69", "::1:69",      "1.2.3:69"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    lifecycle_t l = {.addr = bad[i]};
+    capstan_tftp_config_defaults(&l.cfg);
+    run_on_loop(do_start, &l);
+    assert_int_equal(l.rc, CAPSTAN_EINVAL);
+    assert_null(l.srv);
+  }
+  /* A port already in use: a libuv error, nothing left behind (LSan). */
+  char busy[32];
+  snprintf(busy, sizeof(busy), "127.0.0.1:%d", g_port);
+  lifecycle_t l = {.addr = busy};
+  capstan_tftp_config_defaults(&l.cfg);
+  run_on_loop(do_start, &l);
+  assert_int_equal(l.rc, UV_EADDRINUSE);
+}
+
+static int have_ipv6_loopback(void) {
+  int fd = socket(AF_INET6, SOCK_DGRAM, 0);
+  if (fd < 0) return 0;
+  struct sockaddr_in6 a = {0};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  int ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+  close(fd);
+  return ok;
+}
+
+static void test_ipv6_dual_stack(void **state) {
+  if (!have_ipv6_loopback()) {
+    skip();
+    return;
+  }
+  lifecycle_t l = {.addr = "[::]:0"};
+  capstan_tftp_config_defaults(&l.cfg);
+  run_on_loop(do_start, &l);
+  assert_int_equal(l.rc, 0);
+  /* IPv4 client on the dual-stack listener (v4-mapped peer). */
+  curl_get_port(l.port, "config.xml", "1468", g_files[F_CONFIG].data, g_files[F_CONFIG].len);
+  /* IPv6 client. */
+  char url[128], local[256];
+  snprintf(url, sizeof(url), "tftp://[::1]:%d/small.txt", l.port);
+  local_path(local, sizeof(local), "curl6");
+  char *argv[] = {"curl", "-s", "-S", "--max-time", "30", "-o", local, url, NULL};
+  assert_int_equal(run(argv, 60), 0);
+  assert_local_equals(local, g_files[F_SMALL].data, g_files[F_SMALL].len);
+  wait_idle(5);
+  run_on_loop(do_stop, &l);
+  assert_true(wait_done(&l, 10));
+}
+
+static void test_stop_with_transfer_in_flight(void **state) {
+  wait_idle(10);
+  lifecycle_t l = {.addr = "127.0.0.1:0"};
+  capstan_tftp_config_defaults(&l.cfg);
+  l.cfg.default_timeout_ms = 10000;
+  l.cfg.min_timeout_ms = 10000;
+  run_on_loop(do_start, &l);
+  assert_int_equal(l.rc, 0);
+  int tid = 0;
+  int fd = start_held_transfer(l.port, "config.xml", &tid);
+  run_on_loop(do_stop, &l);
+  /* No new requests once stopped... */
+  int other = raw_open();
+  uint8_t pkt[600];
+  size_t n = build_rrq(pkt, "small.txt", "octet", NULL);
+  raw_send(other, l.port, pkt, n);
+  assert_true(raw_recv(other, pkt, sizeof(pkt), 300, NULL) < 0);
+  close(other);
+  /* ...but the transfer in flight finishes, and only then is it done. */
+  assert_false(__atomic_load_n(&l.done, __ATOMIC_SEQ_CST));
+  assert_true(active_transfers() == 1);
+  for (int b = 1; b <= 8; b++) {
+    send_ack(fd, tid, (uint16_t)b);
+    ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
+    assert_int_equal(r, b == 8 ? 4 : 516);
+    assert_int_equal(pkt[3], b + 1);
+    if (r > 4) assert_memory_equal(pkt + 4, g_files[F_CONFIG].data + b * 512, 512);
+  }
+  send_ack(fd, tid, 9);
+  close(fd);
+  assert_true(wait_done(&l, 10));
+  wait_idle(5);
 }
 
 static void test_metrics_render(void **state) {
@@ -1035,11 +1270,15 @@ int main(void) {
       cmocka_unit_test(test_write_request),
       cmocka_unit_test(test_ack_storm),
       cmocka_unit_test(test_window_goback_once),
+      cmocka_unit_test(test_netascii_goback),
       cmocka_unit_test(test_wrong_port),
       cmocka_unit_test(test_client_stops_acking),
       cmocka_unit_test(test_client_limit),
       cmocka_unit_test(test_total_limit),
       cmocka_unit_test(test_duplicate_request),
+      cmocka_unit_test(test_bad_addresses),
+      cmocka_unit_test(test_ipv6_dual_stack),
+      cmocka_unit_test(test_stop_with_transfer_in_flight),
       cmocka_unit_test(test_metrics_render),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
