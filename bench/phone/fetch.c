@@ -514,6 +514,12 @@ static void on_tftp_timer(uv_timer_t *t) {
   tftp_arm(f);
 }
 
+/* New data came: the retry count and back-off start again. */
+static void tftp_progress(capstan_phone_fetch_t *f) {
+  f->retries = 0;
+  f->rto_ms = f->cfg.tftp_rto_ms ? f->cfg.tftp_rto_ms : TFTP_DEFAULT_RTO_MS;
+}
+
 /* "name\0value\0" pairs of an OACK. Only options we asked for may come back,
  * each at most once, with a value we can live with. */
 static void tftp_oack(capstan_phone_fetch_t *f, CBS *pkt) {
@@ -548,7 +554,9 @@ static void tftp_oack(capstan_phone_fetch_t *f, CBS *pkt) {
   }
   if (CBS_len(pkt) != 0) goto bad;
   f->options_done = 1;
+  tftp_progress(f);
   tftp_ack(f, 0);
+  tftp_arm(f);
   return;
 bad:
   tftp_send_error(f, 8, "bad option acknowledgement", tftp_dest(f));
@@ -593,11 +601,14 @@ static void tftp_data(capstan_phone_fetch_t *f, uint16_t block, CBS *payload) {
   }
   if (len > 0) memcpy(f->body + f->body_len, CBS_data(payload), len);
   f->body_len += len;
-  f->retries = 0;
-  f->rto_ms = f->cfg.tftp_rto_ms ? f->cfg.tftp_rto_ms : TFTP_DEFAULT_RTO_MS;
+  tftp_progress(f);
   tftp_ack(f, block);
   f->next_block++;
-  if (len < f->blksize) finish(f, CAPSTAN_PHONE_FETCH_NONE, NULL);
+  if (len < f->blksize) {
+    finish(f, CAPSTAN_PHONE_FETCH_NONE, NULL);
+  } else {
+    tftp_arm(f); /* the timer runs from the last progress */
+  }
 }
 
 static void on_tftp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
