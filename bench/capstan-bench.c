@@ -3,6 +3,11 @@
  * and reports enrollments per second, session latency percentiles and the
  * outcomes. With --hold, every phone stays connected in key generation so
  * that a script can measure the server's memory per idle session.
+ * With --storm, every phone runs its boot sequence instead (a reset storm:
+ * ITL and signed configuration over HTTP or TFTP, CAPF when the certificate
+ * hash says so and the phone then boots again, encrypted configuration),
+ * and the report gives download time percentiles per step, files per
+ * second and failures by reason.
  * The devices must exist on the server: see bench/README.md. */
 #include <arpa/inet.h>
 #include <getopt.h>
@@ -13,7 +18,9 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <uv.h>
 
 #include "bench/phone/phone.h"
@@ -35,7 +42,17 @@ typedef struct {
   unsigned long index;
   capstan_phone_t *phone; /* NULL when not running */
   int holding;
+  /* --storm */
+  capstan_phone_boot_t *boot; /* NULL when not booting */
+  unsigned boots;
+  int enrolled; /* a CAPF session installed an LSC in one of its boots */
 } slot_t;
+
+/* Durations of one boot step (successful downloads / sessions), ms. */
+typedef struct {
+  double *v;
+  unsigned long n, cap;
+} series_t;
 
 struct bench {
   uv_loop_t *loop;
@@ -64,6 +81,16 @@ struct bench {
   /* --bind-base / --bind-count: phone i binds to base + (i % count). */
   uint32_t bind_base; /* IPv4, host order; 0 = no bind */
   unsigned long bind_count;
+
+  /* --storm */
+  int storm;
+  capstan_phone_boot_config_t boot_cfg;
+  X509 *trusted;    /* --tftp-cert */
+  unsigned reboots; /* boots again after an enrollment, at most this often */
+  series_t steps[CAPSTAN_PHONE_STEP_COUNT];
+  unsigned long boots, files, decrypted, itl_fallbacks, retransmits;
+  unsigned long long bytes;
+  unsigned long hashes[4]; /* by capstan_phone_cert_hash_t */
 };
 
 static void make_name(const bench_t *b, unsigned long n, char *out, size_t size) {
@@ -89,6 +116,7 @@ static void count_outcome(bench_t *b, const char *key) {
 
 static void start_more(bench_t *b);
 static void maybe_report_hold(bench_t *b);
+static int start_boot(bench_t *b, slot_t *s, const capstan_identity_t *lsc, X509 *trusted);
 
 static void close_aux_handles(bench_t *b) {
   uv_timer_stop(&b->rate_timer);
@@ -148,6 +176,106 @@ static void on_phone_hold(capstan_phone_t *phone, void *arg) {
   maybe_report_hold(s->bench);
 }
 
+static void series_add(series_t *s, double v) {
+  if (s->n == s->cap) {
+    unsigned long cap = s->cap ? s->cap * 2 : 1024;
+    double *nv = realloc(s->v, cap * sizeof(*nv));
+    if (nv == NULL) return; /* a lost sample; the count of files still holds */
+    s->v = nv;
+    s->cap = cap;
+  }
+  s->v[s->n++] = v;
+}
+
+static void phone_finished(bench_t *b) {
+  b->active--;
+  b->finished++;
+  if (b->finished == b->phones || (b->stopping && b->active == 0)) {
+    b->t_end = uv_hrtime();
+    close_aux_handles(b);
+    return;
+  }
+  start_more(b);
+}
+
+static void on_boot_done(capstan_phone_boot_t *boot, void *arg, capstan_phone_boot_result_t *res) {
+  (void)boot;
+  slot_t *s = arg;
+  bench_t *b = s->bench;
+  s->boot = NULL;
+  b->boots++;
+  b->files += res->files;
+  for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) {
+    const capstan_phone_boot_step_t *st = &res->steps[i];
+    b->retransmits += st->retransmits;
+    if (!st->ran) continue;
+    if (i == CAPSTAN_PHONE_STEP_CAPF ? st->ok : st->fetch_error == CAPSTAN_PHONE_FETCH_NONE) {
+      series_add(&b->steps[i], st->ms);
+      b->bytes += st->bytes;
+    }
+  }
+  if (res->itl_fallback) b->itl_fallbacks++;
+  if (res->decrypted) b->decrypted++;
+  if ((unsigned)res->cert_hash < 4) b->hashes[res->cert_hash]++;
+  if (res->enrolled) {
+    b->enrollments++;
+    s->enrolled = 1;
+  }
+  /* After an enrollment the phone resets and boots again with its new LSC,
+   * trusting the ITL it has. */
+  if (res->failure == CAPSTAN_PHONE_BOOT_NONE && res->enrolled && s->boots <= b->reboots &&
+      !b->stopping) {
+    char name[64];
+    make_name(b, b->first + s->index, name, sizeof(name));
+    b->boot_cfg.phone.device_name = name;
+    if (b->bind_base != 0) {
+      struct sockaddr_in *sin = (struct sockaddr_in *)&b->boot_cfg.phone.bind_addr;
+      memset(&b->boot_cfg.phone.bind_addr, 0, sizeof(b->boot_cfg.phone.bind_addr));
+      sin->sin_family = AF_INET;
+      sin->sin_addr.s_addr = htonl(b->bind_base + (uint32_t)(s->index % b->bind_count));
+    }
+    if (start_boot(b, s, &res->lsc, b->trusted ? b->trusted : res->itl_signer) == 0) return;
+    b->errors++;
+    count_outcome(b, "error_start");
+    phone_finished(b);
+    return;
+  }
+  char key[48];
+  if (res->failure == CAPSTAN_PHONE_BOOT_NONE) {
+    b->ok++;
+    snprintf(key, sizeof(key), "%s", s->enrolled ? "ok_enrolled" : "ok");
+  } else {
+    b->errors++;
+    const char *sub = "";
+    if (res->failure == CAPSTAN_PHONE_BOOT_CAPF) {
+      sub = capstan_phone_error_name(res->capf.error);
+    } else if (res->failure == CAPSTAN_PHONE_BOOT_ITL_FETCH) {
+      sub = capstan_phone_fetch_error_name(res->steps[CAPSTAN_PHONE_STEP_ITL].fetch_error);
+    } else if (res->failure == CAPSTAN_PHONE_BOOT_CNF_FETCH) {
+      sub = capstan_phone_fetch_error_name(res->steps[CAPSTAN_PHONE_STEP_CNF].fetch_error);
+    } else if (res->failure == CAPSTAN_PHONE_BOOT_ENC_FETCH) {
+      sub = capstan_phone_fetch_error_name(res->steps[CAPSTAN_PHONE_STEP_ENC].fetch_error);
+    }
+    snprintf(key, sizeof(key), "%s%s%s", capstan_phone_boot_failure_name(res->failure),
+             sub[0] ? "_" : "", sub);
+    if (b->errors <= 5) {
+      fprintf(stderr, "capstan-bench: phone %lu: %s: %s\n", s->index, key, res->detail);
+    }
+  }
+  count_outcome(b, key);
+  phone_finished(b);
+}
+
+/* Starts one boot of the phone in |s|; b->boot_cfg.phone carries its name
+ * and bind address. */
+static int start_boot(bench_t *b, slot_t *s, const capstan_identity_t *lsc, X509 *trusted) {
+  capstan_phone_boot_config_t bc = b->boot_cfg;
+  if (lsc != NULL) bc.phone.lsc = *lsc;
+  bc.trusted_tftp = trusted;
+  s->boots++;
+  return capstan_phone_boot_start(b->loop, &bc, on_boot_done, s, &s->boot);
+}
+
 static void release_all(bench_t *b) {
   b->hold_released = 1;
   for (unsigned long i = 0; i < b->phones; i++) {
@@ -196,7 +324,15 @@ static int start_one(bench_t *b) {
   s->index = i;
   b->started++;
   b->active++;
-  int rc = capstan_phone_start(b->loop, &c, on_phone_done, s, &s->phone);
+  int rc;
+  if (b->storm) {
+    b->boot_cfg.phone.device_name = name;
+    b->boot_cfg.phone.bind_addr = c.bind_addr;
+    b->boot_cfg.phone.has_bind = c.has_bind;
+    rc = start_boot(b, s, NULL, b->trusted);
+  } else {
+    rc = capstan_phone_start(b->loop, &c, on_phone_done, s, &s->phone);
+  }
   if (rc != 0) {
     /* Could not even start (memory): count it as a failure and go on. */
     b->active--;
@@ -245,6 +381,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
           b->active);
   for (unsigned long i = 0; i < b->phones; i++) {
     if (b->slots[i].phone != NULL) capstan_phone_abort(b->slots[i].phone);
+    if (b->slots[i].boot != NULL) capstan_phone_boot_abort(b->slots[i].boot);
   }
   if (b->active == 0) close_aux_handles(b);
 }
@@ -314,6 +451,77 @@ static void report(bench_t *b) {
   fflush(stdout);
 }
 
+static void print_series(bench_t *b, const char *label, series_t *sr) {
+  if (sr->n > 1) qsort(sr->v, sr->n, sizeof(double), cmp_double);
+  double max = sr->n ? sr->v[sr->n - 1] : 0;
+  if (b->json) {
+    printf("\"%s\":{\"n\":%lu,\"p50\":%.2f,\"p90\":%.2f,\"p99\":%.2f,\"max\":%.2f}", label, sr->n,
+           percentile(sr->v, sr->n, 50), percentile(sr->v, sr->n, 90), percentile(sr->v, sr->n, 99),
+           max);
+  } else {
+    printf("%s n=%lu p50=%.2f p90=%.2f p99=%.2f max=%.2f\n", label, sr->n,
+           percentile(sr->v, sr->n, 50), percentile(sr->v, sr->n, 90), percentile(sr->v, sr->n, 99),
+           max);
+  }
+}
+
+static void report_storm(bench_t *b) {
+  double wall = (double)((b->t_end ? b->t_end : uv_hrtime()) - b->t_start) / 1e9;
+  double fps = wall > 0 ? (double)b->files / wall : 0;
+  double bps = wall > 0 ? (double)b->boots / wall : 0;
+  const char *transport = capstan_phone_transport_name(b->boot_cfg.transport);
+  static const char *const labels[CAPSTAN_PHONE_STEP_COUNT] = {"itl_ms", "cnf_ms", "enc_ms",
+                                                               "capf_ms"};
+  if (b->json) {
+    printf(
+        "{\"mode\":\"storm\",\"transport\":\"%s\",\"boot_only\":%s,\"phones\":%lu,"
+        "\"started\":%lu,\"finished\":%lu,\"concurrency\":%lu,\"rate\":%.1f,\"ok\":%lu,"
+        "\"errors\":%lu,\"boots\":%lu,\"enrollments\":%lu,\"decrypted\":%lu,"
+        "\"itl_fallbacks\":%lu,\"files\":%lu,\"bytes\":%llu,\"retransmits\":%lu,"
+        "\"wall_s\":%.3f,\"files_per_s\":%.1f,\"boots_per_s\":%.1f,",
+        transport, b->boot_cfg.boot_only ? "true" : "false", b->phones, b->started, b->finished,
+        b->concurrency, b->rate, b->ok, b->errors, b->boots, b->enrollments, b->decrypted,
+        b->itl_fallbacks, b->files, b->bytes, b->retransmits, wall, fps, bps);
+    for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) {
+      print_series(b, labels[i], &b->steps[i]);
+      printf(",");
+    }
+    printf("\"cert_hash\":{\"unknown\":%lu,\"empty\":%lu,\"match\":%lu,\"mismatch\":%lu},",
+           b->hashes[0], b->hashes[1], b->hashes[2], b->hashes[3]);
+    printf("\"outcomes\":{");
+    for (unsigned i = 0; i < b->n_outcomes; i++) {
+      printf("%s\"%s\":%lu", i ? "," : "", b->outcomes[i].key, b->outcomes[i].count);
+    }
+    printf("},\"failures\":{");
+    int first = 1;
+    for (unsigned i = 0; i < b->n_outcomes; i++) {
+      if (strncmp(b->outcomes[i].key, "ok", 2) == 0) continue;
+      printf("%s\"%s\":%lu", first ? "" : ",", b->outcomes[i].key, b->outcomes[i].count);
+      first = 0;
+    }
+    printf("}}\n");
+  } else {
+    printf(
+        "storm transport=%s phones=%lu finished=%lu concurrency=%lu ok=%lu errors=%lu "
+        "wall_s=%.3f\n",
+        transport, b->phones, b->finished, b->concurrency, b->ok, b->errors, wall);
+    printf(
+        "boots=%lu enrollments=%lu decrypted=%lu itl_fallbacks=%lu files=%lu bytes=%llu "
+        "retransmits=%lu files_per_s=%.1f boots_per_s=%.1f\n",
+        b->boots, b->enrollments, b->decrypted, b->itl_fallbacks, b->files, b->bytes,
+        b->retransmits, fps, bps);
+    for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) print_series(b, labels[i], &b->steps[i]);
+    printf("cert_hash empty=%lu match=%lu mismatch=%lu\n", b->hashes[1], b->hashes[2],
+           b->hashes[3]);
+    printf("outcomes:");
+    for (unsigned i = 0; i < b->n_outcomes; i++) {
+      printf(" %s=%lu", b->outcomes[i].key, b->outcomes[i].count);
+    }
+    printf("\n");
+  }
+  fflush(stdout);
+}
+
 static void raise_nofile(unsigned long want) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
@@ -350,7 +558,20 @@ static void usage(FILE *f) {
           "  --bind-count N       N addresses (default 1): servers limit connections per address\n"
           "  --hold               stay in key generation; report when all are held\n"
           "  --hold-seconds S     release the held sessions after S (default: at SIGINT)\n"
-          "  --json               one JSON object\n");
+          "  --json               one JSON object\n"
+          "reset storm (--storm): every phone runs its boot sequence\n"
+          "  --storm              boot phones instead of CAPF sessions\n"
+          "  --boot http|tftp     file transport (default http)\n"
+          "  --files HOST:PORT    the HTTP or TFTP file server (required with --storm)\n"
+          "                       (--connect: CAPF; default: the configuration's capfList)\n"
+          "  --boot-only          files only: never a CAPF session\n"
+          "  --tftp-cert FILE.pem trust ITLs signed by this certificate only (default: each\n"
+          "                       phone trusts its first ITL)\n"
+          "  --reboots N          boots again after an enrollment, at most N (default 1)\n"
+          "  --tftp-blksize N     TFTP blksize option (default 1428)\n"
+          "  --tftp-rto MS        TFTP first retransmission timeout (default 1000)\n"
+          "  --tftp-retries N     TFTP resends without progress (default 5)\n"
+          "  with --rate and no --concurrency, all phones may be in flight\n");
 }
 
 int main(int argc, char **argv) {
@@ -375,6 +596,15 @@ int main(int argc, char **argv) {
       {"json", no_argument, NULL, 'j'},
       {"bind-base", required_argument, NULL, 'B'},
       {"bind-count", required_argument, NULL, 'N'},
+      {"storm", no_argument, NULL, 'T'},
+      {"boot", required_argument, NULL, 'b'},
+      {"files", required_argument, NULL, 'F'},
+      {"boot-only", no_argument, NULL, 'O'},
+      {"tftp-cert", required_argument, NULL, 'X'},
+      {"reboots", required_argument, NULL, 'R'},
+      {"tftp-blksize", required_argument, NULL, 'z'},
+      {"tftp-rto", required_argument, NULL, 'o'},
+      {"tftp-retries", required_argument, NULL, 'y'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -386,6 +616,9 @@ int main(int argc, char **argv) {
   const char *connect = NULL, *key_spec = "rsa2048", *key_cache = NULL, *ca_pem = NULL;
   unsigned long key_pool = 16;
   int print_names = 0;
+  int concurrency_set = 0;
+  const char *files = NULL, *tftp_cert = NULL;
+  b.reboots = 1;
   int c;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     char *end = NULL;
@@ -401,6 +634,7 @@ int main(int argc, char **argv) {
       case 'C':
         b.concurrency = strtoul(optarg, &end, 10);
         if (end == optarg || *end || b.concurrency == 0) goto bad;
+        concurrency_set = 1;
         break;
       case 'r':
         b.rate = strtod(optarg, &end);
@@ -469,6 +703,39 @@ int main(int argc, char **argv) {
         b.bind_count = strtoul(optarg, &end, 10);
         if (end == optarg || *end || b.bind_count == 0 || b.bind_count > 16000000) goto bad;
         break;
+      case 'T':
+        b.storm = 1;
+        break;
+      case 'b':
+        if (capstan_phone_parse_transport(optarg, &b.boot_cfg.transport) != 0) goto bad;
+        break;
+      case 'F':
+        files = optarg;
+        break;
+      case 'O':
+        b.boot_cfg.boot_only = 1;
+        break;
+      case 'X':
+        tftp_cert = optarg;
+        break;
+      case 'R':
+        b.reboots = (unsigned)strtoul(optarg, &end, 10);
+        if (end == optarg || *end || b.reboots > 100) goto bad;
+        break;
+      case 'z': {
+        unsigned long v = strtoul(optarg, &end, 10);
+        if (end == optarg || *end || v < 8 || v > 65464) goto bad;
+        b.boot_cfg.tftp_blksize = (uint16_t)v;
+        break;
+      }
+      case 'o':
+        b.boot_cfg.tftp_rto_ms = strtoull(optarg, &end, 10);
+        if (end == optarg || *end || b.boot_cfg.tftp_rto_ms == 0) goto bad;
+        break;
+      case 'y':
+        b.boot_cfg.tftp_retries = (unsigned)strtoul(optarg, &end, 10);
+        if (end == optarg || *end || b.boot_cfg.tftp_retries == 0) goto bad;
+        break;
       case 'h':
         usage(stdout);
         return 0;
@@ -482,7 +749,9 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  if (optind != argc || b.phones == 0 || (connect == NULL && !print_names)) {
+  if (optind != argc || b.phones == 0 ||
+      (connect == NULL && !print_names && !(b.storm && files != NULL)) ||
+      (b.storm && files == NULL && !print_names) || (b.storm && b.hold)) {
     usage(stderr);
     return 2;
   }
@@ -509,9 +778,23 @@ int main(int argc, char **argv) {
     }
     return 0;
   }
-  if (capstan_phone_parse_addr(connect, &b.cfg.addr) != 0) {
+  if (connect != NULL && capstan_phone_parse_addr(connect, &b.cfg.addr) != 0) {
     fprintf(stderr, "capstan-bench: bad --connect %s\n", connect);
     return 2;
+  }
+  if (b.storm) {
+    if (capstan_phone_parse_addr(files, &b.boot_cfg.file_addr) != 0) {
+      fprintf(stderr, "capstan-bench: bad --files %s\n", files);
+      return 2;
+    }
+    if (connect != NULL) {
+      b.boot_cfg.capf_addr = b.cfg.addr;
+      b.boot_cfg.has_capf_addr = 1;
+    } else {
+      /* Only for the family check below. */
+      b.cfg.addr = b.boot_cfg.file_addr;
+    }
+    if (b.rate > 0 && !concurrency_set) b.concurrency = b.phones;
   }
   int key_alg;
   unsigned key_bits;
@@ -540,9 +823,12 @@ int main(int argc, char **argv) {
             ctx == NULL ? err : "");
     goto out;
   }
-  fprintf(stderr, "capstan-bench: preparing %lu %s keys%s%s\n", key_pool, key_spec,
-          key_cache ? " in " : "", key_cache ? key_cache : "");
-  int rc = capstan_phone_keypool_prewarm(keys, key_alg, key_bits, (unsigned)key_pool);
+  int rc = 0;
+  if (!(b.storm && b.boot_cfg.boot_only)) {
+    fprintf(stderr, "capstan-bench: preparing %lu %s keys%s%s\n", key_pool, key_spec,
+            key_cache ? " in " : "", key_cache ? key_cache : "");
+    rc = capstan_phone_keypool_prewarm(keys, key_alg, key_bits, (unsigned)key_pool);
+  }
   if (rc != 0) {
     fprintf(stderr, "capstan-bench: key generation failed: %s\n", capstan_strerror(rc));
     goto out;
@@ -551,6 +837,22 @@ int main(int argc, char **argv) {
   b.cfg.keys = keys;
   b.cfg.hold = b.hold;
   b.cfg.on_hold = on_phone_hold;
+  if (b.storm) {
+    b.boot_cfg.phone = b.cfg;
+    b.boot_cfg.phone.hold = 0;
+    b.boot_cfg.phone.on_hold = NULL;
+    if (tftp_cert != NULL) {
+      FILE *f = fopen(tftp_cert, "r");
+      if (f != NULL) {
+        b.trusted = PEM_read_X509(f, NULL, NULL, NULL);
+        fclose(f);
+      }
+      if (b.trusted == NULL) {
+        fprintf(stderr, "capstan-bench: cannot read a PEM certificate from %s\n", tftp_cert);
+        goto out;
+      }
+    }
+  }
 
   b.loop = uv_default_loop();
   uv_timer_init(b.loop, &b.rate_timer);
@@ -568,13 +870,19 @@ int main(int argc, char **argv) {
   }
   start_more(&b);
   uv_run(b.loop, UV_RUN_DEFAULT);
-  report(&b);
+  if (b.storm) {
+    report_storm(&b);
+  } else {
+    report(&b);
+  }
   status = (b.errors == 0 && !b.stopping) ? 0 : 1;
   uv_loop_close(b.loop);
 
 out:
   free(b.slots);
   free(b.latencies);
+  for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) free(b.steps[i].v);
+  X509_free(b.trusted);
   capstan_phone_keypool_free(keys);
   SSL_CTX_free(ctx);
   return status;

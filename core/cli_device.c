@@ -1,13 +1,17 @@
 /* `capstan device ...`: add, set, show, list, remove, import, export,
  * generate-auth-strings. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <unistd.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "core/cli.h"
+#include "core/cli_files.h"
+#include "core/files/service.h"
 #include "core/error.h"
 #include "storage/devices.h"
 
@@ -34,6 +38,7 @@ enum {
   O_NAME_PREFIX = 1 << 18,
   O_ALL = 1 << 19,
   O_DRY_RUN = 1 << 20,
+  O_TEMPLATE = 1 << 21, /* add/set: --template NAME|none */
 };
 
 typedef struct {
@@ -51,7 +56,8 @@ typedef struct {
   unsigned length;
   int64_t expires_before;
   const char *name_prefix;
-  char **args; /* positional arguments */
+  const char *template_name; /* NULL: --template none */
+  char **args;               /* positional arguments */
   int nargs;
 } opts_t;
 
@@ -69,6 +75,7 @@ static const struct option longopts[] = {
     {"auth-string", required_argument, NULL, 's'},
     {"key", required_argument, NULL, 'k'},
     {"completes-by", required_argument, NULL, 'c'},
+    {"template", required_argument, NULL, 'T'},
     {"encrypted-config", required_argument, NULL, 'e'},
     {"json", no_argument, NULL, 'j'},
     {"show-secrets", no_argument, NULL, 'S'},
@@ -88,9 +95,14 @@ static const struct option longopts[] = {
     {NULL, 0, NULL, 0},
 };
 
-static int usage_error(const subcmd_t *sc, const char *fmt, const char *arg) {
+static int usage_error(const subcmd_t *sc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int usage_error(const subcmd_t *sc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
   fprintf(stderr, "capstan: device %s: ", sc->name);
-  fprintf(stderr, fmt, arg);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
   fprintf(stderr, "\nusage: %s\n(see 'capstan device %s --help')\n", sc->usage, sc->name);
   return CAPSTAN_EXIT_USAGE;
 }
@@ -110,30 +122,28 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
       case 'o':
         bit = O_OPERATION;
         if (capstan_operation_parse(a, &o->operation) != 0) {
-          return usage_error(
-              sc, "--operation must be one of install,delete,troubleshoot,none; got '%s'", a);
+          return usage_error(sc, "--operation must be one of %s; got '%s'",
+                             capstan_operation_names(), a);
         }
         break;
       case 'a':
         bit = O_AUTH;
         if (capstan_auth_mode_parse(a, &o->auth) != 0) {
-          return usage_error(sc, "--auth must be one of string,null,lsc,mic; got '%s'", a);
+          return usage_error(sc, "--auth must be one of %s; got '%s'", capstan_auth_mode_names(),
+                             a);
         }
         break;
       case 's':
         bit = O_AUTH_STRING;
         if (!capstan_auth_string_valid(a)) {
-          return usage_error(sc, "--auth-string must be 4 to 10 digits%s", "");
+          return usage_error(sc, "--auth-string must be 4 to 10 digits");
         }
         o->auth_string = a;
         break;
       case 'k':
         bit = O_KEY;
         if (capstan_key_parse(a, &o->key_alg, &o->key_bits) != 0) {
-          return usage_error(sc,
-                             "--key must be one of "
-                             "rsa512,rsa1024,rsa2048,rsa3072,rsa4096,ec256,ec384,ec521; got '%s'",
-                             a);
+          return usage_error(sc, "--key must be one of %s; got '%s'", capstan_key_names(), a);
         }
         break;
       case 'c':
@@ -144,6 +154,19 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
           return usage_error(sc,
                              "--completes-by must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z (or "
                              "none); got '%s'",
+                             a);
+        }
+        break;
+      case 'T':
+        bit = O_TEMPLATE;
+        if (strcmp(a, "none") == 0) {
+          o->template_name = NULL;
+        } else if (capstan_cli_template_name_valid(a)) {
+          o->template_name = a;
+        } else {
+          return usage_error(sc,
+                             "--template must be a template name (capstan template list) or "
+                             "none; got '%s'",
                              a);
         }
         break;
@@ -166,10 +189,8 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
       case 't':
         bit = O_STATUS;
         if (capstan_op_status_parse(a, &o->status) != 0) {
-          return usage_error(
-              sc,
-              "--status must be one of pending,in-progress,succeeded,failed,expired,none; got '%s'",
-              a);
+          return usage_error(sc, "--status must be one of %s; got '%s'", capstan_op_status_names(),
+                             a);
         }
         break;
       case 'g':
@@ -243,7 +264,7 @@ static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
   if (o->seen & O_HELP) return 0;
   o->args = argv + optind;
   o->nargs = argc - optind;
-  if (o->nargs < sc->nargs) return usage_error(sc, "missing argument%s", "");
+  if (o->nargs < sc->nargs) return usage_error(sc, "missing argument");
   if (o->nargs > sc->nargs) return usage_error(sc, "unexpected argument '%s'", o->args[sc->nargs]);
   return 0;
 }
@@ -283,7 +304,7 @@ static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is
   }
   if (o->seen & O_GENERATE) {
     if ((o->seen & O_AUTH_STRING)) {
-      return usage_error(sc, "give either --auth-string or --generate-auth-string%s", "");
+      return usage_error(sc, "give either --auth-string or --generate-auth-string");
     }
     if (capstan_cli_random_digits(generated, o->length != 0 ? o->length : 6) != 0 ||
         capstan_record_set_string(&d->auth_string, generated) != 0) {
@@ -295,8 +316,7 @@ static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is
       (d->auth_string == NULL || d->auth_string[0] == '\0')) {
     return usage_error(sc,
                        "--auth string needs --auth-string DIGITS (4 to 10) or "
-                       "--generate-auth-string%s",
-                       "");
+                       "--generate-auth-string");
   }
   if (is_new || (o->seen & O_KEY)) {
     d->has_key_alg = 1;
@@ -312,6 +332,10 @@ static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is
     d->has_encrypted_config = 1;
     d->encrypted_config = o->encrypted;
   }
+  if ((o->seen & O_TEMPLATE) &&
+      capstan_record_set_string(&d->template_name, o->template_name ? o->template_name : "") != 0) {
+    return CAPSTAN_ENOMEM;
+  }
   d->has_updated_at = 1;
   d->updated_at = now;
   return 0;
@@ -325,8 +349,8 @@ static int add_or_set(const subcmd_t *sc, opts_t *o, bool is_add) {
                        "A-Z a-z 0-9 . _ - starting with a letter)",
                        name);
   }
-  if (is_add && !(o->seen & O_OPERATION)) return usage_error(sc, "--operation is required%s", "");
-  if (is_add && !(o->seen & O_AUTH)) return usage_error(sc, "--auth is required%s", "");
+  if (is_add && !(o->seen & O_OPERATION)) return usage_error(sc, "--operation is required");
+  if (is_add && !(o->seen & O_AUTH)) return usage_error(sc, "--auth is required");
   capstan_store_t *s;
   if (open_store(o, is_add, &s) != 0) return CAPSTAN_EXIT_ERROR;
   int64_t now = (int64_t)time(NULL);
@@ -426,6 +450,21 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   capstan_cli_json_string(f, capstan_key_name(d->key_alg, d->key_bits));
   json_time(f, "completes_by", d->completes_by, d->has_completes_by);
   fprintf(f, ",\"encrypted_config\":%s", d->encrypted_config ? "true" : "false");
+  fprintf(f, ",\"template\":");
+  if (d->template_name && d->template_name[0]) {
+    capstan_cli_json_string(f, d->template_name);
+  } else {
+    fprintf(f, "null");
+  }
+  fprintf(f, ",\"has_own_config\":%s", d->config_xml.len > 0 ? "true" : "false");
+  /* Why the phone cannot get its encrypted configuration yet (or null). */
+  const char *enc_why = capstan_files_enc_unavailable_reason(d);
+  fprintf(f, ",\"encrypted_config_unavailable\":");
+  if (enc_why) {
+    capstan_cli_json_string(f, enc_why);
+  } else {
+    fprintf(f, "null");
+  }
   fputs(",\"status\":", f);
   capstan_cli_json_string(f, capstan_op_status_name(d->status));
   fputs(",\"status_reason\":", f);
@@ -517,7 +556,13 @@ static int run_show(opts_t *o) {
     }
     printf("%-18s %s\n", "key:", capstan_key_name(d->key_alg, d->key_bits));
     show_time("completes by:", d->completes_by, d->has_completes_by);
+    printf("%-18s %s\n", "base config:",
+           d->config_xml.len > 0                     ? "the device's own (device config show)"
+           : d->template_name && d->template_name[0] ? d->template_name
+                                                     : "default");
     printf("%-18s %s\n", "encrypted config:", d->encrypted_config ? "on" : "off");
+    const char *enc_why = capstan_files_enc_unavailable_reason(d);
+    if (enc_why) printf("%-18s not available yet: %s\n", "encrypted file:", enc_why);
     printf("%-18s %s\n", "status:", capstan_op_status_name(d->status));
     printf("%-18s %s\n", "status reason:", d->status_reason != NULL ? d->status_reason : "-");
     printf("%-18s %s\n", "last operation:", capstan_operation_name(d->last_operation));
@@ -611,7 +656,7 @@ static int run_remove(opts_t *o) {
 static int run_import(opts_t *o) {
   const char *path = o->args[0];
   if ((o->seen & O_LENGTH) && !(o->seen & O_GENERATE_CSV)) {
-    return usage_error(g_sc, "--auth-string-length goes with --generate-auth-strings%s", "");
+    return usage_error(g_sc, "--auth-string-length goes with --generate-auth-strings");
   }
   uint8_t *data;
   size_t len;
@@ -679,8 +724,11 @@ static int run_export(opts_t *o) {
     /* Write beside the target and rename, so a failed export never leaves a
      * truncated file that a later import would take for the whole list. */
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    f = fopen(tmp, "w");
+    /* The file holds authentication strings: readable by the owner only. */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (f == NULL) {
+      if (fd >= 0) close(fd);
       capstan_cli_error("cannot write '%s': %s", tmp, strerror(errno));
       capstan_store_close(s);
       return CAPSTAN_EXIT_ERROR;
@@ -731,7 +779,7 @@ static int collect_string_mode(const Capstan__Device *d, void *arg) {
 
 static int run_generate(opts_t *o) {
   if ((o->seen & O_UNIQUE) && (o->seen & O_SHARED)) {
-    return usage_error(g_sc, "give one of --unique or --shared%s", "");
+    return usage_error(g_sc, "give one of --unique or --shared");
   }
   if (!(o->seen & (O_UNIQUE | O_SHARED))) o->generate = CAPSTAN_GENERATE_UNIQUE;
   unsigned len = o->length != 0 ? o->length : 6;
@@ -805,13 +853,13 @@ static int run_bulk_set(opts_t *o) {
   const unsigned changes =
       O_OPERATION | O_AUTH | O_AUTH_STRING | O_KEY | O_COMPLETES_BY | O_ENCRYPTED;
   if (!(o->seen & (filters | O_ALL))) {
-    return usage_error(
-        g_sc, "choose devices with --status, --name-prefix, --expires-before, or --all%s", "");
+    return usage_error(g_sc,
+                       "choose devices with --status, --name-prefix, --expires-before, or --all");
   }
   if ((o->seen & O_ALL) && (o->seen & filters)) {
-    return usage_error(g_sc, "--all does not combine with filters%s", "");
+    return usage_error(g_sc, "--all does not combine with filters");
   }
-  if (!(o->seen & changes)) return usage_error(g_sc, "nothing to change%s", "");
+  if (!(o->seen & changes)) return usage_error(g_sc, "nothing to change");
   capstan_store_t *s;
   if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
   int64_t now = (int64_t)time(NULL);
@@ -881,13 +929,13 @@ static int collect_matching(const Capstan__Device *d, void *arg) {
 
 #define ADDSET_OPTS                                                                        \
   (O_OPERATION | O_AUTH | O_AUTH_STRING | O_GENERATE | O_LENGTH | O_KEY | O_COMPLETES_BY | \
-   O_ENCRYPTED)
+   O_ENCRYPTED | O_TEMPLATE)
 #define ADDSET_USAGE                                                                        \
   " NAME --operation install|delete|troubleshoot|none --auth string|null|lsc|mic\n"         \
   "         [--auth-string DIGITS | --generate-auth-string [--auth-string-length 4..10]]\n" \
   "         [--key rsa512|rsa1024|rsa2048|rsa3072|rsa4096|ec256|ec384|ec521]\n"             \
   "         [--completes-by YYYY-MM-DD[THH:MM[:SS]Z]|none] [--encrypted-config on|off]\n"   \
-  "         [--data-dir DIR]"
+  "         [--template NAME|none] [--data-dir DIR]"
 
 static const subcmd_t subcmds[] = {
     {"add", ADDSET_OPTS, 1, "capstan device add" ADDSET_USAGE, run_add},
@@ -943,6 +991,7 @@ int capstan_cli_device_main(int argc, char **argv) {
     device_usage(stdout);
     return CAPSTAN_EXIT_OK;
   }
+  if (strcmp(argv[1], "config") == 0) return capstan_cli_devconfig_main(argc - 1, argv + 1);
   for (size_t i = 0; i < sizeof(subcmds) / sizeof(subcmds[0]); i++) {
     const subcmd_t *sc = &subcmds[i];
     if (strcmp(argv[1], sc->name) != 0) continue;

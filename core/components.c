@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/netaddr.h"
 #include "core/serve.h"
+#include "core/stats.h"
 #include "handlers/admin/admin.h"
 #include "handlers/http/files.h"
 #include "handlers/http/server.h"
@@ -20,10 +21,14 @@ typedef struct components {
   capstan_files_service_t *files;
   capstan_http_server_t *http;
   capstan_tftp_server_t *tftp;
+  capstan_stats_t *stats;
   unsigned stopping;
   void (*done)(void *);
   void *done_arg;
 } components_t;
+
+/* Store-wide gauges: fresh enough to watch a maintenance window. */
+#define STATS_INTERVAL_MS 5000
 
 static int enabled(const char *listen) {
   return listen != NULL && strcmp(listen, "off") != 0;
@@ -90,6 +95,10 @@ static void drain(void *arg, uint64_t deadline_ms, void (*done)(void *), void *d
     c->stopping++;
     capstan_admin_stop(c->admin, one_stopped, c);
   }
+  if (c->stats) {
+    c->stopping++;
+    capstan_stats_stop(c->stats, one_stopped, c);
+  }
   one_stopped(c);
 }
 
@@ -103,7 +112,9 @@ int capstan_serve_start_components(const capstan_serve_env_t *env,
   out->reload = reload;
   out->drain = drain;
 
-  int rc = capstan_admin_start(env->loop, env->admin_listen, NULL, &c->admin);
+  int rc = capstan_stats_start(env->loop, env->store, STATS_INTERVAL_MS, &c->stats);
+  if (rc < 0) return rc;
+  rc = capstan_admin_start(env->loop, env->admin_listen, NULL, &c->admin);
   if (rc < 0) {
     LOG_ERROR("event=admin_listen_failed address=%s error=%s", env->admin_listen,
               capstan_strerror(rc));

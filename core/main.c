@@ -5,11 +5,11 @@
 #include <string.h>
 
 #include "core/cli.h"
+#include "core/cli_files.h"
 #include "core/log.h"
 
 #include "core/init.h"
 #include "core/serve.h"
-
 
 typedef struct {
   const char *name;
@@ -26,6 +26,8 @@ static const command_t commands[] = {
     {"keepalive", capstan_cli_keepalive_main, "set or show the CAPF keep-alive (minutes)"},
     {"cert", capstan_cli_cert_main, "export identity certificates; list and delete stale LSCs"},
     {"report", capstan_cli_report_main, "operation status counts; expiring certificates"},
+    {"trust", capstan_cli_trust_main, "add, list, remove, export CAPF-trust and CallManager-trust"},
+    {"template", capstan_cli_template_main, "base configuration templates; assign them to devices"},
 };
 
 static void usage(FILE *f) {

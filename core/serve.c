@@ -45,6 +45,7 @@ typedef struct server {
   capstan_store_t *store;
   Capstan__Settings *settings;
   uint64_t settings_txnid;
+  uint64_t trust_generation; /* Settings.trust_generation last applied */
   capstan_capf_server_t *capf;
   capstan_serve_components_t extra;
   uv_signal_t sigterm, sigint, sighup;
@@ -226,6 +227,15 @@ static void apply_settings(server_t *srv) {
   srv->settings = s;
   if (srv->capf) capstan_capf_server_apply_settings(srv->capf, s);
   if (srv->extra.apply_settings) srv->extra.apply_settings(srv->extra.arg, s);
+  /* `capstan trust` bumps the generation with every change: reload the
+   * trust stores as SIGHUP would, without the operator sending it. */
+  if (s->trust_generation != srv->trust_generation) {
+    srv->trust_generation = s->trust_generation;
+    LOG_INFO("event=reload cause=trust_changed generation=%llu",
+             (unsigned long long)s->trust_generation);
+    if (srv->capf) capstan_capf_server_reload(srv->capf);
+    if (srv->extra.reload) srv->extra.reload(srv->extra.arg);
+  }
 }
 
 static void on_poll(uv_timer_t *t) {
@@ -262,6 +272,11 @@ static void stop_server(server_t *srv) {
     srv->capf = NULL;
   }
   if (srv->extra.drain) {
+    /* The components may free their state as soon as they stop, well before
+     * the CAPF sessions drain: no settings or reloads reach them after this
+     * (the settings poll and SIGHUP stay live until everything drained). */
+    srv->extra.apply_settings = NULL;
+    srv->extra.reload = NULL;
     srv->draining++;
     srv->extra.drain(srv->extra.arg, deadline_ms, on_component_drained, srv);
   }
@@ -318,6 +333,7 @@ int capstan_serve_main(int argc, char **argv) {
   if (capstan_store_writer_start(srv.store, srv.loop) < 0) goto out;
   srv.settings_txnid = capstan_store_txnid(srv.store);
   if (capstan_store_settings_load(srv.store, &srv.settings) < 0) goto out_writer;
+  srv.trust_generation = srv.settings->trust_generation;
 
   uv_signal_init(srv.loop, &srv.sigterm);
   uv_signal_init(srv.loop, &srv.sigint);

@@ -231,7 +231,6 @@ static void on_write_done(uv_write_t *req, int status) {
     capstan_tls_conn_close(conn, CAPSTAN_TLS_CLOSE_WRITE_ERROR);
     return;
   }
-  if (conn->closing && conn->writes_pending == 0) close_handle(conn);
 }
 
 /* Moves what BoringSSL wrote onto the socket in one uv_write. */
@@ -472,12 +471,11 @@ void capstan_tls_conn_close(capstan_tls_conn_t *conn, capstan_tls_close_reason_t
     ERR_clear_error();
   }
   if (flush_output(conn) < 0) conn->out_len = 0;
-  /* Data libuv already handed to the kernel is sent even after close; wait
-   * only for writes still queued in libuv. */
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&conn->tcp) == 0 || conn->writes_pending == 0 ||
-      reason != CAPSTAN_TLS_CLOSE_LOCAL) {
-    close_handle(conn);
-  }
+  /* libuv writes at once when it can, so what was written is in the kernel
+   * and leaves even after the close. Bytes libuv still holds belong to a
+   * peer that stopped reading: waiting for them would let it hold the
+   * connection open, so they are dropped. */
+  close_handle(conn);
 }
 
 /* --- Asynchronous private key --------------------------------------------- */

@@ -4,8 +4,8 @@
 set -euo pipefail
 build_pkgs=(build-essential cmake pkg-config android-libboringssl-dev libuv1-dev liblmdb-dev
   libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev libexpat1-dev)
-test_pkgs=(libcmocka-dev python3 python3-cryptography curl tftp-hpa atftp android-boringssl
-  lmdb-utils procps iproute2 valgrind jq openssl)
+test_pkgs=(libcmocka-dev python3 python3-cryptography curl tftp-hpa atftp openssl android-boringssl
+  lmdb-utils procps iproute2 jq valgrind)
 want=("${build_pkgs[@]}")
 [ "${1:-}" = "--test" ] && want+=("${test_pkgs[@]}")
 missing=()

@@ -631,6 +631,16 @@ static void register_metrics(void) {
   m_batch_size =
       capstan_metrics_histogram("capstan_storage_batch_size", "Write requests per group commit", "",
                                 batch_bounds, sizeof(batch_bounds) / sizeof(batch_bounds[0]));
+  /* Error series exist from the start, so a rate() over them works before
+   * the first error. */
+  static const char *const ops[] = {"open",    "begin",  "get",    "put",   "delete",
+                                    "iterate", "commit", "unpack", "audit", "stat"};
+  for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+    char labels[64];
+    snprintf(labels, sizeof(labels), "op=\"%s\"", ops[i]);
+    capstan_metrics_counter("capstan_storage_errors_total",
+                            "Storage operations that failed, by operation", labels);
+  }
   capstan_metrics_gauge_fn("capstan_storage_size_bytes", "Bytes of the LMDB map in use", "",
                            size_gauge, NULL);
 }

@@ -11,7 +11,8 @@
  *    capstan_store_commit(), or capstan_store_write(store, fn, arg);
  *  - through the group-commit writer (server): capstan_store_submit() from
  *    the loop thread; many requests share one durable commit and each is
- *    completed on the loop thread after that commit.
+ *    completed on the loop thread after that commit. A failing request
+ *    leaves no partial writes (the batch is replayed without it).
  *
  * Records returned by the get functions are unpacked copies that the caller
  * owns and frees with the protobuf-c free function of its type, e.g.
@@ -197,9 +198,11 @@ int capstan_store_audit_iterate(capstan_txn_t *txn, capstan_store_audit_fn fn, v
 
 /* ---- Group-commit writer (server) ------------------------------------ */
 
-/* Runs on the writer thread inside a nested transaction of the batch: a
- * non-zero return aborts only this request's changes. Must not block on the
- * loop thread. */
+/* Runs on the writer thread inside the batch's write transaction. A
+ * non-zero return drops only this request: the batch is run again without
+ * it, so fn may be called more than once and must be replayable (read its
+ * argument, write only through |txn|, no side effects outside the store).
+ * Must not block on the loop thread. */
 typedef int (*capstan_store_write_fn)(capstan_txn_t *txn, void *arg);
 /* Called on the loop thread after the batch's commit: |status| is fn's
  * error, or the commit's error if the batch failed to commit, else 0 (the

@@ -254,4 +254,304 @@ void capstan_phone_abort(capstan_phone_t *phone);
  * start. */
 int capstan_phone_run_one(const capstan_phone_config_t *cfg, capstan_phone_result_t *out);
 
+/* ---- File downloads (HTTP and TFTP clients) --------------------------------- */
+
+/* One file download, as a phone does it at boot: an HTTP/1.1 GET on its own
+ * TCP connection ("Connection: close"; no keep-alive), or a TFTP read
+ * request (RFC 1350, octet mode, with the blksize and tsize options of RFC
+ * 2348/2349) on its own UDP socket. Event-driven on a libuv loop like the
+ * CAPF session; thousands run concurrently on one loop.
+ *
+ * HTTP: the status line and Content-Length are required (a response without
+ * Content-Length, with Transfer-Encoding, a header block over
+ * CAPSTAN_PHONE_HTTP_MAX_HEADER bytes or a malformed line is bad_response);
+ * the body is read up to Content-Length, which must not exceed the cap.
+ * Each step (connect, every read) must progress within the timeout.
+ *
+ * TFTP: the request is retransmitted, then every ACK, when no packet comes
+ * within the retransmission timeout (doubled at each resend, capped at 8 x);
+ * after |tftp_retries| resends without progress the download ends as
+ * timeout. The server's transfer port (TID) is learned from its first answer
+ * (which must come from the server's IP address); packets from any other
+ * address or port get ERROR 5 and are otherwise ignored. A duplicate DATA
+ * block is acknowledged again. */
+
+#define CAPSTAN_PHONE_HTTP_MAX_HEADER 8192u        /* response header block */
+#define CAPSTAN_PHONE_FETCH_DEFAULT_MAX (1u << 20) /* default body cap */
+#define CAPSTAN_PHONE_FETCH_MAX_NAME 255u          /* file name bytes */
+
+#define CAPSTAN_PHONE_TRANSPORTS(X) \
+  X(HTTP, "http")                   \
+  X(TFTP, "tftp")
+
+typedef enum {
+#define X(id, name) CAPSTAN_PHONE_TRANSPORT_##id,
+  CAPSTAN_PHONE_TRANSPORTS(X)
+#undef X
+} capstan_phone_transport_t;
+
+const char *capstan_phone_transport_name(capstan_phone_transport_t t);
+/* Returns 0 and the transport for "http" or "tftp", else CAPSTAN_EINVAL. */
+int capstan_phone_parse_transport(const char *name, capstan_phone_transport_t *out);
+
+#define CAPSTAN_PHONE_FETCH_ERRORS(X)                                            \
+  X(NONE, "none")                                                                \
+  X(NOT_FOUND, "not_found")       /* HTTP 404, TFTP error 1 */                   \
+  X(SERVER_ERROR, "server_error") /* another HTTP status or TFTP error (code) */ \
+  X(CONNECT, "connect_failed")    /* TCP connect or UDP bind/send failed */      \
+  X(TIMEOUT, "timeout")           /* no progress in time (after the retries) */  \
+  X(CLOSED, "closed")             /* the server closed before the whole body */  \
+  X(BAD_RESPONSE, "bad_response") /* malformed status line, header or packet */  \
+  X(TOO_LARGE, "too_large")       /* the file is larger than the cap */          \
+  X(ABORTED, "aborted")           /* capstan_phone_fetch_abort */                \
+  X(INTERNAL, "internal")         /* the simulator failed (memory) */
+
+typedef enum {
+#define X(id, name) CAPSTAN_PHONE_FETCH_##id,
+  CAPSTAN_PHONE_FETCH_ERRORS(X)
+#undef X
+} capstan_phone_fetch_error_t;
+
+const char *capstan_phone_fetch_error_name(capstan_phone_fetch_error_t err);
+
+typedef struct {
+  capstan_phone_transport_t transport;
+  /* The HTTP or TFTP server. */
+  struct sockaddr_storage addr;
+  /* Local address to bind (port 0) when has_bind is set. */
+  struct sockaddr_storage bind_addr;
+  int has_bind;
+  /* The file name (copied): 1..CAPSTAN_PHONE_FETCH_MAX_NAME bytes of
+   * letters, digits, '.', '-' and '_'. */
+  const char *name;
+  size_t max_bytes;      /* body cap; 0 means CAPSTAN_PHONE_FETCH_DEFAULT_MAX */
+  uint64_t timeout_ms;   /* HTTP per-step timeout; 0 means 30000 */
+  uint64_t tftp_rto_ms;  /* TFTP first retransmission timeout; 0 means 1000 */
+  unsigned tftp_retries; /* TFTP resends without progress; 0 means 5 */
+  uint16_t tftp_blksize; /* TFTP blksize option; 0 means 1428; 512 sends none */
+} capstan_phone_fetch_config_t;
+
+typedef struct {
+  capstan_phone_fetch_error_t error;
+  int code;         /* HTTP status or TFTP error code; -1 if none came */
+  char detail[128]; /* human-readable, "" if none */
+  uint8_t *body;    /* the file (malloc'd, owned by the result), NULL on error */
+  size_t len;
+  double total_ms;      /* start to last byte (or failure) */
+  unsigned retransmits; /* TFTP packets sent again */
+} capstan_phone_fetch_result_t;
+
+typedef struct capstan_phone_fetch capstan_phone_fetch_t;
+
+/* Called once, when the download is over and its handles are closed. |res|
+ * is freed when the callback returns: take res->body (and set it to NULL)
+ * to keep it. */
+typedef void (*capstan_phone_fetch_cb)(capstan_phone_fetch_t *fetch, void *arg,
+                                       capstan_phone_fetch_result_t *res);
+
+/* Starts a download on |loop|. Returns 0 (and the download in |*out|, may be
+ * NULL), or CAPSTAN_EINVAL (bad name or address) / CAPSTAN_ENOMEM, in which
+ * case nothing started and |cb| is not called. Network failures, even
+ * immediate ones, are reported through |cb|. */
+int capstan_phone_fetch_start(uv_loop_t *loop, const capstan_phone_fetch_config_t *cfg,
+                              capstan_phone_fetch_cb cb, void *arg, capstan_phone_fetch_t **out);
+
+/* Stops a download in progress; |cb| follows with error "aborted". */
+void capstan_phone_fetch_abort(capstan_phone_fetch_t *fetch);
+
+/* Frees what the result owns and zeroes it. */
+void capstan_phone_fetch_result_cleanup(capstan_phone_fetch_result_t *res);
+
+/* ---- The boot sequence ------------------------------------------------------ */
+
+/* What a phone does at boot (shared/spec/file-formats.md):
+ *
+ *  1. ITL: fetch ITLSEP<MAC>.tlv (ITLFile.tlv when that is not found), parse
+ *     it (capstan_itl_parse), check its records against their certificates,
+ *     check FILENAME, and verify its signature: with the trusted TFTP
+ *     certificate given in the configuration, or, without one, with the
+ *     ITL's own signer (SAST record): trust on first use. The ITL must list
+ *     a TFTP certificate (role TFTP or CCM+TFTP).
+ *  2. Configuration: fetch SEP<MAC>.cnf.xml.sgn, check FILENAME and VERSION
+ *     1.0, verify the signature with the ITL's TFTP certificate, parse the
+ *     XML (root <device>) and read certHash, encrConfig, capfAuthMode and
+ *     capfList.
+ *  3. certHash against the MD5 of the phone's own certificate (LSC, else
+ *     MIC). On an empty hash or a mismatch, and when an operation is
+ *     scheduled (capfAuthMode not 0; for mode 1, authentication string,
+ *     only if the phone has a string: it stands for the person who types
+ *     it), the phone runs a CAPF session (unless boot_only) and the boot
+ *     ends there: the caller "resets" the phone by booting it again with
+ *     the new LSC (result.lsc).
+ *  4. Encrypted configuration: when encrConfig is true, the hash matches and
+ *     the phone has an RSA LSC, fetch SEP<MAC>.cnf.xml.enc.sgn, check
+ *     FILENAME and VERSION 2.0, verify the signature with the TFTP
+ *     certificate, decrypt it with the LSC key (capstan_encconf_decrypt) and
+ *     check it is a full configuration (<device>, fullConfig not false, the
+ *     same certHash).
+ *
+ * The CAPF session authenticates as capfAuthMode says (1 string, 2 null,
+ * 3 LSC, 4 MIC), and connects to |capf_addr| when has_capf_addr is set,
+ * else to capfList's processNodeName (a numeric address) and phonePort.
+ * Files and the CAPF session bind to phone.bind_addr when phone.has_bind. */
+
+#define CAPSTAN_PHONE_BOOT_STEPS(X) \
+  X(ITL, "itl")                     \
+  X(CNF, "cnf")                     \
+  X(ENC, "enc")                     \
+  X(CAPF, "capf")
+
+typedef enum {
+#define X(id, name) CAPSTAN_PHONE_STEP_##id,
+  CAPSTAN_PHONE_BOOT_STEPS(X)
+#undef X
+      CAPSTAN_PHONE_STEP_COUNT
+} capstan_phone_boot_step_id_t;
+
+const char *capstan_phone_boot_step_name(capstan_phone_boot_step_id_t step);
+
+#define CAPSTAN_PHONE_BOOT_FAILURES(X)                                            \
+  X(NONE, "none")                                                                 \
+  X(ITL_FETCH, "itl_fetch")         /* neither ITL could be downloaded */         \
+  X(ITL_INVALID, "itl_invalid")     /* malformed, bad record, no TFTP cert */     \
+  X(ITL_SIGNATURE, "itl_signature") /* signature does not verify */               \
+  X(ITL_UNTRUSTED, "itl_untrusted") /* not signed by the trusted certificate */   \
+  X(CNF_FETCH, "cnf_fetch")         /* SEP<MAC>.cnf.xml.sgn not downloaded */     \
+  X(CNF_SIGNATURE, "cnf_signature") /* bad header or signature */                 \
+  X(CNF_INVALID, "cnf_invalid")     /* not a <device> configuration */            \
+  X(ENC_FETCH, "enc_fetch")         /* SEP<MAC>.cnf.xml.enc.sgn not downloaded */ \
+  X(ENC_SIGNATURE, "enc_signature") /* bad header or signature */                 \
+  X(ENC_DECRYPT, "enc_decrypt")     /* cannot decrypt, or padding/hash wrong */   \
+  X(ENC_INVALID, "enc_invalid")     /* decrypted, but not a full configuration */ \
+  X(CAPF, "capf")                   /* the CAPF session ended in error */         \
+  X(INTERNAL, "internal")           /* the simulator failed */
+
+typedef enum {
+#define X(id, name) CAPSTAN_PHONE_BOOT_##id,
+  CAPSTAN_PHONE_BOOT_FAILURES(X)
+#undef X
+} capstan_phone_boot_failure_t;
+
+const char *capstan_phone_boot_failure_name(capstan_phone_boot_failure_t f);
+
+#define CAPSTAN_PHONE_CERT_HASH_STATES(X)           \
+  X(UNKNOWN, "unknown") /* no configuration read */ \
+  X(EMPTY, "empty")     /* <certHash> empty */      \
+  X(MATCH, "match")                                 \
+  X(MISMATCH, "mismatch")
+
+typedef enum {
+#define X(id, name) CAPSTAN_PHONE_HASH_##id,
+  CAPSTAN_PHONE_CERT_HASH_STATES(X)
+#undef X
+} capstan_phone_cert_hash_t;
+
+const char *capstan_phone_cert_hash_name(capstan_phone_cert_hash_t h);
+
+typedef struct {
+  /* The phone: device_name (SEP + 12 upper-case hex digits), lsc, mic, the
+   * bind address, and for the CAPF session ssl_ctx, keys, auth_string,
+   * keygen_delay_ms, step_timeout_ms (also the HTTP timeout). |addr| is
+   * not used: see capf_addr. */
+  capstan_phone_config_t phone;
+  capstan_phone_transport_t transport;
+  struct sockaddr_storage file_addr; /* the HTTP or TFTP server */
+  struct sockaddr_storage capf_addr;
+  int has_capf_addr;
+  /* The TFTP certificate the phone already trusts (borrowed; the boot takes
+   * a reference), or NULL: trust the first ITL. */
+  X509 *trusted_tftp;
+  int boot_only; /* files only: never a CAPF session */
+  /* Download tuning (see capstan_phone_fetch_config_t; 0 = defaults). */
+  size_t max_file_bytes;
+  uint64_t tftp_rto_ms;
+  unsigned tftp_retries;
+  uint16_t tftp_blksize;
+} capstan_phone_boot_config_t;
+
+typedef struct {
+  int ran;      /* the step was attempted */
+  int ok;       /* it succeeded (downloaded and verified; CAPF: no error) */
+  double ms;    /* duration (ITL: both requests when it fell back) */
+  size_t bytes; /* bytes downloaded */
+  capstan_phone_fetch_error_t fetch_error; /* why the download failed */
+  int code; /* HTTP status / TFTP error code of a failed download, -1 */
+  unsigned retransmits;
+} capstan_phone_boot_step_t;
+
+typedef struct {
+  capstan_phone_boot_failure_t failure;
+  char detail[160];
+  capstan_phone_boot_step_t steps[CAPSTAN_PHONE_STEP_COUNT];
+  unsigned files;   /* files downloaded (any status 200 / complete) */
+  int itl_fallback; /* ITLSEP<MAC>.tlv not found: ITLFile.tlv used */
+  unsigned itl_records;
+  /* The ITL's signer (trust it for the next boot) and TFTP certificate;
+   * owned by the result, NULL if not reached. */
+  X509 *itl_signer;
+  X509 *tftp_cert;
+  /* From the signed configuration. */
+  capstan_phone_cert_hash_t cert_hash;
+  char server_hash[33]; /* <certHash> as read ("" if empty or too long) */
+  char own_hash[33];    /* the phone's certificate md5 ("" if none) */
+  int capf_auth_mode;   /* -1 if absent */
+  int encr_config;      /* <encrConfig>true</encrConfig> */
+  int full_config;      /* the configuration held at the end is full */
+  int decrypted;        /* the .enc.sgn was decrypted */
+  /* The configuration at the end: the decrypted full one, or the payload
+   * of the .sgn (malloc'd, owned), NULL if none. */
+  uint8_t *config;
+  size_t config_len;
+  /* CAPF: whether a session ran, its result (its lsc moved to |lsc| below),
+   * and whether it installed a new LSC. */
+  int capf_ran;
+  capstan_phone_result_t capf;
+  int enrolled;
+  /* The phone's LSC at the end (owned): the one it booted with, or the new
+   * one after an install, none after a delete. */
+  capstan_identity_t lsc;
+  char lsc_md5[33];
+  double total_ms;
+} capstan_phone_boot_result_t;
+
+/* Frees what the result owns and zeroes it. */
+void capstan_phone_boot_result_cleanup(capstan_phone_boot_result_t *res);
+
+/* One JSON object (no newline) into |buf|:
+ * {"result":"ok|error","failure":"none","detail":"","itl_fallback":false,
+ *  "itl_records":3,"cert_hash":"empty","capf_auth_mode":2,"encr_config":true,
+ *  "decrypted":false,"full_config":false,"enrolled":true,"lsc_md5":"...",
+ *  "files":2,"total_ms":..,"steps":{"itl":{"ok":true,"ms":..,"bytes":..,
+ *  "error":"none","code":-1,"retransmits":0},...},"capf":{<CAPF result>}}
+ * Steps that did not run are left out; "capf" only when a session ran.
+ * Returns the length (truncated to size-1). */
+size_t capstan_phone_boot_result_json(const capstan_phone_boot_result_t *res, char *buf,
+                                      size_t size);
+
+typedef struct capstan_phone_boot capstan_phone_boot_t;
+
+/* Called once at the end of the boot (every download and session closed).
+ * |res| is freed when the callback returns: move what you keep (lsc,
+ * itl_signer, tftp_cert, config; set them to NULL/zero). */
+typedef void (*capstan_phone_boot_cb)(capstan_phone_boot_t *boot, void *arg,
+                                      capstan_phone_boot_result_t *res);
+
+/* Starts a boot on |loop|. The configuration is copied (strings, identity
+ * and certificate references). phone.ssl_ctx and phone.keys are needed
+ * unless boot_only. Returns 0 (boot in |*out|, may be NULL), or
+ * CAPSTAN_EINVAL / CAPSTAN_ENOMEM with nothing started. */
+int capstan_phone_boot_start(uv_loop_t *loop, const capstan_phone_boot_config_t *cfg,
+                             capstan_phone_boot_cb cb, void *arg, capstan_phone_boot_t **out);
+
+/* Aborts a boot: the download or session in progress stops, and |cb|
+ * follows with the failure of that step (error "aborted" / "timeout"). */
+void capstan_phone_boot_abort(capstan_phone_boot_t *boot);
+
+/* Runs one boot to completion on a private loop and fills |*out| (caller
+ * cleans it up). cfg->phone.ssl_ctx / keys may be NULL (private ones).
+ * Returns 0 when the boot ran (look at out->failure), or a negative error
+ * when it could not start. */
+int capstan_phone_boot_run_one(const capstan_phone_boot_config_t *cfg,
+                               capstan_phone_boot_result_t *out);
+
 #endif

@@ -2,7 +2,11 @@
  * and by hand. Prints the outcome (one JSON line with --json) and exits 0
  * when the session completed as the protocol says (an operation, or an
  * END_SESSION with any reason), 1 on error (connect, TLS, protocol, timeout,
- * RETRY_LATER, a bad certificate), 2 on bad usage. See bench/README.md. */
+ * RETRY_LATER, a bad certificate), 2 on bad usage. See bench/README.md.
+ *
+ * With --boot http|tftp the phone runs its boot sequence instead (ITL,
+ * signed configuration, CAPF when the certificate hash says so, encrypted
+ * configuration) and exits 0 when the boot succeeded, 1 when it failed. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,7 +14,9 @@
 #include <unistd.h>
 
 #include <openssl/mem.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "bench/phone/phone.h"
 #include "core/error.h"
@@ -34,6 +40,16 @@ static void usage(FILE *f) {
           "  --ca-pem FILE        verify the server against these PEM certificates\n"
           "  --timeout SEC        wait at most SEC for each server step (default 30)\n"
           "  --json               print one JSON line\n"
+          "boot sequence (files, then CAPF when needed):\n"
+          "  --boot http|tftp     run the boot sequence over this transport\n"
+          "  --files HOST:PORT    the HTTP or TFTP file server\n"
+          "                       (--connect: CAPF; default: the configuration's capfList)\n"
+          "  --boot-only          download and verify files; never open a CAPF session\n"
+          "  --tftp-cert FILE.pem trust only ITLs signed by this certificate (default: trust\n"
+          "                       the first ITL)\n"
+          "  --save-tftp-cert F   write the ITL signer the phone trusts after the boot\n"
+          "  --reboot             after an enrollment, boot again with the new LSC\n"
+          "  --save-config FILE   write the configuration held at the end\n"
           "misbehaviour, to test the server:\n"
           "  --proto-version N    VERSION in AUTH_RESPONSE (default 3)\n"
           "  --keygen-fail        answer KEY_GEN_REQUEST with REASON=7\n"
@@ -83,6 +99,119 @@ static int load_identity(const char *cert_path, const char *key_path, capstan_id
   return rc;
 }
 
+static int save_identity(const capstan_identity_t *id, const char *save_cert,
+                         const char *save_key) {
+  if (save_cert == NULL && save_key == NULL) return 0;
+  if (id->cert == NULL) {
+    if (save_cert != NULL) unlink(save_cert);
+    if (save_key != NULL) unlink(save_key);
+    return 0;
+  }
+  uint8_t *cder = NULL, *kder = NULL;
+  size_t clen = 0, klen = 0;
+  int rc = capstan_identity_to_der(id, &cder, &clen, &kder, &klen);
+  if (rc == 0 && save_cert != NULL) rc = write_file(save_cert, cder, clen);
+  if (rc == 0 && save_key != NULL) rc = write_file(save_key, kder, klen);
+  free(cder);
+  if (kder != NULL) OPENSSL_cleanse(kder, klen);
+  free(kder);
+  return rc;
+}
+
+typedef struct {
+  capstan_phone_transport_t transport;
+  const char *files, *capf;
+  int boot_only, reboot;
+  const char *tftp_cert, *save_tftp_cert, *save_config, *save_cert, *save_key;
+  int json;
+} boot_opts_t;
+
+/* The boot sequence, and a second boot after an enrollment with --reboot.
+ * Returns the exit status. */
+static int run_boot(const capstan_phone_config_t *pcfg, const boot_opts_t *o) {
+  capstan_phone_boot_config_t bc;
+  memset(&bc, 0, sizeof(bc));
+  bc.phone = *pcfg;
+  bc.transport = o->transport;
+  bc.boot_only = o->boot_only;
+  if (capstan_phone_parse_addr(o->files, &bc.file_addr) != 0) {
+    fprintf(stderr, "capstan-phone: bad --files %s\n", o->files);
+    return 2;
+  }
+  if (o->capf != NULL) {
+    bc.capf_addr = pcfg->addr;
+    bc.has_capf_addr = 1;
+  }
+  X509 *trusted = NULL;
+  if (o->tftp_cert != NULL) {
+    FILE *f = fopen(o->tftp_cert, "r");
+    if (f != NULL) {
+      trusted = PEM_read_X509(f, NULL, NULL, NULL);
+      fclose(f);
+    }
+    if (trusted == NULL) {
+      fprintf(stderr, "capstan-phone: cannot read a PEM certificate from %s\n", o->tftp_cert);
+      return 2;
+    }
+  }
+  capstan_identity_t lsc = {0};
+  if (pcfg->lsc.cert != NULL && capstan_identity_copy(&pcfg->lsc, &lsc) != 0) {
+    X509_free(trusted);
+    return 1;
+  }
+  int status = 1;
+  for (int round = 0; round < 2; round++) {
+    bc.trusted_tftp = trusted;
+    bc.phone.lsc = lsc;
+    capstan_phone_boot_result_t res;
+    int rc = capstan_phone_boot_run_one(&bc, &res);
+    if (rc != 0) {
+      fprintf(stderr, "capstan-phone: cannot start the boot: %s\n", capstan_strerror(rc));
+      break;
+    }
+    if (o->json) {
+      char line[4096];
+      capstan_phone_boot_result_json(&res, line, sizeof(line));
+      printf("%s\n", line);
+    } else {
+      printf(
+          "boot=%d result=%s failure=%s cert_hash=%s enrolled=%d decrypted=%d files=%u "
+          "total_ms=%.1f%s%s\n",
+          round + 1, res.failure == CAPSTAN_PHONE_BOOT_NONE ? "ok" : "error",
+          capstan_phone_boot_failure_name(res.failure), capstan_phone_cert_hash_name(res.cert_hash),
+          res.enrolled, res.decrypted, res.files, res.total_ms, res.detail[0] ? " detail=" : "",
+          res.detail);
+    }
+    fflush(stdout);
+    status = res.failure == CAPSTAN_PHONE_BOOT_NONE ? 0 : 1;
+    /* The phone keeps what it learnt: its LSC and the ITL it trusts. */
+    capstan_identity_cleanup(&lsc);
+    lsc = res.lsc;
+    memset(&res.lsc, 0, sizeof(res.lsc));
+    if (res.itl_signer != NULL && trusted == NULL) {
+      trusted = res.itl_signer;
+      res.itl_signer = NULL;
+    }
+    if (status == 0 && o->save_config != NULL && res.config != NULL &&
+        write_file(o->save_config, res.config, res.config_len) != 0) {
+      status = 1;
+    }
+    int again = o->reboot && res.enrolled && status == 0;
+    capstan_phone_boot_result_cleanup(&res);
+    if (!again) break;
+  }
+  if (status == 0 && save_identity(&lsc, o->save_cert, o->save_key) != 0) status = 1;
+  if (status == 0 && o->save_tftp_cert != NULL && trusted != NULL) {
+    FILE *f = fopen(o->save_tftp_cert, "w");
+    int ok = f != NULL && PEM_write_X509(f, trusted);
+    if (f != NULL && fclose(f) != 0) ok = 0;
+    if (!ok) status = 1;
+  }
+  capstan_identity_cleanup(&lsc);
+  X509_free(trusted);
+  return status;
+}
+
 int main(int argc, char **argv) {
   enum {
     OPT_CONNECT = 256,
@@ -108,6 +237,13 @@ int main(int argc, char **argv) {
     OPT_STORE_REASON,
     OPT_STALL,
     OPT_BAD_SESSION,
+    OPT_BOOT,
+    OPT_FILES,
+    OPT_BOOT_ONLY,
+    OPT_TFTP_CERT,
+    OPT_SAVE_TFTP_CERT,
+    OPT_REBOOT,
+    OPT_SAVE_CONFIG,
     OPT_HELP,
   };
   static const struct option opts[] = {
@@ -134,6 +270,13 @@ int main(int argc, char **argv) {
       {"store-reason", required_argument, NULL, OPT_STORE_REASON},
       {"stall", no_argument, NULL, OPT_STALL},
       {"bad-session-id", no_argument, NULL, OPT_BAD_SESSION},
+      {"boot", required_argument, NULL, OPT_BOOT},
+      {"files", required_argument, NULL, OPT_FILES},
+      {"boot-only", no_argument, NULL, OPT_BOOT_ONLY},
+      {"tftp-cert", required_argument, NULL, OPT_TFTP_CERT},
+      {"save-tftp-cert", required_argument, NULL, OPT_SAVE_TFTP_CERT},
+      {"reboot", no_argument, NULL, OPT_REBOOT},
+      {"save-config", required_argument, NULL, OPT_SAVE_CONFIG},
       {"help", no_argument, NULL, OPT_HELP},
       {NULL, 0, NULL, 0},
   };
@@ -141,6 +284,9 @@ int main(int argc, char **argv) {
   const char *sudi_cert = NULL, *sudi_key = NULL, *save_cert = NULL, *save_key = NULL;
   const char *key_cache = NULL, *ca_pem = NULL;
   int json = 0;
+  int boot = 0, boot_only = 0, reboot = 0;
+  capstan_phone_transport_t transport = CAPSTAN_PHONE_TRANSPORT_HTTP;
+  const char *files = NULL, *tftp_cert = NULL, *save_tftp_cert = NULL, *save_config = NULL;
   capstan_phone_config_t cfg;
   memset(&cfg, 0, sizeof(cfg));
   cfg.auth = CAPSTAN_PHONE_AUTH_NULL_STRING;
@@ -250,6 +396,31 @@ int main(int argc, char **argv) {
       case OPT_BAD_SESSION:
         cfg.bad_session_id = 1;
         break;
+      case OPT_BOOT:
+        if (capstan_phone_parse_transport(optarg, &transport) != 0) {
+          fprintf(stderr, "capstan-phone: bad --boot %s (http or tftp)\n", optarg);
+          return 2;
+        }
+        boot = 1;
+        break;
+      case OPT_FILES:
+        files = optarg;
+        break;
+      case OPT_BOOT_ONLY:
+        boot_only = 1;
+        break;
+      case OPT_TFTP_CERT:
+        tftp_cert = optarg;
+        break;
+      case OPT_SAVE_TFTP_CERT:
+        save_tftp_cert = optarg;
+        break;
+      case OPT_REBOOT:
+        reboot = 1;
+        break;
+      case OPT_SAVE_CONFIG:
+        save_config = optarg;
+        break;
       case OPT_HELP:
         usage(stdout);
         return 0;
@@ -258,11 +429,12 @@ int main(int argc, char **argv) {
         return 2;
     }
   }
-  if (optind != argc || connect == NULL || cfg.device_name == NULL) {
+  if (optind != argc || (connect == NULL && !boot) || cfg.device_name == NULL ||
+      (boot && files == NULL)) {
     usage(stderr);
     return 2;
   }
-  if (capstan_phone_parse_addr(connect, &cfg.addr) != 0) {
+  if (connect != NULL && capstan_phone_parse_addr(connect, &cfg.addr) != 0) {
     fprintf(stderr, "capstan-phone: bad --connect %s (HOST:PORT or [V6]:PORT)\n", connect);
     return 2;
   }
@@ -317,6 +489,12 @@ int main(int argc, char **argv) {
   cfg.lsc = lsc;
   cfg.mic = mic;
   cfg.sudi = sudi;
+  if (boot) {
+    boot_opts_t bo = {transport,      files,       connect,   boot_only, reboot, tftp_cert,
+                      save_tftp_cert, save_config, save_cert, save_key,  json};
+    status = run_boot(&cfg, &bo);
+    goto out;
+  }
   rc = capstan_phone_run_one(&cfg, &res);
   if (rc != 0) {
     fprintf(stderr, "capstan-phone: cannot start: %s\n", capstan_strerror(rc));

@@ -344,11 +344,13 @@ int capstan_cnfxml_complete(const uint8_t *base, size_t len, const capstan_cnfxm
   pos = ins;
   /* Indent like a line of its own when </device> starts a line. */
   int own_line = s.root_self_closing || (ins > 0 && base[ins - 1] == '\n');
+  /* Keep the document's line endings. */
+  const char *eol = ins > 1 && base[ins - 1] == '\n' && base[ins - 2] == '\r' ? "\r\n" : "\n";
   if (s.root_self_closing && !add_str(&cbb, ">\n")) goto err;
   for (int w = 0; w < 4; w++) {
     if (!missing[w]) continue;
     if ((own_line && !add_str(&cbb, "  ")) || !add_element(&cbb, w, p) ||
-        (own_line && !add_str(&cbb, "\n")))
+        (own_line && !add_str(&cbb, eol)))
       goto err;
   }
   if (s.root_self_closing) {

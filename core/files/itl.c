@@ -13,7 +13,7 @@
 #include <openssl/x509.h>
 
 #include "core/error.h"
-#include "core/files/files_internal.h"
+#include "core/pki.h"
 
 #define SET_WHY(s)               \
   do {                           \
@@ -86,8 +86,8 @@ done:
 
 static int cert_fields(X509 *cert, cert_fields_t *f, const char **why) {
   memset(f, 0, sizeof(*f));
-  int rc = capstan_files_dn_string(X509_get_subject_name(cert), &f->subject);
-  if (rc == 0) rc = capstan_files_dn_string(X509_get_issuer_name(cert), &f->issuer);
+  int rc = capstan_pki_dn_string(X509_get_subject_name(cert), &f->subject);
+  if (rc == 0) rc = capstan_pki_dn_string(X509_get_issuer_name(cert), &f->issuer);
   if (rc != 0) {
     SET_WHY("cannot format the certificate's names");
     goto err;
@@ -98,7 +98,7 @@ static int cert_fields(X509 *cert, cert_fields_t *f, const char **why) {
     SET_WHY("certificate name too long");
     goto err;
   }
-  rc = capstan_files_serial_bytes(cert, f->serial, sizeof(f->serial), &f->serial_len);
+  rc = capstan_pki_serial_bytes(cert, f->serial, sizeof(f->serial), &f->serial_len);
   if (rc != 0) {
     rc = CAPSTAN_EINVAL;
     SET_WHY("bad certificate serial number");

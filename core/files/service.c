@@ -129,6 +129,8 @@ static int load_cert(capstan_store_t *store, const char *which, capstan_identity
   return rc;
 }
 
+static void cache_invalidate(capstan_files_service_t *svc);
+
 int capstan_files_service_reload(capstan_files_service_t *svc) {
   files_pki_t *p = calloc(1, sizeof(*p));
   if (p == NULL) return CAPSTAN_ENOMEM;
@@ -144,6 +146,7 @@ int capstan_files_service_reload(capstan_files_service_t *svc) {
   load_cert(svc->store, CAPSTAN_IDENTITY_CAPF_PREV, NULL, &p->capf_prev); /* optional */
   pki_unref(svc->pki);
   svc->pki = p;
+  cache_invalidate(svc);
   return 0;
 }
 
@@ -259,6 +262,16 @@ static cache_entry_t *cache_get(capstan_files_service_t *svc, const char *name,
   svc->buckets[b] = e;
   svc->entries++;
   return e;
+}
+
+/* Makes every entry re-check its key on its next request. The fast path in
+ * open_device_file trusts an entry whose txnid is the store's; settings and
+ * identities are applied some time after the write that changed them, so a
+ * request in between would otherwise pin the old file until the next write. */
+static void cache_invalidate(capstan_files_service_t *svc) {
+  for (size_t i = 0; i < CACHE_BUCKETS; i++) {
+    for (cache_entry_t *e = svc->buckets[i]; e; e = e->next) e->txnid = UINT64_MAX;
+  }
 }
 
 /* --- Building on the workers ---------------------------------------------- */
@@ -574,9 +587,16 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
       if (d->encrypted_config) {
         uint8_t *partial = NULL;
         size_t partial_len = 0;
-        rc = capstan_cnfxml_partial(full, full_len,
-                                    d->md5hash && strlen(d->md5hash) == 32 ? d->md5hash : NULL,
-                                    &partial, &partial_len, NULL, 0);
+        /* The hash tells the phone its certificate is on record and its
+         * encrypted file is ready. While it is not (no certificate, or an
+         * EC one the file cannot be encrypted for), the hash stays empty. */
+        const char *why = capstan_files_enc_unavailable_reason(d);
+        if (why != NULL) {
+          LOG_INFO("event=enc_config_unavailable device=%s reason=\"%s\"", device, why);
+        }
+        const char *hash =
+            why == NULL && d->md5hash && strlen(d->md5hash) == 32 ? d->md5hash : NULL;
+        rc = capstan_cnfxml_partial(full, full_len, hash, &partial, &partial_len, NULL, 0);
         free(full);
         if (rc < 0) goto fail_io;
         full = partial;
@@ -711,9 +731,15 @@ static void source_open(capstan_filesource_t *src, const char *name, capstan_fil
 
 void capstan_files_service_apply_settings(capstan_files_service_t *svc,
                                           const Capstan__Settings *s) {
+  const char *old_host = svc->capf_host ? svc->capf_host : "";
+  const char *new_host = s->capf_host ? s->capf_host : "";
+  /* Called on every store change: walk the cache only when a setting the
+   * files depend on changed. */
+  int changed = strcmp(old_host, new_host) != 0 || svc->sha512 != (int)s->enc_config_sha512;
   free(svc->capf_host);
   svc->capf_host = s->capf_host ? strdup(s->capf_host) : NULL;
   svc->sha512 = s->enc_config_sha512;
+  if (changed) cache_invalidate(svc);
 }
 
 int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,

@@ -13,7 +13,7 @@
 #include <openssl/x509.h>
 
 #include "core/error.h"
-#include "core/files/files_internal.h"
+#include "core/pki.h"
 
 #define SET_WHY(s)               \
   do {                           \
@@ -113,8 +113,8 @@ int capstan_sgn_prepare(const capstan_sgn_params_t *p, capstan_sgn_prepared_t *o
   }
   size_t sig_len = EVP_PKEY_size(pub);
 
-  rc = capstan_files_dn_string(X509_get_subject_name(p->signer_cert), &subject);
-  if (rc == 0) rc = capstan_files_dn_string(X509_get_issuer_name(p->signer_cert), &issuer);
+  rc = capstan_pki_dn_string(X509_get_subject_name(p->signer_cert), &subject);
+  if (rc == 0) rc = capstan_pki_dn_string(X509_get_issuer_name(p->signer_cert), &issuer);
   if (rc != 0) {
     SET_WHY("cannot format the signer's names");
     goto err;
@@ -126,7 +126,7 @@ int capstan_sgn_prepare(const capstan_sgn_params_t *p, capstan_sgn_prepared_t *o
   }
   uint8_t serial[CAPSTAN_SGN_MAX_SERIAL];
   size_t serial_len;
-  rc = capstan_files_serial_bytes(p->signer_cert, serial, sizeof(serial), &serial_len);
+  rc = capstan_pki_serial_bytes(p->signer_cert, serial, sizeof(serial), &serial_len);
   if (rc != 0) {
     rc = CAPSTAN_EINVAL;
     SET_WHY("bad signer serial number");
@@ -500,4 +500,47 @@ int capstan_sgn_verify(const uint8_t *file, size_t len, EVP_PKEY *signer_pub, co
     return CAPSTAN_EACCES;
   }
   return 0;
+}
+
+static int same_str(const capstan_sgn_bytes_t *b, const char *s) {
+  return b->len == strlen(s) && memcmp(b->data, s, b->len) == 0;
+}
+
+int capstan_sgn_verify_cert(const uint8_t *file, size_t len, X509 *signer_cert, const char **why) {
+  capstan_sgn_info_t info;
+  char *subject = NULL, *issuer = NULL;
+  uint8_t serial[CAPSTAN_SGN_MAX_SERIAL];
+  size_t serial_len = 0;
+  EVP_PKEY *pub = NULL;
+  int rc = capstan_sgn_parse(file, len, &info, why);
+  if (rc != 0) return rc;
+  if (signer_cert == NULL) {
+    SET_WHY("no signer certificate");
+    return CAPSTAN_EINVAL;
+  }
+  rc = capstan_pki_dn_string(X509_get_subject_name(signer_cert), &subject);
+  if (rc == 0) rc = capstan_pki_dn_string(X509_get_issuer_name(signer_cert), &issuer);
+  if (rc == 0) rc = capstan_pki_serial_bytes(signer_cert, serial, sizeof(serial), &serial_len);
+  if (rc != 0) {
+    SET_WHY("cannot read the signer certificate's names or serial");
+    goto done;
+  }
+  rc = CAPSTAN_EACCES;
+  if (!same_str(&info.signer_name, subject)) {
+    SET_WHY("SIGNER_NAME is not the certificate's subject");
+  } else if (!same_str(&info.issuer_name, issuer)) {
+    SET_WHY("ISSUER_NAME is not the certificate's issuer");
+  } else if (info.serial.len != serial_len || memcmp(info.serial.data, serial, serial_len) != 0) {
+    SET_WHY("SERIAL_NUMBER is not the certificate's");
+  } else if ((pub = X509_get_pubkey(signer_cert)) == NULL) {
+    rc = CAPSTAN_EINVAL;
+    SET_WHY("signer certificate without a usable key");
+  } else {
+    rc = capstan_sgn_verify(file, len, pub, why);
+  }
+done:
+  EVP_PKEY_free(pub);
+  free(subject);
+  free(issuer);
+  return rc;
 }

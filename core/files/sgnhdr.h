@@ -214,6 +214,11 @@ int capstan_sgn_parse(const uint8_t *file, size_t len, capstan_sgn_info_t *out, 
  * SIGNATURE_MODULUS, CAPSTAN_EACCES if the signature does not verify. */
 int capstan_sgn_verify(const uint8_t *file, size_t len, EVP_PKEY *signer_pub, const char **why);
 
+/* capstan_sgn_verify_cert is capstan_sgn_verify with the signer's
+ * certificate, also checking that SIGNER_NAME, ISSUER_NAME and
+ * SERIAL_NUMBER are the certificate's (CAPSTAN_EACCES if not). */
+int capstan_sgn_verify_cert(const uint8_t *file, size_t len, X509 *signer_cert, const char **why);
+
 /* capstan_sgn_modulus_code maps an RSA key size in bits to
  * SIGNATURE_MODULUS (512->0, 1024->1, 2048->2, 4096->3); -1 otherwise. */
 int capstan_sgn_modulus_code(unsigned bits);

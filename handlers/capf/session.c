@@ -935,8 +935,14 @@ static void on_fetch_response(capf_session_t *s, const capstan_capf_msg_t *m) {
     return;
   }
   if (capstan_capf_get_reason(m, &reason) == 0 &&
-      reason == CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE &&
-      capstan_capf_get_certificate(m, &type, &der) == 0) {
+      reason == CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE) {
+    /* REASON=1 says a certificate follows: a missing or malformed one is a
+     * bad element, not "the phone has none". */
+    if (capstan_capf_get_certificate(m, &type, &der) < 0) {
+      rec_job_free(r);
+      protocol_error(s, "FETCH_CERT_RESPONSE certificate missing or malformed");
+      return;
+    }
     X509 *cert = NULL;
     EVP_PKEY *key = NULL;
     if (capstan_pki_parse_cert(der.data, der.len, &cert) < 0 ||

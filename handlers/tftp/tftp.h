@@ -39,7 +39,25 @@
  *   transfers send straight from the blob (4-byte header + slice of the
  *   blob); netascii transfers keep a ring of |windowsize| encoded packets so
  *   that a go-back can resend them. Everything is released when the
- *   transfer ends. */
+ *   transfer ends.
+ * - Metrics: capstan_tftp_requests_total{kind} (kind of the requested name,
+ *   capstan_file_kind_of), capstan_tftp_transfers_total{kind,result} and
+ *   capstan_tftp_bytes_sent_total{kind} and
+ *   capstan_tftp_transfer_duration_seconds{kind} (kind the source answered;
+ *   result ok|not_found|denied|error|timeout; "error" includes a client
+ *   that aborted with an ERROR packet; bytes include resends),
+ *   capstan_tftp_active_transfers, capstan_tftp_retransmits_total,
+ *   capstan_tftp_timeouts_total (transfers abandoned),
+ *   capstan_tftp_duplicate_acks_ignored_total,
+ *   capstan_tftp_options_negotiated_total{option},
+ *   capstan_tftp_rejections_total{reason} (total_limit, client_limit,
+ *   malformed, oversized, bad_name, bad_mode, bad_opcode, write_request,
+ *   resources), capstan_tftp_wrong_port_packets_total,
+ *   capstan_tftp_large_requests_total (requests of 513..1024 bytes).
+ * - Logs: event=tftp_transfer_done file=.. peer=.. kind=.. result=..
+ *   bytes=.. ms=.. (debug when ok, info for not_found/denied, warn
+ *   otherwise; the name is %-escaped outside printable ASCII);
+ *   event=tftp_request_rejected at debug. */
 #ifndef CAPSTAN_TFTP_H
 #define CAPSTAN_TFTP_H
 

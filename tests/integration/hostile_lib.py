@@ -155,9 +155,10 @@ def cert_element_der(value):
 
 
 def rsa_spki(bits=1024):
-    if bits < 1024:
-        # cryptography refuses to generate small keys; a public key needs only
-        # a modulus of the right size (odd, top bit set).
+    if bits < 1024 or bits > 4096:
+        # cryptography refuses to generate small keys, and big ones take
+        # minutes; a public key needs only a modulus of the right size (odd,
+        # top bit set).
         n = int.from_bytes(os.urandom(bits // 8), "big") | (1 << (bits - 1)) | 1
         pub = rsa.RSAPublicNumbers(65537, n).public_key()
     else:
@@ -205,6 +206,18 @@ def device_json(data_dir, name):
     return json.loads(cli(data_dir, "device", "show", name, "--json"))
 
 
+def _die_with_parent():
+    """In the child: SIGKILL when the test process dies (a ctest timeout
+    must not leave a server behind)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class Server:
     """`capstan serve` on 127.0.0.1 with kernel-picked ports."""
 
@@ -242,6 +255,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
@@ -485,6 +499,97 @@ class Phone:
         check(got == reason, "expected END_SESSION reason %d, got %d" % (reason, got))
         rest = self.expect_closed()
         check(not rest, "messages after END_SESSION: %r" % rest)
+
+
+class RecordPhone:
+    """A phone over a memory-BIO TLS client that sees the raw TLS records.
+
+    recv() returns (Message, number of TLS records that carried its bytes),
+    so a test can check the spec's "one message, one write" rule: each
+    server message must arrive in a single TLS record."""
+
+    def __init__(self, port, max_version=None, timeout=20):
+        self.timeout = timeout * SLOW
+        c = client_context()
+        if max_version is not None:
+            c.maximum_version = max_version
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = c.wrap_bio(self.inc, self.out, server_side=False)
+        self.raw = b""
+        self.plain = b""
+        self.owners = []  # record number of each byte in self.plain
+        self.nrec = 0
+        self.session_id = None
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._feed_record()
+        self._flush()
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _flush(self):
+        data = self.out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _feed_record(self):
+        """Moves exactly one TLS record from the socket into the TLS object."""
+        while True:
+            if len(self.raw) >= 5:
+                (n,) = struct.unpack(">H", self.raw[3:5])
+                if len(self.raw) >= 5 + n:
+                    break
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise Closed()
+            self.raw += chunk
+        rec, self.raw = self.raw[: 5 + n], self.raw[5 + n :]
+        self.nrec += 1
+        self.inc.write(rec)
+
+    def send(self, data):
+        self.obj.write(data)
+        self._flush()
+
+    def recv(self):
+        while True:
+            if len(self.plain) >= HEADER_LEN:
+                (n,) = struct.unpack(">H", self.plain[6:8])
+                if len(self.plain) >= HEADER_LEN + n:
+                    break
+            self._feed_record()
+            while True:
+                try:
+                    data = self.obj.read(65536)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    raise Closed()
+                if not data:
+                    break
+                self.plain += data
+                self.owners += [self.nrec] * len(data)
+            self._flush()
+        end = HEADER_LEN + n
+        _, cmd, sid, _ = struct.unpack(">BBIH", self.plain[:HEADER_LEN])
+        m = Message(cmd, sid, parse_elements(self.plain[HEADER_LEN:end]))
+        records = len(set(self.owners[:end]))
+        self.plain, self.owners = self.plain[end:], self.owners[end:]
+        if self.session_id is None:
+            self.session_id = sid
+        return m, records
 
 
 def enroll(port, name, spki=None, cert_sink=None, password=b""):

@@ -131,6 +131,7 @@ json_ok "$WORK/out" "d['keepalive-minutes']==10 and d['capf-host']=='capf.exampl
 expect 0 "import" -- "$BIN" device import "$WORK/in.csv"
 contains "$WORK/out" "2001 added" "import counts"
 expect 0 "export" -- "$BIN" device export "$WORK/out1.csv"
+[ "$(stat -c %a "$WORK/out1.csv")" = 600 ] && pass || fail "export file (auth strings) is not 0600"
 [ "$(wc -l <"$WORK/out1.csv")" -eq 2004 ] && pass || fail "export has header + 2003 rows"
 grep -q '^SEP000000000007,install,string,000007,rsa2048,2031-06-01T00:00:00Z$' "$WORK/out1.csv" && pass || fail "exported row"
 

@@ -16,8 +16,10 @@ Environment: CAPSTAN_BIN (the binary), CAPSTAN_SANITIZE=ON for the ASan build
 freed memory by design).
 """
 
+import hashlib
 import os
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -25,6 +27,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from cryptography import x509
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostile_lib as h  # noqa: E402
@@ -224,6 +228,39 @@ def _(c):
         raise h.TestFailure("a TLS 1.0 handshake succeeded with legacy-tls off")
 
 
+def one_record_install(c, max_version):
+    name = c.device("B")
+    with h.RecordPhone(c.port, max_version=max_version) as p:
+        seen = []
+        m, n = p.recv()
+        seen.append((m.command, n))
+        check(m.command == h.AUTH_REQUEST, "expected AUTH_REQUEST, got %r" % m)
+        p.send(msg(h.AUTH_RESPONSE, p.session_id, auth_elements(name=name.encode() + b"\0")))
+        m, n = p.recv()
+        seen.append((m.command, n))
+        check(m.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % m)
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+        m, n = p.recv()
+        seen.append((m.command, n))
+        check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+        p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+        m, n = p.recv()
+        seen.append((m.command, n))
+        check(m.command == h.END_SESSION and m.u8(h.EL_REASON) == 1, "expected END_SESSION 1: %r" % m)
+        split = [(cmd, n) for cmd, n in seen if n != 1]
+        check(not split, "messages split across TLS records (command, records): %r" % split)
+
+
+@case("one message, one TLS record (TLS 1.2)")
+def _(c):
+    one_record_install(c, ssl.TLSVersion.TLSv1_2)
+
+
+@case("one message, one TLS record (TLS 1.3)")
+def _(c):
+    one_record_install(c, None)
+
+
 @case("tls: close_notify right after the handshake")
 def _(c):
     p = h.Phone(c.port)
@@ -247,6 +284,38 @@ def _(c):
     while c.server.metric(KEYGEN_ACTIVE) != 0:
         check(time.monotonic() < deadline, "keygen slot not released after a reset")
         time.sleep(0.05)
+
+
+def reset(p):
+    p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    p.sock.close()
+
+
+@case("tcp: reset right after KEY_GEN_RESPONSE (while the server signs)")
+def _(c):
+    p, _ = phone_at_keygen(c)
+    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+    reset(p)
+
+
+@case("tcp: reset right after STORE_CERT_RESPONSE (while the server records)")
+def _(c):
+    p, name = phone_at_keygen(c)
+    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+    m = p.recv()
+    check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+    p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+    reset(p)
+    # Whether the server read STORE_CERT_RESPONSE before the reset is a
+    # race; either way the certificate it handed out is on record.
+    _, der = h.cert_element_der(m.get(h.EL_CERTIFICATE))
+    serial = "%032x" % x509.load_der_x509_certificate(der).serial_number
+    wait_idle(c.server)
+    d = h.device_json(c.data_dir, name)
+    st = {e["serial"]: e["status"] for e in d["cert_history"]}
+    check(st.get(serial) in ("issued", "installed"), "%s: serial %s on record as %r" % (name, serial, st))
+    if st[serial] == "installed":
+        check(d["md5hash"] == hashlib.md5(der).hexdigest(), "%s: md5hash %r" % (name, d["md5hash"]))
 
 
 @case("wrong protocol id", **{PROTO_ERRORS: 1})
@@ -327,6 +396,16 @@ def _(c):
         m = msg(h.AUTH_RESPONSE, p.session_id, el(14, b"") + base + el(99, b"p" * pad))
         check(len(m) == 16384, "test bug: message is %d bytes" % len(m))
         p.send(m)
+        r = p.recv()
+        check(r.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % r)
+
+
+@case("AUTH_RESPONSE with 5000 empty unknown elements: enrolls")
+def _(c):
+    name = c.device("B")
+    with phone_at_auth(c) as p:
+        junk = el(99, b"") * 5000
+        p.send(msg(h.AUTH_RESPONSE, p.session_id, junk + auth_elements(name=name.encode() + b"\0")))
         r = p.recv()
         check(r.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % r)
 
@@ -527,6 +606,62 @@ def _(c):
     keygen_fails(c, el(h.EL_REASON, b"\x07"))
 
 
+@case("RSA 15000-bit public key when RSA 1024 was requested")
+def _(c):
+    keygen_fails(c, el(h.EL_PUBLIC_KEY, h.rsa_spki(15000)))
+
+
+def phone_at_ec_keygen(c):
+    p = phone_at_auth(c)
+    p.send_auth(c.device("F"))
+    m = p.recv()
+    check(m.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % m)
+    check(m.u8(h.EL_KEY_TYPE) == 1 and m.u8(h.EL_EC_CURVE) == 0, "not an EC P-256 request: %r" % m)
+    check(m.get(h.EL_KEY_SIZE) is None, "KEY_SIZE in an EC request")
+    return p
+
+
+@case("EC device: a valid P-256 key enrolls")
+def _(c):
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.ec_spki())))
+        m = p.recv()
+        check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+        p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+        p.expect_end(h.REASON_UPDATE)
+
+
+@case("EC device: a P-256 point that is not on the curve")
+def _(c):
+    spki = bytearray(h.ec_spki())
+    spki[-1] ^= 0x01  # y changes: the point leaves the curve
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, bytes(spki))))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("EC device: a P-384 key when P-256 was requested")
+def _(c):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    spki = (
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, spki)))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("EC device: an RSA key when EC was requested")
+def _(c):
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+        p.expect_end(h.REASON_INVALID)
+
+
 @case("STORE_CERT_RESPONSE with REASON=7 (phone did not store it)")
 def _(c):
     p, name = phone_at_keygen(c)
@@ -567,6 +702,10 @@ def _(c):
 
 @case("per-address connection limit: the 17th silent connection is refused")
 def _(c):
+    # The 16 must outlive the 2 s handshake timer on a slow machine: raise it
+    # for this case (settings apply within a second).
+    h.cli(c.data_dir, "config", "set", "handshake-timeout-seconds", "60")
+    time.sleep(1.5)
     before = c.server.metric('capstan_capf_connections_rejected_total{reason="limit_per_address"}')
     socks = []
     try:
@@ -583,8 +722,259 @@ def _(c):
     finally:
         for s in socks:
             s.close()
+        h.cli(c.data_dir, "config", "set", "handshake-timeout-seconds", str(HANDSHAKE_TIMEOUT))
+        time.sleep(1.5)
     after = c.server.metric('capstan_capf_connections_rejected_total{reason="limit_per_address"}')
     check(after == before + 1, "limit_per_address rejections %g -> %g" % (before, after))
+
+
+@case("drip-fed ClientHello, one byte at a time (handshake timer)", **{TIMEOUT_HANDSHAKE: 1})
+def _(c):
+    hello = client_hello()
+    with raw_connect(c.port) as s:
+        start = time.monotonic()
+        s.settimeout(0.25)
+        closed = False
+        for i in range(len(hello)):
+            try:
+                s.sendall(hello[i : i + 1])
+                if s.recv(65536) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                pass
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+                break
+            check(time.monotonic() - start < HANDSHAKE_TIMEOUT + 8 * h.SLOW, "still open")
+        check(closed, "the whole ClientHello was accepted byte by byte before the timer")
+        elapsed = time.monotonic() - start
+        check(elapsed >= HANDSHAKE_TIMEOUT * 0.5, "closed after %.2f s, before the timer" % elapsed)
+
+
+@case("drip-fed AUTH_RESPONSE, one byte per record (step timer)", **{TIMEOUT_STEP: 1})
+def _(c):
+    with phone_at_auth(c) as p:
+        data = msg(h.AUTH_RESPONSE, p.session_id, auth_elements() + el(99, b"x" * 200))
+        start = time.monotonic()
+        got = None
+        for i in range(len(data)):
+            p.send(data[i : i + 1])
+            try:
+                got = p.recv(timeout=0.25 / h.SLOW)
+                break
+            except socket.timeout:
+                pass
+            check(time.monotonic() - start < TIMER_BOUND, "still open after %.1f s" % TIMER_BOUND)
+        check(got is not None, "the whole message was dripped in before the step timer")
+        check(got.command == h.END_SESSION and got.u8(h.EL_REASON) == 7, "got %r" % got)
+        elapsed = time.monotonic() - start
+        check(elapsed >= STEP_TIMEOUT * 0.5, "answered after %.2f s, before the timer" % elapsed)
+        check(not p.expect_closed(), "messages after END_SESSION")
+
+
+def cert_value(der, ctype=1):
+    return b"\x01" + struct.pack(">H", len(der) + 2) + b"\x00" + bytes([ctype]) + der
+
+
+def phone_at_fetch(c):
+    p = phone_at_auth(c)
+    p.send_auth(c.device("T"))
+    m = p.recv()
+    check(m.command == h.FETCH_CERT_REQUEST, "expected FETCH_CERT_REQUEST, got %r" % m)
+    check(not m.elements, "FETCH_CERT_REQUEST carries elements: %r" % m)
+    return p
+
+
+@case("troubleshoot: a real certificate is recorded (END_SESSION 0)")
+def _(c):
+    with phone_at_fetch(c) as p:
+        p.send(
+            msg(
+                h.FETCH_CERT_RESPONSE,
+                p.session_id,
+                el(h.EL_REASON, b"\x01") + el(h.EL_CERTIFICATE, cert_value(c.sample_der)),
+            )
+        )
+        p.expect_end(h.REASON_NO_ACTION)
+
+
+@case("troubleshoot: CERTIFICATE that is not DER", **{PROTO_ERRORS: 1})
+def _(c):
+    with phone_at_fetch(c) as p:
+        bad = el(h.EL_REASON, b"\x01") + el(h.EL_CERTIFICATE, cert_value(os.urandom(300)))
+        p.send(msg(h.FETCH_CERT_RESPONSE, p.session_id, bad))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("troubleshoot: CERTIFICATE with trailing bytes after the DER", **{PROTO_ERRORS: 1})
+def _(c):
+    with phone_at_fetch(c) as p:
+        bad = el(h.EL_REASON, b"\x01") + el(h.EL_CERTIFICATE, cert_value(c.sample_der + b"\0\0"))
+        p.send(msg(h.FETCH_CERT_RESPONSE, p.session_id, bad))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("troubleshoot: REASON=1 with a CERTIFICATE prefix that lies", **{PROTO_ERRORS: 1})
+def _(c):
+    with phone_at_fetch(c) as p:
+        v = bytearray(cert_value(c.sample_der))
+        v[1:3] = struct.pack(">H", len(c.sample_der) + 40)
+        bad = el(h.EL_REASON, b"\x01") + el(h.EL_CERTIFICATE, bytes(v))
+        p.send(msg(h.FETCH_CERT_RESPONSE, p.session_id, bad))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("troubleshoot: REASON=1 without CERTIFICATE", **{PROTO_ERRORS: 1})
+def _(c):
+    with phone_at_fetch(c) as p:
+        p.send(msg(h.FETCH_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("troubleshoot: REASON=7, the phone has no certificate (END_SESSION 0)")
+def _(c):
+    with phone_at_fetch(c) as p:
+        p.send(msg(h.FETCH_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x07")))
+        p.expect_end(h.REASON_NO_ACTION)
+
+
+@case("troubleshoot: KEY_GEN_RESPONSE instead of FETCH_CERT_RESPONSE", **{PROTO_ERRORS: 1})
+def _(c):
+    with phone_at_fetch(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+        p.expect_end(h.REASON_INVALID)
+
+
+def phone_at_delete(c):
+    p = phone_at_auth(c)
+    p.send_auth(c.device("E"))
+    m = p.recv()
+    check(m.command == h.DELETE_CERT_REQUEST, "expected DELETE_CERT_REQUEST, got %r" % m)
+    return p
+
+
+@case("delete: DELETE_CERT_RESPONSE with REASON=7")
+def _(c):
+    with phone_at_delete(c) as p:
+        p.send(msg(h.DELETE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x07")))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("delete: DELETE_CERT_RESPONSE without REASON")
+def _(c):
+    with phone_at_delete(c) as p:
+        p.send(msg(h.DELETE_CERT_RESPONSE, p.session_id))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("delete: STORE_CERT_RESPONSE instead", **{PROTO_ERRORS: 1})
+def _(c):
+    with phone_at_delete(c) as p:
+        p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+        p.expect_end(h.REASON_INVALID)
+
+
+LSC_FAIL = 'capstan_capf_auth_failures_total{mode="lsc"}'
+
+
+def lsc_auth(c, extra):
+    with phone_at_auth(c) as p:
+        p.send(msg(h.AUTH_RESPONSE, p.session_id, auth_elements(name=LSC_DEVICE.encode() + b"\0") + extra))
+        p.expect_end(h.REASON_INVALID)
+
+
+def sha2(sig, hid=3):
+    return bytes([hid]) + struct.pack(">H", len(sig)) + sig
+
+
+@case("by LSC: no CERTIFICATE", **{LSC_FAIL: 1})
+def _(c):
+    lsc_auth(c, el(6, os.urandom(128)) + el(20, sha2(os.urandom(128))))
+
+
+@case("by LSC: CERTIFICATE that is not DER", **{LSC_FAIL: 1})
+def _(c):
+    lsc_auth(
+        c,
+        el(h.EL_CERTIFICATE, cert_value(os.urandom(400)))
+        + el(6, os.urandom(128))
+        + el(20, sha2(os.urandom(128))),
+    )
+
+
+@case("by LSC: a real LSC with random signatures", **{LSC_FAIL: 1})
+def _(c):
+    lsc_auth(
+        c,
+        el(h.EL_CERTIFICATE, cert_value(c.sample_der))
+        + el(6, os.urandom(128))
+        + el(20, sha2(os.urandom(128))),
+    )
+
+
+@case("by LSC: empty signatures and a bad hash id", **{LSC_FAIL: 1})
+def _(c):
+    lsc_auth(c, el(h.EL_CERTIFICATE, cert_value(c.sample_der)) + el(6, b"") + el(20, sha2(b"x", 9)))
+
+
+@case("by LSC: SHA2_SIGNED_DATA length that lies", **{LSC_FAIL: 1})
+def _(c):
+    bad = b"\x03" + struct.pack(">H", 500) + os.urandom(128)
+    lsc_auth(c, el(h.EL_CERTIFICATE, cert_value(c.sample_der)) + el(6, os.urandom(128)) + el(20, bad))
+
+
+@case("by LSC: garbage SUDI_DATA", **{LSC_FAIL: 1})
+def _(c):
+    lsc_auth(
+        c,
+        el(h.EL_CERTIFICATE, cert_value(c.sample_der))
+        + el(6, os.urandom(128))
+        + el(20, sha2(os.urandom(128)))
+        + el(16, b"\x00\xff\xff" + os.urandom(50)),
+    )
+
+
+LSC_DEVICE = "SEPAB0000000001"
+
+
+@case("throttle: held phones that reset or close do not leak the slot or the queue")
+def _(c):
+    h.cli(c.data_dir, "config", "set", "max-concurrent-keygen", "1")
+    time.sleep(1.5)
+    try:
+        holder, _ = phone_at_keygen(c)
+        held = []
+        for _ in range(3):
+            p = phone_at_auth(c)
+            p.send_auth(c.device("B"))
+            held.append(p)
+        deadline = time.monotonic() + 10 * h.SLOW
+        while c.server.metric("capstan_capf_keygen_waiting") != 3:
+            check(time.monotonic() < deadline, "3 phones not held by the throttle")
+            time.sleep(0.05)
+        # Two held phones vanish (a reset and a clean close), the third waits.
+        held[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        held[0].close()
+        held[1].close()
+        # The slot holder goes away too: the last held phone gets the slot.
+        holder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        holder.close()
+        with held[2] as p:
+            m = p.recv()
+            check(m.command == h.KEY_GEN_REQUEST, "the waiting phone got %r" % m)
+            p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+            m = p.recv()
+            check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+            p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+            p.expect_end(h.REASON_UPDATE)
+        wait_idle(c.server)
+        m = c.server.metrics()
+        check(m.get("capstan_capf_keygen_waiting") == 0, "keygen_waiting %r" % m.get("capstan_capf_keygen_waiting"))
+        check(m.get(KEYGEN_ACTIVE) == 0, "keygen_active %r" % m.get(KEYGEN_ACTIVE))
+    finally:
+        h.cli(c.data_dir, "config", "set", "max-concurrent-keygen", "2000")
+        time.sleep(1.5)
 
 
 # --- Runner ------------------------------------------------------------------
@@ -639,10 +1029,14 @@ def churn_one(c, i):
         with p:
             p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, CHURN_EC_KEY)))
             p.expect_end(h.REASON_INVALID)
-    else:
+    elif i % 16 == 7:
         p, _ = phone_at_keygen(c, name=CHURN_EC_DEVICE)
-        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        p.sock.close()
+        reset(p)
+    else:
+        # Reset while the worker checks the (wrong) key.
+        p, _ = phone_at_keygen(c, name=CHURN_EC_DEVICE)
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, CHURN_EC_KEY)))
+        reset(p)
 
 
 CHURN_HELLO = b""
@@ -696,6 +1090,11 @@ def main():
         write_devices_csv(csv, ["A", "B"], 400)
         with open(csv, "a") as f:
             f.write("%s,install,null,,rsa1024,\n" % CHURN_EC_DEVICE)
+            f.write("%s,install,lsc,,rsa1024,\n" % LSC_DEVICE)
+            for i in range(1, 400):
+                f.write("SEPT%011X,troubleshoot,null,,rsa1024,\n" % i)
+                f.write("SEPE%011X,delete,null,,rsa1024,\n" % i)
+                f.write("SEPF%011X,install,null,,ec256,\n" % i)
         h.cli(data_dir, "device", "import", csv)
         server = h.Server(data_dir).start()
         c = Ctx(data_dir, server)
@@ -703,7 +1102,7 @@ def main():
         DEVICE_POOL = 400
 
         h.log("baseline: a normal phone enrolls")
-        h.enroll(c.port, c.device("A"))
+        c.sample_der = h.enroll(c.port, c.device("A"))
 
         for name, fn, deltas in CASES:
             if only and not any(o in name for o in only):
@@ -730,8 +1129,37 @@ def main():
             "metrics: protocol_errors=%g step_timeouts=%g handshake_timeouts=%g"
             % (m.get(PROTO_ERRORS, 0), m.get(TIMEOUT_STEP, 0), m.get(TIMEOUT_HANDSHAKE, 0))
         )
+        # Stop with sessions in flight: three phones in key generation (no
+        # timer short of the 30-minute ceiling) and one stuck mid-message.
+        # The drain deadline (--drain-seconds 5) must end them, and the
+        # server must exit 0 with nothing leaked.
+        held = []
         alive = server.alive()
+        if alive:
+            try:
+                for _ in range(3):
+                    held.append(phone_at_keygen(c)[0])
+                p = phone_at_auth(c)
+                p.send(msg(h.AUTH_RESPONSE, p.session_id, auth_elements())[:6])
+                held.append(p)
+            except Exception as e:  # noqa: BLE001
+                failures.append("setting up sessions for the drain: %s" % e)
+        if alive:
+            # While it drains: a settings change (the settings poll fires)
+            # and a SIGHUP reload must not touch components already stopped.
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            h.cli(data_dir, "config", "set", "retry-delay-seconds", "61")
+            time.sleep(1.5)  # the settings poll runs every second
+            if server.alive():
+                server.proc.send_signal(signal.SIGHUP)
         rc = server.stop()
+        for p in held:
+            try:
+                p.expect_closed(timeout=5)
+            except Exception as e:  # noqa: BLE001
+                failures.append("a session open at shutdown was not closed: %s" % e)
+            p.close()
         if not alive:
             failures.append("the server died (exit code %s)" % rc)
         elif rc != 0:

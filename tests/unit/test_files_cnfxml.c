@@ -161,6 +161,14 @@ static void test_complete_shapes(void **state) {
               "  <certHash></certHash>\n"
               "  <encrConfig>true</encrConfig>\n"
               "</device>");
+  /* CRLF line endings are kept. */
+  complete_is("<device>\r\n  <certHash/>\r\n</device>\r\n", &p,
+              "<device>\r\n  <certHash></certHash>\r\n"
+              "  <capfAuthMode>3</capfAuthMode>\r\n"
+              "  <capfList><capf><phonePort>3804</phonePort><processNodeName>capf.example.net"
+              "</processNodeName></capf></capfList>\r\n"
+              "  <encrConfig>true</encrConfig>\r\n"
+              "</device>\r\n");
   /* One line: inserted without line breaks; a nested <device> is a child. */
   complete_is("<device><x><device/></x><certHash>" HASH "</certHash></device>", &p,
               "<device><x><device/></x><certHash></certHash><capfAuthMode>3</capfAuthMode>"

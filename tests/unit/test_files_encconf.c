@@ -177,6 +177,31 @@ static void test_field_layout(void **state) {
   assert_int_equal((size_t)(f - file) + info.padding_count, info.header_length);
   assert_int_equal(info.header_length % 4, 0);
   assert_ptr_equal(info.payload.data, file + info.header_length);
+
+  /* Each of these breaks the encryption fields; the reader refuses it. */
+  size_t f16 = (size_t)(info.filename.data - file) + info.filename.len + 1 + 7;
+  struct {
+    size_t off;
+    uint8_t val;
+  } smash[] = {
+      {f16 + 2, 0xB3},        /* ENCRYPTION_INFO length one too many */
+      {f16 + 5, 0x1B},        /* ENCRYPTION_IV_INFO length one too few */
+      {f16 + 9, 0x01},        /* field 18 not 0 */
+      {f16 + 33, 0x00},       /* ENCRYPTION_PADDING 0 */
+      {f16 + 33, 0x11},       /* ENCRYPTION_PADDING 17 */
+      {f16 + 40, 0x01},       /* field 22 not 0 */
+      {f16 + 45, 0x01},       /* ENCRYPTION_KEY_SIZE 1025 */
+      {f16 + 49, 0x02},       /* ENCRYPTION_KEY_ALGORITHM 2 */
+      {f16 + 3 + 178 + 3, 2}, /* ENCRYPTION_HASH_ALGORITHM SHA-256 */
+  };
+  for (size_t i = 0; i < sizeof(smash) / sizeof(smash[0]); i++) {
+    uint8_t saved = file[smash[i].off];
+    assert_int_not_equal(saved, smash[i].val);
+    file[smash[i].off] = smash[i].val;
+    assert_int_equal(capstan_sgn_parse(file, len, &info, &why), CAPSTAN_EINVAL);
+    file[smash[i].off] = saved;
+  }
+  assert_int_equal(capstan_sgn_parse(file, len, &info, &why), 0);
   free(file);
 }
 

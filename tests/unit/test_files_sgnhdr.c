@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "core/error.h"
 #include "core/files/sgn.h"
@@ -152,6 +153,16 @@ static void test_round_trip_and_verify(void **state) {
   assert_memory_equal(info.payload.data, "<device/>\n", 10);
 
   assert_int_equal(capstan_sgn_verify(file, len, g_2048.key, &why), 0);
+  assert_int_equal(capstan_sgn_verify_cert(file, len, g_2048.cert, &why), 0);
+  /* Another certificate: names differ. */
+  assert_int_equal(capstan_sgn_verify_cert(file, len, g_ca.cert, &why), CAPSTAN_EACCES);
+  assert_non_null(strstr(why, "SIGNER_NAME"));
+  /* Same key and names, other serial. */
+  static const uint8_t other_serial[] = {0x12, 0x34, 0x57};
+  X509 *twin = test_cert(g_2048.key, "CN=TFTP-x,O=Example,C=NZ", other_serial, 3, &g_ca);
+  assert_int_equal(capstan_sgn_verify_cert(file, len, twin, &why), CAPSTAN_EACCES);
+  assert_non_null(strstr(why, "SERIAL_NUMBER"));
+  X509_free(twin);
   /* Wrong key of the same size. */
   assert_int_equal(capstan_sgn_verify(file, len, g_ca.key, &why), CAPSTAN_EACCES);
   /* Wrong key size. */
@@ -345,11 +356,53 @@ static void test_sgnfile(void **state) {
   free(file);
 }
 
+typedef struct {
+  const capstan_sgn_prepared_t *prep;
+  EVP_PKEY *key;
+  uint8_t sig[CAPSTAN_SGN_MAX_SIGNATURE];
+  int rc;
+} sign_job_t;
+
+static void *sign_thread(void *arg) {
+  sign_job_t *j = arg;
+  j->rc = capstan_sgn_compute(j->prep, j->key, j->sig, sizeof(j->sig));
+  return NULL;
+}
+
+/* The split the server uses: prepare on the loop thread, the RSA operation
+ * on a worker, finish back on the loop thread. */
+static void test_sign_on_worker_thread(void **state) {
+  (void)state;
+  capstan_sgn_params_t p = params_for(&g_2048, "w.sgn", "payload");
+  capstan_sgn_prepared_t prep;
+  memset(&prep, 0, sizeof(prep));
+  const char *why = NULL;
+  assert_int_equal(capstan_sgn_prepare(&p, &prep, &why), 0);
+  sign_job_t jobs[2] = {{&prep, g_2048.key, {0}, -1}, {&prep, g_2048.key, {0}, -1}};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(pthread_create(&t[i], NULL, sign_thread, &jobs[i]), 0);
+  for (int i = 0; i < 2; i++) assert_int_equal(pthread_join(t[i], NULL), 0);
+  assert_int_equal(jobs[0].rc, 0);
+  assert_int_equal(jobs[1].rc, 0);
+  assert_memory_equal(jobs[0].sig, jobs[1].sig, prep.sig_len);
+  uint8_t *file = NULL;
+  size_t len = 0;
+  assert_int_equal(capstan_sgn_finish(&prep, jobs[0].sig, prep.sig_len, &file, &len), 0);
+  assert_int_equal(capstan_sgn_verify_cert(file, len, g_2048.cert, &why), 0);
+  /* A signature too small for the buffer contract is refused. */
+  uint8_t small[16];
+  assert_int_equal(capstan_sgn_compute(&prep, g_2048.key, small, sizeof(small)), CAPSTAN_EINVAL);
+  capstan_sgn_prepared_cleanup(&prep);
+  free(file);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_exact_layout),    cmocka_unit_test(test_round_trip_and_verify),
-      cmocka_unit_test(test_modulus_sizes),   cmocka_unit_test(test_refusals),
-      cmocka_unit_test(test_hostile_headers), cmocka_unit_test(test_sgnfile),
+      cmocka_unit_test(test_exact_layout),          cmocka_unit_test(test_round_trip_and_verify),
+      cmocka_unit_test(test_modulus_sizes),         cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_hostile_headers),       cmocka_unit_test(test_sgnfile),
+      cmocka_unit_test(test_sign_on_worker_thread),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -349,8 +349,8 @@ static void local_path(char *out, size_t cap, const char *tag) {
 }
 
 static void assert_local_equals(const char *path, const uint8_t *data, size_t len) {
-  uint8_t *got;
-  size_t n;
+  uint8_t *got = NULL;
+  size_t n = 0;
   assert_int_equal(read_file(path, &got, &n), 0);
   assert_int_equal(n, len);
   assert_memory_equal(got, data, len);
@@ -679,10 +679,9 @@ static void test_raw_options(void **state) {
   check_normal_download();
 }
 
-static void test_raw_netascii(void **state) {
-  const test_file_t *f = &g_files[F_NETASCII];
-  /* The expected wire form: LF -> CR LF, CR -> CR NUL. */
-  uint8_t enc[256];
+/* The netascii wire form of |f| (LF -> CR LF, CR -> CR NUL) into |enc|
+ * (room for 2 * f->len bytes); returns its length. */
+static size_t encode_netascii(const test_file_t *f, uint8_t *enc) {
   size_t n = 0;
   for (size_t i = 0; i < f->len; i++) {
     if (f->data[i] == '\n') {
@@ -695,6 +694,13 @@ static void test_raw_netascii(void **state) {
       enc[n++] = f->data[i];
     }
   }
+  return n;
+}
+
+static void test_raw_netascii(void **state) {
+  const test_file_t *f = &g_files[F_NETASCII];
+  uint8_t enc[256];
+  size_t n = encode_netascii(f, enc);
   raw_download_expect(g_port, "netascii.txt", "netascii", NULL, enc, n, "");
   /* Tiny blocks and a window: pairs straddle blocks; tsize is the encoded
    * size. */
@@ -843,6 +849,11 @@ static void test_write_request(void **state) {
 /* Starts a raw transfer of |name| and returns the socket after receiving
  * the first DATA block; *tid gets the transfer port. */
 static int start_held_transfer(int port, const char *name, int *tid) {
+  const test_file_t *f = NULL;
+  for (int i = 0; i < F_COUNT; i++) {
+    if (strcmp(g_files[i].name, name) == 0) f = &g_files[i];
+  }
+  assert_non_null(f);
   int fd = raw_open();
   uint8_t pkt[2000];
   size_t n = build_rrq(pkt, name, "octet", NULL);
@@ -851,6 +862,7 @@ static int start_held_transfer(int port, const char *name, int *tid) {
   assert_int_equal(r, 516);
   assert_int_equal(pkt[1], 3);
   assert_int_equal(pkt[3], 1);
+  assert_memory_equal(pkt + 4, f->data, 512);
   return fd;
 }
 
@@ -858,7 +870,7 @@ static void test_ack_storm(void **state) {
   wait_idle(10);
   double rexmit = counter("capstan_tftp_retransmits_total", "");
   double dups = counter("capstan_tftp_duplicate_acks_ignored_total", "");
-  int tid;
+  int tid = 0;
   /* On the slow server the RTO is 10 s: within this test only ACKs could
    * cause a resend, so there must be none at all. Phase 1: duplicates of
    * ACK 0 (the request) while block 1 is outstanding. */
@@ -871,6 +883,7 @@ static void test_ack_storm(void **state) {
   send_ack(fd, tid, 1);
   assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 516);
   assert_int_equal(pkt[3], 2);
+  assert_memory_equal(pkt + 4, g_files[F_FIRMWARE].data + 512, 512);
   for (int i = 0; i < 1000; i++) send_ack(fd, tid, 1);
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 300, NULL) < 0);
   assert_true(counter("capstan_tftp_retransmits_total", "") == rexmit);
@@ -880,14 +893,16 @@ static void test_ack_storm(void **state) {
   size_t got = 1024;
   uint16_t block = 2;
   uint8_t *out = malloc(MIB);
-  memcpy(out, g_files[F_FIRMWARE].data, 1024); /* blocks 1-2 were checked by size */
+  memcpy(out, g_files[F_FIRMWARE].data, 1024); /* blocks 1-2 were compared on receipt */
   for (;;) {
     send_ack(fd, tid, block);
     ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
     assert_true(r >= 4);
     assert_int_equal((pkt[2] << 8) | pkt[3], (uint16_t)(block + 1));
-    memcpy(out + got, pkt + 4, (size_t)r - 4);
-    got += (size_t)r - 4;
+    size_t plen = r >= 4 ? (size_t)r - 4 : 0;
+    assert_true(got + plen <= MIB);
+    memcpy(out + got, pkt + 4, plen);
+    got += plen;
     block++;
     if (r < 516) break;
   }
@@ -909,7 +924,7 @@ static void test_window_goback_once(void **state) {
   static const char *const o[] = {"blksize", "512", "windowsize", "4", NULL};
   size_t n = build_rrq(pkt, "config.xml", "octet", o);
   raw_send(fd, g_slow_port, pkt, n);
-  int tid;
+  int tid = 0;
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid) > 2);
   assert_int_equal(pkt[1], 6);
   send_ack(fd, tid, 0);
@@ -925,6 +940,7 @@ static void test_window_goback_once(void **state) {
   for (int b = 2; b <= 5; b++) {
     assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 516);
     assert_int_equal(pkt[3], b);
+    assert_memory_equal(pkt + 4, g_files[F_CONFIG].data + (b - 1) * 512, 512);
   }
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 300, NULL) < 0);
   assert_true(counter("capstan_tftp_retransmits_total", "") == rexmit + 3);
@@ -941,9 +957,58 @@ static void test_window_goback_once(void **state) {
   check_normal_download();
 }
 
+/* Netascii keeps the encoded packets of the window: a go-back resends the
+ * very same bytes, and the encoder goes on where it was. */
+static void test_netascii_goback(void **state) {
+  wait_idle(10);
+  uint8_t enc[256];
+  size_t len = encode_netascii(&g_files[F_NETASCII], enc);
+  size_t blocks = len / 8 + 1;
+  int fd = raw_open();
+  uint8_t pkt[2000];
+  static const char *const o[] = {"blksize", "8", "windowsize", "4", NULL};
+  size_t n = build_rrq(pkt, "netascii.txt", "netascii", o);
+  raw_send(fd, g_slow_port, pkt, n);
+  int tid = 0;
+  assert_true(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid) > 2);
+  assert_int_equal(pkt[1], 6);
+  send_ack(fd, tid, 0);
+  for (int b = 1; b <= 4; b++) {
+    assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 12);
+    assert_int_equal(pkt[3], b);
+    assert_memory_equal(pkt + 4, enc + (b - 1) * 8, 8);
+  }
+  send_ack(fd, tid, 1);
+  uint8_t got[256];
+  memcpy(got, enc, 8);
+  size_t have = 8;
+  uint16_t next = 2;
+  for (;;) {
+    ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
+    assert_true(r >= 4 && r <= 12);
+    assert_int_equal((pkt[2] << 8) | pkt[3], next);
+    size_t plen = r >= 4 && r <= 12 ? (size_t)r - 4 : 0;
+    assert_true(have + plen <= sizeof(got));
+    memcpy(got + have, pkt + 4, plen);
+    have += plen;
+    next++;
+    if (r < 12) {
+      send_ack(fd, tid, (uint16_t)(next - 1));
+      break;
+    }
+    /* The window after the go-back is 2-5; then windows of 4. */
+    if ((next - 2) % 4 == 0) send_ack(fd, tid, (uint16_t)(next - 1));
+  }
+  assert_int_equal(next - 1, blocks);
+  assert_int_equal(have, len);
+  assert_memory_equal(got, enc, len);
+  close(fd);
+  wait_idle(5);
+}
+
 static void test_wrong_port(void **state) {
   double wrong = counter("capstan_tftp_wrong_port_packets_total", "");
-  int tid;
+  int tid = 0;
   int fd = start_held_transfer(g_slow_port, "config.xml", &tid);
   int intruder = raw_open();
   send_ack(intruder, tid, 1);
@@ -971,7 +1036,7 @@ static void test_client_stops_acking(void **state) {
   double timeouts = counter("capstan_tftp_timeouts_total", "");
   double result = counter("capstan_tftp_transfers_total", "kind=\"static\",result=\"timeout\"");
   double rexmit = counter("capstan_tftp_retransmits_total", "");
-  int tid;
+  int tid = 0;
   int fd = start_held_transfer(g_short_port, "firmware.bin", &tid);
   assert_true(active_transfers() == 1);
   /* No ACK: block 1 comes back max_retries (3) times, then nothing. */
@@ -995,7 +1060,7 @@ static void test_client_stops_acking(void **state) {
 static void test_client_limit(void **state) {
   wait_idle(10);
   double before = counter("capstan_tftp_rejections_total", "reason=\"client_limit\"");
-  int fds[8], tids[8];
+  int fds[8], tids[8] = {0};
   for (int i = 0; i < 8; i++) fds[i] = start_held_transfer(g_port, "firmware.bin", &tids[i]);
   assert_true(active_transfers() == 8);
   int extra = raw_open();
@@ -1017,7 +1082,7 @@ static void test_client_limit(void **state) {
 static void test_total_limit(void **state) {
   wait_idle(10);
   double before = counter("capstan_tftp_rejections_total", "reason=\"total_limit\"");
-  int t1, t2;
+  int t1 = 0, t2 = 0;
   int a = start_held_transfer(g_small_port, "firmware.bin", &t1);
   int b = start_held_transfer(g_small_port, "firmware.bin", &t2);
   int c = raw_open();
@@ -1050,7 +1115,7 @@ static void test_duplicate_request(void **state) {
   size_t n = build_rrq(pkt, "small.txt", "octet", NULL);
   raw_send(fd, g_slow_port, pkt, n);
   raw_send(fd, g_slow_port, pkt, n);
-  int tid;
+  int tid = 0;
   assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid), 4 + 13);
   /* A second transfer would send a second block 1. */
   assert_true(raw_recv(fd, pkt, sizeof(pkt), 300, NULL) < 0);
@@ -1156,7 +1221,7 @@ static void test_stop_with_transfer_in_flight(void **state) {
   l.cfg.min_timeout_ms = 10000;
   run_on_loop(do_start, &l);
   assert_int_equal(l.rc, 0);
-  int tid;
+  int tid = 0;
   int fd = start_held_transfer(l.port, "config.xml", &tid);
   run_on_loop(do_stop, &l);
   /* No new requests once stopped... */
@@ -1205,6 +1270,7 @@ int main(void) {
       cmocka_unit_test(test_write_request),
       cmocka_unit_test(test_ack_storm),
       cmocka_unit_test(test_window_goback_once),
+      cmocka_unit_test(test_netascii_goback),
       cmocka_unit_test(test_wrong_port),
       cmocka_unit_test(test_client_stops_acking),
       cmocka_unit_test(test_client_limit),
