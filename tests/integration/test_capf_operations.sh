@@ -212,6 +212,12 @@ metric_expect main 'capstan_capf_certificates_issued_total' "${EXPECT[install/ok
 for mode in string null lsc mic; do
   metric_expect main "capstan_capf_auth_failures_total{mode=\"$mode\"}" 0
 done
+# Each operation waited for its own commit before END_SESSION, and the
+# sessions ran one after the other: at least one commit each (group commit
+# only batches what is queued at once).
+commits=$(metric main capstan_storage_commit_duration_seconds_count)
+ops=$((EXPECT[install/ok] + EXPECT[troubleshoot/ok] + EXPECT[delete/ok]))
+((commits >= ops)) || fail "capstan_storage_commit_duration_seconds_count $commits < $ops operations"
 
 srv_stop main
 it_pass
