@@ -254,6 +254,7 @@ static void enroll_then_decrypt(const char *name, capstan_phone_transport_t t, i
   assert_true(r1.enrolled);
   assert_non_null(r1.lsc.cert);
   assert_int_equal(r1.files, 2);
+  assert_int_equal(r1.connections, t == CAPSTAN_PHONE_TRANSPORT_HTTP ? 2 : 0);
   char md5[33];
   md5_of(r1.lsc.cert, md5);
   assert_string_equal(r1.lsc_md5, md5);
@@ -262,6 +263,7 @@ static void enroll_then_decrypt(const char *name, capstan_phone_transport_t t, i
   capstan_phone_boot_config_t bc2 = bc;
   bc2.phone.lsc = r1.lsc;
   bc2.trusted_tftp = r1.itl_signer;
+  bc2.http_keep_alive = 1; /* HTTP: the three files on one connection */
   capstan_phone_boot_result_t r2;
   assert_int_equal(capstan_phone_boot_run_one(&bc2, &r2), 0);
   if (r2.failure != CAPSTAN_PHONE_BOOT_NONE) fprintf(stderr, "boot 2: %s\n", r2.detail);
@@ -275,6 +277,7 @@ static void enroll_then_decrypt(const char *name, capstan_phone_transport_t t, i
   assert_true(r2.decrypted);
   assert_true(r2.full_config);
   assert_int_equal(r2.files, 3);
+  assert_int_equal(r2.connections, t == CAPSTAN_PHONE_TRANSPORT_HTTP ? 1 : 0);
   assert_non_null(r2.config);
   char want[64];
   snprintf(want, sizeof(want), "<certHash>%s</certHash>", md5);
@@ -477,6 +480,7 @@ static int fake_listen(int udp, int *port) {
 typedef struct {
   capstan_phone_fetch_result_t res;
   int called;
+  int kept; /* a connection was kept after the download */
 } fetch_out_t;
 
 static void on_fetch(capstan_phone_fetch_t *fetch, void *arg, capstan_phone_fetch_result_t *res) {
@@ -671,12 +675,172 @@ static void test_fetch_refused_and_bad_names(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- HTTP keep-alive ------------------------------------------------------- */
+
+/* A server that answers requests with canned answers in order, on as many
+ * connections as it takes; an answer may close its connection after it. */
+typedef struct {
+  int fd;
+  const char *answers[4];
+  int close_after[4];
+  int n;
+  int conns, requests;
+  int saw_keep_alive;
+} ka_fake_t;
+
+static int read_request(int c, char *buf, size_t cap) {
+  size_t len = 0;
+  while (len < cap - 1) {
+    struct pollfd cp = {.fd = c, .events = POLLIN};
+    if (poll(&cp, 1, 5000) <= 0) return -1;
+    ssize_t n = read(c, buf + len, cap - 1 - len);
+    if (n <= 0) return -1;
+    len += (size_t)n;
+    buf[len] = '\0';
+    if (strstr(buf, "\r\n\r\n") != NULL) return 0;
+  }
+  return -1;
+}
+
+static void *ka_main(void *arg) {
+  ka_fake_t *k = arg;
+  int answered = 0;
+  while (answered < k->n && k->conns < 3) {
+    struct pollfd pfd = {.fd = k->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 5000) <= 0) break;
+    int c = accept(k->fd, NULL, NULL);
+    if (c < 0) break;
+    k->conns++;
+    char req[2048];
+    while (answered < k->n && read_request(c, req, sizeof(req)) == 0) {
+      k->requests++;
+      if (strstr(req, "\r\nConnection: keep-alive\r\n") != NULL) k->saw_keep_alive++;
+      ssize_t w = write(c, k->answers[answered], strlen(k->answers[answered]));
+      (void)w;
+      if (k->close_after[answered++]) break;
+    }
+    /* Wait for the client to close (bounded), then close. */
+    struct pollfd cp = {.fd = c, .events = POLLIN};
+    if (answered >= k->n) poll(&cp, 1, 2000);
+    close(c);
+  }
+  return NULL;
+}
+
+static void ka_fetch(uv_loop_t *loop, int port, capstan_phone_http_conn_t *reuse,
+                     fetch_out_t *out) {
+  memset(out, 0, sizeof(*out));
+  capstan_phone_fetch_config_t fc;
+  memset(&fc, 0, sizeof(fc));
+  fc.transport = CAPSTAN_PHONE_TRANSPORT_HTTP;
+  loopback(&fc.addr, port);
+  fc.name = "ITLFile.tlv";
+  fc.timeout_ms = 5000;
+  fc.keep_alive = 1;
+  fc.reuse = reuse;
+  assert_int_equal(capstan_phone_fetch_start(loop, &fc, on_fetch, out, NULL), 0);
+  uv_run(loop, UV_RUN_DEFAULT);
+  assert_int_equal(out->called, 1);
+}
+
+static void ka_run(ka_fake_t *k, fetch_out_t *o1, fetch_out_t *o2) {
+  int port;
+  k->fd = fake_listen(0, &port);
+  assert_true(k->fd >= 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, ka_main, k), 0);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  ka_fetch(&loop, port, NULL, o1);
+  capstan_phone_http_conn_t *conn = o1->res.conn;
+  o1->res.conn = NULL;
+  if (conn != NULL) {
+    /* Let the server's close (if it closes) arrive first. */
+    usleep(100000);
+    ka_fetch(&loop, port, conn, o2);
+  }
+  /* Close what is kept, so that the server thread ends. */
+  o2->kept = o2->res.conn != NULL;
+  capstan_phone_http_conn_close(o2->res.conn);
+  o2->res.conn = NULL;
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  pthread_join(th, NULL);
+  close(k->fd);
+}
+
+static void test_http_keep_alive(void **state) {
+  (void)state;
+  ka_fake_t k = {.answers = {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none",
+                             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"},
+                 .n = 2};
+  fetch_out_t o1, o2;
+  memset(&o2, 0, sizeof(o2));
+  ka_run(&k, &o1, &o2);
+  assert_int_equal(o1.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_true(o1.res.new_connection);
+  assert_memory_equal(o1.res.body, "one", 3);
+  assert_int_equal(o2.called, 1);
+  assert_int_equal(o2.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_false(o2.res.new_connection);
+  assert_int_equal(o2.res.len, 3);
+  assert_memory_equal(o2.res.body, "two", 3);
+  assert_true(o2.kept);
+  assert_int_equal(k.conns, 1);
+  assert_int_equal(k.requests, 2);
+  assert_int_equal(k.saw_keep_alive, 2);
+  capstan_phone_fetch_result_cleanup(&o1.res);
+  capstan_phone_fetch_result_cleanup(&o2.res);
+}
+
+/* The server closed the kept connection: the second download starts again
+ * on a new connection. */
+static void test_http_keep_alive_retry(void **state) {
+  (void)state;
+  ka_fake_t k = {.answers = {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none",
+                             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"},
+                 .close_after = {1, 0},
+                 .n = 2};
+  fetch_out_t o1, o2;
+  memset(&o2, 0, sizeof(o2));
+  ka_run(&k, &o1, &o2);
+  assert_int_equal(o1.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_int_equal(o2.called, 1);
+  if (o2.res.error != CAPSTAN_PHONE_FETCH_NONE) fprintf(stderr, "%s\n", o2.res.detail);
+  assert_int_equal(o2.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_true(o2.res.new_connection);
+  assert_memory_equal(o2.res.body, "two", 3);
+  assert_int_equal(k.conns, 2);
+  assert_int_equal(k.requests, 2);
+  capstan_phone_fetch_result_cleanup(&o1.res);
+  capstan_phone_fetch_result_cleanup(&o2.res);
+}
+
+/* "Connection: close" from the server: nothing is kept. */
+static void test_http_keep_alive_refused(void **state) {
+  (void)state;
+  ka_fake_t k = {
+      .answers = {"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\none"},
+      .close_after = {1},
+      .n = 1};
+  fetch_out_t o1, o2;
+  memset(&o2, 0, sizeof(o2));
+  ka_run(&k, &o1, &o2);
+  assert_int_equal(o1.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_null(o1.res.conn);
+  assert_int_equal(o2.called, 0);
+  capstan_phone_fetch_result_cleanup(&o1.res);
+}
+
 int main(void) {
   const struct CMUnitTest clients[] = {
       cmocka_unit_test(test_http_client),
       cmocka_unit_test(test_http_header_cap),
       cmocka_unit_test(test_tftp_client),
       cmocka_unit_test(test_fetch_refused_and_bad_names),
+      cmocka_unit_test(test_http_keep_alive),
+      cmocka_unit_test(test_http_keep_alive_retry),
+      cmocka_unit_test(test_http_keep_alive_refused),
   };
   const struct CMUnitTest boot[] = {
       cmocka_unit_test(test_http_enroll_then_decrypt),
