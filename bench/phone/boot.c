@@ -67,6 +67,7 @@ typedef struct {
   int seen[6];
   int overflow;
   int doctype;
+  XML_Parser parser;
 } cnf_parse_t;
 
 enum { F_CERT_HASH, F_ENCR, F_AUTH_MODE, F_FULL, F_PORT, F_HOST };
@@ -139,6 +140,8 @@ static void XMLCALL xml_doctype(void *ud, const XML_Char *name, const XML_Char *
   (void)has_internal;
   cnf_parse_t *c = ud;
   c->doctype = 1;
+  /* Stop before an internal subset can define entities to expand. */
+  XML_StopParser(c->parser, XML_FALSE);
 }
 
 /* Trims XML whitespace in place. */
@@ -164,18 +167,20 @@ static int parse_cnf(const uint8_t *xml, size_t len, cnf_parse_t *c, const char 
     *why = "out of memory";
     return CAPSTAN_ENOMEM;
   }
+  c->parser = p;
   XML_SetUserData(p, c);
   XML_SetElementHandler(p, xml_start, xml_end);
   XML_SetCharacterDataHandler(p, xml_text);
   XML_SetStartDoctypeDeclHandler(p, xml_doctype);
   enum XML_Status st = XML_Parse(p, (const char *)xml, (int)len, 1);
   XML_ParserFree(p);
-  if (st != XML_STATUS_OK) {
-    *why = "configuration is not well-formed XML";
-    return CAPSTAN_EINVAL;
-  }
+  c->parser = NULL;
   if (c->doctype) {
     *why = "configuration has a DOCTYPE";
+    return CAPSTAN_EINVAL;
+  }
+  if (st != XML_STATUS_OK) {
+    *why = "configuration is not well-formed XML";
     return CAPSTAN_EINVAL;
   }
   if (!c->root_ok) {
