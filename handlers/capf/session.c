@@ -83,6 +83,7 @@ struct capf_session {
   unsigned holds_keygen_slot : 1;
   unsigned finished : 1;
   unsigned linked : 1; /* in the server's list and counted in conntrack */
+  unsigned handshaking : 1; /* holds one of the server's handshake slots */
   capf_op_label_t op_label;
   capf_result_t result;
 };
@@ -118,6 +119,12 @@ static void release_keygen_slot(capf_session_t *s) {
   capstan_metric_set(s->srv->m.keygen_waiting, s->srv->throttle.waiting);
 }
 
+static void release_handshake_slot(capf_session_t *s) {
+  if (!s->handshaking) return;
+  s->handshaking = 0;
+  capf_server_handshake_done(s->srv);
+}
+
 /* Records the session's outcome in metrics, once. */
 static void finish(capf_session_t *s, capf_result_t result) {
   if (s->finished) return;
@@ -146,6 +153,7 @@ static void on_conn_closed(capstan_tls_conn_t *conn, void *arg, capstan_tls_clos
   }
   s->conn = NULL;
   s->state = ST_CLOSING;
+  release_handshake_slot(s);
   capstan_throttle_cancel(&srv->throttle, &s->waiter);
   release_keygen_slot(s);
   capstan_metric_set(srv->m.keygen_waiting, srv->throttle.waiting);
@@ -1081,6 +1089,7 @@ static void on_data(capstan_tls_conn_t *conn, void *arg, const uint8_t *data, si
 static void on_handshake(capstan_tls_conn_t *conn, void *arg) {
   capf_session_t *s = arg;
   capf_metrics_t *m = &s->srv->m;
+  release_handshake_slot(s);
   capstan_metric_inc(m->handshakes_ok);
   capstan_metric_observe(m->handshake_duration, capstan_now_seconds() - s->started_at);
   capstan_capf_builder_t b;
@@ -1190,6 +1199,8 @@ void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener) {
   srv->sessions = s;
   s->linked = 1;
   srv->nsessions++;
+  s->handshaking = 1;
+  srv->handshaking++;
   capstan_metric_set(srv->m.sessions_active, srv->nsessions);
   uv_tcp_nodelay(tcp, 1);
   capf_session_apply_keepalive(s, srv->settings.keepalive_minutes);

@@ -190,15 +190,17 @@ it_wait_for() {
 
 # --- Servers ----------------------------------------------------------------
 
-# srv_prepare NAME: creates server NAME's data directory (`capstan init`)
-# without starting it, so that settings can be set before the server reads
-# them (`cap NAME config set ...`); srv_start NAME then uses it.
+# srv_prepare NAME [capstan init options]: creates server NAME's data
+# directory (`capstan init`) without starting it, so that settings can be
+# set before the server reads them (`cap NAME config set ...`); srv_start
+# NAME then uses it.
 srv_prepare() {
   local name=$1
+  shift
   local dir="$IT_TMP/srv-$name"
   mkdir -p "$dir"
   SRV_DATA[$name]="$dir/data"
-  timeout 120 "$CAPSTAN_BIN" init --data-dir "${SRV_DATA[$name]}" >"$dir/init.log" 2>&1 || {
+  timeout 120 "$CAPSTAN_BIN" init --data-dir "${SRV_DATA[$name]}" "$@" >"$dir/init.log" 2>&1 || {
     cat "$dir/init.log" >&2
     fail "capstan init for server '$name' failed"
   }

@@ -13,10 +13,17 @@ it_require "$CAPSTAN_BIN" "$PHONE_BIN" curl jq md5sum openssl "$IT_PYTHON"
 it_watchdog 300
 
 VALIDITY=90
-srv_start main --subject "O=Capstan Test,OU=Voice,L=Springfield,ST=Oregon,C=US"
+# The validity is set before the server starts: a live change lands within
+# about a second, and the first install must not race it.
+srv_prepare main --subject "O=Capstan Test,OU=Voice,L=Springfield,ST=Oregon,C=US"
 cap main config set validity-days $VALIDITY >/dev/null
+srv_start main
 cap main cert export capf >"$IT_TMP/capf.pem"
 grep -q 'BEGIN CERTIFICATE' "$IT_TMP/capf.pem" || fail "cert export capf printed no PEM"
+# The CAPF subject carries the attributes LSCs copy (R8).
+subj=$(openssl x509 -in "$IT_TMP/capf.pem" -noout -subject -nameopt RFC2253) || fail "CAPF PEM unreadable"
+[[ "$subj" == *"OU=Voice"* && "$subj" == *"O=Capstan Test"* && "$subj" == *"C=US"* ]] ||
+  fail "CAPF subject lacks the --subject attributes: $subj"
 
 # Sessions caused, by operation label and result, to compare with /metrics.
 declare -A EXPECT=()
