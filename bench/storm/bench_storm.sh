@@ -5,7 +5,8 @@
 #
 #   bench/storm/bench_storm.sh [--runs 3] [--http-phones 10000] [--tftp-phones 1000]
 #                              [--concurrency 1000] [--rate R] [--operation none|install]
-#                              [--bind-count 250] [--limit-s 60] [--build build-rel]
+#                              [--bind-count 250] [--limit-s 60] [--keep-alive]
+#                              [--build build-rel]
 #
 # For each run: starts `capstan serve` on loopback port 0 over the same data
 # directory (so its file cache is cold and every file is signed during the
@@ -22,7 +23,7 @@
 # 2 on bad usage or a setup failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-runs=3 http_phones=10000 tftp_phones=1000 concurrency=1000 rate= operation=none
+runs=3 http_phones=10000 tftp_phones=1000 concurrency=1000 rate= operation=none keep_alive=
 bind_count=250 limit_s=60 build=build-rel
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,6 +35,7 @@ while [ $# -gt 0 ]; do
     --operation) operation=$2; shift 2 ;;
     --bind-count) bind_count=$2; shift 2 ;;
     --limit-s) limit_s=$2; shift 2 ;;
+    --keep-alive) keep_alive=1; shift ;;
     --build) build=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -93,6 +95,7 @@ storm() {
     --bind-base 127.1.0.1 --bind-count "$bind_count" --key-cache "$work/keys" --json)
   if [ -n "$rate" ]; then args+=(--rate "$rate"); else args+=(--concurrency "$concurrency"); fi
   [ "$operation" = none ] && args+=(--boot-only)
+  [ -n "$keep_alive" ] && [ "$transport" = http ] && args+=(--keep-alive)
   echo "+ capstan-bench ${args[*]}" >&2
   "$bench" "${args[@]}" 2>>"$work/bench.err" || true
 }
@@ -125,7 +128,7 @@ PY
 }
 
 echo "machine: $(nproc) cores (shared), $(awk '/MemTotal/ {print int($2/1024/1024)" GiB"}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg), nofile $(ulimit -n), $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "operation=$operation runs=$runs concurrency=${rate:+all, rate $rate/s}${rate:-$concurrency} bind_count=$bind_count limit_s=$limit_s"
+echo "operation=$operation keep_alive=${keep_alive:-0} runs=$runs concurrency=${rate:+all, rate $rate/s}${rate:-$concurrency} bind_count=$bind_count limit_s=$limit_s"
 status=0
 for spec in "http $http_phones" "tftp $tftp_phones"; do
   set -- $spec
