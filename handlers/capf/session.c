@@ -82,7 +82,7 @@ struct capf_session {
   double started_at, keygen_started_at;
   unsigned holds_keygen_slot : 1;
   unsigned finished : 1;
-  unsigned linked : 1; /* in the server's list and counted in conntrack */
+  unsigned linked : 1;      /* in the server's list and counted in conntrack */
   unsigned handshaking : 1; /* holds one of the server's handshake slots */
   capf_op_label_t op_label;
   capf_result_t result;
@@ -135,6 +135,39 @@ static void finish(capf_session_t *s, capf_result_t result) {
   capstan_metric_observe(m->session_duration, capstan_now_seconds() - s->started_at);
 }
 
+static void record_status(capf_session_t *s, Capstan__OpStatus status, const char *reason,
+                          int count_attempt);
+
+/* A phone that goes away in the middle of its operation leaves the device
+ * failed with the step it stopped at, not "in progress" forever. */
+static void dropped_mid_operation(capf_session_t *s) {
+  const char *reason = NULL;
+  switch (s->state) {
+    case ST_THROTTLED:
+      reason = "phone disconnected while held by the throttle";
+      break;
+    case ST_WAIT_KEYGEN:
+      reason = "phone disconnected during key generation";
+      break;
+    case ST_SIGNING:
+    case ST_RECORDING:
+      reason = "phone disconnected while the server was working";
+      break;
+    case ST_WAIT_STORE:
+      reason = "phone disconnected before confirming it stored the certificate";
+      break;
+    case ST_WAIT_FETCH:
+      reason = "phone disconnected before sending its certificate";
+      break;
+    case ST_WAIT_DELETE:
+      reason = "phone disconnected before confirming the delete";
+      break;
+    default:
+      return;
+  }
+  record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 0);
+}
+
 static void on_conn_closed(capstan_tls_conn_t *conn, void *arg, capstan_tls_close_reason_t why) {
   capf_session_t *s = arg;
   capstan_capf_server_t *srv = s->srv;
@@ -149,6 +182,7 @@ static void on_conn_closed(capstan_tls_conn_t *conn, void *arg, capstan_tls_clos
     LOG_INFO("event=capf_session_dropped device=%s peer=%s state=%s reason=%s",
              s->device[0] ? s->device : "-", s->peer_host, state_name(s->state),
              capstan_tls_close_reason_name(why));
+    dropped_mid_operation(s);
     finish(s, r);
   }
   s->conn = NULL;
@@ -588,6 +622,18 @@ static void auth_failed(capf_session_t *s, const char *reason) {
 
 /* --- By existing certificate: verified on a worker ------------------------ */
 
+/* The certificate must be the device's own: an LSC's CN is the device name
+ * (R8); a MIC's CN carries it (e.g. "CP-7975G-SEP001122334455"). Without
+ * this, any phone holding any trusted certificate could act as any device.
+ * The spec names only the chain check; a real deployment needs this too. */
+static int cert_names_device(X509 *cert, const char *device, int cert_type) {
+  char cn[256];
+  int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+  if (n <= 0 || (size_t)n >= sizeof(cn) || strlen(cn) != (size_t)n) return 0;
+  if (strcmp(cn, device) == 0) return 1;
+  return cert_type == CAPSTAN_CAPF_CERT_MIC && strstr(cn, device) != NULL;
+}
+
 static void verify_cert_auth_run(work_job_t *j) {
   X509 *cert = NULL;
   EVP_PKEY *key = NULL;
@@ -614,6 +660,10 @@ static void verify_cert_auth_run(work_job_t *j) {
       capstan_pki_verify_signed_data(key, j->sig2_hash, data, data_len, j->sig2, j->sig2_len) == 0;
   free(data);
   if (!ok) goto out;
+  if (!cert_names_device(cert, j->device, j->cert_type)) {
+    j->why = "certificate does not belong to this device";
+    goto out;
+  }
   if (capstan_pki_verify_chain(cert, NULL, j->pki->trust) < 0) {
     j->why = j->cert_type == CAPSTAN_CAPF_CERT_MIC ? "MIC invalid" : "LSC invalid";
     goto out;
@@ -1180,8 +1230,8 @@ void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener) {
     static unsigned suppressed;
     uint64_t now_ms = uv_now(srv->loop);
     if (last_log_ms == 0 || now_ms - last_log_ms >= 1000) {
-      LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\" also_refused=%u",
-               s->peer_host, refuse, suppressed);
+      LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\" also_refused=%u", s->peer_host,
+               refuse, suppressed);
       last_log_ms = now_ms;
       suppressed = 0;
     } else {
