@@ -490,7 +490,9 @@ static pthread_once_t g_ex_once = PTHREAD_ONCE_INIT;
 
 static void free_key_config(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int index, long argl,
                             void *argp) {
-  free(ptr);
+  async_key_config_t *cfg = ptr;
+  if (cfg != NULL) EVP_PKEY_free(cfg->key);
+  free(cfg);
 }
 
 static void make_ex_index(void) {
@@ -608,9 +610,14 @@ int capstan_tls_ctx_set_async_key(SSL_CTX *ctx, EVP_PKEY *key, uv_loop_t *loop) 
   if (g_ctx_ex_index < 0) return CAPSTAN_ENOMEM;
   async_key_config_t *cfg = calloc(1, sizeof(*cfg));
   if (cfg == NULL) return CAPSTAN_ENOMEM;
+  /* The context holds its own reference: connections keep the context (and
+   * a worker may still be signing) after the identity that configured it is
+   * freed, for example on a reload. */
+  EVP_PKEY_up_ref(key);
   cfg->key = key;
   cfg->loop = loop;
   if (!SSL_CTX_set_ex_data(ctx, g_ctx_ex_index, cfg)) {
+    EVP_PKEY_free(key);
     free(cfg);
     return CAPSTAN_ENOMEM;
   }

@@ -622,16 +622,23 @@ static void auth_failed(capf_session_t *s, const char *reason) {
 
 /* --- By existing certificate: verified on a worker ------------------------ */
 
-/* The certificate must be the device's own: an LSC's CN is the device name
- * (R8); a MIC's CN carries it (e.g. "CP-7975G-SEP001122334455"). Without
- * this, any phone holding any trusted certificate could act as any device.
- * The spec names only the chain check; a real deployment needs this too. */
-static int cert_names_device(X509 *cert, const char *device, int cert_type) {
-  char cn[256];
-  int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
-  if (n <= 0 || (size_t)n >= sizeof(cn) || strlen(cn) != (size_t)n) return 0;
-  if (strcmp(cn, device) == 0) return 1;
-  return cert_type == CAPSTAN_CAPF_CERT_MIC && strstr(cn, device) != NULL;
+/* The certificate must be the named device's own: an LSC's CN is the device
+ * name (R8), a MIC's is "<model>-<device name>" (CP-7962G-SEP...). Without
+ * this, a phone holding any trusted certificate could authenticate as any
+ * device, get its LSC and have its configuration encrypted for its key. */
+static int cert_names_device(X509 *cert, const char *device) {
+  X509_NAME *subject = X509_get_subject_name(cert);
+  int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (idx < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, idx) >= 0) return 0;
+  uint8_t *cn = NULL;
+  int n = ASN1_STRING_to_UTF8(&cn, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)));
+  if (n < 0) return 0;
+  size_t len = (size_t)n, dlen = strlen(device);
+  int ok =
+      (len == dlen && memcmp(cn, device, dlen) == 0) ||
+      (len > dlen + 1 && cn[len - dlen - 1] == '-' && memcmp(cn + len - dlen, device, dlen) == 0);
+  OPENSSL_free(cn);
+  return ok;
 }
 
 static void verify_cert_auth_run(work_job_t *j) {
@@ -660,12 +667,12 @@ static void verify_cert_auth_run(work_job_t *j) {
       capstan_pki_verify_signed_data(key, j->sig2_hash, data, data_len, j->sig2, j->sig2_len) == 0;
   free(data);
   if (!ok) goto out;
-  if (!cert_names_device(cert, j->device, j->cert_type)) {
-    j->why = "certificate does not belong to this device";
-    goto out;
-  }
   if (capstan_pki_verify_chain(cert, NULL, j->pki->trust) < 0) {
     j->why = j->cert_type == CAPSTAN_CAPF_CERT_MIC ? "MIC invalid" : "LSC invalid";
+    goto out;
+  }
+  if (!cert_names_device(cert, j->device)) {
+    j->why = "certificate issued to another device";
     goto out;
   }
   if (j->sudi != NULL) {

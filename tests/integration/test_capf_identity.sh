@@ -22,7 +22,7 @@ json_expect "$PHONE_JSON" result ok reason 1
 phone main --name $B --auth lsc --cert "$IT_TMP/a.der" --key "$IT_TMP/a.key"
 json_expect "$PHONE_JSON" reason 7
 dev=$(device_json main $B)
-json_expect "$dev" status failed status_reason "certificate does not belong to this device"
+json_expect "$dev" status failed status_reason "certificate issued to another device"
 metric_expect main 'capstan_capf_auth_failures_total{mode="lsc"}' 1
 
 # C disconnects while it "generates its key": the device is failed, with why.
