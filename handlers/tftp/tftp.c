@@ -1,11 +1,15 @@
+/* sendmmsg */
+#define _GNU_SOURCE
 #include "handlers/tftp/tftp.h"
 
+#include <errno.h>
 #include <netinet/in.h>
 #include <openssl/bytestring.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -29,6 +33,12 @@
  * small datagrams) drops most of a burst of thousands. Best effort: the
  * kernel caps it at net.core.rmem_max. */
 #define LISTENER_RCVBUF (4 << 20)
+/* drain_client: datagrams read per transfer socket, and their size (an
+ * ACK or ERROR is far smaller; anything longer counts as truncated). */
+#define DRAIN_PER_TRANSFER 4
+#define DRAIN_PKT_MAX 600
+/* Blocks of a window sent with one sendmmsg. */
+#define SEND_BATCH 64
 
 #define TRANSFER_RESULTS(X) \
   X(OK, "ok")               \
@@ -86,6 +96,7 @@ struct transfer {
   client_t *client;
   transfer_t *client_next, *client_prev;
   uv_udp_t sock;
+  uv_os_fd_t fd; /* of |sock|: sends go straight to sendmsg/sendmmsg */
   uv_timer_t timer;
   int open_handles;
   int active;   /* counted in srv->active and the client */
@@ -115,6 +126,8 @@ struct transfer {
   int sample_valid;
   uint64_t sample_block, sample_at;
   unsigned retries;
+  uint64_t deadline;  /* loop time when the in-flight window is due (see arm_timer) */
+  uint64_t timer_due; /* loop time the libuv timer fires, if active */
   uint64_t bytes_sent;
   double started;
 };
@@ -329,68 +342,123 @@ static void send_error_to(uv_udp_t *sock, const struct sockaddr *to, uint16_t co
   if (n > 0) (void)uv_udp_try_send(sock, &b, 1, to);
 }
 
-/* Sends block |b| (0: the OACK). For netascii, a block sent for the first
- * time is encoded into its ring slot; later sends reuse the slot. Returns
- * the libuv result; a failed send counts as a lost packet. */
-static int send_block(transfer_t *t, uint64_t b) {
-  const struct sockaddr *to = (const struct sockaddr *)&t->peer;
+/* Fills |iov| (1 or 2 entries; |hdr| holds the 4-byte DATA header) with
+ * block |b| (0: the OACK, built into |hdr|, which then has OACK_MAX
+ * bytes). Octet blocks are a slice of the immutable blob, never copied.
+ * For netascii, a block at |*fresh_from| (the next never-sent block) is
+ * encoded into its ring slot and advances |*fresh_from|; later sends
+ * reuse the slot. Returns the number of iovecs. */
+static int prepare_block(transfer_t *t, uint64_t b, uint64_t *fresh_from, uint8_t *hdr,
+                         struct iovec iov[2]) {
   if (b == 0) {
-    uint8_t pkt[OACK_MAX];
-    size_t n = capstan_tftp_build_oack(pkt, sizeof(pkt), t->oack_options, &t->req);
-    uv_buf_t buf = uv_buf_init((char *)pkt, (unsigned)n);
-    return uv_udp_try_send(&t->sock, &buf, 1, to);
+    size_t n = capstan_tftp_build_oack(hdr, OACK_MAX, t->oack_options, &t->req);
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = n;
+    if (b == *fresh_from) (*fresh_from)++;
+    return 1;
   }
-  uint8_t hdr[4] = {0, CAPSTAN_TFTP_OP_DATA, (uint8_t)(b >> 8), (uint8_t)b};
-  uv_buf_t bufs[2];
-  unsigned nbufs;
+  hdr[0] = 0;
+  hdr[1] = CAPSTAN_TFTP_OP_DATA;
+  hdr[2] = (uint8_t)(b >> 8);
+  hdr[3] = (uint8_t)b;
   size_t payload;
+  int niov;
   if (t->ring != NULL) {
     size_t slot = (size_t)(b % t->windowsize);
     uint8_t *pkt = t->ring + slot * ((size_t)t->blksize + 4);
-    if (b == t->high) {
+    if (b == *fresh_from) {
       memcpy(pkt, hdr, 4);
       t->ring_len[slot] = (uint32_t)capstan_tftp_netascii_fill(&t->na, t->blob->data, t->blob->len,
                                                                pkt + 4, t->blksize);
     }
     payload = t->ring_len[slot];
-    bufs[0] = uv_buf_init((char *)pkt, (unsigned)(payload + 4));
-    nbufs = 1;
+    iov[0].iov_base = pkt;
+    iov[0].iov_len = payload + 4;
+    niov = 1;
   } else {
     uint64_t off = (b - 1) * t->blksize;
     payload = t->stream_len - off < t->blksize ? (size_t)(t->stream_len - off) : t->blksize;
-    bufs[0] = uv_buf_init((char *)hdr, 4);
-    bufs[1] = uv_buf_init((char *)(t->blob->data + off), (unsigned)payload);
-    nbufs = payload > 0 ? 2 : 1;
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = 4;
+    iov[1].iov_base = (void *)(t->blob->data + off);
+    iov[1].iov_len = payload;
+    niov = payload > 0 ? 2 : 1;
   }
+  if (b == *fresh_from) (*fresh_from)++;
   t->bytes_sent += payload;
-  return uv_udp_try_send(&t->sock, bufs, nbufs, to);
+  return niov;
+}
+
+/* Sends blocks [from, from + n) (n <= SEND_BATCH) in one sendmmsg (one
+ * sendmsg for a single block). Returns 0, or -1 if not every block went
+ * out (a full socket buffer: the rest counts as lost, the timer resends). */
+static int send_blocks(transfer_t *t, uint64_t from, unsigned n) {
+  struct mmsghdr msgs[SEND_BATCH];
+  struct iovec iov[SEND_BATCH][2];
+  uint8_t hdrs[SEND_BATCH][4];
+  uint8_t oack[OACK_MAX];
+  uint64_t fresh_from = t->high;
+  memset(msgs, 0, sizeof(msgs[0]) * n);
+  for (unsigned i = 0; i < n; i++) {
+    uint64_t b = from + i;
+    struct msghdr *m = &msgs[i].msg_hdr;
+    m->msg_iov = iov[i];
+    m->msg_iovlen = (size_t)prepare_block(t, b, &fresh_from, b == 0 ? oack : hdrs[i], iov[i]);
+    m->msg_name = &t->peer;
+    m->msg_namelen = addr_len((const struct sockaddr *)&t->peer);
+  }
+  unsigned sent = 0;
+  while (sent < n) {
+    int r = n - sent == 1 ? (sendmsg(t->fd, &msgs[sent].msg_hdr, 0) >= 0 ? 1 : -1)
+                          : sendmmsg(t->fd, msgs + sent, n - sent, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    sent += (unsigned)r;
+  }
+  return 0;
 }
 
 static void on_timer(uv_timer_t *timer);
 
+/* The retransmit deadline moves forward on every ACK; restarting the
+ * libuv timer each time would cost two heap operations per packet. The
+ * timer is only started when it is not running or would fire after the
+ * new deadline; when it fires early, on_timer re-arms it. */
+static void arm_timer(transfer_t *t) {
+  t->deadline = uv_now(t->srv->loop) + t->rto_ms;
+  if (!uv_is_active((uv_handle_t *)&t->timer) || t->timer_due > t->deadline) {
+    uv_timer_start(&t->timer, on_timer, t->rto_ms, 0);
+    t->timer_due = t->deadline;
+  }
+}
+
 /* Sends blocks from |from| (<= high) to the end of the window: resends of
- * blocks already sent, then new ones. Then (re)arms the retransmit timer. */
+ * blocks already sent, then new ones, batched. Then arms the retransmit
+ * deadline. */
 static void send_window(transfer_t *t, uint64_t from) {
   uint64_t limit = t->base == 0 ? 1 : t->base + t->windowsize;
   if (limit > t->last_block + 1) limit = t->last_block + 1;
-  for (uint64_t b = from; b < limit; b++) {
-    int fresh = b == t->high;
-    int rc = send_block(t, b);
-    if (fresh) {
-      t->high = b + 1;
-      if (!t->sample_valid) {
-        t->sample_valid = 1;
-        t->sample_block = b;
-        t->sample_at = uv_now(t->srv->loop);
+  uint64_t b = from;
+  while (b < limit) {
+    unsigned n = limit - b > SEND_BATCH ? SEND_BATCH : (unsigned)(limit - b);
+    int rc = send_blocks(t, b, n);
+    /* Blocks that did not go out count as sent and lost, like a datagram
+     * dropped on the way: the retransmit timer resends them. */
+    for (unsigned i = 0; i < n; i++, b++) {
+      if (b == t->high) {
+        t->high = b + 1;
+        if (!t->sample_valid) {
+          t->sample_valid = 1;
+          t->sample_block = b;
+          t->sample_at = uv_now(t->srv->loop);
+        }
+      } else {
+        capstan_metric_inc(t->srv->m.retransmits);
       }
-    } else {
-      capstan_metric_inc(t->srv->m.retransmits);
     }
-    /* A full socket buffer: the rest of the window is as good as lost; the
-     * timer resends it. */
     if (rc < 0) break;
   }
-  uv_timer_start(&t->timer, on_timer, t->rto_ms, 0);
+  arm_timer(t);
 }
 
 /* ---- transfer lifetime ---------------------------------------------------- */
@@ -477,6 +545,12 @@ static void transfer_finish(transfer_t *t, transfer_result_t result) {
 static void on_timer(uv_timer_t *timer) {
   transfer_t *t = timer->data;
   if (t->state != ST_SENDING) return;
+  uint64_t now = uv_now(t->srv->loop);
+  if (now < t->deadline) { /* progress since the timer was started */
+    uv_timer_start(&t->timer, on_timer, t->deadline - now, 0);
+    t->timer_due = t->deadline;
+    return;
+  }
   if (t->retries >= t->srv->cfg.max_retries) {
     transfer_finish(t, RESULT_TIMEOUT);
     return;
@@ -557,14 +631,12 @@ static void alloc_transfer(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)t->srv->rbuf, sizeof(t->srv->rbuf));
 }
 
-static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
-                             const struct sockaddr *addr, unsigned flags) {
-  transfer_t *t = h->data;
-  if (nread < 0 || addr == NULL || t->state == ST_CLOSING) return;
-  t->read_one = 1;
+/* Handles one datagram that reached transfer |t|'s socket. */
+static void transfer_packet(transfer_t *t, const uint8_t *pkt, size_t len,
+                            const struct sockaddr *addr, int partial) {
   CBS cbs;
   uint16_t op = 0, block;
-  CBS_init(&cbs, (const uint8_t *)buf->base, (size_t)nread);
+  CBS_init(&cbs, pkt, len);
   int have_op = CBS_get_u16(&cbs, &op);
   if (!same_peer(&t->peer, addr)) {
     capstan_metric_inc(t->srv->m.wrong_port);
@@ -576,7 +648,7 @@ static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
   /* While the source has not answered, nothing from the peer matters (it
    * cannot know this port yet), and the transfer must stay alive for the
    * source's callback anyway. */
-  if (!have_op || (flags & UV_UDP_PARTIAL) || t->state != ST_SENDING) return;
+  if (!have_op || partial || t->state != ST_SENDING) return;
   if (op == CAPSTAN_TFTP_OP_ACK) {
     /* A malformed ACK is dropped: the retransmit timer covers it. */
     if (!CBS_get_u16(&cbs, &block) || CBS_len(&cbs) != 0) return;
@@ -586,6 +658,43 @@ static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     transfer_finish(t, RESULT_ERROR);
   }
   /* Anything else from the peer is ignored. */
+}
+
+static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                             const struct sockaddr *addr, unsigned flags) {
+  transfer_t *t = h->data;
+  if (nread < 0 || addr == NULL || t->state == ST_CLOSING) return;
+  t->read_one = 1;
+  transfer_packet(t, (const uint8_t *)buf->base, (size_t)nread, addr,
+                  (flags & UV_UDP_PARTIAL) != 0);
+}
+
+/* Before refusing a client over its transfer limit: reads what is already
+ * waiting on its transfer sockets. A client that aborts a transfer (ERROR
+ * to the transfer port) and at once asks again from a new port must not
+ * get "server busy" only because the listener's datagrams were read
+ * first. At most DRAIN_PER_TRANSFER datagrams per transfer; packets are
+ * handled exactly as in on_transfer_recv (an ACK moves its transfer on). */
+static void drain_client(capstan_tftp_server_t *srv, client_t *c) {
+  transfer_t *t = c->transfers;
+  while (t != NULL) {
+    /* Handling a packet can only end |t| itself (and free |c| when |t| was
+     * its last transfer, in which case |next| is NULL). */
+    transfer_t *next = t->client_next;
+    for (int i = 0; i < DRAIN_PER_TRANSFER && t->state != ST_CLOSING; i++) {
+      uint8_t pkt[DRAIN_PKT_MAX];
+      struct sockaddr_storage from;
+      socklen_t flen = sizeof(from);
+      ssize_t n = recvfrom(t->fd, pkt, sizeof(pkt), MSG_DONTWAIT | MSG_TRUNC,
+                           (struct sockaddr *)&from, &flen);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) break;
+      int partial = (size_t)n > sizeof(pkt);
+      transfer_packet(t, pkt, partial ? sizeof(pkt) : (size_t)n, (const struct sockaddr *)&from,
+                      partial);
+    }
+    t = next;
+  }
 }
 
 static void on_file(void *ctx, int status, capstan_blob_t *blob, capstan_file_kind_t kind) {
@@ -687,6 +796,7 @@ static void transfer_start(capstan_tftp_server_t *srv, const capstan_tftp_reques
     }
   }
   rc = uv_udp_bind(&t->sock, (const struct sockaddr *)&srv->bind_addr, 0);
+  if (rc == 0) rc = uv_fileno((uv_handle_t *)&t->sock, &t->fd);
   if (rc == 0) rc = uv_udp_recv_start(&t->sock, alloc_transfer, on_transfer_recv);
   client_t *c = *slot;
   if (rc == 0 && c == NULL) {
@@ -755,6 +865,10 @@ static void on_listener_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
   if (srv->active >= srv->cfg.max_transfers) {
     reject(srv, addr, CAPSTAN_TFTP_REJECT_TOTAL_LIMIT, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
     return;
+  }
+  if (*slot != NULL && (*slot)->count >= srv->cfg.max_transfers_per_client) {
+    drain_client(srv, *slot);
+    slot = client_slot(srv, key, keylen); /* the client may be gone */
   }
   if (*slot != NULL && (*slot)->count >= srv->cfg.max_transfers_per_client) {
     reject(srv, addr, CAPSTAN_TFTP_REJECT_CLIENT_LIMIT, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");

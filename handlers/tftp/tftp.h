@@ -28,7 +28,11 @@
  *   the next block" (RFC 7440), at most once per window.
  * - Limits: more than max_transfers in progress, or more than
  *   max_transfers_per_client from one IP address (IPv4-mapped IPv6
- *   addresses count as IPv4), get error 0 "server busy". Malformed
+ *   addresses count as IPv4), get error 0 "server busy". Before refusing a
+ *   client at its limit, the datagrams already waiting on its transfer
+ *   sockets are handled, so that a client that aborts a transfer (ERROR
+ *   to the transfer port) and at once asks again is not refused because
+ *   the listener was read first. Malformed
  *   requests (truncated, no NUL, name empty, longer than 255 bytes or with
  *   control characters, unknown opcode or mode, larger than 1024 bytes) get
  *   error 4 "Illegal TFTP operation". A repeated RRQ from the same
@@ -37,7 +41,10 @@
  * - Memory: received datagrams land in one 64 KiB buffer per server, shared
  *   by the listener and every transfer socket and consumed at once. Octet
  *   transfers send straight from the blob (4-byte header + slice of the
- *   blob); netascii transfers keep a ring of |windowsize| encoded packets so
+ *   blob, no copy); the blocks of a window go out in one sendmmsg. Per
+ *   packet the steady state is one recvmsg (the ACK) and one sendmsg (the
+ *   DATA): the retransmit timer is not restarted on every ACK, only a
+ *   deadline moves (see arm_timer in tftp.c). Netascii transfers keep a ring of |windowsize| encoded packets so
  *   that a go-back can resend them. Everything is released when the
  *   transfer ends.
  * - Metrics: capstan_tftp_requests_total{kind} (kind of the requested name,

@@ -1079,6 +1079,60 @@ static void test_client_limit(void **state) {
   check_normal_download();
 }
 
+/* Sent from the loop thread while the loop is busy, so that both datagrams
+ * are waiting when it polls: the new RRQ first, then the ERROR aborting
+ * one of the client's transfers. */
+typedef struct {
+  int new_fd, old_fd, old_tid;
+  const uint8_t *rrq;
+  size_t rrq_len;
+} abort_resend_t;
+
+static void send_rrq_then_abort(void *arg) {
+  abort_resend_t *a = arg;
+  struct sockaddr_in to = {0};
+  to.sin_family = AF_INET;
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  to.sin_port = htons((uint16_t)g_port);
+  (void)sendto(a->new_fd, a->rrq, a->rrq_len, 0, (struct sockaddr *)&to, sizeof(to));
+  static const uint8_t err[] = {0, 5, 0, 0, 'b', 'y', 'e', 0};
+  to.sin_port = htons((uint16_t)a->old_tid);
+  (void)sendto(a->old_fd, err, sizeof(err), 0, (struct sockaddr *)&to, sizeof(to));
+}
+
+/* A client at its limit aborts a transfer and at once asks again from a
+ * new port: the ERROR waiting on the transfer socket is read before the
+ * request is counted against the limit. */
+static void test_client_limit_abort_then_request(void **state) {
+  wait_idle(10);
+  double busy = counter("capstan_tftp_rejections_total", "reason=\"client_limit\"");
+  double aborted = counter("capstan_tftp_transfers_total", "kind=\"static\",result=\"error\"");
+  int fds[8], tids[8] = {0};
+  for (int i = 0; i < 8; i++) fds[i] = start_held_transfer(g_port, "firmware.bin", &tids[i]);
+  assert_true(active_transfers() == 8);
+  int extra = raw_open();
+  uint8_t rrq[100];
+  abort_resend_t a = {extra, fds[0], tids[0], rrq, build_rrq(rrq, "small.txt", "octet", NULL)};
+  run_on_loop(send_rrq_then_abort, &a);
+  uint8_t pkt[600];
+  int tid = 0;
+  ssize_t r = raw_recv(extra, pkt, sizeof(pkt), 3000, &tid);
+  assert_int_equal(r, 4 + 13);
+  assert_int_equal(pkt[1], CAPSTAN_TFTP_OP_DATA);
+  assert_memory_equal(pkt + 4, g_files[F_SMALL].data, 13);
+  send_ack(extra, tid, 1);
+  close(extra);
+  assert_true(counter("capstan_tftp_rejections_total", "reason=\"client_limit\"") == busy);
+  assert_true(counter("capstan_tftp_transfers_total", "kind=\"static\",result=\"error\"") ==
+              aborted + 1);
+  for (int i = 0; i < 8; i++) {
+    if (i > 0) send_err(fds[i], tids[i]);
+    close(fds[i]);
+  }
+  wait_idle(10);
+  check_normal_download();
+}
+
 static void test_total_limit(void **state) {
   wait_idle(10);
   double before = counter("capstan_tftp_rejections_total", "reason=\"total_limit\"");
@@ -1274,6 +1328,7 @@ int main(void) {
       cmocka_unit_test(test_wrong_port),
       cmocka_unit_test(test_client_stops_acking),
       cmocka_unit_test(test_client_limit),
+      cmocka_unit_test(test_client_limit_abort_then_request),
       cmocka_unit_test(test_total_limit),
       cmocka_unit_test(test_duplicate_request),
       cmocka_unit_test(test_bad_addresses),
