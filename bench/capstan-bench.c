@@ -88,7 +88,7 @@ struct bench {
   X509 *trusted;    /* --tftp-cert */
   unsigned reboots; /* boots again after an enrollment, at most this often */
   series_t steps[CAPSTAN_PHONE_STEP_COUNT];
-  unsigned long boots, files, decrypted, itl_fallbacks, retransmits;
+  unsigned long boots, files, decrypted, itl_fallbacks, retransmits, connections;
   unsigned long long bytes;
   unsigned long hashes[4]; /* by capstan_phone_cert_hash_t */
 };
@@ -205,6 +205,7 @@ static void on_boot_done(capstan_phone_boot_t *boot, void *arg, capstan_phone_bo
   s->boot = NULL;
   b->boots++;
   b->files += res->files;
+  b->connections += res->connections;
   for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) {
     const capstan_phone_boot_step_t *st = &res->steps[i];
     b->retransmits += st->retransmits;
@@ -478,10 +479,12 @@ static void report_storm(bench_t *b) {
         "\"started\":%lu,\"finished\":%lu,\"concurrency\":%lu,\"rate\":%.1f,\"ok\":%lu,"
         "\"errors\":%lu,\"boots\":%lu,\"enrollments\":%lu,\"decrypted\":%lu,"
         "\"itl_fallbacks\":%lu,\"files\":%lu,\"bytes\":%llu,\"retransmits\":%lu,"
-        "\"wall_s\":%.3f,\"files_per_s\":%.1f,\"boots_per_s\":%.1f,",
+        "\"keep_alive\":%s,\"connections\":%lu,\"wall_s\":%.3f,\"files_per_s\":%.1f,\"boots_per_"
+        "s\":%.1f,",
         transport, b->boot_cfg.boot_only ? "true" : "false", b->phones, b->started, b->finished,
         b->concurrency, b->rate, b->ok, b->errors, b->boots, b->enrollments, b->decrypted,
-        b->itl_fallbacks, b->files, b->bytes, b->retransmits, wall, fps, bps);
+        b->itl_fallbacks, b->files, b->bytes, b->retransmits,
+        b->boot_cfg.http_keep_alive ? "true" : "false", b->connections, wall, fps, bps);
     for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) {
       print_series(b, labels[i], &b->steps[i]);
       printf(",");
@@ -507,9 +510,9 @@ static void report_storm(bench_t *b) {
         transport, b->phones, b->finished, b->concurrency, b->ok, b->errors, wall);
     printf(
         "boots=%lu enrollments=%lu decrypted=%lu itl_fallbacks=%lu files=%lu bytes=%llu "
-        "retransmits=%lu files_per_s=%.1f boots_per_s=%.1f\n",
+        "retransmits=%lu connections=%lu files_per_s=%.1f boots_per_s=%.1f\n",
         b->boots, b->enrollments, b->decrypted, b->itl_fallbacks, b->files, b->bytes,
-        b->retransmits, fps, bps);
+        b->retransmits, b->connections, fps, bps);
     for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) print_series(b, labels[i], &b->steps[i]);
     printf("cert_hash empty=%lu match=%lu mismatch=%lu\n", b->hashes[1], b->hashes[2],
            b->hashes[3]);
@@ -571,6 +574,7 @@ static void usage(FILE *f) {
           "  --tftp-blksize N     TFTP blksize option (default 1428)\n"
           "  --tftp-rto MS        TFTP first retransmission timeout (default 1000)\n"
           "  --tftp-retries N     TFTP resends without progress (default 5)\n"
+          "  --keep-alive         HTTP: one connection per boot (default: one per file)\n"
           "  with --rate and no --concurrency, all phones may be in flight\n");
 }
 
@@ -605,6 +609,7 @@ int main(int argc, char **argv) {
       {"tftp-blksize", required_argument, NULL, 'z'},
       {"tftp-rto", required_argument, NULL, 'o'},
       {"tftp-retries", required_argument, NULL, 'y'},
+      {"keep-alive", no_argument, NULL, 'L'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -735,6 +740,9 @@ int main(int argc, char **argv) {
       case 'y':
         b.boot_cfg.tftp_retries = (unsigned)strtoul(optarg, &end, 10);
         if (end == optarg || *end || b.boot_cfg.tftp_retries == 0) goto bad;
+        break;
+      case 'L':
+        b.boot_cfg.http_keep_alive = 1;
         break;
       case 'h':
         usage(stdout);

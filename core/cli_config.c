@@ -1,68 +1,13 @@
 /* `capstan config get|set|list` and `capstan keepalive set|show`. A running
  * server notices the committed change (store transaction id) and applies
  * it live. */
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/cli.h"
+#include "core/cli_files.h"
 #include "core/error.h"
 #include "core/settings.h"
-
-typedef struct {
-  const char *data_dir;
-  bool json;
-  bool help;
-  char **args;
-  int nargs;
-} copts_t;
-
-/* Parses --data-dir, --json, --help anywhere after the command word.
- * Returns 0 or CAPSTAN_EXIT_USAGE (message printed). */
-static int parse(int argc, char **argv, bool allow_json, const char *usage, copts_t *o) {
-  static const struct option longopts[] = {
-      {"data-dir", required_argument, NULL, 'd'},
-      {"json", no_argument, NULL, 'j'},
-      {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0},
-  };
-  memset(o, 0, sizeof(*o));
-  o->args = calloc((size_t)argc + 1, sizeof(char *));
-  if (o->args == NULL) return CAPSTAN_EXIT_ERROR;
-  optind = 0;
-  opterr = 0;
-  int c;
-  while ((c = getopt_long(argc, argv, "-:", longopts, NULL)) != -1) {
-    switch (c) {
-      case 1: /* "-" in the option string: positional arguments in order */
-        o->args[o->nargs++] = optarg;
-        break;
-      case 'd':
-        o->data_dir = optarg;
-        break;
-      case 'j':
-        if (!allow_json) goto bad;
-        o->json = true;
-        break;
-      case 'h':
-        o->help = true;
-        break;
-      case ':':
-        fprintf(stderr, "capstan: option '%s' needs a value\nusage: %s\n", argv[optind - 1], usage);
-        free(o->args);
-        o->args = NULL;
-        return CAPSTAN_EXIT_USAGE;
-      default:
-        goto bad;
-    }
-  }
-  return 0;
-bad:
-  fprintf(stderr, "capstan: unknown option '%s'\nusage: %s\n", argv[optind - 1], usage);
-  free(o->args);
-  o->args = NULL;
-  return CAPSTAN_EXIT_USAGE;
-}
 
 /* The settings in |dir|: the stored ones, or the defaults (what a server
  * would use) when there is no store yet. Returns an exit code. */
@@ -201,9 +146,12 @@ static int do_list(const char *dir, bool json) {
   "       (see 'capstan config list' for the keys, their values and ranges)"
 
 int capstan_cli_config_main(int argc, char **argv) {
-  copts_t o;
-  int rc = parse(argc, argv, true, CONFIG_USAGE, &o);
-  if (rc != 0) return rc;
+  capstan_cli_fopts_t o;
+  int rc = capstan_cli_fopts_parse(argc, argv, CAPSTAN_FOPT_JSON, "config", CONFIG_USAGE, &o);
+  if (rc != 0) {
+    capstan_cli_fopts_free(&o);
+    return rc;
+  }
   const char *dir = capstan_cli_data_dir(o.data_dir);
   if (o.help || (o.nargs == 1 && strcmp(o.args[0], "help") == 0)) {
     printf("usage: %s\n", CONFIG_USAGE);
@@ -219,16 +167,19 @@ int capstan_cli_config_main(int argc, char **argv) {
             CONFIG_USAGE);
     rc = CAPSTAN_EXIT_USAGE;
   }
-  free(o.args);
+  capstan_cli_fopts_free(&o);
   return rc;
 }
 
 #define KEEPALIVE_USAGE "capstan keepalive set MINUTES (5..60) | show [--data-dir DIR]"
 
 int capstan_cli_keepalive_main(int argc, char **argv) {
-  copts_t o;
-  int rc = parse(argc, argv, false, KEEPALIVE_USAGE, &o);
-  if (rc != 0) return rc;
+  capstan_cli_fopts_t o;
+  int rc = capstan_cli_fopts_parse(argc, argv, 0, "keepalive", KEEPALIVE_USAGE, &o);
+  if (rc != 0) {
+    capstan_cli_fopts_free(&o);
+    return rc;
+  }
   const char *dir = capstan_cli_data_dir(o.data_dir);
   if (o.help) {
     printf("usage: %s\n", KEEPALIVE_USAGE);
@@ -242,6 +193,6 @@ int capstan_cli_keepalive_main(int argc, char **argv) {
             KEEPALIVE_USAGE);
     rc = CAPSTAN_EXIT_USAGE;
   }
-  free(o.args);
+  capstan_cli_fopts_free(&o);
   return rc;
 }

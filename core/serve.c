@@ -220,9 +220,31 @@ static void free_options(serve_options_t *o) {
 
 /* --- Live settings -------------------------------------------------------- */
 
+static int settings_equal(const Capstan__Settings *a, const Capstan__Settings *b) {
+  size_t na = capstan__settings__get_packed_size(a), nb = capstan__settings__get_packed_size(b);
+  if (na != nb) return 0;
+  uint8_t *pa = malloc(na ? na : 1), *pb = malloc(nb ? nb : 1);
+  int eq = pa && pb && capstan__settings__pack(a, pa) == na &&
+           capstan__settings__pack(b, pb) == nb && memcmp(pa, pb, na) == 0;
+  free(pa);
+  free(pb);
+  return eq;
+}
+
 static void apply_settings(server_t *srv) {
   Capstan__Settings *s = NULL;
   if (capstan_store_settings_load(srv->store, &s) < 0) return;
+  /* Most transactions are not about settings: say so only on a change, so
+   * an operator (or a test) can see when a `config set` took effect. */
+  if (srv->settings != NULL && !settings_equal(srv->settings, s)) {
+    LOG_INFO(
+        "event=settings_applied keepalive_minutes=%u validity_days=%u "
+        "max_concurrent_keygen=%u max_new_keygen_per_second=%u legacy_tls=%d "
+        "enable_ipv6=%d capf_host=\"%s\"",
+        s->keepalive_minutes, s->validity_days, s->max_concurrent_keygen,
+        s->max_new_keygen_per_second, s->legacy_tls, s->enable_ipv6,
+        s->capf_host ? s->capf_host : "");
+  }
   capstan__settings__free_unpacked(srv->settings, NULL);
   srv->settings = s;
   if (srv->capf) capstan_capf_server_apply_settings(srv->capf, s);

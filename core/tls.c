@@ -231,7 +231,6 @@ static void on_write_done(uv_write_t *req, int status) {
     capstan_tls_conn_close(conn, CAPSTAN_TLS_CLOSE_WRITE_ERROR);
     return;
   }
-  if (conn->closing && conn->writes_pending == 0) close_handle(conn);
 }
 
 /* Moves what BoringSSL wrote onto the socket in one uv_write. */
@@ -472,12 +471,11 @@ void capstan_tls_conn_close(capstan_tls_conn_t *conn, capstan_tls_close_reason_t
     ERR_clear_error();
   }
   if (flush_output(conn) < 0) conn->out_len = 0;
-  /* Data libuv already handed to the kernel is sent even after close; wait
-   * only for writes still queued in libuv. */
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&conn->tcp) == 0 || conn->writes_pending == 0 ||
-      reason != CAPSTAN_TLS_CLOSE_LOCAL) {
-    close_handle(conn);
-  }
+  /* libuv writes at once when it can, so what was written is in the kernel
+   * and leaves even after the close. Bytes libuv still holds belong to a
+   * peer that stopped reading: waiting for them would let it hold the
+   * connection open, so they are dropped. */
+  close_handle(conn);
 }
 
 /* --- Asynchronous private key --------------------------------------------- */
@@ -492,7 +490,9 @@ static pthread_once_t g_ex_once = PTHREAD_ONCE_INIT;
 
 static void free_key_config(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int index, long argl,
                             void *argp) {
-  free(ptr);
+  async_key_config_t *cfg = ptr;
+  if (cfg != NULL) EVP_PKEY_free(cfg->key);
+  free(cfg);
 }
 
 static void make_ex_index(void) {
@@ -610,9 +610,14 @@ int capstan_tls_ctx_set_async_key(SSL_CTX *ctx, EVP_PKEY *key, uv_loop_t *loop) 
   if (g_ctx_ex_index < 0) return CAPSTAN_ENOMEM;
   async_key_config_t *cfg = calloc(1, sizeof(*cfg));
   if (cfg == NULL) return CAPSTAN_ENOMEM;
+  /* The context holds its own reference: connections keep the context (and
+   * a worker may still be signing) after the identity that configured it is
+   * freed, for example on a reload. */
+  EVP_PKEY_up_ref(key);
   cfg->key = key;
   cfg->loop = loop;
   if (!SSL_CTX_set_ex_data(ctx, g_ctx_ex_index, cfg)) {
+    EVP_PKEY_free(key);
     free(cfg);
     return CAPSTAN_ENOMEM;
   }

@@ -88,8 +88,8 @@ int capstan_tls_conn_handshake_done(const capstan_tls_conn_t *conn);
 size_t capstan_tls_conn_write_queue_size(const capstan_tls_conn_t *conn);
 
 /* Server contexts: configures |ctx| to run private-key operations for |key|
- * (the certificate's key) on the libuv thread pool of |loop|. The key must
- * outlive the context. Returns 0 or a negative error. */
+ * (the certificate's key) on the libuv thread pool of |loop|. The context
+ * takes its own reference to |key|. Returns 0 or a negative error. */
 int capstan_tls_ctx_set_async_key(SSL_CTX *ctx, EVP_PKEY *key, uv_loop_t *loop);
 
 /* Counts of async key operations, for tests and metrics. */

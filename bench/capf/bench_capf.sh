@@ -30,7 +30,10 @@ trap cleanup EXIT
 start_server() {
   rm -rf "$work/d" "$work/log"
   "$capstan" init --data-dir "$work/d" >/dev/null
-  local total=$(( phones * runs * 3 + hold ))
+  # Every run enrolls fresh devices: runs x max(phones, concurrency) per
+  # concurrency, plus the parked ones.
+  local total=$hold c
+  for c in $concurrencies; do total=$(( total + runs * (phones > c ? phones : c) )); done
   { echo "name,operation,auth_mode,auth_string,key,completes_by"
     "$bench" --connect 127.0.0.1:1 --phones "$total" --print-names | sed 's/$/,install,null,,rsa2048,/'; } > "$work/devices.csv"
   "$capstan" device import "$work/devices.csv" --data-dir "$work/d" >/dev/null

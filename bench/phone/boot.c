@@ -67,6 +67,7 @@ typedef struct {
   int seen[6];
   int overflow;
   int doctype;
+  XML_Parser parser;
 } cnf_parse_t;
 
 enum { F_CERT_HASH, F_ENCR, F_AUTH_MODE, F_FULL, F_PORT, F_HOST };
@@ -139,6 +140,8 @@ static void XMLCALL xml_doctype(void *ud, const XML_Char *name, const XML_Char *
   (void)has_internal;
   cnf_parse_t *c = ud;
   c->doctype = 1;
+  /* Stop before an internal subset can define entities to expand. */
+  XML_StopParser(c->parser, XML_FALSE);
 }
 
 /* Trims XML whitespace in place. */
@@ -164,18 +167,20 @@ static int parse_cnf(const uint8_t *xml, size_t len, cnf_parse_t *c, const char 
     *why = "out of memory";
     return CAPSTAN_ENOMEM;
   }
+  c->parser = p;
   XML_SetUserData(p, c);
   XML_SetElementHandler(p, xml_start, xml_end);
   XML_SetCharacterDataHandler(p, xml_text);
   XML_SetStartDoctypeDeclHandler(p, xml_doctype);
   enum XML_Status st = XML_Parse(p, (const char *)xml, (int)len, 1);
   XML_ParserFree(p);
-  if (st != XML_STATUS_OK) {
-    *why = "configuration is not well-formed XML";
-    return CAPSTAN_EINVAL;
-  }
+  c->parser = NULL;
   if (c->doctype) {
     *why = "configuration has a DOCTYPE";
+    return CAPSTAN_EINVAL;
+  }
+  if (st != XML_STATUS_OK) {
+    *why = "configuration is not well-formed XML";
     return CAPSTAN_EINVAL;
   }
   if (!c->root_ok) {
@@ -202,6 +207,7 @@ struct capstan_phone_boot {
   X509 *trusted;
   boot_state_t state;
   capstan_phone_fetch_t *fetch;
+  capstan_phone_http_conn_t *conn; /* kept between downloads (keep-alive) */
   capstan_phone_t *capf;
   uint64_t t0, step_t0;
   EVP_PKEY *tftp_pub;
@@ -216,6 +222,7 @@ static double ms_since(uint64_t t0) {
 }
 
 static void boot_free(capstan_phone_boot_t *b) {
+  capstan_phone_http_conn_close(b->conn);
   capstan_identity_cleanup(&b->lsc);
   capstan_identity_cleanup(&b->mic);
   capstan_identity_cleanup(&b->sudi);
@@ -288,7 +295,10 @@ static void fetch_file(capstan_phone_boot_t *b, boot_state_t state, const char *
       .tftp_rto_ms = b->cfg.tftp_rto_ms,
       .tftp_retries = b->cfg.tftp_retries,
       .tftp_blksize = b->cfg.tftp_blksize,
+      .keep_alive = b->cfg.http_keep_alive && b->cfg.transport == CAPSTAN_PHONE_TRANSPORT_HTTP,
+      .reuse = b->conn,
   };
+  b->conn = NULL; /* the download owns it now */
   int rc = capstan_phone_fetch_start(b->loop, &fc, on_fetched, b, &b->fetch);
   if (rc != 0) {
     /* Only a bad configuration or memory: the name is ours and valid. */
@@ -431,6 +441,9 @@ static void on_capf_done(capstan_phone_t *phone, void *arg, capstan_phone_result
 /* Opens the CAPF session the configuration asks for. */
 static void start_capf(capstan_phone_boot_t *b) {
   capstan_phone_boot_result_t *r = &b->res;
+  /* No more downloads in this boot: the phone resets after the session. */
+  capstan_phone_http_conn_close(b->conn);
+  b->conn = NULL;
   capstan_phone_config_t pc = b->cfg.phone;
   pc.device_name = b->name;
   pc.auth_string = b->auth_string;
@@ -605,6 +618,10 @@ static void on_fetched(capstan_phone_fetch_t *fetch, void *arg, capstan_phone_fe
   capstan_phone_boot_t *b = arg;
   capstan_phone_boot_result_t *r = &b->res;
   b->fetch = NULL;
+  if (fr->new_connection) r->connections++;
+  /* A kept connection waits for the next download (closed if none). */
+  b->conn = fr->conn;
+  fr->conn = NULL;
   capstan_phone_boot_step_id_t sid = b->state == BOOT_CNF   ? CAPSTAN_PHONE_STEP_CNF
                                      : b->state == BOOT_ENC ? CAPSTAN_PHONE_STEP_ENC
                                                             : CAPSTAN_PHONE_STEP_ITL;
@@ -724,6 +741,7 @@ int capstan_phone_boot_start(uv_loop_t *loop, const capstan_phone_boot_config_t 
       .tftp_rto_ms = cfg->tftp_rto_ms,
       .tftp_retries = cfg->tftp_retries,
       .tftp_blksize = cfg->tftp_blksize,
+      .keep_alive = cfg->http_keep_alive && cfg->transport == CAPSTAN_PHONE_TRANSPORT_HTTP,
   };
   rc = capstan_phone_fetch_start(loop, &fc, on_fetched, b, &b->fetch);
   if (rc != 0) {
@@ -782,12 +800,12 @@ size_t capstan_phone_boot_result_json(const capstan_phone_boot_result_t *r, char
   appendf(buf, size, &off,
           ",\"itl_fallback\":%s,\"itl_records\":%u,\"cert_hash\":\"%s\",\"server_hash\":\"%s\","
           "\"own_hash\":\"%s\",\"capf_auth_mode\":%d,\"encr_config\":%s,\"decrypted\":%s,"
-          "\"full_config\":%s,\"enrolled\":%s,\"lsc_md5\":\"%s\",\"files\":%u,"
+          "\"full_config\":%s,\"enrolled\":%s,\"lsc_md5\":\"%s\",\"files\":%u,\"connections\":%u,"
           "\"total_ms\":%.3f,\"steps\":{",
           JBOOL(r->itl_fallback), r->itl_records, capstan_phone_cert_hash_name(r->cert_hash),
           r->server_hash, r->own_hash, r->capf_auth_mode, JBOOL(r->encr_config),
           JBOOL(r->decrypted), JBOOL(r->full_config), JBOOL(r->enrolled), r->lsc_md5, r->files,
-          r->total_ms);
+          r->connections, r->total_ms);
   int first = 1;
   for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) {
     const capstan_phone_boot_step_t *st = &r->steps[i];

@@ -51,9 +51,41 @@ const char *capstan_phone_fetch_error_name(capstan_phone_fetch_error_t err) {
   return (unsigned)err < COUNT(g_fetch_error_names) ? g_fetch_error_names[err] : "unknown";
 }
 
+/* An HTTP connection: its own object so that it can outlive a download and
+ * serve the next one (keep-alive). Freed in its close callback. */
+struct capstan_phone_http_conn {
+  uv_tcp_t tcp;
+  capstan_phone_fetch_t *owner; /* the download using it, NULL when idle */
+  unsigned requests;            /* requests sent on it */
+};
+
+static void on_conn_closed(uv_handle_t *h);
+
+static capstan_phone_http_conn_t *conn_new(uv_loop_t *loop) {
+  capstan_phone_http_conn_t *c = calloc(1, sizeof(*c));
+  if (c == NULL) return NULL;
+  if (uv_tcp_init(loop, &c->tcp) != 0) {
+    free(c);
+    return NULL;
+  }
+  c->tcp.data = c;
+  return c;
+}
+
+/* Closes |c|; |owner| (may be NULL) is told when it is closed. */
+static void conn_close(capstan_phone_http_conn_t *c, capstan_phone_fetch_t *owner) {
+  c->owner = owner;
+  uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
+void capstan_phone_http_conn_close(capstan_phone_http_conn_t *conn) {
+  if (conn != NULL) conn_close(conn, NULL);
+}
+
 void capstan_phone_fetch_result_cleanup(capstan_phone_fetch_result_t *res) {
   if (res == NULL) return;
   free(res->body);
+  capstan_phone_http_conn_close(res->conn);
   memset(res, 0, sizeof(*res));
 }
 
@@ -67,12 +99,14 @@ struct capstan_phone_fetch {
   int handles_open;
   int closing;
   uv_timer_t timer;
-  union {
-    uv_tcp_t tcp;
-    uv_udp_t udp;
-  } h;
+  uv_udp_t udp; /* TFTP */
 
   /* HTTP */
+  capstan_phone_http_conn_t *conn;
+  int reused;       /* |conn| served an earlier download */
+  int retried;      /* a reused connection failed: one new connection */
+  int got_response; /* a byte of the response came */
+  int server_close; /* the response says the connection ends */
   uv_connect_t connect_req;
   uv_write_t write_req;
   char request[HTTP_MAX_REQUEST];
@@ -116,8 +150,7 @@ static void fetch_free(capstan_phone_fetch_t *f) {
   free(f);
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  capstan_phone_fetch_t *f = h->data;
+static void fetch_handle_closed(capstan_phone_fetch_t *f) {
   if (--f->handles_open > 0) return;
   f->res.total_ms = (double)(uv_hrtime() - f->t0) / 1e6;
   if (f->res.error == CAPSTAN_PHONE_FETCH_NONE) {
@@ -128,6 +161,17 @@ static void on_handle_closed(uv_handle_t *h) {
   if (f->cb != NULL) f->cb(f, f->cb_arg, &f->res);
   capstan_phone_fetch_result_cleanup(&f->res);
   fetch_free(f);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  fetch_handle_closed(h->data);
+}
+
+static void on_conn_closed(uv_handle_t *h) {
+  capstan_phone_http_conn_t *c = h->data;
+  capstan_phone_fetch_t *owner = c->owner;
+  free(c);
+  if (owner != NULL) fetch_handle_closed(owner);
 }
 
 /* Ends the download: success when |err| is NONE. Only the first call counts. */
@@ -145,8 +189,23 @@ static void finish(capstan_phone_fetch_t *f, capstan_phone_fetch_error_t err, co
     va_end(ap);
   }
   uv_timer_stop(&f->timer);
+  f->handles_open = 1;
   uv_close((uv_handle_t *)&f->timer, on_handle_closed);
-  uv_close((uv_handle_t *)&f->h, on_handle_closed);
+  if (f->cfg.transport == CAPSTAN_PHONE_TRANSPORT_TFTP) {
+    f->handles_open++;
+    uv_close((uv_handle_t *)&f->udp, on_handle_closed);
+  } else if (f->conn != NULL) {
+    if (err == CAPSTAN_PHONE_FETCH_NONE && f->cfg.keep_alive && !f->server_close) {
+      /* The connection goes with the result, for the next download. */
+      uv_read_stop((uv_stream_t *)&f->conn->tcp);
+      f->conn->owner = NULL;
+      f->res.conn = f->conn;
+    } else {
+      f->handles_open++;
+      conn_close(f->conn, f);
+    }
+    f->conn = NULL;
+  }
 }
 
 static uint64_t step_timeout(const capstan_phone_fetch_t *f) {
@@ -236,6 +295,7 @@ static int http_parse_headers(capstan_phone_fetch_t *f, const uint8_t *block, si
     return 0;
   }
   f->res.code = (int)status;
+  if (CBS_data(&version)[7] == '0') f->server_close = 1; /* HTTP/1.0: no keep-alive asked */
   int have_length = 0;
   uint64_t length = 0;
   for (;;) {
@@ -259,6 +319,8 @@ static int http_parse_headers(capstan_phone_fetch_t *f, const uint8_t *block, si
       }
       have_length = 1;
       length = v;
+    } else if (cbs_eq_nocase(&hname, "Connection")) {
+      if (cbs_eq_nocase(&value, "close")) f->server_close = 1;
     } else if (cbs_eq_nocase(&hname, "Transfer-Encoding")) {
       finish(f, CAPSTAN_PHONE_FETCH_BAD_RESPONSE, "Transfer-Encoding is not supported");
       return 0;
@@ -358,9 +420,26 @@ static void http_data(capstan_phone_fetch_t *f, const uint8_t *data, size_t len)
   }
 }
 
+static void http_connect(capstan_phone_fetch_t *f);
+
+/* A kept connection the server closed meanwhile fails before any byte of
+ * the response: that is not the server refusing the file, so the download
+ * starts again once on a new connection. Returns 1 if it did. */
+static int http_retry(capstan_phone_fetch_t *f) {
+  if (!f->reused || f->retried || f->got_response) return 0;
+  f->retried = 1;
+  f->reused = 0;
+  conn_close(f->conn, NULL);
+  f->conn = NULL;
+  http_connect(f);
+  return 1;
+}
+
 static void on_http_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
-  capstan_phone_fetch_t *f = s->data;
-  if (f->closing) return;
+  capstan_phone_http_conn_t *c = s->data;
+  capstan_phone_fetch_t *f = c->owner;
+  if (f == NULL || f->closing || f->conn != c) return;
+  if (nread < 0 && http_retry(f)) return;
   if (nread == UV_EOF) {
     finish(f, CAPSTAN_PHONE_FETCH_CLOSED, "server closed after %zu of %s bytes", f->body_len,
            f->have_headers ? "the" : "the header's");
@@ -371,15 +450,32 @@ static void on_http_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0) return;
+  f->got_response = 1;
   http_arm(f);
   http_data(f, (const uint8_t *)buf->base, (size_t)nread);
 }
 
 static void on_http_written(uv_write_t *req, int status) {
   capstan_phone_fetch_t *f = req->data;
-  if (status < 0 && status != UV_ECANCELED) {
-    finish(f, CAPSTAN_PHONE_FETCH_CLOSED, "write: %s", uv_strerror(status));
+  if (status >= 0 || status == UV_ECANCELED || f->closing) return;
+  if (http_retry(f)) return;
+  finish(f, CAPSTAN_PHONE_FETCH_CLOSED, "write: %s", uv_strerror(status));
+}
+
+/* Sends the request on f->conn and reads the answer. */
+static void http_send(capstan_phone_fetch_t *f) {
+  uv_buf_t b = uv_buf_init(f->request, (unsigned)f->request_len);
+  f->write_req.data = f;
+  f->conn->owner = f;
+  f->conn->requests++;
+  int rc = uv_write(&f->write_req, (uv_stream_t *)&f->conn->tcp, &b, 1, on_http_written);
+  if (rc == 0) rc = uv_read_start((uv_stream_t *)&f->conn->tcp, on_alloc, on_http_read);
+  if (rc != 0) {
+    if (http_retry(f)) return;
+    finish(f, CAPSTAN_PHONE_FETCH_CLOSED, "cannot send the request: %s", uv_strerror(rc));
+    return;
   }
+  http_arm(f);
 }
 
 static void on_http_connect(uv_connect_t *req, int status) {
@@ -389,12 +485,31 @@ static void on_http_connect(uv_connect_t *req, int status) {
     finish(f, CAPSTAN_PHONE_FETCH_CONNECT, "connect: %s", uv_strerror(status));
     return;
   }
-  uv_buf_t b = uv_buf_init(f->request, (unsigned)f->request_len);
-  f->write_req.data = f;
-  int rc = uv_write(&f->write_req, (uv_stream_t *)&f->h.tcp, &b, 1, on_http_written);
-  if (rc == 0) rc = uv_read_start((uv_stream_t *)&f->h.tcp, on_alloc, on_http_read);
+  http_send(f);
+}
+
+/* Opens a new connection for the download. */
+static void http_connect(capstan_phone_fetch_t *f) {
+  f->res.new_connection = 1;
+  f->conn = conn_new(f->loop);
+  if (f->conn == NULL) {
+    finish(f, CAPSTAN_PHONE_FETCH_INTERNAL, "out of memory");
+    return;
+  }
+  f->conn->owner = f;
+  f->connect_req.data = f;
+  int rc = 0;
+  if (f->cfg.has_bind) {
+    rc = uv_tcp_bind(&f->conn->tcp, (const struct sockaddr *)&f->cfg.bind_addr, 0);
+    if (rc != 0) {
+      finish(f, CAPSTAN_PHONE_FETCH_CONNECT, "bind: %s", uv_strerror(rc));
+      return;
+    }
+  }
+  rc = uv_tcp_connect(&f->connect_req, &f->conn->tcp, (const struct sockaddr *)&f->cfg.addr,
+                      on_http_connect);
   if (rc != 0) {
-    finish(f, CAPSTAN_PHONE_FETCH_CLOSED, "cannot send the request: %s", uv_strerror(rc));
+    finish(f, CAPSTAN_PHONE_FETCH_CONNECT, "connect: %s", uv_strerror(rc));
     return;
   }
   http_arm(f);
@@ -416,25 +531,17 @@ static void http_start(capstan_phone_fetch_t *f) {
   }
   int n = snprintf(f->request, sizeof(f->request),
                    "GET /%s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: capstan-phone\r\n"
-                   "Connection: close\r\n\r\n",
-                   f->name, host, port);
+                   "Connection: %s\r\n\r\n",
+                   f->name, host, port, f->cfg.keep_alive ? "keep-alive" : "close");
   f->request_len = (size_t)n; /* fits: the name is bounded */
-  f->connect_req.data = f;
-  int rc = 0;
-  if (f->cfg.has_bind) {
-    rc = uv_tcp_bind(&f->h.tcp, (const struct sockaddr *)&f->cfg.bind_addr, 0);
-    if (rc != 0) {
-      finish(f, CAPSTAN_PHONE_FETCH_CONNECT, "bind: %s", uv_strerror(rc));
-      return;
-    }
-  }
-  rc = uv_tcp_connect(&f->connect_req, &f->h.tcp, (const struct sockaddr *)&f->cfg.addr,
-                      on_http_connect);
-  if (rc != 0) {
-    finish(f, CAPSTAN_PHONE_FETCH_CONNECT, "connect: %s", uv_strerror(rc));
+  if (f->cfg.reuse != NULL) {
+    f->conn = f->cfg.reuse;
+    f->cfg.reuse = NULL;
+    f->reused = 1;
+    http_send(f);
     return;
   }
-  http_arm(f);
+  http_connect(f);
 }
 
 /* ---- TFTP ------------------------------------------------------------------ */
@@ -469,7 +576,7 @@ static const struct sockaddr *tftp_dest(const capstan_phone_fetch_t *f) {
 static void tftp_send_to(capstan_phone_fetch_t *f, const uint8_t *pkt, size_t len,
                          const struct sockaddr *to) {
   uv_buf_t b = uv_buf_init((char *)pkt, (unsigned)len);
-  (void)uv_udp_try_send(&f->h.udp, &b, 1, to);
+  (void)uv_udp_try_send(&f->udp, &b, 1, to);
 }
 
 /* Sends a packet and keeps it for resends. */
@@ -514,6 +621,12 @@ static void on_tftp_timer(uv_timer_t *t) {
   tftp_arm(f);
 }
 
+/* New data came: the retry count and back-off start again. */
+static void tftp_progress(capstan_phone_fetch_t *f) {
+  f->retries = 0;
+  f->rto_ms = f->cfg.tftp_rto_ms ? f->cfg.tftp_rto_ms : TFTP_DEFAULT_RTO_MS;
+}
+
 /* "name\0value\0" pairs of an OACK. Only options we asked for may come back,
  * each at most once, with a value we can live with. */
 static void tftp_oack(capstan_phone_fetch_t *f, CBS *pkt) {
@@ -548,7 +661,9 @@ static void tftp_oack(capstan_phone_fetch_t *f, CBS *pkt) {
   }
   if (CBS_len(pkt) != 0) goto bad;
   f->options_done = 1;
+  tftp_progress(f);
   tftp_ack(f, 0);
+  tftp_arm(f);
   return;
 bad:
   tftp_send_error(f, 8, "bad option acknowledgement", tftp_dest(f));
@@ -593,11 +708,14 @@ static void tftp_data(capstan_phone_fetch_t *f, uint16_t block, CBS *payload) {
   }
   if (len > 0) memcpy(f->body + f->body_len, CBS_data(payload), len);
   f->body_len += len;
-  f->retries = 0;
-  f->rto_ms = f->cfg.tftp_rto_ms ? f->cfg.tftp_rto_ms : TFTP_DEFAULT_RTO_MS;
+  tftp_progress(f);
   tftp_ack(f, block);
   f->next_block++;
-  if (len < f->blksize) finish(f, CAPSTAN_PHONE_FETCH_NONE, NULL);
+  if (len < f->blksize) {
+    finish(f, CAPSTAN_PHONE_FETCH_NONE, NULL);
+  } else {
+    tftp_arm(f); /* the timer runs from the last progress */
+  }
 }
 
 static void on_tftp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
@@ -683,7 +801,7 @@ static void tftp_start(capstan_phone_fetch_t *f) {
   if (!f->options_sent) f->options_done = 1;
   int rc = 0;
   if (f->cfg.has_bind) {
-    rc = uv_udp_bind(&f->h.udp, (const struct sockaddr *)&f->cfg.bind_addr, 0);
+    rc = uv_udp_bind(&f->udp, (const struct sockaddr *)&f->cfg.bind_addr, 0);
   } else {
     struct sockaddr_storage any;
     memset(&any, 0, sizeof(any));
@@ -692,9 +810,9 @@ static void tftp_start(capstan_phone_fetch_t *f) {
     } else {
       uv_ip4_addr("0.0.0.0", 0, (struct sockaddr_in *)&any);
     }
-    rc = uv_udp_bind(&f->h.udp, (const struct sockaddr *)&any, 0);
+    rc = uv_udp_bind(&f->udp, (const struct sockaddr *)&any, 0);
   }
-  if (rc == 0) rc = uv_udp_recv_start(&f->h.udp, on_alloc, on_tftp_recv);
+  if (rc == 0) rc = uv_udp_recv_start(&f->udp, on_alloc, on_tftp_recv);
   if (rc != 0) {
     finish(f, CAPSTAN_PHONE_FETCH_CONNECT, "udp: %s", uv_strerror(rc));
     return;
@@ -724,12 +842,18 @@ int capstan_phone_fetch_start(uv_loop_t *loop, const capstan_phone_fetch_config_
   if (!name_ok(cfg->name) || (cfg->addr.ss_family != AF_INET && cfg->addr.ss_family != AF_INET6) ||
       (cfg->transport != CAPSTAN_PHONE_TRANSPORT_HTTP &&
        cfg->transport != CAPSTAN_PHONE_TRANSPORT_TFTP) ||
+      (cfg->transport == CAPSTAN_PHONE_TRANSPORT_TFTP && cfg->reuse != NULL) ||
+      (cfg->reuse != NULL && cfg->reuse->owner != NULL) ||
       (cfg->tftp_blksize != 0 &&
        (cfg->tftp_blksize < TFTP_MIN_BLKSIZE || cfg->tftp_blksize > TFTP_MAX_BLKSIZE))) {
+    if (cfg->reuse != NULL && cfg->reuse->owner == NULL) capstan_phone_http_conn_close(cfg->reuse);
     return CAPSTAN_EINVAL;
   }
   capstan_phone_fetch_t *f = calloc(1, sizeof(*f));
-  if (f == NULL) return CAPSTAN_ENOMEM;
+  if (f == NULL) {
+    capstan_phone_http_conn_close(cfg->reuse);
+    return CAPSTAN_ENOMEM;
+  }
   f->loop = loop;
   f->cfg = *cfg;
   snprintf(f->name, sizeof(f->name), "%s", cfg->name);
@@ -738,18 +862,16 @@ int capstan_phone_fetch_start(uv_loop_t *loop, const capstan_phone_fetch_config_
   f->cb_arg = arg;
   f->res.code = -1;
   f->t0 = uv_hrtime();
-  int rc = cfg->transport == CAPSTAN_PHONE_TRANSPORT_HTTP
-               ? uv_tcp_init(loop, &f->h.tcp)
-               : uv_udp_init_ex(loop, &f->h.udp, cfg->addr.ss_family);
-  if (rc != 0) {
-    free(f);
-    return rc == UV_ENOMEM ? CAPSTAN_ENOMEM : CAPSTAN_EINVAL;
+  if (cfg->transport == CAPSTAN_PHONE_TRANSPORT_TFTP) {
+    int rc = uv_udp_init_ex(loop, &f->udp, cfg->addr.ss_family);
+    if (rc != 0) {
+      free(f);
+      return rc == UV_ENOMEM ? CAPSTAN_ENOMEM : CAPSTAN_EINVAL;
+    }
+    f->udp.data = f;
   }
-  f->h.tcp.data = f; /* the same field for both members of the union */
-  f->h.udp.data = f;
   uv_timer_init(loop, &f->timer);
   f->timer.data = f;
-  f->handles_open = 2;
   if (out != NULL) *out = f;
   if (cfg->transport == CAPSTAN_PHONE_TRANSPORT_HTTP) {
     http_start(f);

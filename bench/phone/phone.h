@@ -257,7 +257,8 @@ int capstan_phone_run_one(const capstan_phone_config_t *cfg, capstan_phone_resul
 /* ---- File downloads (HTTP and TFTP clients) --------------------------------- */
 
 /* One file download, as a phone does it at boot: an HTTP/1.1 GET on its own
- * TCP connection ("Connection: close"; no keep-alive), or a TFTP read
+ * TCP connection ("Connection: close"), or with keep_alive on a connection
+ * kept from an earlier download (see |reuse|), or a TFTP read
  * request (RFC 1350, octet mode, with the blksize and tsize options of RFC
  * 2348/2349) on its own UDP socket. Event-driven on a libuv loop like the
  * CAPF session; thousands run concurrently on one loop.
@@ -314,6 +315,13 @@ typedef enum {
 
 const char *capstan_phone_fetch_error_name(capstan_phone_fetch_error_t err);
 
+/* An open HTTP connection kept between downloads (keep-alive). */
+typedef struct capstan_phone_http_conn capstan_phone_http_conn_t;
+
+/* Closes a kept connection (its memory goes when libuv has closed it; the
+ * loop must run). Accepts NULL. */
+void capstan_phone_http_conn_close(capstan_phone_http_conn_t *conn);
+
 typedef struct {
   capstan_phone_transport_t transport;
   /* The HTTP or TFTP server. */
@@ -329,6 +337,15 @@ typedef struct {
   uint64_t tftp_rto_ms;  /* TFTP first retransmission timeout; 0 means 1000 */
   unsigned tftp_retries; /* TFTP resends without progress; 0 means 5 */
   uint16_t tftp_blksize; /* TFTP blksize option; 0 means 1428; 512 sends none */
+  /* HTTP keep-alive: ask to keep the connection ("Connection: keep-alive")
+   * and, after a complete 200 the server did not close, hand it over in the
+   * result (res->conn). */
+  int keep_alive;
+  /* HTTP: a connection from an earlier result to send the request on
+   * (taken over by capstan_phone_fetch_start whether it succeeds or not).
+   * If it fails before any byte of the response (the server closed it
+   * while idle), the download starts again once on a new connection. */
+  capstan_phone_http_conn_t *reuse;
 } capstan_phone_fetch_config_t;
 
 typedef struct {
@@ -339,6 +356,10 @@ typedef struct {
   size_t len;
   double total_ms;      /* start to last byte (or failure) */
   unsigned retransmits; /* TFTP packets sent again */
+  /* keep_alive: the connection, open, for the next download (owned by the
+   * result: take it and set it to NULL, or cleanup closes it). */
+  capstan_phone_http_conn_t *conn;
+  int new_connection; /* HTTP: the download opened a connection */
 } capstan_phone_fetch_result_t;
 
 typedef struct capstan_phone_fetch capstan_phone_fetch_t;
@@ -462,6 +483,8 @@ typedef struct {
    * a reference), or NULL: trust the first ITL. */
   X509 *trusted_tftp;
   int boot_only; /* files only: never a CAPF session */
+  /* HTTP: one connection for all the boot's downloads (keep-alive). */
+  int http_keep_alive;
   /* Download tuning (see capstan_phone_fetch_config_t; 0 = defaults). */
   size_t max_file_bytes;
   uint64_t tftp_rto_ms;
@@ -483,8 +506,9 @@ typedef struct {
   capstan_phone_boot_failure_t failure;
   char detail[160];
   capstan_phone_boot_step_t steps[CAPSTAN_PHONE_STEP_COUNT];
-  unsigned files;   /* files downloaded (any status 200 / complete) */
-  int itl_fallback; /* ITLSEP<MAC>.tlv not found: ITLFile.tlv used */
+  unsigned files;       /* files downloaded (any status 200 / complete) */
+  unsigned connections; /* HTTP connections opened (keep-alive: fewer than files) */
+  int itl_fallback;     /* ITLSEP<MAC>.tlv not found: ITLFile.tlv used */
   unsigned itl_records;
   /* The ITL's signer (trust it for the next boot) and TFTP certificate;
    * owned by the result, NULL if not reached. */
@@ -521,7 +545,7 @@ void capstan_phone_boot_result_cleanup(capstan_phone_boot_result_t *res);
  * {"result":"ok|error","failure":"none","detail":"","itl_fallback":false,
  *  "itl_records":3,"cert_hash":"empty","capf_auth_mode":2,"encr_config":true,
  *  "decrypted":false,"full_config":false,"enrolled":true,"lsc_md5":"...",
- *  "files":2,"total_ms":..,"steps":{"itl":{"ok":true,"ms":..,"bytes":..,
+ *  "files":2,"connections":2,"total_ms":..,"steps":{"itl":{"ok":true,"ms":..,"bytes":..,
  *  "error":"none","code":-1,"retransmits":0},...},"capf":{<CAPF result>}}
  * Steps that did not run are left out; "capf" only when a session ran.
  * Returns the length (truncated to size-1). */

@@ -50,6 +50,7 @@ static void usage(FILE *f) {
           "  --save-tftp-cert F   write the ITL signer the phone trusts after the boot\n"
           "  --reboot             after an enrollment, boot again with the new LSC\n"
           "  --save-config FILE   write the configuration held at the end\n"
+          "  --keep-alive         HTTP: one connection for the boot's downloads\n"
           "misbehaviour, to test the server:\n"
           "  --proto-version N    VERSION in AUTH_RESPONSE (default 3)\n"
           "  --keygen-fail        answer KEY_GEN_REQUEST with REASON=7\n"
@@ -124,6 +125,7 @@ typedef struct {
   int boot_only, reboot;
   const char *tftp_cert, *save_tftp_cert, *save_config, *save_cert, *save_key;
   int json;
+  int keep_alive;
 } boot_opts_t;
 
 /* The boot sequence, and a second boot after an enrollment with --reboot.
@@ -134,6 +136,7 @@ static int run_boot(const capstan_phone_config_t *pcfg, const boot_opts_t *o) {
   bc.phone = *pcfg;
   bc.transport = o->transport;
   bc.boot_only = o->boot_only;
+  bc.http_keep_alive = o->keep_alive;
   if (capstan_phone_parse_addr(o->files, &bc.file_addr) != 0) {
     fprintf(stderr, "capstan-phone: bad --files %s\n", o->files);
     return 2;
@@ -244,6 +247,7 @@ int main(int argc, char **argv) {
     OPT_SAVE_TFTP_CERT,
     OPT_REBOOT,
     OPT_SAVE_CONFIG,
+    OPT_KEEP_ALIVE,
     OPT_HELP,
   };
   static const struct option opts[] = {
@@ -277,6 +281,7 @@ int main(int argc, char **argv) {
       {"save-tftp-cert", required_argument, NULL, OPT_SAVE_TFTP_CERT},
       {"reboot", no_argument, NULL, OPT_REBOOT},
       {"save-config", required_argument, NULL, OPT_SAVE_CONFIG},
+      {"keep-alive", no_argument, NULL, OPT_KEEP_ALIVE},
       {"help", no_argument, NULL, OPT_HELP},
       {NULL, 0, NULL, 0},
   };
@@ -284,7 +289,7 @@ int main(int argc, char **argv) {
   const char *sudi_cert = NULL, *sudi_key = NULL, *save_cert = NULL, *save_key = NULL;
   const char *key_cache = NULL, *ca_pem = NULL;
   int json = 0;
-  int boot = 0, boot_only = 0, reboot = 0;
+  int boot = 0, boot_only = 0, reboot = 0, keep_alive = 0;
   capstan_phone_transport_t transport = CAPSTAN_PHONE_TRANSPORT_HTTP;
   const char *files = NULL, *tftp_cert = NULL, *save_tftp_cert = NULL, *save_config = NULL;
   capstan_phone_config_t cfg;
@@ -421,6 +426,9 @@ int main(int argc, char **argv) {
       case OPT_SAVE_CONFIG:
         save_config = optarg;
         break;
+      case OPT_KEEP_ALIVE:
+        keep_alive = 1;
+        break;
       case OPT_HELP:
         usage(stdout);
         return 0;
@@ -491,7 +499,7 @@ int main(int argc, char **argv) {
   cfg.sudi = sudi;
   if (boot) {
     boot_opts_t bo = {transport,      files,       connect,   boot_only, reboot, tftp_cert,
-                      save_tftp_cert, save_config, save_cert, save_key,  json};
+                      save_tftp_cert, save_config, save_cert, save_key,  json,   keep_alive};
     status = run_boot(&cfg, &bo);
     goto out;
   }

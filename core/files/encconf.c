@@ -23,17 +23,6 @@
 #define AES_BLOCK 16
 #define MAX_WRAPPED (4096 / 8)
 
-static const EVP_MD *hash_md(int alg) {
-  switch (alg) {
-    case CAPSTAN_SGN_HASH_SHA1:
-      return EVP_sha1();
-    case CAPSTAN_SGN_HASH_SHA512:
-      return EVP_sha512();
-    default:
-      return NULL;
-  }
-}
-
 int capstan_encconf_key_usable(EVP_PKEY *phone_pub, const char **why) {
   if (phone_pub == NULL) {
     SET_WHY("no phone key on record");
@@ -127,7 +116,7 @@ int capstan_encconf_prepare(const capstan_encconf_params_t *p, capstan_sgn_prepa
   }
   rc = capstan_encconf_key_usable(p->phone_pub, why);
   if (rc != 0) return rc;
-  const EVP_MD *md = hash_md(p->enc_hash_alg);
+  const EVP_MD *md = capstan_sgn_hash_md(p->enc_hash_alg);
   if (md == NULL) {
     SET_WHY("ENCRYPTION_HASH_ALGORITHM must be SHA-1 or SHA-512");
     return CAPSTAN_EINVAL;
@@ -206,14 +195,7 @@ int capstan_encconf_build(const capstan_encconf_params_t *params, EVP_PKEY *sign
   *out_len = 0;
   int rc = capstan_encconf_prepare(params, &prep, why);
   if (rc != 0) return rc;
-  uint8_t sig[CAPSTAN_SGN_MAX_SIGNATURE];
-  rc = capstan_sgn_compute(&prep, signer_key, sig, sizeof(sig));
-  if (rc != 0)
-    SET_WHY("signing failed (key does not match the signer certificate?)");
-  else
-    rc = capstan_sgn_finish(&prep, sig, prep.sig_len, out, out_len);
-  capstan_sgn_prepared_cleanup(&prep);
-  return rc;
+  return capstan_sgn_sign_prepared(&prep, signer_key, out, out_len, why);
 }
 
 int capstan_encconf_decrypt(const uint8_t *file, size_t len, EVP_PKEY *phone_priv, uint8_t **plain,
@@ -272,7 +254,7 @@ int capstan_encconf_decrypt(const uint8_t *file, size_t len, EVP_PKEY *phone_pri
   }
   uint8_t digest[EVP_MAX_MD_SIZE];
   unsigned digest_len = 0;
-  const EVP_MD *md = hash_md(enc->hash_alg);
+  const EVP_MD *md = capstan_sgn_hash_md(enc->hash_alg);
   if (md == NULL || !EVP_Digest(buf, plen, digest, &digest_len, md, NULL) ||
       digest_len != enc->hash.len || CRYPTO_memcmp(digest, enc->hash.data, digest_len) != 0) {
     SET_WHY("ENCRYPTION_HASH does not match the decrypted configuration");

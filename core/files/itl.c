@@ -251,14 +251,7 @@ int capstan_itl_build(const capstan_itl_params_t *params, EVP_PKEY *signer_key, 
   *out_len = 0;
   int rc = capstan_itl_prepare(params, &prep, why);
   if (rc != 0) return rc;
-  uint8_t sig[CAPSTAN_SGN_MAX_SIGNATURE];
-  rc = capstan_sgn_compute(&prep, signer_key, sig, sizeof(sig));
-  if (rc != 0)
-    SET_WHY("signing failed (key does not match the signer certificate?)");
-  else
-    rc = capstan_sgn_finish(&prep, sig, prep.sig_len, out, out_len);
-  capstan_sgn_prepared_cleanup(&prep);
-  return rc;
+  return capstan_sgn_sign_prepared(&prep, signer_key, out, out_len, why);
 }
 
 /* ---- Reader ------------------------------------------------------------- */

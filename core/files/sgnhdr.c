@@ -35,7 +35,7 @@ int capstan_sgn_modulus_code(unsigned bits) {
   }
 }
 
-static const EVP_MD *hash_md(int alg) {
+const EVP_MD *capstan_sgn_hash_md(int alg) {
   switch (alg) {
     case CAPSTAN_SGN_HASH_SHA1:
       return EVP_sha1();
@@ -89,7 +89,7 @@ int capstan_sgn_prepare(const capstan_sgn_params_t *p, capstan_sgn_prepared_t *o
     SET_WHY("SHA-256 headers are rejected by verifiers: use SHA-1 or SHA-512");
     return CAPSTAN_EINVAL;
   }
-  if (hash_md(p->hash_alg) == NULL) {
+  if (capstan_sgn_hash_md(p->hash_alg) == NULL) {
     SET_WHY("unknown hash algorithm");
     return CAPSTAN_EINVAL;
   }
@@ -216,7 +216,7 @@ int capstan_sgn_compute(const capstan_sgn_prepared_t *prep, EVP_PKEY *key, uint8
     return CAPSTAN_EINVAL;
   if (EVP_PKEY_id(key) != EVP_PKEY_RSA || (size_t)EVP_PKEY_size(key) != prep->sig_len)
     return CAPSTAN_EINVAL;
-  const EVP_MD *md = hash_md(prep->hash_alg);
+  const EVP_MD *md = capstan_sgn_hash_md(prep->hash_alg);
   if (md == NULL) return CAPSTAN_EINVAL;
   EVP_MD_CTX ctx;
   EVP_MD_CTX_init(&ctx);
@@ -248,6 +248,21 @@ int capstan_sgn_finish(const capstan_sgn_prepared_t *prep, const uint8_t *sig, s
   return 0;
 }
 
+int capstan_sgn_sign_prepared(capstan_sgn_prepared_t *prep, EVP_PKEY *key, uint8_t **out,
+                              size_t *out_len, const char **why) {
+  uint8_t sig[CAPSTAN_SGN_MAX_SIGNATURE];
+  int rc = capstan_sgn_compute(prep, key, sig, sizeof(sig));
+  if (rc != 0) {
+    SET_WHY(rc == CAPSTAN_EINVAL ? "signing key does not match the signer certificate"
+                                 : "RSA signing failed");
+  } else {
+    rc = capstan_sgn_finish(prep, sig, prep->sig_len, out, out_len);
+    if (rc != 0) SET_WHY("out of memory");
+  }
+  capstan_sgn_prepared_cleanup(prep);
+  return rc;
+}
+
 int capstan_sgn_sign(const capstan_sgn_params_t *params, EVP_PKEY *key, uint8_t **out,
                      size_t *out_len, const char **why) {
   capstan_sgn_prepared_t prep;
@@ -256,17 +271,7 @@ int capstan_sgn_sign(const capstan_sgn_params_t *params, EVP_PKEY *key, uint8_t 
   *out_len = 0;
   int rc = capstan_sgn_prepare(params, &prep, why);
   if (rc != 0) return rc;
-  uint8_t sig[CAPSTAN_SGN_MAX_SIGNATURE];
-  rc = capstan_sgn_compute(&prep, key, sig, sizeof(sig));
-  if (rc != 0) {
-    SET_WHY(rc == CAPSTAN_EINVAL ? "signing key does not match the signer certificate"
-                                 : "RSA signing failed");
-  } else {
-    rc = capstan_sgn_finish(&prep, sig, prep.sig_len, out, out_len);
-    if (rc != 0) SET_WHY("out of memory");
-  }
-  capstan_sgn_prepared_cleanup(&prep);
-  return rc;
+  return capstan_sgn_sign_prepared(&prep, key, out, out_len, why);
 }
 
 /* ---- Reader ------------------------------------------------------------- */
@@ -468,7 +473,7 @@ int capstan_sgn_verify(const uint8_t *file, size_t len, EVP_PKEY *signer_pub, co
   capstan_sgn_info_t info;
   int rc = capstan_sgn_parse(file, len, &info, why);
   if (rc != 0) return rc;
-  const EVP_MD *md = hash_md(info.hash_alg);
+  const EVP_MD *md = capstan_sgn_hash_md(info.hash_alg);
   if (md == NULL) {
     SET_WHY("hash algorithm not accepted (SHA-256 is rejected)");
     return CAPSTAN_EINVAL;

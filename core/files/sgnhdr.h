@@ -160,6 +160,14 @@ int capstan_sgn_finish(const capstan_sgn_prepared_t *prep, const uint8_t *sig, s
 /* Releases |prep->tbs| and zeroes |prep|. Accepts a zeroed struct. */
 void capstan_sgn_prepared_cleanup(capstan_sgn_prepared_t *prep);
 
+/* capstan_sgn_sign_prepared = compute + finish + cleanup of |prep| (cleaned
+ * up in every case). |*out| is malloc'd. */
+int capstan_sgn_sign_prepared(capstan_sgn_prepared_t *prep, EVP_PKEY *key, uint8_t **out,
+                              size_t *out_len, const char **why);
+
+/* The digest for a header hash id (SHA-1 or SHA-512), or NULL. */
+const EVP_MD *capstan_sgn_hash_md(int alg);
+
 /* capstan_sgn_sign = prepare + compute + finish. |*out| is malloc'd. */
 int capstan_sgn_sign(const capstan_sgn_params_t *params, EVP_PKEY *key, uint8_t **out,
                      size_t *out_len, const char **why);

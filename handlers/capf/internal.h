@@ -18,6 +18,9 @@
  * data fit well inside. Anything longer is refused before it is buffered. */
 #define CAPF_MAX_PHONE_MESSAGE 16384
 
+/* TLS handshakes in progress at most (see capstan_capf_server.handshaking). */
+#define CAPF_MAX_HANDSHAKES 256
+
 /* The identity sessions use, shared read-only with worker threads and
  * replaced as a whole on reload. Sessions hold a reference. */
 typedef struct capf_pki {
@@ -120,6 +123,13 @@ struct capstan_capf_server {
   void (*drain_done)(void *arg);
   void *drain_arg;
   unsigned handles_open; /* listener, drain timer, throttle timer */
+  /* Admission of handshakes: at most CAPF_MAX_HANDSHAKES run at once. A
+   * connection beyond that is left unaccepted (libuv stops watching the
+   * listener until it is accepted), so in a storm the kernel backlog holds
+   * the newcomers and the workers finish the sessions already started
+   * instead of spreading over all of them and timing everyone out. */
+  unsigned handshaking;
+  int accept_deferred;
 };
 
 /* Starts a session on an accepted, counted connection. On failure the
@@ -128,6 +138,9 @@ void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener);
 
 /* Ends a session now (drain deadline): END_SESSION is not sent. */
 void capf_session_abort(capf_session_t *s);
+
+/* A handshake slot was freed: accepts a deferred connection, if any. */
+void capf_server_handshake_done(capstan_capf_server_t *srv);
 
 /* Sets TCP keep-alive on the session's socket. */
 void capf_session_apply_keepalive(capf_session_t *s, unsigned minutes);

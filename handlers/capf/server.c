@@ -302,7 +302,19 @@ static void on_connection(uv_stream_t *listener, int status) {
     LOG_WARN("event=capf_accept_failed error=%s", uv_strerror(status));
     return;
   }
+  if (srv->handshaking >= CAPF_MAX_HANDSHAKES) {
+    srv->accept_deferred = 1; /* accepted when a handshake finishes */
+    return;
+  }
   capf_session_start(srv, listener);
+}
+
+void capf_server_handshake_done(capstan_capf_server_t *srv) {
+  srv->handshaking--;
+  if (srv->accept_deferred && !srv->draining && srv->handshaking < CAPF_MAX_HANDSHAKES) {
+    srv->accept_deferred = 0;
+    capf_session_start(srv, (uv_stream_t *)&srv->listener);
+  }
 }
 
 int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const char *host_port,

@@ -82,7 +82,8 @@ struct capf_session {
   double started_at, keygen_started_at;
   unsigned holds_keygen_slot : 1;
   unsigned finished : 1;
-  unsigned linked : 1; /* in the server's list and counted in conntrack */
+  unsigned linked : 1;      /* in the server's list and counted in conntrack */
+  unsigned handshaking : 1; /* holds one of the server's handshake slots */
   capf_op_label_t op_label;
   capf_result_t result;
 };
@@ -118,6 +119,12 @@ static void release_keygen_slot(capf_session_t *s) {
   capstan_metric_set(s->srv->m.keygen_waiting, s->srv->throttle.waiting);
 }
 
+static void release_handshake_slot(capf_session_t *s) {
+  if (!s->handshaking) return;
+  s->handshaking = 0;
+  capf_server_handshake_done(s->srv);
+}
+
 /* Records the session's outcome in metrics, once. */
 static void finish(capf_session_t *s, capf_result_t result) {
   if (s->finished) return;
@@ -126,6 +133,39 @@ static void finish(capf_session_t *s, capf_result_t result) {
   capf_metrics_t *m = &s->srv->m;
   capstan_metric_inc(m->sessions[s->op_label][result]);
   capstan_metric_observe(m->session_duration, capstan_now_seconds() - s->started_at);
+}
+
+static void record_status(capf_session_t *s, Capstan__OpStatus status, const char *reason,
+                          int count_attempt);
+
+/* A phone that goes away in the middle of its operation leaves the device
+ * failed with the step it stopped at, not "in progress" forever. */
+static void dropped_mid_operation(capf_session_t *s) {
+  const char *reason = NULL;
+  switch (s->state) {
+    case ST_THROTTLED:
+      reason = "phone disconnected while held by the throttle";
+      break;
+    case ST_WAIT_KEYGEN:
+      reason = "phone disconnected during key generation";
+      break;
+    case ST_SIGNING:
+    case ST_RECORDING:
+      reason = "phone disconnected while the server was working";
+      break;
+    case ST_WAIT_STORE:
+      reason = "phone disconnected before confirming it stored the certificate";
+      break;
+    case ST_WAIT_FETCH:
+      reason = "phone disconnected before sending its certificate";
+      break;
+    case ST_WAIT_DELETE:
+      reason = "phone disconnected before confirming the delete";
+      break;
+    default:
+      return;
+  }
+  record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 0);
 }
 
 static void on_conn_closed(capstan_tls_conn_t *conn, void *arg, capstan_tls_close_reason_t why) {
@@ -142,10 +182,12 @@ static void on_conn_closed(capstan_tls_conn_t *conn, void *arg, capstan_tls_clos
     LOG_INFO("event=capf_session_dropped device=%s peer=%s state=%s reason=%s",
              s->device[0] ? s->device : "-", s->peer_host, state_name(s->state),
              capstan_tls_close_reason_name(why));
+    dropped_mid_operation(s);
     finish(s, r);
   }
   s->conn = NULL;
   s->state = ST_CLOSING;
+  release_handshake_slot(s);
   capstan_throttle_cancel(&srv->throttle, &s->waiter);
   release_keygen_slot(s);
   capstan_metric_set(srv->m.keygen_waiting, srv->throttle.waiting);
@@ -580,6 +622,25 @@ static void auth_failed(capf_session_t *s, const char *reason) {
 
 /* --- By existing certificate: verified on a worker ------------------------ */
 
+/* The certificate must be the named device's own: an LSC's CN is the device
+ * name (R8), a MIC's is "<model>-<device name>" (CP-7962G-SEP...). Without
+ * this, a phone holding any trusted certificate could authenticate as any
+ * device, get its LSC and have its configuration encrypted for its key. */
+static int cert_names_device(X509 *cert, const char *device) {
+  X509_NAME *subject = X509_get_subject_name(cert);
+  int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (idx < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, idx) >= 0) return 0;
+  uint8_t *cn = NULL;
+  int n = ASN1_STRING_to_UTF8(&cn, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)));
+  if (n < 0) return 0;
+  size_t len = (size_t)n, dlen = strlen(device);
+  int ok =
+      (len == dlen && memcmp(cn, device, dlen) == 0) ||
+      (len > dlen + 1 && cn[len - dlen - 1] == '-' && memcmp(cn + len - dlen, device, dlen) == 0);
+  OPENSSL_free(cn);
+  return ok;
+}
+
 static void verify_cert_auth_run(work_job_t *j) {
   X509 *cert = NULL;
   EVP_PKEY *key = NULL;
@@ -608,6 +669,10 @@ static void verify_cert_auth_run(work_job_t *j) {
   if (!ok) goto out;
   if (capstan_pki_verify_chain(cert, NULL, j->pki->trust) < 0) {
     j->why = j->cert_type == CAPSTAN_CAPF_CERT_MIC ? "MIC invalid" : "LSC invalid";
+    goto out;
+  }
+  if (!cert_names_device(cert, j->device)) {
+    j->why = "certificate issued to another device";
     goto out;
   }
   if (j->sudi != NULL) {
@@ -1081,6 +1146,7 @@ static void on_data(capstan_tls_conn_t *conn, void *arg, const uint8_t *data, si
 static void on_handshake(capstan_tls_conn_t *conn, void *arg) {
   capf_session_t *s = arg;
   capf_metrics_t *m = &s->srv->m;
+  release_handshake_slot(s);
   capstan_metric_inc(m->handshakes_ok);
   capstan_metric_observe(m->handshake_duration, capstan_now_seconds() - s->started_at);
   capstan_capf_builder_t b;
@@ -1171,8 +1237,8 @@ void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener) {
     static unsigned suppressed;
     uint64_t now_ms = uv_now(srv->loop);
     if (last_log_ms == 0 || now_ms - last_log_ms >= 1000) {
-      LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\" also_refused=%u",
-               s->peer_host, refuse, suppressed);
+      LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\" also_refused=%u", s->peer_host,
+               refuse, suppressed);
       last_log_ms = now_ms;
       suppressed = 0;
     } else {
@@ -1190,6 +1256,8 @@ void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener) {
   srv->sessions = s;
   s->linked = 1;
   srv->nsessions++;
+  s->handshaking = 1;
+  srv->handshaking++;
   capstan_metric_set(srv->m.sessions_active, srv->nsessions);
   uv_tcp_nodelay(tcp, 1);
   capf_session_apply_keepalive(s, srv->settings.keepalive_minutes);

@@ -117,7 +117,7 @@ static void on_file(void *ctx, int status, capstan_blob_t *blob, capstan_file_ki
   const char *kind_name = capstan_file_kind_name(fr->kind);
   if (status == CAPSTAN_ENOENT) {
     capstan_metric_inc(g_m.requests[fr->kind][RESULT_NOT_FOUND]);
-    LOG_INFO("event=http_file_not_found peer=%s kind=%s", fr->peer, kind_name);
+    LOG_DEBUG("event=http_file_not_found peer=%s kind=%s", fr->peer, kind_name);
     respond_text(res, 404, "file not found\n");
   } else if (status == CAPSTAN_EACCES) {
     capstan_metric_inc(g_m.requests[fr->kind][RESULT_DENIED]);

@@ -155,9 +155,10 @@ def cert_element_der(value):
 
 
 def rsa_spki(bits=1024):
-    if bits < 1024:
-        # cryptography refuses to generate small keys; a public key needs only
-        # a modulus of the right size (odd, top bit set).
+    if bits < 1024 or bits > 4096:
+        # cryptography refuses to generate small keys, and big ones take
+        # minutes; a public key needs only a modulus of the right size (odd,
+        # top bit set).
         n = int.from_bytes(os.urandom(bits // 8), "big") | (1 << (bits - 1)) | 1
         pub = rsa.RSAPublicNumbers(65537, n).public_key()
     else:
@@ -205,6 +206,18 @@ def device_json(data_dir, name):
     return json.loads(cli(data_dir, "device", "show", name, "--json"))
 
 
+def _die_with_parent():
+    """In the child: SIGKILL when the test process dies (a ctest timeout
+    must not leave a server behind)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class Server:
     """`capstan serve` on 127.0.0.1 with kernel-picked ports."""
 
@@ -242,6 +255,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()

@@ -35,9 +35,10 @@ IT_NAME="$(basename "$0" .sh)"
 
 # Leaks are errors in every process we start; a sanitizer report fails the
 # process with a distinctive exit code so it is not mistaken for a result.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:exitcode=86}"
-export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:exitcode=86}"
-export LSAN_OPTIONS="${LSAN_OPTIONS:-exitcode=86}"
+# (Appended: later options win over what the caller set.)
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1:exitcode=86"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}print_stacktrace=1:halt_on_error=1:exitcode=86"
+export LSAN_OPTIONS="${LSAN_OPTIONS:+$LSAN_OPTIONS:}exitcode=86"
 
 IT_TMP="$(mktemp -d "${TMPDIR:-/tmp}/capstan-${IT_NAME}.XXXXXX")"
 IT_KEEP="${CAPSTAN_IT_KEEP:-0}" # 1: keep the temporary directory
@@ -190,15 +191,17 @@ it_wait_for() {
 
 # --- Servers ----------------------------------------------------------------
 
-# srv_prepare NAME: creates server NAME's data directory (`capstan init`)
-# without starting it, so that settings can be set before the server reads
-# them (`cap NAME config set ...`); srv_start NAME then uses it.
+# srv_prepare NAME [capstan init options]: creates server NAME's data
+# directory (`capstan init`) without starting it, so that settings can be
+# set before the server reads them (`cap NAME config set ...`); srv_start
+# NAME then uses it.
 srv_prepare() {
   local name=$1
+  shift
   local dir="$IT_TMP/srv-$name"
   mkdir -p "$dir"
   SRV_DATA[$name]="$dir/data"
-  timeout 120 "$CAPSTAN_BIN" init --data-dir "${SRV_DATA[$name]}" >"$dir/init.log" 2>&1 || {
+  timeout 120 "$CAPSTAN_BIN" init --data-dir "${SRV_DATA[$name]}" "$@" >"$dir/init.log" 2>&1 || {
     cat "$dir/init.log" >&2
     fail "capstan init for server '$name' failed"
   }

@@ -13,10 +13,17 @@ it_require "$CAPSTAN_BIN" "$PHONE_BIN" curl jq md5sum openssl "$IT_PYTHON"
 it_watchdog 300
 
 VALIDITY=90
-srv_start main --subject "O=Capstan Test,OU=Voice,L=Springfield,ST=Oregon,C=US"
+# The validity is set before the server starts: a live change lands within
+# about a second, and the first install must not race it.
+srv_prepare main --subject "O=Capstan Test,OU=Voice,L=Springfield,ST=Oregon,C=US"
 cap main config set validity-days $VALIDITY >/dev/null
+srv_start main
 cap main cert export capf >"$IT_TMP/capf.pem"
 grep -q 'BEGIN CERTIFICATE' "$IT_TMP/capf.pem" || fail "cert export capf printed no PEM"
+# The CAPF subject carries the attributes LSCs copy (R8).
+subj=$(openssl x509 -in "$IT_TMP/capf.pem" -noout -subject -nameopt RFC2253) || fail "CAPF PEM unreadable"
+[[ "$subj" == *"OU=Voice"* && "$subj" == *"O=Capstan Test"* && "$subj" == *"C=US"* ]] ||
+  fail "CAPF subject lacks the --subject attributes: $subj"
 
 # Sessions caused, by operation label and result, to compare with /metrics.
 declare -A EXPECT=()
@@ -205,6 +212,12 @@ metric_expect main 'capstan_capf_certificates_issued_total' "${EXPECT[install/ok
 for mode in string null lsc mic; do
   metric_expect main "capstan_capf_auth_failures_total{mode=\"$mode\"}" 0
 done
+# Each operation waited for its own commit before END_SESSION, and the
+# sessions ran one after the other: at least one commit each (group commit
+# only batches what is queued at once).
+commits=$(metric main capstan_storage_commit_duration_seconds_count)
+ops=$((EXPECT[install/ok] + EXPECT[troubleshoot/ok] + EXPECT[delete/ok]))
+((commits >= ops)) || fail "capstan_storage_commit_duration_seconds_count $commits < $ops operations"
 
 srv_stop main
 it_pass

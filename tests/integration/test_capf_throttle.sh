@@ -57,7 +57,12 @@ bg_phone SEP0000F00D0003 120
 D=$BG_PID
 it_wait_for 60 metric_is capstan_capf_keygen_active 1 || fail "phone 3 never reached key generation"
 cap main config set throttle-hold-seconds 1 >/dev/null
-# Held for 1 s once the server applied the change (30 s before that).
+# The server applies the whole settings record when it sees a new store
+# transaction; a keep-alive change after this one is logged when applied, so
+# once that line is there the 1 s hold is in force too.
+cap main keepalive set 6 >/dev/null
+it_wait_for 20 'grep -q "event=capf_keepalive_changed minutes=6" "${SRV_LOG[main]}"' ||
+  fail "settings not applied (no capf_keepalive_changed minutes=6)"
 phone main --name SEP0000F00D0004 --auth null --timeout 90
 [[ $PHONE_RC -eq 1 ]] || fail "a phone sent RETRY_LATER must exit 1, got $PHONE_RC"
 json_expect "$PHONE_JSON" result error error retry_later retry_delay 42 operation none

@@ -265,7 +265,19 @@ def main():
         for name in device_names():
             try:
                 ders = load.received.get(name, [])
-                d = check_device(data_dir, name, ders, load.completed.get(name))
+                done = load.completed.get(name)
+                listed = by_name[name]
+                if (
+                    (name, len(ders)) in checked
+                    and done is not None
+                    and listed["md5hash"] == hashlib.md5(done).hexdigest()
+                    and listed["status"] == "succeeded"
+                ):
+                    # Its serials were checked after a kill and nothing came
+                    # since; the list shows the final state. (Saves a CLI
+                    # call per device: slow in the ASan build.)
+                    continue
+                d = check_device(data_dir, name, ders, done)
                 if name in load.completed:
                     check(by_name[name]["status"] == "succeeded", "%s: list shows %r" % (name, by_name[name]["status"]))
                     check(d["certs_issued"] >= len(ders), "%s: %d certs on record, %d received" % (name, d["certs_issued"], len(ders)))

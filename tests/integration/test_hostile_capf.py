@@ -16,6 +16,7 @@ Environment: CAPSTAN_BIN (the binary), CAPSTAN_SANITIZE=ON for the ASan build
 freed memory by design).
 """
 
+import hashlib
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from cryptography import x509
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostile_lib as h  # noqa: E402
@@ -283,6 +286,38 @@ def _(c):
         time.sleep(0.05)
 
 
+def reset(p):
+    p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    p.sock.close()
+
+
+@case("tcp: reset right after KEY_GEN_RESPONSE (while the server signs)")
+def _(c):
+    p, _ = phone_at_keygen(c)
+    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+    reset(p)
+
+
+@case("tcp: reset right after STORE_CERT_RESPONSE (while the server records)")
+def _(c):
+    p, name = phone_at_keygen(c)
+    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+    m = p.recv()
+    check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+    p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+    reset(p)
+    # Whether the server read STORE_CERT_RESPONSE before the reset is a
+    # race; either way the certificate it handed out is on record.
+    _, der = h.cert_element_der(m.get(h.EL_CERTIFICATE))
+    serial = "%032x" % x509.load_der_x509_certificate(der).serial_number
+    wait_idle(c.server)
+    d = h.device_json(c.data_dir, name)
+    st = {e["serial"]: e["status"] for e in d["cert_history"]}
+    check(st.get(serial) in ("issued", "installed"), "%s: serial %s on record as %r" % (name, serial, st))
+    if st[serial] == "installed":
+        check(d["md5hash"] == hashlib.md5(der).hexdigest(), "%s: md5hash %r" % (name, d["md5hash"]))
+
+
 @case("wrong protocol id", **{PROTO_ERRORS: 1})
 def _(c):
     end7_after(c, lambda p: msg(h.AUTH_RESPONSE, p.session_id, auth_elements(), proto=0x56))
@@ -361,6 +396,16 @@ def _(c):
         m = msg(h.AUTH_RESPONSE, p.session_id, el(14, b"") + base + el(99, b"p" * pad))
         check(len(m) == 16384, "test bug: message is %d bytes" % len(m))
         p.send(m)
+        r = p.recv()
+        check(r.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % r)
+
+
+@case("AUTH_RESPONSE with 5000 empty unknown elements: enrolls")
+def _(c):
+    name = c.device("B")
+    with phone_at_auth(c) as p:
+        junk = el(99, b"") * 5000
+        p.send(msg(h.AUTH_RESPONSE, p.session_id, junk + auth_elements(name=name.encode() + b"\0")))
         r = p.recv()
         check(r.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % r)
 
@@ -561,6 +606,62 @@ def _(c):
     keygen_fails(c, el(h.EL_REASON, b"\x07"))
 
 
+@case("RSA 15000-bit public key when RSA 1024 was requested")
+def _(c):
+    keygen_fails(c, el(h.EL_PUBLIC_KEY, h.rsa_spki(15000)))
+
+
+def phone_at_ec_keygen(c):
+    p = phone_at_auth(c)
+    p.send_auth(c.device("F"))
+    m = p.recv()
+    check(m.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % m)
+    check(m.u8(h.EL_KEY_TYPE) == 1 and m.u8(h.EL_EC_CURVE) == 0, "not an EC P-256 request: %r" % m)
+    check(m.get(h.EL_KEY_SIZE) is None, "KEY_SIZE in an EC request")
+    return p
+
+
+@case("EC device: a valid P-256 key enrolls")
+def _(c):
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.ec_spki())))
+        m = p.recv()
+        check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+        p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+        p.expect_end(h.REASON_UPDATE)
+
+
+@case("EC device: a P-256 point that is not on the curve")
+def _(c):
+    spki = bytearray(h.ec_spki())
+    spki[-1] ^= 0x01  # y changes: the point leaves the curve
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, bytes(spki))))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("EC device: a P-384 key when P-256 was requested")
+def _(c):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    spki = (
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, spki)))
+        p.expect_end(h.REASON_INVALID)
+
+
+@case("EC device: an RSA key when EC was requested")
+def _(c):
+    with phone_at_ec_keygen(c) as p:
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+        p.expect_end(h.REASON_INVALID)
+
+
 @case("STORE_CERT_RESPONSE with REASON=7 (phone did not store it)")
 def _(c):
     p, name = phone_at_keygen(c)
@@ -601,6 +702,10 @@ def _(c):
 
 @case("per-address connection limit: the 17th silent connection is refused")
 def _(c):
+    # The 16 must outlive the 2 s handshake timer on a slow machine: raise it
+    # for this case (settings apply within a second).
+    h.cli(c.data_dir, "config", "set", "handshake-timeout-seconds", "60")
+    time.sleep(1.5)
     before = c.server.metric('capstan_capf_connections_rejected_total{reason="limit_per_address"}')
     socks = []
     try:
@@ -617,6 +722,8 @@ def _(c):
     finally:
         for s in socks:
             s.close()
+        h.cli(c.data_dir, "config", "set", "handshake-timeout-seconds", str(HANDSHAKE_TIMEOUT))
+        time.sleep(1.5)
     after = c.server.metric('capstan_capf_connections_rejected_total{reason="limit_per_address"}')
     check(after == before + 1, "limit_per_address rejections %g -> %g" % (before, after))
 
@@ -831,6 +938,45 @@ def _(c):
 LSC_DEVICE = "SEPAB0000000001"
 
 
+@case("throttle: held phones that reset or close do not leak the slot or the queue")
+def _(c):
+    h.cli(c.data_dir, "config", "set", "max-concurrent-keygen", "1")
+    time.sleep(1.5)
+    try:
+        holder, _ = phone_at_keygen(c)
+        held = []
+        for _ in range(3):
+            p = phone_at_auth(c)
+            p.send_auth(c.device("B"))
+            held.append(p)
+        deadline = time.monotonic() + 10 * h.SLOW
+        while c.server.metric("capstan_capf_keygen_waiting") != 3:
+            check(time.monotonic() < deadline, "3 phones not held by the throttle")
+            time.sleep(0.05)
+        # Two held phones vanish (a reset and a clean close), the third waits.
+        held[0].sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        held[0].close()
+        held[1].close()
+        # The slot holder goes away too: the last held phone gets the slot.
+        holder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        holder.close()
+        with held[2] as p:
+            m = p.recv()
+            check(m.command == h.KEY_GEN_REQUEST, "the waiting phone got %r" % m)
+            p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+            m = p.recv()
+            check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+            p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+            p.expect_end(h.REASON_UPDATE)
+        wait_idle(c.server)
+        m = c.server.metrics()
+        check(m.get("capstan_capf_keygen_waiting") == 0, "keygen_waiting %r" % m.get("capstan_capf_keygen_waiting"))
+        check(m.get(KEYGEN_ACTIVE) == 0, "keygen_active %r" % m.get(KEYGEN_ACTIVE))
+    finally:
+        h.cli(c.data_dir, "config", "set", "max-concurrent-keygen", "2000")
+        time.sleep(1.5)
+
+
 # --- Runner ------------------------------------------------------------------
 
 
@@ -883,10 +1029,14 @@ def churn_one(c, i):
         with p:
             p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, CHURN_EC_KEY)))
             p.expect_end(h.REASON_INVALID)
-    else:
+    elif i % 16 == 7:
         p, _ = phone_at_keygen(c, name=CHURN_EC_DEVICE)
-        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        p.sock.close()
+        reset(p)
+    else:
+        # Reset while the worker checks the (wrong) key.
+        p, _ = phone_at_keygen(c, name=CHURN_EC_DEVICE)
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, CHURN_EC_KEY)))
+        reset(p)
 
 
 CHURN_HELLO = b""
@@ -944,6 +1094,7 @@ def main():
             for i in range(1, 400):
                 f.write("SEPT%011X,troubleshoot,null,,rsa1024,\n" % i)
                 f.write("SEPE%011X,delete,null,,rsa1024,\n" % i)
+                f.write("SEPF%011X,install,null,,ec256,\n" % i)
         h.cli(data_dir, "device", "import", csv)
         server = h.Server(data_dir).start()
         c = Ctx(data_dir, server)

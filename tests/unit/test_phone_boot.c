@@ -38,6 +38,9 @@
 
 #include "bench/phone/phone.h"
 #include "core/error.h"
+#include "core/files/encconf.h"
+#include "core/files/itl.h"
+#include "core/files/sgnhdr.h"
 #include "core/pki.h"
 
 #define START_TIMEOUT_MS 60000
@@ -254,6 +257,7 @@ static void enroll_then_decrypt(const char *name, capstan_phone_transport_t t, i
   assert_true(r1.enrolled);
   assert_non_null(r1.lsc.cert);
   assert_int_equal(r1.files, 2);
+  assert_int_equal(r1.connections, t == CAPSTAN_PHONE_TRANSPORT_HTTP ? 2 : 0);
   char md5[33];
   md5_of(r1.lsc.cert, md5);
   assert_string_equal(r1.lsc_md5, md5);
@@ -262,6 +266,7 @@ static void enroll_then_decrypt(const char *name, capstan_phone_transport_t t, i
   capstan_phone_boot_config_t bc2 = bc;
   bc2.phone.lsc = r1.lsc;
   bc2.trusted_tftp = r1.itl_signer;
+  bc2.http_keep_alive = 1; /* HTTP: the three files on one connection */
   capstan_phone_boot_result_t r2;
   assert_int_equal(capstan_phone_boot_run_one(&bc2, &r2), 0);
   if (r2.failure != CAPSTAN_PHONE_BOOT_NONE) fprintf(stderr, "boot 2: %s\n", r2.detail);
@@ -275,6 +280,7 @@ static void enroll_then_decrypt(const char *name, capstan_phone_transport_t t, i
   assert_true(r2.decrypted);
   assert_true(r2.full_config);
   assert_int_equal(r2.files, 3);
+  assert_int_equal(r2.connections, t == CAPSTAN_PHONE_TRANSPORT_HTTP ? 1 : 0);
   assert_non_null(r2.config);
   char want[64];
   snprintf(want, sizeof(want), "<certHash>%s</certHash>", md5);
@@ -477,6 +483,7 @@ static int fake_listen(int udp, int *port) {
 typedef struct {
   capstan_phone_fetch_result_t res;
   int called;
+  int kept; /* a connection was kept after the download */
 } fetch_out_t;
 
 static void on_fetch(capstan_phone_fetch_t *fetch, void *arg, capstan_phone_fetch_result_t *res) {
@@ -671,12 +678,497 @@ static void test_fetch_refused_and_bad_names(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- HTTP keep-alive ------------------------------------------------------- */
+
+/* A server that answers requests with canned answers in order, on as many
+ * connections as it takes; an answer may close its connection after it. */
+typedef struct {
+  int fd;
+  const char *answers[4];
+  int close_after[4];
+  int n;
+  int conns, requests;
+  int saw_keep_alive;
+} ka_fake_t;
+
+static int read_request(int c, char *buf, size_t cap) {
+  size_t len = 0;
+  while (len < cap - 1) {
+    struct pollfd cp = {.fd = c, .events = POLLIN};
+    if (poll(&cp, 1, 5000) <= 0) return -1;
+    ssize_t n = read(c, buf + len, cap - 1 - len);
+    if (n <= 0) return -1;
+    len += (size_t)n;
+    buf[len] = '\0';
+    if (strstr(buf, "\r\n\r\n") != NULL) return 0;
+  }
+  return -1;
+}
+
+static void *ka_main(void *arg) {
+  ka_fake_t *k = arg;
+  int answered = 0;
+  while (answered < k->n && k->conns < 3) {
+    struct pollfd pfd = {.fd = k->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 5000) <= 0) break;
+    int c = accept(k->fd, NULL, NULL);
+    if (c < 0) break;
+    k->conns++;
+    char req[2048];
+    while (answered < k->n && read_request(c, req, sizeof(req)) == 0) {
+      k->requests++;
+      if (strstr(req, "\r\nConnection: keep-alive\r\n") != NULL) k->saw_keep_alive++;
+      ssize_t w = write(c, k->answers[answered], strlen(k->answers[answered]));
+      (void)w;
+      if (k->close_after[answered++]) break;
+    }
+    /* Wait for the client to close (bounded), then close. */
+    struct pollfd cp = {.fd = c, .events = POLLIN};
+    if (answered >= k->n) poll(&cp, 1, 2000);
+    close(c);
+  }
+  return NULL;
+}
+
+static void ka_fetch(uv_loop_t *loop, int port, capstan_phone_http_conn_t *reuse,
+                     fetch_out_t *out) {
+  memset(out, 0, sizeof(*out));
+  capstan_phone_fetch_config_t fc;
+  memset(&fc, 0, sizeof(fc));
+  fc.transport = CAPSTAN_PHONE_TRANSPORT_HTTP;
+  loopback(&fc.addr, port);
+  fc.name = "ITLFile.tlv";
+  fc.timeout_ms = 5000;
+  fc.keep_alive = 1;
+  fc.reuse = reuse;
+  assert_int_equal(capstan_phone_fetch_start(loop, &fc, on_fetch, out, NULL), 0);
+  uv_run(loop, UV_RUN_DEFAULT);
+  assert_int_equal(out->called, 1);
+}
+
+static void ka_run(ka_fake_t *k, fetch_out_t *o1, fetch_out_t *o2) {
+  int port;
+  k->fd = fake_listen(0, &port);
+  assert_true(k->fd >= 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, ka_main, k), 0);
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  ka_fetch(&loop, port, NULL, o1);
+  capstan_phone_http_conn_t *conn = o1->res.conn;
+  o1->res.conn = NULL;
+  if (conn != NULL) {
+    /* Let the server's close (if it closes) arrive first. */
+    usleep(100000);
+    ka_fetch(&loop, port, conn, o2);
+  }
+  /* Close what is kept, so that the server thread ends. */
+  o2->kept = o2->res.conn != NULL;
+  capstan_phone_http_conn_close(o2->res.conn);
+  o2->res.conn = NULL;
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  pthread_join(th, NULL);
+  close(k->fd);
+}
+
+static void test_http_keep_alive(void **state) {
+  (void)state;
+  ka_fake_t k = {.answers = {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none",
+                             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"},
+                 .n = 2};
+  fetch_out_t o1, o2;
+  memset(&o2, 0, sizeof(o2));
+  ka_run(&k, &o1, &o2);
+  assert_int_equal(o1.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_true(o1.res.new_connection);
+  assert_memory_equal(o1.res.body, "one", 3);
+  assert_int_equal(o2.called, 1);
+  assert_int_equal(o2.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_false(o2.res.new_connection);
+  assert_int_equal(o2.res.len, 3);
+  assert_memory_equal(o2.res.body, "two", 3);
+  assert_true(o2.kept);
+  assert_int_equal(k.conns, 1);
+  assert_int_equal(k.requests, 2);
+  assert_int_equal(k.saw_keep_alive, 2);
+  capstan_phone_fetch_result_cleanup(&o1.res);
+  capstan_phone_fetch_result_cleanup(&o2.res);
+}
+
+/* The server closed the kept connection: the second download starts again
+ * on a new connection. */
+static void test_http_keep_alive_retry(void **state) {
+  (void)state;
+  ka_fake_t k = {.answers = {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none",
+                             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"},
+                 .close_after = {1, 0},
+                 .n = 2};
+  fetch_out_t o1, o2;
+  memset(&o2, 0, sizeof(o2));
+  ka_run(&k, &o1, &o2);
+  assert_int_equal(o1.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_int_equal(o2.called, 1);
+  if (o2.res.error != CAPSTAN_PHONE_FETCH_NONE) fprintf(stderr, "%s\n", o2.res.detail);
+  assert_int_equal(o2.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_true(o2.res.new_connection);
+  assert_memory_equal(o2.res.body, "two", 3);
+  assert_int_equal(k.conns, 2);
+  assert_int_equal(k.requests, 2);
+  capstan_phone_fetch_result_cleanup(&o1.res);
+  capstan_phone_fetch_result_cleanup(&o2.res);
+}
+
+/* "Connection: close" from the server: nothing is kept. */
+static void test_http_keep_alive_refused(void **state) {
+  (void)state;
+  ka_fake_t k = {
+      .answers = {"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\none"},
+      .close_after = {1},
+      .n = 1};
+  fetch_out_t o1, o2;
+  memset(&o2, 0, sizeof(o2));
+  ka_run(&k, &o1, &o2);
+  assert_int_equal(o1.res.error, CAPSTAN_PHONE_FETCH_NONE);
+  assert_null(o1.res.conn);
+  assert_int_equal(o2.called, 0);
+  capstan_phone_fetch_result_cleanup(&o1.res);
+}
+
+/* ---- The boot against files made here --------------------------------------- */
+
+/* An HTTP file server in a thread serving a table of files made by the test
+ * (Connection: close, 404 for others), so that the boot's checks can be
+ * driven with files the real server never produces. */
+#define FAKE_MAX_FILES 4
+#define FAKE_NAME "SEP0011223344CC"
+
+typedef struct {
+  const char *name;
+  uint8_t *data;
+  size_t len;
+} fake_file_t;
+
+typedef struct {
+  int fd;
+  fake_file_t files[FAKE_MAX_FILES];
+  volatile int stop;
+  int requests;
+} files_fake_t;
+
+static void *files_main(void *arg) {
+  files_fake_t *ff = arg;
+  while (!ff->stop) {
+    struct pollfd pfd = {.fd = ff->fd, .events = POLLIN};
+    if (poll(&pfd, 1, 50) <= 0) continue;
+    int c = accept(ff->fd, NULL, NULL);
+    if (c < 0) continue;
+    char req[2048];
+    if (read_request(c, req, sizeof(req)) == 0) {
+      ff->requests++;
+      const fake_file_t *hit = NULL;
+      for (int i = 0; i < FAKE_MAX_FILES; i++) {
+        const fake_file_t *f = &ff->files[i];
+        char line[300];
+        if (f->name == NULL) continue;
+        snprintf(line, sizeof(line), "GET /%s HTTP/1.1\r\n", f->name);
+        if (strncmp(req, line, strlen(line)) == 0) hit = f;
+      }
+      char head[128];
+      int n = snprintf(head, sizeof(head), "HTTP/1.1 %s\r\nContent-Length: %zu\r\n\r\n",
+                       hit ? "200 OK" : "404 Not Found", hit ? hit->len : 0);
+      ssize_t w = write(c, head, (size_t)n);
+      if (hit != NULL && hit->len > 0) w = write(c, hit->data, hit->len);
+      (void)w;
+    }
+    close(c);
+  }
+  return NULL;
+}
+
+static capstan_identity_t g_tftp, g_evil, g_phone_ca, g_phone;
+static char g_phone_md5[33];
+
+static int fake_group_setup(void **state) {
+  (void)state;
+  if (capstan_pki_create_tftp(NULL, &g_tftp) != 0 || capstan_pki_create_tftp(NULL, &g_evil) != 0 ||
+      capstan_pki_create_test_ca("Phone CA", &g_phone_ca) != 0 ||
+      capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 1024, &g_phone.key) != 0) {
+    return -1;
+  }
+  uint8_t *der = NULL;
+  size_t len = 0;
+  if (capstan_pki_issue_test_leaf(&g_phone_ca, FAKE_NAME, g_phone.key, &der, &len) != 0 ||
+      capstan_pki_parse_cert(der, len, &g_phone.cert) != 0) {
+    free(der);
+    return -1;
+  }
+  capstan_pki_md5hash(der, len, g_phone_md5);
+  free(der);
+  return 0;
+}
+
+static int fake_group_teardown(void **state) {
+  (void)state;
+  capstan_identity_cleanup(&g_tftp);
+  capstan_identity_cleanup(&g_evil);
+  capstan_identity_cleanup(&g_phone_ca);
+  capstan_identity_cleanup(&g_phone);
+  return 0;
+}
+
+/* An ITL named |fname| listing |tftp| (and signed by |signer_key|). */
+static fake_file_t make_itl(const char *name, const char *fname, X509 *tftp, EVP_PKEY *signer_key) {
+  capstan_itl_entry_t e = {.cert = tftp, .role = CAPSTAN_ITL_ROLE_TFTP};
+  capstan_itl_params_t p = {.signer_cert = tftp,
+                            .entries = &e,
+                            .n_entries = 1,
+                            .filename = fname,
+                            .hash_alg = CAPSTAN_SGN_HASH_SHA1,
+                            .timestamp = 1700000000};
+  fake_file_t f = {.name = name};
+  const char *why = NULL;
+  assert_int_equal(capstan_itl_build(&p, signer_key, &f.data, &f.len, &why), 0);
+  return f;
+}
+
+static fake_file_t make_sgn(const char *name, const char *fname, const char *xml, EVP_PKEY *key) {
+  capstan_sgn_params_t p = {.version_major = 1,
+                            .signer_cert = g_tftp.cert,
+                            .hash_alg = CAPSTAN_SGN_HASH_SHA1,
+                            .filename = fname,
+                            .timestamp = 1700000000,
+                            .payload = (const uint8_t *)xml,
+                            .payload_len = strlen(xml)};
+  fake_file_t f = {.name = name};
+  const char *why = NULL;
+  assert_int_equal(capstan_sgn_sign(&p, key, &f.data, &f.len, &why), 0);
+  return f;
+}
+
+static fake_file_t make_enc(const char *xml, EVP_PKEY *phone_pub, EVP_PKEY *key) {
+  capstan_encconf_params_t p = {.signer_cert = g_tftp.cert,
+                                .phone_pub = phone_pub,
+                                .filename = FAKE_NAME ".cnf.xml.enc.sgn",
+                                .config = (const uint8_t *)xml,
+                                .config_len = strlen(xml),
+                                .enc_hash_alg = CAPSTAN_SGN_HASH_SHA1,
+                                .sign_hash_alg = CAPSTAN_SGN_HASH_SHA1,
+                                .timestamp = 1700000000};
+  fake_file_t f = {.name = FAKE_NAME ".cnf.xml.enc.sgn"};
+  const char *why = NULL;
+  assert_int_equal(capstan_encconf_build(&p, key, &f.data, &f.len, &why), 0);
+  return f;
+}
+
+#define ITL_NAME "ITL" FAKE_NAME ".tlv"
+#define CNF_NAME FAKE_NAME ".cnf.xml.sgn"
+#define PLAIN_CNF "<device><capfAuthMode>0</capfAuthMode><certHash></certHash></device>"
+
+/* Boots FAKE_NAME (with the test's phone certificate if |with_lsc|) against
+ * |files|; frees the files. */
+static void fake_boot(fake_file_t *files, int n, int with_lsc, X509 *trusted,
+                      capstan_phone_boot_result_t *r) {
+  files_fake_t ff;
+  memset(&ff, 0, sizeof(ff));
+  for (int i = 0; i < n; i++) ff.files[i] = files[i];
+  int port;
+  ff.fd = fake_listen(0, &port);
+  assert_true(ff.fd >= 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, files_main, &ff), 0);
+  capstan_phone_boot_config_t bc;
+  memset(&bc, 0, sizeof(bc));
+  bc.phone.device_name = FAKE_NAME;
+  bc.phone.step_timeout_ms = 5000;
+  if (with_lsc) bc.phone.lsc = g_phone;
+  bc.transport = CAPSTAN_PHONE_TRANSPORT_HTTP;
+  loopback(&bc.file_addr, port);
+  bc.boot_only = 1;
+  bc.trusted_tftp = trusted;
+  int rc = capstan_phone_boot_run_one(&bc, r);
+  ff.stop = 1;
+  pthread_join(th, NULL);
+  close(ff.fd);
+  for (int i = 0; i < n; i++) free(files[i].data);
+  assert_int_equal(rc, 0);
+}
+
+static void expect_failure(fake_file_t *files, int n, int with_lsc,
+                           capstan_phone_boot_failure_t want, const char *detail_part) {
+  capstan_phone_boot_result_t r;
+  fake_boot(files, n, with_lsc, NULL, &r);
+  if (r.failure != want) {
+    fprintf(stderr, "want %s, got %s: %s\n", capstan_phone_boot_failure_name(want),
+            capstan_phone_boot_failure_name(r.failure), r.detail);
+  }
+  assert_int_equal(r.failure, want);
+  if (detail_part != NULL) assert_non_null(strstr(r.detail, detail_part));
+  capstan_phone_boot_result_cleanup(&r);
+}
+
+static void test_fake_good_boot(void **state) {
+  (void)state;
+  fake_file_t f[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, PLAIN_CNF, g_tftp.key)};
+  capstan_phone_boot_result_t r;
+  fake_boot(f, 2, 0, NULL, &r);
+  assert_int_equal(r.failure, CAPSTAN_PHONE_BOOT_NONE);
+  assert_int_equal(r.itl_records, 2);
+  assert_int_equal(X509_cmp(r.itl_signer, g_tftp.cert), 0);
+  assert_int_equal(r.cert_hash, CAPSTAN_PHONE_HASH_EMPTY);
+  assert_int_equal(r.config_len, strlen(PLAIN_CNF));
+  assert_memory_equal(r.config, PLAIN_CNF, r.config_len);
+  capstan_phone_boot_result_cleanup(&r);
+
+  /* Trusting the signer: accepted; trusting another: refused. */
+  fake_file_t g[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, PLAIN_CNF, g_tftp.key)};
+  fake_boot(g, 2, 0, g_tftp.cert, &r);
+  assert_int_equal(r.failure, CAPSTAN_PHONE_BOOT_NONE);
+  capstan_phone_boot_result_cleanup(&r);
+  fake_file_t h[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key)};
+  fake_boot(h, 1, 0, g_evil.cert, &r);
+  assert_int_equal(r.failure, CAPSTAN_PHONE_BOOT_ITL_UNTRUSTED);
+  capstan_phone_boot_result_cleanup(&r);
+}
+
+static void test_fake_itl_failures(void **state) {
+  (void)state;
+  /* Neither ITL exists. */
+  expect_failure(NULL, 0, 0, CAPSTAN_PHONE_BOOT_ITL_FETCH, "ITLFile.tlv: not_found");
+  /* Only the cluster ITL: the phone falls back to it. */
+  fake_file_t a[] = {make_itl("ITLFile.tlv", "ITLFile.tlv", g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, PLAIN_CNF, g_tftp.key)};
+  capstan_phone_boot_result_t r;
+  fake_boot(a, 2, 0, NULL, &r);
+  assert_int_equal(r.failure, CAPSTAN_PHONE_BOOT_NONE);
+  assert_true(r.itl_fallback);
+  capstan_phone_boot_result_cleanup(&r);
+  /* Signed with a key that is not the signer's. */
+  fake_file_t b[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_evil.key)};
+  expect_failure(b, 1, 0, CAPSTAN_PHONE_BOOT_ITL_SIGNATURE, NULL);
+  /* FILENAME is another file's. */
+  fake_file_t c[] = {make_itl(ITL_NAME, "ITLFile.tlv", g_tftp.cert, g_tftp.key)};
+  expect_failure(c, 1, 0, CAPSTAN_PHONE_BOOT_ITL_INVALID, "FILENAME");
+  /* Not an ITL at all. */
+  fake_file_t d[] = {make_sgn(ITL_NAME, ITL_NAME, PLAIN_CNF, g_tftp.key)};
+  expect_failure(d, 1, 0, CAPSTAN_PHONE_BOOT_ITL_INVALID, NULL);
+  /* A byte changed after signing (in the last record's certificate
+   * signature): a record check or the signature catches it. */
+  fake_file_t e[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key)};
+  e[0].data[e[0].len - 10] ^= 0x01;
+  capstan_phone_boot_result_t re;
+  fake_boot(e, 1, 0, NULL, &re);
+  assert_true(re.failure == CAPSTAN_PHONE_BOOT_ITL_INVALID ||
+              re.failure == CAPSTAN_PHONE_BOOT_ITL_SIGNATURE);
+  capstan_phone_boot_result_cleanup(&re);
+}
+
+static void test_fake_cnf_failures(void **state) {
+  (void)state;
+  struct {
+    const char *fname;
+    const char *xml;
+    int evil;
+    capstan_phone_boot_failure_t want;
+    const char *detail;
+  } cases[] = {
+      {CNF_NAME, PLAIN_CNF, 1, CAPSTAN_PHONE_BOOT_CNF_SIGNATURE, NULL},
+      {"SEP0011223344DD.cnf.xml.sgn", PLAIN_CNF, 0, CAPSTAN_PHONE_BOOT_CNF_SIGNATURE, "FILENAME"},
+      {CNF_NAME, "<phone/>", 0, CAPSTAN_PHONE_BOOT_CNF_INVALID, "root"},
+      {CNF_NAME, "<device>", 0, CAPSTAN_PHONE_BOOT_CNF_INVALID, "well-formed"},
+      {CNF_NAME,
+       "<!DOCTYPE device [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;\">]>"
+       "<device><certHash>&b;&b;</certHash></device>",
+       0, CAPSTAN_PHONE_BOOT_CNF_INVALID, "DOCTYPE"},
+      {CNF_NAME,
+       "<device><certHash>"
+       "0123456789012345678901234567890123456789"
+       "0123456789012345678901234567890123456789</certHash></device>",
+       0, CAPSTAN_PHONE_BOOT_CNF_INVALID, "too long"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    fake_file_t f[] = {
+        make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+        make_sgn(CNF_NAME, cases[i].fname, cases[i].xml, cases[i].evil ? g_evil.key : g_tftp.key)};
+    expect_failure(f, 2, 0, cases[i].want, cases[i].detail);
+  }
+}
+
+#define ENC_PARTIAL                                                                  \
+  "<device><fullConfig>false</fullConfig><capfAuthMode>0</capfAuthMode><certHash>%s" \
+  "</certHash><encrConfig>true</encrConfig></device>"
+#define ENC_FULL                                                                  \
+  "<device><capfAuthMode>0</capfAuthMode><certHash>%s</certHash><encrConfig>true" \
+  "</encrConfig><secret>full</secret></device>"
+
+static void test_fake_encrypted(void **state) {
+  (void)state;
+  char partial[512], full[512];
+  snprintf(partial, sizeof(partial), ENC_PARTIAL, g_phone_md5);
+  snprintf(full, sizeof(full), ENC_FULL, g_phone_md5);
+  EVP_PKEY *pub = X509_get_pubkey(g_phone.cert);
+  assert_non_null(pub);
+  EVP_PKEY *other = NULL;
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 1024, &other), 0);
+
+  /* The whole path: match, fetch, verify, decrypt. */
+  fake_file_t a[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, partial, g_tftp.key),
+                     make_enc(full, pub, g_tftp.key)};
+  capstan_phone_boot_result_t r;
+  fake_boot(a, 3, 1, NULL, &r);
+  assert_int_equal(r.failure, CAPSTAN_PHONE_BOOT_NONE);
+  assert_int_equal(r.cert_hash, CAPSTAN_PHONE_HASH_MATCH);
+  assert_true(r.decrypted);
+  assert_true(r.full_config);
+  assert_int_equal(r.config_len, strlen(full));
+  assert_memory_equal(r.config, full, r.config_len);
+  capstan_phone_boot_result_cleanup(&r);
+
+  /* Without its certificate the phone does not ask for the file. */
+  fake_file_t b[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, partial, g_tftp.key)};
+  fake_boot(b, 2, 0, NULL, &r);
+  assert_int_equal(r.failure, CAPSTAN_PHONE_BOOT_NONE);
+  assert_int_equal(r.cert_hash, CAPSTAN_PHONE_HASH_MISMATCH);
+  assert_false(r.steps[CAPSTAN_PHONE_STEP_ENC].ran);
+  assert_false(r.full_config);
+  capstan_phone_boot_result_cleanup(&r);
+
+  /* Encrypted for another key. */
+  fake_file_t c[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, partial, g_tftp.key),
+                     make_enc(full, other, g_tftp.key)};
+  expect_failure(c, 3, 1, CAPSTAN_PHONE_BOOT_ENC_DECRYPT, NULL);
+  /* Signed by another key. */
+  fake_file_t d[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, partial, g_tftp.key),
+                     make_enc(full, pub, g_evil.key)};
+  expect_failure(d, 3, 1, CAPSTAN_PHONE_BOOT_ENC_SIGNATURE, NULL);
+  /* Decrypts to a partial configuration. */
+  fake_file_t e[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, partial, g_tftp.key),
+                     make_enc(partial, pub, g_tftp.key)};
+  expect_failure(e, 3, 1, CAPSTAN_PHONE_BOOT_ENC_INVALID, "partial");
+  /* Missing. */
+  fake_file_t g[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
+                     make_sgn(CNF_NAME, CNF_NAME, partial, g_tftp.key)};
+  expect_failure(g, 2, 1, CAPSTAN_PHONE_BOOT_ENC_FETCH, "not_found");
+  EVP_PKEY_free(other);
+  EVP_PKEY_free(pub);
+}
+
 int main(void) {
   const struct CMUnitTest clients[] = {
       cmocka_unit_test(test_http_client),
       cmocka_unit_test(test_http_header_cap),
       cmocka_unit_test(test_tftp_client),
       cmocka_unit_test(test_fetch_refused_and_bad_names),
+      cmocka_unit_test(test_http_keep_alive),
+      cmocka_unit_test(test_http_keep_alive_retry),
+      cmocka_unit_test(test_http_keep_alive_refused),
   };
   const struct CMUnitTest boot[] = {
       cmocka_unit_test(test_http_enroll_then_decrypt),
@@ -686,7 +1178,15 @@ int main(void) {
       cmocka_unit_test(test_unknown_device),
       cmocka_unit_test(test_untrusted_itl),
   };
+  const struct CMUnitTest fake[] = {
+      cmocka_unit_test(test_fake_good_boot),
+      cmocka_unit_test(test_fake_itl_failures),
+      cmocka_unit_test(test_fake_cnf_failures),
+      cmocka_unit_test(test_fake_encrypted),
+  };
   int failed = cmocka_run_group_tests_name("phone_fetch", clients, NULL, NULL);
+  failed +=
+      cmocka_run_group_tests_name("phone_boot_checks", fake, fake_group_setup, fake_group_teardown);
   failed += cmocka_run_group_tests_name("phone_boot", boot, group_setup, group_teardown);
   return failed;
 }

@@ -1,0 +1,150 @@
+/* core/tls.c: a real handshake over 127.0.0.1 between a server connection
+ * with an asynchronous private key and a client connection, both on one
+ * loop, then one message each way. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <string.h>
+#include <uv.h>
+
+#include "core/pki.h"
+#include "core/tls.h"
+
+#define TEST_TIMEOUT_MS 20000
+
+typedef struct test_ctx {
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  uv_timer_t watchdog;
+  SSL_CTX *server_ctx, *client_ctx;
+  capstan_tls_conn_t *server, *client;
+  int server_closed, client_closed;
+  int client_got_hello, server_got_reply;
+  int timed_out;
+} test_ctx_t;
+
+static void close_all(test_ctx_t *t) {
+  if (t->server && !t->server_closed) capstan_tls_conn_close(t->server, CAPSTAN_TLS_CLOSE_LOCAL);
+  if (t->client && !t->client_closed) capstan_tls_conn_close(t->client, CAPSTAN_TLS_CLOSE_LOCAL);
+  if (!uv_is_closing((uv_handle_t *)&t->listener)) uv_close((uv_handle_t *)&t->listener, NULL);
+  if (!uv_is_closing((uv_handle_t *)&t->watchdog)) uv_close((uv_handle_t *)&t->watchdog, NULL);
+}
+
+static void server_handshake(capstan_tls_conn_t *conn, void *arg) {
+  (void)arg;
+  capstan_tls_conn_write(conn, (const uint8_t *)"hello", 5);
+}
+
+static void server_data(capstan_tls_conn_t *conn, void *arg, const uint8_t *data, size_t len) {
+  (void)conn;
+  test_ctx_t *t = arg;
+  if (len == 5 && memcmp(data, "reply", 5) == 0) t->server_got_reply = 1;
+  close_all(t);
+}
+
+static void server_close(capstan_tls_conn_t *conn, void *arg, capstan_tls_close_reason_t why) {
+  (void)conn;
+  (void)why;
+  test_ctx_t *t = arg;
+  t->server_closed = 1;
+  close_all(t);
+}
+
+static void client_data(capstan_tls_conn_t *conn, void *arg, const uint8_t *data, size_t len) {
+  test_ctx_t *t = arg;
+  if (len == 5 && memcmp(data, "hello", 5) == 0) t->client_got_hello = 1;
+  capstan_tls_conn_write(conn, (const uint8_t *)"reply", 5);
+}
+
+static void client_close(capstan_tls_conn_t *conn, void *arg, capstan_tls_close_reason_t why) {
+  (void)conn;
+  (void)why;
+  test_ctx_t *t = arg;
+  t->client_closed = 1;
+  close_all(t);
+}
+
+static const capstan_tls_callbacks_t kServerCbs = {
+    .on_handshake = server_handshake, .on_data = server_data, .on_close = server_close};
+static const capstan_tls_callbacks_t kClientCbs = {.on_data = client_data,
+                                                   .on_close = client_close};
+
+static void on_connection(uv_stream_t *listener, int status) {
+  test_ctx_t *t = listener->data;
+  assert_int_equal(status, 0);
+  t->server = capstan_tls_conn_new(&t->loop, t->server_ctx, 1, &kServerCbs, t);
+  assert_non_null(t->server);
+  assert_int_equal(uv_accept(listener, (uv_stream_t *)capstan_tls_conn_tcp(t->server)), 0);
+  assert_int_equal(capstan_tls_conn_start(t->server), 0);
+}
+
+static void on_watchdog(uv_timer_t *timer) {
+  test_ctx_t *t = timer->data;
+  t->timed_out = 1;
+  close_all(t);
+}
+
+/* The server context must keep the key usable for as long as it lives,
+ * even after the caller dropped its own reference: live connections hold
+ * the context after the identity that configured it is gone (reload). */
+static void test_async_key_outlives_caller_reference(void **state) {
+  (void)state;
+  test_ctx_t t;
+  memset(&t, 0, sizeof(t));
+  assert_int_equal(uv_loop_init(&t.loop), 0);
+
+  capstan_identity_t id = {0};
+  assert_int_equal(capstan_pki_create_test_ca("tls test server", &id), 0);
+  t.server_ctx = SSL_CTX_new(TLS_method());
+  assert_non_null(t.server_ctx);
+  assert_true(SSL_CTX_use_certificate(t.server_ctx, id.cert));
+  assert_int_equal(capstan_tls_ctx_set_async_key(t.server_ctx, id.key, &t.loop), 0);
+  /* The identity goes away (as a reloaded CAPF snapshot does). */
+  capstan_identity_cleanup(&id);
+
+  t.client_ctx = SSL_CTX_new(TLS_method());
+  assert_non_null(t.client_ctx);
+
+  uint64_t ops_before = capstan_tls_async_key_ops();
+  struct sockaddr_in addr;
+  assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &addr), 0);
+  assert_int_equal(uv_tcp_init(&t.loop, &t.listener), 0);
+  t.listener.data = &t;
+  assert_int_equal(uv_tcp_bind(&t.listener, (const struct sockaddr *)&addr, 0), 0);
+  assert_int_equal(uv_listen((uv_stream_t *)&t.listener, 4, on_connection), 0);
+  struct sockaddr_storage bound;
+  int len = sizeof(bound);
+  assert_int_equal(uv_tcp_getsockname(&t.listener, (struct sockaddr *)&bound, &len), 0);
+
+  uv_timer_init(&t.loop, &t.watchdog);
+  t.watchdog.data = &t;
+  uv_timer_start(&t.watchdog, on_watchdog, TEST_TIMEOUT_MS, 0);
+
+  t.client = capstan_tls_conn_new(&t.loop, t.client_ctx, 0, &kClientCbs, &t);
+  assert_non_null(t.client);
+  assert_int_equal(capstan_tls_conn_connect(t.client, (const struct sockaddr *)&bound), 0);
+
+  uv_run(&t.loop, UV_RUN_DEFAULT);
+  assert_false(t.timed_out);
+  assert_true(t.client_got_hello);
+  assert_true(t.server_got_reply);
+  assert_true(capstan_tls_async_key_ops() > ops_before);
+
+  assert_int_equal(uv_loop_close(&t.loop), 0);
+  SSL_CTX_free(t.server_ctx);
+  SSL_CTX_free(t.client_ctx);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_async_key_outlives_caller_reference),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
