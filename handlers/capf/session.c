@@ -724,11 +724,19 @@ static void verify_cert_auth_done(capf_session_t *s, work_job_t *j) {
   /* The device record was read before the worker ran; read it again so a
    * change made meanwhile (operation cancelled) is honoured. */
   Capstan__Device *d = NULL;
-  if (capstan_store_device_load(s->srv->store, s->device, &d) < 0) {
+  int rc = capstan_store_device_load(s->srv->store, s->device, &d);
+  if (rc == CAPSTAN_ENOENT) {
     end_with(s, CAPSTAN_CAPF_REASON_UNKNOWN_DEVICE, CAPF_RESULT_UNKNOWN_DEVICE);
     return;
   }
+  if (rc < 0) {
+    LOG_ERROR("event=capf_store_read_failed device=%s error=%s", s->device, capstan_strerror(rc));
+    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+    return;
+  }
   s->operation = d->operation;
+  s->key_alg = d->key_alg;
+  s->key_bits = d->key_bits;
   authenticated(s, d);
   capstan__device__free_unpacked(d, NULL);
 }
@@ -846,8 +854,11 @@ static void on_auth_response(capf_session_t *s, const capstan_capf_msg_t *m) {
         close_session(s, CAPF_RESULT_SERVER_ERROR);
       }
       break;
-    default: /* null string, or none: nothing more to check */
+    case CAPSTAN__AUTH_MODE__AUTH_MODE_NULL: /* nothing more to check */
       authenticated(s, d);
+      break;
+    default: /* a record without a usable mode lets nobody in */
+      auth_failed(s, "device has no authentication mode");
       break;
   }
   capstan__device__free_unpacked(d, NULL);
