@@ -11,12 +11,12 @@
 #include <stdint.h>
 
 /* File kinds, for metrics labels. X-macro: one list, names generated. */
-#define CAPSTAN_FILE_KINDS(X) \
-  X(ITL, "itl")               \
-  X(CNF, "cnf")               \
-  X(CNF_SGN, "cnf_sgn")       \
+#define CAPSTAN_FILE_KINDS(X)   \
+  X(ITL, "itl")                 \
+  X(CNF, "cnf")                 \
+  X(CNF_SGN, "cnf_sgn")         \
   X(CNF_ENC_SGN, "cnf_enc_sgn") \
-  X(STATIC, "static")         \
+  X(STATIC, "static")           \
   X(OTHER, "other")
 
 typedef enum {
@@ -41,8 +41,8 @@ capstan_file_kind_t capstan_file_kind_of(const char *name);
 typedef struct capstan_blob {
   const uint8_t *data;
   size_t len;
-  uint32_t refs;     /* loop thread only */
-  void (*free_fn)(struct capstan_blob *blob);  /* called when refs drops to 0 */
+  uint32_t refs;                              /* loop thread only */
+  void (*free_fn)(struct capstan_blob *blob); /* called when refs drops to 0 */
 } capstan_blob_t;
 
 /* capstan_blob_new copies |len| bytes into a new blob with one reference.

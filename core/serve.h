@@ -38,8 +38,7 @@ typedef struct capstan_serve_components {
 
 /* Starts the admin listener and the phone file servers. Defined in
  * core/components.c; a weak default starts nothing. */
-int capstan_serve_start_components(const capstan_serve_env_t *env,
-                                   capstan_serve_components_t *out);
+int capstan_serve_start_components(const capstan_serve_env_t *env, capstan_serve_components_t *out);
 
 int capstan_serve_main(int argc, char **argv);
 

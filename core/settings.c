@@ -25,7 +25,8 @@
   X("retry-delay-seconds", retry_delay_seconds, UINT, 1, 3600,                                     \
     "retry delay sent to throttled phones")                                                        \
   X("legacy-tls", legacy_tls, BOOL, 0, 1, "allow TLS 1.0/1.1 and AES-CBC-SHA for old phones")      \
-  X("enable-ipv6", enable_ipv6, BOOL, 0, 1, "accept CAPF connections that arrive over IPv6 (off: refuse them)")                                  \
+  X("enable-ipv6", enable_ipv6, BOOL, 0, 1,                                                        \
+    "accept CAPF connections that arrive over IPv6 (off: refuse them)")                            \
   X("keygen-ceiling-seconds", keygen_ceiling_seconds, UINT, 60, 86400,                             \
     "longest wait for a phone's key generation")                                                   \
   X("handshake-timeout-seconds", handshake_timeout_seconds, UINT, 1, 600, "TLS handshake timeout") \

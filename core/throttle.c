@@ -82,7 +82,10 @@ int capstan_throttle_acquire(capstan_throttle_t *t, capstan_throttle_waiter_t *w
    * caller can rely on 0 meaning "held". */
   w->prev = t->tail;
   w->next = NULL;
-  if (t->tail) t->tail->next = w; else t->head = w;
+  if (t->tail)
+    t->tail->next = w;
+  else
+    t->head = w;
   t->tail = w;
   w->queued = 1;
   t->waiting++;

@@ -699,6 +699,29 @@ out:
   X509_free(cert);
 }
 
+/* Reads the session's device and takes the operation, mode and key from it.
+ * Returns the record (caller frees), or NULL after ending the session: END
+ * 9 for an unknown device, 7 when the store cannot be read. */
+static Capstan__Device *load_device(capf_session_t *s) {
+  Capstan__Device *d = NULL;
+  int rc = capstan_store_device_load(s->srv->store, s->device, &d);
+  if (rc == CAPSTAN_ENOENT) {
+    LOG_INFO("event=capf_unknown_device device=%s peer=%s", s->device, s->peer_host);
+    end_with(s, CAPSTAN_CAPF_REASON_UNKNOWN_DEVICE, CAPF_RESULT_UNKNOWN_DEVICE);
+    return NULL;
+  }
+  if (rc < 0) {
+    LOG_ERROR("event=capf_store_read_failed device=%s error=%s", s->device, capstan_strerror(rc));
+    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+    return NULL;
+  }
+  s->operation = d->operation;
+  s->auth_mode = d->auth_mode;
+  s->key_alg = d->key_alg;
+  s->key_bits = d->key_bits;
+  return d;
+}
+
 static void verify_cert_auth_done(capf_session_t *s, work_job_t *j) {
   if (j->status == CAPSTAN_ENOMEM || j->status == CAPSTAN_EIO) {
     close_session(s, CAPF_RESULT_SERVER_ERROR);
@@ -723,20 +746,8 @@ static void verify_cert_auth_done(capf_session_t *s, work_job_t *j) {
   }
   /* The device record was read before the worker ran; read it again so a
    * change made meanwhile (operation cancelled) is honoured. */
-  Capstan__Device *d = NULL;
-  int rc = capstan_store_device_load(s->srv->store, s->device, &d);
-  if (rc == CAPSTAN_ENOENT) {
-    end_with(s, CAPSTAN_CAPF_REASON_UNKNOWN_DEVICE, CAPF_RESULT_UNKNOWN_DEVICE);
-    return;
-  }
-  if (rc < 0) {
-    LOG_ERROR("event=capf_store_read_failed device=%s error=%s", s->device, capstan_strerror(rc));
-    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
-    return;
-  }
-  s->operation = d->operation;
-  s->key_alg = d->key_alg;
-  s->key_bits = d->key_bits;
+  Capstan__Device *d = load_device(s);
+  if (d == NULL) return;
   authenticated(s, d);
   capstan__device__free_unpacked(d, NULL);
 }
@@ -805,22 +816,9 @@ static void on_auth_response(capf_session_t *s, const capstan_capf_msg_t *m) {
     end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_PROTOCOL_ERROR);
     return;
   }
-  Capstan__Device *d = NULL;
-  int rc = capstan_store_device_load(s->srv->store, s->device, &d);
-  if (rc == CAPSTAN_ENOENT) {
-    LOG_INFO("event=capf_unknown_device device=%s peer=%s", s->device, s->peer_host);
-    end_with(s, CAPSTAN_CAPF_REASON_UNKNOWN_DEVICE, CAPF_RESULT_UNKNOWN_DEVICE);
-    return;
-  }
-  if (rc < 0) {
-    LOG_ERROR("event=capf_store_read_failed device=%s error=%s", s->device, capstan_strerror(rc));
-    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
-    return;
-  }
-  s->operation = d->operation;
-  s->auth_mode = d->auth_mode;
-  s->key_alg = d->key_alg;
-  s->key_bits = d->key_bits;
+  Capstan__Device *d = load_device(s);
+  if (d == NULL) return;
+  int rc;
   switch (d->operation) {
     case CAPSTAN__OPERATION__OPERATION_INSTALL:
       s->op_label = CAPF_OP_INSTALL;
