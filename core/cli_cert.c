@@ -1,7 +1,6 @@
 /* `capstan cert export|list-stale|delete-stale` and `capstan report
  * status|expiring`. */
 #include <errno.h>
-#include <getopt.h>
 #include <openssl/asn1.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -10,97 +9,13 @@
 #include <time.h>
 
 #include "core/cli.h"
+#include "core/cli_files.h"
 #include "core/error.h"
 #include "storage/devices.h"
 
-typedef struct {
-  const char *data_dir;
-  const char *out;
-  bool json, all, help;
-  long days;
-  bool has_days;
-  char **args;
-  int nargs;
-} xopts_t;
-
-enum { X_OUT = 1, X_JSON = 2, X_ALL = 4, X_DAYS = 8 };
-
-static int parse(int argc, char **argv, unsigned allowed, const char *usage, xopts_t *o) {
-  static const struct option longopts[] = {
-      {"data-dir", required_argument, NULL, 'd'},
-      {"out", required_argument, NULL, 'o'},
-      {"json", no_argument, NULL, 'j'},
-      {"all", no_argument, NULL, 'a'},
-      {"days", required_argument, NULL, 'D'},
-      {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0},
-  };
-  memset(o, 0, sizeof(*o));
-  o->args = calloc((size_t)argc + 1, sizeof(char *));
-  if (o->args == NULL) return CAPSTAN_EXIT_ERROR;
-  optind = 0;
-  opterr = 0;
-  int c;
-  while ((c = getopt_long(argc, argv, "-:", longopts, NULL)) != -1) {
-    unsigned bit = 0;
-    switch (c) {
-      case 1:
-        o->args[o->nargs++] = optarg;
-        break;
-      case 'd':
-        o->data_dir = optarg;
-        break;
-      case 'o':
-        bit = X_OUT;
-        o->out = optarg;
-        break;
-      case 'j':
-        bit = X_JSON;
-        o->json = true;
-        break;
-      case 'a':
-        bit = X_ALL;
-        o->all = true;
-        break;
-      case 'D': {
-        bit = X_DAYS;
-        char *end;
-        errno = 0;
-        o->days = strtol(optarg, &end, 10);
-        if (*end != '\0' || optarg[0] == '\0' || errno != 0 || o->days < 0 || o->days > 36500) {
-          fprintf(stderr, "capstan: --days must be a number of days from 0 to 36500\nusage: %s\n",
-                  usage);
-          goto usage;
-        }
-        o->has_days = true;
-        break;
-      }
-      case 'h':
-        o->help = true;
-        break;
-      case ':':
-        fprintf(stderr, "capstan: option '%s' needs a value\nusage: %s\n", argv[optind - 1], usage);
-        goto usage;
-      default:
-        fprintf(stderr, "capstan: unknown option '%s'\nusage: %s\n", argv[optind - 1], usage);
-        goto usage;
-    }
-    if (bit != 0 && !(allowed & bit)) {
-      fprintf(stderr, "capstan: option '%s' does not apply here\nusage: %s\n", argv[optind - 1],
-              usage);
-      goto usage;
-    }
-  }
-  return 0;
-usage:
-  free(o->args);
-  o->args = NULL;
-  return CAPSTAN_EXIT_USAGE;
-}
-
 /* ---- cert export ---------------------------------------------------------- */
 
-static int cert_export(xopts_t *o, const char *which) {
+static int cert_export(capstan_cli_fopts_t *o, const char *which) {
   const char *dir = capstan_cli_data_dir(o->data_dir);
   capstan_store_t *s;
   int err = capstan_store_open(dir, 0, &s);
@@ -192,7 +107,7 @@ static int stale_one(const Capstan__IssuedCert *c, void *arg) {
   return 0;
 }
 
-static int list_stale(xopts_t *o) {
+static int list_stale(capstan_cli_fopts_t *o) {
   capstan_store_t *st;
   if (capstan_cli_open_store(capstan_cli_data_dir(o->data_dir), false, &st) != 0) {
     return CAPSTAN_EXIT_ERROR;
@@ -240,7 +155,7 @@ static int parse_serial(const char *hex, uint8_t out[CAPSTAN_SERIAL_LEN]) {
 
 /* Deleting a stale LSC marks it DELETED (the record stays, so the device's
  * history keeps the serial and R22's "every certificate on record" holds). */
-static int delete_stale(xopts_t *o, const char *usage) {
+static int delete_stale(capstan_cli_fopts_t *o, const char *usage) {
   uint8_t one[CAPSTAN_SERIAL_LEN];
   if (o->all == (o->nargs == 2)) {
     fprintf(stderr, "capstan: cert delete-stale: give a SERIAL or --all\nusage: %s\n", usage);
@@ -308,9 +223,13 @@ static int delete_stale(xopts_t *o, const char *usage) {
   "       (all take --data-dir DIR)"
 
 int capstan_cli_cert_main(int argc, char **argv) {
-  xopts_t o;
-  int rc = parse(argc, argv, X_OUT | X_JSON | X_ALL, CERT_USAGE, &o);
-  if (rc != 0) return rc;
+  capstan_cli_fopts_t o;
+  int rc = capstan_cli_fopts_parse(
+      argc, argv, CAPSTAN_FOPT_OUT | CAPSTAN_FOPT_JSON | CAPSTAN_FOPT_ALL, "cert", CERT_USAGE, &o);
+  if (rc != 0) {
+    capstan_cli_fopts_free(&o);
+    return rc;
+  }
   const char *cmd = o.nargs > 0 ? o.args[0] : "";
   if (o.help) {
     printf("usage: %s\n", CERT_USAGE);
@@ -332,7 +251,7 @@ int capstan_cli_cert_main(int argc, char **argv) {
     fprintf(stderr, "capstan: cert: unexpected arguments\nusage: %s\n", CERT_USAGE);
     rc = CAPSTAN_EXIT_USAGE;
   }
-  free(o.args);
+  capstan_cli_fopts_free(&o);
   return rc;
 }
 
@@ -383,9 +302,13 @@ static int report_one(const Capstan__Device *d, void *arg) {
   "       (all take --data-dir DIR)"
 
 int capstan_cli_report_main(int argc, char **argv) {
-  xopts_t o;
-  int rc = parse(argc, argv, X_JSON | X_DAYS, REPORT_USAGE, &o);
-  if (rc != 0) return rc;
+  capstan_cli_fopts_t o;
+  int rc = capstan_cli_fopts_parse(argc, argv, CAPSTAN_FOPT_JSON | CAPSTAN_FOPT_DAYS, "report",
+                                   REPORT_USAGE, &o);
+  if (rc != 0) {
+    capstan_cli_fopts_free(&o);
+    return rc;
+  }
   const char *cmd = o.nargs > 0 ? o.args[0] : "";
   report_ctx_t r = {.json = o.json, .now = (int64_t)time(NULL)};
   if (o.help) {
@@ -393,7 +316,7 @@ int capstan_cli_report_main(int argc, char **argv) {
     goto done;
   }
   if (o.nargs != 1 || (strcmp(cmd, "status") != 0 && strcmp(cmd, "expiring") != 0) ||
-      (strcmp(cmd, "expiring") == 0) != o.has_days) {
+      (strcmp(cmd, "expiring") == 0) != ((o.seen & CAPSTAN_FOPT_DAYS) != 0)) {
     fprintf(stderr, "capstan: report: expected 'status' or 'expiring --days N'\nusage: %s\n",
             REPORT_USAGE);
     rc = CAPSTAN_EXIT_USAGE;
@@ -445,6 +368,6 @@ int capstan_cli_report_main(int argc, char **argv) {
     }
   }
 done:
-  free(o.args);
+  capstan_cli_fopts_free(&o);
   return rc;
 }

@@ -29,6 +29,8 @@ enum {
   CAPSTAN_FOPT_PURPOSE = 1u << 1,     /* --purpose P */
   CAPSTAN_FOPT_ALL_PURPOSE = 1u << 2, /* --all-purpose P */
   CAPSTAN_FOPT_OUT = 1u << 3,         /* --out FILE */
+  CAPSTAN_FOPT_ALL = 1u << 4,         /* --all */
+  CAPSTAN_FOPT_DAYS = 1u << 5,        /* --days N (0..36500) */
 };
 
 typedef struct {
@@ -37,7 +39,9 @@ typedef struct {
   const char *purpose;
   const char *all_purpose;
   const char *out;
+  long days;
   bool json;
+  bool all;
   bool help;
   char **args; /* positional arguments (borrowed strings; array malloc'd) */
   int nargs;

@@ -7,6 +7,7 @@
  * every request, so changes here reach phones at their next download
  * without telling the server. A device's own base configuration (`capstan
  * device config set`) takes precedence over its template. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,8 @@ int capstan_cli_fopts_parse(int argc, char **argv, unsigned allowed, const char 
       {"purpose", required_argument, NULL, 'p'},
       {"all-purpose", required_argument, NULL, 'A'},
       {"out", required_argument, NULL, 'o'},
+      {"all", no_argument, NULL, 'a'},
+      {"days", required_argument, NULL, 'D'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -68,6 +71,23 @@ int capstan_cli_fopts_parse(int argc, char **argv, unsigned allowed, const char 
         bit = CAPSTAN_FOPT_OUT;
         o->out = optarg;
         break;
+      case 'a':
+        bit = CAPSTAN_FOPT_ALL;
+        o->all = true;
+        break;
+      case 'D': {
+        bit = CAPSTAN_FOPT_DAYS;
+        char *end;
+        errno = 0;
+        o->days = strtol(optarg, &end, 10);
+        if (*end != '\0' || optarg[0] == '\0' || errno != 0 || o->days < 0 || o->days > 36500) {
+          fprintf(stderr,
+                  "capstan: %s: --days must be a number of days from 0 to 36500\nusage: %s\n", cmd,
+                  usage);
+          return CAPSTAN_EXIT_USAGE;
+        }
+        break;
+      }
       case 'h':
         o->help = true;
         break;

@@ -244,15 +244,7 @@ static void boot_done(capstan_phone_boot_t *b) {
     r->lsc = b->lsc;
     memset(&b->lsc, 0, sizeof(b->lsc));
   }
-  r->lsc_md5[0] = '\0';
-  if (r->lsc.cert != NULL) {
-    uint8_t *der = NULL;
-    size_t len = 0;
-    if (capstan_pki_cert_to_der(r->lsc.cert, &der, &len) == 0) {
-      capstan_pki_md5hash(der, len, r->lsc_md5);
-      free(der);
-    }
-  }
+  capstan_phone_cert_md5(r->lsc.cert, r->lsc_md5);
   ERR_clear_error();
   if (b->cb != NULL) b->cb(b, b->cb_arg, r);
   boot_free(b);

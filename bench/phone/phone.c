@@ -210,6 +210,16 @@ size_t capstan_phone_result_json(const capstan_phone_result_t *res, char *buf, s
   return off;
 }
 
+void capstan_phone_cert_md5(const X509 *cert, char out[33]) {
+  out[0] = '\0';
+  uint8_t *der = NULL;
+  size_t len = 0;
+  if (cert != NULL && capstan_pki_cert_to_der(cert, &der, &len) == 0) {
+    capstan_pki_md5hash(der, len, out);
+    free(der);
+  }
+}
+
 /* ---- The phone ------------------------------------------------------------ */
 
 struct capstan_phone {
@@ -291,15 +301,7 @@ static void finish(capstan_phone_t *p) {
   /* The phone's LSC goes with the result. */
   r->lsc = p->lsc;
   memset(&p->lsc, 0, sizeof(p->lsc));
-  r->lsc_md5[0] = '\0';
-  if (r->lsc.cert != NULL) {
-    uint8_t *der = NULL;
-    size_t len = 0;
-    if (capstan_pki_cert_to_der(r->lsc.cert, &der, &len) == 0) {
-      capstan_pki_md5hash(der, len, r->lsc_md5);
-      free(der);
-    }
-  }
+  capstan_phone_cert_md5(r->lsc.cert, r->lsc_md5);
   if (p->cb != NULL) p->cb(p, p->cb_arg, r);
   capstan_phone_result_cleanup(r);
   capstan_identity_cleanup(&p->lsc);

@@ -216,6 +216,10 @@ typedef struct {
   unsigned messages_received;
 } capstan_phone_result_t;
 
+/* Writes the md5hash (32 lower-case hex digits) of |cert|'s DER into |out|,
+ * or "" when |cert| is NULL or cannot be encoded. */
+void capstan_phone_cert_md5(const X509 *cert, char out[33]);
+
 /* Frees what the result owns and zeroes it. */
 void capstan_phone_result_cleanup(capstan_phone_result_t *res);
 

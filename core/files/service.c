@@ -533,6 +533,9 @@ static void key_of(build_job_t *j, const char *tag, const uint8_t *a, size_t ale
   SHA256_Final(j->key, &ctx);
 }
 
+static void open_static(capstan_files_service_t *svc, const char *name, capstan_file_cb cb,
+                        void *ctx);
+
 static void open_device_file(capstan_files_service_t *svc, const char *name, const char *device,
                              capstan_file_kind_t kind, capstan_file_cb cb, void *ctx) {
   cache_entry_t *e = cache_find(svc, name);
@@ -546,7 +549,13 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
   int rc = load_device(svc, device, &v);
   if (rc < 0) {
     free_view(&v);
-    cb(ctx, rc == CAPSTAN_ENOENT ? CAPSTAN_ENOENT : CAPSTAN_EIO, NULL, kind);
+    /* Not a device: a file of that name may still be in the static
+     * directory (operators keep hand-made configurations there). */
+    if (rc == CAPSTAN_ENOENT) {
+      open_static(svc, name, cb, ctx);
+    } else {
+      cb(ctx, CAPSTAN_EIO, NULL, kind);
+    }
     return;
   }
   build_job_t *j = calloc(1, sizeof(*j));
@@ -700,12 +709,6 @@ static void open_static(capstan_files_service_t *svc, const char *name, capstan_
   serve_or_build(svc, e, j, cb, ctx);
 }
 
-static int device_exists(capstan_store_t *store, const char *name) {
-  Capstan__Device *d = NULL;
-  if (capstan_store_device_load(store, name, &d) < 0) return 0;
-  capstan__device__free_unpacked(d, NULL);
-  return 1;
-}
 
 static void source_open(capstan_filesource_t *src, const char *name, capstan_file_cb cb,
                         void *ctx) {
@@ -719,8 +722,7 @@ static void source_open(capstan_filesource_t *src, const char *name, capstan_fil
   capstan_file_kind_t kind;
   if (strcmp(name, "ITLFile.tlv") == 0) {
     open_cluster_itl(svc, name, cb, ctx);
-  } else if (device_file(name, device, sizeof(device), &kind) &&
-             device_exists(svc->store, device)) {
+  } else if (device_file(name, device, sizeof(device), &kind)) {
     open_device_file(svc, name, device, kind, cb, ctx);
   } else {
     open_static(svc, name, cb, ctx);
