@@ -233,17 +233,33 @@ static void on_write_done(uv_write_t *req, int status) {
   }
 }
 
-/* Moves what BoringSSL wrote onto the socket in one uv_write. */
+/* Moves what BoringSSL wrote onto the socket as one write. The socket
+ * almost always has room, so the bytes go straight to the kernel
+ * (uv_try_write: no allocation, no copy, no change to the poll set); only
+ * what the kernel would not take is copied into a queued uv_write. Bytes
+ * already queued go first, so the order on the wire is kept. */
 static int flush_output(capstan_tls_conn_t *conn) {
   if (conn->out_len == 0 || conn->handle_closing) {
     conn->out_len = 0;
     return 0;
   }
-  write_req_t *wr = malloc(sizeof(*wr) + conn->out_len);
-  if (wr == NULL) return CAPSTAN_ENOMEM;
-  memcpy(wr->data, conn->out, conn->out_len);
-  wr->len = conn->out_len;
-  wr->conn = conn;
+  size_t sent = 0;
+  if (conn->writes_pending == 0) {
+    uv_buf_t whole = uv_buf_init((char *)conn->out, (unsigned)conn->out_len);
+    /* On an error the bytes are queued anyway: uv_write meets the same
+     * error and reports it through on_write_done, as before. */
+    int n = uv_try_write((uv_stream_t *)&conn->tcp, &whole, 1);
+    if (n > 0) sent = (size_t)n;
+  }
+  size_t rest = conn->out_len - sent;
+  write_req_t *wr = NULL;
+  if (rest > 0) {
+    wr = malloc(sizeof(*wr) + rest);
+    if (wr == NULL) return CAPSTAN_ENOMEM;
+    memcpy(wr->data, conn->out + sent, rest);
+    wr->len = rest;
+    wr->conn = conn;
+  }
   conn->out_len = 0;
   /* Handshake flights are a few KiB; do not keep that capacity around. */
   if (conn->out_cap > 4096) {
@@ -251,6 +267,7 @@ static int flush_output(capstan_tls_conn_t *conn) {
     conn->out = NULL;
     conn->out_cap = 0;
   }
+  if (wr == NULL) return 0;
   uv_buf_t buf = uv_buf_init((char *)wr->data, (unsigned)wr->len);
   int rc = uv_write(&wr->req, (uv_stream_t *)&conn->tcp, &buf, 1, on_write_done);
   if (rc < 0) {
@@ -287,11 +304,10 @@ static void drive(capstan_tls_conn_t *conn) {
       int err = SSL_get_error(conn->ssl, r);
       if (flush_output(conn) < 0) goto fail_write;
       if (err == SSL_ERROR_WANT_READ) goto out;
-      if (err == SSL_ERROR_WANT_PRIVATE_KEY_OPERATION) {
-        /* A worker is signing; no input is needed until it is done. */
-        stop_reading(conn);
-        goto out;
-      }
+      /* A worker is signing: no input is needed until it is done. Reading
+       * stays on (turning it off and on costs two system calls per
+       * handshake); a peer that sends anyway is handled in on_read. */
+      if (err == SSL_ERROR_WANT_PRIVATE_KEY_OPERATION) goto out;
       log_tls_failure(conn, "handshake_failed");
       conn->in_drive = 0;
       capstan_tls_conn_close(conn, CAPSTAN_TLS_CLOSE_HANDSHAKE_FAILED);
@@ -393,6 +409,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   feed(conn, (const uint8_t *)buf->base, (size_t)nread);
+  /* Input that arrived during a key operation waits in the stash; stop
+   * reading until the operation is done so the stash stays one read. */
+  if (conn->job != NULL && conn->stash_len > 0 && !conn->closing) stop_reading(conn);
 }
 
 static void start_reading(capstan_tls_conn_t *conn) {

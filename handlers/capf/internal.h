@@ -130,6 +130,11 @@ struct capstan_capf_server {
    * instead of spreading over all of them and timing everyone out. */
   unsigned handshaking;
   int accept_deferred;
+  /* Accepted sockets inherit TCP_NODELAY and keep-alive from the listener;
+   * until this time (loop ms) after a keep-alive change, sessions set their
+   * own, because the kernel accepted some sockets before the change. */
+  int listening;
+  uint64_t own_socket_options_until_ms;
 };
 
 /* Starts a session on an accepted, counted connection. On failure the
@@ -141,6 +146,10 @@ void capf_session_abort(capf_session_t *s);
 
 /* A handshake slot was freed: accepts a deferred connection, if any. */
 void capf_server_handshake_done(capstan_capf_server_t *srv);
+
+/* Sets TCP keep-alive on |tcp|: first probe after |minutes| idle, then
+ * every |minutes|, four probes. */
+void capf_tcp_set_keepalive(uv_tcp_t *tcp, unsigned minutes);
 
 /* Sets TCP keep-alive on the session's socket. */
 void capf_session_apply_keepalive(capf_session_t *s, unsigned minutes);

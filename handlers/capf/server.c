@@ -13,6 +13,10 @@
 
 #define CAPF_LISTEN_BACKLOG 4096
 #define CAPF_CONNTRACK_BUCKETS 4096
+/* After a keep-alive change, sessions set their own socket options this long:
+ * a socket the kernel accepted before the change carries the old values,
+ * and even a full backlog is accepted well within it. */
+#define OWN_SOCKET_OPTIONS_MS (5 * 60 * 1000)
 
 static const char *const kOpNames[] = {
 #define X(id, name) name,
@@ -284,6 +288,10 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const Capsta
   capstan_throttle_configure(&srv->throttle, s->max_concurrent_keygen,
                              s->max_new_keygen_per_second);
   if (old_keepalive != c->keepalive_minutes) {
+    if (srv->listening) {
+      capf_tcp_set_keepalive(&srv->listener, c->keepalive_minutes);
+      srv->own_socket_options_until_ms = uv_now(srv->loop) + OWN_SOCKET_OPTIONS_MS;
+    }
     for (capf_session_t *it = srv->sessions; it != NULL; it = capf_session_next(it)) {
       capf_session_apply_keepalive(it, c->keepalive_minutes);
     }
@@ -343,6 +351,13 @@ int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const cha
   srv->listener.data = srv;
   srv->handles_open = 3;
   rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+  if (rc == 0) {
+    /* Accepted sockets inherit these (Linux copies them at accept): seven
+     * system calls a phone saved. */
+    uv_tcp_nodelay(&srv->listener, 1);
+    capf_tcp_set_keepalive(&srv->listener, srv->settings.keepalive_minutes);
+    srv->listening = 1;
+  }
   if (rc == 0) rc = uv_listen((uv_stream_t *)&srv->listener, CAPF_LISTEN_BACKLOG, on_connection);
   if (rc < 0) {
     LOG_ERROR("event=capf_listen_failed address=%s error=%s", host_port, uv_strerror(rc));
@@ -413,6 +428,7 @@ void capstan_capf_server_drain(capstan_capf_server_t *srv, uint64_t deadline_ms,
   srv->draining = 1;
   srv->drain_done = done;
   srv->drain_arg = arg;
+  srv->listening = 0;
   uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
   LOG_INFO("event=capf_draining sessions=%u deadline_ms=%llu", srv->nsessions,
            (unsigned long long)deadline_ms);

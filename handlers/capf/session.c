@@ -219,9 +219,7 @@ void capf_session_abort(capf_session_t *s) {
   close_session(s, CAPF_RESULT_SHUTDOWN);
 }
 
-void capf_session_apply_keepalive(capf_session_t *s, unsigned minutes) {
-  if (s->conn == NULL) return;
-  uv_tcp_t *tcp = capstan_tls_conn_tcp(s->conn);
+void capf_tcp_set_keepalive(uv_tcp_t *tcp, unsigned minutes) {
   unsigned secs = minutes * 60;
   uv_tcp_keepalive(tcp, 1, secs);
   /* libuv sets only the idle time; probes must also be N minutes apart. */
@@ -231,6 +229,11 @@ void capf_session_apply_keepalive(capf_session_t *s, unsigned minutes) {
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
   }
+}
+
+void capf_session_apply_keepalive(capf_session_t *s, unsigned minutes) {
+  if (s->conn == NULL) return;
+  capf_tcp_set_keepalive(capstan_tls_conn_tcp(s->conn), minutes);
 }
 
 /* --- Timers --------------------------------------------------------------- */
@@ -1268,8 +1271,10 @@ void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener) {
   s->handshaking = 1;
   srv->handshaking++;
   capstan_metric_set(srv->m.sessions_active, srv->nsessions);
-  uv_tcp_nodelay(tcp, 1);
-  capf_session_apply_keepalive(s, srv->settings.keepalive_minutes);
+  if (uv_now(srv->loop) < srv->own_socket_options_until_ms) {
+    uv_tcp_nodelay(tcp, 1);
+    capf_session_apply_keepalive(s, srv->settings.keepalive_minutes);
+  }
   enter(s, ST_HANDSHAKE, srv->settings.handshake_timeout_seconds);
   if (capstan_tls_conn_start(conn) < 0) close_session(s, CAPF_RESULT_SERVER_ERROR);
 }
