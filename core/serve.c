@@ -6,9 +6,11 @@
  * admin commands' setting changes are noticed by polling the store's
  * transaction id once a second. SIGTERM/SIGINT drain: stop accepting, let
  * sessions finish up to --drain-seconds, then exit 0. */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "core/serve.h"
 
 #include <getopt.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -333,12 +335,16 @@ int capstan_serve_main(int argc, char **argv) {
     nofile.rlim_cur = nofile.rlim_max;
     setrlimit(RLIMIT_NOFILE, &nofile);
   }
-  /* Crypto runs on libuv's thread pool: one thread per core (at least 2),
-   * set before the pool starts. An operator may override it. */
+  /* Crypto runs on libuv's thread pool: one thread per core this process
+   * may run on (its CPU affinity, so a server pinned with taskset or a
+   * cpuset does not oversubscribe its cores), set before the pool starts.
+   * An operator may override it. */
   if (getenv("UV_THREADPOOL_SIZE") == NULL) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t cpus;
+    long n = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus)
+                                                             : sysconf(_SC_NPROCESSORS_ONLN);
     char buf[24];
-    snprintf(buf, sizeof(buf), "%ld", n < 2 ? 2 : (n > 64 ? 64 : n));
+    snprintf(buf, sizeof(buf), "%ld", n < 1 ? 1 : (n > 64 ? 64 : n));
     setenv("UV_THREADPOOL_SIZE", buf, 1);
   }
   process_start_time = (double)time(NULL);

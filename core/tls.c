@@ -67,6 +67,7 @@ struct capstan_tls_conn {
   unsigned reading : 1;
   unsigned user_paused : 1;
   unsigned in_drive : 1;
+  unsigned hold_output : 1;
   capstan_tls_close_reason_t close_reason;
 };
 
@@ -473,11 +474,15 @@ int capstan_tls_conn_write(capstan_tls_conn_t *conn, const uint8_t *data, size_t
     capstan_tls_conn_close(conn, CAPSTAN_TLS_CLOSE_TLS_ERROR);
     return CAPSTAN_EIO;
   }
-  if (!conn->in_drive && flush_output(conn) < 0) {
+  if (!conn->in_drive && !conn->hold_output && flush_output(conn) < 0) {
     capstan_tls_conn_close(conn, CAPSTAN_TLS_CLOSE_NO_MEMORY);
     return CAPSTAN_ENOMEM;
   }
   return 0;
+}
+
+void capstan_tls_conn_hold_output(capstan_tls_conn_t *conn) {
+  conn->hold_output = 1;
 }
 
 void capstan_tls_conn_close(capstan_tls_conn_t *conn, capstan_tls_close_reason_t reason) {

@@ -74,6 +74,11 @@ int capstan_tls_conn_connect(capstan_tls_conn_t *conn, const struct sockaddr *ad
  * then closing). */
 int capstan_tls_conn_write(capstan_tls_conn_t *conn, const uint8_t *data, size_t len);
 
+/* Keeps what is written from now on until capstan_tls_conn_close, which
+ * must follow in the same callback: a last message and close_notify then
+ * leave in one write. */
+void capstan_tls_conn_hold_output(capstan_tls_conn_t *conn);
+
 /* Closes the connection: sends close_notify when the handshake finished,
  * lets queued writes drain, then closes the socket; on_close follows. Safe
  * to call more than once and from within callbacks. */

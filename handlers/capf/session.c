@@ -316,6 +316,8 @@ static void send_retry_later(capf_session_t *s) {
 
 /* Ends the session with END_SESSION {REASON} and the given outcome. */
 static void end_with(capf_session_t *s, uint8_t reason, capf_result_t result) {
+  /* END_SESSION and close_notify leave in one write. */
+  if (s->conn != NULL && s->state != ST_CLOSING) capstan_tls_conn_hold_output(s->conn);
   send_end_session(s, reason);
   close_session(s, result);
 }

@@ -384,6 +384,48 @@ static int write_one(capstan_txn_t *txn, void *arg) {
   return capstan_store_audit_append(txn, 0, NULL, "drain", NULL);
 }
 
+/* Under load the writer spaces commits (COMMIT_SPACING_MS, 20 ms): requests
+ * that arrive right after a commit wait for the next slot. Without the
+ * spacing the second commit would follow within a few milliseconds. */
+typedef struct spacing_ctx {
+  fixture_t *f;
+  uint64_t first_submitted_ns;
+  uint64_t last_done_ns;
+  int done;
+} spacing_ctx_t;
+
+static void spacing_later_done(void *arg, int status) {
+  spacing_ctx_t *c = arg;
+  assert_int_equal(status, 0);
+  c->last_done_ns = uv_hrtime();
+  if (++c->done == 4) capstan_store_writer_stop(c->f->store);
+}
+
+static void spacing_first_done(void *arg, int status) {
+  spacing_ctx_t *c = arg;
+  assert_int_equal(status, 0);
+  c->done++;
+  /* Three requests right after the first commit. */
+  for (int i = 0; i < 3; i++) {
+    assert_int_equal(capstan_store_submit(c->f->store, write_one, c, spacing_later_done), 0);
+  }
+}
+
+static void test_commit_spacing(void **state) {
+  fixture_t *f = *state;
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  assert_int_equal(capstan_store_writer_start(f->store, &loop), 0);
+  spacing_ctx_t c = {.f = f, .first_submitted_ns = uv_hrtime()};
+  assert_int_equal(capstan_store_submit(f->store, write_one, &c, spacing_first_done), 0);
+  assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(c.done, 4);
+  /* The second commit began at least 20 ms after the first, which began
+   * after the first request was submitted (ms rounding: 19). */
+  assert_true(c.last_done_ns - c.first_submitted_ns >= 19 * 1000000ull);
+}
+
 static void test_stop_drains_queue(void **state) {
   fixture_t *f = *state;
   uv_loop_t loop;
@@ -429,6 +471,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_audit_keys_unique, setup, teardown),
       cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_drains_queue, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_commit_spacing, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
