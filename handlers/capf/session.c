@@ -32,6 +32,7 @@
   X(WAIT_FETCH, "wait_fetch")   \
   X(WAIT_DELETE, "wait_delete") \
   X(RECORDING, "recording")     \
+  X(ENDING, "ending")           \
   X(CLOSING, "closing")
 
 typedef enum {
@@ -86,6 +87,7 @@ struct capf_session {
   unsigned handshaking : 1; /* holds one of the server's handshake slots */
   capf_op_label_t op_label;
   capf_result_t result;
+  uint8_t end_reason; /* ST_ENDING: the END_SESSION reason once recorded */
 };
 
 static int64_t unix_now(void) {
@@ -443,11 +445,34 @@ static void record_status(capf_session_t *s, Capstan__OpStatus status, const cha
   rec_submit(s, j, NULL);
 }
 
+static void end_after_record(capf_session_t *s, int status) {
+  (void)status; /* a failed write is logged by rec_done; the phone's answer stands */
+  end_with(s, s->end_reason, s->result);
+}
+
+/* Records the outcome, then tells the phone: once a phone has its
+ * END_SESSION, `device show` already says why. The result is counted now,
+ * so a phone that drops while the record is written stays counted as what
+ * happened to it. */
+static void record_then_end(capf_session_t *s, Capstan__OpStatus status, const char *reason,
+                            int count_attempt, uint8_t end_reason, capf_result_t result) {
+  finish(s, result);
+  s->end_reason = end_reason;
+  rec_job_t *j = rec_new(s, REC_STATUS);
+  if (j != NULL) {
+    j->status = status;
+    j->reason = reason;
+    j->count_attempt = count_attempt;
+  }
+  enter(s, ST_ENDING, 0);
+  if (rec_submit(s, j, end_after_record) < 0) end_with(s, end_reason, result);
+}
+
 static void fail_operation(capf_session_t *s, const char *reason, capf_result_t result) {
   LOG_INFO("event=capf_operation_failed device=%s peer=%s reason=\"%s\"", s->device, s->peer_host,
            reason);
-  record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 0);
-  end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, result);
+  record_then_end(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 0,
+                  CAPSTAN_CAPF_REASON_INVALID_ELEMENT, result);
 }
 
 /* --- Work on the crypto workers ------------------------------------------- */
@@ -609,8 +634,8 @@ static void authenticated(capf_session_t *s, const Capstan__Device *d) {
   }
   if (d->completes_by > 0 && unix_now() > d->completes_by) {
     LOG_INFO("event=capf_operation_expired device=%s peer=%s", s->device, s->peer_host);
-    record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED, "operation deadline passed", 0);
-    end_with(s, CAPSTAN_CAPF_REASON_NO_ACTION, CAPF_RESULT_EXPIRED);
+    record_then_end(s, CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED, "operation deadline passed", 0,
+                    CAPSTAN_CAPF_REASON_NO_ACTION, CAPF_RESULT_EXPIRED);
     return;
   }
   start_operation(s);
@@ -621,8 +646,8 @@ static void auth_failed(capf_session_t *s, const char *reason) {
   if (mode >= 1 && mode <= 4) capstan_metric_inc(s->srv->m.auth_failures[mode]);
   LOG_WARN("event=capf_auth_failed device=%s peer=%s mode=%s reason=\"%s\"", s->device,
            s->peer_host, capstan_capf_auth_type_name(mode), reason);
-  record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 1);
-  end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_AUTH_FAILED);
+  record_then_end(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 1,
+                  CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_AUTH_FAILED);
 }
 
 /* --- By existing certificate: verified on a worker ------------------------ */
