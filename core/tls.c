@@ -256,7 +256,12 @@ static int flush_output(capstan_tls_conn_t *conn) {
   write_req_t *wr = NULL;
   if (rest > 0) {
     wr = malloc(sizeof(*wr) + rest);
-    if (wr == NULL) return CAPSTAN_ENOMEM;
+    if (wr == NULL) {
+      /* Part may be on the wire already: drop the rest so the close that
+       * follows does not send that part twice. */
+      conn->out_len = 0;
+      return CAPSTAN_ENOMEM;
+    }
     memcpy(wr->data, conn->out + sent, rest);
     wr->len = rest;
     wr->conn = conn;

@@ -140,34 +140,51 @@ static void finish(capf_session_t *s, capf_result_t result) {
 static void record_status(capf_session_t *s, Capstan__OpStatus status, const char *reason,
                           int count_attempt);
 
-/* A phone that goes away in the middle of its operation leaves the device
- * failed with the step it stopped at, not "in progress" forever. */
-static void dropped_mid_operation(capf_session_t *s) {
-  const char *reason = NULL;
-  switch (s->state) {
+/* How a session can end while its device's operation is under way. */
+typedef enum { END_DROPPED, END_TIMED_OUT, END_PROTOCOL } end_cause_t;
+
+#define STEP_REASON(cause, step)                                \
+  ((cause) == END_DROPPED     ? "phone disconnected " step      \
+   : (cause) == END_TIMED_OUT ? "phone stopped answering " step \
+                              : "protocol error from the phone " step)
+
+/* The failure reason a device keeps when its session ends in |st| for
+ * |cause|, so it is not left "in progress" forever; NULL when no operation
+ * is under way in |st|. */
+static const char *operation_failure(capf_state_t st, end_cause_t cause) {
+  switch (st) {
     case ST_THROTTLED:
-      reason = "phone disconnected while held by the throttle";
-      break;
+      return STEP_REASON(cause, "while held by the throttle");
     case ST_WAIT_KEYGEN:
-      reason = "phone disconnected during key generation";
-      break;
+      return STEP_REASON(cause, "during key generation");
     case ST_SIGNING:
     case ST_RECORDING:
-      reason = "phone disconnected while the server was working";
-      break;
+      return STEP_REASON(cause, "while the server was working");
     case ST_WAIT_STORE:
-      reason = "phone disconnected before confirming it stored the certificate";
-      break;
+      return STEP_REASON(cause, "before confirming it stored the certificate");
     case ST_WAIT_FETCH:
-      reason = "phone disconnected before sending its certificate";
-      break;
+      return STEP_REASON(cause, "before sending its certificate");
     case ST_WAIT_DELETE:
-      reason = "phone disconnected before confirming the delete";
-      break;
+      return STEP_REASON(cause, "before confirming the delete");
     default:
-      return;
+      return NULL;
   }
-  record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 0);
+}
+
+/* States where the phone is to speak and the server has no work in
+ * flight: a session ending here may wait for its record. */
+static int phones_turn(capf_state_t st) {
+  return st == ST_WAIT_KEYGEN || st == ST_WAIT_STORE || st == ST_WAIT_FETCH || st == ST_WAIT_DELETE;
+}
+
+static void record_then_end(capf_session_t *s, Capstan__OpStatus status, const char *reason,
+                            int count_attempt, uint8_t end_reason, capf_result_t result);
+
+/* A phone that goes away in the middle of its operation leaves the device
+ * failed with the step it stopped at. */
+static void dropped_mid_operation(capf_session_t *s) {
+  const char *reason = operation_failure(s->state, END_DROPPED);
+  if (reason != NULL) record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason, 0);
 }
 
 static void on_conn_closed(capstan_tls_conn_t *conn, void *arg, capstan_tls_close_reason_t why) {
@@ -242,6 +259,7 @@ void capf_session_apply_keepalive(capf_session_t *s, unsigned minutes) {
 
 static void send_end_session(capf_session_t *s, uint8_t reason);
 static void send_retry_later(capf_session_t *s);
+static void end_with(capf_session_t *s, uint8_t reason, capf_result_t result);
 
 static void on_timeout(uv_timer_t *t) {
   capf_session_t *s = t->data;
@@ -268,8 +286,14 @@ static void on_timeout(uv_timer_t *t) {
       capstan_metric_inc(m->timeouts_step);
       break;
   }
-  send_end_session(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
-  close_session(s, CAPF_RESULT_TIMEOUT);
+  /* Timers run only while the phone is to speak. */
+  const char *why = operation_failure(s->state, END_TIMED_OUT);
+  if (why != NULL) {
+    record_then_end(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, why, 0,
+                    CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_TIMEOUT);
+    return;
+  }
+  end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_TIMEOUT);
 }
 
 static void enter(capf_session_t *s, capf_state_t st, unsigned timeout_seconds) {
@@ -328,6 +352,15 @@ static void protocol_error(capf_session_t *s, const char *what) {
   LOG_WARN("event=capf_protocol_error device=%s peer=%s state=%s error=\"%s\"",
            s->device[0] ? s->device : "-", s->peer_host, state_name(s->state), what);
   capstan_metric_inc(s->srv->m.protocol_errors);
+  const char *why = operation_failure(s->state, END_PROTOCOL);
+  if (why != NULL && phones_turn(s->state)) {
+    record_then_end(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, why, 0,
+                    CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_PROTOCOL_ERROR);
+    return;
+  }
+  /* Server work is in flight: end now (its callbacks see a closing session)
+   * and let the record follow. */
+  if (why != NULL) record_status(s, CAPSTAN__OP_STATUS__OP_STATUS_FAILED, why, 0);
   end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_PROTOCOL_ERROR);
 }
 
@@ -1137,6 +1170,9 @@ static void on_message(capf_session_t *s, const uint8_t *msg, size_t len) {
  * straight from the read buffer; only a partial tail is copied. */
 static void on_data(capstan_tls_conn_t *conn, void *arg, const uint8_t *data, size_t len) {
   capf_session_t *s = arg;
+  /* The outcome is being recorded and END_SESSION follows: nothing the
+   * phone says now changes it. */
+  if (s->state == ST_ENDING) return;
   const uint8_t *buf = data;
   size_t avail = len;
   if (s->rx != NULL) {

@@ -446,10 +446,12 @@ def _(c):
 
 @case("out of order: STORE_CERT_RESPONSE instead of KEY_GEN_RESPONSE", **{PROTO_ERRORS: 1})
 def _(c):
-    p, _ = phone_at_keygen(c)
+    p, name = phone_at_keygen(c)
     with p:
         p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
         p.expect_end(h.REASON_INVALID)
+    # Recorded before END_SESSION went out, not "in progress".
+    expect_status(c, name, "failed", "protocol error from the phone during key generation")
 
 
 @case("out of order: a second AUTH_RESPONSE during key generation", **{PROTO_ERRORS: 1})
@@ -544,8 +546,7 @@ def _(c):
     with phone_at_auth(c) as p:
         p.send_auth("SEPC0FFEE000001", password=b"999999")
         p.expect_end(h.REASON_INVALID)
-    d = h.device_json(c.data_dir, "SEPC0FFEE000001")
-    check(d["status"] == "failed", "device status %r after a failed auth" % d["status"])
+    expect_status(c, "SEPC0FFEE000001", "failed")
 
 
 @case("authentication string over the limit (a 300-byte AUTH_PASSWORD)")
@@ -555,19 +556,22 @@ def _(c):
         p.expect_end(h.REASON_INVALID)
 
 
+def expect_status(c, name, status, reason=None):
+    """The device's record right now: the server commits a failure before
+    the phone gets its END_SESSION, so there is nothing to wait for."""
+    d = h.device_json(c.data_dir, name)
+    check(d["status"] == status, "%s: status %r, wanted %r" % (name, d["status"], status))
+    if reason is not None:
+        check(d["status_reason"] == reason, "%s: reason %r, wanted %r" % (name, d["status_reason"], reason))
+    return d
+
+
 def keygen_fails(c, value_elements, want_status="failed"):
     p, name = phone_at_keygen(c)
     with p:
         p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, value_elements))
         p.expect_end(h.REASON_INVALID)
-    # The status is recorded through the group-commit writer: wait for it.
-    deadline = time.monotonic() + 10 * h.SLOW
-    while True:
-        d = h.device_json(c.data_dir, name)
-        if d["status"] == want_status:
-            break
-        check(time.monotonic() < deadline, "%s: status %r, wanted %r" % (name, d["status"], want_status))
-        time.sleep(0.1)
+    d = expect_status(c, name, want_status)
     check(d["certs_issued"] == 0, "%s: a certificate was issued for a bad key" % name)
 
 
@@ -691,13 +695,14 @@ def _(c):
 
 @case("stops mid-element during STORE_CERT_RESPONSE (step timer)", **{TIMEOUT_STEP: 1})
 def _(c):
-    p, _ = phone_at_keygen(c)
+    p, name = phone_at_keygen(c)
     with p:
         p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
         m = p.recv()
         check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
         p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01"))[:10])
         p.expect_end(h.REASON_INVALID, timeout=TIMER_BOUND / h.SLOW)
+    expect_status(c, name, "failed", "phone stopped answering before confirming it stored the certificate")
 
 
 @case("per-address connection limit: the 17th silent connection is refused")
