@@ -32,6 +32,7 @@
   X(WAIT_FETCH, "wait_fetch")   \
   X(WAIT_DELETE, "wait_delete") \
   X(RECORDING, "recording")     \
+  X(CONCLUDING, "concluding")   \
   X(ENDING, "ending")           \
   X(CLOSING, "closing")
 
@@ -150,7 +151,9 @@ typedef enum { END_DROPPED, END_TIMED_OUT, END_PROTOCOL } end_cause_t;
 
 /* The failure reason a device keeps when its session ends in |st| for
  * |cause|, so it is not left "in progress" forever; NULL when no operation
- * is under way in |st|. */
+ * is under way in |st|. In ST_CONCLUDING the phone has given its final
+ * answer and its outcome is being recorded: a drop or a stray message
+ * there changes nothing about the operation. */
 static const char *operation_failure(capf_state_t st, end_cause_t cause) {
   switch (st) {
     case ST_THROTTLED:
@@ -1055,7 +1058,7 @@ static void on_store_response(capf_session_t *s, const capstan_capf_msg_t *m) {
     r->spki_len = s->lsc_spki_len;
     memcpy(r->md5, s->lsc_md5, sizeof(r->md5));
   }
-  enter(s, ST_RECORDING, 0);
+  enter(s, ST_CONCLUDING, 0);
   if (rec_submit(s, r, after_final_record) < 0) close_session(s, CAPF_RESULT_SERVER_ERROR);
 }
 
@@ -1101,7 +1104,7 @@ static void on_fetch_response(capf_session_t *s, const capstan_capf_msg_t *m) {
   } else {
     r->reason = "phone reported no certificate";
   }
-  enter(s, ST_RECORDING, 0);
+  enter(s, ST_CONCLUDING, 0);
   if (rec_submit(s, r, after_final_record) < 0) close_session(s, CAPF_RESULT_SERVER_ERROR);
 }
 
@@ -1115,7 +1118,7 @@ static void on_delete_response(capf_session_t *s, const capstan_capf_msg_t *m) {
     fail_operation(s, "phone did not delete its certificate", CAPF_RESULT_FAILED);
     return;
   }
-  enter(s, ST_RECORDING, 0);
+  enter(s, ST_CONCLUDING, 0);
   if (rec_submit(s, rec_new(s, REC_DELETED), after_final_record) < 0) {
     close_session(s, CAPF_RESULT_SERVER_ERROR);
   }
@@ -1157,6 +1160,7 @@ static void on_message(capf_session_t *s, const uint8_t *msg, size_t len) {
     case ST_VERIFYING:
     case ST_SIGNING:
     case ST_RECORDING:
+    case ST_CONCLUDING:
       /* The phone must wait for the server here. */
       if (m.command == CAPSTAN_CAPF_CMD_REQUEST_IN_PROGRESS) break;
       protocol_error(s, "message while the server is working");

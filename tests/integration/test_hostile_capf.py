@@ -318,6 +318,22 @@ def _(c):
         check(d["md5hash"] == hashlib.md5(der).hexdigest(), "%s: md5hash %r" % (name, d["md5hash"]))
 
 
+@case("closes right after STORE_CERT_RESPONSE, without waiting for END_SESSION")
+def _(c):
+    # The phone has stored its LSC and said so: a phone that hangs up before
+    # END_SESSION still counts as enrolled, not "disconnected".
+    p, name = phone_at_keygen(c)
+    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
+    m = p.recv()
+    check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+    p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+    p.close()
+    wait_idle(c.server)
+    d = expect_status(c, name, "succeeded")
+    _, der = h.cert_element_der(m.get(h.EL_CERTIFICATE))
+    check(d["md5hash"] == hashlib.md5(der).hexdigest(), "%s: md5hash %r" % (name, d["md5hash"]))
+
+
 @case("wrong protocol id", **{PROTO_ERRORS: 1})
 def _(c):
     end7_after(c, lambda p: msg(h.AUTH_RESPONSE, p.session_id, auth_elements(), proto=0x56))
