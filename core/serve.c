@@ -342,7 +342,7 @@ int capstan_serve_main(int argc, char **argv) {
   if (getenv("UV_THREADPOOL_SIZE") == NULL) {
     cpu_set_t cpus;
     long n = sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus)
-                                                             : sysconf(_SC_NPROCESSORS_ONLN);
+                                                            : sysconf(_SC_NPROCESSORS_ONLN);
     char buf[24];
     snprintf(buf, sizeof(buf), "%ld", n < 1 ? 1 : (n > 64 ? 64 : n));
     setenv("UV_THREADPOOL_SIZE", buf, 1);

@@ -42,8 +42,8 @@ typedef struct writer {
   write_req_t *queue_head, *queue_tail; /* submitted, not yet written */
   write_req_t *done_head, *done_tail;   /* written, done not yet called */
   bool stopping;
-  bool idle; /* waiting for a request */
-  uint64_t last_commit_ms;
+  bool idle;                   /* waiting for a request */
+  struct timespec last_commit; /* CLOCK_MONOTONIC, when the last batch began */
 } writer_t;
 
 struct capstan_store {
@@ -693,12 +693,6 @@ static void write_batch(writer_t *w, write_req_t *batch, size_t n) {
   capstan_metric_observe(m_batch_size, (double)n);
 }
 
-static uint64_t monotonic_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Under sustained load the writer starts a commit at most every
  * COMMIT_SPACING_MS, so each fsync carries more requests. Every commit costs
  * two fdatasyncs and their device round trips, which on a virtual machine
@@ -710,16 +704,15 @@ static uint64_t monotonic_ms(void) {
 #define COMMIT_SPACING_MS 20
 
 static void wait_for_spacing(writer_t *w) {
-  uint64_t due = w->last_commit_ms + COMMIT_SPACING_MS;
-  for (;;) {
-    uint64_t now = monotonic_ms();
-    if (now >= due || w->stopping) return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t ns = (uint64_t)ts.tv_nsec + (due - now) * 1000000;
-    ts.tv_sec += (time_t)(ns / 1000000000);
-    ts.tv_nsec = (long)(ns % 1000000000);
-    pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+  struct timespec due = w->last_commit;
+  due.tv_nsec += COMMIT_SPACING_MS * 1000000L;
+  if (due.tv_nsec >= 1000000000L) {
+    due.tv_sec++;
+    due.tv_nsec -= 1000000000L;
+  }
+  /* Returns at once when |due| has passed; submissions do not wake a
+   * spacing writer, a stop does. */
+  while (!w->stopping && pthread_cond_timedwait(&w->cond, &w->lock, &due) != ETIMEDOUT) {
   }
 }
 
@@ -744,7 +737,7 @@ static void *writer_main(void *arg) {
       n++;
       last = r;
     }
-    w->last_commit_ms = monotonic_ms();
+    clock_gettime(CLOCK_MONOTONIC, &w->last_commit); /* the condvar's clock */
     write_batch(w, batch, n);
 
     pthread_mutex_lock(&w->lock);

@@ -709,7 +709,6 @@ static void open_static(capstan_files_service_t *svc, const char *name, capstan_
   serve_or_build(svc, e, j, cb, ctx);
 }
 
-
 static void source_open(capstan_filesource_t *src, const char *name, capstan_file_cb cb,
                         void *ctx) {
   capstan_files_service_t *svc = src->impl;

@@ -471,14 +471,21 @@ static int rec_submit(capf_session_t *s, rec_job_t *j, void (*then)(capf_session
   return rc;
 }
 
-static void record_status(capf_session_t *s, Capstan__OpStatus status, const char *reason,
-                          int count_attempt) {
+/* A status record for the device; NULL when out of memory. */
+static rec_job_t *status_job(capf_session_t *s, Capstan__OpStatus status, const char *reason,
+                             int count_attempt) {
   rec_job_t *j = rec_new(s, REC_STATUS);
-  if (j == NULL) return;
+  if (j == NULL) return NULL;
   j->status = status;
   j->reason = reason;
   j->count_attempt = count_attempt;
-  rec_submit(s, j, NULL);
+  return j;
+}
+
+static void record_status(capf_session_t *s, Capstan__OpStatus status, const char *reason,
+                          int count_attempt) {
+  rec_job_t *j = status_job(s, status, reason, count_attempt);
+  if (j != NULL) rec_submit(s, j, NULL);
 }
 
 static void end_after_record(capf_session_t *s, int status) {
@@ -494,12 +501,7 @@ static void record_then_end(capf_session_t *s, Capstan__OpStatus status, const c
                             int count_attempt, uint8_t end_reason, capf_result_t result) {
   finish(s, result);
   s->end_reason = end_reason;
-  rec_job_t *j = rec_new(s, REC_STATUS);
-  if (j != NULL) {
-    j->status = status;
-    j->reason = reason;
-    j->count_attempt = count_attempt;
-  }
+  rec_job_t *j = status_job(s, status, reason, count_attempt);
   enter(s, ST_ENDING, 0);
   if (rec_submit(s, j, end_after_record) < 0) end_with(s, end_reason, result);
 }
