@@ -219,5 +219,17 @@ commits=$(metric main capstan_storage_commit_duration_seconds_count)
 ops=$((EXPECT[install/ok] + EXPECT[troubleshoot/ok] + EXPECT[delete/ok]))
 ((commits >= ops)) || fail "capstan_storage_commit_duration_seconds_count $commits < $ops operations"
 
+# Every thread (loop, crypto workers, storage writer) runs SCHED_BATCH, so a
+# woken loop does not preempt a signature: field 41 of /proc/TID/stat is the
+# policy (3), counted from the last ')' since the name may hold spaces.
+threads=0
+for stat in /proc/"${SRV_PID[main]}"/task/*/stat; do
+  policy=$(sed 's/.*) //' "$stat" | awk '{ print $39 }')
+  [[ "$policy" == 3 ]] || fail "thread $stat runs scheduling policy $policy, not SCHED_BATCH (3)"
+  threads=$((threads + 1))
+done
+# The loop, the writer and at least one crypto worker, which ran above.
+((threads >= 3)) || fail "only $threads threads in the server"
+
 srv_stop main
 it_pass
