@@ -92,8 +92,9 @@ static enum ssl_verify_result_t accept_unverified(SSL *ssl, uint8_t *out_alert) 
 
 SSL_CTX *capstan_phone_ssl_ctx_new(const char *ca_pem_path, char *err, size_t err_size) {
   int verify = ca_pem_path != NULL && ca_pem_path[0] != '\0';
-  /* Without a CA to check against, the server's certificate is never looked
-   * at: keep it as bytes rather than decode it into an X509 each session. */
+  /* Without a CA to check against, the server's certificate is accepted
+   * unchecked (as SSL_VERIFY_NONE did) and never looked at: keep it as bytes
+   * rather than decode it into an X509 every session. */
   SSL_CTX *ctx = SSL_CTX_new(verify ? TLS_method() : TLS_with_buffers_method());
   if (ctx == NULL) {
     snprintf(err, err_size, "SSL_CTX_new failed");
