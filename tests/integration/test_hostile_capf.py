@@ -304,17 +304,24 @@ def _(c):
     reset(p)
 
 
-@case("tcp: reset right after STORE_CERT_RESPONSE (while the server records)")
-def _(c):
+def phone_after_store(c):
+    """A phone that got its LSC and answered STORE_CERT_RESPONSE (stored):
+    returns (phone, device name, the LSC's DER)."""
     p, name = phone_at_keygen(c)
     p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
     m = p.recv()
     check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
     p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+    _, der = h.cert_element_der(m.get(h.EL_CERTIFICATE))
+    return p, name, der
+
+
+@case("tcp: reset right after STORE_CERT_RESPONSE (while the server records)")
+def _(c):
+    p, name, der = phone_after_store(c)
     reset(p)
     # Whether the server read STORE_CERT_RESPONSE before the reset is a
     # race; either way the certificate it handed out is on record.
-    _, der = h.cert_element_der(m.get(h.EL_CERTIFICATE))
     serial = "%032x" % x509.load_der_x509_certificate(der).serial_number
     wait_idle(c.server)
     d = h.device_json(c.data_dir, name)
@@ -328,15 +335,10 @@ def _(c):
 def _(c):
     # The phone has stored its LSC and said so: a phone that hangs up before
     # END_SESSION still counts as enrolled, not "disconnected".
-    p, name = phone_at_keygen(c)
-    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
-    m = p.recv()
-    check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
-    p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
+    p, name, der = phone_after_store(c)
     p.close()
     wait_idle(c.server)
     d = expect_status(c, name, "succeeded")
-    _, der = h.cert_element_der(m.get(h.EL_CERTIFICATE))
     check(d["md5hash"] == hashlib.md5(der).hexdigest(), "%s: md5hash %r" % (name, d["md5hash"]))
 
 

@@ -96,6 +96,24 @@ static void on_watchdog(uv_timer_t *timer) {
 /* The server context must keep the key usable for as long as it lives,
  * even after the caller dropped its own reference: live connections hold
  * the context after the identity that configured it is gone (reload). */
+/* Listens on 127.0.0.1, port 0, with |data| on the handle, and starts a
+ * watchdog; |bound| gets the address to connect to. */
+static void listen_loopback(uv_loop_t *loop, uv_tcp_t *listener, uv_timer_t *watchdog, void *data,
+                            uv_connection_cb on_conn, uv_timer_cb on_timeout,
+                            struct sockaddr_storage *bound) {
+  struct sockaddr_in addr;
+  assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &addr), 0);
+  assert_int_equal(uv_tcp_init(loop, listener), 0);
+  listener->data = data;
+  assert_int_equal(uv_tcp_bind(listener, (const struct sockaddr *)&addr, 0), 0);
+  assert_int_equal(uv_listen((uv_stream_t *)listener, 4, on_conn), 0);
+  int len = sizeof(*bound);
+  assert_int_equal(uv_tcp_getsockname(listener, (struct sockaddr *)bound, &len), 0);
+  uv_timer_init(loop, watchdog);
+  watchdog->data = data;
+  uv_timer_start(watchdog, on_timeout, TEST_TIMEOUT_MS, 0);
+}
+
 static void test_async_key_outlives_caller_reference(void **state) {
   (void)state;
   test_ctx_t t;
@@ -115,19 +133,8 @@ static void test_async_key_outlives_caller_reference(void **state) {
   assert_non_null(t.client_ctx);
 
   uint64_t ops_before = capstan_tls_async_key_ops();
-  struct sockaddr_in addr;
-  assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &addr), 0);
-  assert_int_equal(uv_tcp_init(&t.loop, &t.listener), 0);
-  t.listener.data = &t;
-  assert_int_equal(uv_tcp_bind(&t.listener, (const struct sockaddr *)&addr, 0), 0);
-  assert_int_equal(uv_listen((uv_stream_t *)&t.listener, 4, on_connection), 0);
   struct sockaddr_storage bound;
-  int len = sizeof(bound);
-  assert_int_equal(uv_tcp_getsockname(&t.listener, (struct sockaddr *)&bound, &len), 0);
-
-  uv_timer_init(&t.loop, &t.watchdog);
-  t.watchdog.data = &t;
-  uv_timer_start(&t.watchdog, on_watchdog, TEST_TIMEOUT_MS, 0);
+  listen_loopback(&t.loop, &t.listener, &t.watchdog, &t, on_connection, on_watchdog, &bound);
 
   t.client = capstan_tls_conn_new(&t.loop, t.client_ctx, 0, &kClientCbs, &t);
   assert_non_null(t.client);
@@ -253,18 +260,8 @@ static void test_input_during_key_operation(void **state) {
   SSL_CTX_free(client_ctx);
 
   uint64_t ops_before = capstan_tls_async_key_ops();
-  struct sockaddr_in addr;
-  assert_int_equal(uv_ip4_addr("127.0.0.1", 0, &addr), 0);
-  uv_tcp_init(&t.loop, &t.listener);
-  t.listener.data = &t;
-  assert_int_equal(uv_tcp_bind(&t.listener, (const struct sockaddr *)&addr, 0), 0);
-  assert_int_equal(uv_listen((uv_stream_t *)&t.listener, 4, junk_on_connection), 0);
   struct sockaddr_storage bound;
-  int len = sizeof(bound);
-  assert_int_equal(uv_tcp_getsockname(&t.listener, (struct sockaddr *)&bound, &len), 0);
-  uv_timer_init(&t.loop, &t.watchdog);
-  t.watchdog.data = &t;
-  uv_timer_start(&t.watchdog, junk_watchdog, TEST_TIMEOUT_MS, 0);
+  listen_loopback(&t.loop, &t.listener, &t.watchdog, &t, junk_on_connection, junk_watchdog, &bound);
   uv_tcp_init(&t.loop, &t.raw);
   t.raw.data = &t;
   t.connect.data = &t;
