@@ -44,8 +44,9 @@
  *   blob, no copy); the blocks of a window go out in one sendmmsg. Per
  *   packet the steady state is one recvmsg (the ACK) and one sendmsg (the
  *   DATA): the retransmit timer is not restarted on every ACK, only a
- *   deadline moves (see arm_timer in tftp.c). Netascii transfers keep a ring of |windowsize|
- * encoded packets so that a go-back can resend them. Everything is released when the transfer ends.
+ *   deadline moves (see arm_timer in tftp.c). Netascii transfers keep a
+ *   ring of |windowsize| encoded packets so that a go-back can resend them.
+ *   Everything is released when the transfer ends.
  * - Metrics: capstan_tftp_requests_total{kind} (kind of the requested name,
  *   capstan_file_kind_of), capstan_tftp_transfers_total{kind,result} and
  *   capstan_tftp_bytes_sent_total{kind} and
