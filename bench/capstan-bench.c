@@ -24,7 +24,7 @@
 #include <uv.h>
 
 #include "bench/phone/phone.h"
-#include "core/error.h"
+#include "core/base/error.h"
 
 #define MAX_OUTCOMES 64
 /* Device names are "SEP" + 12 hex digits: 15 characters. */

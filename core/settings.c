@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 
 /* X(cli name, Settings field, kind, min, max, help). The field names one
  * member of Capstan__Settings and its has_ flag (none for strings). */

@@ -4,9 +4,9 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "core/metrics.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
 #include "storage/devices.h"
 #include <string.h>
 

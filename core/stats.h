@@ -2,8 +2,8 @@
  * status, stale LSCs, certificates expiring within 30 days. Computed every
  * few seconds on the thread pool (a read transaction over devices and
  * certificates), never on the loop. */
-#ifndef CAPSTAN_STATS_H
-#define CAPSTAN_STATS_H
+#ifndef CAPSTAN_CORE_STATS_H
+#define CAPSTAN_CORE_STATS_H
 
 #include <uv.h>
 

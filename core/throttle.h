@@ -5,8 +5,8 @@
  * and calls capstan_throttle_cancel when it gives up.
  *
  * Loop thread only. Bounds can change at any time (live settings). */
-#ifndef CAPSTAN_THROTTLE_H
-#define CAPSTAN_THROTTLE_H
+#ifndef CAPSTAN_CORE_THROTTLE_H
+#define CAPSTAN_CORE_THROTTLE_H
 
 #include <stdint.h>
 #include <uv.h>

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/error.h"
-#include "core/log.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
 
 /* Largest private-key result: RSA-4096 signature or decryption. */
 #define KEY_OP_MAX_OUT 1024

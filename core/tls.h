@@ -12,8 +12,8 @@
  * worker signs (or decrypts, for legacy RSA key exchange), then resumes.
  *
  * Everything here runs on the loop thread except the key operation itself. */
-#ifndef CAPSTAN_TLS_H
-#define CAPSTAN_TLS_H
+#ifndef CAPSTAN_CORE_TLS_H
+#define CAPSTAN_CORE_TLS_H
 
 #include <openssl/ssl.h>
 #include <stddef.h>

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target capstan
-exec build/capstan serve --data-dir "${CAPSTAN_DATA_DIR:-./capstan-data}" "$@"
+build=${CAPSTAN_BUILD_DIR:-build}
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCAPSTAN_TESTS=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target capstan
+exec "$build"/capstan serve --data-dir "${CAPSTAN_DATA_DIR:-./capstan-data}" "$@"

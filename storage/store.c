@@ -9,9 +9,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "core/metrics.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
 #include "storage/devices.h"
 
 #define SETTINGS_KEY "settings"
@@ -100,6 +100,13 @@ static int open_dbis(capstan_store_t *s) {
   }
   rc = mdb_txn_commit(txn);
   return map_err(rc, "open");
+}
+
+const char *capstan_store_data_dir(const char *opt) {
+  if (opt != NULL && opt[0] != '\0') return opt;
+  const char *env = getenv("CAPSTAN_DATA_DIR");
+  if (env != NULL && env[0] != '\0') return env;
+  return CAPSTAN_STORE_DEFAULT_DIR;
 }
 
 int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {

@@ -69,6 +69,11 @@ typedef enum {
 #define CAPSTAN_STORE_MAP_SIZE ((size_t)4 << 30) /* 4 GiB of address space */
 #define CAPSTAN_STORE_DEFAULT_DIR "./capstan-data"
 
+/* The data directory every command and the server use: |opt| (--data-dir)
+ * if given, else $CAPSTAN_DATA_DIR, else CAPSTAN_STORE_DEFAULT_DIR. The
+ * result is borrowed. */
+const char *capstan_store_data_dir(const char *opt);
+
 /* A transaction: the LMDB transaction plus the store it belongs to (the
  * named database handles). Fill it with capstan_store_begin; inside the
  * writer's fn it is given to you. Treat the fields as read-only. */

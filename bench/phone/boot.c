@@ -13,12 +13,12 @@
 #include <openssl/x509.h>
 
 #include "bench/phone/phone.h"
-#include "core/error.h"
+#include "core/base/error.h"
 #include "core/files/cnfxml.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
 #include "core/files/sgnhdr.h"
-#include "core/pki.h"
+#include "core/pki/pki.h"
 
 /* "SEP" + 12 hex digits. */
 #define DEVICE_NAME_LEN 15

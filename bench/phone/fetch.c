@@ -9,7 +9,7 @@
 #include <openssl/bytestring.h>
 
 #include "bench/phone/phone.h"
-#include "core/error.h"
+#include "core/base/error.h"
 
 #define FETCH_DEFAULT_TIMEOUT_MS 30000
 #define TFTP_DEFAULT_RTO_MS 1000

@@ -13,8 +13,8 @@
 #include <openssl/mem.h>
 
 #include "bench/phone/phone.h"
-#include "core/error.h"
-#include "core/pki.h"
+#include "core/base/error.h"
+#include "core/pki/pki.h"
 
 /* A cached key file is a PKCS#8 DER private key; RSA 4096 is about 2.4 KB. */
 #define KEYPOOL_MAX_FILE 16384

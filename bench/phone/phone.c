@@ -13,8 +13,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
-#include "core/error.h"
-#include "core/pki.h"
+#include "core/base/error.h"
+#include "core/pki/pki.h"
 #include "core/tls.h"
 #include "handlers/capf/wire.h"
 

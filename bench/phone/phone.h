@@ -30,7 +30,7 @@
 #include <openssl/base.h>
 #include <uv.h>
 
-#include "core/pki.h"
+#include "core/pki/pki.h"
 
 /* ---- Key pool ------------------------------------------------------------- */
 

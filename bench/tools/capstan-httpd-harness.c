@@ -13,9 +13,9 @@
 #include <string.h>
 #include <uv.h>
 
-#include "core/error.h"
-#include "core/filesource.h"
-#include "core/log.h"
+#include "core/base/error.h"
+#include "core/files/source.h"
+#include "core/base/log.h"
 #include "handlers/admin/admin.h"
 #include "handlers/http/files.h"
 #include "handlers/http/server.h"

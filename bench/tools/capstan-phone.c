@@ -19,8 +19,8 @@
 #include <openssl/x509.h>
 
 #include "bench/phone/phone.h"
-#include "core/error.h"
-#include "core/pki.h"
+#include "core/base/error.h"
+#include "core/pki/pki.h"
 
 #define MAX_FILE (1u << 20)
 

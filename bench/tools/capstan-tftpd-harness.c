@@ -14,10 +14,10 @@
 #include <string.h>
 #include <uv.h>
 
-#include "core/error.h"
-#include "core/filesource.h"
-#include "core/log.h"
-#include "core/metrics.h"
+#include "core/base/error.h"
+#include "core/files/source.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
 #include "handlers/tftp/tftp.h"
 
 #define CACHE_MAX 64

@@ -10,7 +10,7 @@
 #include <openssl/bytestring.h>
 #include <openssl/mem.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 
 /* Top-level children of <device> that capstan writes or copies. */
 enum { N_CAPF_AUTH_MODE, N_CAPF_LIST, N_CERT_HASH, N_ENCR_CONFIG, N_IP_MODE, N_LOAD_INFO, N_NAMES };

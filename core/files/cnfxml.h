@@ -13,8 +13,8 @@
  * (NUL-terminated, truncated to |errlen|; |err| may be NULL), or
  * CAPSTAN_ENOMEM. Output documents are malloc'd, NUL-terminated (the NUL is
  * not counted in |*out_len|); the caller frees them with free(). */
-#ifndef CAPSTAN_FILES_CNFXML_H
-#define CAPSTAN_FILES_CNFXML_H
+#ifndef CAPSTAN_CORE_FILES_CNFXML_H
+#define CAPSTAN_CORE_FILES_CNFXML_H
 
 #include <stddef.h>
 #include <stdint.h>

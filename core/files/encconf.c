@@ -12,7 +12,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 
 #define SET_WHY(s)               \
   do {                           \

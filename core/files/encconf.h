@@ -17,8 +17,8 @@
  * fresh random key and IV, no further padding. The AES key is wrapped with
  * the phone's RSA public key (PKCS#1 v1.5 encryption). The whole file is
  * then signed with the TFTP key like any signed file. */
-#ifndef CAPSTAN_FILES_ENCCONF_H
-#define CAPSTAN_FILES_ENCCONF_H
+#ifndef CAPSTAN_CORE_FILES_ENCCONF_H
+#define CAPSTAN_CORE_FILES_ENCCONF_H
 
 #include <stddef.h>
 #include <stdint.h>

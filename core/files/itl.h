@@ -12,8 +12,8 @@
  * serial; the writer adds it from the signer certificate, then one record
  * per entry the caller gives (TFTP, CAPF, previous CAPF while rolling over,
  * ...), in the caller's order. */
-#ifndef CAPSTAN_FILES_ITL_H
-#define CAPSTAN_FILES_ITL_H
+#ifndef CAPSTAN_CORE_FILES_ITL_H
+#define CAPSTAN_CORE_FILES_ITL_H
 
 #include <stddef.h>
 #include <stdint.h>

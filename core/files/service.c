@@ -13,14 +13,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 #include "core/files/cnfxml.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
 #include "core/files/sgn.h"
-#include "core/log.h"
-#include "core/metrics.h"
-#include "core/pki.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
+#include "core/pki/pki.h"
 
 #define CACHE_BUCKETS 16384
 #define CACHE_MAX_ENTRIES 200000

@@ -16,13 +16,13 @@
  * pool, and concurrent requests for the same file wait for one signature.
  *
  * Loop thread only. */
-#ifndef CAPSTAN_FILES_SERVICE_H
-#define CAPSTAN_FILES_SERVICE_H
+#ifndef CAPSTAN_CORE_FILES_SERVICE_H
+#define CAPSTAN_CORE_FILES_SERVICE_H
 
 #include <stdint.h>
 #include <uv.h>
 
-#include "core/filesource.h"
+#include "core/files/source.h"
 #include "storage/records.pb-c.h"
 #include "storage/store.h"
 

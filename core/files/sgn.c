@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 
 /* Fills |p| for `<name>.sgn`; |filename| is the caller's buffer that |p|
  * points into. */

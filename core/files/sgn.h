@@ -2,8 +2,8 @@
  * followed by the unchanged bytes of `<name>`. Used for
  * SEP<MAC>.cnf.xml.sgn and any other file a deployment wants signed.
  * Format: /work/shared/spec/file-formats.md; header details: sgnhdr.h. */
-#ifndef CAPSTAN_FILES_SGN_H
-#define CAPSTAN_FILES_SGN_H
+#ifndef CAPSTAN_CORE_FILES_SGN_H
+#define CAPSTAN_CORE_FILES_SGN_H
 
 #include <stddef.h>
 #include <stdint.h>

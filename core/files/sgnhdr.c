@@ -12,8 +12,8 @@
 #include <openssl/mem.h>
 #include <openssl/x509.h>
 
-#include "core/error.h"
-#include "core/pki.h"
+#include "core/base/error.h"
+#include "core/pki/pki.h"
 
 #define SET_WHY(s)               \
   do {                           \

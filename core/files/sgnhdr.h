@@ -43,8 +43,8 @@
  * Errors: 0 or a negative CAPSTAN_E* code (core/error.h). Functions that take
  * |why| set it, on failure, to a static string naming the reason (may be
  * NULL when the caller does not want it). */
-#ifndef CAPSTAN_FILES_SGNHDR_H
-#define CAPSTAN_FILES_SGNHDR_H
+#ifndef CAPSTAN_CORE_FILES_SGNHDR_H
+#define CAPSTAN_CORE_FILES_SGNHDR_H
 
 #include <stddef.h>
 #include <stdint.h>

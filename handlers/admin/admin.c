@@ -5,9 +5,9 @@
 #include <string.h>
 #include <sys/time.h>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "core/metrics.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
 
 #ifndef CAPSTAN_VERSION
 #define CAPSTAN_VERSION "unknown"

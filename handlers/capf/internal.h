@@ -7,9 +7,9 @@
 #include <stdatomic.h>
 #include <sys/socket.h>
 
-#include "core/conntrack.h"
-#include "core/metrics.h"
-#include "core/pki.h"
+#include "core/base/conntrack.h"
+#include "core/base/metrics.h"
+#include "core/pki/pki.h"
 #include "core/throttle.h"
 #include "core/tls.h"
 #include "handlers/capf/capf.h"

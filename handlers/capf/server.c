@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "core/netaddr.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/netaddr.h"
 #include "handlers/capf/internal.h"
 
 #define CAPF_LISTEN_BACKLOG 4096

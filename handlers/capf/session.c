@@ -15,8 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/error.h"
-#include "core/log.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
 #include "handlers/capf/internal.h"
 #include "handlers/capf/wire.h"
 #include "storage/devices.h"

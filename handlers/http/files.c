@@ -3,9 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "core/metrics.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
 
 #define RESULTS(X)          \
   X(OK, "ok")               \

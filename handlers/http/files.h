@@ -15,7 +15,7 @@
 #ifndef CAPSTAN_HANDLERS_HTTP_FILES_H
 #define CAPSTAN_HANDLERS_HTTP_FILES_H
 
-#include "core/filesource.h"
+#include "core/files/source.h"
 #include "handlers/http/server.h"
 
 #define CAPSTAN_HTTP_FILES_MAX_NAME 255

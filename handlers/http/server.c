@@ -31,11 +31,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/conntrack.h"
-#include "core/error.h"
-#include "core/log.h"
-#include "core/metrics.h"
-#include "core/netaddr.h"
+#include "core/base/conntrack.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
+#include "core/base/netaddr.h"
 
 #define READ_BUF_BYTES (64 * 1024)
 #define LINGER_MS 2000 /* at most; see CONN_LINGER */

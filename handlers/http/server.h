@@ -29,7 +29,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "core/filesource.h"
+#include "core/files/source.h"
 
 /* Hard cap on the request target (path and query, as sent). */
 #define CAPSTAN_HTTP_MAX_URL_BYTES 2048

@@ -11,9 +11,9 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include "core/error.h"
-#include "core/log.h"
-#include "core/metrics.h"
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
 #include "handlers/tftp/tftp_packet.h"
 
 /* One receive buffer per server, shared by the listener and every transfer

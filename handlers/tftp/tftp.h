@@ -65,13 +65,13 @@
  *   bytes=.. ms=.. (debug when ok, info for not_found/denied, warn
  *   otherwise; the name is %-escaped outside printable ASCII);
  *   event=tftp_request_rejected at debug. */
-#ifndef CAPSTAN_TFTP_H
-#define CAPSTAN_TFTP_H
+#ifndef CAPSTAN_HANDLERS_TFTP_TFTP_H
+#define CAPSTAN_HANDLERS_TFTP_TFTP_H
 
 #include <stdint.h>
 #include <uv.h>
 
-#include "core/filesource.h"
+#include "core/files/source.h"
 
 typedef struct capstan_tftp_config {
   uint16_t max_blksize;              /* default 1468 */

@@ -5,8 +5,8 @@
  *
  * Every byte from the network goes through CBS; every length has a cap
  * below. Nothing here allocates. */
-#ifndef CAPSTAN_TFTP_PACKET_H
-#define CAPSTAN_TFTP_PACKET_H
+#ifndef CAPSTAN_HANDLERS_TFTP_TFTP_PACKET_H
+#define CAPSTAN_HANDLERS_TFTP_TFTP_PACKET_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/cli.h"
-#include "core/error.h"
+#include "handlers/cli/cli.h"
+#include "core/base/error.h"
 
 static int count_fields(size_t line, char **fields, size_t n, void *arg) {
   size_t *total = arg;

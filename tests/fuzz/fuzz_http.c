@@ -16,9 +16,9 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "core/error.h"
-#include "core/filesource.h"
-#include "core/log.h"
+#include "core/base/error.h"
+#include "core/files/source.h"
+#include "core/base/log.h"
 #include "handlers/http/files.h"
 #include "handlers/http/server.h"
 

@@ -12,8 +12,8 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
-#include "core/error.h"
-#include "core/pki.h"
+#include "core/base/error.h"
+#include "core/pki/pki.h"
 
 static void check_key_requests(const uint8_t *data, size_t size) {
   static const struct {

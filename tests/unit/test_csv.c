@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/cli.h"
-#include "core/error.h"
+#include "handlers/cli/cli.h"
+#include "core/base/error.h"
 #include "storage/devices.h"
 #include "storage/store.h"
 #include "store_test_util.h"

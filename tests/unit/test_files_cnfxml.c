@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 #include "core/files/cnfxml.h"
 
 #define HASH "0123456789abcdef0123456789abcdef"

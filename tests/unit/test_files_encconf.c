@@ -9,7 +9,7 @@
 #include <openssl/cipher.h>
 #include <openssl/digest.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 #include "core/files/encconf.h"
 #include "tests/unit/test_files_common.h"
 

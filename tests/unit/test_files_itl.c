@@ -5,7 +5,7 @@
 
 #include <cmocka.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 #include "core/files/itl.h"
 #include "tests/unit/test_files_common.h"
 

@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
 #include "core/files/sgn.h"

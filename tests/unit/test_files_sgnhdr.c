@@ -7,7 +7,7 @@
 #include <cmocka.h>
 #include <pthread.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 #include "core/files/sgn.h"
 #include "core/files/sgnhdr.h"
 #include "tests/unit/test_files_common.h"

@@ -34,8 +34,8 @@
 #include <openssl/x509.h>
 
 #include "bench/phone/phone.h"
-#include "core/error.h"
-#include "core/pki.h"
+#include "core/base/error.h"
+#include "core/pki/pki.h"
 #include "handlers/capf/wire.h"
 
 #define IO_TIMEOUT_S 20

@@ -37,11 +37,11 @@
 #include <openssl/x509.h>
 
 #include "bench/phone/phone.h"
-#include "core/error.h"
+#include "core/base/error.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
 #include "core/files/sgnhdr.h"
-#include "core/pki.h"
+#include "core/pki/pki.h"
 
 #define START_TIMEOUT_MS 60000
 #define STOP_TIMEOUT_MS 15000
@@ -465,8 +465,12 @@ static void *fake_main(void *arg) {
   return NULL;
 }
 
+/* A loopback listener on an ephemeral port. *port is always set (0 when it
+ * fails), so no caller reads an uninitialised port in any build type. */
 static int fake_listen(int udp, int *port) {
+  *port = 0;
   int fd = socket(AF_INET, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
+  if (fd < 0) return -1;
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -475,7 +479,10 @@ static int fake_listen(int udp, int *port) {
     return -1;
   }
   socklen_t al = sizeof(a);
-  getsockname(fd, (struct sockaddr *)&a, &al);
+  if (getsockname(fd, (struct sockaddr *)&a, &al) != 0) {
+    close(fd);
+    return -1;
+  }
   *port = ntohs(a.sin_port);
   return fd;
 }

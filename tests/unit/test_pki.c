@@ -30,8 +30,8 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "core/error.h"
-#include "core/pki.h"
+#include "core/base/error.h"
+#include "core/pki/pki.h"
 
 #define CAPF_EXTRA "O=Example\\, Inc.,OU=Voice,L=Wellington,ST=WGN,C=NZ"
 

@@ -7,8 +7,8 @@
 #include <sys/stat.h>
 #include <uv.h>
 
-#include "core/error.h"
-#include "core/metrics.h"
+#include "core/base/error.h"
+#include "core/base/metrics.h"
 #include "storage/devices.h"
 #include "storage/store.h"
 #include "store_test_util.h"

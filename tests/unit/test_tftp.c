@@ -24,10 +24,10 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "core/error.h"
-#include "core/filesource.h"
-#include "core/log.h"
-#include "core/metrics.h"
+#include "core/base/error.h"
+#include "core/files/source.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
 #include "handlers/tftp/tftp.h"
 #include "handlers/tftp/tftp_packet.h"
 

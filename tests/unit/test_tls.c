@@ -16,7 +16,7 @@
 #include <string.h>
 #include <uv.h>
 
-#include "core/pki.h"
+#include "core/pki/pki.h"
 #include "core/tls.h"
 
 #define TEST_TIMEOUT_MS 20000

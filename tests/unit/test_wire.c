@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <openssl/mem.h>
 
-#include "core/error.h"
+#include "core/base/error.h"
 #include "handlers/capf/wire.h"
 
 /* ---- helpers ------------------------------------------------------------- */

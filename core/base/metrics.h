@@ -1,0 +1,56 @@
+/* Metrics registry, rendered in the Prometheus text exposition format.
+ *
+ * Modules register their metrics once (at start-up) and keep the returned
+ * pointer; updates are lock-free atomics, safe from any thread. Registering
+ * the same (name, labels) twice returns the same metric, so a module may
+ * look a series up lazily. Labels are a preformatted, fixed string such as
+ * `operation="install",result="ok"`: label values must come from a small
+ * fixed set (never a device name or an address).
+ *
+ * Metrics live for the life of the process; there is no unregister. */
+#ifndef CAPSTAN_CORE_BASE_METRICS_H
+#define CAPSTAN_CORE_BASE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct capstan_metric capstan_metric_t;
+
+/* Computed at scrape time (e.g. LMDB size); runs on the scraping thread. */
+typedef double (*capstan_metric_fn)(void *arg);
+
+/* Each returns NULL only on allocation failure or when |name| was already
+ * registered with another type (a programming error, logged). */
+capstan_metric_t *capstan_metrics_counter(const char *name, const char *help, const char *labels);
+capstan_metric_t *capstan_metrics_gauge(const char *name, const char *help, const char *labels);
+capstan_metric_t *capstan_metrics_gauge_fn(const char *name, const char *help, const char *labels,
+                                           capstan_metric_fn fn, void *arg);
+/* |bounds| are the upper bounds of the buckets, ascending; +Inf is implied.
+ * At most CAPSTAN_METRICS_MAX_BUCKETS. */
+#define CAPSTAN_METRICS_MAX_BUCKETS 24
+capstan_metric_t *capstan_metrics_histogram(const char *name, const char *help,
+                                            const char *labels, const double *bounds,
+                                            size_t nbounds);
+
+/* Standard bucket sets, in seconds. */
+extern const double capstan_buckets_fast[];   /* 100us .. 10s, for commits, handshakes */
+extern const size_t capstan_buckets_fast_n;
+extern const double capstan_buckets_slow[];   /* 10ms .. 1h, for sessions and keygen */
+extern const size_t capstan_buckets_slow_n;
+
+/* Updates accept NULL metrics (a failed registration is not fatal). */
+void capstan_metric_inc(capstan_metric_t *m);
+void capstan_metric_add(capstan_metric_t *m, double v);
+void capstan_metric_set(capstan_metric_t *m, double v);
+void capstan_metric_observe(capstan_metric_t *m, double v);
+double capstan_metric_value(const capstan_metric_t *m); /* counter/gauge value */
+uint64_t capstan_metric_count(const capstan_metric_t *m); /* histogram count */
+
+/* Renders every metric. On success *out is a malloc'd buffer the caller
+ * frees and *len its length. */
+int capstan_metrics_render(char **out, size_t *len);
+
+/* Monotonic seconds, for durations. */
+double capstan_now_seconds(void);
+
+#endif

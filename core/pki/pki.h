@@ -1,0 +1,262 @@
+/* PKI: the CAPF certificate authority and everything capstan does with
+ * certificates and keys. BoringSSL only.
+ *
+ * Conventions for the whole module:
+ * - Return 0 on success or a negative code from core/error.h:
+ *   CAPSTAN_EINVAL (bad argument or malformed input), CAPSTAN_EACCES
+ *   (signature or trust refused), CAPSTAN_ECRYPTO (a BoringSSL operation
+ *   failed), CAPSTAN_ENOMEM (allocation failed).
+ * - Every failure path clears BoringSSL's thread-local error queue, so worker
+ *   threads do not accumulate errors.
+ * - Byte buffers returned through uint8_t ** / char ** are malloc'd: the caller
+ *   frees them with free(). Objects returned as X509 * / EVP_PKEY * are owned
+ *   by the caller (X509_free / EVP_PKEY_free).
+ * - All functions are safe to call concurrently from several threads on
+ *   distinct objects, and with one shared, read-only CAPF identity.
+ * - On failure, output pointers are left NULL / zero.
+ */
+#ifndef CAPSTAN_CORE_PKI_PKI_H
+#define CAPSTAN_CORE_PKI_PKI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/base.h> /* EVP_PKEY, X509, X509_NAME */
+#include <openssl/x509.h> /* STACK_OF(X509) */
+
+/* Key algorithms, as in the CAPF protocol's KEY_TYPE element. */
+#define CAPSTAN_PKI_KEY_RSA 0
+#define CAPSTAN_PKI_KEY_EC 1
+
+/* Hash ids, as in SHA2_SIGNED_DATA and SUDI_DATA. */
+#define CAPSTAN_PKI_HASH_SHA1 1
+#define CAPSTAN_PKI_HASH_SHA256 2
+#define CAPSTAN_PKI_HASH_SHA512 3
+
+/* LSC validity bounds in days (spec R8: 1 to 1825). */
+#define CAPSTAN_PKI_LSC_MIN_DAYS 1u
+#define CAPSTAN_PKI_LSC_MAX_DAYS 1825u
+
+/* Hard caps on peer-supplied inputs. */
+#define CAPSTAN_PKI_MAX_CERT_DER 16384u    /* one certificate */
+#define CAPSTAN_PKI_MAX_SPKI_DER 4096u     /* one SubjectPublicKeyInfo */
+#define CAPSTAN_PKI_MAX_SIG 1024u          /* one signature (RSA 8192) */
+#define CAPSTAN_PKI_MAX_DEVICE_NAME 64u    /* ub-common-name */
+#define CAPSTAN_PKI_MAX_SUBJECT_EXTRA 512u /* the |subject_extra| string */
+
+/* A certificate with its private key. Start it zeroed ({0}); cleanup is then
+ * safe at any point. */
+typedef struct capstan_identity {
+  X509 *cert;
+  EVP_PKEY *key;
+  STACK_OF(X509) * chain; /* issuers above cert, may be NULL */
+} capstan_identity_t;
+
+/* Frees every member (any may be NULL) and zeroes |id|. NULL is ignored. */
+void capstan_identity_cleanup(capstan_identity_t *id);
+
+/* Makes |dst| share |src|'s objects (reference counts taken; BoringSSL objects
+ * are immutable once built, so sharing is safe across threads). |dst| must be
+ * zeroed or cleaned up; on failure it stays zeroed. */
+int capstan_identity_copy(const capstan_identity_t *src, capstan_identity_t *dst);
+
+/* CAPF certificate (spec R11): self-signed, RSA 2048, SHA-256, subject
+ * CN "CAPF-" + 8 random lower-case hex digits followed by the optional
+ * O/OU/L/ST/C attributes from |subject_extra| in the order given (NULL or ""
+ * for none; e.g. "O=Example,C=NZ"; "\," and "\\" escape inside values; C must
+ * be 2 characters; other keys, CN included, are refused with CAPSTAN_EINVAL).
+ * Random 128-bit positive serial, basicConstraints critical CA:TRUE
+ * pathlen:0, keyUsage critical digitalSignature+keyCertSign,
+ * subjectKeyIdentifier (SHA-1 of the public key), validity now-1h .. +10
+ * years. |out| must be zeroed; it is filled only on success. */
+int capstan_pki_create_capf(const char *subject_extra, capstan_identity_t *out);
+
+/* TFTP signing certificate: self-signed, RSA 2048, SHA-256, CN "TFTP-" + 8
+ * hex, the same |subject_extra| rules, keyUsage (critical)
+ * digitalSignature+keyEncipherment, EKU serverAuth+clientAuth, basic
+ * constraints CA:FALSE, subjectKeyIdentifier, validity now-1h .. +10 years.
+ * The phone trusts it through the ITL. */
+int capstan_pki_create_tftp(const char *subject_extra, capstan_identity_t *out);
+
+/* Serialise: certificate DER and private key as PKCS#8 DER (the chain is not
+ * included; see capstan_identity_chain_to_der). Both outputs malloc'd; free
+ * |*key_der| after wiping it (OPENSSL_cleanse). */
+int capstan_identity_to_der(const capstan_identity_t *id, uint8_t **cert_der, size_t *cert_len,
+                            uint8_t **key_der, size_t *key_len);
+
+/* Parse a certificate (DER, no trailing bytes) and a PKCS#8 private key (DER,
+ * no trailing bytes) into |out| (zeroed by the caller), with chain NULL.
+ * Refuses with CAPSTAN_EINVAL when the key does not match the certificate. */
+int capstan_identity_from_der(const uint8_t *cert_der, size_t cert_len, const uint8_t *key_der,
+                              size_t key_len, capstan_identity_t *out);
+
+/* The chain as an array of |*count| DER buffers: |*ders| and each buffer are
+ * malloc'd, and |*lens| is a malloc'd array of their lengths. Free with
+ * capstan_pki_der_array_free. With no chain, *count = 0 and both arrays NULL. */
+int capstan_identity_chain_to_der(const capstan_identity_t *id, uint8_t ***ders, size_t **lens,
+                                  size_t *count);
+void capstan_pki_der_array_free(uint8_t **ders, size_t *lens, size_t count);
+
+/* Replace |id|'s chain with certificates parsed from |count| DER buffers
+ * (issuers above id->cert, nearest first). On failure |id| is unchanged. */
+int capstan_identity_set_chain_der(capstan_identity_t *id, const uint8_t *const *ders,
+                                   const size_t *lens, size_t count);
+
+/* md5hash: MD5 of |der| as 32 lower-case hex digits plus NUL. Cannot fail. */
+void capstan_pki_md5hash(const uint8_t *der, size_t len, char out[33]);
+
+/* Check a phone's public key (DER SubjectPublicKeyInfo, no trailing bytes)
+ * against the requested type. key_alg CAPSTAN_PKI_KEY_RSA: |key_bits| in
+ * {512,1024,2048,3072,4096} and the modulus exactly that size, exponent odd,
+ * >= 3 and < 2^33. key_alg CAPSTAN_PKI_KEY_EC: |key_bits| 256/384/521 meaning
+ * P-256/P-384/P-521, point on the curve. Returns 0 and the key in |*out|
+ * (caller frees), or CAPSTAN_EINVAL with a static reason in |*why|:
+ * "malformed public key", "key type mismatch", "key size mismatch",
+ * "curve mismatch", "bad RSA exponent", "unsupported key request". |why| may
+ * be NULL. */
+int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, unsigned key_bits,
+                                 EVP_PKEY **out, const char **why);
+
+/* Issue an LSC (spec R8) signed by |capf| with SHA-256: subject CN =
+ * |device_name| (1..CAPSTAN_PKI_MAX_DEVICE_NAME bytes of UTF-8) followed by
+ * the O/OU/L/ST/C attributes of the CAPF certificate's subject in their order;
+ * issuer = the CAPF subject; random positive serial of exactly 16 bytes (top
+ * bit clear, first byte non-zero) written to |serial|; validity now-5min ..
+ * now + |validity_days| (CAPSTAN_PKI_LSC_MIN_DAYS..MAX_DAYS); basicConstraints
+ * CA:FALSE; keyUsage (critical) digitalSignature+keyEncipherment; EKU
+ * serverAuth+clientAuth+ipsecEndSystem; authorityKeyIdentifier = the CAPF's
+ * SKI (when it has one); subjectKeyIdentifier. |*der| malloc'd, |*not_after|
+ * in unix seconds. |capf| is only read: safe on worker threads. */
+int capstan_pki_issue_lsc(const capstan_identity_t *capf, const char *device_name,
+                          EVP_PKEY *phone_key, unsigned validity_days, uint8_t serial[16],
+                          uint8_t **der, size_t *der_len, int64_t *not_after);
+
+/* Auth by existing certificate (capf-protocol.md): verify |sig| over
+ * hash(|data|) with the public |key|. |hash_id| CAPSTAN_PKI_HASH_SHA1/256/512.
+ * RSA: raw public operation, PKCS#1 v1.5 type-1 padding (00 01 FF{8,} 00),
+ * then either the bare digest or a DigestInfo wrapping it; a signature
+ * shorter than the modulus is taken as the same integer. EC: DER ECDSA.
+ * Returns 0, or CAPSTAN_EACCES for anything else (including an unknown hash
+ * id or key type, since those come from the peer). */
+int capstan_pki_verify_signed_data(EVP_PKEY *key, int hash_id, const uint8_t *data, size_t data_len,
+                                   const uint8_t *sig, size_t sig_len);
+
+/* |cert| must chain to one of |trusted| (any of them is an anchor, so an
+ * intermediate in the list suffices), through |untrusted_intermediates| (may
+ * be NULL). Validity times are checked; purpose is not. Returns 0 or
+ * CAPSTAN_EACCES (CAPSTAN_EINVAL for NULL cert/trusted, CAPSTAN_ENOMEM). */
+int capstan_pki_verify_chain(X509 *cert, STACK_OF(X509) * untrusted_intermediates,
+                             STACK_OF(X509) * trusted);
+
+/* Parse SUDI_DATA: 0x00|u16 len|SUDI cert DER|0x01|u16 len|SHA-1 sig|
+ * 0x03|u16 len|SHA-512 sig (0x02, SHA-256, is also accepted for the third
+ * element), nothing after. Verifies both signatures over (|session_id| as a
+ * little-endian uint32 || SUDI cert DER) with the SUDI certificate's key.
+ * Returns 0 with |*sudi_cert| (caller frees) so the caller can chain-check
+ * it; CAPSTAN_EINVAL when malformed; CAPSTAN_EACCES on a bad signature. */
+int capstan_pki_verify_sudi(const uint8_t *sudi_data, size_t len, uint32_t session_id,
+                            X509 **sudi_cert);
+
+/* Build SUDI_DATA the way a phone does (for the simulator and tests): SHA-1
+ * and SHA-512 signatures by |key| over (session_id LE || cert_der). */
+int capstan_pki_make_sudi(EVP_PKEY *key, const uint8_t *cert_der, size_t cert_len,
+                          uint32_t session_id, uint8_t **out, size_t *out_len);
+
+/* The phone side: make SIGNED_DATA as a phone does. RSA: raw private
+ * operation on 00 01 FF..FF 00 || bare digest; EC: DER ECDSA. |*sig|
+ * malloc'd. CAPSTAN_ECRYPTO if the digest does not fit the key (512-bit RSA
+ * with SHA-512). */
+int capstan_pki_sign_like_phone(EVP_PKEY *key, int hash_id, const uint8_t *data, size_t data_len,
+                                uint8_t **sig, size_t *sig_len);
+
+/* RFC 4514 DN string in CERTIFICATE order (not reversed), e.g.
+ * "CN=CAPF-1a2b3c4d,O=Example,C=NZ": comma-separated, '+' inside a
+ * multi-valued RDN, short names (CN, O, OU, L, ST, C, ...) or the dotted OID
+ * with a #hex value for unknown types, RFC 4514 escaping. |*out| malloc'd and
+ * NUL-terminated. */
+int capstan_pki_dn_string(const X509_NAME *name, char **out);
+
+/* Serial number magnitude, big-endian, no leading zero byte (a zero serial
+ * gives one 0x00 byte). CAPSTAN_EINVAL for a negative serial, CAPSTAN_ERANGE
+ * when it does not fit |cap|. */
+int capstan_pki_serial_bytes(const X509 *cert, uint8_t *out, size_t cap, size_t *len);
+
+/* Parse a DER certificate fully (no trailing bytes; at most
+ * CAPSTAN_PKI_MAX_CERT_DER). CAPSTAN_EINVAL when malformed. */
+int capstan_pki_parse_cert(const uint8_t *der, size_t len, X509 **out);
+
+/* Encode |cert| as DER; |*der| malloc'd. */
+int capstan_pki_cert_to_der(const X509 *cert, uint8_t **der, size_t *len);
+
+/* Encode the public half of |key| as a DER SubjectPublicKeyInfo; malloc'd. */
+int capstan_pki_public_key_to_der(const EVP_PKEY *key, uint8_t **der, size_t *len);
+
+/* Validity of |cert| in unix seconds (either output may be NULL).
+ * CAPSTAN_EINVAL when a time cannot be read. */
+int capstan_pki_cert_validity(const X509 *cert, int64_t *not_before, int64_t *not_after);
+
+/* R12, CA-signed CAPF: a PKCS#10 CSR (DER, malloc'd) for the CAPF key with
+ * subject = the CAPF certificate's subject and the CAPF extensions requested
+ * (basicConstraints critical CA:TRUE pathlen:0, keyUsage critical
+ * digitalSignature+keyCertSign, subjectKeyIdentifier), signed with SHA-256. */
+int capstan_pki_make_capf_csr(const capstan_identity_t *capf, uint8_t **der, size_t *der_len);
+
+/* R12: check the CA-signed CAPF certificate |cert_der| and its chain
+ * (|chain_count| DER certificates, issuers above the certificate; at least
+ * one, the top one normally the enterprise root) against the current |capf|
+ * identity: the public key matches |capf|'s key, CN starts with "CAPF-",
+ * basicConstraints CA:TRUE pathlen:0, keyUsage digitalSignature+keyCertSign,
+ * the chain builds and all are within their validity. On success |out|
+ * (zeroed by the caller) holds the new certificate, |capf|'s key (shared
+ * reference) and the chain. Otherwise CAPSTAN_EINVAL (malformed, or a rule
+ * failed) or CAPSTAN_EACCES (chain does not build), with a static reason in
+ * |*why| (may be NULL) for the operator. */
+int capstan_pki_import_capf_cert(const capstan_identity_t *capf, const uint8_t *cert_der,
+                                 size_t cert_len, const uint8_t *const *chain_ders,
+                                 const size_t *chain_lens, size_t chain_count,
+                                 capstan_identity_t *out, const char **why);
+
+/* R13 upload rules. CAPSTAN_PKI_UPLOAD_CA (a root or intermediate CA for a
+ * trust store): CA:TRUE with pathlen 0, keyUsage digitalSignature and
+ * keyCertSign, CN must not contain "CAPF-". CAPSTAN_PKI_UPLOAD_IPSEC: an
+ * IPsec certificate signed by a CA (issuer != subject) must not carry CA:TRUE.
+ * Returns 0, or CAPSTAN_EINVAL with a static reason naming the rule in
+ * |*why| (may be NULL). */
+#define CAPSTAN_PKI_UPLOAD_CA 0
+#define CAPSTAN_PKI_UPLOAD_IPSEC 1
+int capstan_pki_check_trust_upload(const X509 *cert, int kind, const char **why);
+
+/* PEM encoding of |len| bytes of DER under |label| ("CERTIFICATE",
+ * "CERTIFICATE REQUEST", ...): 64-column base64, "\n" line ends,
+ * NUL-terminated, |*pem| malloc'd. */
+int capstan_pki_pem_encode(const char *label, const uint8_t *der, size_t len, char **pem);
+
+/* Every PEM block labelled |label| in |text| (other blocks and text around
+ * them are skipped), decoded to DER: |*ders| and each element malloc'd,
+ * |*lens| malloc'd; free with capstan_pki_der_array_free. At most
+ * CAPSTAN_PKI_MAX_PEM_BLOCKS blocks and CAPSTAN_PKI_MAX_PEM_TEXT bytes of
+ * input. CAPSTAN_EINVAL when there is no such block or one is malformed. */
+#define CAPSTAN_PKI_MAX_PEM_BLOCKS 32u
+#define CAPSTAN_PKI_MAX_PEM_TEXT (1024u * 1024u)
+int capstan_pki_pem_decode(const uint8_t *text, size_t len, const char *label, uint8_t ***ders,
+                           size_t **lens, size_t *count);
+
+/* Test / simulator CA ("manufacturing CA" for MICs): self-signed, EC P-256
+ * (fast to make), ECDSA-SHA256, subject CN=|cn| (must not contain "CAPF-"),
+ * CA:TRUE pathlen:0 critical, keyUsage critical digitalSignature+keyCertSign,
+ * SKI, validity now-1h .. +10 years: acceptable as a CAPF-trust upload. */
+int capstan_pki_create_test_ca(const char *cn, capstan_identity_t *out);
+
+/* Issue a MIC-like leaf under |ca| for public |key|: subject CN=|cn|, random
+ * serial, CA:FALSE, keyUsage digitalSignature+keyEncipherment, EKU
+ * serverAuth+clientAuth, AKI/SKI, validity now-1h .. +10 years, SHA-256.
+ * |*der| malloc'd. */
+int capstan_pki_issue_test_leaf(const capstan_identity_t *ca, const char *cn, EVP_PKEY *key,
+                                uint8_t **der, size_t *der_len);
+
+/* Generate a key: CAPSTAN_PKI_KEY_RSA with |key_bits| 512..8192 (e = 65537),
+ * or CAPSTAN_PKI_KEY_EC with 256/384/521. |*out| owned by the caller. RSA
+ * generation is slow: keep it off the loop thread. */
+int capstan_pki_generate_key(int key_alg, unsigned key_bits, EVP_PKEY **out);
+
+#endif

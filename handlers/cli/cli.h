@@ -1,0 +1,149 @@
+/* Admin CLI: the subcommands that work on the data directory (device,
+ * config, keepalive, cert, report), their shared helpers, and the CSV
+ * reader/writer used by `device import` and `device export`.
+ *
+ * Every subcommand is a separate process that opens the LMDB environment
+ * next to a possibly running server. Exit codes: 0 success, 1 operational
+ * error (message on stderr says what to do), 2 usage error. Options come
+ * after the subcommand, e.g. `capstan device list --json --data-dir DIR`;
+ * the data directory is --data-dir, else $CAPSTAN_DATA_DIR, else
+ * ./capstan-data. */
+#ifndef CAPSTAN_HANDLERS_CLI_CLI_H
+#define CAPSTAN_HANDLERS_CLI_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "storage/records.pb-c.h"
+#include "storage/store.h"
+
+#define CAPSTAN_EXIT_OK 0
+#define CAPSTAN_EXIT_ERROR 1
+#define CAPSTAN_EXIT_USAGE 2
+
+/* ---- Subcommands: argv[0] is the command word ("device", ...). -------- */
+int capstan_cli_device_main(int argc, char **argv);
+int capstan_cli_config_main(int argc, char **argv);
+int capstan_cli_keepalive_main(int argc, char **argv);
+int capstan_cli_cert_main(int argc, char **argv);
+int capstan_cli_report_main(int argc, char **argv);
+int capstan_cli_init_main(int argc, char **argv);
+
+/* ---- Shared helpers ---------------------------------------------------- */
+
+/* Opens the store in |dir| (creating it when |create|). On failure prints
+ * what to do and returns CAPSTAN_EXIT_ERROR; 0 on success. */
+int capstan_cli_open_store(const char *dir, bool create, capstan_store_t **out);
+
+/* "capstan: <message>\n" on stderr. */
+void capstan_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Writes |s| as a JSON string literal (quotes, escapes; NULL as null). */
+void capstan_cli_json_string(FILE *f, const char *s);
+
+/* Parses an ISO 8601 date or UTC time: YYYY-MM-DD (midnight UTC),
+ * YYYY-MM-DDTHH:MM[:SS](Z|+HH:MM|-HH:MM). CAPSTAN_EINVAL when malformed. */
+int capstan_cli_parse_time(const char *s, int64_t *out);
+/* Formats unix seconds as YYYY-MM-DDTHH:MM:SSZ (buf >= 32 bytes). */
+void capstan_cli_format_time(int64_t t, char *buf, size_t len);
+
+/* Writes |n| (CAPSTAN_AUTH_STRING_MIN..MAX) random decimal digits from
+ * the system's CSPRNG plus a NUL into |out| (n + 1 bytes). Uniform: no
+ * modulo bias. */
+int capstan_cli_random_digits(char *out, size_t n);
+
+/* Reads a whole file ("-" = stdin) of at most |max| bytes into a malloc'd
+ * buffer (caller frees). Prints the failure and returns a negative error. */
+int capstan_cli_read_file(const char *path, size_t max, uint8_t **out, size_t *len);
+
+/* notAfter of the DER certificate |der| as unix seconds. CAPSTAN_EINVAL if
+ * it does not parse. */
+int capstan_cli_cert_not_after(const uint8_t *der, size_t len, int64_t *out);
+
+/* Hex of |len| bytes into |out| (2 * len + 1 bytes). */
+void capstan_cli_hex(const uint8_t *data, size_t len, char *out);
+
+/* ---- CSV (RFC 4180) ---------------------------------------------------- */
+
+#define CAPSTAN_CSV_MAX_FIELD 4096       /* bytes in one field */
+#define CAPSTAN_CSV_MAX_FIELDS 64        /* fields in one record */
+#define CAPSTAN_CSV_MAX_FILE (64u << 20) /* bytes in one file */
+
+/* Called for each record: |line| is the line the record starts on (1 for
+ * the first), |fields| NUL-terminated copies valid during the call. Return
+ * 0 to go on; a non-zero value stops the parse and is returned. */
+typedef int (*capstan_csv_record_fn)(size_t line, char **fields, size_t nfields, void *arg);
+
+/* Parses |data|: comma-separated fields, records ending in CRLF or LF (the
+ * last may lack it), fields optionally in double quotes with "" for a
+ * quote and line breaks allowed inside. A UTF-8 byte order mark at the
+ * start is skipped; blank lines are skipped. Syntax errors return
+ * CAPSTAN_EINVAL with *err_line and a static *err_msg (e.g. "unterminated
+ * quoted field"). */
+int capstan_csv_parse(const uint8_t *data, size_t len, capstan_csv_record_fn fn, void *arg,
+                      size_t *err_line, const char **err_msg);
+
+/* Writes one field, quoted when it holds a comma, quote, CR or LF. */
+void capstan_csv_write_field(FILE *f, const char *s);
+
+/* The device CSV header, exactly. */
+#define CAPSTAN_DEVICE_CSV_HEADER "name,operation,auth_mode,auth_string,key,completes_by"
+
+#define CAPSTAN_DEVICE_CSV_NAME_MAX 72
+
+/* One validated row of a device CSV. */
+typedef struct {
+  size_t line;
+  char name[CAPSTAN_DEVICE_CSV_NAME_MAX];
+  Capstan__Operation operation;
+  Capstan__AuthMode auth_mode;
+  char auth_string[16]; /* "" when the row has none */
+  Capstan__KeyAlg key_alg;
+  uint32_t key_bits;
+  int64_t completes_by; /* 0 = none */
+} capstan_device_row_t;
+/* Parses and validates a device CSV named |fname| (for messages): header,
+ * column count, every field, duplicate names. On success *rows (malloc'd,
+ * caller frees) holds *nrows rows. On failure returns CAPSTAN_EINVAL (or
+ * CAPSTAN_ENOMEM) with one message in |err| such as
+ * "devices.csv:17: column 'key': 'rsa2049' is not one of rsa512,...". A
+ * string-mode row without an auth string is valid here: the importer
+ * decides (existing string, generation, or an error). */
+int capstan_device_csv_parse(const char *fname, const uint8_t *data, size_t len,
+                             capstan_device_row_t **rows, size_t *nrows, char *err, size_t errlen);
+
+/* Writes the header and one row per device of |txn| to |f|. */
+int capstan_device_csv_export(capstan_txn_t *txn, FILE *f);
+
+/* How an import fills string-mode rows that have no auth string. */
+typedef enum {
+  CAPSTAN_GENERATE_NONE = 0, /* keep the device's stored string, else error */
+  CAPSTAN_GENERATE_UNIQUE,   /* a new random string per such row */
+  CAPSTAN_GENERATE_SHARED,   /* one new random string for all such rows */
+} capstan_generate_t;
+
+typedef struct {
+  const char *fname;
+  bool no_update; /* refuse rows naming an existing device */
+  capstan_generate_t generate;
+  unsigned auth_string_length; /* for generation, 4..10 (0 = 6) */
+  int64_t now;
+} capstan_device_import_opts_t;
+
+/* Applies validated rows inside |txn| (a write transaction; the caller
+ * commits on success, aborts otherwise). New devices are created; existing
+ * ones get the row's fields and are re-armed when the operation changes or
+ * their last attempt ended (succeeded, failed, expired). On failure
+ * returns an error with a line-numbered message in |err|. *created and
+ * *updated count the rows. */
+int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, size_t nrows,
+                               const capstan_device_import_opts_t *opts, size_t *created,
+                               size_t *updated, char *err, size_t errlen);
+
+/* The rule shared by `device set` and import: re-arm when the operation
+ * changes or the previous run is over. */
+bool capstan_device_should_rearm(const Capstan__Device *d, Capstan__Operation new_op);
+
+#endif
