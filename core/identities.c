@@ -8,6 +8,7 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/pki/pki.h"
+#include "storage/records.h"
 
 typedef struct put_identity {
   const char *which;

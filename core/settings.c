@@ -9,47 +9,18 @@
 #include <string.h>
 
 #include "core/base/error.h"
-
-/* X(cli name, Settings field, kind, min, max, help). The field names one
- * member of Capstan__Settings and its has_ flag (none for strings). */
-#define CAPSTAN_SETTINGS(X)                                                                        \
-  X("keepalive-minutes", keepalive_minutes, UINT, 5, 60,                                           \
-    "minutes between CAPF keep-alives on idle connections")                                        \
-  X("validity-days", validity_days, UINT, 1, 1825, "validity of issued LSCs, in days")             \
-  X("max-concurrent-keygen", max_concurrent_keygen, UINT, 1, 100000,                               \
-    "phones allowed in key generation at once")                                                    \
-  X("max-new-keygen-per-second", max_new_keygen_per_second, UINT, 1, 100000,                       \
-    "new key generations started per second")                                                      \
-  X("throttle-hold-seconds", throttle_hold_seconds, UINT, 0, 600,                                  \
-    "how long a throttled phone waits for a slot before being told to retry")                      \
-  X("retry-delay-seconds", retry_delay_seconds, UINT, 1, 3600,                                     \
-    "retry delay sent to throttled phones")                                                        \
-  X("legacy-tls", legacy_tls, BOOL, 0, 1, "allow TLS 1.0/1.1 and AES-CBC-SHA for old phones")      \
-  X("enable-ipv6", enable_ipv6, BOOL, 0, 1,                                                        \
-    "accept CAPF connections that arrive over IPv6 (off: refuse them)")                            \
-  X("keygen-ceiling-seconds", keygen_ceiling_seconds, UINT, 60, 86400,                             \
-    "longest wait for a phone's key generation")                                                   \
-  X("handshake-timeout-seconds", handshake_timeout_seconds, UINT, 1, 600, "TLS handshake timeout") \
-  X("step-timeout-seconds", step_timeout_seconds, UINT, 1, 3600,                                   \
-    "timeout of each CAPF protocol step but key generation")                                       \
-  X("max-connections", max_connections, UINT, 1, 1000000, "CAPF connections at once")              \
-  X("max-connections-per-address", max_connections_per_address, UINT, 1, 100000,                   \
-    "CAPF connections at once from one address")                                                   \
-  X("capf-host", capf_host, HOST, 0, 0,                                                            \
-    "CAPF host name or address given to phones (empty: the listener address)")                     \
-  X("enc-config-digest", enc_config_sha512, DIGEST, 0, 1,                                          \
-    "digest of signed phone files (ITL, .sgn, .enc.sgn) and of the encrypted configuration")
+#include "storage/records.h"
 
 typedef enum {
 #define ID(cli, field, kind, min, max, help) SETTING_##field,
-  CAPSTAN_SETTINGS(ID)
+  CAPSTAN_SETTINGS_TABLE(ID)
 #undef ID
       SETTING_COUNT
 } setting_id_t;
 
 static const capstan_setting_info_t infos[SETTING_COUNT] = {
 #define INFO(cli, field, kind, min, max, help) {cli, CAPSTAN_SETTING_##kind, min, max, help},
-    CAPSTAN_SETTINGS(INFO)
+    CAPSTAN_SETTINGS_TABLE(INFO)
 #undef INFO
 };
 
@@ -79,7 +50,6 @@ const capstan_setting_info_t *capstan_settings_find(const char *name) {
 #define ACCESS_UINT(field) \
   case SETTING_##field:    \
     if (set) {             \
-      s->has_##field = 1;  \
       s->field = *u;       \
     } else {               \
       *u = s->field;       \
@@ -88,30 +58,27 @@ const capstan_setting_info_t *capstan_settings_find(const char *name) {
 #define ACCESS_BOOL(field)   \
   case SETTING_##field:      \
     if (set) {               \
-      s->has_##field = 1;    \
       s->field = *u != 0;    \
     } else {                 \
       *u = s->field ? 1 : 0; \
     }                        \
     return 0;
 #define ACCESS_DIGEST(field) ACCESS_BOOL(field)
-#define ACCESS_HOST(field) \
-  case SETTING_##field:    \
-    if (set) {             \
-      free(s->field);      \
-      s->field = *str;     \
-      *str = NULL;         \
-    } else {               \
-      *str = s->field;     \
-    }                      \
+#define ACCESS_HOST(field)                              \
+  case SETTING_##field:                                 \
+    if (set) {                                          \
+      snprintf(s->field, sizeof(s->field), "%s", *str); \
+    } else {                                            \
+      *str = s->field;                                  \
+    }                                                   \
     return 0;
 #define ACCESS(cli, field, kind, min, max, help) ACCESS_##kind(field)
 
-/* set: moves *u or *str into the field (taking ownership of *str);
- * get: reads the field into *u or *str (borrowed). */
-static int access_field(Capstan__Settings *s, int id, bool set, unsigned *u, char **str) {
+/* set: copies *u or *str into the field; get: reads the field into *u or
+ * *str (borrowed). */
+static int access_field(capstan_settings_t *s, int id, bool set, unsigned *u, const char **str) {
   switch (id) {
-    CAPSTAN_SETTINGS(ACCESS)
+    CAPSTAN_SETTINGS_TABLE(ACCESS)
     default:
       return CAPSTAN_ENOENT;
   }
@@ -156,7 +123,7 @@ static int parse_uint(const char *v, unsigned long *out) {
   return 0;
 }
 
-int capstan_settings_set(Capstan__Settings *s, const char *name, const char *value, char *err,
+int capstan_settings_set(capstan_settings_t *s, const char *name, const char *value, char *err,
                          size_t errlen) {
   if (err != NULL && errlen > 0) err[0] = '\0';
   int id = find_id(name);
@@ -168,7 +135,7 @@ int capstan_settings_set(Capstan__Settings *s, const char *name, const char *val
   const capstan_setting_info_t *info = &infos[id];
   if (value == NULL) value = "";
   unsigned u = 0;
-  char *str = NULL;
+  const char *str = "";
   switch (info->kind) {
     case CAPSTAN_SETTING_UINT: {
       unsigned long x = 0;
@@ -215,23 +182,19 @@ int capstan_settings_set(Capstan__Settings *s, const char *name, const char *val
                    info->name, value);
           return CAPSTAN_EINVAL;
         }
-        str = strdup(value);
-        if (str == NULL) {
-          snprintf(err, errlen, "out of memory");
-          return CAPSTAN_ENOMEM;
-        }
+        str = value;
       }
       break;
   }
   return access_field(s, id, true, &u, &str);
 }
 
-int capstan_settings_get(const Capstan__Settings *s, const char *name, char *buf, size_t len) {
+int capstan_settings_get(const capstan_settings_t *s, const char *name, char *buf, size_t len) {
   int id = find_id(name);
   if (id < 0) return CAPSTAN_ENOENT;
   unsigned u = 0;
-  char *str = NULL;
-  access_field((Capstan__Settings *)s, id, false, &u, &str);
+  const char *str = NULL;
+  access_field((capstan_settings_t *)s, id, false, &u, &str);
   int n;
   switch (infos[id].kind) {
     case CAPSTAN_SETTING_UINT:
@@ -248,4 +211,85 @@ int capstan_settings_get(const Capstan__Settings *s, const char *name, char *buf
       break;
   }
   return (n < 0 || (size_t)n >= len) ? CAPSTAN_ERANGE : 0;
+}
+
+/* ---- The record ---------------------------------------------------------
+ * The one place that maps the stored Settings record to the plain struct
+ * and back. A field the record lacks takes records.proto's default. */
+
+#define FROM_UINT(field) out->field = rec->field;
+#define FROM_BOOL(field) out->field = rec->field != 0;
+#define FROM_DIGEST(field) FROM_BOOL(field)
+#define FROM_HOST(field) \
+  snprintf(out->field, sizeof(out->field), "%s", rec->field != NULL ? rec->field : "");
+#define FROM(cli, field, kind, min, max, help) FROM_##kind(field)
+
+static void from_record(const Capstan__Settings *rec, capstan_settings_t *out) {
+  memset(out, 0, sizeof(*out));
+  CAPSTAN_SETTINGS_TABLE(FROM)
+  out->trust_generation = rec->trust_generation;
+}
+
+#define TO_UINT(field)  \
+  rec->has_##field = 1; \
+  rec->field = s->field;
+#define TO_BOOL(field) TO_UINT(field)
+#define TO_DIGEST(field) TO_UINT(field)
+#define TO_HOST(field)                                                                   \
+  if (capstan_record_set_string(&rec->field, s->field[0] != '\0' ? s->field : NULL) < 0) \
+    return CAPSTAN_ENOMEM;
+#define TO(cli, field, kind, min, max, help) TO_##kind(field)
+
+static int to_record(const capstan_settings_t *s, Capstan__Settings *rec) {
+  CAPSTAN_SETTINGS_TABLE(TO)
+  rec->has_trust_generation = 1;
+  rec->trust_generation = s->trust_generation;
+  return 0;
+}
+
+void capstan_settings_defaults(capstan_settings_t *out) {
+  Capstan__Settings rec = CAPSTAN__SETTINGS__INIT;
+  from_record(&rec, out);
+}
+
+int capstan_settings_read(capstan_txn_t *txn, capstan_settings_t *out) {
+  Capstan__Settings *rec = NULL;
+  int err = capstan_store_settings_get(txn, &rec);
+  if (err != 0) return err;
+  from_record(rec, out);
+  capstan__settings__free_unpacked(rec, NULL);
+  return 0;
+}
+
+static int read_fn(capstan_txn_t *txn, void *arg) {
+  return capstan_settings_read(txn, arg);
+}
+
+int capstan_settings_load(capstan_store_t *store, capstan_settings_t *out) {
+  return capstan_store_read(store, read_fn, out);
+}
+
+int capstan_settings_write(capstan_txn_t *txn, const capstan_settings_t *s) {
+  /* Onto the stored record, so that fields this build does not know (a
+   * newer version's) are kept. */
+  Capstan__Settings *rec = NULL;
+  int err = capstan_store_settings_get(txn, &rec);
+  if (err != 0) return err;
+  err = to_record(s, rec);
+  if (err == 0) err = capstan_store_settings_put(txn, rec);
+  capstan__settings__free_unpacked(rec, NULL);
+  return err;
+}
+
+#define SAME_UINT(field) \
+  if (a->field != b->field) return false;
+#define SAME_BOOL(field) SAME_UINT(field)
+#define SAME_DIGEST(field) SAME_UINT(field)
+#define SAME_HOST(field) \
+  if (strcmp(a->field, b->field) != 0) return false;
+#define SAME(cli, field, kind, min, max, help) SAME_##kind(field)
+
+bool capstan_settings_equal(const capstan_settings_t *a, const capstan_settings_t *b) {
+  CAPSTAN_SETTINGS_TABLE(SAME)
+  return a->trust_generation == b->trust_generation;
 }

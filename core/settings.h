@@ -1,15 +1,61 @@
 /* Live settings: the fields of records.proto's Settings under the names an
  * operator types (`capstan config set keepalive-minutes 10`), with their
- * kinds, ranges and help, from one table (CAPSTAN_SETTINGS in settings.c).
- *
- * The functions work on a Capstan__Settings held by the caller (usually
- * from capstan_store_settings_get); storing it back is the caller's job. */
+ * kinds, ranges and help, from one table (CAPSTAN_SETTINGS_TABLE below),
+ * as a plain struct that the server's layers take. settings.c is the one
+ * place that maps it to and from the stored record. */
 #ifndef CAPSTAN_CORE_SETTINGS_H
 #define CAPSTAN_CORE_SETTINGS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
-#include "storage/records.pb-c.h"
+#include "storage/store.h"
+
+/* X(cli name, field, kind, min, max, help): the field is a member of both
+ * capstan_settings_t and records.proto's Settings. */
+#define CAPSTAN_SETTINGS_TABLE(X)                                                                  \
+  X("keepalive-minutes", keepalive_minutes, UINT, 5, 60,                                           \
+    "minutes between CAPF keep-alives on idle connections")                                        \
+  X("validity-days", validity_days, UINT, 1, 1825, "validity of issued LSCs, in days")             \
+  X("max-concurrent-keygen", max_concurrent_keygen, UINT, 1, 100000,                               \
+    "phones allowed in key generation at once")                                                    \
+  X("max-new-keygen-per-second", max_new_keygen_per_second, UINT, 1, 100000,                       \
+    "new key generations started per second")                                                      \
+  X("throttle-hold-seconds", throttle_hold_seconds, UINT, 0, 600,                                  \
+    "how long a throttled phone waits for a slot before being told to retry")                      \
+  X("retry-delay-seconds", retry_delay_seconds, UINT, 1, 3600,                                     \
+    "retry delay sent to throttled phones")                                                        \
+  X("legacy-tls", legacy_tls, BOOL, 0, 1, "allow TLS 1.0/1.1 and AES-CBC-SHA for old phones")      \
+  X("enable-ipv6", enable_ipv6, BOOL, 0, 1,                                                        \
+    "accept CAPF connections that arrive over IPv6 (off: refuse them)")                            \
+  X("keygen-ceiling-seconds", keygen_ceiling_seconds, UINT, 60, 86400,                             \
+    "longest wait for a phone's key generation")                                                   \
+  X("handshake-timeout-seconds", handshake_timeout_seconds, UINT, 1, 600, "TLS handshake timeout") \
+  X("step-timeout-seconds", step_timeout_seconds, UINT, 1, 3600,                                   \
+    "timeout of each CAPF protocol step but key generation")                                       \
+  X("max-connections", max_connections, UINT, 1, 1000000, "CAPF connections at once")              \
+  X("max-connections-per-address", max_connections_per_address, UINT, 1, 100000,                   \
+    "CAPF connections at once from one address")                                                   \
+  X("capf-host", capf_host, HOST, 0, 0,                                                            \
+    "CAPF host name or address given to phones (empty: the listener address)")                     \
+  X("enc-config-digest", enc_config_sha512, DIGEST, 0, 1,                                          \
+    "digest of signed phone files (ITL, .sgn, .enc.sgn) and of the encrypted configuration")
+
+#define CAPSTAN_SETTING_HOST_MAX 253 /* RFC 1123 host name */
+#define CAPSTAN_SETTING_FIELD_UINT(field) unsigned field;
+#define CAPSTAN_SETTING_FIELD_BOOL(field) bool field;
+#define CAPSTAN_SETTING_FIELD_DIGEST(field) bool field; /* false sha1, true sha512 */
+#define CAPSTAN_SETTING_FIELD_HOST(field) char field[CAPSTAN_SETTING_HOST_MAX + 1]; /* "" unset */
+#define CAPSTAN_SETTING_FIELD(cli, field, kind, min, max, help) CAPSTAN_SETTING_FIELD_##kind(field)
+
+/* Every live setting, by value: copy it freely. */
+typedef struct capstan_settings {
+  CAPSTAN_SETTINGS_TABLE(CAPSTAN_SETTING_FIELD)
+  /* Bumped by every `capstan trust` change: a running server reloads its
+   * trust stores when it moves (not an operator setting). */
+  uint64_t trust_generation;
+} capstan_settings_t;
 
 typedef enum {
   CAPSTAN_SETTING_UINT,   /* integer in [min, max] */
@@ -33,19 +79,35 @@ const capstan_setting_info_t *capstan_settings_find(const char *name);
 
 /* Sets |name| from |value| after validating it. On failure returns
  * CAPSTAN_ENOENT (unknown name), CAPSTAN_ERANGE (number out of range),
- * CAPSTAN_EINVAL (malformed), or CAPSTAN_ENOMEM, and writes a message for
+ * CAPSTAN_EINVAL (malformed), and writes a message for
  * the operator into |err| (e.g. "keepalive-minutes must be an integer from
  * 5 to 60, got '61'"); |s| is then unchanged. */
-int capstan_settings_set(Capstan__Settings *s, const char *name, const char *value, char *err,
+int capstan_settings_set(capstan_settings_t *s, const char *name, const char *value, char *err,
                          size_t errlen);
 
 /* Writes the value of |name| as the CLI shows it ("15", "on", "sha1",
  * a host or ""). CAPSTAN_ENOENT for an unknown name, CAPSTAN_ERANGE if
  * |buf| is too small. */
-int capstan_settings_get(const Capstan__Settings *s, const char *name, char *buf, size_t len);
+int capstan_settings_get(const capstan_settings_t *s, const char *name, char *buf, size_t len);
 
 /* True for a valid host name (RFC 1123 labels, at most 253 characters) or
  * an IPv4/IPv6 literal. */
 int capstan_settings_host_valid(const char *host);
+
+/* records.proto's defaults. */
+void capstan_settings_defaults(capstan_settings_t *out);
+
+/* Reads the stored settings (the defaults where nothing is stored) inside
+ * |txn|, or in a read transaction of its own. Store errors as in
+ * storage/store.h. */
+int capstan_settings_read(capstan_txn_t *txn, capstan_settings_t *out);
+int capstan_settings_load(capstan_store_t *store, capstan_settings_t *out);
+
+/* Stores |s| inside the write transaction |txn| (fields of the stored
+ * record that this build does not know are kept). */
+int capstan_settings_write(capstan_txn_t *txn, const capstan_settings_t *s);
+
+/* True when every setting (and the trust generation) is the same. */
+bool capstan_settings_equal(const capstan_settings_t *a, const capstan_settings_t *b);
 
 #endif

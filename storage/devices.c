@@ -71,32 +71,6 @@ Capstan__Device *capstan_device_new(const char *name) {
   return d;
 }
 
-int capstan_record_set_string(char **field, const char *v) {
-  char *copy = NULL;
-  if (v != NULL) {
-    copy = strdup(v);
-    if (copy == NULL) return CAPSTAN_ENOMEM;
-  }
-  free(*field);
-  *field = copy;
-  return 0;
-}
-
-int capstan_record_set_bytes(ProtobufCBinaryData *field, protobuf_c_boolean *has, const void *data,
-                             size_t len) {
-  uint8_t *copy = NULL;
-  if (data != NULL && len > 0) {
-    copy = malloc(len);
-    if (copy == NULL) return CAPSTAN_ENOMEM;
-    memcpy(copy, data, len);
-  }
-  free(field->data);
-  field->data = copy;
-  field->len = copy != NULL ? len : 0;
-  if (has != NULL) *has = copy != NULL;
-  return 0;
-}
-
 /* ---- Name tables (one list each) -------------------------------------- */
 
 typedef struct {

@@ -16,8 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "storage/records.pb-c.h"
-#include "storage/store.h"
+#include "storage/records.h"
 
 #define CAPSTAN_DEVICE_NAME_MAX 64
 #define CAPSTAN_AUTH_STRING_MIN 4
@@ -36,14 +35,6 @@ bool capstan_auth_string_valid(const char *s);
  * schema_version set. Freed with capstan__device__free_unpacked(d, NULL).
  * NULL on allocation failure. */
 Capstan__Device *capstan_device_new(const char *name);
-
-/* Replace a string / bytes field of a record obtained from the store or
- * from capstan_device_new (fields are individually malloc'd, so the
- * protobuf-c free function frees them). |v| NULL clears the field.
- * CAPSTAN_ENOMEM on allocation failure (the field is unchanged). */
-int capstan_record_set_string(char **field, const char *v);
-int capstan_record_set_bytes(ProtobufCBinaryData *field, protobuf_c_boolean *has, const void *data,
-                             size_t len);
 
 /* ---- Name tables ------------------------------------------------------
  * name() returns a static string ("?" for a value outside the table);

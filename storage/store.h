@@ -14,10 +14,9 @@
  *    completed on the loop thread after that commit. A failing request
  *    leaves no partial writes (the batch is replayed without it).
  *
- * Records returned by the get functions are unpacked copies that the caller
- * owns and frees with the protobuf-c free function of its type, e.g.
- * capstan__device__free_unpacked(d, NULL). They stay valid after the
- * transaction ends.
+ * This header carries no record type: the records (storage/records.h)
+ * are for the code that maps them to the plain structs the rest of the
+ * server takes.
  *
  * Errors (core/error.h): CAPSTAN_ENOENT no such record, CAPSTAN_ENOSPC store
  * full (map size reached), CAPSTAN_EINVAL bad argument (e.g. a record missing
@@ -31,8 +30,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
-
-#include "storage/records.pb-c.h"
 
 typedef struct capstan_store capstan_store_t;
 
@@ -122,84 +119,8 @@ typedef int (*capstan_store_txn_fn)(capstan_txn_t *txn, void *arg);
 int capstan_store_read(capstan_store_t *store, capstan_store_txn_fn fn, void *arg);
 int capstan_store_write(capstan_store_t *store, capstan_store_txn_fn fn, void *arg);
 
-/* ---- Generic record access ------------------------------------------- */
-
-/* Unpacks the record under |key| as a |desc| message into *out (caller
- * frees with protobuf_c_message_free_unpacked(*out, NULL)). */
-int capstan_store_get(capstan_txn_t *txn, capstan_db_t db, const void *key, size_t klen,
-                      const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out);
-/* Packs |msg| (its required fields must be set) under |key|, replacing. */
-int capstan_store_put(capstan_txn_t *txn, capstan_db_t db, const void *key, size_t klen,
-                      const ProtobufCMessage *msg);
-/* CAPSTAN_ENOENT when absent. */
-int capstan_store_del(capstan_txn_t *txn, capstan_db_t db, const void *key, size_t klen);
-/* Calls fn for each record in key order. |msg| is only valid during the
- * call (it is freed after). fn returns 0 to go on, 1 to stop (iterate then
- * returns 0), or a negative error that iterate returns. */
-typedef int (*capstan_store_iter_fn)(const void *key, size_t klen, const ProtobufCMessage *msg,
-                                     void *arg);
-int capstan_store_iterate(capstan_txn_t *txn, capstan_db_t db,
-                          const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
-                          void *arg);
 /* Number of records in |db|. */
 int capstan_store_count(capstan_txn_t *txn, capstan_db_t db, uint64_t *out);
-
-/* ---- Typed records ---------------------------------------------------- */
-
-/* Devices, keyed by name. put rejects a name that fails
- * capstan_device_name_valid (CAPSTAN_EINVAL). */
-int capstan_store_device_get(capstan_txn_t *txn, const char *name, Capstan__Device **out);
-int capstan_store_device_put(capstan_txn_t *txn, const Capstan__Device *d);
-int capstan_store_device_delete(capstan_txn_t *txn, const char *name);
-typedef int (*capstan_store_device_fn)(const Capstan__Device *d, void *arg);
-int capstan_store_device_iterate(capstan_txn_t *txn, capstan_store_device_fn fn, void *arg);
-/* Opens its own read transaction. */
-int capstan_store_device_load(capstan_store_t *store, const char *name, Capstan__Device **out);
-
-/* Issued certificates, keyed by their 16-byte serial (c->serial.len must be
- * CAPSTAN_SERIAL_LEN). */
-int capstan_store_cert_get(capstan_txn_t *txn, const uint8_t serial[CAPSTAN_SERIAL_LEN],
-                           Capstan__IssuedCert **out);
-int capstan_store_cert_put(capstan_txn_t *txn, const Capstan__IssuedCert *c);
-int capstan_store_cert_delete(capstan_txn_t *txn, const uint8_t serial[CAPSTAN_SERIAL_LEN]);
-typedef int (*capstan_store_cert_fn)(const Capstan__IssuedCert *c, void *arg);
-int capstan_store_cert_iterate(capstan_txn_t *txn, capstan_store_cert_fn fn, void *arg);
-
-/* Identities: |which| is CAPSTAN_IDENTITY_CAPF, _CAPF_PREV or _TFTP. */
-int capstan_store_identity_get(capstan_txn_t *txn, const char *which, Capstan__Identity **out);
-int capstan_store_identity_put(capstan_txn_t *txn, const char *which, const Capstan__Identity *id);
-int capstan_store_identity_delete(capstan_txn_t *txn, const char *which);
-int capstan_store_identity_load(capstan_store_t *store, const char *which, Capstan__Identity **out);
-
-/* Trust certificates, keyed by the SHA-256 of their DER (computed here). */
-int capstan_store_trust_get(capstan_txn_t *txn, const uint8_t sha256[32], Capstan__TrustCert **out);
-int capstan_store_trust_put(capstan_txn_t *txn, const Capstan__TrustCert *t);
-int capstan_store_trust_delete(capstan_txn_t *txn, const uint8_t sha256[32]);
-typedef int (*capstan_store_trust_fn)(const uint8_t sha256[32], const Capstan__TrustCert *t,
-                                      void *arg);
-int capstan_store_trust_iterate(capstan_txn_t *txn, capstan_store_trust_fn fn, void *arg);
-
-/* Configuration templates, keyed by name. */
-int capstan_store_template_get(capstan_txn_t *txn, const char *name, Capstan__Template **out);
-int capstan_store_template_put(capstan_txn_t *txn, const Capstan__Template *t);
-int capstan_store_template_delete(capstan_txn_t *txn, const char *name);
-typedef int (*capstan_store_template_fn)(const Capstan__Template *t, void *arg);
-int capstan_store_template_iterate(capstan_txn_t *txn, capstan_store_template_fn fn, void *arg);
-
-/* Settings: get never returns CAPSTAN_ENOENT; when nothing is stored *out
- * holds the defaults of records.proto. Caller frees with
- * capstan__settings__free_unpacked(*out, NULL). */
-int capstan_store_settings_get(capstan_txn_t *txn, Capstan__Settings **out);
-int capstan_store_settings_put(capstan_txn_t *txn, const Capstan__Settings *s);
-int capstan_store_settings_load(capstan_store_t *store, Capstan__Settings **out);
-
-/* Appends an audit event at |at_ns| (unix nanoseconds; 0 = now). Keys are
- * kept unique and increasing: an event never replaces another. |device|
- * and |detail| may be NULL. Never pass secrets. */
-int capstan_store_audit_append(capstan_txn_t *txn, int64_t at_ns, const char *device,
-                               const char *event, const char *detail);
-typedef int (*capstan_store_audit_fn)(const Capstan__AuditEvent *e, void *arg);
-int capstan_store_audit_iterate(capstan_txn_t *txn, capstan_store_audit_fn fn, void *arg);
 
 /* ---- Group-commit writer (server) ------------------------------------ */
 

@@ -271,3 +271,16 @@ done:
   EVP_PKEY_CTX_free(pctx);
   return rc;
 }
+
+const char *capstan_encconf_unavailable_reason(bool encrypted, const uint8_t *spki,
+                                               size_t spki_len) {
+  if (!encrypted) return NULL;
+  if (spki == NULL || spki_len == 0) return "no certificate on record: waiting for a CAPF session";
+  const uint8_t *p = spki;
+  EVP_PKEY *key = d2i_PUBKEY(NULL, &p, (long)spki_len);
+  if (key == NULL) return "public key on record is unreadable";
+  const char *why = NULL;
+  capstan_encconf_key_usable(key, &why);
+  EVP_PKEY_free(key);
+  return why;
+}

@@ -20,6 +20,7 @@
 #ifndef CAPSTAN_CORE_FILES_ENCCONF_H
 #define CAPSTAN_CORE_FILES_ENCCONF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,6 +47,13 @@ typedef struct {
  * |why| = CAPSTAN_ENCCONF_EC_REASON for an EC key, another reason for
  * other keys. */
 int capstan_encconf_key_usable(EVP_PKEY *phone_pub, const char **why);
+
+/* Why a device cannot get its encrypted configuration now, or NULL when it
+ * can (or does not use one): |encrypted| is its encrypted-config choice,
+ * |spki| the DER SubjectPublicKeyInfo on record (may be empty). For
+ * `device show` and the logs. */
+const char *capstan_encconf_unavailable_reason(bool encrypted, const uint8_t *spki,
+                                               size_t spki_len);
 
 /* capstan_encconf_prepare encrypts the configuration and builds the file
  * for signing (finish with capstan_sgn_compute + capstan_sgn_finish, clean

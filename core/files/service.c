@@ -21,6 +21,7 @@
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 #include "core/pki/pki.h"
+#include "storage/records.h"
 
 #define CACHE_BUCKETS 16384
 #define CACHE_MAX_ENTRIES 200000
@@ -481,17 +482,6 @@ static void free_view(device_view_t *v) {
   if (v->tmpl) capstan__template__free_unpacked(v->tmpl, NULL);
 }
 
-const char *capstan_files_enc_unavailable_reason(const Capstan__Device *d) {
-  if (!d->encrypted_config) return NULL;
-  if (d->public_key.len == 0) return "no certificate on record: waiting for a CAPF session";
-  const uint8_t *p = d->public_key.data;
-  EVP_PKEY *key = d2i_PUBKEY(NULL, &p, (long)d->public_key.len);
-  if (key == NULL) return "public key on record is unreadable";
-  const char *why = NULL;
-  capstan_encconf_key_usable(key, &why);
-  EVP_PKEY_free(key);
-  return why;
-}
 
 /* The completed configuration for |d|; *out malloc'd. */
 static int complete_config(capstan_files_service_t *svc, const device_view_t *v, uint8_t **out,
@@ -599,7 +589,7 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
         /* The hash tells the phone its certificate is on record and its
          * encrypted file is ready. While it is not (no certificate, or an
          * EC one the file cannot be encrypted for), the hash stays empty. */
-        const char *why = capstan_files_enc_unavailable_reason(d);
+        const char *why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data, d->public_key.len);
         if (why != NULL) {
           LOG_INFO("event=enc_config_unavailable device=%s reason=\"%s\"", device, why);
         }
@@ -615,7 +605,7 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
       j->content_len = full_len;
       key_of(j, "sgn", full, full_len, NULL, 0, svc->pki);
     } else { /* CNF_ENC_SGN */
-      const char *why = capstan_files_enc_unavailable_reason(d);
+      const char *why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data, d->public_key.len);
       if (!d->encrypted_config || why != NULL) {
         free(full);
         if (d->encrypted_config) {
@@ -731,20 +721,20 @@ static void source_open(capstan_filesource_t *src, const char *name, capstan_fil
 /* --- Life cycle ----------------------------------------------------------- */
 
 void capstan_files_service_apply_settings(capstan_files_service_t *svc,
-                                          const Capstan__Settings *s) {
+                                          const capstan_settings_t *s) {
   const char *old_host = svc->capf_host ? svc->capf_host : "";
-  const char *new_host = s->capf_host ? s->capf_host : "";
+  const char *new_host = s->capf_host;
   /* Called on every store change: walk the cache only when a setting the
    * files depend on changed. */
   int changed = strcmp(old_host, new_host) != 0 || svc->sha512 != (int)s->enc_config_sha512;
   free(svc->capf_host);
-  svc->capf_host = s->capf_host ? strdup(s->capf_host) : NULL;
+  svc->capf_host = s->capf_host[0] != '\0' ? strdup(s->capf_host) : NULL;
   svc->sha512 = s->enc_config_sha512;
   if (changed) cache_invalidate(svc);
 }
 
 int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,
-                              const capstan_files_config_t *cfg, const Capstan__Settings *settings,
+                              const capstan_files_config_t *cfg, const capstan_settings_t *settings,
                               capstan_files_service_t **out) {
   capstan_files_service_t *svc = calloc(1, sizeof(*svc));
   if (svc == NULL) return CAPSTAN_ENOMEM;

@@ -1,4 +1,4 @@
-/* The phone file service: the file source (core/filesource.h) behind the
+/* The phone file service: the file source (core/files/source.h) behind the
  * TFTP and HTTP servers. It produces each per-device file from the device's
  * current state on demand:
  *
@@ -23,7 +23,7 @@
 #include <uv.h>
 
 #include "core/files/source.h"
-#include "storage/records.pb-c.h"
+#include "core/settings.h"
 #include "storage/store.h"
 
 typedef struct capstan_files_service capstan_files_service_t;
@@ -37,14 +37,14 @@ typedef struct capstan_files_config {
 /* Creates the service and loads the TFTP and CAPF identities from |store|.
  * Returns 0 or a negative error (logged). */
 int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,
-                              const capstan_files_config_t *cfg, const Capstan__Settings *settings,
+                              const capstan_files_config_t *cfg, const capstan_settings_t *settings,
                               capstan_files_service_t **out);
 
 /* The file source to hand to the servers; owned by the service. */
 capstan_filesource_t *capstan_files_service_source(capstan_files_service_t *svc);
 
 /* capf-host and the digest setting. */
-void capstan_files_service_apply_settings(capstan_files_service_t *svc, const Capstan__Settings *s);
+void capstan_files_service_apply_settings(capstan_files_service_t *svc, const capstan_settings_t *s);
 
 /* Reloads the identities (SIGHUP, new CAPF certificate). */
 int capstan_files_service_reload(capstan_files_service_t *svc);
@@ -52,9 +52,5 @@ int capstan_files_service_reload(capstan_files_service_t *svc);
 /* Frees the service once no signing job is in flight (jobs in flight finish
  * first; their requests are answered). */
 void capstan_files_service_free(capstan_files_service_t *svc);
-
-/* Why a device cannot get its encrypted configuration now, or NULL when it
- * can (or does not use one). For `device show` and the logs. */
-const char *capstan_files_enc_unavailable_reason(const Capstan__Device *d);
 
 #endif

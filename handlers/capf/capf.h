@@ -7,7 +7,7 @@
 
 #include <uv.h>
 
-#include "storage/records.pb-c.h"
+#include "core/settings.h"
 #include "storage/store.h"
 
 typedef struct capstan_capf_server capstan_capf_server_t;
@@ -17,14 +17,14 @@ typedef struct capstan_capf_server capstan_capf_server_t;
  * must have its writer started) and applies |settings|. Returns 0 or a
  * negative error with a log line saying what to do. */
 int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const char *host_port,
-                              const Capstan__Settings *settings, capstan_capf_server_t **out);
+                              const capstan_settings_t *settings, capstan_capf_server_t **out);
 
 /* Bound port (useful with port 0). */
 int capstan_capf_server_port(const capstan_capf_server_t *srv);
 
 /* Applies live settings: keep-alive (also on open connections), throttle
  * bounds, timers, limits, legacy TLS, IPv6. */
-void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const Capstan__Settings *s);
+void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capstan_settings_t *s);
 
 /* Reloads the CAPF identity and trust store from the store (SIGHUP, or a
  * regenerated certificate). Sessions in flight keep the identity they

@@ -91,7 +91,7 @@ typedef struct capf_metrics {
 
 typedef struct capf_session capf_session_t;
 
-/* Live settings the sessions read, copied from Capstan__Settings. */
+/* Live settings the sessions read, copied from capstan_settings_t. */
 typedef struct capf_settings {
   unsigned keepalive_minutes;
   unsigned validity_days;

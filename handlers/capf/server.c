@@ -10,6 +10,7 @@
 #include "core/base/log.h"
 #include "core/base/netaddr.h"
 #include "handlers/capf/internal.h"
+#include "storage/records.h"
 
 #define CAPF_LISTEN_BACKLOG 4096
 #define CAPF_CONNTRACK_BUCKETS 4096
@@ -271,7 +272,7 @@ static void register_metrics(capf_metrics_t *m) {
 
 /* --- Settings ------------------------------------------------------------- */
 
-void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const Capstan__Settings *s) {
+void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capstan_settings_t *s) {
   capf_settings_t *c = &srv->settings;
   unsigned old_keepalive = c->keepalive_minutes;
   c->keepalive_minutes = s->keepalive_minutes;
@@ -326,7 +327,7 @@ void capf_server_handshake_done(capstan_capf_server_t *srv) {
 }
 
 int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const char *host_port,
-                              const Capstan__Settings *settings, capstan_capf_server_t **out) {
+                              const capstan_settings_t *settings, capstan_capf_server_t **out) {
   struct sockaddr_storage addr;
   if (capstan_netaddr_parse(host_port, &addr) < 0) {
     LOG_ERROR("event=capf_bad_listen_address value=\"%s\" hint=\"use HOST:PORT, [V6]:PORT\"",

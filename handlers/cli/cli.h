@@ -30,6 +30,7 @@ int capstan_cli_keepalive_main(int argc, char **argv);
 int capstan_cli_cert_main(int argc, char **argv);
 int capstan_cli_report_main(int argc, char **argv);
 int capstan_cli_init_main(int argc, char **argv);
+int capstan_cli_serve_main(int argc, char **argv);
 
 /* ---- Shared helpers ---------------------------------------------------- */
 

@@ -8,19 +8,19 @@
 #include "handlers/cli/files.h"
 #include "core/base/error.h"
 #include "core/settings.h"
+#include "storage/records.h"
 
 /* The settings in |dir|: the stored ones, or the defaults (what a server
  * would use) when there is no store yet. Returns an exit code. */
-static int load(const char *dir, Capstan__Settings **out) {
-  *out = NULL;
+static int load(const char *dir, capstan_settings_t *out) {
   capstan_store_t *s;
   int err = capstan_store_open(dir, 0, &s);
   if (err == CAPSTAN_ENOENT) {
-    *out = capstan__settings__unpack(NULL, 0, NULL);
-    return *out != NULL ? 0 : CAPSTAN_EXIT_ERROR;
+    capstan_settings_defaults(out);
+    return 0;
   }
   if (err != 0) return capstan_cli_open_store(dir, false, &s); /* prints why */
-  err = capstan_store_settings_load(s, out);
+  err = capstan_settings_load(s, out);
   capstan_store_close(s);
   if (err != 0) {
     capstan_cli_error("cannot read settings: %s", capstan_strerror(err));
@@ -39,18 +39,17 @@ typedef struct {
 
 static int set_fn(capstan_txn_t *txn, void *arg) {
   set_ctx_t *c = arg;
-  Capstan__Settings *s;
-  int err = capstan_store_settings_get(txn, &s);
+  capstan_settings_t s;
+  int err = capstan_settings_read(txn, &s);
   if (err != 0) return err;
-  c->set_rc = capstan_settings_set(s, c->name, c->value, c->err, sizeof(c->err));
+  c->set_rc = capstan_settings_set(&s, c->name, c->value, c->err, sizeof(c->err));
   err = c->set_rc;
-  if (err == 0) err = capstan_store_settings_put(txn, s);
+  if (err == 0) err = capstan_settings_write(txn, &s);
   if (err == 0) {
     char detail[320];
     snprintf(detail, sizeof(detail), "%s=%s", c->name, c->value);
     err = capstan_store_audit_append(txn, 0, NULL, "setting_changed", detail);
   }
-  capstan__settings__free_unpacked(s, NULL);
   return err;
 }
 
@@ -58,10 +57,9 @@ static int do_set(const char *dir, const char *name, const char *value) {
   char err[256];
   /* Validate before touching the store, so a typo never creates a data
    * directory or takes the write lock. */
-  Capstan__Settings *probe = capstan__settings__unpack(NULL, 0, NULL);
-  if (probe == NULL) return CAPSTAN_EXIT_ERROR;
-  int rc = capstan_settings_set(probe, name, value, err, sizeof(err));
-  capstan__settings__free_unpacked(probe, NULL);
+  capstan_settings_t probe;
+  capstan_settings_defaults(&probe);
+  int rc = capstan_settings_set(&probe, name, value, err, sizeof(err));
   if (rc != 0) {
     capstan_cli_error("%s", err);
     return CAPSTAN_EXIT_USAGE; /* the command line is wrong, not the system */
@@ -88,23 +86,22 @@ static int do_get(const char *dir, const char *name) {
     capstan_cli_error("unknown setting '%s' (see 'capstan config list')", name);
     return CAPSTAN_EXIT_USAGE;
   }
-  Capstan__Settings *st;
+  capstan_settings_t st;
   if (load(dir, &st) != 0) return CAPSTAN_EXIT_ERROR;
   char buf[300];
-  capstan_settings_get(st, name, buf, sizeof(buf));
+  capstan_settings_get(&st, name, buf, sizeof(buf));
   printf("%s\n", buf);
-  capstan__settings__free_unpacked(st, NULL);
   return CAPSTAN_EXIT_OK;
 }
 
 static int do_list(const char *dir, bool json) {
-  Capstan__Settings *st;
+  capstan_settings_t st;
   if (load(dir, &st) != 0) return CAPSTAN_EXIT_ERROR;
   if (json) fputs("{", stdout);
   for (size_t i = 0; i < capstan_settings_count(); i++) {
     const capstan_setting_info_t *info = capstan_settings_info(i);
     char buf[300];
-    capstan_settings_get(st, info->name, buf, sizeof(buf));
+    capstan_settings_get(&st, info->name, buf, sizeof(buf));
     if (json) {
       fputs(i == 0 ? "\n  " : ",\n  ", stdout);
       capstan_cli_json_string(stdout, info->name);
@@ -137,7 +134,6 @@ static int do_list(const char *dir, bool json) {
     }
   }
   if (json) fputs("\n}\n", stdout);
-  capstan__settings__free_unpacked(st, NULL);
   return CAPSTAN_EXIT_OK;
 }
 

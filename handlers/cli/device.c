@@ -11,7 +11,7 @@
 
 #include "handlers/cli/cli.h"
 #include "handlers/cli/files.h"
-#include "core/files/service.h"
+#include "core/files/encconf.h"
 #include "core/base/error.h"
 #include "storage/devices.h"
 
@@ -458,7 +458,7 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   }
   fprintf(f, ",\"has_own_config\":%s", d->config_xml.len > 0 ? "true" : "false");
   /* Why the phone cannot get its encrypted configuration yet (or null). */
-  const char *enc_why = capstan_files_enc_unavailable_reason(d);
+  const char *enc_why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data, d->public_key.len);
   fprintf(f, ",\"encrypted_config_unavailable\":");
   if (enc_why) {
     capstan_cli_json_string(f, enc_why);
@@ -561,7 +561,7 @@ static int run_show(opts_t *o) {
            : d->template_name && d->template_name[0] ? d->template_name
                                                      : "default");
     printf("%-18s %s\n", "encrypted config:", d->encrypted_config ? "on" : "off");
-    const char *enc_why = capstan_files_enc_unavailable_reason(d);
+    const char *enc_why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data, d->public_key.len);
     if (enc_why) printf("%-18s not available yet: %s\n", "encrypted file:", enc_why);
     printf("%-18s %s\n", "status:", capstan_op_status_name(d->status));
     printf("%-18s %s\n", "status reason:", d->status_reason != NULL ? d->status_reason : "-");

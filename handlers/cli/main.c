@@ -8,8 +8,6 @@
 #include "handlers/cli/files.h"
 #include "core/base/log.h"
 
-#include "core/identities.h"
-#include "handlers/serve/serve.h"
 
 typedef struct {
   const char *name;
@@ -18,7 +16,7 @@ typedef struct {
 } command_t;
 
 static const command_t commands[] = {
-    {"serve", capstan_serve_main, "run the server in the foreground"},
+    {"serve", capstan_cli_serve_main, "run the server in the foreground"},
     {"init", capstan_cli_init_main, "create the data directory and the CAPF and TFTP identities"},
     {"device", capstan_cli_device_main,
      "add, set, show, list, remove, import, export devices; generate auth strings"},

@@ -26,6 +26,8 @@
 #include "handlers/cli/files.h"
 #include "core/base/error.h"
 #include "core/pki/pki.h"
+#include "core/settings.h"
+#include "storage/records.h"
 
 #define PURPOSE_CAPF "capf-trust"
 #define PURPOSE_CM "callmanager-trust"
@@ -137,14 +139,11 @@ static bool check_fp_arg(const char *s, uint8_t out[FP_LEN], size_t *ndigits) {
 
 /* Bumps Settings.trust_generation inside |txn| so a running server reloads. */
 static int bump_generation(capstan_txn_t *txn) {
-  Capstan__Settings *s = NULL;
-  int err = capstan_store_settings_get(txn, &s);
+  capstan_settings_t s;
+  int err = capstan_settings_read(txn, &s);
   if (err != 0) return err;
-  s->has_trust_generation = 1;
-  s->trust_generation++;
-  err = capstan_store_settings_put(txn, s);
-  capstan__settings__free_unpacked(s, NULL);
-  return err;
+  s.trust_generation++;
+  return capstan_settings_write(txn, &s);
 }
 
 /* ---- add ---------------------------------------------------------------------------------- */

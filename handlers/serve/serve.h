@@ -1,45 +1,34 @@
-/* `capstan serve` and the hook through which the phone file servers and the
- * admin listener join the server process. */
+/* `capstan serve`, the composition root: one process, one libuv loop, the
+ * store's writer thread, and every listener from one table
+ * (handlers/serve/listeners.c). The command line and the config file are
+ * the CLI's (handlers/cli/serve.c); this layer takes a plain struct. */
 #ifndef CAPSTAN_HANDLERS_SERVE_SERVE_H
 #define CAPSTAN_HANDLERS_SERVE_SERVE_H
 
-#include <stdint.h>
-#include <uv.h>
-
-#include "storage/records.pb-c.h"
-#include "storage/store.h"
-
-struct capstan_capf_server;
-
-/* What components get at start. Strings live for the whole run. */
-typedef struct capstan_serve_env {
-  uv_loop_t *loop;
-  capstan_store_t *store;
-  const Capstan__Settings *settings; /* valid during start only */
-  const char *admin_listen;
-  const char *http_listen; /* "off" disables */
-  const char *tftp_listen; /* "off" disables */
-  const char *files_dir;   /* may be NULL */
+/* What the server runs with. Strings are borrowed for the whole run;
+ * "off" for http_listen or tftp_listen disables that listener. */
+typedef struct capstan_serve_options {
+  const char *data_dir;
   const char *capf_listen;
-  int capf_port;
-  struct capstan_capf_server *capf;
-  double start_time; /* unix seconds */
-} capstan_serve_env_t;
+  const char *admin_listen;
+  const char *http_listen;
+  const char *tftp_listen;
+  const char *files_dir; /* NULL: no static files */
+  const char *subject;   /* for identities made at first start; may be NULL */
+  unsigned drain_seconds;
+} capstan_serve_options_t;
 
-/* Components started beside the CAPF server; every callback may be NULL. */
-typedef struct capstan_serve_components {
-  void *arg;
-  void (*apply_settings)(void *arg, const Capstan__Settings *s);
-  void (*reload)(void *arg);
-  /* Stop accepting, finish in-flight work up to |deadline_ms|, close every
-   * handle, then call done(done_arg) once. */
-  void (*drain)(void *arg, uint64_t deadline_ms, void (*done)(void *), void *done_arg);
-} capstan_serve_components_t;
+/* The defaults `capstan serve --help` documents. */
+#define CAPSTAN_SERVE_CAPF_LISTEN "[::]:3804"
+#define CAPSTAN_SERVE_ADMIN_LISTEN "127.0.0.1:9464"
+#define CAPSTAN_SERVE_HTTP_LISTEN "[::]:6970"
+#define CAPSTAN_SERVE_TFTP_LISTEN "[::]:69"
+#define CAPSTAN_SERVE_DRAIN_SECONDS 30
 
-/* Starts the admin listener and the phone file servers. Defined in
- * core/components.c; a weak default starts nothing. */
-int capstan_serve_start_components(const capstan_serve_env_t *env, capstan_serve_components_t *out);
-
-int capstan_serve_main(int argc, char **argv);
+/* Runs the server in the foreground until SIGTERM or SIGINT has drained
+ * it. Opens (and initialises, if empty) the store in opt->data_dir.
+ * Returns the process exit code: 0 after a clean drain, 1 when it could not
+ * start (logged). */
+int capstan_serve_run(const capstan_serve_options_t *opt);
 
 #endif

@@ -6,18 +6,20 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/base/error.h"
 #include "core/settings.h"
 
-static Capstan__Settings *fresh(void) {
-  Capstan__Settings *s = capstan__settings__unpack(NULL, 0, NULL);
+static capstan_settings_t *fresh(void) {
+  capstan_settings_t *s = calloc(1, sizeof(*s));
   assert_non_null(s);
+  capstan_settings_defaults(s);
   return s;
 }
 
-static void expect_get(const Capstan__Settings *s, const char *name, const char *want) {
+static void expect_get(const capstan_settings_t *s, const char *name, const char *want) {
   char buf[300];
   assert_int_equal(capstan_settings_get(s, name, buf, sizeof(buf)), 0);
   assert_string_equal(buf, want);
@@ -43,7 +45,7 @@ static const bound_t bounds[] = {
 };
 
 static void test_every_numeric_bound(void **state) {
-  Capstan__Settings *s = fresh();
+  capstan_settings_t *s = fresh();
   char err[256], v[32], want[300];
   for (size_t i = 0; i < sizeof(bounds) / sizeof(bounds[0]); i++) {
     const bound_t *b = &bounds[i];
@@ -76,11 +78,11 @@ static void test_every_numeric_bound(void **state) {
     assert_int_equal(capstan_settings_set(s, b->name, "99999999999999999999999", err, sizeof(err)),
                      CAPSTAN_ERANGE);
   }
-  capstan__settings__free_unpacked(s, NULL);
+  free(s);
 }
 
 static void test_defaults_and_messages(void **state) {
-  Capstan__Settings *s = fresh();
+  capstan_settings_t *s = fresh();
   expect_get(s, "keepalive-minutes", "15");
   expect_get(s, "validity-days", "1825");
   expect_get(s, "legacy-tls", "off");
@@ -102,20 +104,18 @@ static void test_defaults_and_messages(void **state) {
 
   /* The stored message records the change, so it survives a pack. */
   assert_int_equal(capstan_settings_set(s, "keepalive-minutes", "30", err, sizeof(err)), 0);
-  assert_true(s->has_keepalive_minutes);
   assert_int_equal(s->keepalive_minutes, 30);
-  capstan__settings__free_unpacked(s, NULL);
+  free(s);
 }
 
 static void test_bool_and_digest(void **state) {
-  Capstan__Settings *s = fresh();
+  capstan_settings_t *s = fresh();
   char err[256];
   assert_int_equal(capstan_settings_set(s, "legacy-tls", "on", err, sizeof(err)), 0);
   assert_true(s->legacy_tls);
   expect_get(s, "legacy-tls", "on");
   assert_int_equal(capstan_settings_set(s, "enable-ipv6", "off", err, sizeof(err)), 0);
   assert_false(s->enable_ipv6);
-  assert_true(s->has_enable_ipv6);
   assert_int_equal(capstan_settings_set(s, "legacy-tls", "yes", err, sizeof(err)), CAPSTAN_EINVAL);
   assert_string_equal(err, "legacy-tls must be on or off, got 'yes'");
   assert_int_equal(capstan_settings_set(s, "enc-config-digest", "sha512", err, sizeof(err)), 0);
@@ -124,11 +124,11 @@ static void test_bool_and_digest(void **state) {
   assert_int_equal(capstan_settings_set(s, "enc-config-digest", "md5", err, sizeof(err)),
                    CAPSTAN_EINVAL);
   assert_string_equal(err, "enc-config-digest must be sha1 or sha512, got 'md5'");
-  capstan__settings__free_unpacked(s, NULL);
+  free(s);
 }
 
 static void test_host(void **state) {
-  Capstan__Settings *s = fresh();
+  capstan_settings_t *s = fresh();
   char err[256];
   const char *good[] = {"capf.example.com", "10.1.2.3", "::1", "fe80::1", "a", "x-1.y2"};
   for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
@@ -151,8 +151,8 @@ static void test_host(void **state) {
   assert_true(capstan_settings_host_valid(label));
   /* "" clears it: the server then uses the listener address. */
   assert_int_equal(capstan_settings_set(s, "capf-host", "", err, sizeof(err)), 0);
-  assert_null(s->capf_host);
-  capstan__settings__free_unpacked(s, NULL);
+  assert_string_equal(s->capf_host, "");
+  free(s);
 }
 
 static void test_table(void **state) {
@@ -166,6 +166,47 @@ static void test_table(void **state) {
   assert_null(capstan_settings_info(capstan_settings_count()));
 }
 
+/* The plain struct goes through the stored record and back unchanged, and
+ * an empty store reads as the defaults. */
+static int write_fn(capstan_txn_t *txn, void *arg) {
+  return capstan_settings_write(txn, arg);
+}
+
+static void test_store_round_trip(void **state) {
+  char dir[] = "/tmp/capstan-test-settings.XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  capstan_store_t *store = NULL;
+  assert_int_equal(capstan_store_open(dir, CAPSTAN_STORE_CREATE, &store), 0);
+  capstan_settings_t defaults, got, want;
+  capstan_settings_defaults(&defaults);
+  assert_int_equal(defaults.keepalive_minutes, 15);
+  assert_int_equal(defaults.validity_days, 1825);
+  assert_true(defaults.enable_ipv6);
+  assert_int_equal(capstan_settings_load(store, &got), 0);
+  assert_true(capstan_settings_equal(&got, &defaults));
+  want = defaults;
+  char err[256];
+  assert_int_equal(capstan_settings_set(&want, "keepalive-minutes", "7", err, sizeof(err)), 0);
+  assert_int_equal(capstan_settings_set(&want, "capf-host", "capf.example.net", err, sizeof(err)),
+                   0);
+  assert_int_equal(capstan_settings_set(&want, "enable-ipv6", "off", err, sizeof(err)), 0);
+  want.trust_generation = 42;
+  assert_false(capstan_settings_equal(&want, &defaults));
+  assert_int_equal(capstan_store_write(store, write_fn, &want), 0);
+  assert_int_equal(capstan_settings_load(store, &got), 0);
+  assert_true(capstan_settings_equal(&got, &want));
+  assert_string_equal(got.capf_host, "capf.example.net");
+  /* Clearing the host stores no host. */
+  assert_int_equal(capstan_settings_set(&want, "capf-host", "", err, sizeof(err)), 0);
+  assert_int_equal(capstan_store_write(store, write_fn, &want), 0);
+  assert_int_equal(capstan_settings_load(store, &got), 0);
+  assert_string_equal(got.capf_host, "");
+  capstan_store_close(store);
+  char cmd[128];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_numeric_bound),
@@ -173,6 +214,7 @@ int main(void) {
       cmocka_unit_test(test_bool_and_digest),
       cmocka_unit_test(test_host),
       cmocka_unit_test(test_table),
+      cmocka_unit_test(test_store_round_trip),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,201 @@
+/* The rows of `capstan serve`: the CAPF server, the store-wide gauges, the
+ * admin listener, the phone file service and the HTTP and TFTP file
+ * servers. Each row adapts one component to the table's five verbs. */
+#include "handlers/serve/listeners.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/netaddr.h"
+#include "handlers/http/files.h"
+
+/* Store-wide gauges: fresh enough to watch a maintenance window. */
+#define STATS_INTERVAL_MS 5000
+
+static int enabled(const char *listen) {
+  return listen != NULL && strcmp(listen, "off") != 0;
+}
+
+static void done_now(capstan_serve_done_fn done, void *arg) {
+  if (done) done(arg);
+}
+
+/* --- CAPF ------------------------------------------------------------------ */
+
+static int capf_start(capstan_serve_ctx_t *ctx) {
+  return capstan_capf_server_start(ctx->loop, ctx->store, ctx->opt->capf_listen, ctx->settings,
+                                   &ctx->capf);
+}
+
+static void capf_apply(capstan_serve_ctx_t *ctx) {
+  if (ctx->capf) capstan_capf_server_apply_settings(ctx->capf, ctx->settings);
+}
+
+static void capf_reload(capstan_serve_ctx_t *ctx) {
+  if (ctx->capf) capstan_capf_server_reload(ctx->capf);
+}
+
+static void capf_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
+                       void *arg) {
+  capstan_capf_server_t *capf = ctx->capf;
+  ctx->capf = NULL;
+  if (capf == NULL) return done_now(done, arg);
+  capstan_capf_server_drain(capf, deadline_ms, done, arg);
+}
+
+/* --- Store-wide gauges ----------------------------------------------------- */
+
+static int stats_start(capstan_serve_ctx_t *ctx) {
+  return capstan_stats_start(ctx->loop, ctx->store, STATS_INTERVAL_MS, &ctx->stats);
+}
+
+static void stats_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
+                        void *arg) {
+  capstan_stats_t *stats = ctx->stats;
+  ctx->stats = NULL;
+  if (stats == NULL) return done_now(done, arg);
+  capstan_stats_stop(stats, done, arg);
+}
+
+/* --- Admin listener -------------------------------------------------------- */
+
+static int admin_start(capstan_serve_ctx_t *ctx) {
+  int rc = capstan_admin_start(ctx->loop, ctx->opt->admin_listen, NULL, &ctx->admin);
+  if (rc < 0) {
+    LOG_ERROR("event=admin_listen_failed address=%s error=%s", ctx->opt->admin_listen,
+              capstan_strerror(rc));
+  }
+  return rc;
+}
+
+static void admin_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
+                        void *arg) {
+  capstan_admin_t *admin = ctx->admin;
+  ctx->admin = NULL;
+  if (admin == NULL) return done_now(done, arg);
+  capstan_admin_stop(admin, done, arg);
+}
+
+/* --- Phone file service (shared by HTTP and TFTP) --------------------------- */
+
+/* capfList host when capf-host is not set: the CAPF listener's address,
+ * or this machine's name when the listener is a wildcard. */
+static void default_capf_host(const char *capf_listen, char *out, size_t cap) {
+  struct sockaddr_storage addr;
+  char buf[80];
+  if (capstan_netaddr_parse(capf_listen, &addr) == 0) {
+    capstan_netaddr_format((struct sockaddr *)&addr, buf, sizeof(buf));
+    char *colon = strrchr(buf, ':');
+    if (colon) *colon = '\0';
+    const char *host = buf;
+    if (buf[0] == '[') {
+      host = buf + 1;
+      char *end = strchr(buf, ']');
+      if (end) *end = '\0';
+    }
+    if (strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0) {
+      snprintf(out, cap, "%s", host);
+      return;
+    }
+  }
+  if (gethostname(out, cap) != 0 || out[0] == '\0') snprintf(out, cap, "capstan");
+  out[cap - 1] = '\0';
+}
+
+static int files_start(capstan_serve_ctx_t *ctx) {
+  if (!enabled(ctx->opt->http_listen) && !enabled(ctx->opt->tftp_listen)) return 0;
+  default_capf_host(ctx->opt->capf_listen, ctx->capf_host, sizeof(ctx->capf_host));
+  capstan_files_config_t cfg = {
+      .static_dir = ctx->opt->files_dir,
+      .default_capf_host = ctx->capf_host,
+      .capf_port = (uint16_t)(ctx->capf ? capstan_capf_server_port(ctx->capf) : 0),
+  };
+  return capstan_files_service_new(ctx->loop, ctx->store, &cfg, ctx->settings, &ctx->files);
+}
+
+static void files_apply(capstan_serve_ctx_t *ctx) {
+  if (ctx->files) capstan_files_service_apply_settings(ctx->files, ctx->settings);
+}
+
+static void files_reload(capstan_serve_ctx_t *ctx) {
+  if (ctx->files) capstan_files_service_reload(ctx->files);
+}
+
+static void files_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
+                        void *arg) {
+  /* Stage 1: the servers that read files have stopped. Signing jobs in
+   * flight finish inside the service before its memory goes. */
+  capstan_files_service_free(ctx->files);
+  ctx->files = NULL;
+  done_now(done, arg);
+}
+
+/* --- HTTP and TFTP file servers -------------------------------------------- */
+
+static int http_start(capstan_serve_ctx_t *ctx) {
+  if (!enabled(ctx->opt->http_listen)) return 0;
+  capstan_http_config_t cfg;
+  capstan_http_config_defaults(&cfg, "phone");
+  int rc =
+      capstan_http_server_start(ctx->loop, ctx->opt->http_listen, &cfg, capstan_http_files_handler,
+                                capstan_files_service_source(ctx->files), &ctx->http);
+  if (rc < 0) {
+    LOG_ERROR("event=http_listen_failed address=%s error=%s", ctx->opt->http_listen,
+              capstan_strerror(rc));
+  }
+  return rc;
+}
+
+static void http_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
+                       void *arg) {
+  capstan_http_server_t *http = ctx->http;
+  ctx->http = NULL;
+  if (http == NULL) return done_now(done, arg);
+  capstan_http_server_stop(http, done, arg);
+}
+
+static int tftp_start(capstan_serve_ctx_t *ctx) {
+  if (!enabled(ctx->opt->tftp_listen)) return 0;
+  capstan_tftp_config_t cfg;
+  capstan_tftp_config_defaults(&cfg);
+  int rc = capstan_tftp_server_start(ctx->loop, ctx->opt->tftp_listen, &cfg,
+                                     capstan_files_service_source(ctx->files), &ctx->tftp);
+  if (rc < 0) {
+    LOG_ERROR("event=tftp_listen_failed address=%s error=%s", ctx->opt->tftp_listen,
+              capstan_strerror(rc));
+  }
+  return rc;
+}
+
+static void tftp_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
+                       void *arg) {
+  capstan_tftp_server_t *tftp = ctx->tftp;
+  ctx->tftp = NULL;
+  if (tftp == NULL) return done_now(done, arg);
+  capstan_tftp_server_stop(tftp, done, arg);
+}
+
+/* --- The table ------------------------------------------------------------- */
+
+/* In start order: the file service needs the CAPF port; HTTP and TFTP need
+ * the file service. */
+const capstan_serve_listener_t capstan_serve_listeners[] = {
+    {"capf", 0, capf_start, capf_apply, capf_reload, capf_drain},
+    {"stats", 0, stats_start, NULL, NULL, stats_drain},
+    {"admin", 0, admin_start, NULL, NULL, admin_drain},
+    {"files", 1, files_start, files_apply, files_reload, files_drain},
+    {"http", 0, http_start, NULL, NULL, http_drain},
+    {"tftp", 0, tftp_start, NULL, NULL, tftp_drain},
+};
+const size_t capstan_serve_listener_count =
+    sizeof(capstan_serve_listeners) / sizeof(capstan_serve_listeners[0]);
+
+void capstan_serve_log_listeners(const capstan_serve_ctx_t *ctx) {
+  LOG_INFO("event=listeners admin_port=%d http_port=%d tftp_port=%d capf_host=%s",
+           ctx->admin ? capstan_admin_port(ctx->admin) : 0,
+           ctx->http ? capstan_http_server_port(ctx->http) : 0,
+           ctx->tftp ? capstan_tftp_server_port(ctx->tftp) : 0, ctx->capf_host);
+}
