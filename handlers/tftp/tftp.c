@@ -3,6 +3,7 @@
 #include "handlers/tftp/tftp.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <openssl/bytestring.h>
 #include <stdio.h>
@@ -11,9 +12,11 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "core/base/conntrack.h"
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
+#include "core/base/netaddr.h"
 #include "handlers/tftp/tftp_packet.h"
 
 /* One receive buffer per server, shared by the listener and every transfer
@@ -27,7 +30,6 @@
 /* Room for an OACK: four options, each "name\0" + up to 20 digits + NUL. */
 #define OACK_MAX 160
 #define ERROR_PKT_MAX (4 + CAPSTAN_TFTP_ERROR_MSG_MAX + 1)
-#define HOST_PORT_MAX 128
 /* Receive buffer asked for the listener: phones booting together send
  * their requests in one burst, and the default (~200 KiB, a few hundred
  * small datagrams) drops most of a burst of thousands. Best effort: the
@@ -82,18 +84,11 @@ static const char *transfer_state_name(transfer_state_t s) {
 
 typedef struct transfer transfer_t;
 
-/* Transfers in progress from one IP address. */
-typedef struct client {
-  uint8_t addr[16];
-  uint8_t len;
-  unsigned count;
-  transfer_t *transfers;
-  struct client *next;
-} client_t;
-
 struct transfer {
   capstan_tftp_server_t *srv;
-  client_t *client;
+  /* The peer address's entry in srv->clients: its data is the list of the
+   * address's transfers, linked through client_next/client_prev. */
+  capstan_conntrack_entry_t *client;
   transfer_t *client_next, *client_prev;
   uv_udp_t sock;
   uv_os_fd_t fd; /* of |sock|: sends go straight to sendmsg/sendmmsg */
@@ -159,8 +154,7 @@ struct capstan_tftp_server {
   int stopping, listener_closed;
   void (*done)(void *arg);
   void *done_arg;
-  uint32_t hash_seed;
-  client_t *clients[CLIENT_BUCKETS];
+  capstan_conntrack_t clients; /* transfers in progress per peer address */
   tftp_metrics_t m;
   uint8_t rbuf[RECV_BUF_SIZE];
 };
@@ -234,23 +228,6 @@ static socklen_t addr_len(const struct sockaddr *sa) {
   return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
-/* The limit key of a peer: its IP address, IPv4-mapped IPv6 as IPv4. */
-static void client_key(const struct sockaddr *sa, uint8_t key[16], uint8_t *len) {
-  if (sa->sa_family == AF_INET6) {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
-      memcpy(key, &in6->sin6_addr.s6_addr[12], 4);
-      *len = 4;
-    } else {
-      memcpy(key, in6->sin6_addr.s6_addr, 16);
-      *len = 16;
-    }
-  } else {
-    memcpy(key, &((const struct sockaddr_in *)sa)->sin_addr, 4);
-    *len = 4;
-  }
-}
-
 static int same_peer(const struct sockaddr_storage *a, const struct sockaddr *b) {
   if (a->ss_family != b->sa_family) return 0;
   if (b->sa_family == AF_INET6) {
@@ -262,22 +239,6 @@ static int same_peer(const struct sockaddr_storage *a, const struct sockaddr *b)
   const struct sockaddr_in *x = (const struct sockaddr_in *)a;
   const struct sockaddr_in *y = (const struct sockaddr_in *)b;
   return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-}
-
-static int addr_port(const struct sockaddr *sa) {
-  return ntohs(sa->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)sa)->sin6_port
-                                         : ((const struct sockaddr_in *)sa)->sin_port);
-}
-
-static void format_peer(const struct sockaddr *sa, char *out, size_t cap) {
-  char ip[64] = "?";
-  if (sa->sa_family == AF_INET6) {
-    uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
-    snprintf(out, cap, "[%s]:%d", ip, addr_port(sa));
-  } else {
-    uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
-    snprintf(out, cap, "%s:%d", ip, addr_port(sa));
-  }
 }
 
 /* Names are peer-chosen: keep logs one line of key=value by escaping
@@ -297,24 +258,6 @@ static void escape_name(const char *in, char *out, size_t cap) {
   out[o] = '\0';
 }
 
-static uint32_t hash_key(uint32_t seed, const uint8_t *key, uint8_t len) {
-  uint32_t h = 2166136261u ^ seed;
-  for (uint8_t i = 0; i < len; i++) {
-    h ^= key[i];
-    h *= 16777619u;
-  }
-  h ^= h >> 15;
-  return h;
-}
-
-static client_t **client_slot(capstan_tftp_server_t *srv, const uint8_t *key, uint8_t len) {
-  client_t **pp = &srv->clients[hash_key(srv->hash_seed, key, len) & (CLIENT_BUCKETS - 1)];
-  while (*pp != NULL && ((*pp)->len != len || memcmp((*pp)->addr, key, len) != 0)) {
-    pp = &(*pp)->next;
-  }
-  return pp;
-}
-
 /* ---- sending -------------------------------------------------------------- */
 
 static void reject(capstan_tftp_server_t *srv, const struct sockaddr *to,
@@ -322,7 +265,7 @@ static void reject(capstan_tftp_server_t *srv, const struct sockaddr *to,
   capstan_metric_inc(srv->m.rejections[reason]);
   if (capstan_log_enabled(CAPSTAN_LOG_DEBUG)) {
     char peer[96];
-    format_peer(to, peer, sizeof(peer));
+    capstan_netaddr_format(to, peer, sizeof(peer));
     LOG_DEBUG("event=tftp_request_rejected peer=%s reason=%s", peer,
               capstan_tftp_reject_name(reason));
   }
@@ -467,6 +410,7 @@ static void maybe_done(capstan_tftp_server_t *srv) {
   if (!srv->stopping || !srv->listener_closed || srv->alive > 0) return;
   void (*done)(void *) = srv->done;
   void *arg = srv->done_arg;
+  capstan_conntrack_cleanup(&srv->clients);
   free(srv);
   if (done != NULL) done(arg);
 }
@@ -500,18 +444,14 @@ static void transfer_unlink(transfer_t *t) {
   capstan_tftp_server_t *srv = t->srv;
   if (!t->active) return;
   t->active = 0;
-  client_t *c = t->client;
+  capstan_conntrack_entry_t *c = t->client;
   if (t->client_prev != NULL) {
     t->client_prev->client_next = t->client_next;
   } else {
-    c->transfers = t->client_next;
+    c->data = t->client_next;
   }
   if (t->client_next != NULL) t->client_next->client_prev = t->client_prev;
-  if (--c->count == 0) {
-    client_t **pp = client_slot(srv, c->addr, c->len);
-    *pp = c->next;
-    free(c);
-  }
+  capstan_conntrack_release(&srv->clients, c);
   srv->active--;
   capstan_metric_add(srv->m.active, -1);
 }
@@ -530,7 +470,7 @@ static void transfer_finish(transfer_t *t, transfer_result_t result) {
                                   : CAPSTAN_LOG_WARN;
   if (capstan_log_enabled(level)) {
     char peer[96], name[CAPSTAN_TFTP_NAME_MAX * 3 + 1];
-    format_peer((const struct sockaddr *)&t->peer, peer, sizeof(peer));
+    capstan_netaddr_format((const struct sockaddr *)&t->peer, peer, sizeof(peer));
     escape_name(t->req.filename, name, sizeof(name));
     capstan_log(level,
                 "event=tftp_transfer_done file=%s peer=%s kind=%s result=%s bytes=%llu "
@@ -675,8 +615,8 @@ static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
  * get "server busy" only because the listener's datagrams were read
  * first. At most DRAIN_PER_TRANSFER datagrams per transfer; packets are
  * handled exactly as in on_transfer_recv (an ACK moves its transfer on). */
-static void drain_client(capstan_tftp_server_t *srv, client_t *c) {
-  transfer_t *t = c->transfers;
+static void drain_client(capstan_tftp_server_t *srv, capstan_conntrack_entry_t *c) {
+  transfer_t *t = c->data;
   while (t != NULL) {
     /* Handling a packet can only end |t| itself (and free |c| when |t| was
      * its last transfer, in which case |next| is NULL). */
@@ -765,8 +705,7 @@ static void on_file(void *ctx, int status, capstan_blob_t *blob, capstan_file_ki
 
 /* Starts a transfer for a validated RRQ from |peer|. */
 static void transfer_start(capstan_tftp_server_t *srv, const capstan_tftp_request_t *req,
-                           const struct sockaddr *peer, client_t **slot, const uint8_t *key,
-                           uint8_t keylen) {
+                           const struct sockaddr *peer) {
   transfer_t *t = calloc(1, sizeof(*t));
   if (t == NULL) {
     reject(srv, peer, CAPSTAN_TFTP_REJECT_RESOURCES, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
@@ -798,27 +737,17 @@ static void transfer_start(capstan_tftp_server_t *srv, const capstan_tftp_reques
   rc = uv_udp_bind(&t->sock, (const struct sockaddr *)&srv->bind_addr, 0);
   if (rc == 0) rc = uv_fileno((uv_handle_t *)&t->sock, &t->fd);
   if (rc == 0) rc = uv_udp_recv_start(&t->sock, alloc_transfer, on_transfer_recv);
-  client_t *c = *slot;
-  if (rc == 0 && c == NULL) {
-    c = calloc(1, sizeof(*c));
-    if (c == NULL) {
-      rc = CAPSTAN_ENOMEM;
-    } else {
-      memcpy(c->addr, key, keylen);
-      c->len = keylen;
-      *slot = c;
-    }
-  }
+  capstan_conntrack_entry_t *c = NULL;
+  if (rc == 0) rc = capstan_conntrack_acquire(&srv->clients, peer, UINT_MAX, &c);
   if (rc != 0) {
     transfer_release(t, 2);
     reject(srv, peer, CAPSTAN_TFTP_REJECT_RESOURCES, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
     return;
   }
   t->client = c;
-  t->client_next = c->transfers;
-  if (c->transfers != NULL) c->transfers->client_prev = t;
-  c->transfers = t;
-  c->count++;
+  t->client_next = c->data;
+  if (t->client_next != NULL) t->client_next->client_prev = t;
+  c->data = t;
   t->active = 1;
   srv->active++;
   capstan_metric_add(srv->m.active, 1);
@@ -854,11 +783,9 @@ static void on_listener_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     return;
   }
   if (len > CAPSTAN_TFTP_RFC_REQUEST_MAX) capstan_metric_inc(srv->m.large_requests);
-  uint8_t key[16], keylen;
-  client_key(addr, key, &keylen);
-  client_t **slot = client_slot(srv, key, keylen);
-  if (*slot != NULL) {
-    for (transfer_t *t = (*slot)->transfers; t != NULL; t = t->client_next) {
+  capstan_conntrack_entry_t *client = capstan_conntrack_find(&srv->clients, addr);
+  if (client != NULL) {
+    for (transfer_t *t = client->data; t != NULL; t = t->client_next) {
       if (same_peer(&t->peer, addr)) return; /* the client resent its request */
     }
   }
@@ -866,53 +793,18 @@ static void on_listener_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     reject(srv, addr, CAPSTAN_TFTP_REJECT_TOTAL_LIMIT, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
     return;
   }
-  if (*slot != NULL && (*slot)->count >= srv->cfg.max_transfers_per_client) {
-    drain_client(srv, *slot);
-    slot = client_slot(srv, key, keylen); /* the client may be gone */
+  if (client != NULL && client->count >= srv->cfg.max_transfers_per_client) {
+    drain_client(srv, client);
+    client = capstan_conntrack_find(&srv->clients, addr); /* it may be gone */
   }
-  if (*slot != NULL && (*slot)->count >= srv->cfg.max_transfers_per_client) {
+  if (client != NULL && client->count >= srv->cfg.max_transfers_per_client) {
     reject(srv, addr, CAPSTAN_TFTP_REJECT_CLIENT_LIMIT, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
     return;
   }
-  transfer_start(srv, &req, addr, slot, key, keylen);
+  transfer_start(srv, &req, addr);
 }
 
 /* ---- server --------------------------------------------------------------- */
-
-static int parse_host_port(const char *host_port, struct sockaddr_storage *out) {
-  char host[HOST_PORT_MAX];
-  const char *port_str;
-  size_t n = strlen(host_port);
-  if (n == 0 || n >= sizeof(host)) return CAPSTAN_EINVAL;
-  int v6 = host_port[0] == '[';
-  if (v6) {
-    const char *end = strchr(host_port, ']');
-    if (end == NULL || end[1] != ':') return CAPSTAN_EINVAL;
-    memcpy(host, host_port + 1, (size_t)(end - host_port - 1));
-    host[end - host_port - 1] = '\0';
-    port_str = end + 2;
-  } else {
-    const char *colon = strrchr(host_port, ':');
-    if (colon == NULL) return CAPSTAN_EINVAL;
-    memcpy(host, host_port, (size_t)(colon - host_port));
-    host[colon - host_port] = '\0';
-    port_str = colon + 1;
-  }
-  if (*port_str == '\0' || strlen(port_str) > 5) return CAPSTAN_EINVAL;
-  unsigned port = 0;
-  for (const char *p = port_str; *p; p++) {
-    if (*p < '0' || *p > '9') return CAPSTAN_EINVAL;
-    port = port * 10 + (unsigned)(*p - '0');
-  }
-  if (port > 65535) return CAPSTAN_EINVAL;
-  memset(out, 0, sizeof(*out));
-  if (v6) {
-    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)out) != 0) return CAPSTAN_EINVAL;
-  } else {
-    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)out) != 0) return CAPSTAN_EINVAL;
-  }
-  return 0;
-}
 
 static void on_listener_closed(uv_handle_t *h) {
   capstan_tftp_server_t *srv = h->data;
@@ -921,14 +813,16 @@ static void on_listener_closed(uv_handle_t *h) {
 }
 
 static void on_failed_start_closed(uv_handle_t *h) {
-  free(h->data);
+  capstan_tftp_server_t *srv = h->data;
+  capstan_conntrack_cleanup(&srv->clients);
+  free(srv);
 }
 
 int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
                               const capstan_tftp_config_t *cfg, capstan_filesource_t *files,
                               capstan_tftp_server_t **out) {
   struct sockaddr_storage addr;
-  int rc = parse_host_port(host_port, &addr);
+  int rc = capstan_netaddr_parse(host_port, &addr);
   if (rc != 0) return rc;
   capstan_tftp_server_t *srv = calloc(1, sizeof(*srv));
   if (srv == NULL) return CAPSTAN_ENOMEM;
@@ -950,10 +844,11 @@ int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
     srv->cfg.max_blksize = CAPSTAN_TFTP_BLKSIZE_MAX;
   srv->loop = loop;
   srv->files = files;
-  srv->hash_seed = (uint32_t)uv_hrtime() ^ (uint32_t)(uintptr_t)srv;
   metrics_register(&srv->m);
-  rc = uv_udp_init_ex(loop, &srv->listener, addr.ss_family);
+  rc = capstan_conntrack_init(&srv->clients, CLIENT_BUCKETS);
+  if (rc == 0) rc = uv_udp_init_ex(loop, &srv->listener, addr.ss_family);
   if (rc != 0) {
+    capstan_conntrack_cleanup(&srv->clients);
     free(srv);
     return rc;
   }
@@ -978,7 +873,7 @@ int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
     uv_close((uv_handle_t *)&srv->listener, on_failed_start_closed);
     return rc;
   }
-  srv->port = addr_port((const struct sockaddr *)&bound);
+  srv->port = capstan_netaddr_port((const struct sockaddr *)&bound);
   srv->bind_addr = addr;
   if (addr.ss_family == AF_INET6) {
     ((struct sockaddr_in6 *)&srv->bind_addr)->sin6_port = 0;
