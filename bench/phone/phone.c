@@ -206,8 +206,8 @@ size_t capstan_phone_result_json(const capstan_phone_result_t *res, char *buf, s
           res->lsc_md5, (unsigned)res->session_id, res->retry_delay,
           res->sent_in_progress ? "true" : "false");
   if (res->key_alg >= 0) {
-    appendf(buf, size, &off, "\"key\":\"%s%u\",",
-            res->key_alg == CAPSTAN_PKI_KEY_RSA ? "rsa" : "ec", res->key_bits);
+    appendf(buf, size, &off, "\"key\":\"%s%u\",", res->key_alg == CAPSTAN_KEY_RSA ? "rsa" : "ec",
+            res->key_bits);
   }
   appendf(buf, size, &off,
           "\"messages\":%u,\"connect_ms\":%.3f,\"handshake_ms\":%.3f,\"total_ms\":%.3f}",
@@ -440,11 +440,9 @@ static int add_cert_auth(capstan_phone_t *p, capstan_capf_builder_t *b) {
   data[name_len] = 0;
   memcpy(data + name_len + 1, der, der_len);
   size_t data_len = name_len + 1 + der_len;
-  rc =
-      capstan_pki_sign_like_phone(id->key, CAPSTAN_PKI_HASH_SHA1, data, data_len, &sig1, &sig1_len);
+  rc = capstan_pki_sign_like_phone(id->key, CAPSTAN_HASH_SHA1, data, data_len, &sig1, &sig1_len);
   if (rc != 0) goto out;
-  rc = capstan_pki_sign_like_phone(id->key, CAPSTAN_PKI_HASH_SHA512, data, data_len, &sig2,
-                                   &sig2_len);
+  rc = capstan_pki_sign_like_phone(id->key, CAPSTAN_HASH_SHA512, data, data_len, &sig2, &sig2_len);
   if (rc != 0) goto out;
   if ((rc = capstan_capf_builder_add_certificate(b, type, der, der_len)) != 0 ||
       (rc = capstan_capf_builder_add_bytes(b, CAPSTAN_CAPF_EL_SIGNED_DATA, sig1, sig1_len)) != 0 ||

@@ -32,6 +32,9 @@
 #define LSC_BACKDATE_SECONDS 300
 /* ub-common-name / ub-organization-name (RFC 5280). */
 #define MAX_ATTR_VALUE 64
+/* An LSC's subject CN is the device name (R8): every device name fits. */
+_Static_assert(CAPSTAN_DEVICE_NAME_MAX <= MAX_ATTR_VALUE,
+               "a device name does not fit an LSC's common name (ub-common-name)");
 
 /* Key usage bit numbers (RFC 5280 4.2.1.3). */
 #define KU_BIT_DIGITAL_SIGNATURE 0
@@ -312,7 +315,7 @@ static int create_self_signed(const char *prefix, const char *subject_extra, int
   if ((rc = add_cn(subject, cn, (size_t)n)) != 0) goto err;
   /* Check the caller's subject before paying for an RSA key. */
   if ((rc = add_subject_extra(subject, subject_extra)) != 0) goto err;
-  if ((rc = capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 2048, &key)) != 0) goto err;
+  if ((rc = capstan_pki_generate_key(CAPSTAN_KEY_RSA, 2048, &key)) != 0) goto err;
   int64_t now = (int64_t)time(NULL);
   cert_spec_t spec = {
       .subject = subject,
@@ -393,8 +396,8 @@ int capstan_pki_issue_lsc(const capstan_identity_t *capf, const char *device_nam
   }
   int type = EVP_PKEY_id(phone_key);
   if (type != EVP_PKEY_RSA && type != EVP_PKEY_EC) return CAPSTAN_EINVAL;
-  size_t name_len = strnlen(device_name, CAPSTAN_PKI_MAX_DEVICE_NAME + 1);
-  if (name_len == 0 || name_len > CAPSTAN_PKI_MAX_DEVICE_NAME) return CAPSTAN_EINVAL;
+  size_t name_len = strnlen(device_name, CAPSTAN_DEVICE_NAME_MAX + 1);
+  if (name_len == 0 || name_len > CAPSTAN_DEVICE_NAME_MAX) return CAPSTAN_EINVAL;
 
   X509_NAME *subject = X509_NAME_new();
   if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
@@ -446,7 +449,7 @@ int capstan_pki_create_test_ca(const char *cn, capstan_identity_t *out) {
     rc = CAPSTAN_ECRYPTO;
     goto err;
   }
-  if ((rc = capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 256, &key)) != 0) goto err;
+  if ((rc = capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &key)) != 0) goto err;
   int64_t now = (int64_t)time(NULL);
   cert_spec_t spec = {
       .subject = subject,

@@ -217,7 +217,7 @@ static void make_other_cert(const char *name, capstan_identity_t *ca, capstan_id
   memset(ca, 0, sizeof(*ca));
   memset(other, 0, sizeof(*other));
   assert_int_equal(capstan_pki_create_test_ca("Unknown CA", ca), 0);
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 256, &other->key), 0);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &other->key), 0);
   uint8_t *der = NULL;
   size_t len = 0;
   assert_int_equal(capstan_pki_issue_test_leaf(ca, name, other->key, &der, &len), 0);
@@ -900,7 +900,7 @@ static int fake_group_setup(void **state) {
   (void)state;
   if (capstan_pki_create_tftp(NULL, &g_tftp) != 0 || capstan_pki_create_tftp(NULL, &g_evil) != 0 ||
       capstan_pki_create_test_ca("Phone CA", &g_phone_ca) != 0 ||
-      capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 1024, &g_phone.key) != 0) {
+      capstan_pki_generate_key(CAPSTAN_KEY_RSA, 1024, &g_phone.key) != 0) {
     return -1;
   }
   uint8_t *der = NULL;
@@ -1118,7 +1118,7 @@ static void test_fake_encrypted(void **state) {
   EVP_PKEY *pub = X509_get_pubkey(g_phone.cert);
   assert_non_null(pub);
   EVP_PKEY *other = NULL;
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 1024, &other), 0);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_RSA, 1024, &other), 0);
 
   /* The whole path: match, fetch, verify, decrypt. */
   fake_file_t a[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),
