@@ -1,4 +1,4 @@
-/* PKI: building certificates (CAPF, TFTP, LSC, test CA and leaves). */
+/* PKI: building certificates (CAPF, TFTP, LSC) and the CAPF CSR. */
 #include "core/pki/pki.h"
 
 #include <stdlib.h>
@@ -432,70 +432,6 @@ int capstan_pki_issue_lsc(const capstan_identity_t *capf, const char *device_nam
 err:
   X509_NAME_free(subject);
   return pki_fail(rc);
-}
-
-int capstan_pki_create_test_ca(const char *cn, capstan_identity_t *out) {
-  if (out == NULL) return CAPSTAN_EINVAL;
-  memset(out, 0, sizeof(*out));
-  if (cn == NULL || strstr(cn, "CAPF-") != NULL) return CAPSTAN_EINVAL;
-  X509_NAME *subject = X509_NAME_new();
-  EVP_PKEY *key = NULL;
-  X509 *cert = NULL;
-  uint8_t serial[SERIAL_LEN];
-  int rc;
-  if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
-  if ((rc = add_cn(subject, cn, strnlen(cn, MAX_ATTR_VALUE + 1))) != 0) goto err;
-  if (!random_serial(serial)) {
-    rc = CAPSTAN_ECRYPTO;
-    goto err;
-  }
-  if ((rc = capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &key)) != 0) goto err;
-  int64_t now = (int64_t)time(NULL);
-  cert_spec_t spec = {
-      .subject = subject,
-      .public_key = key,
-      .signer = key,
-      .serial = serial,
-      .not_before = now - SELF_BACKDATE_SECONDS,
-      .not_after = now + (int64_t)TEN_YEARS_DAYS * SECONDS_PER_DAY,
-      .is_ca = 1,
-      .ku_bits = (1u << KU_BIT_DIGITAL_SIGNATURE) | (1u << KU_BIT_KEY_CERT_SIGN),
-  };
-  if ((rc = build_cert(&spec, &cert)) != 0) goto err;
-  X509_NAME_free(subject);
-  out->cert = cert;
-  out->key = key;
-  return 0;
-err:
-  X509_NAME_free(subject);
-  EVP_PKEY_free(key);
-  return pki_fail(rc);
-}
-
-int capstan_pki_issue_test_leaf(const capstan_identity_t *ca, const char *cn, EVP_PKEY *key,
-                                uint8_t **der, size_t *der_len) {
-  static const int eku[] = {NID_server_auth, NID_client_auth};
-  if (der == NULL || der_len == NULL) return CAPSTAN_EINVAL;
-  *der = NULL;
-  *der_len = 0;
-  if (ca == NULL || ca->cert == NULL || ca->key == NULL || cn == NULL || key == NULL) {
-    return CAPSTAN_EINVAL;
-  }
-  X509_NAME *subject = X509_NAME_new();
-  uint8_t serial[SERIAL_LEN];
-  int rc;
-  if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
-  if ((rc = add_cn(subject, cn, strnlen(cn, MAX_ATTR_VALUE + 1))) != 0) goto done;
-  if (!random_serial(serial)) {
-    rc = CAPSTAN_ECRYPTO;
-    goto done;
-  }
-  int64_t now = (int64_t)time(NULL);
-  rc = issue_leaf(ca, subject, key, now - SELF_BACKDATE_SECONDS,
-                  now + (int64_t)TEN_YEARS_DAYS * SECONDS_PER_DAY, serial, eku, 2, der, der_len);
-done:
-  X509_NAME_free(subject);
-  return rc != 0 ? pki_fail(rc) : 0;
 }
 
 int capstan_pki_make_capf_csr(const capstan_identity_t *capf, uint8_t **der, size_t *der_len) {

@@ -152,18 +152,6 @@ int capstan_pki_verify_chain(X509 *cert, STACK_OF(X509) * untrusted_intermediate
 int capstan_pki_verify_sudi(const uint8_t *sudi_data, size_t len, uint32_t session_id,
                             X509 **sudi_cert);
 
-/* Build SUDI_DATA the way a phone does (for the simulator and tests): SHA-1
- * and SHA-512 signatures by |key| over (session_id LE || cert_der). */
-int capstan_pki_make_sudi(EVP_PKEY *key, const uint8_t *cert_der, size_t cert_len,
-                          uint32_t session_id, uint8_t **out, size_t *out_len);
-
-/* The phone side: make SIGNED_DATA as a phone does. RSA: raw private
- * operation on 00 01 FF..FF 00 || bare digest; EC: DER ECDSA. |*sig|
- * malloc'd. CAPSTAN_ECRYPTO if the digest does not fit the key (512-bit RSA
- * with SHA-512). */
-int capstan_pki_sign_like_phone(EVP_PKEY *key, int hash_id, const uint8_t *data, size_t data_len,
-                                uint8_t **sig, size_t *sig_len);
-
 /* RFC 4514 DN string in CERTIFICATE order (not reversed), e.g.
  * "CN=CAPF-1a2b3c4d,O=Example,C=NZ": comma-separated, '+' inside a
  * multi-valued RDN, short names (CN, O, OU, L, ST, C, ...) or the dotted OID
@@ -235,19 +223,6 @@ int capstan_pki_pem_encode(const char *label, const uint8_t *der, size_t len, ch
 #define CAPSTAN_PKI_MAX_PEM_TEXT (1024u * 1024u)
 int capstan_pki_pem_decode(const uint8_t *text, size_t len, const char *label, uint8_t ***ders,
                            size_t **lens, size_t *count);
-
-/* Test / simulator CA ("manufacturing CA" for MICs): self-signed, EC P-256
- * (fast to make), ECDSA-SHA256, subject CN=|cn| (must not contain "CAPF-"),
- * CA:TRUE pathlen:0 critical, keyUsage critical digitalSignature+keyCertSign,
- * SKI, validity now-1h .. +10 years: acceptable as a CAPF-trust upload. */
-int capstan_pki_create_test_ca(const char *cn, capstan_identity_t *out);
-
-/* Issue a MIC-like leaf under |ca| for public |key|: subject CN=|cn|, random
- * serial, CA:FALSE, keyUsage digitalSignature+keyEncipherment, EKU
- * serverAuth+clientAuth, AKI/SKI, validity now-1h .. +10 years, SHA-256.
- * |*der| malloc'd. */
-int capstan_pki_issue_test_leaf(const capstan_identity_t *ca, const char *cn, EVP_PKEY *key,
-                                uint8_t **der, size_t *der_len);
 
 /* Generate a key: CAPSTAN_KEY_RSA with |key_bits| 512..8192 (e = 65537),
  * or CAPSTAN_KEY_EC with 256/384/521. |*out| owned by the caller. RSA

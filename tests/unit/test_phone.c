@@ -34,6 +34,7 @@
 #include <openssl/x509.h>
 
 #include "bench/phone/phone.h"
+#include "bench/phone/phone_pki.h"
 #include "core/base/error.h"
 #include "core/pki/pki.h"
 #include "handlers/capf/wire.h"
@@ -61,7 +62,7 @@ static int group_setup(void **state) {
   snprintf(g_tmpdir, sizeof(g_tmpdir), "/tmp/capstan-test-phone-XXXXXX");
   if (mkdtemp(g_tmpdir) == NULL) return -1;
   if (capstan_pki_create_capf(NULL, &g_capf) != 0) return -1;
-  if (capstan_pki_create_test_ca("Other CA", &g_other) != 0) return -1;
+  if (capstan_phone_create_test_ca("Other CA", &g_other) != 0) return -1;
   snprintf(g_capf_pem, sizeof(g_capf_pem), "%s/capf.pem", g_tmpdir);
   snprintf(g_other_pem, sizeof(g_other_pem), "%s/other.pem", g_tmpdir);
   if (write_pem(g_capf_pem, g_capf.cert) != 0 || write_pem(g_other_pem, g_other.cert) != 0) {
@@ -655,14 +656,14 @@ static void test_lsc_auth_fetch_delete(void **state) {
 static void test_mic_auth_with_sudi(void **state) {
   (void)state;
   capstan_identity_t ca = {0}, mic = {0}, sudi = {0};
-  assert_int_equal(capstan_pki_create_test_ca("Test Manufacturing CA", &ca), 0);
+  assert_int_equal(capstan_phone_create_test_ca("Test Manufacturing CA", &ca), 0);
   uint8_t *der = NULL, *sudi_der = NULL;
   size_t der_len = 0, sudi_len = 0;
   assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &mic.key), 0);
-  assert_int_equal(capstan_pki_issue_test_leaf(&ca, NAME, mic.key, &der, &der_len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&ca, NAME, mic.key, &der, &der_len), 0);
   assert_int_equal(capstan_pki_parse_cert(der, der_len, &mic.cert), 0);
   assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &sudi.key), 0);
-  assert_int_equal(capstan_pki_issue_test_leaf(&ca, "SUDI", sudi.key, &sudi_der, &sudi_len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&ca, "SUDI", sudi.key, &sudi_der, &sudi_len), 0);
   assert_int_equal(capstan_pki_parse_cert(sudi_der, sudi_len, &sudi.cert), 0);
 
   fake_t f;

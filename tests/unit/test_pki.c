@@ -30,6 +30,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "bench/phone/phone_pki.h"
 #include "core/base/error.h"
 #include "core/pki/pki.h"
 
@@ -51,7 +52,7 @@ static int group_setup(void **state) {
   memset(&fx, 0, sizeof(fx));
   if (capstan_pki_create_capf(CAPF_EXTRA, &fx.capf) != 0) return -1;
   if (capstan_pki_create_tftp("O=Example,C=NZ", &fx.tftp) != 0) return -1;
-  if (capstan_pki_create_test_ca("Test Manufacturing CA", &fx.ca) != 0) return -1;
+  if (capstan_phone_create_test_ca("Test Manufacturing CA", &fx.ca) != 0) return -1;
   if (capstan_pki_generate_key(CAPSTAN_KEY_RSA, 2048, &fx.rsa2048) != 0) return -1;
   if (capstan_pki_generate_key(CAPSTAN_KEY_RSA, 1024, &fx.rsa1024) != 0) return -1;
   if (capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &fx.ec256) != 0) return -1;
@@ -478,7 +479,7 @@ static void *lsc_worker(void *arg) {
     /* Signature checks with a key shared by all threads. */
     uint8_t *sig = NULL;
     size_t sig_len = 0;
-    if (capstan_pki_sign_like_phone(fx.rsa1024, 3, der, len, &sig, &sig_len) != 0 ||
+    if (capstan_phone_sign(fx.rsa1024, 3, der, len, &sig, &sig_len) != 0 ||
         capstan_pki_verify_signed_data(fx.rsa1024, 3, der, len, sig, sig_len) != 0 ||
         capstan_pki_verify_signed_data(fx.rsa1024, 1, der, len, sig, sig_len) != CAPSTAN_EACCES) {
       failures++;
@@ -646,8 +647,8 @@ static const uint8_t kAuthData[] = "SEP58971ECC97C1\0<certificate DER would foll
 static void roundtrip(EVP_PKEY *key, int hash_id) {
   uint8_t *sig = NULL;
   size_t sig_len = 0;
-  assert_int_equal(
-      capstan_pki_sign_like_phone(key, hash_id, kAuthData, sizeof(kAuthData), &sig, &sig_len), 0);
+  assert_int_equal(capstan_phone_sign(key, hash_id, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+                   0);
   assert_non_null(sig);
   assert_int_equal(
       capstan_pki_verify_signed_data(key, hash_id, kAuthData, sizeof(kAuthData), sig, sig_len), 0);
@@ -707,8 +708,8 @@ static void test_signed_data_wrong_key(void **state) {
   (void)state;
   uint8_t *sig = NULL;
   size_t sig_len = 0;
-  assert_int_equal(
-      capstan_pki_sign_like_phone(fx.rsa2048, 1, kAuthData, sizeof(kAuthData), &sig, &sig_len), 0);
+  assert_int_equal(capstan_phone_sign(fx.rsa2048, 1, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+                   0);
   assert_int_equal(
       capstan_pki_verify_signed_data(fx.capf.key, 1, kAuthData, sizeof(kAuthData), sig, sig_len),
       CAPSTAN_EACCES);
@@ -826,8 +827,8 @@ static void test_sign_like_phone_layout(void **state) {
    * bare digest: recover it with the public key and compare. */
   uint8_t *sig = NULL;
   size_t sig_len = 0;
-  assert_int_equal(capstan_pki_sign_like_phone(fx.rsa1024, CAPSTAN_HASH_SHA512, kAuthData,
-                                               sizeof(kAuthData), &sig, &sig_len),
+  assert_int_equal(capstan_phone_sign(fx.rsa1024, CAPSTAN_HASH_SHA512, kAuthData, sizeof(kAuthData),
+                                      &sig, &sig_len),
                    0);
   assert_int_equal(sig_len, 128);
   RSA *rsa = EVP_PKEY_get0_RSA(fx.rsa1024);
@@ -845,17 +846,16 @@ static void test_sign_like_phone_layout(void **state) {
   assert_memory_equal(em + 128 - 64, md, 64);
   free(sig);
   /* EC: a DER ECDSA signature BoringSSL verifies. */
-  assert_int_equal(capstan_pki_sign_like_phone(fx.ec384, CAPSTAN_HASH_SHA1, kAuthData,
-                                               sizeof(kAuthData), &sig, &sig_len),
-                   0);
+  assert_int_equal(
+      capstan_phone_sign(fx.ec384, CAPSTAN_HASH_SHA1, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+      0);
   assert_true(EVP_Digest(kAuthData, sizeof(kAuthData), md, &md_len, EVP_sha1(), NULL));
   assert_int_equal(ECDSA_verify(0, md, md_len, sig, sig_len, EVP_PKEY_get0_EC_KEY(fx.ec384)), 1);
   free(sig);
   /* Unknown hash id. */
   sig = (uint8_t *)1;
-  assert_int_equal(
-      capstan_pki_sign_like_phone(fx.ec384, 9, kAuthData, sizeof(kAuthData), &sig, &sig_len),
-      CAPSTAN_EINVAL);
+  assert_int_equal(capstan_phone_sign(fx.ec384, 9, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+                   CAPSTAN_EINVAL);
   assert_null(sig);
 }
 
@@ -868,9 +868,9 @@ static void test_sudi_roundtrip(void **state) {
     uint8_t *cert = NULL, *sudi = NULL;
     size_t cert_len = 0, sudi_len = 0;
     assert_int_equal(
-        capstan_pki_issue_test_leaf(&fx.ca, "CP-8845-SEP58971ECC97C1", keys[k], &cert, &cert_len),
+        capstan_phone_issue_test_leaf(&fx.ca, "CP-8845-SEP58971ECC97C1", keys[k], &cert, &cert_len),
         0);
-    assert_int_equal(capstan_pki_make_sudi(keys[k], cert, cert_len, 0x12345678, &sudi, &sudi_len),
+    assert_int_equal(capstan_phone_make_sudi(keys[k], cert, cert_len, 0x12345678, &sudi, &sudi_len),
                      0);
     /* Layout: 00 | len | cert | 01 | len | sig | 03 | len | sig. */
     assert_int_equal(sudi[0], 0x00);
@@ -939,7 +939,7 @@ static void test_sudi_by_hand(void **state) {
   (void)state;
   uint8_t *cert = NULL;
   size_t cert_len = 0;
-  assert_int_equal(capstan_pki_issue_test_leaf(&fx.ca, "SUDI", fx.ec256, &cert, &cert_len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&fx.ca, "SUDI", fx.ec256, &cert, &cert_len), 0);
   uint8_t *msg = malloc(cert_len + 4);
   assert_non_null(msg);
   msg[0] = 0x04;
@@ -949,8 +949,8 @@ static void test_sudi_by_hand(void **state) {
   memcpy(msg + 4, cert, cert_len);
   uint8_t *s1, *s3;
   size_t s1_len, s3_len;
-  assert_int_equal(capstan_pki_sign_like_phone(fx.ec256, 1, msg, cert_len + 4, &s1, &s1_len), 0);
-  assert_int_equal(capstan_pki_sign_like_phone(fx.ec256, 3, msg, cert_len + 4, &s3, &s3_len), 0);
+  assert_int_equal(capstan_phone_sign(fx.ec256, 1, msg, cert_len + 4, &s1, &s1_len), 0);
+  assert_int_equal(capstan_phone_sign(fx.ec256, 3, msg, cert_len + 4, &s3, &s3_len), 0);
   CBB cbb, child;
   uint8_t *sudi;
   size_t sudi_len;
@@ -1076,7 +1076,7 @@ static void test_chain(void **state) {
       capstan_pki_issue_lsc(&fx.capf, "SEP001122334455", fx.ec256, 365, serial, &der, &len, &na),
       0);
   X509 *lsc = parse(der, len);
-  assert_int_equal(capstan_pki_issue_test_leaf(&fx.ca, "MIC", fx.ec384, &leaf_der, &leaf_len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&fx.ca, "MIC", fx.ec384, &leaf_der, &leaf_len), 0);
   X509 *mic = parse(leaf_der, leaf_len);
 
   /* A certificate from another CA is refused. */
@@ -1119,7 +1119,7 @@ static void test_test_ca_content(void **state) {
   assert_string_equal(s, "CN=Test Manufacturing CA");
   free(s);
   capstan_identity_t bad = {0};
-  assert_int_equal(capstan_pki_create_test_ca("Evil CAPF-CA", &bad), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_phone_create_test_ca("Evil CAPF-CA", &bad), CAPSTAN_EINVAL);
   assert_null(bad.cert);
 }
 
@@ -1187,7 +1187,7 @@ static void test_identity_chain_and_copy(void **state) {
   (void)state;
   uint8_t *leaf = NULL;
   size_t leaf_len = 0;
-  assert_int_equal(capstan_pki_issue_test_leaf(&fx.ca, "leaf", fx.ec256, &leaf, &leaf_len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&fx.ca, "leaf", fx.ec256, &leaf, &leaf_len), 0);
   capstan_identity_t id = {0};
   id.cert = parse(leaf, leaf_len);
   EVP_PKEY_up_ref(fx.ec256);
@@ -1252,12 +1252,11 @@ static void test_generate_key_args(void **state) {
   /* 512-bit RSA cannot carry a padded SHA-512 digest. */
   uint8_t *sig = NULL;
   size_t sig_len = 0;
-  assert_int_equal(capstan_pki_sign_like_phone(k, CAPSTAN_HASH_SHA512, kAuthData, sizeof(kAuthData),
-                                               &sig, &sig_len),
-                   CAPSTAN_ECRYPTO);
-  assert_int_equal(capstan_pki_sign_like_phone(k, CAPSTAN_HASH_SHA1, kAuthData, sizeof(kAuthData),
-                                               &sig, &sig_len),
-                   0);
+  assert_int_equal(
+      capstan_phone_sign(k, CAPSTAN_HASH_SHA512, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+      CAPSTAN_ECRYPTO);
+  assert_int_equal(
+      capstan_phone_sign(k, CAPSTAN_HASH_SHA1, kAuthData, sizeof(kAuthData), &sig, &sig_len), 0);
   assert_int_equal(capstan_pki_verify_signed_data(k, CAPSTAN_HASH_SHA1, kAuthData,
                                                   sizeof(kAuthData), sig, sig_len),
                    0);
@@ -1611,9 +1610,10 @@ static int write_fuzz_seeds(const char *dir) {
     uint8_t *cert = NULL, *sudi = NULL, *spki = NULL;
     size_t cert_len = 0, sudi_len = 0, spki_len = 0;
     uint8_t low = (uint8_t)(0x78 + i);
-    if (capstan_pki_issue_test_leaf(&fx.ca, "SUDI-SEP58971ECC97C1", keys[i], &cert, &cert_len) !=
+    if (capstan_phone_issue_test_leaf(&fx.ca, "SUDI-SEP58971ECC97C1", keys[i], &cert, &cert_len) !=
             0 ||
-        capstan_pki_make_sudi(keys[i], cert, cert_len, 0x12345600u | low, &sudi, &sudi_len) != 0 ||
+        capstan_phone_make_sudi(keys[i], cert, cert_len, 0x12345600u | low, &sudi, &sudi_len) !=
+            0 ||
         capstan_pki_public_key_to_der(keys[i], &spki, &spki_len) != 0 ||
         write_seed(dir, sudi_names[i], low, sudi, sudi_len) != 0 ||
         write_seed(dir, spki_names[i], 0, spki, spki_len) != 0) {
