@@ -12,50 +12,22 @@
     (msg)->field = (v);     \
   } while (0)
 
-/* ---- Names ------------------------------------------------------------ */
-
-static bool is_upper_hex(char c) {
-  return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F');
-}
-static bool is_any_hex(char c) {
-  return is_upper_hex(c) || (c >= 'a' && c <= 'f');
-}
-static bool is_alpha(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
-}
-static bool is_digit(char c) {
-  return c >= '0' && c <= '9';
-}
-
-bool capstan_device_name_valid(const char *name) {
-  if (name == NULL) return false;
-  size_t n = strnlen(name, CAPSTAN_DEVICE_NAME_MAX + 1);
-  if (n == 0 || n > CAPSTAN_DEVICE_NAME_MAX || !is_alpha(name[0])) return false;
-  for (size_t i = 0; i < n; i++) {
-    char c = name[i];
-    if (!is_alpha(c) && !is_digit(c) && c != '.' && c != '_' && c != '-') return false;
-  }
-  if (n == 15 && strncmp(name, "SEP", 3) == 0) {
-    bool hex = true;
-    for (size_t i = 3; i < n; i++) hex = hex && is_any_hex(name[i]);
-    if (hex) {
-      for (size_t i = 3; i < n; i++) {
-        if (!is_upper_hex(name[i])) return false;
-      }
-    }
-  }
-  return true;
-}
-
-bool capstan_auth_string_valid(const char *s) {
-  if (s == NULL) return false;
-  size_t n = strnlen(s, CAPSTAN_AUTH_STRING_MAX + 1);
-  if (n < CAPSTAN_AUTH_STRING_MIN || n > CAPSTAN_AUTH_STRING_MAX) return false;
-  for (size_t i = 0; i < n; i++) {
-    if (!is_digit(s[i])) return false;
-  }
-  return true;
-}
+/* ---- The record enums are the vocabulary of core/base/phone.h ---------
+ * records.proto numbers its enums as the base values; records already on
+ * disk hold these numbers, so neither side may move. */
+#define SAME(proto, base, what) \
+  _Static_assert((int)(proto) == (int)(base), what " differs from base")
+SAME(CAPSTAN__KEY_ALG__KEY_ALG_RSA, CAPSTAN_KEY_RSA, "KeyAlg RSA");
+SAME(CAPSTAN__KEY_ALG__KEY_ALG_EC, CAPSTAN_KEY_EC, "KeyAlg EC");
+SAME(CAPSTAN__AUTH_MODE__AUTH_MODE_NONE, CAPSTAN_AUTH_MODE_NONE, "AuthMode NONE");
+SAME(CAPSTAN__AUTH_MODE__AUTH_MODE_STRING, CAPSTAN_AUTH_MODE_STRING, "AuthMode STRING");
+SAME(CAPSTAN__AUTH_MODE__AUTH_MODE_NULL, CAPSTAN_AUTH_MODE_NULL_STRING, "AuthMode NULL");
+SAME(CAPSTAN__AUTH_MODE__AUTH_MODE_LSC, CAPSTAN_AUTH_MODE_LSC, "AuthMode LSC");
+SAME(CAPSTAN__AUTH_MODE__AUTH_MODE_MIC, CAPSTAN_AUTH_MODE_MIC, "AuthMode MIC");
+SAME(CAPSTAN__CERT_TYPE__CERT_TYPE_UNKNOWN, CAPSTAN_CERT_UNKNOWN, "CertType UNKNOWN");
+SAME(CAPSTAN__CERT_TYPE__CERT_TYPE_LSC, CAPSTAN_CERT_LSC, "CertType LSC");
+SAME(CAPSTAN__CERT_TYPE__CERT_TYPE_MIC, CAPSTAN_CERT_MIC, "CertType MIC");
+#undef SAME
 
 Capstan__Device *capstan_device_new(const char *name) {
   Capstan__Device *d = malloc(sizeof(*d));
@@ -101,11 +73,6 @@ static int table_parse(const name_entry_t *t, size_t n, const char *s, int *out)
   X(CAPSTAN__OPERATION__OPERATION_DELETE, "delete")             \
   X(CAPSTAN__OPERATION__OPERATION_TROUBLESHOOT, "troubleshoot") \
   X(CAPSTAN__OPERATION__OPERATION_NONE, "none")
-#define AUTH_MODES(X)                               \
-  X(CAPSTAN__AUTH_MODE__AUTH_MODE_STRING, "string") \
-  X(CAPSTAN__AUTH_MODE__AUTH_MODE_NULL, "null")     \
-  X(CAPSTAN__AUTH_MODE__AUTH_MODE_LSC, "lsc")       \
-  X(CAPSTAN__AUTH_MODE__AUTH_MODE_MIC, "mic")
 #define OP_STATUSES(X)                                        \
   X(CAPSTAN__OP_STATUS__OP_STATUS_PENDING, "pending")         \
   X(CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS, "in-progress") \
@@ -113,10 +80,6 @@ static int table_parse(const name_entry_t *t, size_t n, const char *s, int *out)
   X(CAPSTAN__OP_STATUS__OP_STATUS_FAILED, "failed")           \
   X(CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED, "expired")         \
   X(CAPSTAN__OP_STATUS__OP_STATUS_NONE, "none")
-#define CERT_TYPES(X)                                 \
-  X(CAPSTAN__CERT_TYPE__CERT_TYPE_UNKNOWN, "unknown") \
-  X(CAPSTAN__CERT_TYPE__CERT_TYPE_LSC, "lsc")         \
-  X(CAPSTAN__CERT_TYPE__CERT_TYPE_MIC, "mic")
 #define CERT_STATUSES(X)                                      \
   X(CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED, "issued")       \
   X(CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED, "installed") \
@@ -126,12 +89,9 @@ static int table_parse(const name_entry_t *t, size_t n, const char *s, int *out)
 #define ENTRY(v, n) {(int)(v), n},
 #define LIST(v, n) n ","
 static const name_entry_t operations[] = {OPERATIONS(ENTRY)};
-static const name_entry_t auth_modes[] = {AUTH_MODES(ENTRY)};
 static const name_entry_t op_statuses[] = {OP_STATUSES(ENTRY)};
-static const name_entry_t cert_types[] = {CERT_TYPES(ENTRY)};
 static const name_entry_t cert_statuses[] = {CERT_STATUSES(ENTRY)};
 static const char operation_list[] = OPERATIONS(LIST);
-static const char auth_mode_list[] = AUTH_MODES(LIST);
 static const char op_status_list[] = OP_STATUSES(LIST);
 #define COUNT(t) (sizeof(t) / sizeof((t)[0]))
 
@@ -159,19 +119,11 @@ const char *capstan_operation_names(void) {
   return list_text(operation_list, buf, sizeof(buf));
 }
 
-const char *capstan_auth_mode_name(Capstan__AuthMode v) {
-  if (v == CAPSTAN__AUTH_MODE__AUTH_MODE_NONE) return "none";
-  return table_name(auth_modes, COUNT(auth_modes), (int)v);
-}
 int capstan_auth_mode_parse(const char *s, Capstan__AuthMode *out) {
   int v;
-  int err = table_parse(auth_modes, COUNT(auth_modes), s, &v);
+  int err = capstan_auth_mode_from_name(s, &v);
   if (err == 0) *out = (Capstan__AuthMode)v;
   return err;
-}
-const char *capstan_auth_mode_names(void) {
-  static char buf[sizeof(auth_mode_list)];
-  return list_text(auth_mode_list, buf, sizeof(buf));
 }
 
 const char *capstan_op_status_name(Capstan__OpStatus v) {
@@ -188,57 +140,19 @@ const char *capstan_op_status_names(void) {
   return list_text(op_status_list, buf, sizeof(buf));
 }
 
-const char *capstan_cert_type_name(Capstan__CertType v) {
-  return table_name(cert_types, COUNT(cert_types), (int)v);
-}
 const char *capstan_cert_status_name(Capstan__CertStatus v) {
   return table_name(cert_statuses, COUNT(cert_statuses), (int)v);
 }
 
-#define KEYS(X)                                     \
-  X("rsa512", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 512)   \
-  X("rsa1024", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 1024) \
-  X("rsa2048", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 2048) \
-  X("rsa3072", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 3072) \
-  X("rsa4096", CAPSTAN__KEY_ALG__KEY_ALG_RSA, 4096) \
-  X("ec256", CAPSTAN__KEY_ALG__KEY_ALG_EC, 256)     \
-  X("ec384", CAPSTAN__KEY_ALG__KEY_ALG_EC, 384)     \
-  X("ec521", CAPSTAN__KEY_ALG__KEY_ALG_EC, 521)
-
-static const struct {
-  const char *name;
-  Capstan__KeyAlg alg;
-  uint32_t bits;
-} keys[] = {
-#define KEY_ENTRY(n, a, b) {n, a, b},
-    KEYS(KEY_ENTRY)
-#undef KEY_ENTRY
-};
-#define KEY_LIST(n, a, b) n ","
-static const char key_list[] = KEYS(KEY_LIST);
-
-const char *capstan_key_name(Capstan__KeyAlg alg, uint32_t bits) {
-  for (size_t i = 0; i < COUNT(keys); i++) {
-    if (keys[i].alg == alg && keys[i].bits == bits) return keys[i].name;
-  }
-  return "?";
-}
-
 int capstan_key_parse(const char *s, Capstan__KeyAlg *alg, uint32_t *bits) {
-  if (s == NULL) return CAPSTAN_EINVAL;
-  for (size_t i = 0; i < COUNT(keys); i++) {
-    if (strcmp(keys[i].name, s) == 0) {
-      *alg = keys[i].alg;
-      *bits = keys[i].bits;
-      return 0;
-    }
+  int a;
+  unsigned b;
+  int err = capstan_key_from_name(s, &a, &b);
+  if (err == 0) {
+    *alg = (Capstan__KeyAlg)a;
+    *bits = b;
   }
-  return CAPSTAN_EINVAL;
-}
-
-const char *capstan_key_names(void) {
-  static char buf[sizeof(key_list)];
-  return list_text(key_list, buf, sizeof(buf));
+  return err;
 }
 
 /* ---- Domain operations ------------------------------------------------ */

@@ -16,20 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/base/phone.h" /* device names, auth modes, keys: one vocabulary */
 #include "storage/records.h"
-
-#define CAPSTAN_DEVICE_NAME_MAX 64
-#define CAPSTAN_AUTH_STRING_MIN 4
-#define CAPSTAN_AUTH_STRING_MAX 10
-
-/* True for "SEP" + 12 upper-case hex digits, or for another operator name
- * form: 1..64 characters of [A-Za-z0-9._-] starting with a letter. A name
- * that looks like a phone MAC name with lower-case hex ("SEPabcdef012345")
- * is refused, so that one phone cannot get two records. */
-bool capstan_device_name_valid(const char *name);
-
-/* True for 4..10 ASCII digits. */
-bool capstan_auth_string_valid(const char *s);
 
 /* A new Device with the schema's defaults, the given name, status NONE and
  * schema_version set. Freed with capstan__device__free_unpacked(d, NULL).
@@ -44,23 +32,23 @@ const char *capstan_operation_name(Capstan__Operation v);
 int capstan_operation_parse(const char *s, Capstan__Operation *out);
 const char *capstan_operation_names(void);
 
-/* Accepted: string, null, lsc, mic (AUTH_MODE_NONE prints as "none" but
- * cannot be chosen). */
-const char *capstan_auth_mode_name(Capstan__AuthMode v);
+/* The record's enums are core/base/phone.h's values (storage/devices.c
+ * asserts it), so their names come from there: capstan_auth_mode_name,
+ * capstan_auth_mode_names, capstan_cert_type_name, capstan_key_name and
+ * capstan_key_names take a record field as it is. The parsers below are
+ * typed for the record's fields. */
+
+/* Accepted: capstan_auth_mode_names() ("none" cannot be chosen). */
 int capstan_auth_mode_parse(const char *s, Capstan__AuthMode *out);
-const char *capstan_auth_mode_names(void);
 
 const char *capstan_op_status_name(Capstan__OpStatus v); /* "in-progress", ... */
 int capstan_op_status_parse(const char *s, Capstan__OpStatus *out);
 const char *capstan_op_status_names(void);
 
-const char *capstan_cert_type_name(Capstan__CertType v);
 const char *capstan_cert_status_name(Capstan__CertStatus v);
 
-/* Key choices: rsa512 rsa1024 rsa2048 rsa3072 rsa4096 ec256 ec384 ec521. */
-const char *capstan_key_name(Capstan__KeyAlg alg, uint32_t bits); /* "?" if invalid */
+/* Accepted: capstan_key_names() (rsa512 ... ec521). */
 int capstan_key_parse(const char *s, Capstan__KeyAlg *alg, uint32_t *bits);
-const char *capstan_key_names(void);
 
 /* ---- Domain operations (inside a write txn) --------------------------- */
 

@@ -8,7 +8,7 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
-#include "storage/devices.h"
+#include "core/base/phone.h"
 #include "storage/internal.h"
 #include "storage/records.h"
 

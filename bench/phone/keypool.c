@@ -1,5 +1,6 @@
 /* The simulated phones' key pool. See phone.h. */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 
 #include "bench/phone/phone.h"
 #include "core/base/error.h"
+#include "core/base/phone.h"
 #include "core/pki/pki.h"
 
 /* A cached key file is a PKCS#8 DER private key; RSA 4096 is about 2.4 KB. */
@@ -39,13 +41,13 @@ int capstan_phone_parse_key_spec(const char *spec, int *key_alg, unsigned *bits)
   const char *num;
   int alg;
   if (strncasecmp(spec, "rsa", 3) == 0) {
-    alg = CAPSTAN_PKI_KEY_RSA;
+    alg = CAPSTAN_KEY_RSA;
     num = spec + 3;
   } else if (strncasecmp(spec, "ec", 2) == 0) {
-    alg = CAPSTAN_PKI_KEY_EC;
+    alg = CAPSTAN_KEY_EC;
     num = spec + 2;
   } else if (strncasecmp(spec, "p", 1) == 0) {
-    alg = CAPSTAN_PKI_KEY_EC;
+    alg = CAPSTAN_KEY_EC;
     num = spec + 1;
   } else {
     return CAPSTAN_EINVAL;
@@ -54,11 +56,7 @@ int capstan_phone_parse_key_spec(const char *spec, int *key_alg, unsigned *bits)
   char *end = NULL;
   unsigned long v = strtoul(num, &end, 10);
   if (end == num || *end != '\0') return CAPSTAN_EINVAL;
-  if (alg == CAPSTAN_PKI_KEY_RSA) {
-    if (v != 512 && v != 1024 && v != 2048 && v != 3072 && v != 4096) return CAPSTAN_EINVAL;
-  } else if (v != 256 && v != 384 && v != 521) {
-    return CAPSTAN_EINVAL;
-  }
+  if (v > UINT_MAX || !capstan_key_valid(alg, (unsigned)v)) return CAPSTAN_EINVAL;
   *key_alg = alg;
   *bits = (unsigned)v;
   return 0;
@@ -118,13 +116,13 @@ static pool_kind_t *find_kind(capstan_phone_keypool_t *pool, int alg, unsigned b
 
 static void cache_path(const capstan_phone_keypool_t *pool, int alg, unsigned bits, unsigned n,
                        char *out, size_t size) {
-  snprintf(out, size, "%s/%s%u-%u.der", pool->cache_dir, alg == CAPSTAN_PKI_KEY_RSA ? "rsa" : "ec",
+  snprintf(out, size, "%s/%s%u-%u.der", pool->cache_dir, alg == CAPSTAN_KEY_RSA ? "rsa" : "ec",
            bits, n);
 }
 
 /* Checks that a loaded key really is of the kind its file name says. */
 static int key_is_kind(EVP_PKEY *key, int alg, unsigned bits) {
-  if (alg == CAPSTAN_PKI_KEY_RSA) {
+  if (alg == CAPSTAN_KEY_RSA) {
     return EVP_PKEY_id(key) == EVP_PKEY_RSA && EVP_PKEY_bits(key) == (int)bits;
   }
   return EVP_PKEY_id(key) == EVP_PKEY_EC && EVP_PKEY_bits(key) == (int)bits;
@@ -196,11 +194,7 @@ static int add_key(capstan_phone_keypool_t *pool, pool_kind_t *k) {
 }
 
 static int check_kind(int alg, unsigned bits) {
-  if (alg == CAPSTAN_PKI_KEY_RSA) {
-    return (bits == 512 || bits == 1024 || bits == 2048 || bits == 3072 || bits == 4096) ? 0 : -1;
-  }
-  if (alg == CAPSTAN_PKI_KEY_EC) return (bits == 256 || bits == 384 || bits == 521) ? 0 : -1;
-  return -1;
+  return capstan_key_valid(alg, bits) ? 0 : -1;
 }
 
 int capstan_phone_keypool_prewarm(capstan_phone_keypool_t *pool, int key_alg, unsigned bits,

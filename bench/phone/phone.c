@@ -1,5 +1,6 @@
 /* The simulated phone: one CAPF session per phone. See phone.h. */
 #include "bench/phone/phone.h"
+#include "bench/phone/phone_pki.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -206,8 +207,8 @@ size_t capstan_phone_result_json(const capstan_phone_result_t *res, char *buf, s
           res->lsc_md5, (unsigned)res->session_id, res->retry_delay,
           res->sent_in_progress ? "true" : "false");
   if (res->key_alg >= 0) {
-    appendf(buf, size, &off, "\"key\":\"%s%u\",",
-            res->key_alg == CAPSTAN_PKI_KEY_RSA ? "rsa" : "ec", res->key_bits);
+    appendf(buf, size, &off, "\"key\":\"%s%u\",", res->key_alg == CAPSTAN_KEY_RSA ? "rsa" : "ec",
+            res->key_bits);
   }
   appendf(buf, size, &off,
           "\"messages\":%u,\"connect_ms\":%.3f,\"handshake_ms\":%.3f,\"total_ms\":%.3f}",
@@ -440,11 +441,9 @@ static int add_cert_auth(capstan_phone_t *p, capstan_capf_builder_t *b) {
   data[name_len] = 0;
   memcpy(data + name_len + 1, der, der_len);
   size_t data_len = name_len + 1 + der_len;
-  rc =
-      capstan_pki_sign_like_phone(id->key, CAPSTAN_PKI_HASH_SHA1, data, data_len, &sig1, &sig1_len);
+  rc = capstan_phone_sign(id->key, CAPSTAN_HASH_SHA1, data, data_len, &sig1, &sig1_len);
   if (rc != 0) goto out;
-  rc = capstan_pki_sign_like_phone(id->key, CAPSTAN_PKI_HASH_SHA512, data, data_len, &sig2,
-                                   &sig2_len);
+  rc = capstan_phone_sign(id->key, CAPSTAN_HASH_SHA512, data, data_len, &sig2, &sig2_len);
   if (rc != 0) goto out;
   if ((rc = capstan_capf_builder_add_certificate(b, type, der, der_len)) != 0 ||
       (rc = capstan_capf_builder_add_bytes(b, CAPSTAN_CAPF_EL_SIGNED_DATA, sig1, sig1_len)) != 0 ||
@@ -465,7 +464,7 @@ static int add_sudi(capstan_phone_t *p, capstan_capf_builder_t *b) {
   size_t der_len = 0, sudi_len = 0;
   int rc = capstan_pki_cert_to_der(p->sudi.cert, &der, &der_len);
   if (rc == 0) {
-    rc = capstan_pki_make_sudi(p->sudi.key, der, der_len, p->session_id, &sudi, &sudi_len);
+    rc = capstan_phone_make_sudi(p->sudi.key, der, der_len, p->session_id, &sudi, &sudi_len);
   }
   if (rc == 0) rc = capstan_capf_builder_add_bytes(b, CAPSTAN_CAPF_EL_SUDI_DATA, sudi, sudi_len);
   free(der);

@@ -47,7 +47,7 @@ typedef struct capstan_phone_keypool capstan_phone_keypool_t;
 capstan_phone_keypool_t *capstan_phone_keypool_new(const char *cache_dir, unsigned per_kind);
 void capstan_phone_keypool_free(capstan_phone_keypool_t *pool);
 
-/* Makes sure |n| keys (at most per_kind) of CAPSTAN_PKI_KEY_RSA/EC |bits| are
+/* Makes sure |n| keys (at most per_kind) of CAPSTAN_KEY_RSA/EC |bits| are
  * in the pool, loading from the cache or generating (slow for RSA; blocks).
  * Returns 0 or a negative error. */
 int capstan_phone_keypool_prewarm(capstan_phone_keypool_t *pool, int key_alg, unsigned bits,

@@ -11,6 +11,7 @@
 #include <openssl/mem.h>
 
 #include "core/base/error.h"
+#include "core/base/phone.h"
 
 /* Top-level children of <device> that capstan writes or copies. */
 enum { N_CAPF_AUTH_MODE, N_CAPF_LIST, N_CERT_HASH, N_ENCR_CONFIG, N_IP_MODE, N_LOAD_INFO, N_NAMES };
@@ -293,7 +294,7 @@ int capstan_cnfxml_complete(const uint8_t *base, size_t len, const capstan_cnfxm
   *out = NULL;
   *out_len = 0;
   if (err != NULL && errlen > 0) err[0] = '\0';
-  if (p == NULL || p->auth_mode < 0 || p->auth_mode > 4) {
+  if (p == NULL || p->auth_mode < CAPSTAN_AUTH_MODE_MIN || p->auth_mode > CAPSTAN_AUTH_MODE_MAX) {
     set_err(err, errlen, "capfAuthMode must be 0 to 4");
     return CAPSTAN_EINVAL;
   }

@@ -24,9 +24,10 @@
 
 /* The CAPF elements capstan writes into a configuration. */
 typedef struct {
-  /* <capfAuthMode>: AUTH_TYPE numbers of the CAPF protocol: 1 authentication
-   * string, 2 null string, 3 existing LSC, 4 existing MIC; 0 when no
-   * operation is scheduled. */
+  /* <capfAuthMode>: a capstan_auth_mode_t (core/base/phone.h), whose
+   * numbers are the CAPF protocol's AUTH_TYPE (shared/spec/file-formats.md):
+   * 1 authentication string, 2 null string, 3 existing LSC, 4 existing MIC;
+   * 0 (NONE) when no operation is scheduled. */
   int auth_mode;
   const char *capf_host; /* <processNodeName>, XML-escaped on output */
   uint16_t capf_port;    /* <phonePort>, normally 3804 */

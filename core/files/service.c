@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/base/error.h"
+#include "core/base/phone.h"
 #include "core/files/cnfxml.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
@@ -482,7 +483,6 @@ static void free_view(device_view_t *v) {
   if (v->tmpl) capstan__template__free_unpacked(v->tmpl, NULL);
 }
 
-
 /* The completed configuration for |d|; *out malloc'd. */
 static int complete_config(capstan_files_service_t *svc, const device_view_t *v, uint8_t **out,
                            size_t *out_len) {
@@ -499,7 +499,8 @@ static int complete_config(capstan_files_service_t *svc, const device_view_t *v,
     base = (const uint8_t *)capstan_cnfxml_default_base(&base_len);
   }
   capstan_cnfxml_params_t params = {
-      .auth_mode = d->operation == CAPSTAN__OPERATION__OPERATION_NONE ? 0 : (int)d->auth_mode,
+      .auth_mode = d->operation == CAPSTAN__OPERATION__OPERATION_NONE ? CAPSTAN_AUTH_MODE_NONE
+                                                                      : (int)d->auth_mode,
       .capf_host = svc->capf_host && svc->capf_host[0] ? svc->capf_host : svc->default_host,
       .capf_port = svc->capf_port,
       .cert_hash = d->md5hash && strlen(d->md5hash) == 32 ? d->md5hash : NULL,
@@ -589,7 +590,8 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
         /* The hash tells the phone its certificate is on record and its
          * encrypted file is ready. While it is not (no certificate, or an
          * EC one the file cannot be encrypted for), the hash stays empty. */
-        const char *why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data, d->public_key.len);
+        const char *why = capstan_encconf_unavailable_reason(d->encrypted_config,
+                                                             d->public_key.data, d->public_key.len);
         if (why != NULL) {
           LOG_INFO("event=enc_config_unavailable device=%s reason=\"%s\"", device, why);
         }
@@ -605,7 +607,8 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
       j->content_len = full_len;
       key_of(j, "sgn", full, full_len, NULL, 0, svc->pki);
     } else { /* CNF_ENC_SGN */
-      const char *why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data, d->public_key.len);
+      const char *why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data,
+                                                           d->public_key.len);
       if (!d->encrypted_config || why != NULL) {
         free(full);
         if (d->encrypted_config) {

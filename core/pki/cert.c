@@ -1,4 +1,4 @@
-/* PKI: building certificates (CAPF, TFTP, LSC, test CA and leaves). */
+/* PKI: building certificates (CAPF, TFTP, LSC) and the CAPF CSR. */
 #include "core/pki/pki.h"
 
 #include <stdlib.h>
@@ -32,6 +32,9 @@
 #define LSC_BACKDATE_SECONDS 300
 /* ub-common-name / ub-organization-name (RFC 5280). */
 #define MAX_ATTR_VALUE 64
+/* An LSC's subject CN is the device name (R8): every device name fits. */
+_Static_assert(CAPSTAN_DEVICE_NAME_MAX <= MAX_ATTR_VALUE,
+               "a device name does not fit an LSC's common name (ub-common-name)");
 
 /* Key usage bit numbers (RFC 5280 4.2.1.3). */
 #define KU_BIT_DIGITAL_SIGNATURE 0
@@ -312,7 +315,7 @@ static int create_self_signed(const char *prefix, const char *subject_extra, int
   if ((rc = add_cn(subject, cn, (size_t)n)) != 0) goto err;
   /* Check the caller's subject before paying for an RSA key. */
   if ((rc = add_subject_extra(subject, subject_extra)) != 0) goto err;
-  if ((rc = capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 2048, &key)) != 0) goto err;
+  if ((rc = capstan_pki_generate_key(CAPSTAN_KEY_RSA, 2048, &key)) != 0) goto err;
   int64_t now = (int64_t)time(NULL);
   cert_spec_t spec = {
       .subject = subject,
@@ -393,8 +396,8 @@ int capstan_pki_issue_lsc(const capstan_identity_t *capf, const char *device_nam
   }
   int type = EVP_PKEY_id(phone_key);
   if (type != EVP_PKEY_RSA && type != EVP_PKEY_EC) return CAPSTAN_EINVAL;
-  size_t name_len = strnlen(device_name, CAPSTAN_PKI_MAX_DEVICE_NAME + 1);
-  if (name_len == 0 || name_len > CAPSTAN_PKI_MAX_DEVICE_NAME) return CAPSTAN_EINVAL;
+  size_t name_len = strnlen(device_name, CAPSTAN_DEVICE_NAME_MAX + 1);
+  if (name_len == 0 || name_len > CAPSTAN_DEVICE_NAME_MAX) return CAPSTAN_EINVAL;
 
   X509_NAME *subject = X509_NAME_new();
   if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
@@ -429,70 +432,6 @@ int capstan_pki_issue_lsc(const capstan_identity_t *capf, const char *device_nam
 err:
   X509_NAME_free(subject);
   return pki_fail(rc);
-}
-
-int capstan_pki_create_test_ca(const char *cn, capstan_identity_t *out) {
-  if (out == NULL) return CAPSTAN_EINVAL;
-  memset(out, 0, sizeof(*out));
-  if (cn == NULL || strstr(cn, "CAPF-") != NULL) return CAPSTAN_EINVAL;
-  X509_NAME *subject = X509_NAME_new();
-  EVP_PKEY *key = NULL;
-  X509 *cert = NULL;
-  uint8_t serial[SERIAL_LEN];
-  int rc;
-  if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
-  if ((rc = add_cn(subject, cn, strnlen(cn, MAX_ATTR_VALUE + 1))) != 0) goto err;
-  if (!random_serial(serial)) {
-    rc = CAPSTAN_ECRYPTO;
-    goto err;
-  }
-  if ((rc = capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 256, &key)) != 0) goto err;
-  int64_t now = (int64_t)time(NULL);
-  cert_spec_t spec = {
-      .subject = subject,
-      .public_key = key,
-      .signer = key,
-      .serial = serial,
-      .not_before = now - SELF_BACKDATE_SECONDS,
-      .not_after = now + (int64_t)TEN_YEARS_DAYS * SECONDS_PER_DAY,
-      .is_ca = 1,
-      .ku_bits = (1u << KU_BIT_DIGITAL_SIGNATURE) | (1u << KU_BIT_KEY_CERT_SIGN),
-  };
-  if ((rc = build_cert(&spec, &cert)) != 0) goto err;
-  X509_NAME_free(subject);
-  out->cert = cert;
-  out->key = key;
-  return 0;
-err:
-  X509_NAME_free(subject);
-  EVP_PKEY_free(key);
-  return pki_fail(rc);
-}
-
-int capstan_pki_issue_test_leaf(const capstan_identity_t *ca, const char *cn, EVP_PKEY *key,
-                                uint8_t **der, size_t *der_len) {
-  static const int eku[] = {NID_server_auth, NID_client_auth};
-  if (der == NULL || der_len == NULL) return CAPSTAN_EINVAL;
-  *der = NULL;
-  *der_len = 0;
-  if (ca == NULL || ca->cert == NULL || ca->key == NULL || cn == NULL || key == NULL) {
-    return CAPSTAN_EINVAL;
-  }
-  X509_NAME *subject = X509_NAME_new();
-  uint8_t serial[SERIAL_LEN];
-  int rc;
-  if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
-  if ((rc = add_cn(subject, cn, strnlen(cn, MAX_ATTR_VALUE + 1))) != 0) goto done;
-  if (!random_serial(serial)) {
-    rc = CAPSTAN_ECRYPTO;
-    goto done;
-  }
-  int64_t now = (int64_t)time(NULL);
-  rc = issue_leaf(ca, subject, key, now - SELF_BACKDATE_SECONDS,
-                  now + (int64_t)TEN_YEARS_DAYS * SECONDS_PER_DAY, serial, eku, 2, der, der_len);
-done:
-  X509_NAME_free(subject);
-  return rc != 0 ? pki_fail(rc) : 0;
 }
 
 int capstan_pki_make_capf_csr(const capstan_identity_t *capf, uint8_t **der, size_t *der_len) {

@@ -22,7 +22,7 @@ static inline int pki_fail(int err) {
  * OPENSSL_free). Cleans |cbb| up in every case. */
 int pki_cbb_finish_malloc(CBB *cbb, uint8_t **out, size_t *out_len);
 
-/* The digest for a CAPF hash id (1 SHA-1, 2 SHA-256, 3 SHA-512), or NULL. */
+/* The digest for a capstan_hash_t (core/base/phone.h), or NULL. */
 const EVP_MD *pki_md_for_hash_id(int hash_id);
 
 #endif

@@ -56,11 +56,11 @@ int pki_cbb_finish_malloc(CBB *cbb, uint8_t **out, size_t *out_len) {
 
 const EVP_MD *pki_md_for_hash_id(int hash_id) {
   switch (hash_id) {
-    case CAPSTAN_PKI_HASH_SHA1:
+    case CAPSTAN_HASH_SHA1:
       return EVP_sha1();
-    case CAPSTAN_PKI_HASH_SHA256:
+    case CAPSTAN_HASH_SHA256:
       return EVP_sha256();
-    case CAPSTAN_PKI_HASH_SHA512:
+    case CAPSTAN_HASH_SHA512:
       return EVP_sha512();
     default:
       return NULL;
@@ -469,7 +469,7 @@ int capstan_pki_generate_key(int key_alg, unsigned key_bits, EVP_PKEY **out) {
   EVP_PKEY *pkey = EVP_PKEY_new();
   if (pkey == NULL) return pki_fail(CAPSTAN_ENOMEM);
   int rc = CAPSTAN_ECRYPTO;
-  if (key_alg == CAPSTAN_PKI_KEY_RSA) {
+  if (key_alg == CAPSTAN_KEY_RSA) {
     if (key_bits < 512 || key_bits > 8192) {
       rc = CAPSTAN_EINVAL;
       goto err;
@@ -483,7 +483,7 @@ int capstan_pki_generate_key(int key_alg, unsigned key_bits, EVP_PKEY **out) {
       RSA_free(rsa);
       goto err;
     }
-  } else if (key_alg == CAPSTAN_PKI_KEY_EC) {
+  } else if (key_alg == CAPSTAN_KEY_EC) {
     int nid = key_bits == 256   ? NID_X9_62_prime256v1
               : key_bits == 384 ? NID_secp384r1
               : key_bits == 521 ? NID_secp521r1

@@ -24,14 +24,10 @@
 #include <openssl/base.h> /* EVP_PKEY, X509, X509_NAME */
 #include <openssl/x509.h> /* STACK_OF(X509) */
 
-/* Key algorithms, as in the CAPF protocol's KEY_TYPE element. */
-#define CAPSTAN_PKI_KEY_RSA 0
-#define CAPSTAN_PKI_KEY_EC 1
+#include "core/base/phone.h"
 
-/* Hash ids, as in SHA2_SIGNED_DATA and SUDI_DATA. */
-#define CAPSTAN_PKI_HASH_SHA1 1
-#define CAPSTAN_PKI_HASH_SHA256 2
-#define CAPSTAN_PKI_HASH_SHA512 3
+/* Key algorithms (capstan_key_alg_t), key sizes (CAPSTAN_KEYS), hash ids
+ * (capstan_hash_t) and the device-name limit are core/base/phone.h's. */
 
 /* LSC validity bounds in days (spec R8: 1 to 1825). */
 #define CAPSTAN_PKI_LSC_MIN_DAYS 1u
@@ -41,7 +37,6 @@
 #define CAPSTAN_PKI_MAX_CERT_DER 16384u    /* one certificate */
 #define CAPSTAN_PKI_MAX_SPKI_DER 4096u     /* one SubjectPublicKeyInfo */
 #define CAPSTAN_PKI_MAX_SIG 1024u          /* one signature (RSA 8192) */
-#define CAPSTAN_PKI_MAX_DEVICE_NAME 64u    /* ub-common-name */
 #define CAPSTAN_PKI_MAX_SUBJECT_EXTRA 512u /* the |subject_extra| string */
 
 /* A certificate with its private key. Start it zeroed ({0}); cleanup is then
@@ -106,10 +101,10 @@ int capstan_identity_set_chain_der(capstan_identity_t *id, const uint8_t *const 
 void capstan_pki_md5hash(const uint8_t *der, size_t len, char out[33]);
 
 /* Check a phone's public key (DER SubjectPublicKeyInfo, no trailing bytes)
- * against the requested type. key_alg CAPSTAN_PKI_KEY_RSA: |key_bits| in
- * {512,1024,2048,3072,4096} and the modulus exactly that size, exponent odd,
- * >= 3 and < 2^33. key_alg CAPSTAN_PKI_KEY_EC: |key_bits| 256/384/521 meaning
- * P-256/P-384/P-521, point on the curve. Returns 0 and the key in |*out|
+ * against the requested type: (|key_alg|, |key_bits|) must be one of
+ * CAPSTAN_KEYS (core/base/phone.h). CAPSTAN_KEY_RSA: the modulus exactly
+ * |key_bits|, exponent odd, >= 3 and < 2^33. CAPSTAN_KEY_EC: |key_bits|
+ * 256/384/521 meaning P-256/P-384/P-521, point on the curve. Returns 0 and the key in |*out|
  * (caller frees), or CAPSTAN_EINVAL with a static reason in |*why|:
  * "malformed public key", "key type mismatch", "key size mismatch",
  * "curve mismatch", "bad RSA exponent", "unsupported key request". |why| may
@@ -118,7 +113,7 @@ int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, u
                                  EVP_PKEY **out, const char **why);
 
 /* Issue an LSC (spec R8) signed by |capf| with SHA-256: subject CN =
- * |device_name| (1..CAPSTAN_PKI_MAX_DEVICE_NAME bytes of UTF-8) followed by
+ * |device_name| (1..CAPSTAN_DEVICE_NAME_MAX bytes of UTF-8) followed by
  * the O/OU/L/ST/C attributes of the CAPF certificate's subject in their order;
  * issuer = the CAPF subject; random positive serial of exactly 16 bytes (top
  * bit clear, first byte non-zero) written to |serial|; validity now-5min ..
@@ -132,7 +127,7 @@ int capstan_pki_issue_lsc(const capstan_identity_t *capf, const char *device_nam
                           uint8_t **der, size_t *der_len, int64_t *not_after);
 
 /* Auth by existing certificate (capf-protocol.md): verify |sig| over
- * hash(|data|) with the public |key|. |hash_id| CAPSTAN_PKI_HASH_SHA1/256/512.
+ * hash(|data|) with the public |key|. |hash_id| a capstan_hash_t.
  * RSA: raw public operation, PKCS#1 v1.5 type-1 padding (00 01 FF{8,} 00),
  * then either the bare digest or a DigestInfo wrapping it; a signature
  * shorter than the modulus is taken as the same integer. EC: DER ECDSA.
@@ -156,18 +151,6 @@ int capstan_pki_verify_chain(X509 *cert, STACK_OF(X509) * untrusted_intermediate
  * it; CAPSTAN_EINVAL when malformed; CAPSTAN_EACCES on a bad signature. */
 int capstan_pki_verify_sudi(const uint8_t *sudi_data, size_t len, uint32_t session_id,
                             X509 **sudi_cert);
-
-/* Build SUDI_DATA the way a phone does (for the simulator and tests): SHA-1
- * and SHA-512 signatures by |key| over (session_id LE || cert_der). */
-int capstan_pki_make_sudi(EVP_PKEY *key, const uint8_t *cert_der, size_t cert_len,
-                          uint32_t session_id, uint8_t **out, size_t *out_len);
-
-/* The phone side: make SIGNED_DATA as a phone does. RSA: raw private
- * operation on 00 01 FF..FF 00 || bare digest; EC: DER ECDSA. |*sig|
- * malloc'd. CAPSTAN_ECRYPTO if the digest does not fit the key (512-bit RSA
- * with SHA-512). */
-int capstan_pki_sign_like_phone(EVP_PKEY *key, int hash_id, const uint8_t *data, size_t data_len,
-                                uint8_t **sig, size_t *sig_len);
 
 /* RFC 4514 DN string in CERTIFICATE order (not reversed), e.g.
  * "CN=CAPF-1a2b3c4d,O=Example,C=NZ": comma-separated, '+' inside a
@@ -241,21 +224,8 @@ int capstan_pki_pem_encode(const char *label, const uint8_t *der, size_t len, ch
 int capstan_pki_pem_decode(const uint8_t *text, size_t len, const char *label, uint8_t ***ders,
                            size_t **lens, size_t *count);
 
-/* Test / simulator CA ("manufacturing CA" for MICs): self-signed, EC P-256
- * (fast to make), ECDSA-SHA256, subject CN=|cn| (must not contain "CAPF-"),
- * CA:TRUE pathlen:0 critical, keyUsage critical digitalSignature+keyCertSign,
- * SKI, validity now-1h .. +10 years: acceptable as a CAPF-trust upload. */
-int capstan_pki_create_test_ca(const char *cn, capstan_identity_t *out);
-
-/* Issue a MIC-like leaf under |ca| for public |key|: subject CN=|cn|, random
- * serial, CA:FALSE, keyUsage digitalSignature+keyEncipherment, EKU
- * serverAuth+clientAuth, AKI/SKI, validity now-1h .. +10 years, SHA-256.
- * |*der| malloc'd. */
-int capstan_pki_issue_test_leaf(const capstan_identity_t *ca, const char *cn, EVP_PKEY *key,
-                                uint8_t **der, size_t *der_len);
-
-/* Generate a key: CAPSTAN_PKI_KEY_RSA with |key_bits| 512..8192 (e = 65537),
- * or CAPSTAN_PKI_KEY_EC with 256/384/521. |*out| owned by the caller. RSA
+/* Generate a key: CAPSTAN_KEY_RSA with |key_bits| 512..8192 (e = 65537),
+ * or CAPSTAN_KEY_EC with 256/384/521. |*out| owned by the caller. RSA
  * generation is slow: keep it off the loop thread. */
 int capstan_pki_generate_key(int key_alg, unsigned key_bits, EVP_PKEY **out);
 

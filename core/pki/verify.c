@@ -1,5 +1,6 @@
 /* PKI: checking what phones send (public keys, signatures, SUDI data,
- * certificate chains) and the phone-side signing used by the simulator. */
+ * certificate chains). The phone side (signing, building SUDI_DATA) is the
+ * simulator's: bench/phone/phone_pki.c. */
 #include "core/pki/pki.h"
 
 #include <stdlib.h>
@@ -38,11 +39,11 @@ static const uint8_t kPrefixSha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60
 
 static void digest_info_prefix(int hash_id, const uint8_t **p, size_t *len) {
   switch (hash_id) {
-    case CAPSTAN_PKI_HASH_SHA1:
+    case CAPSTAN_HASH_SHA1:
       *p = kPrefixSha1;
       *len = sizeof(kPrefixSha1);
       return;
-    case CAPSTAN_PKI_HASH_SHA256:
+    case CAPSTAN_HASH_SHA256:
       *p = kPrefixSha256;
       *len = sizeof(kPrefixSha256);
       return;
@@ -73,18 +74,8 @@ int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, u
   if (out != NULL) *out = NULL;
   if (why != NULL) *why = NULL;
   if (out == NULL) return CAPSTAN_EINVAL;
-  if (key_alg == CAPSTAN_PKI_KEY_RSA) {
-    if (key_bits != 512 && key_bits != 1024 && key_bits != 2048 && key_bits != 3072 &&
-        key_bits != 4096) {
-      reason = "unsupported key request";
-      goto err;
-    }
-  } else if (key_alg == CAPSTAN_PKI_KEY_EC) {
-    if (ec_curve_nid(key_bits) == NID_undef) {
-      reason = "unsupported key request";
-      goto err;
-    }
-  } else {
+  if (!capstan_key_valid(key_alg, key_bits) ||
+      (key_alg == CAPSTAN_KEY_EC && ec_curve_nid(key_bits) == NID_undef)) {
     reason = "unsupported key request";
     goto err;
   }
@@ -100,7 +91,7 @@ int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, u
     goto err;
   }
   int type = EVP_PKEY_id(key);
-  if (key_alg == CAPSTAN_PKI_KEY_RSA) {
+  if (key_alg == CAPSTAN_KEY_RSA) {
     if (type != EVP_PKEY_RSA) {
       reason = "key type mismatch";
       goto err;
@@ -204,53 +195,6 @@ int capstan_pki_verify_signed_data(EVP_PKEY *key, int hash_id, const uint8_t *da
   return ok ? 0 : pki_fail(CAPSTAN_EACCES);
 }
 
-int capstan_pki_sign_like_phone(EVP_PKEY *key, int hash_id, const uint8_t *data, size_t data_len,
-                                uint8_t **sig, size_t *sig_len) {
-  if (sig == NULL || sig_len == NULL) return CAPSTAN_EINVAL;
-  *sig = NULL;
-  *sig_len = 0;
-  uint8_t md[EVP_MAX_MD_SIZE];
-  unsigned md_len = 0;
-  if (key == NULL || pki_md_for_hash_id(hash_id) == NULL) return CAPSTAN_EINVAL;
-  if (!digest_of(hash_id, data, data_len, md, &md_len)) return pki_fail(CAPSTAN_EINVAL);
-  uint8_t *out = NULL;
-  size_t out_len = 0;
-  if (EVP_PKEY_id(key) == EVP_PKEY_RSA) {
-    RSA *rsa = EVP_PKEY_get0_RSA(key);
-    size_t k = RSA_size(rsa);
-    if (k > MAX_RSA_BYTES || md_len + 3 + PKCS1_MIN_PAD > k) return pki_fail(CAPSTAN_ECRYPTO);
-    uint8_t em[MAX_RSA_BYTES];
-    em[0] = 0x00;
-    em[1] = 0x01;
-    memset(em + 2, 0xff, k - md_len - 3);
-    em[k - md_len - 1] = 0x00;
-    memcpy(em + (k - md_len), md, md_len);
-    out = malloc(k);
-    if (out == NULL) return pki_fail(CAPSTAN_ENOMEM);
-    if (!RSA_sign_raw(rsa, &out_len, out, k, em, k, RSA_NO_PADDING)) {
-      free(out);
-      return pki_fail(CAPSTAN_ECRYPTO);
-    }
-  } else if (EVP_PKEY_id(key) == EVP_PKEY_EC) {
-    const EC_KEY *ec = EVP_PKEY_get0_EC_KEY(key);
-    size_t max = ECDSA_size(ec);
-    if (max == 0) return pki_fail(CAPSTAN_ECRYPTO);
-    out = malloc(max);
-    if (out == NULL) return pki_fail(CAPSTAN_ENOMEM);
-    unsigned n = 0;
-    if (!ECDSA_sign(0, md, md_len, out, &n, ec)) {
-      free(out);
-      return pki_fail(CAPSTAN_ECRYPTO);
-    }
-    out_len = n;
-  } else {
-    return CAPSTAN_EINVAL;
-  }
-  *sig = out;
-  *sig_len = out_len;
-  return 0;
-}
-
 int capstan_pki_verify_chain(X509 *cert, STACK_OF(X509) * untrusted_intermediates,
                              STACK_OF(X509) * trusted) {
   if (cert == NULL || trusted == NULL) return CAPSTAN_EINVAL;
@@ -299,9 +243,9 @@ int capstan_pki_verify_sudi(const uint8_t *sudi_data, size_t len, uint32_t sessi
   uint8_t tag0, tag1, tag2;
   CBS_init(&in, sudi_data, len);
   if (!CBS_get_u8(&in, &tag0) || tag0 != 0x00 || !CBS_get_u16_length_prefixed(&in, &cert) ||
-      !CBS_get_u8(&in, &tag1) || tag1 != CAPSTAN_PKI_HASH_SHA1 ||
+      !CBS_get_u8(&in, &tag1) || tag1 != CAPSTAN_HASH_SHA1 ||
       !CBS_get_u16_length_prefixed(&in, &sig1) || !CBS_get_u8(&in, &tag2) ||
-      (tag2 != CAPSTAN_PKI_HASH_SHA512 && tag2 != CAPSTAN_PKI_HASH_SHA256) ||
+      (tag2 != CAPSTAN_HASH_SHA512 && tag2 != CAPSTAN_HASH_SHA256) ||
       !CBS_get_u16_length_prefixed(&in, &sig2) || CBS_len(&in) != 0) {
     return CAPSTAN_EINVAL;
   }
@@ -322,7 +266,7 @@ int capstan_pki_verify_sudi(const uint8_t *sudi_data, size_t len, uint32_t sessi
       sudi_signed_bytes(session_id, CBS_data(&cert), CBS_len(&cert), &signed_len);
   if (signed_bytes == NULL) {
     rc = CAPSTAN_ENOMEM;
-  } else if (capstan_pki_verify_signed_data(key, CAPSTAN_PKI_HASH_SHA1, signed_bytes, signed_len,
+  } else if (capstan_pki_verify_signed_data(key, CAPSTAN_HASH_SHA1, signed_bytes, signed_len,
                                             CBS_data(&sig1), CBS_len(&sig1)) != 0 ||
              capstan_pki_verify_signed_data(key, tag2, signed_bytes, signed_len, CBS_data(&sig2),
                                             CBS_len(&sig2)) != 0) {
@@ -336,42 +280,4 @@ int capstan_pki_verify_sudi(const uint8_t *sudi_data, size_t len, uint32_t sessi
   }
   *sudi_cert = x;
   return 0;
-}
-
-int capstan_pki_make_sudi(EVP_PKEY *key, const uint8_t *cert_der, size_t cert_len,
-                          uint32_t session_id, uint8_t **out, size_t *out_len) {
-  if (out == NULL || out_len == NULL) return CAPSTAN_EINVAL;
-  *out = NULL;
-  *out_len = 0;
-  if (key == NULL || cert_der == NULL || cert_len == 0 || cert_len > CAPSTAN_PKI_MAX_CERT_DER) {
-    return CAPSTAN_EINVAL;
-  }
-  size_t signed_len = 0;
-  uint8_t *signed_bytes = sudi_signed_bytes(session_id, cert_der, cert_len, &signed_len);
-  uint8_t *s1 = NULL, *s2 = NULL;
-  size_t s1_len = 0, s2_len = 0;
-  if (signed_bytes == NULL) return pki_fail(CAPSTAN_ENOMEM);
-  int rc = capstan_pki_sign_like_phone(key, CAPSTAN_PKI_HASH_SHA1, signed_bytes, signed_len, &s1,
-                                       &s1_len);
-  if (rc == 0) {
-    rc = capstan_pki_sign_like_phone(key, CAPSTAN_PKI_HASH_SHA512, signed_bytes, signed_len, &s2,
-                                     &s2_len);
-  }
-  free(signed_bytes);
-  if (rc == 0) {
-    CBB cbb, child;
-    if (!CBB_init(&cbb, cert_len + s1_len + s2_len + 9) || !CBB_add_u8(&cbb, 0x00) ||
-        !CBB_add_u16_length_prefixed(&cbb, &child) || !CBB_add_bytes(&child, cert_der, cert_len) ||
-        !CBB_add_u8(&cbb, CAPSTAN_PKI_HASH_SHA1) || !CBB_add_u16_length_prefixed(&cbb, &child) ||
-        !CBB_add_bytes(&child, s1, s1_len) || !CBB_add_u8(&cbb, CAPSTAN_PKI_HASH_SHA512) ||
-        !CBB_add_u16_length_prefixed(&cbb, &child) || !CBB_add_bytes(&child, s2, s2_len)) {
-      CBB_cleanup(&cbb);
-      rc = pki_fail(CAPSTAN_ENOMEM);
-    } else {
-      rc = pki_cbb_finish_malloc(&cbb, out, out_len);
-    }
-  }
-  free(s1);
-  free(s2);
-  return rc;
 }

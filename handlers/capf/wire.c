@@ -5,6 +5,41 @@
 #include <string.h>
 
 #include "core/base/error.h"
+#include "core/base/phone.h"
+
+/* ---- The protocol's numbering is core/base/phone.h's ---------------------
+ * Each protocol value equals the base value of the same name, and each list
+ * has as many values as the base one (the base's certificate type UNKNOWN
+ * never goes on the wire), so neither side can gain a value alone. */
+#define SAME(kind, base, id, v)                                    \
+  _Static_assert((int)CAPSTAN_CAPF_##kind##_##id == (int)base##id, \
+                 #kind " " #id " differs from base");
+#define ONE(...) +1
+#define AUTH_SAME(id, v) SAME(AUTH, CAPSTAN_AUTH_MODE_, id, v)
+#define HASH_SAME(id, v) SAME(HASH, CAPSTAN_HASH_, id, v)
+#define KEY_SAME(id, v) SAME(KEY, CAPSTAN_KEY_, id, v)
+#define CERT_SAME(id, v) SAME(CERT, CAPSTAN_CERT_, id, v)
+CAPSTAN_CAPF_AUTH_TYPES(AUTH_SAME)
+CAPSTAN_CAPF_HASHES(HASH_SAME)
+CAPSTAN_CAPF_KEY_TYPES(KEY_SAME)
+CAPSTAN_CAPF_CERT_TYPES(CERT_SAME)
+_Static_assert((0 CAPSTAN_CAPF_AUTH_TYPES(ONE)) == (0 CAPSTAN_AUTH_MODES(ONE)),
+               "AUTH_TYPE values and auth modes differ in number");
+_Static_assert((0 CAPSTAN_CAPF_HASHES(ONE)) == (0 CAPSTAN_HASHES(ONE)),
+               "hash ids differ in number");
+_Static_assert((0 CAPSTAN_CAPF_KEY_TYPES(ONE)) == (0 CAPSTAN_KEY_ALGS(ONE)),
+               "KEY_TYPE values and key algorithms differ in number");
+_Static_assert((0 CAPSTAN_CAPF_CERT_TYPES(ONE)) + 1 == (0 CAPSTAN_CERT_TYPES(ONE)),
+               "CERTIFICATE_TYPE values and certificate types differ in number");
+/* Every valid authentication string fits in AUTH_PASSWORD. */
+_Static_assert(CAPSTAN_AUTH_STRING_MAX <= CAPSTAN_CAPF_AUTH_PASSWORD_MAX,
+               "authentication strings do not fit AUTH_PASSWORD");
+#undef AUTH_SAME
+#undef HASH_SAME
+#undef KEY_SAME
+#undef CERT_SAME
+#undef ONE
+#undef SAME
 
 /* ---- Name tables --------------------------------------------------------- */
 

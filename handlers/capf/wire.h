@@ -17,6 +17,8 @@
 
 #include <openssl/bytestring.h>
 
+#include "core/base/phone.h"
+
 /* ---- Constants ----------------------------------------------------------- */
 
 #define CAPSTAN_CAPF_PROTOCOL_ID 0x55
@@ -26,8 +28,9 @@
  * A server may enforce a smaller cap through capstan_capf_frame_max. */
 #define CAPSTAN_CAPF_MAX_ELEMENTS_LEN 65535
 #define CAPSTAN_CAPF_MAX_MESSAGE (CAPSTAN_CAPF_HEADER_LEN + CAPSTAN_CAPF_MAX_ELEMENTS_LEN)
-/* Longest device name (without the NUL), e.g. "SEP58971ECC97C1" is 15. */
-#define CAPSTAN_CAPF_DEVICE_NAME_MAX 64
+/* Longest device name (without the NUL), e.g. "SEP58971ECC97C1" is 15. The
+ * protocol sets no limit of its own: this is capstan's. */
+#define CAPSTAN_CAPF_DEVICE_NAME_MAX CAPSTAN_DEVICE_NAME_MAX
 /* Longest authentication string (without the NUL). */
 #define CAPSTAN_CAPF_AUTH_PASSWORD_MAX 64
 /* CERTIFICATE value prefix: 0x01 | u16 (DER length + 2) | 0x00 | type. */
@@ -35,7 +38,12 @@
 /* Largest DER certificate that fits in one CERTIFICATE element. */
 #define CAPSTAN_CAPF_CERT_DER_MAX (CAPSTAN_CAPF_MAX_ELEMENTS_LEN - 3 - CAPSTAN_CAPF_CERT_PREFIX_LEN)
 
-/* ---- Name tables (X-macros: one list, enum and names generated) ---------- */
+/* ---- Name tables (X-macros: one list, enum and names generated) ----------
+ * The values are the protocol's, as shared/spec/capf-protocol.md fixes them.
+ * AUTH_TYPE, hash ids, KEY_TYPE and CERTIFICATE_TYPE carry concepts that
+ * core/base/phone.h defines for all of capstan; wire.c asserts at compile
+ * time that the two agree value for value, so a value read from the wire
+ * is the base value (and the reverse) without translation. */
 
 #define CAPSTAN_CAPF_COMMANDS(X) \
   X(AUTH_REQUEST, 1)             \

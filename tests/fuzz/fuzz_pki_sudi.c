@@ -19,10 +19,9 @@ static void check_key_requests(const uint8_t *data, size_t size) {
   static const struct {
     int alg;
     unsigned bits;
-  } requests[] = {{CAPSTAN_PKI_KEY_RSA, 512},  {CAPSTAN_PKI_KEY_RSA, 1024},
-                  {CAPSTAN_PKI_KEY_RSA, 2048}, {CAPSTAN_PKI_KEY_RSA, 4096},
-                  {CAPSTAN_PKI_KEY_EC, 256},   {CAPSTAN_PKI_KEY_EC, 384},
-                  {CAPSTAN_PKI_KEY_EC, 521}};
+  } requests[] = {{CAPSTAN_KEY_RSA, 512},  {CAPSTAN_KEY_RSA, 1024}, {CAPSTAN_KEY_RSA, 2048},
+                  {CAPSTAN_KEY_RSA, 4096}, {CAPSTAN_KEY_EC, 256},   {CAPSTAN_KEY_EC, 384},
+                  {CAPSTAN_KEY_EC, 521}};
   for (size_t i = 0; i < sizeof(requests) / sizeof(requests[0]); i++) {
     EVP_PKEY *key = NULL;
     const char *why = NULL;
@@ -32,7 +31,7 @@ static void check_key_requests(const uint8_t *data, size_t size) {
       if (key == NULL || why != NULL) abort();
       /* Use the key the way the server would: verify a signature that is
        * the input itself. It must refuse, never crash. */
-      if (capstan_pki_verify_signed_data(key, CAPSTAN_PKI_HASH_SHA1, data, size, data, size) == 0) {
+      if (capstan_pki_verify_signed_data(key, CAPSTAN_HASH_SHA1, data, size, data, size) == 0) {
         abort();
       }
       EVP_PKEY_free(key);

@@ -34,6 +34,7 @@
 #include <openssl/x509.h>
 
 #include "bench/phone/phone.h"
+#include "bench/phone/phone_pki.h"
 #include "core/base/error.h"
 #include "core/pki/pki.h"
 #include "handlers/capf/wire.h"
@@ -61,7 +62,7 @@ static int group_setup(void **state) {
   snprintf(g_tmpdir, sizeof(g_tmpdir), "/tmp/capstan-test-phone-XXXXXX");
   if (mkdtemp(g_tmpdir) == NULL) return -1;
   if (capstan_pki_create_capf(NULL, &g_capf) != 0) return -1;
-  if (capstan_pki_create_test_ca("Other CA", &g_other) != 0) return -1;
+  if (capstan_phone_create_test_ca("Other CA", &g_other) != 0) return -1;
   snprintf(g_capf_pem, sizeof(g_capf_pem), "%s/capf.pem", g_tmpdir);
   snprintf(g_other_pem, sizeof(g_other_pem), "%s/other.pem", g_tmpdir);
   if (write_pem(g_capf_pem, g_capf.cert) != 0 || write_pem(g_other_pem, g_other.cert) != 0) {
@@ -210,10 +211,10 @@ static int check_cert_auth(fake_t *f, const capstan_capf_msg_t *m) {
   CHECK(f, data != NULL, "server: malloc");
   memcpy(data, NAME, strlen(NAME) + 1);
   memcpy(data + strlen(NAME) + 1, der.data, der.len);
-  int v1 = capstan_pki_verify_signed_data(f->expect_cert_key, CAPSTAN_PKI_HASH_SHA1, data, data_len,
+  int v1 = capstan_pki_verify_signed_data(f->expect_cert_key, CAPSTAN_HASH_SHA1, data, data_len,
                                           sig1.data, sig1.len);
-  int v2 = capstan_pki_verify_signed_data(f->expect_cert_key, CAPSTAN_PKI_HASH_SHA512, data,
-                                          data_len, sig2.data, sig2.len);
+  int v2 = capstan_pki_verify_signed_data(f->expect_cert_key, CAPSTAN_HASH_SHA512, data, data_len,
+                                          sig2.data, sig2.len);
   free(data);
   CHECK(f, v1 == 0, "server: SIGNED_DATA does not verify");
   CHECK(f, v2 == 0, "server: SHA2_SIGNED_DATA does not verify");
@@ -236,7 +237,7 @@ static int run_install(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap) {
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST, f->session_id, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_KEY_TYPE, (uint8_t)f->key_alg);
-  if (f->key_alg == CAPSTAN_PKI_KEY_RSA) {
+  if (f->key_alg == CAPSTAN_KEY_RSA) {
     capstan_capf_builder_add_u16(&b, CAPSTAN_CAPF_EL_KEY_SIZE, (uint16_t)f->key_bits);
   } else {
     capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_EC_CURVE,
@@ -469,7 +470,7 @@ static void fake_init(fake_t *f, scenario_t sc) {
   f->scenario = sc;
   f->session_id = 0x5eed0000u | (uint32_t)sc;
   f->auth = CAPSTAN_PHONE_AUTH_NULL_STRING;
-  f->key_alg = CAPSTAN_PKI_KEY_EC;
+  f->key_alg = CAPSTAN_KEY_EC;
   f->key_bits = 256;
   f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
   assert_true(f->listen_fd >= 0);
@@ -564,7 +565,7 @@ static void install_and_check(capstan_phone_auth_t auth, const char *auth_string
 static void test_install_null_ec(void **state) {
   (void)state;
   capstan_phone_result_t res;
-  install_and_check(CAPSTAN_PHONE_AUTH_NULL_STRING, NULL, CAPSTAN_PKI_KEY_EC, 256, 0, &res);
+  install_and_check(CAPSTAN_PHONE_AUTH_NULL_STRING, NULL, CAPSTAN_KEY_EC, 256, 0, &res);
   char json[1024];
   capstan_phone_result_json(&res, json, sizeof(json));
   assert_non_null(strstr(json, "\"result\":\"ok\",\"reason\":1,\"operation\":\"install\""));
@@ -575,7 +576,7 @@ static void test_install_null_ec(void **state) {
 static void test_install_string_rsa_with_delay(void **state) {
   (void)state;
   capstan_phone_result_t res;
-  install_and_check(CAPSTAN_PHONE_AUTH_STRING, "123456", CAPSTAN_PKI_KEY_RSA, 1024, 50, &res);
+  install_and_check(CAPSTAN_PHONE_AUTH_STRING, "123456", CAPSTAN_KEY_RSA, 1024, 50, &res);
   assert_int_equal(EVP_PKEY_id(res.lsc.key), EVP_PKEY_RSA);
   capstan_phone_result_cleanup(&res);
 }
@@ -583,7 +584,7 @@ static void test_install_string_rsa_with_delay(void **state) {
 static void test_install_absent_password_p384(void **state) {
   (void)state;
   capstan_phone_result_t res;
-  install_and_check(CAPSTAN_PHONE_AUTH_NULL_ABSENT, NULL, CAPSTAN_PKI_KEY_EC, 384, 0, &res);
+  install_and_check(CAPSTAN_PHONE_AUTH_NULL_ABSENT, NULL, CAPSTAN_KEY_EC, 384, 0, &res);
   capstan_phone_result_cleanup(&res);
 }
 
@@ -592,7 +593,7 @@ static void test_install_absent_password_p384(void **state) {
 static void test_lsc_auth_fetch_delete(void **state) {
   (void)state;
   capstan_phone_result_t res;
-  install_and_check(CAPSTAN_PHONE_AUTH_NULL_STRING, NULL, CAPSTAN_PKI_KEY_EC, 256, 0, &res);
+  install_and_check(CAPSTAN_PHONE_AUTH_NULL_STRING, NULL, CAPSTAN_KEY_EC, 256, 0, &res);
   capstan_identity_t lsc = res.lsc;
   memset(&res.lsc, 0, sizeof(res.lsc));
   capstan_phone_result_cleanup(&res);
@@ -655,14 +656,14 @@ static void test_lsc_auth_fetch_delete(void **state) {
 static void test_mic_auth_with_sudi(void **state) {
   (void)state;
   capstan_identity_t ca = {0}, mic = {0}, sudi = {0};
-  assert_int_equal(capstan_pki_create_test_ca("Test Manufacturing CA", &ca), 0);
+  assert_int_equal(capstan_phone_create_test_ca("Test Manufacturing CA", &ca), 0);
   uint8_t *der = NULL, *sudi_der = NULL;
   size_t der_len = 0, sudi_len = 0;
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 256, &mic.key), 0);
-  assert_int_equal(capstan_pki_issue_test_leaf(&ca, NAME, mic.key, &der, &der_len), 0);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &mic.key), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&ca, NAME, mic.key, &der, &der_len), 0);
   assert_int_equal(capstan_pki_parse_cert(der, der_len, &mic.cert), 0);
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 256, &sudi.key), 0);
-  assert_int_equal(capstan_pki_issue_test_leaf(&ca, "SUDI", sudi.key, &sudi_der, &sudi_len), 0);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &sudi.key), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&ca, "SUDI", sudi.key, &sudi_der, &sudi_len), 0);
   assert_int_equal(capstan_pki_parse_cert(sudi_der, sudi_len, &sudi.cert), 0);
 
   fake_t f;
@@ -815,10 +816,10 @@ static void test_parse_helpers(void **state) {
   int alg;
   unsigned bits;
   assert_int_equal(capstan_phone_parse_key_spec("rsa2048", &alg, &bits), 0);
-  assert_int_equal(alg, CAPSTAN_PKI_KEY_RSA);
+  assert_int_equal(alg, CAPSTAN_KEY_RSA);
   assert_int_equal(bits, 2048);
   assert_int_equal(capstan_phone_parse_key_spec("ec384", &alg, &bits), 0);
-  assert_int_equal(alg, CAPSTAN_PKI_KEY_EC);
+  assert_int_equal(alg, CAPSTAN_KEY_EC);
   assert_int_equal(bits, 384);
   assert_int_equal(capstan_phone_parse_key_spec("p521", &alg, &bits), 0);
   assert_int_equal(bits, 521);
@@ -840,12 +841,12 @@ static void test_keypool_cache(void **state) {
   capstan_phone_keypool_t *pool = capstan_phone_keypool_new(dir, 2);
   assert_non_null(pool);
   EVP_PKEY *a = NULL, *b = NULL, *c = NULL;
-  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_PKI_KEY_EC, 256, &a), 0);
-  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_PKI_KEY_EC, 256, &b), 0);
-  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_PKI_KEY_EC, 256, &c), 0);
+  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_KEY_EC, 256, &a), 0);
+  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_KEY_EC, 256, &b), 0);
+  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_KEY_EC, 256, &c), 0);
   assert_int_equal(EVP_PKEY_cmp(a, b), 0); /* two different keys, then round robin */
   assert_int_equal(EVP_PKEY_cmp(a, c), 1);
-  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_PKI_KEY_EC, 255, &c), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_KEY_EC, 255, &c), CAPSTAN_EINVAL);
   capstan_phone_keypool_free(pool);
   char path[600];
   struct stat st;
@@ -855,10 +856,10 @@ static void test_keypool_cache(void **state) {
   assert_int_equal(stat(path, &st), 0);
   /* A new pool on the same directory loads the same keys. */
   pool = capstan_phone_keypool_new(dir, 2);
-  assert_int_equal(capstan_phone_keypool_prewarm(pool, CAPSTAN_PKI_KEY_EC, 256, 2), 0);
+  assert_int_equal(capstan_phone_keypool_prewarm(pool, CAPSTAN_KEY_EC, 256, 2), 0);
   EVP_PKEY *d = NULL, *e = NULL;
-  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_PKI_KEY_EC, 256, &d), 0);
-  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_PKI_KEY_EC, 256, &e), 0);
+  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_KEY_EC, 256, &d), 0);
+  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_KEY_EC, 256, &e), 0);
   assert_int_equal(EVP_PKEY_cmp(a, d), 1);
   assert_int_equal(EVP_PKEY_cmp(b, e), 1);
   /* A corrupt cache file is replaced, not trusted. */
@@ -870,7 +871,7 @@ static void test_keypool_cache(void **state) {
   fclose(fp);
   pool = capstan_phone_keypool_new(dir, 1);
   EVP_PKEY *g = NULL;
-  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_PKI_KEY_EC, 384, &g), 0);
+  assert_int_equal(capstan_phone_keypool_get(pool, CAPSTAN_KEY_EC, 384, &g), 0);
   assert_int_equal(EVP_PKEY_bits(g), 384);
   capstan_phone_keypool_free(pool);
   EVP_PKEY_free(a);

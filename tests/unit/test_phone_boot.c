@@ -37,6 +37,7 @@
 #include <openssl/x509.h>
 
 #include "bench/phone/phone.h"
+#include "bench/phone/phone_pki.h"
 #include "core/base/error.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
@@ -216,11 +217,11 @@ static int contains(const uint8_t *data, size_t len, const char *needle) {
 static void make_other_cert(const char *name, capstan_identity_t *ca, capstan_identity_t *other) {
   memset(ca, 0, sizeof(*ca));
   memset(other, 0, sizeof(*other));
-  assert_int_equal(capstan_pki_create_test_ca("Unknown CA", ca), 0);
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 256, &other->key), 0);
+  assert_int_equal(capstan_phone_create_test_ca("Unknown CA", ca), 0);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &other->key), 0);
   uint8_t *der = NULL;
   size_t len = 0;
-  assert_int_equal(capstan_pki_issue_test_leaf(ca, name, other->key, &der, &len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(ca, name, other->key, &der, &len), 0);
   assert_int_equal(capstan_pki_parse_cert(der, len, &other->cert), 0);
   free(der);
 }
@@ -899,13 +900,13 @@ static char g_phone_md5[33];
 static int fake_group_setup(void **state) {
   (void)state;
   if (capstan_pki_create_tftp(NULL, &g_tftp) != 0 || capstan_pki_create_tftp(NULL, &g_evil) != 0 ||
-      capstan_pki_create_test_ca("Phone CA", &g_phone_ca) != 0 ||
-      capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 1024, &g_phone.key) != 0) {
+      capstan_phone_create_test_ca("Phone CA", &g_phone_ca) != 0 ||
+      capstan_pki_generate_key(CAPSTAN_KEY_RSA, 1024, &g_phone.key) != 0) {
     return -1;
   }
   uint8_t *der = NULL;
   size_t len = 0;
-  if (capstan_pki_issue_test_leaf(&g_phone_ca, FAKE_NAME, g_phone.key, &der, &len) != 0 ||
+  if (capstan_phone_issue_test_leaf(&g_phone_ca, FAKE_NAME, g_phone.key, &der, &len) != 0 ||
       capstan_pki_parse_cert(der, len, &g_phone.cert) != 0) {
     free(der);
     return -1;
@@ -1118,7 +1119,7 @@ static void test_fake_encrypted(void **state) {
   EVP_PKEY *pub = X509_get_pubkey(g_phone.cert);
   assert_non_null(pub);
   EVP_PKEY *other = NULL;
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 1024, &other), 0);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_RSA, 1024, &other), 0);
 
   /* The whole path: match, fetch, verify, decrypt. */
   fake_file_t a[] = {make_itl(ITL_NAME, ITL_NAME, g_tftp.cert, g_tftp.key),

@@ -30,6 +30,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "bench/phone/phone_pki.h"
 #include "core/base/error.h"
 #include "core/pki/pki.h"
 
@@ -51,12 +52,12 @@ static int group_setup(void **state) {
   memset(&fx, 0, sizeof(fx));
   if (capstan_pki_create_capf(CAPF_EXTRA, &fx.capf) != 0) return -1;
   if (capstan_pki_create_tftp("O=Example,C=NZ", &fx.tftp) != 0) return -1;
-  if (capstan_pki_create_test_ca("Test Manufacturing CA", &fx.ca) != 0) return -1;
-  if (capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 2048, &fx.rsa2048) != 0) return -1;
-  if (capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 1024, &fx.rsa1024) != 0) return -1;
-  if (capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 256, &fx.ec256) != 0) return -1;
-  if (capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 384, &fx.ec384) != 0) return -1;
-  if (capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 521, &fx.ec521) != 0) return -1;
+  if (capstan_phone_create_test_ca("Test Manufacturing CA", &fx.ca) != 0) return -1;
+  if (capstan_pki_generate_key(CAPSTAN_KEY_RSA, 2048, &fx.rsa2048) != 0) return -1;
+  if (capstan_pki_generate_key(CAPSTAN_KEY_RSA, 1024, &fx.rsa1024) != 0) return -1;
+  if (capstan_pki_generate_key(CAPSTAN_KEY_EC, 256, &fx.ec256) != 0) return -1;
+  if (capstan_pki_generate_key(CAPSTAN_KEY_EC, 384, &fx.ec384) != 0) return -1;
+  if (capstan_pki_generate_key(CAPSTAN_KEY_EC, 521, &fx.ec521) != 0) return -1;
   return 0;
 }
 
@@ -478,7 +479,7 @@ static void *lsc_worker(void *arg) {
     /* Signature checks with a key shared by all threads. */
     uint8_t *sig = NULL;
     size_t sig_len = 0;
-    if (capstan_pki_sign_like_phone(fx.rsa1024, 3, der, len, &sig, &sig_len) != 0 ||
+    if (capstan_phone_sign(fx.rsa1024, 3, der, len, &sig, &sig_len) != 0 ||
         capstan_pki_verify_signed_data(fx.rsa1024, 3, der, len, sig, sig_len) != 0 ||
         capstan_pki_verify_signed_data(fx.rsa1024, 1, der, len, sig, sig_len) != CAPSTAN_EACCES) {
       failures++;
@@ -538,12 +539,12 @@ static void test_check_rsa_sizes(void **state) {
     fake_rsa_spki((int)sizes[i], 65537, &der, &len);
     for (size_t j = 0; j < n; j++) {
       if (i == j) {
-        expect_key_ok(der, len, CAPSTAN_PKI_KEY_RSA, sizes[j]);
+        expect_key_ok(der, len, CAPSTAN_KEY_RSA, sizes[j]);
       } else {
-        expect_key_refused(der, len, CAPSTAN_PKI_KEY_RSA, sizes[j], "key size mismatch");
+        expect_key_refused(der, len, CAPSTAN_KEY_RSA, sizes[j], "key size mismatch");
       }
     }
-    expect_key_refused(der, len, CAPSTAN_PKI_KEY_EC, 256, "key type mismatch");
+    expect_key_refused(der, len, CAPSTAN_KEY_EC, 256, "key type mismatch");
     free(der);
   }
   /* Real keys too, and the returned key is the one sent. */
@@ -551,14 +552,13 @@ static void test_check_rsa_sizes(void **state) {
   size_t len;
   spki_of(fx.rsa2048, &der, &len);
   EVP_PKEY *out = NULL;
-  assert_int_equal(capstan_pki_check_public_key(der, len, CAPSTAN_PKI_KEY_RSA, 2048, &out, NULL),
-                   0);
+  assert_int_equal(capstan_pki_check_public_key(der, len, CAPSTAN_KEY_RSA, 2048, &out, NULL), 0);
   assert_int_equal(EVP_PKEY_cmp(out, fx.rsa2048), 1);
   EVP_PKEY_free(out);
   free(der);
   spki_of(fx.rsa1024, &der, &len);
-  expect_key_ok(der, len, CAPSTAN_PKI_KEY_RSA, 1024);
-  expect_key_refused(der, len, CAPSTAN_PKI_KEY_RSA, 2048, "key size mismatch");
+  expect_key_ok(der, len, CAPSTAN_KEY_RSA, 1024);
+  expect_key_refused(der, len, CAPSTAN_KEY_RSA, 2048, "key size mismatch");
   free(der);
 }
 
@@ -567,7 +567,7 @@ static void test_check_rsa_exponent(void **state) {
   uint8_t *der;
   size_t len;
   fake_rsa_spki(2048, 3, &der, &len);
-  expect_key_ok(der, len, CAPSTAN_PKI_KEY_RSA, 2048);
+  expect_key_ok(der, len, CAPSTAN_KEY_RSA, 2048);
   free(der);
   /* An even exponent or e = 1 is not an RSA key anyone can use. BoringSSL's
    * parser may already refuse some; either way it is refused. */
@@ -576,7 +576,7 @@ static void test_check_rsa_exponent(void **state) {
     fake_rsa_spki(2048, bad_e[i], &der, &len);
     EVP_PKEY *out = NULL;
     const char *why = NULL;
-    assert_int_equal(capstan_pki_check_public_key(der, len, CAPSTAN_PKI_KEY_RSA, 2048, &out, &why),
+    assert_int_equal(capstan_pki_check_public_key(der, len, CAPSTAN_KEY_RSA, 2048, &out, &why),
                      CAPSTAN_EINVAL);
     assert_null(out);
     assert_true(strcmp(why, "bad RSA exponent") == 0 || strcmp(why, "malformed public key") == 0);
@@ -594,24 +594,24 @@ static void test_check_ec_curves(void **state) {
     spki_of(keys[i], &der, &len);
     for (size_t j = 0; j < 3; j++) {
       if (i == j) {
-        expect_key_ok(der, len, CAPSTAN_PKI_KEY_EC, bits[j]);
+        expect_key_ok(der, len, CAPSTAN_KEY_EC, bits[j]);
       } else {
-        expect_key_refused(der, len, CAPSTAN_PKI_KEY_EC, bits[j], "curve mismatch");
+        expect_key_refused(der, len, CAPSTAN_KEY_EC, bits[j], "curve mismatch");
       }
     }
-    expect_key_refused(der, len, CAPSTAN_PKI_KEY_RSA, 2048, "key type mismatch");
+    expect_key_refused(der, len, CAPSTAN_KEY_RSA, 2048, "key type mismatch");
     /* Trailing byte after the SPKI. */
     uint8_t *longer = malloc(len + 1);
     assert_non_null(longer);
     memcpy(longer, der, len);
     longer[len] = 0;
-    expect_key_refused(longer, len + 1, CAPSTAN_PKI_KEY_EC, bits[i], "malformed public key");
+    expect_key_refused(longer, len + 1, CAPSTAN_KEY_EC, bits[i], "malformed public key");
     /* Truncated. */
-    expect_key_refused(der, len - 1, CAPSTAN_PKI_KEY_EC, bits[i], "malformed public key");
+    expect_key_refused(der, len - 1, CAPSTAN_KEY_EC, bits[i], "malformed public key");
     /* Point moved off the curve: flip a bit of the last coordinate byte. */
     memcpy(longer, der, len);
     longer[len - 1] ^= 0x01;
-    expect_key_refused(longer, len, CAPSTAN_PKI_KEY_EC, bits[i], "malformed public key");
+    expect_key_refused(longer, len, CAPSTAN_KEY_EC, bits[i], "malformed public key");
     free(longer);
     free(der);
   }
@@ -620,9 +620,9 @@ static void test_check_ec_curves(void **state) {
 static void test_check_garbage(void **state) {
   (void)state;
   static const uint8_t garbage[] = {0x30, 0x03, 0x02, 0x01, 0x05};
-  expect_key_refused(garbage, sizeof(garbage), CAPSTAN_PKI_KEY_RSA, 2048, "malformed public key");
-  expect_key_refused((const uint8_t *)"hello", 5, CAPSTAN_PKI_KEY_EC, 256, "malformed public key");
-  expect_key_refused(NULL, 0, CAPSTAN_PKI_KEY_RSA, 2048, "malformed public key");
+  expect_key_refused(garbage, sizeof(garbage), CAPSTAN_KEY_RSA, 2048, "malformed public key");
+  expect_key_refused((const uint8_t *)"hello", 5, CAPSTAN_KEY_EC, 256, "malformed public key");
+  expect_key_refused(NULL, 0, CAPSTAN_KEY_RSA, 2048, "malformed public key");
   uint8_t *der;
   size_t len;
   spki_of(fx.rsa2048, &der, &len);
@@ -631,10 +631,10 @@ static void test_check_garbage(void **state) {
   memcpy(longer, der, len);
   longer[len] = 0x05;
   longer[len + 1] = 0x00;
-  expect_key_refused(longer, len + 2, CAPSTAN_PKI_KEY_RSA, 2048, "malformed public key");
+  expect_key_refused(longer, len + 2, CAPSTAN_KEY_RSA, 2048, "malformed public key");
   /* Requests outside the protocol's sizes/curves. */
-  expect_key_refused(der, len, CAPSTAN_PKI_KEY_RSA, 1536, "unsupported key request");
-  expect_key_refused(der, len, CAPSTAN_PKI_KEY_EC, 224, "unsupported key request");
+  expect_key_refused(der, len, CAPSTAN_KEY_RSA, 1536, "unsupported key request");
+  expect_key_refused(der, len, CAPSTAN_KEY_EC, 224, "unsupported key request");
   expect_key_refused(der, len, 7, 2048, "unsupported key request");
   free(longer);
   free(der);
@@ -647,8 +647,8 @@ static const uint8_t kAuthData[] = "SEP58971ECC97C1\0<certificate DER would foll
 static void roundtrip(EVP_PKEY *key, int hash_id) {
   uint8_t *sig = NULL;
   size_t sig_len = 0;
-  assert_int_equal(
-      capstan_pki_sign_like_phone(key, hash_id, kAuthData, sizeof(kAuthData), &sig, &sig_len), 0);
+  assert_int_equal(capstan_phone_sign(key, hash_id, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+                   0);
   assert_non_null(sig);
   assert_int_equal(
       capstan_pki_verify_signed_data(key, hash_id, kAuthData, sizeof(kAuthData), sig, sig_len), 0);
@@ -659,7 +659,7 @@ static void roundtrip(EVP_PKEY *key, int hash_id) {
   assert_int_equal(capstan_pki_verify_signed_data(key, hash_id, data, sizeof(data), sig, sig_len),
                    CAPSTAN_EACCES);
   /* Another hash id over the same data. */
-  int other = hash_id == CAPSTAN_PKI_HASH_SHA1 ? CAPSTAN_PKI_HASH_SHA512 : CAPSTAN_PKI_HASH_SHA1;
+  int other = hash_id == CAPSTAN_HASH_SHA1 ? CAPSTAN_HASH_SHA512 : CAPSTAN_HASH_SHA1;
   assert_int_equal(
       capstan_pki_verify_signed_data(key, other, kAuthData, sizeof(kAuthData), sig, sig_len),
       CAPSTAN_EACCES);
@@ -691,25 +691,25 @@ static void roundtrip(EVP_PKEY *key, int hash_id) {
 
 static void test_signed_data_rsa(void **state) {
   (void)state;
-  roundtrip(fx.rsa2048, CAPSTAN_PKI_HASH_SHA1);
-  roundtrip(fx.rsa2048, CAPSTAN_PKI_HASH_SHA512);
-  roundtrip(fx.rsa2048, CAPSTAN_PKI_HASH_SHA256);
-  roundtrip(fx.rsa1024, CAPSTAN_PKI_HASH_SHA1);
+  roundtrip(fx.rsa2048, CAPSTAN_HASH_SHA1);
+  roundtrip(fx.rsa2048, CAPSTAN_HASH_SHA512);
+  roundtrip(fx.rsa2048, CAPSTAN_HASH_SHA256);
+  roundtrip(fx.rsa1024, CAPSTAN_HASH_SHA1);
 }
 
 static void test_signed_data_ec(void **state) {
   (void)state;
-  roundtrip(fx.ec256, CAPSTAN_PKI_HASH_SHA1);
-  roundtrip(fx.ec256, CAPSTAN_PKI_HASH_SHA512);
-  roundtrip(fx.ec521, CAPSTAN_PKI_HASH_SHA512);
+  roundtrip(fx.ec256, CAPSTAN_HASH_SHA1);
+  roundtrip(fx.ec256, CAPSTAN_HASH_SHA512);
+  roundtrip(fx.ec521, CAPSTAN_HASH_SHA512);
 }
 
 static void test_signed_data_wrong_key(void **state) {
   (void)state;
   uint8_t *sig = NULL;
   size_t sig_len = 0;
-  assert_int_equal(
-      capstan_pki_sign_like_phone(fx.rsa2048, 1, kAuthData, sizeof(kAuthData), &sig, &sig_len), 0);
+  assert_int_equal(capstan_phone_sign(fx.rsa2048, 1, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+                   0);
   assert_int_equal(
       capstan_pki_verify_signed_data(fx.capf.key, 1, kAuthData, sizeof(kAuthData), sig, sig_len),
       CAPSTAN_EACCES);
@@ -827,8 +827,8 @@ static void test_sign_like_phone_layout(void **state) {
    * bare digest: recover it with the public key and compare. */
   uint8_t *sig = NULL;
   size_t sig_len = 0;
-  assert_int_equal(capstan_pki_sign_like_phone(fx.rsa1024, CAPSTAN_PKI_HASH_SHA512, kAuthData,
-                                               sizeof(kAuthData), &sig, &sig_len),
+  assert_int_equal(capstan_phone_sign(fx.rsa1024, CAPSTAN_HASH_SHA512, kAuthData, sizeof(kAuthData),
+                                      &sig, &sig_len),
                    0);
   assert_int_equal(sig_len, 128);
   RSA *rsa = EVP_PKEY_get0_RSA(fx.rsa1024);
@@ -846,17 +846,16 @@ static void test_sign_like_phone_layout(void **state) {
   assert_memory_equal(em + 128 - 64, md, 64);
   free(sig);
   /* EC: a DER ECDSA signature BoringSSL verifies. */
-  assert_int_equal(capstan_pki_sign_like_phone(fx.ec384, CAPSTAN_PKI_HASH_SHA1, kAuthData,
-                                               sizeof(kAuthData), &sig, &sig_len),
-                   0);
+  assert_int_equal(
+      capstan_phone_sign(fx.ec384, CAPSTAN_HASH_SHA1, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+      0);
   assert_true(EVP_Digest(kAuthData, sizeof(kAuthData), md, &md_len, EVP_sha1(), NULL));
   assert_int_equal(ECDSA_verify(0, md, md_len, sig, sig_len, EVP_PKEY_get0_EC_KEY(fx.ec384)), 1);
   free(sig);
   /* Unknown hash id. */
   sig = (uint8_t *)1;
-  assert_int_equal(
-      capstan_pki_sign_like_phone(fx.ec384, 9, kAuthData, sizeof(kAuthData), &sig, &sig_len),
-      CAPSTAN_EINVAL);
+  assert_int_equal(capstan_phone_sign(fx.ec384, 9, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+                   CAPSTAN_EINVAL);
   assert_null(sig);
 }
 
@@ -869,9 +868,9 @@ static void test_sudi_roundtrip(void **state) {
     uint8_t *cert = NULL, *sudi = NULL;
     size_t cert_len = 0, sudi_len = 0;
     assert_int_equal(
-        capstan_pki_issue_test_leaf(&fx.ca, "CP-8845-SEP58971ECC97C1", keys[k], &cert, &cert_len),
+        capstan_phone_issue_test_leaf(&fx.ca, "CP-8845-SEP58971ECC97C1", keys[k], &cert, &cert_len),
         0);
-    assert_int_equal(capstan_pki_make_sudi(keys[k], cert, cert_len, 0x12345678, &sudi, &sudi_len),
+    assert_int_equal(capstan_phone_make_sudi(keys[k], cert, cert_len, 0x12345678, &sudi, &sudi_len),
                      0);
     /* Layout: 00 | len | cert | 01 | len | sig | 03 | len | sig. */
     assert_int_equal(sudi[0], 0x00);
@@ -940,7 +939,7 @@ static void test_sudi_by_hand(void **state) {
   (void)state;
   uint8_t *cert = NULL;
   size_t cert_len = 0;
-  assert_int_equal(capstan_pki_issue_test_leaf(&fx.ca, "SUDI", fx.ec256, &cert, &cert_len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&fx.ca, "SUDI", fx.ec256, &cert, &cert_len), 0);
   uint8_t *msg = malloc(cert_len + 4);
   assert_non_null(msg);
   msg[0] = 0x04;
@@ -950,8 +949,8 @@ static void test_sudi_by_hand(void **state) {
   memcpy(msg + 4, cert, cert_len);
   uint8_t *s1, *s3;
   size_t s1_len, s3_len;
-  assert_int_equal(capstan_pki_sign_like_phone(fx.ec256, 1, msg, cert_len + 4, &s1, &s1_len), 0);
-  assert_int_equal(capstan_pki_sign_like_phone(fx.ec256, 3, msg, cert_len + 4, &s3, &s3_len), 0);
+  assert_int_equal(capstan_phone_sign(fx.ec256, 1, msg, cert_len + 4, &s1, &s1_len), 0);
+  assert_int_equal(capstan_phone_sign(fx.ec256, 3, msg, cert_len + 4, &s3, &s3_len), 0);
   CBB cbb, child;
   uint8_t *sudi;
   size_t sudi_len;
@@ -1077,7 +1076,7 @@ static void test_chain(void **state) {
       capstan_pki_issue_lsc(&fx.capf, "SEP001122334455", fx.ec256, 365, serial, &der, &len, &na),
       0);
   X509 *lsc = parse(der, len);
-  assert_int_equal(capstan_pki_issue_test_leaf(&fx.ca, "MIC", fx.ec384, &leaf_der, &leaf_len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&fx.ca, "MIC", fx.ec384, &leaf_der, &leaf_len), 0);
   X509 *mic = parse(leaf_der, leaf_len);
 
   /* A certificate from another CA is refused. */
@@ -1120,7 +1119,7 @@ static void test_test_ca_content(void **state) {
   assert_string_equal(s, "CN=Test Manufacturing CA");
   free(s);
   capstan_identity_t bad = {0};
-  assert_int_equal(capstan_pki_create_test_ca("Evil CAPF-CA", &bad), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_phone_create_test_ca("Evil CAPF-CA", &bad), CAPSTAN_EINVAL);
   assert_null(bad.cert);
 }
 
@@ -1188,7 +1187,7 @@ static void test_identity_chain_and_copy(void **state) {
   (void)state;
   uint8_t *leaf = NULL;
   size_t leaf_len = 0;
-  assert_int_equal(capstan_pki_issue_test_leaf(&fx.ca, "leaf", fx.ec256, &leaf, &leaf_len), 0);
+  assert_int_equal(capstan_phone_issue_test_leaf(&fx.ca, "leaf", fx.ec256, &leaf, &leaf_len), 0);
   capstan_identity_t id = {0};
   id.cert = parse(leaf, leaf_len);
   EVP_PKEY_up_ref(fx.ec256);
@@ -1240,26 +1239,25 @@ static void test_parse_cert(void **state) {
 static void test_generate_key_args(void **state) {
   (void)state;
   EVP_PKEY *k = (EVP_PKEY *)1;
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 255, &k), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_EC, 255, &k), CAPSTAN_EINVAL);
   assert_null(k);
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 100, &k), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_RSA, 100, &k), CAPSTAN_EINVAL);
   assert_int_equal(capstan_pki_generate_key(5, 256, &k), CAPSTAN_EINVAL);
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_EC, 384, &k), 0);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_EC, 384, &k), 0);
   assert_int_equal(EC_GROUP_get_curve_name(EC_KEY_get0_group(EVP_PKEY_get0_EC_KEY(k))),
                    NID_secp384r1);
   EVP_PKEY_free(k);
-  assert_int_equal(capstan_pki_generate_key(CAPSTAN_PKI_KEY_RSA, 512, &k), 0);
+  assert_int_equal(capstan_pki_generate_key(CAPSTAN_KEY_RSA, 512, &k), 0);
   assert_int_equal(RSA_bits(EVP_PKEY_get0_RSA(k)), 512);
   /* 512-bit RSA cannot carry a padded SHA-512 digest. */
   uint8_t *sig = NULL;
   size_t sig_len = 0;
-  assert_int_equal(capstan_pki_sign_like_phone(k, CAPSTAN_PKI_HASH_SHA512, kAuthData,
-                                               sizeof(kAuthData), &sig, &sig_len),
-                   CAPSTAN_ECRYPTO);
-  assert_int_equal(capstan_pki_sign_like_phone(k, CAPSTAN_PKI_HASH_SHA1, kAuthData,
-                                               sizeof(kAuthData), &sig, &sig_len),
-                   0);
-  assert_int_equal(capstan_pki_verify_signed_data(k, CAPSTAN_PKI_HASH_SHA1, kAuthData,
+  assert_int_equal(
+      capstan_phone_sign(k, CAPSTAN_HASH_SHA512, kAuthData, sizeof(kAuthData), &sig, &sig_len),
+      CAPSTAN_ECRYPTO);
+  assert_int_equal(
+      capstan_phone_sign(k, CAPSTAN_HASH_SHA1, kAuthData, sizeof(kAuthData), &sig, &sig_len), 0);
+  assert_int_equal(capstan_pki_verify_signed_data(k, CAPSTAN_HASH_SHA1, kAuthData,
                                                   sizeof(kAuthData), sig, sig_len),
                    0);
   free(sig);
@@ -1612,9 +1610,10 @@ static int write_fuzz_seeds(const char *dir) {
     uint8_t *cert = NULL, *sudi = NULL, *spki = NULL;
     size_t cert_len = 0, sudi_len = 0, spki_len = 0;
     uint8_t low = (uint8_t)(0x78 + i);
-    if (capstan_pki_issue_test_leaf(&fx.ca, "SUDI-SEP58971ECC97C1", keys[i], &cert, &cert_len) !=
+    if (capstan_phone_issue_test_leaf(&fx.ca, "SUDI-SEP58971ECC97C1", keys[i], &cert, &cert_len) !=
             0 ||
-        capstan_pki_make_sudi(keys[i], cert, cert_len, 0x12345600u | low, &sudi, &sudi_len) != 0 ||
+        capstan_phone_make_sudi(keys[i], cert, cert_len, 0x12345600u | low, &sudi, &sudi_len) !=
+            0 ||
         capstan_pki_public_key_to_der(keys[i], &spki, &spki_len) != 0 ||
         write_seed(dir, sudi_names[i], low, sudi, sudi_len) != 0 ||
         write_seed(dir, spki_names[i], 0, spki, spki_len) != 0) {

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "bench/phone/phone_pki.h"
 #include "core/pki/pki.h"
 #include "core/tls.h"
 
@@ -121,7 +122,7 @@ static void test_async_key_outlives_caller_reference(void **state) {
   assert_int_equal(uv_loop_init(&t.loop), 0);
 
   capstan_identity_t id = {0};
-  assert_int_equal(capstan_pki_create_test_ca("tls test server", &id), 0);
+  assert_int_equal(capstan_phone_create_test_ca("tls test server", &id), 0);
   t.server_ctx = SSL_CTX_new(TLS_method());
   assert_non_null(t.server_ctx);
   assert_true(SSL_CTX_use_certificate(t.server_ctx, id.cert));
@@ -234,7 +235,7 @@ static void test_input_during_key_operation(void **state) {
   memset(&t, 0, sizeof(t));
   assert_int_equal(uv_loop_init(&t.loop), 0);
   capstan_identity_t id = {0};
-  assert_int_equal(capstan_pki_create_test_ca("tls junk server", &id), 0);
+  assert_int_equal(capstan_phone_create_test_ca("tls junk server", &id), 0);
   t.server_ctx = SSL_CTX_new(TLS_method());
   assert_true(SSL_CTX_use_certificate(t.server_ctx, id.cert));
   assert_int_equal(capstan_tls_ctx_set_async_key(t.server_ctx, id.key, &t.loop), 0);
