@@ -418,31 +418,37 @@ static size_t raw_read_response(int fd, char *buf, size_t cap, int *status) {
   }
 }
 
-/* Sends |req| on a new connection, reads until close; returns the status of
- * the first response and asserts that the server closed the connection. */
-static int raw_exchange_closed(const void *req, size_t len) {
-  static char buf[65536];
-  int fd = raw_connect(g.phone_port);
+/* Sends |len| bytes of |req| on a new connection to |port| and reads into
+ * |buf| until the server closes the connection, which it asserts. Returns
+ * the length read. */
+static size_t raw_exchange(int port, const void *req, size_t len, char *buf, size_t cap) {
+  int fd = raw_connect(port);
   raw_send(fd, req, len);
   int closed;
-  raw_read_all(fd, buf, sizeof(buf), &closed);
+  size_t got = raw_read_all(fd, buf, cap, &closed);
   close(fd);
   assert_true(closed);
+  return got;
+}
+
+/* The status of the first response in |buf| (0 if none). */
+static int first_status(const char *buf) {
   int status = 0;
   sscanf(buf, "HTTP/1.1 %d", &status);
   return status;
 }
 
+/* Sends |req| on a new connection, reads until close; returns the status of
+ * the first response and asserts that the server closed the connection. */
+static int raw_exchange_closed(const void *req, size_t len) {
+  static char buf[65536];
+  raw_exchange(g.phone_port, req, len, buf, sizeof(buf));
+  return first_status(buf);
+}
+
 static int raw_status_on(int port, const char *req, char *buf, size_t cap) {
-  int fd = raw_connect(port);
-  raw_send(fd, req, strlen(req));
-  int closed;
-  raw_read_all(fd, buf, cap, &closed);
-  close(fd);
-  assert_true(closed);
-  int status = 0;
-  sscanf(buf, "HTTP/1.1 %d", &status);
-  return status;
+  raw_exchange(port, req, strlen(req), buf, cap);
+  return first_status(buf);
 }
 
 static int raw_status(const char *req) {
@@ -511,13 +517,8 @@ static void test_head(void **state) {
   assert_non_null(strstr(h, want));
   /* Raw: the HEAD response is the header block and nothing more. */
   static char buf[65536];
-  int fd = raw_connect(g.phone_port);
   const char *req = "HEAD /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  raw_send(fd, req, strlen(req));
-  int closed;
-  size_t len = raw_read_all(fd, buf, sizeof(buf), &closed);
-  close(fd);
-  assert_true(closed);
+  size_t len = raw_exchange(g.phone_port, req, strlen(req), buf, sizeof(buf));
   assert_non_null(strstr(buf, "Content-Length: 12\r\n"));
   assert_non_null(strstr(buf, "Connection: close\r\n"));
   char *end = strstr(buf, "\r\n\r\n");
@@ -573,16 +574,11 @@ static void test_keep_alive_reuses_connection(void **state) {
   assert_string_equal(out, "200 1\n200 0\n");
   /* HTTP/1.0 without keep-alive: closed after the response. */
   static char buf[4096];
-  int fd = raw_connect(g.phone_port);
   const char *req = "GET /hello.txt HTTP/1.0\r\n\r\n";
-  raw_send(fd, req, strlen(req));
-  int closed;
-  raw_read_all(fd, buf, sizeof(buf), &closed);
-  close(fd);
-  assert_true(closed);
+  raw_exchange(g.phone_port, req, strlen(req), buf, sizeof(buf));
   assert_non_null(strstr(buf, "200 OK"));
   /* HTTP/1.0 asking for keep-alive: kept, and told so. */
-  fd = raw_connect(g.phone_port);
+  int fd = raw_connect(g.phone_port);
   req = "GET /hello.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
   int status;
   for (int i = 0; i < 2; i++) {
@@ -602,12 +598,7 @@ static void test_pipelined_in_order(void **state) {
       "HEAD /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"
       "GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   static char buf[8192];
-  int fd = raw_connect(g.phone_port);
-  raw_send(fd, req, strlen(req));
-  int closed;
-  raw_read_all(fd, buf, sizeof(buf), &closed);
-  close(fd);
-  assert_true(closed);
+  raw_exchange(g.phone_port, req, strlen(req), buf, sizeof(buf));
   char *a = strstr(buf, "async body\n");
   char *h = strstr(buf, "Content-Length: 12\r\n");
   char *w = strstr(buf, "hello world\n");
@@ -678,13 +669,8 @@ static void test_oversized(void **state) {
 
 static void test_methods_and_bodies(void **state) {
   static char buf[4096];
-  int fd = raw_connect(g.phone_port);
   const char *req = "POST /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
-  raw_send(fd, req, strlen(req));
-  int closed;
-  raw_read_all(fd, buf, sizeof(buf), &closed);
-  close(fd);
-  assert_true(closed);
+  raw_exchange(g.phone_port, req, strlen(req), buf, sizeof(buf));
   assert_non_null(strstr(buf, "HTTP/1.1 405 Method Not Allowed\r\n"));
   assert_non_null(strstr(buf, "Allow: GET, HEAD\r\n"));
   /* curl's POST too. */
