@@ -32,7 +32,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from it_common import SANITIZE, SLOW, TestFailure, capstan_bin, check, cli, log, parse_metrics  # noqa: E402,F401
+from it_common import (  # noqa: E402,F401
+    SANITIZE,
+    SLOW,
+    TestFailure,
+    capstan_bin,
+    check,
+    cli,
+    log,
+    parse_metrics,
+    serve_argv,
+)
 
 # --- Binaries and the CLI ---------------------------------------------------
 
@@ -108,22 +118,7 @@ class Server:
         self.capf_host = None
 
     def start(self):
-        cmd = [
-            capstan_bin(),
-            "serve",
-            "--data-dir",
-            self.data_dir,
-            "--capf-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--tftp-listen",
-            "127.0.0.1:0",
-            "--drain-seconds",
-            "5",
-        ]
+        cmd = serve_argv(self.data_dir)
         if self.files_dir:
             cmd += ["--files-dir", self.files_dir]
         cmd += self.extra

@@ -33,7 +33,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import it_common  # noqa: E402
-from it_common import SANITIZE, SLOW, TestFailure, capstan_bin, check, log, parse_metrics  # noqa: E402,F401
+from it_common import (  # noqa: E402,F401
+    SANITIZE,
+    SLOW,
+    TestFailure,
+    capstan_bin,
+    check,
+    log,
+    parse_metrics,
+    serve_argv,
+)
 
 # --- Protocol constants (shared/spec/capf-protocol.md) ----------------------
 
@@ -202,22 +211,7 @@ class Server:
         self._ready.clear()
         self.capf_port = self.admin_port = None
         self.proc = subprocess.Popen(
-            [
-                capstan_bin(),
-                "serve",
-                "--data-dir",
-                self.data_dir,
-                "--capf-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "off",
-                "--tftp-listen",
-                "off",
-                "--drain-seconds",
-                "5",
-            ],
+            serve_argv(self.data_dir, http="off", tftp="off"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -51,6 +51,27 @@ def cli(data_dir, *args, check_rc=True, stdin=None, timeout=60):
     return p.stdout if check_rc else p
 
 
+def serve_argv(data_dir, http="127.0.0.1:0", tftp="127.0.0.1:0"):
+    """`capstan serve` on DATA_DIR with the CAPF and admin listeners on
+    kernel-picked loopback ports; HTTP and TFTP as given ("off" for none)."""
+    return [
+        capstan_bin(),
+        "serve",
+        "--data-dir",
+        data_dir,
+        "--capf-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        http,
+        "--tftp-listen",
+        tftp,
+        "--drain-seconds",
+        "5",
+    ]
+
+
 def parse_metrics(text):
     """Prometheus text -> {'name{labels}': value}."""
     out = {}

@@ -321,6 +321,19 @@ static int curl_get(int port, const char *path) {
   return atoi(code);
 }
 
+/* curl GET of |path| on |port| into g.dir/out.bin, which must answer 200;
+ * returns the response headers (run()'s buffer: until the next run()). */
+static const char *curl_get_headers(int port, const char *path) {
+  char hdr[600];
+  snprintf(hdr, sizeof(hdr), "%s/headers.txt", g.dir);
+  const char *code =
+      run("curl -s --max-time 10 -D '%s' -o '%s/out.bin' -w '%%{http_code}' "
+          "'http://127.0.0.1:%d%s'",
+          hdr, g.dir, port, path);
+  assert_string_equal(code, "200");
+  return run("cat '%s'", hdr);
+}
+
 static char *read_out(size_t *len) {
   char path[512];
   snprintf(path, sizeof(path), "%s/out.bin", g.dir);
@@ -479,19 +492,12 @@ static double counter(const char *name, const char *labels) {
 /* ---- tests: well-formed traffic with curl ------------------------------------ */
 
 static void test_get_file(void **state) {
-  char hdr[600];
-  snprintf(hdr, sizeof(hdr), "%s/headers.txt", g.dir);
-  const char *code =
-      run("curl -s --max-time 10 -D '%s' -o '%s/out.bin' -w '%%{http_code}' "
-          "'http://127.0.0.1:%d/hello.txt'",
-          hdr, g.dir, g.phone_port);
-  assert_string_equal(code, "200");
+  const char *h = curl_get_headers(g.phone_port, "/hello.txt");
   size_t len;
   char *body = read_out(&len);
   assert_int_equal(len, strlen(kHello));
   assert_memory_equal(body, kHello, len);
   free(body);
-  const char *h = run("cat '%s'", hdr);
   assert_non_null(strstr(h, "Content-Type: application/octet-stream\r\n"));
   assert_non_null(strstr(h, "Content-Length: 12\r\n"));
   assert_non_null(strstr(h, "Cache-Control: no-store\r\n"));
@@ -902,14 +908,7 @@ static void test_connection_limits(void **state) {
 /* ---- tests: admin ---------------------------------------------------------- */
 
 static void test_admin(void **state) {
-  char hdr[600];
-  snprintf(hdr, sizeof(hdr), "%s/headers.txt", g.dir);
-  const char *code =
-      run("curl -s --max-time 10 -D '%s' -o '%s/out.bin' -w '%%{http_code}' "
-          "'http://127.0.0.1:%d/metrics'",
-          hdr, g.dir, g.admin_port);
-  assert_string_equal(code, "200");
-  const char *h = run("cat '%s'", hdr);
+  const char *h = curl_get_headers(g.admin_port, "/metrics");
   assert_non_null(strstr(h, "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
   size_t len;
   char *text = read_out(&len);
