@@ -941,7 +941,7 @@ static void test_admin(void **state) {
   text = read_out(&len);
   assert_string_equal(text, "custom path=/custom query=a=b%20c\n");
   free(text);
-  code =
+  const char *code =
       run("curl -s --max-time 10 -o /dev/null -w '%%{http_code}' -X POST "
           "'http://127.0.0.1:%d/metrics'",
           g.admin_port);
