@@ -31,33 +31,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-SANITIZE = os.environ.get("CAPSTAN_SANITIZE", "").upper() in ("ON", "1", "TRUE", "YES")
-# Multiplier for every wait: the ASan build is several times slower.
-SLOW = 4.0 if SANITIZE else 1.0
-
-
-class TestFailure(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise TestFailure(what)
-
-
-def log(*args):
-    print(*args, file=sys.stderr, flush=True)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from it_common import (  # noqa: E402,F401
+    SANITIZE,
+    SLOW,
+    TestFailure,
+    capstan_bin,
+    check,
+    cli,
+    log,
+    parse_metrics,
+    serve_argv,
+)
 
 # --- Binaries and the CLI ---------------------------------------------------
-
-
-def capstan_bin():
-    b = os.environ.get("CAPSTAN_BIN")
-    if not b:
-        b = os.path.join(os.environ.get("CAPSTAN_BUILD_DIR", "build"), "capstan")
-    check(os.access(b, os.X_OK), "capstan binary not found: set CAPSTAN_BIN (tried %s)" % b)
-    return b
 
 
 def phone_bin():
@@ -65,20 +52,6 @@ def phone_bin():
     b = os.path.join(build, "capstan-phone")
     check(os.access(b, os.X_OK), "capstan-phone not found in %s" % build)
     return b
-
-
-def cli(data_dir, *args, check_rc=True, timeout=60):
-    p = subprocess.run(
-        [capstan_bin(), *args, "--data-dir", data_dir],
-        capture_output=True,
-        text=True,
-        timeout=timeout * SLOW,
-    )
-    if check_rc and p.returncode != 0:
-        raise TestFailure(
-            "capstan %s failed (rc=%d): %s" % (" ".join(args), p.returncode, p.stderr.strip())
-        )
-    return p.stdout if check_rc else p
 
 
 def load_pem_cert(pem):
@@ -145,22 +118,7 @@ class Server:
         self.capf_host = None
 
     def start(self):
-        cmd = [
-            capstan_bin(),
-            "serve",
-            "--data-dir",
-            self.data_dir,
-            "--capf-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--tftp-listen",
-            "127.0.0.1:0",
-            "--drain-seconds",
-            "5",
-        ]
+        cmd = serve_argv(self.data_dir)
         if self.files_dir:
             cmd += ["--files-dir", self.files_dir]
         cmd += self.extra
@@ -255,20 +213,6 @@ class Server:
             return False
         self.stop()
         return False
-
-
-def parse_metrics(text):
-    """Prometheus text -> {'name{labels}': value}."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, val = line.rpartition(" ")
-        try:
-            out[key] = float(val)
-        except ValueError:
-            pass
-    return out
 
 
 def metric(m, name, **labels):

@@ -31,6 +31,19 @@ import urllib.request
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import it_common  # noqa: E402
+from it_common import (  # noqa: E402,F401
+    SANITIZE,
+    SLOW,
+    TestFailure,
+    capstan_bin,
+    check,
+    log,
+    parse_metrics,
+    serve_argv,
+)
+
 # --- Protocol constants (shared/spec/capf-protocol.md) ----------------------
 
 PROTOCOL_ID = 0x55
@@ -69,24 +82,6 @@ REASON_UNKNOWN_DEVICE = 9
 
 # Server-sent elements (the spec's list); anything else from the server is a bug.
 SERVER_SENT_TAGS = {1, 3, 4, 7, 8, 10, 12, 17, 18}
-
-SANITIZE = os.environ.get("CAPSTAN_SANITIZE", "").upper() in ("ON", "1", "TRUE", "YES")
-# Generous multiplier for every wait: the ASan build is several times slower.
-SLOW = 4.0 if SANITIZE else 1.0
-
-
-class TestFailure(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise TestFailure(what)
-
-
-def log(*args):
-    print(*args, file=sys.stderr, flush=True)
-
 
 # --- Wire encoding ----------------------------------------------------------
 
@@ -178,28 +173,8 @@ def ec_spki():
 # --- The CLI and the server -------------------------------------------------
 
 
-def capstan_bin():
-    b = os.environ.get("CAPSTAN_BIN")
-    if not b:
-        build = os.environ.get("CAPSTAN_BUILD_DIR", "build")
-        b = os.path.join(build, "capstan")
-    check(os.access(b, os.X_OK), "capstan binary not found: set CAPSTAN_BIN (tried %s)" % b)
-    return b
-
-
 def cli(data_dir, *args, check_rc=True, stdin=None, timeout=120):
-    p = subprocess.run(
-        [capstan_bin(), *args, "--data-dir", data_dir],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout * SLOW,
-    )
-    if check_rc and p.returncode != 0:
-        raise TestFailure(
-            "capstan %s failed (rc=%d): %s" % (" ".join(args), p.returncode, p.stderr.strip())
-        )
-    return p.stdout
+    return it_common.cli(data_dir, *args, check_rc=check_rc, stdin=stdin, timeout=timeout)
 
 
 def device_json(data_dir, name):
@@ -236,22 +211,7 @@ class Server:
         self._ready.clear()
         self.capf_port = self.admin_port = None
         self.proc = subprocess.Popen(
-            [
-                capstan_bin(),
-                "serve",
-                "--data-dir",
-                self.data_dir,
-                "--capf-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "off",
-                "--tftp-listen",
-                "off",
-                "--drain-seconds",
-                "5",
-            ],
+            serve_argv(self.data_dir, http="off", tftp="off"),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -297,16 +257,7 @@ class Server:
     def metrics(self):
         """/metrics as {'name{labels}': float}."""
         _, body = self.http_get("/metrics")
-        out = {}
-        for line in body.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            try:
-                out[key] = float(value)
-            except ValueError:
-                pass
-        return out
+        return parse_metrics(body)
 
     def metric(self, key):
         return self.metrics().get(key, 0.0)

@@ -333,6 +333,26 @@ cap() {
   printf '%s\n' "$out"
 }
 
+# cli_expect DATA_DIR WANT_RC ARGS...: runs the admin CLI on DATA_DIR,
+# bounded, stdout in $OUT and stderr in $ERR (both under $IT_TMP); fails the
+# test unless it exits WANT_RC, or when it reports a sanitizer error (86).
+OUT="$IT_TMP/out"
+ERR="$IT_TMP/err"
+cli_expect() {
+  local data=$1 want=$2 rc=0
+  shift 2
+  timeout 60 "$CAPSTAN_BIN" "$@" --data-dir "$data" >"$OUT" 2>"$ERR" || rc=$?
+  [[ $rc -eq 86 ]] && { cat "$ERR" >&2; fail "capstan $*: sanitizer report"; }
+  [[ $rc -eq $want ]] || {
+    cat "$OUT" "$ERR" >&2
+    fail "capstan $*: exit $rc, expected $want"
+  }
+}
+
+# has FILE TEXT / lacks FILE TEXT: FILE contains TEXT (fixed string) / does not.
+has() { grep -qF -- "$2" "$1" || { cat "$1" >&2; fail "'$2' not in $(basename "$1")"; }; }
+lacks() { ! grep -qF -- "$2" "$1" || { cat "$1" >&2; fail "'$2' unexpectedly in $(basename "$1")"; }; }
+
 # cap_try NAME ARGS...: like cap, but returns the status instead of failing.
 cap_try() {
   local name=$1

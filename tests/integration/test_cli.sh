@@ -9,14 +9,7 @@ BIN="${CAPSTAN_BIN:?set CAPSTAN_BIN to the capstan binary}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/capstan-cli-XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 export CAPSTAN_DATA_DIR="$WORK/data"
-failures=0
-passes=0
-
-fail() {
-  echo "FAIL: $*" >&2
-  failures=$((failures + 1))
-}
-pass() { passes=$((passes + 1)); }
+. "$(dirname "$0")/tally.sh"
 
 # expect CODE DESCRIPTION -- command...: runs it, keeps stdout/stderr in
 # $WORK/out and $WORK/err, checks the exit code.
@@ -204,5 +197,4 @@ done
 expect 0 "devices survive init" -- "$BIN" report status --json
 json_ok "$WORK/out" "d['total']==2004" "init kept the devices"
 
-echo "$passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+tally_exit

@@ -18,13 +18,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-failures=0
-passes=0
-fail() {
-  echo "FAIL: $*" >&2
-  failures=$((failures + 1))
-}
-pass() { passes=$((passes + 1)); }
+. "$(dirname "$0")/tally.sh"
 
 # wait_for PATTERN SECONDS: polls the server log for PATTERN.
 wait_for() {
@@ -94,5 +88,4 @@ SERVER_PID=""
   fail "device show after stop"
 "$BIN" keepalive show --data-dir "$DATA" | grep -qx 7 && pass || fail "keepalive kept"
 
-echo "$passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+tally_exit

@@ -43,20 +43,7 @@ EOF
 printf '<?xml version="1.0"?>\n<device>\n  <sshUserId>x\n  </sshUser>\n</device>\n' >"$X/bad.xml"
 printf '<?xml version="1.0"?>\n<config>\n</config>\n' >"$X/wrongroot.xml"
 
-OUT="$IT_TMP/out"
-ERR="$IT_TMP/err"
-run() { # WANT_RC ARGS...: the CLI on the server's data directory
-  local want=$1 rc=0
-  shift
-  timeout 60 "$CAPSTAN_BIN" "$@" --data-dir "${SRV_DATA[main]}" >"$OUT" 2>"$ERR" || rc=$?
-  [[ $rc -eq 86 ]] && { cat "$ERR" >&2; fail "capstan $*: sanitizer report"; }
-  [[ $rc -eq $want ]] || {
-    cat "$OUT" "$ERR" >&2
-    fail "capstan $*: exit $rc, expected $want"
-  }
-}
-has() { grep -qF -- "$2" "$1" || { cat "$1" >&2; fail "'$2' not in $(basename "$1")"; }; }
-lacks() { ! grep -qF -- "$2" "$1" || { cat "$1" >&2; fail "'$2' unexpectedly in $(basename "$1")"; }; }
+run() { cli_expect "${SRV_DATA[main]}" "$@"; } # WANT_RC ARGS...: the CLI on the server's data directory
 # served DEVICE: GET /DEVICE.cnf.xml into $IT_TMP/served.xml; it must be
 # well-formed XML with root <device>.
 served() {

@@ -79,20 +79,8 @@ C="$IT_TMP/certs"
 # --- CLI only, on a data directory of its own ----------------------------------
 D="$IT_TMP/cli-data"
 timeout 60 "$CAPSTAN_BIN" init --data-dir "$D" >/dev/null 2>&1 || fail "capstan init"
-OUT="$IT_TMP/out"
-ERR="$IT_TMP/err"
 # run WANT_RC ARGS...: the CLI on $D, stdout in $OUT, stderr in $ERR.
-run() {
-  local want=$1 rc=0
-  shift
-  timeout 60 "$CAPSTAN_BIN" "$@" --data-dir "$D" >"$OUT" 2>"$ERR" || rc=$?
-  [[ $rc -eq 86 ]] && { cat "$ERR" >&2; fail "capstan $*: sanitizer report"; }
-  [[ $rc -eq $want ]] || {
-    cat "$OUT" "$ERR" >&2
-    fail "capstan $*: exit $rc, expected $want"
-  }
-}
-has() { grep -qF -- "$2" "$1" || { cat "$1" >&2; fail "'$2' not in $(basename "$1")"; }; }
+run() { cli_expect "$D" "$@"; }
 count_trust() { timeout 60 "$CAPSTAN_BIN" trust list --json "$@" --data-dir "$D" | jq length; }
 
 run 2 trust

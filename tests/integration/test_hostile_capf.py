@@ -125,14 +125,30 @@ def phone_at_auth(c):
     return p
 
 
-def phone_at_keygen(c, name=None):
-    """A phone of a fresh device that got KEY_GEN_REQUEST."""
-    name = name or c.device("B")
+def phone_authed(c, name, command, what):
+    """A phone that authenticated as device |name| and got |command| (named
+    |what| in a failure) in return: (phone, that message)."""
     p = phone_at_auth(c)
     p.send_auth(name)
     m = p.recv()
-    check(m.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % m)
+    check(m.command == command, "expected %s, got %r" % (what, m))
+    return p, m
+
+
+def phone_at_keygen(c, name=None):
+    """A phone of a fresh device that got KEY_GEN_REQUEST."""
+    name = name or c.device("B")
+    p, _ = phone_authed(c, name, h.KEY_GEN_REQUEST, "KEY_GEN_REQUEST")
     return p, name
+
+
+def store_requested(p, spki):
+    """Answers KEY_GEN_REQUEST with |spki|; returns the STORE_CERT_REQUEST
+    that must follow."""
+    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, spki)))
+    m = p.recv()
+    check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+    return m
 
 
 def auth_elements(name=b"SEP001122334455\0", password=b"\0"):
@@ -308,9 +324,7 @@ def phone_after_store(c):
     """A phone that got its LSC and answered STORE_CERT_RESPONSE (stored):
     returns (phone, device name, the LSC's DER)."""
     p, name = phone_at_keygen(c)
-    p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
-    m = p.recv()
-    check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+    m = store_requested(p, h.rsa_spki(1024))
     p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
     _, der = h.cert_element_der(m.get(h.EL_CERTIFICATE))
     return p, name, der
@@ -646,10 +660,7 @@ def _(c):
 
 
 def phone_at_ec_keygen(c):
-    p = phone_at_auth(c)
-    p.send_auth(c.device("F"))
-    m = p.recv()
-    check(m.command == h.KEY_GEN_REQUEST, "expected KEY_GEN_REQUEST, got %r" % m)
+    p, m = phone_authed(c, c.device("F"), h.KEY_GEN_REQUEST, "KEY_GEN_REQUEST")
     check(m.u8(h.EL_KEY_TYPE) == 1 and m.u8(h.EL_EC_CURVE) == 0, "not an EC P-256 request: %r" % m)
     check(m.get(h.EL_KEY_SIZE) is None, "KEY_SIZE in an EC request")
     return p
@@ -658,9 +669,7 @@ def phone_at_ec_keygen(c):
 @case("EC device: a valid P-256 key enrolls")
 def _(c):
     with phone_at_ec_keygen(c) as p:
-        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.ec_spki())))
-        m = p.recv()
-        check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+        store_requested(p, h.ec_spki())
         p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
         p.expect_end(h.REASON_UPDATE)
 
@@ -700,9 +709,7 @@ def _(c):
 def _(c):
     p, name = phone_at_keygen(c)
     with p:
-        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
-        m = p.recv()
-        check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+        store_requested(p, h.rsa_spki(1024))
         p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x07")))
         p.expect_end(h.REASON_INVALID)
 
@@ -727,9 +734,7 @@ def _(c):
 def _(c):
     p, name = phone_at_keygen(c)
     with p:
-        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
-        m = p.recv()
-        check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+        store_requested(p, h.rsa_spki(1024))
         p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01"))[:10])
         p.expect_end(h.REASON_INVALID, timeout=TIMER_BOUND / h.SLOW)
     expect_status(c, name, "failed", "phone stopped answering before confirming it stored the certificate")
@@ -813,10 +818,7 @@ def cert_value(der, ctype=1):
 
 
 def phone_at_fetch(c):
-    p = phone_at_auth(c)
-    p.send_auth(c.device("T"))
-    m = p.recv()
-    check(m.command == h.FETCH_CERT_REQUEST, "expected FETCH_CERT_REQUEST, got %r" % m)
+    p, m = phone_authed(c, c.device("T"), h.FETCH_CERT_REQUEST, "FETCH_CERT_REQUEST")
     check(not m.elements, "FETCH_CERT_REQUEST carries elements: %r" % m)
     return p
 
@@ -882,10 +884,7 @@ def _(c):
 
 
 def phone_at_delete(c):
-    p = phone_at_auth(c)
-    p.send_auth(c.device("E"))
-    m = p.recv()
-    check(m.command == h.DELETE_CERT_REQUEST, "expected DELETE_CERT_REQUEST, got %r" % m)
+    p, _ = phone_authed(c, c.device("E"), h.DELETE_CERT_REQUEST, "DELETE_CERT_REQUEST")
     return p
 
 
@@ -998,9 +997,7 @@ def _(c):
         with held[2] as p:
             m = p.recv()
             check(m.command == h.KEY_GEN_REQUEST, "the waiting phone got %r" % m)
-            p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024))))
-            m = p.recv()
-            check(m.command == h.STORE_CERT_REQUEST, "expected STORE_CERT_REQUEST, got %r" % m)
+            store_requested(p, h.rsa_spki(1024))
             p.send(msg(h.STORE_CERT_RESPONSE, p.session_id, el(h.EL_REASON, b"\x01")))
             p.expect_end(h.REASON_UPDATE)
         wait_idle(c.server)

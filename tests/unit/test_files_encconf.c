@@ -74,18 +74,27 @@ static uint8_t *raw_decrypt(const capstan_sgn_info_t *info, EVP_PKEY *phone) {
   return out;
 }
 
+/* Builds the file of |p| signed by the TFTP key and parses its header into
+ * |info|; both must succeed. Returns the file (malloc'd), *len its length. */
+static uint8_t *build_parsed(const capstan_encconf_params_t *p, size_t *len,
+                             capstan_sgn_info_t *info) {
+  uint8_t *file = NULL;
+  const char *why = NULL;
+  *len = 0;
+  assert_int_equal(capstan_encconf_build(p, g_tftp.key, &file, len, &why), 0);
+  assert_int_equal(capstan_sgn_parse(file, *len, info, &why), 0);
+  return file;
+}
+
 static void round_trip(EVP_PKEY *phone, int bits, int hash, size_t cfg_len) {
   char *cfg = malloc(cfg_len + 1);
   assert_non_null(cfg);
   for (size_t i = 0; i < cfg_len; i++) cfg[i] = (char)('a' + i % 26);
   capstan_encconf_params_t p = params(phone, cfg, cfg_len, hash);
-  uint8_t *file = NULL;
-  size_t len = 0;
-  const char *why = NULL;
-  assert_int_equal(capstan_encconf_build(&p, g_tftp.key, &file, &len, &why), 0);
-
+  size_t len;
   capstan_sgn_info_t info;
-  assert_int_equal(capstan_sgn_parse(file, len, &info, &why), 0);
+  uint8_t *file = build_parsed(&p, &len, &info);
+  const char *why = NULL;
   assert_int_equal(info.version_major, 2);
   assert_int_equal(info.version_minor, 0);
   assert_true(info.has_encryption);
@@ -140,12 +149,10 @@ static void test_field_layout(void **state) {
   (void)state;
   static const char cfg[] = "<device></device>\n"; /* 18 bytes: 14 of padding */
   capstan_encconf_params_t p = params(g_phone1024, cfg, strlen(cfg), CAPSTAN_SGN_HASH_SHA1);
-  uint8_t *file = NULL;
-  size_t len = 0;
-  const char *why = NULL;
-  assert_int_equal(capstan_encconf_build(&p, g_tftp.key, &file, &len, &why), 0);
+  size_t len;
   capstan_sgn_info_t info;
-  assert_int_equal(capstan_sgn_parse(file, len, &info, &why), 0);
+  uint8_t *file = build_parsed(&p, &len, &info);
+  const char *why = NULL;
   /* FILENAME value, NUL, then TIMESTAMP (7 bytes), then field 16. */
   const uint8_t *f = info.filename.data + info.filename.len + 1 + 7;
   /* 16 holds 17 (3 + 28) and 21 (3 + 4 + 5 + 4 + 3 + 128) = 31 + 147 = 178 */

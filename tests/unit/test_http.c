@@ -321,6 +321,19 @@ static int curl_get(int port, const char *path) {
   return atoi(code);
 }
 
+/* curl GET of |path| on |port| into g.dir/out.bin, which must answer 200;
+ * returns the response headers (run()'s buffer: until the next run()). */
+static const char *curl_get_headers(int port, const char *path) {
+  char hdr[600];
+  snprintf(hdr, sizeof(hdr), "%s/headers.txt", g.dir);
+  const char *code =
+      run("curl -s --max-time 10 -D '%s' -o '%s/out.bin' -w '%%{http_code}' "
+          "'http://127.0.0.1:%d%s'",
+          hdr, g.dir, port, path);
+  assert_string_equal(code, "200");
+  return run("cat '%s'", hdr);
+}
+
 static char *read_out(size_t *len) {
   char path[512];
   snprintf(path, sizeof(path), "%s/out.bin", g.dir);
@@ -418,31 +431,37 @@ static size_t raw_read_response(int fd, char *buf, size_t cap, int *status) {
   }
 }
 
-/* Sends |req| on a new connection, reads until close; returns the status of
- * the first response and asserts that the server closed the connection. */
-static int raw_exchange_closed(const void *req, size_t len) {
-  static char buf[65536];
-  int fd = raw_connect(g.phone_port);
+/* Sends |len| bytes of |req| on a new connection to |port| and reads into
+ * |buf| until the server closes the connection, which it asserts. Returns
+ * the length read. */
+static size_t raw_exchange(int port, const void *req, size_t len, char *buf, size_t cap) {
+  int fd = raw_connect(port);
   raw_send(fd, req, len);
   int closed;
-  raw_read_all(fd, buf, sizeof(buf), &closed);
+  size_t got = raw_read_all(fd, buf, cap, &closed);
   close(fd);
   assert_true(closed);
+  return got;
+}
+
+/* The status of the first response in |buf| (0 if none). */
+static int first_status(const char *buf) {
   int status = 0;
   sscanf(buf, "HTTP/1.1 %d", &status);
   return status;
 }
 
+/* Sends |req| on a new connection, reads until close; returns the status of
+ * the first response and asserts that the server closed the connection. */
+static int raw_exchange_closed(const void *req, size_t len) {
+  static char buf[65536];
+  raw_exchange(g.phone_port, req, len, buf, sizeof(buf));
+  return first_status(buf);
+}
+
 static int raw_status_on(int port, const char *req, char *buf, size_t cap) {
-  int fd = raw_connect(port);
-  raw_send(fd, req, strlen(req));
-  int closed;
-  raw_read_all(fd, buf, cap, &closed);
-  close(fd);
-  assert_true(closed);
-  int status = 0;
-  sscanf(buf, "HTTP/1.1 %d", &status);
-  return status;
+  raw_exchange(port, req, strlen(req), buf, cap);
+  return first_status(buf);
 }
 
 static int raw_status(const char *req) {
@@ -473,19 +492,12 @@ static double counter(const char *name, const char *labels) {
 /* ---- tests: well-formed traffic with curl ------------------------------------ */
 
 static void test_get_file(void **state) {
-  char hdr[600];
-  snprintf(hdr, sizeof(hdr), "%s/headers.txt", g.dir);
-  const char *code =
-      run("curl -s --max-time 10 -D '%s' -o '%s/out.bin' -w '%%{http_code}' "
-          "'http://127.0.0.1:%d/hello.txt'",
-          hdr, g.dir, g.phone_port);
-  assert_string_equal(code, "200");
+  const char *h = curl_get_headers(g.phone_port, "/hello.txt");
   size_t len;
   char *body = read_out(&len);
   assert_int_equal(len, strlen(kHello));
   assert_memory_equal(body, kHello, len);
   free(body);
-  const char *h = run("cat '%s'", hdr);
   assert_non_null(strstr(h, "Content-Type: application/octet-stream\r\n"));
   assert_non_null(strstr(h, "Content-Length: 12\r\n"));
   assert_non_null(strstr(h, "Cache-Control: no-store\r\n"));
@@ -511,13 +523,8 @@ static void test_head(void **state) {
   assert_non_null(strstr(h, want));
   /* Raw: the HEAD response is the header block and nothing more. */
   static char buf[65536];
-  int fd = raw_connect(g.phone_port);
   const char *req = "HEAD /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  raw_send(fd, req, strlen(req));
-  int closed;
-  size_t len = raw_read_all(fd, buf, sizeof(buf), &closed);
-  close(fd);
-  assert_true(closed);
+  size_t len = raw_exchange(g.phone_port, req, strlen(req), buf, sizeof(buf));
   assert_non_null(strstr(buf, "Content-Length: 12\r\n"));
   assert_non_null(strstr(buf, "Connection: close\r\n"));
   char *end = strstr(buf, "\r\n\r\n");
@@ -573,16 +580,11 @@ static void test_keep_alive_reuses_connection(void **state) {
   assert_string_equal(out, "200 1\n200 0\n");
   /* HTTP/1.0 without keep-alive: closed after the response. */
   static char buf[4096];
-  int fd = raw_connect(g.phone_port);
   const char *req = "GET /hello.txt HTTP/1.0\r\n\r\n";
-  raw_send(fd, req, strlen(req));
-  int closed;
-  raw_read_all(fd, buf, sizeof(buf), &closed);
-  close(fd);
-  assert_true(closed);
+  raw_exchange(g.phone_port, req, strlen(req), buf, sizeof(buf));
   assert_non_null(strstr(buf, "200 OK"));
   /* HTTP/1.0 asking for keep-alive: kept, and told so. */
-  fd = raw_connect(g.phone_port);
+  int fd = raw_connect(g.phone_port);
   req = "GET /hello.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
   int status;
   for (int i = 0; i < 2; i++) {
@@ -602,12 +604,7 @@ static void test_pipelined_in_order(void **state) {
       "HEAD /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"
       "GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   static char buf[8192];
-  int fd = raw_connect(g.phone_port);
-  raw_send(fd, req, strlen(req));
-  int closed;
-  raw_read_all(fd, buf, sizeof(buf), &closed);
-  close(fd);
-  assert_true(closed);
+  raw_exchange(g.phone_port, req, strlen(req), buf, sizeof(buf));
   char *a = strstr(buf, "async body\n");
   char *h = strstr(buf, "Content-Length: 12\r\n");
   char *w = strstr(buf, "hello world\n");
@@ -678,13 +675,8 @@ static void test_oversized(void **state) {
 
 static void test_methods_and_bodies(void **state) {
   static char buf[4096];
-  int fd = raw_connect(g.phone_port);
   const char *req = "POST /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
-  raw_send(fd, req, strlen(req));
-  int closed;
-  raw_read_all(fd, buf, sizeof(buf), &closed);
-  close(fd);
-  assert_true(closed);
+  raw_exchange(g.phone_port, req, strlen(req), buf, sizeof(buf));
   assert_non_null(strstr(buf, "HTTP/1.1 405 Method Not Allowed\r\n"));
   assert_non_null(strstr(buf, "Allow: GET, HEAD\r\n"));
   /* curl's POST too. */
@@ -916,14 +908,7 @@ static void test_connection_limits(void **state) {
 /* ---- tests: admin ---------------------------------------------------------- */
 
 static void test_admin(void **state) {
-  char hdr[600];
-  snprintf(hdr, sizeof(hdr), "%s/headers.txt", g.dir);
-  const char *code =
-      run("curl -s --max-time 10 -D '%s' -o '%s/out.bin' -w '%%{http_code}' "
-          "'http://127.0.0.1:%d/metrics'",
-          hdr, g.dir, g.admin_port);
-  assert_string_equal(code, "200");
-  const char *h = run("cat '%s'", hdr);
+  const char *h = curl_get_headers(g.admin_port, "/metrics");
   assert_non_null(strstr(h, "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
   size_t len;
   char *text = read_out(&len);
@@ -956,7 +941,7 @@ static void test_admin(void **state) {
   text = read_out(&len);
   assert_string_equal(text, "custom path=/custom query=a=b%20c\n");
   free(text);
-  code =
+  const char *code =
       run("curl -s --max-time 10 -o /dev/null -w '%%{http_code}' -X POST "
           "'http://127.0.0.1:%d/metrics'",
           g.admin_port);

@@ -588,6 +588,33 @@ static void test_install_absent_password_p384(void **state) {
   capstan_phone_result_cleanup(&res);
 }
 
+/* The fake expects authentication |auth| by certificate: |der| of |type|,
+ * whose key |key| signs the phone's messages. */
+static void fake_expect_cert(fake_t *f, capstan_phone_auth_t auth, const uint8_t *der,
+                             size_t der_len, int type, EVP_PKEY *key) {
+  f->auth = auth;
+  f->expect_cert = der;
+  f->expect_cert_len = der_len;
+  f->expect_cert_type = type;
+  f->expect_cert_key = key;
+}
+
+/* Runs scenario |sc| with a phone that authenticates by its LSC |lsc|
+ * (|der| is its certificate); the session must end in a result. */
+static void run_lsc_session(scenario_t sc, const capstan_identity_t *lsc, const uint8_t *der,
+                            size_t der_len, capstan_phone_result_t *res) {
+  fake_t f;
+  fake_init(&f, sc);
+  fake_expect_cert(&f, CAPSTAN_PHONE_AUTH_LSC, der, der_len, CAPSTAN_CAPF_CERT_LSC, lsc->key);
+  capstan_phone_config_t cfg;
+  phone_config(&cfg, &f);
+  cfg.lsc = *lsc;
+  run_pair(&f, &cfg, res);
+  assert_true(f.finished);
+  assert_int_equal(res->kind, CAPSTAN_PHONE_RESULT_OK);
+  fake_cleanup(&f);
+}
+
 /* Install, then authenticate with the new LSC and let the server fetch it,
  * then delete it, then fetch again (the phone has none). */
 static void test_lsc_auth_fetch_delete(void **state) {
@@ -601,45 +628,23 @@ static void test_lsc_auth_fetch_delete(void **state) {
   size_t der_len = 0;
   assert_int_equal(capstan_pki_cert_to_der(lsc.cert, &der, &der_len), 0);
 
-  fake_t f;
-  fake_init(&f, SC_FETCH);
-  f.auth = CAPSTAN_PHONE_AUTH_LSC;
-  f.expect_cert = der;
-  f.expect_cert_len = der_len;
-  f.expect_cert_type = CAPSTAN_CAPF_CERT_LSC;
-  f.expect_cert_key = lsc.key;
-  capstan_phone_config_t cfg;
-  phone_config(&cfg, &f);
-  cfg.lsc = lsc;
-  run_pair(&f, &cfg, &res);
-  assert_true(f.finished);
-  assert_int_equal(res.kind, CAPSTAN_PHONE_RESULT_OK);
+  run_lsc_session(SC_FETCH, &lsc, der, der_len, &res);
   assert_int_equal(res.operation, CAPSTAN_PHONE_OP_FETCH);
   assert_int_equal(res.end_reason, 0);
   assert_non_null(res.lsc.cert); /* still there */
   capstan_phone_result_cleanup(&res);
-  fake_cleanup(&f);
 
-  fake_init(&f, SC_DELETE);
-  f.auth = CAPSTAN_PHONE_AUTH_LSC;
-  f.expect_cert = der;
-  f.expect_cert_len = der_len;
-  f.expect_cert_type = CAPSTAN_CAPF_CERT_LSC;
-  f.expect_cert_key = lsc.key;
-  phone_config(&cfg, &f);
-  cfg.lsc = lsc;
-  run_pair(&f, &cfg, &res);
-  assert_true(f.finished);
-  assert_int_equal(res.kind, CAPSTAN_PHONE_RESULT_OK);
+  run_lsc_session(SC_DELETE, &lsc, der, der_len, &res);
   assert_int_equal(res.operation, CAPSTAN_PHONE_OP_DELETE);
   assert_int_equal(res.end_reason, 1);
   assert_null(res.lsc.cert);
   assert_string_equal(res.lsc_md5, "");
   capstan_phone_result_cleanup(&res);
-  fake_cleanup(&f);
 
   /* A phone without an LSC answers FETCH with REASON=7. */
+  fake_t f;
   fake_init(&f, SC_FETCH);
+  capstan_phone_config_t cfg;
   phone_config(&cfg, &f);
   run_pair(&f, &cfg, &res);
   assert_true(f.finished);
@@ -668,11 +673,7 @@ static void test_mic_auth_with_sudi(void **state) {
 
   fake_t f;
   fake_init(&f, SC_END_9);
-  f.auth = CAPSTAN_PHONE_AUTH_MIC;
-  f.expect_cert = der;
-  f.expect_cert_len = der_len;
-  f.expect_cert_type = CAPSTAN_CAPF_CERT_MIC;
-  f.expect_cert_key = mic.key;
+  fake_expect_cert(&f, CAPSTAN_PHONE_AUTH_MIC, der, der_len, CAPSTAN_CAPF_CERT_MIC, mic.key);
   f.expect_sudi = 1;
   capstan_phone_config_t cfg;
   capstan_phone_result_t res;

@@ -866,6 +866,34 @@ static int start_held_transfer(int port, const char *name, int *tid) {
   return fd;
 }
 
+/* Sends an RRQ with |opts| to the slow server, expects its OACK and
+ * acknowledges it; returns the socket, *tid gets the transfer port. */
+static int start_acked_oack(const char *name, const char *mode, const char *const *opts, int *tid) {
+  int fd = raw_open();
+  uint8_t pkt[2000];
+  size_t n = build_rrq(pkt, name, mode, opts);
+  raw_send(fd, g_slow_port, pkt, n);
+  assert_true(raw_recv(fd, pkt, sizeof(pkt), 3000, tid) > 2);
+  assert_int_equal(pkt[1], 6);
+  send_ack(fd, *tid, 0);
+  return fd;
+}
+
+/* Finishes a held transfer of config.xml (block 1 received): acknowledges
+ * blocks 1-8, checking blocks 2-9 as they come, ACKs the last, closes. */
+static void finish_held_config(int fd, int tid) {
+  uint8_t pkt[600];
+  for (int b = 1; b <= 8; b++) {
+    send_ack(fd, tid, (uint16_t)b);
+    ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
+    assert_int_equal(r, b == 8 ? 4 : 516);
+    assert_int_equal(pkt[3], b + 1);
+    if (r > 4) assert_memory_equal(pkt + 4, g_files[F_CONFIG].data + b * 512, 512);
+  }
+  send_ack(fd, tid, 9);
+  close(fd);
+}
+
 static void test_ack_storm(void **state) {
   wait_idle(10);
   double rexmit = counter("capstan_tftp_retransmits_total", "");
@@ -919,15 +947,10 @@ static void test_ack_storm(void **state) {
 static void test_window_goback_once(void **state) {
   wait_idle(10);
   double rexmit = counter("capstan_tftp_retransmits_total", "");
-  int fd = raw_open();
-  uint8_t pkt[2000];
   static const char *const o[] = {"blksize", "512", "windowsize", "4", NULL};
-  size_t n = build_rrq(pkt, "config.xml", "octet", o);
-  raw_send(fd, g_slow_port, pkt, n);
   int tid = 0;
-  assert_true(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid) > 2);
-  assert_int_equal(pkt[1], 6);
-  send_ack(fd, tid, 0);
+  int fd = start_acked_oack("config.xml", "octet", o, &tid);
+  uint8_t pkt[2000];
   for (int b = 1; b <= 4; b++) {
     assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 516);
     assert_int_equal(pkt[3], b);
@@ -964,15 +987,10 @@ static void test_netascii_goback(void **state) {
   uint8_t enc[256];
   size_t len = encode_netascii(&g_files[F_NETASCII], enc);
   size_t blocks = len / 8 + 1;
-  int fd = raw_open();
-  uint8_t pkt[2000];
   static const char *const o[] = {"blksize", "8", "windowsize", "4", NULL};
-  size_t n = build_rrq(pkt, "netascii.txt", "netascii", o);
-  raw_send(fd, g_slow_port, pkt, n);
   int tid = 0;
-  assert_true(raw_recv(fd, pkt, sizeof(pkt), 3000, &tid) > 2);
-  assert_int_equal(pkt[1], 6);
-  send_ack(fd, tid, 0);
+  int fd = start_acked_oack("netascii.txt", "netascii", o, &tid);
+  uint8_t pkt[2000];
   for (int b = 1; b <= 4; b++) {
     assert_int_equal(raw_recv(fd, pkt, sizeof(pkt), 3000, NULL), 12);
     assert_int_equal(pkt[3], b);
@@ -1016,16 +1034,7 @@ static void test_wrong_port(void **state) {
   /* An intruder's ERROR packet does not end the transfer either. */
   send_err(intruder, tid);
   close(intruder);
-  uint8_t pkt[600];
-  for (int b = 1; b <= 8; b++) {
-    send_ack(fd, tid, (uint16_t)b);
-    ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
-    assert_int_equal(r, b == 8 ? 4 : 516);
-    assert_int_equal(pkt[3], b + 1);
-    if (r > 4) assert_memory_equal(pkt + 4, g_files[F_CONFIG].data + b * 512, 512);
-  }
-  send_ack(fd, tid, 9);
-  close(fd);
+  finish_held_config(fd, tid);
   wait_idle(5);
   assert_true(counter("capstan_tftp_wrong_port_packets_total", "") == wrong + 2);
   check_normal_download();
@@ -1288,15 +1297,7 @@ static void test_stop_with_transfer_in_flight(void **state) {
   /* ...but the transfer in flight finishes, and only then is it done. */
   assert_false(__atomic_load_n(&l.done, __ATOMIC_SEQ_CST));
   assert_true(active_transfers() == 1);
-  for (int b = 1; b <= 8; b++) {
-    send_ack(fd, tid, (uint16_t)b);
-    ssize_t r = raw_recv(fd, pkt, sizeof(pkt), 3000, NULL);
-    assert_int_equal(r, b == 8 ? 4 : 516);
-    assert_int_equal(pkt[3], b + 1);
-    if (r > 4) assert_memory_equal(pkt + 4, g_files[F_CONFIG].data + b * 512, 512);
-  }
-  send_ack(fd, tid, 9);
-  close(fd);
+  finish_held_config(fd, tid);
   assert_true(wait_done(&l, 10));
   wait_idle(5);
 }
