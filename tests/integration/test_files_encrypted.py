@@ -141,7 +141,7 @@ def main():
             def enc512():
                 return parse_header(http_get(srv.http_port, ENC + ".cnf.xml.enc.sgn"))["enc_hash_alg"] == HASH_SHA512
 
-            wait_for(enc512, "ENCRYPTION_HASH_ALGORITHM 3", timeout=5)
+            wait_for(enc512, "ENCRYPTION_HASH_ALGORITHM 3", timeout=20)
             enc = both(srv, ENC + ".cnf.xml.enc.sgn")
             h = verify_signed_file(enc, tftp, ENC + ".cnf.xml.enc.sgn", "2.0")
             check(h["hash_alg"] == HASH_SHA512, "header HASH_ALGORITHM %d under sha512" % h["hash_alg"])

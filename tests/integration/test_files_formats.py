@@ -116,7 +116,7 @@ def main():
             # setting (within a second), must not pin the old file.
             wait_for(lambda: all([b"capf.example.net" in http_get(srv.http_port, DEV + n)
                                   for n in (".cnf.xml.sgn", ".cnf.xml")]),
-                     "capf-host in the configuration and its .sgn", timeout=5)
+                     "capf-host in the configuration and its .sgn", timeout=20)
             xml = fetch_all(srv, DEV + ".cnf.xml")
             check_cnf(xml, 2, "capf.example.net", srv.capf_port, "")
             check_sgn(srv, tftp, DEV + ".cnf.xml", xml, HASH_SHA1)
@@ -150,7 +150,7 @@ def main():
                 d = http_get(srv.http_port, DEV + ".cnf.xml.sgn")
                 return parse_header(d)["hash_alg"] == HASH_SHA512
 
-            wait_for(sgn_is_sha512, "HASH_ALGORITHM 3 after enc-config-digest sha512", timeout=5)
+            wait_for(sgn_is_sha512, "HASH_ALGORITHM 3 after enc-config-digest sha512", timeout=20)
             xml = fetch_all(srv, DEV + ".cnf.xml")
             check_sgn(srv, tftp, DEV + ".cnf.xml", xml, HASH_SHA512, base)
             for name in ("ITLFile.tlv", "ITL%s.tlv" % DEV):
