@@ -95,16 +95,6 @@ static const char operation_list[] = OPERATIONS(LIST);
 static const char op_status_list[] = OP_STATUSES(LIST);
 #define COUNT(t) (sizeof(t) / sizeof((t)[0]))
 
-/* The lists end with a ',' from the X-macro; names() hides it. */
-static const char *list_text(const char *list, char *buf, size_t cap) {
-  size_t n = strlen(list);
-  if (n > 0 && n <= cap) {
-    memcpy(buf, list, n - 1);
-    buf[n - 1] = '\0';
-  }
-  return buf;
-}
-
 const char *capstan_operation_name(Capstan__Operation v) {
   return table_name(operations, COUNT(operations), (int)v);
 }
@@ -116,7 +106,7 @@ int capstan_operation_parse(const char *s, Capstan__Operation *out) {
 }
 const char *capstan_operation_names(void) {
   static char buf[sizeof(operation_list)];
-  return list_text(operation_list, buf, sizeof(buf));
+  return capstan_name_list_text(operation_list, buf, sizeof(buf));
 }
 
 int capstan_auth_mode_parse(const char *s, Capstan__AuthMode *out) {
@@ -137,7 +127,7 @@ int capstan_op_status_parse(const char *s, Capstan__OpStatus *out) {
 }
 const char *capstan_op_status_names(void) {
   static char buf[sizeof(op_status_list)];
-  return list_text(op_status_list, buf, sizeof(buf));
+  return capstan_name_list_text(op_status_list, buf, sizeof(buf));
 }
 
 const char *capstan_cert_status_name(Capstan__CertStatus v) {

@@ -41,25 +41,12 @@ static int fail(int err) {
   return err;
 }
 
-static const EVP_MD *md_for_hash(int hash_id) {
-  switch (hash_id) {
-    case CAPSTAN_HASH_SHA1:
-      return EVP_sha1();
-    case CAPSTAN_HASH_SHA256:
-      return EVP_sha256();
-    case CAPSTAN_HASH_SHA512:
-      return EVP_sha512();
-    default:
-      return NULL;
-  }
-}
-
 int capstan_phone_sign(EVP_PKEY *key, int hash_id, const uint8_t *data, size_t data_len,
                        uint8_t **sig, size_t *sig_len) {
   if (sig == NULL || sig_len == NULL) return CAPSTAN_EINVAL;
   *sig = NULL;
   *sig_len = 0;
-  const EVP_MD *type = md_for_hash(hash_id);
+  const EVP_MD *type = capstan_pki_hash_md(hash_id);
   if (key == NULL || type == NULL || (data == NULL && data_len > 0)) return CAPSTAN_EINVAL;
   uint8_t md[EVP_MAX_MD_SIZE];
   unsigned md_len = 0;

@@ -7,9 +7,7 @@
 
 #define COUNT(t) (sizeof(t) / sizeof((t)[0]))
 
-/* The comma-separated lists are built from the X-macros with a trailing ','
- * that |list_text| drops, once. */
-static const char *list_text(const char *list, char *buf, size_t cap) {
+const char *capstan_name_list_text(const char *list, char *buf, size_t cap) {
   size_t n = strlen(list);
   if (n > 0 && n <= cap) {
     memcpy(buf, list, n - 1);
@@ -60,7 +58,7 @@ const char *capstan_key_name(int alg, unsigned bits) {
 
 const char *capstan_key_names(void) {
   static char buf[sizeof(key_list)];
-  return list_text(key_list, buf, sizeof(buf));
+  return capstan_name_list_text(key_list, buf, sizeof(buf));
 }
 
 int capstan_key_from_name(const char *s, int *alg, unsigned *bits) {

@@ -19,6 +19,7 @@
 #define CAPSTAN_CORE_BASE_PHONE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /* ---- Key algorithms and sizes ------------------------------------------ */
 
@@ -137,5 +138,10 @@ const char *capstan_cert_type_name(int type); /* "unknown", "lsc", "mic" */
  * ("SEPabcdef012345") is refused, so that one phone cannot get two records.
  * False for NULL. */
 bool capstan_device_name_valid(const char *name);
+
+/* The name lists of the X-macro tables are built with a trailing ',':
+ * copies |list| without it into |buf| (|cap| at least strlen(list)) and
+ * returns |buf|, for "one of a,b,c" messages. */
+const char *capstan_name_list_text(const char *list, char *buf, size_t cap);
 
 #endif

@@ -23,6 +23,5 @@ static inline int pki_fail(int err) {
 int pki_cbb_finish_malloc(CBB *cbb, uint8_t **out, size_t *out_len);
 
 /* The digest for a capstan_hash_t (core/base/phone.h), or NULL. */
-const EVP_MD *pki_md_for_hash_id(int hash_id);
 
 #endif

@@ -54,7 +54,7 @@ int pki_cbb_finish_malloc(CBB *cbb, uint8_t **out, size_t *out_len) {
   return 0;
 }
 
-const EVP_MD *pki_md_for_hash_id(int hash_id) {
+const EVP_MD *capstan_pki_hash_md(int hash_id) {
   switch (hash_id) {
     case CAPSTAN_HASH_SHA1:
       return EVP_sha1();

@@ -229,4 +229,8 @@ int capstan_pki_pem_decode(const uint8_t *text, size_t len, const char *label, u
  * generation is slow: keep it off the loop thread. */
 int capstan_pki_generate_key(int key_alg, unsigned key_bits, EVP_PKEY **out);
 
+/* The digest of a CAPF hash id (CAPSTAN_HASH_SHA1, _SHA256, _SHA512 of
+ * core/base/phone.h), or NULL for any other value. */
+const EVP_MD *capstan_pki_hash_md(int hash_id);
+
 #endif

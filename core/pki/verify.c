@@ -135,7 +135,7 @@ err:
 
 static int digest_of(int hash_id, const uint8_t *data, size_t data_len, uint8_t *md,
                      unsigned *md_len) {
-  const EVP_MD *type = pki_md_for_hash_id(hash_id);
+  const EVP_MD *type = capstan_pki_hash_md(hash_id);
   if (type == NULL) return 0;
   if (data == NULL && data_len > 0) return 0;
   return EVP_Digest(data_len > 0 ? data : (const uint8_t *)"", data_len, md, md_len, type, NULL);

@@ -23,6 +23,22 @@ static void done_now(capstan_serve_done_fn done, void *arg) {
   if (done) done(arg);
 }
 
+/* The drain of a row whose component stops with |stop|(object, done, arg):
+ * takes the object out of the context, then stops it (or is done at once
+ * when the row never started). */
+#define DRAIN_BY_STOP(fn, field, stop)                                                       \
+  static void fn(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done, \
+                 void *arg) {                                                                \
+    (void)deadline_ms; /* these finish at once or by their own bounds */                     \
+    __typeof__(ctx->field) object = ctx->field;                                              \
+    ctx->field = NULL;                                                                       \
+    if (object == NULL) {                                                                    \
+      done_now(done, arg);                                                                   \
+      return;                                                                                \
+    }                                                                                        \
+    stop(object, done, arg);                                                                 \
+  }
+
 /* --- CAPF ------------------------------------------------------------------ */
 
 static int capf_start(capstan_serve_ctx_t *ctx) {
@@ -42,7 +58,10 @@ static void capf_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_s
                        void *arg) {
   capstan_capf_server_t *capf = ctx->capf;
   ctx->capf = NULL;
-  if (capf == NULL) return done_now(done, arg);
+  if (capf == NULL) {
+    done_now(done, arg);
+    return;
+  }
   capstan_capf_server_drain(capf, deadline_ms, done, arg);
 }
 
@@ -52,13 +71,7 @@ static int stats_start(capstan_serve_ctx_t *ctx) {
   return capstan_stats_start(ctx->loop, ctx->store, STATS_INTERVAL_MS, &ctx->stats);
 }
 
-static void stats_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
-                        void *arg) {
-  capstan_stats_t *stats = ctx->stats;
-  ctx->stats = NULL;
-  if (stats == NULL) return done_now(done, arg);
-  capstan_stats_stop(stats, done, arg);
-}
+DRAIN_BY_STOP(stats_drain, stats, capstan_stats_stop)
 
 /* --- Admin listener -------------------------------------------------------- */
 
@@ -71,13 +84,7 @@ static int admin_start(capstan_serve_ctx_t *ctx) {
   return rc;
 }
 
-static void admin_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
-                        void *arg) {
-  capstan_admin_t *admin = ctx->admin;
-  ctx->admin = NULL;
-  if (admin == NULL) return done_now(done, arg);
-  capstan_admin_stop(admin, done, arg);
-}
+DRAIN_BY_STOP(admin_drain, admin, capstan_admin_stop)
 
 /* --- Phone file service (shared by HTTP and TFTP) --------------------------- */
 
@@ -149,13 +156,7 @@ static int http_start(capstan_serve_ctx_t *ctx) {
   return rc;
 }
 
-static void http_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
-                       void *arg) {
-  capstan_http_server_t *http = ctx->http;
-  ctx->http = NULL;
-  if (http == NULL) return done_now(done, arg);
-  capstan_http_server_stop(http, done, arg);
-}
+DRAIN_BY_STOP(http_drain, http, capstan_http_server_stop)
 
 static int tftp_start(capstan_serve_ctx_t *ctx) {
   if (!enabled(ctx->opt->tftp_listen)) return 0;
@@ -170,13 +171,7 @@ static int tftp_start(capstan_serve_ctx_t *ctx) {
   return rc;
 }
 
-static void tftp_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
-                       void *arg) {
-  capstan_tftp_server_t *tftp = ctx->tftp;
-  ctx->tftp = NULL;
-  if (tftp == NULL) return done_now(done, arg);
-  capstan_tftp_server_stop(tftp, done, arg);
-}
+DRAIN_BY_STOP(tftp_drain, tftp, capstan_tftp_server_stop)
 
 /* --- The table ------------------------------------------------------------- */
 
