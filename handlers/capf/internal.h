@@ -9,6 +9,7 @@
 
 #include "core/base/conntrack.h"
 #include "core/base/metrics.h"
+#include "core/identities.h"
 #include "core/pki/pki.h"
 #include "core/throttle.h"
 #include "core/tls.h"
@@ -25,10 +26,9 @@
  * replaced as a whole on reload. Sessions hold a reference. */
 typedef struct capf_pki {
   _Atomic unsigned refs;
-  capstan_identity_t capf;
-  STACK_OF(X509) * trust; /* CAPF-trust: anchors for "by existing certificate" */
-  SSL_CTX *ctx_modern;    /* TLS 1.2 and 1.3 */
-  SSL_CTX *ctx_legacy;    /* also TLS 1.0/1.1 with AES-CBC-SHA, for old phones */
+  capstan_identities_t *ids; /* the CAPF identity and CAPF-trust */
+  SSL_CTX *ctx_modern;       /* TLS 1.2 and 1.3 */
+  SSL_CTX *ctx_legacy;       /* also TLS 1.0/1.1 with AES-CBC-SHA, for old phones */
 } capf_pki_t;
 
 capf_pki_t *capf_pki_ref(capf_pki_t *pki);

@@ -9,8 +9,8 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/netaddr.h"
+#include "core/identities.h"
 #include "handlers/capf/internal.h"
-#include "storage/records.h"
 
 #define CAPF_LISTEN_BACKLOG 4096
 #define CAPF_CONNTRACK_BUCKETS 4096
@@ -41,8 +41,7 @@ void capf_pki_unref(capf_pki_t *pki) {
   if (pki == NULL || atomic_fetch_sub(&pki->refs, 1) != 1) return;
   SSL_CTX_free(pki->ctx_modern);
   SSL_CTX_free(pki->ctx_legacy);
-  sk_X509_pop_free(pki->trust, X509_free);
-  capstan_identity_cleanup(&pki->capf);
+  capstan_identities_unref(pki->ids);
   free(pki);
 }
 
@@ -99,94 +98,27 @@ static SSL_CTX *make_ctx(const capstan_identity_t *id, uv_loop_t *loop, int lega
   return ctx;
 }
 
-static int load_identity(capstan_store_t *store, const char *which, capstan_identity_t *out) {
-  Capstan__Identity *rec = NULL;
-  int rc = capstan_store_identity_load(store, which, &rec);
-  if (rc < 0) return rc;
-  rc = capstan_identity_from_der(rec->cert_der.data, rec->cert_der.len, rec->key_der.data,
-                                 rec->key_der.len, out);
-  if (rc == 0 && rec->n_chain_der > 0) {
-    const uint8_t *ders[16];
-    size_t lens[16];
-    size_t n = rec->n_chain_der < 16 ? rec->n_chain_der : 16;
-    for (size_t i = 0; i < n; i++) {
-      ders[i] = rec->chain_der[i].data;
-      lens[i] = rec->chain_der[i].len;
-    }
-    rc = capstan_identity_set_chain_der(out, ders, lens, n);
-  }
-  capstan__identity__free_unpacked(rec, NULL);
-  return rc;
-}
-
-typedef struct trust_collect {
-  STACK_OF(X509) * trust;
-  int rc;
-} trust_collect_t;
-
-static int collect_trust(const uint8_t sha256[32], const Capstan__TrustCert *t, void *arg) {
-  trust_collect_t *c = arg;
-  if (t->purpose != NULL && strcmp(t->purpose, "capf-trust") != 0) return 0;
-  X509 *cert = NULL;
-  if (capstan_pki_parse_cert(t->der.data, t->der.len, &cert) < 0) {
-    LOG_WARN("event=capf_trust_entry_unparsable");
-    return 0;
-  }
-  if (!sk_X509_push(c->trust, cert)) {
-    X509_free(cert);
-    c->rc = CAPSTAN_ENOMEM;
-    return CAPSTAN_ENOMEM;
-  }
-  return 0;
-}
-
-static int read_trust(capstan_txn_t *txn, void *arg) {
-  return capstan_store_trust_iterate(txn, collect_trust, arg);
-}
-
-static int push_cert(STACK_OF(X509) * sk, X509 *cert) {
-  if (cert == NULL) return 0;
-  if (!sk_X509_push(sk, cert)) return CAPSTAN_ENOMEM;
-  X509_up_ref(cert);
-  return 0;
-}
-
-/* Builds a snapshot: CAPF identity, CAPF-trust (CAPF itself, its issuers, the
- * previous CAPF certificate, and uploaded CAPF-trust certificates), and the
- * two TLS contexts. */
+/* Builds a snapshot: the identities and CAPF-trust (core/identities.h) and
+ * the two TLS contexts that present the CAPF certificate. */
 static int load_pki(capstan_capf_server_t *srv, capf_pki_t **out) {
   capf_pki_t *pki = calloc(1, sizeof(*pki));
-  capstan_identity_t prev = {0};
   if (pki == NULL) return CAPSTAN_ENOMEM;
   atomic_init(&pki->refs, 1);
-  int rc = load_identity(srv->store, "capf", &pki->capf);
+  int rc = capstan_identities_load(srv->store, CAPSTAN_IDENTITIES_CAPF_TRUST, &pki->ids);
   if (rc < 0) {
     LOG_ERROR("event=capf_identity_missing error=%s hint=\"run capstan init\"",
               capstan_strerror(rc));
     goto err;
   }
-  pki->trust = sk_X509_new_null();
-  if (pki->trust == NULL) goto nomem;
-  if (push_cert(pki->trust, pki->capf.cert) < 0) goto nomem;
-  for (size_t i = 0; pki->capf.chain && i < sk_X509_num(pki->capf.chain); i++) {
-    if (push_cert(pki->trust, sk_X509_value(pki->capf.chain, i)) < 0) goto nomem;
+  pki->ctx_modern = make_ctx(&pki->ids->capf, srv->loop, 0);
+  pki->ctx_legacy = make_ctx(&pki->ids->capf, srv->loop, 1);
+  if (pki->ctx_modern == NULL || pki->ctx_legacy == NULL) {
+    rc = CAPSTAN_ENOMEM;
+    goto err;
   }
-  if (load_identity(srv->store, "capf_prev", &prev) == 0) {
-    if (push_cert(pki->trust, prev.cert) < 0) goto nomem;
-  }
-  trust_collect_t collect = {.trust = pki->trust};
-  capstan_store_read(srv->store, read_trust, &collect);
-  if (collect.rc < 0) goto nomem;
-  pki->ctx_modern = make_ctx(&pki->capf, srv->loop, 0);
-  pki->ctx_legacy = make_ctx(&pki->capf, srv->loop, 1);
-  if (pki->ctx_modern == NULL || pki->ctx_legacy == NULL) goto nomem;
-  capstan_identity_cleanup(&prev);
   *out = pki;
   return 0;
-nomem:
-  rc = CAPSTAN_ENOMEM;
 err:
-  capstan_identity_cleanup(&prev);
   capf_pki_unref(pki);
   return rc;
 }
@@ -201,9 +133,9 @@ int capstan_capf_server_reload(capstan_capf_server_t *srv) {
   capf_pki_unref(srv->pki);
   srv->pki = pki;
   char *dn = NULL;
-  capstan_pki_dn_string(X509_get_subject_name(pki->capf.cert), &dn);
+  capstan_pki_dn_string(X509_get_subject_name(pki->ids->capf.cert), &dn);
   LOG_INFO("event=capf_identity_loaded subject=\"%s\" trust_anchors=%zu", dn ? dn : "?",
-           sk_X509_num(pki->trust));
+           sk_X509_num(pki->ids->capf_trust));
   free(dn);
   return 0;
 }

@@ -735,7 +735,7 @@ static void verify_cert_auth_run(work_job_t *j) {
       capstan_pki_verify_signed_data(key, j->sig2_hash, data, data_len, j->sig2, j->sig2_len) == 0;
   free(data);
   if (!ok) goto out;
-  if (capstan_pki_verify_chain(cert, NULL, j->pki->trust) < 0) {
+  if (capstan_pki_verify_chain(cert, NULL, j->pki->ids->capf_trust) < 0) {
     j->why = j->cert_type == CAPSTAN_CAPF_CERT_MIC ? "MIC invalid" : "LSC invalid";
     goto out;
   }
@@ -750,7 +750,7 @@ static void verify_cert_auth_run(work_job_t *j) {
     }
     /* The SUDI counts only when its issuer is trusted; an untrusted SUDI is
      * not a failure, just not a second identity. */
-    if (capstan_pki_verify_chain(sudi, NULL, j->pki->trust) < 0) {
+    if (capstan_pki_verify_chain(sudi, NULL, j->pki->ids->capf_trust) < 0) {
       LOG_DEBUG("event=capf_sudi_untrusted device=%s", j->device);
     }
   }
@@ -936,7 +936,7 @@ static void issue_lsc_run(work_job_t *j) {
   j->status = capstan_pki_check_public_key(j->cert_der, j->cert_len, j->key_alg, j->key_bits, &key,
                                            &j->why);
   if (j->status < 0) return;
-  j->status = capstan_pki_issue_lsc(&j->pki->capf, j->device, key, j->validity_days, j->serial,
+  j->status = capstan_pki_issue_lsc(&j->pki->ids->capf, j->device, key, j->validity_days, j->serial,
                                     &j->out_der, &j->out_len, &j->not_after);
   if (j->status == 0) {
     capstan_pki_md5hash(j->out_der, j->out_len, j->md5);
