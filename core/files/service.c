@@ -19,6 +19,7 @@
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
 #include "core/files/sgn.h"
+#include "core/identities.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 #include "core/pki/pki.h"
@@ -29,13 +30,9 @@
 #define NAME_MAX_LEN 255
 #define STATIC_FILE_MAX (64u * 1024u * 1024u)
 
-/* Identities used to sign and list: shared read-only with workers. */
-typedef struct files_pki {
-  _Atomic unsigned refs;
-  capstan_identity_t tftp;
-  X509 *capf;
-  X509 *capf_prev;
-} files_pki_t;
+/* Identities used to sign and list (core/identities.h): a snapshot shared
+ * read-only with workers; a build keeps the one it started with. */
+typedef capstan_identities_t files_pki_t;
 
 typedef struct waiter {
   capstan_file_cb cb;
@@ -104,48 +101,24 @@ struct capstan_files_service {
 /* --- Identities ----------------------------------------------------------- */
 
 static files_pki_t *pki_ref(files_pki_t *p) {
-  atomic_fetch_add(&p->refs, 1);
-  return p;
+  return capstan_identities_ref(p);
 }
 
 static void pki_unref(files_pki_t *p) {
-  if (p == NULL || atomic_fetch_sub(&p->refs, 1) != 1) return;
-  capstan_identity_cleanup(&p->tftp);
-  X509_free(p->capf);
-  X509_free(p->capf_prev);
-  free(p);
-}
-
-static int load_cert(capstan_store_t *store, const char *which, capstan_identity_t *id,
-                     X509 **cert_only) {
-  Capstan__Identity *rec = NULL;
-  int rc = capstan_store_identity_load(store, which, &rec);
-  if (rc < 0) return rc;
-  if (id != NULL) {
-    rc = capstan_identity_from_der(rec->cert_der.data, rec->cert_der.len, rec->key_der.data,
-                                   rec->key_der.len, id);
-  } else {
-    rc = capstan_pki_parse_cert(rec->cert_der.data, rec->cert_der.len, cert_only);
-  }
-  capstan__identity__free_unpacked(rec, NULL);
-  return rc;
+  capstan_identities_unref(p);
 }
 
 static void cache_invalidate(capstan_files_service_t *svc);
 
 int capstan_files_service_reload(capstan_files_service_t *svc) {
-  files_pki_t *p = calloc(1, sizeof(*p));
-  if (p == NULL) return CAPSTAN_ENOMEM;
-  atomic_init(&p->refs, 1);
-  int rc = load_cert(svc->store, CAPSTAN_IDENTITY_TFTP, &p->tftp, NULL);
-  if (rc == 0) rc = load_cert(svc->store, CAPSTAN_IDENTITY_CAPF, NULL, &p->capf);
+  files_pki_t *p = NULL;
+  int rc =
+      capstan_identities_load(svc->store, CAPSTAN_IDENTITIES_TFTP | CAPSTAN_IDENTITIES_CAPF, &p);
   if (rc < 0) {
     LOG_ERROR("event=files_identity_missing error=%s hint=\"run capstan init\"",
               capstan_strerror(rc));
-    pki_unref(p);
     return rc;
   }
-  load_cert(svc->store, CAPSTAN_IDENTITY_CAPF_PREV, NULL, &p->capf_prev); /* optional */
   pki_unref(svc->pki);
   svc->pki = p;
   cache_invalidate(svc);
@@ -296,7 +269,7 @@ static void build_run(uv_work_t *req) {
       capstan_itl_entry_t entries[3];
       size_t n = 0;
       entries[n++] = (capstan_itl_entry_t){.cert = p->tftp.cert, .role = 3};
-      entries[n++] = (capstan_itl_entry_t){.cert = p->capf, .role = 4};
+      entries[n++] = (capstan_itl_entry_t){.cert = p->capf.cert, .role = 4};
       if (p->capf_prev) entries[n++] = (capstan_itl_entry_t){.cert = p->capf_prev, .role = 4};
       capstan_itl_params_t params = {
           .signer_cert = p->tftp.cert,

@@ -1,36 +1,29 @@
-/* Private sharing between the CAPF listener (server.c) and the protocol
- * state machine (session.c). */
+/* What the parts of the CAPF server share: the live settings, the metrics
+ * and the key-generation throttle every session of a server uses
+ * (capf_shared_t), and the identity snapshot connections present and
+ * workers sign with (capf_pki_t). server.c owns both; nothing here reaches
+ * back into the listener. */
 #ifndef CAPSTAN_HANDLERS_CAPF_INTERNAL_H
 #define CAPSTAN_HANDLERS_CAPF_INTERNAL_H
 
 #include <openssl/ssl.h>
 #include <stdatomic.h>
-#include <sys/socket.h>
 
-#include "core/base/conntrack.h"
 #include "core/base/metrics.h"
-#include "core/pki/pki.h"
+#include "core/identities.h"
 #include "core/throttle.h"
-#include "core/tls.h"
-#include "handlers/capf/capf.h"
-
-/* Largest message a phone may send: a certificate, two signatures and SUDI
- * data fit well inside. Anything longer is refused before it is buffered. */
-#define CAPF_MAX_PHONE_MESSAGE 16384
-
-/* TLS handshakes in progress at most (see capstan_capf_server.handshaking). */
-#define CAPF_MAX_HANDSHAKES 256
 
 /* The identity sessions use, shared read-only with worker threads and
- * replaced as a whole on reload. Sessions hold a reference. */
+ * replaced as a whole on reload. Connections hold a reference for their
+ * whole life, so a session in flight keeps the identity it started with. */
 typedef struct capf_pki {
   _Atomic unsigned refs;
-  capstan_identity_t capf;
-  STACK_OF(X509) * trust; /* CAPF-trust: anchors for "by existing certificate" */
-  SSL_CTX *ctx_modern;    /* TLS 1.2 and 1.3 */
-  SSL_CTX *ctx_legacy;    /* also TLS 1.0/1.1 with AES-CBC-SHA, for old phones */
+  capstan_identities_t *ids; /* the CAPF identity and CAPF-trust */
+  SSL_CTX *ctx_modern;       /* TLS 1.2 and 1.3 */
+  SSL_CTX *ctx_legacy;       /* also TLS 1.0/1.1 with AES-CBC-SHA, for old phones */
 } capf_pki_t;
 
+/* Take and drop references (any thread); the last unref frees. */
 capf_pki_t *capf_pki_ref(capf_pki_t *pki);
 void capf_pki_unref(capf_pki_t *pki);
 
@@ -71,6 +64,10 @@ typedef enum {
       CAPF_RESULT_COUNT
 } capf_result_t;
 
+/* Static names for logs, tests and metric labels. */
+const char *capf_op_label_name(capf_op_label_t op);
+const char *capf_result_name(capf_result_t r);
+
 typedef struct capf_metrics {
   capstan_metric_t *sessions[CAPF_OP_COUNT][CAPF_RESULT_COUNT];
   capstan_metric_t *sessions_active;
@@ -89,7 +86,8 @@ typedef struct capf_metrics {
   capstan_metric_t *connections_active;
 } capf_metrics_t;
 
-typedef struct capf_session capf_session_t;
+/* Registers (or finds: the registry is process-wide) every CAPF metric. */
+void capf_metrics_register(capf_metrics_t *m);
 
 /* Live settings the sessions read, copied from capstan_settings_t. */
 typedef struct capf_settings {
@@ -106,57 +104,11 @@ typedef struct capf_settings {
   int enable_ipv6;
 } capf_settings_t;
 
-struct capstan_capf_server {
-  uv_loop_t *loop;
-  uv_tcp_t listener;
-  int port;
-  capstan_store_t *store;
-  capf_pki_t *pki;
+/* What every session of one server shares (loop thread only). */
+typedef struct capf_shared {
   capf_settings_t settings;
-  capstan_throttle_t throttle;
-  capstan_conntrack_t conntrack;
   capf_metrics_t m;
-  capf_session_t *sessions; /* every open session, for keep-alive updates and drain */
-  unsigned nsessions;
-  int draining;
-  uv_timer_t drain_timer;
-  void (*drain_done)(void *arg);
-  void *drain_arg;
-  unsigned handles_open; /* listener, drain timer, throttle timer */
-  /* Admission of handshakes: at most CAPF_MAX_HANDSHAKES run at once. A
-   * connection beyond that is left unaccepted (libuv stops watching the
-   * listener until it is accepted), so in a storm the kernel backlog holds
-   * the newcomers and the workers finish the sessions already started
-   * instead of spreading over all of them and timing everyone out. */
-  unsigned handshaking;
-  int accept_deferred;
-  /* Accepted sockets inherit TCP_NODELAY and keep-alive from the listener;
-   * until this time (loop ms) after a keep-alive change, sessions set their
-   * own, because the kernel accepted some sockets before the change. */
-  int listening;
-  uint64_t own_socket_options_until_ms;
-};
-
-/* Starts a session on an accepted, counted connection. On failure the
- * connection is closed and uncounted. */
-void capf_session_start(capstan_capf_server_t *srv, uv_stream_t *listener);
-
-/* Ends a session now (drain deadline): END_SESSION is not sent. */
-void capf_session_abort(capf_session_t *s);
-
-/* A handshake slot was freed: accepts a deferred connection, if any. */
-void capf_server_handshake_done(capstan_capf_server_t *srv);
-
-/* Sets TCP keep-alive on |tcp|: first probe after |minutes| idle, then
- * every |minutes|, four probes. */
-void capf_tcp_set_keepalive(uv_tcp_t *tcp, unsigned minutes);
-
-/* Sets TCP keep-alive on the session's socket. */
-void capf_session_apply_keepalive(capf_session_t *s, unsigned minutes);
-
-/* Called by session.c after a session left the list (drain completion). */
-void capf_server_session_closed(capstan_capf_server_t *srv);
-
-capf_session_t *capf_session_next(const capf_session_t *s);
+  capstan_throttle_t throttle; /* phone key generations (R17) */
+} capf_shared_t;
 
 #endif

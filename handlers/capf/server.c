@@ -1,5 +1,7 @@
-/* The CAPF listener: admission, TLS contexts, the shared identity snapshot,
- * metrics, live settings and drain. The protocol itself is in session.c. */
+/* The CAPF listener: accepting and admitting connections, the identity
+ * snapshot and its TLS contexts, live settings and drain. A connection
+ * (connection.c) runs the protocol (session.c); this file never looks
+ * inside a session. */
 #include <openssl/err.h>
 #include <openssl/x509.h>
 #include <stdio.h>
@@ -9,25 +11,49 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/netaddr.h"
+#include "core/identities.h"
+#include "handlers/capf/admission.h"
+#include "handlers/capf/capf.h"
+#include "handlers/capf/connection.h"
 #include "handlers/capf/internal.h"
-#include "storage/records.h"
+#include "handlers/capf/sockopts.h"
 
 #define CAPF_LISTEN_BACKLOG 4096
 #define CAPF_CONNTRACK_BUCKETS 4096
+/* TLS handshakes in progress at most (see capstan_capf_server.handshaking). */
+#define CAPF_MAX_HANDSHAKES 256
 /* After a keep-alive change, sessions set their own socket options this long:
  * a socket the kernel accepted before the change carries the old values,
  * and even a full backlog is accepted well within it. */
 #define OWN_SOCKET_OPTIONS_MS (5 * 60 * 1000)
 
-static const char *const kOpNames[] = {
-#define X(id, name) name,
-    CAPF_OPERATIONS(X)
-#undef X
-};
-static const char *const kResultNames[] = {
-#define X(id, name) name,
-    CAPF_RESULTS(X)
-#undef X
+struct capstan_capf_server {
+  uv_loop_t *loop;
+  uv_tcp_t listener;
+  int port;
+  capstan_store_t *store;
+  capf_pki_t *pki;      /* what new connections present; each keeps its own */
+  capf_shared_t shared; /* settings, metrics, throttle: read by sessions */
+  capf_admission_t admission;
+  capf_conn_t *conns; /* every started connection, for keep-alive updates and drain */
+  unsigned nsessions;
+  int draining;
+  uv_timer_t drain_timer;
+  void (*drain_done)(void *arg);
+  void *drain_arg;
+  unsigned handles_open; /* listener, drain timer, throttle timer */
+  /* Admission of handshakes: at most CAPF_MAX_HANDSHAKES run at once. A
+   * connection beyond that is left unaccepted (libuv stops watching the
+   * listener until it is accepted), so in a storm the kernel backlog holds
+   * the newcomers and the workers finish the sessions already started
+   * instead of spreading over all of them and timing everyone out. */
+  unsigned handshaking;
+  int accept_deferred;
+  /* Accepted sockets inherit TCP_NODELAY and keep-alive from the listener;
+   * until this time (loop ms) after a keep-alive change, sessions set their
+   * own, because the kernel accepted some sockets before the change. */
+  int listening;
+  uint64_t own_socket_options_until_ms;
 };
 
 /* --- Identity snapshot ---------------------------------------------------- */
@@ -41,8 +67,7 @@ void capf_pki_unref(capf_pki_t *pki) {
   if (pki == NULL || atomic_fetch_sub(&pki->refs, 1) != 1) return;
   SSL_CTX_free(pki->ctx_modern);
   SSL_CTX_free(pki->ctx_legacy);
-  sk_X509_pop_free(pki->trust, X509_free);
-  capstan_identity_cleanup(&pki->capf);
+  capstan_identities_unref(pki->ids);
   free(pki);
 }
 
@@ -99,94 +124,27 @@ static SSL_CTX *make_ctx(const capstan_identity_t *id, uv_loop_t *loop, int lega
   return ctx;
 }
 
-static int load_identity(capstan_store_t *store, const char *which, capstan_identity_t *out) {
-  Capstan__Identity *rec = NULL;
-  int rc = capstan_store_identity_load(store, which, &rec);
-  if (rc < 0) return rc;
-  rc = capstan_identity_from_der(rec->cert_der.data, rec->cert_der.len, rec->key_der.data,
-                                 rec->key_der.len, out);
-  if (rc == 0 && rec->n_chain_der > 0) {
-    const uint8_t *ders[16];
-    size_t lens[16];
-    size_t n = rec->n_chain_der < 16 ? rec->n_chain_der : 16;
-    for (size_t i = 0; i < n; i++) {
-      ders[i] = rec->chain_der[i].data;
-      lens[i] = rec->chain_der[i].len;
-    }
-    rc = capstan_identity_set_chain_der(out, ders, lens, n);
-  }
-  capstan__identity__free_unpacked(rec, NULL);
-  return rc;
-}
-
-typedef struct trust_collect {
-  STACK_OF(X509) * trust;
-  int rc;
-} trust_collect_t;
-
-static int collect_trust(const uint8_t sha256[32], const Capstan__TrustCert *t, void *arg) {
-  trust_collect_t *c = arg;
-  if (t->purpose != NULL && strcmp(t->purpose, "capf-trust") != 0) return 0;
-  X509 *cert = NULL;
-  if (capstan_pki_parse_cert(t->der.data, t->der.len, &cert) < 0) {
-    LOG_WARN("event=capf_trust_entry_unparsable");
-    return 0;
-  }
-  if (!sk_X509_push(c->trust, cert)) {
-    X509_free(cert);
-    c->rc = CAPSTAN_ENOMEM;
-    return CAPSTAN_ENOMEM;
-  }
-  return 0;
-}
-
-static int read_trust(capstan_txn_t *txn, void *arg) {
-  return capstan_store_trust_iterate(txn, collect_trust, arg);
-}
-
-static int push_cert(STACK_OF(X509) * sk, X509 *cert) {
-  if (cert == NULL) return 0;
-  if (!sk_X509_push(sk, cert)) return CAPSTAN_ENOMEM;
-  X509_up_ref(cert);
-  return 0;
-}
-
-/* Builds a snapshot: CAPF identity, CAPF-trust (CAPF itself, its issuers, the
- * previous CAPF certificate, and uploaded CAPF-trust certificates), and the
- * two TLS contexts. */
+/* Builds a snapshot: the identities and CAPF-trust (core/identities.h) and
+ * the two TLS contexts that present the CAPF certificate. */
 static int load_pki(capstan_capf_server_t *srv, capf_pki_t **out) {
   capf_pki_t *pki = calloc(1, sizeof(*pki));
-  capstan_identity_t prev = {0};
   if (pki == NULL) return CAPSTAN_ENOMEM;
   atomic_init(&pki->refs, 1);
-  int rc = load_identity(srv->store, "capf", &pki->capf);
+  int rc = capstan_identities_load(srv->store, CAPSTAN_IDENTITIES_CAPF_TRUST, &pki->ids);
   if (rc < 0) {
     LOG_ERROR("event=capf_identity_missing error=%s hint=\"run capstan init\"",
               capstan_strerror(rc));
     goto err;
   }
-  pki->trust = sk_X509_new_null();
-  if (pki->trust == NULL) goto nomem;
-  if (push_cert(pki->trust, pki->capf.cert) < 0) goto nomem;
-  for (size_t i = 0; pki->capf.chain && i < sk_X509_num(pki->capf.chain); i++) {
-    if (push_cert(pki->trust, sk_X509_value(pki->capf.chain, i)) < 0) goto nomem;
+  pki->ctx_modern = make_ctx(&pki->ids->capf, srv->loop, 0);
+  pki->ctx_legacy = make_ctx(&pki->ids->capf, srv->loop, 1);
+  if (pki->ctx_modern == NULL || pki->ctx_legacy == NULL) {
+    rc = CAPSTAN_ENOMEM;
+    goto err;
   }
-  if (load_identity(srv->store, "capf_prev", &prev) == 0) {
-    if (push_cert(pki->trust, prev.cert) < 0) goto nomem;
-  }
-  trust_collect_t collect = {.trust = pki->trust};
-  capstan_store_read(srv->store, read_trust, &collect);
-  if (collect.rc < 0) goto nomem;
-  pki->ctx_modern = make_ctx(&pki->capf, srv->loop, 0);
-  pki->ctx_legacy = make_ctx(&pki->capf, srv->loop, 1);
-  if (pki->ctx_modern == NULL || pki->ctx_legacy == NULL) goto nomem;
-  capstan_identity_cleanup(&prev);
   *out = pki;
   return 0;
-nomem:
-  rc = CAPSTAN_ENOMEM;
 err:
-  capstan_identity_cleanup(&prev);
   capf_pki_unref(pki);
   return rc;
 }
@@ -201,79 +159,17 @@ int capstan_capf_server_reload(capstan_capf_server_t *srv) {
   capf_pki_unref(srv->pki);
   srv->pki = pki;
   char *dn = NULL;
-  capstan_pki_dn_string(X509_get_subject_name(pki->capf.cert), &dn);
+  capstan_pki_dn_string(X509_get_subject_name(pki->ids->capf.cert), &dn);
   LOG_INFO("event=capf_identity_loaded subject=\"%s\" trust_anchors=%zu", dn ? dn : "?",
-           sk_X509_num(pki->trust));
+           sk_X509_num(pki->ids->capf_trust));
   free(dn);
   return 0;
-}
-
-/* --- Metrics -------------------------------------------------------------- */
-
-static void register_metrics(capf_metrics_t *m) {
-  char labels[128];
-  for (int op = 0; op < CAPF_OP_COUNT; op++) {
-    for (int r = 0; r < CAPF_RESULT_COUNT; r++) {
-      snprintf(labels, sizeof(labels), "operation=\"%s\",result=\"%s\"", kOpNames[op],
-               kResultNames[r]);
-      m->sessions[op][r] =
-          capstan_metrics_counter("capstan_capf_sessions_total",
-                                  "CAPF sessions by scheduled operation and outcome", labels);
-    }
-  }
-  m->sessions_active =
-      capstan_metrics_gauge("capstan_capf_sessions_active", "CAPF sessions open now", NULL);
-  m->session_duration = capstan_metrics_histogram("capstan_capf_session_duration_seconds",
-                                                  "CAPF session duration, connect to close", NULL,
-                                                  capstan_buckets_slow, capstan_buckets_slow_n);
-  const char *hs = "capstan_capf_handshakes_total";
-  const char *hs_help = "CAPF TLS handshakes by result";
-  m->handshakes_ok = capstan_metrics_counter(hs, hs_help, "result=\"ok\"");
-  m->handshakes_failed = capstan_metrics_counter(hs, hs_help, "result=\"failed\"");
-  m->handshakes_timeout = capstan_metrics_counter(hs, hs_help, "result=\"timeout\"");
-  m->handshakes_legacy_refused = capstan_metrics_counter(hs, hs_help, "result=\"legacy_refused\"");
-  m->handshake_duration = capstan_metrics_histogram("capstan_capf_handshake_duration_seconds",
-                                                    "CAPF TLS handshake duration", NULL,
-                                                    capstan_buckets_fast, capstan_buckets_fast_n);
-  static const char *const kModes[] = {"none", "string", "null", "lsc", "mic"};
-  for (int i = 1; i <= 4; i++) {
-    snprintf(labels, sizeof(labels), "mode=\"%s\"", kModes[i]);
-    m->auth_failures[i] = capstan_metrics_counter("capstan_capf_auth_failures_total",
-                                                  "Failed phone authentications by mode", labels);
-  }
-  const char *rj = "capstan_capf_connections_rejected_total";
-  const char *rj_help = "CAPF connections refused before a session, by reason";
-  m->rejected_total_limit = capstan_metrics_counter(rj, rj_help, "reason=\"limit_total\"");
-  m->rejected_address_limit = capstan_metrics_counter(rj, rj_help, "reason=\"limit_per_address\"");
-  m->rejected_ipv6 = capstan_metrics_counter(rj, rj_help, "reason=\"ipv6_disabled\"");
-  m->rejected_draining = capstan_metrics_counter(rj, rj_help, "reason=\"draining\"");
-  m->rejected_error = capstan_metrics_counter(rj, rj_help, "reason=\"error\"");
-  m->keygen_waiting = capstan_metrics_gauge("capstan_capf_keygen_waiting",
-                                            "Phones held, waiting for a key generation slot", NULL);
-  m->keygen_active =
-      capstan_metrics_gauge("capstan_capf_keygen_active", "Phones generating a key now", NULL);
-  m->keygen_duration = capstan_metrics_histogram(
-      "capstan_capf_keygen_duration_seconds", "Phone key generation time, request to response",
-      NULL, capstan_buckets_slow, capstan_buckets_slow_n);
-  const char *th = "capstan_capf_throttled_total";
-  const char *th_help = "Phones held by the key generation throttle, by how the hold ended";
-  m->throttled_admitted = capstan_metrics_counter(th, th_help, "result=\"admitted\"");
-  m->throttled_retry_later = capstan_metrics_counter(th, th_help, "result=\"retry_later\"");
-  m->protocol_errors = capstan_metrics_counter("capstan_capf_protocol_errors_total",
-                                               "Malformed or out-of-order CAPF messages", NULL);
-  const char *to = "capstan_capf_timeouts_total";
-  const char *to_help = "CAPF sessions ended by a timer, by timer";
-  m->timeouts_handshake = capstan_metrics_counter(to, to_help, "timer=\"handshake\"");
-  m->timeouts_step = capstan_metrics_counter(to, to_help, "timer=\"step\"");
-  m->timeouts_keygen = capstan_metrics_counter(to, to_help, "timer=\"keygen\"");
-  m->certs_issued = capstan_metrics_counter("capstan_capf_certificates_issued_total",
-                                            "LSCs signed and recorded", NULL);
 }
 
 /* --- Settings ------------------------------------------------------------- */
 
 void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capstan_settings_t *s) {
-  capf_settings_t *c = &srv->settings;
+  capf_settings_t *c = &srv->shared.settings;
   unsigned old_keepalive = c->keepalive_minutes;
   c->keepalive_minutes = s->keepalive_minutes;
   c->validity_days = s->validity_days;
@@ -286,15 +182,15 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
   c->max_connections_per_address = s->max_connections_per_address;
   c->legacy_tls = s->legacy_tls;
   c->enable_ipv6 = s->enable_ipv6;
-  capstan_throttle_configure(&srv->throttle, s->max_concurrent_keygen,
+  capstan_throttle_configure(&srv->shared.throttle, s->max_concurrent_keygen,
                              s->max_new_keygen_per_second);
   if (old_keepalive != c->keepalive_minutes) {
     if (srv->listening) {
       capf_tcp_set_keepalive(&srv->listener, c->keepalive_minutes);
       srv->own_socket_options_until_ms = uv_now(srv->loop) + OWN_SOCKET_OPTIONS_MS;
     }
-    for (capf_session_t *it = srv->sessions; it != NULL; it = capf_session_next(it)) {
-      capf_session_apply_keepalive(it, c->keepalive_minutes);
+    for (capf_conn_t *it = srv->conns; it != NULL; it = it->next) {
+      capf_conn_set_keepalive(it, c->keepalive_minutes);
     }
     if (old_keepalive != 0) {
       LOG_INFO("event=capf_keepalive_changed minutes=%u sessions=%u", c->keepalive_minutes,
@@ -304,6 +200,99 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
 }
 
 /* --- Listener ------------------------------------------------------------- */
+
+static void accept_one(capstan_capf_server_t *srv);
+
+static void on_handshake_over(void *arg) {
+  capstan_capf_server_t *srv = arg;
+  srv->handshaking--;
+  if (srv->accept_deferred && !srv->draining && srv->handshaking < CAPF_MAX_HANDSHAKES) {
+    srv->accept_deferred = 0;
+    accept_one(srv);
+  }
+}
+
+static void finish_drain(capstan_capf_server_t *srv);
+
+static void on_conn_closed(void *arg, capf_conn_t *c) {
+  capstan_capf_server_t *srv = arg;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  capf_admission_leave(&srv->admission, capf_conn_peer(c));
+  srv->nsessions--;
+  capstan_metric_set(srv->shared.m.sessions_active, srv->nsessions);
+  if (srv->draining == 1 && srv->nsessions == 0) finish_drain(srv);
+}
+
+static const capf_conn_owner_t kConnOwner = {
+    .handshake_over = on_handshake_over,
+    .closed = on_conn_closed,
+};
+
+static capstan_metric_t *refusal_counter(capf_metrics_t *m, capf_refusal_t r) {
+  switch (r) {
+    case CAPF_REFUSE_DRAINING:
+      return m->rejected_draining;
+    case CAPF_REFUSE_IPV6:
+      return m->rejected_ipv6;
+    case CAPF_REFUSE_TOTAL_LIMIT:
+      return m->rejected_total_limit;
+    case CAPF_REFUSE_ADDRESS_LIMIT:
+      return m->rejected_address_limit;
+    default:
+      return m->rejected_error;
+  }
+}
+
+/* Accepts the pending connection and starts its session, or refuses it. */
+static void accept_one(capstan_capf_server_t *srv) {
+  capf_metrics_t *m = &srv->shared.m;
+  uv_stream_t *listener = (uv_stream_t *)&srv->listener;
+  capf_conn_t *c = capf_conn_new(srv->loop, srv->store, srv->pki, srv->shared.settings.legacy_tls,
+                                 &srv->shared, &kConnOwner, srv);
+  if (c == NULL) {
+    /* Accept and drop so the listener does not spin on a pending socket. */
+    uv_tcp_t *tmp = malloc(sizeof(*tmp));
+    if (tmp != NULL) {
+      uv_tcp_init(srv->loop, tmp);
+      if (uv_accept(listener, (uv_stream_t *)tmp) == 0) LOG_ERROR("event=capf_accept_no_memory");
+      uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
+    }
+    capstan_metric_inc(m->rejected_error);
+    return;
+  }
+  if (capf_conn_accept(c, listener) < 0) {
+    capstan_metric_inc(m->rejected_error);
+    capf_conn_discard(c);
+    return;
+  }
+  const capf_settings_t *set = &srv->shared.settings;
+  capf_admission_input_t in = {
+      .draining = srv->draining,
+      .enable_ipv6 = set->enable_ipv6,
+      .open_sessions = srv->nsessions,
+      .max_connections = set->max_connections,
+      .max_per_address = set->max_connections_per_address,
+  };
+  capf_refusal_t refusal = capf_admission_decide(&srv->admission, capf_conn_peer(c), &in);
+  if (refusal != CAPF_REFUSE_NONE) {
+    capf_admission_log_refusal(&srv->admission, uv_now(srv->loop), c->session.peer_host, refusal);
+    capstan_metric_inc(refusal_counter(m, refusal));
+    capf_conn_discard(c);
+    return;
+  }
+  c->next = srv->conns;
+  if (srv->conns) srv->conns->prev = c;
+  srv->conns = c;
+  srv->nsessions++;
+  srv->handshaking++;
+  capstan_metric_set(m->sessions_active, srv->nsessions);
+  capf_conn_start(c, uv_now(srv->loop) < srv->own_socket_options_until_ms, set->keepalive_minutes);
+}
 
 static void on_connection(uv_stream_t *listener, int status) {
   capstan_capf_server_t *srv = listener->data;
@@ -315,15 +304,7 @@ static void on_connection(uv_stream_t *listener, int status) {
     srv->accept_deferred = 1; /* accepted when a handshake finishes */
     return;
   }
-  capf_session_start(srv, listener);
-}
-
-void capf_server_handshake_done(capstan_capf_server_t *srv) {
-  srv->handshaking--;
-  if (srv->accept_deferred && !srv->draining && srv->handshaking < CAPF_MAX_HANDSHAKES) {
-    srv->accept_deferred = 0;
-    capf_session_start(srv, (uv_stream_t *)&srv->listener);
-  }
+  accept_one(srv);
 }
 
 int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const char *host_port,
@@ -338,12 +319,12 @@ int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const cha
   if (srv == NULL) return CAPSTAN_ENOMEM;
   srv->loop = loop;
   srv->store = store;
-  register_metrics(&srv->m);
-  int rc = capstan_conntrack_init(&srv->conntrack, CAPF_CONNTRACK_BUCKETS);
+  capf_metrics_register(&srv->shared.m);
+  int rc = capf_admission_init(&srv->admission, CAPF_CONNTRACK_BUCKETS);
   if (rc < 0) goto err_free;
   rc = capstan_capf_server_reload(srv);
   if (rc < 0) goto err_free;
-  capstan_throttle_init(&srv->throttle, loop, settings->max_concurrent_keygen,
+  capstan_throttle_init(&srv->shared.throttle, loop, settings->max_concurrent_keygen,
                         settings->max_new_keygen_per_second);
   capstan_capf_server_apply_settings(srv, settings);
   uv_tcp_init(loop, &srv->listener);
@@ -355,8 +336,7 @@ int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const cha
   if (rc == 0) {
     /* Accepted sockets inherit these (Linux copies them at accept): seven
      * system calls a phone saved. */
-    uv_tcp_nodelay(&srv->listener, 1);
-    capf_tcp_set_keepalive(&srv->listener, srv->settings.keepalive_minutes);
+    capf_tcp_set_options(&srv->listener, srv->shared.settings.keepalive_minutes);
     srv->listening = 1;
   }
   if (rc == 0) rc = uv_listen((uv_stream_t *)&srv->listener, CAPF_LISTEN_BACKLOG, on_connection);
@@ -374,7 +354,7 @@ int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const cha
   return 0;
 err_free:
   capf_pki_unref(srv->pki);
-  capstan_conntrack_cleanup(&srv->conntrack);
+  capf_admission_cleanup(&srv->admission);
   free(srv);
   return rc;
 }
@@ -395,7 +375,7 @@ static void on_handle_closed(uv_handle_t *h) {
   void (*done)(void *) = srv->drain_done;
   void *arg = srv->drain_arg;
   capf_pki_unref(srv->pki);
-  capstan_conntrack_cleanup(&srv->conntrack);
+  capf_admission_cleanup(&srv->admission);
   free(srv);
   if (done) done(arg);
 }
@@ -403,22 +383,18 @@ static void on_handle_closed(uv_handle_t *h) {
 static void finish_drain(capstan_capf_server_t *srv) {
   if (srv->draining != 1) return;
   srv->draining = 2;
-  srv->throttle.timer.data = srv;
-  uv_close((uv_handle_t *)&srv->throttle.timer, on_handle_closed);
+  srv->shared.throttle.timer.data = srv;
+  uv_close((uv_handle_t *)&srv->shared.throttle.timer, on_handle_closed);
   uv_close((uv_handle_t *)&srv->drain_timer, on_handle_closed);
-}
-
-void capf_server_session_closed(capstan_capf_server_t *srv) {
-  if (srv->draining == 1 && srv->nsessions == 0) finish_drain(srv);
 }
 
 static void on_drain_deadline(uv_timer_t *t) {
   capstan_capf_server_t *srv = t->data;
   LOG_WARN("event=capf_drain_deadline sessions_closed=%u", srv->nsessions);
-  capf_session_t *it = srv->sessions;
+  capf_conn_t *it = srv->conns;
   while (it != NULL) {
-    capf_session_t *next = capf_session_next(it);
-    capf_session_abort(it);
+    capf_conn_t *next = it->next;
+    capf_conn_abort(it);
     it = next;
   }
 }

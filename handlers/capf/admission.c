@@ -1,0 +1,56 @@
+#include "handlers/capf/admission.h"
+
+#include <netinet/in.h>
+
+#include "core/base/error.h"
+#include "core/base/log.h"
+
+static const char *const kRefusalTexts[] = {
+#define X(id, text) text,
+    CAPF_REFUSALS(X)
+#undef X
+};
+
+const char *capf_refusal_text(capf_refusal_t r) {
+  return (unsigned)r < CAPF_REFUSE_COUNT ? kRefusalTexts[r] : "?";
+}
+
+int capf_admission_init(capf_admission_t *a, unsigned buckets) {
+  a->last_log_ms = 0;
+  a->unlogged = 0;
+  return capstan_conntrack_init(&a->per_address, buckets);
+}
+
+void capf_admission_cleanup(capf_admission_t *a) {
+  capstan_conntrack_cleanup(&a->per_address);
+}
+
+capf_refusal_t capf_admission_decide(capf_admission_t *a, const struct sockaddr *peer,
+                                     const capf_admission_input_t *in) {
+  if (in->draining) return CAPF_REFUSE_DRAINING;
+  const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
+  if (!in->enable_ipv6 && peer->sa_family == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+    return CAPF_REFUSE_IPV6;
+  }
+  if (in->open_sessions >= in->max_connections) return CAPF_REFUSE_TOTAL_LIMIT;
+  int rc = capstan_conntrack_add(&a->per_address, peer, in->max_per_address);
+  if (rc == CAPSTAN_EBUSY) return CAPF_REFUSE_ADDRESS_LIMIT;
+  if (rc < 0) return CAPF_REFUSE_NO_MEMORY;
+  return CAPF_REFUSE_NONE;
+}
+
+void capf_admission_leave(capf_admission_t *a, const struct sockaddr *peer) {
+  capstan_conntrack_remove(&a->per_address, peer);
+}
+
+void capf_admission_log_refusal(capf_admission_t *a, uint64_t now_ms, const char *peer_host,
+                                capf_refusal_t r) {
+  if (a->last_log_ms == 0 || now_ms - a->last_log_ms >= 1000) {
+    LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\" also_refused=%u", peer_host,
+             capf_refusal_text(r), a->unlogged);
+    a->last_log_ms = now_ms;
+    a->unlogged = 0;
+  } else {
+    a->unlogged++;
+  }
+}

@@ -1,0 +1,83 @@
+/* The CAPF server's metrics and the names of session outcomes. */
+#include <stdio.h>
+
+#include "handlers/capf/internal.h"
+
+static const char *const kOpNames[] = {
+#define X(id, name) name,
+    CAPF_OPERATIONS(X)
+#undef X
+};
+static const char *const kResultNames[] = {
+#define X(id, name) name,
+    CAPF_RESULTS(X)
+#undef X
+};
+
+const char *capf_op_label_name(capf_op_label_t op) {
+  return (unsigned)op < CAPF_OP_COUNT ? kOpNames[op] : "?";
+}
+
+const char *capf_result_name(capf_result_t r) {
+  return (unsigned)r < CAPF_RESULT_COUNT ? kResultNames[r] : "?";
+}
+
+void capf_metrics_register(capf_metrics_t *m) {
+  char labels[128];
+  for (int op = 0; op < CAPF_OP_COUNT; op++) {
+    for (int r = 0; r < CAPF_RESULT_COUNT; r++) {
+      snprintf(labels, sizeof(labels), "operation=\"%s\",result=\"%s\"", kOpNames[op],
+               kResultNames[r]);
+      m->sessions[op][r] =
+          capstan_metrics_counter("capstan_capf_sessions_total",
+                                  "CAPF sessions by scheduled operation and outcome", labels);
+    }
+  }
+  m->sessions_active =
+      capstan_metrics_gauge("capstan_capf_sessions_active", "CAPF sessions open now", NULL);
+  m->session_duration = capstan_metrics_histogram("capstan_capf_session_duration_seconds",
+                                                  "CAPF session duration, connect to close", NULL,
+                                                  capstan_buckets_slow, capstan_buckets_slow_n);
+  const char *hs = "capstan_capf_handshakes_total";
+  const char *hs_help = "CAPF TLS handshakes by result";
+  m->handshakes_ok = capstan_metrics_counter(hs, hs_help, "result=\"ok\"");
+  m->handshakes_failed = capstan_metrics_counter(hs, hs_help, "result=\"failed\"");
+  m->handshakes_timeout = capstan_metrics_counter(hs, hs_help, "result=\"timeout\"");
+  m->handshakes_legacy_refused = capstan_metrics_counter(hs, hs_help, "result=\"legacy_refused\"");
+  m->handshake_duration = capstan_metrics_histogram("capstan_capf_handshake_duration_seconds",
+                                                    "CAPF TLS handshake duration", NULL,
+                                                    capstan_buckets_fast, capstan_buckets_fast_n);
+  static const char *const kModes[] = {"none", "string", "null", "lsc", "mic"};
+  for (int i = 1; i <= 4; i++) {
+    snprintf(labels, sizeof(labels), "mode=\"%s\"", kModes[i]);
+    m->auth_failures[i] = capstan_metrics_counter("capstan_capf_auth_failures_total",
+                                                  "Failed phone authentications by mode", labels);
+  }
+  const char *rj = "capstan_capf_connections_rejected_total";
+  const char *rj_help = "CAPF connections refused before a session, by reason";
+  m->rejected_total_limit = capstan_metrics_counter(rj, rj_help, "reason=\"limit_total\"");
+  m->rejected_address_limit = capstan_metrics_counter(rj, rj_help, "reason=\"limit_per_address\"");
+  m->rejected_ipv6 = capstan_metrics_counter(rj, rj_help, "reason=\"ipv6_disabled\"");
+  m->rejected_draining = capstan_metrics_counter(rj, rj_help, "reason=\"draining\"");
+  m->rejected_error = capstan_metrics_counter(rj, rj_help, "reason=\"error\"");
+  m->keygen_waiting = capstan_metrics_gauge("capstan_capf_keygen_waiting",
+                                            "Phones held, waiting for a key generation slot", NULL);
+  m->keygen_active =
+      capstan_metrics_gauge("capstan_capf_keygen_active", "Phones generating a key now", NULL);
+  m->keygen_duration = capstan_metrics_histogram(
+      "capstan_capf_keygen_duration_seconds", "Phone key generation time, request to response",
+      NULL, capstan_buckets_slow, capstan_buckets_slow_n);
+  const char *th = "capstan_capf_throttled_total";
+  const char *th_help = "Phones held by the key generation throttle, by how the hold ended";
+  m->throttled_admitted = capstan_metrics_counter(th, th_help, "result=\"admitted\"");
+  m->throttled_retry_later = capstan_metrics_counter(th, th_help, "result=\"retry_later\"");
+  m->protocol_errors = capstan_metrics_counter("capstan_capf_protocol_errors_total",
+                                               "Malformed or out-of-order CAPF messages", NULL);
+  const char *to = "capstan_capf_timeouts_total";
+  const char *to_help = "CAPF sessions ended by a timer, by timer";
+  m->timeouts_handshake = capstan_metrics_counter(to, to_help, "timer=\"handshake\"");
+  m->timeouts_step = capstan_metrics_counter(to, to_help, "timer=\"step\"");
+  m->timeouts_keygen = capstan_metrics_counter(to, to_help, "timer=\"keygen\"");
+  m->certs_issued = capstan_metrics_counter("capstan_capf_certificates_issued_total",
+                                            "LSCs signed and recorded", NULL);
+}

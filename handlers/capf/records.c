@@ -1,0 +1,122 @@
+/* The only file of handlers/capf that speaks the storage schema: it maps
+ * Device records to capf_device_t and capf_record_t to the device
+ * operations of storage/devices.h. */
+#include "handlers/capf/records.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/base/error.h"
+#include "core/pki/pki.h"
+#include "storage/devices.h"
+
+/* Numbers that cross from the schema to the session unchanged. */
+_Static_assert((int)CAPF_OPERATION_NONE == (int)CAPSTAN__OPERATION__OPERATION_NONE &&
+                   (int)CAPF_OPERATION_INSTALL == (int)CAPSTAN__OPERATION__OPERATION_INSTALL &&
+                   (int)CAPF_OPERATION_DELETE == (int)CAPSTAN__OPERATION__OPERATION_DELETE &&
+                   (int)CAPF_OPERATION_TROUBLESHOOT ==
+                       (int)CAPSTAN__OPERATION__OPERATION_TROUBLESHOOT,
+               "operation numbers");
+_Static_assert((int)CAPSTAN_CAPF_AUTH_NONE == (int)CAPSTAN__AUTH_MODE__AUTH_MODE_NONE &&
+                   (int)CAPSTAN_CAPF_AUTH_STRING == (int)CAPSTAN__AUTH_MODE__AUTH_MODE_STRING &&
+                   (int)CAPSTAN_CAPF_AUTH_NULL_STRING == (int)CAPSTAN__AUTH_MODE__AUTH_MODE_NULL &&
+                   (int)CAPSTAN_CAPF_AUTH_LSC == (int)CAPSTAN__AUTH_MODE__AUTH_MODE_LSC &&
+                   (int)CAPSTAN_CAPF_AUTH_MIC == (int)CAPSTAN__AUTH_MODE__AUTH_MODE_MIC,
+               "auth mode numbers are the wire's AUTH_TYPE");
+_Static_assert(CAPSTAN_PKI_KEY_RSA == (int)CAPSTAN__KEY_ALG__KEY_ALG_RSA &&
+                   CAPSTAN_PKI_KEY_EC == (int)CAPSTAN__KEY_ALG__KEY_ALG_EC,
+               "key algorithm numbers");
+_Static_assert((int)CAPSTAN_CAPF_CERT_LSC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_LSC &&
+                   (int)CAPSTAN_CAPF_CERT_MIC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_MIC,
+               "certificate type numbers are the wire's");
+
+static const char *const kKindNames[] = {
+#define X(id, name) name,
+    CAPF_RECORD_KINDS(X)
+#undef X
+};
+
+const char *capf_record_kind_name(capf_record_kind_t kind) {
+  return (unsigned)kind < sizeof(kKindNames) / sizeof(kKindNames[0]) ? kKindNames[kind] : "?";
+}
+
+int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *out) {
+  Capstan__Device *d = NULL;
+  int rc = capstan_store_device_load(store, name, &d);
+  if (rc < 0) return rc;
+  *out = (capf_device_t){
+      .operation = (capf_operation_t)d->operation,
+      .auth_mode = (capstan_capf_auth_type_t)d->auth_mode,
+      .key_alg = (int)d->key_alg,
+      .key_bits = d->key_bits,
+      .completes_by = d->completes_by,
+  };
+  if (d->auth_string != NULL && strlen(d->auth_string) <= CAPF_AUTH_STRING_MAX) {
+    strcpy(out->auth_string, d->auth_string);
+  }
+  capstan__device__free_unpacked(d, NULL);
+  return 0;
+}
+
+capf_record_t *capf_record_new(capf_record_kind_t kind, const char *device) {
+  capf_record_t *r = calloc(1, sizeof(*r));
+  if (r == NULL) return NULL;
+  r->kind = kind;
+  r->now = (int64_t)time(NULL);
+  size_t n = strlen(device);
+  if (n > CAPSTAN_CAPF_DEVICE_NAME_MAX) n = CAPSTAN_CAPF_DEVICE_NAME_MAX;
+  memcpy(r->device, device, n);
+  return r;
+}
+
+void capf_record_free(capf_record_t *r) {
+  if (r == NULL) return;
+  free(r->der);
+  free(r->spki);
+  free(r);
+}
+
+static Capstan__OpStatus op_status(capf_status_t s) {
+  switch (s) {
+    case CAPF_STATUS_IN_PROGRESS:
+      return CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS;
+    case CAPF_STATUS_EXPIRED:
+      return CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED;
+    case CAPF_STATUS_FAILED:
+      break;
+  }
+  return CAPSTAN__OP_STATUS__OP_STATUS_FAILED;
+}
+
+int capf_record_apply(capstan_txn_t *txn, void *arg) {
+  const capf_record_t *r = arg;
+  int rc = 0;
+  switch (r->kind) {
+    case CAPF_RECORD_STATUS:
+      return capstan_devices_set_status(txn, r->device, op_status(r->status), r->reason, r->now,
+                                        r->count_attempt);
+    case CAPF_RECORD_SEEN_CERT:
+      return capstan_devices_record_seen_cert(txn, r->device, r->der, r->der_len,
+                                              (Capstan__CertType)r->cert_type, r->md5, r->spki,
+                                              r->spki_len, r->now);
+    case CAPF_RECORD_ISSUED:
+      return capstan_devices_record_issued(txn, r->device, r->serial, r->der, r->der_len,
+                                           r->not_after, r->md5, r->now);
+    case CAPF_RECORD_INSTALLED:
+      return capstan_devices_record_installed(txn, r->device, r->serial, r->spki, r->spki_len,
+                                              r->md5, r->now);
+    case CAPF_RECORD_DELETED:
+      return capstan_devices_record_deleted(txn, r->device, r->now);
+    case CAPF_RECORD_FETCHED:
+      if (r->der != NULL) {
+        rc = capstan_devices_record_seen_cert(txn, r->device, r->der, r->der_len,
+                                              (Capstan__CertType)r->cert_type, r->md5, r->spki,
+                                              r->spki_len, r->now);
+        if (rc < 0) return rc;
+      }
+      return capstan_devices_set_status(txn, r->device, CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED,
+                                        r->reason, r->now, 0);
+  }
+  return CAPSTAN_EINVAL;
+}

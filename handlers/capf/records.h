@@ -1,0 +1,101 @@
+/* What a CAPF session reads from and writes to the store, as plain structs:
+ * the device it serves (capf_device_t) and the durable records of its
+ * progress (capf_record_t). records.c maps them to the storage schema; no
+ * other file of handlers/capf includes it. */
+#ifndef CAPSTAN_HANDLERS_CAPF_RECORDS_H
+#define CAPSTAN_HANDLERS_CAPF_RECORDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "handlers/capf/wire.h"
+#include "storage/store.h"
+
+/* The operation scheduled for a device (same numbers as the schema's). */
+typedef enum {
+  CAPF_OPERATION_NONE = 0,
+  CAPF_OPERATION_INSTALL = 1, /* install or upgrade the LSC */
+  CAPF_OPERATION_DELETE = 2,
+  CAPF_OPERATION_TROUBLESHOOT = 3, /* fetch the phone's certificate */
+} capf_operation_t;
+
+/* Longest auth string a record may hold and still be usable. A longer one
+ * (the CLI allows 10 digits) is treated as missing, so it never matches a
+ * truncated copy. */
+#define CAPF_AUTH_STRING_MAX 63
+
+/* A device as a session needs it. Auth mode numbers are the wire's AUTH_TYPE
+ * values (records.c asserts the schema agrees); key_alg is
+ * CAPSTAN_PKI_KEY_RSA or CAPSTAN_PKI_KEY_EC. */
+typedef struct capf_device {
+  capf_operation_t operation;
+  capstan_capf_auth_type_t auth_mode;
+  char auth_string[CAPF_AUTH_STRING_MAX + 1]; /* "" when none; never logged */
+  int key_alg;
+  unsigned key_bits;
+  int64_t completes_by; /* unix seconds; 0 = no deadline */
+} capf_device_t;
+
+/* Reads device |name| in a read transaction (loop thread: microseconds).
+ * Returns 0, CAPSTAN_ENOENT for an unknown device, or a store error. */
+int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *out);
+
+/* The kinds of durable record a session writes. */
+#define CAPF_RECORD_KINDS(X)                                                   \
+  X(STATUS, "status")       /* set the status (+reason), maybe count */        \
+  X(SEEN_CERT, "seen_cert") /* the certificate the phone authenticated with */ \
+  X(ISSUED, "issued")       /* a new LSC, before it goes to the phone */       \
+  X(INSTALLED, "installed") /* the phone stored it */                          \
+  X(DELETED, "deleted")     /* the phone deleted its LSC */                    \
+  X(FETCHED, "fetched")     /* troubleshoot done */
+
+typedef enum {
+#define X(id, name) CAPF_RECORD_##id,
+  CAPF_RECORD_KINDS(X)
+#undef X
+} capf_record_kind_t;
+
+const char *capf_record_kind_name(capf_record_kind_t kind);
+
+/* Statuses a session sets (CAPF_RECORD_STATUS). */
+typedef enum {
+  CAPF_STATUS_IN_PROGRESS,
+  CAPF_STATUS_FAILED,
+  CAPF_STATUS_EXPIRED,
+} capf_status_t;
+
+/* One durable write. It is read on the writer thread, possibly more than
+ * once (a batch replay), so it holds its own copies of everything. */
+typedef struct capf_record {
+  capf_record_kind_t kind;
+  int awaited; /* the session waits for this commit before moving on */
+  void *host;  /* the host's: what it needs back after the commit */
+  char device[CAPSTAN_CAPF_DEVICE_NAME_MAX + 1];
+  int64_t now;
+  /* STATUS */
+  capf_status_t status;
+  const char *reason; /* static string; STATUS, and FETCHED without a certificate */
+  int count_attempt;
+  /* SEEN_CERT, ISSUED, INSTALLED, FETCHED: the certificate (owned) */
+  uint8_t serial[CAPSTAN_SERIAL_LEN]; /* ISSUED, INSTALLED */
+  uint8_t *der;                       /* NULL for INSTALLED, and FETCHED without one */
+  size_t der_len;
+  uint8_t *spki;
+  size_t spki_len;
+  char md5[33];
+  int cert_type; /* CAPSTAN_CAPF_CERT_* */
+  int64_t not_after;
+} capf_record_t;
+
+/* A zeroed record of |kind| for |device|, stamped with the time now. NULL
+ * when out of memory. */
+capf_record_t *capf_record_new(capf_record_kind_t kind, const char *device);
+
+/* Frees |r| and the buffers it owns. NULL is ignored. */
+void capf_record_free(capf_record_t *r);
+
+/* Applies |arg| (a capf_record_t) in the writer's transaction: a
+ * capstan_store_write_fn. Touches only the record and |txn|. */
+int capf_record_apply(capstan_txn_t *txn, void *arg);
+
+#endif
