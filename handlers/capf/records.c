@@ -24,8 +24,8 @@ _Static_assert((int)CAPSTAN_CAPF_AUTH_NONE == (int)CAPSTAN__AUTH_MODE__AUTH_MODE
                    (int)CAPSTAN_CAPF_AUTH_LSC == (int)CAPSTAN__AUTH_MODE__AUTH_MODE_LSC &&
                    (int)CAPSTAN_CAPF_AUTH_MIC == (int)CAPSTAN__AUTH_MODE__AUTH_MODE_MIC,
                "auth mode numbers are the wire's AUTH_TYPE");
-_Static_assert(CAPSTAN_PKI_KEY_RSA == (int)CAPSTAN__KEY_ALG__KEY_ALG_RSA &&
-                   CAPSTAN_PKI_KEY_EC == (int)CAPSTAN__KEY_ALG__KEY_ALG_EC,
+_Static_assert(CAPSTAN_KEY_RSA == (int)CAPSTAN__KEY_ALG__KEY_ALG_RSA &&
+                   CAPSTAN_KEY_EC == (int)CAPSTAN__KEY_ALG__KEY_ALG_EC,
                "key algorithm numbers");
 _Static_assert((int)CAPSTAN_CAPF_CERT_LSC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_LSC &&
                    (int)CAPSTAN_CAPF_CERT_MIC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_MIC,

@@ -26,7 +26,7 @@ typedef enum {
 
 /* A device as a session needs it. Auth mode numbers are the wire's AUTH_TYPE
  * values (records.c asserts the schema agrees); key_alg is
- * CAPSTAN_PKI_KEY_RSA or CAPSTAN_PKI_KEY_EC. */
+ * CAPSTAN_KEY_RSA or CAPSTAN_KEY_EC. */
 typedef struct capf_device {
   capf_operation_t operation;
   capstan_capf_auth_type_t auth_mode;

@@ -514,7 +514,7 @@ static void auth_failed(capf_session_t *s, const char *reason) {
 static void send_keygen_request(capf_session_t *s) {
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST, s->session_id, 1);
-  if (s->key_alg == CAPSTAN_PKI_KEY_EC) {
+  if (s->key_alg == CAPSTAN_KEY_EC) {
     uint8_t curve = s->key_bits == 384   ? CAPSTAN_CAPF_CURVE_P384
                     : s->key_bits == 521 ? CAPSTAN_CAPF_CURVE_P521
                                          : CAPSTAN_CAPF_CURVE_P256;

@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "core/base/error.h"
+#include "bench/phone/phone_pki.h"
 #include "core/pki/pki.h"
 #include "handlers/capf/session.h"
 
@@ -142,7 +143,7 @@ static fake_t *fake_new(capf_operation_t op, capstan_capf_auth_type_t mode) {
   f->device = (capf_device_t){
       .operation = op,
       .auth_mode = mode,
-      .key_alg = CAPSTAN_PKI_KEY_RSA,
+      .key_alg = CAPSTAN_KEY_RSA,
       .key_bits = 2048,
   };
   strcpy(f->device.auth_string, "123456");
@@ -406,7 +407,7 @@ static void test_install_by_auth_string(void **state) {
 static void test_install_ec_key_request(void **state) {
   (void)state;
   fake_t *f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
-  f->device.key_alg = CAPSTAN_PKI_KEY_EC;
+  f->device.key_alg = CAPSTAN_KEY_EC;
   f->device.key_bits = 384;
   authenticate(f, NULL);
   capstan_capf_msg_t m = sent(f, 1, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST);
@@ -514,7 +515,7 @@ static void fetch_response_with(fake_t *f, const uint8_t *der, size_t len) {
 static void test_troubleshoot(void **state) {
   (void)state;
   capstan_identity_t ca = {0};
-  assert_int_equal(capstan_pki_create_test_ca("Test Manufacturing CA", &ca), 0);
+  assert_int_equal(capstan_phone_create_test_ca("Test Manufacturing CA", &ca), 0);
   uint8_t *der = NULL;
   size_t der_len = 0;
   assert_int_equal(capstan_pki_cert_to_der(ca.cert, &der, &der_len), 0);
