@@ -11,6 +11,7 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "core/base/names.h"
 
 /* Largest private-key result: RSA-4096 signature or decryption. */
 #define KEY_OP_MAX_OUT 1024
@@ -71,15 +72,8 @@ struct capstan_tls_conn {
   capstan_tls_close_reason_t close_reason;
 };
 
-static const char *const kCloseReasonNames[] = {
-#define X(id, name) name,
-    CAPSTAN_TLS_CLOSE_REASONS(X)
-#undef X
-};
-
-const char *capstan_tls_close_reason_name(capstan_tls_close_reason_t reason) {
-  return kCloseReasonNames[reason];
-}
+CAPSTAN_DEFINE_NAME_FN(, capstan_tls_close_reason_name, capstan_tls_close_reason_t,
+                       CAPSTAN_TLS_CLOSE_REASONS, "?")
 
 static _Atomic uint64_t g_async_key_ops;
 

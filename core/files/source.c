@@ -2,16 +2,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include "core/base/names.h"
 
-static const char *const kKindNames[] = {
-#define X(id, name) name,
-    CAPSTAN_FILE_KINDS(X)
-#undef X
-};
-
-const char *capstan_file_kind_name(capstan_file_kind_t kind) {
-  return (unsigned)kind < CAPSTAN_FILE_KIND_COUNT ? kKindNames[kind] : "other";
-}
+CAPSTAN_DEFINE_NAME_FN(, capstan_file_kind_name, capstan_file_kind_t, CAPSTAN_FILE_KINDS, "other")
 
 static int ends_with(const char *s, const char *suffix) {
   size_t n = strlen(s), m = strlen(suffix);

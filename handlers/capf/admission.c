@@ -4,16 +4,9 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "core/base/names.h"
 
-static const char *const kRefusalTexts[] = {
-#define X(id, text) text,
-    CAPF_REFUSALS(X)
-#undef X
-};
-
-const char *capf_refusal_text(capf_refusal_t r) {
-  return (unsigned)r < CAPF_REFUSE_COUNT ? kRefusalTexts[r] : "?";
-}
+CAPSTAN_DEFINE_NAME_FN(, capf_refusal_text, capf_refusal_t, CAPF_REFUSALS, "?")
 
 int capf_admission_init(capf_admission_t *a, unsigned buckets) {
   a->last_log_ms = 0;

@@ -2,32 +2,17 @@
 #include <stdio.h>
 
 #include "handlers/capf/internal.h"
+#include "core/base/names.h"
 
-static const char *const kOpNames[] = {
-#define X(id, name) name,
-    CAPF_OPERATIONS(X)
-#undef X
-};
-static const char *const kResultNames[] = {
-#define X(id, name) name,
-    CAPF_RESULTS(X)
-#undef X
-};
-
-const char *capf_op_label_name(capf_op_label_t op) {
-  return (unsigned)op < CAPF_OP_COUNT ? kOpNames[op] : "?";
-}
-
-const char *capf_result_name(capf_result_t r) {
-  return (unsigned)r < CAPF_RESULT_COUNT ? kResultNames[r] : "?";
-}
+CAPSTAN_DEFINE_NAME_FN(, capf_op_label_name, capf_op_label_t, CAPF_OPERATIONS, "?")
+CAPSTAN_DEFINE_NAME_FN(, capf_result_name, capf_result_t, CAPF_RESULTS, "?")
 
 void capf_metrics_register(capf_metrics_t *m) {
   char labels[128];
   for (int op = 0; op < CAPF_OP_COUNT; op++) {
     for (int r = 0; r < CAPF_RESULT_COUNT; r++) {
-      snprintf(labels, sizeof(labels), "operation=\"%s\",result=\"%s\"", kOpNames[op],
-               kResultNames[r]);
+      snprintf(labels, sizeof(labels), "operation=\"%s\",result=\"%s\"", capf_op_label_name(op),
+               capf_result_name(r));
       m->sessions[op][r] =
           capstan_metrics_counter("capstan_capf_sessions_total",
                                   "CAPF sessions by scheduled operation and outcome", labels);

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "core/base/error.h"
+#include "core/base/names.h"
 #include "core/pki/pki.h"
 #include "storage/devices.h"
 
@@ -31,15 +32,7 @@ _Static_assert((int)CAPSTAN_CAPF_CERT_LSC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_
                    (int)CAPSTAN_CAPF_CERT_MIC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_MIC,
                "certificate type numbers are the wire's");
 
-static const char *const kKindNames[] = {
-#define X(id, name) name,
-    CAPF_RECORD_KINDS(X)
-#undef X
-};
-
-const char *capf_record_kind_name(capf_record_kind_t kind) {
-  return (unsigned)kind < sizeof(kKindNames) / sizeof(kKindNames[0]) ? kKindNames[kind] : "?";
-}
+CAPSTAN_DEFINE_NAME_FN(, capf_record_kind_name, capf_record_kind_t, CAPF_RECORD_KINDS, "?")
 
 int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *out) {
   Capstan__Device *d = NULL;

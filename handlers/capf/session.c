@@ -36,18 +36,11 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "core/base/names.h"
 
 /* --- States, events, timers ----------------------------------------------- */
 
-static const char *const kStateNames[] = {
-#define X(id, name) name,
-    CAPF_STATES(X)
-#undef X
-};
-
-const char *capf_state_name(capf_state_t st) {
-  return (unsigned)st < CAPF_ST_COUNT ? kStateNames[st] : "?";
-}
+CAPSTAN_DEFINE_NAME_FN(, capf_state_name, capf_state_t, CAPF_STATES, "?")
 
 #define EVENTS(X)                                           \
   X(HANDSHAKE_DONE, "handshake_done")                       \

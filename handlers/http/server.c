@@ -36,6 +36,7 @@
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 #include "core/base/netaddr.h"
+#include "core/base/names.h"
 
 #define READ_BUF_BYTES (64 * 1024)
 #define LINGER_MS 2000 /* at most; see CONN_LINGER */
@@ -78,14 +79,7 @@ typedef enum {
 #undef X
 } conn_state_t;
 
-static const char *conn_state_name(conn_state_t s) {
-  static const char *const names[] = {
-#define X(id, name) name,
-      CONN_STATES(X)
-#undef X
-  };
-  return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "unknown";
-}
+CAPSTAN_DEFINE_NAME_FN(static, conn_state_name, conn_state_t, CONN_STATES, "unknown")
 
 typedef enum { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE, TIMER_LINGER } timer_kind_t;
 

@@ -17,6 +17,7 @@
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 #include "core/base/netaddr.h"
+#include "core/base/names.h"
 #include "handlers/tftp/tftp_packet.h"
 
 /* One receive buffer per server, shared by the listener and every transfer
@@ -73,14 +74,7 @@ typedef enum {
 #undef X
 } transfer_state_t;
 
-static const char *transfer_state_name(transfer_state_t s) {
-  static const char *const names[] = {
-#define X(id, name) name,
-      TRANSFER_STATES(X)
-#undef X
-  };
-  return names[s];
-}
+CAPSTAN_DEFINE_NAME_FN(static, transfer_state_name, transfer_state_t, TRANSFER_STATES, "?")
 
 typedef struct transfer transfer_t;
 

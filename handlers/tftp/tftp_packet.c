@@ -3,26 +3,13 @@
 #include <openssl/bytestring.h>
 #include <stdio.h>
 #include <string.h>
+#include "core/base/names.h"
 
-static const char *const kRejectNames[] = {
-#define X(id, name) name,
-    CAPSTAN_TFTP_REJECT_REASONS(X)
-#undef X
-};
+CAPSTAN_DEFINE_NAME_FN(, capstan_tftp_reject_name, capstan_tftp_reject_t,
+                       CAPSTAN_TFTP_REJECT_REASONS, "unknown")
 
-const char *capstan_tftp_reject_name(capstan_tftp_reject_t reason) {
-  return (unsigned)reason < CAPSTAN_TFTP_REJECT_COUNT ? kRejectNames[reason] : "unknown";
-}
-
-static const char *const kOptionNames[] = {
-#define X(id, name) name,
-    CAPSTAN_TFTP_OPTIONS(X)
-#undef X
-};
-
-const char *capstan_tftp_option_name(capstan_tftp_option_t opt) {
-  return (unsigned)opt < CAPSTAN_TFTP_OPT_COUNT ? kOptionNames[opt] : "unknown";
-}
+CAPSTAN_DEFINE_NAME_FN(, capstan_tftp_option_name, capstan_tftp_option_t, CAPSTAN_TFTP_OPTIONS,
+                       "unknown")
 
 /* Reads one NUL-terminated string; |out| excludes the NUL. */
 static int get_string(CBS *cbs, CBS *out) {
@@ -63,7 +50,7 @@ static int parse_decimal(const CBS *cbs, uint64_t *out) {
 
 static int find_option(const CBS *name) {
   for (int i = 0; i < CAPSTAN_TFTP_OPT_COUNT; i++) {
-    if (equals_nocase(name, kOptionNames[i])) return i;
+    if (equals_nocase(name, capstan_tftp_option_name((capstan_tftp_option_t)i))) return i;
   }
   return -1;
 }
@@ -159,7 +146,7 @@ size_t capstan_tftp_build_error(uint8_t *buf, size_t cap, uint16_t code, const c
 static int add_option(CBB *cbb, capstan_tftp_option_t opt, uint64_t value) {
   char num[24];
   int n = snprintf(num, sizeof(num), "%llu", (unsigned long long)value);
-  const char *name = kOptionNames[opt];
+  const char *name = capstan_tftp_option_name(opt);
   return n > 0 && CBB_add_bytes(cbb, (const uint8_t *)name, strlen(name) + 1) &&
          CBB_add_bytes(cbb, (const uint8_t *)num, (size_t)n + 1);
 }
