@@ -307,6 +307,17 @@ static void sign_ok(capf_job_t *j) {
   j->u.issue.not_after = 2000000000;
 }
 
+/* An install with the null string, signed by the worker: the ISSUED record
+ * is queued and not yet committed. */
+static fake_t *signed_install(void) {
+  fake_t *f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  authenticate(f, NULL);
+  keygen_response(f);
+  sign_ok(f->jobs[0]);
+  work_done(f, 0);
+  return f;
+}
+
 /* ---- install / upgrade --------------------------------------------------- */
 
 static void test_install_by_auth_string(void **state) {
@@ -448,11 +459,7 @@ static void test_install_failures(void **state) {
   fake_free(f);
 
   /* The ISSUED record does not commit: the certificate never leaves. */
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
-  authenticate(f, NULL);
-  keygen_response(f);
-  sign_ok(f->jobs[0]);
-  work_done(f, 0);
+  f = signed_install();
   commit(f, 1, CAPSTAN_ENOSPC);
   assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
   for (int i = 0; i < f->nsent; i++) {
@@ -464,11 +471,7 @@ static void test_install_failures(void **state) {
   fake_free(f);
 
   /* The phone did not store the certificate. */
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
-  authenticate(f, NULL);
-  keygen_response(f);
-  sign_ok(f->jobs[0]);
-  work_done(f, 0);
+  f = signed_install();
   commit(f, 1, 0);
   with_reason(f, CAPSTAN_CAPF_CMD_STORE_CERT_RESPONSE, CAPSTAN_CAPF_REASON_NO_ACTION);
   assert_status_record(f, 2, CAPF_STATUS_FAILED, "phone did not store the certificate");
@@ -834,11 +837,7 @@ static void test_timeouts(void **state) {
   fake_free(f);
   assert_int_equal(g_shared.throttle.active, 0);
 
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
-  authenticate(f, NULL);
-  keygen_response(f);
-  sign_ok(f->jobs[0]);
-  work_done(f, 0);
+  f = signed_install();
   commit(f, 1, 0);
   capf_session_timed_out(&f->s);
   assert_status_record(f, 2, CAPF_STATUS_FAILED,
@@ -995,11 +994,7 @@ static void test_peer_hangs_up(void **state) {
 
   /* Mid-operation: the device keeps the step it stopped at. */
   double dropped = outcome_count(CAPF_OP_INSTALL, CAPF_RESULT_DISCONNECTED);
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
-  authenticate(f, NULL);
-  keygen_response(f);
-  sign_ok(f->jobs[0]);
-  work_done(f, 0);
+  f = signed_install();
   commit(f, 1, 0);
   assert_int_equal(f->s.state, CAPF_ST_WAIT_STORE);
   capf_session_closed(&f->s, CAPSTAN_TLS_CLOSE_PEER_EOF);
