@@ -5,6 +5,7 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "storage/internal.h"
 
 #define SET(msg, field, v)  \
   do {                      \
@@ -41,6 +42,70 @@ Capstan__Device *capstan_device_new(const char *name) {
   SET(d, schema_version, 1);
   SET(d, status, CAPSTAN__OP_STATUS__OP_STATUS_NONE);
   return d;
+}
+
+/* ---- Typed access -------------------------------------------------------- */
+
+int capstan_store_device_get(capstan_txn_t *txn, const char *name, Capstan__Device **out) {
+  size_t n;
+  *out = NULL;
+  int err = capstan_store_name_key(name, &n);
+  if (err != 0) return err;
+  return capstan_store_get(txn, CAPSTAN_DB_DEVICES, name, n, &capstan__device__descriptor,
+                           (ProtobufCMessage **)out);
+}
+
+int capstan_store_device_put(capstan_txn_t *txn, const Capstan__Device *d) {
+  if (d == NULL || !capstan_device_name_valid(d->name)) return CAPSTAN_EINVAL;
+  return capstan_store_put(txn, CAPSTAN_DB_DEVICES, d->name, strlen(d->name), &d->base);
+}
+
+int capstan_store_device_delete(capstan_txn_t *txn, const char *name) {
+  size_t n;
+  int err = capstan_store_name_key(name, &n);
+  if (err != 0) return err;
+  return capstan_store_del(txn, CAPSTAN_DB_DEVICES, name, n);
+}
+
+int capstan_store_device_iterate(capstan_txn_t *txn, capstan_store_device_fn fn, void *arg) {
+  return capstan_store_iterate_typed(txn, CAPSTAN_DB_DEVICES, &capstan__device__descriptor,
+                                     (int (*)(const void *, void *))fn, arg);
+}
+
+typedef struct {
+  const char *name;
+  Capstan__Device **out;
+} device_load_t;
+
+static int device_load_fn(capstan_txn_t *txn, void *arg) {
+  device_load_t *l = arg;
+  return capstan_store_device_get(txn, l->name, l->out);
+}
+
+int capstan_store_device_load(capstan_store_t *store, const char *name, Capstan__Device **out) {
+  device_load_t l = {name, out};
+  *out = NULL;
+  return capstan_store_read(store, device_load_fn, &l);
+}
+
+int capstan_store_cert_get(capstan_txn_t *txn, const uint8_t serial[CAPSTAN_SERIAL_LEN],
+                           Capstan__IssuedCert **out) {
+  return capstan_store_get(txn, CAPSTAN_DB_CERTS, serial, CAPSTAN_SERIAL_LEN,
+                           &capstan__issued_cert__descriptor, (ProtobufCMessage **)out);
+}
+
+int capstan_store_cert_put(capstan_txn_t *txn, const Capstan__IssuedCert *c) {
+  if (c == NULL || c->serial.len != CAPSTAN_SERIAL_LEN) return CAPSTAN_EINVAL;
+  return capstan_store_put(txn, CAPSTAN_DB_CERTS, c->serial.data, c->serial.len, &c->base);
+}
+
+int capstan_store_cert_delete(capstan_txn_t *txn, const uint8_t serial[CAPSTAN_SERIAL_LEN]) {
+  return capstan_store_del(txn, CAPSTAN_DB_CERTS, serial, CAPSTAN_SERIAL_LEN);
+}
+
+int capstan_store_cert_iterate(capstan_txn_t *txn, capstan_store_cert_fn fn, void *arg) {
+  return capstan_store_iterate_typed(txn, CAPSTAN_DB_CERTS, &capstan__issued_cert__descriptor,
+                                     (int (*)(const void *, void *))fn, arg);
 }
 
 /* ---- Name tables (one list each) -------------------------------------- */

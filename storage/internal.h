@@ -10,6 +10,8 @@
 #include <time.h>
 #include <uv.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "storage/store.h"
 
 #define SETTINGS_KEY "settings"
@@ -32,5 +34,17 @@ void capstan_store_count_error(const char *op);
 /* The one place LMDB codes become ours (storage/store.h lists them);
  * failures are logged and counted under |op|. */
 int capstan_store_map_err(int rc, const char *op);
+
+/* CAPSTAN_EINVAL unless |txn| is open and |db| is one of the databases. */
+int capstan_store_check_db(const capstan_txn_t *txn, capstan_db_t db);
+
+/* Typed iteration over |db|: fn gets each unpacked message (valid during
+ * the call). Returns as capstan_store_iterate. */
+int capstan_store_iterate_typed(capstan_txn_t *txn, capstan_db_t db,
+                                const ProtobufCMessageDescriptor *desc,
+                                int (*fn)(const void *msg, void *arg), void *arg);
+
+/* A name key (device, template): 1..255 bytes. CAPSTAN_EINVAL otherwise. */
+int capstan_store_name_key(const char *name, size_t *len);
 
 #endif
