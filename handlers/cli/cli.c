@@ -21,19 +21,6 @@ void capstan_cli_error(const char *fmt, ...) {
   va_end(ap);
 }
 
-int capstan_cli_open_store(const char *dir, bool create, capstan_store_t **out) {
-  int err = capstan_store_open(dir, create ? CAPSTAN_STORE_CREATE : 0, out);
-  if (err == 0) return 0;
-  if (err == CAPSTAN_ENOENT) {
-    capstan_cli_error("no capstan data in '%s': run 'capstan init --data-dir %s' first", dir, dir);
-  } else if (err == CAPSTAN_EACCES || err == -EPERM) {
-    capstan_cli_error("cannot open '%s': permission denied (run as the user that owns it)", dir);
-  } else {
-    capstan_cli_error("cannot open the store in '%s': %s", dir, capstan_strerror(err));
-  }
-  return CAPSTAN_EXIT_ERROR;
-}
-
 void capstan_cli_json_string(FILE *f, const char *s) {
   if (s == NULL) {
     fputs("null", f);
@@ -66,6 +53,18 @@ void capstan_cli_json_string(FILE *f, const char *s) {
     }
   }
   fputc('"', f);
+}
+
+void capstan_cli_json_bytes(FILE *f, const uint8_t *data, size_t len) {
+  char *s = malloc(len + 1);
+  if (s == NULL) {
+    fputs("null", f);
+    return;
+  }
+  for (size_t i = 0; i < len; i++) s[i] = data[i] == 0 ? ' ' : (char)data[i];
+  s[len] = '\0';
+  capstan_cli_json_string(f, s);
+  free(s);
 }
 
 /* Reads exactly |n| digits from |*p| into |*out|. */
@@ -230,4 +229,22 @@ int capstan_cli_cert_not_after(const uint8_t *der, size_t len, int64_t *out) {
   if (!ok) return CAPSTAN_EINVAL;
   *out = now + (int64_t)days * 86400 + secs;
   return 0;
+}
+
+int capstan_cli_write_text(const char *path, const char *text, const char *what) {
+  FILE *f = stdout;
+  if (path != NULL && strcmp(path, "-") != 0) {
+    f = fopen(path, "w");
+    if (f == NULL) {
+      capstan_cli_error("cannot write '%s': %s", path, strerror(errno));
+      return CAPSTAN_EXIT_ERROR;
+    }
+  }
+  int rc = CAPSTAN_EXIT_OK;
+  if (fputs(text, f) == EOF || fflush(f) != 0) {
+    capstan_cli_error("cannot write %s", what);
+    rc = CAPSTAN_EXIT_ERROR;
+  }
+  if (f != stdout && fclose(f) != 0) rc = CAPSTAN_EXIT_ERROR;
+  return rc;
 }
