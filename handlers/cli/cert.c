@@ -108,23 +108,14 @@ static int stale_one(const Capstan__IssuedCert *c, void *arg) {
   return 0;
 }
 
+static int stale_all(capstan_txn_t *txn, void *arg) {
+  return capstan_store_cert_iterate(txn, stale_one, arg);
+}
+
 static int run_list_stale(capstan_cli_t *c) {
-  capstan_store_t *st;
-  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   stale_ctx_t s = {.json = c->json};
-  if (c->json) {
-    printf("[");
-  } else {
-    printf("%-32s  %-20s %s\n", "SERIAL", "DEVICE", "ISSUED");
-  }
-  capstan_txn_t txn;
-  int err = capstan_store_begin(st, false, &txn);
-  if (err == 0) err = capstan_store_cert_iterate(&txn, stale_one, &s);
-  capstan_store_abort(&txn);
-  capstan_store_close(st);
-  if (c->json) printf(s.n > 0 ? "\n]\n" : "]\n");
-  if (err != 0) return capstan_cli_store_error("cannot list certificates", err);
-  return CAPSTAN_EXIT_OK;
+  return capstan_cli_list(c, stale_all, &s, &s.n, "cannot list certificates", "%-32s  %-20s %s\n",
+                          "SERIAL", "DEVICE", "ISSUED");
 }
 
 static int parse_serial(const char *hex, uint8_t out[CAPSTAN_SERIAL_LEN]) {
@@ -224,14 +215,8 @@ static const capstan_cli_sub_t cert_subs[] = {
 };
 
 int capstan_cli_cert_main(int argc, char **argv) {
-  static const capstan_cli_cmd_t cmd = {
-      .name = "cert",
-      .usage = CERT_USAGE,
-      .opts = cert_opts,
-      .nopts = CAPSTAN_CLI_COUNT(cert_opts),
-      .subs = cert_subs,
-      .nsubs = CAPSTAN_CLI_COUNT(cert_subs),
-  };
+  static const capstan_cli_cmd_t cmd = {"cert", CERT_USAGE, NULL, CAPSTAN_CLI_TABLE(cert_opts),
+                                        CAPSTAN_CLI_TABLE(cert_subs)};
   return capstan_cli_run(&cmd, argc, argv, NULL);
 }
 
@@ -281,65 +266,50 @@ static int report_one(const Capstan__Device *d, void *arg) {
   "       capstan report expiring --days N [--json]\n" \
   "       (all take --data-dir DIR)"
 
-static int run_report(capstan_cli_t *c) {
-  bool expiring = strcmp(c->sub->name, "expiring") == 0;
-  if (expiring && !capstan_cli_has(c, OPT_DAYS))
-    return capstan_cli_usage_error(c, "missing --days N");
-  report_ctx_t r = {.json = c->json, .now = (int64_t)time(NULL), .expiring = expiring};
-  r.horizon =
-      r.now + strtol(c->value[OPT_DAYS] != NULL ? c->value[OPT_DAYS] : "0", NULL, 10) * 86400;
-  capstan_store_t *st;
-  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
-  if (r.expiring) {
-    if (r.json) {
-      printf("[");
-    } else {
-      printf("%-20s %-8s %s\n", "NAME", "CERT", "NOT AFTER");
+static int report_all(capstan_txn_t *txn, void *arg) {
+  return capstan_store_device_iterate(txn, report_one, arg);
+}
+
+static int run_expiring(capstan_cli_t *c) {
+  if (!capstan_cli_has(c, OPT_DAYS)) return capstan_cli_usage_error(c, "missing --days N");
+  report_ctx_t r = {.json = c->json, .now = (int64_t)time(NULL), .expiring = true};
+  r.horizon = r.now + strtol(c->value[OPT_DAYS], NULL, 10) * 86400;
+  return capstan_cli_list(c, report_all, &r, &r.n, "cannot read devices", "%-20s %-8s %s\n", "NAME",
+                          "CERT", "NOT AFTER");
+}
+
+static int run_status(capstan_cli_t *c) {
+  static const Capstan__OpStatus order[NSTATUS] = {
+      CAPSTAN__OP_STATUS__OP_STATUS_PENDING,   CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
+      CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED, CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
+      CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED,   CAPSTAN__OP_STATUS__OP_STATUS_NONE};
+  report_ctx_t r = {0};
+  int rc = capstan_cli_read(c, report_all, &r, "cannot read devices");
+  if (rc != 0) return rc;
+  if (c->json) {
+    printf("{\"total\":%llu,\"by_status\":{", (unsigned long long)r.total);
+    for (int i = 0; i < NSTATUS; i++) {
+      printf("%s\"%s\":%llu", i > 0 ? "," : "", capstan_op_status_name(order[i]),
+             (unsigned long long)r.by_status[order[i]]);
     }
-  }
-  capstan_txn_t txn;
-  int err = capstan_store_begin(st, false, &txn);
-  if (err == 0) err = capstan_store_device_iterate(&txn, report_one, &r);
-  capstan_store_abort(&txn);
-  capstan_store_close(st);
-  if (r.expiring && r.json) printf(r.n > 0 ? "\n]\n" : "]\n");
-  if (err != 0) return capstan_cli_store_error("cannot read devices", err);
-  if (!r.expiring) {
-    static const Capstan__OpStatus order[NSTATUS] = {
-        CAPSTAN__OP_STATUS__OP_STATUS_PENDING,   CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
-        CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED, CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
-        CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED,   CAPSTAN__OP_STATUS__OP_STATUS_NONE};
-    if (r.json) {
-      printf("{\"total\":%llu,\"by_status\":{", (unsigned long long)r.total);
-      for (int i = 0; i < NSTATUS; i++) {
-        printf("%s\"%s\":%llu", i > 0 ? "," : "", capstan_op_status_name(order[i]),
-               (unsigned long long)r.by_status[order[i]]);
-      }
-      printf("}}\n");
-    } else {
-      for (int i = 0; i < NSTATUS; i++) {
-        printf("%-12s %llu\n", capstan_op_status_name(order[i]),
-               (unsigned long long)r.by_status[order[i]]);
-      }
-      printf("%-12s %llu\n", "total", (unsigned long long)r.total);
+    printf("}}\n");
+  } else {
+    for (int i = 0; i < NSTATUS; i++) {
+      printf("%-12s %llu\n", capstan_op_status_name(order[i]),
+             (unsigned long long)r.by_status[order[i]]);
     }
+    printf("%-12s %llu\n", "total", (unsigned long long)r.total);
   }
   return CAPSTAN_EXIT_OK;
 }
 
 static const capstan_cli_sub_t report_subs[] = {
-    {"status", 0, true, 0, 0, NULL, run_report},
-    {"expiring", CAPSTAN_CLI_OPT(OPT_DAYS), true, 0, 0, NULL, run_report},
+    {"status", 0, true, 0, 0, NULL, run_status},
+    {"expiring", CAPSTAN_CLI_OPT(OPT_DAYS), true, 0, 0, NULL, run_expiring},
 };
 
 int capstan_cli_report_main(int argc, char **argv) {
-  static const capstan_cli_cmd_t cmd = {
-      .name = "report",
-      .usage = REPORT_USAGE,
-      .opts = cert_opts,
-      .nopts = CAPSTAN_CLI_COUNT(cert_opts),
-      .subs = report_subs,
-      .nsubs = CAPSTAN_CLI_COUNT(report_subs),
-  };
+  static const capstan_cli_cmd_t cmd = {"report", REPORT_USAGE, NULL, CAPSTAN_CLI_TABLE(cert_opts),
+                                        CAPSTAN_CLI_TABLE(report_subs)};
   return capstan_cli_run(&cmd, argc, argv, NULL);
 }

@@ -21,35 +21,63 @@ void capstan_cli_error(const char *fmt, ...) {
   va_end(ap);
 }
 
+int capstan_cli_read(const capstan_cli_t *c, int (*fn)(capstan_txn_t *txn, void *arg), void *arg,
+                     const char *what) {
+  capstan_store_t *s;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  capstan_txn_t txn;
+  int err = capstan_store_begin(s, false, &txn);
+  if (err == 0) err = fn(&txn, arg);
+  capstan_store_abort(&txn);
+  capstan_store_close(s);
+  return err != 0 ? capstan_cli_store_error(what, err) : CAPSTAN_EXIT_OK;
+}
+
+typedef struct {
+  int (*iterate)(capstan_txn_t *txn, void *arg);
+  void *arg;
+  const size_t *n;
+  bool json;
+  const char *header;
+} list_frame_t;
+
+static int list_frame(capstan_txn_t *txn, void *arg) {
+  list_frame_t *f = arg;
+  fputs(f->json ? "[" : f->header, stdout);
+  int err = f->iterate(txn, f->arg);
+  if (f->json) fputs(*f->n > 0 ? "\n]\n" : "]\n", stdout);
+  return err;
+}
+
+int capstan_cli_list(const capstan_cli_t *c, int (*iterate)(capstan_txn_t *txn, void *arg),
+                     void *arg, const size_t *n, const char *what, const char *header_fmt, ...) {
+  char header[256];
+  va_list ap;
+  va_start(ap, header_fmt);
+  vsnprintf(header, sizeof(header), header_fmt, ap);
+  va_end(ap);
+  list_frame_t f = {iterate, arg, n, c->json, header};
+  return capstan_cli_read(c, list_frame, &f, what);
+}
+
 void capstan_cli_json_string(FILE *f, const char *s) {
   if (s == NULL) {
     fputs("null", f);
     return;
   }
+  /* Characters with a short escape, and their escapes, position by
+   * position. */
+  static const char kShort[] = "\"\\\n\r\t", kEscape[] = "\"\\nrt";
   fputc('"', f);
   for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
-    switch (*p) {
-      case '"':
-        fputs("\\\"", f);
-        break;
-      case '\\':
-        fputs("\\\\", f);
-        break;
-      case '\n':
-        fputs("\\n", f);
-        break;
-      case '\r':
-        fputs("\\r", f);
-        break;
-      case '\t':
-        fputs("\\t", f);
-        break;
-      default:
-        if (*p < 0x20 || *p == 0x7f) {
-          fprintf(f, "\\u%04x", *p);
-        } else {
-          fputc(*p, f);
-        }
+    const char *e = strchr(kShort, *p);
+    if (e != NULL) {
+      fputc('\\', f);
+      fputc(kEscape[e - kShort], f);
+    } else if (*p < 0x20 || *p == 0x7f) {
+      fprintf(f, "\\u%04x", *p);
+    } else {
+      fputc(*p, f);
     }
   }
   fputc('"', f);

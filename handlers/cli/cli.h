@@ -31,6 +31,21 @@ int capstan_cli_serve_main(int argc, char **argv);
 
 /* ---- Shared helpers ---------------------------------------------------- */
 
+/* Opens the store, runs |fn| in one read transaction, closes the store.
+ * A failure prints what to do, or "capstan: |what|: ..." for an error of
+ * |fn|. Returns an exit code. */
+int capstan_cli_read(const capstan_cli_t *c, int (*fn)(capstan_txn_t *txn, void *arg), void *arg,
+                     const char *what);
+
+/* The frame of a list command: opens the store, prints the table header
+ * (|header_fmt| and its arguments) or, with --json, the "[" of a JSON array;
+ * runs |iterate| in one read transaction (it prints the rows and counts
+ * them in *|n|); closes the array; closes the store. A store failure
+ * prints "capstan: |what|: ...". Returns an exit code. */
+int capstan_cli_list(const capstan_cli_t *c, int (*iterate)(capstan_txn_t *txn, void *arg),
+                     void *arg, const size_t *n, const char *what, const char *header_fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
 /* "capstan: <message>\n" on stderr. */
 void capstan_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -152,11 +152,7 @@ static const capstan_cli_sub_t config_subs[] = {
 
 int capstan_cli_config_main(int argc, char **argv) {
   static const capstan_cli_cmd_t cmd = {
-      .name = "config",
-      .usage = CONFIG_USAGE,
-      .subs = config_subs,
-      .nsubs = CAPSTAN_CLI_COUNT(config_subs),
-  };
+      "config", CONFIG_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(config_subs)};
   return capstan_cli_run(&cmd, argc, argv, NULL);
 }
 
@@ -177,10 +173,6 @@ static const capstan_cli_sub_t keepalive_subs[] = {
 
 int capstan_cli_keepalive_main(int argc, char **argv) {
   static const capstan_cli_cmd_t cmd = {
-      .name = "keepalive",
-      .usage = KEEPALIVE_USAGE,
-      .subs = keepalive_subs,
-      .nsubs = CAPSTAN_CLI_COUNT(keepalive_subs),
-  };
+      "keepalive", KEEPALIVE_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(keepalive_subs)};
   return capstan_cli_run(&cmd, argc, argv, NULL);
 }

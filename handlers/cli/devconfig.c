@@ -179,10 +179,6 @@ static const capstan_cli_sub_t devconfig_subs[] = {
 
 int capstan_cli_devconfig_main(int argc, char **argv) {
   static const capstan_cli_cmd_t cmd = {
-      .name = "device config",
-      .usage = DEVCONFIG_USAGE,
-      .subs = devconfig_subs,
-      .nsubs = CAPSTAN_CLI_COUNT(devconfig_subs),
-  };
+      "device config", DEVCONFIG_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(devconfig_subs)};
   return capstan_cli_run(&cmd, argc, argv, NULL);
 }

@@ -57,18 +57,25 @@ typedef struct {
 
 #define TIME_FORMS "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z"
 
+/* The end of a set function for an enumerated value: |parse_rc| is the
+ * parser's result, |names| the values it takes. */
+static int one_of(int parse_rc, const char *option, const char *names, const char *a, char *why,
+                  size_t len) {
+  if (parse_rc == 0) return 0;
+  snprintf(why, len, "%s must be one of %s; got '%s'", option, names, a);
+  return -1;
+}
+
 static int set_operation(void *ctx, const char *a, char *why, size_t len) {
   opts_t *o = ctx;
-  if (capstan_operation_parse(a, &o->operation) == 0) return 0;
-  snprintf(why, len, "--operation must be one of %s; got '%s'", capstan_operation_names(), a);
-  return -1;
+  return one_of(capstan_operation_parse(a, &o->operation), "--operation", capstan_operation_names(),
+                a, why, len);
 }
 
 static int set_auth(void *ctx, const char *a, char *why, size_t len) {
   opts_t *o = ctx;
-  if (capstan_auth_mode_parse(a, &o->auth) == 0) return 0;
-  snprintf(why, len, "--auth must be one of %s; got '%s'", capstan_auth_mode_names(), a);
-  return -1;
+  return one_of(capstan_auth_mode_parse(a, &o->auth), "--auth", capstan_auth_mode_names(), a, why,
+                len);
 }
 
 static int set_auth_string(void *ctx, const char *a, char *why, size_t len) {
@@ -81,9 +88,8 @@ static int set_auth_string(void *ctx, const char *a, char *why, size_t len) {
 
 static int set_key(void *ctx, const char *a, char *why, size_t len) {
   opts_t *o = ctx;
-  if (capstan_key_parse(a, &o->key_alg, &o->key_bits) == 0) return 0;
-  snprintf(why, len, "--key must be one of %s; got '%s'", capstan_key_names(), a);
-  return -1;
+  return one_of(capstan_key_parse(a, &o->key_alg, &o->key_bits), "--key", capstan_key_names(), a,
+                why, len);
 }
 
 static int set_completes_by(void *ctx, const char *a, char *why, size_t len) {
@@ -114,9 +120,8 @@ static int set_encrypted(void *ctx, const char *a, char *why, size_t len) {
 
 static int set_status(void *ctx, const char *a, char *why, size_t len) {
   opts_t *o = ctx;
-  if (capstan_op_status_parse(a, &o->status) == 0) return 0;
-  snprintf(why, len, "--status must be one of %s; got '%s'", capstan_op_status_names(), a);
-  return -1;
+  return one_of(capstan_op_status_parse(a, &o->status), "--status", capstan_op_status_names(), a,
+                why, len);
 }
 
 static int set_generate_csv(void *ctx, const char *a, char *why, size_t len) {
@@ -509,25 +514,15 @@ static int list_one(const Capstan__Device *d, void *arg) {
   return 0;
 }
 
+static int list_all(capstan_txn_t *txn, void *arg) {
+  return capstan_store_device_iterate(txn, list_one, arg);
+}
+
 static int run_list(capstan_cli_t *c) {
-  capstan_store_t *s;
-  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
   list_ctx_t l = {c, 0};
-  bool json = c->json;
-  if (json) {
-    fputs("[", stdout);
-  } else {
-    printf("%-20s %-13s %-7s %-8s %-12s %8s  %s\n", "NAME", "OPERATION", "AUTH", "KEY", "STATUS",
-           "ATTEMPTS", "REASON");
-  }
-  capstan_txn_t txn;
-  int err = capstan_store_begin(s, false, &txn);
-  if (err == 0) err = capstan_store_device_iterate(&txn, list_one, &l);
-  capstan_store_abort(&txn);
-  capstan_store_close(s);
-  if (json) fputs(l.n > 0 ? "\n]\n" : "]\n", stdout);
-  if (err != 0) return capstan_cli_store_error("cannot list devices", err);
-  return CAPSTAN_EXIT_OK;
+  return capstan_cli_list(c, list_all, &l, &l.n, "cannot list devices",
+                          "%-20s %-13s %-7s %-8s %-12s %8s  %s\n", "NAME", "OPERATION", "AUTH",
+                          "KEY", "STATUS", "ATTEMPTS", "REASON");
 }
 
 static int run_remove(capstan_cli_t *c) {
@@ -826,6 +821,10 @@ out:
   "         [--completes-by YYYY-MM-DD[THH:MM[:SS]Z]|none] [--encrypted-config on|off]\n"   \
   "         [--template NAME|none] [--data-dir DIR]"
 
+#define DEVICE_USAGE                                \
+  "capstan device <command> ... [--data-dir DIR]\n" \
+  "       capstan device config set|show|clear ...   (see 'capstan device config --help')"
+
 static const capstan_cli_sub_t device_subs[] = {
     {"add", ADDSET_OPTS, false, 1, 1, "capstan device add" ADDSET_USAGE, run_add},
     {"set", ADDSET_OPTS, false, 1, 1,
@@ -864,16 +863,7 @@ static const capstan_cli_sub_t device_subs[] = {
 
 int capstan_cli_device_main(int argc, char **argv) {
   static const capstan_cli_cmd_t cmd = {
-      .name = "device",
-      .usage =
-          "capstan device <command> ... [--data-dir DIR]\n"
-          "       capstan device config set|show|clear ...   (see 'capstan device config "
-          "--help')",
-      .opts = device_opts,
-      .nopts = NOPTS,
-      .subs = device_subs,
-      .nsubs = CAPSTAN_CLI_COUNT(device_subs),
-  };
+      "device", DEVICE_USAGE, NULL, CAPSTAN_CLI_TABLE(device_opts), CAPSTAN_CLI_TABLE(device_subs)};
   if (argc > 1 && strcmp(argv[1], "config") == 0) {
     return capstan_cli_devconfig_main(argc - 1, argv + 1);
   }

@@ -44,6 +44,9 @@
 #define CAPSTAN_CLI_OPT(i) (UINT64_C(1) << (i))
 /* Rows (or options) in a static table. */
 #define CAPSTAN_CLI_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+/* A static table and its length, for capstan_cli_cmd_t's opts/nopts and
+ * subs/nsubs. */
+#define CAPSTAN_CLI_TABLE(a) (a), CAPSTAN_CLI_COUNT(a)
 /* max_args of a row that takes any number of arguments. */
 #define CAPSTAN_CLI_ARGS_ANY INT_MAX
 

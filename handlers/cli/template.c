@@ -74,6 +74,13 @@ static bool check_name(const char *name) {
   return false;
 }
 
+/* Checks the template |name| from the command line, then opens the store.
+ * Returns an exit code (the problem printed). */
+static int open_for(const capstan_cli_t *c, const char *name, capstan_store_t **st) {
+  if (!check_name(name)) return CAPSTAN_EXIT_USAGE;
+  return capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, st);
+}
+
 /* Devices that use a template: a count and the first few names. */
 typedef struct {
   const char *name;
@@ -187,9 +194,9 @@ out:
 
 static int run_show(capstan_cli_t *c) {
   const char *name = c->args[0];
-  if (!check_name(name)) return CAPSTAN_EXIT_USAGE;
   capstan_store_t *st;
-  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
+  int rc = open_for(c, name, &st);
+  if (rc != 0) return rc;
   capstan_txn_t txn = {0};
   Capstan__Template *t = NULL;
   refs_t refs = {0};
@@ -198,7 +205,6 @@ static int run_show(capstan_cli_t *c) {
   if (err == 0 && c->json) err = refs_count(&txn, name, &refs);
   capstan_store_abort(&txn);
   capstan_store_close(st);
-  int rc = CAPSTAN_EXIT_OK;
   if (err == CAPSTAN_ENOENT) {
     capstan_cli_error("no template '%s' (see 'capstan template list')", name);
     rc = CAPSTAN_EXIT_ERROR;
@@ -272,19 +278,17 @@ static int tlist_count(const Capstan__Device *d, void *arg) {
   return 0;
 }
 
+/* The templates, then how many devices use each. */
+static int tlist_all(capstan_txn_t *txn, void *arg) {
+  int err = capstan_store_template_iterate(txn, tlist_one, arg);
+  return err != 0 ? err : capstan_store_device_iterate(txn, tlist_count, arg);
+}
+
 static int run_list(capstan_cli_t *c) {
-  capstan_store_t *st;
-  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   tlist_t l = {0};
-  capstan_txn_t txn = {0};
-  int err = capstan_store_begin(st, false, &txn);
-  if (err == 0) err = capstan_store_template_iterate(&txn, tlist_one, &l);
-  if (err == 0) err = capstan_store_device_iterate(&txn, tlist_count, &l);
-  capstan_store_abort(&txn);
-  capstan_store_close(st);
-  int rc = CAPSTAN_EXIT_OK;
-  if (err != 0) {
-    rc = capstan_cli_store_error("cannot list templates", err);
+  int rc = capstan_cli_read(c, tlist_all, &l, "cannot list templates");
+  if (rc != 0) {
+    /* printed */
   } else if (c->json) {
     printf("[");
     for (size_t i = 0; i < l.n; i++) {
@@ -317,10 +321,10 @@ static int run_list(capstan_cli_t *c) {
 
 static int run_remove(capstan_cli_t *c) {
   const char *name = c->args[0];
-  if (!check_name(name)) return CAPSTAN_EXIT_USAGE;
   capstan_store_t *st;
-  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
-  int rc = CAPSTAN_EXIT_ERROR;
+  int rc = open_for(c, name, &st);
+  if (rc != 0) return rc;
+  rc = CAPSTAN_EXIT_ERROR;
   refs_t refs = {0};
   capstan_txn_t txn = {0};
   int err = capstan_store_begin(st, true, &txn);
@@ -484,10 +488,6 @@ static const capstan_cli_sub_t template_subs[] = {
 
 int capstan_cli_template_main(int argc, char **argv) {
   static const capstan_cli_cmd_t cmd = {
-      .name = "template",
-      .usage = TEMPLATE_USAGE,
-      .subs = template_subs,
-      .nsubs = CAPSTAN_CLI_COUNT(template_subs),
-  };
+      "template", TEMPLATE_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(template_subs)};
   return capstan_cli_run(&cmd, argc, argv, NULL);
 }

@@ -422,24 +422,16 @@ static int list_one(const uint8_t fp[FP_LEN], const Capstan__TrustCert *t, void 
   return 0;
 }
 
+static int list_all(capstan_txn_t *txn, void *arg) {
+  return capstan_store_trust_iterate(txn, list_one, arg);
+}
+
 static int run_list(capstan_cli_t *cli) {
-  capstan_store_t *st;
-  if (capstan_cli_open_store(cli, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   list_ctx_t c = {
       .purpose = cli->value[OPT_PURPOSE], .json = cli->json, .now = (int64_t)time(NULL)};
-  if (cli->json) {
-    printf("[");
-  } else {
-    printf("%-64s  %-17s  %-20s  %s\n", "FINGERPRINT (SHA-256)", "PURPOSE", "NOT AFTER", "SUBJECT");
-  }
-  capstan_txn_t txn = {0};
-  int err = capstan_store_begin(st, false, &txn);
-  if (err == 0) err = capstan_store_trust_iterate(&txn, list_one, &c);
-  capstan_store_abort(&txn);
-  capstan_store_close(st);
-  if (cli->json) printf(c.n > 0 ? "\n]\n" : "]\n");
-  if (err != 0) return capstan_cli_store_error("cannot list the trust stores", err);
-  return CAPSTAN_EXIT_OK;
+  return capstan_cli_list(cli, list_all, &c, &c.n, "cannot list the trust stores",
+                          "%-64s  %-17s  %-20s  %s\n", "FINGERPRINT (SHA-256)", "PURPOSE",
+                          "NOT AFTER", "SUBJECT");
 }
 
 /* ---- remove / export: find entries --------------------------------------------------------- */
@@ -614,13 +606,7 @@ static const capstan_cli_sub_t trust_subs[] = {
 };
 
 int capstan_cli_trust_main(int argc, char **argv) {
-  static const capstan_cli_cmd_t cmd = {
-      .name = "trust",
-      .usage = TRUST_USAGE,
-      .opts = trust_opts,
-      .nopts = CAPSTAN_CLI_COUNT(trust_opts),
-      .subs = trust_subs,
-      .nsubs = CAPSTAN_CLI_COUNT(trust_subs),
-  };
+  static const capstan_cli_cmd_t cmd = {"trust", TRUST_USAGE, NULL, CAPSTAN_CLI_TABLE(trust_opts),
+                                        CAPSTAN_CLI_TABLE(trust_subs)};
   return capstan_cli_run(&cmd, argc, argv, NULL);
 }
