@@ -74,17 +74,20 @@ static const capstan_cli_sub_t *find_sub(const capstan_cli_cmd_t *cmd, const cha
   return NULL;
 }
 
-/* The first problem getopt_long reports, worded for the user; |text| is
- * the argument as typed. */
+/* The first problem getopt_long reports, worded for the user. |text| is
+ * the argument before optind: the long option as typed (a short option
+ * may sit inside a cluster, so only optopt names it). */
 static void describe_bad_option(int code, const char *text, char *why, size_t len) {
+  const char *eq = strchr(text, '=');
+  bool long_flag = optopt >= CODE_DATA_DIR || (optopt == 'h' && strncmp(text, "--", 2) == 0);
   if (code == ':') {
     snprintf(why, len, "option '%s' needs a value", text);
-  } else if (strncmp(text, "--", 2) != 0) {
-    snprintf(why, len, "unknown option '-%c'", optopt != 0 ? optopt : '?');
-  } else if (optopt != 0 && strchr(text, '=') != NULL) {
-    snprintf(why, len, "option '%.*s' takes no value", (int)(strchr(text, '=') - text), text);
-  } else {
+  } else if (optopt == 0) {
     snprintf(why, len, "unknown option '%s'", text);
+  } else if (long_flag && eq != NULL) {
+    snprintf(why, len, "option '%.*s' takes no value", (int)(eq - text), text);
+  } else {
+    snprintf(why, len, "unknown option '-%c'", optopt);
   }
 }
 
