@@ -1,8 +1,6 @@
 /* `capstan cert export|list-stale|delete-stale` and `capstan report
  * status|expiring`. */
 #include <errno.h>
-#include <openssl/asn1.h>
-#include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,21 +9,35 @@
 #include "handlers/cli/cli.h"
 #include "handlers/cli/files.h"
 #include "core/base/error.h"
+#include "core/pki/pki.h"
 #include "storage/devices.h"
+
+/* Options of the cert and report subcommands (one table). */
+enum { OPT_OUT, OPT_ALL, OPT_DAYS };
+
+/* --days N: 0..36500. */
+static int check_days(void *ctx, const char *v, char *why, size_t len) {
+  (void)ctx;
+  char *end;
+  errno = 0;
+  long days = strtol(v, &end, 10);
+  if (*end == '\0' && v[0] != '\0' && errno == 0 && days >= 0 && days <= 36500) return 0;
+  snprintf(why, len, "--days must be a number of days from 0 to 36500");
+  return -1;
+}
 
 /* ---- cert export ---------------------------------------------------------- */
 
-static int cert_export(capstan_cli_fopts_t *o, const char *which) {
-  const char *dir = capstan_store_data_dir(o->data_dir);
-  capstan_store_t *s;
-  int err = capstan_store_open(dir, 0, &s);
-  if (err == CAPSTAN_ENOENT) {
-    capstan_cli_error("no capstan data in '%s': run 'capstan init --data-dir %s' first", dir, dir);
-    return CAPSTAN_EXIT_ERROR;
+static int run_export(capstan_cli_t *c) {
+  const char *which = c->args[0];
+  if (strcmp(which, CAPSTAN_IDENTITY_CAPF) != 0 && strcmp(which, CAPSTAN_IDENTITY_TFTP) != 0) {
+    return capstan_cli_usage_error(c, "expected capf or tftp, got '%s'", which);
   }
-  if (err != 0) return capstan_cli_open_store(dir, false, &s);
+  const char *dir = capstan_cli_data_dir(c);
+  capstan_store_t *s;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
   Capstan__Identity *id = NULL;
-  err = capstan_store_identity_load(s, which, &id);
+  int err = capstan_store_identity_load(s, which, &id);
   capstan_store_close(s);
   if (err == CAPSTAN_ENOENT) {
     capstan_cli_error("no %s certificate in '%s': run 'capstan init --data-dir %s' first", which,
@@ -36,30 +48,19 @@ static int cert_export(capstan_cli_fopts_t *o, const char *which) {
     capstan_cli_error("cannot read the %s certificate: %s", which, capstan_strerror(err));
     return CAPSTAN_EXIT_ERROR;
   }
-  const uint8_t *p = id->cert_der.data;
-  X509 *x = d2i_X509(NULL, &p, (long)id->cert_der.len);
-  int ret = CAPSTAN_EXIT_OK;
-  if (x == NULL || p != id->cert_der.data + id->cert_der.len) {
+  X509 *x = NULL;
+  char *pem = NULL;
+  int ret = CAPSTAN_EXIT_ERROR;
+  if (capstan_pki_parse_cert(id->cert_der.data, id->cert_der.len, &x) != 0) {
     capstan_cli_error("the stored %s certificate is not valid DER: run 'capstan init' again",
                       which);
-    ret = CAPSTAN_EXIT_ERROR;
-    goto out;
+  } else if ((err = capstan_pki_pem_encode("CERTIFICATE", id->cert_der.data, id->cert_der.len,
+                                           &pem)) != 0) {
+    capstan_cli_error("cannot encode the certificate: %s", capstan_strerror(err));
+  } else {
+    ret = capstan_cli_write_text(c->value[OPT_OUT], pem, "the certificate");
   }
-  FILE *f = stdout;
-  if (o->out != NULL && strcmp(o->out, "-") != 0) {
-    f = fopen(o->out, "w");
-    if (f == NULL) {
-      capstan_cli_error("cannot write '%s': %s", o->out, strerror(errno));
-      ret = CAPSTAN_EXIT_ERROR;
-      goto out;
-    }
-  }
-  if (!PEM_write_X509(f, x) || fflush(f) != 0) {
-    capstan_cli_error("cannot write the certificate");
-    ret = CAPSTAN_EXIT_ERROR;
-  }
-  if (f != stdout && fclose(f) != 0) ret = CAPSTAN_EXIT_ERROR;
-out:
+  free(pem);
   X509_free(x);
   capstan__identity__free_unpacked(id, NULL);
   return ret;
@@ -107,28 +108,14 @@ static int stale_one(const Capstan__IssuedCert *c, void *arg) {
   return 0;
 }
 
-static int list_stale(capstan_cli_fopts_t *o) {
-  capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
-  stale_ctx_t s = {.json = o->json};
-  if (o->json) {
-    printf("[");
-  } else {
-    printf("%-32s  %-20s %s\n", "SERIAL", "DEVICE", "ISSUED");
-  }
-  capstan_txn_t txn;
-  int err = capstan_store_begin(st, false, &txn);
-  if (err == 0) err = capstan_store_cert_iterate(&txn, stale_one, &s);
-  capstan_store_abort(&txn);
-  capstan_store_close(st);
-  if (o->json) printf(s.n > 0 ? "\n]\n" : "]\n");
-  if (err != 0) {
-    capstan_cli_error("cannot list certificates: %s", capstan_strerror(err));
-    return CAPSTAN_EXIT_ERROR;
-  }
-  return CAPSTAN_EXIT_OK;
+static int stale_all(capstan_txn_t *txn, void *arg) {
+  return capstan_store_cert_iterate(txn, stale_one, arg);
+}
+
+static int run_list_stale(capstan_cli_t *c) {
+  stale_ctx_t s = {.json = c->json};
+  return capstan_cli_list(c, stale_all, &s, &s.n, "cannot list certificates", "%-32s  %-20s %s\n",
+                          "SERIAL", "DEVICE", "ISSUED");
 }
 
 static int parse_serial(const char *hex, uint8_t out[CAPSTAN_SERIAL_LEN]) {
@@ -155,48 +142,43 @@ static int parse_serial(const char *hex, uint8_t out[CAPSTAN_SERIAL_LEN]) {
 
 /* Deleting a stale LSC marks it DELETED (the record stays, so the device's
  * history keeps the serial and R22's "every certificate on record" holds). */
-static int delete_stale(capstan_cli_fopts_t *o, const char *usage) {
+static int run_delete_stale(capstan_cli_t *c) {
   uint8_t one[CAPSTAN_SERIAL_LEN];
-  if (o->all == (o->nargs == 2)) {
-    fprintf(stderr, "capstan: cert delete-stale: give a SERIAL or --all\nusage: %s\n", usage);
-    return CAPSTAN_EXIT_USAGE;
-  }
-  if (!o->all && parse_serial(o->args[1], one) != 0) {
-    fprintf(stderr,
-            "capstan: '%s' is not a serial (32 hex digits, see 'capstan cert list-stale')\n",
-            o->args[1]);
+  bool all = capstan_cli_has(c, OPT_ALL);
+  const char *arg = c->nargs > 0 ? c->args[0] : NULL;
+  if (all == (arg != NULL)) return capstan_cli_usage_error(c, "give a SERIAL or --all");
+  if (!all && parse_serial(arg, one) != 0) {
+    capstan_cli_error("'%s' is not a serial (32 hex digits, see 'capstan cert list-stale')", arg);
     return CAPSTAN_EXIT_USAGE;
   }
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   stale_ctx_t s = {.collect = true};
   capstan_txn_t txn;
   int64_t now = (int64_t)time(NULL);
   int err = capstan_store_begin(st, true, &txn);
-  if (err == 0 && o->all) err = capstan_store_cert_iterate(&txn, stale_one, &s);
-  size_t n = o->all ? s.n : 1;
+  if (err == 0 && all) err = capstan_store_cert_iterate(&txn, stale_one, &s);
+  size_t n = all ? s.n : 1;
   size_t done = 0;
   for (size_t i = 0; err == 0 && i < n; i++) {
-    const uint8_t *serial = o->all ? s.serials[i] : one;
-    Capstan__IssuedCert *c;
-    err = capstan_store_cert_get(&txn, serial, &c);
+    const uint8_t *serial = all ? s.serials[i] : one;
+    Capstan__IssuedCert *ic;
+    err = capstan_store_cert_get(&txn, serial, &ic);
     if (err != 0) break;
-    if (c->status != CAPSTAN__CERT_STATUS__CERT_STATUS_STALE) {
+    if (ic->status != CAPSTAN__CERT_STATUS__CERT_STATUS_STALE) {
       capstan_cli_error("certificate %s is %s, not stale: only stale LSCs can be deleted",
-                        o->all ? "?" : o->args[1], capstan_cert_status_name(c->status));
-      capstan__issued_cert__free_unpacked(c, NULL);
+                        all ? "?" : arg, capstan_cert_status_name(ic->status));
+      capstan__issued_cert__free_unpacked(ic, NULL);
       err = CAPSTAN_EINVAL;
       break;
     }
-    c->has_status = 1;
-    c->status = CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED;
-    c->has_status_changed_at = 1;
-    c->status_changed_at = now;
-    err = capstan_store_cert_put(&txn, c);
-    if (err == 0) err = capstan_store_audit_append(&txn, 0, c->device, "stale_lsc_deleted", NULL);
-    capstan__issued_cert__free_unpacked(c, NULL);
+    ic->has_status = 1;
+    ic->status = CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED;
+    ic->has_status_changed_at = 1;
+    ic->status_changed_at = now;
+    err = capstan_store_cert_put(&txn, ic);
+    if (err == 0) err = capstan_store_audit_append(&txn, 0, ic->device, "stale_lsc_deleted", NULL);
+    capstan__issued_cert__free_unpacked(ic, NULL);
     done++;
   }
   if (err == 0) err = capstan_store_commit(&txn);
@@ -204,14 +186,12 @@ static int delete_stale(capstan_cli_fopts_t *o, const char *usage) {
   capstan_store_close(st);
   free(s.serials);
   if (err == CAPSTAN_ENOENT) {
-    capstan_cli_error("no certificate with serial %s (see 'capstan cert list-stale')", o->args[1]);
+    capstan_cli_error("no certificate with serial %s (see 'capstan cert list-stale')",
+                      arg != NULL ? arg : "?");
     return CAPSTAN_EXIT_ERROR;
   }
   if (err == CAPSTAN_EINVAL) return CAPSTAN_EXIT_ERROR;
-  if (err != 0) {
-    capstan_cli_error("cannot delete stale certificates: %s", capstan_strerror(err));
-    return CAPSTAN_EXIT_ERROR;
-  }
+  if (err != 0) return capstan_cli_store_error("cannot delete stale certificates", err);
   printf("deleted %zu stale certificates\n", done);
   return CAPSTAN_EXIT_OK;
 }
@@ -222,37 +202,22 @@ static int delete_stale(capstan_cli_fopts_t *o, const char *usage) {
   "       capstan cert delete-stale SERIAL|--all\n" \
   "       (all take --data-dir DIR)"
 
+static const capstan_cli_opt_t cert_opts[] = {
+    [OPT_OUT] = {"out", true, NULL},
+    [OPT_ALL] = {"all", false, NULL},
+    [OPT_DAYS] = {"days", true, check_days},
+};
+
+static const capstan_cli_sub_t cert_subs[] = {
+    {"export", CAPSTAN_CLI_OPT(OPT_OUT), false, 1, 1, NULL, run_export},
+    {"list-stale", 0, true, 0, 0, NULL, run_list_stale},
+    {"delete-stale", CAPSTAN_CLI_OPT(OPT_ALL), false, 0, 1, NULL, run_delete_stale},
+};
+
 int capstan_cli_cert_main(int argc, char **argv) {
-  capstan_cli_fopts_t o;
-  int rc = capstan_cli_fopts_parse(
-      argc, argv, CAPSTAN_FOPT_OUT | CAPSTAN_FOPT_JSON | CAPSTAN_FOPT_ALL, "cert", CERT_USAGE, &o);
-  if (rc != 0) {
-    capstan_cli_fopts_free(&o);
-    return rc;
-  }
-  const char *cmd = o.nargs > 0 ? o.args[0] : "";
-  if (o.help) {
-    printf("usage: %s\n", CERT_USAGE);
-  } else if (strcmp(cmd, "export") == 0 && o.nargs == 2 && !o.json && !o.all) {
-    if (strcmp(o.args[1], "capf") == 0) {
-      rc = cert_export(&o, CAPSTAN_IDENTITY_CAPF);
-    } else if (strcmp(o.args[1], "tftp") == 0) {
-      rc = cert_export(&o, CAPSTAN_IDENTITY_TFTP);
-    } else {
-      fprintf(stderr, "capstan: cert export: expected capf or tftp, got '%s'\nusage: %s\n",
-              o.args[1], CERT_USAGE);
-      rc = CAPSTAN_EXIT_USAGE;
-    }
-  } else if (strcmp(cmd, "list-stale") == 0 && o.nargs == 1 && o.out == NULL && !o.all) {
-    rc = list_stale(&o);
-  } else if (strcmp(cmd, "delete-stale") == 0 && o.nargs <= 2 && o.out == NULL && !o.json) {
-    rc = delete_stale(&o, CERT_USAGE);
-  } else {
-    fprintf(stderr, "capstan: cert: unexpected arguments\nusage: %s\n", CERT_USAGE);
-    rc = CAPSTAN_EXIT_USAGE;
-  }
-  capstan_cli_fopts_free(&o);
-  return rc;
+  static const capstan_cli_cmd_t cmd = {"cert", CERT_USAGE, NULL, CAPSTAN_CLI_TABLE(cert_opts),
+                                        CAPSTAN_CLI_TABLE(cert_subs)};
+  return capstan_cli_run(&cmd, argc, argv, NULL);
 }
 
 /* ---- reports --------------------------------------------------------------------- */
@@ -301,73 +266,50 @@ static int report_one(const Capstan__Device *d, void *arg) {
   "       capstan report expiring --days N [--json]\n" \
   "       (all take --data-dir DIR)"
 
+static int report_all(capstan_txn_t *txn, void *arg) {
+  return capstan_store_device_iterate(txn, report_one, arg);
+}
+
+static int run_expiring(capstan_cli_t *c) {
+  if (!capstan_cli_has(c, OPT_DAYS)) return capstan_cli_usage_error(c, "missing --days N");
+  report_ctx_t r = {.json = c->json, .now = (int64_t)time(NULL), .expiring = true};
+  r.horizon = r.now + strtol(c->value[OPT_DAYS], NULL, 10) * 86400;
+  return capstan_cli_list(c, report_all, &r, &r.n, "cannot read devices", "%-20s %-8s %s\n", "NAME",
+                          "CERT", "NOT AFTER");
+}
+
+static int run_status(capstan_cli_t *c) {
+  static const Capstan__OpStatus order[NSTATUS] = {
+      CAPSTAN__OP_STATUS__OP_STATUS_PENDING,   CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
+      CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED, CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
+      CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED,   CAPSTAN__OP_STATUS__OP_STATUS_NONE};
+  report_ctx_t r = {0};
+  int rc = capstan_cli_read(c, report_all, &r, "cannot read devices");
+  if (rc != 0) return rc;
+  if (c->json) {
+    printf("{\"total\":%llu,\"by_status\":{", (unsigned long long)r.total);
+    for (int i = 0; i < NSTATUS; i++) {
+      printf("%s\"%s\":%llu", i > 0 ? "," : "", capstan_op_status_name(order[i]),
+             (unsigned long long)r.by_status[order[i]]);
+    }
+    printf("}}\n");
+  } else {
+    for (int i = 0; i < NSTATUS; i++) {
+      printf("%-12s %llu\n", capstan_op_status_name(order[i]),
+             (unsigned long long)r.by_status[order[i]]);
+    }
+    printf("%-12s %llu\n", "total", (unsigned long long)r.total);
+  }
+  return CAPSTAN_EXIT_OK;
+}
+
+static const capstan_cli_sub_t report_subs[] = {
+    {"status", 0, true, 0, 0, NULL, run_status},
+    {"expiring", CAPSTAN_CLI_OPT(OPT_DAYS), true, 0, 0, NULL, run_expiring},
+};
+
 int capstan_cli_report_main(int argc, char **argv) {
-  capstan_cli_fopts_t o;
-  int rc = capstan_cli_fopts_parse(argc, argv, CAPSTAN_FOPT_JSON | CAPSTAN_FOPT_DAYS, "report",
-                                   REPORT_USAGE, &o);
-  if (rc != 0) {
-    capstan_cli_fopts_free(&o);
-    return rc;
-  }
-  const char *cmd = o.nargs > 0 ? o.args[0] : "";
-  report_ctx_t r = {.json = o.json, .now = (int64_t)time(NULL)};
-  if (o.help) {
-    printf("usage: %s\n", REPORT_USAGE);
-    goto done;
-  }
-  if (o.nargs != 1 || (strcmp(cmd, "status") != 0 && strcmp(cmd, "expiring") != 0) ||
-      (strcmp(cmd, "expiring") == 0) != ((o.seen & CAPSTAN_FOPT_DAYS) != 0)) {
-    fprintf(stderr, "capstan: report: expected 'status' or 'expiring --days N'\nusage: %s\n",
-            REPORT_USAGE);
-    rc = CAPSTAN_EXIT_USAGE;
-    goto done;
-  }
-  r.expiring = strcmp(cmd, "expiring") == 0;
-  r.horizon = r.now + o.days * 86400;
-  capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o.data_dir), false, &st) != 0) {
-    rc = CAPSTAN_EXIT_ERROR;
-    goto done;
-  }
-  if (r.expiring) {
-    if (o.json) {
-      printf("[");
-    } else {
-      printf("%-20s %-8s %s\n", "NAME", "CERT", "NOT AFTER");
-    }
-  }
-  capstan_txn_t txn;
-  int err = capstan_store_begin(st, false, &txn);
-  if (err == 0) err = capstan_store_device_iterate(&txn, report_one, &r);
-  capstan_store_abort(&txn);
-  capstan_store_close(st);
-  if (r.expiring && o.json) printf(r.n > 0 ? "\n]\n" : "]\n");
-  if (err != 0) {
-    capstan_cli_error("cannot read devices: %s", capstan_strerror(err));
-    rc = CAPSTAN_EXIT_ERROR;
-    goto done;
-  }
-  if (!r.expiring) {
-    static const Capstan__OpStatus order[NSTATUS] = {
-        CAPSTAN__OP_STATUS__OP_STATUS_PENDING,   CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
-        CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED, CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
-        CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED,   CAPSTAN__OP_STATUS__OP_STATUS_NONE};
-    if (o.json) {
-      printf("{\"total\":%llu,\"by_status\":{", (unsigned long long)r.total);
-      for (int i = 0; i < NSTATUS; i++) {
-        printf("%s\"%s\":%llu", i > 0 ? "," : "", capstan_op_status_name(order[i]),
-               (unsigned long long)r.by_status[order[i]]);
-      }
-      printf("}}\n");
-    } else {
-      for (int i = 0; i < NSTATUS; i++) {
-        printf("%-12s %llu\n", capstan_op_status_name(order[i]),
-               (unsigned long long)r.by_status[order[i]]);
-      }
-      printf("%-12s %llu\n", "total", (unsigned long long)r.total);
-    }
-  }
-done:
-  capstan_cli_fopts_free(&o);
-  return rc;
+  static const capstan_cli_cmd_t cmd = {"report", REPORT_USAGE, NULL, CAPSTAN_CLI_TABLE(cert_opts),
+                                        CAPSTAN_CLI_TABLE(report_subs)};
+  return capstan_cli_run(&cmd, argc, argv, NULL);
 }

@@ -21,17 +21,43 @@ void capstan_cli_error(const char *fmt, ...) {
   va_end(ap);
 }
 
-int capstan_cli_open_store(const char *dir, bool create, capstan_store_t **out) {
-  int err = capstan_store_open(dir, create ? CAPSTAN_STORE_CREATE : 0, out);
-  if (err == 0) return 0;
-  if (err == CAPSTAN_ENOENT) {
-    capstan_cli_error("no capstan data in '%s': run 'capstan init --data-dir %s' first", dir, dir);
-  } else if (err == CAPSTAN_EACCES || err == -EPERM) {
-    capstan_cli_error("cannot open '%s': permission denied (run as the user that owns it)", dir);
-  } else {
-    capstan_cli_error("cannot open the store in '%s': %s", dir, capstan_strerror(err));
-  }
-  return CAPSTAN_EXIT_ERROR;
+int capstan_cli_read(const capstan_cli_t *c, int (*fn)(capstan_txn_t *txn, void *arg), void *arg,
+                     const char *what) {
+  capstan_store_t *s;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  capstan_txn_t txn;
+  int err = capstan_store_begin(s, false, &txn);
+  if (err == 0) err = fn(&txn, arg);
+  capstan_store_abort(&txn);
+  capstan_store_close(s);
+  return err != 0 ? capstan_cli_store_error(what, err) : CAPSTAN_EXIT_OK;
+}
+
+typedef struct {
+  int (*iterate)(capstan_txn_t *txn, void *arg);
+  void *arg;
+  const size_t *n;
+  bool json;
+  const char *header;
+} list_frame_t;
+
+static int list_frame(capstan_txn_t *txn, void *arg) {
+  list_frame_t *f = arg;
+  fputs(f->json ? "[" : f->header, stdout);
+  int err = f->iterate(txn, f->arg);
+  if (f->json) fputs(*f->n > 0 ? "\n]\n" : "]\n", stdout);
+  return err;
+}
+
+int capstan_cli_list(const capstan_cli_t *c, int (*iterate)(capstan_txn_t *txn, void *arg),
+                     void *arg, const size_t *n, const char *what, const char *header_fmt, ...) {
+  char header[256];
+  va_list ap;
+  va_start(ap, header_fmt);
+  vsnprintf(header, sizeof(header), header_fmt, ap);
+  va_end(ap);
+  list_frame_t f = {iterate, arg, n, c->json, header};
+  return capstan_cli_read(c, list_frame, &f, what);
 }
 
 void capstan_cli_json_string(FILE *f, const char *s) {
@@ -39,33 +65,34 @@ void capstan_cli_json_string(FILE *f, const char *s) {
     fputs("null", f);
     return;
   }
+  /* Characters with a short escape, and their escapes, position by
+   * position. */
+  static const char kShort[] = "\"\\\n\r\t", kEscape[] = "\"\\nrt";
   fputc('"', f);
   for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
-    switch (*p) {
-      case '"':
-        fputs("\\\"", f);
-        break;
-      case '\\':
-        fputs("\\\\", f);
-        break;
-      case '\n':
-        fputs("\\n", f);
-        break;
-      case '\r':
-        fputs("\\r", f);
-        break;
-      case '\t':
-        fputs("\\t", f);
-        break;
-      default:
-        if (*p < 0x20 || *p == 0x7f) {
-          fprintf(f, "\\u%04x", *p);
-        } else {
-          fputc(*p, f);
-        }
+    const char *e = strchr(kShort, *p);
+    if (e != NULL) {
+      fputc('\\', f);
+      fputc(kEscape[e - kShort], f);
+    } else if (*p < 0x20 || *p == 0x7f) {
+      fprintf(f, "\\u%04x", *p);
+    } else {
+      fputc(*p, f);
     }
   }
   fputc('"', f);
+}
+
+void capstan_cli_json_bytes(FILE *f, const uint8_t *data, size_t len) {
+  char *s = malloc(len + 1);
+  if (s == NULL) {
+    fputs("null", f);
+    return;
+  }
+  for (size_t i = 0; i < len; i++) s[i] = data[i] == 0 ? ' ' : (char)data[i];
+  s[len] = '\0';
+  capstan_cli_json_string(f, s);
+  free(s);
 }
 
 /* Reads exactly |n| digits from |*p| into |*out|. */
@@ -230,4 +257,22 @@ int capstan_cli_cert_not_after(const uint8_t *der, size_t len, int64_t *out) {
   if (!ok) return CAPSTAN_EINVAL;
   *out = now + (int64_t)days * 86400 + secs;
   return 0;
+}
+
+int capstan_cli_write_text(const char *path, const char *text, const char *what) {
+  FILE *f = stdout;
+  if (path != NULL && strcmp(path, "-") != 0) {
+    f = fopen(path, "w");
+    if (f == NULL) {
+      capstan_cli_error("cannot write '%s': %s", path, strerror(errno));
+      return CAPSTAN_EXIT_ERROR;
+    }
+  }
+  int rc = CAPSTAN_EXIT_OK;
+  if (fputs(text, f) == EOF || fflush(f) != 0) {
+    capstan_cli_error("cannot write %s", what);
+    rc = CAPSTAN_EXIT_ERROR;
+  }
+  if (f != stdout && fclose(f) != 0) rc = CAPSTAN_EXIT_ERROR;
+  return rc;
 }

@@ -1,13 +1,13 @@
 /* Admin CLI: the subcommands that work on the data directory (device,
- * config, keepalive, cert, report), their shared helpers, and the CSV
- * reader/writer used by `device import` and `device export`.
+ * config, keepalive, cert, report, init, serve), their shared helpers, and
+ * the CSV reader/writer used by `device import` and `device export`.
  *
  * Every subcommand is a separate process that opens the LMDB environment
  * next to a possibly running server. Exit codes: 0 success, 1 operational
- * error (message on stderr says what to do), 2 usage error. Options come
- * after the subcommand, e.g. `capstan device list --json --data-dir DIR`;
- * the data directory is --data-dir, else $CAPSTAN_DATA_DIR, else
- * ./capstan-data. */
+ * error (message on stderr says what to do), 2 usage error. Every command
+ * parses its command line with capstan_cli_run (options.h), e.g. `capstan
+ * device list --json --data-dir DIR`; the data directory is --data-dir,
+ * else $CAPSTAN_DATA_DIR, else ./capstan-data (capstan_cli_data_dir). */
 #ifndef CAPSTAN_HANDLERS_CLI_CLI_H
 #define CAPSTAN_HANDLERS_CLI_CLI_H
 
@@ -16,12 +16,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "handlers/cli/options.h"
 #include "storage/records.pb-c.h"
 #include "storage/store.h"
-
-#define CAPSTAN_EXIT_OK 0
-#define CAPSTAN_EXIT_ERROR 1
-#define CAPSTAN_EXIT_USAGE 2
 
 /* ---- Subcommands: argv[0] is the command word ("device", ...). -------- */
 int capstan_cli_device_main(int argc, char **argv);
@@ -34,15 +31,31 @@ int capstan_cli_serve_main(int argc, char **argv);
 
 /* ---- Shared helpers ---------------------------------------------------- */
 
-/* Opens the store in |dir| (creating it when |create|). On failure prints
- * what to do and returns CAPSTAN_EXIT_ERROR; 0 on success. */
-int capstan_cli_open_store(const char *dir, bool create, capstan_store_t **out);
+/* Opens the store, runs |fn| in one read transaction, closes the store.
+ * A failure prints what to do, or "capstan: |what|: ..." for an error of
+ * |fn|. Returns an exit code. */
+int capstan_cli_read(const capstan_cli_t *c, int (*fn)(capstan_txn_t *txn, void *arg), void *arg,
+                     const char *what);
+
+/* The frame of a list command: opens the store, prints the table header
+ * (|header_fmt| and its arguments) or, with --json, the "[" of a JSON array;
+ * runs |iterate| in one read transaction (it prints the rows and counts
+ * them in *|n|); closes the array; closes the store. A store failure
+ * prints "capstan: |what|: ...". Returns an exit code. */
+int capstan_cli_list(const capstan_cli_t *c, int (*iterate)(capstan_txn_t *txn, void *arg),
+                     void *arg, const size_t *n, const char *what, const char *header_fmt, ...)
+    __attribute__((format(printf, 6, 7)));
 
 /* "capstan: <message>\n" on stderr. */
 void capstan_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Writes |s| as a JSON string literal (quotes, escapes; NULL as null). */
 void capstan_cli_json_string(FILE *f, const char *s);
+
+/* Writes |len| bytes of text (e.g. stored XML, not NUL-terminated) as a
+ * JSON string literal; a NUL byte becomes a space. Writes null when out of
+ * memory. */
+void capstan_cli_json_bytes(FILE *f, const uint8_t *data, size_t len);
 
 /* Parses an ISO 8601 date or UTC time: YYYY-MM-DD (midnight UTC),
  * YYYY-MM-DDTHH:MM[:SS](Z|+HH:MM|-HH:MM). CAPSTAN_EINVAL when malformed. */
@@ -58,6 +71,11 @@ int capstan_cli_random_digits(char *out, size_t n);
 /* Reads a whole file ("-" = stdin) of at most |max| bytes into a malloc'd
  * buffer (caller frees). Prints the failure and returns a negative error. */
 int capstan_cli_read_file(const char *path, size_t max, uint8_t **out, size_t *len);
+
+/* Writes |text| to the file |path| (NULL or "-": stdout), e.g. the value of
+ * --out. On failure prints why, naming |what|, and returns
+ * CAPSTAN_EXIT_ERROR; 0 on success. */
+int capstan_cli_write_text(const char *path, const char *text, const char *what);
 
 /* notAfter of the DER certificate |der| as unix seconds. CAPSTAN_EINVAL if
  * it does not parse. */

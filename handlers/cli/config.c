@@ -10,22 +10,18 @@
 #include "core/settings.h"
 #include "storage/records.h"
 
-/* The settings in |dir|: the stored ones, or the defaults (what a server
- * would use) when there is no store yet. Returns an exit code. */
-static int load(const char *dir, capstan_settings_t *out) {
+/* The settings: the stored ones, or the defaults (what a server would
+ * use) when there is no store yet. Returns an exit code. */
+static int load(const capstan_cli_t *c, capstan_settings_t *out) {
   capstan_store_t *s;
-  int err = capstan_store_open(dir, 0, &s);
-  if (err == CAPSTAN_ENOENT) {
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_OPTIONAL, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  if (s == NULL) {
     capstan_settings_defaults(out);
     return 0;
   }
-  if (err != 0) return capstan_cli_open_store(dir, false, &s); /* prints why */
-  err = capstan_settings_load(s, out);
+  int err = capstan_settings_load(s, out);
   capstan_store_close(s);
-  if (err != 0) {
-    capstan_cli_error("cannot read settings: %s", capstan_strerror(err));
-    return CAPSTAN_EXIT_ERROR;
-  }
+  if (err != 0) return capstan_cli_store_error("cannot read settings", err);
   return 0;
 }
 
@@ -53,7 +49,7 @@ static int set_fn(capstan_txn_t *txn, void *arg) {
   return err;
 }
 
-static int do_set(const char *dir, const char *name, const char *value) {
+static int do_set(const capstan_cli_t *c, const char *name, const char *value) {
   char err[256];
   /* Validate before touching the store, so a typo never creates a data
    * directory or takes the write lock. */
@@ -65,38 +61,36 @@ static int do_set(const char *dir, const char *name, const char *value) {
     return CAPSTAN_EXIT_USAGE; /* the command line is wrong, not the system */
   }
   capstan_store_t *s;
-  if (capstan_cli_open_store(dir, true, &s) != 0) return CAPSTAN_EXIT_ERROR;
-  set_ctx_t c = {.name = name, .value = value};
-  rc = capstan_store_write(s, set_fn, &c);
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_CREATE, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  set_ctx_t set = {.name = name, .value = value};
+  rc = capstan_store_write(s, set_fn, &set);
   capstan_store_close(s);
-  if (rc != 0) {
-    if (c.set_rc != 0) {
-      capstan_cli_error("%s", c.err);
-    } else {
-      capstan_cli_error("cannot save the setting: %s", capstan_strerror(rc));
-    }
+  if (rc != 0 && set.set_rc != 0) {
+    capstan_cli_error("%s", set.err);
     return CAPSTAN_EXIT_ERROR;
   }
+  if (rc != 0) return capstan_cli_store_error("cannot save the setting", rc);
   printf("%s = %s\n", name, value);
   return CAPSTAN_EXIT_OK;
 }
 
-static int do_get(const char *dir, const char *name) {
+static int do_get(const capstan_cli_t *c, const char *name) {
   if (capstan_settings_find(name) == NULL) {
     capstan_cli_error("unknown setting '%s' (see 'capstan config list')", name);
     return CAPSTAN_EXIT_USAGE;
   }
   capstan_settings_t st;
-  if (load(dir, &st) != 0) return CAPSTAN_EXIT_ERROR;
+  if (load(c, &st) != 0) return CAPSTAN_EXIT_ERROR;
   char buf[300];
   capstan_settings_get(&st, name, buf, sizeof(buf));
   printf("%s\n", buf);
   return CAPSTAN_EXIT_OK;
 }
 
-static int do_list(const char *dir, bool json) {
+static int run_list(capstan_cli_t *c) {
+  bool json = c->json;
   capstan_settings_t st;
-  if (load(dir, &st) != 0) return CAPSTAN_EXIT_ERROR;
+  if (load(c, &st) != 0) return CAPSTAN_EXIT_ERROR;
   if (json) fputs("{", stdout);
   for (size_t i = 0; i < capstan_settings_count(); i++) {
     const capstan_setting_info_t *info = capstan_settings_info(i);
@@ -137,58 +131,48 @@ static int do_list(const char *dir, bool json) {
   return CAPSTAN_EXIT_OK;
 }
 
+static int run_get(capstan_cli_t *c) {
+  return do_get(c, c->args[0]);
+}
+
+static int run_set(capstan_cli_t *c) {
+  return do_set(c, c->args[0], c->args[1]);
+}
+
 #define CONFIG_USAGE                                                          \
   "capstan config get KEY | set KEY VALUE | list [--json] [--data-dir DIR]\n" \
   "       (see 'capstan config list' for the keys, their values and ranges)"
 
+/* get and set have always taken --json and ignored it; scripts may pass it. */
+static const capstan_cli_sub_t config_subs[] = {
+    {"get", 0, true, 1, 1, NULL, run_get},
+    {"set", 0, true, 2, 2, NULL, run_set},
+    {"list", 0, true, 0, 0, NULL, run_list},
+};
+
 int capstan_cli_config_main(int argc, char **argv) {
-  capstan_cli_fopts_t o;
-  int rc = capstan_cli_fopts_parse(argc, argv, CAPSTAN_FOPT_JSON, "config", CONFIG_USAGE, &o);
-  if (rc != 0) {
-    capstan_cli_fopts_free(&o);
-    return rc;
-  }
-  const char *dir = capstan_store_data_dir(o.data_dir);
-  if (o.help || (o.nargs == 1 && strcmp(o.args[0], "help") == 0)) {
-    printf("usage: %s\n", CONFIG_USAGE);
-    rc = CAPSTAN_EXIT_OK;
-  } else if (o.nargs == 2 && strcmp(o.args[0], "get") == 0) {
-    rc = do_get(dir, o.args[1]);
-  } else if (o.nargs == 3 && strcmp(o.args[0], "set") == 0) {
-    rc = do_set(dir, o.args[1], o.args[2]);
-  } else if (o.nargs == 1 && strcmp(o.args[0], "list") == 0) {
-    rc = do_list(dir, o.json);
-  } else {
-    fprintf(stderr, "capstan: config: expected get KEY, set KEY VALUE or list\nusage: %s\n",
-            CONFIG_USAGE);
-    rc = CAPSTAN_EXIT_USAGE;
-  }
-  capstan_cli_fopts_free(&o);
-  return rc;
+  static const capstan_cli_cmd_t cmd = {
+      "config", CONFIG_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(config_subs)};
+  return capstan_cli_run(&cmd, argc, argv, NULL);
+}
+
+static int run_keepalive_set(capstan_cli_t *c) {
+  return do_set(c, "keepalive-minutes", c->args[0]);
+}
+
+static int run_keepalive_show(capstan_cli_t *c) {
+  return do_get(c, "keepalive-minutes");
 }
 
 #define KEEPALIVE_USAGE "capstan keepalive set MINUTES (5..60) | show [--data-dir DIR]"
 
+static const capstan_cli_sub_t keepalive_subs[] = {
+    {"set", 0, false, 1, 1, NULL, run_keepalive_set},
+    {"show", 0, false, 0, 0, NULL, run_keepalive_show},
+};
+
 int capstan_cli_keepalive_main(int argc, char **argv) {
-  capstan_cli_fopts_t o;
-  int rc = capstan_cli_fopts_parse(argc, argv, 0, "keepalive", KEEPALIVE_USAGE, &o);
-  if (rc != 0) {
-    capstan_cli_fopts_free(&o);
-    return rc;
-  }
-  const char *dir = capstan_store_data_dir(o.data_dir);
-  if (o.help) {
-    printf("usage: %s\n", KEEPALIVE_USAGE);
-    rc = CAPSTAN_EXIT_OK;
-  } else if (o.nargs == 2 && strcmp(o.args[0], "set") == 0) {
-    rc = do_set(dir, "keepalive-minutes", o.args[1]);
-  } else if (o.nargs == 1 && strcmp(o.args[0], "show") == 0) {
-    rc = do_get(dir, "keepalive-minutes");
-  } else {
-    fprintf(stderr, "capstan: keepalive: expected set MINUTES or show\nusage: %s\n",
-            KEEPALIVE_USAGE);
-    rc = CAPSTAN_EXIT_USAGE;
-  }
-  capstan_cli_fopts_free(&o);
-  return rc;
+  static const capstan_cli_cmd_t cmd = {
+      "keepalive", KEEPALIVE_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(keepalive_subs)};
+  return capstan_cli_run(&cmd, argc, argv, NULL);
 }

@@ -17,15 +17,6 @@
   "       capstan device config clear NAME        (back to its template or the default)\n" \
   "       (all take --data-dir DIR)"
 
-static int store_error(const char *what, int err) {
-  if (err == CAPSTAN_ENOSPC) {
-    capstan_cli_error("%s: the store is full (4 GiB map): remove old records", what);
-  } else {
-    capstan_cli_error("%s: %s", what, capstan_strerror(err));
-  }
-  return CAPSTAN_EXIT_ERROR;
-}
-
 static bool has_own(const Capstan__Device *d) {
   return d->has_config_xml && d->config_xml.len > 0;
 }
@@ -40,24 +31,22 @@ static int get_device(capstan_txn_t *txn, const char *name, Capstan__Device **d)
   if (err == CAPSTAN_ENOENT || err == CAPSTAN_EINVAL) {
     capstan_cli_error("no device '%s': add it with 'capstan device add %s ...'", name, name);
   } else if (err != 0) {
-    store_error("cannot read the device", err);
+    capstan_cli_store_error("cannot read the device", err);
   }
   return err;
 }
 
 /* set (|xml| non-NULL) or clear. */
-static int write_config(capstan_cli_fopts_t *o, const uint8_t *xml, size_t len) {
-  const char *name = o->args[1];
+static int write_config(capstan_cli_t *c, const uint8_t *xml, size_t len) {
+  const char *name = c->args[0];
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   int rc = CAPSTAN_EXIT_ERROR;
   Capstan__Device *d = NULL;
   capstan_txn_t txn = {0};
   int err = capstan_store_begin(st, true, &txn);
   if (err != 0) {
-    store_error("cannot write the device", err);
+    capstan_cli_store_error("cannot write the device", err);
     goto out;
   }
   if (get_device(&txn, name, &d) != 0) goto out;
@@ -75,7 +64,7 @@ static int write_config(capstan_cli_fopts_t *o, const uint8_t *xml, size_t len) 
     }
     if (err == 0) err = capstan_store_commit(&txn);
     if (err != 0) {
-      store_error("cannot write the device", err);
+      capstan_cli_store_error("cannot write the device", err);
       goto out;
     }
     rc = CAPSTAN_EXIT_OK;
@@ -99,38 +88,36 @@ out:
   return rc;
 }
 
-static int run_set(capstan_cli_fopts_t *o) {
-  if (!capstan_device_name_valid(o->args[1])) {
-    capstan_cli_error("'%s' is not a device name (e.g. SEP0011223344AA)", o->args[1]);
+static int run_set(capstan_cli_t *c) {
+  if (!capstan_device_name_valid(c->args[0])) {
+    capstan_cli_error("'%s' is not a device name (e.g. SEP0011223344AA)", c->args[0]);
     return CAPSTAN_EXIT_USAGE;
   }
   uint8_t *xml;
   size_t len;
-  if (capstan_cli_read_config_xml(o->args[2], &xml, &len) != 0) {
+  if (capstan_cli_read_config_xml(c->args[1], &xml, &len) != 0) {
     fprintf(stderr, "capstan: nothing was stored\n");
     return CAPSTAN_EXIT_ERROR;
   }
-  int rc = write_config(o, xml, len);
+  int rc = write_config(c, xml, len);
   free(xml);
   return rc;
 }
 
-static int run_clear(capstan_cli_fopts_t *o) {
-  return write_config(o, NULL, 0);
+static int run_clear(capstan_cli_t *c) {
+  return write_config(c, NULL, 0);
 }
 
-static int run_show(capstan_cli_fopts_t *o) {
-  const char *name = o->args[1];
+static int run_show(capstan_cli_t *c) {
+  const char *name = c->args[0];
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   Capstan__Device *d = NULL;
   capstan_txn_t txn = {0};
   bool template_exists = false;
   int err = capstan_store_begin(st, false, &txn);
   if (err != 0) {
-    store_error("cannot read the device", err);
+    capstan_cli_store_error("cannot read the device", err);
   } else if ((err = get_device(&txn, name, &d)) == 0 && has_template(d)) {
     Capstan__Template *t = NULL;
     int terr = capstan_store_template_get(&txn, d->template_name, &t);
@@ -143,7 +130,7 @@ static int run_show(capstan_cli_fopts_t *o) {
   /* What the file service serves: own base, else an existing template,
    * else the default. */
   const char *source = has_own(d) ? "device" : template_exists ? "template" : "default";
-  if (o->json) {
+  if (c->json) {
     printf("{\"name\":");
     capstan_cli_json_string(stdout, d->name);
     printf(",\"source\":\"%s\",\"template\":", source);
@@ -151,18 +138,7 @@ static int run_show(capstan_cli_fopts_t *o) {
     printf(",\"template_exists\":%s,\"bytes\":%zu,\"config_xml\":",
            template_exists ? "true" : "false", has_own(d) ? d->config_xml.len : (size_t)0);
     if (has_own(d)) {
-      char *s = malloc(d->config_xml.len + 1);
-      if (s == NULL) {
-        capstan__device__free_unpacked(d, NULL);
-        capstan_cli_error("out of memory");
-        return CAPSTAN_EXIT_ERROR;
-      }
-      for (size_t i = 0; i < d->config_xml.len; i++) {
-        s[i] = d->config_xml.data[i] == 0 ? ' ' : (char)d->config_xml.data[i];
-      }
-      s[d->config_xml.len] = '\0';
-      capstan_cli_json_string(stdout, s);
-      free(s);
+      capstan_cli_json_bytes(stdout, d->config_xml.data, d->config_xml.len);
     } else {
       printf("null");
     }
@@ -195,48 +171,14 @@ static int run_show(capstan_cli_fopts_t *o) {
   return CAPSTAN_EXIT_OK;
 }
 
+static const capstan_cli_sub_t devconfig_subs[] = {
+    {"set", 0, false, 2, 2, NULL, run_set},
+    {"show", 0, true, 1, 1, NULL, run_show},
+    {"clear", 0, false, 1, 1, NULL, run_clear},
+};
+
 int capstan_cli_devconfig_main(int argc, char **argv) {
-  capstan_cli_fopts_t o;
-  int rc =
-      capstan_cli_fopts_parse(argc, argv, CAPSTAN_FOPT_JSON, "device config", DEVCONFIG_USAGE, &o);
-  if (rc != 0) goto done;
-  if (o.help) {
-    printf("usage: %s\n", DEVCONFIG_USAGE);
-    goto done;
-  }
-  const char *cmd = o.nargs > 0 ? o.args[0] : "";
-  int want = 0;
-  int (*run)(capstan_cli_fopts_t *) = NULL;
-  if (strcmp(cmd, "set") == 0) {
-    want = 3;
-    run = run_set;
-  } else if (strcmp(cmd, "show") == 0) {
-    want = 2;
-    run = run_show;
-  } else if (strcmp(cmd, "clear") == 0) {
-    want = 2;
-    run = run_clear;
-  }
-  if (run == NULL) {
-    if (cmd[0] == '\0') {
-      fprintf(stderr, "capstan: device config: missing command\nusage: %s\n", DEVCONFIG_USAGE);
-    } else {
-      fprintf(stderr, "capstan: device config: unknown command '%s'\nusage: %s\n", cmd,
-              DEVCONFIG_USAGE);
-    }
-    rc = CAPSTAN_EXIT_USAGE;
-  } else if (o.nargs != want) {
-    fprintf(stderr, "capstan: device config %s: %s\nusage: %s\n", cmd,
-            o.nargs < want ? "missing argument" : "too many arguments", DEVCONFIG_USAGE);
-    rc = CAPSTAN_EXIT_USAGE;
-  } else if (o.json && run != run_show) {
-    fprintf(stderr, "capstan: device config %s: --json does not apply here\nusage: %s\n", cmd,
-            DEVCONFIG_USAGE);
-    rc = CAPSTAN_EXIT_USAGE;
-  } else {
-    rc = run(&o);
-  }
-done:
-  capstan_cli_fopts_free(&o);
-  return rc;
+  static const capstan_cli_cmd_t cmd = {
+      "device config", DEVCONFIG_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(devconfig_subs)};
+  return capstan_cli_run(&cmd, argc, argv, NULL);
 }

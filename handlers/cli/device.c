@@ -1,13 +1,11 @@
 /* `capstan device ...`: add, set, show, list, remove, import, export,
- * generate-auth-strings. */
+ * bulk-set, generate-auth-strings (and `device config`, devconfig.c). */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
-#include <unistd.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "handlers/cli/cli.h"
 #include "handlers/cli/files.h"
@@ -15,35 +13,34 @@
 #include "core/base/error.h"
 #include "storage/devices.h"
 
-/* Options of every device subcommand; each subcommand accepts a subset. */
+/* Options of the device subcommands (one table); each subcommand takes a
+ * subset. O(X) is the bit of OPT_X. */
 enum {
-  O_OPERATION = 1 << 0,
-  O_AUTH = 1 << 1,
-  O_AUTH_STRING = 1 << 2,
-  O_KEY = 1 << 3,
-  O_COMPLETES_BY = 1 << 4,
-  O_ENCRYPTED = 1 << 5,
-  O_JSON = 1 << 6,
-  O_SHOW_SECRETS = 1 << 7,
-  O_STATUS = 1 << 8,
-  O_GENERATE = 1 << 9,      /* add/set: --generate-auth-string */
-  O_GENERATE_CSV = 1 << 10, /* import: --generate-auth-strings MODE */
-  O_LENGTH = 1 << 11,
-  O_NO_UPDATE = 1 << 12,
-  O_UNIQUE = 1 << 13,
-  O_SHARED = 1 << 14,
-  O_DATA_DIR = 1 << 15,
-  O_HELP = 1 << 16,
-  O_EXPIRES_BEFORE = 1 << 17, /* bulk-set filters */
-  O_NAME_PREFIX = 1 << 18,
-  O_ALL = 1 << 19,
-  O_DRY_RUN = 1 << 20,
-  O_TEMPLATE = 1 << 21, /* add/set: --template NAME|none */
+  OPT_OPERATION,
+  OPT_AUTH,
+  OPT_AUTH_STRING,
+  OPT_KEY,
+  OPT_COMPLETES_BY,
+  OPT_ENCRYPTED,
+  OPT_SHOW_SECRETS,
+  OPT_STATUS,
+  OPT_GENERATE,     /* add/set: --generate-auth-string */
+  OPT_GENERATE_CSV, /* import: --generate-auth-strings MODE */
+  OPT_LENGTH,
+  OPT_NO_UPDATE,
+  OPT_UNIQUE,
+  OPT_SHARED,
+  OPT_EXPIRES_BEFORE, /* bulk-set filters */
+  OPT_NAME_PREFIX,
+  OPT_ALL,
+  OPT_DRY_RUN,
+  OPT_TEMPLATE, /* add/set: --template NAME|none */
+  NOPTS
 };
+#define O(x) CAPSTAN_CLI_OPT(OPT_##x)
 
+/* The option values, checked and parsed by the table's set functions. */
 typedef struct {
-  unsigned seen;
-  const char *data_dir;
   Capstan__Operation operation;
   Capstan__AuthMode auth;
   const char *auth_string;
@@ -52,259 +49,159 @@ typedef struct {
   int64_t completes_by;
   bool encrypted;
   Capstan__OpStatus status;
-  capstan_generate_t generate;
+  capstan_generate_t generate; /* --generate-auth-strings */
   unsigned length;
   int64_t expires_before;
-  const char *name_prefix;
   const char *template_name; /* NULL: --template none */
-  char **args;               /* positional arguments */
-  int nargs;
 } opts_t;
 
-typedef struct {
-  const char *name;
-  unsigned allowed;
-  int nargs; /* positional arguments required */
-  const char *usage;
-  int (*run)(opts_t *o);
-} subcmd_t;
+#define TIME_FORMS "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z"
 
-static const struct option longopts[] = {
-    {"operation", required_argument, NULL, 'o'},
-    {"auth", required_argument, NULL, 'a'},
-    {"auth-string", required_argument, NULL, 's'},
-    {"key", required_argument, NULL, 'k'},
-    {"completes-by", required_argument, NULL, 'c'},
-    {"template", required_argument, NULL, 'T'},
-    {"encrypted-config", required_argument, NULL, 'e'},
-    {"json", no_argument, NULL, 'j'},
-    {"show-secrets", no_argument, NULL, 'S'},
-    {"status", required_argument, NULL, 't'},
-    {"generate-auth-string", no_argument, NULL, 'g'},
-    {"generate-auth-strings", required_argument, NULL, 'G'},
-    {"auth-string-length", required_argument, NULL, 'l'},
-    {"no-update", no_argument, NULL, 'n'},
-    {"unique", no_argument, NULL, 'u'},
-    {"shared", no_argument, NULL, 'H'},
-    {"data-dir", required_argument, NULL, 'd'},
-    {"help", no_argument, NULL, 'h'},
-    {"expires-before", required_argument, NULL, 'E'},
-    {"name-prefix", required_argument, NULL, 'P'},
-    {"all", no_argument, NULL, 'A'},
-    {"dry-run", no_argument, NULL, 'D'},
-    {NULL, 0, NULL, 0},
-};
-
-static int usage_error(const subcmd_t *sc, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static int usage_error(const subcmd_t *sc, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "capstan: device %s: ", sc->name);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fprintf(stderr, "\nusage: %s\n(see 'capstan device %s --help')\n", sc->usage, sc->name);
-  return CAPSTAN_EXIT_USAGE;
+/* The end of a set function for an enumerated value: |parse_rc| is the
+ * parser's result, |names| the values it takes. */
+static int one_of(int parse_rc, const char *option, const char *names, const char *a, char *why,
+                  size_t len) {
+  if (parse_rc == 0) return 0;
+  snprintf(why, len, "%s must be one of %s; got '%s'", option, names, a);
+  return -1;
 }
 
-static int parse_opts(const subcmd_t *sc, int argc, char **argv, opts_t *o) {
-  memset(o, 0, sizeof(*o));
-  o->key_alg = CAPSTAN__KEY_ALG__KEY_ALG_RSA;
-  o->key_bits = 2048;
-  o->auth = CAPSTAN__AUTH_MODE__AUTH_MODE_NULL;
-  optind = 0; /* GNU: re-initialise, argv differs from any earlier parse */
-  opterr = 0;
-  int c;
-  while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
-    const char *a = optarg;
-    unsigned bit = 0;
-    switch (c) {
-      case 'o':
-        bit = O_OPERATION;
-        if (capstan_operation_parse(a, &o->operation) != 0) {
-          return usage_error(sc, "--operation must be one of %s; got '%s'",
-                             capstan_operation_names(), a);
-        }
-        break;
-      case 'a':
-        bit = O_AUTH;
-        if (capstan_auth_mode_parse(a, &o->auth) != 0) {
-          return usage_error(sc, "--auth must be one of %s; got '%s'", capstan_auth_mode_names(),
-                             a);
-        }
-        break;
-      case 's':
-        bit = O_AUTH_STRING;
-        if (!capstan_auth_string_valid(a)) {
-          return usage_error(sc, "--auth-string must be 4 to 10 digits");
-        }
-        o->auth_string = a;
-        break;
-      case 'k':
-        bit = O_KEY;
-        if (capstan_key_parse(a, &o->key_alg, &o->key_bits) != 0) {
-          return usage_error(sc, "--key must be one of %s; got '%s'", capstan_key_names(), a);
-        }
-        break;
-      case 'c':
-        bit = O_COMPLETES_BY;
-        if (strcmp(a, "none") == 0 || a[0] == '\0') {
-          o->completes_by = 0;
-        } else if (capstan_cli_parse_time(a, &o->completes_by) != 0) {
-          return usage_error(sc,
-                             "--completes-by must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z (or "
-                             "none); got '%s'",
-                             a);
-        }
-        break;
-      case 'T':
-        bit = O_TEMPLATE;
-        if (strcmp(a, "none") == 0) {
-          o->template_name = NULL;
-        } else if (capstan_cli_template_name_valid(a)) {
-          o->template_name = a;
-        } else {
-          return usage_error(sc,
-                             "--template must be a template name (capstan template list) or "
-                             "none; got '%s'",
-                             a);
-        }
-        break;
-      case 'e':
-        bit = O_ENCRYPTED;
-        if (strcmp(a, "on") == 0) {
-          o->encrypted = true;
-        } else if (strcmp(a, "off") == 0) {
-          o->encrypted = false;
-        } else {
-          return usage_error(sc, "--encrypted-config must be on or off; got '%s'", a);
-        }
-        break;
-      case 'j':
-        bit = O_JSON;
-        break;
-      case 'S':
-        bit = O_SHOW_SECRETS;
-        break;
-      case 't':
-        bit = O_STATUS;
-        if (capstan_op_status_parse(a, &o->status) != 0) {
-          return usage_error(sc, "--status must be one of %s; got '%s'", capstan_op_status_names(),
-                             a);
-        }
-        break;
-      case 'g':
-        bit = O_GENERATE;
-        break;
-      case 'G':
-        bit = O_GENERATE_CSV;
-        if (strcmp(a, "unique") == 0) {
-          o->generate = CAPSTAN_GENERATE_UNIQUE;
-        } else if (strcmp(a, "shared") == 0) {
-          o->generate = CAPSTAN_GENERATE_SHARED;
-        } else {
-          return usage_error(sc, "--generate-auth-strings must be unique or shared; got '%s'", a);
-        }
-        break;
-      case 'l': {
-        bit = O_LENGTH;
-        char *end;
-        long v = strtol(a, &end, 10);
-        if (*end != '\0' || v < CAPSTAN_AUTH_STRING_MIN || v > CAPSTAN_AUTH_STRING_MAX) {
-          return usage_error(sc, "--auth-string-length must be from 4 to 10; got '%s'", a);
-        }
-        o->length = (unsigned)v;
-        break;
-      }
-      case 'n':
-        bit = O_NO_UPDATE;
-        break;
-      case 'u':
-        bit = O_UNIQUE;
-        o->generate = CAPSTAN_GENERATE_UNIQUE;
-        break;
-      case 'H':
-        bit = O_SHARED;
-        o->generate = CAPSTAN_GENERATE_SHARED;
-        break;
-      case 'd':
-        bit = O_DATA_DIR;
-        o->data_dir = a;
-        break;
-      case 'h':
-        bit = O_HELP;
-        break;
-      case 'E':
-        bit = O_EXPIRES_BEFORE;
-        if (capstan_cli_parse_time(a, &o->expires_before) != 0) {
-          return usage_error(
-              sc, "--expires-before must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z; got '%s'", a);
-        }
-        break;
-      case 'P':
-        bit = O_NAME_PREFIX;
-        o->name_prefix = a;
-        break;
-      case 'A':
-        bit = O_ALL;
-        break;
-      case 'D':
-        bit = O_DRY_RUN;
-        break;
-      case ':':
-        return usage_error(sc, "option '%s' needs a value", argv[optind - 1]);
-      default:
-        return usage_error(sc, "unknown option '%s'", argv[optind - 1]);
-    }
-    if (!(sc->allowed & bit) && bit != O_HELP && bit != O_DATA_DIR) {
-      return usage_error(sc, "option '%s' does not apply here", argv[optind - 1]);
-    }
-    o->seen |= bit;
+static int set_operation(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  return one_of(capstan_operation_parse(a, &o->operation), "--operation", capstan_operation_names(),
+                a, why, len);
+}
+
+static int set_auth(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  return one_of(capstan_auth_mode_parse(a, &o->auth), "--auth", capstan_auth_mode_names(), a, why,
+                len);
+}
+
+static int set_auth_string(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  o->auth_string = a;
+  if (capstan_auth_string_valid(a)) return 0;
+  snprintf(why, len, "--auth-string must be 4 to 10 digits");
+  return -1;
+}
+
+static int set_key(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  return one_of(capstan_key_parse(a, &o->key_alg, &o->key_bits), "--key", capstan_key_names(), a,
+                why, len);
+}
+
+static int set_completes_by(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  o->completes_by = 0;
+  if (strcmp(a, "none") == 0 || a[0] == '\0') return 0;
+  if (capstan_cli_parse_time(a, &o->completes_by) == 0) return 0;
+  snprintf(why, len, "--completes-by must be " TIME_FORMS " (or none); got '%s'", a);
+  return -1;
+}
+
+static int set_template(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  o->template_name = strcmp(a, "none") == 0 ? NULL : a;
+  if (o->template_name == NULL || capstan_cli_template_name_valid(a)) return 0;
+  snprintf(why, len, "--template must be a template name (capstan template list) or none; got '%s'",
+           a);
+  return -1;
+}
+
+static int set_encrypted(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  o->encrypted = strcmp(a, "on") == 0;
+  if (o->encrypted || strcmp(a, "off") == 0) return 0;
+  snprintf(why, len, "--encrypted-config must be on or off; got '%s'", a);
+  return -1;
+}
+
+static int set_status(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  return one_of(capstan_op_status_parse(a, &o->status), "--status", capstan_op_status_names(), a,
+                why, len);
+}
+
+static int set_generate_csv(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  if (strcmp(a, "unique") == 0) {
+    o->generate = CAPSTAN_GENERATE_UNIQUE;
+  } else if (strcmp(a, "shared") == 0) {
+    o->generate = CAPSTAN_GENERATE_SHARED;
+  } else {
+    snprintf(why, len, "--generate-auth-strings must be unique or shared; got '%s'", a);
+    return -1;
   }
-  if (o->seen & O_HELP) return 0;
-  o->args = argv + optind;
-  o->nargs = argc - optind;
-  if (o->nargs < sc->nargs) return usage_error(sc, "missing argument");
-  if (o->nargs > sc->nargs) return usage_error(sc, "unexpected argument '%s'", o->args[sc->nargs]);
   return 0;
 }
 
-static int open_store(opts_t *o, bool create, capstan_store_t **s) {
-  return capstan_cli_open_store(capstan_store_data_dir(o->data_dir), create, s);
+static int set_length(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  char *end;
+  long v = strtol(a, &end, 10);
+  if (*end != '\0' || a[0] == '\0' || v < CAPSTAN_AUTH_STRING_MIN || v > CAPSTAN_AUTH_STRING_MAX) {
+    snprintf(why, len, "--auth-string-length must be from 4 to 10; got '%s'", a);
+    return -1;
+  }
+  o->length = (unsigned)v;
+  return 0;
 }
 
-static int store_error(const char *what, int err) {
-  if (err == CAPSTAN_ENOSPC) {
-    capstan_cli_error("%s: the store is full (4 GiB map): remove old records", what);
-  } else {
-    capstan_cli_error("%s: %s", what, capstan_strerror(err));
-  }
-  return CAPSTAN_EXIT_ERROR;
+static int set_expires_before(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  if (capstan_cli_parse_time(a, &o->expires_before) == 0) return 0;
+  snprintf(why, len, "--expires-before must be " TIME_FORMS "; got '%s'", a);
+  return -1;
 }
+
+static const capstan_cli_opt_t device_opts[NOPTS] = {
+    [OPT_OPERATION] = {"operation", true, set_operation},
+    [OPT_AUTH] = {"auth", true, set_auth},
+    [OPT_AUTH_STRING] = {"auth-string", true, set_auth_string},
+    [OPT_KEY] = {"key", true, set_key},
+    [OPT_COMPLETES_BY] = {"completes-by", true, set_completes_by},
+    [OPT_TEMPLATE] = {"template", true, set_template},
+    [OPT_ENCRYPTED] = {"encrypted-config", true, set_encrypted},
+    [OPT_SHOW_SECRETS] = {"show-secrets", false, NULL},
+    [OPT_STATUS] = {"status", true, set_status},
+    [OPT_GENERATE] = {"generate-auth-string", false, NULL},
+    [OPT_GENERATE_CSV] = {"generate-auth-strings", true, set_generate_csv},
+    [OPT_LENGTH] = {"auth-string-length", true, set_length},
+    [OPT_NO_UPDATE] = {"no-update", false, NULL},
+    [OPT_UNIQUE] = {"unique", false, NULL},
+    [OPT_SHARED] = {"shared", false, NULL},
+    [OPT_EXPIRES_BEFORE] = {"expires-before", true, set_expires_before},
+    [OPT_NAME_PREFIX] = {"name-prefix", true, NULL},
+    [OPT_ALL] = {"all", false, NULL},
+    [OPT_DRY_RUN] = {"dry-run", false, NULL},
+};
 
 /* ---- add / set ----------------------------------------------------------- */
 
 /* Applies the options of add/set to |d|. Returns 0, or a usage error exit
  * code with the message printed. */
-static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is_new, int64_t now,
+static int apply_opts(const capstan_cli_t *c, Capstan__Device *d, bool is_new, int64_t now,
                       char *generated) {
+  const opts_t *o = c->ctx;
   generated[0] = '\0';
-  if (is_new || (o->seen & O_OPERATION)) {
+  if (is_new || (c->seen & O(OPERATION))) {
     bool rearm = is_new || capstan_device_should_rearm(d, o->operation);
     d->has_operation = 1;
     d->operation = o->operation;
     if (rearm) capstan_device_rearm(d, now);
   }
-  if (is_new || (o->seen & O_AUTH)) {
+  if (is_new || (c->seen & O(AUTH))) {
     d->has_auth_mode = 1;
     d->auth_mode = o->auth;
   }
-  if (o->seen & O_AUTH_STRING) {
+  if (c->seen & O(AUTH_STRING)) {
     if (capstan_record_set_string(&d->auth_string, o->auth_string) != 0) return CAPSTAN_EXIT_ERROR;
   }
-  if (o->seen & O_GENERATE) {
-    if ((o->seen & O_AUTH_STRING)) {
-      return usage_error(sc, "give either --auth-string or --generate-auth-string");
+  if (c->seen & O(GENERATE)) {
+    if ((c->seen & O(AUTH_STRING))) {
+      return capstan_cli_usage_error(c, "give either --auth-string or --generate-auth-string");
     }
     if (capstan_cli_random_digits(generated, o->length != 0 ? o->length : 6) != 0 ||
         capstan_record_set_string(&d->auth_string, generated) != 0) {
@@ -314,25 +211,25 @@ static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is
   }
   if (d->auth_mode == CAPSTAN__AUTH_MODE__AUTH_MODE_STRING &&
       (d->auth_string == NULL || d->auth_string[0] == '\0')) {
-    return usage_error(sc,
-                       "--auth string needs --auth-string DIGITS (4 to 10) or "
-                       "--generate-auth-string");
+    return capstan_cli_usage_error(c,
+                                   "--auth string needs --auth-string DIGITS (4 to 10) or "
+                                   "--generate-auth-string");
   }
-  if (is_new || (o->seen & O_KEY)) {
+  if (is_new || (c->seen & O(KEY))) {
     d->has_key_alg = 1;
     d->key_alg = o->key_alg;
     d->has_key_bits = 1;
     d->key_bits = o->key_bits;
   }
-  if (o->seen & O_COMPLETES_BY) {
+  if (c->seen & O(COMPLETES_BY)) {
     d->has_completes_by = o->completes_by != 0;
     d->completes_by = o->completes_by;
   }
-  if (o->seen & O_ENCRYPTED) {
+  if (c->seen & O(ENCRYPTED)) {
     d->has_encrypted_config = 1;
     d->encrypted_config = o->encrypted;
   }
-  if ((o->seen & O_TEMPLATE) &&
+  if ((c->seen & O(TEMPLATE)) &&
       capstan_record_set_string(&d->template_name, o->template_name ? o->template_name : "") != 0) {
     return CAPSTAN_ENOMEM;
   }
@@ -341,18 +238,22 @@ static int apply_opts(const subcmd_t *sc, opts_t *o, Capstan__Device *d, bool is
   return 0;
 }
 
-static int add_or_set(const subcmd_t *sc, opts_t *o, bool is_add) {
-  const char *name = o->args[0];
+static int add_or_set(capstan_cli_t *c, bool is_add) {
+  const char *name = c->args[0];
   if (!capstan_device_name_valid(name)) {
-    return usage_error(sc,
-                       "'%s' is not a device name (SEP + 12 upper-case hex digits, or 1 to 64 of "
-                       "A-Z a-z 0-9 . _ - starting with a letter)",
-                       name);
+    return capstan_cli_usage_error(
+        c,
+        "'%s' is not a device name (SEP + 12 upper-case hex digits, or 1 to 64 of "
+        "A-Z a-z 0-9 . _ - starting with a letter)",
+        name);
   }
-  if (is_add && !(o->seen & O_OPERATION)) return usage_error(sc, "--operation is required");
-  if (is_add && !(o->seen & O_AUTH)) return usage_error(sc, "--auth is required");
+  if (is_add && !(c->seen & O(OPERATION)))
+    return capstan_cli_usage_error(c, "--operation is required");
+  if (is_add && !(c->seen & O(AUTH))) return capstan_cli_usage_error(c, "--auth is required");
   capstan_store_t *s;
-  if (open_store(o, is_add, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  if (capstan_cli_open_store(c, is_add ? CAPSTAN_CLI_STORE_CREATE : CAPSTAN_CLI_STORE_EXISTING,
+                             &s) != 0)
+    return CAPSTAN_EXIT_ERROR;
   int64_t now = (int64_t)time(NULL);
   int ret = CAPSTAN_EXIT_OK;
   capstan_txn_t txn;
@@ -360,7 +261,7 @@ static int add_or_set(const subcmd_t *sc, opts_t *o, bool is_add) {
   char generated[16];
   int err = capstan_store_begin(s, true, &txn);
   if (err != 0) {
-    ret = store_error("cannot start a transaction", err);
+    ret = capstan_cli_store_error("cannot start a transaction", err);
     goto out;
   }
   err = capstan_store_device_get(&txn, name, &d);
@@ -376,19 +277,19 @@ static int add_or_set(const subcmd_t *sc, opts_t *o, bool is_add) {
     goto out;
   }
   if (err != 0 && err != CAPSTAN_ENOENT) {
-    ret = store_error("cannot read the device", err);
+    ret = capstan_cli_store_error("cannot read the device", err);
     goto out;
   }
   if (is_add) {
     d = capstan_device_new(name);
     if (d == NULL) {
-      ret = store_error("cannot add the device", CAPSTAN_ENOMEM);
+      ret = capstan_cli_store_error("cannot add the device", CAPSTAN_ENOMEM);
       goto out;
     }
     d->has_created_at = 1;
     d->created_at = now;
   }
-  ret = apply_opts(sc, o, d, is_add, now, generated);
+  ret = apply_opts(c, d, is_add, now, generated);
   if (ret != 0) goto out;
   err = capstan_store_device_put(&txn, d);
   if (err == 0) {
@@ -397,7 +298,8 @@ static int add_or_set(const subcmd_t *sc, opts_t *o, bool is_add) {
   }
   if (err == 0) err = capstan_store_commit(&txn);
   if (err != 0) {
-    ret = store_error(is_add ? "cannot add the device" : "cannot change the device", err);
+    ret =
+        capstan_cli_store_error(is_add ? "cannot add the device" : "cannot change the device", err);
     goto out;
   }
   if (generated[0] != '\0') printf("authentication string for %s: %s\n", name, generated);
@@ -410,12 +312,11 @@ out:
   return ret;
 }
 
-static const subcmd_t *g_sc;
-static int run_add(opts_t *o) {
-  return add_or_set(g_sc, o, true);
+static int run_add(capstan_cli_t *c) {
+  return add_or_set(c, true);
 }
-static int run_set(opts_t *o) {
-  return add_or_set(g_sc, o, false);
+static int run_set(capstan_cli_t *c) {
+  return add_or_set(c, false);
 }
 
 /* ---- show / list ----------------------------------------------------------- */
@@ -458,7 +359,8 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   }
   fprintf(f, ",\"has_own_config\":%s", d->config_xml.len > 0 ? "true" : "false");
   /* Why the phone cannot get its encrypted configuration yet (or null). */
-  const char *enc_why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data, d->public_key.len);
+  const char *enc_why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data,
+                                                           d->public_key.len);
   fprintf(f, ",\"encrypted_config_unavailable\":");
   if (enc_why) {
     capstan_cli_json_string(f, enc_why);
@@ -519,10 +421,10 @@ static int print_history(capstan_txn_t *txn, const Capstan__Device *d, bool json
   return 0;
 }
 
-static int run_show(opts_t *o) {
-  const char *name = o->args[0];
+static int run_show(capstan_cli_t *c) {
+  const char *name = c->args[0];
   capstan_store_t *s;
-  if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
   capstan_txn_t txn;
   Capstan__Device *d = NULL;
   int ret = CAPSTAN_EXIT_OK;
@@ -534,16 +436,16 @@ static int run_show(opts_t *o) {
     goto out;
   }
   if (err != 0) {
-    ret = store_error("cannot read the device", err);
+    ret = capstan_cli_store_error("cannot read the device", err);
     goto out;
   }
-  bool secrets = o->seen & O_SHOW_SECRETS;
-  if (o->seen & O_JSON) {
+  bool secrets = c->seen & O(SHOW_SECRETS);
+  if (c->json) {
     json_device(stdout, d, secrets);
     fputs(",\"cert_history\":[", stdout);
     err = print_history(&txn, d, true);
     fputs("]}\n", stdout);
-    if (err != 0) ret = store_error("cannot read the certificate history", err);
+    if (err != 0) ret = capstan_cli_store_error("cannot read the certificate history", err);
   } else {
     printf("%-18s %s\n", "name:", d->name);
     printf("%-18s %s\n", "operation:", capstan_operation_name(d->operation));
@@ -561,7 +463,8 @@ static int run_show(opts_t *o) {
            : d->template_name && d->template_name[0] ? d->template_name
                                                      : "default");
     printf("%-18s %s\n", "encrypted config:", d->encrypted_config ? "on" : "off");
-    const char *enc_why = capstan_encconf_unavailable_reason(d->encrypted_config, d->public_key.data, d->public_key.len);
+    const char *enc_why = capstan_encconf_unavailable_reason(d->encrypted_config,
+                                                             d->public_key.data, d->public_key.len);
     if (enc_why) printf("%-18s not available yet: %s\n", "encrypted file:", enc_why);
     printf("%-18s %s\n", "status:", capstan_op_status_name(d->status));
     printf("%-18s %s\n", "status reason:", d->status_reason != NULL ? d->status_reason : "-");
@@ -579,7 +482,7 @@ static int run_show(opts_t *o) {
     }
     printf("%-18s %zu\n", "LSCs issued:", d->n_cert_history);
     err = print_history(&txn, d, false);
-    if (err != 0) ret = store_error("cannot read the certificate history", err);
+    if (err != 0) ret = capstan_cli_store_error("cannot read the certificate history", err);
   }
 out:
   capstan_store_abort(&txn);
@@ -589,14 +492,15 @@ out:
 }
 
 typedef struct {
-  opts_t *o;
+  const capstan_cli_t *c;
   size_t n;
 } list_ctx_t;
 
 static int list_one(const Capstan__Device *d, void *arg) {
   list_ctx_t *l = arg;
-  if ((l->o->seen & O_STATUS) && d->status != l->o->status) return 0;
-  if (l->o->seen & O_JSON) {
+  const opts_t *o = l->c->ctx;
+  if ((l->c->seen & O(STATUS)) && d->status != o->status) return 0;
+  if (l->c->json) {
     fputs(l->n == 0 ? "\n" : ",\n", stdout);
     json_device(stdout, d, false);
     fputc('}', stdout);
@@ -610,31 +514,21 @@ static int list_one(const Capstan__Device *d, void *arg) {
   return 0;
 }
 
-static int run_list(opts_t *o) {
-  capstan_store_t *s;
-  if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
-  list_ctx_t l = {o, 0};
-  bool json = o->seen & O_JSON;
-  if (json) {
-    fputs("[", stdout);
-  } else {
-    printf("%-20s %-13s %-7s %-8s %-12s %8s  %s\n", "NAME", "OPERATION", "AUTH", "KEY", "STATUS",
-           "ATTEMPTS", "REASON");
-  }
-  capstan_txn_t txn;
-  int err = capstan_store_begin(s, false, &txn);
-  if (err == 0) err = capstan_store_device_iterate(&txn, list_one, &l);
-  capstan_store_abort(&txn);
-  capstan_store_close(s);
-  if (json) fputs(l.n > 0 ? "\n]\n" : "]\n", stdout);
-  if (err != 0) return store_error("cannot list devices", err);
-  return CAPSTAN_EXIT_OK;
+static int list_all(capstan_txn_t *txn, void *arg) {
+  return capstan_store_device_iterate(txn, list_one, arg);
 }
 
-static int run_remove(opts_t *o) {
-  const char *name = o->args[0];
+static int run_list(capstan_cli_t *c) {
+  list_ctx_t l = {c, 0};
+  return capstan_cli_list(c, list_all, &l, &l.n, "cannot list devices",
+                          "%-20s %-13s %-7s %-8s %-12s %8s  %s\n", "NAME", "OPERATION", "AUTH",
+                          "KEY", "STATUS", "ATTEMPTS", "REASON");
+}
+
+static int run_remove(capstan_cli_t *c) {
+  const char *name = c->args[0];
   capstan_store_t *s;
-  if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
   capstan_txn_t txn;
   int err = capstan_store_begin(s, true, &txn);
   if (err == 0) err = capstan_store_device_delete(&txn, name);
@@ -646,17 +540,18 @@ static int run_remove(opts_t *o) {
     capstan_cli_error("no device '%s' (see 'capstan device list')", name);
     return CAPSTAN_EXIT_ERROR;
   }
-  if (err != 0) return store_error("cannot remove the device", err);
+  if (err != 0) return capstan_cli_store_error("cannot remove the device", err);
   printf("removed %s\n", name);
   return CAPSTAN_EXIT_OK;
 }
 
 /* ---- import / export --------------------------------------------------------- */
 
-static int run_import(opts_t *o) {
-  const char *path = o->args[0];
-  if ((o->seen & O_LENGTH) && !(o->seen & O_GENERATE_CSV)) {
-    return usage_error(g_sc, "--auth-string-length goes with --generate-auth-strings");
+static int run_import(capstan_cli_t *c) {
+  const opts_t *o = c->ctx;
+  const char *path = c->args[0];
+  if ((c->seen & O(LENGTH)) && !(c->seen & O(GENERATE_CSV))) {
+    return capstan_cli_usage_error(c, "--auth-string-length goes with --generate-auth-strings");
   }
   uint8_t *data;
   size_t len;
@@ -675,13 +570,13 @@ static int run_import(opts_t *o) {
     return CAPSTAN_EXIT_ERROR;
   }
   capstan_store_t *s;
-  if (open_store(o, true, &s) != 0) {
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_CREATE, &s) != 0) {
     free(rows);
     return CAPSTAN_EXIT_ERROR;
   }
   capstan_device_import_opts_t io = {
       .fname = fname,
-      .no_update = o->seen & O_NO_UPDATE,
+      .no_update = c->seen & O(NO_UPDATE),
       .generate = o->generate,
       .auth_string_length = o->length,
       .now = (int64_t)time(NULL),
@@ -713,10 +608,10 @@ static int run_import(opts_t *o) {
   return CAPSTAN_EXIT_OK;
 }
 
-static int run_export(opts_t *o) {
-  const char *path = o->args[0];
+static int run_export(capstan_cli_t *c) {
+  const char *path = c->args[0];
   capstan_store_t *s;
-  if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
   bool to_stdout = strcmp(path, "-") == 0;
   FILE *f = stdout;
   char tmp[4096];
@@ -745,25 +640,23 @@ static int run_export(opts_t *o) {
     if (err == 0 && rename(tmp, path) != 0) err = -errno;
     if (err != 0) unlink(tmp);
   }
-  if (err != 0) return store_error("cannot export devices", err);
+  if (err != 0) return capstan_cli_store_error("cannot export devices", err);
   return CAPSTAN_EXIT_OK;
 }
 
 /* ---- generate-auth-strings ----------------------------------------------------- */
 
+/* The names of the devices a predicate picks, in store order. */
 typedef struct {
-  opts_t *o;
+  const capstan_cli_t *c;
+  bool (*match)(const capstan_cli_t *c, const Capstan__Device *d);
   char **names;
   size_t n, cap;
 } collect_t;
 
-static int collect_string_mode(const Capstan__Device *d, void *arg) {
+static int collect_one(const Capstan__Device *d, void *arg) {
   collect_t *c = arg;
-  if (d->auth_mode != CAPSTAN__AUTH_MODE__AUTH_MODE_STRING) return 0;
-  if ((c->o->seen & O_STATUS) ? d->status != c->o->status
-                              : d->operation == CAPSTAN__OPERATION__OPERATION_NONE) {
-    return 0;
-  }
+  if (!c->match(c->c, d)) return 0;
   if (c->n == c->cap) {
     size_t cap = c->cap == 0 ? 256 : c->cap * 2;
     char **n = realloc(c->names, cap * sizeof(char *));
@@ -777,33 +670,45 @@ static int collect_string_mode(const Capstan__Device *d, void *arg) {
   return 0;
 }
 
-static int run_generate(opts_t *o) {
-  if ((o->seen & O_UNIQUE) && (o->seen & O_SHARED)) {
-    return usage_error(g_sc, "give one of --unique or --shared");
+static void collect_free(collect_t *c) {
+  for (size_t i = 0; i < c->n; i++) free(c->names[i]);
+  free(c->names);
+}
+
+/* generate-auth-strings: string-mode devices with an operation, or with
+ * --status. */
+static bool string_mode_match(const capstan_cli_t *c, const Capstan__Device *d) {
+  const opts_t *o = c->ctx;
+  if (d->auth_mode != CAPSTAN__AUTH_MODE__AUTH_MODE_STRING) return false;
+  return (c->seen & O(STATUS)) ? d->status == o->status
+                               : d->operation != CAPSTAN__OPERATION__OPERATION_NONE;
+}
+
+static int run_generate(capstan_cli_t *c) {
+  const opts_t *o = c->ctx;
+  if ((c->seen & O(UNIQUE)) && (c->seen & O(SHARED))) {
+    return capstan_cli_usage_error(c, "give one of --unique or --shared");
   }
-  if (!(o->seen & (O_UNIQUE | O_SHARED))) o->generate = CAPSTAN_GENERATE_UNIQUE;
+  capstan_generate_t generate =
+      (c->seen & O(SHARED)) ? CAPSTAN_GENERATE_SHARED : CAPSTAN_GENERATE_UNIQUE;
   unsigned len = o->length != 0 ? o->length : 6;
   capstan_store_t *s;
-  if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
-  collect_t c = {.o = o};
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  collect_t found = {.c = c, .match = string_mode_match};
   capstan_txn_t txn;
   int64_t now = (int64_t)time(NULL);
   char shared[16] = "";
+  bool is_shared = generate == CAPSTAN_GENERATE_SHARED;
   int err = capstan_store_begin(s, true, &txn);
-  if (err == 0) err = capstan_store_device_iterate(&txn, collect_string_mode, &c);
-  if (err == 0 && o->generate == CAPSTAN_GENERATE_SHARED) {
-    err = capstan_cli_random_digits(shared, len);
-  }
-  for (size_t i = 0; err == 0 && i < c.n; i++) {
+  if (err == 0) err = capstan_store_device_iterate(&txn, collect_one, &found);
+  if (err == 0 && is_shared) err = capstan_cli_random_digits(shared, len);
+  for (size_t i = 0; err == 0 && i < found.n; i++) {
     Capstan__Device *d;
-    err = capstan_store_device_get(&txn, c.names[i], &d);
+    err = capstan_store_device_get(&txn, found.names[i], &d);
     if (err != 0) break;
     char fresh[16];
-    if (o->generate == CAPSTAN_GENERATE_UNIQUE) err = capstan_cli_random_digits(fresh, len);
-    if (err == 0) {
-      err = capstan_record_set_string(&d->auth_string,
-                                      o->generate == CAPSTAN_GENERATE_SHARED ? shared : fresh);
-    }
+    if (!is_shared) err = capstan_cli_random_digits(fresh, len);
+    if (err == 0) err = capstan_record_set_string(&d->auth_string, is_shared ? shared : fresh);
     d->has_updated_at = 1;
     d->updated_at = now;
     if (err == 0) err = capstan_store_device_put(&txn, d);
@@ -811,31 +716,28 @@ static int run_generate(opts_t *o) {
   }
   if (err == 0) {
     err = capstan_store_audit_append(&txn, 0, NULL, "auth_strings_generated",
-                                     o->generate == CAPSTAN_GENERATE_SHARED ? "shared" : "unique");
+                                     is_shared ? "shared" : "unique");
   }
   if (err == 0) err = capstan_store_commit(&txn);
   capstan_store_abort(&txn);
   capstan_store_close(s);
-  for (size_t i = 0; i < c.n; i++) free(c.names[i]);
-  free(c.names);
-  if (err != 0) return store_error("cannot generate authentication strings", err);
+  collect_free(&found);
+  if (err != 0) return capstan_cli_store_error("cannot generate authentication strings", err);
   printf(
       "generated %s for %zu devices; see them with 'capstan device "
       "export FILE' or 'capstan device show NAME --show-secrets'\n",
-      o->generate == CAPSTAN_GENERATE_SHARED ? "one shared authentication string"
-                                             : "unique authentication strings",
-      c.n);
+      is_shared ? "one shared authentication string" : "unique authentication strings", found.n);
   return CAPSTAN_EXIT_OK;
 }
 
 /* ---- bulk-set ---------------------------------------------------------------- */
 
-static bool bulk_match(const opts_t *o, const Capstan__Device *d) {
-  if ((o->seen & O_STATUS) && d->status != o->status) return false;
-  if ((o->seen & O_NAME_PREFIX) && strncmp(d->name, o->name_prefix, strlen(o->name_prefix)) != 0) {
-    return false;
-  }
-  if (o->seen & O_EXPIRES_BEFORE) {
+static bool bulk_match(const capstan_cli_t *c, const Capstan__Device *d) {
+  const opts_t *o = c->ctx;
+  const char *prefix = c->value[OPT_NAME_PREFIX];
+  if ((c->seen & O(STATUS)) && d->status != o->status) return false;
+  if (prefix != NULL && strncmp(d->name, prefix, strlen(prefix)) != 0) return false;
+  if (c->seen & O(EXPIRES_BEFORE)) {
     int64_t na;
     if (!d->has_cert_der ||
         capstan_cli_cert_not_after(d->cert_der.data, d->cert_der.len, &na) != 0 ||
@@ -846,90 +748,72 @@ static bool bulk_match(const opts_t *o, const Capstan__Device *d) {
   return true;
 }
 
-static int collect_matching(const Capstan__Device *d, void *arg);
-
-static int run_bulk_set(opts_t *o) {
-  const unsigned filters = O_STATUS | O_NAME_PREFIX | O_EXPIRES_BEFORE;
-  const unsigned changes =
-      O_OPERATION | O_AUTH | O_AUTH_STRING | O_KEY | O_COMPLETES_BY | O_ENCRYPTED;
-  if (!(o->seen & (filters | O_ALL))) {
-    return usage_error(g_sc,
-                       "choose devices with --status, --name-prefix, --expires-before, or --all");
+static int run_bulk_set(capstan_cli_t *c) {
+  const uint64_t filters = O(STATUS) | O(NAME_PREFIX) | O(EXPIRES_BEFORE);
+  const uint64_t changes =
+      O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(KEY) | O(COMPLETES_BY) | O(ENCRYPTED);
+  bool dry_run = c->seen & O(DRY_RUN);
+  if (!(c->seen & (filters | O(ALL)))) {
+    return capstan_cli_usage_error(
+        c, "choose devices with --status, --name-prefix, --expires-before, or --all");
   }
-  if ((o->seen & O_ALL) && (o->seen & filters)) {
-    return usage_error(g_sc, "--all does not combine with filters");
+  if ((c->seen & O(ALL)) && (c->seen & filters)) {
+    return capstan_cli_usage_error(c, "--all does not combine with filters");
   }
-  if (!(o->seen & changes)) return usage_error(g_sc, "nothing to change");
+  if (!(c->seen & changes)) return capstan_cli_usage_error(c, "nothing to change");
   capstan_store_t *s;
-  if (open_store(o, false, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
   int64_t now = (int64_t)time(NULL);
   int ret = CAPSTAN_EXIT_OK;
-  collect_t c = {.o = o};
+  collect_t found = {.c = c, .match = bulk_match};
   capstan_txn_t txn;
   int err = capstan_store_begin(s, true, &txn);
-  if (err == 0) err = capstan_store_device_iterate(&txn, collect_matching, &c);
+  if (err == 0) err = capstan_store_device_iterate(&txn, collect_one, &found);
   if (err != 0) {
-    ret = store_error("cannot read devices", err);
+    ret = capstan_cli_store_error("cannot read devices", err);
     goto out;
   }
-  for (size_t i = 0; i < c.n && !(o->seen & O_DRY_RUN); i++) {
+  for (size_t i = 0; i < found.n && !dry_run; i++) {
     Capstan__Device *d;
     char generated[16];
-    err = capstan_store_device_get(&txn, c.names[i], &d);
+    err = capstan_store_device_get(&txn, found.names[i], &d);
     if (err != 0) {
-      ret = store_error("cannot read a device", err);
+      ret = capstan_cli_store_error("cannot read a device", err);
       goto out;
     }
-    ret = apply_opts(g_sc, o, d, false, now, generated);
+    ret = apply_opts(c, d, false, now, generated);
     if (ret == 0) {
       err = capstan_store_device_put(&txn, d);
-      if (err != 0) ret = store_error("cannot change a device", err);
+      if (err != 0) ret = capstan_cli_store_error("cannot change a device", err);
     } else {
       capstan_cli_error("device '%s' could not take the change; nothing was changed", d->name);
     }
     capstan__device__free_unpacked(d, NULL);
     if (ret != 0) goto out;
   }
-  if (!(o->seen & O_DRY_RUN)) {
+  if (!dry_run) {
     char detail[64];
-    snprintf(detail, sizeof(detail), "devices=%zu", c.n);
+    snprintf(detail, sizeof(detail), "devices=%zu", found.n);
     err = capstan_store_audit_append(&txn, 0, NULL, "device_bulk_set", detail);
     if (err == 0) err = capstan_store_commit(&txn);
     if (err != 0) {
-      ret = store_error("cannot change devices", err);
+      ret = capstan_cli_store_error("cannot change devices", err);
       goto out;
     }
   }
-  printf("%s %zu devices\n", (o->seen & O_DRY_RUN) ? "would change" : "changed", c.n);
+  printf("%s %zu devices\n", dry_run ? "would change" : "changed", found.n);
 out:
   capstan_store_abort(&txn);
   capstan_store_close(s);
-  for (size_t i = 0; i < c.n; i++) free(c.names[i]);
-  free(c.names);
+  collect_free(&found);
   return ret;
-}
-
-static int collect_matching(const Capstan__Device *d, void *arg) {
-  collect_t *c = arg;
-  if (!bulk_match(c->o, d)) return 0;
-  if (c->n == c->cap) {
-    size_t cap = c->cap == 0 ? 256 : c->cap * 2;
-    char **n = realloc(c->names, cap * sizeof(char *));
-    if (n == NULL) return CAPSTAN_ENOMEM;
-    c->names = n;
-    c->cap = cap;
-  }
-  c->names[c->n] = strdup(d->name);
-  if (c->names[c->n] == NULL) return CAPSTAN_ENOMEM;
-  c->n++;
-  return 0;
 }
 
 /* ---- dispatch ------------------------------------------------------------------ */
 
-#define ADDSET_OPTS                                                                        \
-  (O_OPERATION | O_AUTH | O_AUTH_STRING | O_GENERATE | O_LENGTH | O_KEY | O_COMPLETES_BY | \
-   O_ENCRYPTED | O_TEMPLATE)
+#define ADDSET_OPTS                                                                               \
+  (O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(GENERATE) | O(LENGTH) | O(KEY) | O(COMPLETES_BY) | \
+   O(ENCRYPTED) | O(TEMPLATE))
 #define ADDSET_USAGE                                                                        \
   " NAME --operation install|delete|troubleshoot|none --auth string|null|lsc|mic\n"         \
   "         [--auth-string DIGITS | --generate-auth-string [--auth-string-length 4..10]]\n" \
@@ -937,75 +821,56 @@ static int collect_matching(const Capstan__Device *d, void *arg) {
   "         [--completes-by YYYY-MM-DD[THH:MM[:SS]Z]|none] [--encrypted-config on|off]\n"   \
   "         [--template NAME|none] [--data-dir DIR]"
 
-static const subcmd_t subcmds[] = {
-    {"add", ADDSET_OPTS, 1, "capstan device add" ADDSET_USAGE, run_add},
-    {"set", ADDSET_OPTS, 1,
+#define DEVICE_USAGE                                \
+  "capstan device <command> ... [--data-dir DIR]\n" \
+  "       capstan device config set|show|clear ...   (see 'capstan device config --help')"
+
+static const capstan_cli_sub_t device_subs[] = {
+    {"add", ADDSET_OPTS, false, 1, 1, "capstan device add" ADDSET_USAGE, run_add},
+    {"set", ADDSET_OPTS, false, 1, 1,
      "capstan device set NAME [options of 'device add']\n"
      "         (--operation re-arms the device: status pending, attempts 0)",
      run_set},
-    {"show", O_JSON | O_SHOW_SECRETS, 1, "capstan device show NAME [--json] [--show-secrets]",
+    {"show", O(SHOW_SECRETS), true, 1, 1, "capstan device show NAME [--json] [--show-secrets]",
      run_show},
-    {"list", O_JSON | O_STATUS, 0,
+    {"list", O(STATUS), true, 0, 0,
      "capstan device list [--json] [--status pending|in-progress|succeeded|failed|expired|none]",
      run_list},
-    {"remove", 0, 1, "capstan device remove NAME", run_remove},
-    {"import", O_GENERATE_CSV | O_LENGTH | O_NO_UPDATE, 1,
+    {"remove", 0, false, 1, 1, "capstan device remove NAME", run_remove},
+    {"import", O(GENERATE_CSV) | O(LENGTH) | O(NO_UPDATE), false, 1, 1,
      "capstan device import FILE.csv|- [--generate-auth-strings unique|shared]\n"
      "         [--auth-string-length 4..10] [--no-update]\n"
      "         header: " CAPSTAN_DEVICE_CSV_HEADER "\n"
      "         all rows are imported in one transaction, or none",
      run_import},
-    {"export", 0, 1, "capstan device export FILE.csv|-", run_export},
+    {"export", 0, false, 1, 1, "capstan device export FILE.csv|-", run_export},
     {"bulk-set",
-     O_OPERATION | O_AUTH | O_AUTH_STRING | O_KEY | O_COMPLETES_BY | O_ENCRYPTED | O_STATUS |
-         O_NAME_PREFIX | O_EXPIRES_BEFORE | O_ALL | O_DRY_RUN,
-     0,
+     O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(KEY) | O(COMPLETES_BY) | O(ENCRYPTED) | O(STATUS) |
+         O(NAME_PREFIX) | O(EXPIRES_BEFORE) | O(ALL) | O(DRY_RUN),
+     false, 0, 0,
      "capstan device bulk-set (--all | [--status STATUS] [--name-prefix P]\n"
      "         [--expires-before DATE]) [--dry-run] CHANGES\n"
      "         CHANGES: --operation, --auth, --auth-string, --key, --completes-by,\n"
      "         --encrypted-config as for 'device set'; one transaction for all devices\n"
      "         (--expires-before: the current certificate's notAfter is before DATE)",
      run_bulk_set},
-    {"generate-auth-strings", O_UNIQUE | O_SHARED | O_STATUS | O_LENGTH, 0,
+    {"generate-auth-strings", O(UNIQUE) | O(SHARED) | O(STATUS) | O(LENGTH), false, 0, 0,
      "capstan device generate-auth-strings [--unique|--shared] [--status STATUS]\n"
      "         [--auth-string-length 4..10]\n"
      "         (string-mode devices with an operation, or with STATUS)",
      run_generate},
 };
 
-static void device_usage(FILE *f) {
-  fprintf(f, "usage: capstan device <command> ... [--data-dir DIR]\ncommands:\n");
-  for (size_t i = 0; i < sizeof(subcmds) / sizeof(subcmds[0]); i++) {
-    fprintf(f, "  %s\n", subcmds[i].name);
-  }
-  fprintf(f, "see 'capstan device <command> --help'\n");
-}
-
 int capstan_cli_device_main(int argc, char **argv) {
-  if (argc < 2) {
-    device_usage(stderr);
-    return CAPSTAN_EXIT_USAGE;
+  static const capstan_cli_cmd_t cmd = {
+      "device", DEVICE_USAGE, NULL, CAPSTAN_CLI_TABLE(device_opts), CAPSTAN_CLI_TABLE(device_subs)};
+  if (argc > 1 && strcmp(argv[1], "config") == 0) {
+    return capstan_cli_devconfig_main(argc - 1, argv + 1);
   }
-  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
-      strcmp(argv[1], "help") == 0) {
-    device_usage(stdout);
-    return CAPSTAN_EXIT_OK;
-  }
-  if (strcmp(argv[1], "config") == 0) return capstan_cli_devconfig_main(argc - 1, argv + 1);
-  for (size_t i = 0; i < sizeof(subcmds) / sizeof(subcmds[0]); i++) {
-    const subcmd_t *sc = &subcmds[i];
-    if (strcmp(argv[1], sc->name) != 0) continue;
-    g_sc = sc;
-    opts_t o;
-    int rc = parse_opts(sc, argc - 1, argv + 1, &o);
-    if (rc != 0) return rc;
-    if (o.seen & O_HELP) {
-      printf("usage: %s\n", sc->usage);
-      return CAPSTAN_EXIT_OK;
-    }
-    return sc->run(&o);
-  }
-  capstan_cli_error("unknown device command '%s'", argv[1]);
-  device_usage(stderr);
-  return CAPSTAN_EXIT_USAGE;
+  opts_t o = {
+      .auth = CAPSTAN__AUTH_MODE__AUTH_MODE_NULL,
+      .key_alg = CAPSTAN__KEY_ALG__KEY_ALG_RSA,
+      .key_bits = 2048,
+  };
+  return capstan_cli_run(&cmd, argc, argv, &o);
 }

@@ -8,7 +8,6 @@
 #include "handlers/cli/files.h"
 #include "core/base/log.h"
 
-
 typedef struct {
   const char *name;
   int (*main)(int argc, char **argv);

@@ -1,6 +1,5 @@
 /* `capstan serve`: its command line and config file, turned into the
  * plain options of handlers/serve. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,27 +10,127 @@
 
 #define CONFIG_LINE_MAX 1024
 
-/* The options as parsed: owned strings, freed by free_options. */
-typedef struct serve_options {
-  char *data_dir;
-  char *capf_listen;
-  char *admin_listen;
-  char *http_listen;
-  char *tftp_listen;
-  char *files_dir;
-  char *subject;
-  unsigned drain_seconds;
-} serve_options_t;
+/* The options; a config file takes the same names as keys (and
+ * data-dir). */
+enum {
+  OPT_CAPF_LISTEN,
+  OPT_ADMIN_LISTEN,
+  OPT_HTTP_LISTEN,
+  OPT_TFTP_LISTEN,
+  OPT_FILES_DIR,
+  OPT_SUBJECT,
+  OPT_DRAIN_SECONDS,
+  OPT_CONFIG,
+  NOPTS
+};
 
-static void set_opt(char **field, const char *value) {
-  free(*field);
-  *field = strdup(value);
+/* Values read from --config files (owned, later files win). */
+typedef struct {
+  char *value[NOPTS];
+  char *data_dir;
+} serve_file_t;
+
+static int read_config(void *ctx, const char *path, char *why, size_t whylen);
+
+static const capstan_cli_opt_t serve_opts[NOPTS] = {
+    [OPT_CAPF_LISTEN] = {"capf-listen", true, NULL},
+    [OPT_ADMIN_LISTEN] = {"admin-listen", true, NULL},
+    [OPT_HTTP_LISTEN] = {"http-listen", true, NULL},
+    [OPT_TFTP_LISTEN] = {"tftp-listen", true, NULL},
+    [OPT_FILES_DIR] = {"files-dir", true, NULL},
+    [OPT_SUBJECT] = {"subject", true, NULL},
+    [OPT_DRAIN_SECONDS] = {"drain-seconds", true, NULL},
+    [OPT_CONFIG] = {"config", true, read_config},
+};
+
+/* Where a config-file key goes: a slot of |f|, or NULL for an unknown key
+ * (config itself included: files do not nest). */
+static char **config_slot(serve_file_t *f, const char *key) {
+  if (strcmp(key, "data-dir") == 0) return &f->data_dir;
+  for (int i = 0; i < NOPTS; i++) {
+    if (i != OPT_CONFIG && strcmp(key, serve_opts[i].name) == 0) return &f->value[i];
+  }
+  return NULL;
 }
 
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: capstan serve [options]\n"
-          "\n"
+static void trim_right(char *s) {
+  for (char *e = s + strlen(s); e > s && strchr(" \t\r\n", e[-1]) != NULL; e--) e[-1] = '\0';
+}
+
+/* The set function of --config: reads "key = value" lines ('#' starts a
+ * comment) into the serve_file_t |ctx|. A file it cannot read, or a line
+ * without a known key, is a usage error naming the line. */
+static int read_config(void *ctx, const char *path, char *why, size_t whylen) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    snprintf(why, whylen, "cannot read config file %s", path);
+    return -1;
+  }
+  char line[CONFIG_LINE_MAX];
+  int lineno = 0, rc = 0;
+  while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
+    lineno++;
+    char *hash = strchr(line, '#');
+    if (hash) *hash = '\0';
+    char *k = line + strspn(line, " \t");
+    if (*k == '\0' || *k == '\n' || *k == '\r') continue;
+    char *eq = strchr(k, '='), **slot = NULL;
+    if (eq != NULL) {
+      *eq = '\0';
+      trim_right(k);
+      slot = config_slot(ctx, k);
+    }
+    if (slot == NULL) {
+      snprintf(why, whylen, "%s:%d: expected 'key = value' with a known key", path, lineno);
+      rc = -1;
+      break;
+    }
+    char *v = eq + 1 + strspn(eq + 1, " \t");
+    trim_right(v);
+    free(*slot);
+    *slot = strdup(v);
+    if (*slot == NULL) {
+      snprintf(why, whylen, "out of memory");
+      rc = -1;
+    }
+  }
+  fclose(f);
+  return rc;
+}
+
+/* An option's value: the command line, else a config file, else |def|. */
+static const char *pick(const capstan_cli_t *c, int opt, const char *def) {
+  const serve_file_t *file = c->ctx;
+  if (c->value[opt] != NULL) return c->value[opt];
+  return file->value[opt] != NULL ? file->value[opt] : def;
+}
+
+static int run_serve(capstan_cli_t *c) {
+  serve_file_t *file = c->ctx;
+  if (c->data_dir == NULL) c->data_dir = file->data_dir;
+  const char *drain = pick(c, OPT_DRAIN_SECONDS, NULL);
+  capstan_serve_options_t opt = {
+      .data_dir = capstan_cli_data_dir(c),
+      .capf_listen = pick(c, OPT_CAPF_LISTEN, CAPSTAN_SERVE_CAPF_LISTEN),
+      .admin_listen = pick(c, OPT_ADMIN_LISTEN, CAPSTAN_SERVE_ADMIN_LISTEN),
+      .http_listen = pick(c, OPT_HTTP_LISTEN, CAPSTAN_SERVE_HTTP_LISTEN),
+      .tftp_listen = pick(c, OPT_TFTP_LISTEN, CAPSTAN_SERVE_TFTP_LISTEN),
+      .files_dir = pick(c, OPT_FILES_DIR, NULL),
+      .subject = pick(c, OPT_SUBJECT, NULL),
+      .drain_seconds =
+          drain != NULL ? (unsigned)strtoul(drain, NULL, 10) : CAPSTAN_SERVE_DRAIN_SECONDS,
+  };
+  return capstan_serve_run(&opt);
+}
+
+int capstan_cli_serve_main(int argc, char **argv) {
+  static const capstan_cli_sub_t subs[] = {
+      {NULL, ~UINT64_C(0), false, 0, 0, NULL, run_serve},
+  };
+  static const capstan_cli_cmd_t cmd = {
+      .name = "serve",
+      .usage = "capstan serve [options]",
+      .help =
           "Runs the CAPF server and the phone file servers in the foreground, logging to\n"
           "stderr. An empty data directory is initialised first (as `capstan init`).\n"
           "\n"
@@ -49,164 +148,15 @@ static void usage(FILE *f) {
           "Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads certificates and settings.\n"
           "Live settings: capstan config set KEY VALUE (applied within a second).\n"
           "Threads run as SCHED_BATCH (a woken thread does not preempt a signature in\n"
-          "progress); `chrt --other --all-tasks --pid 0 PID` reverts to SCHED_OTHER.\n");
-}
-
-/* Reads "key = value" lines; '#' starts a comment. Keys are the long option
- * names. Returns 0, or 2 with a message naming the line. */
-static int read_config(const char *path, serve_options_t *o) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    fprintf(stderr, "capstan serve: cannot read config file %s\n", path);
-    return 2;
-  }
-  char line[CONFIG_LINE_MAX];
-  int lineno = 0, rc = 0;
-  while (fgets(line, sizeof(line), f) != NULL) {
-    lineno++;
-    char *hash = strchr(line, '#');
-    if (hash) *hash = '\0';
-    char *eq = strchr(line, '=');
-    char *k = line, *v;
-    while (*k == ' ' || *k == '\t') k++;
-    if (*k == '\0' || *k == '\n' || *k == '\r') continue;
-    if (eq == NULL) goto bad;
-    *eq = '\0';
-    v = eq + 1;
-    for (char *e = eq - 1; e >= k && (*e == ' ' || *e == '\t'); e--) *e = '\0';
-    while (*v == ' ' || *v == '\t') v++;
-    for (char *e = v + strlen(v) - 1;
-         e >= v && (*e == ' ' || *e == '\t' || *e == '\n' || *e == '\r'); e--)
-      *e = '\0';
-    if (strcmp(k, "data-dir") == 0)
-      set_opt(&o->data_dir, v);
-    else if (strcmp(k, "capf-listen") == 0)
-      set_opt(&o->capf_listen, v);
-    else if (strcmp(k, "admin-listen") == 0)
-      set_opt(&o->admin_listen, v);
-    else if (strcmp(k, "http-listen") == 0)
-      set_opt(&o->http_listen, v);
-    else if (strcmp(k, "tftp-listen") == 0)
-      set_opt(&o->tftp_listen, v);
-    else if (strcmp(k, "files-dir") == 0)
-      set_opt(&o->files_dir, v);
-    else if (strcmp(k, "subject") == 0)
-      set_opt(&o->subject, v);
-    else if (strcmp(k, "drain-seconds") == 0)
-      o->drain_seconds = (unsigned)strtoul(v, NULL, 10);
-    else
-      goto bad;
-    continue;
-  bad:
-    fprintf(stderr, "capstan serve: %s:%d: expected 'key = value' with a known key\n", path,
-            lineno);
-    rc = 2;
-    break;
-  }
-  fclose(f);
-  return rc;
-}
-
-static int parse_options(int argc, char **argv, serve_options_t *o) {
-  static const struct option kOpts[] = {
-      {"data-dir", required_argument, NULL, 'd'},
-      {"capf-listen", required_argument, NULL, 'c'},
-      {"admin-listen", required_argument, NULL, 'a'},
-      {"http-listen", required_argument, NULL, 'w'},
-      {"tftp-listen", required_argument, NULL, 't'},
-      {"files-dir", required_argument, NULL, 'f'},
-      {"subject", required_argument, NULL, 's'},
-      {"drain-seconds", required_argument, NULL, 'D'},
-      {"config", required_argument, NULL, 'C'},
-      {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0},
+          "progress); `chrt --other --all-tasks --pid 0 PID` reverts to SCHED_OTHER.",
+      .opts = serve_opts,
+      .nopts = NOPTS,
+      .subs = subs,
+      .nsubs = CAPSTAN_CLI_COUNT(subs),
   };
-  /* Defaults, then the config file, then the command line. */
-  set_opt(&o->data_dir, capstan_store_data_dir(NULL));
-  set_opt(&o->capf_listen, CAPSTAN_SERVE_CAPF_LISTEN);
-  set_opt(&o->admin_listen, CAPSTAN_SERVE_ADMIN_LISTEN);
-  set_opt(&o->http_listen, CAPSTAN_SERVE_HTTP_LISTEN);
-  set_opt(&o->tftp_listen, CAPSTAN_SERVE_TFTP_LISTEN);
-  o->drain_seconds = CAPSTAN_SERVE_DRAIN_SECONDS;
-  int c;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "", kOpts, NULL)) != -1) {
-    if (c == 'C' && read_config(optarg, o) != 0) return 2;
-    if (c == 'h') {
-      usage(stdout);
-      return -1;
-    }
-    if (c == '?') {
-      usage(stderr);
-      return 2;
-    }
-  }
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "", kOpts, NULL)) != -1) {
-    switch (c) {
-      case 'd':
-        set_opt(&o->data_dir, optarg);
-        break;
-      case 'c':
-        set_opt(&o->capf_listen, optarg);
-        break;
-      case 'a':
-        set_opt(&o->admin_listen, optarg);
-        break;
-      case 'w':
-        set_opt(&o->http_listen, optarg);
-        break;
-      case 't':
-        set_opt(&o->tftp_listen, optarg);
-        break;
-      case 'f':
-        set_opt(&o->files_dir, optarg);
-        break;
-      case 's':
-        set_opt(&o->subject, optarg);
-        break;
-      case 'D':
-        o->drain_seconds = (unsigned)strtoul(optarg, NULL, 10);
-        break;
-      default:
-        break;
-    }
-  }
-  if (optind != argc) {
-    fprintf(stderr, "capstan serve: unexpected argument '%s'\n", argv[optind]);
-    return 2;
-  }
-  return 0;
-}
-
-static void free_options(serve_options_t *o) {
-  free(o->data_dir);
-  free(o->capf_listen);
-  free(o->admin_listen);
-  free(o->http_listen);
-  free(o->tftp_listen);
-  free(o->files_dir);
-  free(o->subject);
-}
-
-int capstan_cli_serve_main(int argc, char **argv) {
-  serve_options_t o = {0};
-  int rc = parse_options(argc, argv, &o);
-  if (rc == 0) {
-    capstan_serve_options_t opt = {
-        .data_dir = o.data_dir,
-        .capf_listen = o.capf_listen,
-        .admin_listen = o.admin_listen,
-        .http_listen = o.http_listen,
-        .tftp_listen = o.tftp_listen,
-        .files_dir = o.files_dir,
-        .subject = o.subject,
-        .drain_seconds = o.drain_seconds,
-    };
-    rc = capstan_serve_run(&opt);
-  } else if (rc < 0) {
-    rc = 0; /* --help */
-  }
-  free_options(&o);
+  serve_file_t file = {0};
+  int rc = capstan_cli_run(&cmd, argc, argv, &file);
+  for (int i = 0; i < NOPTS; i++) free(file.value[i]);
+  free(file.data_dir);
   return rc;
 }

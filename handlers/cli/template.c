@@ -1,14 +1,12 @@
 /* `capstan template add|set|show|list|remove|assign|unassign`, and the
- * option parser and XML reader shared by the trust, template and device
- * config commands (core/cli_files.h).
+ * XML reader and template-name check shared with the device config
+ * commands (handlers/cli/files.h).
  *
  * A template is a base SEP<MAC>.cnf.xml shared by devices (Device
  * template_name). The file service reads device records and templates on
  * every request, so changes here reach phones at their next download
  * without telling the server. A device's own base configuration (`capstan
  * device config set`) takes precedence over its template. */
-#include <errno.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,98 +21,6 @@
 #define TEMPLATE_REFS_SHOWN 5 /* device names named when refusing a removal */
 
 /* ---- Shared helpers -------------------------------------------------------- */
-
-int capstan_cli_fopts_parse(int argc, char **argv, unsigned allowed, const char *cmd,
-                            const char *usage, capstan_cli_fopts_t *o) {
-  static const struct option longopts[] = {
-      {"data-dir", required_argument, NULL, 'd'},
-      {"json", no_argument, NULL, 'j'},
-      {"purpose", required_argument, NULL, 'p'},
-      {"all-purpose", required_argument, NULL, 'A'},
-      {"out", required_argument, NULL, 'o'},
-      {"all", no_argument, NULL, 'a'},
-      {"days", required_argument, NULL, 'D'},
-      {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0},
-  };
-  memset(o, 0, sizeof(*o));
-  o->args = calloc((size_t)argc + 1, sizeof(char *));
-  if (o->args == NULL) {
-    capstan_cli_error("out of memory");
-    return CAPSTAN_EXIT_ERROR;
-  }
-  optind = 0; /* GNU: re-initialise, argv differs from any earlier parse */
-  opterr = 0;
-  int c;
-  while ((c = getopt_long(argc, argv, "-:", longopts, NULL)) != -1) {
-    unsigned bit = 0;
-    switch (c) {
-      case 1:
-        o->args[o->nargs++] = optarg;
-        break;
-      case 'd':
-        o->data_dir = optarg;
-        break;
-      case 'j':
-        bit = CAPSTAN_FOPT_JSON;
-        o->json = true;
-        break;
-      case 'p':
-        bit = CAPSTAN_FOPT_PURPOSE;
-        o->purpose = optarg;
-        break;
-      case 'A':
-        bit = CAPSTAN_FOPT_ALL_PURPOSE;
-        o->all_purpose = optarg;
-        break;
-      case 'o':
-        bit = CAPSTAN_FOPT_OUT;
-        o->out = optarg;
-        break;
-      case 'a':
-        bit = CAPSTAN_FOPT_ALL;
-        o->all = true;
-        break;
-      case 'D': {
-        bit = CAPSTAN_FOPT_DAYS;
-        char *end;
-        errno = 0;
-        o->days = strtol(optarg, &end, 10);
-        if (*end != '\0' || optarg[0] == '\0' || errno != 0 || o->days < 0 || o->days > 36500) {
-          fprintf(stderr,
-                  "capstan: %s: --days must be a number of days from 0 to 36500\nusage: %s\n", cmd,
-                  usage);
-          return CAPSTAN_EXIT_USAGE;
-        }
-        break;
-      }
-      case 'h':
-        o->help = true;
-        break;
-      case ':':
-        fprintf(stderr, "capstan: %s: option '%s' needs a value\nusage: %s\n", cmd,
-                argv[optind - 1], usage);
-        return CAPSTAN_EXIT_USAGE;
-      default:
-        fprintf(stderr, "capstan: %s: unknown option '%s'\nusage: %s\n", cmd, argv[optind - 1],
-                usage);
-        return CAPSTAN_EXIT_USAGE;
-    }
-    if (bit != 0 && !(allowed & bit)) {
-      fprintf(stderr, "capstan: %s: option '%s' does not apply here\nusage: %s\n", cmd,
-              argv[optind - 1], usage);
-      return CAPSTAN_EXIT_USAGE;
-    }
-    o->seen |= bit;
-  }
-  return 0;
-}
-
-void capstan_cli_fopts_free(capstan_cli_fopts_t *o) {
-  free(o->args);
-  o->args = NULL;
-  o->nargs = 0;
-}
 
 int capstan_cli_read_config_xml(const char *path, uint8_t **out, size_t *len) {
   *out = NULL;
@@ -159,15 +65,6 @@ bool capstan_cli_template_name_valid(const char *name) {
 
 /* ---- Helpers ------------------------------------------------------------------ */
 
-static int store_error(const char *what, int err) {
-  if (err == CAPSTAN_ENOSPC) {
-    capstan_cli_error("%s: the store is full (4 GiB map): remove old records", what);
-  } else {
-    capstan_cli_error("%s: %s", what, capstan_strerror(err));
-  }
-  return CAPSTAN_EXIT_ERROR;
-}
-
 static bool check_name(const char *name) {
   if (capstan_cli_template_name_valid(name)) return true;
   capstan_cli_error(
@@ -175,6 +72,13 @@ static bool check_name(const char *name) {
       "with a letter or digit ('none' is reserved)",
       name);
   return false;
+}
+
+/* Checks the template |name| from the command line, then opens the store.
+ * Returns an exit code (the problem printed). */
+static int open_for(const capstan_cli_t *c, const char *name, capstan_store_t **st) {
+  if (!check_name(name)) return CAPSTAN_EXIT_USAGE;
+  return capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, st);
 }
 
 /* Devices that use a template: a count and the first few names. */
@@ -216,14 +120,14 @@ static void refs_print(FILE *f, const refs_t *r) {
 
 /* ---- add / set -------------------------------------------------------------------- */
 
-static int add_or_set(capstan_cli_fopts_t *o, bool is_add) {
-  const char *name = o->args[1], *path = o->args[2];
+static int add_or_set(capstan_cli_t *c, bool is_add) {
+  const char *name = c->args[0], *path = c->args[1];
   if (!check_name(name)) return CAPSTAN_EXIT_USAGE;
   uint8_t *xml;
   size_t len;
   if (capstan_cli_read_config_xml(path, &xml, &len) != 0) return CAPSTAN_EXIT_ERROR;
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) {
     free(xml);
     return CAPSTAN_EXIT_ERROR;
   }
@@ -232,7 +136,7 @@ static int add_or_set(capstan_cli_fopts_t *o, bool is_add) {
   capstan_txn_t txn = {0};
   int err = capstan_store_begin(st, true, &txn);
   if (err != 0) {
-    store_error("cannot write the template", err);
+    capstan_cli_store_error("cannot write the template", err);
     goto out;
   }
   Capstan__Template *old = NULL;
@@ -249,7 +153,7 @@ static int add_or_set(capstan_cli_fopts_t *o, bool is_add) {
     goto out;
   }
   if (err != 0 && err != CAPSTAN_ENOENT) {
-    store_error("cannot read the template", err);
+    capstan_cli_store_error("cannot read the template", err);
     goto out;
   }
   Capstan__Template t = CAPSTAN__TEMPLATE__INIT;
@@ -268,7 +172,7 @@ static int add_or_set(capstan_cli_fopts_t *o, bool is_add) {
   if (err == 0) err = refs_count(&txn, name, &refs);
   if (err == 0) err = capstan_store_commit(&txn);
   if (err != 0) {
-    store_error("cannot write the template", err);
+    capstan_cli_store_error("cannot write the template", err);
     goto out;
   }
   printf("template %s %s (%zu bytes)", name, is_add ? "added" : "updated", len);
@@ -288,42 +192,25 @@ out:
 
 /* ---- show ---------------------------------------------------------------------------- */
 
-static void json_bytes_string(FILE *f, const uint8_t *data, size_t len) {
-  /* Stored XML passed capstan_cnfxml_validate (no NUL bytes), but the
-   * record is not NUL-terminated: copy it into a C string. */
-  char *s = malloc(len + 1);
-  if (s == NULL) {
-    fputs("null", f);
-    return;
-  }
-  for (size_t i = 0; i < len; i++) s[i] = data[i] == 0 ? ' ' : (char)data[i];
-  s[len] = '\0';
-  capstan_cli_json_string(f, s);
-  free(s);
-}
-
-static int run_show(capstan_cli_fopts_t *o) {
-  const char *name = o->args[1];
-  if (!check_name(name)) return CAPSTAN_EXIT_USAGE;
+static int run_show(capstan_cli_t *c) {
+  const char *name = c->args[0];
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
+  int rc = open_for(c, name, &st);
+  if (rc != 0) return rc;
   capstan_txn_t txn = {0};
   Capstan__Template *t = NULL;
   refs_t refs = {0};
   int err = capstan_store_begin(st, false, &txn);
   if (err == 0) err = capstan_store_template_get(&txn, name, &t);
-  if (err == 0 && o->json) err = refs_count(&txn, name, &refs);
+  if (err == 0 && c->json) err = refs_count(&txn, name, &refs);
   capstan_store_abort(&txn);
   capstan_store_close(st);
-  int rc = CAPSTAN_EXIT_OK;
   if (err == CAPSTAN_ENOENT) {
     capstan_cli_error("no template '%s' (see 'capstan template list')", name);
     rc = CAPSTAN_EXIT_ERROR;
   } else if (err != 0) {
-    rc = store_error("cannot read the template", err);
-  } else if (o->json) {
+    rc = capstan_cli_store_error("cannot read the template", err);
+  } else if (c->json) {
     char when[40];
     capstan_cli_format_time(t->updated_at, when, sizeof(when));
     printf("{\"name\":");
@@ -331,7 +218,7 @@ static int run_show(capstan_cli_fopts_t *o) {
     printf(",\"updated_at\":");
     capstan_cli_json_string(stdout, t->has_updated_at ? when : NULL);
     printf(",\"bytes\":%zu,\"devices\":%zu,\"config_xml\":", t->config_xml.len, refs.n);
-    json_bytes_string(stdout, t->config_xml.data, t->config_xml.len);
+    capstan_cli_json_bytes(stdout, t->config_xml.data, t->config_xml.len);
     printf("}\n");
   } else {
     fwrite(t->config_xml.data, 1, t->config_xml.len, stdout);
@@ -391,22 +278,18 @@ static int tlist_count(const Capstan__Device *d, void *arg) {
   return 0;
 }
 
-static int run_list(capstan_cli_fopts_t *o) {
-  capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
+/* The templates, then how many devices use each. */
+static int tlist_all(capstan_txn_t *txn, void *arg) {
+  int err = capstan_store_template_iterate(txn, tlist_one, arg);
+  return err != 0 ? err : capstan_store_device_iterate(txn, tlist_count, arg);
+}
+
+static int run_list(capstan_cli_t *c) {
   tlist_t l = {0};
-  capstan_txn_t txn = {0};
-  int err = capstan_store_begin(st, false, &txn);
-  if (err == 0) err = capstan_store_template_iterate(&txn, tlist_one, &l);
-  if (err == 0) err = capstan_store_device_iterate(&txn, tlist_count, &l);
-  capstan_store_abort(&txn);
-  capstan_store_close(st);
-  int rc = CAPSTAN_EXIT_OK;
-  if (err != 0) {
-    rc = store_error("cannot list templates", err);
-  } else if (o->json) {
+  int rc = capstan_cli_read(c, tlist_all, &l, "cannot list templates");
+  if (rc != 0) {
+    /* printed */
+  } else if (c->json) {
     printf("[");
     for (size_t i = 0; i < l.n; i++) {
       char when[40];
@@ -436,14 +319,12 @@ static int run_list(capstan_cli_fopts_t *o) {
 
 /* ---- remove ------------------------------------------------------------------------------ */
 
-static int run_remove(capstan_cli_fopts_t *o) {
-  const char *name = o->args[1];
-  if (!check_name(name)) return CAPSTAN_EXIT_USAGE;
+static int run_remove(capstan_cli_t *c) {
+  const char *name = c->args[0];
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
-  int rc = CAPSTAN_EXIT_ERROR;
+  int rc = open_for(c, name, &st);
+  if (rc != 0) return rc;
+  rc = CAPSTAN_EXIT_ERROR;
   refs_t refs = {0};
   capstan_txn_t txn = {0};
   int err = capstan_store_begin(st, true, &txn);
@@ -467,7 +348,7 @@ static int run_remove(capstan_cli_fopts_t *o) {
     goto out;
   }
   if (err != 0) {
-    store_error("cannot remove the template", err);
+    capstan_cli_store_error("cannot remove the template", err);
     goto out;
   }
   printf("template %s removed\n", name);
@@ -484,17 +365,15 @@ out:
 /* Sets (|tname| non-NULL) or clears the template of every device in
  * args[first..], all in one transaction: one unknown device changes
  * nothing. */
-static int set_template(capstan_cli_fopts_t *o, const char *tname, int first) {
+static int set_template(capstan_cli_t *c, const char *tname, int first) {
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   int rc = CAPSTAN_EXIT_ERROR;
   int64_t now = (int64_t)time(NULL);
   capstan_txn_t txn = {0};
   int err = capstan_store_begin(st, true, &txn);
   if (err != 0) {
-    store_error("cannot update devices", err);
+    capstan_cli_store_error("cannot update devices", err);
     goto out;
   }
   if (tname != NULL) {
@@ -507,13 +386,13 @@ static int set_template(capstan_cli_fopts_t *o, const char *tname, int first) {
       goto out;
     }
     if (err != 0) {
-      store_error("cannot read the template", err);
+      capstan_cli_store_error("cannot read the template", err);
       goto out;
     }
   }
   size_t changed = 0;
-  for (int i = first; i < o->nargs; i++) {
-    const char *dev = o->args[i];
+  for (int i = first; i < c->nargs; i++) {
+    const char *dev = c->args[i];
     Capstan__Device *d = NULL;
     err = capstan_store_device_get(&txn, dev, &d);
     if (err == CAPSTAN_ENOENT || err == CAPSTAN_EINVAL) {
@@ -522,7 +401,7 @@ static int set_template(capstan_cli_fopts_t *o, const char *tname, int first) {
       goto out;
     }
     if (err != 0) {
-      store_error("cannot read a device", err);
+      capstan_cli_store_error("cannot read a device", err);
       goto out;
     }
     bool same = tname == NULL ? (d->template_name == NULL || d->template_name[0] == '\0')
@@ -546,21 +425,21 @@ static int set_template(capstan_cli_fopts_t *o, const char *tname, int first) {
     }
     capstan__device__free_unpacked(d, NULL);
     if (err != 0) {
-      store_error("cannot update a device", err);
+      capstan_cli_store_error("cannot update a device", err);
       goto out;
     }
   }
   err = capstan_store_commit(&txn);
   if (err != 0) {
-    store_error("cannot update devices", err);
+    capstan_cli_store_error("cannot update devices", err);
     goto out;
   }
   if (tname != NULL) {
     printf("%zu devices now use template %s (%zu already did)\n", changed, tname,
-           (size_t)(o->nargs - first) - changed);
+           (size_t)(c->nargs - first) - changed);
   } else {
     printf("%zu devices no longer use a template (%zu had none)\n", changed,
-           (size_t)(o->nargs - first) - changed);
+           (size_t)(c->nargs - first) - changed);
   }
   rc = CAPSTAN_EXIT_OK;
 out:
@@ -569,13 +448,13 @@ out:
   return rc;
 }
 
-static int run_assign(capstan_cli_fopts_t *o) {
-  if (!check_name(o->args[1])) return CAPSTAN_EXIT_USAGE;
-  return set_template(o, o->args[1], 2);
+static int run_assign(capstan_cli_t *c) {
+  if (!check_name(c->args[0])) return CAPSTAN_EXIT_USAGE;
+  return set_template(c, c->args[0], 1);
 }
 
-static int run_unassign(capstan_cli_fopts_t *o) {
-  return set_template(o, NULL, 1);
+static int run_unassign(capstan_cli_t *c) {
+  return set_template(c, NULL, 0);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
@@ -590,62 +469,25 @@ static int run_unassign(capstan_cli_fopts_t *o) {
   "       capstan template unassign DEVICE...     (devices use the default base)\n" \
   "       (all take --data-dir DIR)"
 
-typedef struct {
-  const char *name;
-  unsigned allowed;
-  int min_args, max_args; /* positional arguments, the command word included */
-  int (*run)(capstan_cli_fopts_t *o);
-} tsub_t;
-
-static int run_add(capstan_cli_fopts_t *o) {
-  return add_or_set(o, true);
+static int run_add(capstan_cli_t *c) {
+  return add_or_set(c, true);
 }
-static int run_set(capstan_cli_fopts_t *o) {
-  return add_or_set(o, false);
+static int run_set(capstan_cli_t *c) {
+  return add_or_set(c, false);
 }
 
-static const tsub_t tsubs[] = {
-    {"add", 0, 3, 3, run_add},
-    {"set", 0, 3, 3, run_set},
-    {"show", CAPSTAN_FOPT_JSON, 2, 2, run_show},
-    {"list", CAPSTAN_FOPT_JSON, 1, 1, run_list},
-    {"remove", 0, 2, 2, run_remove},
-    {"assign", 0, 3, 1 << 20, run_assign},
-    {"unassign", 0, 2, 1 << 20, run_unassign},
+static const capstan_cli_sub_t template_subs[] = {
+    {"add", 0, false, 2, 2, NULL, run_add},
+    {"set", 0, false, 2, 2, NULL, run_set},
+    {"show", 0, true, 1, 1, NULL, run_show},
+    {"list", 0, true, 0, 0, NULL, run_list},
+    {"remove", 0, false, 1, 1, NULL, run_remove},
+    {"assign", 0, false, 2, CAPSTAN_CLI_ARGS_ANY, NULL, run_assign},
+    {"unassign", 0, false, 1, CAPSTAN_CLI_ARGS_ANY, NULL, run_unassign},
 };
 
 int capstan_cli_template_main(int argc, char **argv) {
-  capstan_cli_fopts_t o;
-  int rc = capstan_cli_fopts_parse(argc, argv, CAPSTAN_FOPT_JSON, "template", TEMPLATE_USAGE, &o);
-  if (rc != 0) goto done;
-  if (o.help) {
-    printf("usage: %s\n", TEMPLATE_USAGE);
-    goto done;
-  }
-  const char *cmd = o.nargs > 0 ? o.args[0] : "";
-  for (size_t i = 0; i < sizeof(tsubs) / sizeof(tsubs[0]); i++) {
-    const tsub_t *t = &tsubs[i];
-    if (strcmp(cmd, t->name) != 0) continue;
-    if ((o.seen & ~t->allowed) != 0) {
-      fprintf(stderr, "capstan: template %s: --json does not apply here\nusage: %s\n", cmd,
-              TEMPLATE_USAGE);
-      rc = CAPSTAN_EXIT_USAGE;
-    } else if (o.nargs < t->min_args || o.nargs > t->max_args) {
-      fprintf(stderr, "capstan: template %s: %s\nusage: %s\n", cmd,
-              o.nargs < t->min_args ? "missing argument" : "too many arguments", TEMPLATE_USAGE);
-      rc = CAPSTAN_EXIT_USAGE;
-    } else {
-      rc = t->run(&o);
-    }
-    goto done;
-  }
-  if (cmd[0] == '\0') {
-    fprintf(stderr, "capstan: template: missing command\nusage: %s\n", TEMPLATE_USAGE);
-  } else {
-    fprintf(stderr, "capstan: template: unknown command '%s'\nusage: %s\n", cmd, TEMPLATE_USAGE);
-  }
-  rc = CAPSTAN_EXIT_USAGE;
-done:
-  capstan_cli_fopts_free(&o);
-  return rc;
+  static const capstan_cli_cmd_t cmd = {
+      "template", TEMPLATE_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(template_subs)};
+  return capstan_cli_run(&cmd, argc, argv, NULL);
 }

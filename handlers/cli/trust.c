@@ -47,23 +47,16 @@
 
 /* ---- Helpers ------------------------------------------------------------------------ */
 
-static int store_error(const char *what, int err) {
-  if (err == CAPSTAN_ENOSPC) {
-    capstan_cli_error("%s: the store is full (4 GiB map): remove old records", what);
-  } else {
-    capstan_cli_error("%s: %s", what, capstan_strerror(err));
-  }
-  return CAPSTAN_EXIT_ERROR;
-}
+/* Options of the trust subcommands. */
+enum { OPT_PURPOSE, OPT_ALL_PURPOSE, OPT_OUT };
 
-static bool purpose_valid(const char *p) {
-  return p != NULL && (strcmp(p, PURPOSE_CAPF) == 0 || strcmp(p, PURPOSE_CM) == 0);
-}
-
-static bool check_purpose(const char *p) {
-  if (purpose_valid(p)) return true;
-  capstan_cli_error("purpose must be %s or %s, got '%s'", PURPOSE_CAPF, PURPOSE_CM, p);
-  return false;
+/* The set function of --purpose and --all-purpose: checks only (the
+ * value stays in capstan_cli_t.value). */
+static int check_purpose(void *ctx, const char *p, char *why, size_t len) {
+  (void)ctx;
+  if (strcmp(p, PURPOSE_CAPF) == 0 || strcmp(p, PURPOSE_CM) == 0) return 0;
+  snprintf(why, len, "purpose must be %s or %s, got '%s'", PURPOSE_CAPF, PURPOSE_CM, p);
+  return -1;
 }
 
 /* Records without a purpose count as CAPF-trust, as the CAPF server reads
@@ -251,10 +244,9 @@ static int load_uploads(const char *path, const char *fname, upload_t **out, siz
   return 0;
 }
 
-static int run_add(capstan_cli_fopts_t *o) {
-  const char *purpose = o->purpose != NULL ? o->purpose : PURPOSE_CAPF;
-  if (!check_purpose(purpose)) return CAPSTAN_EXIT_USAGE;
-  const char *path = o->args[1];
+static int run_add(capstan_cli_t *c) {
+  const char *purpose = capstan_cli_has(c, OPT_PURPOSE) ? c->value[OPT_PURPOSE] : PURPOSE_CAPF;
+  const char *path = c->args[0];
   const char *fname = strcmp(path, "-") == 0 ? "<stdin>" : path;
   upload_t *u;
   size_t n;
@@ -297,7 +289,7 @@ static int run_add(capstan_cli_fopts_t *o) {
     return CAPSTAN_EXIT_ERROR;
   }
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) {
     uploads_free(u, n);
     return CAPSTAN_EXIT_ERROR;
   }
@@ -347,7 +339,7 @@ static int run_add(capstan_cli_fopts_t *o) {
   if (err == 0 && added > 0) err = capstan_store_commit(&txn);
   if (err == CAPSTAN_EEXIST) goto out;
   if (err != 0) {
-    store_error("cannot add to the trust store", err);
+    capstan_cli_store_error("cannot add to the trust store", err);
     fprintf(stderr, "capstan: nothing was added\n");
     goto out;
   }
@@ -430,26 +422,16 @@ static int list_one(const uint8_t fp[FP_LEN], const Capstan__TrustCert *t, void 
   return 0;
 }
 
-static int run_list(capstan_cli_fopts_t *o) {
-  if (o->purpose != NULL && !check_purpose(o->purpose)) return CAPSTAN_EXIT_USAGE;
-  capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
-  list_ctx_t c = {.purpose = o->purpose, .json = o->json, .now = (int64_t)time(NULL)};
-  if (o->json) {
-    printf("[");
-  } else {
-    printf("%-64s  %-17s  %-20s  %s\n", "FINGERPRINT (SHA-256)", "PURPOSE", "NOT AFTER", "SUBJECT");
-  }
-  capstan_txn_t txn = {0};
-  int err = capstan_store_begin(st, false, &txn);
-  if (err == 0) err = capstan_store_trust_iterate(&txn, list_one, &c);
-  capstan_store_abort(&txn);
-  capstan_store_close(st);
-  if (o->json) printf(c.n > 0 ? "\n]\n" : "]\n");
-  if (err != 0) return store_error("cannot list the trust stores", err);
-  return CAPSTAN_EXIT_OK;
+static int list_all(capstan_txn_t *txn, void *arg) {
+  return capstan_store_trust_iterate(txn, list_one, arg);
+}
+
+static int run_list(capstan_cli_t *cli) {
+  list_ctx_t c = {
+      .purpose = cli->value[OPT_PURPOSE], .json = cli->json, .now = (int64_t)time(NULL)};
+  return capstan_cli_list(cli, list_all, &c, &c.n, "cannot list the trust stores",
+                          "%-64s  %-17s  %-20s  %s\n", "FINGERPRINT (SHA-256)", "PURPOSE",
+                          "NOT AFTER", "SUBJECT");
 }
 
 /* ---- remove / export: find entries --------------------------------------------------------- */
@@ -493,34 +475,35 @@ static int find_unique(capstan_txn_t *txn, const char *arg, const uint8_t *want,
   } else if (err == 0) {
     memcpy(out, f.fps[0], FP_LEN);
   } else {
-    store_error("cannot read the trust stores", err);
+    capstan_cli_store_error("cannot read the trust stores", err);
   }
   free(f.fps);
   return err;
 }
 
-static int run_remove(capstan_cli_fopts_t *o) {
+static int run_remove(capstan_cli_t *c) {
   uint8_t want[FP_LEN];
   size_t ndigits = 0;
-  bool all = o->all_purpose != NULL;
-  if (all && !check_purpose(o->all_purpose)) return CAPSTAN_EXIT_USAGE;
-  if (!all && !check_fp_arg(o->args[1], want, &ndigits)) return CAPSTAN_EXIT_USAGE;
+  const char *all_purpose = c->value[OPT_ALL_PURPOSE];
+  bool all = all_purpose != NULL;
+  if (all && c->nargs > 0)
+    return capstan_cli_usage_error(c, "unexpected argument '%s'", c->args[0]);
+  if (!all && c->nargs == 0) return capstan_cli_usage_error(c, "missing argument");
+  if (!all && !check_fp_arg(c->args[0], want, &ndigits)) return CAPSTAN_EXIT_USAGE;
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   int rc = CAPSTAN_EXIT_ERROR;
-  find_ctx_t f = {.purpose = o->all_purpose};
+  find_ctx_t f = {.purpose = all_purpose};
   capstan_txn_t txn = {0};
   int err = capstan_store_begin(st, true, &txn);
   if (err != 0) {
-    store_error("cannot change the trust store", err);
+    capstan_cli_store_error("cannot change the trust store", err);
     goto out;
   }
   if (all) {
     err = capstan_store_trust_iterate(&txn, find_one, &f);
     if (err != 0) {
-      store_error("cannot read the trust stores", err);
+      capstan_cli_store_error("cannot read the trust stores", err);
       goto out;
     }
   } else {
@@ -529,7 +512,7 @@ static int run_remove(capstan_cli_fopts_t *o) {
       capstan_cli_error("out of memory");
       goto out;
     }
-    if (find_unique(&txn, o->args[1], want, ndigits, f.fps[0]) != 0) goto out;
+    if (find_unique(&txn, c->args[0], want, ndigits, f.fps[0]) != 0) goto out;
     f.n = 1;
   }
   for (size_t i = 0; err == 0 && i < f.n; i++) {
@@ -547,7 +530,7 @@ static int run_remove(capstan_cli_fopts_t *o) {
   if (err == 0 && f.n > 0) err = bump_generation(&txn);
   if (err == 0 && f.n > 0) err = capstan_store_commit(&txn);
   if (err != 0) {
-    store_error("cannot change the trust store", err);
+    capstan_cli_store_error("cannot change the trust store", err);
     goto out;
   }
   for (size_t i = 0; i < f.n; i++) {
@@ -556,7 +539,7 @@ static int run_remove(capstan_cli_fopts_t *o) {
     printf("removed %s\n", hex);
   }
   if (all) {
-    printf("%zu certificate%s removed from %s\n", f.n, f.n == 1 ? "" : "s", o->all_purpose);
+    printf("%zu certificate%s removed from %s\n", f.n, f.n == 1 ? "" : "s", all_purpose);
   }
   if (f.n > 0) printf("%s\n", RELOAD_HINT);
   rc = CAPSTAN_EXIT_OK;
@@ -567,22 +550,20 @@ out:
   return rc;
 }
 
-static int run_export(capstan_cli_fopts_t *o) {
+static int run_export(capstan_cli_t *c) {
   uint8_t want[FP_LEN], fp[FP_LEN];
   size_t ndigits = 0;
-  if (!check_fp_arg(o->args[1], want, &ndigits)) return CAPSTAN_EXIT_USAGE;
+  if (!check_fp_arg(c->args[0], want, &ndigits)) return CAPSTAN_EXIT_USAGE;
   capstan_store_t *st;
-  if (capstan_cli_open_store(capstan_store_data_dir(o->data_dir), false, &st) != 0) {
-    return CAPSTAN_EXIT_ERROR;
-  }
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &st) != 0) return CAPSTAN_EXIT_ERROR;
   Capstan__TrustCert *t = NULL;
   capstan_txn_t txn = {0};
   int err = capstan_store_begin(st, false, &txn);
   if (err != 0) {
-    store_error("cannot read the trust stores", err);
-  } else if ((err = find_unique(&txn, o->args[1], want, ndigits, fp)) == 0) {
+    capstan_cli_store_error("cannot read the trust stores", err);
+  } else if ((err = find_unique(&txn, c->args[0], want, ndigits, fp)) == 0) {
     err = capstan_store_trust_get(&txn, fp, &t);
-    if (err != 0) store_error("cannot read the trust certificate", err);
+    if (err != 0) capstan_cli_store_error("cannot read the trust certificate", err);
   }
   capstan_store_abort(&txn);
   capstan_store_close(st);
@@ -594,27 +575,12 @@ static int run_export(capstan_cli_fopts_t *o) {
     capstan_cli_error("cannot encode the certificate: %s", capstan_strerror(err));
     return CAPSTAN_EXIT_ERROR;
   }
-  int rc = CAPSTAN_EXIT_OK;
-  FILE *f = stdout;
-  if (o->out != NULL && strcmp(o->out, "-") != 0) {
-    f = fopen(o->out, "w");
-    if (f == NULL) {
-      capstan_cli_error("cannot write '%s': %s", o->out, strerror(errno));
-      free(pem);
-      return CAPSTAN_EXIT_ERROR;
-    }
-  }
-  if (fputs(pem, f) == EOF || fflush(f) != 0) {
-    capstan_cli_error("cannot write the certificate");
-    rc = CAPSTAN_EXIT_ERROR;
-  }
-  if (f != stdout && fclose(f) != 0) rc = CAPSTAN_EXIT_ERROR;
+  int rc = capstan_cli_write_text(c->value[OPT_OUT], pem, "the certificate");
   free(pem);
   return rc;
 }
 
-/* ---- dispatch ----------------------------------------------------------------------------------
- */
+/* ---- dispatch ---------------------------------------------------------------------------- */
 
 #define TRUST_USAGE                                                                        \
   "capstan trust add FILE.pem|FILE.der|- [--purpose capf-trust|callmanager-trust]\n"       \
@@ -626,55 +592,21 @@ static int run_export(capstan_cli_fopts_t *o) {
   "       (all take --data-dir DIR; FINGERPRINT is the SHA-256 from 'trust list',\n"       \
   "       or an unambiguous prefix of at least 8 hex digits)"
 
+static const capstan_cli_opt_t trust_opts[] = {
+    [OPT_PURPOSE] = {"purpose", true, check_purpose},
+    [OPT_ALL_PURPOSE] = {"all-purpose", true, check_purpose},
+    [OPT_OUT] = {"out", true, NULL},
+};
+
+static const capstan_cli_sub_t trust_subs[] = {
+    {"add", CAPSTAN_CLI_OPT(OPT_PURPOSE), false, 1, 1, NULL, run_add},
+    {"list", CAPSTAN_CLI_OPT(OPT_PURPOSE), true, 0, 0, NULL, run_list},
+    {"remove", CAPSTAN_CLI_OPT(OPT_ALL_PURPOSE), false, 0, 1, NULL, run_remove},
+    {"export", CAPSTAN_CLI_OPT(OPT_OUT), false, 1, 1, NULL, run_export},
+};
+
 int capstan_cli_trust_main(int argc, char **argv) {
-  capstan_cli_fopts_t o;
-  int rc = capstan_cli_fopts_parse(
-      argc, argv,
-      CAPSTAN_FOPT_JSON | CAPSTAN_FOPT_PURPOSE | CAPSTAN_FOPT_ALL_PURPOSE | CAPSTAN_FOPT_OUT,
-      "trust", TRUST_USAGE, &o);
-  if (rc != 0) goto done;
-  if (o.help) {
-    printf("usage: %s\n", TRUST_USAGE);
-    goto done;
-  }
-  const char *cmd = o.nargs > 0 ? o.args[0] : "";
-  unsigned allowed = 0;
-  int want = 2;
-  int (*run)(capstan_cli_fopts_t *) = NULL;
-  if (strcmp(cmd, "add") == 0) {
-    allowed = CAPSTAN_FOPT_PURPOSE;
-    run = run_add;
-  } else if (strcmp(cmd, "list") == 0) {
-    allowed = CAPSTAN_FOPT_PURPOSE | CAPSTAN_FOPT_JSON;
-    want = 1;
-    run = run_list;
-  } else if (strcmp(cmd, "remove") == 0) {
-    allowed = CAPSTAN_FOPT_ALL_PURPOSE;
-    want = o.all_purpose != NULL ? 1 : 2;
-    run = run_remove;
-  } else if (strcmp(cmd, "export") == 0) {
-    allowed = CAPSTAN_FOPT_OUT;
-    run = run_export;
-  }
-  if (run == NULL) {
-    if (cmd[0] == '\0') {
-      fprintf(stderr, "capstan: trust: missing command\nusage: %s\n", TRUST_USAGE);
-    } else {
-      fprintf(stderr, "capstan: trust: unknown command '%s'\nusage: %s\n", cmd, TRUST_USAGE);
-    }
-    rc = CAPSTAN_EXIT_USAGE;
-  } else if ((o.seen & ~allowed) != 0) {
-    fprintf(stderr, "capstan: trust %s: an option given does not apply here\nusage: %s\n", cmd,
-            TRUST_USAGE);
-    rc = CAPSTAN_EXIT_USAGE;
-  } else if (o.nargs != want) {
-    fprintf(stderr, "capstan: trust %s: %s\nusage: %s\n", cmd,
-            o.nargs < want ? "missing argument" : "unexpected argument", TRUST_USAGE);
-    rc = CAPSTAN_EXIT_USAGE;
-  } else {
-    rc = run(&o);
-  }
-done:
-  capstan_cli_fopts_free(&o);
-  return rc;
+  static const capstan_cli_cmd_t cmd = {"trust", TRUST_USAGE, NULL, CAPSTAN_CLI_TABLE(trust_opts),
+                                        CAPSTAN_CLI_TABLE(trust_subs)};
+  return capstan_cli_run(&cmd, argc, argv, NULL);
 }
