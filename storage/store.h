@@ -18,7 +18,7 @@
  * are for the code that maps them to the plain structs the rest of the
  * server takes.
  *
- * Errors (core/error.h): CAPSTAN_ENOENT no such record, CAPSTAN_ENOSPC store
+ * Errors (core/base/error.h): CAPSTAN_ENOENT no such record, CAPSTAN_ENOSPC store
  * full (map size reached), CAPSTAN_EINVAL bad argument (e.g. a record missing
  * a required field), CAPSTAN_ENOMEM, CAPSTAN_EIO anything else (logged with
  * LMDB's text, counted in capstan_storage_errors_total{op=...}). */

@@ -3,7 +3,7 @@
  * (handlers/capf) and by the phone simulator (bench/phone).
  *
  * Pure functions over caller-owned buffers: no I/O, no globals, no logging.
- * Every byte goes through BoringSSL's CBS/CBB. Errors follow core/error.h:
+ * Every byte goes through BoringSSL's CBS/CBB. Errors follow core/base/error.h:
  * 0 on success, a negative CAPSTAN_E* code on failure.
  *
  * Message layout:

@@ -1,5 +1,6 @@
 /* `capstan serve`: its command line and config file, turned into the
  * plain options of handlers/serve. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,18 @@ static int run_serve(capstan_cli_t *c) {
   serve_file_t *file = c->ctx;
   if (c->data_dir == NULL) c->data_dir = file->data_dir;
   const char *drain = pick(c, OPT_DRAIN_SECONDS, NULL);
+  unsigned drain_seconds = CAPSTAN_SERVE_DRAIN_SECONDS;
+  if (drain != NULL) {
+    /* A typo here would otherwise drain for 0 s and cut every phone off. */
+    char *end = NULL;
+    unsigned long v = drain[0] >= '0' && drain[0] <= '9' ? strtoul(drain, &end, 10) : ULONG_MAX;
+    if (end == NULL || *end != '\0' || v > CAPSTAN_SERVE_DRAIN_SECONDS_MAX) {
+      return capstan_cli_usage_error(
+          c, "--drain-seconds must be a whole number from 0 to %u, got '%s'",
+          CAPSTAN_SERVE_DRAIN_SECONDS_MAX, drain);
+    }
+    drain_seconds = (unsigned)v;
+  }
   capstan_serve_options_t opt = {
       .data_dir = capstan_cli_data_dir(c),
       .capf_listen = pick(c, OPT_CAPF_LISTEN, CAPSTAN_SERVE_CAPF_LISTEN),
@@ -117,8 +130,7 @@ static int run_serve(capstan_cli_t *c) {
       .tftp_listen = pick(c, OPT_TFTP_LISTEN, CAPSTAN_SERVE_TFTP_LISTEN),
       .files_dir = pick(c, OPT_FILES_DIR, NULL),
       .subject = pick(c, OPT_SUBJECT, NULL),
-      .drain_seconds =
-          drain != NULL ? (unsigned)strtoul(drain, NULL, 10) : CAPSTAN_SERVE_DRAIN_SECONDS,
+      .drain_seconds = drain_seconds,
   };
   return capstan_serve_run(&opt);
 }
@@ -141,7 +153,8 @@ int capstan_cli_serve_main(int argc, char **argv) {
           "  --tftp-listen H:P       phone file TFTP listener (default [::]:69; 'off')\n"
           "  --files-dir DIR         static files (firmware, ringtones) served to phones\n"
           "  --subject \"O=..,C=..\"   subject attributes for certificates made at first start\n"
-          "  --drain-seconds N       on SIGTERM, wait up to N s for sessions (default 30)\n"
+          "  --drain-seconds N       on SIGTERM, wait up to N s (0-3600) for sessions (default "
+          "30)\n"
           "  --config FILE           read the same keys from FILE, one 'key = value' a line;\n"
           "                          command-line options win\n"
           "\n"

@@ -13,7 +13,7 @@
  *
  * Every change bumps Settings.trust_generation in the same transaction: a
  * running server polls the settings each second and reloads its CAPF trust
- * store when the generation moves (core/serve.c); SIGHUP reloads at once. */
+ * store when the generation moves (handlers/serve/serve.c); SIGHUP reloads at once. */
 #include <errno.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>

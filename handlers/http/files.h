@@ -1,5 +1,5 @@
 /* The phone file route of the HTTP server: GET/HEAD of "/<name>" through a
- * file source (core/filesource.h).
+ * file source (core/files/source.h).
  *
  * Names are one path segment of at most CAPSTAN_HTTP_FILES_MAX_NAME bytes:
  * a name with '/', '\\', "..", a leading '.', or a control character is

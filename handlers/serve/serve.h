@@ -24,6 +24,7 @@ typedef struct capstan_serve_options {
 #define CAPSTAN_SERVE_HTTP_LISTEN "[::]:6970"
 #define CAPSTAN_SERVE_TFTP_LISTEN "[::]:69"
 #define CAPSTAN_SERVE_DRAIN_SECONDS 30
+#define CAPSTAN_SERVE_DRAIN_SECONDS_MAX 3600
 
 /* Runs the server in the foreground until SIGTERM or SIGINT has drained
  * it. Opens (and initialises, if empty) the store in opt->data_dir.

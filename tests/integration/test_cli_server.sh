@@ -31,6 +31,13 @@ wait_for() {
   return 1
 }
 
+# A malformed drain time is a usage error before anything starts (it would
+# otherwise drain for 0 s and cut every phone off at the next restart).
+rc=0
+"$BIN" serve --data-dir "$WORK/never" --drain-seconds 3x >/dev/null 2>"$WORK/usage.err" || rc=$?
+[ "$rc" -eq 2 ] && grep -q "drain-seconds must be a whole number" "$WORK/usage.err" &&
+  [ ! -e "$WORK/never" ] && pass || fail "serve --drain-seconds 3x: exit $rc, $(cat "$WORK/usage.err")"
+
 "$BIN" serve --data-dir "$DATA" --capf-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --http-listen 127.0.0.1:0 --tftp-listen 127.0.0.1:0 2>"$LOG" &
 SERVER_PID=$!
