@@ -230,20 +230,30 @@ static void from_record(const Capstan__Settings *rec, capstan_settings_t *out) {
   out->trust_generation = rec->trust_generation;
 }
 
-#define TO_UINT(field)  \
-  rec->has_##field = 1; \
-  rec->field = s->field;
+/* Only what differs from the stored record is written: a field an
+ * operator never set stays absent, so it keeps following records.proto's
+ * default in later releases. */
+#define TO_UINT(field)         \
+  if (s->field != cur.field) { \
+    rec->has_##field = 1;      \
+    rec->field = s->field;     \
+  }
 #define TO_BOOL(field) TO_UINT(field)
 #define TO_DIGEST(field) TO_UINT(field)
 #define TO_HOST(field)                                                                   \
-  if (capstan_record_set_string(&rec->field, s->field[0] != '\0' ? s->field : NULL) < 0) \
+  if (strcmp(s->field, cur.field) != 0 &&                                                \
+      capstan_record_set_string(&rec->field, s->field[0] != '\0' ? s->field : NULL) < 0) \
     return CAPSTAN_ENOMEM;
 #define TO(cli, field, kind, min, max, help) TO_##kind(field)
 
 static int to_record(const capstan_settings_t *s, Capstan__Settings *rec) {
+  capstan_settings_t cur;
+  from_record(rec, &cur);
   CAPSTAN_SETTINGS_TABLE(TO)
-  rec->has_trust_generation = 1;
-  rec->trust_generation = s->trust_generation;
+  if (s->trust_generation != cur.trust_generation) {
+    rec->has_trust_generation = 1;
+    rec->trust_generation = s->trust_generation;
+  }
   return 0;
 }
 
@@ -271,7 +281,7 @@ int capstan_settings_load(capstan_store_t *store, capstan_settings_t *out) {
 
 int capstan_settings_write(capstan_txn_t *txn, const capstan_settings_t *s) {
   /* Onto the stored record, so that fields this build does not know (a
-   * newer version's) are kept. */
+   * newer version's) are kept, and only what changed is written. */
   Capstan__Settings *rec = NULL;
   int err = capstan_store_settings_get(txn, &rec);
   if (err != 0) return err;
@@ -292,4 +302,19 @@ int capstan_settings_write(capstan_txn_t *txn, const capstan_settings_t *s) {
 bool capstan_settings_equal(const capstan_settings_t *a, const capstan_settings_t *b) {
   CAPSTAN_SETTINGS_TABLE(SAME)
   return a->trust_generation == b->trust_generation;
+}
+
+void capstan_settings_format(const capstan_settings_t *s, char *buf, size_t len) {
+  size_t used = 0;
+  if (len == 0) return;
+  buf[0] = '\0';
+  for (size_t i = 0; i < SETTING_COUNT; i++) {
+    char value[CAPSTAN_SETTING_HOST_MAX + 1];
+    capstan_settings_get(s, infos[i].name, value, sizeof(value));
+    const char *quote = infos[i].kind == CAPSTAN_SETTING_HOST ? "\"" : "";
+    int n = snprintf(buf + used, len - used, "%s%s=%s%s%s", i ? " " : "", infos[i].name, quote,
+                     value, quote);
+    if (n < 0 || (size_t)n >= len - used) return; /* truncated, still terminated */
+    used += (size_t)n;
+  }
 }

@@ -107,6 +107,10 @@ int capstan_settings_load(capstan_store_t *store, capstan_settings_t *out);
  * record that this build does not know are kept). */
 int capstan_settings_write(capstan_txn_t *txn, const capstan_settings_t *s);
 
+/* Every operator setting as "name=value" pairs for a log line
+ * (keepalive-minutes=15 ... capf-host="..."), truncated to |len|. */
+void capstan_settings_format(const capstan_settings_t *s, char *buf, size_t len);
+
 /* True when every setting (and the trust generation) is the same. */
 bool capstan_settings_equal(const capstan_settings_t *a, const capstan_settings_t *b);
 

@@ -1,7 +1,9 @@
 #include "core/base/netaddr.h"
 
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,9 +45,19 @@ int capstan_netaddr_parse(const char *host_port, struct sockaddr_storage *out) {
     in4->sin_port = htons((uint16_t)port);
     return 0;
   }
+  /* A link-local IPv6 address names its interface: "[fe80::1%eth0]:69". */
+  char *zone = strchr(host, '%');
+  if (zone != NULL) *zone++ = '\0';
   if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
     in6->sin6_family = AF_INET6;
     in6->sin6_port = htons((uint16_t)port);
+    if (zone != NULL) {
+      char *zend = NULL;
+      unsigned long index = strtoul(zone, &zend, 10);
+      if (*zone == '\0' || *zend != '\0') index = if_nametoindex(zone);
+      if (index == 0 || index > UINT32_MAX) return CAPSTAN_EINVAL;
+      in6->sin6_scope_id = (uint32_t)index;
+    }
     return 0;
   }
   return CAPSTAN_EINVAL;

@@ -1,6 +1,8 @@
 /* Listener addresses as operators write them: "127.0.0.1:9464",
- * "0.0.0.0:3804", "[::]:6970", "[::1]:0", "localhost:69" is NOT accepted
- * (no name resolution on the loop): literal addresses only. */
+ * "0.0.0.0:3804", "[::]:6970", "[::1]:0", "[fe80::1%eth0]:69" (a link-local
+ * address with its interface, by name or index). "localhost:69" is NOT
+ * accepted (no name resolution on the loop): literal addresses only. One
+ * rule for every listener. */
 #ifndef CAPSTAN_CORE_BASE_NETADDR_H
 #define CAPSTAN_CORE_BASE_NETADDR_H
 

@@ -40,7 +40,7 @@
  *   capstan_sgn_finish     (inserts the SIGNATURE field; returns the file)
  * capstan_sgn_sign does all three.
  *
- * Errors: 0 or a negative CAPSTAN_E* code (core/error.h). Functions that take
+ * Errors: 0 or a negative CAPSTAN_E* code (core/base/error.h). Functions that take
  * |why| set it, on failure, to a static string naming the reason (may be
  * NULL when the caller does not want it). */
 #ifndef CAPSTAN_CORE_FILES_SGNHDR_H

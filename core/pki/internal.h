@@ -1,4 +1,4 @@
-/* Private sharing between the core/pki_*.c files. Not for other modules. */
+/* Private sharing between the files of core/pki. Not for other modules. */
 #ifndef CAPSTAN_CORE_PKI_INTERNAL_H
 #define CAPSTAN_CORE_PKI_INTERNAL_H
 

@@ -1,5 +1,5 @@
 /* PKI: identities, (de)serialisation, names, serials, digests, keys.
- * Certificate building lives in pki_cert.c, verification in pki_verify.c. */
+ * Certificate building lives in cert.c, verification in verify.c. */
 #include "core/pki/pki.h"
 
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * certificates and keys. BoringSSL only.
  *
  * Conventions for the whole module:
- * - Return 0 on success or a negative code from core/error.h:
+ * - Return 0 on success or a negative code from core/base/error.h:
  *   CAPSTAN_EINVAL (bad argument or malformed input), CAPSTAN_EACCES
  *   (signature or trust refused), CAPSTAN_ECRYPTO (a BoringSSL operation
  *   failed), CAPSTAN_ENOMEM (allocation failed).

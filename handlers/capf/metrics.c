@@ -3,6 +3,7 @@
 
 #include "handlers/capf/internal.h"
 #include "core/base/names.h"
+#include "core/base/phone.h"
 
 CAPSTAN_DEFINE_NAME_FN(, capf_op_label_name, capf_op_label_t, CAPF_OPERATIONS, "?")
 CAPSTAN_DEFINE_NAME_FN(, capf_result_name, capf_result_t, CAPF_RESULTS, "?")
@@ -32,9 +33,8 @@ void capf_metrics_register(capf_metrics_t *m) {
   m->handshake_duration = capstan_metrics_histogram("capstan_capf_handshake_duration_seconds",
                                                     "CAPF TLS handshake duration", NULL,
                                                     capstan_buckets_fast, capstan_buckets_fast_n);
-  static const char *const kModes[] = {"none", "string", "null", "lsc", "mic"};
-  for (int i = 1; i <= 4; i++) {
-    snprintf(labels, sizeof(labels), "mode=\"%s\"", kModes[i]);
+  for (int i = CAPSTAN_AUTH_MODE_STRING; i <= CAPSTAN_AUTH_MODE_MIC; i++) {
+    snprintf(labels, sizeof(labels), "mode=\"%s\"", capstan_auth_mode_name(i));
     m->auth_failures[i] = capstan_metrics_counter("capstan_capf_auth_failures_total",
                                                   "Failed phone authentications by mode", labels);
   }

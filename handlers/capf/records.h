@@ -19,10 +19,12 @@ typedef enum {
   CAPF_OPERATION_TROUBLESHOOT = 3, /* fetch the phone's certificate */
 } capf_operation_t;
 
-/* Longest auth string a record may hold and still be usable. A longer one
- * (the CLI allows 10 digits) is treated as missing, so it never matches a
- * truncated copy. */
-#define CAPF_AUTH_STRING_MAX 63
+/* Longest auth string a record may hold and still be usable: the one
+ * limit of core/base/phone.h. A longer one (only a damaged record) is
+ * treated as missing, so it never matches a truncated copy. */
+#define CAPF_AUTH_STRING_MAX CAPSTAN_AUTH_STRING_MAX
+_Static_assert(CAPF_AUTH_STRING_MAX <= CAPSTAN_CAPF_AUTH_PASSWORD_MAX,
+               "a stored auth string fits in AUTH_PASSWORD");
 
 /* A device as a session needs it. Auth mode numbers are the wire's AUTH_TYPE
  * values (records.c asserts the schema agrees); key_alg is

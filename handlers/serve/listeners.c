@@ -189,8 +189,9 @@ const size_t capstan_serve_listener_count =
     sizeof(capstan_serve_listeners) / sizeof(capstan_serve_listeners[0]);
 
 void capstan_serve_log_listeners(const capstan_serve_ctx_t *ctx) {
-  LOG_INFO("event=listeners admin_port=%d http_port=%d tftp_port=%d capf_host=%s",
+  LOG_INFO("event=listeners admin_port=%d http_port=%d tftp_port=%d%s%s",
            ctx->admin ? capstan_admin_port(ctx->admin) : 0,
            ctx->http ? capstan_http_server_port(ctx->http) : 0,
-           ctx->tftp ? capstan_tftp_server_port(ctx->tftp) : 0, ctx->capf_host);
+           ctx->tftp ? capstan_tftp_server_port(ctx->tftp) : 0, ctx->files ? " capf_host=" : "",
+           ctx->files ? ctx->capf_host : "");
 }

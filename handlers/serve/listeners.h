@@ -1,7 +1,8 @@
 /* The table of what `capstan serve` runs: each row starts a listener (or a
  * service listeners share), applies live settings to it, reloads its
- * certificates, and drains it. serve.c walks the table and knows no row by
- * name; a new listener is one more row in listeners.c. */
+ * certificates, and drains it. serve.c walks the table for every life-cycle
+ * step; a new listener is one more row in listeners.c and its object's
+ * field in capstan_serve_ctx_t. */
 #ifndef CAPSTAN_HANDLERS_SERVE_LISTENERS_H
 #define CAPSTAN_HANDLERS_SERVE_LISTENERS_H
 

@@ -65,12 +65,9 @@ static void apply_settings(server_t *srv) {
   /* Most transactions are not about settings: say so only on a change, so
    * an operator (or a test) can see when a `config set` took effect. */
   if (!capstan_settings_equal(&srv->settings, &s)) {
-    LOG_INFO(
-        "event=settings_applied keepalive_minutes=%u validity_days=%u "
-        "max_concurrent_keygen=%u max_new_keygen_per_second=%u legacy_tls=%d "
-        "enable_ipv6=%d capf_host=\"%s\"",
-        s.keepalive_minutes, s.validity_days, s.max_concurrent_keygen, s.max_new_keygen_per_second,
-        s.legacy_tls, s.enable_ipv6, s.capf_host);
+    char all[1024];
+    capstan_settings_format(&s, all, sizeof(all));
+    LOG_INFO("event=settings_applied %s", all);
   }
   uint64_t old_generation = srv->settings.trust_generation;
   srv->settings = s;

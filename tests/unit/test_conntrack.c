@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -81,8 +82,9 @@ static void test_entry_keeps_the_callers_state(void **state) {
 
 static void test_listener_addresses(void **state) {
   struct sockaddr_storage ss;
-  static const char *const good[] = {"127.0.0.1:69", "0.0.0.0:3804", "[::]:6970", "[::1]:0",
-                                     "[::ffff:127.0.0.1]:69"};
+  static const char *const good[] = {"127.0.0.1:69",  "0.0.0.0:3804",          "[::]:6970",
+                                     "[::1]:0",       "[::ffff:127.0.0.1]:69", "[fe80::1%lo]:69",
+                                     "[fe80::1%1]:69"};
   for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
     assert_int_equal(capstan_netaddr_parse(good[i], &ss), 0);
   }
@@ -97,6 +99,8 @@ static void test_listener_addresses(void **state) {
   capstan_netaddr_format(SA(ss), out, sizeof(out));
   assert_string_equal(out, "[2001:db8::1]:6970");
   assert_int_equal(capstan_netaddr_port(SA(ss)), 6970);
+  ss = addr("[fe80::1%lo]:69");
+  assert_int_equal(((struct sockaddr_in6 *)&ss)->sin6_scope_id, if_nametoindex("lo"));
 }
 
 int main(void) {

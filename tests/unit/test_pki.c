@@ -821,7 +821,7 @@ static void test_signed_data_bad_padding(void **state) {
   assert_int_equal(ERR_peek_error(), 0);
 }
 
-static void test_sign_like_phone_layout(void **state) {
+static void test_phone_sign_layout(void **state) {
   (void)state;
   /* The phone's RSA signature is the raw operation on 00 01 FF..FF 00 ||
    * bare digest: recover it with the public key and compare. */
@@ -1647,7 +1647,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_signed_data_wrong_key),
       cmocka_unit_test(test_signed_data_digestinfo),
       cmocka_unit_test(test_signed_data_bad_padding),
-      cmocka_unit_test(test_sign_like_phone_layout),
+      cmocka_unit_test(test_phone_sign_layout),
       cmocka_unit_test(test_sudi_roundtrip),
       cmocka_unit_test(test_sudi_by_hand),
       cmocka_unit_test(test_md5hash),

@@ -11,6 +11,7 @@
 
 #include "core/base/error.h"
 #include "core/settings.h"
+#include "storage/records.h"
 
 static capstan_settings_t *fresh(void) {
   capstan_settings_t *s = calloc(1, sizeof(*s));
@@ -172,6 +173,10 @@ static int write_fn(capstan_txn_t *txn, void *arg) {
   return capstan_settings_write(txn, arg);
 }
 
+static int read_record(capstan_txn_t *txn, void *arg) {
+  return capstan_store_settings_get(txn, arg);
+}
+
 static void test_store_round_trip(void **state) {
   char dir[] = "/tmp/capstan-test-settings.XXXXXX";
   assert_non_null(mkdtemp(dir));
@@ -196,6 +201,16 @@ static void test_store_round_trip(void **state) {
   assert_int_equal(capstan_settings_load(store, &got), 0);
   assert_true(capstan_settings_equal(&got, &want));
   assert_string_equal(got.capf_host, "capf.example.net");
+  /* Only what changed is stored: the rest keeps following the schema's
+   * defaults in later releases. */
+  Capstan__Settings *rec = NULL;
+  assert_int_equal(capstan_store_read(store, read_record, &rec), 0);
+  assert_true(rec->has_keepalive_minutes);
+  assert_true(rec->has_enable_ipv6);
+  assert_true(rec->has_trust_generation);
+  assert_false(rec->has_validity_days);
+  assert_false(rec->has_max_connections);
+  capstan__settings__free_unpacked(rec, NULL);
   /* Clearing the host stores no host. */
   assert_int_equal(capstan_settings_set(&want, "capf-host", "", err, sizeof(err)), 0);
   assert_int_equal(capstan_store_write(store, write_fn, &want), 0);
