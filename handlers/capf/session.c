@@ -244,13 +244,18 @@ static void enter_state(capf_session_t *s, capf_state_t st) {
 
 /* Moves to |st| if the running transition allows it. CLOSING is final: an
  * action that goes on after its session closed moves it nowhere. */
+static void close_session(capf_session_t *s, capf_result_t result);
+
 static void go(capf_session_t *s, capf_state_t st) {
   if (s->state == CAPF_ST_CLOSING) return;
   if (!((s->allowed | TO(CLOSING)) & (1u << st))) {
-    /* A bug in this file, never input: the table and the actions disagree. */
-    LOG_ERROR("event=capf_bad_transition from=%s to=%s", capf_state_name(s->state),
-              capf_state_name(st));
-    abort();
+    /* The table and the actions disagree: a bug in this file. A phone's
+     * bytes led here, so it must not take the server down (design.md: input
+     * never aborts): this session alone ends, counted as a server error. */
+    LOG_ERROR("event=capf_bad_transition from=%s to=%s peer=%s note=\"a bug: please report\"",
+              capf_state_name(s->state), capf_state_name(st), s->peer_host);
+    close_session(s, CAPF_RESULT_SERVER_ERROR);
+    return;
   }
   enter_state(s, st);
 }
