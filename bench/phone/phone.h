@@ -3,7 +3,7 @@
  *
  * Each phone is one CAPF session over real TLS (core/tls.h, BoringSSL) on a
  * libuv loop; one loop runs thousands of phones. A phone speaks the protocol
- * of shared/spec/capf-protocol.md the way real phones do: it answers
+ * of docs/spec/capf-protocol.md the way real phones do: it answers
  * AUTH_REQUEST with its name and credentials, KEY_GEN_REQUEST with a public
  * key (after an optional simulated key-generation delay, announced with
  * REQUEST_IN_PROGRESS), STORE_CERT_REQUEST by storing the certificate when it
@@ -389,7 +389,7 @@ void capstan_phone_fetch_result_cleanup(capstan_phone_fetch_result_t *res);
 
 /* ---- The boot sequence ------------------------------------------------------ */
 
-/* What a phone does at boot (shared/spec/file-formats.md):
+/* What a phone does at boot (docs/spec/file-formats.md):
  *
  *  1. ITL: fetch ITLSEP<MAC>.tlv (ITLFile.tlv when that is not found), parse
  *     it (capstan_itl_parse), check its records against their certificates,

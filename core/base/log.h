@@ -24,8 +24,8 @@ void capstan_log(capstan_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void capstan_logv(capstan_log_level_t level, const char *fmt, va_list ap);
 
-#define LOG_DEBUG(...)                                                          \
-  do {                                                                         \
+#define LOG_DEBUG(...)                                                                       \
+  do {                                                                                       \
     if (capstan_log_enabled(CAPSTAN_LOG_DEBUG)) capstan_log(CAPSTAN_LOG_DEBUG, __VA_ARGS__); \
   } while (0)
 #define LOG_INFO(...) capstan_log(CAPSTAN_LOG_INFO, __VA_ARGS__)

@@ -28,14 +28,13 @@ capstan_metric_t *capstan_metrics_gauge_fn(const char *name, const char *help, c
 /* |bounds| are the upper bounds of the buckets, ascending; +Inf is implied.
  * At most CAPSTAN_METRICS_MAX_BUCKETS. */
 #define CAPSTAN_METRICS_MAX_BUCKETS 24
-capstan_metric_t *capstan_metrics_histogram(const char *name, const char *help,
-                                            const char *labels, const double *bounds,
-                                            size_t nbounds);
+capstan_metric_t *capstan_metrics_histogram(const char *name, const char *help, const char *labels,
+                                            const double *bounds, size_t nbounds);
 
 /* Standard bucket sets, in seconds. */
-extern const double capstan_buckets_fast[];   /* 100us .. 10s, for commits, handshakes */
+extern const double capstan_buckets_fast[]; /* 100us .. 10s, for commits, handshakes */
 extern const size_t capstan_buckets_fast_n;
-extern const double capstan_buckets_slow[];   /* 10ms .. 1h, for sessions and keygen */
+extern const double capstan_buckets_slow[]; /* 10ms .. 1h, for sessions and keygen */
 extern const size_t capstan_buckets_slow_n;
 
 /* Updates accept NULL metrics (a failed registration is not fatal). */
@@ -43,7 +42,7 @@ void capstan_metric_inc(capstan_metric_t *m);
 void capstan_metric_add(capstan_metric_t *m, double v);
 void capstan_metric_set(capstan_metric_t *m, double v);
 void capstan_metric_observe(capstan_metric_t *m, double v);
-double capstan_metric_value(const capstan_metric_t *m); /* counter/gauge value */
+double capstan_metric_value(const capstan_metric_t *m);   /* counter/gauge value */
 uint64_t capstan_metric_count(const capstan_metric_t *m); /* histogram count */
 
 /* Renders every metric. On success *out is a malloc'd buffer the caller

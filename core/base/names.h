@@ -1,5 +1,5 @@
 /* Names for enums made from one X-macro list of X(ID, "name") entries, so
- * that logs and metrics print names, not numbers (design.md). */
+ * that logs and metrics print names, not numbers (docs/design.md). */
 #ifndef CAPSTAN_CORE_BASE_NAMES_H
 #define CAPSTAN_CORE_BASE_NAMES_H
 

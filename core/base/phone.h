@@ -6,7 +6,7 @@
  * own names and are checked against this header at compile time by the
  * layer that sees both (_Static_assert): the storage schema
  * (storage/records.proto enums, in storage/devices.c) and the CAPF wire
- * protocol (handlers/capf/wire.h, whose numbering shared/spec/
+ * protocol (handlers/capf/wire.h, whose numbering docs/spec/
  * capf-protocol.md fixes, in handlers/capf/wire.c). core/pki takes these
  * values directly. The numbers below are the CAPF protocol's, so a value
  * crosses from one encoding to another without a translation table.

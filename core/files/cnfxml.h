@@ -1,6 +1,6 @@
 /* SEP<MAC>.cnf.xml: validation and completion of the operator's base
  * configuration, and the partial configuration served to devices whose
- * full configuration is encrypted. Format: /work/shared/spec/file-formats.md,
+ * full configuration is encrypted. Format: docs/spec/file-formats.md,
  * "Configuration files and the certificate hash". Parsing with expat.
  *
  * Documents are handled as bytes: completion replaces only the managed
@@ -25,7 +25,7 @@
 /* The CAPF elements capstan writes into a configuration. */
 typedef struct {
   /* <capfAuthMode>: a capstan_auth_mode_t (core/base/phone.h), whose
-   * numbers are the CAPF protocol's AUTH_TYPE (shared/spec/file-formats.md):
+   * numbers are the CAPF protocol's AUTH_TYPE (docs/spec/file-formats.md):
    * 1 authentication string, 2 null string, 3 existing LSC, 4 existing MIC;
    * 0 (NONE) when no operation is scheduled. */
   int auth_mode;

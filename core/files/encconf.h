@@ -1,5 +1,5 @@
 /* `SEP<MAC>.cnf.xml.enc.sgn`: an encrypted configuration. Format:
- * /work/shared/spec/file-formats.md, ".enc.sgn".
+ * docs/spec/file-formats.md, ".enc.sgn".
  *
  * Header VERSION 2.0 (sgnhdr.h) with, after TIMESTAMP:
  *   ENCRYPTION_INFO(16){

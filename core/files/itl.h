@@ -1,5 +1,5 @@
 /* Identity Trust List: `ITLSEP<MAC>.tlv` and `ITLFile.tlv` (same content,
- * different FILENAME). Format: /work/shared/spec/file-formats.md, "ITL".
+ * different FILENAME). Format: docs/spec/file-formats.md, "ITL".
  *
  * The file is a signed header (sgnhdr.h) with VERSION 1.2 and
  * SIGNER_VERSION after HEADER_LENGTH, followed by records. A record is a

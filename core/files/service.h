@@ -44,7 +44,8 @@ int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,
 capstan_filesource_t *capstan_files_service_source(capstan_files_service_t *svc);
 
 /* capf-host and the digest setting. */
-void capstan_files_service_apply_settings(capstan_files_service_t *svc, const capstan_settings_t *s);
+void capstan_files_service_apply_settings(capstan_files_service_t *svc,
+                                          const capstan_settings_t *s);
 
 /* Reloads the identities (SIGHUP, new CAPF certificate). */
 int capstan_files_service_reload(capstan_files_service_t *svc);

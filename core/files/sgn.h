@@ -1,7 +1,7 @@
 /* `<name>.sgn`: the signed header (VERSION 1.0, FILENAME `<name>.sgn`)
  * followed by the unchanged bytes of `<name>`. Used for
  * SEP<MAC>.cnf.xml.sgn and any other file a deployment wants signed.
- * Format: /work/shared/spec/file-formats.md; header details: sgnhdr.h. */
+ * Format: docs/spec/file-formats.md; header details: sgnhdr.h. */
 #ifndef CAPSTAN_CORE_FILES_SGN_H
 #define CAPSTAN_CORE_FILES_SGN_H
 

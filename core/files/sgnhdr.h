@@ -1,5 +1,5 @@
 /* The signed header shared by every file the phones download (.sgn,
- * .enc.sgn, ITL): writer and reader. Layout: /work/shared/spec/file-formats.md,
+ * .enc.sgn, ITL): writer and reader. Layout: docs/spec/file-formats.md,
  * "The signed header".
  *
  * Every field is `tag (u8) | length (u16, big-endian) | value`, except

@@ -250,7 +250,7 @@ static void go(capf_session_t *s, capf_state_t st) {
   if (s->state == CAPF_ST_CLOSING) return;
   if (!((s->allowed | TO(CLOSING)) & (1u << st))) {
     /* The table and the actions disagree: a bug in this file. A phone's
-     * bytes led here, so it must not take the server down (design.md: input
+     * bytes led here, so it must not take the server down (docs/design.md: input
      * never aborts): this session alone ends, counted as a server error. */
     LOG_ERROR("event=capf_bad_transition from=%s to=%s peer=%s note=\"a bug: please report\"",
               capf_state_name(s->state), capf_state_name(st), s->peer_host);

@@ -1,5 +1,5 @@
 /* CAPF wire codec: framing, parsing and building of CAPF protocol messages
- * (protocol version 3, see shared/spec/capf-protocol.md). Used by the server
+ * (protocol version 3, see docs/spec/capf-protocol.md). Used by the server
  * (handlers/capf) and by the phone simulator (bench/phone).
  *
  * Pure functions over caller-owned buffers: no I/O, no globals, no logging.
@@ -39,7 +39,7 @@
 #define CAPSTAN_CAPF_CERT_DER_MAX (CAPSTAN_CAPF_MAX_ELEMENTS_LEN - 3 - CAPSTAN_CAPF_CERT_PREFIX_LEN)
 
 /* ---- Name tables (X-macros: one list, enum and names generated) ----------
- * The values are the protocol's, as shared/spec/capf-protocol.md fixes them.
+ * The values are the protocol's, as docs/spec/capf-protocol.md fixes them.
  * AUTH_TYPE, hash ids, KEY_TYPE and CERTIFICATE_TYPE carry concepts that
  * core/base/phone.h defines for all of capstan; wire.c asserts at compile
  * time that the two agree value for value, so a value read from the wire

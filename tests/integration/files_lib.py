@@ -4,7 +4,7 @@ Python 3 standard library plus python3-cryptography only. Everything talks
 to the real `capstan serve` on 127.0.0.1, on ports the kernel picks (port 0;
 the server logs the ports it bound).
 
-The file readers here are written from /work/shared/spec/file-formats.md
+The file readers here are written from docs/spec/file-formats.md
 alone and share no code with capstan's C parsers (core/files/): the signed
 header is re-encoded from the spec and compared byte for byte, signatures
 are checked with python3-cryptography against the certificate exported by

@@ -44,7 +44,7 @@ from it_common import (  # noqa: E402,F401
     serve_argv,
 )
 
-# --- Protocol constants (shared/spec/capf-protocol.md) ----------------------
+# --- Protocol constants (docs/spec/capf-protocol.md) ----------------------
 
 PROTOCOL_ID = 0x55
 HEADER_LEN = 8

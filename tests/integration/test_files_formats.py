@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Phone files from the real server, checked against the spec
-(shared/spec/file-formats.md) with code independent of capstan's parsers:
+(docs/spec/file-formats.md) with code independent of capstan's parsers:
 
 - ITLFile.tlv, ITLSEP<MAC>.tlv, SEP<MAC>.cnf.xml, SEP<MAC>.cnf.xml.sgn are
   the same bytes over HTTP, TFTP with curl (blksize 1428) and TFTP with a

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent verifier for the files capstan writes for phones.
 
-Written from /work/shared/spec/file-formats.md only: it shares no code with
+Written from docs/spec/file-formats.md only: it shares no code with
 capstan's C readers (core/files/). Python 3 standard library plus
 python3-cryptography.
 
