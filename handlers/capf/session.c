@@ -1004,12 +1004,18 @@ static void on_message(capf_session_t *s, const uint8_t *msg, size_t len) {
   dispatch(s, message_event(m.command), &(event_arg_t){.msg = &m});
 }
 
+/* In ENDING the outcome is being recorded and END_SESSION follows: nothing
+ * the phone says now changes it, not even the rest of the read that ended
+ * its operation (a second message pipelined behind it must not answer the
+ * phone before the record commits). */
+static int hears_phone(const capf_session_t *s) {
+  return s->state != CAPF_ST_ENDING && s->state != CAPF_ST_CLOSING;
+}
+
 /* Frames the decrypted stream into messages. Complete messages are handled
  * straight from the read buffer; only a partial tail is copied. */
 void capf_session_received(capf_session_t *s, const uint8_t *data, size_t len) {
-  /* In ENDING the outcome is being recorded and END_SESSION follows:
-   * nothing the phone says now changes it. */
-  if (s->state == CAPF_ST_ENDING || s->state == CAPF_ST_CLOSING) return;
+  if (!hears_phone(s)) return;
   const uint8_t *buf = data;
   size_t avail = len;
   if (s->rx != NULL) {
@@ -1029,7 +1035,7 @@ void capf_session_received(capf_session_t *s, const uint8_t *data, size_t len) {
     avail = s->rx_len;
   }
   size_t off = 0;
-  while (off < avail && s->state != CAPF_ST_CLOSING) {
+  while (off < avail && hears_phone(s)) {
     size_t msg_len = 0;
     int rc = capstan_capf_frame_max(buf + off, avail - off, CAPF_MAX_PHONE_MESSAGE, &msg_len);
     if (rc == CAPSTAN_CAPF_NEED_MORE) break;
@@ -1040,7 +1046,7 @@ void capf_session_received(capf_session_t *s, const uint8_t *data, size_t len) {
     on_message(s, buf + off, msg_len);
     off += msg_len;
   }
-  size_t left = s->state == CAPF_ST_CLOSING ? 0 : avail - off;
+  size_t left = hears_phone(s) ? avail - off : 0;
   if (left == 0) {
     free(s->rx);
     s->rx = NULL;

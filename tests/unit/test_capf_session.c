@@ -445,6 +445,34 @@ static void test_install_failures(void **state) {
   assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
   fake_free(f);
 
+  /* The same, with a stray message in the same read right behind it: the
+   * failure is recorded before the phone hears END_SESSION all the same. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  authenticate(f, NULL);
+  {
+    msg_t a, b;
+    capstan_capf_builder_t ba, bb;
+    begin(f, &ba, CAPSTAN_CAPF_CMD_KEY_GEN_RESPONSE);
+    assert_int_equal(capstan_capf_builder_finish(&ba, &a.data, &a.len), 0);
+    begin(f, &bb, CAPSTAN_CAPF_CMD_AUTH_RESPONSE);
+    assert_int_equal(capstan_capf_builder_finish(&bb, &b.data, &b.len), 0);
+    uint8_t both[256];
+    assert_true(a.len + b.len <= sizeof(both));
+    memcpy(both, a.data, a.len);
+    memcpy(both + a.len, b.data, b.len);
+    capf_session_received(&f->s, both, a.len + b.len);
+    OPENSSL_free(a.data);
+    OPENSSL_free(b.data);
+  }
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  assert_int_equal(f->nsent, 2); /* nothing yet: the record is not committed */
+  assert_int_equal(f->closes, 0);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, "key generation failed on the phone");
+  commit(f, 1, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->s.result, CAPF_RESULT_FAILED);
+  fake_free(f);
+
   /* The signer refuses the key. */
   f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
   authenticate(f, NULL);
