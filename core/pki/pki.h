@@ -178,35 +178,107 @@ int capstan_pki_public_key_to_der(const EVP_PKEY *key, uint8_t **der, size_t *le
  * CAPSTAN_EINVAL when a time cannot be read. */
 int capstan_pki_cert_validity(const X509 *cert, int64_t *not_before, int64_t *not_after);
 
-/* R12, CA-signed CAPF: a PKCS#10 CSR (DER, malloc'd) for the CAPF key with
- * subject = the CAPF certificate's subject and the CAPF extensions requested
- * (basicConstraints critical CA:TRUE pathlen:0, keyUsage critical
- * digitalSignature+keyCertSign, subjectKeyIdentifier), signed with SHA-256. */
-int capstan_pki_make_capf_csr(const capstan_identity_t *capf, uint8_t **der, size_t *der_len);
+/* ---- The CAPF certificate's life (capf-lifecycle.md, R11-R12) ----------- */
 
-/* R12: check the CA-signed CAPF certificate |cert_der| and its chain
- * (|chain_count| DER certificates, issuers above the certificate; at least
- * one, the top one normally the enterprise root) against the current |capf|
- * identity: the public key matches |capf|'s key, CN starts with "CAPF-",
- * basicConstraints CA:TRUE pathlen:0, keyUsage digitalSignature+keyCertSign,
- * the chain builds and all are within their validity. On success |out|
- * (zeroed by the caller) holds the new certificate, |capf|'s key (shared
- * reference) and the chain. Otherwise CAPSTAN_EINVAL (malformed, or a rule
- * failed) or CAPSTAN_EACCES (chain does not build), with a static reason in
- * |*why| (may be NULL) for the operator. */
-int capstan_pki_import_capf_cert(const capstan_identity_t *capf, const uint8_t *cert_der,
-                                 size_t cert_len, const uint8_t *const *chain_ders,
-                                 const size_t *chain_lens, size_t chain_count,
-                                 capstan_identity_t *out, const char **why);
+/* A CAPF key and self-signed certificate as the operator asks for them. */
+typedef struct capstan_capf_spec {
+  int key_alg;               /* CAPSTAN_KEY_RSA (2048, 3072, 4096) or CAPSTAN_KEY_EC (256, 384) */
+  unsigned key_bits;         /* 0: RSA 2048 */
+  unsigned days;             /* validity 1..CAPSTAN_PKI_CAPF_MAX_DAYS; 0: ten years */
+  const char *subject_extra; /* O/OU/L/ST/C as capstan_pki_create_capf; NULL for none */
+} capstan_capf_spec_t;
+#define CAPSTAN_PKI_CAPF_MAX_DAYS 7300u
 
-/* R13 upload rules. CAPSTAN_PKI_UPLOAD_CA (a root or intermediate CA for a
- * trust store): CA:TRUE with pathlen 0, keyUsage digitalSignature and
- * keyCertSign, CN must not contain "CAPF-". CAPSTAN_PKI_UPLOAD_IPSEC: an
- * IPsec certificate signed by a CA (issuer != subject) must not carry CA:TRUE.
+/* A new self-signed CAPF identity per |spec| with the R11 profile of
+ * capstan_pki_create_capf (which is this with RSA 2048 and ten years).
+ * CAPSTAN_EINVAL for a key the CAPF may not have (RSA other than
+ * 2048/3072/4096, EC other than 256/384) or a bad subject. */
+int capstan_pki_create_capf_spec(const capstan_capf_spec_t *spec, capstan_identity_t *out);
+
+/* The subject of a new CAPF: CN "CAPF-" + 8 random lower-case hex digits,
+ * then |subject_extra| (rules of capstan_pki_create_capf). |*out| owned by
+ * the caller (X509_NAME_free). */
+int capstan_pki_capf_subject(const char *subject_extra, X509_NAME **out);
+
+/* A PKCS#10 CSR (DER, malloc'd) for |key| with |subject|, SHA-256 (ECDSA
+ * with SHA-256 for an EC key), whose extensionRequest holds exactly the
+ * three extensions of capf-lifecycle.md "The CAPF CSR": keyUsage
+ * (critical) digitalSignature+keyCertSign, extendedKeyUsage serverAuth +
+ * ipsecEndSystem, basicConstraints (critical) CA:TRUE pathlen 0. */
+int capstan_pki_make_capf_csr(EVP_PKEY *key, const X509_NAME *subject, uint8_t **der,
+                              size_t *der_len);
+
+/* Import of a CA-signed CAPF certificate: the checks of capf-lifecycle.md
+ * "Importing the signed certificate", in the order of its list. */
+#define CAPSTAN_PKI_IMPORT_STRICT 1u /* rule 4: refuse (not warn) under 30 days left */
+#define CAPSTAN_PKI_IMPORT_WARN_DAYS 30
+
+typedef struct capstan_capf_import {
+  /* Accepted: the certificate, the matching key (a reference taken) and the
+   * path above it, nearest issuer first, ending with the self-signed root. */
+  capstan_identity_t id;
+  size_t key_index; /* which of |keys| matched */
+  /* Refused: the rule number of the list (1..6; 7 for "a CAPF- CN in a CA
+   * position", which the list does not number) and a static text naming
+   * it, e.g. "basicConstraints pathlen must be 0". */
+  int rule;
+  const char *why;
+  /* Accepted but worth saying (static text, or NULL), e.g. "the
+   * certificate expires in fewer than 30 days". */
+  const char *warning;
+} capstan_capf_import_t;
+
+/* Checks |cert_der| (one DER certificate) as the CAPF certificate for one
+ * of |keys| (|nkeys| of them: the pending key, then the current one; NULL
+ * entries are skipped) and builds its path through |candidates| (the
+ * --chain certificates and the trust stores; may be NULL) up to a
+ * self-signed root:
+ *   1 its public key is one of |keys|;
+ *   2 basicConstraints present, CA:TRUE, pathlen present and 0; CN starts
+ *     with "CAPF-";
+ *   3 keyUsage has keyCertSign and digitalSignature;
+ *   4 valid at |now|; under CAPSTAN_PKI_IMPORT_WARN_DAYS left: warning,
+ *     or refused with CAPSTAN_PKI_IMPORT_STRICT;
+ *   5 the path builds (names and signatures) to a self-signed root within
+ *     8 certificates; every certificate above is a CA (CA:TRUE and
+ *     keyCertSign), valid at |now|, and its pathlen (when present) allows
+ *     the CAs below it, the CAPF included (RFC 5280 6.1.4);
+ *   6 every signature on the path (the root's own included) uses SHA-256
+ *     or stronger;
+ *   7 no certificate above the CAPF has a CN containing "CAPF-".
+ * Returns 0 with |out| filled (release with capstan_capf_import_cleanup),
+ * CAPSTAN_EINVAL with out->rule and out->why when a rule fails, or
+ * CAPSTAN_ENOMEM. |out| is always safe to clean up. */
+int capstan_pki_check_capf_import(EVP_PKEY *const *keys, size_t nkeys, const uint8_t *cert_der,
+                                  size_t cert_len, STACK_OF(X509) * candidates, int64_t now,
+                                  unsigned flags, capstan_capf_import_t *out);
+void capstan_capf_import_cleanup(capstan_capf_import_t *imp);
+
+/* The key of |key| as the CLI names it ("rsa2048", "ec256", ...) into
+ * |buf| (at least 16 bytes); "unknown" for anything else. */
+void capstan_pki_key_name(const EVP_PKEY *key, char *buf, size_t len);
+
+/* SHA-256 of |cert|'s DER. */
+int capstan_pki_cert_sha256(const X509 *cert, uint8_t out[32]);
+
+/* Whether |cert| is self-signed: issuer == subject and its signature
+ * verifies with its own key. */
+int capstan_pki_is_self_signed(X509 *cert);
+
+/* R13 upload rules, as capf-lifecycle.md "Trust stores" refines them.
+ * CAPSTAN_PKI_UPLOAD_CA (a root or intermediate CA for a trust store):
+ * CA:TRUE, keyUsage digitalSignature and keyCertSign, CN must not contain
+ * "CAPF-"; pathlen may be absent or any value (a root above a CA-signed
+ * CAPF needs at least 1; the import checks the path).
+ * CAPSTAN_PKI_UPLOAD_ISSUING_CA (a CA that signs phone LSCs directly, the
+ * external-CA modes): the same and pathlen present and 0, as CUCM requires.
+ * CAPSTAN_PKI_UPLOAD_IPSEC: an IPsec certificate signed by a CA (issuer !=
+ * subject) must not carry CA:TRUE.
  * Returns 0, or CAPSTAN_EINVAL with a static reason naming the rule in
  * |*why| (may be NULL). */
 #define CAPSTAN_PKI_UPLOAD_CA 0
 #define CAPSTAN_PKI_UPLOAD_IPSEC 1
+#define CAPSTAN_PKI_UPLOAD_ISSUING_CA 2
 int capstan_pki_check_trust_upload(const X509 *cert, int kind, const char **why);
 
 /* PEM encoding of |len| bytes of DER under |label| ("CERTIFICATE",
