@@ -1,5 +1,6 @@
 #include "core/identities.h"
 
+#include <openssl/mem.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "core/capf_lifecycle.h"
 #include "core/pki/pki.h"
 #include "storage/records.h"
 
@@ -30,20 +32,53 @@ static int make_identity(const char *which, const char *subject_extra, put_ident
   int rc = strcmp(which, CAPSTAN_IDENTITY_CAPF) == 0 ? capstan_pki_create_capf(subject_extra, &id)
                                                      : capstan_pki_create_tftp(subject_extra, &id);
   if (rc < 0) return rc;
-  uint8_t *cert = NULL, *key = NULL;
-  size_t cert_len = 0, key_len = 0;
-  rc = capstan_identity_to_der(&id, &cert, &cert_len, &key, &key_len);
+  rc = capstan_identity_record(&id, (int64_t)time(NULL), &out->rec);
   capstan_identity_cleanup(&id);
   if (rc < 0) return rc;
-  capstan__identity__init(&out->rec);
   out->which = which;
-  out->rec.cert_der.data = cert;
-  out->rec.cert_der.len = cert_len;
-  out->rec.key_der.data = key;
-  out->rec.key_der.len = key_len;
-  out->rec.has_created_at = 1;
-  out->rec.created_at = (int64_t)time(NULL);
   return 0;
+}
+
+int capstan_identity_record(const capstan_identity_t *id, int64_t now, Capstan__Identity *out) {
+  capstan__identity__init(out);
+  uint8_t *cert = NULL, *key = NULL, **chain = NULL;
+  size_t cert_len = 0, key_len = 0, *chain_lens = NULL, n = 0;
+  int rc = capstan_identity_to_der(id, &cert, &cert_len, &key, &key_len);
+  if (rc == 0) rc = capstan_identity_chain_to_der(id, &chain, &chain_lens, &n);
+  if (rc < 0) {
+    free(cert);
+    if (key != NULL) OPENSSL_cleanse(key, key_len);
+    free(key);
+    return rc;
+  }
+  out->cert_der = (ProtobufCBinaryData){cert_len, cert};
+  out->key_der = (ProtobufCBinaryData){key_len, key};
+  out->has_created_at = 1;
+  out->created_at = now;
+  if (n > 0) {
+    out->chain_der = calloc(n, sizeof(*out->chain_der));
+    if (out->chain_der == NULL) {
+      capstan_pki_der_array_free(chain, chain_lens, n);
+      capstan_identity_record_free(out);
+      return CAPSTAN_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+      out->chain_der[i] = (ProtobufCBinaryData){chain_lens[i], chain[i]};
+    out->n_chain_der = n;
+    free(chain); /* the buffers now belong to the record */
+    free(chain_lens);
+  }
+  return 0;
+}
+
+void capstan_identity_record_free(Capstan__Identity *rec) {
+  if (rec == NULL) return;
+  free(rec->cert_der.data);
+  if (rec->key_der.data != NULL) OPENSSL_cleanse(rec->key_der.data, rec->key_der.len);
+  free(rec->key_der.data);
+  for (size_t i = 0; i < rec->n_chain_der; i++) free(rec->chain_der[i].data);
+  free(rec->chain_der);
+  capstan__identity__init(rec);
 }
 
 static int has_identity(capstan_store_t *store, const char *which) {
@@ -72,10 +107,7 @@ int capstan_init_identities(capstan_store_t *store, const char *subject_extra, i
     if (rc < 0) LOG_ERROR("event=init_store_failed error=%s", capstan_strerror(rc));
   }
 out:
-  for (int i = 0; i < 2; i++) {
-    free(ids[i].rec.cert_der.data);
-    free(ids[i].rec.key_der.data);
-  }
+  for (int i = 0; i < 2; i++) capstan_identity_record_free(&ids[i].rec);
   if (rc < 0) *created = 0;
   return rc;
 }
@@ -91,35 +123,28 @@ void capstan_identities_unref(capstan_identities_t *ids) {
   if (ids == NULL || atomic_fetch_sub(&ids->refs, 1) != 1) return;
   capstan_identity_cleanup(&ids->capf);
   capstan_identity_cleanup(&ids->tftp);
-  X509_free(ids->capf_prev);
+  sk_X509_pop_free(ids->capf_previous, X509_free);
   sk_X509_pop_free(ids->capf_trust, X509_free);
   free(ids);
 }
 
-/* Reads |which| into |id| (certificate, key and chain) or, with |id| NULL,
- * only its certificate into |*cert_only|. */
-static int load_identity(capstan_store_t *store, const char *which, capstan_identity_t *id,
-                         X509 **cert_only) {
+int capstan_identity_get(capstan_txn_t *txn, const char *which, capstan_identity_t *id) {
   Capstan__Identity *rec = NULL;
-  int rc = capstan_store_identity_load(store, which, &rec);
+  int rc = capstan_store_identity_get(txn, which, &rec);
   if (rc < 0) return rc;
-  if (id == NULL) {
-    rc = capstan_pki_parse_cert(rec->cert_der.data, rec->cert_der.len, cert_only);
-    goto out;
-  }
   rc = capstan_identity_from_der(rec->cert_der.data, rec->cert_der.len, rec->key_der.data,
                                  rec->key_der.len, id);
   if (rc == 0 && rec->n_chain_der > 0) {
-    const uint8_t *ders[16];
-    size_t lens[16];
-    size_t n = rec->n_chain_der < 16 ? rec->n_chain_der : 16;
+    const uint8_t *ders[CAPSTAN_PKI_MAX_CHAIN];
+    size_t lens[CAPSTAN_PKI_MAX_CHAIN];
+    size_t n = rec->n_chain_der < CAPSTAN_PKI_MAX_CHAIN ? rec->n_chain_der : CAPSTAN_PKI_MAX_CHAIN;
     for (size_t i = 0; i < n; i++) {
       ders[i] = rec->chain_der[i].data;
       lens[i] = rec->chain_der[i].len;
     }
     rc = capstan_identity_set_chain_der(id, ders, lens, n);
+    if (rc < 0) capstan_identity_cleanup(id);
   }
-out:
   capstan__identity__free_unpacked(rec, NULL);
   return rc;
 }
@@ -132,7 +157,7 @@ typedef struct trust_collect {
 static int collect_trust(const uint8_t sha256[32], const Capstan__TrustCert *t, void *arg) {
   (void)sha256;
   trust_collect_t *c = arg;
-  if (t->purpose != NULL && strcmp(t->purpose, "capf-trust") != 0) return 0;
+  if (!capstan_store_trust_in(t, CAPSTAN_TRUST_PURPOSE_CAPF)) return 0;
   X509 *cert = NULL;
   if (capstan_pki_parse_cert(t->der.data, t->der.len, &cert) < 0) {
     /* One bad upload must not keep the server from starting. */
@@ -147,10 +172,6 @@ static int collect_trust(const uint8_t sha256[32], const Capstan__TrustCert *t, 
   return 0;
 }
 
-static int read_trust(capstan_txn_t *txn, void *arg) {
-  return capstan_store_trust_iterate(txn, collect_trust, arg);
-}
-
 static int push_cert(STACK_OF(X509) * sk, X509 *cert) {
   if (cert == NULL) return 0;
   if (!sk_X509_push(sk, cert)) return CAPSTAN_ENOMEM;
@@ -158,18 +179,62 @@ static int push_cert(STACK_OF(X509) * sk, X509 *cert) {
   return 0;
 }
 
-static int load_capf_trust(capstan_store_t *store, capstan_identities_t *ids) {
+static int push_all(STACK_OF(X509) * dst, STACK_OF(X509) * src) {
+  for (size_t i = 0; src != NULL && i < sk_X509_num(src); i++) {
+    if (push_cert(dst, sk_X509_value(src, i)) < 0) return CAPSTAN_ENOMEM;
+  }
+  return 0;
+}
+
+typedef struct load_ctx {
+  unsigned what;
+  capstan_identities_t *ids;
+} load_ctx_t;
+
+static int load_previous(capstan_txn_t *txn, capstan_identities_t *ids) {
+  capstan_capf_previous_t *prev = NULL;
+  size_t n = 0;
+  int rc =
+      capstan_capf_previous_trusted(txn, (int64_t)time(NULL), &prev, &n, &ids->capf_previous_until);
+  for (size_t i = 0; rc == 0 && i < n; i++) rc = push_cert(ids->capf_previous, prev[i].cert);
+  capstan_capf_previous_free(prev, n);
+  return rc;
+}
+
+/* Anchors for "by existing certificate": the live CAPF and its issuers,
+ * the trusted previous CAPFs and the CAPF-trust store. */
+static int load_capf_trust(capstan_txn_t *txn, capstan_identities_t *ids) {
   ids->capf_trust = sk_X509_new_null();
   if (ids->capf_trust == NULL) return CAPSTAN_ENOMEM;
-  if (push_cert(ids->capf_trust, ids->capf.cert) < 0) return CAPSTAN_ENOMEM;
-  for (size_t i = 0; ids->capf.chain && i < sk_X509_num(ids->capf.chain); i++) {
-    if (push_cert(ids->capf_trust, sk_X509_value(ids->capf.chain, i)) < 0) return CAPSTAN_ENOMEM;
+  if (push_cert(ids->capf_trust, ids->capf.cert) < 0 ||
+      push_all(ids->capf_trust, ids->capf.chain) < 0 ||
+      push_all(ids->capf_trust, ids->capf_previous) < 0) {
+    return CAPSTAN_ENOMEM;
   }
-  if (push_cert(ids->capf_trust, ids->capf_prev) < 0) return CAPSTAN_ENOMEM;
   trust_collect_t collect = {.trust = ids->capf_trust};
+  int rc = capstan_store_trust_iterate(txn, collect_trust, &collect);
+  if (collect.rc < 0) return collect.rc;
   /* A read error leaves the built-in anchors only, as before uploads. */
-  capstan_store_read(store, read_trust, &collect);
-  return collect.rc;
+  if (rc < 0) LOG_WARN("event=capf_trust_unreadable error=%s", capstan_strerror(rc));
+  return 0;
+}
+
+static int load_all(capstan_txn_t *txn, void *arg) {
+  load_ctx_t *l = arg;
+  capstan_identities_t *ids = l->ids;
+  int rc = 0;
+  if (l->what & CAPSTAN_IDENTITIES_TFTP) {
+    rc = capstan_identity_get(txn, CAPSTAN_IDENTITY_TFTP, &ids->tftp);
+    if (rc < 0) return rc;
+  }
+  if (l->what & CAPSTAN_IDENTITIES_CAPF) {
+    rc = capstan_identity_get(txn, CAPSTAN_IDENTITY_CAPF, &ids->capf);
+    if (rc < 0) return rc;
+  }
+  rc = load_previous(txn, ids);
+  if (rc < 0) return rc;
+  if (l->what & CAPSTAN_IDENTITIES_CAPF_TRUST) rc = load_capf_trust(txn, ids);
+  return rc;
 }
 
 int capstan_identities_load(capstan_store_t *store, unsigned what, capstan_identities_t **out) {
@@ -177,26 +242,19 @@ int capstan_identities_load(capstan_store_t *store, unsigned what, capstan_ident
   capstan_identities_t *ids = calloc(1, sizeof(*ids));
   if (ids == NULL) return CAPSTAN_ENOMEM;
   atomic_init(&ids->refs, 1);
-  int rc = 0;
-  if (what & CAPSTAN_IDENTITIES_TFTP) {
-    rc = load_identity(store, CAPSTAN_IDENTITY_TFTP, &ids->tftp, NULL);
-    if (rc < 0) goto err;
+  ids->capf_previous = sk_X509_new_null();
+  if (ids->capf_previous == NULL) {
+    capstan_identities_unref(ids);
+    return CAPSTAN_ENOMEM;
   }
-  if (what & CAPSTAN_IDENTITIES_CAPF) {
-    rc = load_identity(store, CAPSTAN_IDENTITY_CAPF, &ids->capf, NULL);
-    if (rc < 0) goto err;
-  }
-  /* Optional: there is a previous certificate only after a CAPF change. */
-  if (load_identity(store, CAPSTAN_IDENTITY_CAPF_PREV, NULL, &ids->capf_prev) < 0) {
-    ids->capf_prev = NULL;
-  }
-  if (what & CAPSTAN_IDENTITIES_CAPF_TRUST) {
-    rc = load_capf_trust(store, ids);
-    if (rc < 0) goto err;
+  /* One read transaction: the identities, the previous certificates and the
+   * trust store belong to the same moment. */
+  load_ctx_t l = {what, ids};
+  int rc = capstan_store_read(store, load_all, &l);
+  if (rc < 0) {
+    capstan_identities_unref(ids);
+    return rc;
   }
   *out = ids;
   return 0;
-err:
-  capstan_identities_unref(ids);
-  return rc;
 }

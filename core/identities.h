@@ -28,22 +28,43 @@ int capstan_init_identities(capstan_store_t *store, const char *subject_extra, i
 typedef struct capstan_identities {
   _Atomic unsigned refs;
   capstan_identity_t capf; /* zeroed unless CAPSTAN_IDENTITIES_CAPF */
-  X509 *capf_prev;         /* the CAPF certificate before the last change, or NULL */
+  /* The replaced CAPF certificates still trusted when the snapshot was
+   * loaded (capf-lifecycle.md "Renewal and roll-over"), oldest first; never
+   * NULL. They are CAPF records in ITL files and anchors in capf_trust. */
+  STACK_OF(X509) * capf_previous;
+  /* When the first of them stops being trusted (unix seconds), so the
+   * server loads a new snapshot then; 0 when none is trusted. */
+  int64_t capf_previous_until;
   capstan_identity_t tftp; /* zeroed unless CAPSTAN_IDENTITIES_TFTP */
   /* Anchors for "authentication by existing certificate": the CAPF
-   * certificate, its issuers, the previous CAPF certificate and the
-   * uploaded certificates of purpose "capf-trust". NULL unless
+   * certificate, its issuers, the trusted previous CAPF certificates and
+   * the uploaded certificates in the CAPF-trust store. NULL unless
    * CAPSTAN_IDENTITIES_CAPF_TRUST. */
   STACK_OF(X509) * capf_trust;
 } capstan_identities_t;
 
 /* Loads the identities |what| asks for (CAPSTAN_IDENTITIES_* ored) and the
- * previous CAPF certificate when there is one. On success *out holds one
+ * previous CAPF certificates still trusted now. On success *out holds one
  * reference (capstan_identities_unref). Returns 0, CAPSTAN_ENOENT when an
  * identity asked for is missing (run `capstan init`), or another negative
  * error (unparsable record, no memory). Logs nothing: the caller says which
  * service could not start. */
 int capstan_identities_load(capstan_store_t *store, unsigned what, capstan_identities_t **out);
+
+/* Reads the identity |which| (CAPSTAN_IDENTITY_CAPF or _TFTP: certificate,
+ * key and chain) inside |txn| into |id| (zeroed by the caller; cleaned up
+ * with capstan_identity_cleanup). CAPSTAN_ENOENT when missing,
+ * CAPSTAN_EINVAL when the record does not parse. */
+int capstan_identity_get(capstan_txn_t *txn, const char *which, capstan_identity_t *id);
+
+/* The record of |id| (certificate, PKCS#8 key, chain) with created_at
+ * |now|, for capstan_store_identity_put; its buffers are malloc'd: release
+ * with capstan_identity_record_free. Declared with an opaque pointer so this
+ * header stays free of the schema. */
+struct Capstan__Identity;
+int capstan_identity_record(const capstan_identity_t *id, int64_t now,
+                            struct Capstan__Identity *out);
+void capstan_identity_record_free(struct Capstan__Identity *rec);
 
 /* Takes a reference (any thread); returns |ids|. NULL is passed through. */
 capstan_identities_t *capstan_identities_ref(capstan_identities_t *ids);

@@ -291,6 +291,14 @@ int capstan_settings_write(capstan_txn_t *txn, const capstan_settings_t *s) {
   return err;
 }
 
+int capstan_settings_bump_trust_generation(capstan_txn_t *txn) {
+  capstan_settings_t s;
+  int err = capstan_settings_read(txn, &s);
+  if (err != 0) return err;
+  s.trust_generation++;
+  return capstan_settings_write(txn, &s);
+}
+
 #define SAME_UINT(field) \
   if (a->field != b->field) return false;
 #define SAME_BOOL(field) SAME_UINT(field)

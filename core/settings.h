@@ -40,7 +40,9 @@
   X("capf-host", capf_host, HOST, 0, 0,                                                            \
     "CAPF host name or address given to phones (empty: the listener address)")                     \
   X("enc-config-digest", enc_config_sha512, DIGEST, 0, 1,                                          \
-    "digest of signed phone files (ITL, .sgn, .enc.sgn) and of the encrypted configuration")
+    "digest of signed phone files (ITL, .sgn, .enc.sgn) and of the encrypted configuration")       \
+  X("capf-previous-trust-days", capf_previous_trust_days, UINT, 0, 3650,                           \
+    "days a replaced CAPF certificate stays trusted (CAPF-trust and ITL files)")
 
 #define CAPSTAN_SETTING_HOST_MAX 253 /* RFC 1123 host name */
 #define CAPSTAN_SETTING_FIELD_UINT(field) unsigned field;
@@ -52,8 +54,9 @@
 /* Every live setting, by value: copy it freely. */
 typedef struct capstan_settings {
   CAPSTAN_SETTINGS_TABLE(CAPSTAN_SETTING_FIELD)
-  /* Bumped by every `capstan trust` change: a running server reloads its
-   * trust stores when it moves (not an operator setting). */
+  /* Bumped by every `capstan trust` and `capstan cert capf` change: a
+   * running server reloads its identities and trust stores when it moves
+   * (not an operator setting). */
   uint64_t trust_generation;
 } capstan_settings_t;
 
@@ -106,6 +109,10 @@ int capstan_settings_load(capstan_store_t *store, capstan_settings_t *out);
 /* Stores |s| inside the write transaction |txn| (fields of the stored
  * record that this build does not know are kept). */
 int capstan_settings_write(capstan_txn_t *txn, const capstan_settings_t *s);
+
+/* Bumps trust_generation inside the write transaction |txn|: a running
+ * server reloads its identities and trust stores once |txn| commits. */
+int capstan_settings_bump_trust_generation(capstan_txn_t *txn);
 
 /* Every operator setting as "name=value" pairs for a log line
  * (keepalive-minutes=15 ... capf-host="..."), truncated to |len|. */

@@ -58,11 +58,25 @@ int capstan_store_cert_delete(capstan_txn_t *txn, const uint8_t serial[CAPSTAN_S
 typedef int (*capstan_store_cert_fn)(const Capstan__IssuedCert *c, void *arg);
 int capstan_store_cert_iterate(capstan_txn_t *txn, capstan_store_cert_fn fn, void *arg);
 
-/* Identities: |which| is CAPSTAN_IDENTITY_CAPF, _CAPF_PREV or _TFTP. */
+/* Identities: |which| is CAPSTAN_IDENTITY_CAPF or _TFTP. */
 int capstan_store_identity_get(capstan_txn_t *txn, const char *which, Capstan__Identity **out);
 int capstan_store_identity_put(capstan_txn_t *txn, const char *which, const Capstan__Identity *id);
 int capstan_store_identity_delete(capstan_txn_t *txn, const char *which);
 int capstan_store_identity_load(capstan_store_t *store, const char *which, Capstan__Identity **out);
+
+/* The pending CAPF key (at most one; `cert capf csr --new-key`). */
+int capstan_store_capf_pending_get(capstan_txn_t *txn, Capstan__PendingCapfKey **out);
+int capstan_store_capf_pending_put(capstan_txn_t *txn, const Capstan__PendingCapfKey *p);
+int capstan_store_capf_pending_delete(capstan_txn_t *txn);
+
+/* Replaced CAPF certificates, keyed by the SHA-256 of cert_der (computed
+ * here). */
+int capstan_store_capf_previous_get(capstan_txn_t *txn, const uint8_t sha256[32],
+                                    Capstan__PreviousCapf **out);
+int capstan_store_capf_previous_put(capstan_txn_t *txn, const Capstan__PreviousCapf *p);
+typedef int (*capstan_store_capf_previous_fn)(const Capstan__PreviousCapf *p, void *arg);
+int capstan_store_capf_previous_iterate(capstan_txn_t *txn, capstan_store_capf_previous_fn fn,
+                                        void *arg);
 
 /* Trust certificates, keyed by the SHA-256 of their DER (computed here). */
 int capstan_store_trust_get(capstan_txn_t *txn, const uint8_t sha256[32], Capstan__TrustCert **out);
@@ -71,6 +85,16 @@ int capstan_store_trust_delete(capstan_txn_t *txn, const uint8_t sha256[32]);
 typedef int (*capstan_store_trust_fn)(const uint8_t sha256[32], const Capstan__TrustCert *t,
                                       void *arg);
 int capstan_store_trust_iterate(capstan_txn_t *txn, capstan_store_trust_fn fn, void *arg);
+
+/* Whether |t| is in the trust store |purpose| ("capf-trust",
+ * "callmanager-trust"); a record of schema 1 is in its |purpose| only, and
+ * one with neither field counts as CAPF-trust. */
+bool capstan_store_trust_in(const Capstan__TrustCert *t, const char *purpose);
+/* Puts |t| (a record read from the store or being built) in |purpose| too,
+ * moving a schema 1 |purpose| into |purposes|. CAPSTAN_ENOMEM. */
+int capstan_store_trust_add_purpose(Capstan__TrustCert *t, const char *purpose);
+/* Takes |t| out of |purpose|; *left is set to the stores it is still in. */
+int capstan_store_trust_remove_purpose(Capstan__TrustCert *t, const char *purpose, size_t *left);
 
 /* Configuration templates, keyed by name. */
 int capstan_store_template_get(capstan_txn_t *txn, const char *name, Capstan__Template **out);

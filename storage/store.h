@@ -36,8 +36,10 @@ typedef struct capstan_store capstan_store_t;
 /* The named databases. Keys:
  *   DEVICES   device name (no NUL)           -> Device
  *   CERTS     16-byte serial                 -> IssuedCert
- *   PKI       "capf" | "capf_prev" | "tftp"  -> Identity
+ *   PKI       "capf" | "tftp"                -> Identity
+ *             "capf_pending"                 -> PendingCapfKey
  *   TRUST     32-byte SHA-256 of the DER     -> TrustCert
+ *   CAPF_PREVIOUS 32-byte SHA-256 of the DER -> PreviousCapf
  *   TEMPLATES template name                  -> Template
  *   SETTINGS  "settings"                     -> Settings
  *   AUDIT     8-byte big-endian unix ns      -> AuditEvent */
@@ -48,7 +50,8 @@ typedef struct capstan_store capstan_store_t;
   X(TRUST, "trust")          \
   X(TEMPLATES, "templates")  \
   X(SETTINGS, "settings")    \
-  X(AUDIT, "audit")
+  X(AUDIT, "audit")          \
+  X(CAPF_PREVIOUS, "capf_previous")
 
 typedef enum {
 #define CAPSTAN_STORE_DB_ENUM(id, name) CAPSTAN_DB_##id,
@@ -59,7 +62,6 @@ typedef enum {
 
 /* Identity keys in the PKI database. */
 #define CAPSTAN_IDENTITY_CAPF "capf"
-#define CAPSTAN_IDENTITY_CAPF_PREV "capf_prev"
 #define CAPSTAN_IDENTITY_TFTP "tftp"
 
 #define CAPSTAN_SERIAL_LEN 16

@@ -3,7 +3,7 @@
 # CPU goes, memory per idle session, and the crypto bound of this machine.
 #
 #   bench/capf/bench_capf.sh [--runs 3] [--phones 3000] [--concurrency "100 1000 10000"]
-#                            [--hold 10000] [--build build] [--pin]
+#                            [--hold 10000] [--build build] [--pin] [--ca-signed]
 #
 # Starts `capstan serve` on loopback (port 0) with a fresh data directory,
 # imports the devices, runs capstan-bench against it and prints one line per
@@ -25,9 +25,15 @@
 # Either way each run also reports the CPU per enrollment of the server and
 # of the simulator (/proc/PID/stat and getrusage), and the share of the
 # server's CPU that is the two RSA operations.
+#
+# --ca-signed: the CAPF is signed by an enterprise CA two levels up (openssl
+# makes a root and an intermediate; `capstan cert capf csr --new-key` and
+# `import --trust-root`), so the handshake sends the CAPF and the
+# intermediate and LSCs chain to the root (capf-lifecycle.md). Compare with
+# a self-signed run: bench/capf/ca_vs_self.sh alternates the two.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-runs=3 phones=3000 concurrencies="100 1000 10000" hold=10000 build=build pin=0
+runs=3 phones=3000 concurrencies="100 1000 10000" hold=10000 build=build pin=0 ca_signed=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
@@ -36,6 +42,7 @@ while [ $# -gt 0 ]; do
     --hold) hold=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --pin) pin=1; shift ;;
+    --ca-signed) ca_signed=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -51,9 +58,36 @@ server_pid=
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+# An enterprise root and intermediate (openssl) sign the CAPF's CSR with a
+# subordinate-CA profile; the chain and root go in with the import.
+make_ca_signed_capf() {
+  local ca=$work/ca
+  rm -rf "$ca"; mkdir -p "$ca"
+  printf '%s\n' '[root]' 'basicConstraints=critical,CA:TRUE' 'keyUsage=critical,keyCertSign,cRLSign,digitalSignature' \
+    'subjectKeyIdentifier=hash' '[inter]' 'basicConstraints=critical,CA:TRUE,pathlen:1' \
+    'keyUsage=critical,keyCertSign,cRLSign,digitalSignature' 'subjectKeyIdentifier=hash' \
+    'authorityKeyIdentifier=keyid' '[capf]' 'basicConstraints=critical,CA:TRUE,pathlen:0' \
+    'keyUsage=critical,keyCertSign,digitalSignature' 'extendedKeyUsage=serverAuth,1.3.6.1.5.5.7.3.5' \
+    'subjectKeyIdentifier=hash' 'authorityKeyIdentifier=keyid' >"$ca/ext.cnf"
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$ca/root.key" -out "$ca/root.csr" \
+    -subj "/O=Bench/CN=Bench Root CA" 2>/dev/null
+  openssl x509 -req -in "$ca/root.csr" -signkey "$ca/root.key" -days 30 -sha256 \
+    -extfile "$ca/ext.cnf" -extensions root -out "$ca/root.pem" 2>/dev/null
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$ca/inter.key" -out "$ca/inter.csr" \
+    -subj "/O=Bench/CN=Bench Issuing CA" 2>/dev/null
+  openssl x509 -req -in "$ca/inter.csr" -CA "$ca/root.pem" -CAkey "$ca/root.key" -CAcreateserial \
+    -days 30 -sha256 -extfile "$ca/ext.cnf" -extensions inter -out "$ca/inter.pem" 2>/dev/null
+  "$capstan" cert capf csr --new-key --key rsa2048 --out "$ca/capf.csr" --data-dir "$work/d" 2>/dev/null
+  openssl x509 -req -in "$ca/capf.csr" -CA "$ca/inter.pem" -CAkey "$ca/inter.key" -CAcreateserial \
+    -days 30 -sha256 -extfile "$ca/ext.cnf" -extensions capf -out "$ca/capf.pem" 2>/dev/null
+  cat "$ca/inter.pem" "$ca/root.pem" >"$ca/chain.pem"
+  "$capstan" cert capf import "$ca/capf.pem" --chain "$ca/chain.pem" --trust-root --data-dir "$work/d" >/dev/null
+}
+
 start_server() {
   rm -rf "$work/d" "$work/log"
   "$capstan" init --data-dir "$work/d" >/dev/null
+  [ "$ca_signed" = 1 ] && make_ca_signed_capf
   # Every run enrolls fresh devices: runs x max(phones, concurrency) per
   # concurrency, plus the parked ones.
   local total=$hold c
@@ -86,6 +120,7 @@ if [ "$pin" = 1 ]; then
 else
   echo "set-up: server and simulator share all $cores cores; bound = $cores cores"
 fi
+[ "$ca_signed" = 1 ] && echo "CAPF: CA-signed (root -> intermediate -> CAPF)" || echo "CAPF: self-signed"
 echo "bound per run = rsa2048_signs_per_s_one_core x $server_cores / 2 (2 RSA-2048 private operations per enrollment: handshake + LSC)"
 
 # The simulator's key pool is generated once, before anything is measured.

@@ -29,6 +29,9 @@
 #define CACHE_MAX_ENTRIES 200000
 #define NAME_MAX_LEN 255
 #define STATIC_FILE_MAX (64u * 1024u * 1024u)
+/* How many previous CAPF certificates an ITL lists at most (each
+ * regenerate inside the trust window adds one). */
+#define ITL_MAX_PREVIOUS 8
 
 /* Identities used to sign and list (core/identities.h): a snapshot shared
  * read-only with workers; a build keeps the one it started with. */
@@ -266,11 +269,19 @@ static void build_run(uv_work_t *req) {
   uint32_t now = (uint32_t)time(NULL);
   switch (j->kind) {
     case BUILD_ITL: {
-      capstan_itl_entry_t entries[3];
+      /* The TFTP signer, the live CAPF and every previous CAPF still
+       * trusted (roll-over: phones holding LSCs from it keep trusting the
+       * server until they enroll again). */
+      capstan_itl_entry_t entries[2 + ITL_MAX_PREVIOUS];
       size_t n = 0;
-      entries[n++] = (capstan_itl_entry_t){.cert = p->tftp.cert, .role = 3};
-      entries[n++] = (capstan_itl_entry_t){.cert = p->capf.cert, .role = 4};
-      if (p->capf_prev) entries[n++] = (capstan_itl_entry_t){.cert = p->capf_prev, .role = 4};
+      entries[n++] = (capstan_itl_entry_t){.cert = p->tftp.cert, .role = CAPSTAN_ITL_ROLE_TFTP};
+      entries[n++] = (capstan_itl_entry_t){.cert = p->capf.cert, .role = CAPSTAN_ITL_ROLE_CAPF};
+      size_t previous = sk_X509_num(p->capf_previous);
+      /* Newest first when there are more than fit. */
+      for (size_t i = previous; i > 0 && n < sizeof(entries) / sizeof(entries[0]); i--) {
+        entries[n++] = (capstan_itl_entry_t){.cert = sk_X509_value(p->capf_previous, i - 1),
+                                             .role = CAPSTAN_ITL_ROLE_CAPF};
+      }
       capstan_itl_params_t params = {
           .signer_cert = p->tftp.cert,
           .entries = entries,

@@ -1,18 +1,23 @@
-/* PKI: CA-signed CAPF import (R12), trust-store upload rules (R13),
+/* PKI: CA-signed CAPF import checks (R12), trust-store upload rules (R13),
  * certificate validity, PEM. */
 #include "core/pki/pki.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
+#include <openssl/ec.h>
+#include <openssl/ec_key.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/mem.h>
 #include <openssl/nid.h>
+#include <openssl/obj.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -43,18 +48,19 @@ int capstan_pki_cert_validity(const X509 *cert, int64_t *not_before, int64_t *no
   return rc != 0 ? pki_fail(rc) : 0;
 }
 
-/* The CA rules shared by R12 (imported CAPF) and R13 (uploaded CAs): CA:TRUE
- * with pathlen 0, keyUsage with digitalSignature and keyCertSign. Parses the
- * extensions afresh (no reliance on a cache shared between threads). */
-static const char *ca_rule_failure(const X509 *x) {
+/* The CA rules: CA:TRUE (with pathlen 0 when |need_pathlen0|), keyUsage
+ * with digitalSignature and keyCertSign. Parses the extensions afresh (no
+ * reliance on a cache shared between threads). */
+static const char *ca_rule_failure(const X509 *x, int need_pathlen0) {
   const char *why = NULL;
   int crit = 0;
   BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(x, NID_basic_constraints, &crit, NULL);
   ASN1_BIT_STRING *ku = NULL;
   if (bc == NULL || !bc->ca) {
     why = "basicConstraints CA:TRUE missing";
-  } else if (bc->pathlen == NULL || ASN1_STRING_type(bc->pathlen) != V_ASN1_INTEGER ||
-             ASN1_INTEGER_get(bc->pathlen) != 0) {
+  } else if (need_pathlen0 &&
+             (bc->pathlen == NULL || ASN1_STRING_type(bc->pathlen) != V_ASN1_INTEGER ||
+              ASN1_INTEGER_get(bc->pathlen) != 0)) {
     why = "basicConstraints pathlen must be 0";
   } else {
     ku = X509_get_ext_d2i(x, NID_key_usage, &crit, NULL);
@@ -96,14 +102,15 @@ int capstan_pki_check_trust_upload(const X509 *cert, int kind, const char **why)
   if (why != NULL) *why = NULL;
   if (cert == NULL) {
     reason = "no certificate";
-  } else if (kind == CAPSTAN_PKI_UPLOAD_CA) {
-    reason = ca_rule_failure(cert);
+  } else if (kind == CAPSTAN_PKI_UPLOAD_CA || kind == CAPSTAN_PKI_UPLOAD_ISSUING_CA) {
+    reason = ca_rule_failure(cert, kind == CAPSTAN_PKI_UPLOAD_ISSUING_CA);
     if (reason == NULL && cn_has_capf(cert, 0)) reason = "CN containing CAPF- is reserved";
   } else if (kind == CAPSTAN_PKI_UPLOAD_IPSEC) {
     if (X509_NAME_cmp(X509_get_issuer_name(cert), X509_get_subject_name(cert)) != 0) {
       BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(cert, NID_basic_constraints, NULL, NULL);
       if (bc != NULL && bc->ca) reason = "IPsec certificate signed by a CA must not be CA:TRUE";
       BASIC_CONSTRAINTS_free(bc);
+      ERR_clear_error();
     }
   } else {
     reason = "unknown upload kind";
@@ -113,62 +120,196 @@ int capstan_pki_check_trust_upload(const X509 *cert, int kind, const char **why)
   return pki_fail(CAPSTAN_EINVAL);
 }
 
-int capstan_pki_import_capf_cert(const capstan_identity_t *capf, const uint8_t *cert_der,
-                                 size_t cert_len, const uint8_t *const *chain_ders,
-                                 const size_t *chain_lens, size_t chain_count,
-                                 capstan_identity_t *out, const char **why) {
-  const char *reason = NULL;
-  int rc = CAPSTAN_EINVAL;
-  capstan_identity_t id = {0};
-  EVP_PKEY *pub = NULL;
-  if (why != NULL) *why = NULL;
+/* ---- Importing a CA-signed CAPF certificate ------------------------------ */
+
+int capstan_pki_cert_sha256(const X509 *cert, uint8_t out[32]) {
+  uint8_t *der = NULL;
+  size_t len = 0;
+  int rc = capstan_pki_cert_to_der(cert, &der, &len);
+  if (rc != 0) return rc;
+  SHA256(der, len, out);
+  free(der);
+  return 0;
+}
+
+/* Whether |issuer|'s key verifies |x|'s signature and names match. */
+static int signed_by(X509 *x, X509 *issuer) {
+  if (X509_NAME_cmp(X509_get_subject_name(issuer), X509_get_issuer_name(x)) != 0) return 0;
+  EVP_PKEY *pub = X509_get_pubkey(issuer);
+  int ok = pub != NULL && X509_verify(x, pub) == 1;
+  EVP_PKEY_free(pub);
+  ERR_clear_error();
+  return ok;
+}
+
+int capstan_pki_is_self_signed(X509 *cert) {
+  return cert != NULL && signed_by(cert, cert);
+}
+
+void capstan_pki_key_name(const EVP_PKEY *key, char *buf, size_t len) {
+  if (buf == NULL || len == 0) return;
+  snprintf(buf, len, "unknown");
+  if (key == NULL) return;
+  if (EVP_PKEY_id(key) == EVP_PKEY_RSA) {
+    snprintf(buf, len, "rsa%u", EVP_PKEY_bits(key));
+  } else if (EVP_PKEY_id(key) == EVP_PKEY_EC) {
+    const EC_KEY *ec = EVP_PKEY_get0_EC_KEY(key);
+    const EC_GROUP *g = ec != NULL ? EC_KEY_get0_group(ec) : NULL;
+    int nid = g != NULL ? EC_GROUP_get_curve_name(g) : NID_undef;
+    if (nid == NID_X9_62_prime256v1) snprintf(buf, len, "ec256");
+    if (nid == NID_secp384r1) snprintf(buf, len, "ec384");
+    if (nid == NID_secp521r1) snprintf(buf, len, "ec521");
+  }
+}
+
+/* Rule 6: SHA-256 or stronger. RSA-PSS and others whose digest is not in
+ * the signature OID are refused rather than guessed at. */
+static int strong_signature(const X509 *x) {
+  int md = NID_undef, pk = NID_undef;
+  if (!OBJ_find_sigid_algs(X509_get_signature_nid(x), &md, &pk)) return 0;
+  return md == NID_sha256 || md == NID_sha384 || md == NID_sha512;
+}
+
+static int valid_at(const X509 *x, int64_t now) {
+  int64_t nb = 0, na = 0;
+  return capstan_pki_cert_validity(x, &nb, &na) == 0 && nb <= now && now < na;
+}
+
+/* The certificate of |candidates| that issued |x|: subject == x's issuer
+ * and its key verifies x's signature. NULL when none does. */
+static X509 *find_issuer(X509 *x, STACK_OF(X509) * candidates) {
+  for (size_t i = 0; candidates != NULL && i < sk_X509_num(candidates); i++) {
+    X509 *c = sk_X509_value(candidates, i);
+    if (signed_by(x, c)) return c;
+  }
+  return NULL;
+}
+
+/* RFC 5280 6.1.4 (l)-(m): a CA with pathlen N allows N CA certificates
+ * below it before the end entity. |below| counts the CAs under |x|, the
+ * CAPF included. */
+static int pathlen_allows(const X509 *x, size_t below) {
+  BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(x, NID_basic_constraints, NULL, NULL);
+  int ok = bc != NULL && bc->ca;
+  if (ok && bc->pathlen != NULL) {
+    long n = ASN1_INTEGER_get(bc->pathlen);
+    ok = ASN1_STRING_type(bc->pathlen) == V_ASN1_INTEGER && n >= 0 && (size_t)n >= below;
+  }
+  BASIC_CONSTRAINTS_free(bc);
+  ERR_clear_error();
+  return ok;
+}
+
+static int refuse(capstan_capf_import_t *out, int rule, const char *why) {
+  capstan_identity_cleanup(&out->id);
+  out->rule = rule;
+  out->why = why;
+  out->warning = NULL;
+  return pki_fail(CAPSTAN_EINVAL);
+}
+
+/* Rule 5 and 7: the path above |cert| through |candidates| to a
+ * self-signed root, into out->id.chain (nearest first). */
+static int build_path(X509 *cert, STACK_OF(X509) * candidates, int64_t now,
+                      capstan_capf_import_t *out) {
+  out->id.chain = sk_X509_new_null();
+  if (out->id.chain == NULL) return pki_fail(CAPSTAN_ENOMEM);
+  X509 *x = cert;
+  while (!capstan_pki_is_self_signed(x)) {
+    if (sk_X509_num(out->id.chain) == CAPSTAN_PKI_MAX_CHAIN) {
+      return refuse(out, 5, "the chain does not reach a self-signed root within 8 certificates");
+    }
+    X509 *up = find_issuer(x, candidates);
+    if (up == NULL) {
+      return refuse(out, 5,
+                    "the chain does not build to a self-signed root: an issuer is in neither "
+                    "--chain nor the trust store");
+    }
+    if (!X509_up_ref(up)) return pki_fail(CAPSTAN_ENOMEM);
+    if (!sk_X509_push(out->id.chain, up)) {
+      X509_free(up);
+      return pki_fail(CAPSTAN_ENOMEM);
+    }
+    size_t below = sk_X509_num(out->id.chain);
+    if (ca_rule_failure(up, 0) != NULL) {
+      return refuse(out, 5, "a certificate of the chain is not a CA (CA:TRUE with keyCertSign)");
+    }
+    if (!valid_at(up, now)) {
+      return refuse(out, 5, "a certificate of the chain is expired or not yet valid");
+    }
+    if (!pathlen_allows(up, below)) {
+      return refuse(out, 5,
+                    "a CA of the chain has a pathlen that does not allow the CAPF below it");
+    }
+    x = up;
+  }
+  return 0;
+}
+
+int capstan_pki_check_capf_import(EVP_PKEY *const *keys, size_t nkeys, const uint8_t *cert_der,
+                                  size_t cert_len, STACK_OF(X509) * candidates, int64_t now,
+                                  unsigned flags, capstan_capf_import_t *out) {
   if (out == NULL) return CAPSTAN_EINVAL;
   memset(out, 0, sizeof(*out));
-  if (capf == NULL || capf->key == NULL) {
-    reason = "no CAPF key";
-    goto err;
+  X509 *cert = NULL;
+  if (cert_der == NULL || capstan_pki_parse_cert(cert_der, cert_len, &cert) != 0) {
+    return refuse(out, 0, "not a DER or PEM X.509 certificate");
   }
-  if (capstan_pki_parse_cert(cert_der, cert_len, &id.cert) != 0) {
-    reason = "certificate malformed";
-    goto err;
+  out->id.cert = cert;
+  /* 1: the key. */
+  EVP_PKEY *pub = X509_get_pubkey(cert);
+  size_t match = nkeys;
+  for (size_t i = 0; pub != NULL && keys != NULL && i < nkeys && match == nkeys; i++) {
+    if (keys[i] != NULL && EVP_PKEY_cmp(pub, keys[i]) == 1) match = i;
   }
-  pub = X509_get_pubkey(id.cert);
-  if (pub == NULL || EVP_PKEY_cmp(pub, capf->key) != 1) {
-    reason = "key does not match the CAPF key";
-    goto err;
-  }
-  if (!cn_has_capf(id.cert, 1)) {
-    reason = "CN must start with CAPF-";
-    goto err;
-  }
-  if ((reason = ca_rule_failure(id.cert)) != NULL) goto err;
-  if (chain_count == 0) {
-    reason = "chain missing";
-    goto err;
-  }
-  rc = capstan_identity_set_chain_der(&id, chain_ders, chain_lens, chain_count);
-  if (rc != 0) {
-    reason = rc == CAPSTAN_ENOMEM ? "out of memory" : "chain certificate malformed";
-    goto err;
-  }
-  /* The chain is both the path and the anchors: what is checked here is that
-   * it links up and is in date; whether the enterprise root is trusted by
-   * phones is the ITL's business. */
-  rc = capstan_pki_verify_chain(id.cert, id.chain, id.chain);
-  if (rc != 0) {
-    reason = "chain does not build";
-    goto err;
-  }
-  EVP_PKEY_up_ref(capf->key);
-  id.key = capf->key;
   EVP_PKEY_free(pub);
-  *out = id;
+  ERR_clear_error();
+  if (match == nkeys)
+    return refuse(out, 1, "its public key is not the pending or current CAPF key");
+  /* 2 and 3: a CAPF is a CA that may sign only end entities. */
+  const char *why = ca_rule_failure(cert, 1);
+  if (why != NULL) return refuse(out, why[0] == 'k' ? 3 : 2, why);
+  if (!cn_has_capf(cert, 1)) return refuse(out, 2, "the subject CN must start with CAPF-");
+  /* 4: in date, with room to run. */
+  int64_t nb = 0, na = 0;
+  if (capstan_pki_cert_validity(cert, &nb, &na) != 0) {
+    return refuse(out, 4, "its validity dates cannot be read");
+  }
+  if (nb > now) return refuse(out, 4, "it is not valid yet (notBefore is in the future)");
+  if (na <= now) return refuse(out, 4, "it has expired");
+  if (na - now < (int64_t)CAPSTAN_PKI_IMPORT_WARN_DAYS * 86400) {
+    if (flags & CAPSTAN_PKI_IMPORT_STRICT) {
+      return refuse(out, 4, "it expires in fewer than 30 days (--strict)");
+    }
+    out->warning = "the certificate expires in fewer than 30 days";
+  }
+  /* 5 and 7: the path. */
+  int rc = build_path(cert, candidates, now, out);
+  if (rc != 0) return rc;
+  /* 6: every signature on the path, the root's own included. */
+  int strong = strong_signature(cert);
+  for (size_t i = 0; strong && i < sk_X509_num(out->id.chain); i++) {
+    strong = strong_signature(sk_X509_value(out->id.chain, i));
+  }
+  if (!strong) {
+    return refuse(out, 6, "a signature on the chain is weaker than SHA-256 (or not recognised)");
+  }
+  for (size_t i = 0; i < sk_X509_num(out->id.chain); i++) {
+    if (cn_has_capf(sk_X509_value(out->id.chain, i), 0)) {
+      return refuse(out, 7, "a CA of the chain has a CN containing CAPF- (reserved for the CAPF)");
+    }
+  }
+  EVP_PKEY_up_ref(keys[match]);
+  out->id.key = keys[match];
+  out->key_index = match;
+  (void)X509_get_extension_flags(cert); /* cache before the identity is shared */
   return 0;
-err:
-  EVP_PKEY_free(pub);
-  capstan_identity_cleanup(&id);
-  if (why != NULL) *why = reason;
-  return pki_fail(rc != 0 ? rc : CAPSTAN_EINVAL);
+}
+
+void capstan_capf_import_cleanup(capstan_capf_import_t *imp) {
+  if (imp == NULL) return;
+  capstan_identity_cleanup(&imp->id);
+  memset(imp, 0, sizeof(*imp));
 }
 
 int capstan_pki_pem_encode(const char *label, const uint8_t *der, size_t len, char **pem) {

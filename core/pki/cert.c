@@ -53,6 +53,7 @@ typedef struct {
   unsigned ku_bits; /* bitmask of 1u << KU_BIT_* */
   const int *eku_nids;
   size_t eku_count;
+  int omit_ski; /* a CSR asks for exactly its extensions; the CA adds the SKI */
 } cert_spec_t;
 
 /* 128 random bits with the top bit cleared (positive) and a non-zero first
@@ -156,8 +157,10 @@ static STACK_OF(X509_EXTENSION) * make_extensions(const cert_spec_t *s) {
     }
     if (!push_ext(sk, NID_ext_key_usage, 0, eku)) goto done;
   }
-  ski = key_identifier(s->public_key);
-  if (ski == NULL || !push_ext(sk, NID_subject_key_identifier, 0, ski)) goto done;
+  if (!s->omit_ski) {
+    ski = key_identifier(s->public_key);
+    if (ski == NULL || !push_ext(sk, NID_subject_key_identifier, 0, ski)) goto done;
+  }
   if (s->issuer_ski != NULL) {
     aki = AUTHORITY_KEYID_new();
     if (aki == NULL) goto done;
@@ -294,28 +297,63 @@ static int add_cn(X509_NAME *name, const char *cn, size_t len) {
   return 0;
 }
 
-/* A self-signed RSA 2048 certificate with CN |prefix| + 8 hex digits. */
-static int create_self_signed(const char *prefix, const char *subject_extra, int is_ca,
-                              unsigned ku_bits, const int *eku, size_t eku_count,
-                              capstan_identity_t *out) {
+/* |prefix| + 8 random lower-case hex digits as CN, then |subject_extra|. */
+static int random_subject(const char *prefix, const char *subject_extra, X509_NAME **out) {
+  *out = NULL;
+  X509_NAME *subject = X509_NAME_new();
+  char cn[32], hex[9];
+  if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
+  int rc = CAPSTAN_ECRYPTO;
+  if (random_hex8(hex)) {
+    int n = snprintf(cn, sizeof(cn), "%s%s", prefix, hex);
+    rc = add_cn(subject, cn, (size_t)n);
+  }
+  if (rc == 0) rc = add_subject_extra(subject, subject_extra);
+  if (rc != 0) {
+    X509_NAME_free(subject);
+    return pki_fail(rc);
+  }
+  *out = subject;
+  return 0;
+}
+
+int capstan_pki_capf_subject(const char *subject_extra, X509_NAME **out) {
+  if (out == NULL) return CAPSTAN_EINVAL;
+  return random_subject("CAPF-", subject_extra, out);
+}
+
+/* The keys a CAPF may have (capf-lifecycle.md "The CAPF certificate"). */
+static int capf_key_allowed(int key_alg, unsigned key_bits) {
+  if (key_alg == CAPSTAN_KEY_RSA) return key_bits == 2048 || key_bits == 3072 || key_bits == 4096;
+  if (key_alg == CAPSTAN_KEY_EC) return key_bits == 256 || key_bits == 384;
+  return 0;
+}
+
+typedef struct {
+  const char *prefix;
+  const char *subject_extra;
+  int key_alg;
+  unsigned key_bits;
+  unsigned days;
+  int is_ca;
+  unsigned ku_bits;
+  const int *eku;
+  size_t eku_count;
+} self_signed_t;
+
+/* A self-signed certificate with a fresh key and CN |prefix| + 8 hex digits. */
+static int create_self_signed(const self_signed_t *want, capstan_identity_t *out) {
   if (out == NULL) return CAPSTAN_EINVAL;
   memset(out, 0, sizeof(*out));
   int rc;
   EVP_PKEY *key = NULL;
   X509 *cert = NULL;
-  X509_NAME *subject = X509_NAME_new();
-  char cn[32], hex[9];
+  X509_NAME *subject = NULL;
   uint8_t serial[SERIAL_LEN];
-  if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
-  if (!random_hex8(hex) || !random_serial(serial)) {
-    rc = CAPSTAN_ECRYPTO;
-    goto err;
-  }
-  int n = snprintf(cn, sizeof(cn), "%s%s", prefix, hex);
-  if ((rc = add_cn(subject, cn, (size_t)n)) != 0) goto err;
-  /* Check the caller's subject before paying for an RSA key. */
-  if ((rc = add_subject_extra(subject, subject_extra)) != 0) goto err;
-  if ((rc = capstan_pki_generate_key(CAPSTAN_KEY_RSA, 2048, &key)) != 0) goto err;
+  if (!random_serial(serial)) return pki_fail(CAPSTAN_ECRYPTO);
+  /* Check the caller's subject before paying for a key. */
+  if ((rc = random_subject(want->prefix, want->subject_extra, &subject)) != 0) return rc;
+  if ((rc = capstan_pki_generate_key(want->key_alg, want->key_bits, &key)) != 0) goto err;
   int64_t now = (int64_t)time(NULL);
   cert_spec_t spec = {
       .subject = subject,
@@ -323,11 +361,11 @@ static int create_self_signed(const char *prefix, const char *subject_extra, int
       .signer = key,
       .serial = serial,
       .not_before = now - SELF_BACKDATE_SECONDS,
-      .not_after = now + (int64_t)TEN_YEARS_DAYS * SECONDS_PER_DAY,
-      .is_ca = is_ca,
-      .ku_bits = ku_bits,
-      .eku_nids = eku,
-      .eku_count = eku_count,
+      .not_after = now + (int64_t)want->days * SECONDS_PER_DAY,
+      .is_ca = want->is_ca,
+      .ku_bits = want->ku_bits,
+      .eku_nids = want->eku,
+      .eku_count = want->eku_count,
   };
   if ((rc = build_cert(&spec, &cert)) != 0) goto err;
   X509_NAME_free(subject);
@@ -340,17 +378,46 @@ err:
   return pki_fail(rc);
 }
 
+int capstan_pki_create_capf_spec(const capstan_capf_spec_t *spec, capstan_identity_t *out) {
+  if (out != NULL) memset(out, 0, sizeof(*out));
+  if (spec == NULL || out == NULL) return CAPSTAN_EINVAL;
+  unsigned bits = spec->key_bits != 0 ? spec->key_bits : 2048;
+  int alg = spec->key_bits != 0 ? spec->key_alg : CAPSTAN_KEY_RSA;
+  unsigned days = spec->days != 0 ? spec->days : TEN_YEARS_DAYS;
+  if (!capf_key_allowed(alg, bits) || days > CAPSTAN_PKI_CAPF_MAX_DAYS) return CAPSTAN_EINVAL;
+  self_signed_t want = {
+      .prefix = "CAPF-",
+      .subject_extra = spec->subject_extra,
+      .key_alg = alg,
+      .key_bits = bits,
+      .days = days,
+      .is_ca = 1,
+      .ku_bits = (1u << KU_BIT_DIGITAL_SIGNATURE) | (1u << KU_BIT_KEY_CERT_SIGN),
+  };
+  return create_self_signed(&want, out);
+}
+
 int capstan_pki_create_capf(const char *subject_extra, capstan_identity_t *out) {
-  return create_self_signed("CAPF-", subject_extra, 1,
-                            (1u << KU_BIT_DIGITAL_SIGNATURE) | (1u << KU_BIT_KEY_CERT_SIGN), NULL,
-                            0, out);
+  capstan_capf_spec_t spec = {.key_alg = CAPSTAN_KEY_RSA,
+                              .key_bits = 2048,
+                              .days = TEN_YEARS_DAYS,
+                              .subject_extra = subject_extra};
+  return capstan_pki_create_capf_spec(&spec, out);
 }
 
 int capstan_pki_create_tftp(const char *subject_extra, capstan_identity_t *out) {
   static const int eku[] = {NID_server_auth, NID_client_auth};
-  return create_self_signed("TFTP-", subject_extra, 0,
-                            (1u << KU_BIT_DIGITAL_SIGNATURE) | (1u << KU_BIT_KEY_ENCIPHERMENT), eku,
-                            2, out);
+  self_signed_t want = {
+      .prefix = "TFTP-",
+      .subject_extra = subject_extra,
+      .key_alg = CAPSTAN_KEY_RSA,
+      .key_bits = 2048,
+      .days = TEN_YEARS_DAYS,
+      .ku_bits = (1u << KU_BIT_DIGITAL_SIGNATURE) | (1u << KU_BIT_KEY_ENCIPHERMENT),
+      .eku = eku,
+      .eku_count = 2,
+  };
+  return create_self_signed(&want, out);
 }
 
 /* Issue a leaf under |issuer| with subject |subject|. */
@@ -434,24 +501,30 @@ err:
   return pki_fail(rc);
 }
 
-int capstan_pki_make_capf_csr(const capstan_identity_t *capf, uint8_t **der, size_t *der_len) {
+int capstan_pki_make_capf_csr(EVP_PKEY *key, const X509_NAME *subject, uint8_t **der,
+                              size_t *der_len) {
+  static const int eku[] = {NID_server_auth, NID_ipsecEndSystem};
   if (der == NULL || der_len == NULL) return CAPSTAN_EINVAL;
   *der = NULL;
   *der_len = 0;
-  if (capf == NULL || capf->cert == NULL || capf->key == NULL) return CAPSTAN_EINVAL;
+  if (key == NULL || subject == NULL) return CAPSTAN_EINVAL;
+  /* Exactly the three requested extensions of capf-lifecycle.md: the CA
+   * adds the identifiers itself. */
   cert_spec_t spec = {
-      .public_key = capf->key,
+      .public_key = key,
       .is_ca = 1,
       .ku_bits = (1u << KU_BIT_DIGITAL_SIGNATURE) | (1u << KU_BIT_KEY_CERT_SIGN),
+      .eku_nids = eku,
+      .eku_count = 2,
+      .omit_ski = 1,
   };
   int rc = CAPSTAN_ECRYPTO;
   uint8_t *buf = NULL;
   STACK_OF(X509_EXTENSION) *exts = make_extensions(&spec);
   X509_REQ *req = X509_REQ_new();
   if (exts == NULL || req == NULL || !X509_REQ_set_version(req, X509_REQ_VERSION_1) ||
-      !X509_REQ_set_subject_name(req, X509_get_subject_name(capf->cert)) ||
-      !X509_REQ_set_pubkey(req, capf->key) || !X509_REQ_add_extensions(req, exts) ||
-      !X509_REQ_sign(req, capf->key, EVP_sha256())) {
+      !X509_REQ_set_subject_name(req, (X509_NAME *)subject) || !X509_REQ_set_pubkey(req, key) ||
+      !X509_REQ_add_extensions(req, exts) || !X509_REQ_sign(req, key, EVP_sha256())) {
     goto done;
   }
   int n = i2d_X509_REQ(req, NULL);

@@ -38,6 +38,7 @@
 #define CAPSTAN_PKI_MAX_SPKI_DER 4096u     /* one SubjectPublicKeyInfo */
 #define CAPSTAN_PKI_MAX_SIG 1024u          /* one signature (RSA 8192) */
 #define CAPSTAN_PKI_MAX_SUBJECT_EXTRA 512u /* the |subject_extra| string */
+#define CAPSTAN_PKI_MAX_CHAIN 8u           /* certificates above a CAPF */
 
 /* A certificate with its private key. Start it zeroed ({0}); cleanup is then
  * safe at any point. */

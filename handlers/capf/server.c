@@ -91,25 +91,44 @@ static enum ssl_select_cert_result_t select_cert_modern(const SSL_CLIENT_HELLO *
 
 static SSL_CTX *make_ctx(const capstan_identity_t *id, uv_loop_t *loop, int legacy) {
   static const uint16_t kSigAlgs[] = {
-      SSL_SIGN_RSA_PSS_RSAE_SHA256, SSL_SIGN_RSA_PKCS1_SHA256,    SSL_SIGN_RSA_PSS_RSAE_SHA384,
-      SSL_SIGN_RSA_PKCS1_SHA384,    SSL_SIGN_RSA_PSS_RSAE_SHA512, SSL_SIGN_RSA_PKCS1_SHA512,
-      SSL_SIGN_RSA_PKCS1_SHA1,      SSL_SIGN_RSA_PKCS1_MD5_SHA1,
+      SSL_SIGN_RSA_PSS_RSAE_SHA256,
+      SSL_SIGN_RSA_PKCS1_SHA256,
+      SSL_SIGN_RSA_PSS_RSAE_SHA384,
+      SSL_SIGN_RSA_PKCS1_SHA384,
+      SSL_SIGN_RSA_PSS_RSAE_SHA512,
+      SSL_SIGN_RSA_PKCS1_SHA512,
+      SSL_SIGN_RSA_PKCS1_SHA1,
+      SSL_SIGN_RSA_PKCS1_MD5_SHA1,
+      SSL_SIGN_ECDSA_SECP256R1_SHA256,
+      SSL_SIGN_ECDSA_SECP384R1_SHA384,
+      SSL_SIGN_ECDSA_SHA1,
   };
   SSL_CTX *ctx = SSL_CTX_new(TLS_method());
   if (ctx == NULL) return NULL;
+  /* The suites for the CAPF's key type: RSA by default, ECDSA when the
+   * operator chose an EC CAPF (capstan cert capf regenerate --key ec256). */
+  int ec = EVP_PKEY_id(id->key) == EVP_PKEY_EC;
   const char *ciphers =
-      legacy ? "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
-               "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:"
-               "AES128-GCM-SHA256:AES256-GCM-SHA384:AES256-SHA:AES128-SHA"
-             : "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
-               "ECDHE-RSA-CHACHA20-POLY1305";
+      ec       ? (legacy ? "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                           "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
+                           "ECDHE-ECDSA-AES256-SHA"
+                         : "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                           "ECDHE-ECDSA-CHACHA20-POLY1305")
+      : legacy ? "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
+                 "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:"
+                 "AES128-GCM-SHA256:AES256-GCM-SHA384:AES256-SHA:AES128-SHA"
+               : "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
+                 "ECDHE-RSA-CHACHA20-POLY1305";
   int ok =
       SSL_CTX_set_min_proto_version(ctx, legacy ? TLS1_VERSION : TLS1_2_VERSION) &&
       SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) &&
       SSL_CTX_set_strict_cipher_list(ctx, ciphers) && SSL_CTX_use_certificate(ctx, id->cert) &&
       SSL_CTX_set_signing_algorithm_prefs(ctx, kSigAlgs, sizeof(kSigAlgs) / sizeof(kSigAlgs[0]));
+  /* A CA-signed CAPF goes out with its intermediates, not the root: the
+   * peer must already hold the root (capf-lifecycle.md). */
   for (size_t i = 0; ok && id->chain && i < sk_X509_num(id->chain); i++) {
-    ok = SSL_CTX_add1_chain_cert(ctx, sk_X509_value(id->chain, i));
+    X509 *c = sk_X509_value(id->chain, i);
+    if (!capstan_pki_is_self_signed(c)) ok = SSL_CTX_add1_chain_cert(ctx, c);
   }
   if (!ok || capstan_tls_ctx_set_async_key(ctx, id->key, loop) < 0) {
     ERR_clear_error();
@@ -158,6 +177,15 @@ int capstan_capf_server_reload(capstan_capf_server_t *srv) {
   }
   capf_pki_unref(srv->pki);
   srv->pki = pki;
+  /* Operators alert on this (capf-lifecycle.md: a CAPF that expires stops
+   * every enrollment). */
+  int64_t not_after = 0;
+  if (capstan_pki_cert_validity(pki->ids->capf.cert, NULL, &not_after) == 0) {
+    capstan_metric_set(
+        capstan_metrics_gauge("capstan_capf_certificate_expiry_timestamp_seconds",
+                              "When the live CAPF certificate expires (unix seconds)", ""),
+        (double)not_after);
+  }
   char *dn = NULL;
   capstan_pki_dn_string(X509_get_subject_name(pki->ids->capf.cert), &dn);
   LOG_INFO("event=capf_identity_loaded subject=\"%s\" trust_anchors=%zu", dn ? dn : "?",

@@ -11,6 +11,7 @@
 #include "core/base/error.h"
 #include "core/pki/pki.h"
 #include "storage/devices.h"
+#include "storage/records.h"
 
 /* Options of the cert and report subcommands (one table). */
 enum { OPT_OUT, OPT_ALL, OPT_DAYS };
@@ -196,10 +197,12 @@ static int run_delete_stale(capstan_cli_t *c) {
   return CAPSTAN_EXIT_OK;
 }
 
-#define CERT_USAGE                                  \
-  "capstan cert export capf|tftp [--out FILE]\n"    \
-  "       capstan cert list-stale [--json]\n"       \
-  "       capstan cert delete-stale SERIAL|--all\n" \
+#define CERT_USAGE                                                                           \
+  "capstan cert export capf|tftp [--out FILE]\n"                                             \
+  "       capstan cert list-stale [--json]\n"                                                \
+  "       capstan cert delete-stale SERIAL|--all\n"                                          \
+  "       capstan cert capf show|regenerate|csr|import|retire ...  (see 'capstan cert capf " \
+  "--help')\n"                                                                               \
   "       (all take --data-dir DIR)"
 
 static const capstan_cli_opt_t cert_opts[] = {
@@ -215,6 +218,8 @@ static const capstan_cli_sub_t cert_subs[] = {
 };
 
 int capstan_cli_cert_main(int argc, char **argv) {
+  /* `cert capf ...` is a command of its own with its own options. */
+  if (argc >= 2 && strcmp(argv[1], "capf") == 0) return capstan_cli_capf_main(argc - 1, argv + 1);
   static const capstan_cli_cmd_t cmd = {"cert", CERT_USAGE, NULL, CAPSTAN_CLI_TABLE(cert_opts),
                                         CAPSTAN_CLI_TABLE(cert_subs)};
   return capstan_cli_run(&cmd, argc, argv, NULL);
@@ -234,6 +239,25 @@ typedef struct {
   size_t n;
 } report_ctx_t;
 
+/* One row of `report expiring` when the certificate |der| of |name| ends
+ * before the horizon. */
+static void expiring_row(report_ctx_t *r, const char *name, const char *type, const uint8_t *der,
+                         size_t len) {
+  int64_t na;
+  if (capstan_cli_cert_not_after(der, len, &na) != 0 || na > r->horizon) return;
+  char when[40];
+  capstan_cli_format_time(na, when, sizeof(when));
+  if (r->json) {
+    printf("%s{\"name\":", r->n == 0 ? "\n" : ",\n");
+    capstan_cli_json_string(stdout, name);
+    printf(",\"cert_type\":\"%s\",\"not_after\":\"%s\",\"expired\":%s}", type, when,
+           na <= r->now ? "true" : "false");
+  } else {
+    printf("%-20s %-8s %s%s\n", name, type, when, na <= r->now ? " (expired)" : "");
+  }
+  r->n++;
+}
+
 static int report_one(const Capstan__Device *d, void *arg) {
   report_ctx_t *r = arg;
   if (!r->expiring) {
@@ -242,22 +266,32 @@ static int report_one(const Capstan__Device *d, void *arg) {
     return 0;
   }
   if (!d->has_cert_der || d->cert_der.len == 0) return 0;
-  int64_t na;
-  if (capstan_cli_cert_not_after(d->cert_der.data, d->cert_der.len, &na) != 0 || na > r->horizon) {
-    return 0;
+  expiring_row(r, d->name, capstan_cert_type_name(d->cert_type), d->cert_der.data, d->cert_der.len);
+  return 0;
+}
+
+/* The server's own certificates come first: a CAPF certificate that
+ * expires stops every enrollment (capf-lifecycle.md). */
+static int report_identities(capstan_txn_t *txn, report_ctx_t *r) {
+  static const struct {
+    const char *which, *type;
+  } kIds[] = {{CAPSTAN_IDENTITY_CAPF, "CAPF"}, {CAPSTAN_IDENTITY_TFTP, "TFTP"}};
+  for (size_t i = 0; i < sizeof(kIds) / sizeof(kIds[0]); i++) {
+    Capstan__Identity *id = NULL;
+    int rc = capstan_store_identity_get(txn, kIds[i].which, &id);
+    if (rc == CAPSTAN_ENOENT) continue;
+    if (rc < 0) return rc;
+    X509 *x = NULL;
+    char *dn = NULL;
+    if (capstan_pki_parse_cert(id->cert_der.data, id->cert_der.len, &x) == 0) {
+      capstan_pki_dn_string(X509_get_subject_name(x), &dn);
+    }
+    expiring_row(r, dn != NULL ? dn : kIds[i].type, kIds[i].type, id->cert_der.data,
+                 id->cert_der.len);
+    free(dn);
+    X509_free(x);
+    capstan__identity__free_unpacked(id, NULL);
   }
-  char when[40];
-  capstan_cli_format_time(na, when, sizeof(when));
-  if (r->json) {
-    printf("%s{\"name\":", r->n == 0 ? "\n" : ",\n");
-    capstan_cli_json_string(stdout, d->name);
-    printf(",\"cert_type\":\"%s\",\"not_after\":\"%s\",\"expired\":%s}",
-           capstan_cert_type_name(d->cert_type), when, na <= r->now ? "true" : "false");
-  } else {
-    printf("%-20s %-8s %s%s\n", d->name, capstan_cert_type_name(d->cert_type), when,
-           na <= r->now ? " (expired)" : "");
-  }
-  r->n++;
   return 0;
 }
 
@@ -267,6 +301,11 @@ static int report_one(const Capstan__Device *d, void *arg) {
   "       (all take --data-dir DIR)"
 
 static int report_all(capstan_txn_t *txn, void *arg) {
+  report_ctx_t *r = arg;
+  if (r->expiring) {
+    int rc = report_identities(txn, r);
+    if (rc < 0) return rc;
+  }
   return capstan_store_device_iterate(txn, report_one, arg);
 }
 

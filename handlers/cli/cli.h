@@ -25,6 +25,8 @@ int capstan_cli_device_main(int argc, char **argv);
 int capstan_cli_config_main(int argc, char **argv);
 int capstan_cli_keepalive_main(int argc, char **argv);
 int capstan_cli_cert_main(int argc, char **argv);
+/* `capstan cert capf ...`: argv[0] is "capf". */
+int capstan_cli_capf_main(int argc, char **argv);
 int capstan_cli_report_main(int argc, char **argv);
 int capstan_cli_init_main(int argc, char **argv);
 int capstan_cli_serve_main(int argc, char **argv);

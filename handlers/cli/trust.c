@@ -4,12 +4,16 @@
  * Uploads are checked with capstan_pki_check_trust_upload. Which R13 rule
  * applies depends on what the certificate is:
  *  - a CA: self-signed (a root), or able to sign certificates (keyUsage
- *    keyCertSign, an intermediate). It must carry CA:TRUE pathlen 0 and
- *    digitalSignature + keyCertSign, and its CN must not contain "CAPF-";
+ *    keyCertSign, an intermediate). It must carry CA:TRUE and
+ *    digitalSignature + keyCertSign, and its CN must not contain "CAPF-".
+ *    Its pathlen may be anything: a root above a CA-signed CAPF needs one
+ *    that allows the CAPF below it (capf-lifecycle.md "Trust stores"), and
+ *    `cert capf import` checks the path;
  *  - otherwise an end-entity (IPsec) certificate signed by a CA: it must not
  *    carry CA:TRUE.
  * A file (a PEM bundle or one DER certificate) is added whole or not at
- * all. A certificate lives in one store (records are keyed by fingerprint).
+ * all. A certificate may be in both stores (an enterprise root above a
+ * CA-signed CAPF must be): one record per fingerprint lists its stores.
  *
  * Every change bumps Settings.trust_generation in the same transaction: a
  * running server polls the settings each second and reloads its CAPF trust
@@ -25,19 +29,20 @@
 #include "handlers/cli/cli.h"
 #include "handlers/cli/files.h"
 #include "core/base/error.h"
+#include "core/capf_lifecycle.h"
 #include "core/pki/pki.h"
 #include "core/settings.h"
 #include "storage/records.h"
 
-#define PURPOSE_CAPF "capf-trust"
-#define PURPOSE_CM "callmanager-trust"
+#define PURPOSE_CAPF CAPSTAN_TRUST_PURPOSE_CAPF
+#define PURPOSE_CM CAPSTAN_TRUST_PURPOSE_CM
 #define FP_LEN 32
 #define FP_PREFIX_MIN 8        /* hex digits an operator must type to name an entry */
 #define KU_BIT_KEY_CERT_SIGN 5 /* bit number in the keyUsage BIT STRING */
 
-#define RULE_CA                                                                           \
-  "R13: a trust-store CA (self-signed, or able to sign certificates) must carry "         \
-  "basicConstraints CA:TRUE with pathlen 0 and keyUsage digitalSignature + keyCertSign, " \
+#define RULE_CA                                                                   \
+  "R13: a trust-store CA (self-signed, or able to sign certificates) must carry " \
+  "basicConstraints CA:TRUE and keyUsage digitalSignature + keyCertSign, "        \
   "and its CN must not contain CAPF-"
 #define RULE_IPSEC "R13: an IPsec certificate signed by a CA must not carry CA:TRUE"
 
@@ -59,10 +64,13 @@ static int check_purpose(void *ctx, const char *p, char *why, size_t len) {
   return -1;
 }
 
-/* Records without a purpose count as CAPF-trust, as the CAPF server reads
- * them. */
+/* The stores |t| is in, as "capf-trust", "callmanager-trust" or
+ * "capf-trust,callmanager-trust" (records without a purpose count as
+ * CAPF-trust, as the CAPF server reads them). */
 static const char *purpose_of(const Capstan__TrustCert *t) {
-  return t->purpose != NULL && t->purpose[0] != '\0' ? t->purpose : PURPOSE_CAPF;
+  bool capf = capstan_store_trust_in(t, PURPOSE_CAPF), cm = capstan_store_trust_in(t, PURPOSE_CM);
+  if (capf && cm) return PURPOSE_CAPF "," PURPOSE_CM;
+  return cm ? PURPOSE_CM : PURPOSE_CAPF;
 }
 
 /* Subject or issuer as an RFC 4514 string; malloc'd, never NULL unless
@@ -128,15 +136,6 @@ static bool check_fp_arg(const char *s, uint8_t out[FP_LEN], size_t *ndigits) {
       "(hex, at least %d digits)",
       s, FP_PREFIX_MIN);
   return false;
-}
-
-/* Bumps Settings.trust_generation inside |txn| so a running server reloads. */
-static int bump_generation(capstan_txn_t *txn) {
-  capstan_settings_t s;
-  int err = capstan_settings_read(txn, &s);
-  if (err != 0) return err;
-  s.trust_generation++;
-  return capstan_settings_write(txn, &s);
 }
 
 /* ---- add ---------------------------------------------------------------------------------- */
@@ -300,44 +299,17 @@ static int run_add(capstan_cli_t *c) {
   int err = fresh == NULL ? CAPSTAN_ENOMEM : capstan_store_begin(st, true, &txn);
   for (size_t i = 0; err == 0 && i < n; i++) {
     if (u[i].skip) continue;
-    char hex[2 * FP_LEN + 1];
-    capstan_cli_hex(u[i].fp, FP_LEN, hex);
-    Capstan__TrustCert *old = NULL;
-    err = capstan_store_trust_get(&txn, u[i].fp, &old);
-    if (err == 0) {
-      bool same = strcmp(purpose_of(old), purpose) == 0;
-      if (!same) {
-        capstan_cli_error(
-            "%s: certificate %zu (%s) is already in %s: a certificate is in one trust store; "
-            "remove it first with 'capstan trust remove %s'; nothing was added",
-            fname, i + 1, u[i].subject, purpose_of(old), hex);
-        err = CAPSTAN_EEXIST;
-      }
-      capstan__trust_cert__free_unpacked(old, NULL);
+    /* Already in another store: it is now in both (one record). */
+    err = capstan_trust_store_add(&txn, u[i].x, purpose, now, &fresh[i]);
+    if (err != 0) break;
+    if (fresh[i]) {
+      added++;
+    } else {
       already++;
-      continue;
     }
-    if (err != CAPSTAN_ENOENT) break;
-    Capstan__TrustCert t = CAPSTAN__TRUST_CERT__INIT;
-    t.has_schema_version = 1;
-    t.schema_version = 1;
-    t.der.data = u[i].der;
-    t.der.len = u[i].len;
-    t.purpose = (char *)purpose;
-    t.has_added_at = 1;
-    t.added_at = now;
-    err = capstan_store_trust_put(&txn, &t);
-    if (err == 0) {
-      char detail[2 * FP_LEN + 64];
-      snprintf(detail, sizeof(detail), "sha256=%s purpose=%s", hex, purpose);
-      err = capstan_store_audit_append(&txn, 0, NULL, "trust_added", detail);
-    }
-    fresh[i] = true;
-    added++;
   }
-  if (err == 0 && added > 0) err = bump_generation(&txn);
+  if (err == 0 && added > 0) err = capstan_settings_bump_trust_generation(&txn);
   if (err == 0 && added > 0) err = capstan_store_commit(&txn);
-  if (err == CAPSTAN_EEXIST) goto out;
   if (err != 0) {
     capstan_cli_store_error("cannot add to the trust store", err);
     fprintf(stderr, "capstan: nothing was added\n");
@@ -373,7 +345,7 @@ typedef struct {
 static int list_one(const uint8_t fp[FP_LEN], const Capstan__TrustCert *t, void *arg) {
   list_ctx_t *c = arg;
   const char *purpose = purpose_of(t);
-  if (c->purpose != NULL && strcmp(purpose, c->purpose) != 0) return 0;
+  if (c->purpose != NULL && !capstan_store_trust_in(t, c->purpose)) return 0;
   char hex[2 * FP_LEN + 1], nb_s[40] = "?", na_s[40] = "?", added[40];
   capstan_cli_hex(fp, FP_LEN, hex);
   X509 *x = NULL;
@@ -398,6 +370,12 @@ static int list_one(const uint8_t fp[FP_LEN], const Capstan__TrustCert *t, void 
   if (c->json) {
     printf("%s{\"fingerprint\":\"%s\",\"purpose\":", c->n == 0 ? "\n" : ",\n", hex);
     capstan_cli_json_string(stdout, purpose);
+    printf(",\"purposes\":[");
+    const char *stores[] = {PURPOSE_CAPF, PURPOSE_CM};
+    for (size_t i = 0, shown = 0; i < 2; i++) {
+      if (capstan_store_trust_in(t, stores[i])) printf("%s\"%s\"", shown++ ? "," : "", stores[i]);
+    }
+    printf("]");
     printf(",\"subject\":");
     capstan_cli_json_string(stdout, subject);
     printf(",\"issuer\":");
@@ -446,8 +424,8 @@ typedef struct {
 
 static int find_one(const uint8_t fp[FP_LEN], const Capstan__TrustCert *t, void *arg) {
   find_ctx_t *f = arg;
-  bool match = f->want != NULL ? fp_matches(fp, f->want, f->ndigits)
-                               : strcmp(purpose_of(t), f->purpose) == 0;
+  bool match =
+      f->want != NULL ? fp_matches(fp, f->want, f->ndigits) : capstan_store_trust_in(t, f->purpose);
   if (!match) return 0;
   if (f->n == f->cap) {
     size_t cap = f->cap == 0 ? 16 : f->cap * 2;
@@ -486,6 +464,7 @@ static int run_remove(capstan_cli_t *c) {
   size_t ndigits = 0;
   const char *all_purpose = c->value[OPT_ALL_PURPOSE];
   bool all = all_purpose != NULL;
+  const char *from = all ? all_purpose : c->value[OPT_PURPOSE];
   if (all && c->nargs > 0)
     return capstan_cli_usage_error(c, "unexpected argument '%s'", c->args[0]);
   if (!all && c->nargs == 0) return capstan_cli_usage_error(c, "missing argument");
@@ -521,13 +500,18 @@ static int run_remove(capstan_cli_t *c) {
     char hex[2 * FP_LEN + 1], detail[2 * FP_LEN + 64];
     capstan_cli_hex(f.fps[i], FP_LEN, hex);
     if (err == 0) {
-      snprintf(detail, sizeof(detail), "sha256=%s purpose=%s", hex, purpose_of(t));
+      /* With a store named, the certificate leaves that store only. */
+      size_t left = 0;
+      snprintf(detail, sizeof(detail), "sha256=%s purpose=%s", hex,
+               from != NULL ? from : purpose_of(t));
+      if (from != NULL) err = capstan_store_trust_remove_purpose(t, from, &left);
+      if (err == 0 && left > 0) err = capstan_store_trust_put(&txn, t);
+      if (err == 0 && left == 0) err = capstan_store_trust_delete(&txn, f.fps[i]);
       capstan__trust_cert__free_unpacked(t, NULL);
-      err = capstan_store_trust_delete(&txn, f.fps[i]);
     }
     if (err == 0) err = capstan_store_audit_append(&txn, 0, NULL, "trust_removed", detail);
   }
-  if (err == 0 && f.n > 0) err = bump_generation(&txn);
+  if (err == 0 && f.n > 0) err = capstan_settings_bump_trust_generation(&txn);
   if (err == 0 && f.n > 0) err = capstan_store_commit(&txn);
   if (err != 0) {
     capstan_cli_store_error("cannot change the trust store", err);
@@ -582,14 +566,15 @@ static int run_export(capstan_cli_t *c) {
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
-#define TRUST_USAGE                                                                        \
-  "capstan trust add FILE.pem|FILE.der|- [--purpose capf-trust|callmanager-trust]\n"       \
-  "         (default capf-trust; every certificate of a PEM bundle is checked\n"           \
-  "         against R13 and the file is added whole or not at all)\n"                      \
-  "       capstan trust list [--purpose capf-trust|callmanager-trust] [--json]\n"          \
-  "       capstan trust remove FINGERPRINT | --all-purpose capf-trust|callmanager-trust\n" \
-  "       capstan trust export FINGERPRINT [--out FILE]   (PEM)\n"                         \
-  "       (all take --data-dir DIR; FINGERPRINT is the SHA-256 from 'trust list',\n"       \
+#define TRUST_USAGE                                                                  \
+  "capstan trust add FILE.pem|FILE.der|- [--purpose capf-trust|callmanager-trust]\n" \
+  "         (default capf-trust; every certificate of a PEM bundle is checked\n"     \
+  "         against R13 and the file is added whole or not at all)\n"                \
+  "       capstan trust list [--purpose capf-trust|callmanager-trust] [--json]\n"    \
+  "       capstan trust remove FINGERPRINT [--purpose P] | --all-purpose "           \
+  "capf-trust|callmanager-trust\n"                                                   \
+  "       capstan trust export FINGERPRINT [--out FILE]   (PEM)\n"                   \
+  "       (all take --data-dir DIR; FINGERPRINT is the SHA-256 from 'trust list',\n" \
   "       or an unambiguous prefix of at least 8 hex digits)"
 
 static const capstan_cli_opt_t trust_opts[] = {
@@ -601,7 +586,8 @@ static const capstan_cli_opt_t trust_opts[] = {
 static const capstan_cli_sub_t trust_subs[] = {
     {"add", CAPSTAN_CLI_OPT(OPT_PURPOSE), false, 1, 1, NULL, run_add},
     {"list", CAPSTAN_CLI_OPT(OPT_PURPOSE), true, 0, 0, NULL, run_list},
-    {"remove", CAPSTAN_CLI_OPT(OPT_ALL_PURPOSE), false, 0, 1, NULL, run_remove},
+    {"remove", CAPSTAN_CLI_OPT(OPT_ALL_PURPOSE) | CAPSTAN_CLI_OPT(OPT_PURPOSE), false, 0, 1, NULL,
+     run_remove},
     {"export", CAPSTAN_CLI_OPT(OPT_OUT), false, 1, 1, NULL, run_export},
 };
 

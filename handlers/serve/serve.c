@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "core/base/error.h"
+#include "core/capf_lifecycle.h"
 #include "core/identities.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
@@ -30,6 +31,7 @@
 #include "storage/store.h"
 
 #define SETTINGS_POLL_MS 1000
+#define EXPIRY_CHECK_SECONDS 86400 /* the CAPF expiry warning, once a day */
 
 typedef struct server {
   const capstan_serve_options_t *opt;
@@ -38,6 +40,10 @@ typedef struct server {
   uint64_t settings_txnid;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t poll;
+  /* The CAPF certificate's clock: when the first previous CAPF stops being
+   * trusted (0: none is), and when to look at the CAPF's expiry next. */
+  int64_t previous_trust_ends;
+  int64_t next_expiry_check;
   int stopping;
   unsigned stage;    /* drain stage in progress */
   unsigned draining; /* rows of that stage still draining */
@@ -57,6 +63,25 @@ static void each_reload(server_t *srv) {
     const capstan_serve_listener_t *row = &capstan_serve_listeners[i];
     if (row->reload) row->reload(&srv->ctx);
   }
+  int64_t now = (int64_t)time(NULL);
+  srv->previous_trust_ends = capstan_capf_previous_trust_ends(srv->ctx.store, now);
+  capstan_capf_check_expiry(srv->ctx.store, now);
+}
+
+/* Once a second: a previous CAPF certificate whose trust window ended
+ * leaves CAPF-trust and the ITL files although nothing in the store
+ * changed; and once a day the CAPF's own expiry is checked. */
+static void check_capf_clock(server_t *srv) {
+  if (srv->stopping) return;
+  int64_t now = (int64_t)time(NULL);
+  if (srv->previous_trust_ends != 0 && now >= srv->previous_trust_ends) {
+    LOG_INFO("event=reload cause=capf_previous_trust_ended");
+    each_reload(srv);
+  }
+  if (now >= srv->next_expiry_check) {
+    capstan_capf_check_expiry(srv->ctx.store, now);
+    srv->next_expiry_check = now + EXPIRY_CHECK_SECONDS;
+  }
 }
 
 static void apply_settings(server_t *srv) {
@@ -70,22 +95,29 @@ static void apply_settings(server_t *srv) {
     LOG_INFO("event=settings_applied %s", all);
   }
   uint64_t old_generation = srv->settings.trust_generation;
+  unsigned old_trust_days = srv->settings.capf_previous_trust_days;
   srv->settings = s;
   /* Once draining, rows are going away: no settings or reloads reach them
    * (the poll and SIGHUP stay live until everything drained). */
   if (srv->stopping) return;
   each_apply_settings(srv);
-  /* `capstan trust` bumps the generation with every change: reload the
-   * trust stores as SIGHUP would, without the operator sending it. */
+  /* `capstan trust` and `capstan cert capf` bump the generation with
+   * every change: reload the identities and trust stores as SIGHUP would,
+   * without the operator sending it. A new trust window for previous CAPF
+   * certificates changes which of them are trusted. */
   if (s.trust_generation != old_generation) {
     LOG_INFO("event=reload cause=trust_changed generation=%llu",
              (unsigned long long)s.trust_generation);
+    each_reload(srv);
+  } else if (s.capf_previous_trust_days != old_trust_days) {
+    LOG_INFO("event=reload cause=capf_previous_trust_days days=%u", s.capf_previous_trust_days);
     each_reload(srv);
   }
 }
 
 static void on_poll(uv_timer_t *t) {
   server_t *srv = t->data;
+  check_capf_clock(srv);
   uint64_t txnid = capstan_store_txnid(srv->ctx.store);
   if (txnid == srv->settings_txnid) return;
   srv->settings_txnid = txnid;
@@ -191,6 +223,9 @@ static int start_rows(server_t *srv) {
     }
   }
   capstan_serve_log_listeners(&srv->ctx);
+  int64_t now = (int64_t)time(NULL);
+  srv->previous_trust_ends = capstan_capf_previous_trust_ends(srv->ctx.store, now);
+  srv->next_expiry_check = now; /* the first poll checks the expiry */
   return 0;
 }
 

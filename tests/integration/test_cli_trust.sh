@@ -109,7 +109,6 @@ refused() { # FILE REASON
   [[ "$(count_trust)" == 0 ]] || fail "refused upload $1 stored something"
 }
 refused no_ca "basicConstraints CA:TRUE missing"
-refused pathlen "basicConstraints pathlen must be 0"
 refused usage "keyUsage must include digitalSignature and keyCertSign"
 refused capf_cn "CN containing CAPF- is reserved"
 refused ipsec_ca "IPsec certificate signed by a CA must not be CA:TRUE"
@@ -126,9 +125,24 @@ has "$OUT" "added $FP capf-trust CN=Test Root CA"
 # Again (as DER): already there, nothing changes.
 run 0 trust add "$C/good.der"
 has "$OUT" "0 certificates added to capf-trust (1 already there)"
-# Into the other store: refused, it is in one store already.
-run 1 trust add "$C/good.der" --purpose callmanager-trust
-has "$ERR" "already in capf-trust"
+# Into the other store too: one record, in both stores (an enterprise root
+# above a CA-signed CAPF must be in both).
+run 0 trust add "$C/good.der" --purpose callmanager-trust
+has "$OUT" "1 certificate added to callmanager-trust"
+run 0 trust list --json --purpose callmanager-trust
+jq -e --arg fp "$FP" '[.[] | select(.fingerprint == $fp)][0].purposes == ["capf-trust","callmanager-trust"]' \
+  "$OUT" >/dev/null || fail "a certificate in both stores: $(cat "$OUT")"
+# Out of one store only: it stays in the other.
+run 0 trust remove "$FP" --purpose callmanager-trust
+has "$OUT" "removed $FP"
+[[ "$(count_trust --purpose callmanager-trust)" == 0 ]] || fail "trust remove --purpose left it in callmanager-trust"
+[[ "$(count_trust --purpose capf-trust)" == 1 ]] || fail "trust remove --purpose took it out of capf-trust"
+# A root whose pathlen allows CAs below it (the root above a CA-signed CAPF
+# needs one) is a valid upload; the CAPF import checks the path.
+run 0 trust add "$C/pathlen.pem" --purpose callmanager-trust
+has "$OUT" "1 certificate added to callmanager-trust"
+PATHLEN_FP=$(openssl x509 -in "$C/pathlen.pem" -outform DER | sha256sum | cut -d' ' -f1)
+run 0 trust remove "$PATHLEN_FP"
 # A bundle, and an IPsec certificate signed by a CA (CA:FALSE), into
 # CallManager-trust.
 run 0 trust add "$C/bundle_ok.pem" --purpose callmanager-trust

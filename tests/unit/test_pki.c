@@ -1292,9 +1292,9 @@ static void test_cert_validity(void **state) {
  * test): subject CN=|cn| (or |subject| when non-NULL), key |pub|, signed by
  * |issuer| with SHA-256, CA:TRUE with |pathlen| (-1: none) when |ca|,
  * keyUsage |ku| (bit numbers) when non-zero. */
-static uint8_t *make_cert(const capstan_identity_t *issuer, const X509_NAME *subject,
-                          const char *cn, EVP_PKEY *pub, int ca, long pathlen, unsigned ku,
-                          size_t *len) {
+static uint8_t *make_cert_md(const capstan_identity_t *issuer, const X509_NAME *subject,
+                             const char *cn, EVP_PKEY *pub, int ca, long pathlen, unsigned ku,
+                             const EVP_MD *md, size_t *len) {
   X509 *x = X509_new();
   assert_non_null(x);
   assert_true(X509_set_version(x, X509_VERSION_3));
@@ -1304,7 +1304,9 @@ static uint8_t *make_cert(const capstan_identity_t *issuer, const X509_NAME *sub
   if (subject == NULL) add_utf8(name, NID_commonName, cn, strlen(cn), 0);
   assert_true(X509_set_subject_name(x, name));
   X509_NAME_free(name);
-  assert_true(X509_set_issuer_name(x, X509_get_subject_name(issuer->cert)));
+  /* No issuer: self-signed with |pub| (which then holds a private key). */
+  assert_true(X509_set_issuer_name(
+      x, issuer != NULL ? X509_get_subject_name(issuer->cert) : X509_get_subject_name(x)));
   assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), -3600));
   assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365));
   assert_true(X509_set_pubkey(x, pub));
@@ -1326,168 +1328,295 @@ static uint8_t *make_cert(const capstan_identity_t *issuer, const X509_NAME *sub
     assert_true(X509_add1_ext_i2d(x, NID_key_usage, bits, 1, X509V3_ADD_DEFAULT));
     ASN1_BIT_STRING_free(bits);
   }
-  assert_true(X509_sign(x, issuer->key, EVP_sha256()) > 0);
+  assert_true(X509_sign(x, issuer != NULL ? issuer->key : pub, md) > 0);
   uint8_t *der = NULL;
   assert_int_equal(capstan_pki_cert_to_der(x, &der, len), 0);
   X509_free(x);
   return der;
 }
 
+static uint8_t *make_cert(const capstan_identity_t *issuer, const X509_NAME *subject,
+                          const char *cn, EVP_PKEY *pub, int ca, long pathlen, unsigned ku,
+                          size_t *len) {
+  return make_cert_md(issuer, subject, cn, pub, ca, pathlen, ku, EVP_sha256(), len);
+}
+
 #define KU_CA ((1u << 0) | (1u << 5))
 
 static void test_capf_csr(void **state) {
   (void)state;
-  uint8_t *der = NULL;
-  size_t len = 0;
-  assert_int_equal(capstan_pki_make_capf_csr(&fx.capf, &der, &len), 0);
-  const uint8_t *p = der;
-  X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)len);
-  assert_non_null(req);
-  assert_ptr_equal(p, der + len);
-  assert_int_equal(X509_REQ_verify(req, fx.capf.key), 1);
-  assert_int_equal(
-      X509_NAME_cmp(X509_REQ_get_subject_name(req), X509_get_subject_name(fx.capf.cert)), 0);
-  EVP_PKEY *pub = X509_REQ_get_pubkey(req);
-  assert_int_equal(EVP_PKEY_cmp(pub, fx.capf.key), 1);
-  EVP_PKEY_free(pub);
-  STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
-  assert_non_null(exts);
-  int crit = 0;
-  BASIC_CONSTRAINTS *bc = X509V3_get_d2i(exts, NID_basic_constraints, &crit, NULL);
-  assert_non_null(bc);
-  assert_int_equal(crit, 1);
-  assert_true(bc->ca);
-  assert_int_equal(ASN1_INTEGER_get(bc->pathlen), 0);
-  BASIC_CONSTRAINTS_free(bc);
-  ASN1_BIT_STRING *ku = X509V3_get_d2i(exts, NID_key_usage, &crit, NULL);
-  assert_non_null(ku);
-  assert_int_equal(crit, 1);
-  assert_true(ASN1_BIT_STRING_get_bit(ku, 0));
-  assert_true(ASN1_BIT_STRING_get_bit(ku, 5));
-  assert_false(ASN1_BIT_STRING_get_bit(ku, 2));
-  ASN1_BIT_STRING_free(ku);
-  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-  X509_REQ_free(req);
+  X509_NAME *subject = NULL;
+  assert_int_equal(capstan_pki_capf_subject("O=Example,C=NZ", &subject), 0);
+  EVP_PKEY *keys[] = {fx.capf.key, fx.ec256};
+  for (size_t k = 0; k < 2; k++) {
+    uint8_t *der = NULL;
+    size_t len = 0;
+    assert_int_equal(capstan_pki_make_capf_csr(keys[k], subject, &der, &len), 0);
+    const uint8_t *p = der;
+    X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)len);
+    assert_non_null(req);
+    assert_ptr_equal(p, der + len);
+    assert_int_equal(X509_REQ_verify(req, keys[k]), 1);
+    int md = NID_undef, pk = NID_undef;
+    assert_true(OBJ_find_sigid_algs(X509_REQ_get_signature_nid(req), &md, &pk));
+    assert_int_equal(md, NID_sha256);
+    assert_int_equal(X509_NAME_cmp(X509_REQ_get_subject_name(req), subject), 0);
+    EVP_PKEY *pub = X509_REQ_get_pubkey(req);
+    assert_int_equal(EVP_PKEY_cmp(pub, keys[k]), 1);
+    EVP_PKEY_free(pub);
+    /* Exactly the three extensions of capf-lifecycle.md, no more. */
+    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
+    assert_non_null(exts);
+    assert_int_equal(sk_X509_EXTENSION_num(exts), 3);
+    int crit = 0;
+    BASIC_CONSTRAINTS *bc = X509V3_get_d2i(exts, NID_basic_constraints, &crit, NULL);
+    assert_non_null(bc);
+    assert_int_equal(crit, 1);
+    assert_true(bc->ca);
+    assert_int_equal(ASN1_INTEGER_get(bc->pathlen), 0);
+    BASIC_CONSTRAINTS_free(bc);
+    ASN1_BIT_STRING *ku = X509V3_get_d2i(exts, NID_key_usage, &crit, NULL);
+    assert_non_null(ku);
+    assert_int_equal(crit, 1);
+    for (int bit = 0; bit < 9; bit++) {
+      assert_int_equal(ASN1_BIT_STRING_get_bit(ku, bit), bit == 0 || bit == 5);
+    }
+    ASN1_BIT_STRING_free(ku);
+    EXTENDED_KEY_USAGE *eku = X509V3_get_d2i(exts, NID_ext_key_usage, &crit, NULL);
+    assert_non_null(eku);
+    assert_int_equal(crit, 0);
+    assert_int_equal(sk_ASN1_OBJECT_num(eku), 2);
+    assert_int_equal(OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, 0)), NID_server_auth);
+    assert_int_equal(OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, 1)), NID_ipsecEndSystem);
+    sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    X509_REQ_free(req);
 
-  /* PEM for the operator, and back. */
-  char *pem = NULL;
-  assert_int_equal(capstan_pki_pem_encode("CERTIFICATE REQUEST", der, len, &pem), 0);
-  assert_memory_equal(pem, "-----BEGIN CERTIFICATE REQUEST-----\n", 36);
-  uint8_t **ders = NULL;
-  size_t *lens = NULL, count = 0;
-  assert_int_equal(capstan_pki_pem_decode((const uint8_t *)pem, strlen(pem), "CERTIFICATE REQUEST",
-                                          &ders, &lens, &count),
-                   0);
-  assert_int_equal(count, 1);
-  assert_int_equal(lens[0], len);
-  assert_memory_equal(ders[0], der, len);
-  capstan_pki_der_array_free(ders, lens, count);
-  free(pem);
-  free(der);
+    /* PEM for the operator, and back. */
+    char *pem = NULL;
+    assert_int_equal(capstan_pki_pem_encode("CERTIFICATE REQUEST", der, len, &pem), 0);
+    assert_memory_equal(pem, "-----BEGIN CERTIFICATE REQUEST-----\n", 36);
+    uint8_t **ders = NULL;
+    size_t *lens = NULL, count = 0;
+    assert_int_equal(capstan_pki_pem_decode((const uint8_t *)pem, strlen(pem),
+                                            "CERTIFICATE REQUEST", &ders, &lens, &count),
+                     0);
+    assert_int_equal(count, 1);
+    assert_int_equal(lens[0], len);
+    assert_memory_equal(ders[0], der, len);
+    capstan_pki_der_array_free(ders, lens, count);
+    free(pem);
+    free(der);
+  }
+  /* The CN is CAPF- and 8 hex digits, then the extra attributes. */
+  char cn[64];
+  assert_int_equal(X509_NAME_get_text_by_NID(subject, NID_commonName, cn, sizeof(cn)), 13);
+  assert_memory_equal(cn, "CAPF-", 5);
+  assert_int_equal(strspn(cn + 5, "0123456789abcdef"), 8);
+  X509_NAME_free(subject);
+  assert_int_equal(capstan_pki_capf_subject("X=1", &subject), CAPSTAN_EINVAL);
+  assert_null(subject);
+}
+
+static void test_create_capf_spec(void **state) {
+  (void)state;
+  capstan_identity_t id = {0};
+  capstan_capf_spec_t ec = {
+      .key_alg = CAPSTAN_KEY_EC, .key_bits = 384, .days = 30, .subject_extra = "O=Example"};
+  assert_int_equal(capstan_pki_create_capf_spec(&ec, &id), 0);
+  char name[16];
+  capstan_pki_key_name(id.key, name, sizeof(name));
+  assert_string_equal(name, "ec384");
+  assert_true(capstan_pki_is_self_signed(id.cert));
+  int64_t nb = 0, na = 0;
+  assert_int_equal(capstan_pki_cert_validity(id.cert, &nb, &na), 0);
+  assert_int_equal(na - nb, 30LL * 86400 + 3600);
+  assert_non_null(X509_get0_subject_key_id(id.cert));
+  capstan_identity_cleanup(&id);
+  capstan_pki_key_name(fx.capf.key, name, sizeof(name));
+  assert_string_equal(name, "rsa2048");
+  assert_false(capstan_pki_is_self_signed(NULL));
+  /* Keys a CAPF may not have, and validity beyond the bound. */
+  capstan_capf_spec_t bad[] = {
+      {.key_alg = CAPSTAN_KEY_RSA, .key_bits = 1024},
+      {.key_alg = CAPSTAN_KEY_EC, .key_bits = 521},
+      {.key_alg = CAPSTAN_KEY_RSA, .key_bits = 2048, .days = CAPSTAN_PKI_CAPF_MAX_DAYS + 1},
+      {.key_alg = CAPSTAN_KEY_RSA, .key_bits = 2048, .subject_extra = "CN=x"},
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    assert_int_equal(capstan_pki_create_capf_spec(&bad[i], &id), CAPSTAN_EINVAL);
+    assert_null(id.cert);
+  }
+}
+
+static STACK_OF(X509) *
+    parsed_stack(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len) {
+  STACK_OF(X509) *sk = sk_X509_new_null();
+  assert_non_null(sk);
+  if (a != NULL) assert_true(sk_X509_push(sk, parse(a, a_len)));
+  if (b != NULL) assert_true(sk_X509_push(sk, parse(b, b_len)));
+  return sk;
+}
+
+/* Checks |der| as an import for |keys| through |cands| at |now|; returns the
+ * refused rule (-1: accepted) and frees the result. */
+static int import_rule(EVP_PKEY *const *keys, size_t nkeys, const uint8_t *der, size_t len,
+                       STACK_OF(X509) * cands, int64_t now, unsigned flags) {
+  capstan_capf_import_t imp;
+  int rc = capstan_pki_check_capf_import(keys, nkeys, der, len, cands, now, flags, &imp);
+  int rule = rc == 0 ? -1 : imp.rule;
+  if (rc != 0) {
+    assert_int_equal(rc, CAPSTAN_EINVAL);
+    assert_non_null(imp.why);
+    assert_null(imp.id.cert);
+  }
+  capstan_capf_import_cleanup(&imp);
+  return rule;
 }
 
 static void test_import_capf(void **state) {
   (void)state;
   const X509_NAME *capf_name = X509_get_subject_name(fx.capf.cert);
-  uint8_t *root = NULL;
-  size_t root_len = 0;
-  assert_int_equal(capstan_pki_cert_to_der(fx.ca.cert, &root, &root_len), 0);
-  const uint8_t *chain[] = {root};
-  size_t chain_lens[] = {root_len};
+  int64_t now = (int64_t)time(NULL);
+  /* The enterprise root (no pathlen) and an intermediate (pathlen 1). */
+  size_t root_len = 0, inter_len = 0, len = 0;
+  uint8_t *root = make_cert(NULL, NULL, "Enterprise Root", fx.ec384, 1, -1, KU_CA, &root_len);
+  capstan_identity_t root_id = {.cert = parse(root, root_len), .key = fx.ec384};
+  uint8_t *inter = make_cert(&root_id, NULL, "Voice Issuing", fx.ec256, 1, 1, KU_CA, &inter_len);
+  capstan_identity_t inter_id = {.cert = parse(inter, inter_len), .key = fx.ec256};
+  STACK_OF(X509) *cands = parsed_stack(root, root_len, inter, inter_len);
 
-  /* The enterprise CA (the test CA) signs the CAPF key as a CA. */
-  size_t len = 0;
-  uint8_t *signed_capf = make_cert(&fx.ca, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
-  capstan_identity_t id = {0};
-  const char *why = "unset";
-  assert_int_equal(
-      capstan_pki_import_capf_cert(&fx.capf, signed_capf, len, chain, chain_lens, 1, &id, &why), 0);
-  assert_null(why);
-  assert_int_equal(EVP_PKEY_cmp(id.key, fx.capf.key), 1);
-  assert_int_equal(sk_X509_num(id.chain), 1);
-  assert_int_equal(X509_cmp(sk_X509_value(id.chain, 0), fx.ca.cert), 0);
-  /* LSCs from the imported CAPF chain to the enterprise root. */
-  uint8_t serial[16];
-  uint8_t *lsc = NULL;
+  /* Accepted for the current key (second of the list): chain inter, root. */
+  uint8_t *good = make_cert(&inter_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  EVP_PKEY *keys[] = {fx.rsa2048, fx.capf.key};
+  capstan_capf_import_t imp;
+  assert_int_equal(capstan_pki_check_capf_import(keys, 2, good, len, cands, now, 0, &imp), 0);
+  assert_null(imp.warning);
+  assert_int_equal(imp.key_index, 1);
+  assert_int_equal(EVP_PKEY_cmp(imp.id.key, fx.capf.key), 1);
+  assert_int_equal(sk_X509_num(imp.id.chain), 2);
+  assert_int_equal(X509_cmp(sk_X509_value(imp.id.chain, 0), inter_id.cert), 0);
+  assert_int_equal(X509_cmp(sk_X509_value(imp.id.chain, 1), root_id.cert), 0);
+  /* LSCs from it verify to the root with the root as the only anchor. */
+  uint8_t serial[16], *lsc = NULL;
   size_t lsc_len = 0;
   int64_t na;
   assert_int_equal(
-      capstan_pki_issue_lsc(&id, "SEPIMPORT0001", fx.ec256, 30, serial, &lsc, &lsc_len, &na), 0);
+      capstan_pki_issue_lsc(&imp.id, "SEPIMPORT0001", fx.ec256, 30, serial, &lsc, &lsc_len, &na),
+      0);
   X509 *x = parse(lsc, lsc_len);
-  STACK_OF(X509) *roots = stack_of(fx.ca.cert, NULL);
-  STACK_OF(X509) *inter = stack_of(id.cert, NULL);
-  assert_int_equal(capstan_pki_verify_chain(x, inter, roots), 0);
+  STACK_OF(X509) *roots = stack_of(root_id.cert, NULL);
+  STACK_OF(X509) *path = stack_of(imp.id.cert, inter_id.cert);
+  assert_int_equal(capstan_pki_verify_chain(x, path, roots), 0);
   assert_int_equal(capstan_pki_verify_chain(x, NULL, roots), CAPSTAN_EACCES);
-  AUTHORITY_KEYID *aki = X509_get_ext_d2i(x, NID_authority_key_identifier, NULL, NULL);
-  assert_null(aki); /* the test CA's certificate for the CAPF carries no SKI */
   sk_X509_pop_free(roots, X509_free);
-  sk_X509_pop_free(inter, X509_free);
+  sk_X509_pop_free(path, X509_free);
   X509_free(x);
   free(lsc);
   /* A CA-signed CAPF certificate is not an acceptable IPsec upload. */
-  assert_int_equal(capstan_pki_check_trust_upload(id.cert, CAPSTAN_PKI_UPLOAD_IPSEC, &why),
+  const char *why = NULL;
+  assert_int_equal(capstan_pki_check_trust_upload(imp.id.cert, CAPSTAN_PKI_UPLOAD_IPSEC, &why),
                    CAPSTAN_EINVAL);
   assert_string_equal(why, "IPsec certificate signed by a CA must not be CA:TRUE");
-  capstan_identity_cleanup(&id);
+  capstan_capf_import_cleanup(&imp);
 
-  /* Refusals, each with its reason. */
-  assert_int_equal(
-      capstan_pki_import_capf_cert(&fx.capf, signed_capf, len, chain, chain_lens, 0, &id, &why),
-      CAPSTAN_EINVAL);
-  assert_string_equal(why, "chain missing");
-  uint8_t *other_root = NULL;
-  size_t other_len = 0;
-  assert_int_equal(capstan_pki_cert_to_der(fx.tftp.cert, &other_root, &other_len), 0);
-  const uint8_t *bad_chain[] = {other_root};
-  assert_int_equal(
-      capstan_pki_import_capf_cert(&fx.capf, signed_capf, len, bad_chain, &other_len, 1, &id, &why),
-      CAPSTAN_EACCES);
-  assert_string_equal(why, "chain does not build");
-  const uint8_t *junk_chain[] = {(const uint8_t *)"junk"};
-  size_t junk_len = 4;
-  assert_int_equal(
-      capstan_pki_import_capf_cert(&fx.capf, signed_capf, len, junk_chain, &junk_len, 1, &id, &why),
-      CAPSTAN_EINVAL);
-  assert_string_equal(why, "chain certificate malformed");
-  assert_int_equal(
-      capstan_pki_import_capf_cert(&fx.capf, root, root_len, chain, chain_lens, 1, &id, &why),
-      CAPSTAN_EINVAL);
-  assert_string_equal(why, "key does not match the CAPF key");
-  assert_int_equal(capstan_pki_import_capf_cert(&fx.capf, (const uint8_t *)"x", 1, chain,
-                                                chain_lens, 1, &id, &why),
-                   CAPSTAN_EINVAL);
-  assert_string_equal(why, "certificate malformed");
-  free(signed_capf);
+  /* The pending key (first of the list) matches too. */
+  uint8_t *pending = make_cert(&inter_id, capf_name, NULL, fx.rsa2048, 1, 0, KU_CA, &len);
+  assert_int_equal(capstan_pki_check_capf_import(keys, 2, pending, len, cands, now, 0, &imp), 0);
+  assert_int_equal(imp.key_index, 0);
+  capstan_capf_import_cleanup(&imp);
+  EVP_PKEY *no_pending[] = {NULL, fx.capf.key};
+  assert_int_equal(import_rule(no_pending, 2, pending, len, cands, now, 0), 1);
+  free(pending);
 
+  /* Rule 4 by the clock: not yet valid, expired, close to expiry. */
+  size_t good_len = 0;
+  free(good);
+  good = make_cert(&inter_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &good_len);
+  assert_int_equal(import_rule(keys, 2, good, good_len, cands, now - 7200, 0), 4);
+  assert_int_equal(import_rule(keys, 2, good, good_len, cands, now + 366 * 86400LL, 0), 4);
+  int64_t late = now + 350 * 86400LL;
+  assert_int_equal(capstan_pki_check_capf_import(keys, 2, good, good_len, cands, late, 0, &imp), 0);
+  assert_string_equal(imp.warning, "the certificate expires in fewer than 30 days");
+  capstan_capf_import_cleanup(&imp);
+  assert_int_equal(import_rule(keys, 2, good, good_len, cands, late, CAPSTAN_PKI_IMPORT_STRICT), 4);
+
+  /* Rule 5: a missing issuer, a CA that may not have a CA below it, and an
+   * issuer that is not a CA. */
+  STACK_OF(X509) *only_inter = parsed_stack(inter, inter_len, NULL, 0);
+  assert_int_equal(import_rule(keys, 2, good, good_len, only_inter, now, 0), 5);
+  assert_int_equal(import_rule(keys, 2, good, good_len, NULL, now, 0), 5);
+  sk_X509_pop_free(only_inter, X509_free);
+  uint8_t *tight = make_cert(&root_id, NULL, "Tight Issuing", fx.ec521, 1, 0, KU_CA, &len);
+  capstan_identity_t tight_id = {.cert = parse(tight, len), .key = fx.ec521};
+  STACK_OF(X509) *tight_cands = parsed_stack(root, root_len, tight, len);
+  uint8_t *under_tight = make_cert(&tight_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  assert_int_equal(import_rule(keys, 2, under_tight, len, tight_cands, now, 0), 5);
+  free(under_tight);
+  uint8_t *under_leaf = make_cert(&fx.tftp, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  STACK_OF(X509) *leaf_cands = stack_of(fx.tftp.cert, NULL);
+  assert_int_equal(import_rule(keys, 2, under_leaf, len, leaf_cands, now, 0), 5);
+  free(under_leaf);
+  sk_X509_pop_free(leaf_cands, X509_free);
+  /* The manufacturing-style CA with pathlen 0 cannot sign a CAPF either. */
+  uint8_t *under_ca = make_cert(&fx.ca, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  STACK_OF(X509) *ca_cands = stack_of(fx.ca.cert, NULL);
+  assert_int_equal(import_rule(keys, 2, under_ca, len, ca_cands, now, 0), 5);
+  free(under_ca);
+  sk_X509_pop_free(ca_cands, X509_free);
+
+  /* Rule 6: SHA-1 on the CAPF itself. */
+  uint8_t *sha1 =
+      make_cert_md(&inter_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, EVP_sha1(), &len);
+  assert_int_equal(import_rule(keys, 2, sha1, len, cands, now, 0), 6);
+  free(sha1);
+  /* Rule 7: a CA named CAPF- above the CAPF. */
+  size_t fake_len = 0;
+  uint8_t *fake_root = make_cert(NULL, NULL, "Corp CAPF-Root", fx.ec521, 1, -1, KU_CA, &fake_len);
+  capstan_identity_t fake_id = {.cert = parse(fake_root, fake_len), .key = fx.ec521};
+  STACK_OF(X509) *fake_cands = parsed_stack(fake_root, fake_len, NULL, 0);
+  uint8_t *under_fake = make_cert(&fake_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  assert_int_equal(import_rule(keys, 2, under_fake, len, fake_cands, now, 0), 7);
+  free(under_fake);
+  sk_X509_pop_free(fake_cands, X509_free);
+  X509_free(fake_id.cert);
+  free(fake_root);
+
+  /* Rules 0-3 on the certificate itself. */
+  assert_int_equal(import_rule(keys, 2, (const uint8_t *)"x", 1, cands, now, 0), 0);
+  assert_int_equal(import_rule(keys, 2, root, root_len, cands, now, 0), 1);
+  EVP_PKEY *only_other[] = {fx.rsa2048};
+  assert_int_equal(import_rule(only_other, 1, good, good_len, cands, now, 0), 1);
   struct {
     const char *cn;
     int ca;
     long pathlen;
     unsigned ku;
-    const char *why;
+    int rule;
   } bad[] = {
-      {"Enterprise Voice", 1, 0, KU_CA, "CN must start with CAPF-"},
-      {NULL, 0, -1, KU_CA, "basicConstraints CA:TRUE missing"},
-      {NULL, 1, -1, KU_CA, "basicConstraints pathlen must be 0"},
-      {NULL, 1, 1, KU_CA, "basicConstraints pathlen must be 0"},
-      {NULL, 1, 0, 1u << 5, "keyUsage must include digitalSignature and keyCertSign"},
-      {NULL, 1, 0, 0, "keyUsage must include digitalSignature and keyCertSign"},
+      {"Enterprise Voice", 1, 0, KU_CA, 2},
+      {NULL, 0, -1, KU_CA, 2},
+      {NULL, 1, -1, KU_CA, 2},
+      {NULL, 1, 1, KU_CA, 2},
+      {NULL, 1, 0, 1u << 5, 3},
+      {NULL, 1, 0, 0, 3},
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-    uint8_t *der = make_cert(&fx.ca, bad[i].cn ? NULL : capf_name, bad[i].cn, fx.capf.key,
+    uint8_t *der = make_cert(&inter_id, bad[i].cn ? NULL : capf_name, bad[i].cn, fx.capf.key,
                              bad[i].ca, bad[i].pathlen, bad[i].ku, &len);
-    why = NULL;
-    assert_int_equal(
-        capstan_pki_import_capf_cert(&fx.capf, der, len, chain, chain_lens, 1, &id, &why),
-        CAPSTAN_EINVAL);
-    assert_non_null(why);
-    assert_string_equal(why, bad[i].why);
-    assert_null(id.cert);
+    assert_int_equal(import_rule(keys, 2, der, len, cands, now, 0), bad[i].rule);
     free(der);
   }
   assert_int_equal(ERR_peek_error(), 0);
+  sk_X509_pop_free(tight_cands, X509_free);
+  X509_free(tight_id.cert);
+  free(tight);
+  sk_X509_pop_free(cands, X509_free);
+  X509_free(inter_id.cert);
+  X509_free(root_id.cert);
+  free(good);
+  free(inter);
   free(root);
-  free(other_root);
 }
 
 static void test_trust_upload(void **state) {
@@ -1502,10 +1631,16 @@ static void test_trust_upload(void **state) {
                    CAPSTAN_EINVAL);
   assert_string_equal(why, "basicConstraints CA:TRUE missing");
   size_t len = 0;
+  /* A CA above a CA-signed CAPF needs room below it; one that signs LSCs
+   * directly must have pathlen 0. */
   uint8_t *der = make_cert(&fx.ca, NULL, "Intermediate", fx.ec384, 1, 2, KU_CA, &len);
   X509 *x = parse(der, len);
-  assert_int_equal(capstan_pki_check_trust_upload(x, CAPSTAN_PKI_UPLOAD_CA, &why), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_pki_check_trust_upload(x, CAPSTAN_PKI_UPLOAD_CA, &why), 0);
+  assert_int_equal(capstan_pki_check_trust_upload(x, CAPSTAN_PKI_UPLOAD_ISSUING_CA, &why),
+                   CAPSTAN_EINVAL);
   assert_string_equal(why, "basicConstraints pathlen must be 0");
+  assert_int_equal(capstan_pki_check_trust_upload(fx.ca.cert, CAPSTAN_PKI_UPLOAD_ISSUING_CA, &why),
+                   0);
   X509_free(x);
   free(der);
   der = make_cert(&fx.ca, NULL, "Voice CA", fx.ec384, 1, 0, 1u << 5, &len);
@@ -1661,6 +1796,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_generate_key_args),
       cmocka_unit_test(test_cert_validity),
       cmocka_unit_test(test_capf_csr),
+      cmocka_unit_test(test_create_capf_spec),
       cmocka_unit_test(test_import_capf),
       cmocka_unit_test(test_trust_upload),
       cmocka_unit_test(test_pem),

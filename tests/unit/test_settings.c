@@ -43,6 +43,7 @@ static const bound_t bounds[] = {
     {"step-timeout-seconds", 1, 3600},
     {"max-connections", 1, 1000000},
     {"max-connections-per-address", 1, 100000},
+    {"capf-previous-trust-days", 0, 3650},
 };
 
 static void test_every_numeric_bound(void **state) {
@@ -157,7 +158,7 @@ static void test_host(void **state) {
 }
 
 static void test_table(void **state) {
-  assert_int_equal(capstan_settings_count(), 15);
+  assert_int_equal(capstan_settings_count(), 16);
   for (size_t i = 0; i < capstan_settings_count(); i++) {
     const capstan_setting_info_t *info = capstan_settings_info(i);
     assert_non_null(info);
