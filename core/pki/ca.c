@@ -185,6 +185,22 @@ static X509 *find_issuer(X509 *x, STACK_OF(X509) * candidates) {
   return NULL;
 }
 
+/* Rule 5's "a CA": CA:TRUE, and keyCertSign when keyUsage is present (a CA
+ * without keyUsage verifies under RFC 5280; digitalSignature is a trust-store
+ * rule, not a path rule). */
+static int chain_ca(const X509 *x) {
+  BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(x, NID_basic_constraints, NULL, NULL);
+  int crit = 0;
+  ASN1_BIT_STRING *ku = X509_get_ext_d2i(x, NID_key_usage, &crit, NULL);
+  int ok = bc != NULL && bc->ca &&
+           (ku != NULL ? ASN1_BIT_STRING_get_bit(ku, KU_BIT_KEY_CERT_SIGN)
+                       : X509_get_ext_by_NID(x, NID_key_usage, -1) < 0);
+  BASIC_CONSTRAINTS_free(bc);
+  ASN1_BIT_STRING_free(ku);
+  ERR_clear_error();
+  return ok;
+}
+
 /* RFC 5280 6.1.4 (l)-(m): a CA with pathlen N allows N CA certificates
  * below it before the end entity. |below| counts the CAs under |x|, the
  * CAPF included. */
@@ -223,7 +239,8 @@ static int build_path(X509 *cert, STACK_OF(X509) * candidates, int64_t now,
     if (up == NULL) {
       return refuse(out, 5,
                     "the chain does not build to a self-signed root: an issuer is in neither "
-                    "--chain nor the trust store");
+                    "--chain nor the trust store (give every CA above the CAPF, the root "
+                    "included, in --chain)");
     }
     if (!X509_up_ref(up)) return pki_fail(CAPSTAN_ENOMEM);
     if (!sk_X509_push(out->id.chain, up)) {
@@ -231,7 +248,7 @@ static int build_path(X509 *cert, STACK_OF(X509) * candidates, int64_t now,
       return pki_fail(CAPSTAN_ENOMEM);
     }
     size_t below = sk_X509_num(out->id.chain);
-    if (ca_rule_failure(up, 0) != NULL) {
+    if (!chain_ca(up)) {
       return refuse(out, 5, "a certificate of the chain is not a CA (CA:TRUE with keyCertSign)");
     }
     if (!valid_at(up, now)) {

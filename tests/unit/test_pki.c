@@ -1565,6 +1565,21 @@ static void test_import_capf(void **state) {
   free(under_ca);
   sk_X509_pop_free(ca_cands, X509_free);
 
+  /* A root with keyCertSign but no digitalSignature is still a CA on the
+   * path (the trust-store rule is stricter, the path rule is RFC 5280's). */
+  size_t plain_len = 0;
+  uint8_t *plain = make_cert(NULL, NULL, "Plain Root", fx.ec521, 1, -1, 1u << 5, &plain_len);
+  capstan_identity_t plain_id = {.cert = parse(plain, plain_len), .key = fx.ec521};
+  STACK_OF(X509) *plain_cands = parsed_stack(plain, plain_len, NULL, 0);
+  uint8_t *under_plain = make_cert(&plain_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  assert_int_equal(import_rule(keys, 2, under_plain, len, plain_cands, now, 0), -1);
+  assert_int_equal(capstan_pki_check_trust_upload(plain_id.cert, CAPSTAN_PKI_UPLOAD_CA, NULL),
+                   CAPSTAN_EINVAL);
+  free(under_plain);
+  sk_X509_pop_free(plain_cands, X509_free);
+  X509_free(plain_id.cert);
+  free(plain);
+
   /* Rule 6: SHA-1 on the CAPF itself. */
   uint8_t *sha1 =
       make_cert_md(&inter_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, EVP_sha1(), &len);
