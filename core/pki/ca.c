@@ -185,6 +185,11 @@ static X509 *find_issuer(X509 *x, STACK_OF(X509) * candidates) {
   return NULL;
 }
 
+static int ext_critical(const X509 *x, int nid) {
+  int i = X509_get_ext_by_NID(x, nid, -1);
+  return i >= 0 && X509_EXTENSION_get_critical(X509_get_ext(x, i));
+}
+
 /* Rule 5's "a CA": CA:TRUE, and keyCertSign when keyUsage is present (a CA
  * without keyUsage verifies under RFC 5280; digitalSignature is a trust-store
  * rule, not a path rule). */
@@ -287,6 +292,12 @@ int capstan_pki_check_capf_import(EVP_PKEY *const *keys, size_t nkeys, const uin
   const char *why = ca_rule_failure(cert, 1);
   if (why != NULL) return refuse(out, why[0] == 'k' ? 3 : 2, why);
   if (!cn_has_capf(cert, 1)) return refuse(out, 2, "the subject CN must start with CAPF-");
+  /* Phones fail TLS with a CAPF whose constraints are not critical
+   * (capf-lifecycle.md "The CAPF certificate"): part of rules 2 and 3. */
+  if (!ext_critical(cert, NID_basic_constraints)) {
+    return refuse(out, 2, "basicConstraints must be critical");
+  }
+  if (!ext_critical(cert, NID_key_usage)) return refuse(out, 3, "keyUsage must be critical");
   /* 4: in date, with room to run. */
   int64_t nb = 0, na = 0;
   if (capstan_pki_cert_validity(cert, &nb, &na) != 0) {
