@@ -239,7 +239,8 @@ static void render_node(capstan_json_t *j, const capstan_status_t *st, const rea
   capstan_json_close(j, '}');
 }
 
-static void render_devices(capstan_json_t *j, const capstan_census_t *c, double now) {
+static void render_devices(capstan_json_t *j, const capstan_status_t *st,
+                           const capstan_census_t *c) {
   /* The CLI's order (`capstan report status`). */
   static const capstan_census_status_t kOrder[] = {
       CAPSTAN_CENSUS_PENDING, CAPSTAN_CENSUS_IN_PROGRESS, CAPSTAN_CENSUS_SUCCEEDED,
@@ -257,6 +258,8 @@ static void render_devices(capstan_json_t *j, const capstan_census_t *c, double 
   double age = capstan_now_seconds() - c->at_mono;
   capstan_json_knum(j, "age_seconds", age > 0 ? age : 0, 1);
   capstan_json_knum(j, "scan_ms", c->scan_seconds * 1000, 1);
+  /* Unchanged: the counts are those of the store now, whatever their age. */
+  capstan_json_kbool(j, "store_changed_since", capstan_store_txnid(st->store) != c->txnid);
   capstan_json_close(j, '}');
 }
 
@@ -472,7 +475,7 @@ void capstan_status_render(capstan_status_t *st, const capstan_census_t *c, doub
   capstan_json_kint(j, "schema_version", 1);
   capstan_json_ktime(j, "generated_at", (int64_t)now);
   render_node(j, st, &r, now);
-  render_devices(j, c, now);
+  render_devices(j, st, c);
   render_progress(j, st, c, now);
   render_rates(j, st, &r, now);
   render_throttle(j, st, &r);
