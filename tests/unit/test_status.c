@@ -536,6 +536,7 @@ static void test_status_render(void **state) {
   c.by_status[CAPSTAN_CENSUS_SUCCEEDED] = 880;
   c.by_status[CAPSTAN_CENSUS_FAILED] = 20;
   c.at_mono = capstan_now_seconds();
+  c.txnid = capstan_store_txnid(f->store);
   c.n_failures = 1;
   snprintf(c.failures[0].name, sizeof(c.failures[0].name), "SEP000000000001");
   snprintf(c.failures[0].reason, sizeof(c.failures[0].reason), "authentication <failed>");
@@ -574,7 +575,10 @@ static void test_status_render(void **state) {
   assert_null(strstr(s, "\"limit_total\""));
   assert_non_null(strstr(s, "\"days_left\":9,\"expired\":false,\"signed_by\":\"ca\","));
   assert_non_null(strstr(s, "\"label\":\"CA-signed CAPF\""));
+  assert_non_null(strstr(s, "\"store_changed_since\":false}"));
   free(s);
+  /* A write since the census. */
+  put_device(f->store, "SEP000000000001", CAPSTAN__OP_STATUS__OP_STATUS_PENDING, 10, 0, NULL);
   /* Later refusals of the HTTP limit show up, by server. */
   capstan_metric_add(http_total, 2);
   capstan_status_sample(st, t0 + 101);
@@ -583,6 +587,7 @@ static void test_status_render(void **state) {
   s = take(&j);
   assert_non_null(strstr(s, "{\"listener\":\"http\",\"reason\":\"limit_total\","));
   assert_non_null(strstr(s, "\"total\":2,\"last_minute\":2,\"biting\":true}"));
+  assert_non_null(strstr(s, "\"store_changed_since\":true}"));
   free(s);
   /* Nothing left: done now. */
   c.by_status[CAPSTAN_CENSUS_PENDING] = c.by_status[CAPSTAN_CENSUS_IN_PROGRESS] = 0;
