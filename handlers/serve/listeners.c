@@ -77,6 +77,7 @@ DRAIN_BY_STOP(stats_drain, stats, capstan_stats_stop)
 
 static int admin_start(capstan_serve_ctx_t *ctx) {
   int rc = capstan_admin_start(ctx->loop, ctx->opt->admin_listen, NULL, &ctx->admin);
+  if (rc == 0) rc = capstan_admin_enable_status(ctx->admin, ctx->loop, ctx->store);
   if (rc < 0) {
     LOG_ERROR("event=admin_listen_failed address=%s error=%s", ctx->opt->admin_listen,
               capstan_strerror(rc));
