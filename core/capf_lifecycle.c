@@ -673,6 +673,23 @@ static int count_holding(const Capstan__Device *d, void *arg) {
   return 0;
 }
 
+int capstan_trust_removal_impact(capstan_txn_t *txn, X509 *cert, size_t *holding,
+                                 bool *in_live_chain) {
+  *holding = 0;
+  *in_live_chain = false;
+  capstan_identity_t live = {0};
+  int rc = capstan_identity_get(txn, CAPSTAN_IDENTITY_CAPF, &live);
+  if (rc < 0) return rc;
+  for (size_t i = 0; live.chain != NULL && i < sk_X509_num(live.chain); i++) {
+    if (X509_cmp(sk_X509_value(live.chain, i), cert) == 0) *in_live_chain = true;
+  }
+  holding_count_t h = {.retiring = cert, .live = live.cert};
+  rc = capstan_store_device_iterate(txn, count_holding, &h);
+  *holding = h.n;
+  capstan_identity_cleanup(&live);
+  return rc;
+}
+
 int capstan_capf_retire(capstan_store_t *store, const uint8_t *serial, size_t serial_len,
                         bool force, size_t *holding, X509 **retired) {
   *holding = 0;

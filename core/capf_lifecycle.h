@@ -111,6 +111,14 @@ int capstan_capf_retire(capstan_store_t *store, const uint8_t *serial, size_t se
 int capstan_trust_store_add(capstan_txn_t *txn, X509 *cert, const char *purpose, int64_t now,
                             bool *added);
 
+/* What removing |cert| from a trust store would break, inside |txn|:
+ * |*holding|, devices whose current LSC |cert| issued (and the live CAPF
+ * did not), which then fail "by existing certificate"; |*in_live_chain|,
+ * whether |cert| is above the live CAPF (a CA-signed CAPF's root or
+ * intermediate: CUCM needs its root in CallManager-trust). */
+int capstan_trust_removal_impact(capstan_txn_t *txn, X509 *cert, size_t *holding,
+                                 bool *in_live_chain);
+
 /* Inside |txn|: every previous CAPF certificate whose window of |days|
  * has ended at |now| is marked retired (with an audit event), so that a
  * window once ended stays ended when capf-previous-trust-days grows again.
