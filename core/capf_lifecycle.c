@@ -256,6 +256,17 @@ static int replace_capf(capstan_txn_t *txn, X509 *expected, const capstan_identi
     capstan_identity_cleanup(&live);
     return CAPSTAN_EEXIST;
   }
+  /* One more previous certificate must still fit every ITL. */
+  capstan_capf_previous_t *trusted = NULL;
+  size_t ntrusted = 0;
+  int64_t until = 0;
+  rc = capstan_capf_previous_trusted(txn, now, &trusted, &ntrusted, &until);
+  capstan_capf_previous_free(trusted, ntrusted);
+  if (rc == 0 && ntrusted >= CAPSTAN_CAPF_MAX_PREVIOUS) rc = CAPSTAN_ERANGE;
+  if (rc < 0) {
+    capstan_identity_cleanup(&live);
+    return rc;
+  }
   Capstan__PreviousCapf prev = CAPSTAN__PREVIOUS_CAPF__INIT;
   Capstan__Identity old_rec, new_rec;
   uint8_t next_fp[32];

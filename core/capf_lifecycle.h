@@ -18,6 +18,11 @@
 #include <stdint.h>
 
 #include "core/pki/pki.h"
+
+/* How many previous CAPF certificates may be trusted at once: the most an
+ * ITL lists beside the TFTP and the live CAPF records. A regenerate or
+ * import beyond it is refused (CAPSTAN_ERANGE) until one is retired. */
+#define CAPSTAN_CAPF_MAX_PREVIOUS 8u
 #include "storage/store.h"
 
 #define CAPSTAN_TRUST_PURPOSE_CAPF "capf-trust"

@@ -259,6 +259,12 @@ static int run_regenerate(capstan_cli_t *c) {
     capstan_cli_error(
         "the CAPF certificate changed while this one was made: nothing changed, "
         "run the command again");
+  } else if (err == CAPSTAN_ERANGE) {
+    capstan_cli_error(
+        "%u previous CAPF certificates are still trusted, the most an ITL file "
+        "lists: retire one first ('capstan cert capf show', 'capstan cert capf "
+        "retire SERIAL') or lower capf-previous-trust-days; nothing changed",
+        CAPSTAN_CAPF_MAX_PREVIOUS);
   } else if (err != 0) {
     rc = capstan_cli_store_error("cannot regenerate the CAPF certificate", err);
   } else {
@@ -421,6 +427,14 @@ static int run_import(capstan_cli_t *c) {
       capstan_cli_json_string(stdout, ch.import.why);
       printf("}\n");
     }
+    goto out;
+  }
+  if (err == CAPSTAN_ERANGE) {
+    capstan_cli_error(
+        "%u previous CAPF certificates are still trusted, the most an ITL file "
+        "lists: retire one first ('capstan cert capf show', 'capstan cert capf "
+        "retire SERIAL') or lower capf-previous-trust-days; nothing changed",
+        CAPSTAN_CAPF_MAX_PREVIOUS);
     goto out;
   }
   if (err != 0) {

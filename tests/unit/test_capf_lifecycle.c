@@ -382,12 +382,37 @@ static void test_trust_purposes(void **state) {
   capstan_capf_status_cleanup(&st);
 }
 
+/* Every trusted previous CAPF fits the ITL: a ninth is refused until one
+ * is retired or the window shrinks. */
+static void test_previous_bounded_by_itl(void **state) {
+  fixture_t *f = *state;
+  capstan_capf_spec_t ec = {.key_alg = CAPSTAN_KEY_EC, .key_bits = 256};
+  for (unsigned i = 0; i < CAPSTAN_CAPF_MAX_PREVIOUS; i++) {
+    capstan_capf_change_t ch;
+    assert_int_equal(capstan_capf_regenerate(f->store, &ec, &ch), 0);
+    capstan_capf_change_cleanup(&ch);
+  }
+  capstan_capf_change_t refused;
+  assert_int_equal(capstan_capf_regenerate(f->store, &ec, &refused), CAPSTAN_ERANGE);
+  assert_null(refused.new_cert);
+  capstan_capf_status_t st;
+  assert_int_equal(capstan_capf_status_load(f->store, time(NULL), &st), 0);
+  assert_int_equal(st.nprevious, CAPSTAN_CAPF_MAX_PREVIOUS);
+  capstan_capf_status_cleanup(&st);
+  /* A window of 0 ends them all; then there is room again. */
+  set_trust_days(f->store, 0);
+  capstan_capf_change_t again;
+  assert_int_equal(capstan_capf_regenerate(f->store, &ec, &again), 0);
+  capstan_capf_change_cleanup(&again);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_regenerate_keeps_previous_trusted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_retire_counts_devices_and_needs_force, setup, teardown),
       cmocka_unit_test_setup_teardown(test_pending_key_waits_for_its_certificate, setup, teardown),
       cmocka_unit_test_setup_teardown(test_trust_purposes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_previous_bounded_by_itl, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
