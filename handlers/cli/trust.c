@@ -40,11 +40,11 @@
 #define FP_PREFIX_MIN 8        /* hex digits an operator must type to name an entry */
 #define KU_BIT_KEY_CERT_SIGN 5 /* bit number in the keyUsage BIT STRING */
 
-#define RULE_CA                                                                   \
-  "R13: a trust-store CA (self-signed, or able to sign certificates) must carry " \
-  "basicConstraints CA:TRUE and keyUsage digitalSignature + keyCertSign, "        \
-  "and its CN must not contain CAPF-"
-#define RULE_IPSEC "R13: an IPsec certificate signed by a CA must not carry CA:TRUE"
+#define RULE_CA                                                                      \
+  "trust-store rule: CAPF-trust holds issuers only, and a CA (self-signed, or able " \
+  "to sign certificates) must carry basicConstraints CA:TRUE and keyUsage "          \
+  "digitalSignature + keyCertSign, and its CN must not contain CAPF-"
+#define RULE_IPSEC "trust-store rule: an IPsec certificate signed by a CA must not carry CA:TRUE"
 
 #define RELOAD_HINT                                                                   \
   "a running capstan server applies trust changes within a second; to apply them at " \
@@ -259,7 +259,9 @@ static int run_add(capstan_cli_t *c) {
   int64_t now = (int64_t)time(NULL);
   for (size_t i = 0; i < n; i++) {
     if (u[i].skip) continue;
-    int kind = upload_kind(u[i].x);
+    /* CAPF-trust holds issuers ("by existing certificate" anchors): an
+     * end-entity certificate there is a mistake, whatever its shape. */
+    int kind = strcmp(purpose, PURPOSE_CAPF) == 0 ? CAPSTAN_PKI_UPLOAD_CA : upload_kind(u[i].x);
     const char *why = NULL;
     if (capstan_pki_check_trust_upload(u[i].x, kind, &why) != 0) {
       capstan_cli_error("%s: certificate %zu (%s) refused: %s (%s)", fname, i + 1, u[i].subject,
