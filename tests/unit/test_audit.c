@@ -10,7 +10,9 @@
 #include <time.h>
 
 #include "core/base/error.h"
+#include "handlers/capf/records.h"
 #include "storage/audit.h"
+#include "storage/devices.h"
 #include "storage/internal.h"
 #include "storage/records.h"
 #include "store_test_util.h"
@@ -305,12 +307,79 @@ static void test_index_built_on_open(void **state) {
   assert_string_equal(s.lines[1], A ":device_removed:-:-");
 }
 
+/* What a CAPF session writes (handlers/capf/records.c) carries its audit
+ * events, with the peer, in the same write. */
+static int apply_fn(capstan_txn_t *txn, void *arg) {
+  return capf_record_apply(txn, arg);
+}
+
+static void apply(fixture_t *f, capf_record_t *r) {
+  snprintf(r->peer, sizeof(r->peer), "192.0.2.7");
+  r->operation = CAPF_OPERATION_INSTALL;
+  assert_int_equal(capstan_store_write(f->store, apply_fn, r), 0);
+  capf_record_free(r);
+}
+
+static int add_device_fn(capstan_txn_t *txn, void *arg) {
+  Capstan__Device *d = capstan_device_new(A);
+  d->has_operation = 1;
+  d->operation = CAPSTAN__OPERATION__OPERATION_INSTALL;
+  capstan_device_rearm(d, 1);
+  int rc = capstan_store_device_put(txn, d);
+  capstan__device__free_unpacked(d, NULL);
+  return rc;
+}
+
+static void test_capf_records_audited(void **state) {
+  fixture_t *f = *state;
+  assert_int_equal(capstan_store_write(f->store, add_device_fn, NULL), 0);
+  capf_record_t *r = capf_record_new(CAPF_RECORD_STATUS, A);
+  r->status = CAPF_STATUS_IN_PROGRESS;
+  r->count_attempt = 1;
+  apply(f, r);
+  r = capf_record_new(CAPF_RECORD_STATUS, A);
+  r->status = CAPF_STATUS_FAILED;
+  r->reason = "authentication failed";
+  apply(f, r);
+  r = capf_record_new(CAPF_RECORD_STATUS, A);
+  r->status = CAPF_STATUS_EXPIRED;
+  r->reason = "operation deadline passed";
+  apply(f, r);
+  r = capf_record_new(CAPF_RECORD_FETCHED, A);
+  r->reason = "phone reported no certificate";
+  apply(f, r);
+  seen_t s;
+  query(f, 0, A, &s);
+  assert_int_equal(s.n, 5);
+  assert_string_equal(s.lines[0], A ":attempt:peer=192.0.2.7 operation=install:-");
+  assert_string_equal(s.lines[1], A
+                      ":attempt_failed:peer=192.0.2.7 operation=install reason=\"authentication "
+                      "failed\":-");
+  assert_string_equal(s.lines[2], A
+                      ":operation_expired:peer=192.0.2.7 operation=install reason=\"operation "
+                      "deadline passed\":-");
+  assert_string_equal(s.lines[3], A
+                      ":cert_fetched:peer=192.0.2.7 none reason=\"phone reported no "
+                      "certificate\":-");
+  assert_string_equal(s.lines[4], A ":operation_succeeded:peer=192.0.2.7 operation=install:-");
+
+  /* A record for an unknown device fails, and leaves no event. */
+  r = capf_record_new(CAPF_RECORD_STATUS, B);
+  r->status = CAPF_STATUS_IN_PROGRESS;
+  r->count_attempt = 1;
+  assert_int_equal(capstan_store_write(f->store, apply_fn, r), CAPSTAN_ENOENT);
+  capf_record_free(r);
+  query(f, 0, B, &s);
+  assert_int_equal(s.n, 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_append_and_query, setup, teardown),
       cmocka_unit_test_setup_teardown(test_prune_by_retention, setup, teardown),
       cmocka_unit_test_setup_teardown(test_first_served_since_change, setup, teardown),
       cmocka_unit_test_setup_teardown(test_index_built_on_open, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_capf_records_audited, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
