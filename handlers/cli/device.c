@@ -183,14 +183,16 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
 /* Applies the options of add/set to |d|. Returns 0, or a usage error exit
  * code with the message printed. */
 static int apply_opts(const capstan_cli_t *c, Capstan__Device *d, bool is_new, int64_t now,
-                      char *generated) {
+                      char *generated, bool *rearmed) {
   const opts_t *o = c->ctx;
   generated[0] = '\0';
+  *rearmed = false;
   if (is_new || (c->seen & O(OPERATION))) {
     bool rearm = is_new || capstan_device_should_rearm(d, o->operation);
     d->has_operation = 1;
     d->operation = o->operation;
     if (rearm) capstan_device_rearm(d, now);
+    *rearmed = rearm;
   }
   if (is_new || (c->seen & O(AUTH))) {
     d->has_auth_mode = 1;
@@ -236,6 +238,41 @@ static int apply_opts(const capstan_cli_t *c, Capstan__Device *d, bool is_new, i
   d->has_updated_at = 1;
   d->updated_at = now;
   return 0;
+}
+
+/* The audit detail of add/set/bulk-set: what the command set, as
+ * key=value words (an authentication string only as "set" or
+ * "generated"), and whether the device was re-armed. */
+static void describe_change(const capstan_cli_t *c, const Capstan__Device *d, bool is_new,
+                            bool rearmed, const char *how, char *buf, size_t len) {
+  size_t used = 0;
+#define ADD(...)                                                      \
+  do {                                                                \
+    int n_ = snprintf(buf + used, len - used, "%s", used ? " " : ""); \
+    if (n_ > 0 && (size_t)n_ < len - used) used += (size_t)n_;        \
+    n_ = snprintf(buf + used, len - used, __VA_ARGS__);               \
+    if (n_ > 0 && (size_t)n_ < len - used) used += (size_t)n_;        \
+  } while (0)
+  buf[0] = '\0';
+  if (how != NULL) ADD("%s", how);
+  if (is_new || (c->seen & O(OPERATION))) ADD("operation=%s", capstan_operation_name(d->operation));
+  if (is_new || (c->seen & O(AUTH))) ADD("auth=%s", capstan_auth_mode_name(d->auth_mode));
+  if (c->seen & O(AUTH_STRING)) ADD("auth-string=set");
+  if (c->seen & O(GENERATE)) ADD("auth-string=generated");
+  if (is_new || (c->seen & O(KEY))) ADD("key=%s", capstan_key_name(d->key_alg, d->key_bits));
+  if (c->seen & O(COMPLETES_BY)) {
+    char t[40] = "none";
+    if (d->has_completes_by && d->completes_by != 0) {
+      capstan_cli_format_time(d->completes_by, t, sizeof(t));
+    }
+    ADD("completes-by=%s", t);
+  }
+  if (c->seen & O(ENCRYPTED)) ADD("encrypted-config=%s", d->encrypted_config ? "on" : "off");
+  if (c->seen & O(TEMPLATE)) {
+    ADD("template=%s", d->template_name && d->template_name[0] ? d->template_name : "none");
+  }
+  if (rearmed) ADD("status=%s", capstan_op_status_name(d->status));
+#undef ADD
 }
 
 static int add_or_set(capstan_cli_t *c, bool is_add) {
@@ -289,12 +326,15 @@ static int add_or_set(capstan_cli_t *c, bool is_add) {
     d->has_created_at = 1;
     d->created_at = now;
   }
-  ret = apply_opts(c, d, is_add, now, generated);
+  bool rearmed;
+  ret = apply_opts(c, d, is_add, now, generated, &rearmed);
   if (ret != 0) goto out;
   err = capstan_store_device_put(&txn, d);
   if (err == 0) {
+    char detail[512];
+    describe_change(c, d, is_add, rearmed, NULL, detail, sizeof(detail));
     err = capstan_store_audit_append(&txn, 0, name, is_add ? "device_added" : "device_changed",
-                                     capstan_operation_name(d->operation));
+                                     detail);
   }
   if (err == 0) err = capstan_store_commit(&txn);
   if (err != 0) {
@@ -712,6 +752,12 @@ static int run_generate(capstan_cli_t *c) {
     d->has_updated_at = 1;
     d->updated_at = now;
     if (err == 0) err = capstan_store_device_put(&txn, d);
+    if (err == 0) {
+      err = capstan_store_audit_append(&txn, 0, d->name, "device_changed",
+                                       is_shared ? "generate-auth-strings auth-string=generated "
+                                                   "(shared)"
+                                                 : "generate-auth-strings auth-string=generated");
+    }
     capstan__device__free_unpacked(d, NULL);
   }
   if (err == 0) {
@@ -781,9 +827,13 @@ static int run_bulk_set(capstan_cli_t *c) {
       ret = capstan_cli_store_error("cannot read a device", err);
       goto out;
     }
-    ret = apply_opts(c, d, false, now, generated);
+    bool rearmed;
+    ret = apply_opts(c, d, false, now, generated, &rearmed);
     if (ret == 0) {
+      char detail[512];
+      describe_change(c, d, false, rearmed, "bulk-set", detail, sizeof(detail));
       err = capstan_store_device_put(&txn, d);
+      if (err == 0) err = capstan_store_audit_append(&txn, 0, d->name, "device_changed", detail);
       if (err != 0) ret = capstan_cli_store_error("cannot change a device", err);
     } else {
       capstan_cli_error("device '%s' could not take the change; nothing was changed", d->name);
