@@ -35,6 +35,7 @@ enum {
   OPT_ALL,
   OPT_DRY_RUN,
   OPT_TEMPLATE, /* add/set: --template NAME|none */
+  OPT_SINCE,    /* history */
   NOPTS
 };
 #define O(x) CAPSTAN_CLI_OPT(OPT_##x)
@@ -53,6 +54,7 @@ typedef struct {
   unsigned length;
   int64_t expires_before;
   const char *template_name; /* NULL: --template none */
+  int64_t since_ns;          /* history --since */
 } opts_t;
 
 #define TIME_FORMS "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z"
@@ -156,6 +158,13 @@ static int set_expires_before(void *ctx, const char *a, char *why, size_t len) {
   return -1;
 }
 
+static int set_since(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  if (capstan_cli_parse_since(a, capstan_cli_now_ns(), &o->since_ns) == 0) return 0;
+  snprintf(why, len, "--since must be " CAPSTAN_CLI_SINCE_FORMS "; got '%s'", a);
+  return -1;
+}
+
 static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_OPERATION] = {"operation", true, set_operation},
     [OPT_AUTH] = {"auth", true, set_auth},
@@ -176,6 +185,7 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_NAME_PREFIX] = {"name-prefix", true, NULL},
     [OPT_ALL] = {"all", false, NULL},
     [OPT_DRY_RUN] = {"dry-run", false, NULL},
+    [OPT_SINCE] = {"since", true, set_since},
 };
 
 /* ---- add / set ----------------------------------------------------------- */
@@ -585,6 +595,72 @@ static int run_remove(capstan_cli_t *c) {
   return CAPSTAN_EXIT_OK;
 }
 
+/* ---- history ------------------------------------------------------------------ */
+
+static int first_event(const capstan_audit_event_t *e, void *arg) {
+  *(bool *)arg = true;
+  return 1;
+}
+
+typedef struct {
+  const capstan_cli_t *c;
+  const char *name;
+  bool unknown; /* neither a device nor any event of one */
+} history_t;
+
+static int history_fn(capstan_txn_t *txn, void *arg) {
+  history_t *h = arg;
+  const opts_t *o = h->c->ctx;
+  bool json = h->c->json;
+  Capstan__Device *d = NULL;
+  int err = capstan_store_device_get(txn, h->name, &d);
+  if (err != 0 && err != CAPSTAN_ENOENT) return err;
+  if (d == NULL) {
+    bool any = false;
+    err = capstan_audit_query(txn, 0, h->name, first_event, &any);
+    if (err != 0) return err;
+    if (!any) {
+      h->unknown = true;
+      return 0;
+    }
+  }
+  capstan_cli_audit_print_t p = {.since_ns = o->since_ns, .device = h->name, .json = json};
+  if (json) {
+    fputs("{\"device\":", stdout);
+    capstan_cli_json_string(stdout, h->name);
+    fprintf(stdout, ",\"exists\":%s", d != NULL ? "true" : "false");
+    fputs(",\"status\":", stdout);
+    capstan_cli_json_string(stdout, d != NULL ? capstan_op_status_name(d->status) : NULL);
+    fputs(",\"operation\":", stdout);
+    capstan_cli_json_string(stdout, d != NULL ? capstan_operation_name(d->operation) : NULL);
+    fputs(",\"events\":", stdout);
+  } else if (d != NULL) {
+    printf("%s: operation %s, status %s%s%s\n", h->name, capstan_operation_name(d->operation),
+           capstan_op_status_name(d->status), d->status_reason != NULL ? ": " : "",
+           d->status_reason != NULL ? d->status_reason : "");
+  } else {
+    printf("%s: no such device now (removed); its history:\n", h->name);
+  }
+  err = capstan_cli_audit_print(txn, &p);
+  if (json) {
+    fputs("}\n", stdout);
+  } else {
+    printf("%zu event%s\n", p.n, p.n == 1 ? "" : "s");
+  }
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+static int run_history(capstan_cli_t *c) {
+  history_t h = {.c = c, .name = c->args[0]};
+  int rc = capstan_cli_read(c, history_fn, &h, "cannot read the device's history");
+  if (rc == CAPSTAN_EXIT_OK && h.unknown) {
+    capstan_cli_error("no device '%s' and no history of one (see 'capstan device list')", h.name);
+    return CAPSTAN_EXIT_ERROR;
+  }
+  return rc;
+}
+
 /* ---- import / export --------------------------------------------------------- */
 
 static int run_import(capstan_cli_t *c) {
@@ -887,6 +963,17 @@ static const capstan_cli_sub_t device_subs[] = {
      "capstan device list [--json] [--status pending|in-progress|succeeded|failed|expired|none]",
      run_list},
     {"remove", 0, false, 1, 1, "capstan device remove NAME", run_remove},
+    {"history", O(SINCE), true, 1, 1,
+     "capstan device history NAME [--since T] [--json]\n"
+     "         what happened to the device, oldest first: added and scheduled (with the\n"
+     "         user), CAPF attempts with the phone's address and their outcome or reason,\n"
+     "         certificates issued, installed, stale and deleted (serials), and the first\n"
+     "         download of each of its files after it changed (file_served: e.g. the first\n"
+     "         encrypted configuration after its LSC was installed). Also works for a\n"
+     "         removed device. --since: " CAPSTAN_CLI_SINCE_FORMS "\n"
+     "         --json: {device, exists, status, operation, events: [{at, event, user,\n"
+     "         detail}]} ('capstan audit list --help' says more)",
+     run_history},
     {"import", O(GENERATE_CSV) | O(LENGTH) | O(NO_UPDATE), false, 1, 1,
      "capstan device import FILE.csv|- [--generate-auth-strings unique|shared]\n"
      "         [--auth-string-length 4..10] [--no-update]\n"

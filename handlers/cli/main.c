@@ -26,6 +26,7 @@ static const command_t commands[] = {
     {"report", capstan_cli_report_main, "operation status counts; expiring certificates"},
     {"trust", capstan_cli_trust_main, "add, list, remove, export CAPF-trust and CallManager-trust"},
     {"template", capstan_cli_template_main, "base configuration templates; assign them to devices"},
+    {"audit", capstan_cli_audit_main, "the audit log: who changed what, and what the server did"},
 };
 
 static void usage(FILE *f) {

@@ -11,6 +11,7 @@
 
 #include "core/base/error.h"
 #include "handlers/capf/records.h"
+#include "handlers/cli/cli.h"
 #include "storage/audit.h"
 #include "storage/devices.h"
 #include "storage/internal.h"
@@ -373,6 +374,71 @@ static void test_capf_records_audited(void **state) {
   assert_int_equal(s.n, 0);
 }
 
+/* The user an admin command records. */
+static void test_actor_format(void **state) {
+  char buf[CAPSTAN_CLI_ACTOR_MAX];
+  capstan_cli_format_actor("alice", 1000, NULL, buf, sizeof(buf));
+  assert_string_equal(buf, "alice");
+  capstan_cli_format_actor("root", 0, "alice", buf, sizeof(buf));
+  assert_string_equal(buf, "root (sudo by alice)");
+  capstan_cli_format_actor("capstan", 120, "bob", buf, sizeof(buf));
+  assert_string_equal(buf, "capstan (sudo by bob)");
+  capstan_cli_format_actor("root", 0, "root", buf, sizeof(buf));
+  assert_string_equal(buf, "root");
+  capstan_cli_format_actor("root", 0, "", buf, sizeof(buf));
+  assert_string_equal(buf, "root");
+  capstan_cli_format_actor(NULL, 4242, NULL, buf, sizeof(buf));
+  assert_string_equal(buf, "uid 4242");
+  capstan_cli_format_actor("root", 0, "x\n(sudo by nobody)", buf, sizeof(buf));
+  assert_string_equal(buf, "root (sudo by ?)");
+  capstan_cli_actor(buf, sizeof(buf)); /* whoever runs the test */
+  assert_true(strlen(buf) > 0);
+}
+
+/* --since: RFC 3339 or an age. */
+static void test_parse_since(void **state) {
+  const int64_t now = INT64_C(1767225600) * NS; /* 2026-01-01T00:00:00Z */
+  int64_t t;
+  assert_int_equal(capstan_cli_parse_since("2h", now, &t), 0);
+  assert_int_equal(t, now - 2 * 3600 * NS);
+  assert_int_equal(capstan_cli_parse_since("3d", now, &t), 0);
+  assert_int_equal(t, now - 3 * DAY);
+  assert_int_equal(capstan_cli_parse_since("90s", now, &t), 0);
+  assert_int_equal(t, now - 90 * NS);
+  assert_int_equal(capstan_cli_parse_since("30m", now, &t), 0);
+  assert_int_equal(t, now - 1800 * NS);
+  assert_int_equal(capstan_cli_parse_since("1w", now, &t), 0);
+  assert_int_equal(t, now - 7 * DAY);
+  assert_int_equal(capstan_cli_parse_since("0s", now, &t), 0);
+  assert_int_equal(t, now);
+  assert_int_equal(capstan_cli_parse_since("2026-01-01T00:00:00Z", now, &t), 0);
+  assert_int_equal(t, now);
+  assert_int_equal(capstan_cli_parse_since("2025-12-31", now, &t), 0);
+  assert_int_equal(t, now - DAY);
+  assert_int_equal(capstan_cli_parse_since("2026-01-01T02:00:00+02:00", now, &t), 0);
+  assert_int_equal(t, now);
+  assert_int_equal(capstan_cli_parse_since("2026-01-01T00:00:01.25Z", now, &t), 0);
+  assert_int_equal(t, now + NS + NS / 4);
+  assert_int_equal(capstan_cli_parse_since("2026-01-01T00:00:00.000001Z", now, &t), 0);
+  assert_int_equal(t, now + 1000);
+  const char *bad[] = {"",
+                       "2",
+                       "h",
+                       "2x",
+                       "2hh",
+                       "-2h",
+                       "2026-01-01T00:00:00",
+                       "2026-01-01T00:00:00.Z",
+                       "yesterday",
+                       "2026-13-01"};
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    assert_int_equal(capstan_cli_parse_since(bad[i], now, &t), CAPSTAN_EINVAL);
+  }
+  assert_int_equal(capstan_cli_parse_since("99999999999999d", now, &t), CAPSTAN_ERANGE);
+  assert_int_equal(capstan_cli_parse_since("60000d", now, &t), 0);
+  assert_int_equal(t, 0); /* before 1970: from the first event */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_append_and_query, setup, teardown),
@@ -380,6 +446,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_first_served_since_change, setup, teardown),
       cmocka_unit_test_setup_teardown(test_index_built_on_open, setup, teardown),
       cmocka_unit_test_setup_teardown(test_capf_records_audited, setup, teardown),
+      cmocka_unit_test(test_actor_format),
+      cmocka_unit_test(test_parse_since),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
