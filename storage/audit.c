@@ -72,6 +72,23 @@ static int index_del(capstan_txn_t *txn, const char *device, const uint8_t key[8
   return rc == MDB_NOTFOUND ? 0 : capstan_store_map_err(rc, "audit");
 }
 
+/* Writes the event under |key| (which must be free) and indexes it. */
+static int put_event(capstan_txn_t *txn, uint64_t key, const char *device, const char *event,
+                     const char *detail) {
+  Capstan__AuditEvent e = CAPSTAN__AUDIT_EVENT__INIT;
+  e.has_at = 1;
+  e.at = (int64_t)key;
+  e.device = has_device(device) ? (char *)device : NULL;
+  e.event = (char *)event;
+  e.detail = (char *)detail;
+  e.user = txn->store->actor;
+  uint8_t kb[8];
+  be64(kb, key);
+  int err = capstan_store_put(txn, CAPSTAN_DB_AUDIT, kb, sizeof(kb), &e.base);
+  if (err == 0 && e.device != NULL) err = index_put(txn, e.device, kb);
+  return err;
+}
+
 int capstan_store_audit_append(capstan_txn_t *txn, int64_t at_ns, const char *device,
                                const char *event, const char *detail) {
   int err = capstan_store_check_db(txn, CAPSTAN_DB_AUDIT);
@@ -93,18 +110,7 @@ int capstan_store_audit_append(capstan_txn_t *txn, int64_t at_ns, const char *de
   } else if (rc != 0 && rc != MDB_NOTFOUND) {
     return capstan_store_map_err(rc, "audit");
   }
-  Capstan__AuditEvent e = CAPSTAN__AUDIT_EVENT__INIT;
-  e.has_at = 1;
-  e.at = (int64_t)key;
-  e.device = has_device(device) ? (char *)device : NULL;
-  e.event = (char *)event;
-  e.detail = (char *)detail;
-  e.user = txn->store->actor;
-  uint8_t kb[8];
-  be64(kb, key);
-  err = capstan_store_put(txn, CAPSTAN_DB_AUDIT, kb, sizeof(kb), &e.base);
-  if (err == 0 && e.device != NULL) err = index_put(txn, e.device, kb);
-  return err;
+  return put_event(txn, key, device, event, detail);
 }
 
 int capstan_audit_appendf(capstan_txn_t *txn, const char *device, const char *event,
@@ -274,10 +280,10 @@ static bool changes_files(const char *event) {
   return true;
 }
 
-/* Whether |device|'s history has a file_served for |detail| after its last
- * change (within the look back). */
+/* Whether |device|'s history before |before| has a file_served for
+ * |detail| after its last change (within the look back). */
 static int served_since_change(capstan_txn_t *txn, const char *device, const char *detail,
-                               bool *served) {
+                               uint64_t before, bool *served) {
   *served = false;
   size_t n;
   int err = capstan_store_name_key(device, &n);
@@ -285,10 +291,20 @@ static int served_since_change(capstan_txn_t *txn, const char *device, const cha
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT_DEVICE], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "audit");
-  MDB_val k = {.mv_size = n, .mv_data = (void *)device}, d;
-  rc = mdb_cursor_get(cur, &k, &d, MDB_SET);
-  if (rc == 0) rc = mdb_cursor_get(cur, &k, &d, MDB_LAST_DUP);
-  for (int seen = 0; rc == 0 && seen < SERVED_LOOK_BACK && err == 0; seen++) {
+  /* The device's last event before |before|. */
+  uint8_t from[8];
+  be64(from, before);
+  MDB_val k = {.mv_size = n, .mv_data = (void *)device};
+  MDB_val d = {.mv_size = 8, .mv_data = from};
+  rc = mdb_cursor_get(cur, &k, &d, MDB_GET_BOTH_RANGE);
+  if (rc == 0) {
+    rc = mdb_cursor_get(cur, &k, &d, MDB_PREV_DUP);
+  } else if (rc == MDB_NOTFOUND) {
+    k = (MDB_val){.mv_size = n, .mv_data = (void *)device};
+    rc = mdb_cursor_get(cur, &k, &d, MDB_SET);
+    if (rc == 0) rc = mdb_cursor_get(cur, &k, &d, MDB_LAST_DUP);
+  }
+  for (int seen = 0; rc == 0 && seen < SERVED_LOOK_BACK; seen++) {
     MDB_val ek = {.mv_size = 8, .mv_data = d.mv_data}, ev;
     int got = d.mv_size == 8 ? mdb_get(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT], &ek, &ev)
                              : MDB_NOTFOUND;
@@ -322,13 +338,26 @@ int capstan_audit_note_served(capstan_txn_t *txn, int64_t at_ns, const char *dev
   *appended = false;
   int err = capstan_store_check_db(txn, CAPSTAN_DB_AUDIT);
   if (err != 0) return err;
-  if (!has_device(device) || file == NULL) return CAPSTAN_EINVAL;
+  if (!txn->write || !has_device(device) || file == NULL) return CAPSTAN_EINVAL;
+  if (at_ns <= 0) at_ns = now_ns();
+  /* The event goes where it happened in the log, not where it is written:
+   * the first free key from |at_ns| on. */
+  uint64_t key = (uint64_t)at_ns;
+  for (;;) {
+    uint8_t kb[8];
+    be64(kb, key);
+    MDB_val k = {.mv_size = 8, .mv_data = kb}, v;
+    int rc = mdb_get(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT], &k, &v);
+    if (rc == MDB_NOTFOUND) break;
+    if (rc != 0) return capstan_store_map_err(rc, "audit");
+    key++;
+  }
   char detail[300];
   snprintf(detail, sizeof(detail), "file=%s", file);
   bool served;
-  err = served_since_change(txn, device, detail, &served);
+  err = served_since_change(txn, device, detail, key, &served);
   if (err != 0 || served) return err;
-  err = capstan_store_audit_append(txn, at_ns, device, CAPSTAN_AUDIT_FILE_SERVED, detail);
+  err = put_event(txn, key, device, CAPSTAN_AUDIT_FILE_SERVED, detail);
   *appended = err == 0;
   return err;
 }

@@ -72,13 +72,15 @@ int capstan_audit_prune(capstan_txn_t *txn, int64_t now_ns, unsigned retention_d
                         size_t *removed, bool *more);
 
 /* Records that the per-device file |file| of |device| was handed out at
- * |at_ns| for the first time since the device last changed: appends
- * "file_served" (detail "file=NAME") unless the device's history already
- * has one for |file| after its last change. A change is any event of the
- * device but attempts, failures and expiries of a CAPF session and
- * file_served itself; the look back is bounded (a device with hundreds of
- * attempts since its last change gets the event again). *appended says
- * whether it appended. */
+ * |at_ns| (0 = now) for the first time since the device last changed:
+ * writes "file_served" (detail "file=NAME") unless the device's history
+ * before |at_ns| already has one for |file| after its last change. A change
+ * is any event of the device but attempts, failures and expiries of a CAPF
+ * session and file_served itself; the look back is bounded (a device with
+ * hundreds of attempts since its last change gets the event again). Unlike
+ * an append, the event goes under the first free key from |at_ns| on, so a
+ * download noted before a change and written after it stays before it in
+ * the log. *appended says whether it wrote. */
 int capstan_audit_note_served(capstan_txn_t *txn, int64_t at_ns, const char *device,
                               const char *file, bool *appended);
 

@@ -283,6 +283,45 @@ static void test_first_served_since_change(void **state) {
   capstan_store_abort(&txn);
 }
 
+/* Downloads are noted when they happen and written up to a second later:
+ * one noted before a change but written after it stays before it, and
+ * counts as served before the change. */
+static bool served_at(fixture_t *f, int64_t at, const char *file) {
+  served_t s = {at, A, file, false};
+  assert_int_equal(capstan_store_write(f->store, served_fn, &s), 0);
+  return s.appended;
+}
+
+static void test_served_noted_late(void **state) {
+  fixture_t *f = *state;
+  int64_t t = now_ns();
+  append(f, t - 10 * NS, A, "device_added", NULL);
+  append(f, t, A, "cert_installed", "serial=41"); /* the change */
+  /* The boot before the enrollment, written after it. */
+  assert_true(served_at(f, t - 5 * NS, "SEP0011223344AA.cnf.xml.sgn"));
+  assert_false(served_at(f, t - 4 * NS, "SEP0011223344AA.cnf.xml.sgn"));
+  /* The boot after it. */
+  assert_true(served_at(f, t + 5 * NS, "SEP0011223344AA.cnf.xml.sgn"));
+  assert_false(served_at(f, t + 6 * NS, "SEP0011223344AA.cnf.xml.sgn"));
+  /* Two notes at the same nanosecond keep both (the next free key). */
+  assert_true(served_at(f, t + 5 * NS, "ITLSEP0011223344AA.tlv"));
+  seen_t s;
+  query(f, 0, A, &s);
+  assert_int_equal(s.n, 5);
+  assert_string_equal(s.lines[0], A ":device_added:-:-");
+  assert_string_equal(s.lines[1], A ":file_served:file=SEP0011223344AA.cnf.xml.sgn:-");
+  assert_int_equal(s.at[1], t - 5 * NS);
+  assert_string_equal(s.lines[2], A ":cert_installed:serial=41:-");
+  assert_string_equal(s.lines[3], A ":file_served:file=SEP0011223344AA.cnf.xml.sgn:-");
+  assert_int_equal(s.at[3], t + 5 * NS);
+  assert_string_equal(s.lines[4], A ":file_served:file=ITLSEP0011223344AA.tlv:-");
+  assert_int_equal(s.at[4], t + 5 * NS + 1);
+  /* Appends still go after the last key. */
+  append(f, t - 20 * NS, A, "device_changed", NULL);
+  query(f, 0, A, &s);
+  assert_int_equal(s.at[5], t + 5 * NS + 2);
+}
+
 /* A store written before the index existed: its events are indexed when it
  * is opened. */
 static void test_index_built_on_open(void **state) {
@@ -444,6 +483,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_append_and_query, setup, teardown),
       cmocka_unit_test_setup_teardown(test_prune_by_retention, setup, teardown),
       cmocka_unit_test_setup_teardown(test_first_served_since_change, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_served_noted_late, setup, teardown),
       cmocka_unit_test_setup_teardown(test_index_built_on_open, setup, teardown),
       cmocka_unit_test_setup_teardown(test_capf_records_audited, setup, teardown),
       cmocka_unit_test(test_actor_format),
