@@ -58,7 +58,8 @@ typedef struct cache_entry {
   capstan_blob_t *blob;              /* the built file, NULL until the first build */
   build_job_t *job;                  /* build in flight for |key|, if any */
   bool device_file;                  /* per-device: its first download is noted */
-  bool noted;                        /* served since |key| last changed */
+  bool noted;                        /* served since |key| or |device_version| changed */
+  uint64_t device_version;           /* device_version() when last looked at */
   struct cache_entry *next;
 } cache_entry_t;
 
@@ -338,8 +339,35 @@ static void served_timer_closed(uv_handle_t *h) {
   free(h->data);
 }
 
-/* Called for every download of |e| that succeeded: notes the first one of
- * its current content. */
+/* A digest of what changes when the device record does: a download after
+ * a change of the device is noted even when the file itself is the same
+ * (the ITL), so the history shows it as the storage rule counts it. */
+static uint64_t device_version(const Capstan__Device *d) {
+  uint64_t h = 1469598103934665603ull;
+#define MIX(v)                                  \
+  do {                                          \
+    uint64_t v_ = (uint64_t)(v);                \
+    for (int i_ = 0; i_ < 8; i_++, v_ >>= 8) {  \
+      h = (h ^ (v_ & 0xff)) * 1099511628211ull; \
+    }                                           \
+  } while (0)
+  MIX(d->updated_at);
+  MIX(d->status_changed_at);
+  MIX(d->status);
+  MIX(d->operation);
+  MIX(d->attempts);
+  MIX(d->cert_seen_at);
+  MIX(d->n_cert_history);
+  MIX(d->encrypted_config);
+  MIX(d->config_xml.len);
+  for (const char *p = d->md5hash ? d->md5hash : ""; *p; p++) MIX(*p);
+  for (const char *p = d->template_name ? d->template_name : ""; *p; p++) MIX(*p);
+#undef MIX
+  return h;
+}
+
+/* Called for every download of |e| that succeeded: notes the first one
+ * since its content or its device changed. */
 static void note_served(capstan_files_service_t *svc, cache_entry_t *e) {
   if (e == NULL || !e->device_file || e->noted || svc->freeing) return;
   e->noted = true;
@@ -730,6 +758,7 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
       key_of(j, "enc", full, full_len, d->public_key.data, d->public_key.len, svc->pki);
     }
   }
+  uint64_t version = device_version(v.device);
   free_view(&v);
   e = cache_get(svc, name, kind);
   if (e == NULL) {
@@ -738,6 +767,10 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
     return;
   }
   e->device_file = true;
+  if (e->device_version != version) {
+    e->device_version = version;
+    e->noted = false;
+  }
   serve_or_build(svc, e, j, cb, ctx);
   return;
 fail_io:
