@@ -181,8 +181,9 @@ int capstan_cli_audit_main(int argc, char **argv) {
           "serials, and the first download of each phone file after a device changed\n"
           "(file_served). Events the server records have no user.\n"
           "\n"
-          "  --since T      events at or after T: " CAPSTAN_CLI_SINCE_FORMS
-          "\n"
+          "  --since T      events at or after T: an RFC 3339 time (2026-05-01T06:00:00Z,\n"
+          "                 +HH:MM offsets and fractions of a second allowed; a date alone\n"
+          "                 is 00:00 UTC) or an age: 90s, 30m, 2h, 3d, 1w\n"
           "  --device NAME  one device's events (also 'capstan device history NAME')\n"
           "  --json         an array of {at, device, event, user, detail}; at is RFC 3339\n"
           "                 UTC with microseconds, user is null for the server's events\n"

@@ -68,10 +68,8 @@ void capstan_cli_format_time(int64_t t, char *buf, size_t len);
 
 /* ---- The audit log (audit.c) -------------------------------------------- */
 
-#define CAPSTAN_CLI_SINCE_FORMS                                                             \
-  "an RFC 3339 time (2026-05-01T06:00:00Z, +HH:MM offsets and fractions of a second "       \
-  "allowed; a date alone is 00:00 UTC) or an age: a number and s, m, h, d or w (90s, 30m, " \
-  "2h, 3d, 1w)"
+#define CAPSTAN_CLI_SINCE_FORMS \
+  "RFC 3339 (2026-05-01T06:00:00Z; a date alone is 00:00 UTC) or an age (90s, 30m, 2h, 3d, 1w)"
 /* Parses --since: CAPSTAN_CLI_SINCE_FORMS, an age counting back from
  * |now_ns|. CAPSTAN_EINVAL when malformed, CAPSTAN_ERANGE when too large. */
 int capstan_cli_parse_since(const char *s, int64_t now_ns, int64_t *out_ns);

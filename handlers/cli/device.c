@@ -970,7 +970,7 @@ static const capstan_cli_sub_t device_subs[] = {
      "         certificates issued, installed, stale and deleted (serials), and the first\n"
      "         download of each of its files after it changed (file_served: e.g. the first\n"
      "         encrypted configuration after its LSC was installed). Also works for a\n"
-     "         removed device. --since: " CAPSTAN_CLI_SINCE_FORMS "\n"
+     "         removed device. --since: an RFC 3339 time or an age (2h, 3d)\n"
      "         --json: {device, exists, status, operation, events: [{at, event, user,\n"
      "         detail}]} ('capstan audit list --help' says more)",
      run_history},

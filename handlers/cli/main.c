@@ -18,7 +18,7 @@ static const command_t commands[] = {
     {"serve", capstan_cli_serve_main, "run the server in the foreground"},
     {"init", capstan_cli_init_main, "create the data directory and the CAPF and TFTP identities"},
     {"device", capstan_cli_device_main,
-     "add, set, show, list, remove, import, export devices; generate auth strings"},
+     "add, set, show, list, remove, import, export devices; their history; auth strings"},
     {"config", capstan_cli_config_main, "get, set and list live settings"},
     {"keepalive", capstan_cli_keepalive_main, "set or show the CAPF keep-alive (minutes)"},
     {"cert", capstan_cli_cert_main,
