@@ -15,16 +15,23 @@
 typedef struct put_identity {
   const char *which;
   Capstan__Identity rec;
+  char serial[2 * 20 + 1]; /* hex, for the audit event */
 } put_identity_t;
 
+/* Both identities and one audit event naming what was created. */
 static int put_identities(capstan_txn_t *txn, void *arg) {
   put_identity_t *ids = arg;
+  char detail[160] = "";
+  size_t used = 0;
   for (int i = 0; i < 2; i++) {
     if (ids[i].which == NULL) continue;
     int rc = capstan_store_identity_put(txn, ids[i].which, &ids[i].rec);
     if (rc < 0) return rc;
+    int n = snprintf(detail + used, sizeof(detail) - used, "%s%s_serial=%s", used ? " " : "",
+                     ids[i].which, ids[i].serial);
+    if (n > 0 && (size_t)n < sizeof(detail) - used) used += (size_t)n;
   }
-  return 0;
+  return capstan_store_audit_append(txn, 0, NULL, "identities_created", detail);
 }
 
 static int make_identity(const char *which, const char *subject_extra, put_identity_t *out) {
@@ -32,6 +39,14 @@ static int make_identity(const char *which, const char *subject_extra, put_ident
   int rc = strcmp(which, CAPSTAN_IDENTITY_CAPF) == 0 ? capstan_pki_create_capf(subject_extra, &id)
                                                      : capstan_pki_create_tftp(subject_extra, &id);
   if (rc < 0) return rc;
+  uint8_t serial[20];
+  size_t serial_len = 0;
+  snprintf(out->serial, sizeof(out->serial), "?");
+  if (capstan_pki_serial_bytes(id.cert, serial, sizeof(serial), &serial_len) == 0) {
+    for (size_t i = 0; i < serial_len; i++) {
+      snprintf(out->serial + 2 * i, sizeof(out->serial) - 2 * i, "%02x", serial[i]);
+    }
+  }
   rc = capstan_identity_record(&id, (int64_t)time(NULL), &out->rec);
   capstan_identity_cleanup(&id);
   if (rc < 0) return rc;

@@ -42,7 +42,9 @@
   X("enc-config-digest", enc_config_sha512, DIGEST, 0, 1,                                          \
     "digest of signed phone files (ITL, .sgn, .enc.sgn) and of the encrypted configuration")       \
   X("capf-previous-trust-days", capf_previous_trust_days, UINT, 0, 3650,                           \
-    "days a replaced CAPF certificate stays trusted (CAPF-trust and ITL files)")
+    "days a replaced CAPF certificate stays trusted (CAPF-trust and ITL files)")                   \
+  X("audit-retention-days", audit_retention_days, UINT, 1, 3650,                                   \
+    "days audit events are kept (capstan audit list); the server removes older ones hourly")
 
 #define CAPSTAN_SETTING_HOST_MAX 253 /* RFC 1123 host name */
 #define CAPSTAN_SETTING_FIELD_UINT(field) unsigned field;

@@ -1,7 +1,9 @@
 #include "storage/devices.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/base/error.h"
 #include "core/base/log.h"
@@ -212,19 +214,37 @@ int capstan_key_parse(const char *s, Capstan__KeyAlg *alg, uint32_t *bits) {
 
 /* ---- Domain operations ------------------------------------------------ */
 
+static void serial_hex(const uint8_t *serial, char out[2 * CAPSTAN_SERIAL_LEN + 1]) {
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; i < CAPSTAN_SERIAL_LEN; i++) {
+    out[2 * i] = hex[serial[i] >> 4];
+    out[2 * i + 1] = hex[serial[i] & 15];
+  }
+  out[2 * CAPSTAN_SERIAL_LEN] = '\0';
+}
+
+/* Every change of a certificate's status is an audit event in the same
+ * transaction ("cert_installed serial=... why"). */
 static int set_cert_status(capstan_txn_t *txn, Capstan__IssuedCert *c, Capstan__CertStatus st,
-                           int64_t now) {
+                           int64_t now, const char *why) {
   SET(c, status, st);
   SET(c, status_changed_at, now);
-  return capstan_store_cert_put(txn, c);
+  int err = capstan_store_cert_put(txn, c);
+  if (err != 0 || c->serial.len != CAPSTAN_SERIAL_LEN) return err;
+  char hex[2 * CAPSTAN_SERIAL_LEN + 1], event[32];
+  serial_hex(c->serial.data, hex);
+  snprintf(event, sizeof(event), "cert_%s", capstan_cert_status_name(st));
+  return capstan_audit_appendf(txn, c->device, event, "serial=%s%s%s", hex, why ? " " : "",
+                               why ? why : "");
 }
 
 /* Moves every certificate of |d|'s history whose status is |from| (other
- * than |except|) to |to|. A serial whose record is gone is skipped: the
- * operator may have deleted stale certificates. */
+ * than |except|) to |to|, saying |why| in its audit event. A serial whose
+ * record is gone is skipped: the operator may have deleted stale
+ * certificates. */
 static int move_history(capstan_txn_t *txn, const Capstan__Device *d, const uint8_t *except,
                         const Capstan__CertStatus *from, size_t nfrom, Capstan__CertStatus to,
-                        int64_t now) {
+                        int64_t now, const char *why) {
   for (size_t i = 0; i < d->n_cert_history; i++) {
     const ProtobufCBinaryData *s = &d->cert_history[i];
     if (s->len != CAPSTAN_SERIAL_LEN) continue;
@@ -235,7 +255,7 @@ static int move_history(capstan_txn_t *txn, const Capstan__Device *d, const uint
     if (err != 0) return err;
     for (size_t j = 0; j < nfrom; j++) {
       if (c->status == from[j]) {
-        err = set_cert_status(txn, c, to, now);
+        err = set_cert_status(txn, c, to, now, why);
         break;
       }
     }
@@ -273,8 +293,11 @@ int capstan_devices_record_issued(capstan_txn_t *txn, const char *name,
   Capstan__Device *d;
   int err = capstan_store_device_get(txn, name, &d);
   if (err != 0) return err;
+  char hex[2 * CAPSTAN_SERIAL_LEN + 1], why[96];
+  serial_hex(serial, hex);
+  snprintf(why, sizeof(why), "superseded_by=%s (never confirmed by the phone)", hex);
   static const Capstan__CertStatus issued[] = {CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED};
-  err = move_history(txn, d, serial, issued, 1, CAPSTAN__CERT_STATUS__CERT_STATUS_STALE, now);
+  err = move_history(txn, d, serial, issued, 1, CAPSTAN__CERT_STATUS__CERT_STATUS_STALE, now, why);
   if (err != 0) goto done;
 
   Capstan__IssuedCert c = CAPSTAN__ISSUED_CERT__INIT;
@@ -290,6 +313,15 @@ int capstan_devices_record_issued(capstan_txn_t *txn, const char *name,
   SET(&c, status_changed_at, now);
   c.md5hash = (char *)md5hex;
   err = capstan_store_cert_put(txn, &c);
+  if (err != 0) goto done;
+  char until[32] = "-";
+  time_t na = (time_t)not_after;
+  struct tm tm;
+  if (not_after != 0 && gmtime_r(&na, &tm) != NULL) {
+    strftime(until, sizeof(until), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  }
+  err = capstan_audit_appendf(txn, d->name, "cert_issued", "serial=%s not_after=%s md5=%s", hex,
+                              until, md5hex != NULL ? md5hex : "-");
   if (err != 0) goto done;
 
   err = history_append(d, serial);
@@ -325,10 +357,14 @@ int capstan_devices_record_installed(capstan_txn_t *txn, const char *name,
     err = CAPSTAN_EINVAL;
     goto done;
   }
+  char hex[2 * CAPSTAN_SERIAL_LEN + 1], why[96];
+  serial_hex(serial, hex);
+  snprintf(why, sizeof(why), "replaced_by=%s (on the phone)", hex);
   static const Capstan__CertStatus installed[] = {CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED};
-  err = move_history(txn, d, serial, installed, 1, CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED, now);
+  err = move_history(txn, d, serial, installed, 1, CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED, now,
+                     why);
   if (err != 0) goto done;
-  err = set_cert_status(txn, c, CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED, now);
+  err = set_cert_status(txn, c, CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED, now, NULL);
   if (err != 0) goto done;
 
   if ((err = capstan_record_set_bytes(&d->cert_der, &d->has_cert_der, c->der.data, c->der.len)) ||
@@ -397,7 +433,8 @@ int capstan_devices_record_deleted(capstan_txn_t *txn, const char *name, int64_t
   if (err != 0) return err;
   static const Capstan__CertStatus live[] = {CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED,
                                              CAPSTAN__CERT_STATUS__CERT_STATUS_INSTALLED};
-  err = move_history(txn, d, NULL, live, 2, CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED, now);
+  err = move_history(txn, d, NULL, live, 2, CAPSTAN__CERT_STATUS__CERT_STATUS_DELETED, now,
+                     "(deleted by the phone)");
   if (err != 0) goto done;
   if (d->cert_type == CAPSTAN__CERT_TYPE__CERT_TYPE_LSC || !d->has_cert_type) {
     if ((err = capstan_record_set_bytes(&d->cert_der, &d->has_cert_der, NULL, 0)) ||

@@ -6,9 +6,12 @@
  * the group-commit writer's (capstan_store_submit) or one of the CLI's
  * (capstan_store_begin). They read, change and write back whole records; a
  * failure leaves the caller to abort the transaction (the writer does so
- * for the one request). Errors: CAPSTAN_ENOENT when the device (or the
- * certificate) does not exist, CAPSTAN_EINVAL for bad arguments, or a store
- * error (storage/store.h). */
+ * for the one request). Every change of an issued certificate's status is
+ * also an audit event of the device in the same transaction (storage/audit.h):
+ * "cert_issued serial=HEX not_after=... md5=...", "cert_stale",
+ * "cert_installed", "cert_deleted", each with the serial and why. Errors:
+ * CAPSTAN_ENOENT when the device (or the certificate) does not exist,
+ * CAPSTAN_EINVAL for bad arguments, or a store error (storage/store.h). */
 #ifndef CAPSTAN_STORAGE_DEVICES_H
 #define CAPSTAN_STORAGE_DEVICES_H
 

@@ -54,11 +54,19 @@ static int open_dbis(capstan_store_t *s) {
   int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
   if (rc != 0) return capstan_store_map_err(rc, "open");
   for (int i = 0; i < CAPSTAN_DB_COUNT; i++) {
-    rc = mdb_dbi_open(txn, capstan_store_db_names[i], MDB_CREATE, &s->dbi[i]);
+    /* The index holds each device's event keys as sorted 8-byte duplicates. */
+    unsigned flags = i == CAPSTAN_DB_AUDIT_DEVICE ? MDB_DUPSORT | MDB_DUPFIXED : 0;
+    rc = mdb_dbi_open(txn, capstan_store_db_names[i], MDB_CREATE | flags, &s->dbi[i]);
     if (rc != 0) {
       mdb_txn_abort(txn);
       return capstan_store_map_err(rc, "open");
     }
+  }
+  capstan_txn_t t = {.mdb = txn, .store = s, .write = true};
+  int err = capstan_store_audit_reindex(&t);
+  if (err != 0) {
+    mdb_txn_abort(txn);
+    return err;
   }
   rc = mdb_txn_commit(txn);
   return capstan_store_map_err(rc, "open");
@@ -139,6 +147,7 @@ void capstan_store_close(capstan_store_t *store) {
   }
   if (store->env != NULL) mdb_env_close(store->env);
   free(store->dir);
+  free(store->actor);
   free(store);
 }
 

@@ -26,6 +26,7 @@ struct capstan_store {
   MDB_dbi dbi[CAPSTAN_DB_COUNT];
   writer_t *writer;
   char *dir;
+  char *actor; /* stamped on audit events as their user; NULL: none */
 };
 
 /* Counts a failed operation in capstan_storage_errors_total{op}. */
@@ -43,6 +44,11 @@ int capstan_store_check_db(const capstan_txn_t *txn, capstan_db_t db);
 int capstan_store_iterate_typed(capstan_txn_t *txn, capstan_db_t db,
                                 const ProtobufCMessageDescriptor *desc,
                                 int (*fn)(const void *msg, void *arg), void *arg);
+
+/* Builds the AUDIT_DEVICE index from the AUDIT database when the index is
+ * empty and the log is not (a store written before the index existed).
+ * Inside the write transaction that opens the databases. */
+int capstan_store_audit_reindex(capstan_txn_t *txn);
 
 /* A name key (device, template): 1..255 bytes. CAPSTAN_EINVAL otherwise. */
 int capstan_store_name_key(const char *name, size_t *len);

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "storage/audit.h"
 #include "storage/records.pb-c.h"
 #include "storage/store.h"
 
@@ -116,11 +117,8 @@ int capstan_store_settings_get(capstan_txn_t *txn, Capstan__Settings **out);
 int capstan_store_settings_put(capstan_txn_t *txn, const Capstan__Settings *s);
 int capstan_store_settings_load(capstan_store_t *store, Capstan__Settings **out);
 
-/* Appends an audit event at |at_ns| (unix nanoseconds; 0 = now). Keys are
- * kept unique and increasing: an event never replaces another. |device|
- * and |detail| may be NULL. Never pass secrets. */
-int capstan_store_audit_append(capstan_txn_t *txn, int64_t at_ns, const char *device,
-                               const char *event, const char *detail);
+/* Audit events: appended with capstan_store_audit_append (storage/audit.h,
+ * which also reads, queries and prunes them as plain structs). */
 typedef int (*capstan_store_audit_fn)(const Capstan__AuditEvent *e, void *arg);
 int capstan_store_audit_iterate(capstan_txn_t *txn, capstan_store_audit_fn fn, void *arg);
 

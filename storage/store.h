@@ -42,16 +42,19 @@ typedef struct capstan_store capstan_store_t;
  *   CAPF_PREVIOUS 32-byte SHA-256 of the DER -> PreviousCapf
  *   TEMPLATES template name                  -> Template
  *   SETTINGS  "settings"                     -> Settings
- *   AUDIT     8-byte big-endian unix ns      -> AuditEvent */
-#define CAPSTAN_STORE_DBS(X) \
-  X(DEVICES, "devices")      \
-  X(CERTS, "certs")          \
-  X(PKI, "pki")              \
-  X(TRUST, "trust")          \
-  X(TEMPLATES, "templates")  \
-  X(SETTINGS, "settings")    \
-  X(AUDIT, "audit")          \
-  X(CAPF_PREVIOUS, "capf_previous")
+ *   AUDIT     8-byte big-endian unix ns      -> AuditEvent
+ *   AUDIT_DEVICE device name -> the AUDIT keys of its events (sorted
+ *             duplicates of 8 bytes each: an index, storage/audit.h) */
+#define CAPSTAN_STORE_DBS(X)        \
+  X(DEVICES, "devices")             \
+  X(CERTS, "certs")                 \
+  X(PKI, "pki")                     \
+  X(TRUST, "trust")                 \
+  X(TEMPLATES, "templates")         \
+  X(SETTINGS, "settings")           \
+  X(AUDIT, "audit")                 \
+  X(CAPF_PREVIOUS, "capf_previous") \
+  X(AUDIT_DEVICE, "audit_device")
 
 typedef enum {
 #define CAPSTAN_STORE_DB_ENUM(id, name) CAPSTAN_DB_##id,

@@ -24,6 +24,7 @@
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 #include "core/pki/pki.h"
+#include "storage/audit.h"
 #include "storage/records.h"
 
 #define CACHE_BUCKETS 16384
@@ -34,6 +35,10 @@
  * regenerate inside the trust window adds one; the lifecycle refuses a
  * ninth, so none is ever left out). */
 #define ITL_MAX_PREVIOUS CAPSTAN_CAPF_MAX_PREVIOUS
+/* First downloads since a change wait in memory and reach the audit log in
+ * one write a second, or at once when this many are waiting. */
+#define SERVED_FLUSH_MS 1000
+#define SERVED_BATCH_MAX 4096
 
 /* Identities used to sign and list (core/identities.h): a snapshot shared
  * read-only with workers; a build keeps the one it started with. */
@@ -54,8 +59,32 @@ typedef struct cache_entry {
   uint64_t txnid;                    /* store state the key was last checked against */
   capstan_blob_t *blob;              /* the built file, NULL until the first build */
   build_job_t *job;                  /* build in flight for |key|, if any */
+  bool device_file;                  /* per-device: its first download is noted */
+  bool noted;                        /* served since |key| or |device_version| changed */
+  uint64_t device_version;           /* device_version() when last looked at */
   struct cache_entry *next;
 } cache_entry_t;
+
+/* A per-device file handed out for the first time since its content
+ * changed, on its way to the audit log (capstan_audit_note_served). */
+typedef struct served_note {
+  int64_t at_ns;
+  char device[CAPSTAN_DEVICE_NAME_MAX + 1];
+  char file[CAPSTAN_DEVICE_NAME_MAX + 24]; /* ITL<name>.tlv, <name>.cnf.xml.enc.sgn */
+} served_note_t;
+
+typedef struct served_batch {
+  size_t n;
+  size_t appended; /* set by the write */
+  served_note_t notes[];
+} served_batch_t;
+
+/* The flush timer lives apart from the service: its memory must outlive
+ * the service until libuv's close callback. */
+typedef struct served_timer {
+  uv_timer_t timer;
+  capstan_files_service_t *svc;
+} served_timer_t;
 
 typedef enum { BUILD_ITL, BUILD_SGN, BUILD_ENC, BUILD_READ_FILE } build_kind_t;
 
@@ -101,6 +130,9 @@ struct capstan_files_service {
   capstan_metric_t *build_duration;
   capstan_metric_t *build_errors;
   capstan_metric_t *enc_ec, *enc_no_cert;
+  served_batch_t *served; /* notes waiting for the next flush (up to SERVED_BATCH_MAX) */
+  served_timer_t *served_timer;
+  capstan_metric_t *served_recorded, *served_dropped;
 };
 
 /* --- Identities ----------------------------------------------------------- */
@@ -254,6 +286,115 @@ static void cache_invalidate(capstan_files_service_t *svc) {
   }
 }
 
+/* --- First download since a change ------------------------------------------
+ * Phones download their files at every boot: thousands a second in a reset
+ * storm. Only the first download of each file after its content changed is
+ * worth a line in a device's history (the first encrypted configuration
+ * after an LSC was installed), so the cache entry remembers whether its
+ * current content was handed out, and those first downloads are written in
+ * batches, off the loop, by the storage writer. The writer skips a file the
+ * device's history already shows as served since the device last changed,
+ * so a restart (an empty cache) adds nothing new. */
+
+static int served_write(capstan_txn_t *txn, void *arg) {
+  served_batch_t *b = arg;
+  b->appended = 0;
+  for (size_t i = 0; i < b->n; i++) {
+    bool appended = false;
+    int rc = capstan_audit_note_served(txn, b->notes[i].at_ns, b->notes[i].device, b->notes[i].file,
+                                       &appended);
+    if (rc == CAPSTAN_EINVAL) continue; /* not a name the store keys: skip it */
+    if (rc < 0) return rc;
+    b->appended += appended;
+  }
+  return 0;
+}
+
+static void served_done(void *arg, int status) {
+  served_batch_t *b = arg;
+  if (status < 0) {
+    LOG_WARN("event=files_served_not_recorded files=%zu error=%s", b->n, capstan_strerror(status));
+  }
+  free(b);
+}
+
+/* Hands the waiting notes to the storage writer. */
+static void served_flush(capstan_files_service_t *svc) {
+  served_batch_t *b = svc->served;
+  if (b == NULL || b->n == 0) return;
+  svc->served = NULL;
+  if (capstan_store_submit(svc->store, served_write, b, served_done) < 0) {
+    /* No writer (a service without a server): nothing to record into. */
+    capstan_metric_add(svc->served_dropped, (double)b->n);
+    free(b);
+    return;
+  }
+  capstan_metric_add(svc->served_recorded, (double)b->n);
+}
+
+static void served_tick(uv_timer_t *t) {
+  served_timer_t *st = t->data;
+  served_flush(st->svc);
+}
+
+static void served_timer_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+/* A digest of what changes when the device record does: a download after
+ * a change of the device is noted even when the file itself is the same
+ * (the ITL), so the history shows it as the storage rule counts it. */
+static uint64_t device_version(const Capstan__Device *d) {
+  uint64_t h = 1469598103934665603ull;
+#define MIX(v)                                  \
+  do {                                          \
+    uint64_t v_ = (uint64_t)(v);                \
+    for (int i_ = 0; i_ < 8; i_++, v_ >>= 8) {  \
+      h = (h ^ (v_ & 0xff)) * 1099511628211ull; \
+    }                                           \
+  } while (0)
+  MIX(d->updated_at);
+  MIX(d->status_changed_at);
+  MIX(d->status);
+  MIX(d->operation);
+  MIX(d->attempts);
+  MIX(d->cert_seen_at);
+  MIX(d->n_cert_history);
+  MIX(d->encrypted_config);
+  MIX(d->config_xml.len);
+  for (const char *p = d->md5hash ? d->md5hash : ""; *p; p++) MIX(*p);
+  for (const char *p = d->template_name ? d->template_name : ""; *p; p++) MIX(*p);
+#undef MIX
+  return h;
+}
+
+/* Called for every download of |e| that succeeded: notes the first one
+ * since its content or its device changed. */
+static void note_served(capstan_files_service_t *svc, cache_entry_t *e) {
+  if (e == NULL || !e->device_file || e->noted || svc->freeing) return;
+  e->noted = true;
+  capstan_file_kind_t kind;
+  served_note_t note = {0};
+  if (strlen(e->name) >= sizeof(note.file) ||
+      !device_file(e->name, note.device, sizeof(note.device), &kind)) {
+    return;
+  }
+  if (svc->served == NULL) {
+    svc->served = malloc(sizeof(served_batch_t) + SERVED_BATCH_MAX * sizeof(served_note_t));
+    if (svc->served == NULL) {
+      capstan_metric_inc(svc->served_dropped);
+      return;
+    }
+    svc->served->n = 0;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  note.at_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+  memcpy(note.file, e->name, strlen(e->name) + 1);
+  svc->served->notes[svc->served->n++] = note;
+  if (svc->served->n == SERVED_BATCH_MAX) served_flush(svc);
+}
+
 /* --- Building on the workers ---------------------------------------------- */
 
 static void job_free(build_job_t *j) {
@@ -375,6 +516,7 @@ static void build_done(uv_work_t *req, int status) {
     if (rc == 0 && memcmp(e->key, j->key, sizeof(j->key)) == 0) {
       capstan_blob_unref(e->blob);
       e->blob = capstan_blob_ref(blob);
+      if (j->waiters != NULL) note_served(svc, e);
     }
   }
   notify(j->waiters, rc == 0 ? 0 : (rc == CAPSTAN_ENOENT ? CAPSTAN_ENOENT : CAPSTAN_EIO), blob,
@@ -394,6 +536,7 @@ static void serve_or_build(capstan_files_service_t *svc, cache_entry_t *e, build
     e->txnid = txnid;
     capstan_metric_inc(svc->hits[e->kind]);
     job_free(j);
+    note_served(svc, e);
     cb(ctx, 0, capstan_blob_ref(e->blob), e->kind);
     return;
   }
@@ -420,6 +563,7 @@ static void serve_or_build(capstan_files_service_t *svc, cache_entry_t *e, build
   j->started = capstan_now_seconds();
   j->req.data = j;
   snprintf(j->name, sizeof(j->name), "%s", e->name);
+  if (memcmp(e->key, j->key, sizeof(j->key)) != 0) e->noted = false; /* new content */
   memcpy(e->key, j->key, sizeof(j->key));
   e->txnid = txnid;
   if (e->job) e->job->entry = NULL; /* an older build no longer updates the entry */
@@ -519,6 +663,7 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
   /* Nothing changed in the store since the key was checked: serve. */
   if (e && e->blob && e->job == NULL && e->txnid == capstan_store_txnid(svc->store)) {
     capstan_metric_inc(svc->hits[kind]);
+    note_served(svc, e);
     cb(ctx, 0, capstan_blob_ref(e->blob), kind);
     return;
   }
@@ -615,12 +760,18 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
       key_of(j, "enc", full, full_len, d->public_key.data, d->public_key.len, svc->pki);
     }
   }
+  uint64_t version = device_version(v.device);
   free_view(&v);
   e = cache_get(svc, name, kind);
   if (e == NULL) {
     job_free(j);
     cb(ctx, CAPSTAN_ENOMEM, NULL, kind);
     return;
+  }
+  e->device_file = true;
+  if (e->device_version != version) {
+    e->device_version = version;
+    e->noted = false;
   }
   serve_or_build(svc, e, j, cb, ctx);
   return;
@@ -643,6 +794,7 @@ static void open_cluster_itl(capstan_files_service_t *svc, const char *name, cap
     cb(ctx, CAPSTAN_ENOMEM, NULL, CAPSTAN_FILE_ITL);
     return;
   }
+  e->device_file = false;
   j->kind = BUILD_ITL;
   j->hash_alg = svc->sha512 ? CAPSTAN_SGN_HASH_SHA512 : CAPSTAN_SGN_HASH_SHA1;
   key_of(j, "itl", NULL, 0, NULL, 0, svc->pki);
@@ -677,6 +829,7 @@ static void open_static(capstan_files_service_t *svc, const char *name, capstan_
     cb(ctx, CAPSTAN_ENOMEM, NULL, CAPSTAN_FILE_STATIC);
     return;
   }
+  e->device_file = false;
   j->kind = BUILD_READ_FILE;
   struct {
     dev_t dev;
@@ -767,6 +920,23 @@ int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,
   svc->enc_no_cert = capstan_metrics_counter(
       "capstan_files_enc_config_unavailable_total",
       "Encrypted configuration requests that cannot be served", "reason=\"no_certificate\"");
+  svc->served_recorded = capstan_metrics_counter(
+      "capstan_files_first_served_total",
+      "First downloads of a per-device file since it changed, sent to the audit log", NULL);
+  svc->served_dropped = capstan_metrics_counter(
+      "capstan_files_first_served_dropped_total",
+      "First downloads of a per-device file that could not be sent to the audit log", NULL);
+  svc->served_timer = calloc(1, sizeof(*svc->served_timer));
+  if (svc->served_timer == NULL) {
+    capstan_files_service_free(svc);
+    return CAPSTAN_ENOMEM;
+  }
+  svc->served_timer->svc = svc;
+  svc->served_timer->timer.data = svc->served_timer;
+  uv_timer_init(loop, &svc->served_timer->timer);
+  uv_timer_start(&svc->served_timer->timer, served_tick, SERVED_FLUSH_MS, SERVED_FLUSH_MS);
+  /* The timer alone does not keep the loop running. */
+  uv_unref((uv_handle_t *)&svc->served_timer->timer);
   *out = svc;
   return 0;
 }
@@ -777,6 +947,15 @@ capstan_filesource_t *capstan_files_service_source(capstan_files_service_t *svc)
 
 void capstan_files_service_free(capstan_files_service_t *svc) {
   if (svc == NULL) return;
+  if (!svc->freeing) {
+    /* What was served so far still reaches the audit log (the writer stops
+     * after the listeners). */
+    served_flush(svc);
+    if (svc->served_timer != NULL) {
+      uv_close((uv_handle_t *)&svc->served_timer->timer, served_timer_closed);
+      svc->served_timer = NULL;
+    }
+  }
   svc->freeing = 1;
   if (svc->jobs > 0) return; /* build_done finishes the job */
   for (size_t i = 0; i < CACHE_BUCKETS; i++) {
@@ -787,6 +966,7 @@ void capstan_files_service_free(capstan_files_service_t *svc) {
       e = next;
     }
   }
+  free(svc->served);
   pki_unref(svc->pki);
   free(svc->static_dir);
   free(svc->default_host);

@@ -15,6 +15,13 @@
  * an unchanged file is never signed twice. Signing runs on the libuv thread
  * pool, and concurrent requests for the same file wait for one signature.
  *
+ * The first download of each signed per-device file (ITLSEP, .cnf.xml.sgn,
+ * .cnf.xml.enc.sgn) after it or its device changed is an audit event of the
+ * device ("file_served file=NAME", storage/audit.h): noted in memory, and
+ * written once a second in one request to the storage writer, which keeps
+ * one event per file since the device's last change. Other downloads write
+ * nothing; the plain .cnf.xml is not noted.
+ *
  * Loop thread only. */
 #ifndef CAPSTAN_CORE_FILES_SERVICE_H
 #define CAPSTAN_CORE_FILES_SERVICE_H

@@ -3,6 +3,7 @@
  * operations of storage/devices.h. */
 #include "handlers/capf/records.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -82,25 +83,54 @@ static Capstan__OpStatus op_status(capf_status_t s) {
   return CAPSTAN__OP_STATUS__OP_STATUS_FAILED;
 }
 
+static int audit_status(capstan_txn_t *txn, const capf_record_t *r) {
+  const char *op = capstan_operation_name((Capstan__Operation)r->operation);
+  switch (r->status) {
+    case CAPF_STATUS_IN_PROGRESS:
+      if (!r->count_attempt) return 0;
+      return capstan_audit_appendf(txn, r->device, "attempt", "peer=%s operation=%s", r->peer, op);
+    case CAPF_STATUS_EXPIRED:
+      return capstan_audit_appendf(txn, r->device, "operation_expired",
+                                   "peer=%s operation=%s reason=\"%s\"", r->peer, op,
+                                   r->reason ? r->reason : "deadline passed");
+    case CAPF_STATUS_FAILED:
+      break;
+  }
+  return capstan_audit_appendf(txn, r->device, "attempt_failed",
+                               "peer=%s operation=%s reason=\"%s\"", r->peer, op,
+                               r->reason ? r->reason : "unknown");
+}
+
+static int audit_succeeded(capstan_txn_t *txn, const capf_record_t *r) {
+  return capstan_audit_appendf(txn, r->device, "operation_succeeded", "peer=%s operation=%s",
+                               r->peer, capstan_operation_name((Capstan__Operation)r->operation));
+}
+
 int capf_record_apply(capstan_txn_t *txn, void *arg) {
   const capf_record_t *r = arg;
   int rc = 0;
   switch (r->kind) {
     case CAPF_RECORD_STATUS:
-      return capstan_devices_set_status(txn, r->device, op_status(r->status), r->reason, r->now,
-                                        r->count_attempt);
+      rc = capstan_devices_set_status(txn, r->device, op_status(r->status), r->reason, r->now,
+                                      r->count_attempt);
+      return rc < 0 ? rc : audit_status(txn, r);
     case CAPF_RECORD_SEEN_CERT:
-      return capstan_devices_record_seen_cert(txn, r->device, r->der, r->der_len,
-                                              (Capstan__CertType)r->cert_type, r->md5, r->spki,
-                                              r->spki_len, r->now);
+      rc = capstan_devices_record_seen_cert(txn, r->device, r->der, r->der_len,
+                                            (Capstan__CertType)r->cert_type, r->md5, r->spki,
+                                            r->spki_len, r->now);
+      if (rc < 0) return rc;
+      return capstan_audit_appendf(txn, r->device, "cert_seen", "peer=%s type=%s md5=%s", r->peer,
+                                   capstan_cert_type_name(r->cert_type), r->md5[0] ? r->md5 : "-");
     case CAPF_RECORD_ISSUED:
       return capstan_devices_record_issued(txn, r->device, r->serial, r->der, r->der_len,
                                            r->not_after, r->md5, r->now);
     case CAPF_RECORD_INSTALLED:
-      return capstan_devices_record_installed(txn, r->device, r->serial, r->spki, r->spki_len,
-                                              r->md5, r->now);
+      rc = capstan_devices_record_installed(txn, r->device, r->serial, r->spki, r->spki_len, r->md5,
+                                            r->now);
+      return rc < 0 ? rc : audit_succeeded(txn, r);
     case CAPF_RECORD_DELETED:
-      return capstan_devices_record_deleted(txn, r->device, r->now);
+      rc = capstan_devices_record_deleted(txn, r->device, r->now);
+      return rc < 0 ? rc : audit_succeeded(txn, r);
     case CAPF_RECORD_FETCHED:
       if (r->der != NULL) {
         rc = capstan_devices_record_seen_cert(txn, r->device, r->der, r->der_len,
@@ -108,8 +138,15 @@ int capf_record_apply(capstan_txn_t *txn, void *arg) {
                                               r->spki_len, r->now);
         if (rc < 0) return rc;
       }
-      return capstan_devices_set_status(txn, r->device, CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED,
-                                        r->reason, r->now, 0);
+      rc = capstan_devices_set_status(txn, r->device, CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED,
+                                      r->reason, r->now, 0);
+      if (rc < 0) return rc;
+      rc = r->der != NULL
+               ? capstan_audit_appendf(txn, r->device, "cert_fetched", "peer=%s type=%s md5=%s",
+                                       r->peer, capstan_cert_type_name(r->cert_type), r->md5)
+               : capstan_audit_appendf(txn, r->device, "cert_fetched", "peer=%s none reason=\"%s\"",
+                                       r->peer, r->reason ? r->reason : "no certificate");
+      return rc < 0 ? rc : audit_succeeded(txn, r);
   }
   return CAPSTAN_EINVAL;
 }

@@ -74,6 +74,10 @@ typedef struct capf_record {
   void *host;  /* the host's: what it needs back after the commit */
   char device[CAPSTAN_CAPF_DEVICE_NAME_MAX + 1];
   int64_t now;
+  /* For the audit events (set by the session when it submits): the
+   * phone's address and the device's operation. */
+  char peer[48];
+  capf_operation_t operation;
   /* STATUS */
   capf_status_t status;
   const char *reason; /* static string; STATUS, and FETCHED without a certificate */
@@ -97,7 +101,12 @@ capf_record_t *capf_record_new(capf_record_kind_t kind, const char *device);
 void capf_record_free(capf_record_t *r);
 
 /* Applies |arg| (a capf_record_t) in the writer's transaction: a
- * capstan_store_write_fn. Touches only the record and |txn|. */
+ * capstan_store_write_fn. Touches only the record and |txn|. Appends the
+ * session's audit events in the same transaction: "attempt" (an operation
+ * starts), "attempt_failed" and "operation_expired" (with the reason),
+ * "cert_seen", "cert_fetched", "operation_succeeded", each with the peer;
+ * the certificate events (issued, stale, installed, deleted) come from
+ * storage/devices.h. */
 int capf_record_apply(capstan_txn_t *txn, void *arg);
 
 #endif

@@ -30,6 +30,7 @@
 #include <openssl/mem.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -360,6 +361,8 @@ static void end_with(capf_session_t *s, uint8_t reason, capf_result_t result) {
 static int submit_record(capf_session_t *s, capf_record_t *r, int awaited) {
   if (r == NULL) return CAPSTAN_ENOMEM;
   r->awaited = awaited;
+  r->operation = s->operation;
+  snprintf(r->peer, sizeof(r->peer), "%s", s->peer_host[0] ? s->peer_host : "-");
   return s->hooks->record(s, r);
 }
 

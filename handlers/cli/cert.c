@@ -178,7 +178,12 @@ static int run_delete_stale(capstan_cli_t *c) {
     ic->has_status_changed_at = 1;
     ic->status_changed_at = now;
     err = capstan_store_cert_put(&txn, ic);
-    if (err == 0) err = capstan_store_audit_append(&txn, 0, ic->device, "stale_lsc_deleted", NULL);
+    if (err == 0) {
+      char hex[2 * CAPSTAN_SERIAL_LEN + 1];
+      capstan_cli_hex(serial, CAPSTAN_SERIAL_LEN, hex);
+      err = capstan_audit_appendf(&txn, ic->device, "cert_deleted",
+                                  "serial=%s (was stale; deleted by the operator)", hex);
+    }
     capstan__issued_cert__free_unpacked(ic, NULL);
     done++;
   }

@@ -30,6 +30,7 @@ int capstan_cli_capf_main(int argc, char **argv);
 int capstan_cli_report_main(int argc, char **argv);
 int capstan_cli_init_main(int argc, char **argv);
 int capstan_cli_serve_main(int argc, char **argv);
+int capstan_cli_audit_main(int argc, char **argv);
 
 /* ---- Shared helpers ---------------------------------------------------- */
 
@@ -64,6 +65,29 @@ void capstan_cli_json_bytes(FILE *f, const uint8_t *data, size_t len);
 int capstan_cli_parse_time(const char *s, int64_t *out);
 /* Formats unix seconds as YYYY-MM-DDTHH:MM:SSZ (buf >= 32 bytes). */
 void capstan_cli_format_time(int64_t t, char *buf, size_t len);
+
+/* ---- The audit log (audit.c) -------------------------------------------- */
+
+#define CAPSTAN_CLI_SINCE_FORMS \
+  "RFC 3339 (2026-05-01T06:00:00Z; a date alone is 00:00 UTC) or an age (90s, 30m, 2h, 3d, 1w)"
+/* Parses --since: CAPSTAN_CLI_SINCE_FORMS, an age counting back from
+ * |now_ns|. CAPSTAN_EINVAL when malformed, CAPSTAN_ERANGE when too large. */
+int capstan_cli_parse_since(const char *s, int64_t now_ns, int64_t *out_ns);
+/* The wall clock in unix nanoseconds. */
+int64_t capstan_cli_now_ns(void);
+
+/* What capstan_cli_audit_print prints, and how many it printed (n). */
+typedef struct {
+  int64_t since_ns;   /* 0: from the first */
+  const char *device; /* NULL: every event */
+  bool device_column; /* text: a DEVICE column; JSON: a "device" member */
+  bool json;          /* a JSON array (no newline after it) instead of a table */
+  size_t n;
+} capstan_cli_audit_print_t;
+/* Prints the events |p| selects, oldest first: a table with a header line
+ * (none when there are no events), or a JSON array of {at, [device,]
+ * event, user, detail}. Returns a store error. */
+int capstan_cli_audit_print(capstan_txn_t *txn, capstan_cli_audit_print_t *p);
 
 /* Writes |n| (CAPSTAN_AUTH_STRING_MIN..MAX) random decimal digits from
  * the system's CSPRNG plus a NUL into |out| (n + 1 bytes). Uniform: no

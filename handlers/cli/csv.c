@@ -459,6 +459,19 @@ int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, s
     d->updated_at = opts->now;
     if (rearm) capstan_device_rearm(d, opts->now);
     if (rc == 0) rc = capstan_store_device_put(txn, d);
+    if (rc == 0) {
+      char until[40] = "none";
+      if (r->completes_by != 0) capstan_cli_format_time(r->completes_by, until, sizeof(until));
+      rc = capstan_audit_appendf(
+          txn, r->name, is_new ? "device_added" : "device_changed",
+          "import=%s:%zu operation=%s auth=%s%s key=%s completes-by=%s%s%s", opts->fname, r->line,
+          capstan_operation_name(r->operation), capstan_auth_mode_name(r->auth_mode),
+          r->auth_string[0] != '\0' ? " auth-string=set"
+          : auth != NULL            ? " auth-string=generated"
+                                    : "",
+          capstan_key_name(r->key_alg, r->key_bits), until, rearm ? " status=" : "",
+          rearm ? capstan_op_status_name(d->status) : "");
+    }
     capstan__device__free_unpacked(d, NULL);
     if (rc != 0) {
       snprintf(err, errlen, "%s:%zu: cannot store device '%s': %s", opts->fname, r->line, r->name,

@@ -35,6 +35,7 @@ enum {
   OPT_ALL,
   OPT_DRY_RUN,
   OPT_TEMPLATE, /* add/set: --template NAME|none */
+  OPT_SINCE,    /* history */
   NOPTS
 };
 #define O(x) CAPSTAN_CLI_OPT(OPT_##x)
@@ -53,6 +54,7 @@ typedef struct {
   unsigned length;
   int64_t expires_before;
   const char *template_name; /* NULL: --template none */
+  int64_t since_ns;          /* history --since */
 } opts_t;
 
 #define TIME_FORMS "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z"
@@ -156,6 +158,13 @@ static int set_expires_before(void *ctx, const char *a, char *why, size_t len) {
   return -1;
 }
 
+static int set_since(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  if (capstan_cli_parse_since(a, capstan_cli_now_ns(), &o->since_ns) == 0) return 0;
+  snprintf(why, len, "--since must be " CAPSTAN_CLI_SINCE_FORMS "; got '%s'", a);
+  return -1;
+}
+
 static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_OPERATION] = {"operation", true, set_operation},
     [OPT_AUTH] = {"auth", true, set_auth},
@@ -176,6 +185,7 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_NAME_PREFIX] = {"name-prefix", true, NULL},
     [OPT_ALL] = {"all", false, NULL},
     [OPT_DRY_RUN] = {"dry-run", false, NULL},
+    [OPT_SINCE] = {"since", true, set_since},
 };
 
 /* ---- add / set ----------------------------------------------------------- */
@@ -183,14 +193,16 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
 /* Applies the options of add/set to |d|. Returns 0, or a usage error exit
  * code with the message printed. */
 static int apply_opts(const capstan_cli_t *c, Capstan__Device *d, bool is_new, int64_t now,
-                      char *generated) {
+                      char *generated, bool *rearmed) {
   const opts_t *o = c->ctx;
   generated[0] = '\0';
+  *rearmed = false;
   if (is_new || (c->seen & O(OPERATION))) {
     bool rearm = is_new || capstan_device_should_rearm(d, o->operation);
     d->has_operation = 1;
     d->operation = o->operation;
     if (rearm) capstan_device_rearm(d, now);
+    *rearmed = rearm;
   }
   if (is_new || (c->seen & O(AUTH))) {
     d->has_auth_mode = 1;
@@ -236,6 +248,41 @@ static int apply_opts(const capstan_cli_t *c, Capstan__Device *d, bool is_new, i
   d->has_updated_at = 1;
   d->updated_at = now;
   return 0;
+}
+
+/* The audit detail of add/set/bulk-set: what the command set, as
+ * key=value words (an authentication string only as "set" or
+ * "generated"), and whether the device was re-armed. */
+static void describe_change(const capstan_cli_t *c, const Capstan__Device *d, bool is_new,
+                            bool rearmed, const char *how, char *buf, size_t len) {
+  size_t used = 0;
+#define ADD(...)                                                      \
+  do {                                                                \
+    int n_ = snprintf(buf + used, len - used, "%s", used ? " " : ""); \
+    if (n_ > 0 && (size_t)n_ < len - used) used += (size_t)n_;        \
+    n_ = snprintf(buf + used, len - used, __VA_ARGS__);               \
+    if (n_ > 0 && (size_t)n_ < len - used) used += (size_t)n_;        \
+  } while (0)
+  buf[0] = '\0';
+  if (how != NULL) ADD("%s", how);
+  if (is_new || (c->seen & O(OPERATION))) ADD("operation=%s", capstan_operation_name(d->operation));
+  if (is_new || (c->seen & O(AUTH))) ADD("auth=%s", capstan_auth_mode_name(d->auth_mode));
+  if (c->seen & O(AUTH_STRING)) ADD("auth-string=set");
+  if (c->seen & O(GENERATE)) ADD("auth-string=generated");
+  if (is_new || (c->seen & O(KEY))) ADD("key=%s", capstan_key_name(d->key_alg, d->key_bits));
+  if (c->seen & O(COMPLETES_BY)) {
+    char t[40] = "none";
+    if (d->has_completes_by && d->completes_by != 0) {
+      capstan_cli_format_time(d->completes_by, t, sizeof(t));
+    }
+    ADD("completes-by=%s", t);
+  }
+  if (c->seen & O(ENCRYPTED)) ADD("encrypted-config=%s", d->encrypted_config ? "on" : "off");
+  if (c->seen & O(TEMPLATE)) {
+    ADD("template=%s", d->template_name && d->template_name[0] ? d->template_name : "none");
+  }
+  if (rearmed) ADD("status=%s", capstan_op_status_name(d->status));
+#undef ADD
 }
 
 static int add_or_set(capstan_cli_t *c, bool is_add) {
@@ -289,12 +336,15 @@ static int add_or_set(capstan_cli_t *c, bool is_add) {
     d->has_created_at = 1;
     d->created_at = now;
   }
-  ret = apply_opts(c, d, is_add, now, generated);
+  bool rearmed;
+  ret = apply_opts(c, d, is_add, now, generated, &rearmed);
   if (ret != 0) goto out;
   err = capstan_store_device_put(&txn, d);
   if (err == 0) {
+    char detail[512];
+    describe_change(c, d, is_add, rearmed, NULL, detail, sizeof(detail));
     err = capstan_store_audit_append(&txn, 0, name, is_add ? "device_added" : "device_changed",
-                                     capstan_operation_name(d->operation));
+                                     detail);
   }
   if (err == 0) err = capstan_store_commit(&txn);
   if (err != 0) {
@@ -545,6 +595,72 @@ static int run_remove(capstan_cli_t *c) {
   return CAPSTAN_EXIT_OK;
 }
 
+/* ---- history ------------------------------------------------------------------ */
+
+static int first_event(const capstan_audit_event_t *e, void *arg) {
+  *(bool *)arg = true;
+  return 1;
+}
+
+typedef struct {
+  const capstan_cli_t *c;
+  const char *name;
+  bool unknown; /* neither a device nor any event of one */
+} history_t;
+
+static int history_fn(capstan_txn_t *txn, void *arg) {
+  history_t *h = arg;
+  const opts_t *o = h->c->ctx;
+  bool json = h->c->json;
+  Capstan__Device *d = NULL;
+  int err = capstan_store_device_get(txn, h->name, &d);
+  if (err != 0 && err != CAPSTAN_ENOENT) return err;
+  if (d == NULL) {
+    bool any = false;
+    err = capstan_audit_query(txn, 0, h->name, first_event, &any);
+    if (err != 0) return err;
+    if (!any) {
+      h->unknown = true;
+      return 0;
+    }
+  }
+  capstan_cli_audit_print_t p = {.since_ns = o->since_ns, .device = h->name, .json = json};
+  if (json) {
+    fputs("{\"device\":", stdout);
+    capstan_cli_json_string(stdout, h->name);
+    fprintf(stdout, ",\"exists\":%s", d != NULL ? "true" : "false");
+    fputs(",\"status\":", stdout);
+    capstan_cli_json_string(stdout, d != NULL ? capstan_op_status_name(d->status) : NULL);
+    fputs(",\"operation\":", stdout);
+    capstan_cli_json_string(stdout, d != NULL ? capstan_operation_name(d->operation) : NULL);
+    fputs(",\"events\":", stdout);
+  } else if (d != NULL) {
+    printf("%s: operation %s, status %s%s%s\n", h->name, capstan_operation_name(d->operation),
+           capstan_op_status_name(d->status), d->status_reason != NULL ? ": " : "",
+           d->status_reason != NULL ? d->status_reason : "");
+  } else {
+    printf("%s: no such device now (removed); its history:\n", h->name);
+  }
+  err = capstan_cli_audit_print(txn, &p);
+  if (json) {
+    fputs("}\n", stdout);
+  } else {
+    printf("%zu event%s\n", p.n, p.n == 1 ? "" : "s");
+  }
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+static int run_history(capstan_cli_t *c) {
+  history_t h = {.c = c, .name = c->args[0]};
+  int rc = capstan_cli_read(c, history_fn, &h, "cannot read the device's history");
+  if (rc == CAPSTAN_EXIT_OK && h.unknown) {
+    capstan_cli_error("no device '%s' and no history of one (see 'capstan device list')", h.name);
+    return CAPSTAN_EXIT_ERROR;
+  }
+  return rc;
+}
+
 /* ---- import / export --------------------------------------------------------- */
 
 static int run_import(capstan_cli_t *c) {
@@ -712,6 +828,12 @@ static int run_generate(capstan_cli_t *c) {
     d->has_updated_at = 1;
     d->updated_at = now;
     if (err == 0) err = capstan_store_device_put(&txn, d);
+    if (err == 0) {
+      err = capstan_store_audit_append(&txn, 0, d->name, "device_changed",
+                                       is_shared ? "generate-auth-strings auth-string=generated "
+                                                   "(shared)"
+                                                 : "generate-auth-strings auth-string=generated");
+    }
     capstan__device__free_unpacked(d, NULL);
   }
   if (err == 0) {
@@ -781,9 +903,13 @@ static int run_bulk_set(capstan_cli_t *c) {
       ret = capstan_cli_store_error("cannot read a device", err);
       goto out;
     }
-    ret = apply_opts(c, d, false, now, generated);
+    bool rearmed;
+    ret = apply_opts(c, d, false, now, generated, &rearmed);
     if (ret == 0) {
+      char detail[512];
+      describe_change(c, d, false, rearmed, "bulk-set", detail, sizeof(detail));
       err = capstan_store_device_put(&txn, d);
+      if (err == 0) err = capstan_store_audit_append(&txn, 0, d->name, "device_changed", detail);
       if (err != 0) ret = capstan_cli_store_error("cannot change a device", err);
     } else {
       capstan_cli_error("device '%s' could not take the change; nothing was changed", d->name);
@@ -837,6 +963,17 @@ static const capstan_cli_sub_t device_subs[] = {
      "capstan device list [--json] [--status pending|in-progress|succeeded|failed|expired|none]",
      run_list},
     {"remove", 0, false, 1, 1, "capstan device remove NAME", run_remove},
+    {"history", O(SINCE), true, 1, 1,
+     "capstan device history NAME [--since T] [--json]\n"
+     "         what happened to the device, oldest first: added and scheduled (with the\n"
+     "         user), CAPF attempts with the phone's address and their outcome or reason,\n"
+     "         certificates issued, installed, stale and deleted (serials), and the first\n"
+     "         download of each of its files after it changed (file_served: e.g. the first\n"
+     "         encrypted configuration after its LSC was installed). Also works for a\n"
+     "         removed device. --since: an RFC 3339 time or an age (2h, 3d)\n"
+     "         --json: {device, exists, status, operation, events: [{at, event, user,\n"
+     "         detail}]} ('capstan audit list --help' says more)",
+     run_history},
     {"import", O(GENERATE_CSV) | O(LENGTH) | O(NO_UPDATE), false, 1, 1,
      "capstan device import FILE.csv|- [--generate-auth-strings unique|shared]\n"
      "         [--auth-string-length 4..10] [--no-update]\n"

@@ -18,7 +18,7 @@ static const command_t commands[] = {
     {"serve", capstan_cli_serve_main, "run the server in the foreground"},
     {"init", capstan_cli_init_main, "create the data directory and the CAPF and TFTP identities"},
     {"device", capstan_cli_device_main,
-     "add, set, show, list, remove, import, export devices; generate auth strings"},
+     "add, set, show, list, remove, import, export devices; their history; auth strings"},
     {"config", capstan_cli_config_main, "get, set and list live settings"},
     {"keepalive", capstan_cli_keepalive_main, "set or show the CAPF keep-alive (minutes)"},
     {"cert", capstan_cli_cert_main,
@@ -26,6 +26,7 @@ static const command_t commands[] = {
     {"report", capstan_cli_report_main, "operation status counts; expiring certificates"},
     {"trust", capstan_cli_trust_main, "add, list, remove, export CAPF-trust and CallManager-trust"},
     {"template", capstan_cli_template_main, "base configuration templates; assign them to devices"},
+    {"audit", capstan_cli_audit_main, "the audit log: who changed what, and what the server did"},
 };
 
 static void usage(FILE *f) {

@@ -3,12 +3,15 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/base/error.h"
+#include "storage/audit.h"
 
 /* getopt_long codes of the options every command knows; a table option i
  * is OPT_BASE + i. */
@@ -214,7 +217,16 @@ int capstan_cli_open_store(const capstan_cli_t *c, capstan_cli_store_how_t how,
   *out = NULL;
   int err =
       capstan_store_open(dir, how == CAPSTAN_CLI_STORE_CREATE ? CAPSTAN_STORE_CREATE : 0, out);
-  if (err == 0 || (err == CAPSTAN_ENOENT && how == CAPSTAN_CLI_STORE_OPTIONAL)) return 0;
+  if (err == 0) {
+    /* Every audit event this command appends names who ran it. */
+    char actor[CAPSTAN_CLI_ACTOR_MAX];
+    capstan_cli_actor(actor, sizeof(actor));
+    err = capstan_store_set_actor(*out, actor);
+    if (err == 0) return 0;
+    capstan_store_close(*out);
+    *out = NULL;
+  }
+  if (err == CAPSTAN_ENOENT && how == CAPSTAN_CLI_STORE_OPTIONAL) return 0;
   if (err == CAPSTAN_ENOENT) {
     fprintf(stderr, "capstan: no capstan data in '%s': run 'capstan init --data-dir %s' first\n",
             dir, dir);
@@ -234,4 +246,39 @@ int capstan_cli_store_error(const char *what, int err) {
     fprintf(stderr, "capstan: %s: %s\n", what, capstan_strerror(err));
   }
   return CAPSTAN_EXIT_ERROR;
+}
+
+/* A user name as given by the environment: printable, no spaces. */
+static bool plain_name(const char *s) {
+  if (s == NULL || s[0] == '\0' || strlen(s) > 64) return false;
+  for (const char *p = s; *p != '\0'; p++) {
+    if (*p <= ' ' || *p >= 0x7f) return false;
+  }
+  return true;
+}
+
+void capstan_cli_format_actor(const char *name, unsigned uid, const char *sudo_user, char *buf,
+                              size_t len) {
+  char who[80];
+  if (plain_name(name)) {
+    snprintf(who, sizeof(who), "%s", name);
+  } else {
+    snprintf(who, sizeof(who), "uid %u", uid);
+  }
+  if (sudo_user != NULL && sudo_user[0] != '\0' && strcmp(sudo_user, who) != 0) {
+    snprintf(buf, len, "%s (sudo by %s)", who, plain_name(sudo_user) ? sudo_user : "?");
+  } else {
+    snprintf(buf, len, "%s", who);
+  }
+}
+
+void capstan_cli_actor(char *buf, size_t len) {
+  uid_t uid = getuid();
+  struct passwd pw, *found = NULL;
+  char scratch[4096];
+  const char *name = NULL;
+  if (getpwuid_r(uid, &pw, scratch, sizeof(scratch), &found) == 0 && found != NULL) {
+    name = found->pw_name;
+  }
+  capstan_cli_format_actor(name, (unsigned)uid, getenv("SUDO_USER"), buf, len);
 }

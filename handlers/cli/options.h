@@ -121,12 +121,25 @@ typedef enum {
   CAPSTAN_CLI_STORE_OPTIONAL,     /* a missing store is no error: *out = NULL */
 } capstan_cli_store_how_t;
 
-/* Opens the store in the data directory. On failure prints what to do
+/* Opens the store in the data directory, with capstan_cli_actor as the
+ * user of the audit events it appends. On failure prints what to do
  * ("no capstan data in DIR: run 'capstan init --data-dir DIR' first", a
  * permission problem, or the error) and returns CAPSTAN_EXIT_ERROR; 0 on
  * success. The caller closes *out. */
 int capstan_cli_open_store(const capstan_cli_t *c, capstan_cli_store_how_t how,
                            capstan_store_t **out);
+
+/* Who runs this command, as audit events record it: the Unix user name of
+ * the real uid ("uid N" when it has none), and when $SUDO_USER names
+ * someone else, " (sudo by NAME)" ("root (sudo by alice)"). $SUDO_USER is
+ * only what the environment says; the uid is the kernel's. The store
+ * opened by capstan_cli_open_store stamps it on every audit event. */
+#define CAPSTAN_CLI_ACTOR_MAX 160
+void capstan_cli_actor(char *buf, size_t len);
+/* The rule itself, for tests: |name| may be NULL; a name with spaces or
+ * control characters is not used. */
+void capstan_cli_format_actor(const char *name, unsigned uid, const char *sudo_user, char *buf,
+                              size_t len);
 
 /* Prints "capstan: WHAT: REASON" for a failed store operation (a full
  * store says what to do) and returns CAPSTAN_EXIT_ERROR. */

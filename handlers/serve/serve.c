@@ -5,8 +5,10 @@
  * Life cycle: open (and if needed initialise) the store, start the writer,
  * start the listeners, run. SIGHUP reloads certificates and settings;
  * admin commands' setting changes are noticed by polling the store's
- * transaction id once a second. SIGTERM/SIGINT drain: stop accepting, let
- * sessions finish up to --drain-seconds, then exit 0. */
+ * transaction id once a second; the same poll removes audit events older
+ * than audit-retention-days (at start, hourly, and when the setting
+ * changes, in batches through the writer). SIGTERM/SIGINT drain: stop
+ * accepting, let sessions finish up to --drain-seconds, then exit 0. */
 #define _GNU_SOURCE /* sched_getaffinity */
 #include "handlers/serve/serve.h"
 
@@ -28,10 +30,13 @@
 #include "core/base/metrics.h"
 #include "core/settings.h"
 #include "handlers/serve/listeners.h"
+#include "storage/audit.h"
 #include "storage/store.h"
 
 #define SETTINGS_POLL_MS 1000
 #define EXPIRY_CHECK_SECONDS 86400 /* the CAPF expiry warning, once a day */
+#define AUDIT_PRUNE_SECONDS 3600   /* audit events past their retention, hourly */
+#define AUDIT_PRUNE_RETRY_SECONDS 60
 
 typedef struct server {
   const capstan_serve_options_t *opt;
@@ -44,6 +49,10 @@ typedef struct server {
    * trusted (0: none is), and when to look at the CAPF's expiry next. */
   int64_t previous_trust_ends;
   int64_t next_expiry_check;
+  /* The audit log's retention: when to prune next, and whether a prune is
+   * with the writer. */
+  int64_t next_audit_prune;
+  int audit_prune_busy;
   int stopping;
   unsigned stage;    /* drain stage in progress */
   unsigned draining; /* rows of that stage still draining */
@@ -86,6 +95,64 @@ static void check_capf_clock(server_t *srv) {
   }
 }
 
+/* --- Audit retention ------------------------------------------------------ */
+
+/* One prune on the writer thread: replayable (it reads its arguments and
+ * overwrites its results). */
+typedef struct audit_prune {
+  server_t *srv;
+  int64_t now_ns;
+  unsigned retention_days;
+  size_t removed;
+  bool more;
+} audit_prune_t;
+
+static int audit_prune_write(capstan_txn_t *txn, void *arg) {
+  audit_prune_t *p = arg;
+  return capstan_audit_prune(txn, p->now_ns, p->retention_days, CAPSTAN_AUDIT_PRUNE_BATCH,
+                             &p->removed, &p->more);
+}
+
+static void audit_prune_done(void *arg, int status) {
+  audit_prune_t *p = arg;
+  server_t *srv = p->srv;
+  int64_t now = (int64_t)time(NULL);
+  srv->audit_prune_busy = 0;
+  if (status < 0) {
+    LOG_WARN("event=audit_prune_failed error=%s retry_seconds=%d", capstan_strerror(status),
+             AUDIT_PRUNE_RETRY_SECONDS);
+    srv->next_audit_prune = now + AUDIT_PRUNE_RETRY_SECONDS;
+  } else {
+    if (p->removed > 0) {
+      LOG_INFO("event=audit_pruned removed=%zu retention_days=%u more=%s", p->removed,
+               p->retention_days, p->more ? "yes" : "no");
+    }
+    /* A backlog goes a batch a second, each in a short transaction. */
+    srv->next_audit_prune = p->more ? now : now + AUDIT_PRUNE_SECONDS;
+  }
+  free(p);
+}
+
+/* Removes audit events past audit-retention-days when it is time: at
+ * start, hourly, and when the setting changes. */
+static void check_audit_retention(server_t *srv) {
+  int64_t now = (int64_t)time(NULL);
+  if (srv->stopping || srv->audit_prune_busy || now < srv->next_audit_prune) return;
+  audit_prune_t *p = calloc(1, sizeof(*p));
+  if (p == NULL) return;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  p->srv = srv;
+  p->now_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+  p->retention_days = srv->settings.audit_retention_days;
+  if (capstan_store_submit(srv->ctx.store, audit_prune_write, p, audit_prune_done) < 0) {
+    free(p);
+    srv->next_audit_prune = now + AUDIT_PRUNE_RETRY_SECONDS;
+    return;
+  }
+  srv->audit_prune_busy = 1;
+}
+
 static void apply_settings(server_t *srv) {
   capstan_settings_t s;
   if (capstan_settings_load(srv->ctx.store, &s) < 0) return;
@@ -98,6 +165,8 @@ static void apply_settings(server_t *srv) {
   }
   uint64_t old_generation = srv->settings.trust_generation;
   unsigned old_trust_days = srv->settings.capf_previous_trust_days;
+  /* A shorter retention applies at the next poll, not in an hour. */
+  if (s.audit_retention_days != srv->settings.audit_retention_days) srv->next_audit_prune = 0;
   srv->settings = s;
   /* Once draining, rows are going away: no settings or reloads reach them
    * (the poll and SIGHUP stay live until everything drained). */
@@ -120,6 +189,7 @@ static void apply_settings(server_t *srv) {
 static void on_poll(uv_timer_t *t) {
   server_t *srv = t->data;
   check_capf_clock(srv);
+  check_audit_retention(srv);
   uint64_t txnid = capstan_store_txnid(srv->ctx.store);
   if (txnid == srv->settings_txnid) return;
   srv->settings_txnid = txnid;

@@ -424,7 +424,7 @@ it_log "7. expiry metric follows A, B, C, D; warning logged: $warn"
 
 "$IT_PYTHON" -c "$AUDIT_PY" "$DATA" >"$W/audit.txt" 2>"$W/audit.err" ||
   fail "reading the audit log: $(cat "$W/audit.err")"
-grep -E ' (capf_|setting_changed capf-previous)' "$W/audit.txt" | cut -d' ' -f2- >"$W/audit.capf"
+awk '$2 ~ /^capf_/ || ($2 == "setting_changed" && $3 ~ /^capf-previous/)' "$W/audit.txt" | cut -d' ' -f2- >"$W/audit.capf"
 {
   echo "capf_regenerated old_serial=$A_SERIAL old_sha256=$A_FP new_serial=$B_SERIAL new_sha256=$B_FP key=rsa3072"
   echo "capf_retired serial=$A_SERIAL sha256=$A_FP devices_holding=1 forced=yes"

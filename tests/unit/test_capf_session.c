@@ -263,6 +263,7 @@ static void assert_status_record(fake_t *f, int i, capf_status_t status, const c
   capf_record_t *r = f->records[i];
   assert_int_equal(r->kind, CAPF_RECORD_STATUS);
   assert_string_equal(r->device, "SEP001122334455");
+  assert_string_equal(r->peer, "192.0.2.7"); /* for the audit event */
   assert_int_equal(r->status, status);
   if (reason == NULL) {
     assert_null(r->reason);

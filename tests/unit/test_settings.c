@@ -44,6 +44,7 @@ static const bound_t bounds[] = {
     {"max-connections", 1, 1000000},
     {"max-connections-per-address", 1, 100000},
     {"capf-previous-trust-days", 0, 3650},
+    {"audit-retention-days", 1, 3650},
 };
 
 static void test_every_numeric_bound(void **state) {
@@ -158,7 +159,7 @@ static void test_host(void **state) {
 }
 
 static void test_table(void **state) {
-  assert_int_equal(capstan_settings_count(), 16);
+  assert_int_equal(capstan_settings_count(), 17);
   for (size_t i = 0; i < capstan_settings_count(); i++) {
     const capstan_setting_info_t *info = capstan_settings_info(i);
     assert_non_null(info);
@@ -188,6 +189,7 @@ static void test_store_round_trip(void **state) {
   assert_int_equal(defaults.keepalive_minutes, 15);
   assert_int_equal(defaults.validity_days, 1825);
   assert_true(defaults.enable_ipv6);
+  assert_int_equal(defaults.audit_retention_days, 365);
   assert_int_equal(capstan_settings_load(store, &got), 0);
   assert_true(capstan_settings_equal(&got, &defaults));
   want = defaults;

@@ -233,6 +233,61 @@ static void test_deleted(void **state) {
   assert_int_equal(capstan_devices_record_deleted(&f->txn, "nobody", 900), CAPSTAN_ENOENT);
 }
 
+/* Every change of a certificate's status is an audit event of the device,
+ * written in the same transaction as the change. */
+typedef struct {
+  char lines[16][200];
+  size_t n;
+} events_t;
+
+static int collect_event(const capstan_audit_event_t *e, void *arg) {
+  events_t *ev = arg;
+  assert_true(ev->n < 16);
+  snprintf(ev->lines[ev->n++], 200, "%s %s", e->event, e->detail ? e->detail : "-");
+  return 0;
+}
+
+static void test_cert_events_audited(void **state) {
+  fixture_t *f = *state;
+  uint8_t s1[16], s2[16], s3[16];
+  serial_of(s1, 1);
+  serial_of(s2, 2);
+  serial_of(s3, 3);
+  assert_int_equal(
+      capstan_devices_record_issued(&f->txn, DEV, s1, der1, sizeof(der1), 0, md5a, 200), 0);
+  assert_int_equal(
+      capstan_devices_record_issued(&f->txn, DEV, s2, der2, sizeof(der2), 86400, md5b, 300), 0);
+  assert_int_equal(
+      capstan_devices_record_installed(&f->txn, DEV, s2, spki, sizeof(spki), NULL, 310), 0);
+  assert_int_equal(
+      capstan_devices_record_issued(&f->txn, DEV, s3, der1, sizeof(der1), 86400, NULL, 400), 0);
+  assert_int_equal(
+      capstan_devices_record_installed(&f->txn, DEV, s3, spki, sizeof(spki), NULL, 410), 0);
+  assert_int_equal(capstan_devices_record_deleted(&f->txn, DEV, 500), 0);
+  events_t ev = {0};
+  assert_int_equal(capstan_audit_query(&f->txn, 0, DEV, collect_event, &ev), 0);
+#define S1 "40000000000000000000000000000001"
+#define S2 "40000000000000000000000000000002"
+#define S3 "40000000000000000000000000000003"
+  const char *want[] = {
+      "cert_issued serial=" S1 " not_after=- md5=0123456789abcdef0123456789abcdef",
+      "cert_stale serial=" S1 " superseded_by=" S2 " (never confirmed by the phone)",
+      "cert_issued serial=" S2
+      " not_after=1970-01-02T00:00:00Z md5=fedcba9876543210fedcba9876543210",
+      "cert_installed serial=" S2,
+      "cert_issued serial=" S3 " not_after=1970-01-02T00:00:00Z md5=-",
+      "cert_deleted serial=" S2 " replaced_by=" S3 " (on the phone)",
+      "cert_installed serial=" S3,
+      "cert_deleted serial=" S3 " (deleted by the phone)",
+  };
+  assert_int_equal(ev.n, sizeof(want) / sizeof(want[0]));
+  for (size_t i = 0; i < ev.n; i++) assert_string_equal(ev.lines[i], want[i]);
+  /* Another device's certificate events are its own. */
+  ev.n = 0;
+  assert_int_equal(capstan_audit_query(&f->txn, 0, "other-phone", collect_event, &ev), 0);
+  assert_int_equal(ev.n, 0);
+}
+
 static void test_names(void **state) {
   assert_true(capstan_device_name_valid("SEP0011223344AA"));
   assert_true(capstan_device_name_valid("CSFjdoe"));
@@ -422,6 +477,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_installed_completes_operation, setup, teardown),
       cmocka_unit_test_setup_teardown(test_seen_cert_and_status, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deleted, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cert_events_audited, setup, teardown),
       cmocka_unit_test(test_names),
       cmocka_unit_test_setup_teardown(test_cli_delete_stale, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cli_bulk_set_expiring, setup, teardown),
