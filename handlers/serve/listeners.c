@@ -188,6 +188,9 @@ static int tftp_start(capstan_serve_ctx_t *ctx) {
   if (!enabled(ctx->opt->tftp_listen)) return 0;
   capstan_tftp_config_t cfg;
   capstan_tftp_config_defaults(&cfg);
+  cfg.max_transfers = ctx->settings->tftp_max_transfers;
+  cfg.max_transfers_per_address = ctx->settings->tftp_max_transfers_per_address;
+  cfg.retry_after_seconds = ctx->settings->files_retry_after_seconds;
   int rc = capstan_tftp_server_start(ctx->loop, ctx->opt->tftp_listen, &cfg,
                                      capstan_files_service_source(ctx->files), &ctx->tftp);
   if (rc < 0) {
@@ -195,6 +198,14 @@ static int tftp_start(capstan_serve_ctx_t *ctx) {
               capstan_strerror(rc));
   }
   return rc;
+}
+
+static void tftp_apply(capstan_serve_ctx_t *ctx) {
+  if (ctx->tftp) {
+    capstan_tftp_server_set_limits(ctx->tftp, ctx->settings->tftp_max_transfers,
+                                   ctx->settings->tftp_max_transfers_per_address,
+                                   ctx->settings->files_retry_after_seconds);
+  }
 }
 
 DRAIN_BY_STOP(tftp_drain, tftp, capstan_tftp_server_stop)
@@ -209,7 +220,7 @@ const capstan_serve_listener_t capstan_serve_listeners[] = {
     {"admin", 0, admin_start, admin_apply, NULL, admin_drain},
     {"files", 1, files_start, files_apply, files_reload, files_drain},
     {"http", 0, http_start, http_apply, NULL, http_drain},
-    {"tftp", 0, tftp_start, NULL, NULL, tftp_drain},
+    {"tftp", 0, tftp_start, tftp_apply, NULL, tftp_drain},
 };
 const size_t capstan_serve_listener_count =
     sizeof(capstan_serve_listeners) / sizeof(capstan_serve_listeners[0]);
