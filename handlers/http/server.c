@@ -1211,10 +1211,11 @@ void capstan_http_server_set_limits(capstan_http_server_t *srv, unsigned max_con
                                     unsigned max_connections_per_address,
                                     unsigned retry_after_seconds) {
   capstan_http_config_t *cfg = &srv->cfg;
-  if (max_connections == cfg->max_connections &&
-      max_connections_per_address == cfg->max_connections_per_address &&
-      retry_after_seconds == cfg->retry_after_seconds) {
-    return;
+  if ((max_connections == 0 || max_connections == cfg->max_connections) &&
+      (max_connections_per_address == 0 ||
+       max_connections_per_address == cfg->max_connections_per_address) &&
+      (retry_after_seconds == 0 || retry_after_seconds == cfg->retry_after_seconds)) {
+    return; /* nothing changes: no log line */
   }
   if (max_connections) cfg->max_connections = max_connections;
   if (max_connections_per_address) cfg->max_connections_per_address = max_connections_per_address;

@@ -919,10 +919,11 @@ void capstan_tftp_server_set_limits(capstan_tftp_server_t *srv, unsigned max_tra
                                     unsigned max_transfers_per_address,
                                     unsigned retry_after_seconds) {
   capstan_tftp_config_t *cfg = &srv->cfg;
-  if (max_transfers == cfg->max_transfers &&
-      max_transfers_per_address == cfg->max_transfers_per_address &&
-      retry_after_seconds == cfg->retry_after_seconds) {
-    return;
+  if ((max_transfers == 0 || max_transfers == cfg->max_transfers) &&
+      (max_transfers_per_address == 0 ||
+       max_transfers_per_address == cfg->max_transfers_per_address) &&
+      (retry_after_seconds == 0 || retry_after_seconds == cfg->retry_after_seconds)) {
+    return; /* nothing changes: no log line */
   }
   if (max_transfers) cfg->max_transfers = max_transfers;
   if (max_transfers_per_address) cfg->max_transfers_per_address = max_transfers_per_address;
