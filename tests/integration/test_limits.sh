@@ -5,7 +5,8 @@
 # Retry-After, TFTP an ERROR that says the server is busy), the refusal is
 # counted by reason in /metrics and logged (one line per reason per few
 # seconds); what was already open is not cut; and the limit raised again
-# lets the same client through. One server for the whole test: never
+# lets the same client through; max-handshakes raised takes the phone left
+# waiting in the backlog. One server for the whole test: never
 # restarted.
 . "$(dirname "$0")/lib.sh"
 it_require "$CAPSTAN_BIN" "$PHONE_BIN" curl jq tftp "$IT_PYTHON"
@@ -76,6 +77,25 @@ kill -0 "$HOLDER" 2>/dev/null || fail "the phone holding a connection was cut: $
 metric_expect main capstan_capf_keygen_active 1
 kill -TERM "$HOLDER"
 wait "$HOLDER" 2>/dev/null
+it_wait_for 10 metric_is capstan_capf_sessions_active 0 || fail "holder's session not closed"
+
+# max-handshakes: its one slot held by a silent connection, a phone waits in
+# the kernel backlog (not refused); raised, the phone is taken at once.
+set_live max-handshakes 1
+exec 5<>"/dev/tcp/127.0.0.1/${SRV_CAPF[main]}"
+it_wait_for 10 metric_is capstan_capf_sessions_active 1 || fail "silent connection not admitted"
+timeout 90 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000L003 \
+  --auth null --timeout 60 --key-cache "$IT_KEYS" --json >"$IT_TMP/waiter.json" 2>&1 &
+WAITER=$!
+sleep 1.5
+kill -0 "$WAITER" 2>/dev/null || fail "a phone past max-handshakes was not left waiting: $(cat "$IT_TMP/waiter.json")"
+metric_expect main capstan_capf_sessions_active 1
+set_live max-handshakes 256
+rc=0
+wait "$WAITER" || rc=$?
+[[ $rc -eq 0 ]] || fail "waiting phone exited $rc: $(cat "$IT_TMP/waiter.json")"
+json_expect "$(head -n1 "$IT_TMP/waiter.json")" result ok reason 1 operation install
+exec 5<&-
 
 # --- HTTP: 503 with Retry-After beyond http-max-connections-per-address ------
 set_live files-retry-after-seconds 7
