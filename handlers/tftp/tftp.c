@@ -160,7 +160,7 @@ static const double kDurationBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 void capstan_tftp_config_defaults(capstan_tftp_config_t *cfg) {
   cfg->max_blksize = 1468;
   cfg->max_windowsize = 16;
-  cfg->max_transfers = 10000;
+  cfg->max_transfers = 20000;
   cfg->max_transfers_per_address = 2000; /* 1,000 phones behind one NAT at once */
   cfg->retry_after_seconds = 10;
   cfg->default_timeout_ms = 1000;
@@ -809,13 +809,19 @@ static void on_listener_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
       if (same_peer(&t->peer, addr)) return; /* the client resent its request */
     }
   }
+  /* A client that just finished a transfer (its last ACK waits on the
+   * transfer socket) and at once asks for its next file must not be
+   * refused for a transfer that is over: read its sockets first. In a storm
+   * of as many phones as the total limit, each phone's ITL transfer would
+   * otherwise still count when its configuration is asked for. */
+  if (client != NULL && (srv->active >= srv->cfg.max_transfers ||
+                         client->count >= srv->cfg.max_transfers_per_address)) {
+    drain_client(srv, client);
+    client = capstan_conntrack_find(&srv->clients, addr); /* it may be gone */
+  }
   if (srv->active >= srv->cfg.max_transfers) {
     reject_busy(srv, addr, CAPSTAN_TFTP_REJECT_LIMIT_TOTAL);
     return;
-  }
-  if (client != NULL && client->count >= srv->cfg.max_transfers_per_address) {
-    drain_client(srv, client);
-    client = capstan_conntrack_find(&srv->clients, addr); /* it may be gone */
   }
   if (client != NULL && client->count >= srv->cfg.max_transfers_per_address) {
     reject_busy(srv, addr, CAPSTAN_TFTP_REJECT_LIMIT_PER_ADDRESS);

@@ -34,10 +34,10 @@
  *   (capstan_tftp_server_set_limits); transfers already running are never
  *   cut. Each such refusal is logged at most once per limit per
  *   CAPSTAN_LOG_LIMIT_MS, with the number held back. Before refusing a
- *   client at its limit, the datagrams already waiting on its transfer
- *   sockets are handled, so that a client that aborts a transfer (ERROR
- *   to the transfer port) and at once asks again is not refused because
- *   the listener was read first. Malformed
+ *   client at either limit, the datagrams already waiting on its transfer
+ *   sockets are handled, so that a client that ends a transfer (its last
+ *   ACK, or an ERROR, to the transfer port) and at once asks again is not
+ *   refused because the listener was read first. Malformed
  *   requests (truncated, no NUL, name empty, longer than 255 bytes or with
  *   control characters, unknown opcode or mode, larger than 1024 bytes) get
  *   error 4 "Illegal TFTP operation". A repeated RRQ from the same
@@ -81,7 +81,7 @@
 typedef struct capstan_tftp_config {
   uint16_t max_blksize;               /* default 1468 */
   uint16_t max_windowsize;            /* default 16 (RFC 7440) */
-  unsigned max_transfers;             /* total concurrent, default 10000 (live) */
+  unsigned max_transfers;             /* total concurrent, default 20000 (live) */
   unsigned max_transfers_per_address; /* per client IP, default 2000 (live) */
   unsigned retry_after_seconds;       /* named in the busy message, default 10 (live) */
   unsigned default_timeout_ms;        /* initial RTO, default 1000 (adaptive after) */

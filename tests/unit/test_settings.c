@@ -128,7 +128,7 @@ static void test_limits(void **state) {
   expect_get(s, "max-handshakes", "256");
   expect_get(s, "http-max-connections", "20000");
   expect_get(s, "http-max-connections-per-address", "2000");
-  expect_get(s, "tftp-max-transfers", "10000");
+  expect_get(s, "tftp-max-transfers", "20000");
   expect_get(s, "tftp-max-transfers-per-address", "2000");
   expect_get(s, "admin-max-connections", "256");
   expect_get(s, "admin-max-connections-per-address", "64");

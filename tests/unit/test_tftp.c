@@ -1097,6 +1097,7 @@ typedef struct {
   int new_fd, old_fd, old_tid;
   const uint8_t *rrq;
   size_t rrq_len;
+  int port; /* the server's; 0: the main one */
 } abort_resend_t;
 
 static void send_rrq_then_abort(void *arg) {
@@ -1104,7 +1105,7 @@ static void send_rrq_then_abort(void *arg) {
   struct sockaddr_in to = {0};
   to.sin_family = AF_INET;
   to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  to.sin_port = htons((uint16_t)g_port);
+  to.sin_port = htons((uint16_t)(a->port ? a->port : g_port));
   (void)sendto(a->new_fd, a->rrq, a->rrq_len, 0, (struct sockaddr *)&to, sizeof(to));
   static const uint8_t err[] = {0, 5, 0, 0, 'b', 'y', 'e', 0};
   to.sin_port = htons((uint16_t)a->old_tid);
@@ -1123,7 +1124,7 @@ static void test_client_limit_abort_then_request(void **state) {
   assert_true(active_transfers() == 8);
   int extra = raw_open();
   uint8_t rrq[100];
-  abort_resend_t a = {extra, fds[0], tids[0], rrq, build_rrq(rrq, "small.txt", "octet", NULL)};
+  abort_resend_t a = {extra, fds[0], tids[0], rrq, build_rrq(rrq, "small.txt", "octet", NULL), 0};
   run_on_loop(send_rrq_then_abort, &a);
   uint8_t pkt[600];
   int tid = 0;
@@ -1187,6 +1188,33 @@ static void test_limits_live(void **state) {
   close(held);
   wait_idle(10);
   check_normal_download();
+}
+
+/* The same at the total limit (a storm of as many phones as the limit):
+ * the transfer a client just ended is not counted against its next
+ * request. */
+static void test_total_limit_end_then_request(void **state) {
+  wait_idle(10);
+  double busy = counter("capstan_tftp_rejections_total", "reason=\"limit_total\"");
+  int t1 = 0, t2 = 0;
+  int a = start_held_transfer(g_small_port, "firmware.bin", &t1);
+  int b = start_held_transfer(g_small_port, "firmware.bin", &t2);
+  int extra = raw_open();
+  uint8_t rrq[100];
+  abort_resend_t ar = {extra, a, t1, rrq, build_rrq(rrq, "small.txt", "octet", NULL), g_small_port};
+  run_on_loop(send_rrq_then_abort, &ar);
+  uint8_t pkt[600];
+  int tid = 0;
+  ssize_t r = raw_recv(extra, pkt, sizeof(pkt), 3000, &tid);
+  assert_int_equal(r, 4 + 13);
+  assert_int_equal(pkt[1], CAPSTAN_TFTP_OP_DATA);
+  send_ack(extra, tid, 1);
+  close(extra);
+  assert_true(counter("capstan_tftp_rejections_total", "reason=\"limit_total\"") == busy);
+  send_err(b, t2);
+  close(a);
+  close(b);
+  wait_idle(10);
 }
 
 static void test_total_limit(void **state) {
@@ -1378,6 +1406,7 @@ int main(void) {
       cmocka_unit_test(test_client_limit),
       cmocka_unit_test(test_client_limit_abort_then_request),
       cmocka_unit_test(test_total_limit),
+      cmocka_unit_test(test_total_limit_end_then_request),
       cmocka_unit_test(test_limits_live),
       cmocka_unit_test(test_duplicate_request),
       cmocka_unit_test(test_bad_addresses),
