@@ -6,7 +6,7 @@
 #   bench/storm/bench_storm.sh [--runs 3] [--http-phones 10000] [--tftp-phones 1000]
 #                              [--concurrency 1000] [--rate R] [--operation none|install]
 #                              [--addresses 250] [--limit-s 60] [--keep-alive]
-#                              [--build build-rel]
+#                              [--timeout SEC] [--build build-rel]
 #
 # For each run: starts `capstan serve` on loopback port 0 over the same data
 # directory (so its file cache is cold and every file is signed during the
@@ -19,6 +19,11 @@
 # see an empty certHash, enroll over CAPF and boot again (the warm storm
 # after it finds them enrolled). The default, none, measures the files only.
 #
+# --timeout SEC is the simulated phone's patience for each step (the bench's
+# default: 30 s from connect to the server's first CAPF message, for each
+# download, ...): a storm larger than the server can take within it times
+# phones out even though none is refused.
+#
 # --addresses N spreads the phones over N loopback source addresses from
 # 127.1.0.1 on (phone i uses address i mod N): 1 puts every phone behind one
 # address, as a branch behind NAT or a load balancer in front of capstan
@@ -26,14 +31,14 @@
 # loopback). --bind-count is the old name. The server runs with its default
 # settings: no limit is raised for the benchmark. After each storm the
 # script prints the refusals the server's limits made (capstan_*_rejected /
-# dropped counters; 0 when no limit bit).
+# dropped counters, total/per-address; 0 when no limit bit).
 #
 # Exit status: 0 if every cold storm met the limit without failure, 1 if not,
 # 2 on bad usage or a setup failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=3 http_phones=10000 tftp_phones=1000 concurrency=1000 rate= operation=none keep_alive=
-addresses=250 limit_s=60 build=build-rel
+addresses=250 limit_s=60 build=build-rel timeout_s=
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
@@ -45,6 +50,7 @@ while [ $# -gt 0 ]; do
     --addresses|--bind-count) addresses=$2; shift 2 ;;
     --limit-s) limit_s=$2; shift 2 ;;
     --keep-alive) keep_alive=1; shift ;;
+    --timeout) timeout_s=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -84,15 +90,19 @@ start_server() {
   admin_port=$(grep -o 'admin_port=[0-9]*' "$work/log" | head -1 | cut -d= -f2)
 }
 
-# The refusals the server's limits made so far (counters since its start):
-# one line, "refusals capf=N http=N tftp=N dropped=N".
+# The refusals the server's limits made so far (counters since its start),
+# by listener and limit: one line, "refusals capf=TOTAL/PER_ADDRESS
+# http=TOTAL/PER_ADDRESS tftp=TOTAL/PER_ADDRESS dropped=N".
 refusals() {
   curl -s --max-time 10 "http://127.0.0.1:$admin_port/metrics" | awk '
-    /^capstan_capf_connections_rejected_total\{reason="limit_/ { capf += $2 }
-    /^capstan_http_connections_rejected_total\{server="phone",reason="limit_/ { http += $2 }
-    /^capstan_tftp_rejections_total\{reason="limit_/ { tftp += $2 }
+    /^capstan_capf_connections_rejected_total\{reason="limit_total"/ { ct += $2 }
+    /^capstan_capf_connections_rejected_total\{reason="limit_per_address"/ { ca += $2 }
+    /^capstan_http_connections_rejected_total\{server="phone",reason="limit_total"/ { ht += $2 }
+    /^capstan_http_connections_rejected_total\{server="phone",reason="limit_per_address"/ { ha += $2 }
+    /^capstan_tftp_rejections_total\{reason="limit_total"/ { tt += $2 }
+    /^capstan_tftp_rejections_total\{reason="limit_per_address"/ { ta += $2 }
     /^capstan_(capf|http)_connections_dropped_total/ { dropped += $2 }
-    END { printf "refusals capf=%d http=%d tftp=%d dropped=%d\n", capf, http, tftp, dropped }'
+    END { printf "refusals capf=%d/%d http=%d/%d tftp=%d/%d dropped=%d\n", ct, ca, ht, ha, tt, ta, dropped }'
 }
 
 stop_server() {
@@ -112,6 +122,7 @@ storm() {
     --bind-base 127.1.0.1 --bind-count "$addresses" --key-cache "$work/keys" --json)
   if [ -n "$rate" ]; then args+=(--rate "$rate"); else args+=(--concurrency "$concurrency"); fi
   [ "$operation" = none ] && args+=(--boot-only)
+  [ -n "$timeout_s" ] && args+=(--timeout "$timeout_s")
   [ -n "$keep_alive" ] && [ "$transport" = http ] && args+=(--keep-alive)
   echo "+ capstan-bench ${args[*]}" >&2
   "$bench" "${args[@]}" 2>>"$work/bench.err" || true
