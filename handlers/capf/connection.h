@@ -40,6 +40,7 @@ struct capf_conn {
   void *owner_arg;
   struct sockaddr_storage peer;
   capf_conn_t *prev, *next; /* the server's list of started connections */
+  capf_conn_t *wait_next;   /* the server's queue of connections not yet started */
   unsigned refs;            /* TLS connection, timer, records and jobs in flight */
   unsigned started : 1;
   unsigned handshake_pending : 1;

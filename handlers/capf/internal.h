@@ -81,6 +81,7 @@ typedef struct capf_metrics {
   /* Over a limit and closed unanswered: the flood ceiling was reached. */
   capstan_metric_t *dropped_total_limit, *dropped_address_limit;
   capstan_metric_t *refusing; /* over a limit, in the handshake before RETRY_LATER */
+  capstan_metric_t *waiting;  /* admitted, waiting for a handshake slot */
   capstan_metric_t *keygen_waiting, *keygen_active, *keygen_duration;
   capstan_metric_t *throttled_admitted, *throttled_retry_later;
   capstan_metric_t *protocol_errors;

@@ -53,6 +53,10 @@ void capf_metrics_register(capf_metrics_t *m) {
       "refusals were in their handshake (flood ceiling), by limit";
   m->dropped_total_limit = capstan_metrics_counter(dr, dr_help, "reason=\"limit_total\"");
   m->dropped_address_limit = capstan_metrics_counter(dr, dr_help, "reason=\"limit_per_address\"");
+  m->waiting = capstan_metrics_gauge(
+      "capstan_capf_connections_waiting",
+      "CAPF connections accepted and admitted, waiting for a handshake slot (max-handshakes)",
+      NULL);
   m->refusing = capstan_metrics_gauge(
       "capstan_capf_connections_refusing",
       "CAPF connections over a limit in their TLS handshake, to be told RETRY_LATER", NULL);

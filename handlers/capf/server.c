@@ -48,13 +48,16 @@ struct capstan_capf_server {
   void (*drain_done)(void *arg);
   void *drain_arg;
   unsigned handles_open; /* listener, drain timer, throttle timer */
-  /* Admission of handshakes: at most max-handshakes run at once. A
-   * connection beyond that is left unaccepted (libuv stops watching the
-   * listener until it is accepted), so in a storm the kernel backlog holds
-   * the newcomers and the workers finish the sessions already started
-   * instead of spreading over all of them and timing everyone out. */
+  /* Admission of handshakes: at most max-handshakes run at once, so in a
+   * storm the workers finish the sessions already started instead of
+   * spreading over all of them and timing everyone out. An admitted
+   * connection beyond that waits here, oldest first, accepted but not
+   * started (no TLS, no timer): the kernel's backlog (at most somaxconn)
+   * would overflow in a storm of thousands and reset phones. Bounded by
+   * max-connections, since they count as admitted. */
   unsigned handshaking;
-  int accept_deferred;
+  capf_conn_t *wait_head, *wait_tail;
+  unsigned nwaiting;
   /* Accepted sockets inherit TCP_NODELAY and keep-alive from the listener;
    * until this time (loop ms) after a keep-alive change, sessions set their
    * own, because the kernel accepted some sockets before the change. */
@@ -202,7 +205,7 @@ int capstan_capf_server_reload(capstan_capf_server_t *srv) {
 
 /* --- Settings ------------------------------------------------------------- */
 
-static void resume_accepting(capstan_capf_server_t *srv);
+static void start_waiting(capstan_capf_server_t *srv);
 
 void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capstan_settings_t *s) {
   capf_settings_t *c = &srv->shared.settings;
@@ -222,14 +225,17 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
   c->enable_ipv6 = s->enable_ipv6;
   capstan_throttle_configure(&srv->shared.throttle, s->max_concurrent_keygen,
                              s->max_new_keygen_per_second);
-  /* More handshakes allowed: take the connection that waits for a slot. */
-  if (old_handshakes != 0 && c->max_handshakes > old_handshakes) resume_accepting(srv);
+  /* More handshakes allowed: start connections that wait for a slot. */
+  if (old_handshakes != 0 && c->max_handshakes > old_handshakes) start_waiting(srv);
   if (old_keepalive != c->keepalive_minutes) {
     if (srv->listening) {
       capf_tcp_set_keepalive(&srv->listener, c->keepalive_minutes);
       srv->own_socket_options_until_ms = uv_now(srv->loop) + OWN_SOCKET_OPTIONS_MS;
     }
     for (capf_conn_t *it = srv->conns; it != NULL; it = it->next) {
+      capf_conn_set_keepalive(it, c->keepalive_minutes);
+    }
+    for (capf_conn_t *it = srv->wait_head; it != NULL; it = it->wait_next) {
       capf_conn_set_keepalive(it, c->keepalive_minutes);
     }
     if (old_keepalive != 0) {
@@ -241,23 +247,54 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
 
 /* --- Listener ------------------------------------------------------------- */
 
-static void accept_one(capstan_capf_server_t *srv);
+/* Starts an accepted connection's session (TLS handshake and its timer);
+ * from now on it is in the list and its close is reported. */
+static void start_conn(capstan_capf_server_t *srv, capf_conn_t *c) {
+  c->next = srv->conns;
+  if (srv->conns) srv->conns->prev = c;
+  srv->conns = c;
+  if (!c->refusing) srv->handshaking++; /* refusals have their own ceiling */
+  capf_conn_start(c, uv_now(srv->loop) < srv->own_socket_options_until_ms,
+                  srv->shared.settings.keepalive_minutes);
+}
 
-/* Accepts the connection left waiting for a handshake slot, if there is
- * one and a slot is free. */
-static void resume_accepting(capstan_capf_server_t *srv) {
-  if (srv->accept_deferred && !srv->draining &&
-      srv->handshaking < srv->shared.settings.max_handshakes) {
-    srv->accept_deferred = 0;
-    accept_one(srv);
+/* Starts waiting connections, oldest first, while handshake slots are free. */
+static void start_waiting(capstan_capf_server_t *srv) {
+  while (srv->wait_head != NULL && !srv->draining &&
+         srv->handshaking < srv->shared.settings.max_handshakes) {
+    capf_conn_t *c = srv->wait_head;
+    srv->wait_head = c->wait_next;
+    if (srv->wait_head == NULL) srv->wait_tail = NULL;
+    c->wait_next = NULL;
+    srv->nwaiting--;
+    start_conn(srv, c);
   }
+  capstan_metric_set(srv->shared.m.waiting, srv->nwaiting);
+}
+
+/* Drain: connections that never started are closed (as the kernel closes
+ * its backlog with the listener). */
+static void close_waiting(capstan_capf_server_t *srv) {
+  while (srv->wait_head != NULL) {
+    capf_conn_t *c = srv->wait_head;
+    srv->wait_head = c->wait_next;
+    c->wait_next = NULL;
+    srv->nwaiting--;
+    capf_admission_leave(&srv->admission, capf_conn_peer(c));
+    srv->nsessions--;
+    capstan_metric_inc(srv->shared.m.rejected_draining);
+    capf_conn_discard(c);
+  }
+  srv->wait_tail = NULL;
+  capstan_metric_set(srv->shared.m.waiting, 0);
+  capstan_metric_set(srv->shared.m.sessions_active, srv->nsessions);
 }
 
 static void on_handshake_over(void *arg, capf_conn_t *c) {
   capstan_capf_server_t *srv = arg;
-  if (c->refusing) return; /* refusals have their own ceiling */
+  if (c->refusing) return;
   srv->handshaking--;
-  resume_accepting(srv);
+  start_waiting(srv);
 }
 
 static void finish_drain(capstan_capf_server_t *srv);
@@ -301,7 +338,8 @@ static capstan_metric_t *refusal_counter(capf_metrics_t *m, capf_refusal_t r) {
   }
 }
 
-/* Accepts the pending connection and starts its session, or refuses it. */
+/* Accepts the pending connection and starts its session (or queues it for
+ * a handshake slot), or refuses it. */
 static void accept_one(capstan_capf_server_t *srv) {
   capf_metrics_t *m = &srv->shared.m;
   uv_stream_t *listener = (uv_stream_t *)&srv->listener;
@@ -354,29 +392,31 @@ static void accept_one(capstan_capf_server_t *srv) {
     }
     c->refusing = 1;
     capf_session_refuse(&c->session);
-  }
-  c->next = srv->conns;
-  if (srv->conns) srv->conns->prev = c;
-  srv->conns = c;
-  if (c->refusing) {
     srv->nrefusing++;
     capstan_metric_set(m->refusing, srv->nrefusing);
-  } else {
-    srv->nsessions++;
-    srv->handshaking++;
-    capstan_metric_set(m->sessions_active, srv->nsessions);
+    start_conn(srv, c);
+    return;
   }
-  capf_conn_start(c, uv_now(srv->loop) < srv->own_socket_options_until_ms, set->keepalive_minutes);
+  srv->nsessions++;
+  capstan_metric_set(m->sessions_active, srv->nsessions);
+  if (srv->wait_head == NULL && srv->handshaking < set->max_handshakes) {
+    start_conn(srv, c);
+    return;
+  }
+  if (srv->wait_tail != NULL) {
+    srv->wait_tail->wait_next = c;
+  } else {
+    srv->wait_head = c;
+  }
+  srv->wait_tail = c;
+  srv->nwaiting++;
+  capstan_metric_set(m->waiting, srv->nwaiting);
 }
 
 static void on_connection(uv_stream_t *listener, int status) {
   capstan_capf_server_t *srv = listener->data;
   if (status < 0) {
     LOG_WARN("event=capf_accept_failed error=%s", uv_strerror(status));
-    return;
-  }
-  if (srv->handshaking >= srv->shared.settings.max_handshakes) {
-    srv->accept_deferred = 1; /* accepted when a handshake finishes */
     return;
   }
   accept_one(srv);
@@ -482,6 +522,7 @@ void capstan_capf_server_drain(capstan_capf_server_t *srv, uint64_t deadline_ms,
   srv->drain_arg = arg;
   srv->listening = 0;
   uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+  close_waiting(srv);
   LOG_INFO("event=capf_draining sessions=%u deadline_ms=%llu", srv->nsessions + srv->nrefusing,
            (unsigned long long)deadline_ms);
   if (srv->nsessions == 0 && srv->nrefusing == 0) {

@@ -473,7 +473,7 @@ static void greet(capf_session_t *s, const event_arg_t *e) {
   (void)e;
   capf_metrics_t *m = &s->shared->m;
   capstan_metric_inc(m->handshakes_ok);
-  capstan_metric_observe(m->handshake_duration, capstan_now_seconds() - s->started_at);
+  capstan_metric_observe(m->handshake_duration, capstan_now_seconds() - s->handshake_started_at);
   if (s->refused) {
     LOG_DEBUG("event=capf_retry_later peer=%s cause=connection_limit delay=%u", s->peer_host,
               s->shared->settings.retry_delay_seconds);
@@ -978,6 +978,8 @@ void capf_session_cleanup(capf_session_t *s) {
 }
 
 void capf_session_start(capf_session_t *s) {
+  /* It may have waited for a handshake slot since it was accepted. */
+  s->handshake_started_at = capstan_now_seconds();
   enter_state(s, CAPF_ST_HANDSHAKE);
 }
 

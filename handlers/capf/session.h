@@ -102,7 +102,7 @@ struct capf_session {
   uint8_t *lsc_spki;
   size_t lsc_spki_len;
   char lsc_md5[33];
-  double started_at, keygen_started_at;
+  double started_at, handshake_started_at, keygen_started_at;
   unsigned holds_keygen_slot : 1;
   unsigned finished : 1;
   unsigned refused : 1; /* over a connection limit: RETRY_LATER after the handshake */

@@ -5,8 +5,8 @@
 # Retry-After, TFTP an ERROR that says the server is busy), the refusal is
 # counted by reason in /metrics and logged (one line per reason per few
 # seconds); what was already open is not cut; and the limit raised again
-# lets the same client through; max-handshakes raised takes the phone left
-# waiting in the backlog. One server for the whole test: never
+# lets the same client through; max-handshakes raised starts the phone left
+# waiting for a handshake slot. One server for the whole test: never
 # restarted.
 . "$(dirname "$0")/lib.sh"
 it_require "$CAPSTAN_BIN" "$PHONE_BIN" curl jq tftp "$IT_PYTHON"
@@ -79,8 +79,8 @@ kill -TERM "$HOLDER"
 wait "$HOLDER" 2>/dev/null
 it_wait_for 10 metric_is capstan_capf_sessions_active 0 || fail "holder's session not closed"
 
-# max-handshakes: its one slot held by a silent connection, a phone waits in
-# the kernel backlog (not refused); raised, the phone is taken at once.
+# max-handshakes: its one slot held by a silent connection, a phone waits
+# (accepted, not refused, no handshake timer); raised, it is started at once.
 set_live max-handshakes 1
 exec 5<>"/dev/tcp/127.0.0.1/${SRV_CAPF[main]}"
 it_wait_for 10 metric_is capstan_capf_sessions_active 1 || fail "silent connection not admitted"
@@ -89,12 +89,14 @@ timeout 90 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP000000
 WAITER=$!
 sleep 1.5
 kill -0 "$WAITER" 2>/dev/null || fail "a phone past max-handshakes was not left waiting: $(cat "$IT_TMP/waiter.json")"
-metric_expect main capstan_capf_sessions_active 1
+metric_expect main capstan_capf_connections_waiting 1
+metric_expect main capstan_capf_sessions_active 2
 set_live max-handshakes 256
 rc=0
 wait "$WAITER" || rc=$?
 [[ $rc -eq 0 ]] || fail "waiting phone exited $rc: $(cat "$IT_TMP/waiter.json")"
 json_expect "$(head -n1 "$IT_TMP/waiter.json")" result ok reason 1 operation install
+metric_expect main capstan_capf_connections_waiting 0
 exec 5<&-
 
 # --- HTTP: 503 with Retry-After beyond http-max-connections-per-address ------
@@ -195,5 +197,19 @@ for k in max-connections max-connections-per-address max-handshakes http-max-con
 done
 assert_eq "$PID" "${SRV_PID[main]}" "server pid"
 assert_eq 1 "$(grep -c 'event=ready' "$LOG")" "server starts"
+
+# Drain with a phone waiting for a handshake slot: it is closed, and the
+# server still exits cleanly within its drain time.
+set_live max-handshakes 1
+exec 6<>"/dev/tcp/127.0.0.1/${SRV_CAPF[main]}"
+it_wait_for 10 metric_is capstan_capf_sessions_active 1 || fail "silent connection not admitted"
+timeout 90 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000L001 \
+  --auth null --timeout 60 --key-cache "$IT_KEYS" --json >"$IT_TMP/drained.json" 2>&1 &
+DRAINED=$!
+it_wait_for 10 metric_is capstan_capf_connections_waiting 1 || fail "phone not waiting"
 srv_stop main
+rc=0
+wait "$DRAINED" || rc=$?
+[[ $rc -eq 1 ]] || fail "the waiting phone should end in an error when the server stops, got $rc"
+exec 6<&-
 it_pass
