@@ -46,6 +46,10 @@
 #define HEAD_BYTES_MAX (EXTRA_HEADERS_MAX + 512)
 #define CONTENT_TYPE_MAX 128
 #define ADDR_BUCKETS 4096
+/* Connections the kernel holds until the loop accepts them (capped by
+ * somaxconn): a reset storm arrives faster than a busy loop accepts, and an
+ * overflowing backlog delays phones by SYN retransmits or resets them. */
+#define LISTEN_BACKLOG 4096
 #define PEER_TEXT_MAX (INET6_ADDRSTRLEN + 8)
 
 /* Reads land here and are consumed before the read callback returns, so one
@@ -1188,7 +1192,7 @@ int capstan_http_server_start(uv_loop_t *loop, const char *host_port,
   srv->listener.data = srv;
   srv->listener_open = 1;
   rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&sa, 0);
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&srv->listener, LISTEN_BACKLOG, on_connection);
   if (rc != 0) {
     LOG_ERROR("event=http_listen_failed server=%s address=%s error=%s", cfg->name, host_port,
               uv_err_name(rc));
