@@ -581,6 +581,18 @@ int capstan_capf_import(capstan_store_t *store, const uint8_t *cert_der, size_t 
   capstan_identity_t *next = &out->import.id;
   size_t depth = next->chain != NULL ? sk_X509_num(next->chain) : 0;
   X509 *root = depth > 0 ? sk_X509_value(next->chain, depth - 1) : NULL;
+  /* --trust-root puts the root where an upload would: the same rules. */
+  if (root != NULL && (flags & CAPSTAN_CAPF_IMPORT_TRUST_ROOT) &&
+      capstan_pki_check_trust_upload(root, CAPSTAN_PKI_UPLOAD_CA, NULL) != 0) {
+    capstan_identity_cleanup(next);
+    out->import.rule = 0;
+    out->import.why =
+        "--trust-root: the chain's root does not meet the trust-store rules "
+        "(CA:TRUE, keyUsage digitalSignature and keyCertSign, no CAPF- in its CN); "
+        "add a root that does, or import without --trust-root";
+    rc = CAPSTAN_EINVAL;
+    goto out;
+  }
 
   capstan_txn_t txn;
   if ((rc = capstan_store_begin(store, true, &txn)) < 0) goto out;

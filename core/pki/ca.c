@@ -185,6 +185,27 @@ static X509 *find_issuer(X509 *x, STACK_OF(X509) * candidates) {
   return NULL;
 }
 
+static int ext_critical(const X509 *x, int nid) {
+  int i = X509_get_ext_by_NID(x, nid, -1);
+  return i >= 0 && X509_EXTENSION_get_critical(X509_get_ext(x, i));
+}
+
+/* Rule 5's "a CA": CA:TRUE, and keyCertSign when keyUsage is present (a CA
+ * without keyUsage verifies under RFC 5280; digitalSignature is a trust-store
+ * rule, not a path rule). */
+static int chain_ca(const X509 *x) {
+  BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(x, NID_basic_constraints, NULL, NULL);
+  int crit = 0;
+  ASN1_BIT_STRING *ku = X509_get_ext_d2i(x, NID_key_usage, &crit, NULL);
+  int ok = bc != NULL && bc->ca &&
+           (ku != NULL ? ASN1_BIT_STRING_get_bit(ku, KU_BIT_KEY_CERT_SIGN)
+                       : X509_get_ext_by_NID(x, NID_key_usage, -1) < 0);
+  BASIC_CONSTRAINTS_free(bc);
+  ASN1_BIT_STRING_free(ku);
+  ERR_clear_error();
+  return ok;
+}
+
 /* RFC 5280 6.1.4 (l)-(m): a CA with pathlen N allows N CA certificates
  * below it before the end entity. |below| counts the CAs under |x|, the
  * CAPF included. */
@@ -223,7 +244,8 @@ static int build_path(X509 *cert, STACK_OF(X509) * candidates, int64_t now,
     if (up == NULL) {
       return refuse(out, 5,
                     "the chain does not build to a self-signed root: an issuer is in neither "
-                    "--chain nor the trust store");
+                    "--chain nor the trust store (give every CA above the CAPF, the root "
+                    "included, in --chain)");
     }
     if (!X509_up_ref(up)) return pki_fail(CAPSTAN_ENOMEM);
     if (!sk_X509_push(out->id.chain, up)) {
@@ -231,7 +253,7 @@ static int build_path(X509 *cert, STACK_OF(X509) * candidates, int64_t now,
       return pki_fail(CAPSTAN_ENOMEM);
     }
     size_t below = sk_X509_num(out->id.chain);
-    if (ca_rule_failure(up, 0) != NULL) {
+    if (!chain_ca(up)) {
       return refuse(out, 5, "a certificate of the chain is not a CA (CA:TRUE with keyCertSign)");
     }
     if (!valid_at(up, now)) {
@@ -270,6 +292,12 @@ int capstan_pki_check_capf_import(EVP_PKEY *const *keys, size_t nkeys, const uin
   const char *why = ca_rule_failure(cert, 1);
   if (why != NULL) return refuse(out, why[0] == 'k' ? 3 : 2, why);
   if (!cn_has_capf(cert, 1)) return refuse(out, 2, "the subject CN must start with CAPF-");
+  /* Phones fail TLS with a CAPF whose constraints are not critical
+   * (capf-lifecycle.md "The CAPF certificate"): part of rules 2 and 3. */
+  if (!ext_critical(cert, NID_basic_constraints)) {
+    return refuse(out, 2, "basicConstraints must be critical");
+  }
+  if (!ext_critical(cert, NID_key_usage)) return refuse(out, 3, "keyUsage must be critical");
   /* 4: in date, with room to run. */
   int64_t nb = 0, na = 0;
   if (capstan_pki_cert_validity(cert, &nb, &na) != 0) {

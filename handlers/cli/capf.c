@@ -384,10 +384,6 @@ static int run_import(capstan_cli_t *c) {
     } else {
       capstan_cli_error("import refused: %s; nothing changed", ch.import.why);
     }
-    if (ch.import.rule == 5) {
-      capstan_cli_error("hint: give every CA certificate above the CAPF, the root included, "
-                        "in --chain (one PEM file, any order)");
-    }
     if (c->json) {
       printf("{\"result\":\"refused\",\"rule\":%d,\"why\":", ch.import.rule);
       capstan_cli_json_string(stdout, ch.import.why);

@@ -1292,6 +1292,9 @@ static void test_cert_validity(void **state) {
  * test): subject CN=|cn| (or |subject| when non-NULL), key |pub|, signed by
  * |issuer| with SHA-256, CA:TRUE with |pathlen| (-1: none) when |ca|,
  * keyUsage |ku| (bit numbers) when non-zero. */
+/* Set to make the next certificates' constraints non-critical. */
+static int make_cert_noncritical;
+
 static uint8_t *make_cert_md(const capstan_identity_t *issuer, const X509_NAME *subject,
                              const char *cn, EVP_PKEY *pub, int ca, long pathlen, unsigned ku,
                              const EVP_MD *md, size_t *len) {
@@ -1317,7 +1320,8 @@ static uint8_t *make_cert_md(const capstan_identity_t *issuer, const X509_NAME *
       bc->pathlen = ASN1_INTEGER_new();
       assert_true(ASN1_INTEGER_set(bc->pathlen, pathlen));
     }
-    assert_true(X509_add1_ext_i2d(x, NID_basic_constraints, bc, 1, X509V3_ADD_DEFAULT));
+    assert_true(X509_add1_ext_i2d(x, NID_basic_constraints, bc, !make_cert_noncritical,
+                                  X509V3_ADD_DEFAULT));
     BASIC_CONSTRAINTS_free(bc);
   }
   if (ku != 0) {
@@ -1325,7 +1329,8 @@ static uint8_t *make_cert_md(const capstan_identity_t *issuer, const X509_NAME *
     for (int b = 0; b < 9; b++) {
       if (ku & (1u << b)) assert_true(ASN1_BIT_STRING_set_bit(bits, b, 1));
     }
-    assert_true(X509_add1_ext_i2d(x, NID_key_usage, bits, 1, X509V3_ADD_DEFAULT));
+    assert_true(
+        X509_add1_ext_i2d(x, NID_key_usage, bits, !make_cert_noncritical, X509V3_ADD_DEFAULT));
     ASN1_BIT_STRING_free(bits);
   }
   assert_true(X509_sign(x, issuer != NULL ? issuer->key : pub, md) > 0);
@@ -1564,6 +1569,28 @@ static void test_import_capf(void **state) {
   assert_int_equal(import_rule(keys, 2, under_ca, len, ca_cands, now, 0), 5);
   free(under_ca);
   sk_X509_pop_free(ca_cands, X509_free);
+
+  /* A root with keyCertSign but no digitalSignature is still a CA on the
+   * path (the trust-store rule is stricter, the path rule is RFC 5280's). */
+  size_t plain_len = 0;
+  uint8_t *plain = make_cert(NULL, NULL, "Plain Root", fx.ec521, 1, -1, 1u << 5, &plain_len);
+  capstan_identity_t plain_id = {.cert = parse(plain, plain_len), .key = fx.ec521};
+  STACK_OF(X509) *plain_cands = parsed_stack(plain, plain_len, NULL, 0);
+  uint8_t *under_plain = make_cert(&plain_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  assert_int_equal(import_rule(keys, 2, under_plain, len, plain_cands, now, 0), -1);
+  assert_int_equal(capstan_pki_check_trust_upload(plain_id.cert, CAPSTAN_PKI_UPLOAD_CA, NULL),
+                   CAPSTAN_EINVAL);
+  free(under_plain);
+  sk_X509_pop_free(plain_cands, X509_free);
+  X509_free(plain_id.cert);
+  free(plain);
+
+  /* Rules 2 and 3 also want both constraints critical (phones fail TLS). */
+  make_cert_noncritical = 1;
+  uint8_t *loose = make_cert(&inter_id, capf_name, NULL, fx.capf.key, 1, 0, KU_CA, &len);
+  make_cert_noncritical = 0;
+  assert_int_equal(import_rule(keys, 2, loose, len, cands, now, 0), 2);
+  free(loose);
 
   /* Rule 6: SHA-1 on the CAPF itself. */
   uint8_t *sha1 =
