@@ -52,49 +52,6 @@ static bool same_cert(X509 *a, X509 *b) {
          capstan_pki_cert_sha256(b, fb) == 0 && memcmp(fa, fb, sizeof(fa)) == 0;
 }
 
-/* The O/OU/L/ST/C of |name| as a subject_extra string ("O=Example,C=NZ",
- * with ',' and '\' escaped), so a new CAPF keeps the operator's naming. */
-static int subject_extra_of(const X509_NAME *name, char *buf, size_t len) {
-  static const struct {
-    int nid;
-    const char *key;
-  } kKeys[] = {{NID_organizationName, "O"},
-               {NID_organizationalUnitName, "OU"},
-               {NID_localityName, "L"},
-               {NID_stateOrProvinceName, "ST"},
-               {NID_countryName, "C"}};
-  size_t used = 0;
-  buf[0] = '\0';
-  for (int i = 0; i < X509_NAME_entry_count(name); i++) {
-    X509_NAME_ENTRY *e = X509_NAME_get_entry(name, i);
-    int nid = OBJ_obj2nid(X509_NAME_ENTRY_get_object(e));
-    const char *key = NULL;
-    for (size_t k = 0; k < sizeof(kKeys) / sizeof(kKeys[0]); k++) {
-      if (kKeys[k].nid == nid) key = kKeys[k].key;
-    }
-    if (key == NULL) continue;
-    uint8_t *utf8 = NULL;
-    int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(e));
-    if (n < 0) return CAPSTAN_EINVAL;
-    int w = snprintf(buf + used, len - used, "%s%s=", used > 0 ? "," : "", key);
-    bool fits = w > 0 && (size_t)w < len - used;
-    used += fits ? (size_t)w : 0;
-    for (int j = 0; fits && j < n; j++) {
-      bool escape = utf8[j] == ',' || utf8[j] == '\\';
-      if (used + (escape ? 2 : 1) >= len) {
-        fits = false;
-        break;
-      }
-      if (escape) buf[used++] = '\\';
-      buf[used++] = (char)utf8[j];
-    }
-    OPENSSL_free(utf8);
-    if (!fits) return CAPSTAN_ERANGE;
-    buf[used] = '\0';
-  }
-  return 0;
-}
-
 static void key_type_of(const EVP_PKEY *key, int *alg, unsigned *bits) {
   *alg = EVP_PKEY_id(key) == EVP_PKEY_EC ? CAPSTAN_KEY_EC : CAPSTAN_KEY_RSA;
   *bits = (unsigned)EVP_PKEY_bits(key);
@@ -299,6 +256,17 @@ static int replace_capf(capstan_txn_t *txn, X509 *expected, const capstan_identi
     capstan_identity_cleanup(&live);
     return CAPSTAN_EEXIST;
   }
+  /* One more previous certificate must still fit every ITL. */
+  capstan_capf_previous_t *trusted = NULL;
+  size_t ntrusted = 0;
+  int64_t until = 0;
+  rc = capstan_capf_previous_trusted(txn, now, &trusted, &ntrusted, &until);
+  capstan_capf_previous_free(trusted, ntrusted);
+  if (rc == 0 && ntrusted >= CAPSTAN_CAPF_MAX_PREVIOUS) rc = CAPSTAN_ERANGE;
+  if (rc < 0) {
+    capstan_identity_cleanup(&live);
+    return rc;
+  }
   Capstan__PreviousCapf prev = CAPSTAN__PREVIOUS_CAPF__INIT;
   Capstan__Identity old_rec, new_rec;
   uint8_t next_fp[32];
@@ -352,12 +320,8 @@ int capstan_capf_regenerate(capstan_store_t *store, const capstan_capf_spec_t *s
   int rc = read_capf(store, &live);
   if (rc < 0) return rc;
   capstan_capf_spec_t want = *spec;
-  char extra[CAPSTAN_PKI_MAX_SUBJECT_EXTRA + 1];
   if (want.key_bits == 0) key_type_of(live.key, &want.key_alg, &want.key_bits);
-  if (want.subject_extra == NULL) {
-    rc = subject_extra_of(X509_get_subject_name(live.cert), extra, sizeof(extra));
-    want.subject_extra = rc == 0 ? extra : NULL;
-  }
+  if (want.subject_extra == NULL) want.subject_like = X509_get_subject_name(live.cert);
   rc = capstan_pki_create_capf_spec(&want, &next);
   if (rc < 0) goto out;
   capstan_txn_t txn;
@@ -384,8 +348,8 @@ out:
 
 /* ---- CSR ------------------------------------------------------------------ */
 
-int capstan_capf_csr(capstan_store_t *store, bool new_key, int key_alg, unsigned key_bits,
-                     const char *subject_extra, uint8_t **der, size_t *der_len) {
+int capstan_capf_csr(capstan_store_t *store, bool new_key, bool replace_pending, int key_alg,
+                     unsigned key_bits, const char *subject_extra, uint8_t **der, size_t *der_len) {
   *der = NULL;
   *der_len = 0;
   capstan_identity_t live = {0};
@@ -393,17 +357,13 @@ int capstan_capf_csr(capstan_store_t *store, bool new_key, int key_alg, unsigned
   X509_NAME *subject = NULL;
   uint8_t *key_der = NULL, *subject_der = NULL;
   size_t key_len = 0;
-  char extra[CAPSTAN_PKI_MAX_SUBJECT_EXTRA + 1];
   int rc = read_capf(store, &live);
   if (rc < 0) return rc;
-  if (subject_extra == NULL && new_key) {
-    if ((rc = subject_extra_of(X509_get_subject_name(live.cert), extra, sizeof(extra))) < 0) {
-      goto out;
-    }
-    subject_extra = extra;
-  }
   if (subject_extra != NULL) {
     rc = capstan_pki_capf_subject(subject_extra, &subject);
+  } else if (new_key) {
+    /* A new key gets a new CN and keeps the live naming as it is. */
+    rc = capstan_pki_capf_subject_like(X509_get_subject_name(live.cert), &subject);
   } else {
     subject = X509_NAME_dup(X509_get_subject_name(live.cert));
     rc = subject != NULL ? 0 : CAPSTAN_ENOMEM;
@@ -427,7 +387,18 @@ int capstan_capf_csr(capstan_store_t *store, bool new_key, int key_alg, unsigned
   snprintf(detail, sizeof(detail), "new_key=%s key=%s subject=\"%s\"", new_key ? "yes" : "no", name,
            dn != NULL ? dn : "?");
   free(dn);
-  if (new_key) {
+  if (new_key && !replace_pending) {
+    /* Checked in the write transaction: two CSRs at once cannot both win. */
+    Capstan__PendingCapfKey *earlier = NULL;
+    rc = capstan_store_capf_pending_get(&txn, &earlier);
+    if (rc == 0) {
+      capstan__pending_capf_key__free_unpacked(earlier, NULL);
+      rc = CAPSTAN_EBUSY;
+    } else if (rc == CAPSTAN_ENOENT) {
+      rc = 0;
+    }
+  }
+  if (rc == 0 && new_key) {
     int n = i2d_X509_NAME(subject, &subject_der);
     rc = n > 0 ? key_to_der(key, &key_der, &key_len) : CAPSTAN_ENOMEM;
     if (rc == 0) {
@@ -535,6 +506,20 @@ static int read_import(capstan_txn_t *txn, void *arg) {
   return capstan_store_trust_iterate(txn, collect_candidate, r);
 }
 
+/* 0 when the stored pending key is |key|, CAPSTAN_EEXIST otherwise. */
+static int pending_still(capstan_txn_t *txn, EVP_PKEY *key) {
+  Capstan__PendingCapfKey *p = NULL;
+  int rc = capstan_store_capf_pending_get(txn, &p);
+  if (rc == CAPSTAN_ENOENT) return CAPSTAN_EEXIST;
+  if (rc < 0) return rc;
+  EVP_PKEY *stored = NULL;
+  bool same =
+      key_from_der(p->key_der.data, p->key_der.len, &stored) == 0 && EVP_PKEY_cmp(stored, key) == 1;
+  EVP_PKEY_free(stored);
+  capstan__pending_capf_key__free_unpacked(p, NULL);
+  return same ? 0 : CAPSTAN_EEXIST;
+}
+
 /* Whether the trust store |purpose| holds |cert|, inside |txn|. */
 static bool trust_holds(capstan_txn_t *txn, X509 *cert, const char *purpose) {
   uint8_t fp[32];
@@ -598,7 +583,10 @@ int capstan_capf_import(capstan_store_t *store, const uint8_t *cert_der, size_t 
   if ((rc = capstan_store_begin(store, true, &txn)) < 0) goto out;
   rc = replace_capf(&txn, r.live.cert, next, now);
   /* The pending key is live now; an import for the current key leaves a
-   * pending key alone (its certificate may still be on its way). */
+   * pending key alone (its certificate may still be on its way). The key
+   * checked must still be the pending one (a csr --new-key --force may
+   * have replaced it since). */
+  if (rc == 0 && out->import.key_index == 0) rc = pending_still(&txn, r.pending);
   if (rc == 0 && out->import.key_index == 0) rc = capstan_store_capf_pending_delete(&txn);
   if (rc == 0 && root != NULL && (flags & CAPSTAN_CAPF_IMPORT_TRUST_ROOT)) {
     bool a = false, b = false;
@@ -636,6 +624,17 @@ out:
 
 /* ---- Retire ------------------------------------------------------------------ */
 
+/* A copy of |p| that outlives the iteration (NULL: out of memory). */
+static Capstan__PreviousCapf *previous_copy(const Capstan__PreviousCapf *p) {
+  size_t size = protobuf_c_message_get_packed_size(&p->base);
+  uint8_t *buf = malloc(size ? size : 1);
+  if (buf == NULL) return NULL;
+  protobuf_c_message_pack(&p->base, buf);
+  Capstan__PreviousCapf *copy = capstan__previous_capf__unpack(NULL, size, buf);
+  free(buf);
+  return copy;
+}
+
 typedef struct retire_find {
   const uint8_t *serial;
   size_t serial_len;
@@ -656,15 +655,7 @@ static int find_previous(const Capstan__PreviousCapf *p, void *arg) {
   X509_free(cert);
   if (!match) return 0;
   /* Keep a copy: |p| is freed when this call returns. */
-  size_t size = protobuf_c_message_get_packed_size(&p->base);
-  uint8_t *buf = malloc(size ? size : 1);
-  if (buf == NULL) {
-    f->rc = CAPSTAN_ENOMEM;
-    return CAPSTAN_ENOMEM;
-  }
-  protobuf_c_message_pack(&p->base, buf);
-  f->found = capstan__previous_capf__unpack(NULL, size, buf);
-  free(buf);
+  f->found = previous_copy(p);
   if (f->found == NULL) {
     f->rc = CAPSTAN_ENOMEM;
     return CAPSTAN_ENOMEM;
@@ -691,6 +682,23 @@ static int count_holding(const Capstan__Device *d, void *arg) {
   }
   X509_free(lsc);
   return 0;
+}
+
+int capstan_trust_removal_impact(capstan_txn_t *txn, X509 *cert, size_t *holding,
+                                 bool *in_live_chain) {
+  *holding = 0;
+  *in_live_chain = false;
+  capstan_identity_t live = {0};
+  int rc = capstan_identity_get(txn, CAPSTAN_IDENTITY_CAPF, &live);
+  if (rc < 0) return rc;
+  for (size_t i = 0; live.chain != NULL && i < sk_X509_num(live.chain); i++) {
+    if (X509_cmp(sk_X509_value(live.chain, i), cert) == 0) *in_live_chain = true;
+  }
+  holding_count_t h = {.retiring = cert, .live = live.cert};
+  rc = capstan_store_device_iterate(txn, count_holding, &h);
+  *holding = h.n;
+  capstan_identity_cleanup(&live);
+  return rc;
 }
 
 int capstan_capf_retire(capstan_store_t *store, const uint8_t *serial, size_t serial_len,
@@ -744,6 +752,56 @@ out:
   if (f.found != NULL) capstan__previous_capf__free_unpacked(f.found, NULL);
   capstan_identity_cleanup(&live);
   X509_free(cert);
+  return rc;
+}
+
+/* ---- A window that ended stays ended --------------------------------------- */
+
+typedef struct elapsed {
+  int64_t now, window;
+  Capstan__PreviousCapf **list;
+  size_t n, cap;
+} elapsed_t;
+
+static int collect_elapsed(const Capstan__PreviousCapf *p, void *arg) {
+  elapsed_t *e = arg;
+  if (p->retired_at != 0 || e->now < p->replaced_at + e->window) return 0;
+  if (e->n == e->cap) {
+    size_t cap = e->cap == 0 ? 4 : e->cap * 2;
+    Capstan__PreviousCapf **list = realloc(e->list, cap * sizeof(*list));
+    if (list == NULL) return CAPSTAN_ENOMEM;
+    e->list = list;
+    e->cap = cap;
+  }
+  e->list[e->n] = previous_copy(p);
+  if (e->list[e->n] == NULL) return CAPSTAN_ENOMEM;
+  e->n++;
+  return 0;
+}
+
+int capstan_capf_previous_end_elapsed(capstan_txn_t *txn, int64_t now, unsigned days,
+                                      size_t *ended) {
+  *ended = 0;
+  elapsed_t e = {.now = now, .window = (int64_t)days * SECONDS_PER_DAY};
+  int rc = capstan_store_capf_previous_iterate(txn, collect_elapsed, &e);
+  for (size_t i = 0; rc == 0 && i < e.n; i++) {
+    Capstan__PreviousCapf *p = e.list[i];
+    p->has_retired_at = 1;
+    p->retired_at = now;
+    rc = capstan_store_capf_previous_put(txn, p);
+    X509 *cert = NULL;
+    if (rc == 0 && capstan_pki_parse_cert(p->cert_der.data, p->cert_der.len, &cert) == 0) {
+      char what[DESCRIBE_LEN], detail[DESCRIBE_LEN + 64];
+      describe("", cert, what, sizeof(what));
+      snprintf(detail, sizeof(detail), "%s reason=trust_window_ended", what);
+      rc = capstan_store_audit_append(txn, 0, NULL, "capf_previous_trust_ended", detail);
+      if (rc == 0) LOG_INFO("event=capf_previous_trust_ended %s", detail);
+    }
+    X509_free(cert);
+    if (rc == 0) (*ended)++;
+  }
+  for (size_t i = 0; i < e.n; i++) capstan__previous_capf__free_unpacked(e.list[i], NULL);
+  free(e.list);
   return rc;
 }
 

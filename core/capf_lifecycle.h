@@ -18,6 +18,11 @@
 #include <stdint.h>
 
 #include "core/pki/pki.h"
+
+/* How many previous CAPF certificates may be trusted at once: the most an
+ * ITL lists beside the TFTP and the live CAPF records. A regenerate or
+ * import beyond it is refused (CAPSTAN_ERANGE) until one is retired. */
+#define CAPSTAN_CAPF_MAX_PREVIOUS 8u
 #include "storage/store.h"
 
 #define CAPSTAN_TRUST_PURPOSE_CAPF "capf-trust"
@@ -76,10 +81,12 @@ int capstan_capf_regenerate(capstan_store_t *store, const capstan_capf_spec_t *s
 
 /* A PKCS#10 CSR (DER, malloc'd) for the live key and subject, or, with
  * |new_key|, for a new pending key of |key_alg|/|key_bits| (0: the current
- * type) that replaces any earlier pending key. |subject_extra| (NULL: the
- * current O/OU/L/ST/C) gives a new subject with a new CAPF- CN. */
-int capstan_capf_csr(capstan_store_t *store, bool new_key, int key_alg, unsigned key_bits,
-                     const char *subject_extra, uint8_t **der, size_t *der_len);
+ * type). An earlier pending key is replaced only with |replace_pending|
+ * (its certificate may be at the CA): CAPSTAN_EBUSY otherwise, nothing
+ * changed. |subject_extra| (NULL: the current O/OU/L/ST/C) gives a new
+ * subject with a new CAPF- CN. */
+int capstan_capf_csr(capstan_store_t *store, bool new_key, bool replace_pending, int key_alg,
+                     unsigned key_bits, const char *subject_extra, uint8_t **der, size_t *der_len);
 
 #define CAPSTAN_CAPF_IMPORT_TRUST_ROOT 0x100u /* add the root to both stores */
 
@@ -108,6 +115,21 @@ int capstan_capf_retire(capstan_store_t *store, const uint8_t *serial, size_t se
  * its other stores); sets *added when it was not there. */
 int capstan_trust_store_add(capstan_txn_t *txn, X509 *cert, const char *purpose, int64_t now,
                             bool *added);
+
+/* What removing |cert| from a trust store would break, inside |txn|:
+ * |*holding|, devices whose current LSC |cert| issued (and the live CAPF
+ * did not), which then fail "by existing certificate"; |*in_live_chain|,
+ * whether |cert| is above the live CAPF (a CA-signed CAPF's root or
+ * intermediate: CUCM needs its root in CallManager-trust). */
+int capstan_trust_removal_impact(capstan_txn_t *txn, X509 *cert, size_t *holding,
+                                 bool *in_live_chain);
+
+/* Inside |txn|: every previous CAPF certificate whose window of |days|
+ * has ended at |now| is marked retired (with an audit event), so that a
+ * window once ended stays ended when capf-previous-trust-days grows again.
+ * The settings change calls it with the smaller of the old and new value. */
+int capstan_capf_previous_end_elapsed(capstan_txn_t *txn, int64_t now, unsigned days,
+                                      size_t *ended);
 
 /* When the first previous CAPF certificate still trusted at |now| stops
  * being trusted (unix seconds), or 0 when none is (or the store cannot be

@@ -5,7 +5,7 @@ set -euo pipefail
 build_pkgs=(build-essential cmake pkg-config android-libboringssl-dev libuv1-dev liblmdb-dev
   libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev libexpat1-dev)
 test_pkgs=(libcmocka-dev python3 python3-cryptography curl tftp-hpa atftp openssl android-boringssl
-  lmdb-utils procps iproute2 jq valgrind prometheus)
+  lmdb-utils procps iproute2 jq valgrind prometheus chromium)
 want=("${build_pkgs[@]}")
 [ "${1:-}" = "--test" ] && want+=("${test_pkgs[@]}")
 missing=()

@@ -75,14 +75,29 @@ int capstan_store_del(capstan_txn_t *txn, capstan_db_t db, const void *key, size
 int capstan_store_iterate(capstan_txn_t *txn, capstan_db_t db,
                           const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
                           void *arg) {
+  return capstan_store_iterate_after(txn, db, NULL, 0, desc, fn, arg);
+}
+
+int capstan_store_iterate_after(capstan_txn_t *txn, capstan_db_t db, const void *after, size_t alen,
+                                const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
+                                void *arg) {
   int err = capstan_store_check_db(txn, db);
   if (err != 0) return err;
+  if (after != NULL && (alen == 0 || alen > 511)) return CAPSTAN_EINVAL;
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[db], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "iterate");
-  MDB_val k, v;
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  MDB_val k = {.mv_size = alen, .mv_data = (void *)after}, v;
+  if (after == NULL) {
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+  } else {
+    /* The first key >= |after|; past it when it is |after| itself. */
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    if (rc == 0 && k.mv_size == alen && memcmp(k.mv_data, after, alen) == 0) {
+      rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+  }
+  for (; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     ProtobufCMessage *msg;
     err = unpack(desc, &v, capstan_store_db_names[db], &msg);
     if (err != 0) break;

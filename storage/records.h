@@ -36,6 +36,12 @@ typedef int (*capstan_store_iter_fn)(const void *key, size_t klen, const Protobu
 int capstan_store_iterate(capstan_txn_t *txn, capstan_db_t db,
                           const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
                           void *arg);
+/* The same from the first key after |after| (|alen| bytes, compared as
+ * bytes: for names, in name order), or from the first when |after| is
+ * NULL: a cursor for paging. */
+int capstan_store_iterate_after(capstan_txn_t *txn, capstan_db_t db, const void *after, size_t alen,
+                                const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
+                                void *arg);
 
 /* ---- Typed records ---------------------------------------------------- */
 

@@ -269,6 +269,16 @@ int capstan_metrics_render(char **out, size_t *len) {
   return 0;
 }
 
+void capstan_metrics_foreach(capstan_metrics_visit_fn fn, void *arg) {
+  static const capstan_metric_type_t kTypes[] = {CAPSTAN_METRIC_COUNTER, CAPSTAN_METRIC_GAUGE,
+                                                 CAPSTAN_METRIC_GAUGE, CAPSTAN_METRIC_HISTOGRAM};
+  pthread_mutex_lock(&g_lock);
+  for (capstan_metric_t *m = g_head; m != NULL; m = m->next) {
+    fn(arg, m->name, m->labels, kTypes[m->kind], m);
+  }
+  pthread_mutex_unlock(&g_lock);
+}
+
 double capstan_now_seconds(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -49,6 +49,20 @@ uint64_t capstan_metric_count(const capstan_metric_t *m); /* histogram count */
  * frees and *len its length. */
 int capstan_metrics_render(char **out, size_t *len);
 
+/* Every registered series, in rendering order, for readers inside the
+ * process (the status page): |fn| gets the family name, the preformatted
+ * labels ("" for none), the type and the series, whose value it may read
+ * (capstan_metric_value, capstan_metric_count). Runs under the registry's
+ * lock: |fn| must not register metrics. Any thread. */
+typedef enum {
+  CAPSTAN_METRIC_COUNTER,
+  CAPSTAN_METRIC_GAUGE, /* gauge_fn series too */
+  CAPSTAN_METRIC_HISTOGRAM,
+} capstan_metric_type_t;
+typedef void (*capstan_metrics_visit_fn)(void *arg, const char *name, const char *labels,
+                                         capstan_metric_type_t type, const capstan_metric_t *m);
+void capstan_metrics_foreach(capstan_metrics_visit_fn fn, void *arg);
+
 /* Monotonic seconds, for durations. */
 double capstan_now_seconds(void);
 

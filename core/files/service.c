@@ -15,6 +15,7 @@
 
 #include "core/base/error.h"
 #include "core/base/phone.h"
+#include "core/capf_lifecycle.h"
 #include "core/files/cnfxml.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
@@ -30,8 +31,9 @@
 #define NAME_MAX_LEN 255
 #define STATIC_FILE_MAX (64u * 1024u * 1024u)
 /* How many previous CAPF certificates an ITL lists at most (each
- * regenerate inside the trust window adds one). */
-#define ITL_MAX_PREVIOUS 8
+ * regenerate inside the trust window adds one; the lifecycle refuses a
+ * ninth, so none is ever left out). */
+#define ITL_MAX_PREVIOUS CAPSTAN_CAPF_MAX_PREVIOUS
 
 /* Identities used to sign and list (core/identities.h): a snapshot shared
  * read-only with workers; a build keeps the one it started with. */

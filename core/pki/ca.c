@@ -151,7 +151,7 @@ void capstan_pki_key_name(const EVP_PKEY *key, char *buf, size_t len) {
   snprintf(buf, len, "unknown");
   if (key == NULL) return;
   if (EVP_PKEY_id(key) == EVP_PKEY_RSA) {
-    snprintf(buf, len, "rsa%u", EVP_PKEY_bits(key));
+    snprintf(buf, len, "rsa%d", EVP_PKEY_bits(key));
   } else if (EVP_PKEY_id(key) == EVP_PKEY_EC) {
     const EC_KEY *ec = EVP_PKEY_get0_EC_KEY(key);
     const EC_GROUP *g = ec != NULL ? EC_KEY_get0_group(ec) : NULL;
@@ -290,7 +290,7 @@ int capstan_pki_check_capf_import(EVP_PKEY *const *keys, size_t nkeys, const uin
     return refuse(out, 1, "its public key is not the pending or current CAPF key");
   /* 2 and 3: a CAPF is a CA that may sign only end entities. */
   const char *why = ca_rule_failure(cert, 1);
-  if (why != NULL) return refuse(out, why[0] == 'k' ? 3 : 2, why);
+  if (why != NULL) return refuse(out, strncmp(why, "keyUsage", 8) == 0 ? 3 : 2, why);
   if (!cn_has_capf(cert, 1)) return refuse(out, 2, "the subject CN must start with CAPF-");
   /* Phones fail TLS with a CAPF whose constraints are not critical
    * (capf-lifecycle.md "The CAPF certificate"): part of rules 2 and 3. */

@@ -297,8 +297,24 @@ static int add_cn(X509_NAME *name, const char *cn, size_t len) {
   return 0;
 }
 
-/* |prefix| + 8 random lower-case hex digits as CN, then |subject_extra|. */
-static int random_subject(const char *prefix, const char *subject_extra, X509_NAME **out) {
+/* Appends the O/OU/L/ST/C attributes of |src| to |dst|, as they are (type
+ * and bytes), in their order. */
+static int copy_naming(X509_NAME *dst, const X509_NAME *src) {
+  for (int i = 0; i < X509_NAME_entry_count(src); i++) {
+    X509_NAME_ENTRY *e = X509_NAME_get_entry(src, i);
+    int nid = OBJ_obj2nid(X509_NAME_ENTRY_get_object(e));
+    if (nid == NID_organizationName || nid == NID_organizationalUnitName ||
+        nid == NID_localityName || nid == NID_stateOrProvinceName || nid == NID_countryName) {
+      if (!X509_NAME_add_entry(dst, e, -1, 0)) return CAPSTAN_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+/* |prefix| + 8 random lower-case hex digits as CN, then |subject_extra|
+ * (or, without one, the naming attributes of |like|). */
+static int random_subject(const char *prefix, const char *subject_extra, const X509_NAME *like,
+                          X509_NAME **out) {
   *out = NULL;
   X509_NAME *subject = X509_NAME_new();
   char cn[32], hex[9];
@@ -308,7 +324,11 @@ static int random_subject(const char *prefix, const char *subject_extra, X509_NA
     int n = snprintf(cn, sizeof(cn), "%s%s", prefix, hex);
     rc = add_cn(subject, cn, (size_t)n);
   }
-  if (rc == 0) rc = add_subject_extra(subject, subject_extra);
+  if (rc == 0 && subject_extra == NULL && like != NULL) {
+    rc = copy_naming(subject, like);
+  } else if (rc == 0) {
+    rc = add_subject_extra(subject, subject_extra);
+  }
   if (rc != 0) {
     X509_NAME_free(subject);
     return pki_fail(rc);
@@ -319,7 +339,12 @@ static int random_subject(const char *prefix, const char *subject_extra, X509_NA
 
 int capstan_pki_capf_subject(const char *subject_extra, X509_NAME **out) {
   if (out == NULL) return CAPSTAN_EINVAL;
-  return random_subject("CAPF-", subject_extra, out);
+  return random_subject("CAPF-", subject_extra, NULL, out);
+}
+
+int capstan_pki_capf_subject_like(const X509_NAME *like, X509_NAME **out) {
+  if (out == NULL || like == NULL) return CAPSTAN_EINVAL;
+  return random_subject("CAPF-", NULL, like, out);
 }
 
 /* The keys a CAPF may have (capf-lifecycle.md "The CAPF certificate"). */
@@ -332,6 +357,7 @@ static int capf_key_allowed(int key_alg, unsigned key_bits) {
 typedef struct {
   const char *prefix;
   const char *subject_extra;
+  const X509_NAME *subject_like;
   int key_alg;
   unsigned key_bits;
   unsigned days;
@@ -352,7 +378,8 @@ static int create_self_signed(const self_signed_t *want, capstan_identity_t *out
   uint8_t serial[SERIAL_LEN];
   if (!random_serial(serial)) return pki_fail(CAPSTAN_ECRYPTO);
   /* Check the caller's subject before paying for a key. */
-  if ((rc = random_subject(want->prefix, want->subject_extra, &subject)) != 0) return rc;
+  rc = random_subject(want->prefix, want->subject_extra, want->subject_like, &subject);
+  if (rc != 0) return rc;
   if ((rc = capstan_pki_generate_key(want->key_alg, want->key_bits, &key)) != 0) goto err;
   int64_t now = (int64_t)time(NULL);
   cert_spec_t spec = {
@@ -388,6 +415,7 @@ int capstan_pki_create_capf_spec(const capstan_capf_spec_t *spec, capstan_identi
   self_signed_t want = {
       .prefix = "CAPF-",
       .subject_extra = spec->subject_extra,
+      .subject_like = spec->subject_like,
       .key_alg = alg,
       .key_bits = bits,
       .days = days,
@@ -470,18 +498,7 @@ int capstan_pki_issue_lsc(const capstan_identity_t *capf, const char *device_nam
   if (subject == NULL) return pki_fail(CAPSTAN_ENOMEM);
   int rc = add_cn(subject, device_name, name_len);
   if (rc != 0) goto err;
-  const X509_NAME *capf_name = X509_get_subject_name(capf->cert);
-  for (int i = 0; i < X509_NAME_entry_count(capf_name); i++) {
-    X509_NAME_ENTRY *e = X509_NAME_get_entry(capf_name, i);
-    int nid = OBJ_obj2nid(X509_NAME_ENTRY_get_object(e));
-    if (nid == NID_organizationName || nid == NID_organizationalUnitName ||
-        nid == NID_localityName || nid == NID_stateOrProvinceName || nid == NID_countryName) {
-      if (!X509_NAME_add_entry(subject, e, -1, 0)) {
-        rc = CAPSTAN_ENOMEM;
-        goto err;
-      }
-    }
-  }
+  if ((rc = copy_naming(subject, X509_get_subject_name(capf->cert))) != 0) goto err;
   uint8_t s[SERIAL_LEN];
   if (!random_serial(s)) {
     rc = CAPSTAN_ECRYPTO;

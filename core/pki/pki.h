@@ -187,6 +187,9 @@ typedef struct capstan_capf_spec {
   unsigned key_bits;         /* 0: RSA 2048 */
   unsigned days;             /* validity 1..CAPSTAN_PKI_CAPF_MAX_DAYS; 0: ten years */
   const char *subject_extra; /* O/OU/L/ST/C as capstan_pki_create_capf; NULL for none */
+  /* With no |subject_extra|: the O/OU/L/ST/C attributes of this name, copied
+   * as they are (a renewal keeps what an enterprise CA wrote); may be NULL. */
+  const X509_NAME *subject_like;
 } capstan_capf_spec_t;
 #define CAPSTAN_PKI_CAPF_MAX_DAYS 7300u
 
@@ -200,6 +203,9 @@ int capstan_pki_create_capf_spec(const capstan_capf_spec_t *spec, capstan_identi
  * then |subject_extra| (rules of capstan_pki_create_capf). |*out| owned by
  * the caller (X509_NAME_free). */
 int capstan_pki_capf_subject(const char *subject_extra, X509_NAME **out);
+
+/* The same with the O/OU/L/ST/C attributes of |like| copied as they are. */
+int capstan_pki_capf_subject_like(const X509_NAME *like, X509_NAME **out);
 
 /* A PKCS#10 CSR (DER, malloc'd) for |key| with |subject|, SHA-256 (ECDSA
  * with SHA-256 for an EC key), whose extensionRequest holds exactly the

@@ -8,6 +8,9 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
+#include "handlers/admin/devices_api.h"
+#include "handlers/admin/json.h"
+#include "handlers/admin/status.h"
 
 #ifndef CAPSTAN_VERSION
 #define CAPSTAN_VERSION "unknown"
@@ -25,10 +28,12 @@ typedef struct route {
   char *path;
   capstan_http_handler_fn fn;
   void *arg;
+  int prefix; /* matches every path that starts with |path| */
 } route_t;
 
 struct capstan_admin {
   capstan_http_server_t *http;
+  capstan_status_t *status; /* NULL until capstan_admin_enable_status */
   route_t routes[CAPSTAN_ADMIN_MAX_ROUTES];
   size_t nroutes;
   void (*done)(void *arg);
@@ -40,24 +45,49 @@ static void blob_free_rendered(capstan_blob_t *blob) {
   free(blob);
 }
 
+void capstan_admin_respond_owned(capstan_http_response_t *res, int status, const char *content_type,
+                                 char *body, size_t len) {
+  capstan_blob_t *blob = malloc(sizeof(*blob));
+  if (blob == NULL) {
+    free(body);
+    capstan_http_respond(res, 503, NULL, NULL, 0);
+    return;
+  }
+  /* Hand the buffer over without a copy. */
+  blob->data = (const uint8_t *)body;
+  blob->len = len;
+  blob->refs = 1;
+  blob->free_fn = blob_free_rendered;
+  capstan_http_respond_blob(res, status, content_type, blob);
+}
+
+void capstan_admin_json_error(capstan_http_response_t *res, int status, const char *message) {
+  capstan_json_t j;
+  capstan_json_init(&j);
+  capstan_json_open(&j, '{');
+  capstan_json_kstr(&j, "error", message);
+  capstan_json_close(&j, '}');
+  capstan_json_raw(&j, "\n", 1);
+  char *body = NULL;
+  size_t len = 0;
+  if (capstan_json_take(&j, &body, &len) < 0) {
+    capstan_http_respond(res, 503, NULL, NULL, 0);
+    return;
+  }
+  capstan_admin_respond_owned(res, status, "application/json; charset=utf-8", body, len);
+}
+
 static void route_metrics(void *arg, const capstan_http_request_t *req,
                           capstan_http_response_t *res) {
   char *text = NULL;
   size_t len = 0;
   int rc = capstan_metrics_render(&text, &len);
-  capstan_blob_t *blob = rc == 0 ? malloc(sizeof(*blob)) : NULL;
-  if (blob == NULL) {
-    free(text);
-    LOG_WARN("event=metrics_render_failed error=%s", capstan_strerror(rc ? rc : CAPSTAN_ENOMEM));
+  if (rc < 0) {
+    LOG_WARN("event=metrics_render_failed error=%s", capstan_strerror(rc));
     capstan_http_respond(res, 503, NULL, NULL, 0);
     return;
   }
-  /* Hand the rendered buffer over without a copy. */
-  blob->data = (const uint8_t *)text;
-  blob->len = len;
-  blob->refs = 1;
-  blob->free_fn = blob_free_rendered;
-  capstan_http_respond_blob(res, 200, "text/plain; version=0.0.4; charset=utf-8", blob);
+  capstan_admin_respond_owned(res, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
 }
 
 static void route_healthz(void *arg, const capstan_http_request_t *req,
@@ -69,25 +99,63 @@ static void admin_handler(void *arg, const capstan_http_request_t *req,
                           capstan_http_response_t *res) {
   capstan_admin_t *admin = arg;
   for (size_t i = 0; i < admin->nroutes; i++) {
-    if (strcmp(admin->routes[i].path, req->path) == 0) {
+    if (!admin->routes[i].prefix && strcmp(admin->routes[i].path, req->path) == 0) {
       admin->routes[i].fn(admin->routes[i].arg, req, res);
+      return;
+    }
+  }
+  for (size_t i = 0; i < admin->nroutes; i++) {
+    const route_t *r = &admin->routes[i];
+    if (r->prefix && strncmp(r->path, req->path, strlen(r->path)) == 0) {
+      r->fn(r->arg, req, res);
       return;
     }
   }
   capstan_http_respond(res, 404, "text/plain; charset=utf-8", (const uint8_t *)"not found\n", 10);
 }
 
-int capstan_admin_add_route(capstan_admin_t *admin, const char *path, capstan_http_handler_fn fn,
-                            void *arg) {
+static int add_route(capstan_admin_t *admin, const char *path, capstan_http_handler_fn fn,
+                     void *arg, int prefix) {
   if (path == NULL || path[0] != '/' || fn == NULL) return CAPSTAN_EINVAL;
   for (size_t i = 0; i < admin->nroutes; i++) {
-    if (strcmp(admin->routes[i].path, path) == 0) return CAPSTAN_EEXIST;
+    if (admin->routes[i].prefix == prefix && strcmp(admin->routes[i].path, path) == 0) {
+      return CAPSTAN_EEXIST;
+    }
   }
   if (admin->nroutes >= CAPSTAN_ADMIN_MAX_ROUTES) return CAPSTAN_EINVAL;
   char *copy = strdup(path);
   if (copy == NULL) return CAPSTAN_ENOMEM;
-  admin->routes[admin->nroutes++] = (route_t){copy, fn, arg};
+  admin->routes[admin->nroutes++] = (route_t){copy, fn, arg, prefix};
   return 0;
+}
+
+int capstan_admin_add_route(capstan_admin_t *admin, const char *path, capstan_http_handler_fn fn,
+                            void *arg) {
+  return add_route(admin, path, fn, arg, 0);
+}
+
+int capstan_admin_add_prefix_route(capstan_admin_t *admin, const char *prefix,
+                                   capstan_http_handler_fn fn, void *arg) {
+  return add_route(admin, prefix, fn, arg, 1);
+}
+
+int capstan_admin_enable_status(capstan_admin_t *admin, uv_loop_t *loop, capstan_store_t *store) {
+  if (admin->status != NULL) return CAPSTAN_EEXIST;
+  capstan_status_t *st = NULL;
+  int rc = capstan_status_start(loop, store, &st);
+  if (rc < 0) return rc;
+  void *api = capstan_status_devices_api(st);
+  rc = capstan_admin_add_route(admin, "/status", capstan_status_route_page, st);
+  if (rc == 0) rc = capstan_admin_add_route(admin, "/status.json", capstan_status_route_json, st);
+  if (rc == 0)
+    rc = capstan_admin_add_route(admin, "/api/devices", capstan_devices_api_list_route, api);
+  if (rc == 0) {
+    rc =
+        capstan_admin_add_prefix_route(admin, "/api/devices/", capstan_devices_api_show_route, api);
+  }
+  /* Routes already added stay: they answer once the status is there. */
+  admin->status = st;
+  return rc;
 }
 
 static void register_process_metrics(void) {
@@ -148,12 +216,18 @@ void capstan_admin_set_limits(capstan_admin_t *admin, unsigned max_connections,
   capstan_http_server_set_limits(admin->http, max_connections, max_connections_per_address, 0);
 }
 
-static void on_http_stopped(void *arg) {
+static void on_status_stopped(void *arg) {
   capstan_admin_t *admin = arg;
   void (*done)(void *) = admin->done;
   void *done_arg = admin->done_arg;
   admin_free(admin);
   if (done) done(done_arg);
+}
+
+/* Every response has been given: nothing refers to the status any more. */
+static void on_http_stopped(void *arg) {
+  capstan_admin_t *admin = arg;
+  capstan_status_stop(admin->status, on_status_stopped, admin);
 }
 
 void capstan_admin_stop(capstan_admin_t *admin, void (*done)(void *arg), void *arg) {

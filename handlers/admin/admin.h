@@ -1,5 +1,7 @@
 /* The admin listener (default 127.0.0.1:9464): /metrics (Prometheus text),
- * /healthz, and routes other modules add (status page, JSON endpoints).
+ * /healthz, the status page and its JSON (/status, /status.json, the device
+ * API under /api/devices: status.h, devices_api.h) once
+ * capstan_admin_enable_status is called, and routes other modules add.
  * Unknown paths get 404; methods other than GET and HEAD get 405 (from the
  * HTTP server). Loop thread only. */
 #ifndef CAPSTAN_HANDLERS_ADMIN_ADMIN_H
@@ -8,6 +10,7 @@
 #include <uv.h>
 
 #include "handlers/http/server.h"
+#include "storage/store.h"
 
 #define CAPSTAN_ADMIN_DEFAULT_ADDRESS "127.0.0.1:9464"
 #define CAPSTAN_ADMIN_MAX_ROUTES 64
@@ -31,6 +34,25 @@ int capstan_admin_start(uv_loop_t *loop, const char *host_port, const capstan_ht
 int capstan_admin_add_route(capstan_admin_t *admin, const char *path, capstan_http_handler_fn fn,
                             void *arg);
 
+/* Routes every path that starts with |prefix| (e.g. "/api/devices/") and
+ * matches no exact route to |fn|. Errors as capstan_admin_add_route. */
+int capstan_admin_add_prefix_route(capstan_admin_t *admin, const char *prefix,
+                                   capstan_http_handler_fn fn, void *arg);
+
+/* Serves the status page, /status.json and the device API from |store|
+ * (which must outlive the admin server). Returns 0 or the error of
+ * capstan_status_start / capstan_admin_add_route. */
+int capstan_admin_enable_status(capstan_admin_t *admin, uv_loop_t *loop, capstan_store_t *store);
+
+/* Responds with |body| (|len| bytes, malloc'd), taking it over: it is freed
+ * when the write ends, or at once when the response cannot be made (then
+ * 503). */
+void capstan_admin_respond_owned(capstan_http_response_t *res, int status, const char *content_type,
+                                 char *body, size_t len);
+
+/* Responds |status| with {"error": |message|} (application/json). */
+void capstan_admin_json_error(capstan_http_response_t *res, int status, const char *message);
+
 /* The bound port. */
 int capstan_admin_port(const capstan_admin_t *admin);
 
@@ -39,8 +61,9 @@ int capstan_admin_port(const capstan_admin_t *admin);
 void capstan_admin_set_limits(capstan_admin_t *admin, unsigned max_connections,
                               unsigned max_connections_per_address);
 
-/* Stops the server (see capstan_http_server_stop) and frees |admin|; |done|
- * (may be NULL) is called once everything is closed. */
+/* Stops the server (see capstan_http_server_stop), then the status page's
+ * sampling, and frees |admin|; |done| (may be NULL) is called once
+ * everything is closed. */
 void capstan_admin_stop(capstan_admin_t *admin, void (*done)(void *arg), void *arg);
 
 #endif

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/base/error.h"
 #include "core/capf_lifecycle.h"
@@ -258,6 +259,12 @@ static int run_regenerate(capstan_cli_t *c) {
     capstan_cli_error(
         "the CAPF certificate changed while this one was made: nothing changed, "
         "run the command again");
+  } else if (err == CAPSTAN_ERANGE) {
+    capstan_cli_error(
+        "%u previous CAPF certificates are still trusted, the most an ITL file "
+        "lists: retire one first ('capstan cert capf show', 'capstan cert capf "
+        "retire SERIAL') or lower capf-previous-trust-days; nothing changed",
+        CAPSTAN_CAPF_MAX_PREVIOUS);
   } else if (err != 0) {
     rc = capstan_cli_store_error("cannot regenerate the CAPF certificate", err);
   } else {
@@ -277,28 +284,52 @@ static int run_csr(capstan_cli_t *c) {
   if (capstan_cli_has(c, OPT_KEY) && !new_key) {
     return capstan_cli_usage_error(c, "--key chooses the type of a new key: give --new-key too");
   }
+  if (capstan_cli_has(c, OPT_FORCE) && !new_key) {
+    return capstan_cli_usage_error(c, "--force replaces a pending key: give --new-key too");
+  }
   int alg = 0;
   unsigned bits = 0;
   if (capstan_cli_has(c, OPT_KEY)) capstan_key_from_name(c->value[OPT_KEY], &alg, &bits);
+  /* The output opens first: a path that cannot be written must not leave a
+   * new pending key behind that nobody has a CSR for. */
+  const char *path = c->value[OPT_OUT];
+  bool to_file = path != NULL && strcmp(path, "-") != 0;
+  FILE *f = to_file ? fopen(path, "w") : stdout;
+  if (f == NULL) {
+    capstan_cli_error("cannot write '%s': %s; nothing changed", path, strerror(errno));
+    return CAPSTAN_EXIT_ERROR;
+  }
   capstan_store_t *s;
-  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
   uint8_t *der = NULL;
   size_t len = 0;
   char *pem = NULL;
-  int rc = CAPSTAN_EXIT_ERROR;
-  int err = capstan_capf_csr(s, new_key, alg, bits, c->value[OPT_SUBJECT], &der, &len);
-  capstan_store_close(s);
-  if (err == CAPSTAN_EINVAL) {
-    capstan_cli_error(
-        "cannot make the CSR: check --subject (O=..,OU=..,L=..,ST=..,C=..; C is 2 "
-        "letters)");
-  } else if (err != 0) {
-    rc = capstan_cli_store_error("cannot make the CAPF CSR", err);
-  } else if ((err = capstan_pki_pem_encode("CERTIFICATE REQUEST", der, len, &pem)) != 0) {
-    capstan_cli_error("cannot encode the CSR: %s", capstan_strerror(err));
-  } else {
-    rc = capstan_cli_write_text(c->value[OPT_OUT], pem, "the CSR");
-    if (rc == CAPSTAN_EXIT_OK) {
+  int rc = CAPSTAN_EXIT_ERROR, err = CAPSTAN_EIO;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) == 0) {
+    err = capstan_capf_csr(s, new_key, capstan_cli_has(c, OPT_FORCE), alg, bits,
+                           c->value[OPT_SUBJECT], &der, &len);
+    capstan_store_close(s);
+    if (err == CAPSTAN_EINVAL) {
+      capstan_cli_error(c->value[OPT_SUBJECT] != NULL
+                            ? "cannot make the CSR: check --subject (O=..,OU=..,L=..,ST=..,C=..; "
+                              "C is 2 letters)"
+                            : "cannot make the CSR");
+    } else if (err == CAPSTAN_EBUSY) {
+      capstan_cli_error(
+          "a pending CAPF key already waits for its certificate ('capstan cert capf "
+          "show'); --force replaces it, after which a certificate the CA signs for "
+          "it can no longer be imported; nothing changed");
+    } else if (err != 0) {
+      capstan_cli_store_error("cannot make the CAPF CSR", err);
+    } else if ((err = capstan_pki_pem_encode("CERTIFICATE REQUEST", der, len, &pem)) != 0) {
+      capstan_cli_error("cannot encode the CSR: %s", capstan_strerror(err));
+    } else if (fputs(pem, f) == EOF || fflush(f) != 0 || (to_file && fsync(fileno(f)) != 0)) {
+      capstan_cli_error("cannot write the CSR: %s%s", strerror(errno),
+                        new_key ? "; the new pending key is stored: make its CSR again with "
+                                  "'capstan cert capf csr --new-key --force'"
+                                : "");
+      err = CAPSTAN_EIO;
+    } else {
+      rc = CAPSTAN_EXIT_OK;
       fprintf(stderr,
               new_key ? "capstan: a new pending CAPF key waits for its certificate: have the CA "
                         "sign the CSR with a subordinate-CA profile, then 'capstan cert capf "
@@ -307,6 +338,13 @@ static int run_csr(capstan_cli_t *c) {
                         "subordinate-CA profile, then 'capstan cert capf import CERT.pem --chain "
                         "CHAIN.pem --trust-root'\n");
     }
+  }
+  if (to_file) {
+    if (fclose(f) != 0 && rc == CAPSTAN_EXIT_OK) {
+      capstan_cli_error("cannot write '%s': %s", path, strerror(errno));
+      rc = CAPSTAN_EXIT_ERROR;
+    }
+    if (err != 0) unlink(path); /* no CSR: no file that looks like one */
   }
   free(pem);
   free(der);
@@ -391,6 +429,14 @@ static int run_import(capstan_cli_t *c) {
     }
     goto out;
   }
+  if (err == CAPSTAN_ERANGE) {
+    capstan_cli_error(
+        "%u previous CAPF certificates are still trusted, the most an ITL file "
+        "lists: retire one first ('capstan cert capf show', 'capstan cert capf "
+        "retire SERIAL') or lower capf-previous-trust-days; nothing changed",
+        CAPSTAN_CAPF_MAX_PREVIOUS);
+    goto out;
+  }
   if (err != 0) {
     rc = capstan_cli_store_error("cannot import the CAPF certificate", err);
     goto out;
@@ -443,6 +489,7 @@ static int parse_serial(const char *s, uint8_t *out, size_t cap, size_t *len) {
   size_t start = n % 2; /* an odd count gets a leading zero */
   size_t bytes = (n + start) / 2;
   if (bytes > cap) return CAPSTAN_EINVAL;
+  memset(out, 0, bytes); /* the nibbles are OR-ed in */
   for (size_t i = 0; i < n; i++) {
     char ch = digits[i];
     unsigned v = ch >= '0' && ch <= '9'   ? (unsigned)(ch - '0')
@@ -508,7 +555,7 @@ static int run_retire(capstan_cli_t *c) {
   "capstan cert capf show [--json]\n"                                                            \
   "       capstan cert capf regenerate [--key rsa2048|rsa3072|rsa4096|ec256|ec384] [--days N]\n" \
   "                                    [--subject \"O=..,OU=..,L=..,ST=..,C=..\"] [--json]\n"    \
-  "       capstan cert capf csr [--out FILE] [--new-key [--key K]] [--subject \"O=..,C=..\"]\n"  \
+  "       capstan cert capf csr [--out FILE] [--new-key [--key K] [--force]] [--subject ..]\n"   \
   "       capstan cert capf import CERT.pem [--chain CHAIN.pem] [--trust-root] [--strict] "      \
   "[--json]\n"                                                                                   \
   "       capstan cert capf retire SERIAL [--force]\n"                                           \
@@ -518,10 +565,12 @@ static int run_retire(capstan_cli_t *c) {
   "show        the live CAPF certificate, its chain, a pending key, and every previous\n"      \
   "            certificate still trusted with the time its trust ends.\n"                      \
   "regenerate  a new key and self-signed CAPF certificate (defaults: the current key type,\n"  \
-  "            ten years, the current O/OU/L/ST/C). The running server uses it within a\n"     \
-  "            second; sessions in flight finish with the old one.\n"                          \
+  "            ten years, the current O/OU/L/ST/C; EC keys need phone firmware that\n"         \
+  "            supports ECDSA). The running server uses it within a second;\n"                 \
+  "            sessions in flight finish with the old one.\n"                                  \
   "csr         a PKCS#10 request for the enterprise CA (subordinate-CA profile). --new-key\n"  \
-  "            makes a pending key that goes live only when its certificate is imported.\n"    \
+  "            makes a pending key that goes live only when its certificate is imported;\n"    \
+  "            --force replaces a pending key that still waits for its certificate.\n"         \
   "import      installs the CA-signed certificate for the pending (else the live) key after\n" \
   "            the checks of capf-lifecycle.md; a refusal names the rule and changes\n"        \
   "            nothing. --chain: the issuers (PEM); the trust stores also count.\n"            \
@@ -548,7 +597,7 @@ static const capstan_cli_sub_t capf_subs[] = {
      0, NULL, run_regenerate},
     {"csr",
      CAPSTAN_CLI_OPT(OPT_OUT) | CAPSTAN_CLI_OPT(OPT_NEW_KEY) | CAPSTAN_CLI_OPT(OPT_KEY) |
-         CAPSTAN_CLI_OPT(OPT_SUBJECT),
+         CAPSTAN_CLI_OPT(OPT_SUBJECT) | CAPSTAN_CLI_OPT(OPT_FORCE),
      false, 0, 0, NULL, run_csr},
     {"import",
      CAPSTAN_CLI_OPT(OPT_CHAIN) | CAPSTAN_CLI_OPT(OPT_TRUST_ROOT) | CAPSTAN_CLI_OPT(OPT_STRICT),

@@ -3,10 +3,12 @@
  * it live. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "handlers/cli/cli.h"
 #include "handlers/cli/files.h"
 #include "core/base/error.h"
+#include "core/capf_lifecycle.h"
 #include "core/settings.h"
 #include "storage/records.h"
 
@@ -31,6 +33,7 @@ typedef struct {
   const char *name, *value;
   char err[256];
   int set_rc;
+  size_t ended; /* previous CAPF certificates whose trust window ended */
 } set_ctx_t;
 
 static int set_fn(capstan_txn_t *txn, void *arg) {
@@ -38,6 +41,7 @@ static int set_fn(capstan_txn_t *txn, void *arg) {
   capstan_settings_t s;
   int err = capstan_settings_read(txn, &s);
   if (err != 0) return err;
+  unsigned old_trust_days = s.capf_previous_trust_days;
   c->set_rc = capstan_settings_set(&s, c->name, c->value, c->err, sizeof(c->err));
   err = c->set_rc;
   if (err == 0) err = capstan_settings_write(txn, &s);
@@ -45,6 +49,13 @@ static int set_fn(capstan_txn_t *txn, void *arg) {
     char detail[320];
     snprintf(detail, sizeof(detail), "%s=%s", c->name, c->value);
     err = capstan_store_audit_append(txn, 0, NULL, "setting_changed", detail);
+  }
+  if (err == 0 && strcmp(c->name, "capf-previous-trust-days") == 0) {
+    /* A previous CAPF whose window ended (under the old value or the new
+     * one) stays ended: raising the value again must not re-trust it. */
+    unsigned days =
+        old_trust_days < s.capf_previous_trust_days ? old_trust_days : s.capf_previous_trust_days;
+    err = capstan_capf_previous_end_elapsed(txn, (int64_t)time(NULL), days, &c->ended);
   }
   return err;
 }
@@ -71,6 +82,13 @@ static int do_set(const capstan_cli_t *c, const char *name, const char *value) {
   }
   if (rc != 0) return capstan_cli_store_error("cannot save the setting", rc);
   printf("%s = %s\n", name, value);
+  if (set.ended > 0) {
+    fprintf(stderr,
+            "capstan: %zu previous CAPF certificate%s reached the end of %s trust window and "
+            "%s no longer trusted (raising the value later does not trust %s again)\n",
+            set.ended, set.ended == 1 ? "" : "s", set.ended == 1 ? "its" : "their",
+            set.ended == 1 ? "is" : "are", set.ended == 1 ? "it" : "them");
+  }
   return CAPSTAN_EXIT_OK;
 }
 

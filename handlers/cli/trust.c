@@ -40,11 +40,11 @@
 #define FP_PREFIX_MIN 8        /* hex digits an operator must type to name an entry */
 #define KU_BIT_KEY_CERT_SIGN 5 /* bit number in the keyUsage BIT STRING */
 
-#define RULE_CA                                                                   \
-  "R13: a trust-store CA (self-signed, or able to sign certificates) must carry " \
-  "basicConstraints CA:TRUE and keyUsage digitalSignature + keyCertSign, "        \
-  "and its CN must not contain CAPF-"
-#define RULE_IPSEC "R13: an IPsec certificate signed by a CA must not carry CA:TRUE"
+#define RULE_CA                                                                      \
+  "trust-store rule: CAPF-trust holds issuers only, and a CA (self-signed, or able " \
+  "to sign certificates) must carry basicConstraints CA:TRUE and keyUsage "          \
+  "digitalSignature + keyCertSign, and its CN must not contain CAPF-"
+#define RULE_IPSEC "trust-store rule: an IPsec certificate signed by a CA must not carry CA:TRUE"
 
 #define RELOAD_HINT                                                                   \
   "a running capstan server applies trust changes within a second; to apply them at " \
@@ -53,7 +53,7 @@
 /* ---- Helpers ------------------------------------------------------------------------ */
 
 /* Options of the trust subcommands. */
-enum { OPT_PURPOSE, OPT_ALL_PURPOSE, OPT_OUT };
+enum { OPT_PURPOSE, OPT_ALL_PURPOSE, OPT_OUT, OPT_FORCE };
 
 /* The set function of --purpose and --all-purpose: checks only (the
  * value stays in capstan_cli_t.value). */
@@ -259,7 +259,9 @@ static int run_add(capstan_cli_t *c) {
   int64_t now = (int64_t)time(NULL);
   for (size_t i = 0; i < n; i++) {
     if (u[i].skip) continue;
-    int kind = upload_kind(u[i].x);
+    /* CAPF-trust holds issuers ("by existing certificate" anchors): an
+     * end-entity certificate there is a mistake, whatever its shape. */
+    int kind = strcmp(purpose, PURPOSE_CAPF) == 0 ? CAPSTAN_PKI_UPLOAD_CA : upload_kind(u[i].x);
     const char *why = NULL;
     if (capstan_pki_check_trust_upload(u[i].x, kind, &why) != 0) {
       capstan_cli_error("%s: certificate %zu (%s) refused: %s (%s)", fname, i + 1, u[i].subject,
@@ -459,6 +461,38 @@ static int find_unique(capstan_txn_t *txn, const char *arg, const uint8_t *want,
   return err;
 }
 
+/* Prints why removing |t| breaks phones or call control and returns
+ * non-zero, or returns 0 when nothing depends on it. */
+static int refuse_removal(capstan_txn_t *txn, const Capstan__TrustCert *t, const char *hex) {
+  X509 *cert = NULL;
+  if (capstan_pki_parse_cert(t->der.data, t->der.len, &cert) != 0) return 0;
+  size_t holding = 0;
+  bool in_chain = false;
+  int err = capstan_trust_removal_impact(txn, cert, &holding, &in_chain);
+  X509_free(cert);
+  if (err != 0) {
+    capstan_cli_store_error("cannot check what depends on the certificate", err);
+    return err;
+  }
+  if (holding > 0) {
+    capstan_cli_error(
+        "%zu device%s still hold%s an LSC issued by %s: removing it makes their "
+        "next operation by existing certificate fail (LSC invalid); --force "
+        "removes it anyway; nothing changed",
+        holding, holding == 1 ? "" : "s", holding == 1 ? "s" : "", hex);
+    return CAPSTAN_EBUSY;
+  }
+  if (in_chain) {
+    capstan_cli_error(
+        "%s is above the live CAPF certificate (its chain): without it in "
+        "CallManager-trust and CAPF-trust, TLS between phones and call control "
+        "fails; --force removes it anyway; nothing changed",
+        hex);
+    return CAPSTAN_EBUSY;
+  }
+  return 0;
+}
+
 static int run_remove(capstan_cli_t *c) {
   uint8_t want[FP_LEN];
   size_t ndigits = 0;
@@ -499,6 +533,16 @@ static int run_remove(capstan_cli_t *c) {
     err = capstan_store_trust_get(&txn, f.fps[i], &t);
     char hex[2 * FP_LEN + 1], detail[2 * FP_LEN + 64];
     capstan_cli_hex(f.fps[i], FP_LEN, hex);
+    if (err == 0 && from != NULL && !capstan_store_trust_in(t, from)) {
+      /* Nothing to remove: say so and change nothing. */
+      capstan__trust_cert__free_unpacked(t, NULL);
+      capstan_cli_error("%s is not in %s; nothing changed", hex, from);
+      goto out;
+    }
+    if (err == 0 && !capstan_cli_has(c, OPT_FORCE) && refuse_removal(&txn, t, hex) != 0) {
+      capstan__trust_cert__free_unpacked(t, NULL);
+      goto out;
+    }
     if (err == 0) {
       /* With a store named, the certificate leaves that store only. */
       size_t left = 0;
@@ -566,28 +610,32 @@ static int run_export(capstan_cli_t *c) {
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
-#define TRUST_USAGE                                                                  \
-  "capstan trust add FILE.pem|FILE.der|- [--purpose capf-trust|callmanager-trust]\n" \
-  "         (default capf-trust; every certificate of a PEM bundle is checked\n"     \
-  "         against R13 and the file is added whole or not at all)\n"                \
-  "       capstan trust list [--purpose capf-trust|callmanager-trust] [--json]\n"    \
-  "       capstan trust remove FINGERPRINT [--purpose P] | --all-purpose "           \
-  "capf-trust|callmanager-trust\n"                                                   \
-  "       capstan trust export FINGERPRINT [--out FILE]   (PEM)\n"                   \
-  "       (all take --data-dir DIR; FINGERPRINT is the SHA-256 from 'trust list',\n" \
+#define TRUST_USAGE                                                                   \
+  "capstan trust add FILE.pem|FILE.der|- [--purpose capf-trust|callmanager-trust]\n"  \
+  "         (default capf-trust; every certificate of a PEM bundle is checked\n"      \
+  "         against the trust-store rules; the file is added whole or not at all)\n"  \
+  "       capstan trust list [--purpose capf-trust|callmanager-trust] [--json]\n"     \
+  "       capstan trust remove FINGERPRINT [--purpose P] [--force] | --all-purpose "  \
+  "capf-trust|callmanager-trust [--force]\n"                                          \
+  "         (refused without --force while devices hold LSCs it issued, or when it\n" \
+  "         is the root or an intermediate of the live CAPF certificate)\n"           \
+  "       capstan trust export FINGERPRINT [--out FILE]   (PEM)\n"                    \
+  "       (all take --data-dir DIR; FINGERPRINT is the SHA-256 from 'trust list',\n"  \
   "       or an unambiguous prefix of at least 8 hex digits)"
 
 static const capstan_cli_opt_t trust_opts[] = {
     [OPT_PURPOSE] = {"purpose", true, check_purpose},
     [OPT_ALL_PURPOSE] = {"all-purpose", true, check_purpose},
     [OPT_OUT] = {"out", true, NULL},
+    [OPT_FORCE] = {"force", false, NULL},
 };
 
 static const capstan_cli_sub_t trust_subs[] = {
     {"add", CAPSTAN_CLI_OPT(OPT_PURPOSE), false, 1, 1, NULL, run_add},
     {"list", CAPSTAN_CLI_OPT(OPT_PURPOSE), true, 0, 0, NULL, run_list},
-    {"remove", CAPSTAN_CLI_OPT(OPT_ALL_PURPOSE) | CAPSTAN_CLI_OPT(OPT_PURPOSE), false, 0, 1, NULL,
-     run_remove},
+    {"remove",
+     CAPSTAN_CLI_OPT(OPT_ALL_PURPOSE) | CAPSTAN_CLI_OPT(OPT_PURPOSE) | CAPSTAN_CLI_OPT(OPT_FORCE),
+     false, 0, 1, NULL, run_remove},
     {"export", CAPSTAN_CLI_OPT(OPT_OUT), false, 1, 1, NULL, run_export},
 };
 

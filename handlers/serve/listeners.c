@@ -84,6 +84,7 @@ static int admin_start(capstan_serve_ctx_t *ctx) {
   cfg.max_refusing = 64;
   cfg.settings_prefix = "admin-";
   int rc = capstan_admin_start(ctx->loop, ctx->opt->admin_listen, &cfg, &ctx->admin);
+  if (rc == 0) rc = capstan_admin_enable_status(ctx->admin, ctx->loop, ctx->store);
   if (rc < 0) {
     LOG_ERROR("event=admin_listen_failed address=%s error=%s", ctx->opt->admin_listen,
               capstan_strerror(rc));

@@ -59,11 +59,13 @@ static void each_apply_settings(server_t *srv) {
 }
 
 static void each_reload(server_t *srv) {
+  /* The time before the snapshots are built: a window that ends while they
+   * load is then still ahead of |now| and gets its own reload. */
+  int64_t now = (int64_t)time(NULL);
   for (size_t i = 0; i < capstan_serve_listener_count; i++) {
     const capstan_serve_listener_t *row = &capstan_serve_listeners[i];
     if (row->reload) row->reload(&srv->ctx);
   }
-  int64_t now = (int64_t)time(NULL);
   srv->previous_trust_ends = capstan_capf_previous_trust_ends(srv->ctx.store, now);
   capstan_capf_check_expiry(srv->ctx.store, now);
 }
@@ -214,6 +216,7 @@ static void tune_process(void) {
 /* Starts every row in table order; on the first failure the rows started
  * so far drain through the normal path. Returns 0 or the error. */
 static int start_rows(server_t *srv) {
+  int64_t now = (int64_t)time(NULL); /* before the snapshots, as each_reload */
   for (size_t i = 0; i < capstan_serve_listener_count; i++) {
     int rc = capstan_serve_listeners[i].start(&srv->ctx);
     if (rc < 0) {
@@ -223,7 +226,6 @@ static int start_rows(server_t *srv) {
     }
   }
   capstan_serve_log_listeners(&srv->ctx);
-  int64_t now = (int64_t)time(NULL);
   srv->previous_trust_ends = capstan_capf_previous_trust_ends(srv->ctx.store, now);
   srv->next_expiry_check = now; /* the first poll checks the expiry */
   return 0;

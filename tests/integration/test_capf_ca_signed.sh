@@ -417,6 +417,21 @@ cat "$P/capf2.pem" "$P/int.pem" >"$IT_TMP/untrusted2.pem"
 osl verify -CAfile "$P/root.pem" -untrusted "$IT_TMP/untrusted2.pem" "$IT_TMP/f.pem" >/dev/null
 assert_eq "$SKI" "$(keyid "$IT_TMP/f.pem" authorityKeyIdentifier)" "LSC AKI after the current-key import"
 
+# The enterprise root is above the live CAPF: removing it from a store is
+# refused without --force, and nothing changes; a store it is not in says so.
+TRUST0=$(cap main trust list --json)
+cli_expect "$D" 1 trust remove "$ROOT_SHA"
+has "$ERR" "is above the live CAPF certificate"
+has "$ERR" "nothing changed"
+cli_expect "$D" 1 trust remove "$ROOT_SHA" --purpose callmanager-trust
+has "$ERR" "is above the live CAPF certificate"
+assert_eq "$TRUST0" "$(cap main trust list --json)" "trust stores after refused removals"
+cli_expect "$D" 0 trust remove "$ROOT_SHA" --purpose callmanager-trust --force
+cli_expect "$D" 1 trust remove "$ROOT_SHA" --purpose callmanager-trust
+has "$ERR" "is not in callmanager-trust; nothing changed"
+jq -e --arg r "$ROOT_SHA" 'any(.[]; .fingerprint == $r and .purposes == ["capf-trust"])' \
+  <<<"$(cap main trust list --json)" >/dev/null || fail "root after leaving CallManager-trust"
+
 assert_eq 1 "$(grep -c 'event=ready' "${SRV_LOG[main]}")" "server starts (it must not restart)"
 srv_stop main
 it_pass

@@ -14,7 +14,10 @@
 #     ends with reason 7 and "LSC invalid"; A leaves the ITL and `show`;
 #  6. capf-previous-trust-days is live: after a plain regenerate (C, keeps
 #     rsa3072, ten years) setting it to 0 stops trusting B (LSC invalid, not
-#     in the ITL), setting it back to 30 trusts B again;
+#     in the ITL), and setting it back to 30 does not trust B again (a
+#     window once ended stays ended: an operator who used 0 to drop a
+#     previous CAPF must not re-trust it by accident); the phone holding
+#     B's LSC then enrolls afresh (auth null) and gets an LSC from C;
 #  7. capstan_capf_certificate_expiry_timestamp_seconds follows the live
 #     CAPF's notAfter; `promtool check metrics` when promtool is installed;
 #     `report expiring` lists the CAPF when it is due; a regenerate with
@@ -374,21 +377,22 @@ json_expect "$PHONE_JSON" reason 7
 json_expect "$(device_json main $P1)" status failed status_reason "LSC invalid"
 
 before=$(reloads)
-cap main config set capf-previous-trust-days 30 >/dev/null
+cap main config set capf-previous-trust-days 30 >/dev/null 2>"$W/set30.err"
 wait_reload "$before"
-show=$(capf_json)
-assert_eq "$B_FP" "$(previous_fps)" "previous CAPFs with capf-previous-trust-days 30 again"
-prev=$(jq -c '.previous[0]' <<<"$show")
-assert_eq $(($(epoch "$(jq -r .replaced_at <<<"$prev")") + 30 * 86400)) \
-  "$(epoch "$(jq -r .trusted_until <<<"$prev")")" "B trusted_until = replaced_at + 30 days"
-check_itl "$C_FP" "$B_FP"
+assert_eq "" "$(previous_fps)" "previous CAPFs with capf-previous-trust-days 30 again (B stays ended)"
+json_expect "$(capf_json)" previous_trust_days 30
+check_itl "$C_FP"
+itl_lacks "$B_FP"
 cap main device set $P1 --operation install >/dev/null
-phone main --name $P1 --auth lsc --cert "$W/p1-B.der" --key "$W/p1-B.key" \
-  --save-cert "$W/p1-C.der" --save-key "$W/p1-C.key"
+phone main --name $P1 --auth lsc --cert "$W/p1-B.der" --key "$W/p1-B.key"
+json_expect "$PHONE_JSON" reason 7
+# The way back for that phone: a new enrollment by another authentication.
+cap main device set $P1 --operation install --auth null >/dev/null
+phone main --name $P1 --auth null --save-cert "$W/p1-C.der" --save-key "$W/p1-C.key"
 json_expect "$PHONE_JSON" result ok reason 1
 assert_eq "$C_FP" "$(cert_issuer_fp "$W/p1-C.der" "$W/B.pem" "$W/C.pem")" "issuer of phone 1's LSC after B"
 json_expect "$(device_json main $P1)" status succeeded status_reason null
-it_log "6. capf-previous-trust-days 0 untrusts B, 30 trusts it again"
+it_log "6. capf-previous-trust-days 0 untrusts B, and 30 does not trust it again"
 
 # --- 7b. A CAPF close to expiry: the server warns at the reload --------------
 
@@ -413,7 +417,7 @@ jq -e --arg n "$(capf_json | jq -r .subject)" \
 rep=$(cap main report expiring --days 5 --json)
 jq -e 'all(.[]; .cert_type != "CAPF")' <<<"$rep" >/dev/null ||
   fail "report expiring --days 5 lists the CAPF D (10 days left): $rep"
-check_itl "$D_FP" "$C_FP" "$B_FP"
+check_itl "$D_FP" "$C_FP"
 it_log "7. expiry metric follows A, B, C, D; warning logged: $warn"
 
 # --- 8. The audit log --------------------------------------------------------
@@ -426,6 +430,7 @@ grep -E ' (capf_|setting_changed capf-previous)' "$W/audit.txt" | cut -d' ' -f2-
   echo "capf_retired serial=$A_SERIAL sha256=$A_FP devices_holding=1 forced=yes"
   echo "capf_regenerated old_serial=$B_SERIAL old_sha256=$B_FP new_serial=$C_SERIAL new_sha256=$C_FP key=rsa3072"
   echo "setting_changed capf-previous-trust-days=0"
+  echo "capf_previous_trust_ended serial=$B_SERIAL sha256=$B_FP reason=trust_window_ended"
   echo "setting_changed capf-previous-trust-days=30"
   echo "capf_regenerated old_serial=$C_SERIAL old_sha256=$C_FP new_serial=$D_SERIAL new_sha256=$D_FP key=rsa3072"
 } >"$W/audit.want"

@@ -100,18 +100,20 @@ run 1 trust add "$IT_TMP/junk.pem"
 has "$ERR" "nothing was added"
 [[ "$(count_trust)" == 0 ]] || fail "a malformed file stored something"
 
-# Each R13 rule, named in the refusal; nothing stored.
-refused() { # FILE REASON
-  run 1 trust add "$C/$1.pem"
+# Each trust-store rule, named in the refusal; nothing stored.
+refused() { # FILE REASON [--purpose P]
+  run 1 trust add "$C/$1.pem" "${@:3}"
   has "$ERR" "refused: $2"
-  has "$ERR" "R13"
+  has "$ERR" "trust-store rule"
   has "$ERR" "nothing was added"
   [[ "$(count_trust)" == 0 ]] || fail "refused upload $1 stored something"
 }
 refused no_ca "basicConstraints CA:TRUE missing"
 refused usage "keyUsage must include digitalSignature and keyCertSign"
 refused capf_cn "CN containing CAPF- is reserved"
-refused ipsec_ca "IPsec certificate signed by a CA must not be CA:TRUE"
+refused ipsec_ca "IPsec certificate signed by a CA must not be CA:TRUE" --purpose callmanager-trust
+# A phone's (or any) end-entity certificate is no issuer: not in CAPF-trust.
+refused ipsec_ok "basicConstraints CA:TRUE missing"
 # A bundle with one bad certificate adds nothing, not even the good one.
 refused bundle_bad "basicConstraints CA:TRUE missing"
 has "$ERR" "certificate 2 (CN=No CA Flag Root"

@@ -270,7 +270,8 @@ static void test_pending_key_waits_for_its_certificate(void **state) {
 
   uint8_t *der = NULL;
   size_t len = 0;
-  assert_int_equal(capstan_capf_csr(f->store, true, CAPSTAN_KEY_EC, 384, NULL, &der, &len), 0);
+  assert_int_equal(capstan_capf_csr(f->store, true, false, CAPSTAN_KEY_EC, 384, NULL, &der, &len),
+                   0);
   const uint8_t *p = der;
   X509_REQ *req = d2i_X509_REQ(NULL, &p, (long)len);
   assert_non_null(req);
@@ -290,10 +291,22 @@ static void test_pending_key_waits_for_its_certificate(void **state) {
   assert_int_equal(X509_cmp(st.capf.cert, before.capf.cert), 0);
   assert_int_equal(audit(f->store, "capf_csr_created").n, 1);
 
+  /* A second new key does not silently replace the one at the CA. */
+  uint8_t *der3 = NULL;
+  size_t len3 = 0;
+  assert_int_equal(capstan_capf_csr(f->store, true, false, 0, 0, NULL, &der3, &len3),
+                   CAPSTAN_EBUSY);
+  assert_null(der3);
+  capstan_capf_status_t still;
+  assert_int_equal(capstan_capf_status_load(f->store, time(NULL), &still), 0);
+  assert_string_equal(still.pending_subject, st.pending_subject);
+  capstan_capf_status_cleanup(&still);
+  assert_int_equal(audit(f->store, "capf_csr_created").n, 1);
+
   /* A CSR for the live key names the live subject and key. */
   uint8_t *der2 = NULL;
   size_t len2 = 0;
-  assert_int_equal(capstan_capf_csr(f->store, false, 0, 0, NULL, &der2, &len2), 0);
+  assert_int_equal(capstan_capf_csr(f->store, false, false, 0, 0, NULL, &der2, &len2), 0);
   p = der2;
   X509_REQ *req2 = d2i_X509_REQ(NULL, &p, (long)len2);
   assert_non_null(req2);
@@ -369,12 +382,37 @@ static void test_trust_purposes(void **state) {
   capstan_capf_status_cleanup(&st);
 }
 
+/* Every trusted previous CAPF fits the ITL: a ninth is refused until one
+ * is retired or the window shrinks. */
+static void test_previous_bounded_by_itl(void **state) {
+  fixture_t *f = *state;
+  capstan_capf_spec_t ec = {.key_alg = CAPSTAN_KEY_EC, .key_bits = 256};
+  for (unsigned i = 0; i < CAPSTAN_CAPF_MAX_PREVIOUS; i++) {
+    capstan_capf_change_t ch;
+    assert_int_equal(capstan_capf_regenerate(f->store, &ec, &ch), 0);
+    capstan_capf_change_cleanup(&ch);
+  }
+  capstan_capf_change_t refused;
+  assert_int_equal(capstan_capf_regenerate(f->store, &ec, &refused), CAPSTAN_ERANGE);
+  assert_null(refused.new_cert);
+  capstan_capf_status_t st;
+  assert_int_equal(capstan_capf_status_load(f->store, time(NULL), &st), 0);
+  assert_int_equal(st.nprevious, CAPSTAN_CAPF_MAX_PREVIOUS);
+  capstan_capf_status_cleanup(&st);
+  /* A window of 0 ends them all; then there is room again. */
+  set_trust_days(f->store, 0);
+  capstan_capf_change_t again;
+  assert_int_equal(capstan_capf_regenerate(f->store, &ec, &again), 0);
+  capstan_capf_change_cleanup(&again);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_regenerate_keeps_previous_trusted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_retire_counts_devices_and_needs_force, setup, teardown),
       cmocka_unit_test_setup_teardown(test_pending_key_waits_for_its_certificate, setup, teardown),
       cmocka_unit_test_setup_teardown(test_trust_purposes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_previous_bounded_by_itl, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
