@@ -25,7 +25,7 @@
   X("throttle-hold-seconds", throttle_hold_seconds, UINT, 0, 600,                                  \
     "how long a throttled phone waits for a slot before being told to retry")                      \
   X("retry-delay-seconds", retry_delay_seconds, UINT, 1, 3600,                                     \
-    "retry delay sent to throttled phones")                                                        \
+    "RETRY_DELAY sent to phones told to come back (key generation throttle, CAPF limits)")         \
   X("legacy-tls", legacy_tls, BOOL, 0, 1, "allow TLS 1.0/1.1 and AES-CBC-SHA for old phones")      \
   X("enable-ipv6", enable_ipv6, BOOL, 0, 1,                                                        \
     "accept CAPF connections that arrive over IPv6 (off: refuse them)")                            \
@@ -34,9 +34,15 @@
   X("handshake-timeout-seconds", handshake_timeout_seconds, UINT, 1, 600, "TLS handshake timeout") \
   X("step-timeout-seconds", step_timeout_seconds, UINT, 1, 3600,                                   \
     "timeout of each CAPF protocol step but key generation")                                       \
-  X("max-connections", max_connections, UINT, 1, 1000000, "CAPF connections at once")              \
+  X("max-connections", max_connections, UINT, 1, 1000000,                                          \
+    "CAPF connections at once, all addresses: bounds the server's memory and sockets; "            \
+    "beyond it a phone is told RETRY_LATER")                                                       \
   X("max-connections-per-address", max_connections_per_address, UINT, 1, 100000,                   \
-    "CAPF connections at once from one address")                                                   \
+    "CAPF connections at once from one address: keeps one client from taking every slot "          \
+    "(a NAT or load balancer is one address); beyond it RETRY_LATER")                              \
+  X("max-handshakes", max_handshakes, UINT, 1, 100000,                                             \
+    "CAPF TLS handshakes in progress at once (newcomers wait in the kernel backlog): keeps the "   \
+    "crypto workers finishing handshakes instead of timing them all out")                          \
   X("capf-host", capf_host, HOST, 0, 0,                                                            \
     "CAPF host name or address given to phones (empty: the listener address)")                     \
   X("enc-config-digest", enc_config_sha512, DIGEST, 0, 1,                                          \
@@ -44,7 +50,24 @@
   X("capf-previous-trust-days", capf_previous_trust_days, UINT, 0, 3650,                           \
     "days a replaced CAPF certificate stays trusted (CAPF-trust and ITL files)")                   \
   X("audit-retention-days", audit_retention_days, UINT, 1, 3650,                                   \
-    "days audit events are kept (capstan audit list); the server removes older ones hourly")
+    "days audit events are kept (capstan audit list); the server removes older ones hourly")       \
+  X("http-max-connections", http_max_connections, UINT, 1, 1000000,                                \
+    "phone HTTP connections at once, all addresses: bounds memory and sockets; beyond it 503")     \
+  X("http-max-connections-per-address", http_max_connections_per_address, UINT, 1, 100000,         \
+    "phone HTTP connections at once from one address: keeps one client from taking every "         \
+    "slot (a NAT or load balancer is one address); beyond it 503 with Retry-After")                \
+  X("tftp-max-transfers", tftp_max_transfers, UINT, 1, 1000000,                                    \
+    "TFTP transfers at once, all addresses (a socket each): beyond it a busy ERROR")               \
+  X("tftp-max-transfers-per-address", tftp_max_transfers_per_address, UINT, 1, 100000,             \
+    "TFTP transfers at once from one address (UDP: it may be forged): bounds what one client "     \
+    "holds and what is sent to one address; beyond it a busy ERROR")                               \
+  X("admin-max-connections", admin_max_connections, UINT, 1, 100000,                               \
+    "admin HTTP connections at once (/metrics, /healthz): beyond it 503")                          \
+  X("admin-max-connections-per-address", admin_max_connections_per_address, UINT, 1, 100000,       \
+    "admin HTTP connections at once from one address: beyond it 503")                              \
+  X("files-retry-after-seconds", files_retry_after_seconds, UINT, 1, 3600,                         \
+    "delay a phone refused by an HTTP or TFTP limit is asked to wait (Retry-After, the TFTP "      \
+    "busy message)")
 
 #define CAPSTAN_SETTING_HOST_MAX 253 /* RFC 1123 host name */
 #define CAPSTAN_SETTING_FIELD_UINT(field) unsigned field;

@@ -719,6 +719,18 @@ static void unexpected(capstan_phone_t *p, const capstan_capf_msg_t *m) {
        capstan_capf_command_name(m->command), state_name(p->state));
 }
 
+/* RETRY_LATER {RETRY_DELAY}: the session ends; the delay is the result's. */
+static void on_retry_later(capstan_phone_t *p, const capstan_capf_msg_t *m) {
+  uint16_t delay;
+  int rc = capstan_capf_get_retry_delay(m, &delay);
+  if (rc == CAPSTAN_EPROTO) {
+    FAIL(p, CAPSTAN_PHONE_ERR_PROTOCOL, "RETRY_LATER: bad RETRY_DELAY");
+    return;
+  }
+  p->res.retry_delay = rc == 0 ? delay : -1;
+  FAIL(p, CAPSTAN_PHONE_ERR_RETRY_LATER, "retry later (%d s)", p->res.retry_delay);
+}
+
 static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
   p->res.messages_received++;
   if (p->res.messages_received == 1) p->res.first_message_ms = ms_since(p);
@@ -738,6 +750,11 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
   }
   switch (p->state) {
     case ST_WAIT_AUTH_REQUEST: {
+      /* A server over a connection limit says so instead of AUTH_REQUEST. */
+      if (m->command == CAPSTAN_CAPF_CMD_RETRY_LATER) {
+        on_retry_later(p, m);
+        return;
+      }
       if (m->command != CAPSTAN_CAPF_CMD_AUTH_REQUEST) {
         unexpected(p, m);
         return;
@@ -768,17 +785,9 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
         case CAPSTAN_CAPF_CMD_DELETE_CERT_REQUEST:
           on_delete_request(p);
           return;
-        case CAPSTAN_CAPF_CMD_RETRY_LATER: {
-          uint16_t delay;
-          int rc = capstan_capf_get_retry_delay(m, &delay);
-          if (rc == CAPSTAN_EPROTO) {
-            FAIL(p, CAPSTAN_PHONE_ERR_PROTOCOL, "RETRY_LATER: bad RETRY_DELAY");
-            return;
-          }
-          p->res.retry_delay = rc == 0 ? delay : -1;
-          FAIL(p, CAPSTAN_PHONE_ERR_RETRY_LATER, "retry later (%d s)", p->res.retry_delay);
+        case CAPSTAN_CAPF_CMD_RETRY_LATER:
+          on_retry_later(p, m);
           return;
-        }
         default:
           unexpected(p, m);
           return;

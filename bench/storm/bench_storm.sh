@@ -5,8 +5,8 @@
 #
 #   bench/storm/bench_storm.sh [--runs 3] [--http-phones 10000] [--tftp-phones 1000]
 #                              [--concurrency 1000] [--rate R] [--operation none|install]
-#                              [--bind-count 250] [--limit-s 60] [--keep-alive]
-#                              [--build build-rel]
+#                              [--addresses 250] [--limit-s 60] [--keep-alive]
+#                              [--timeout SEC] [--build build-rel]
 #
 # For each run: starts `capstan serve` on loopback port 0 over the same data
 # directory (so its file cache is cold and every file is signed during the
@@ -19,12 +19,26 @@
 # see an empty certHash, enroll over CAPF and boot again (the warm storm
 # after it finds them enrolled). The default, none, measures the files only.
 #
+# --timeout SEC is the simulated phone's patience for each step (the bench's
+# default: 30 s from connect to the server's first CAPF message, for each
+# download, ...): a storm larger than the server can take within it times
+# phones out even though none is refused.
+#
+# --addresses N spreads the phones over N loopback source addresses from
+# 127.1.0.1 on (phone i uses address i mod N): 1 puts every phone behind one
+# address, as a branch behind NAT or a load balancer in front of capstan
+# does; as many addresses as phones gives each its own (127.0.0.0/8 is all
+# loopback). --bind-count is the old name. The server runs with its default
+# settings: no limit is raised for the benchmark. After each storm the
+# script prints the refusals the server's limits made (capstan_*_rejected /
+# dropped counters, total/per-address; 0 when no limit bit).
+#
 # Exit status: 0 if every cold storm met the limit without failure, 1 if not,
 # 2 on bad usage or a setup failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=3 http_phones=10000 tftp_phones=1000 concurrency=1000 rate= operation=none keep_alive=
-bind_count=250 limit_s=60 build=build-rel
+addresses=250 limit_s=60 build=build-rel timeout_s=
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
@@ -33,9 +47,10 @@ while [ $# -gt 0 ]; do
     --concurrency) concurrency=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --operation) operation=$2; shift 2 ;;
-    --bind-count) bind_count=$2; shift 2 ;;
+    --addresses|--bind-count) addresses=$2; shift 2 ;;
     --limit-s) limit_s=$2; shift 2 ;;
     --keep-alive) keep_alive=1; shift ;;
+    --timeout) timeout_s=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -59,10 +74,6 @@ max_phones=$(( http_phones > tftp_phones ? http_phones : tftp_phones ))
 "$capstan" init --data-dir "$work/d" >/dev/null
 { echo "name,operation,auth_mode,auth_string,key,completes_by"
   "$bench" --phones "$max_phones" --name-prefix SEP0000 --print-names | sed "s/\$/,$operation,null,,rsa2048,/"; } > "$work/devices.csv"
-if [ "$operation" = install ]; then
-  # CAPF: many phones per source address here; no held sessions.
-  "$capstan" config set max-connections-per-address 100000 --data-dir "$work/d" >/dev/null
-fi
 
 import_devices() { "$capstan" device import "$work/devices.csv" --data-dir "$work/d" >/dev/null; }
 
@@ -76,6 +87,22 @@ start_server() {
   http_port=$(grep -o 'http_port=[0-9]*' "$work/log" | head -1 | cut -d= -f2)
   tftp_port=$(grep -o 'tftp_port=[0-9]*' "$work/log" | head -1 | cut -d= -f2)
   capf_port=$(grep -o 'capf_port=[0-9]*' "$work/log" | head -1 | cut -d= -f2)
+  admin_port=$(grep -o 'admin_port=[0-9]*' "$work/log" | head -1 | cut -d= -f2)
+}
+
+# The refusals the server's limits made so far (counters since its start),
+# by listener and limit: one line, "refusals capf=TOTAL/PER_ADDRESS
+# http=TOTAL/PER_ADDRESS tftp=TOTAL/PER_ADDRESS dropped=N".
+refusals() {
+  curl -s --max-time 10 "http://127.0.0.1:$admin_port/metrics" | awk '
+    /^capstan_capf_connections_rejected_total\{reason="limit_total"/ { ct += $2 }
+    /^capstan_capf_connections_rejected_total\{reason="limit_per_address"/ { ca += $2 }
+    /^capstan_http_connections_rejected_total\{server="phone",reason="limit_total"/ { ht += $2 }
+    /^capstan_http_connections_rejected_total\{server="phone",reason="limit_per_address"/ { ha += $2 }
+    /^capstan_tftp_rejections_total\{reason="limit_total"/ { tt += $2 }
+    /^capstan_tftp_rejections_total\{reason="limit_per_address"/ { ta += $2 }
+    /^capstan_(capf|http)_connections_dropped_total/ { dropped += $2 }
+    END { printf "refusals capf=%d/%d http=%d/%d tftp=%d/%d dropped=%d\n", ct, ca, ht, ha, tt, ta, dropped }'
 }
 
 stop_server() {
@@ -92,9 +119,10 @@ storm() {
   [ "$transport" = http ] && port=$http_port || port=$tftp_port
   local args=(--storm --boot "$transport" --phones "$phones" --name-prefix SEP0000
     --files "127.0.0.1:$port" --connect "127.0.0.1:$capf_port"
-    --bind-base 127.1.0.1 --bind-count "$bind_count" --key-cache "$work/keys" --json)
+    --bind-base 127.1.0.1 --bind-count "$addresses" --key-cache "$work/keys" --json)
   if [ -n "$rate" ]; then args+=(--rate "$rate"); else args+=(--concurrency "$concurrency"); fi
   [ "$operation" = none ] && args+=(--boot-only)
+  [ -n "$timeout_s" ] && args+=(--timeout "$timeout_s")
   [ -n "$keep_alive" ] && [ "$transport" = http ] && args+=(--keep-alive)
   echo "+ capstan-bench ${args[*]}" >&2
   "$bench" "${args[@]}" 2>>"$work/bench.err" || true
@@ -113,7 +141,8 @@ def get(d, k):
         d = d[p]
     return d
 keys = ["wall_s", "files_per_s", "itl_ms.p50", "itl_ms.p90", "itl_ms.p99", "itl_ms.max",
-        "cnf_ms.p50", "cnf_ms.p90", "cnf_ms.p99", "cnf_ms.max", "errors", "retransmits"]
+        "cnf_ms.p50", "cnf_ms.p90", "cnf_ms.p99", "cnf_ms.max", "ok", "enrollments",
+        "capf_ms.p50", "capf_ms.p99", "errors", "retransmits"]
 out = [f"{transport} {kind} phones={phones} medians of {len(rows)}/{runs}:"]
 for k in keys:
     v = [get(r, k) for r in rows]
@@ -128,7 +157,7 @@ PY
 }
 
 echo "machine: $(nproc) cores (shared), $(awk '/MemTotal/ {print int($2/1024/1024)" GiB"}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg), nofile $(ulimit -n), $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "operation=$operation keep_alive=${keep_alive:-0} runs=$runs concurrency=${rate:+all, rate $rate/s}${rate:-$concurrency} bind_count=$bind_count limit_s=$limit_s"
+echo "operation=$operation keep_alive=${keep_alive:-0} runs=$runs concurrency=${rate:+all, rate $rate/s}${rate:-$concurrency} addresses=$addresses limit_s=$limit_s"
 status=0
 for spec in "http $http_phones" "tftp $tftp_phones"; do
   set -- $spec
@@ -139,10 +168,14 @@ for spec in "http $http_phones" "tftp $tftp_phones"; do
     import_devices # again: re-arms the install operation
     start_server
     cold=$(storm "$transport" "$phones")
+    cold_refusals=$(refusals)
     warm=$(storm "$transport" "$phones")
+    warm_refusals=$(refusals)
     stop_server
     echo "$transport run=$r cold $cold"
+    echo "$transport run=$r cold $cold_refusals"
     echo "$transport run=$r warm $warm"
+    echo "$transport run=$r warm (cumulative) $warm_refusals"
     echo "$cold" >> "$work/cold"
     echo "$warm" >> "$work/warm"
   done

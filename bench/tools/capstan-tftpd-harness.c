@@ -121,7 +121,7 @@ int main(int argc, char **argv) {
     } else if (strcmp(argv[i], "--max-transfers") == 0) {
       cfg.max_transfers = (unsigned)strtoul(argv[++i], NULL, 10);
     } else if (strcmp(argv[i], "--max-per-client") == 0) {
-      cfg.max_transfers_per_client = (unsigned)strtoul(argv[++i], NULL, 10);
+      cfg.max_transfers_per_address = (unsigned)strtoul(argv[++i], NULL, 10);
     } else if (strcmp(argv[i], "--timeout-ms") == 0) {
       cfg.default_timeout_ms = (unsigned)strtoul(argv[++i], NULL, 10);
     } else {

@@ -55,6 +55,19 @@ void capstan_log(capstan_log_level_t level, const char *fmt, ...) {
   va_end(ap);
 }
 
+int capstan_log_limit_pass(capstan_log_limit_t *l, uint64_t now_ms, uint64_t *suppressed) {
+  /* A clock that went back (another clock source) counts as time passed. */
+  if (l->written && now_ms >= l->last_ms && now_ms - l->last_ms < CAPSTAN_LOG_LIMIT_MS) {
+    l->suppressed++;
+    return 0;
+  }
+  *suppressed = l->suppressed;
+  l->suppressed = 0;
+  l->last_ms = now_ms;
+  l->written = 1;
+  return 1;
+}
+
 const char *capstan_strerror(int err) {
   switch (err) {
     case 0:

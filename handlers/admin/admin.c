@@ -185,6 +185,11 @@ int capstan_admin_start(uv_loop_t *loop, const char *host_port, const capstan_ht
   if (cfg == NULL) {
     capstan_http_config_defaults(&defaults, "admin");
     defaults.max_connections = 256;
+    defaults.max_connections_per_address = 64;
+    /* Scrapers and scripts on the operator's side: a second is plenty. */
+    defaults.retry_after_seconds = 1;
+    defaults.max_refusing = 64;
+    defaults.settings_prefix = "admin-";
     cfg = &defaults;
   }
   capstan_admin_t *admin = calloc(1, sizeof(*admin));
@@ -204,6 +209,11 @@ err:
 
 int capstan_admin_port(const capstan_admin_t *admin) {
   return capstan_http_server_port(admin->http);
+}
+
+void capstan_admin_set_limits(capstan_admin_t *admin, unsigned max_connections,
+                              unsigned max_connections_per_address) {
+  capstan_http_server_set_limits(admin->http, max_connections, max_connections_per_address, 0);
 }
 
 static void on_status_stopped(void *arg) {

@@ -18,7 +18,8 @@
 typedef struct capstan_admin capstan_admin_t;
 
 /* Starts the admin server on |host_port| with |cfg| (NULL: the HTTP
- * defaults named "admin", at most 256 connections). Registers
+ * defaults named "admin", at most 256 connections, 64 from one address,
+ * Retry-After: 1 when refused for a limit). Registers
  * capstan_build_info{version,boringssl} = 1 and
  * capstan_process_start_time_seconds (unix time of this call). On success
  * *out is owned by the caller until capstan_admin_stop. Returns 0 or the
@@ -54,6 +55,11 @@ void capstan_admin_json_error(capstan_http_response_t *res, int status, const ch
 
 /* The bound port. */
 int capstan_admin_port(const capstan_admin_t *admin);
+
+/* Changes the connection limits live (capstan_http_server_set_limits; 0
+ * leaves a limit unchanged). */
+void capstan_admin_set_limits(capstan_admin_t *admin, unsigned max_connections,
+                              unsigned max_connections_per_address);
 
 /* Stops the server (see capstan_http_server_stop), then the status page's
  * sampling, and frees |admin|; |done| (may be NULL) is called once

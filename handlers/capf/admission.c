@@ -1,6 +1,8 @@
 #include "handlers/capf/admission.h"
 
 #include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "core/base/error.h"
 #include "core/base/log.h"
@@ -9,8 +11,7 @@
 CAPSTAN_DEFINE_NAME_FN(, capf_refusal_text, capf_refusal_t, CAPF_REFUSALS, "?")
 
 int capf_admission_init(capf_admission_t *a, unsigned buckets) {
-  a->last_log_ms = 0;
-  a->unlogged = 0;
+  memset(a->log, 0, sizeof(a->log));
   return capstan_conntrack_init(&a->per_address, buckets);
 }
 
@@ -37,13 +38,16 @@ void capf_admission_leave(capf_admission_t *a, const struct sockaddr *peer) {
 }
 
 void capf_admission_log_refusal(capf_admission_t *a, uint64_t now_ms, const char *peer_host,
-                                capf_refusal_t r) {
-  if (a->last_log_ms == 0 || now_ms - a->last_log_ms >= 1000) {
-    LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\" also_refused=%u", peer_host,
-             capf_refusal_text(r), a->unlogged);
-    a->last_log_ms = now_ms;
-    a->unlogged = 0;
-  } else {
-    a->unlogged++;
+                                capf_refusal_t r, unsigned retry_delay, unsigned limit) {
+  uint64_t held;
+  if ((unsigned)r >= CAPF_REFUSE_COUNT || !capstan_log_limit_pass(&a->log[r], now_ms, &held)) {
+    return;
   }
+  char answer[48] = "answer=closed";
+  if (retry_delay > 0)
+    snprintf(answer, sizeof(answer), "answer=retry_later retry_delay=%u", retry_delay);
+  char lim[24] = "";
+  if (limit > 0) snprintf(lim, sizeof(lim), " limit=%u", limit);
+  LOG_WARN("event=capf_connection_rejected peer=%s reason=\"%s\"%s %s also_refused=%llu", peer_host,
+           capf_refusal_text(r), lim, answer, (unsigned long long)held);
 }

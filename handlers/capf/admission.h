@@ -1,7 +1,8 @@
 /* Admission of CAPF connections: whether an accepted connection may become
  * a session (drain, IPv6 setting, total and per-address limits), and the
  * log of refusals, which a storm must not flood. One per server, loop
- * thread only. */
+ * thread only. What a refused connection hears is the server's choice
+ * (server.c): over a limit, RETRY_LATER after its handshake. */
 #ifndef CAPSTAN_HANDLERS_CAPF_ADMISSION_H
 #define CAPSTAN_HANDLERS_CAPF_ADMISSION_H
 
@@ -9,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "core/base/conntrack.h"
+#include "core/base/log.h"
 
 #define CAPF_REFUSALS(X)                                                                 \
   X(NONE, "admitted")                                                                    \
@@ -30,10 +32,10 @@ const char *capf_refusal_text(capf_refusal_t r);
 
 typedef struct capf_admission {
   capstan_conntrack_t per_address; /* connections open per peer address */
-  /* Refusal log: one line a second at most, with the number of refusals
-   * it stands for. Per server, so two servers (tests) do not share it. */
-  uint64_t last_log_ms;
-  unsigned unlogged;
+  /* Refusal log: one line per reason per CAPSTAN_LOG_LIMIT_MS at most, with
+   * the number held back. Per server, so two servers (tests) do not share
+   * it. */
+  capstan_log_limit_t log[CAPF_REFUSE_COUNT];
 } capf_admission_t;
 
 /* What the decision reads besides the peer. */
@@ -58,8 +60,11 @@ capf_refusal_t capf_admission_decide(capf_admission_t *a, const struct sockaddr 
 void capf_admission_leave(capf_admission_t *a, const struct sockaddr *peer);
 
 /* Logs the refusal of |peer_host| at |now_ms| (loop time), or counts it
- * into the next line when one was logged less than a second ago. */
+ * into the next line of its reason when one was logged less than
+ * CAPSTAN_LOG_LIMIT_MS ago. |retry_delay| is the RETRY_DELAY the phone
+ * will hear, 0 when the connection is closed unanswered; |limit| the
+ * limit's value (0: not a limit). */
 void capf_admission_log_refusal(capf_admission_t *a, uint64_t now_ms, const char *peer_host,
-                                capf_refusal_t r);
+                                capf_refusal_t r, unsigned retry_delay, unsigned limit);
 
 #endif

@@ -21,7 +21,7 @@ static void conn_unref(capf_conn_t *c) {
 static void handshake_over(capf_conn_t *c) {
   if (!c->handshake_pending) return;
   c->handshake_pending = 0;
-  c->owner->handshake_over(c->owner_arg);
+  c->owner->handshake_over(c->owner_arg, c);
 }
 
 /* --- The session's hooks -------------------------------------------------- */

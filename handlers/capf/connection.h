@@ -22,9 +22,9 @@ typedef struct capf_conn capf_conn_t;
 
 /* What a started connection tells the server that accepted it. */
 typedef struct capf_conn_owner {
-  /* The TLS handshake is over (done, failed or abandoned): its slot is
-   * free. Once per started connection. */
-  void (*handshake_over)(void *arg);
+  /* The TLS handshake of |c| is over (done, failed or abandoned): its slot
+   * is free. Once per started connection. */
+  void (*handshake_over)(void *arg, capf_conn_t *c);
   /* The started connection closed: drop it from every list now. */
   void (*closed)(void *arg, capf_conn_t *c);
 } capf_conn_owner_t;
@@ -40,9 +40,11 @@ struct capf_conn {
   void *owner_arg;
   struct sockaddr_storage peer;
   capf_conn_t *prev, *next; /* the server's list of started connections */
+  capf_conn_t *wait_next;   /* the server's queue of connections not yet started */
   unsigned refs;            /* TLS connection, timer, records and jobs in flight */
   unsigned started : 1;
   unsigned handshake_pending : 1;
+  unsigned refusing : 1; /* the server's: over a limit, to be told RETRY_LATER */
 };
 
 /* A connection in the zero state, presenting |pki|'s certificate with the

@@ -78,6 +78,10 @@ typedef struct capf_metrics {
   capstan_metric_t *auth_failures[5]; /* by AUTH_TYPE: 1 string .. 4 mic */
   capstan_metric_t *rejected_total_limit, *rejected_address_limit, *rejected_ipv6,
       *rejected_draining, *rejected_error;
+  /* Over a limit and closed unanswered: the flood ceiling was reached. */
+  capstan_metric_t *dropped_total_limit, *dropped_address_limit;
+  capstan_metric_t *refusing; /* over a limit, in the handshake before RETRY_LATER */
+  capstan_metric_t *waiting;  /* admitted, waiting for a handshake slot */
   capstan_metric_t *keygen_waiting, *keygen_active, *keygen_duration;
   capstan_metric_t *throttled_admitted, *throttled_retry_later;
   capstan_metric_t *protocol_errors;
@@ -100,6 +104,7 @@ typedef struct capf_settings {
   unsigned step_timeout_seconds;
   unsigned max_connections;
   unsigned max_connections_per_address;
+  unsigned max_handshakes;
   int legacy_tls;
   int enable_ipv6;
 } capf_settings_t;

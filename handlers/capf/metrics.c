@@ -39,12 +39,27 @@ void capf_metrics_register(capf_metrics_t *m) {
                                                   "Failed phone authentications by mode", labels);
   }
   const char *rj = "capstan_capf_connections_rejected_total";
-  const char *rj_help = "CAPF connections refused before a session, by reason";
+  const char *rj_help =
+      "CAPF connections refused, by reason (over a limit: told RETRY_LATER after the TLS "
+      "handshake, or dropped past the flood ceiling)";
   m->rejected_total_limit = capstan_metrics_counter(rj, rj_help, "reason=\"limit_total\"");
   m->rejected_address_limit = capstan_metrics_counter(rj, rj_help, "reason=\"limit_per_address\"");
   m->rejected_ipv6 = capstan_metrics_counter(rj, rj_help, "reason=\"ipv6_disabled\"");
   m->rejected_draining = capstan_metrics_counter(rj, rj_help, "reason=\"draining\"");
   m->rejected_error = capstan_metrics_counter(rj, rj_help, "reason=\"error\"");
+  const char *dr = "capstan_capf_connections_dropped_total";
+  const char *dr_help =
+      "CAPF connections over a limit closed at accept without RETRY_LATER because too many "
+      "refusals were in their handshake (flood ceiling), by limit";
+  m->dropped_total_limit = capstan_metrics_counter(dr, dr_help, "reason=\"limit_total\"");
+  m->dropped_address_limit = capstan_metrics_counter(dr, dr_help, "reason=\"limit_per_address\"");
+  m->waiting = capstan_metrics_gauge(
+      "capstan_capf_connections_waiting",
+      "CAPF connections accepted and admitted, waiting for a handshake slot (max-handshakes)",
+      NULL);
+  m->refusing = capstan_metrics_gauge(
+      "capstan_capf_connections_refusing",
+      "CAPF connections over a limit in their TLS handshake, to be told RETRY_LATER", NULL);
   m->keygen_waiting = capstan_metrics_gauge("capstan_capf_keygen_waiting",
                                             "Phones held, waiting for a key generation slot", NULL);
   m->keygen_active =

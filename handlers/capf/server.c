@@ -20,8 +20,13 @@
 
 #define CAPF_LISTEN_BACKLOG 4096
 #define CAPF_CONNTRACK_BUCKETS 4096
-/* TLS handshakes in progress at most (see capstan_capf_server.handshaking). */
-#define CAPF_MAX_HANDSHAKES 256
+/* Connections over a limit in their handshake at once, to be told
+ * RETRY_LATER (the flood ceiling): past it a refused connection is closed
+ * at accept, as a flood from one address would otherwise hold every
+ * refusal, and each costs a private-key operation. Kept apart from
+ * max-handshakes, so refusals never delay an admitted phone's handshake
+ * slot. */
+#define CAPF_MAX_REFUSING 64
 /* After a keep-alive change, sessions set their own socket options this long:
  * a socket the kernel accepted before the change carries the old values,
  * and even a full backlog is accepted well within it. */
@@ -36,19 +41,23 @@ struct capstan_capf_server {
   capf_shared_t shared; /* settings, metrics, throttle: read by sessions */
   capf_admission_t admission;
   capf_conn_t *conns; /* every started connection, for keep-alive updates and drain */
-  unsigned nsessions;
+  unsigned nsessions; /* admitted connections (the limits count these) */
+  unsigned nrefusing; /* connections over a limit, in the list, to be told RETRY_LATER */
   int draining;
   uv_timer_t drain_timer;
   void (*drain_done)(void *arg);
   void *drain_arg;
   unsigned handles_open; /* listener, drain timer, throttle timer */
-  /* Admission of handshakes: at most CAPF_MAX_HANDSHAKES run at once. A
-   * connection beyond that is left unaccepted (libuv stops watching the
-   * listener until it is accepted), so in a storm the kernel backlog holds
-   * the newcomers and the workers finish the sessions already started
-   * instead of spreading over all of them and timing everyone out. */
+  /* Admission of handshakes: at most max-handshakes run at once, so in a
+   * storm the workers finish the sessions already started instead of
+   * spreading over all of them and timing everyone out. An admitted
+   * connection beyond that waits here, oldest first, accepted but not
+   * started (no TLS, no timer): the kernel's backlog (at most somaxconn)
+   * would overflow in a storm of thousands and reset phones. Bounded by
+   * max-connections, since they count as admitted. */
   unsigned handshaking;
-  int accept_deferred;
+  capf_conn_t *wait_head, *wait_tail;
+  unsigned nwaiting;
   /* Accepted sockets inherit TCP_NODELAY and keep-alive from the listener;
    * until this time (loop ms) after a keep-alive change, sessions set their
    * own, because the kernel accepted some sockets before the change. */
@@ -196,6 +205,8 @@ int capstan_capf_server_reload(capstan_capf_server_t *srv) {
 
 /* --- Settings ------------------------------------------------------------- */
 
+static void start_waiting(capstan_capf_server_t *srv);
+
 void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capstan_settings_t *s) {
   capf_settings_t *c = &srv->shared.settings;
   unsigned old_keepalive = c->keepalive_minutes;
@@ -208,16 +219,23 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
   c->step_timeout_seconds = s->step_timeout_seconds;
   c->max_connections = s->max_connections;
   c->max_connections_per_address = s->max_connections_per_address;
+  unsigned old_handshakes = c->max_handshakes;
+  c->max_handshakes = s->max_handshakes;
   c->legacy_tls = s->legacy_tls;
   c->enable_ipv6 = s->enable_ipv6;
   capstan_throttle_configure(&srv->shared.throttle, s->max_concurrent_keygen,
                              s->max_new_keygen_per_second);
+  /* More handshakes allowed: start connections that wait for a slot. */
+  if (old_handshakes != 0 && c->max_handshakes > old_handshakes) start_waiting(srv);
   if (old_keepalive != c->keepalive_minutes) {
     if (srv->listening) {
       capf_tcp_set_keepalive(&srv->listener, c->keepalive_minutes);
       srv->own_socket_options_until_ms = uv_now(srv->loop) + OWN_SOCKET_OPTIONS_MS;
     }
     for (capf_conn_t *it = srv->conns; it != NULL; it = it->next) {
+      capf_conn_set_keepalive(it, c->keepalive_minutes);
+    }
+    for (capf_conn_t *it = srv->wait_head; it != NULL; it = it->wait_next) {
       capf_conn_set_keepalive(it, c->keepalive_minutes);
     }
     if (old_keepalive != 0) {
@@ -229,15 +247,54 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
 
 /* --- Listener ------------------------------------------------------------- */
 
-static void accept_one(capstan_capf_server_t *srv);
+/* Starts an accepted connection's session (TLS handshake and its timer);
+ * from now on it is in the list and its close is reported. */
+static void start_conn(capstan_capf_server_t *srv, capf_conn_t *c) {
+  c->next = srv->conns;
+  if (srv->conns) srv->conns->prev = c;
+  srv->conns = c;
+  if (!c->refusing) srv->handshaking++; /* refusals have their own ceiling */
+  capf_conn_start(c, uv_now(srv->loop) < srv->own_socket_options_until_ms,
+                  srv->shared.settings.keepalive_minutes);
+}
 
-static void on_handshake_over(void *arg) {
-  capstan_capf_server_t *srv = arg;
-  srv->handshaking--;
-  if (srv->accept_deferred && !srv->draining && srv->handshaking < CAPF_MAX_HANDSHAKES) {
-    srv->accept_deferred = 0;
-    accept_one(srv);
+/* Starts waiting connections, oldest first, while handshake slots are free. */
+static void start_waiting(capstan_capf_server_t *srv) {
+  while (srv->wait_head != NULL && !srv->draining &&
+         srv->handshaking < srv->shared.settings.max_handshakes) {
+    capf_conn_t *c = srv->wait_head;
+    srv->wait_head = c->wait_next;
+    if (srv->wait_head == NULL) srv->wait_tail = NULL;
+    c->wait_next = NULL;
+    srv->nwaiting--;
+    start_conn(srv, c);
   }
+  capstan_metric_set(srv->shared.m.waiting, srv->nwaiting);
+}
+
+/* Drain: connections that never started are closed (as the kernel closes
+ * its backlog with the listener). */
+static void close_waiting(capstan_capf_server_t *srv) {
+  while (srv->wait_head != NULL) {
+    capf_conn_t *c = srv->wait_head;
+    srv->wait_head = c->wait_next;
+    c->wait_next = NULL;
+    srv->nwaiting--;
+    capf_admission_leave(&srv->admission, capf_conn_peer(c));
+    srv->nsessions--;
+    capstan_metric_inc(srv->shared.m.rejected_draining);
+    capf_conn_discard(c);
+  }
+  srv->wait_tail = NULL;
+  capstan_metric_set(srv->shared.m.waiting, 0);
+  capstan_metric_set(srv->shared.m.sessions_active, srv->nsessions);
+}
+
+static void on_handshake_over(void *arg, capf_conn_t *c) {
+  capstan_capf_server_t *srv = arg;
+  if (c->refusing) return;
+  srv->handshaking--;
+  start_waiting(srv);
 }
 
 static void finish_drain(capstan_capf_server_t *srv);
@@ -250,10 +307,15 @@ static void on_conn_closed(void *arg, capf_conn_t *c) {
     srv->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
-  capf_admission_leave(&srv->admission, capf_conn_peer(c));
-  srv->nsessions--;
-  capstan_metric_set(srv->shared.m.sessions_active, srv->nsessions);
-  if (srv->draining == 1 && srv->nsessions == 0) finish_drain(srv);
+  if (c->refusing) {
+    srv->nrefusing--;
+    capstan_metric_set(srv->shared.m.refusing, srv->nrefusing);
+  } else {
+    capf_admission_leave(&srv->admission, capf_conn_peer(c));
+    srv->nsessions--;
+    capstan_metric_set(srv->shared.m.sessions_active, srv->nsessions);
+  }
+  if (srv->draining == 1 && srv->nsessions == 0 && srv->nrefusing == 0) finish_drain(srv);
 }
 
 static const capf_conn_owner_t kConnOwner = {
@@ -276,7 +338,8 @@ static capstan_metric_t *refusal_counter(capf_metrics_t *m, capf_refusal_t r) {
   }
 }
 
-/* Accepts the pending connection and starts its session, or refuses it. */
+/* Accepts the pending connection and starts its session (or queues it for
+ * a handshake slot), or refuses it. */
 static void accept_one(capstan_capf_server_t *srv) {
   capf_metrics_t *m = &srv->shared.m;
   uv_stream_t *listener = (uv_stream_t *)&srv->listener;
@@ -307,29 +370,53 @@ static void accept_one(capstan_capf_server_t *srv) {
       .max_per_address = set->max_connections_per_address,
   };
   capf_refusal_t refusal = capf_admission_decide(&srv->admission, capf_conn_peer(c), &in);
+  int over_limit = refusal == CAPF_REFUSE_TOTAL_LIMIT || refusal == CAPF_REFUSE_ADDRESS_LIMIT;
   if (refusal != CAPF_REFUSE_NONE) {
-    capf_admission_log_refusal(&srv->admission, uv_now(srv->loop), c->session.peer_host, refusal);
     capstan_metric_inc(refusal_counter(m, refusal));
-    capf_conn_discard(c);
+    /* A phone over a limit is told to come back rather than cut off, up
+     * to the flood ceiling; anything else is closed at once. */
+    int answer = over_limit && srv->nrefusing < CAPF_MAX_REFUSING;
+    if (over_limit && !answer) {
+      capstan_metric_inc(refusal == CAPF_REFUSE_TOTAL_LIMIT ? m->dropped_total_limit
+                                                            : m->dropped_address_limit);
+    }
+    capf_admission_log_refusal(&srv->admission, uv_now(srv->loop), c->session.peer_host, refusal,
+                               answer ? set->retry_delay_seconds : 0,
+                               refusal == CAPF_REFUSE_TOTAL_LIMIT ? set->max_connections
+                               : refusal == CAPF_REFUSE_ADDRESS_LIMIT
+                                   ? set->max_connections_per_address
+                                   : 0);
+    if (!answer) {
+      capf_conn_discard(c);
+      return;
+    }
+    c->refusing = 1;
+    capf_session_refuse(&c->session);
+    srv->nrefusing++;
+    capstan_metric_set(m->refusing, srv->nrefusing);
+    start_conn(srv, c);
     return;
   }
-  c->next = srv->conns;
-  if (srv->conns) srv->conns->prev = c;
-  srv->conns = c;
   srv->nsessions++;
-  srv->handshaking++;
   capstan_metric_set(m->sessions_active, srv->nsessions);
-  capf_conn_start(c, uv_now(srv->loop) < srv->own_socket_options_until_ms, set->keepalive_minutes);
+  if (srv->wait_head == NULL && srv->handshaking < set->max_handshakes) {
+    start_conn(srv, c);
+    return;
+  }
+  if (srv->wait_tail != NULL) {
+    srv->wait_tail->wait_next = c;
+  } else {
+    srv->wait_head = c;
+  }
+  srv->wait_tail = c;
+  srv->nwaiting++;
+  capstan_metric_set(m->waiting, srv->nwaiting);
 }
 
 static void on_connection(uv_stream_t *listener, int status) {
   capstan_capf_server_t *srv = listener->data;
   if (status < 0) {
     LOG_WARN("event=capf_accept_failed error=%s", uv_strerror(status));
-    return;
-  }
-  if (srv->handshaking >= CAPF_MAX_HANDSHAKES) {
-    srv->accept_deferred = 1; /* accepted when a handshake finishes */
     return;
   }
   accept_one(srv);
@@ -435,9 +522,10 @@ void capstan_capf_server_drain(capstan_capf_server_t *srv, uint64_t deadline_ms,
   srv->drain_arg = arg;
   srv->listening = 0;
   uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
-  LOG_INFO("event=capf_draining sessions=%u deadline_ms=%llu", srv->nsessions,
+  close_waiting(srv);
+  LOG_INFO("event=capf_draining sessions=%u deadline_ms=%llu", srv->nsessions + srv->nrefusing,
            (unsigned long long)deadline_ms);
-  if (srv->nsessions == 0) {
+  if (srv->nsessions == 0 && srv->nrefusing == 0) {
     finish_drain(srv);
   } else {
     uv_timer_start(&srv->drain_timer, on_drain_deadline, deadline_ms, 0);

@@ -4,6 +4,7 @@
  * session's hooks (session.h).
  *
  *  HANDSHAKE -handshake_done-> WAIT_AUTH -AUTH_RESPONSE-+-(string, null)---> authenticated
+ *      (a connection over a limit: -handshake_done-> RETRY_LATER, CLOSING)
  *                                                       '-(lsc, mic)-> VERIFYING -verified->
  * authenticated
  *
@@ -92,7 +93,7 @@ _Static_assert(CAPF_ST_COUNT <= 32, "states fit a 32-bit set");
 #define AUTHENTICATED \
   (TO(THROTTLED) | TO(WAIT_KEYGEN) | TO(WAIT_FETCH) | TO(WAIT_DELETE) | TO(ENDING))
 
-static void send_auth_request(capf_session_t *s, const event_arg_t *e);
+static void greet(capf_session_t *s, const event_arg_t *e);
 static void check_auth(capf_session_t *s, const event_arg_t *e);
 static void cert_auth_verified(capf_session_t *s, const event_arg_t *e);
 static void keygen_admitted(capf_session_t *s, const event_arg_t *e);
@@ -121,7 +122,7 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
     {
         [CAPF_ST_HANDSHAKE] =
             {
-                [EV_HANDSHAKE_DONE] = {send_auth_request, TO(WAIT_AUTH)},
+                [EV_HANDSHAKE_DONE] = {greet, TO(WAIT_AUTH)},
                 [EV_TIMEOUT] = {handshake_timed_out, 0},
             },
         [CAPF_ST_WAIT_AUTH] =
@@ -219,6 +220,10 @@ static void arm_state_timer(capf_session_t *s) {
       break;
     case TIMER_HANDSHAKE:
       secs = c->handshake_timeout_seconds;
+      /* A refusal holds a slot of the flood ceiling: it gets less. */
+      if (s->refused && secs > CAPF_REFUSED_HANDSHAKE_SECONDS) {
+        secs = CAPF_REFUSED_HANDSHAKE_SECONDS;
+      }
       break;
     case TIMER_STEP:
       secs = c->step_timeout_seconds;
@@ -465,11 +470,21 @@ static void protocol_error(capf_session_t *s, const char *what) {
 
 /* --- Handshake and authentication ----------------------------------------- */
 
-static void send_auth_request(capf_session_t *s, const event_arg_t *e) {
+/* The handshake is done: the server speaks first. AUTH_REQUEST, or for a
+ * connection over a limit RETRY_LATER, and the session ends. */
+static void greet(capf_session_t *s, const event_arg_t *e) {
   (void)e;
   capf_metrics_t *m = &s->shared->m;
   capstan_metric_inc(m->handshakes_ok);
-  capstan_metric_observe(m->handshake_duration, capstan_now_seconds() - s->started_at);
+  capstan_metric_observe(m->handshake_duration, capstan_now_seconds() - s->handshake_started_at);
+  if (s->refused) {
+    LOG_DEBUG("event=capf_retry_later peer=%s cause=connection_limit delay=%u", s->peer_host,
+              s->shared->settings.retry_delay_seconds);
+    s->hooks->hold_output(s); /* RETRY_LATER and close_notify in one write */
+    send_retry_later(s);
+    close_session(s, CAPF_RESULT_RETRY_LATER);
+    return;
+  }
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_AUTH_REQUEST, s->session_id, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_VERSION, CAPSTAN_CAPF_PROTOCOL_VERSION);
@@ -954,6 +969,10 @@ void capf_session_init(capf_session_t *s, const capf_session_hooks_t *hooks, cap
   } while (s->session_id == 0);
 }
 
+void capf_session_refuse(capf_session_t *s) {
+  s->refused = 1;
+}
+
 void capf_session_cleanup(capf_session_t *s) {
   free(s->rx);
   free(s->lsc_der);
@@ -962,6 +981,8 @@ void capf_session_cleanup(capf_session_t *s) {
 }
 
 void capf_session_start(capf_session_t *s) {
+  /* It may have waited for a handshake slot since it was accepted. */
+  s->handshake_started_at = capstan_now_seconds();
   enter_state(s, CAPF_ST_HANDSHAKE);
 }
 

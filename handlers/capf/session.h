@@ -102,9 +102,10 @@ struct capf_session {
   uint8_t *lsc_spki;
   size_t lsc_spki_len;
   char lsc_md5[33];
-  double started_at, keygen_started_at;
+  double started_at, handshake_started_at, keygen_started_at;
   unsigned holds_keygen_slot : 1;
   unsigned finished : 1;
+  unsigned refused : 1; /* over a connection limit: RETRY_LATER after the handshake */
   capf_op_label_t op_label;
   capf_result_t result; /* valid once finished */
   uint8_t end_reason;   /* CAPF_ST_ENDING: the END_SESSION reason once recorded */
@@ -114,6 +115,15 @@ struct capf_session {
  * sent and no timer runs until capf_session_start. |peer_host| is copied. */
 void capf_session_init(capf_session_t *s, const capf_session_hooks_t *hooks, capf_shared_t *shared,
                        const char *peer_host);
+
+/* The connection is over a connection limit (capf_session_refuse, before
+ * capf_session_start): the phone is not cut off but told to come back.
+ * Its handshake gets at most CAPF_REFUSED_HANDSHAKE_SECONDS (or the
+ * handshake timeout, if shorter); once it is done the phone hears
+ * RETRY_LATER {RETRY_DELAY = retry-delay-seconds} and the session ends with
+ * result retry_later, before any authentication. */
+#define CAPF_REFUSED_HANDSHAKE_SECONDS 5
+void capf_session_refuse(capf_session_t *s);
 
 /* Frees what the session holds. Call once capf_session_closed has run and
  * no record or job of the session is outstanding. */

@@ -141,7 +141,7 @@ static int run_list(capstan_cli_t *c) {
           snprintf(range, sizeof(range), "host|IP");
           break;
       }
-      printf("%-28s %-16s %-14s %s\n", info->name, buf[0] != '\0' ? buf : "\"\"", range,
+      printf("%-34s %-16s %-14s %s\n", info->name, buf[0] != '\0' ? buf : "\"\"", range,
              info->help);
     }
   }
@@ -168,9 +168,35 @@ static const capstan_cli_sub_t config_subs[] = {
     {"list", 0, true, 0, 0, NULL, run_list},
 };
 
+/* --help lists every setting from the table: its range, its default and
+ * what it is for (for a limit: what it protects against and what a phone
+ * beyond it is told). */
+static const char *config_help(void) {
+  static char text[8192];
+  size_t used = 0;
+  capstan_settings_t defaults;
+  capstan_settings_defaults(&defaults);
+  int n = snprintf(text, sizeof(text),
+                   "Settings (live: a running server applies a change within a second; limits\n"
+                   "apply to new connections, open ones are never cut):\n");
+  for (size_t i = 0; n >= 0 && (size_t)n < sizeof(text) - used; i++) {
+    used += (size_t)n;
+    const capstan_setting_info_t *info = capstan_settings_info(i);
+    if (info == NULL) break;
+    char value[CAPSTAN_SETTING_HOST_MAX + 1], range[32] = "";
+    capstan_settings_get(&defaults, info->name, value, sizeof(value));
+    if (info->kind == CAPSTAN_SETTING_UINT)
+      snprintf(range, sizeof(range), ", %u..%u", info->min, info->max);
+    n = snprintf(text + used, sizeof(text) - used, "  %s (default %s%s)\n      %s\n", info->name,
+                 value[0] != '\0' ? value : "\"\"", range, info->help);
+  }
+  return text;
+}
+
 int capstan_cli_config_main(int argc, char **argv) {
-  static const capstan_cli_cmd_t cmd = {
+  static capstan_cli_cmd_t cmd = {
       "config", CONFIG_USAGE, NULL, NULL, 0, CAPSTAN_CLI_TABLE(config_subs)};
+  cmd.help = config_help();
   return capstan_cli_run(&cmd, argc, argv, NULL);
 }
 

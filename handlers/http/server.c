@@ -46,6 +46,10 @@
 #define HEAD_BYTES_MAX (EXTRA_HEADERS_MAX + 512)
 #define CONTENT_TYPE_MAX 128
 #define ADDR_BUCKETS 4096
+/* Connections the kernel holds until the loop accepts them (capped by
+ * somaxconn): a reset storm arrives faster than a busy loop accepts, and an
+ * overflowing backlog delays phones by SYN retransmits or resets them. */
+#define LISTEN_BACKLOG 4096
 #define PEER_TEXT_MAX (INET6_ADDRSTRLEN + 8)
 
 /* Reads land here and are consumed before the read callback returns, so one
@@ -59,8 +63,11 @@ static const char *const kMethodLabels[METHOD_COUNT] = {"GET", "HEAD", "other"};
 static const int kCodes[] = {200, 304, 400, 404, 405, 408, 413, 414, 431, 500, 503};
 #define CODE_COUNT (sizeof(kCodes) / sizeof(kCodes[0]) + 1) /* + "other" */
 
-enum { REJECT_LIMIT_TOTAL, REJECT_LIMIT_PER_ADDRESS, REJECT_COUNT };
-static const char *const kRejectLabels[REJECT_COUNT] = {"limit_total", "limit_per_address"};
+enum { REJECT_NONE, REJECT_LIMIT_TOTAL, REJECT_LIMIT_PER_ADDRESS, REJECT_COUNT };
+static const char *const kRejectLabels[REJECT_COUNT] = {"none", "limit_total", "limit_per_address"};
+/* The setting behind each limit, after the server's settings prefix. */
+static const char *const kRejectSettings[REJECT_COUNT] = {"", "max-connections",
+                                                          "max-connections-per-address"};
 
 /* --- States ------------------------------------------------------------- */
 
@@ -150,6 +157,7 @@ struct conn {
   unsigned peer_eof : 1;
   unsigned reading : 1;
   unsigned in_list : 1;
+  uint8_t refused; /* REJECT_*: over that limit, answered 503 whatever it asks */
   uint8_t cl_count, te_count;
   char peer[PEER_TEXT_MAX];
 };
@@ -163,17 +171,20 @@ struct capstan_http_server {
   int port;
   conn_t *conns;
   unsigned nconns;          /* accepted and admitted connections (in the list) */
+  unsigned nrefusing;       /* connections in the list being told 503 (not in nconns) */
   unsigned alloc_conns;     /* every conn_t not yet freed, admitted or not */
   unsigned closing_rejects; /* bare rejected sockets whose close is pending */
   int listener_open;
   int stopping;
   void (*done)(void *arg);
   void *done_arg;
-  uint64_t last_reject_log_ms;
+  capstan_log_limit_t reject_log[REJECT_COUNT];
   capstan_conntrack_t conntrack;
   capstan_metric_t *m_requests[METHOD_COUNT][CODE_COUNT];
   capstan_metric_t *m_active;
+  capstan_metric_t *m_refusing;
   capstan_metric_t *m_rejected[REJECT_COUNT];
+  capstan_metric_t *m_dropped[REJECT_COUNT];
   capstan_metric_t *m_bytes;
   capstan_metric_t *m_duration;
 };
@@ -195,6 +206,9 @@ void capstan_http_config_defaults(capstan_http_config_t *cfg, const char *name) 
   cfg->idle_timeout_ms = 30000;
   cfg->max_connections = 20000;
   cfg->max_connections_per_address = 64;
+  cfg->retry_after_seconds = 10;
+  cfg->max_refusing = 256;
+  cfg->settings_prefix = NULL;
   cfg->max_requests_per_connection = 1000;
   cfg->allow_any_method = 0;
 }
@@ -229,17 +243,26 @@ static void server_register_metrics(capstan_http_server_t *srv) {
   snprintf(labels, sizeof(labels), "server=\"%s\"", name);
   srv->m_active =
       capstan_metrics_gauge("capstan_http_connections_active", "Open HTTP connections", labels);
+  srv->m_refusing = capstan_metrics_gauge(
+      "capstan_http_connections_refusing",
+      "HTTP connections over a limit being answered 503 now (not counted as open)", labels);
   srv->m_bytes = capstan_metrics_counter("capstan_http_bytes_sent_total",
                                          "Bytes written on HTTP connections", labels);
   srv->m_duration =
       capstan_metrics_histogram("capstan_http_request_duration_seconds",
                                 "Time from the first byte of a request to the end of its response",
                                 labels, capstan_buckets_fast, capstan_buckets_fast_n);
-  for (int r = 0; r < REJECT_COUNT; r++) {
+  for (int r = REJECT_NONE + 1; r < REJECT_COUNT; r++) {
     snprintf(labels, sizeof(labels), "server=\"%s\",reason=\"%s\"", name, kRejectLabels[r]);
     srv->m_rejected[r] = capstan_metrics_counter(
         "capstan_http_connections_rejected_total",
-        "HTTP connections closed at accept because a limit was reached", labels);
+        "HTTP connections over a limit, by limit: answered 503 with Retry-After, or dropped",
+        labels);
+    srv->m_dropped[r] = capstan_metrics_counter(
+        "capstan_http_connections_dropped_total",
+        "HTTP connections over a limit closed at accept without an answer because too many "
+        "refusals were being answered (flood ceiling), by limit",
+        labels);
   }
 }
 
@@ -327,6 +350,8 @@ static void on_timer(uv_timer_t *t);
 static void timer_start(conn_t *c, timer_kind_t kind) {
   unsigned ms = kind == TIMER_HEADER ? c->srv->cfg.header_timeout_ms : c->srv->cfg.idle_timeout_ms;
   if (kind == TIMER_LINGER && ms > LINGER_MS) ms = LINGER_MS;
+  /* A refused connection costs a slot of the flood ceiling: it gets less. */
+  if (c->refused && ms > CAPSTAN_HTTP_REFUSING_TIMEOUT_MS) ms = CAPSTAN_HTTP_REFUSING_TIMEOUT_MS;
   c->timer_kind = kind;
   uv_timer_start(&c->timer, on_timer, ms, 0);
 }
@@ -753,6 +778,23 @@ static int conn_check_headers(conn_t *c) {
   return 0;
 }
 
+/* The answer of a connection over a limit, whatever it asked: come back
+ * later. The connection closes after it. */
+static void conn_respond_busy(conn_t *c) {
+  capstan_http_server_t *srv = c->srv;
+  unsigned delay = srv->cfg.retry_after_seconds;
+  c->close_after = 1;
+  char line[48], body[160];
+  snprintf(line, sizeof(line), "Retry-After: %u", delay);
+  capstan_http_response_add_header(c->rs, line);
+  int n = snprintf(body, sizeof(body), "503 Service Unavailable: %s, retry in %u s\n",
+                   c->refused == REJECT_LIMIT_PER_ADDRESS ? "too many connections from this address"
+                                                          : "too many connections",
+                   delay);
+  capstan_http_respond(c->rs, 503, "text/plain; charset=utf-8", (const uint8_t *)body,
+                       n > 0 ? (size_t)n : 0);
+}
+
 static void conn_dispatch(conn_t *c) {
   capstan_http_server_t *srv = c->srv;
   capstan_http_response_t *rs = c->rs;
@@ -777,6 +819,10 @@ static void conn_dispatch(conn_t *c) {
   rs->req.peer = c->peer;
   LOG_DEBUG("event=http_request server=%s peer=%s method=%s path_len=%zu", srv->cfg.name, c->peer,
             rs->req.method, strlen(rs->path));
+  if (c->refused) {
+    conn_respond_busy(c);
+    return;
+  }
   srv->handler(srv->arg, &rs->req, rs);
 }
 
@@ -954,9 +1000,14 @@ static void on_conn_closed(uv_handle_t *h) {
     if (c->prev) c->prev->next = c->next;
     if (c->next) c->next->prev = c->prev;
     if (srv->conns == c) srv->conns = c->next;
-    srv->nconns--;
-    capstan_metric_set(srv->m_active, srv->nconns);
-    capstan_conntrack_remove(&srv->conntrack, (const struct sockaddr *)&c->addr);
+    if (c->refused) {
+      srv->nrefusing--;
+      capstan_metric_set(srv->m_refusing, srv->nrefusing);
+    } else {
+      srv->nconns--;
+      capstan_metric_set(srv->m_active, srv->nconns);
+      capstan_conntrack_remove(&srv->conntrack, (const struct sockaddr *)&c->addr);
+    }
   }
   free(c);
   srv->alloc_conns--;
@@ -987,15 +1038,26 @@ static void on_reject_closed(uv_handle_t *h) {
   server_maybe_done(srv);
 }
 
-static void server_reject(capstan_http_server_t *srv, conn_t *c, int reason) {
+/* Counts and logs a connection over limit |reason|; |dropped| when it is
+ * closed unanswered (flood ceiling) rather than told 503. */
+static void server_reject(capstan_http_server_t *srv, conn_t *c, int reason, int dropped) {
   capstan_metric_inc(srv->m_rejected[reason]);
-  uint64_t now = uv_now(srv->loop);
-  if (now - srv->last_reject_log_ms >= 1000 || srv->last_reject_log_ms == 0) {
-    /* At most one line per second: a flood must not flood the log. */
-    LOG_WARN("event=http_connection_rejected server=%s peer=%s reason=%s active=%u", srv->cfg.name,
-             c->peer, kRejectLabels[reason], srv->nconns);
-    srv->last_reject_log_ms = now;
+  if (dropped) capstan_metric_inc(srv->m_dropped[reason]);
+  uint64_t held;
+  if (!capstan_log_limit_pass(&srv->reject_log[reason], uv_now(srv->loop), &held)) return;
+  unsigned limit = reason == REJECT_LIMIT_TOTAL ? srv->cfg.max_connections
+                                                : srv->cfg.max_connections_per_address;
+  const char *prefix = srv->cfg.settings_prefix;
+  char hint[128] = "";
+  if (prefix != NULL) {
+    snprintf(hint, sizeof(hint), " hint=\"a higher limit: capstan config set %s%s N\"", prefix,
+             kRejectSettings[reason]);
   }
+  LOG_WARN(
+      "event=http_connection_refused server=%s peer=%s reason=%s limit=%u answer=%s "
+      "retry_after=%u active=%u refusing=%u also_refused=%llu%s",
+      srv->cfg.name, c->peer, kRejectLabels[reason], limit, dropped ? "closed" : "503",
+      srv->cfg.retry_after_seconds, srv->nconns, srv->nrefusing, (unsigned long long)held, hint);
 }
 
 static void on_connection(uv_stream_t *listener, int status) {
@@ -1039,18 +1101,24 @@ static void on_connection(uv_stream_t *listener, int status) {
     conn_close(c);
     return;
   }
+  int rc = 0;
   if (srv->nconns >= srv->cfg.max_connections) {
-    server_reject(srv, c, REJECT_LIMIT_TOTAL);
+    c->refused = REJECT_LIMIT_TOTAL;
+  } else {
+    rc = capstan_conntrack_add(&srv->conntrack, (const struct sockaddr *)&c->addr,
+                               srv->cfg.max_connections_per_address);
+    if (rc == CAPSTAN_EBUSY) {
+      c->refused = REJECT_LIMIT_PER_ADDRESS;
+      rc = 0;
+    }
+  }
+  if (c->refused && srv->nrefusing >= srv->cfg.max_refusing) {
+    /* A flood: answering every refusal would cost as much as serving. */
+    server_reject(srv, c, c->refused, 1);
     conn_close(c);
     return;
   }
-  int rc = capstan_conntrack_add(&srv->conntrack, (const struct sockaddr *)&c->addr,
-                                 srv->cfg.max_connections_per_address);
-  if (rc == CAPSTAN_EBUSY) {
-    server_reject(srv, c, REJECT_LIMIT_PER_ADDRESS);
-    conn_close(c);
-    return;
-  }
+  if (c->refused) server_reject(srv, c, c->refused, 0);
   if (rc != 0) {
     LOG_WARN("event=http_accept_refused server=%s peer=%s error=%s", srv->cfg.name, c->peer,
              capstan_strerror(rc));
@@ -1061,8 +1129,13 @@ static void on_connection(uv_stream_t *listener, int status) {
   c->next = srv->conns;
   if (srv->conns) srv->conns->prev = c;
   srv->conns = c;
-  srv->nconns++;
-  capstan_metric_set(srv->m_active, srv->nconns);
+  if (c->refused) {
+    srv->nrefusing++;
+    capstan_metric_set(srv->m_refusing, srv->nrefusing);
+  } else {
+    srv->nconns++;
+    capstan_metric_set(srv->m_active, srv->nconns);
+  }
   uv_tcp_nodelay(&c->tcp, 1);
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
@@ -1097,7 +1170,8 @@ int capstan_http_server_start(uv_loop_t *loop, const char *host_port,
   *out = NULL;
   if (cfg == NULL || cfg->name == NULL || handler == NULL || cfg->max_connections == 0 ||
       cfg->max_connections_per_address == 0 || cfg->max_requests_per_connection == 0 ||
-      cfg->header_timeout_ms == 0 || cfg->idle_timeout_ms == 0 || cfg->max_header_bytes == 0) {
+      cfg->retry_after_seconds == 0 || cfg->max_refusing == 0 || cfg->header_timeout_ms == 0 ||
+      cfg->idle_timeout_ms == 0 || cfg->max_header_bytes == 0) {
     return CAPSTAN_EINVAL;
   }
   rc = capstan_netaddr_parse(host_port, &sa);
@@ -1118,7 +1192,7 @@ int capstan_http_server_start(uv_loop_t *loop, const char *host_port,
   srv->listener.data = srv;
   srv->listener_open = 1;
   rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&sa, 0);
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+  if (rc == 0) rc = uv_listen((uv_stream_t *)&srv->listener, LISTEN_BACKLOG, on_connection);
   if (rc != 0) {
     LOG_ERROR("event=http_listen_failed server=%s address=%s error=%s", cfg->name, host_port,
               uv_err_name(rc));
@@ -1135,6 +1209,26 @@ int capstan_http_server_start(uv_loop_t *loop, const char *host_port,
   LOG_INFO("event=http_listening server=%s address=%s port=%d", cfg->name, host_port, srv->port);
   *out = srv;
   return 0;
+}
+
+void capstan_http_server_set_limits(capstan_http_server_t *srv, unsigned max_connections,
+                                    unsigned max_connections_per_address,
+                                    unsigned retry_after_seconds) {
+  capstan_http_config_t *cfg = &srv->cfg;
+  if ((max_connections == 0 || max_connections == cfg->max_connections) &&
+      (max_connections_per_address == 0 ||
+       max_connections_per_address == cfg->max_connections_per_address) &&
+      (retry_after_seconds == 0 || retry_after_seconds == cfg->retry_after_seconds)) {
+    return; /* nothing changes: no log line */
+  }
+  if (max_connections) cfg->max_connections = max_connections;
+  if (max_connections_per_address) cfg->max_connections_per_address = max_connections_per_address;
+  if (retry_after_seconds) cfg->retry_after_seconds = retry_after_seconds;
+  LOG_INFO(
+      "event=http_limits server=%s max_connections=%u max_connections_per_address=%u "
+      "retry_after=%u active=%u",
+      cfg->name, cfg->max_connections, cfg->max_connections_per_address, cfg->retry_after_seconds,
+      srv->nconns);
 }
 
 int capstan_http_server_port(const capstan_http_server_t *srv) {

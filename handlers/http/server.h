@@ -19,7 +19,21 @@
  *   targets over CAPSTAN_HTTP_MAX_URL_BYTES, 431 for header blocks over
  *   max_header_bytes;
  * - reads land in one loop-wide buffer consumed at once; an idle connection
- *   holds no buffer (only its handle, timer and parser state).
+ *   holds no buffer (only its handle, timer and parser state);
+ * - connection limits (max_connections in all, max_connections_per_address
+ *   from one IP address, IPv4-mapped IPv6 counted as IPv4): a connection
+ *   beyond one is not cut off but told to come back: its request is read
+ *   (header timer at most CAPSTAN_HTTP_REFUSING_TIMEOUT_MS) and answered 503 with
+ *   Retry-After: retry_after_seconds and Connection: close, whatever it
+ *   asked. Such refusals do not count against the limits; at most
+ *   max_refusing are answered at once, and a connection beyond that (a
+ *   flood) is closed at accept. Every refusal is counted in
+ *   capstan_http_connections_rejected_total{server,reason} (reason
+ *   limit_total or limit_per_address), the ones closed unanswered also in
+ *   capstan_http_connections_dropped_total{server,reason} (those being
+ *   answered: the gauge capstan_http_connections_refusing), and logged at
+ *   most once per reason per CAPSTAN_LOG_LIMIT_MS with the number held
+ *   back.
  *
  * Everything runs on the loop thread; nothing here is thread-safe. */
 #ifndef CAPSTAN_HANDLERS_HTTP_SERVER_H
@@ -33,6 +47,10 @@
 
 /* Hard cap on the request target (path and query, as sent). */
 #define CAPSTAN_HTTP_MAX_URL_BYTES 2048
+
+/* A connection refused for a limit has this long (at most the header
+ * timeout) to send its request and hear the 503. */
+#define CAPSTAN_HTTP_REFUSING_TIMEOUT_MS 5000
 
 typedef struct capstan_http_server capstan_http_server_t;
 
@@ -93,8 +111,13 @@ typedef struct capstan_http_config {
   size_t max_body_bytes;                /* default 0: bodies refused -> 413 */
   unsigned header_timeout_ms;           /* default 10000 -> 408 and close */
   unsigned idle_timeout_ms;             /* keep-alive idle, and write progress; default 30000 */
-  unsigned max_connections;             /* default 20000 */
-  unsigned max_connections_per_address; /* default 64 */
+  unsigned max_connections;             /* default 20000 (live: capstan_http_server_set_limits) */
+  unsigned max_connections_per_address; /* default 64 (live) */
+  unsigned retry_after_seconds;         /* Retry-After of a 503 for a limit; default 10 (live) */
+  unsigned max_refusing;                /* refused connections being answered at once, beyond
+                                           which more are closed at accept; default 256 */
+  const char *settings_prefix;          /* "http-": names the settings in log hints ("http-max-
+                                           connections"); NULL: no hint. Not copied. */
   unsigned max_requests_per_connection; /* default 1000, then Connection: close */
   int allow_any_method;                 /* default 0: the server answers 405 to
                                            anything but GET and HEAD */
@@ -111,6 +134,14 @@ void capstan_http_config_defaults(capstan_http_config_t *cfg, const char *name);
 int capstan_http_server_start(uv_loop_t *loop, const char *host_port,
                               const capstan_http_config_t *cfg, capstan_http_handler_fn handler,
                               void *arg, capstan_http_server_t **out);
+
+/* Changes the connection limits and the Retry-After of a running server
+ * (live settings): new connections follow them; connections already open
+ * stay open, also when a limit shrinks below their number. A zero limit
+ * leaves that one unchanged. */
+void capstan_http_server_set_limits(capstan_http_server_t *srv, unsigned max_connections,
+                                    unsigned max_connections_per_address,
+                                    unsigned retry_after_seconds);
 
 /* The bound port (useful with port 0). */
 int capstan_http_server_port(const capstan_http_server_t *srv);

@@ -76,13 +76,27 @@ DRAIN_BY_STOP(stats_drain, stats, capstan_stats_stop)
 /* --- Admin listener -------------------------------------------------------- */
 
 static int admin_start(capstan_serve_ctx_t *ctx) {
-  int rc = capstan_admin_start(ctx->loop, ctx->opt->admin_listen, NULL, &ctx->admin);
+  capstan_http_config_t cfg;
+  capstan_http_config_defaults(&cfg, "admin");
+  cfg.max_connections = ctx->settings->admin_max_connections;
+  cfg.max_connections_per_address = ctx->settings->admin_max_connections_per_address;
+  cfg.retry_after_seconds = 1; /* scrapers and scripts on the operator's side */
+  cfg.max_refusing = 64;
+  cfg.settings_prefix = "admin-";
+  int rc = capstan_admin_start(ctx->loop, ctx->opt->admin_listen, &cfg, &ctx->admin);
   if (rc == 0) rc = capstan_admin_enable_status(ctx->admin, ctx->loop, ctx->store);
   if (rc < 0) {
     LOG_ERROR("event=admin_listen_failed address=%s error=%s", ctx->opt->admin_listen,
               capstan_strerror(rc));
   }
   return rc;
+}
+
+static void admin_apply(capstan_serve_ctx_t *ctx) {
+  if (ctx->admin) {
+    capstan_admin_set_limits(ctx->admin, ctx->settings->admin_max_connections,
+                             ctx->settings->admin_max_connections_per_address);
+  }
 }
 
 DRAIN_BY_STOP(admin_drain, admin, capstan_admin_stop)
@@ -147,6 +161,10 @@ static int http_start(capstan_serve_ctx_t *ctx) {
   if (!enabled(ctx->opt->http_listen)) return 0;
   capstan_http_config_t cfg;
   capstan_http_config_defaults(&cfg, "phone");
+  cfg.max_connections = ctx->settings->http_max_connections;
+  cfg.max_connections_per_address = ctx->settings->http_max_connections_per_address;
+  cfg.retry_after_seconds = ctx->settings->files_retry_after_seconds;
+  cfg.settings_prefix = "http-";
   int rc =
       capstan_http_server_start(ctx->loop, ctx->opt->http_listen, &cfg, capstan_http_files_handler,
                                 capstan_files_service_source(ctx->files), &ctx->http);
@@ -157,12 +175,23 @@ static int http_start(capstan_serve_ctx_t *ctx) {
   return rc;
 }
 
+static void http_apply(capstan_serve_ctx_t *ctx) {
+  if (ctx->http) {
+    capstan_http_server_set_limits(ctx->http, ctx->settings->http_max_connections,
+                                   ctx->settings->http_max_connections_per_address,
+                                   ctx->settings->files_retry_after_seconds);
+  }
+}
+
 DRAIN_BY_STOP(http_drain, http, capstan_http_server_stop)
 
 static int tftp_start(capstan_serve_ctx_t *ctx) {
   if (!enabled(ctx->opt->tftp_listen)) return 0;
   capstan_tftp_config_t cfg;
   capstan_tftp_config_defaults(&cfg);
+  cfg.max_transfers = ctx->settings->tftp_max_transfers;
+  cfg.max_transfers_per_address = ctx->settings->tftp_max_transfers_per_address;
+  cfg.retry_after_seconds = ctx->settings->files_retry_after_seconds;
   int rc = capstan_tftp_server_start(ctx->loop, ctx->opt->tftp_listen, &cfg,
                                      capstan_files_service_source(ctx->files), &ctx->tftp);
   if (rc < 0) {
@@ -170,6 +199,14 @@ static int tftp_start(capstan_serve_ctx_t *ctx) {
               capstan_strerror(rc));
   }
   return rc;
+}
+
+static void tftp_apply(capstan_serve_ctx_t *ctx) {
+  if (ctx->tftp) {
+    capstan_tftp_server_set_limits(ctx->tftp, ctx->settings->tftp_max_transfers,
+                                   ctx->settings->tftp_max_transfers_per_address,
+                                   ctx->settings->files_retry_after_seconds);
+  }
 }
 
 DRAIN_BY_STOP(tftp_drain, tftp, capstan_tftp_server_stop)
@@ -181,10 +218,10 @@ DRAIN_BY_STOP(tftp_drain, tftp, capstan_tftp_server_stop)
 const capstan_serve_listener_t capstan_serve_listeners[] = {
     {"capf", 0, capf_start, capf_apply, capf_reload, capf_drain},
     {"stats", 0, stats_start, NULL, NULL, stats_drain},
-    {"admin", 0, admin_start, NULL, NULL, admin_drain},
+    {"admin", 0, admin_start, admin_apply, NULL, admin_drain},
     {"files", 1, files_start, files_apply, files_reload, files_drain},
-    {"http", 0, http_start, NULL, NULL, http_drain},
-    {"tftp", 0, tftp_start, NULL, NULL, tftp_drain},
+    {"http", 0, http_start, http_apply, NULL, http_drain},
+    {"tftp", 0, tftp_start, tftp_apply, NULL, tftp_drain},
 };
 const size_t capstan_serve_listener_count =
     sizeof(capstan_serve_listeners) / sizeof(capstan_serve_listeners[0]);

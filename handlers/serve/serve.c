@@ -159,7 +159,7 @@ static void apply_settings(server_t *srv) {
   /* Most transactions are not about settings: say so only on a change, so
    * an operator (or a test) can see when a `config set` took effect. */
   if (!capstan_settings_equal(&srv->settings, &s)) {
-    char all[1024];
+    char all[1536]; /* every setting, capf-host at its longest included */
     capstan_settings_format(&s, all, sizeof(all));
     LOG_INFO("event=settings_applied %s", all);
   }

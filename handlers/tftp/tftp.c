@@ -150,6 +150,7 @@ struct capstan_tftp_server {
   void *done_arg;
   capstan_conntrack_t clients; /* transfers in progress per peer address */
   tftp_metrics_t m;
+  capstan_log_limit_t busy_log[2]; /* 0: limit_total, 1: limit_per_address */
   uint8_t rbuf[RECV_BUF_SIZE];
 };
 
@@ -159,8 +160,9 @@ static const double kDurationBuckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 void capstan_tftp_config_defaults(capstan_tftp_config_t *cfg) {
   cfg->max_blksize = 1468;
   cfg->max_windowsize = 16;
-  cfg->max_transfers = 10000;
-  cfg->max_transfers_per_client = 8;
+  cfg->max_transfers = 20000;
+  cfg->max_transfers_per_address = 2000; /* 1,000 phones behind one NAT at once */
+  cfg->retry_after_seconds = 10;
   cfg->default_timeout_ms = 1000;
   cfg->max_retries = 5;
   /* Loopback and LAN RTTs would otherwise give an RTO of a millisecond and
@@ -268,6 +270,30 @@ static void reject(capstan_tftp_server_t *srv, const struct sockaddr *to,
   size_t n = capstan_tftp_build_error(pkt, sizeof(pkt), code, msg);
   uv_buf_t b = uv_buf_init((char *)pkt, (unsigned)n);
   if (n > 0) (void)uv_udp_try_send(&srv->listener, &b, 1, to);
+}
+
+/* A request beyond a limit: error 0 with a message that says to come back
+ * (phones show it; nothing else in TFTP carries a delay), counted, and
+ * logged at most once per limit per CAPSTAN_LOG_LIMIT_MS. */
+static void reject_busy(capstan_tftp_server_t *srv, const struct sockaddr *to,
+                        capstan_tftp_reject_t reason) {
+  int total = reason == CAPSTAN_TFTP_REJECT_LIMIT_TOTAL;
+  char msg[80];
+  snprintf(msg, sizeof(msg), "server busy (%s), retry in %u s",
+           total ? "too many transfers" : "too many transfers from this address",
+           srv->cfg.retry_after_seconds);
+  reject(srv, to, reason, CAPSTAN_TFTP_ERR_UNDEFINED, msg);
+  uint64_t held;
+  if (!capstan_log_limit_pass(&srv->busy_log[total ? 0 : 1], uv_now(srv->loop), &held)) return;
+  char peer[96];
+  capstan_netaddr_format(to, peer, sizeof(peer));
+  LOG_WARN(
+      "event=tftp_request_refused peer=%s reason=%s limit=%u answer=busy retry_after=%u "
+      "active=%u also_refused=%llu hint=\"a higher limit: capstan config set %s N\"",
+      peer, capstan_tftp_reject_name(reason),
+      total ? srv->cfg.max_transfers : srv->cfg.max_transfers_per_address,
+      srv->cfg.retry_after_seconds, srv->active, (unsigned long long)held,
+      total ? "tftp-max-transfers" : "tftp-max-transfers-per-address");
 }
 
 static void send_error_to(uv_udp_t *sock, const struct sockaddr *to, uint16_t code,
@@ -783,16 +809,22 @@ static void on_listener_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
       if (same_peer(&t->peer, addr)) return; /* the client resent its request */
     }
   }
-  if (srv->active >= srv->cfg.max_transfers) {
-    reject(srv, addr, CAPSTAN_TFTP_REJECT_TOTAL_LIMIT, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
-    return;
-  }
-  if (client != NULL && client->count >= srv->cfg.max_transfers_per_client) {
+  /* A client that just finished a transfer (its last ACK waits on the
+   * transfer socket) and at once asks for its next file must not be
+   * refused for a transfer that is over: read its sockets first. In a storm
+   * of as many phones as the total limit, each phone's ITL transfer would
+   * otherwise still count when its configuration is asked for. */
+  if (client != NULL && (srv->active >= srv->cfg.max_transfers ||
+                         client->count >= srv->cfg.max_transfers_per_address)) {
     drain_client(srv, client);
     client = capstan_conntrack_find(&srv->clients, addr); /* it may be gone */
   }
-  if (client != NULL && client->count >= srv->cfg.max_transfers_per_client) {
-    reject(srv, addr, CAPSTAN_TFTP_REJECT_CLIENT_LIMIT, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
+  if (srv->active >= srv->cfg.max_transfers) {
+    reject_busy(srv, addr, CAPSTAN_TFTP_REJECT_LIMIT_TOTAL);
+    return;
+  }
+  if (client != NULL && client->count >= srv->cfg.max_transfers_per_address) {
+    reject_busy(srv, addr, CAPSTAN_TFTP_REJECT_LIMIT_PER_ADDRESS);
     return;
   }
   transfer_start(srv, &req, addr);
@@ -825,9 +857,10 @@ int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
     if (cfg->max_blksize) srv->cfg.max_blksize = cfg->max_blksize;
     if (cfg->max_windowsize) srv->cfg.max_windowsize = cfg->max_windowsize;
     if (cfg->max_transfers) srv->cfg.max_transfers = cfg->max_transfers;
-    if (cfg->max_transfers_per_client) {
-      srv->cfg.max_transfers_per_client = cfg->max_transfers_per_client;
+    if (cfg->max_transfers_per_address) {
+      srv->cfg.max_transfers_per_address = cfg->max_transfers_per_address;
     }
+    if (cfg->retry_after_seconds) srv->cfg.retry_after_seconds = cfg->retry_after_seconds;
     if (cfg->default_timeout_ms) srv->cfg.default_timeout_ms = cfg->default_timeout_ms;
     if (cfg->max_retries) srv->cfg.max_retries = cfg->max_retries;
     if (cfg->min_timeout_ms) srv->cfg.min_timeout_ms = cfg->min_timeout_ms;
@@ -886,6 +919,24 @@ void capstan_tftp_server_stop(capstan_tftp_server_t *srv, void (*done)(void *arg
   srv->done_arg = arg;
   uv_udp_recv_stop(&srv->listener);
   uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+}
+
+void capstan_tftp_server_set_limits(capstan_tftp_server_t *srv, unsigned max_transfers,
+                                    unsigned max_transfers_per_address,
+                                    unsigned retry_after_seconds) {
+  capstan_tftp_config_t *cfg = &srv->cfg;
+  if ((max_transfers == 0 || max_transfers == cfg->max_transfers) &&
+      (max_transfers_per_address == 0 ||
+       max_transfers_per_address == cfg->max_transfers_per_address) &&
+      (retry_after_seconds == 0 || retry_after_seconds == cfg->retry_after_seconds)) {
+    return; /* nothing changes: no log line */
+  }
+  if (max_transfers) cfg->max_transfers = max_transfers;
+  if (max_transfers_per_address) cfg->max_transfers_per_address = max_transfers_per_address;
+  if (retry_after_seconds) cfg->retry_after_seconds = retry_after_seconds;
+  LOG_INFO(
+      "event=tftp_limits max_transfers=%u max_transfers_per_address=%u retry_after=%u active=%u",
+      cfg->max_transfers, cfg->max_transfers_per_address, cfg->retry_after_seconds, srv->active);
 }
 
 int capstan_tftp_server_port(const capstan_tftp_server_t *srv) {

@@ -26,13 +26,18 @@
  *   (result "timeout"). A duplicate ACK never causes a resend. With
  *   windowsize > 1, an ACK of a block inside the window means "go back to
  *   the next block" (RFC 7440), at most once per window.
- * - Limits: more than max_transfers in progress, or more than
- *   max_transfers_per_client from one IP address (IPv4-mapped IPv6
- *   addresses count as IPv4), get error 0 "server busy". Before refusing a
- *   client at its limit, the datagrams already waiting on its transfer
- *   sockets are handled, so that a client that aborts a transfer (ERROR
- *   to the transfer port) and at once asks again is not refused because
- *   the listener was read first. Malformed
+ * - Limits: a request beyond max_transfers in progress, or beyond
+ *   max_transfers_per_address from one IP address (IPv4-mapped IPv6
+ *   addresses count as IPv4), gets error 0 "server busy, retry in N s"
+ *   (N: retry_after_seconds) and costs nothing more (no state is kept; the
+ *   client may come back). The limits change live
+ *   (capstan_tftp_server_set_limits); transfers already running are never
+ *   cut. Each such refusal is logged at most once per limit per
+ *   CAPSTAN_LOG_LIMIT_MS, with the number held back. Before refusing a
+ *   client at either limit, the datagrams already waiting on its transfer
+ *   sockets are handled, so that a client that ends a transfer (its last
+ *   ACK, or an ERROR, to the transfer port) and at once asks again is not
+ *   refused because the listener was read first. Malformed
  *   requests (truncated, no NUL, name empty, longer than 255 bytes or with
  *   control characters, unknown opcode or mode, larger than 1024 bytes) get
  *   error 4 "Illegal TFTP operation". A repeated RRQ from the same
@@ -57,7 +62,7 @@
  *   capstan_tftp_timeouts_total (transfers abandoned),
  *   capstan_tftp_duplicate_acks_ignored_total,
  *   capstan_tftp_options_negotiated_total{option},
- *   capstan_tftp_rejections_total{reason} (total_limit, client_limit,
+ *   capstan_tftp_rejections_total{reason} (limit_total, limit_per_address,
  *   malformed, oversized, bad_name, bad_mode, bad_opcode, write_request,
  *   resources), capstan_tftp_wrong_port_packets_total,
  *   capstan_tftp_large_requests_total (requests of 513..1024 bytes).
@@ -74,13 +79,14 @@
 #include "core/files/source.h"
 
 typedef struct capstan_tftp_config {
-  uint16_t max_blksize;              /* default 1468 */
-  uint16_t max_windowsize;           /* default 16 (RFC 7440) */
-  unsigned max_transfers;            /* total concurrent, default 10000 */
-  unsigned max_transfers_per_client; /* per client IP, default 8 */
-  unsigned default_timeout_ms;       /* initial RTO, default 1000 (adaptive after) */
-  unsigned max_retries;              /* default 5 */
-  unsigned min_timeout_ms;           /* floor of the adaptive RTO, default 200 */
+  uint16_t max_blksize;               /* default 1468 */
+  uint16_t max_windowsize;            /* default 16 (RFC 7440) */
+  unsigned max_transfers;             /* total concurrent, default 20000 (live) */
+  unsigned max_transfers_per_address; /* per client IP, default 2000 (live) */
+  unsigned retry_after_seconds;       /* named in the busy message, default 10 (live) */
+  unsigned default_timeout_ms;        /* initial RTO, default 1000 (adaptive after) */
+  unsigned max_retries;               /* default 5 */
+  unsigned min_timeout_ms;            /* floor of the adaptive RTO, default 200 */
 } capstan_tftp_config_t;
 
 /* Fills |cfg| with the defaults above. */
@@ -105,6 +111,13 @@ int capstan_tftp_server_start(uv_loop_t *loop, const char *host_port,
  * itself and then calls |done|(|arg|) (|done| may be NULL). |srv| must not
  * be used after this call. Loop thread only. */
 void capstan_tftp_server_stop(capstan_tftp_server_t *srv, void (*done)(void *arg), void *arg);
+
+/* Changes the limits and the delay named in the busy message live: new
+ * requests follow them, transfers in progress continue whatever the new
+ * limits are. A zero leaves that value unchanged. Loop thread only. */
+void capstan_tftp_server_set_limits(capstan_tftp_server_t *srv, unsigned max_transfers,
+                                    unsigned max_transfers_per_address,
+                                    unsigned retry_after_seconds);
 
 /* Returns the bound UDP port (useful when started on port 0). */
 int capstan_tftp_server_port(const capstan_tftp_server_t *srv);

@@ -53,16 +53,16 @@ enum {
 #define CAPSTAN_TFTP_WINDOWSIZE_MAX 65535
 
 /* Why a request was refused; the names are metric label values. */
-#define CAPSTAN_TFTP_REJECT_REASONS(X) \
-  X(NONE, "none")                      \
-  X(TOTAL_LIMIT, "total_limit")        \
-  X(CLIENT_LIMIT, "client_limit")      \
-  X(MALFORMED, "malformed")            \
-  X(OVERSIZED, "oversized")            \
-  X(BAD_NAME, "bad_name")              \
-  X(BAD_MODE, "bad_mode")              \
-  X(BAD_OPCODE, "bad_opcode")          \
-  X(WRITE_REQUEST, "write_request")    \
+#define CAPSTAN_TFTP_REJECT_REASONS(X)      \
+  X(NONE, "none")                           \
+  X(LIMIT_TOTAL, "limit_total")             \
+  X(LIMIT_PER_ADDRESS, "limit_per_address") \
+  X(MALFORMED, "malformed")                 \
+  X(OVERSIZED, "oversized")                 \
+  X(BAD_NAME, "bad_name")                   \
+  X(BAD_MODE, "bad_mode")                   \
+  X(BAD_OPCODE, "bad_opcode")               \
+  X(WRITE_REQUEST, "write_request")         \
   X(RESOURCES, "resources")
 
 typedef enum {

@@ -136,7 +136,7 @@ static int teardown(void **state) {
   return 0;
 }
 
-static fake_t *fake_new(capf_operation_t op, capstan_capf_auth_type_t mode) {
+static fake_t *fake_make(capf_operation_t op, capstan_capf_auth_type_t mode, int refused) {
   fake_t *f = calloc(1, sizeof(*f));
   assert_non_null(f);
   f->timer_ms = NO_TIMER;
@@ -148,8 +148,13 @@ static fake_t *fake_new(capf_operation_t op, capstan_capf_auth_type_t mode) {
   };
   strcpy(f->device.auth_string, "123456");
   capf_session_init(&f->s, &kFakeHooks, &g_shared, "192.0.2.7");
+  if (refused) capf_session_refuse(&f->s);
   capf_session_start(&f->s);
   return f;
+}
+
+static fake_t *fake_new(capf_operation_t op, capstan_capf_auth_type_t mode) {
+  return fake_make(op, mode, 0);
 }
 
 /* Ends the fake as its host would: the connection reports its close, then
@@ -832,6 +837,46 @@ static void test_throttle_retry_later(void **state) {
   capstan_throttle_configure(&g_shared.throttle, 8, 1000);
 }
 
+/* A connection over a connection limit: after the handshake the phone hears
+ * RETRY_LATER {RETRY_DELAY} (with the close), before any authentication:
+ * no device is read, nothing is recorded. Its handshake timer is short. */
+static void test_refused_over_limit(void **state) {
+  (void)state;
+  double retry = outcome_count(CAPF_OP_UNKNOWN, CAPF_RESULT_RETRY_LATER);
+  double ok = capstan_metric_value(g_shared.m.handshakes_ok);
+  fake_t *f = fake_make(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING, 1);
+  assert_int_equal(f->timer_ms, CAPF_REFUSED_HANDSHAKE_SECONDS * 1000);
+  capf_session_handshake_done(&f->s);
+  assert_int_equal(f->nsent, 1);
+  capstan_capf_msg_t m = sent(f, 0, CAPSTAN_CAPF_CMD_RETRY_LATER);
+  uint16_t delay = 0;
+  assert_int_equal(capstan_capf_get_retry_delay(&m, &delay), 0);
+  assert_int_equal(delay, 120);
+  assert_true(f->held);
+  assert_int_equal(f->closes, 1);
+  assert_int_equal(f->s.state, CAPF_ST_CLOSING);
+  assert_int_equal(f->s.result, CAPF_RESULT_RETRY_LATER);
+  assert_int_equal(f->loads, 0);
+  assert_int_equal(f->nrecords, 0);
+  assert_int_equal(outcome_count(CAPF_OP_UNKNOWN, CAPF_RESULT_RETRY_LATER), retry + 1);
+  assert_int_equal(capstan_metric_value(g_shared.m.handshakes_ok), ok + 1);
+  /* Whatever the phone says next is not heard. */
+  auth_response(f, "SEP001122334455", NULL);
+  assert_int_equal(f->nsent, 1);
+  assert_int_equal(f->loads, 0);
+  fake_free(f);
+
+  /* A handshake timeout shorter than the refusal's bound is kept. */
+  g_shared.settings.handshake_timeout_seconds = 2;
+  f = fake_make(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING, 1);
+  assert_int_equal(f->timer_ms, 2000);
+  capf_session_timed_out(&f->s); /* the phone never finished its handshake */
+  assert_int_equal(f->nsent, 0);
+  assert_int_equal(f->s.result, CAPF_RESULT_TIMEOUT);
+  fake_free(f);
+  g_shared.settings.handshake_timeout_seconds = 10;
+}
+
 /* ---- timeouts ------------------------------------------------------------ */
 
 static void test_timeouts(void **state) {
@@ -1097,6 +1142,7 @@ int main(void) {
       cmocka_unit_test(test_auth_by_certificate),
       cmocka_unit_test(test_throttle_admits_in_turn),
       cmocka_unit_test(test_throttle_retry_later),
+      cmocka_unit_test(test_refused_over_limit),
       cmocka_unit_test(test_timeouts),
       cmocka_unit_test(test_protocol_errors),
       cmocka_unit_test(test_split_reads),

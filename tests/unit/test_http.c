@@ -200,6 +200,7 @@ static void start_servers(void *arg) {
   cfg.idle_timeout_ms = LIMITED_IDLE_MS;
   cfg.header_timeout_ms = 5000;
   cfg.max_requests_per_connection = 2;
+  cfg.max_refusing = 2;
   *rc = capstan_http_server_start(&g.loop, "127.0.0.1:0", &cfg, capstan_http_files_handler, &g.src,
                                   &g.limited);
   if (*rc != 0) return;
@@ -842,14 +843,51 @@ static void test_slowloris(void **state) {
   assert_phone_alive();
 }
 
+/* A connection over a limit is told to come back: 503 with Retry-After and
+ * Connection: close, whatever it asked; counted by limit. */
+static void expect_busy(int fd, const char *retry_after) {
+  static char buf[4096];
+  const char *req = "GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n";
+  raw_send(fd, req, strlen(req));
+  int closed;
+  raw_read_all(fd, buf, sizeof(buf), &closed);
+  assert_true(closed);
+  assert_int_equal(first_status(buf), 503);
+  char want[64];
+  snprintf(want, sizeof(want), "\r\nRetry-After: %s\r\n", retry_after);
+  assert_non_null(strstr(buf, want));
+  assert_non_null(strstr(buf, "\r\nConnection: close\r\n"));
+  assert_non_null(strstr(buf, "retry in "));
+}
+
+static double limited_rejected(const char *reason) {
+  char labels[96];
+  snprintf(labels, sizeof(labels), "server=\"limited\",reason=\"%s\"", reason);
+  return counter("capstan_http_connections_rejected_total", labels);
+}
+
+static double limited_gauge(const char *name) {
+  return capstan_metric_value(capstan_metrics_gauge(name, "", "server=\"limited\""));
+}
+
+/* Bounded poll until gauge |name| of the limited server is |want|. */
+static void wait_limited_gauge(const char *name, double want) {
+  int ok = 0;
+  for (int i = 0; i < 250 && !ok; i++) {
+    ok = limited_gauge(name) == want;
+    if (!ok) usleep(20000);
+  }
+  assert_true(ok);
+}
+
 static void test_connection_limits(void **state) {
   static char buf[4096];
   int status;
   const char *req = "GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n";
-  double per0 = counter("capstan_http_connections_rejected_total",
-                        "server=\"limited\",reason=\"limit_per_address\"");
-  double tot0 = counter("capstan_http_connections_rejected_total",
-                        "server=\"limited\",reason=\"limit_total\"");
+  double per0 = limited_rejected("limit_per_address");
+  double tot0 = limited_rejected("limit_total");
+  double busy0 =
+      counter("capstan_http_requests_total", "server=\"limited\",method=\"GET\",code=\"503\"");
   int fds[5];
   /* Two from 127.0.0.1 are admitted (each answers a request). */
   for (int i = 0; i < 2; i++) {
@@ -858,12 +896,9 @@ static void test_connection_limits(void **state) {
     assert_true(raw_read_response(fds[i], buf, sizeof(buf), &status) > 0);
     assert_int_equal(status, 200);
   }
-  /* A third from the same address is closed at once. */
+  /* A third from the same address is told to come back, then closed. */
   fds[2] = raw_connect_from(g.limited_port, "127.0.0.1");
-  raw_send(fds[2], req, strlen(req));
-  int closed;
-  assert_int_equal(raw_read_all(fds[2], buf, sizeof(buf), &closed), 0);
-  assert_true(closed);
+  expect_busy(fds[2], "10");
   /* Another address fits in the total (3)... */
   fds[3] = raw_connect_from(g.limited_port, "127.0.0.2");
   raw_send(fds[3], req, strlen(req));
@@ -871,19 +906,19 @@ static void test_connection_limits(void **state) {
   assert_int_equal(status, 200);
   /* ...and the next one is over it. */
   fds[4] = raw_connect_from(g.limited_port, "127.0.0.3");
-  raw_send(fds[4], req, strlen(req));
-  assert_int_equal(raw_read_all(fds[4], buf, sizeof(buf), &closed), 0);
-  assert_true(closed);
-  assert_int_equal(counter("capstan_http_connections_rejected_total",
-                           "server=\"limited\",reason=\"limit_per_address\""),
-                   per0 + 1);
-  assert_int_equal(counter("capstan_http_connections_rejected_total",
-                           "server=\"limited\",reason=\"limit_total\""),
-                   tot0 + 1);
+  expect_busy(fds[4], "10");
+  assert_int_equal(limited_rejected("limit_per_address"), per0 + 1);
+  assert_int_equal(limited_rejected("limit_total"), tot0 + 1);
+  assert_int_equal(
+      counter("capstan_http_requests_total", "server=\"limited\",method=\"GET\",code=\"503\""),
+      busy0 + 2);
+  /* Refusals are not open connections. */
+  assert_int_equal(limited_gauge("capstan_http_connections_active"), 3);
   /* max_requests_per_connection = 2: the second answer says close. */
   raw_send(fds[0], req, strlen(req));
   assert_true(raw_read_response(fds[0], buf, sizeof(buf), &status) > 0);
   assert_non_null(strstr(buf, "Connection: close\r\n"));
+  int closed;
   assert_int_equal(raw_read_all(fds[0], buf, sizeof(buf), &closed), 0);
   assert_true(closed);
   /* Idle keep-alive connections are closed after the idle timeout. */
@@ -891,18 +926,83 @@ static void test_connection_limits(void **state) {
   assert_true(closed);
   for (int i = 0; i < 5; i++) close(fds[i]);
   /* Once closed, the slots are free again (bounded poll). */
-  int ok = 0;
-  for (int i = 0; i < 100 && !ok; i++) {
-    ok = capstan_metric_value(capstan_metrics_gauge("capstan_http_connections_active", "",
-                                                    "server=\"limited\"")) == 0;
-    if (!ok) usleep(20000);
-  }
-  assert_true(ok);
+  wait_limited_gauge("capstan_http_connections_active", 0);
+  wait_limited_gauge("capstan_http_connections_refusing", 0);
   const char *code =
       run("curl -s --max-time 10 -o /dev/null -w '%%{http_code}' "
           "'http://127.0.0.1:%d/hello.txt'",
           g.limited_port);
   assert_string_equal(code, "200");
+}
+
+typedef struct {
+  unsigned total, per_address, retry_after;
+} limits_t;
+
+static void set_limited(void *arg) {
+  const limits_t *l = arg;
+  capstan_http_server_set_limits(g.limited, l->total, l->per_address, l->retry_after);
+}
+
+/* Limits change live: open connections stay when a limit shrinks below
+ * them, new ones follow the new value at once; raised again, the same
+ * client gets through. Past the flood ceiling (max_refusing = 2 on this
+ * server) a refused connection is closed at accept without an answer. */
+static void test_limits_live(void **state) {
+  static char buf[4096];
+  int status, closed;
+  const char *req = "GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n";
+  int open1 = raw_connect_from(g.limited_port, "127.0.0.1");
+  raw_send(open1, req, strlen(req));
+  assert_true(raw_read_response(open1, buf, sizeof(buf), &status) > 0);
+  assert_int_equal(status, 200);
+  /* Shrink: one in all, Retry-After 7. */
+  on_loop(set_limited, &(limits_t){1, 1, 7});
+  int over = raw_connect_from(g.limited_port, "127.0.0.4");
+  expect_busy(over, "7");
+  close(over);
+  /* The connection already open is not cut. */
+  raw_send(open1, req, strlen(req));
+  assert_true(raw_read_response(open1, buf, sizeof(buf), &status) > 0);
+  assert_int_equal(status, 200);
+  close(open1);
+  wait_limited_gauge("capstan_http_connections_active", 0);
+  wait_limited_gauge("capstan_http_connections_refusing", 0);
+
+  /* The flood ceiling: two silent refused connections are being answered;
+   * a third is closed at once, counted as dropped. */
+  int hold = raw_connect_from(g.limited_port, "127.0.0.5"); /* admitted: the one slot */
+  raw_send(hold, "G", 1);
+  wait_limited_gauge("capstan_http_connections_active", 1);
+  double dropped0 = counter("capstan_http_connections_dropped_total",
+                            "server=\"limited\",reason=\"limit_total\"");
+  int silent[2];
+  for (int i = 0; i < 2; i++) silent[i] = raw_connect_from(g.limited_port, "127.0.0.6");
+  wait_limited_gauge("capstan_http_connections_refusing", 2);
+  int flood = raw_connect_from(g.limited_port, "127.0.0.6");
+  raw_send(flood, req, strlen(req));
+  assert_int_equal(raw_read_all(flood, buf, sizeof(buf), &closed), 0);
+  assert_true(closed);
+  close(flood);
+  assert_int_equal(counter("capstan_http_connections_dropped_total",
+                           "server=\"limited\",reason=\"limit_total\""),
+                   dropped0 + 1);
+  /* The silent ones still hear their 503 when they ask. */
+  expect_busy(silent[0], "7");
+  close(silent[0]);
+  close(silent[1]);
+  close(hold);
+  wait_limited_gauge("capstan_http_connections_active", 0);
+  wait_limited_gauge("capstan_http_connections_refusing", 0);
+
+  /* Raised again: the client that was refused gets through. */
+  on_loop(set_limited, &(limits_t){3, 2, 10});
+  int back = raw_connect_from(g.limited_port, "127.0.0.4");
+  raw_send(back, req, strlen(req));
+  assert_true(raw_read_response(back, buf, sizeof(buf), &status) > 0);
+  assert_int_equal(status, 200);
+  close(back);
+  wait_limited_gauge("capstan_http_connections_active", 0);
 }
 
 /* ---- tests: admin ---------------------------------------------------------- */
@@ -1092,6 +1192,7 @@ int main(void) {
       cmocka_unit_test(test_path_checks),
       cmocka_unit_test(test_slowloris),
       cmocka_unit_test(test_connection_limits),
+      cmocka_unit_test(test_limits_live),
       cmocka_unit_test(test_admin),
       cmocka_unit_test(test_ipv6_and_addresses),
       cmocka_unit_test(test_stop_lets_inflight_finish),

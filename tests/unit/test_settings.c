@@ -45,6 +45,14 @@ static const bound_t bounds[] = {
     {"max-connections-per-address", 1, 100000},
     {"capf-previous-trust-days", 0, 3650},
     {"audit-retention-days", 1, 3650},
+    {"max-handshakes", 1, 100000},
+    {"http-max-connections", 1, 1000000},
+    {"http-max-connections-per-address", 1, 100000},
+    {"tftp-max-transfers", 1, 1000000},
+    {"tftp-max-transfers-per-address", 1, 100000},
+    {"admin-max-connections", 1, 100000},
+    {"admin-max-connections-per-address", 1, 100000},
+    {"files-retry-after-seconds", 1, 3600},
 };
 
 static void test_every_numeric_bound(void **state) {
@@ -111,6 +119,47 @@ static void test_defaults_and_messages(void **state) {
   free(s);
 }
 
+/* The listener limits: defaults that let 1,000 phones behind one address
+ * (NAT, load balancer) reset at once (README "Limits"), and help that says
+ * what each one protects and what a phone beyond it hears. */
+static void test_limits(void **state) {
+  capstan_settings_t *s = fresh();
+  expect_get(s, "max-connections", "20000");
+  expect_get(s, "max-connections-per-address", "2000");
+  expect_get(s, "max-handshakes", "256");
+  expect_get(s, "http-max-connections", "20000");
+  expect_get(s, "http-max-connections-per-address", "2000");
+  expect_get(s, "tftp-max-transfers", "20000");
+  expect_get(s, "tftp-max-transfers-per-address", "2000");
+  expect_get(s, "admin-max-connections", "256");
+  expect_get(s, "admin-max-connections-per-address", "64");
+  expect_get(s, "retry-delay-seconds", "60");
+  expect_get(s, "files-retry-after-seconds", "10");
+  static const struct {
+    const char *name, *answer;
+  } limits[] = {
+      {"max-connections", "RETRY_LATER"}, {"max-connections-per-address", "RETRY_LATER"},
+      {"http-max-connections", "503"},    {"http-max-connections-per-address", "503"},
+      {"tftp-max-transfers", "busy"},     {"tftp-max-transfers-per-address", "busy"},
+      {"admin-max-connections", "503"},   {"admin-max-connections-per-address", "503"},
+  };
+  for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {
+    const capstan_setting_info_t *info = capstan_settings_find(limits[i].name);
+    assert_non_null(info);
+    assert_non_null(strstr(info->help, limits[i].answer));
+    /* Every per-address share fits inside its total. */
+    if (strstr(info->name, "per-address") != NULL) {
+      char total[64];
+      snprintf(total, sizeof(total), "%.*s", (int)(strstr(info->name, "-per-address") - info->name),
+               info->name);
+      const capstan_setting_info_t *t = capstan_settings_find(total);
+      assert_non_null(t);
+      assert_true(info->max <= t->max);
+    }
+  }
+  free(s);
+}
+
 static void test_bool_and_digest(void **state) {
   capstan_settings_t *s = fresh();
   char err[256];
@@ -159,7 +208,7 @@ static void test_host(void **state) {
 }
 
 static void test_table(void **state) {
-  assert_int_equal(capstan_settings_count(), 17);
+  assert_int_equal(capstan_settings_count(), 25);
   for (size_t i = 0; i < capstan_settings_count(); i++) {
     const capstan_setting_info_t *info = capstan_settings_info(i);
     assert_non_null(info);
@@ -229,6 +278,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_numeric_bound),
       cmocka_unit_test(test_defaults_and_messages),
+      cmocka_unit_test(test_limits),
       cmocka_unit_test(test_bool_and_digest),
       cmocka_unit_test(test_host),
       cmocka_unit_test(test_table),

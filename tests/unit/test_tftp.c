@@ -260,6 +260,7 @@ static int group_setup(void **state) {
   g_source.impl = &g_loop;
   capstan_tftp_config_t cfg;
   capstan_tftp_config_defaults(&cfg);
+  cfg.max_transfers_per_address = 8; /* the limit tests hold 8 */
   if (capstan_tftp_server_start(&g_loop, "127.0.0.1:0", &cfg, &g_source, &g_main) != 0) return -1;
   cfg.max_transfers = 2;
   if (capstan_tftp_server_start(&g_loop, "127.0.0.1:0", &cfg, &g_source, &g_small) != 0) return -1;
@@ -1068,7 +1069,7 @@ static void test_client_stops_acking(void **state) {
 
 static void test_client_limit(void **state) {
   wait_idle(10);
-  double before = counter("capstan_tftp_rejections_total", "reason=\"client_limit\"");
+  double before = counter("capstan_tftp_rejections_total", "reason=\"limit_per_address\"");
   int fds[8], tids[8] = {0};
   for (int i = 0; i < 8; i++) fds[i] = start_held_transfer(g_port, "firmware.bin", &tids[i]);
   assert_true(active_transfers() == 8);
@@ -1076,9 +1077,10 @@ static void test_client_limit(void **state) {
   uint8_t pkt[100];
   size_t n = build_rrq(pkt, "small.txt", "octet", NULL);
   raw_send(extra, g_port, pkt, n);
-  expect_error(extra, 0, "server busy");
+  expect_error(extra, 0, "server busy (too many transfers from this address), retry in 10 s");
   close(extra);
-  assert_true(counter("capstan_tftp_rejections_total", "reason=\"client_limit\"") == before + 1);
+  assert_true(counter("capstan_tftp_rejections_total", "reason=\"limit_per_address\"") ==
+              before + 1);
   /* The clients abort: everything is released. */
   for (int i = 0; i < 8; i++) {
     send_err(fds[i], tids[i]);
@@ -1095,6 +1097,7 @@ typedef struct {
   int new_fd, old_fd, old_tid;
   const uint8_t *rrq;
   size_t rrq_len;
+  int port; /* the server's; 0: the main one */
 } abort_resend_t;
 
 static void send_rrq_then_abort(void *arg) {
@@ -1102,7 +1105,7 @@ static void send_rrq_then_abort(void *arg) {
   struct sockaddr_in to = {0};
   to.sin_family = AF_INET;
   to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  to.sin_port = htons((uint16_t)g_port);
+  to.sin_port = htons((uint16_t)(a->port ? a->port : g_port));
   (void)sendto(a->new_fd, a->rrq, a->rrq_len, 0, (struct sockaddr *)&to, sizeof(to));
   static const uint8_t err[] = {0, 5, 0, 0, 'b', 'y', 'e', 0};
   to.sin_port = htons((uint16_t)a->old_tid);
@@ -1114,14 +1117,14 @@ static void send_rrq_then_abort(void *arg) {
  * request is counted against the limit. */
 static void test_client_limit_abort_then_request(void **state) {
   wait_idle(10);
-  double busy = counter("capstan_tftp_rejections_total", "reason=\"client_limit\"");
+  double busy = counter("capstan_tftp_rejections_total", "reason=\"limit_per_address\"");
   double aborted = counter("capstan_tftp_transfers_total", "kind=\"static\",result=\"error\"");
   int fds[8], tids[8] = {0};
   for (int i = 0; i < 8; i++) fds[i] = start_held_transfer(g_port, "firmware.bin", &tids[i]);
   assert_true(active_transfers() == 8);
   int extra = raw_open();
   uint8_t rrq[100];
-  abort_resend_t a = {extra, fds[0], tids[0], rrq, build_rrq(rrq, "small.txt", "octet", NULL)};
+  abort_resend_t a = {extra, fds[0], tids[0], rrq, build_rrq(rrq, "small.txt", "octet", NULL), 0};
   run_on_loop(send_rrq_then_abort, &a);
   uint8_t pkt[600];
   int tid = 0;
@@ -1131,7 +1134,7 @@ static void test_client_limit_abort_then_request(void **state) {
   assert_memory_equal(pkt + 4, g_files[F_SMALL].data, 13);
   send_ack(extra, tid, 1);
   close(extra);
-  assert_true(counter("capstan_tftp_rejections_total", "reason=\"client_limit\"") == busy);
+  assert_true(counter("capstan_tftp_rejections_total", "reason=\"limit_per_address\"") == busy);
   assert_true(counter("capstan_tftp_transfers_total", "kind=\"static\",result=\"error\"") ==
               aborted + 1);
   for (int i = 0; i < 8; i++) {
@@ -1142,9 +1145,81 @@ static void test_client_limit_abort_then_request(void **state) {
   check_normal_download();
 }
 
+typedef struct {
+  unsigned total, per_address, retry_after;
+} limits_t;
+
+static void set_main_limits(void *arg) {
+  const limits_t *l = arg;
+  capstan_tftp_server_set_limits(g_main, l->total, l->per_address, l->retry_after);
+}
+
+/* The limits change live: a transfer running when its address's share
+ * shrinks to 1 goes on; the next request from that address hears "busy,
+ * retry in 3 s"; raised again, the same request is served. */
+static void test_limits_live(void **state) {
+  wait_idle(10);
+  double busy = counter("capstan_tftp_rejections_total", "reason=\"limit_per_address\"");
+  int tid = 0;
+  int held = start_held_transfer(g_port, "firmware.bin", &tid);
+  run_on_loop(set_main_limits, &(limits_t){0, 1, 3});
+  int extra = raw_open();
+  uint8_t pkt[600];
+  size_t n = build_rrq(pkt, "small.txt", "octet", NULL);
+  raw_send(extra, g_port, pkt, n);
+  expect_error(extra, 0, "server busy (too many transfers from this address), retry in 3 s");
+  assert_true(counter("capstan_tftp_rejections_total", "reason=\"limit_per_address\"") == busy + 1);
+  /* The running transfer was not cut: block 2 follows the ACK of 1. */
+  send_ack(held, tid, 1);
+  int tid2 = 0;
+  ssize_t r = raw_recv(held, pkt, sizeof(pkt), 3000, &tid2);
+  assert_int_equal(r, 516);
+  assert_int_equal(pkt[3], 2);
+  assert_int_equal(tid2, tid);
+  /* Raised: the client that was told to come back is served. */
+  run_on_loop(set_main_limits, &(limits_t){0, 8, 10});
+  raw_send(extra, g_port, pkt, build_rrq(pkt, "small.txt", "octet", NULL));
+  r = raw_recv(extra, pkt, sizeof(pkt), 3000, &tid2);
+  assert_int_equal(r, 4 + 13);
+  assert_int_equal(pkt[1], CAPSTAN_TFTP_OP_DATA);
+  send_ack(extra, tid2, 1);
+  close(extra);
+  send_err(held, tid);
+  close(held);
+  wait_idle(10);
+  check_normal_download();
+}
+
+/* The same at the total limit (a storm of as many phones as the limit):
+ * the transfer a client just ended is not counted against its next
+ * request. */
+static void test_total_limit_end_then_request(void **state) {
+  wait_idle(10);
+  double busy = counter("capstan_tftp_rejections_total", "reason=\"limit_total\"");
+  int t1 = 0, t2 = 0;
+  int a = start_held_transfer(g_small_port, "firmware.bin", &t1);
+  int b = start_held_transfer(g_small_port, "firmware.bin", &t2);
+  int extra = raw_open();
+  uint8_t rrq[100];
+  abort_resend_t ar = {extra, a, t1, rrq, build_rrq(rrq, "small.txt", "octet", NULL), g_small_port};
+  run_on_loop(send_rrq_then_abort, &ar);
+  uint8_t pkt[600];
+  int tid = 0;
+  ssize_t r = raw_recv(extra, pkt, sizeof(pkt), 3000, &tid);
+  assert_int_equal(r, 4 + 13);
+  assert_int_equal(pkt[1], CAPSTAN_TFTP_OP_DATA);
+  send_ack(extra, tid, 1);
+  close(extra);
+  assert_true(counter("capstan_tftp_rejections_total", "reason=\"limit_total\"") == busy);
+  send_err(b, t2);
+  close(a);
+  close(b);
+  wait_idle(10);
+}
+
 static void test_total_limit(void **state) {
   wait_idle(10);
-  double before = counter("capstan_tftp_rejections_total", "reason=\"total_limit\"");
+  double before = counter("capstan_tftp_rejections_total", "reason=\"limit_total\"");
   int t1 = 0, t2 = 0;
   int a = start_held_transfer(g_small_port, "firmware.bin", &t1);
   int b = start_held_transfer(g_small_port, "firmware.bin", &t2);
@@ -1152,8 +1227,8 @@ static void test_total_limit(void **state) {
   uint8_t pkt[100];
   size_t n = build_rrq(pkt, "small.txt", "octet", NULL);
   raw_send(c, g_small_port, pkt, n);
-  expect_error(c, 0, "server busy");
-  assert_true(counter("capstan_tftp_rejections_total", "reason=\"total_limit\"") == before + 1);
+  expect_error(c, 0, "server busy (too many transfers), retry in 10 s");
+  assert_true(counter("capstan_tftp_rejections_total", "reason=\"limit_total\"") == before + 1);
   send_err(a, t1);
   send_err(b, t2);
   close(a);
@@ -1331,6 +1406,8 @@ int main(void) {
       cmocka_unit_test(test_client_limit),
       cmocka_unit_test(test_client_limit_abort_then_request),
       cmocka_unit_test(test_total_limit),
+      cmocka_unit_test(test_total_limit_end_then_request),
+      cmocka_unit_test(test_limits_live),
       cmocka_unit_test(test_duplicate_request),
       cmocka_unit_test(test_bad_addresses),
       cmocka_unit_test(test_ipv6_dual_stack),
