@@ -195,3 +195,34 @@ bool capstan_device_name_valid(const char *name) {
   }
   return true;
 }
+
+static char to_upper(char c) {
+  return c >= 'a' && c <= 'z' ? (char)(c - 'a' + 'A') : c;
+}
+
+static bool sep_prefix(const char *name) {
+  return to_upper(name[0]) == 'S' && to_upper(name[1]) == 'E' && to_upper(name[2]) == 'P';
+}
+
+capstan_device_name_form_t capstan_device_name_form(const char *name) {
+  if (name == NULL) return CAPSTAN_DEVICE_NAME_INVALID;
+  size_t n = strnlen(name, CAPSTAN_DEVICE_NAME_MAX + 1);
+  if (n >= 3 && sep_prefix(name)) {
+    if (n != MAC_NAME_LEN) return CAPSTAN_DEVICE_NAME_BAD_SEP;
+    bool upper = strncmp(name, "SEP", 3) == 0;
+    for (size_t i = 3; i < n; i++) {
+      if (!is_any_hex(name[i])) return CAPSTAN_DEVICE_NAME_BAD_SEP;
+      upper = upper && is_upper_hex(name[i]);
+    }
+    return upper ? CAPSTAN_DEVICE_NAME_MAC : CAPSTAN_DEVICE_NAME_MAC_LOWER;
+  }
+  return capstan_device_name_valid(name) ? CAPSTAN_DEVICE_NAME_OTHER : CAPSTAN_DEVICE_NAME_INVALID;
+}
+
+bool capstan_device_name_canonical(const char *name, char *out, size_t cap) {
+  size_t n = strlen(name);
+  if (n + 1 > cap) return false;
+  bool mac = capstan_device_name_form(name) == CAPSTAN_DEVICE_NAME_MAC_LOWER;
+  for (size_t i = 0; i <= n; i++) out[i] = mac ? to_upper(name[i]) : name[i];
+  return true;
+}

@@ -139,6 +139,35 @@ const char *capstan_cert_type_name(int type); /* "unknown", "lsc", "mic" */
  * False for NULL. */
 bool capstan_device_name_valid(const char *name);
 
+/* The forms of a device name, for the operator-facing rule of the CLI (add,
+ * set, import). capstan_device_name_valid above stays the storage rule. */
+typedef enum {
+  CAPSTAN_DEVICE_NAME_INVALID = 0, /* not a device name at all */
+  CAPSTAN_DEVICE_NAME_MAC,         /* "SEP" + 12 upper-case hex digits */
+  CAPSTAN_DEVICE_NAME_MAC_LOWER,   /* "SEP" + 12 hex digits, some in lower case
+                                    * (or a lower-case "sep"): a MAC name that
+                                    * capstan_device_name_canonical upper-cases */
+  CAPSTAN_DEVICE_NAME_BAD_SEP,     /* starts with SEP (any case) but is not SEP +
+                                    * 12 hex digits: short, long or not hex */
+  CAPSTAN_DEVICE_NAME_OTHER,       /* another name form (CSF..., BOT..., TCT...,
+                                    * TAB..., ATA..., a lab name): valid for
+                                    * storage, but not a phone's MAC name */
+} capstan_device_name_form_t;
+
+/* The MAC-name rule in words, for messages. */
+#define CAPSTAN_DEVICE_NAME_MAC_RULE \
+  "SEP + 12 hex digits (the phone's MAC address, e.g. SEP58971ECC97C1)"
+/* The other-form rule in words, for messages. */
+#define CAPSTAN_DEVICE_NAME_OTHER_RULE "1 to 64 of A-Z a-z 0-9 . _ - starting with a letter"
+
+/* Which form |name| has (CAPSTAN_DEVICE_NAME_INVALID for NULL). */
+capstan_device_name_form_t capstan_device_name_form(const char *name);
+
+/* Copies |name| to |out| (|cap| bytes) in its canonical form: a MAC name
+ * (CAPSTAN_DEVICE_NAME_MAC_LOWER) upper-cased, any other name unchanged.
+ * Returns false when it does not fit. */
+bool capstan_device_name_canonical(const char *name, char *out, size_t cap);
+
 /* The name lists of the X-macro tables are built with a trailing ',':
  * copies |list| without it into |buf| (|cap| at least strlen(list)) and
  * returns |buf|, for "one of a,b,c" messages. */

@@ -148,12 +148,17 @@ typedef struct {
   Capstan__KeyAlg key_alg;
   uint32_t key_bits;
   int64_t completes_by; /* 0 = none */
+  bool name_upcased;    /* the file had the MAC name with lower-case hex */
+  bool name_other_form; /* not SEP + 12 hex digits (CAPSTAN_DEVICE_NAME_OTHER) */
 } capstan_device_row_t;
 /* Parses and validates a device CSV named |fname| (for messages): header,
  * column count, every field, duplicate names. On success *rows (malloc'd,
  * caller frees) holds *nrows rows. On failure returns CAPSTAN_EINVAL (or
  * CAPSTAN_ENOMEM) with one message in |err| such as
- * "devices.csv:17: column 'key': 'rsa2049' is not one of rsa512,...". A
+ * "devices.csv:17: column 'key': 'rsa2049' is not one of rsa512,...". Names
+ * follow the MAC-name rule of core/base/phone.h: a lower-case MAC name is
+ * upper-cased (name_upcased), a malformed SEP name refused, another form
+ * kept and marked (name_other_form; the caller decides). A
  * string-mode row without an auth string is valid here: the importer
  * decides (existing string, generation, or an error). */
 int capstan_device_csv_parse(const char *fname, const uint8_t *data, size_t len,

@@ -248,13 +248,23 @@ static int parse_row(size_t line, char **f, size_t n, void *arg) {
   capstan_device_row_t *r = &p->rows[p->n];
   memset(r, 0, sizeof(*r));
   r->line = line;
-  if (!capstan_device_name_valid(f[COL_NAME])) {
+  capstan_device_name_form_t form = capstan_device_name_form(f[COL_NAME]);
+  if (form == CAPSTAN_DEVICE_NAME_INVALID) {
+    return fail(
+        p, line,
+        "column 'name': '%s' is not a device name (a phone's is " CAPSTAN_DEVICE_NAME_MAC_RULE
+        "; other forms are " CAPSTAN_DEVICE_NAME_OTHER_RULE ")",
+        f[COL_NAME]);
+  }
+  if (form == CAPSTAN_DEVICE_NAME_BAD_SEP) {
     return fail(p, line,
-                "column 'name': '%s' is not a device name (SEP + 12 upper-case hex digits, or 1 "
-                "to 64 of A-Z a-z 0-9 . _ - starting with a letter)",
+                "column 'name': '%s' starts with SEP but is not a phone's name: a SEP name must be "
+                "" CAPSTAN_DEVICE_NAME_MAC_RULE,
                 f[COL_NAME]);
   }
-  snprintf(r->name, sizeof(r->name), "%s", f[COL_NAME]);
+  capstan_device_name_canonical(f[COL_NAME], r->name, sizeof(r->name));
+  r->name_upcased = form == CAPSTAN_DEVICE_NAME_MAC_LOWER;
+  r->name_other_form = form == CAPSTAN_DEVICE_NAME_OTHER;
   if (capstan_operation_parse(f[COL_OPERATION], &r->operation) != 0) {
     return bad_choice(p, line, COL_OPERATION, f[COL_OPERATION], capstan_operation_names());
   }

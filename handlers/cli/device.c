@@ -36,6 +36,7 @@ enum {
   OPT_DRY_RUN,
   OPT_TEMPLATE, /* add/set: --template NAME|none */
   OPT_SINCE,    /* history */
+  OPT_ANY_NAME, /* add/set/import: names other than SEP + 12 hex digits */
   NOPTS
 };
 #define O(x) CAPSTAN_CLI_OPT(OPT_##x)
@@ -186,6 +187,7 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_ALL] = {"all", false, NULL},
     [OPT_DRY_RUN] = {"dry-run", false, NULL},
     [OPT_SINCE] = {"since", true, set_since},
+    [OPT_ANY_NAME] = {"any-name", false, NULL},
 };
 
 /* ---- add / set ----------------------------------------------------------- */
@@ -285,18 +287,58 @@ static void describe_change(const capstan_cli_t *c, const Capstan__Device *d, bo
 #undef ADD
 }
 
-static int add_or_set(capstan_cli_t *c, bool is_add) {
-  const char *name = c->args[0];
-  if (!capstan_device_name_valid(name)) {
-    return capstan_cli_usage_error(
-        c,
-        "'%s' is not a device name (SEP + 12 upper-case hex digits, or 1 to 64 of "
-        "A-Z a-z 0-9 . _ - starting with a letter)",
-        name);
+/* The device-name rule of add, set and import: "SEP" + 12 hex digits,
+ * lower-case hex upper-cased with a notice; a malformed SEP name refused;
+ * another name form only with --any-name. */
+static bool name_allowed(const capstan_cli_t *c, const char *canonical) {
+  capstan_device_name_form_t form = capstan_device_name_form(canonical);
+  return form == CAPSTAN_DEVICE_NAME_MAC ||
+         (form == CAPSTAN_DEVICE_NAME_OTHER && (c->seen & O(ANY_NAME)));
+}
+
+/* Writes the canonical form of |name| to |out|, with a notice when it
+ * differs. Returns 0, or a usage error exit code with the message printed
+ * when |name| is no device name at all. */
+static int canonical_name(capstan_cli_t *c, const char *name, char *out, size_t cap) {
+  if (capstan_device_name_form(name) == CAPSTAN_DEVICE_NAME_INVALID ||
+      !capstan_device_name_canonical(name, out, cap)) {
+    return capstan_cli_usage_error(c,
+                                   "'%s' is not a device name: a phone's name is "
+                                   "" CAPSTAN_DEVICE_NAME_MAC_RULE
+                                   "; other forms (with --any-name) "
+                                   "are " CAPSTAN_DEVICE_NAME_OTHER_RULE,
+                                   name);
   }
-  if (is_add && !(c->seen & O(OPERATION)))
-    return capstan_cli_usage_error(c, "--operation is required");
-  if (is_add && !(c->seen & O(AUTH))) return capstan_cli_usage_error(c, "--auth is required");
+  if (strcmp(name, out) != 0) {
+    capstan_cli_error("notice: device name '%s' upper-cased to '%s' (a MAC name is upper case)",
+                      name, out);
+  }
+  return 0;
+}
+
+/* The refusal of a name that name_allowed refuses. */
+static int name_refused(capstan_cli_t *c, const char *name) {
+  if (capstan_device_name_form(name) == CAPSTAN_DEVICE_NAME_BAD_SEP) {
+    return capstan_cli_usage_error(c,
+                                   "'%s' starts with SEP but is not a phone's name: a SEP name "
+                                   "must be " CAPSTAN_DEVICE_NAME_MAC_RULE,
+                                   name);
+  }
+  return capstan_cli_usage_error(c,
+                                 "'%s' is not a phone's MAC name (" CAPSTAN_DEVICE_NAME_MAC_RULE
+                                 "); for another name form (CSF..., BOT..., TCT..., ATA..., a lab "
+                                 "name) give --any-name",
+                                 name);
+}
+
+static int add_or_set(capstan_cli_t *c, bool is_add) {
+  char name[CAPSTAN_DEVICE_NAME_MAX + 1];
+  int nrc = canonical_name(c, c->args[0], name, sizeof(name));
+  if (nrc != 0) return nrc;
+  /* set also reaches a device stored under a name this rule now refuses
+   * (added before it): only a missing one is refused for its name. */
+  bool allowed = name_allowed(c, name);
+  if (is_add && !allowed) return name_refused(c, name);
   capstan_store_t *s;
   if (capstan_cli_open_store(c, is_add ? CAPSTAN_CLI_STORE_CREATE : CAPSTAN_CLI_STORE_EXISTING,
                              &s) != 0)
@@ -316,6 +358,10 @@ static int add_or_set(capstan_cli_t *c, bool is_add) {
     capstan_cli_error("device '%s' already exists: use 'capstan device set %s ...' to change it",
                       name, name);
     ret = CAPSTAN_EXIT_ERROR;
+    goto out;
+  }
+  if (!is_add && err == CAPSTAN_ENOENT && !allowed) {
+    ret = name_refused(c, name);
     goto out;
   }
   if (!is_add && err == CAPSTAN_ENOENT) {
@@ -685,6 +731,24 @@ static int run_import(capstan_cli_t *c) {
     capstan_cli_error("nothing was imported");
     return CAPSTAN_EXIT_ERROR;
   }
+  size_t others = 0, first_other = 0;
+  for (size_t i = 0; i < nrows; i++) {
+    if (rows[i].name_upcased) {
+      capstan_cli_error(
+          "notice: %s:%zu: device name upper-cased to '%s' (a MAC name is upper case)", fname,
+          rows[i].line, rows[i].name);
+    }
+    if (rows[i].name_other_form && others++ == 0) first_other = i;
+  }
+  if (others > 0 && !(c->seen & O(ANY_NAME))) {
+    capstan_cli_error("%s:%zu: '%s' is not a phone's MAC name (" CAPSTAN_DEVICE_NAME_MAC_RULE
+                      "); %zu row%s ha%s another name form: give --any-name to import them",
+                      fname, rows[first_other].line, rows[first_other].name, others,
+                      others == 1 ? "" : "s", others == 1 ? "s" : "ve");
+    capstan_cli_error("nothing was imported");
+    free(rows);
+    return CAPSTAN_EXIT_USAGE;
+  }
   capstan_store_t *s;
   if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_CREATE, &s) != 0) {
     free(rows);
@@ -937,15 +1001,21 @@ out:
 
 /* ---- dispatch ------------------------------------------------------------------ */
 
+#define NAME_HELP                                                                          \
+  "         NAME: a phone's name is SEP + 12 hex digits (its MAC address, e.g.\n"          \
+  "         SEP58971ECC97C1); lower-case hex is upper-cased, with a notice; a SEP name\n"  \
+  "         of another length or with a non-hex digit is refused. --any-name allows\n"     \
+  "         another name form (CSF..., BOT..., TCT..., TAB..., ATA..., a lab name: 1 to\n" \
+  "         64 of A-Z a-z 0-9 . _ - starting with a letter)"
 #define ADDSET_OPTS                                                                               \
   (O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(GENERATE) | O(LENGTH) | O(KEY) | O(COMPLETES_BY) | \
-   O(ENCRYPTED) | O(TEMPLATE))
+   O(ENCRYPTED) | O(TEMPLATE) | O(ANY_NAME))
 #define ADDSET_USAGE                                                                        \
   " NAME --operation install|delete|troubleshoot|none --auth string|null|lsc|mic\n"         \
   "         [--auth-string DIGITS | --generate-auth-string [--auth-string-length 4..10]]\n" \
   "         [--key rsa512|rsa1024|rsa2048|rsa3072|rsa4096|ec256|ec384|ec521]\n"             \
   "         [--completes-by YYYY-MM-DD[THH:MM[:SS]Z]|none] [--encrypted-config on|off]\n"   \
-  "         [--template NAME|none] [--data-dir DIR]"
+  "         [--template NAME|none] [--any-name] [--data-dir DIR]\n" NAME_HELP
 
 #define DEVICE_USAGE                                \
   "capstan device <command> ... [--data-dir DIR]\n" \
@@ -955,7 +1025,8 @@ static const capstan_cli_sub_t device_subs[] = {
     {"add", ADDSET_OPTS, false, 1, 1, "capstan device add" ADDSET_USAGE, run_add},
     {"set", ADDSET_OPTS, false, 1, 1,
      "capstan device set NAME [options of 'device add']\n"
-     "         (--operation re-arms the device: status pending, attempts 0)",
+     "         (--operation re-arms the device: status pending, attempts 0;\n"
+     "         a device stored under a name the name rule now refuses can still be set)",
      run_set},
     {"show", O(SHOW_SECRETS), true, 1, 1, "capstan device show NAME [--json] [--show-secrets]",
      run_show},
@@ -974,10 +1045,11 @@ static const capstan_cli_sub_t device_subs[] = {
      "         --json: {device, exists, status, operation, events: [{at, event, user,\n"
      "         detail}]} ('capstan audit list --help' says more)",
      run_history},
-    {"import", O(GENERATE_CSV) | O(LENGTH) | O(NO_UPDATE), false, 1, 1,
+    {"import", O(GENERATE_CSV) | O(LENGTH) | O(NO_UPDATE) | O(ANY_NAME), false, 1, 1,
      "capstan device import FILE.csv|- [--generate-auth-strings unique|shared]\n"
-     "         [--auth-string-length 4..10] [--no-update]\n"
+     "         [--auth-string-length 4..10] [--no-update] [--any-name]\n"
      "         header: " CAPSTAN_DEVICE_CSV_HEADER "\n"
+     "         names as for 'device add' (--any-name for rows of another name form)\n"
      "         all rows are imported in one transaction, or none",
      run_import},
     {"export", 0, false, 1, 1, "capstan device export FILE.csv|-", run_export},

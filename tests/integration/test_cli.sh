@@ -72,7 +72,7 @@ expect 2 "keepalive bad" -- "$BIN" keepalive set 4
 # --- add / show / list / set / remove --------------------------------------
 expect 0 "add string device" -- "$BIN" device add SEP0011223344AA --operation install --auth string --auth-string 4711 --key ec256 --completes-by 2030-01-31
 [ "$(stat -c %a "$CAPSTAN_DATA_DIR")" = 700 ] && pass || fail "data dir is not 0700"
-expect 0 "add null device" -- "$BIN" device add phone-lab.1 --operation troubleshoot --auth null
+expect 0 "add null device" -- "$BIN" device add phone-lab.1 --any-name --operation troubleshoot --auth null
 expect 0 "add generated" -- "$BIN" device add SEP0011223344AB --operation install --auth string --generate-auth-string --auth-string-length 8
 grep -Eq 'authentication string for SEP0011223344AB: [0-9]{8}$' "$WORK/out" && pass || fail "generated string printed"
 expect 1 "add duplicate" -- "$BIN" device add SEP0011223344AA --operation install --auth null
@@ -121,7 +121,7 @@ json_ok "$WORK/out" "d['keepalive-minutes']==10 and d['capf-host']=='capf.exampl
   done
   echo '"quoted-name",delete,null,,ec384,'
 } >"$WORK/in.csv"
-expect 0 "import" -- "$BIN" device import "$WORK/in.csv"
+expect 0 "import" -- "$BIN" device import "$WORK/in.csv" --any-name
 contains "$WORK/out" "2001 added" "import counts"
 expect 0 "export" -- "$BIN" device export "$WORK/out1.csv"
 [ "$(stat -c %a "$WORK/out1.csv")" = 600 ] && pass || fail "export file (auth strings) is not 0600"
@@ -129,7 +129,7 @@ expect 0 "export" -- "$BIN" device export "$WORK/out1.csv"
 grep -q '^SEP000000000007,install,string,000007,rsa2048,2031-06-01T00:00:00Z$' "$WORK/out1.csv" && pass || fail "exported row"
 
 # Round trip into a fresh directory gives the same file.
-expect 0 "import elsewhere" -- "$BIN" device import "$WORK/out1.csv" --data-dir "$WORK/data2"
+expect 0 "import elsewhere" -- "$BIN" device import "$WORK/out1.csv" --any-name --data-dir "$WORK/data2"
 expect 0 "export elsewhere" -- "$BIN" device export - --data-dir "$WORK/data2"
 cmp -s "$WORK/out" "$WORK/out1.csv" && pass || fail "export/import round trip differs"
 

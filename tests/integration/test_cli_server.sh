@@ -63,7 +63,7 @@ wait_for "event=capf_keepalive_changed minutes=7" 20 && pass || fail "server did
 # Concurrent CLI writers: LMDB serialises them; every one succeeds.
 pids=()
 for i in $(seq 1 8); do
-  "$BIN" device add "lab-phone-$i" --operation install --auth null --data-dir "$DATA" \
+  "$BIN" device add "lab-phone-$i" --any-name --operation install --auth null --data-dir "$DATA" \
     >"$WORK/add$i.out" 2>&1 &
   pids+=($!)
 done

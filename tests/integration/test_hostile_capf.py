@@ -835,7 +835,7 @@ def cert_value(der, ctype=1):
 
 
 def phone_at_fetch(c):
-    p, m = phone_authed(c, c.device("T"), h.FETCH_CERT_REQUEST, "FETCH_CERT_REQUEST")
+    p, m = phone_authed(c, c.device("9"), h.FETCH_CERT_REQUEST, "FETCH_CERT_REQUEST")
     check(not m.elements, "FETCH_CERT_REQUEST carries elements: %r" % m)
     return p
 
@@ -1141,7 +1141,7 @@ def main():
             f.write("%s,install,null,,rsa1024,\n" % CHURN_EC_DEVICE)
             f.write("%s,install,lsc,,rsa1024,\n" % LSC_DEVICE)
             for i in range(1, 400):
-                f.write("SEPT%011X,troubleshoot,null,,rsa1024,\n" % i)
+                f.write("SEP9%011X,troubleshoot,null,,rsa1024,\n" % i)
                 f.write("SEPE%011X,delete,null,,rsa1024,\n" % i)
                 f.write("SEPF%011X,install,null,,ec256,\n" % i)
         h.cli(data_dir, "device", "import", csv)

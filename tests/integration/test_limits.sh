@@ -40,17 +40,17 @@ log_count() { grep -c -- "$1" "$LOG"; }
 
 # --- CAPF: RETRY_LATER beyond max-connections-per-address and max-connections ---
 for i in 1 2 3; do
-  cap main device add "SEP00000000L00$i" --operation install --auth null --key ec256 >/dev/null
+  cap main device add "SEP00000000AA0$i" --operation install --auth null --key ec256 >/dev/null
 done
 set_live max-connections-per-address 1
 set_live retry-delay-seconds 33
 # Phone 1 holds its connection in key generation.
-timeout 150 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000L001 \
+timeout 150 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000AA01 \
   --auth null --keygen-delay 90 --timeout 120 --key-cache "$IT_KEYS" --json \
   >"$IT_TMP/holder.json" 2>"$IT_TMP/holder.err" &
 HOLDER=$!
 it_wait_for 60 metric_is capstan_capf_keygen_active 1 || fail "phone 1 never reached key generation"
-phone main --name SEP00000000L002 --auth null
+phone main --name SEP00000000AA02 --auth null
 [[ $PHONE_RC -eq 1 ]] || fail "a phone over the per-address limit must exit 1, got $PHONE_RC"
 json_expect "$PHONE_JSON" result error error retry_later retry_delay 33
 metric_expect main 'capstan_capf_connections_rejected_total{reason="limit_per_address"}' 1
@@ -58,12 +58,12 @@ metric_expect main 'capstan_capf_connections_dropped_total{reason="limit_per_add
 metric_expect main capstan_capf_sessions_active 1
 grep -q 'event=capf_connection_rejected .*reason="per-address connection limit reached (max-connections-per-address)" limit=1 answer=retry_later retry_delay=33' "$LOG" ||
   fail "no log line for the per-address refusal"
-json_expect "$(device_json main SEP00000000L002)" status pending attempts 0
+json_expect "$(device_json main SEP00000000AA02)" status pending attempts 0
 
 # The total: one open connection, max-connections 1.
 set_live max-connections-per-address 2000
 set_live max-connections 1
-phone main --name SEP00000000L002 --auth null
+phone main --name SEP00000000AA02 --auth null
 json_expect "$PHONE_JSON" result error error retry_later retry_delay 33
 metric_expect main 'capstan_capf_connections_rejected_total{reason="limit_total"}' 1
 grep -q 'event=capf_connection_rejected .*reason="connection limit reached (max-connections)" limit=1 answer=retry_later' "$LOG" ||
@@ -71,7 +71,7 @@ grep -q 'event=capf_connection_rejected .*reason="connection limit reached (max-
 
 # Raised again: the same phone enrolls; the one holding was never cut.
 set_live max-connections 20000
-phone main --name SEP00000000L002 --auth null
+phone main --name SEP00000000AA02 --auth null
 json_expect "$PHONE_JSON" result ok reason 1 operation install
 kill -0 "$HOLDER" 2>/dev/null || fail "the phone holding a connection was cut: $(cat "$IT_TMP/holder.json")"
 metric_expect main capstan_capf_keygen_active 1
@@ -84,7 +84,7 @@ it_wait_for 10 metric_is capstan_capf_sessions_active 0 || fail "holder's sessio
 set_live max-handshakes 1
 exec 5<>"/dev/tcp/127.0.0.1/${SRV_CAPF[main]}"
 it_wait_for 10 metric_is capstan_capf_sessions_active 1 || fail "silent connection not admitted"
-timeout 90 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000L003 \
+timeout 90 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000AA03 \
   --auth null --timeout 60 --key-cache "$IT_KEYS" --json >"$IT_TMP/waiter.json" 2>&1 &
 WAITER=$!
 sleep 1.5
@@ -203,7 +203,7 @@ assert_eq 1 "$(grep -c 'event=ready' "$LOG")" "server starts"
 set_live max-handshakes 1
 exec 6<>"/dev/tcp/127.0.0.1/${SRV_CAPF[main]}"
 it_wait_for 10 metric_is capstan_capf_sessions_active 1 || fail "silent connection not admitted"
-timeout 90 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000L001 \
+timeout 90 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000AA01 \
   --auth null --timeout 60 --key-cache "$IT_KEYS" --json >"$IT_TMP/drained.json" 2>&1 &
 DRAINED=$!
 it_wait_for 10 metric_is capstan_capf_connections_waiting 1 || fail "phone not waiting"

@@ -87,12 +87,42 @@ static void test_device_names(void **state) {
   assert_true(capstan_device_name_valid("SEP58971ecc97cx"));
 }
 
+static void test_device_name_forms(void **state) {
+  (void)state;
+  assert_int_equal(capstan_device_name_form("SEP58971ECC97C1"), CAPSTAN_DEVICE_NAME_MAC);
+  assert_int_equal(capstan_device_name_form("SEP58971ecc97c1"), CAPSTAN_DEVICE_NAME_MAC_LOWER);
+  assert_int_equal(capstan_device_name_form("sep58971ECC97C1"), CAPSTAN_DEVICE_NAME_MAC_LOWER);
+  /* Short, long, or not hex: a SEP name that is no phone's. */
+  assert_int_equal(capstan_device_name_form("SEP1234"), CAPSTAN_DEVICE_NAME_BAD_SEP);
+  assert_int_equal(capstan_device_name_form("SEP"), CAPSTAN_DEVICE_NAME_BAD_SEP);
+  assert_int_equal(capstan_device_name_form("SEP58971ECC97C12"), CAPSTAN_DEVICE_NAME_BAD_SEP);
+  assert_int_equal(capstan_device_name_form("SEP58971ecc97cx"), CAPSTAN_DEVICE_NAME_BAD_SEP);
+  assert_int_equal(capstan_device_name_form("SEP58971ECC97G1"), CAPSTAN_DEVICE_NAME_BAD_SEP);
+  assert_int_equal(capstan_device_name_form("Sep-lab"), CAPSTAN_DEVICE_NAME_BAD_SEP);
+  /* Other forms real devices use, and lab names. */
+  assert_int_equal(capstan_device_name_form("CSFjdoe"), CAPSTAN_DEVICE_NAME_OTHER);
+  assert_int_equal(capstan_device_name_form("ATA58971ECC97C1"), CAPSTAN_DEVICE_NAME_OTHER);
+  assert_int_equal(capstan_device_name_form("phone-1.lab_2"), CAPSTAN_DEVICE_NAME_OTHER);
+  assert_int_equal(capstan_device_name_form("SE"), CAPSTAN_DEVICE_NAME_OTHER);
+  assert_int_equal(capstan_device_name_form("1phone"), CAPSTAN_DEVICE_NAME_INVALID);
+  assert_int_equal(capstan_device_name_form(""), CAPSTAN_DEVICE_NAME_INVALID);
+  assert_int_equal(capstan_device_name_form(NULL), CAPSTAN_DEVICE_NAME_INVALID);
+
+  char out[CAPSTAN_DEVICE_NAME_MAX + 1];
+  assert_true(capstan_device_name_canonical("sep58971ecc97c1", out, sizeof(out)));
+  assert_string_equal(out, "SEP58971ECC97C1");
+  assert_true(capstan_device_name_canonical("CSFjdoe", out, sizeof(out)));
+  assert_string_equal(out, "CSFjdoe");
+  assert_false(capstan_device_name_canonical("SEP58971ECC97C1", out, 15));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_keys),
       cmocka_unit_test(test_hashes_and_cert_types),
       cmocka_unit_test(test_auth_modes),
       cmocka_unit_test(test_device_names),
+      cmocka_unit_test(test_device_name_forms),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -137,6 +137,19 @@ static void test_device_rows(void **state) {
   assert_int_equal(rows[1].completes_by, 1803859200 + 12 * 3600 + 30 * 60);
   assert_int_equal(rows[2].completes_by, 0);
   assert_int_equal(rows[2].auth_mode, CAPSTAN__AUTH_MODE__AUTH_MODE_MIC);
+  assert_false(rows[0].name_other_form);
+  assert_true(rows[1].name_other_form);
+  assert_true(rows[2].name_other_form);
+  free(rows);
+
+  /* Lower-case hex in a MAC name: upper-cased and marked. */
+  const char *lower = HDR "SEP0011223344aa,install,null,,,\n";
+  assert_int_equal(capstan_device_csv_parse("devices.csv", (const uint8_t *)lower, strlen(lower),
+                                            &rows, &n, err, sizeof(err)),
+                   0);
+  assert_string_equal(rows[0].name, "SEP0011223344AA");
+  assert_true(rows[0].name_upcased);
+  assert_false(rows[0].name_other_form);
   free(rows);
 
   /* Header only: valid, nothing to import. */
@@ -173,9 +186,17 @@ static void test_device_error_messages(void **state) {
                       "devices.csv:2: column 'completes_by': '2027-02-30' is not a date "
                       "(YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z)");
   expect_device_error(HDR "bad name,install,null,,,\n",
-                      "devices.csv:2: column 'name': 'bad name' is not a device name (SEP + 12 "
-                      "upper-case hex digits, or 1 to 64 of A-Z a-z 0-9 . _ - starting with a "
-                      "letter)");
+                      "devices.csv:2: column 'name': 'bad name' is not a device name (a "
+                      "phone's is SEP + 12 hex digits (the phone's MAC address, e.g. "
+                      "SEP58971ECC97C1); other forms are 1 to 64 of A-Z a-z 0-9 . _ - starting "
+                      "with a letter)");
+  expect_device_error(HDR "SEP00112233,install,null,,,\n",
+                      "devices.csv:2: column 'name': 'SEP00112233' starts with SEP but is not a "
+                      "phone's name: a SEP name must be SEP + 12 hex digits (the phone's MAC "
+                      "address, e.g. SEP58971ECC97C1)");
+  /* A lower-case MAC name is the upper-case one: two rows of one phone. */
+  expect_device_error(HDR "SEP0011223344AA,install,null,,,\nsep0011223344aa,install,null,,,\n",
+                      "devices.csv:3: column 'name': 'SEP0011223344AA' is already on line 2");
   expect_device_error(HDR "SEP0011223344AA,install,null,,\n",
                       "devices.csv:2: expected 6 columns (" CAPSTAN_DEVICE_CSV_HEADER "), found 5");
   expect_device_error(HDR "a1,install,null,,,\nb1,none,null,,,\n\"a1\",none,null,,,\n",
