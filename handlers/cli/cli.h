@@ -174,20 +174,38 @@ typedef enum {
   CAPSTAN_GENERATE_SHARED,   /* one new random string for all such rows */
 } capstan_generate_t;
 
+/* What an import did (or, with dry_run, would do). */
+typedef struct {
+  size_t unchanged;     /* existing devices the row leaves as they are */
+  size_t rearmed;       /* succeeded devices scheduled again */
+  size_t auth_replaced; /* authentication strings already set, replaced */
+  size_t refused;       /* rows refused for want of rearm/replace_auth_strings */
+} capstan_device_import_stats_t;
+
 typedef struct {
   const char *fname;
   bool no_update; /* refuse rows naming an existing device */
   capstan_generate_t generate;
   unsigned auth_string_length; /* for generation, 4..10 (0 = 6) */
   int64_t now;
+  bool dry_run;                         /* change nothing; report to |report| */
+  bool rearm;                           /* allow scheduling a succeeded device again */
+  bool replace_auth_strings;            /* allow replacing a string already set */
+  FILE *report;                         /* when not NULL: one line per added/changed device */
+  capstan_device_import_stats_t *stats; /* when not NULL: filled in */
 } capstan_device_import_opts_t;
 
 /* Applies validated rows inside |txn| (a write transaction; the caller
  * commits on success, aborts otherwise). New devices are created; existing
  * ones get the row's fields and are re-armed when the operation changes or
- * their last attempt ended (succeeded, failed, expired). On failure
- * returns an error with a line-numbered message in |err|. *created and
- * *updated count the rows. */
+ * their last attempt ended (succeeded, failed, expired). A row that changes
+ * nothing is not written. Two changes need a flag: scheduling a succeeded
+ * device again (|rearm|) and replacing an authentication string already
+ * set, by the row's or a generated one (|replace_auth_strings|); without
+ * it every such row is counted and the import fails, naming the first.
+ * With |dry_run| nothing is written and those rows are reported, not
+ * refused. On failure returns an error with a line-numbered message in
+ * |err|. *created and *updated count the rows added and changed. */
 int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, size_t nrows,
                                const capstan_device_import_opts_t *opts, size_t *created,
                                size_t *updated, char *err, size_t errlen);

@@ -403,12 +403,43 @@ static int import_fail(char *err, size_t errlen, const capstan_device_import_opt
   return CAPSTAN_EINVAL;
 }
 
+/* One line of the report: what a row changes on an existing device,
+ * field by field ("key rsa2048 -> ec256"), never a secret. */
+typedef struct {
+  char buf[640];
+  size_t used;
+} diff_t;
+
+static void diff_add(diff_t *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void diff_add(diff_t *d, const char *fmt, ...) {
+  if (d->used >= sizeof(d->buf)) return;
+  int n = snprintf(d->buf + d->used, sizeof(d->buf) - d->used, "%s", d->used ? ", " : "");
+  if (n > 0) d->used += (size_t)n;
+  if (d->used >= sizeof(d->buf)) return;
+  va_list ap;
+  va_start(ap, fmt);
+  n = vsnprintf(d->buf + d->used, sizeof(d->buf) - d->used, fmt, ap);
+  va_end(ap);
+  if (n > 0) d->used += (size_t)n;
+}
+
+static void time_text(int64_t t, char *buf, size_t len) {
+  if (t == 0) {
+    snprintf(buf, len, "none");
+  } else {
+    capstan_cli_format_time(t, buf, len);
+  }
+}
+
 int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, size_t nrows,
                                const capstan_device_import_opts_t *opts, size_t *created,
                                size_t *updated, char *err, size_t errlen) {
   *created = *updated = 0;
+  capstan_device_import_stats_t st = {0};
   unsigned glen = opts->auth_string_length != 0 ? opts->auth_string_length : 6;
   char shared[16] = "";
+  size_t first_rearm = 0, first_replace = 0, n_rearm_refused = 0, n_replace_refused = 0;
+  FILE *rep = opts->report;
   for (size_t i = 0; i < nrows; i++) {
     capstan_device_row_t *r = &rows[i];
     Capstan__Device *d = NULL;
@@ -435,6 +466,7 @@ int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, s
     bool rearm = is_new || capstan_device_should_rearm(d, r->operation);
     const char *auth = r->auth_string[0] != '\0' ? r->auth_string : NULL;
     char fresh[16];
+    bool had_string = !is_new && d->auth_string != NULL && d->auth_string[0] != '\0';
     if (auth == NULL && r->auth_mode == CAPSTAN__AUTH_MODE__AUTH_MODE_STRING) {
       if (opts->generate == CAPSTAN_GENERATE_UNIQUE) {
         rc = capstan_cli_random_digits(fresh, glen);
@@ -442,7 +474,7 @@ int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, s
       } else if (opts->generate == CAPSTAN_GENERATE_SHARED) {
         if (shared[0] == '\0') rc = capstan_cli_random_digits(shared, glen);
         auth = shared;
-      } else if (d->auth_string == NULL || d->auth_string[0] == '\0') {
+      } else if (!had_string) {
         capstan__device__free_unpacked(d, NULL);
         return import_fail(err, errlen, opts, r->line,
                            "column 'auth_string': required when auth_mode is string (or use "
@@ -453,6 +485,85 @@ int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, s
         snprintf(err, errlen, "cannot generate random digits");
         return rc;
       }
+    }
+    /* What the row changes, field by field. */
+    diff_t diff = {.used = 0};
+    bool replaces = had_string && auth != NULL && strcmp(d->auth_string, auth) != 0;
+    bool rearms_succeeded = !is_new && rearm &&
+                            d->status == CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED &&
+                            r->operation != CAPSTAN__OPERATION__OPERATION_NONE;
+    char was_t[40], now_t[40];
+    time_text(d->has_completes_by ? d->completes_by : 0, was_t, sizeof(was_t));
+    time_text(r->completes_by, now_t, sizeof(now_t));
+    if (is_new) {
+      diff_add(&diff, "operation %s, auth %s%s, key %s, completes-by %s",
+               capstan_operation_name(r->operation), capstan_auth_mode_name(r->auth_mode),
+               auth == NULL                ? ""
+               : r->auth_string[0] != '\0' ? ", auth string set"
+                                           : ", auth string generated",
+               capstan_key_name(r->key_alg, r->key_bits), now_t);
+    } else {
+      if (d->operation != r->operation) {
+        diff_add(&diff, "operation %s -> %s", capstan_operation_name(d->operation),
+                 capstan_operation_name(r->operation));
+      }
+      if (d->auth_mode != r->auth_mode) {
+        diff_add(&diff, "auth %s -> %s", capstan_auth_mode_name(d->auth_mode),
+                 capstan_auth_mode_name(r->auth_mode));
+      }
+      if (replaces) {
+        diff_add(&diff, "auth string replaced%s",
+                 opts->replace_auth_strings ? "" : " (needs --replace-auth-strings)");
+      } else if (!had_string && auth != NULL) {
+        diff_add(&diff, "auth string %s", r->auth_string[0] != '\0' ? "set" : "generated");
+      }
+      if (d->key_alg != r->key_alg || d->key_bits != r->key_bits) {
+        diff_add(&diff, "key %s -> %s", capstan_key_name(d->key_alg, d->key_bits),
+                 capstan_key_name(r->key_alg, r->key_bits));
+      }
+      if (strcmp(was_t, now_t) != 0) diff_add(&diff, "completes-by %s -> %s", was_t, now_t);
+      if (rearm) {
+        Capstan__OpStatus next = r->operation == CAPSTAN__OPERATION__OPERATION_NONE
+                                     ? CAPSTAN__OP_STATUS__OP_STATUS_NONE
+                                     : CAPSTAN__OP_STATUS__OP_STATUS_PENDING;
+        if (rearms_succeeded) {
+          diff_add(&diff, "re-armed: status succeeded -> %s%s", capstan_op_status_name(next),
+                   opts->rearm ? "" : " (needs --rearm)");
+        } else if (d->status != next || d->attempts != 0) {
+          diff_add(&diff, "re-armed: status %s -> %s", capstan_op_status_name(d->status),
+                   capstan_op_status_name(next));
+        }
+      }
+    }
+    if (!is_new && diff.used == 0) {
+      st.unchanged++;
+      capstan__device__free_unpacked(d, NULL);
+      continue;
+    }
+    if (rearms_succeeded) {
+      st.rearmed++;
+      if (!opts->rearm && n_rearm_refused++ == 0) first_rearm = i;
+    }
+    if (replaces) {
+      st.auth_replaced++;
+      if (!opts->replace_auth_strings && n_replace_refused++ == 0) first_replace = i;
+    }
+    if ((rearms_succeeded && !opts->rearm) || (replaces && !opts->replace_auth_strings)) {
+      st.refused++;
+    }
+    if (rep != NULL) {
+      fprintf(rep, "%s %s: %s\n", is_new ? "add" : "update", r->name, diff.buf);
+    }
+    if (opts->dry_run || st.refused > 0) {
+      /* Nothing is written: a dry run, or an import that will be refused
+       * (keep counting, to name every refusal at once). */
+      capstan__device__free_unpacked(d, NULL);
+      if (is_new) {
+        (*created)++;
+      } else {
+        (*updated)++;
+      }
+      continue;
     }
     if (auth != NULL) rc = capstan_record_set_string(&d->auth_string, auth);
     d->has_operation = 1;
@@ -474,13 +585,15 @@ int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, s
       if (r->completes_by != 0) capstan_cli_format_time(r->completes_by, until, sizeof(until));
       rc = capstan_audit_appendf(
           txn, r->name, is_new ? "device_added" : "device_changed",
-          "import=%s:%zu operation=%s auth=%s%s key=%s completes-by=%s%s%s", opts->fname, r->line,
+          "import=%s:%zu operation=%s auth=%s%s key=%s completes-by=%s%s%s%s", opts->fname, r->line,
           capstan_operation_name(r->operation), capstan_auth_mode_name(r->auth_mode),
-          r->auth_string[0] != '\0' ? " auth-string=set"
-          : auth != NULL            ? " auth-string=generated"
-                                    : "",
+          replaces                    ? " auth-string=replaced"
+          : r->auth_string[0] != '\0' ? " auth-string=set"
+          : auth != NULL              ? " auth-string=generated"
+                                      : "",
           capstan_key_name(r->key_alg, r->key_bits), until, rearm ? " status=" : "",
-          rearm ? capstan_op_status_name(d->status) : "");
+          rearm ? capstan_op_status_name(d->status) : "",
+          rearms_succeeded ? " rearmed=succeeded" : "");
     }
     capstan__device__free_unpacked(d, NULL);
     if (rc != 0) {
@@ -493,6 +606,27 @@ int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, s
     } else {
       (*updated)++;
     }
+  }
+  if (opts->stats != NULL) *opts->stats = st;
+  if (!opts->dry_run && (n_rearm_refused > 0 || n_replace_refused > 0)) {
+    size_t used = 0;
+    int n;
+    if (n_rearm_refused > 0) {
+      n = snprintf(err, errlen,
+                   "%s:%zu: device '%s' succeeded and the file would schedule it again: %zu "
+                   "succeeded device%s would be re-armed (give --rearm to do so)",
+                   opts->fname, rows[first_rearm].line, rows[first_rearm].name, n_rearm_refused,
+                   n_rearm_refused == 1 ? "" : "s");
+      if (n > 0) used = (size_t)n < errlen ? (size_t)n : errlen - 1;
+    }
+    if (n_replace_refused > 0 && used + 2 < errlen) {
+      snprintf(err + used, errlen - used,
+               "%s%s:%zu: device '%s' has an authentication string the file would replace: %zu "
+               "string%s would be replaced (give --replace-auth-strings to do so)",
+               used ? "\n" : "", opts->fname, rows[first_replace].line, rows[first_replace].name,
+               n_replace_refused, n_replace_refused == 1 ? "" : "s");
+    }
+    return CAPSTAN_EINVAL;
   }
   return 0;
 }

@@ -34,9 +34,11 @@ enum {
   OPT_NAME_PREFIX,
   OPT_ALL,
   OPT_DRY_RUN,
-  OPT_TEMPLATE, /* add/set: --template NAME|none */
-  OPT_SINCE,    /* history */
-  OPT_ANY_NAME, /* add/set/import: names other than SEP + 12 hex digits */
+  OPT_TEMPLATE,     /* add/set: --template NAME|none */
+  OPT_SINCE,        /* history */
+  OPT_ANY_NAME,     /* add/set/import: names other than SEP + 12 hex digits */
+  OPT_REARM,        /* import: schedule succeeded devices again */
+  OPT_REPLACE_AUTH, /* import: replace authentication strings already set */
   NOPTS
 };
 #define O(x) CAPSTAN_CLI_OPT(OPT_##x)
@@ -188,6 +190,8 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_DRY_RUN] = {"dry-run", false, NULL},
     [OPT_SINCE] = {"since", true, set_since},
     [OPT_ANY_NAME] = {"any-name", false, NULL},
+    [OPT_REARM] = {"rearm", false, NULL},
+    [OPT_REPLACE_AUTH] = {"replace-auth-strings", false, NULL},
 };
 
 /* ---- add / set ----------------------------------------------------------- */
@@ -754,12 +758,19 @@ static int run_import(capstan_cli_t *c) {
     free(rows);
     return CAPSTAN_EXIT_ERROR;
   }
+  bool dry_run = c->seen & O(DRY_RUN);
+  capstan_device_import_stats_t st;
   capstan_device_import_opts_t io = {
       .fname = fname,
       .no_update = c->seen & O(NO_UPDATE),
       .generate = o->generate,
       .auth_string_length = o->length,
       .now = (int64_t)time(NULL),
+      .dry_run = dry_run,
+      .rearm = c->seen & O(REARM),
+      .replace_auth_strings = c->seen & O(REPLACE_AUTH),
+      .report = dry_run ? stdout : NULL,
+      .stats = &st,
   };
   size_t created = 0, updated = 0;
   capstan_txn_t txn;
@@ -769,9 +780,11 @@ static int run_import(capstan_cli_t *c) {
   } else {
     rc = capstan_device_import_rows(&txn, rows, nrows, &io, &created, &updated, err, sizeof(err));
   }
-  if (rc == 0) {
+  if (rc == 0 && !dry_run) {
     char detail[160];
-    snprintf(detail, sizeof(detail), "created=%zu updated=%zu", created, updated);
+    snprintf(detail, sizeof(detail),
+             "created=%zu updated=%zu unchanged=%zu rearmed=%zu auth-strings-replaced=%zu", created,
+             updated, st.unchanged, st.rearmed, st.auth_replaced);
     rc = capstan_store_audit_append(&txn, 0, NULL, "device_import", detail);
     if (rc == 0) rc = capstan_store_commit(&txn);
     if (rc != 0) snprintf(err, sizeof(err), "cannot commit: %s", capstan_strerror(rc));
@@ -780,11 +793,34 @@ static int run_import(capstan_cli_t *c) {
   capstan_store_close(s);
   free(rows);
   if (rc != 0) {
-    capstan_cli_error("%s", err);
+    for (char *line = err, *next; line != NULL; line = next) {
+      next = strchr(line, '\n');
+      if (next != NULL) *next++ = '\0';
+      capstan_cli_error("%s", line);
+    }
     capstan_cli_error("nothing was imported");
     return CAPSTAN_EXIT_ERROR;
   }
-  printf("imported %zu devices: %zu added, %zu updated\n", created + updated, created, updated);
+  if (dry_run) {
+    printf(
+        "would import %zu rows: %zu added, %zu updated, %zu unchanged; %zu succeeded "
+        "device%s re-armed%s, %zu authentication string%s replaced%s\n",
+        created + updated + st.unchanged, created, updated, st.unchanged, st.rearmed,
+        st.rearmed == 1 ? "" : "s", st.rearmed > 0 && !io.rearm ? " (needs --rearm)" : "",
+        st.auth_replaced, st.auth_replaced == 1 ? "" : "s",
+        st.auth_replaced > 0 && !io.replace_auth_strings ? " (needs --replace-auth-strings)" : "");
+    printf("dry run: nothing was changed\n");
+    return CAPSTAN_EXIT_OK;
+  }
+  printf("imported %zu rows: %zu added, %zu updated, %zu unchanged\n",
+         created + updated + st.unchanged, created, updated, st.unchanged);
+  if (st.rearmed > 0) {
+    printf("re-armed %zu succeeded device%s (--rearm)\n", st.rearmed, st.rearmed == 1 ? "" : "s");
+  }
+  if (st.auth_replaced > 0) {
+    printf("replaced %zu authentication string%s (--replace-auth-strings)\n", st.auth_replaced,
+           st.auth_replaced == 1 ? "" : "s");
+  }
   return CAPSTAN_EXIT_OK;
 }
 
@@ -1045,9 +1081,22 @@ static const capstan_cli_sub_t device_subs[] = {
      "         --json: {device, exists, status, operation, events: [{at, event, user,\n"
      "         detail}]} ('capstan audit list --help' says more)",
      run_history},
-    {"import", O(GENERATE_CSV) | O(LENGTH) | O(NO_UPDATE) | O(ANY_NAME), false, 1, 1,
+    {"import",
+     O(GENERATE_CSV) | O(LENGTH) | O(NO_UPDATE) | O(ANY_NAME) | O(DRY_RUN) | O(REARM) |
+         O(REPLACE_AUTH),
+     false, 1, 1,
      "capstan device import FILE.csv|- [--generate-auth-strings unique|shared]\n"
      "         [--auth-string-length 4..10] [--no-update] [--any-name]\n"
+     "         [--dry-run] [--rearm] [--replace-auth-strings]\n"
+     "         --dry-run: print what the import would change and change nothing: each\n"
+     "         device added, each updated field by field (old -> new), re-armed\n"
+     "         (scheduled again) and authentication strings replaced (never shown)\n"
+     "         --rearm: allow scheduling a device that succeeded again (without it such\n"
+     "         a row refuses the import; a failed or expired device is re-armed as\n"
+     "         always)\n"
+     "         --replace-auth-strings: allow replacing an authentication string already\n"
+     "         set, by the file's or a generated one (without it, refused)\n"
+     "         a row that changes nothing is left alone (counted as unchanged)\n"
      "         header: " CAPSTAN_DEVICE_CSV_HEADER "\n"
      "         names as for 'device add' (--any-name for rows of another name form)\n"
      "         all rows are imported in one transaction, or none",

@@ -337,6 +337,73 @@ static void test_import_semantics(void **state) {
   capstan__device__free_unpacked(d2, NULL);
 }
 
+/* Re-import safety: a dry run writes nothing and reports; replacing a set
+ * string or re-arming a succeeded device needs its flag. */
+static void test_import_reimport(void **state) {
+  fixture_t *f = *state;
+  capstan_device_import_stats_t st;
+  capstan_device_import_opts_t o = {.fname = "devices.csv", .now = 1000, .stats = &st};
+  size_t created, updated;
+  char err[512];
+  const char *csv = HDR "a1,install,string,1111,,\na2,install,null,,,\n";
+  assert_int_equal(import_csv(f, csv, &o, &created, &updated, err, sizeof(err)), 0);
+  assert_int_equal(created, 2);
+  capstan_txn_t txn;
+  assert_int_equal(capstan_store_begin(f->store, true, &txn), 0);
+  assert_int_equal(capstan_devices_set_status(&txn, "a2", CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED,
+                                              NULL, 1500, true),
+                   0);
+  assert_int_equal(capstan_store_commit(&txn), 0);
+
+  /* The same file: a1 unchanged, a2 (succeeded: operation none) re-armed. */
+  char *buf = NULL;
+  size_t len = 0;
+  o.report = open_memstream(&buf, &len);
+  o.dry_run = true;
+  assert_int_equal(import_csv(f, csv, &o, &created, &updated, err, sizeof(err)), 0);
+  fclose(o.report);
+  o.report = NULL;
+  assert_int_equal(st.unchanged, 1);
+  assert_int_equal(st.rearmed, 1);
+  assert_int_equal(updated, 1);
+  assert_string_equal(buf,
+                      "update a2: operation none -> install, re-armed: status succeeded -> pending "
+                      "(needs --rearm)\n");
+  free(buf);
+  Capstan__Device *d;
+  assert_int_equal(capstan_store_device_load(f->store, "a2", &d), 0);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED);
+  capstan__device__free_unpacked(d, NULL);
+
+  o.dry_run = false;
+  assert_int_equal(import_csv(f, csv, &o, &created, &updated, err, sizeof(err)), CAPSTAN_EINVAL);
+  assert_string_equal(err,
+                      "devices.csv:3: device 'a2' succeeded and the file would schedule it again: "
+                      "1 succeeded device would be re-armed (give --rearm to do so)");
+  o.rearm = true;
+  assert_int_equal(import_csv(f, csv, &o, &created, &updated, err, sizeof(err)), 0);
+  assert_int_equal(st.rearmed, 1);
+  assert_int_equal(capstan_store_device_load(f->store, "a2", &d), 0);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_PENDING);
+  capstan__device__free_unpacked(d, NULL);
+
+  /* A new string for a1: refused, then replaced with the flag. */
+  csv = HDR "a1,install,string,2222,,\n";
+  assert_int_equal(import_csv(f, csv, &o, &created, &updated, err, sizeof(err)), CAPSTAN_EINVAL);
+  assert_string_equal(err,
+                      "devices.csv:2: device 'a1' has an authentication string the file would "
+                      "replace: 1 string would be replaced (give --replace-auth-strings to do so)");
+  assert_int_equal(capstan_store_device_load(f->store, "a1", &d), 0);
+  assert_string_equal(d->auth_string, "1111");
+  capstan__device__free_unpacked(d, NULL);
+  o.replace_auth_strings = true;
+  assert_int_equal(import_csv(f, csv, &o, &created, &updated, err, sizeof(err)), 0);
+  assert_int_equal(st.auth_replaced, 1);
+  assert_int_equal(capstan_store_device_load(f->store, "a1", &d), 0);
+  assert_string_equal(d->auth_string, "2222");
+  capstan__device__free_unpacked(d, NULL);
+}
+
 static void test_import_10000_rows(void **state) {
   fixture_t *f = *state;
   size_t cap = 10000 * 64 + 128;
@@ -405,6 +472,7 @@ int main(void) {
       cmocka_unit_test(test_device_error_messages),
       cmocka_unit_test(test_header_errors),
       cmocka_unit_test_setup_teardown(test_import_semantics, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_import_reimport, setup, teardown),
       cmocka_unit_test_setup_teardown(test_import_10000_rows, setup, teardown),
       cmocka_unit_test(test_time_parse),
   };
