@@ -164,6 +164,20 @@ typedef struct {
 int capstan_device_csv_parse(const char *fname, const uint8_t *data, size_t len,
                              capstan_device_row_t **rows, size_t *nrows, char *err, size_t errlen);
 
+/* A deadline ("completes by": --completes-by, the CSV's completes_by), in
+ * words for help and messages. */
+#define CAPSTAN_DEADLINE_FORMS                                                   \
+  "YYYY-MM-DD (00:00 UTC that day), YYYY-MM-DDTHH:MM[:SS] (local time: TZ), or " \
+  "YYYY-MM-DDTHH:MM[:SS] with Z (UTC) or an offset (+HH:MM, -HH:MM)"
+/* Parses a deadline: capstan_cli_parse_time's forms, and a date and time
+ * without a zone as local time (the TZ environment variable; a time that
+ * does not exist there, in a DST gap, is refused). Returns 0 or
+ * CAPSTAN_EINVAL. */
+int capstan_cli_parse_deadline(const char *s, int64_t *out);
+/* Formats a deadline in local time with its zone, and in UTC when the zone
+ * is not UTC: "2030-06-01 09:00:00 NZST (2030-05-31T21:00:00Z)". */
+void capstan_cli_format_deadline(int64_t t, char *buf, size_t len);
+
 /* Writes the header and one row per device of |txn| to |f|. */
 int capstan_device_csv_export(capstan_txn_t *txn, FILE *f);
 

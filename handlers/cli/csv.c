@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "handlers/cli/cli.h"
 #include "core/base/error.h"
@@ -174,6 +175,73 @@ void capstan_csv_write_field(FILE *f, const char *s) {
   fputc('"', f);
 }
 
+/* ---- Deadlines ------------------------------------------------------------ */
+
+static bool two_digits(const char *p, int *v) {
+  if (p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9') return false;
+  *v = (p[0] - '0') * 10 + (p[1] - '0');
+  return true;
+}
+
+int capstan_cli_parse_deadline(const char *s, int64_t *out) {
+  if (s == NULL) return CAPSTAN_EINVAL;
+  if (capstan_cli_parse_time(s, out) == 0) return 0;
+  /* YYYY-MM-DDTHH:MM[:SS] without a zone: local time. */
+  size_t n = strlen(s);
+  int y = 0, mo, d, h, mi, sec = 0;
+  if (n != 16 && n != 19) return CAPSTAN_EINVAL;
+  for (int i = 0; i < 4; i++) {
+    if (s[i] < '0' || s[i] > '9') return CAPSTAN_EINVAL;
+    y = y * 10 + (s[i] - '0');
+  }
+  if (s[4] != '-' || !two_digits(s + 5, &mo) || s[7] != '-' || !two_digits(s + 8, &d) ||
+      (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !two_digits(s + 11, &h) || s[13] != ':' ||
+      !two_digits(s + 14, &mi)) {
+    return CAPSTAN_EINVAL;
+  }
+  if (n == 19 && (s[16] != ':' || !two_digits(s + 17, &sec))) return CAPSTAN_EINVAL;
+  if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 59) {
+    return CAPSTAN_EINVAL;
+  }
+  struct tm tm = {.tm_year = y - 1900,
+                  .tm_mon = mo - 1,
+                  .tm_mday = d,
+                  .tm_hour = h,
+                  .tm_min = mi,
+                  .tm_sec = sec,
+                  .tm_isdst = -1};
+  time_t t = mktime(&tm);
+  /* mktime normalizes: 30 February, or an hour skipped by DST, comes back
+   * as another time. */
+  if (t == (time_t)-1 || tm.tm_year != y - 1900 || tm.tm_mon != mo - 1 || tm.tm_mday != d ||
+      tm.tm_hour != h || tm.tm_min != mi) {
+    return CAPSTAN_EINVAL;
+  }
+  *out = (int64_t)t;
+  return 0;
+}
+
+void capstan_cli_format_deadline(int64_t t, char *buf, size_t len) {
+  time_t tt = (time_t)t;
+  struct tm tm;
+  char utc[40];
+  capstan_cli_format_time(t, utc, sizeof(utc));
+  if (localtime_r(&tt, &tm) == NULL) {
+    snprintf(buf, len, "%s", utc);
+    return;
+  }
+  char local[64];
+  if (strftime(local, sizeof(local), "%Y-%m-%d %H:%M:%S %Z", &tm) == 0) {
+    snprintf(buf, len, "%s", utc);
+    return;
+  }
+  if (tm.tm_gmtoff == 0) {
+    snprintf(buf, len, "%s", local);
+  } else {
+    snprintf(buf, len, "%s (%s)", local, utc);
+  }
+}
+
 /* ---- Device CSV --------------------------------------------------------- */
 
 enum { COL_NAME, COL_OPERATION, COL_AUTH_MODE, COL_AUTH_STRING, COL_KEY, COL_COMPLETES_BY, NCOLS };
@@ -286,10 +354,8 @@ static int parse_row(size_t line, char **f, size_t n, void *arg) {
     return bad_choice(p, line, COL_KEY, f[COL_KEY], capstan_key_names());
   }
   if (f[COL_COMPLETES_BY][0] != '\0' &&
-      capstan_cli_parse_time(f[COL_COMPLETES_BY], &r->completes_by) != 0) {
-    return fail(p, line,
-                "column 'completes_by': '%s' is not a date (YYYY-MM-DD or "
-                "YYYY-MM-DDTHH:MM[:SS]Z)",
+      capstan_cli_parse_deadline(f[COL_COMPLETES_BY], &r->completes_by) != 0) {
+    return fail(p, line, "column 'completes_by': '%s' is not a date (" CAPSTAN_DEADLINE_FORMS ")",
                 f[COL_COMPLETES_BY]);
   }
   p->n++;
@@ -427,7 +493,7 @@ static void time_text(int64_t t, char *buf, size_t len) {
   if (t == 0) {
     snprintf(buf, len, "none");
   } else {
-    capstan_cli_format_time(t, buf, len);
+    capstan_cli_format_deadline(t, buf, len);
   }
 }
 
@@ -492,7 +558,7 @@ int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, s
     bool rearms_succeeded = !is_new && rearm &&
                             d->status == CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED &&
                             r->operation != CAPSTAN__OPERATION__OPERATION_NONE;
-    char was_t[40], now_t[40];
+    char was_t[96], now_t[96];
     time_text(d->has_completes_by ? d->completes_by : 0, was_t, sizeof(was_t));
     time_text(r->completes_by, now_t, sizeof(now_t));
     if (is_new) {

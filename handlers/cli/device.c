@@ -101,8 +101,18 @@ static int set_completes_by(void *ctx, const char *a, char *why, size_t len) {
   opts_t *o = ctx;
   o->completes_by = 0;
   if (strcmp(a, "none") == 0 || a[0] == '\0') return 0;
-  if (capstan_cli_parse_time(a, &o->completes_by) == 0) return 0;
-  snprintf(why, len, "--completes-by must be " TIME_FORMS " (or none); got '%s'", a);
+  if (capstan_cli_parse_deadline(a, &o->completes_by) == 0) {
+    if (o->completes_by < (int64_t)time(NULL)) {
+      char t[96];
+      capstan_cli_format_deadline(o->completes_by, t, sizeof(t));
+      capstan_cli_error(
+          "warning: --completes-by %s is in the past: a phone that connects gets "
+          "its operation expired, not run",
+          t);
+    }
+    return 0;
+  }
+  snprintf(why, len, "--completes-by must be " CAPSTAN_DEADLINE_FORMS " (or none); got '%s'", a);
   return -1;
 }
 
@@ -557,7 +567,14 @@ static int run_show(capstan_cli_t *c) {
       printf("%-18s %s\n", "auth string:", "-");
     }
     printf("%-18s %s\n", "key:", capstan_key_name(d->key_alg, d->key_bits));
-    show_time("completes by:", d->completes_by, d->has_completes_by);
+    char deadline[96] = "-";
+    if (d->has_completes_by && d->completes_by != 0) {
+      capstan_cli_format_deadline(d->completes_by, deadline, sizeof(deadline));
+    }
+    printf("%-18s %s%s\n", "completes by:", deadline,
+           d->has_completes_by && d->completes_by != 0 && d->completes_by < (int64_t)time(NULL)
+               ? " (past)"
+               : "");
     printf("%-18s %s\n", "base config:",
            d->config_xml.len > 0                     ? "the device's own (device config show)"
            : d->template_name && d->template_name[0] ? d->template_name
@@ -735,8 +752,10 @@ static int run_import(capstan_cli_t *c) {
     capstan_cli_error("nothing was imported");
     return CAPSTAN_EXIT_ERROR;
   }
-  size_t others = 0, first_other = 0;
+  size_t others = 0, first_other = 0, past = 0, first_past = 0;
+  int64_t now = (int64_t)time(NULL);
   for (size_t i = 0; i < nrows; i++) {
+    if (rows[i].completes_by != 0 && rows[i].completes_by < now && past++ == 0) first_past = i;
     if (rows[i].name_upcased) {
       capstan_cli_error(
           "notice: %s:%zu: device name upper-cased to '%s' (a MAC name is upper case)", fname,
@@ -752,6 +771,14 @@ static int run_import(capstan_cli_t *c) {
     capstan_cli_error("nothing was imported");
     free(rows);
     return CAPSTAN_EXIT_USAGE;
+  }
+  if (past > 0) {
+    char t[96];
+    capstan_cli_format_deadline(rows[first_past].completes_by, t, sizeof(t));
+    capstan_cli_error(
+        "warning: %s:%zu: completes_by %s is in the past (%zu row%s with a past "
+        "deadline): a phone that connects gets its operation expired, not run",
+        fname, rows[first_past].line, t, past, past == 1 ? "" : "s");
   }
   capstan_store_t *s;
   if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_CREATE, &s) != 0) {
@@ -1037,6 +1064,15 @@ out:
 
 /* ---- dispatch ------------------------------------------------------------------ */
 
+#define DEADLINE_HELP                                                                    \
+  "         DEADLINE (--completes-by, the CSV's completes_by): the operation must run\n" \
+  "         before it, or a phone that connects later gets it expired. Forms:\n"         \
+  "           2026-12-01                 00:00 UTC that day\n"                           \
+  "           2026-12-01T19:00[:SS]      local time (the TZ environment variable)\n"     \
+  "           2026-12-01T06:00[:SS]Z     UTC\n"                                          \
+  "           2026-12-01T19:00+13:00     with an offset from UTC (+HH:MM or -HH:MM)\n"   \
+  "         a deadline in the past is taken, with a warning; 'device show' prints\n"     \
+  "         deadlines in local time with the zone (and in UTC)"
 #define NAME_HELP                                                                          \
   "         NAME: a phone's name is SEP + 12 hex digits (its MAC address, e.g.\n"          \
   "         SEP58971ECC97C1); lower-case hex is upper-cased, with a notice; a SEP name\n"  \
@@ -1050,8 +1086,8 @@ out:
   " NAME --operation install|delete|troubleshoot|none --auth string|null|lsc|mic\n"         \
   "         [--auth-string DIGITS | --generate-auth-string [--auth-string-length 4..10]]\n" \
   "         [--key rsa512|rsa1024|rsa2048|rsa3072|rsa4096|ec256|ec384|ec521]\n"             \
-  "         [--completes-by YYYY-MM-DD[THH:MM[:SS]Z]|none] [--encrypted-config on|off]\n"   \
-  "         [--template NAME|none] [--any-name] [--data-dir DIR]\n" NAME_HELP
+  "         [--completes-by DEADLINE|none] [--encrypted-config on|off]\n"                   \
+  "         [--template NAME|none] [--any-name] [--data-dir DIR]\n" NAME_HELP "\n" DEADLINE_HELP
 
 #define DEVICE_USAGE                                \
   "capstan device <command> ... [--data-dir DIR]\n" \
@@ -1099,6 +1135,7 @@ static const capstan_cli_sub_t device_subs[] = {
      "         a row that changes nothing is left alone (counted as unchanged)\n"
      "         header: " CAPSTAN_DEVICE_CSV_HEADER "\n"
      "         names as for 'device add' (--any-name for rows of another name form)\n"
+     "         completes_by: a DEADLINE as for 'device add' (empty: none)\n"
      "         all rows are imported in one transaction, or none",
      run_import},
     {"export", 0, false, 1, 1, "capstan device export FILE.csv|-", run_export},

@@ -81,4 +81,35 @@ printf '%s\nSEP0000000000A,install,null,,,\n' "$HDR" >"$WORK/short.csv"
 expect 1 "import short SEP name" -- "$BIN" device import "$WORK/short.csv" --any-name
 contains "$WORK/err" "short.csv:2: column 'name': 'SEP0000000000A' starts with SEP" "import: short SEP name refused"
 
+# --- deadlines ("completes by") -------------------------------------------------
+export TZ=XST-5 # UTC+5, named XST: a POSIX TZ string needs no zone database
+D=SEP0000000000D1
+expect 0 "deadline in local time" -- "$BIN" device add $D --operation install --auth null --completes-by 2030-06-01T09:00
+lacks "$WORK/err" "warning" "future deadline: no warning"
+expect 0 "show --json" -- "$BIN" device show $D --json
+json_ok "$WORK/out" "d['completes_by']=='2030-06-01T04:00:00Z'" "local time stored as UTC (TZ respected)"
+expect 0 "show" -- "$BIN" device show $D
+contains "$WORK/out" "2030-06-01 09:00:00 XST (2030-06-01T04:00:00Z)" "show: local time with the zone"
+expect 0 "deadline with an offset" -- "$BIN" device set $D --completes-by 2030-06-01T09:00+02:00
+expect 0 "show --json" -- "$BIN" device show $D --json
+json_ok "$WORK/out" "d['completes_by']=='2030-06-01T07:00:00Z'" "offset applied"
+expect 0 "date alone" -- "$BIN" device set $D --completes-by 2030-06-01
+expect 0 "show --json" -- "$BIN" device show $D --json
+json_ok "$WORK/out" "d['completes_by']=='2030-06-01T00:00:00Z'" "a date alone is 00:00 UTC"
+expect 0 "deadline in the past" -- "$BIN" device set $D --completes-by 2020-01-01T00:00Z
+contains "$WORK/err" "warning: --completes-by 2020-01-01 05:00:00 XST (2020-01-01T00:00:00Z) is in the past" "past deadline: warning"
+expect 0 "show" -- "$BIN" device show $D
+contains "$WORK/out" "(past)" "show marks a past deadline"
+expect 2 "not a deadline" -- "$BIN" device set $D --completes-by 2030-06-01T9:00
+contains "$WORK/err" "00:00 UTC that day" "bad deadline: the forms are named"
+expect 0 "add --help documents deadlines" -- "$BIN" device add --help
+contains "$WORK/out" "local time (the TZ environment variable)" "help: local time"
+contains "$WORK/out" "+HH:MM or -HH:MM" "help: offsets"
+printf '%s\nSEP0000000000D2,install,null,,,2020-01-01\nSEP0000000000D3,install,null,,,2019-01-01\nSEP0000000000D4,install,null,,,2030-01-01T08:00\n' "$HDR" >"$WORK/dl.csv"
+expect 0 "import with past deadlines" -- "$BIN" device import "$WORK/dl.csv"
+contains "$WORK/err" "dl.csv:2: completes_by 2020-01-01 05:00:00 XST (2020-01-01T00:00:00Z) is in the past (2 rows with a past deadline)" "import: past deadlines warned"
+expect 0 "show --json" -- "$BIN" device show SEP0000000000D4 --json
+json_ok "$WORK/out" "d['completes_by']=='2030-01-01T03:00:00Z'" "import: local time"
+unset TZ
+
 tally_exit

@@ -7,7 +7,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "handlers/cli/cli.h"
 #include "core/base/error.h"
@@ -160,6 +162,38 @@ static void test_device_rows(void **state) {
   free(rows);
 }
 
+/* Deadlines: the UTC forms, and local time by TZ (a POSIX TZ string, so the
+ * test needs no time zone database). */
+static void test_deadlines(void **state) {
+  (void)state;
+  int64_t t;
+  setenv("TZ", "XST-5", 1); /* UTC+5, named XST */
+  tzset();
+  assert_int_equal(capstan_cli_parse_deadline("2027-03-01", &t), 0);
+  assert_int_equal(t, 1803859200); /* a date alone: 00:00 UTC */
+  assert_int_equal(capstan_cli_parse_deadline("2027-03-01T05:00Z", &t), 0);
+  assert_int_equal(t, 1803859200 + 5 * 3600);
+  assert_int_equal(capstan_cli_parse_deadline("2027-03-01T05:00:00+05:00", &t), 0);
+  assert_int_equal(t, 1803859200);
+  assert_int_equal(capstan_cli_parse_deadline("2027-03-01T05:00", &t), 0);
+  assert_int_equal(t, 1803859200); /* local 05:00 at UTC+5 */
+  assert_int_equal(capstan_cli_parse_deadline("2027-03-01 05:00:30", &t), 0);
+  assert_int_equal(t, 1803859200 + 30);
+  assert_int_equal(capstan_cli_parse_deadline("2027-02-30T05:00", &t), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_cli_parse_deadline("2027-03-01T24:00", &t), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_cli_parse_deadline("2027-03-01T05", &t), CAPSTAN_EINVAL);
+  assert_int_equal(capstan_cli_parse_deadline("2027-03-01T05:00x", &t), CAPSTAN_EINVAL);
+  char buf[96];
+  capstan_cli_format_deadline(1803859200, buf, sizeof(buf));
+  assert_string_equal(buf, "2027-03-01 05:00:00 XST (2027-03-01T00:00:00Z)");
+  setenv("TZ", "UTC0", 1);
+  tzset();
+  capstan_cli_format_deadline(1803859200, buf, sizeof(buf));
+  assert_string_equal(buf, "2027-03-01 00:00:00 UTC");
+  unsetenv("TZ");
+  tzset();
+}
+
 static void test_device_errors(void **state) {
   expect_device_error(
       "", "devices.csv: empty file: the first line must be the header " CAPSTAN_DEVICE_CSV_HEADER);
@@ -184,7 +218,7 @@ static void test_device_error_messages(void **state) {
                       "characters)");
   expect_device_error(HDR "SEP0011223344AA,install,null,,,2027-02-30\n",
                       "devices.csv:2: column 'completes_by': '2027-02-30' is not a date "
-                      "(YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]Z)");
+                      "(" CAPSTAN_DEADLINE_FORMS ")");
   expect_device_error(HDR "bad name,install,null,,,\n",
                       "devices.csv:2: column 'name': 'bad name' is not a device name (a "
                       "phone's is SEP + 12 hex digits (the phone's MAC address, e.g. "
@@ -468,6 +502,7 @@ int main(void) {
       cmocka_unit_test(test_quoting_and_line_ends),
       cmocka_unit_test(test_syntax_errors),
       cmocka_unit_test(test_device_rows),
+      cmocka_unit_test(test_deadlines),
       cmocka_unit_test(test_device_errors),
       cmocka_unit_test(test_device_error_messages),
       cmocka_unit_test(test_header_errors),
