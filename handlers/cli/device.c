@@ -39,6 +39,7 @@ enum {
   OPT_ANY_NAME,     /* add/set/import: names other than SEP + 12 hex digits */
   OPT_REARM,        /* import: schedule succeeded devices again */
   OPT_REPLACE_AUTH, /* import: replace authentication strings already set */
+  OPT_PREFIX,       /* list: --prefix (or --name-prefix, as for bulk-set) */
   NOPTS
 };
 #define O(x) CAPSTAN_CLI_OPT(OPT_##x)
@@ -135,6 +136,9 @@ static int set_encrypted(void *ctx, const char *a, char *why, size_t len) {
 
 static int set_status(void *ctx, const char *a, char *why, size_t len) {
   opts_t *o = ctx;
+  /* The metric label spelling (capstan_devices{status="in_progress"}) is
+   * taken too; the CLI prints "in-progress". */
+  if (strcmp(a, "in_progress") == 0) a = "in-progress";
   return one_of(capstan_op_status_parse(a, &o->status), "--status", capstan_op_status_names(), a,
                 why, len);
 }
@@ -201,6 +205,7 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_SINCE] = {"since", true, set_since},
     [OPT_ANY_NAME] = {"any-name", false, NULL},
     [OPT_REARM] = {"rearm", false, NULL},
+    [OPT_PREFIX] = {"prefix", true, NULL},
     [OPT_REPLACE_AUTH] = {"replace-auth-strings", false, NULL},
 };
 
@@ -613,19 +618,39 @@ typedef struct {
   size_t n;
 } list_ctx_t;
 
+/* A deadline in a list column: local time with the zone, short. */
+static void list_deadline(const Capstan__Device *d, char *buf, size_t len) {
+  time_t t = (time_t)d->completes_by;
+  struct tm tm;
+  if (!d->has_completes_by || d->completes_by == 0) {
+    snprintf(buf, len, "-");
+  } else if (localtime_r(&t, &tm) == NULL || strftime(buf, len, "%Y-%m-%d %H:%M %Z", &tm) == 0) {
+    capstan_cli_format_time(d->completes_by, buf, len);
+  }
+}
+
 static int list_one(const Capstan__Device *d, void *arg) {
   list_ctx_t *l = arg;
   const opts_t *o = l->c->ctx;
-  if ((l->c->seen & O(STATUS)) && d->status != o->status) return 0;
+  const capstan_cli_t *c = l->c;
+  if ((c->seen & O(STATUS)) && d->status != o->status) return 0;
+  if ((c->seen & O(OPERATION)) && d->operation != o->operation) return 0;
+  if ((c->seen & O(AUTH)) && d->auth_mode != o->auth) return 0;
+  for (int i = 0; i < 2; i++) {
+    const char *prefix = c->value[i == 0 ? OPT_PREFIX : OPT_NAME_PREFIX];
+    if (prefix != NULL && strncmp(d->name, prefix, strlen(prefix)) != 0) return 0;
+  }
   if (l->c->json) {
     fputs(l->n == 0 ? "\n" : ",\n", stdout);
     json_device(stdout, d, false);
     fputc('}', stdout);
   } else {
-    printf("%-20s %-13s %-7s %-8s %-12s %8u  %s\n", d->name, capstan_operation_name(d->operation),
-           capstan_auth_mode_name(d->auth_mode), capstan_key_name(d->key_alg, d->key_bits),
-           capstan_op_status_name(d->status), d->attempts,
-           d->status_reason != NULL ? d->status_reason : "");
+    char deadline[64];
+    list_deadline(d, deadline, sizeof(deadline));
+    printf("%-20s %-13s %-7s %-8s %-12s %8u  %-22s %s\n", d->name,
+           capstan_operation_name(d->operation), capstan_auth_mode_name(d->auth_mode),
+           capstan_key_name(d->key_alg, d->key_bits), capstan_op_status_name(d->status),
+           d->attempts, deadline, d->status_reason != NULL ? d->status_reason : "");
   }
   l->n++;
   return 0;
@@ -638,8 +663,8 @@ static int list_all(capstan_txn_t *txn, void *arg) {
 static int run_list(capstan_cli_t *c) {
   list_ctx_t l = {c, 0};
   return capstan_cli_list(c, list_all, &l, &l.n, "cannot list devices",
-                          "%-20s %-13s %-7s %-8s %-12s %8s  %s\n", "NAME", "OPERATION", "AUTH",
-                          "KEY", "STATUS", "ATTEMPTS", "REASON");
+                          "%-20s %-13s %-7s %-8s %-12s %8s  %-22s %s\n", "NAME", "OPERATION",
+                          "AUTH", "KEY", "STATUS", "ATTEMPTS", "DEADLINE", "REASON");
 }
 
 static int run_remove(capstan_cli_t *c) {
@@ -1071,8 +1096,8 @@ out:
   "           2026-12-01T19:00[:SS]      local time (the TZ environment variable)\n"     \
   "           2026-12-01T06:00[:SS]Z     UTC\n"                                          \
   "           2026-12-01T19:00+13:00     with an offset from UTC (+HH:MM or -HH:MM)\n"   \
-  "         a deadline in the past is taken, with a warning; 'device show' prints\n"     \
-  "         deadlines in local time with the zone (and in UTC)"
+  "         a deadline in the past is taken, with a warning; 'device show' and\n"        \
+  "         'device list' print deadlines in local time with the zone"
 #define NAME_HELP                                                                          \
   "         NAME: a phone's name is SEP + 12 hex digits (its MAC address, e.g.\n"          \
   "         SEP58971ECC97C1); lower-case hex is upper-cased, with a notice; a SEP name\n"  \
@@ -1102,8 +1127,18 @@ static const capstan_cli_sub_t device_subs[] = {
      run_set},
     {"show", O(SHOW_SECRETS), true, 1, 1, "capstan device show NAME [--json] [--show-secrets]",
      run_show},
-    {"list", O(STATUS), true, 0, 0,
-     "capstan device list [--json] [--status pending|in-progress|succeeded|failed|expired|none]",
+    {"list", O(STATUS) | O(OPERATION) | O(AUTH) | O(PREFIX) | O(NAME_PREFIX), true, 0, 0,
+     "capstan device list [--json] [--prefix P] [--status STATUS]\n"
+     "         [--operation install|delete|troubleshoot|none] [--auth string|null|lsc|mic]\n"
+     "         filters combine (all must match); --prefix: the name starts with P (case\n"
+     "         matters: MAC names are stored upper-case, SEP0011...)\n"
+     "         STATUS: pending, in-progress, succeeded, failed, expired, none (nothing\n"
+     "         scheduled): the spelling of every status the CLI prints. The metric\n"
+     "         capstan_devices{status=...} labels in-progress as in_progress (its label\n"
+     "         values use '_'); --status takes that spelling too\n"
+     "         columns: NAME OPERATION AUTH KEY STATUS ATTEMPTS DEADLINE REASON; DEADLINE\n"
+     "         is the completes-by time in local time with the zone (TZ), '-' for none;\n"
+     "         --json: completes_by in UTC",
      run_list},
     {"remove", 0, false, 1, 1, "capstan device remove NAME", run_remove},
     {"history", O(SINCE), true, 1, 1,

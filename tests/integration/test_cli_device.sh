@@ -112,4 +112,34 @@ expect 0 "show --json" -- "$BIN" device show SEP0000000000D4 --json
 json_ok "$WORK/out" "d['completes_by']=='2030-01-01T03:00:00Z'" "import: local time"
 unset TZ
 
+# --- device list: filters and the deadline column -----------------------------
+export CAPSTAN_DATA_DIR="$WORK/list"
+export TZ=XST-5
+"$BIN" device add SEP0000AA000001 --operation install --auth null --completes-by 2030-06-01T09:00 >/dev/null 2>&1
+"$BIN" device add SEP0000AA000002 --operation delete --auth lsc >/dev/null 2>&1
+"$BIN" device add SEP0000BB000003 --operation install --auth string --auth-string 1234 >/dev/null 2>&1
+"$BIN" device add SEP0000BB000004 --operation none --auth mic >/dev/null 2>&1
+list_names() { # ARGS...: the names `device list --json ARGS` prints, sorted, comma-separated
+  "$BIN" device list --json "$@" 2>"$WORK/err" | python3 -c 'import json,sys; print(",".join(sorted(x["name"] for x in json.load(sys.stdin))))'
+}
+same() { [ "$1" = "$2" ] && pass || fail "$3: got '$1', want '$2'"; }
+same "$(list_names --prefix SEP0000AA)" "SEP0000AA000001,SEP0000AA000002" "list --prefix"
+same "$(list_names --name-prefix SEP0000BB)" "SEP0000BB000003,SEP0000BB000004" "list --name-prefix"
+same "$(list_names --operation install)" "SEP0000AA000001,SEP0000BB000003" "list --operation"
+same "$(list_names --auth lsc)" "SEP0000AA000002" "list --auth"
+same "$(list_names --status none)" "SEP0000BB000004" "list --status none"
+same "$(list_names --status pending --operation install --prefix SEP0000BB)" "SEP0000BB000003" "filters combine"
+same "$(list_names --status in-progress)" "" "list --status in-progress"
+same "$(list_names --status in_progress)" "" "the metric spelling is taken"
+expect 2 "list --status bad" -- "$BIN" device list --status running
+head -1 "$WORK/err" >"$WORK/err1"
+contains "$WORK/err1" "pending,in-progress,succeeded" "status choices use the CLI spelling"
+lacks "$WORK/err1" "in_progress" "status choices: one spelling"
+expect 0 "list text" -- "$BIN" device list
+contains "$WORK/out" "DEADLINE" "list: deadline column"
+contains "$WORK/out" "2030-06-01 09:00 XST" "list: deadline in local time with the zone"
+expect 0 "list --help" -- "$BIN" device list --help
+contains "$WORK/out" "in_progress" "list --help: the metric label mapping"
+unset TZ
+
 tally_exit
