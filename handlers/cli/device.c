@@ -1,5 +1,6 @@
-/* `capstan device ...`: add, set, show, list, remove, import, export,
- * bulk-set, generate-auth-strings (and `device config`, devconfig.c). */
+/* `capstan device ...`: add, set, show, list, remove, cert, history, import,
+ * export, bulk-set, generate-auth-strings (and `device config`,
+ * devconfig.c). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include "handlers/cli/files.h"
 #include "core/files/encconf.h"
 #include "core/base/error.h"
+#include "core/pki/pki.h"
 #include "storage/devices.h"
 
 /* Options of the device subcommands (one table); each subcommand takes a
@@ -40,6 +42,7 @@ enum {
   OPT_REARM,        /* import: schedule succeeded devices again */
   OPT_REPLACE_AUTH, /* import: replace authentication strings already set */
   OPT_PREFIX,       /* list: --prefix (or --name-prefix, as for bulk-set) */
+  OPT_OUT,          /* cert: --out FILE */
   NOPTS
 };
 #define O(x) CAPSTAN_CLI_OPT(OPT_##x)
@@ -206,6 +209,7 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_ANY_NAME] = {"any-name", false, NULL},
     [OPT_REARM] = {"rearm", false, NULL},
     [OPT_PREFIX] = {"prefix", true, NULL},
+    [OPT_OUT] = {"out", true, NULL},
     [OPT_REPLACE_AUTH] = {"replace-auth-strings", false, NULL},
 };
 
@@ -665,6 +669,53 @@ static int run_list(capstan_cli_t *c) {
   return capstan_cli_list(c, list_all, &l, &l.n, "cannot list devices",
                           "%-20s %-13s %-7s %-8s %-12s %8s  %-22s %s\n", "NAME", "OPERATION",
                           "AUTH", "KEY", "STATUS", "ATTEMPTS", "DEADLINE", "REASON");
+}
+
+/* ---- cert ------------------------------------------------------------------------ */
+
+/* `device cert NAME [--out FILE]`: the device's certificate on record (the
+ * one the phone last presented, fetched by troubleshoot, or the LSC issued
+ * to it), PEM. */
+static int run_cert(capstan_cli_t *c) {
+  char name[CAPSTAN_DEVICE_NAME_MAX + 1];
+  int rc = canonical_name(c, c->args[0], name, sizeof(name));
+  if (rc != 0) return rc;
+  capstan_store_t *s;
+  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_EXISTING, &s) != 0) return CAPSTAN_EXIT_ERROR;
+  Capstan__Device *d = NULL;
+  capstan_txn_t txn;
+  int err = capstan_store_begin(s, false, &txn);
+  if (err == 0) err = capstan_store_device_get(&txn, name, &d);
+  capstan_store_abort(&txn);
+  capstan_store_close(s);
+  if (err == CAPSTAN_ENOENT) {
+    capstan_cli_error("no device '%s' (see 'capstan device list')", name);
+    return CAPSTAN_EXIT_ERROR;
+  }
+  if (err != 0) return capstan_cli_store_error("cannot read the device", err);
+  int ret = CAPSTAN_EXIT_ERROR;
+  char *pem = NULL;
+  if (!d->has_cert_der || d->cert_der.len == 0) {
+    capstan_cli_error(
+        "no certificate on record for %s: one is kept when the phone presents its "
+        "LSC or MIC (a troubleshoot operation fetches it) or when an LSC is issued "
+        "to it",
+        name);
+  } else if ((err = capstan_pki_pem_encode("CERTIFICATE", d->cert_der.data, d->cert_der.len,
+                                           &pem)) != 0) {
+    capstan_cli_error("cannot encode the certificate: %s", capstan_strerror(err));
+  } else {
+    const char *out = c->value[OPT_OUT];
+    ret = capstan_cli_write_text(out, pem, "the certificate");
+    if (ret == 0 && out != NULL && strcmp(out, "-") != 0) {
+      printf("wrote the %s certificate of %s (md5 %s) to %s\n",
+             capstan_cert_type_name(d->cert_type), name, d->md5hash != NULL ? d->md5hash : "-",
+             out);
+    }
+  }
+  free(pem);
+  capstan__device__free_unpacked(d, NULL);
+  return ret;
 }
 
 static int run_remove(capstan_cli_t *c) {
@@ -1141,6 +1192,12 @@ static const capstan_cli_sub_t device_subs[] = {
      "         --json: completes_by in UTC",
      run_list},
     {"remove", 0, false, 1, 1, "capstan device remove NAME", run_remove},
+    {"cert", O(OUT), false, 1, 1,
+     "capstan device cert NAME [--out FILE|-]\n"
+     "         the device's certificate on record, PEM (standard output without --out):\n"
+     "         the LSC or MIC the phone last presented (a troubleshoot operation fetches\n"
+     "         it), or the LSC issued to it; 'device show' gives its type and MD5",
+     run_cert},
     {"history", O(SINCE), true, 1, 1,
      "capstan device history NAME [--since T] [--json]\n"
      "         what happened to the device, oldest first: added and scheduled (with the\n"

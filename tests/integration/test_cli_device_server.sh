@@ -2,9 +2,10 @@
 # `capstan device` against devices a real server has worked on: a CSV
 # imported twice does not silently schedule a phone that succeeded again or
 # replace an authentication string already handed out (--dry-run shows the
-# changes; --rearm and --replace-auth-strings allow them).
+# changes; --rearm and --replace-auth-strings allow them); `device cert`
+# exports the certificate on record, which openssl reads.
 . "$(dirname "$0")/lib.sh"
-it_require "$CAPSTAN_BIN" "$PHONE_BIN" jq
+it_require "$CAPSTAN_BIN" "$PHONE_BIN" jq openssl
 it_watchdog 240
 
 srv_start main
@@ -19,12 +20,32 @@ printf '%s\n%s,install,string,111111,ec256,\n%s,install,string,222222,ec256,\n%s
 # --- first import, then two phones enroll.
 cli_expect "$DATA" 0 device import "$IT_TMP/devices.csv"
 has "$OUT" "imported 3 rows: 3 added, 0 updated, 0 unchanged"
-phone main --name $A --auth string --auth-string 111111
+phone main --name $A --auth string --auth-string 111111 --save-cert "$IT_TMP/a.der" \
+  --save-key "$IT_TMP/a.key"
 json_expect "$PHONE_JSON" result ok
 phone main --name $C --auth null
 json_expect "$PHONE_JSON" result ok
 json_expect "$(device_json main $A)" status succeeded
 json_expect "$(device_json main $C)" status succeeded
+
+# --- the certificate on record, exported: the LSC the phone holds.
+cli_expect "$DATA" 0 device cert $A --out "$IT_TMP/a.pem"
+has "$OUT" "wrote the lsc certificate of $A (md5 "
+openssl x509 -in "$IT_TMP/a.pem" -noout -subject >"$IT_TMP/subject" || fail "openssl x509 cannot read the export"
+has "$IT_TMP/subject" "CN = $A"
+want=$(openssl x509 -in "$IT_TMP/a.der" -inform DER -noout -fingerprint -sha256) || fail "openssl: a.der"
+got=$(openssl x509 -in "$IT_TMP/a.pem" -noout -fingerprint -sha256)
+[[ "$got" == "$want" ]] || fail "exported certificate differs from the phone's: $got vs $want"
+json_expect "$(device_json main $A)" md5hash "$(md5_of "$IT_TMP/a.der")"
+cli_expect "$DATA" 0 device cert $A
+openssl x509 -noout -subject <"$OUT" | grep -qF "CN = $A" || fail "device cert to stdout"
+cli_expect "$DATA" 1 device cert $B
+has "$ERR" "no certificate on record for $B"
+cli_expect "$DATA" 1 device cert SEP0000DE0000FF
+has "$ERR" "no device 'SEP0000DE0000FF'"
+cli_expect "$DATA" 2 device cert $A --out
+cli_expect "$DATA" 0 device cert sep0000de000001 --out "$IT_TMP/a2.pem"
+cmp -s "$IT_TMP/a.pem" "$IT_TMP/a2.pem" || fail "device cert by the lower-case name"
 
 # --- the same file again: after an enrollment the device's operation is
 # none, so the row would schedule the phone again. The dry run says so; the
@@ -94,6 +115,15 @@ cli_expect "$DATA" 1 device import "$IT_TMP/gen.csv" --generate-auth-strings uni
 has "$ERR" "give --replace-auth-strings"
 cli_expect "$DATA" 0 device import "$IT_TMP/gen.csv" --generate-auth-strings unique --replace-auth-strings
 has "$OUT" "replaced 1 authentication string"
+
+# Troubleshoot: the certificate the phone presents is fetched and exported.
+cap main device set $A --operation troubleshoot --auth lsc >/dev/null
+phone main --name $A --auth lsc --cert "$IT_TMP/a.der" --key "$IT_TMP/a.key"
+json_expect "$PHONE_JSON" result ok
+json_expect "$(device_json main $A)" status succeeded last_operation troubleshoot cert_type lsc
+cli_expect "$DATA" 0 device cert $A --out "$IT_TMP/fetched.pem"
+got=$(openssl x509 -in "$IT_TMP/fetched.pem" -noout -fingerprint -sha256) || fail "openssl: fetched.pem"
+[[ "$got" == "$want" ]] || fail "fetched certificate differs from the phone's: $got vs $want"
 
 srv_stop main
 it_pass
