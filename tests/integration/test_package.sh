@@ -132,8 +132,15 @@ if [[ "$(id -u)" != 0 ]]; then
   it_log "not root: install, run and purge skipped (dpkg -i needs root)"
   it_pass
 fi
-if dpkg-query -W -f='${Status}' capstan 2>/dev/null | grep -q 'installed'; then
-  it_log "a capstan package is installed on this machine already: install, run and purge skipped"
+# One package test on this machine at a time (several worktrees' suites).
+lockfile=/run/lock/capstan-test-package.lock
+[[ -d /run/lock ]] || lockfile=/tmp/capstan-test-package.lock
+exec 9>"$lockfile"
+flock -w 300 9 || fail "another package test holds $lockfile"
+# dpkg's state of the capstan package: empty or not-installed when absent.
+pkg_state() { dpkg-query -W -f='${db:Status-Status}' capstan 2>/dev/null || true; }
+if [[ -n "$(pkg_state)" && "$(pkg_state)" != not-installed ]]; then
+  it_log "a capstan package is on this machine already ($(pkg_state)): install, run and purge skipped"
   it_pass
 fi
 if [[ -e /var/lib/capstan ]]; then
@@ -141,9 +148,6 @@ if [[ -e /var/lib/capstan ]]; then
   it_pass
 fi
 it_require systemd-analyze setpriv runuser
-# One package test on this machine at a time (several worktrees' suites).
-exec 9>/run/lock/capstan-test-package.lock
-flock -w 300 9 || fail "another package test holds /run/lock/capstan-test-package.lock"
 
 state() {
   {
@@ -333,7 +337,7 @@ fi
 # --- Remove ---------------------------------------------------------------------
 dpkg_run --purge capstan || fail "dpkg --purge capstan"
 INSTALLED=0
-dpkg-query -W -f='${Status}' capstan 2>/dev/null | grep -q 'installed' && fail "capstan still installed"
+[[ -z "$(pkg_state)" || "$(pkg_state)" == not-installed ]] || fail "capstan still known to dpkg: $(pkg_state)"
 for f in /usr/bin/capstan "$UNIT" /etc/capstan /usr/share/man/man1/capstan.1.gz /usr/share/doc/capstan; do
   [[ ! -e "$f" ]] || fail "$f left after purge"
 done
