@@ -290,6 +290,10 @@ tftp_host=${tftp_listen%:*}
 phone pkg --name SEP00AA11BB22CC --auth null --boot tftp --files "$tftp_host:$TFTP"
 json_expect "$PHONE_JSON" result ok enrolled true
 metric_expect pkg 'capstan_capf_sessions_total{operation="install",result="ok"}' 1
+# Every admin route in the trace too (the status page scans the store on the thread pool).
+for path in /status /status.json /api/devices /api/devices/SEP00AA11BB22CC; do
+  curl -sf --max-time 10 -o /dev/null "http://127.0.0.1:$ADMIN$path" || fail "GET $path"
+done
 assert_eq "capstan capstan 600" "$(stat -c '%U %G %a' /var/lib/capstan/data.mdb)" "data.mdb"
 # The README's backup: a consistent copy while the server runs (mdb_copy).
 BACKUP=""
