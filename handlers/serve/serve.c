@@ -2,7 +2,7 @@
  * (the rows of listeners.c); the store's writer thread and the libuv thread
  * pool do the rest.
  *
- * Life cycle: open (and if needed initialise) the store, start the writer,
+ * Life cycle: open (with --init, initialise) the store, start the writer,
  * start the listeners, run. SIGHUP reloads certificates and settings;
  * admin commands' setting changes are noticed by polling the store's
  * transaction id once a second. SIGTERM/SIGINT drain: stop accepting, let
@@ -234,13 +234,13 @@ int capstan_serve_run(const capstan_serve_options_t *opt) {
   tune_process();
   int exit_code = 1;
   capstan_store_t *store = NULL;
-  int rc = capstan_store_open(opt->data_dir, CAPSTAN_STORE_CREATE, &store);
+  int rc = capstan_store_open(opt->data_dir, opt->init ? CAPSTAN_STORE_CREATE : 0, &store);
   if (rc < 0) {
     LOG_ERROR("event=store_open_failed dir=%s error=%s", opt->data_dir, capstan_strerror(rc));
     goto out;
   }
   int created = 0;
-  if (capstan_init_identities(store, opt->subject, &created) < 0) goto out;
+  if (opt->init && capstan_init_identities(store, opt->subject, &created) < 0) goto out;
   if (created) LOG_INFO("event=initialised dir=%s identities=%d", opt->data_dir, created);
   uv_loop_t *loop = uv_default_loop();
   if (capstan_store_writer_start(store, loop) < 0) goto out;
