@@ -30,6 +30,7 @@ int capstan_cli_capf_main(int argc, char **argv);
 int capstan_cli_report_main(int argc, char **argv);
 int capstan_cli_init_main(int argc, char **argv);
 int capstan_cli_serve_main(int argc, char **argv);
+int capstan_cli_reload_main(int argc, char **argv);
 
 /* ---- Shared helpers ---------------------------------------------------- */
 
