@@ -1,7 +1,9 @@
 #include "storage/devices.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/base/error.h"
 #include "core/base/log.h"
@@ -144,6 +146,7 @@ static int table_parse(const name_entry_t *t, size_t n, const char *s, int *out)
   X(CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED, "succeeded")     \
   X(CAPSTAN__OP_STATUS__OP_STATUS_FAILED, "failed")           \
   X(CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED, "expired")         \
+  X(CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED, "throttled")     \
   X(CAPSTAN__OP_STATUS__OP_STATUS_NONE, "none")
 #define CERT_STATUSES(X)                                      \
   X(CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED, "issued")       \
@@ -380,6 +383,10 @@ int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__Op
     SET(d, status, status);
     SET(d, updated_at, now);
   }
+  if (status != CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED) {
+    d->has_retry_after = 0;
+    d->retry_after = 0;
+  }
   if (err == 0 && reason != NULL) err = capstan_record_set_string(&d->status_reason, reason);
   if (err == 0 && reason == NULL) err = capstan_record_set_string(&d->status_reason, NULL);
   if (err == 0 && count_attempt) {
@@ -387,6 +394,31 @@ int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__Op
     SET(d, last_attempt_at, now);
   }
   if (err == 0) err = capstan_store_device_put(txn, d);
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+void capstan_throttled_reason(int64_t retry_after, char *buf, size_t len) {
+  time_t t = (time_t)retry_after;
+  struct tm tm;
+  if (gmtime_r(&t, &tm) == NULL) {
+    snprintf(buf, len, "retry later");
+    return;
+  }
+  snprintf(buf, len, "retry after %02d:%02d:%02d UTC", tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+int capstan_devices_set_throttled(capstan_txn_t *txn, const char *name, int64_t retry_after,
+                                  int64_t now) {
+  char reason[CAPSTAN_THROTTLED_REASON_MAX];
+  capstan_throttled_reason(retry_after, reason, sizeof(reason));
+  int err = capstan_devices_set_status(txn, name, CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED, reason,
+                                       now, false);
+  if (err != 0) return err;
+  Capstan__Device *d;
+  if ((err = capstan_store_device_get(txn, name, &d)) != 0) return err;
+  SET(d, retry_after, retry_after);
+  err = capstan_store_device_put(txn, d);
   capstan__device__free_unpacked(d, NULL);
   return err;
 }
@@ -427,5 +459,7 @@ void capstan_device_rearm(Capstan__Device *d, int64_t now) {
   SET(d, attempts, 0);
   free(d->status_reason);
   d->status_reason = NULL;
+  d->has_retry_after = 0;
+  d->retry_after = 0;
   SET(d, updated_at, now);
 }

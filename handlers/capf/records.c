@@ -76,6 +76,8 @@ static Capstan__OpStatus op_status(capf_status_t s) {
       return CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS;
     case CAPF_STATUS_EXPIRED:
       return CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED;
+    case CAPF_STATUS_THROTTLED:
+      return CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED;
     case CAPF_STATUS_FAILED:
       break;
   }
@@ -87,6 +89,9 @@ int capf_record_apply(capstan_txn_t *txn, void *arg) {
   int rc = 0;
   switch (r->kind) {
     case CAPF_RECORD_STATUS:
+      if (r->status == CAPF_STATUS_THROTTLED) {
+        return capstan_devices_set_throttled(txn, r->device, r->retry_after, r->now);
+      }
       return capstan_devices_set_status(txn, r->device, op_status(r->status), r->reason, r->now,
                                         r->count_attempt);
     case CAPF_RECORD_SEEN_CERT:

@@ -811,6 +811,10 @@ static void test_throttle_retry_later(void **state) {
   uint16_t delay = 0;
   assert_int_equal(capstan_capf_get_retry_delay(&m, &delay), 0);
   assert_int_equal(delay, 120);
+  /* The device says when the phone is due back, not "in progress". */
+  assert_status_record(b, 1, CAPF_STATUS_THROTTLED, NULL);
+  assert_int_equal(b->records[1]->retry_after, b->records[1]->now + 120);
+  assert_int_equal(b->records[1]->count_attempt, 0);
   assert_int_equal(b->closes, 1);
   assert_int_equal(b->s.result, CAPF_RESULT_RETRY_LATER);
   assert_int_equal(g_shared.throttle.waiting, 0);
