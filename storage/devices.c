@@ -423,6 +423,49 @@ int capstan_devices_set_throttled(capstan_txn_t *txn, const char *name, int64_t 
   return err;
 }
 
+typedef struct {
+  char **names;
+  size_t n, cap;
+  int err;
+} name_list_t;
+
+static int collect_in_progress(const Capstan__Device *d, void *arg) {
+  name_list_t *l = arg;
+  if (d->status != CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS) return 0;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    char **p = realloc(l->names, cap * sizeof(*p));
+    if (p == NULL) {
+      l->err = CAPSTAN_ENOMEM;
+      return 1;
+    }
+    l->names = p;
+    l->cap = cap;
+  }
+  if ((l->names[l->n] = strdup(d->name)) == NULL) {
+    l->err = CAPSTAN_ENOMEM;
+    return 1;
+  }
+  l->n++;
+  return 0;
+}
+
+int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_t *count) {
+  *count = 0;
+  /* Names first, writes after: no record changes under the cursor. */
+  name_list_t l = {0};
+  int err = capstan_store_device_iterate(txn, collect_in_progress, &l);
+  if (err == 0) err = l.err;
+  for (size_t i = 0; err == 0 && i < l.n; i++) {
+    err = capstan_devices_set_status(txn, l.names[i], CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
+                                     CAPSTAN_REASON_INTERRUPTED, now, false);
+  }
+  if (err == 0) *count = l.n;
+  for (size_t i = 0; i < l.n; i++) free(l.names[i]);
+  free(l.names);
+  return err;
+}
+
 int capstan_devices_record_deleted(capstan_txn_t *txn, const char *name, int64_t now) {
   Capstan__Device *d;
   int err = capstan_store_device_get(txn, name, &d);

@@ -101,6 +101,13 @@ void capstan_throttled_reason(int64_t retry_after, char *buf, size_t len);
 int capstan_devices_set_throttled(capstan_txn_t *txn, const char *name, int64_t retry_after,
                                   int64_t now);
 
+/* Start-up, before any session: every device still IN_PROGRESS (its
+ * server stopped during the operation: killed, crashed, or cut off at the
+ * drain deadline) becomes FAILED with CAPSTAN_REASON_INTERRUPTED. Its
+ * operation stays scheduled, so the phone's next session runs it again, as
+ * after any failed attempt. *count is how many changed. */
+int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_t *count);
+
 /* Records a completed delete operation: the device's current LSC fields
  * are cleared (a MIC on record is kept), every certificate of its history
  * that is ISSUED or INSTALLED becomes DELETED, and the status is SUCCEEDED

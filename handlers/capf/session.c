@@ -36,6 +36,7 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "core/base/phone.h"
 #include "core/base/names.h"
 
 /* --- States, events, timers ----------------------------------------------- */
@@ -1112,5 +1113,11 @@ void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why) {
 }
 
 void capf_session_abort(capf_session_t *s, capf_result_t result) {
+  /* Cut off at the drain deadline in the middle of its operation: the
+   * device says so (the writer commits it before the server exits). */
+  if (result == CAPF_RESULT_SHUTDOWN && !s->finished &&
+      operation_failure(s->state, END_DROPPED) != NULL) {
+    record_status(s, CAPF_STATUS_FAILED, CAPSTAN_REASON_INTERRUPTED, 0);
+  }
   close_session(s, result);
 }

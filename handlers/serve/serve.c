@@ -2,7 +2,8 @@
  * (the rows of listeners.c); the store's writer thread and the libuv thread
  * pool do the rest.
  *
- * Life cycle: open (with --init, initialise) the store, start the writer,
+ * Life cycle: open (with --init, initialise) the store, fail what a stopped
+ * server left in progress, start the writer,
  * start the listeners, run. SIGHUP reloads certificates and settings;
  * admin commands' setting changes are noticed by polling the store's
  * transaction id once a second. SIGTERM/SIGINT drain: stop accepting, let
@@ -28,6 +29,7 @@
 #include "core/base/metrics.h"
 #include "core/settings.h"
 #include "handlers/serve/listeners.h"
+#include "storage/devices.h"
 #include "storage/store.h"
 
 #define SETTINGS_POLL_MS 1000
@@ -229,6 +231,32 @@ static int start_rows(server_t *srv) {
   return 0;
 }
 
+/* --- Start-up ------------------------------------------------------------- */
+
+static int reconcile_txn(capstan_txn_t *txn, void *arg) {
+  return capstan_devices_reconcile_interrupted(txn, (int64_t)time(NULL), arg);
+}
+
+/* Devices left in progress by a server that stopped during their
+ * operation: before anything listens no session can be running (the data
+ * directory's lock keeps other servers away), so each of them is failed
+ * with why, and runs again when its phone comes back. Failed rather than
+ * pending: the operator sees that an attempt was cut short (an LSC may have
+ * been issued and not confirmed), and the attempt counts stay true. */
+static int reconcile_interrupted(capstan_store_t *store) {
+  size_t n = 0;
+  int rc = capstan_store_write(store, reconcile_txn, &n);
+  if (rc < 0) {
+    LOG_ERROR("event=reconcile_failed error=%s", capstan_strerror(rc));
+    return rc;
+  }
+  if (n > 0) {
+    LOG_WARN("event=reconciled_interrupted devices=%zu status=failed reason=\"%s\"", n,
+             CAPSTAN_REASON_INTERRUPTED);
+  }
+  return 0;
+}
+
 int capstan_serve_run(const capstan_serve_options_t *opt) {
   server_t srv = {.opt = opt};
   tune_process();
@@ -242,6 +270,7 @@ int capstan_serve_run(const capstan_serve_options_t *opt) {
   int created = 0;
   if (opt->init && capstan_init_identities(store, opt->subject, &created) < 0) goto out;
   if (created) LOG_INFO("event=initialised dir=%s identities=%d", opt->data_dir, created);
+  if (reconcile_interrupted(store) < 0) goto out;
   uv_loop_t *loop = uv_default_loop();
   if (capstan_store_writer_start(store, loop) < 0) goto out;
   srv.settings_txnid = capstan_store_txnid(store);

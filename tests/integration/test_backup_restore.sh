@@ -57,6 +57,8 @@ it_wait_for 60 '[[ $(cap main device show SEP0000BAC88888 --json | jq -r .status
 
 # --- Backup while enrolling ---------------------------------------------------------
 PRE=$(cap main device list --json)
+[[ $(jq -r '.[] | select(.name == "SEP0000BAC88888") | .status' <<<"$PRE") == in-progress ]] ||
+  fail "the held phone is not in progress before the backup"
 rc=0
 timeout 120 "$CAPSTAN_BIN" backup "$IT_TMP/b1.mdb" --data-dir "$DATA" >"$OUT" 2>"$ERR" || rc=$?
 [[ $rc -eq 0 ]] || { cat "$ERR" >&2; fail "backup exited $rc"; }
@@ -103,6 +105,12 @@ srv_start r
 assert_eq "$CAPF_SHA" "$(cap r cert capf show --json | jq -r .sha256)" "CAPF of the restored server"
 cap r cert export tftp >"$IT_TMP/tftp-r.pem"
 cmp -s "$IT_TMP/tftp.pem" "$IT_TMP/tftp-r.pem" || fail "the restored TFTP certificate differs"
+
+# The phone held in key generation at the backup is no session of this
+# server: reconciled at its start.
+grep -q "event=reconciled_interrupted" "${SRV_LOG[r]}" || fail "the restored server reconciled nothing"
+json_expect "$(device_json r SEP0000BAC88888)" status failed \
+  status_reason "interrupted: the server stopped during the operation" operation install
 
 # Every device the backup held, as it was: those enrolled before the backup
 # with the same certificate and history.

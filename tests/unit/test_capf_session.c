@@ -1066,8 +1066,18 @@ static void test_abort_and_send_failure(void **state) {
   assert_int_equal(f->nsent, 2); /* no END_SESSION */
   assert_int_equal(f->s.result, CAPF_RESULT_SHUTDOWN);
   assert_int_equal(f->timer_ms, NO_TIMER);
+  /* Cut off in key generation: the device says the server stopped. */
+  assert_int_equal(f->nrecords, 2);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, CAPSTAN_REASON_INTERRUPTED);
   capf_session_timed_out(&f->s); /* a late timer changes nothing */
   assert_int_equal(f->nsent, 2);
+  fake_free(f);
+
+  /* Before authentication nothing is under way: nothing to record. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  capf_session_handshake_done(&f->s);
+  capf_session_abort(&f->s, CAPF_RESULT_SHUTDOWN);
+  assert_int_equal(f->nrecords, 0);
   fake_free(f);
 
   f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
