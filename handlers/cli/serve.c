@@ -311,7 +311,7 @@ int capstan_cli_serve_main(int argc, char **argv) {
           "  --http-listen H:P       phone file HTTP listener (default [::]:6970; 'off')\n"
           "  --tftp-listen H:P       phone file TFTP listener (default [::]:69; 'off')\n"
           "  --files-dir DIR         static files (firmware, ringtones) served to phones\n"
-          "  --subject \"O=..,C=..\"   subject attributes for certificates made at first start\n"
+          "  --subject \"O=..,C=..\"   subject attributes for certificates made by --init\n"
           "  --drain-seconds N       on SIGTERM, wait up to N s (0-3600) for sessions (default "
           "30)\n"
           "  --config FILE           read the same keys from FILE, one 'key = value' a line;\n"
