@@ -421,6 +421,7 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   capstan_cli_json_string(f, capstan_op_status_name(d->status));
   fputs(",\"status_reason\":", f);
   capstan_cli_json_string(f, d->status_reason);
+  json_time(f, "retry_after", d->retry_after, d->has_retry_after);
   fputs(",\"last_operation\":", f);
   capstan_cli_json_string(f, capstan_operation_name(d->last_operation));
   fprintf(f, ",\"attempts\":%u", d->attempts);
@@ -960,7 +961,8 @@ static const capstan_cli_sub_t device_subs[] = {
     {"show", O(SHOW_SECRETS), true, 1, 1, "capstan device show NAME [--json] [--show-secrets]",
      run_show},
     {"list", O(STATUS), true, 0, 0,
-     "capstan device list [--json] [--status pending|in-progress|succeeded|failed|expired|none]",
+     "capstan device list [--json]\n"
+     "         [--status pending|in-progress|throttled|succeeded|failed|expired|none]",
      run_list},
     {"remove", 0, false, 1, 1, "capstan device remove NAME", run_remove},
     {"history", O(SINCE), true, 1, 1,
