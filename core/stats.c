@@ -11,10 +11,9 @@
 #include <string.h>
 
 #define EXPIRY_WINDOW_SECONDS (30 * 86400)
-#define NSTATUS 6
-
-static const char *const kStatusNames[NSTATUS] = {"none",      "pending", "in_progress",
-                                                  "succeeded", "failed",  "expired"};
+/* Every OpStatus value, 0..THROTTLED; labelled by capstan_op_status_name,
+ * the spelling of the CLI (`--status in-progress`). */
+#define NSTATUS (CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED + 1)
 
 struct capstan_stats {
   uv_loop_t *loop;
@@ -49,6 +48,7 @@ static int count_device(const Capstan__Device *d, void *arg) {
   st->devices++;
   int open = d->status == CAPSTAN__OP_STATUS__OP_STATUS_PENDING ||
              d->status == CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS ||
+             d->status == CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED ||
              d->status == CAPSTAN__OP_STATUS__OP_STATUS_FAILED;
   if (open && d->operation != CAPSTAN__OPERATION__OPERATION_NONE && d->completes_by > 0 &&
       d->completes_by < ((scan_t *)arg)->now) {
@@ -80,6 +80,7 @@ static int expire_overdue(capstan_txn_t *txn, void *arg) {
     if (capstan_store_device_get(txn, st->overdue[i], &d) < 0) continue;
     int still = (d->status == CAPSTAN__OP_STATUS__OP_STATUS_PENDING ||
                  d->status == CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS ||
+                 d->status == CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED ||
                  d->status == CAPSTAN__OP_STATUS__OP_STATUS_FAILED) &&
                 d->completes_by > 0 && d->completes_by < now;
     capstan__device__free_unpacked(d, NULL);
@@ -182,7 +183,7 @@ int capstan_stats_start(uv_loop_t *loop, capstan_store_t *store, unsigned interv
   st->store = store;
   char labels[48];
   for (int i = 0; i < NSTATUS; i++) {
-    snprintf(labels, sizeof(labels), "status=\"%s\"", kStatusNames[i]);
+    snprintf(labels, sizeof(labels), "status=\"%s\"", capstan_op_status_name((Capstan__OpStatus)i));
     st->g_status[i] = capstan_metrics_gauge(
         "capstan_devices", "Devices by certificate operation status (store scan)", labels);
   }

@@ -13,7 +13,7 @@ trap cleanup EXIT
 fail() { echo "first command: FAIL: $*" >&2; [ -f "$work/log" ] && tail -20 "$work/log" >&2; exit 1; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 build=${CAPSTAN_FIRST_BUILD_DIR:-build-first-command}
-CAPSTAN_BUILD_DIR=$build CAPSTAN_DATA_DIR=$work/data setsid scripts/run.sh \
+CAPSTAN_BUILD_DIR=$build CAPSTAN_DATA_DIR=$work/data setsid scripts/run.sh --init \
   --capf-listen 127.0.0.1:0 --admin-listen "127.0.0.1:$port" --http-listen off --tftp-listen off \
   >"$work/log" 2>&1 &
 pid=$!

@@ -146,6 +146,7 @@ static int table_parse(const name_entry_t *t, size_t n, const char *s, int *out)
   X(CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED, "succeeded")     \
   X(CAPSTAN__OP_STATUS__OP_STATUS_FAILED, "failed")           \
   X(CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED, "expired")         \
+  X(CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED, "throttled")     \
   X(CAPSTAN__OP_STATUS__OP_STATUS_NONE, "none")
 #define CERT_STATUSES(X)                                      \
   X(CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED, "issued")       \
@@ -416,6 +417,10 @@ int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__Op
     SET(d, status, status);
     SET(d, updated_at, now);
   }
+  if (status != CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED) {
+    d->has_retry_after = 0;
+    d->retry_after = 0;
+  }
   if (err == 0 && reason != NULL) err = capstan_record_set_string(&d->status_reason, reason);
   if (err == 0 && reason == NULL) err = capstan_record_set_string(&d->status_reason, NULL);
   if (err == 0 && count_attempt) {
@@ -424,6 +429,74 @@ int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__Op
   }
   if (err == 0) err = capstan_store_device_put(txn, d);
   capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+void capstan_throttled_reason(int64_t retry_after, char *buf, size_t len) {
+  time_t t = (time_t)retry_after;
+  struct tm tm;
+  if (gmtime_r(&t, &tm) == NULL) {
+    snprintf(buf, len, "retry later");
+    return;
+  }
+  snprintf(buf, len, "retry after %02d:%02d:%02d UTC", tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+int capstan_devices_set_throttled(capstan_txn_t *txn, const char *name, int64_t retry_after,
+                                  int64_t now) {
+  char reason[CAPSTAN_THROTTLED_REASON_MAX];
+  capstan_throttled_reason(retry_after, reason, sizeof(reason));
+  int err = capstan_devices_set_status(txn, name, CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED, reason,
+                                       now, false);
+  if (err != 0) return err;
+  Capstan__Device *d;
+  if ((err = capstan_store_device_get(txn, name, &d)) != 0) return err;
+  SET(d, retry_after, retry_after);
+  err = capstan_store_device_put(txn, d);
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+typedef struct {
+  char **names;
+  size_t n, cap;
+  int err;
+} name_list_t;
+
+static int collect_in_progress(const Capstan__Device *d, void *arg) {
+  name_list_t *l = arg;
+  if (d->status != CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS) return 0;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    char **p = realloc(l->names, cap * sizeof(*p));
+    if (p == NULL) {
+      l->err = CAPSTAN_ENOMEM;
+      return 1;
+    }
+    l->names = p;
+    l->cap = cap;
+  }
+  if ((l->names[l->n] = strdup(d->name)) == NULL) {
+    l->err = CAPSTAN_ENOMEM;
+    return 1;
+  }
+  l->n++;
+  return 0;
+}
+
+int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_t *count) {
+  *count = 0;
+  /* Names first, writes after: no record changes under the cursor. */
+  name_list_t l = {0};
+  int err = capstan_store_device_iterate(txn, collect_in_progress, &l);
+  if (err == 0) err = l.err;
+  for (size_t i = 0; err == 0 && i < l.n; i++) {
+    err = capstan_devices_set_status(txn, l.names[i], CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
+                                     CAPSTAN_REASON_INTERRUPTED, now, false);
+  }
+  if (err == 0) *count = l.n;
+  for (size_t i = 0; i < l.n; i++) free(l.names[i]);
+  free(l.names);
   return err;
 }
 
@@ -464,5 +537,7 @@ void capstan_device_rearm(Capstan__Device *d, int64_t now) {
   SET(d, attempts, 0);
   free(d->status_reason);
   d->status_reason = NULL;
+  d->has_retry_after = 0;
+  d->retry_after = 0;
   SET(d, updated_at, now);
 }

@@ -92,6 +92,25 @@ int capstan_devices_record_seen_cert(capstan_txn_t *txn, const char *name, const
 int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__OpStatus status,
                                const char *reason, int64_t now, bool count_attempt);
 
+/* The status reason of a throttled device: "retry after HH:MM:SS UTC"
+ * (|retry_after| in unix seconds), into |buf| of len bytes
+ * (CAPSTAN_THROTTLED_REASON_MAX is enough). */
+#define CAPSTAN_THROTTLED_REASON_MAX 48
+void capstan_throttled_reason(int64_t retry_after, char *buf, size_t len);
+
+/* The phone was sent RETRY_LATER by the key generation throttle: status
+ * THROTTLED, retry_after and the reason above; the attempt was counted
+ * when it began. Any later status clears retry_after. */
+int capstan_devices_set_throttled(capstan_txn_t *txn, const char *name, int64_t retry_after,
+                                  int64_t now);
+
+/* Start-up, before any session: every device still IN_PROGRESS (its
+ * server stopped during the operation: killed, crashed, or cut off at the
+ * drain deadline) becomes FAILED with CAPSTAN_REASON_INTERRUPTED. Its
+ * operation stays scheduled, so the phone's next session runs it again, as
+ * after any failed attempt. *count is how many changed. */
+int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_t *count);
+
 /* Records a completed delete operation: the device's current LSC fields
  * are cleared (a MIC on record is kept), every certificate of its history
  * that is ISSUED or INSTALLED becomes DELETED, and the status is SUCCEEDED

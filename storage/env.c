@@ -49,17 +49,20 @@ int capstan_store_map_err(int rc, const char *op) {
 
 /* ---- Environment ------------------------------------------------------ */
 
-static int open_dbis(capstan_store_t *s) {
+int capstan_store_open_dbis(capstan_store_t *s, bool readonly) {
   MDB_txn *txn;
-  int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+  int rc = mdb_txn_begin(s->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
   if (rc != 0) return capstan_store_map_err(rc, "open");
   for (int i = 0; i < CAPSTAN_DB_COUNT; i++) {
     /* The index holds each device's event keys as sorted 8-byte duplicates. */
     unsigned flags = i == CAPSTAN_DB_AUDIT_DEVICE ? MDB_DUPSORT | MDB_DUPFIXED : 0;
-    rc = mdb_dbi_open(txn, capstan_store_db_names[i], MDB_CREATE | flags, &s->dbi[i]);
+    rc = mdb_dbi_open(txn, capstan_store_db_names[i], (readonly ? 0 : MDB_CREATE) | flags,
+                      &s->dbi[i]);
     if (rc != 0) {
       mdb_txn_abort(txn);
-      return capstan_store_map_err(rc, "open");
+      /* A read-only store (a backup) lacking one of the databases is not
+       * a capstan store. */
+      return rc == MDB_NOTFOUND ? CAPSTAN_EINVAL : capstan_store_map_err(rc, "open");
     }
   }
   capstan_txn_t t = {.mdb = txn, .store = s, .write = true};
@@ -130,7 +133,7 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
   int dead = 0;
   mdb_reader_check(s->env, &dead);
   if (dead > 0) LOG_INFO("event=storage_stale_readers_cleared count=%d", dead);
-  err = open_dbis(s);
+  err = capstan_store_open_dbis(s, false);
   if (err != 0) goto err;
   *out = s;
   return 0;

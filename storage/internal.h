@@ -29,6 +29,10 @@ struct capstan_store {
   char *actor; /* stamped on audit events as their user; NULL: none */
 };
 
+/* Opens the named databases of |s| (creating them unless |readonly|; a
+ * missing one is then CAPSTAN_EINVAL). */
+int capstan_store_open_dbis(capstan_store_t *s, bool readonly);
+
 /* Counts a failed operation in capstan_storage_errors_total{op}. */
 void capstan_store_count_error(const char *op);
 

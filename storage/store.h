@@ -106,6 +106,32 @@ uint64_t capstan_store_txnid(capstan_store_t *store);
 /* Bytes of the map in use (last page number * page size). */
 uint64_t capstan_store_size_bytes(capstan_store_t *store);
 
+/* ---- Backup and restore ---------------------------------------------- */
+
+/* Writes a consistent, compacted copy of |store| (one read transaction:
+ * writers, the running server's included, go on meanwhile) to the file
+ * |path|: through a temporary file beside it, created mode 0600 (the copy
+ * holds the identities' private keys), fsynced, then renamed over |path|
+ * and the directory fsynced. The file is an LMDB data file that
+ * capstan_store_open_backup opens. *bytes (may be NULL) is its size.
+ * Errors: a negative errno (the temporary file is removed), or a store
+ * error. */
+int capstan_store_backup(capstan_store_t *store, const char *path, uint64_t *bytes);
+
+/* Opens the backup file |path| read-only (nothing is written to it or
+ * beside it). CAPSTAN_EINVAL when it is not an LMDB file holding capstan's
+ * databases, CAPSTAN_ENOENT when it does not exist. Read transactions work
+ * as on any store; close it with capstan_store_close. */
+int capstan_store_open_backup(const char *path, capstan_store_t **out);
+
+/* Makes the contents of |from| (a backup opened as above) the store of the
+ * existing directory |dir|: a compacted copy to DIR/data.mdb as
+ * capstan_store_backup writes it, replacing any store there, and LMDB's
+ * lock file of the replaced store removed (a process that still has the old
+ * store open keeps the old file, not a mix). The caller holds the
+ * directory's restore lock (storage/lock.h), so no server runs on it. */
+int capstan_store_install(capstan_store_t *from, const char *dir);
+
 /* ---- Transactions ----------------------------------------------------- */
 
 /* Starts a read (write=false) or write transaction. Read transactions are

@@ -97,7 +97,7 @@ start_server() {
   "$capstan" device import "$work/devices.csv" --data-dir "$work/d" >/dev/null
   # One source address stands for thousands of phones here.
   "$capstan" config set max-connections-per-address 100000 --data-dir "$work/d" >/dev/null
-  "${server_cpu[@]}" "$capstan" serve --data-dir "$work/d" --capf-listen 127.0.0.1:0 \
+  "${server_cpu[@]}" "$capstan" serve --init --data-dir "$work/d" --capf-listen 127.0.0.1:0 \
     --admin-listen 127.0.0.1:0 --http-listen off --tftp-listen off 2>"$work/log" &
   server_pid=$!
   for _ in $(seq 1 100); do grep -q 'event=ready' "$work/log" 2>/dev/null && break; sleep 0.1; done

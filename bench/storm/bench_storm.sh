@@ -79,7 +79,7 @@ import_devices() { "$capstan" device import "$work/devices.csv" --data-dir "$wor
 
 start_server() {
   rm -f "$work/log"
-  "$capstan" serve --data-dir "$work/d" --capf-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+  "$capstan" serve --init --data-dir "$work/d" --capf-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --http-listen 127.0.0.1:0 --tftp-listen 127.0.0.1:0 2>"$work/log" &
   server_pid=$!
   for _ in $(seq 1 300); do grep -q 'event=ready' "$work/log" 2>/dev/null && break; sleep 0.1; done

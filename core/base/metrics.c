@@ -22,6 +22,7 @@ struct capstan_metric {
   _Atomic uint64_t value_bits;
   capstan_metric_fn fn;
   void *fn_arg;
+  int fn_counter; /* KIND_GAUGE_FN rendered as a counter (capstan_metrics_counter_fn) */
   size_t nbounds;
   double bounds[CAPSTAN_METRICS_MAX_BUCKETS];
   _Atomic uint64_t buckets[CAPSTAN_METRICS_MAX_BUCKETS + 1];
@@ -117,6 +118,13 @@ capstan_metric_t *capstan_metrics_gauge_fn(const char *name, const char *help, c
     m->fn = fn;
     m->fn_arg = arg;
   }
+  return m;
+}
+
+capstan_metric_t *capstan_metrics_counter_fn(const char *name, const char *help,
+                                             const char *labels, capstan_metric_fn fn, void *arg) {
+  capstan_metric_t *m = capstan_metrics_gauge_fn(name, help, labels, fn, arg);
+  if (m != NULL) m->fn_counter = 1;
   return m;
 }
 
@@ -254,7 +262,8 @@ int capstan_metrics_render(char **out, size_t *len) {
   const char *family = NULL;
   for (capstan_metric_t *m = g_head; m != NULL; m = m->next) {
     if (family == NULL || strcmp(family, m->name) != 0) {
-      outf(&o, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, kTypes[m->kind]);
+      outf(&o, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name,
+           m->fn_counter ? "counter" : kTypes[m->kind]);
       family = m->name;
     }
     render_series(&o, m);
@@ -274,7 +283,7 @@ void capstan_metrics_foreach(capstan_metrics_visit_fn fn, void *arg) {
                                                  CAPSTAN_METRIC_GAUGE, CAPSTAN_METRIC_HISTOGRAM};
   pthread_mutex_lock(&g_lock);
   for (capstan_metric_t *m = g_head; m != NULL; m = m->next) {
-    fn(arg, m->name, m->labels, kTypes[m->kind], m);
+    fn(arg, m->name, m->labels, m->fn_counter ? CAPSTAN_METRIC_COUNTER : kTypes[m->kind], m);
   }
   pthread_mutex_unlock(&g_lock);
 }

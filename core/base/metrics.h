@@ -25,6 +25,10 @@ capstan_metric_t *capstan_metrics_counter(const char *name, const char *help, co
 capstan_metric_t *capstan_metrics_gauge(const char *name, const char *help, const char *labels);
 capstan_metric_t *capstan_metrics_gauge_fn(const char *name, const char *help, const char *labels,
                                            capstan_metric_fn fn, void *arg);
+/* A counter computed at scrape time (e.g. the process's CPU seconds): |fn|
+ * must return a value that never decreases during the process's life. */
+capstan_metric_t *capstan_metrics_counter_fn(const char *name, const char *help, const char *labels,
+                                             capstan_metric_fn fn, void *arg);
 /* |bounds| are the upper bounds of the buckets, ascending; +Inf is implied.
  * At most CAPSTAN_METRICS_MAX_BUCKETS. */
 #define CAPSTAN_METRICS_MAX_BUCKETS 24
@@ -55,8 +59,8 @@ int capstan_metrics_render(char **out, size_t *len);
  * (capstan_metric_value, capstan_metric_count). Runs under the registry's
  * lock: |fn| must not register metrics. Any thread. */
 typedef enum {
-  CAPSTAN_METRIC_COUNTER,
-  CAPSTAN_METRIC_GAUGE, /* gauge_fn series too */
+  CAPSTAN_METRIC_COUNTER, /* counter_fn series too */
+  CAPSTAN_METRIC_GAUGE,   /* gauge_fn series too */
   CAPSTAN_METRIC_HISTOGRAM,
 } capstan_metric_type_t;
 typedef void (*capstan_metrics_visit_fn)(void *arg, const char *name, const char *labels,

@@ -173,4 +173,12 @@ bool capstan_device_name_canonical(const char *name, char *out, size_t cap);
  * returns |buf|, for "one of a,b,c" messages. */
 const char *capstan_name_list_text(const char *list, char *buf, size_t cap);
 
+/* ---- Device status reasons ---------------------------------------------- */
+
+/* Why an operation ended without its phone's doing: the server itself
+ * stopped during it. A session cut at the drain deadline records it, and at
+ * the next start every device still in progress gets it (no session of a
+ * server that has just started can be running). */
+#define CAPSTAN_REASON_INTERRUPTED "interrupted: the server stopped during the operation"
+
 #endif

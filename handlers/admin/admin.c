@@ -8,6 +8,7 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
+#include "core/base/process_metrics.h"
 #include "handlers/admin/devices_api.h"
 #include "handlers/admin/json.h"
 #include "handlers/admin/status.h"
@@ -159,6 +160,7 @@ int capstan_admin_enable_status(capstan_admin_t *admin, uv_loop_t *loop, capstan
 }
 
 static void register_process_metrics(void) {
+  capstan_process_metrics_register();
   capstan_metric_t *info =
       capstan_metrics_gauge("capstan_build_info", "Build information; the value is always 1",
                             "version=\"" CAPSTAN_VERSION "\",boringssl=\"" BORINGSSL_LABEL "\"");

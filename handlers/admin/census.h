@@ -27,7 +27,8 @@
   X(IN_PROGRESS)                   \
   X(SUCCEEDED)                     \
   X(FAILED)                        \
-  X(EXPIRED)
+  X(EXPIRED)                       \
+  X(THROTTLED)
 typedef enum {
 #define X(id) CAPSTAN_CENSUS_##id,
   CAPSTAN_CENSUS_STATUSES(X)
@@ -35,7 +36,8 @@ typedef enum {
       CAPSTAN_CENSUS_NSTATUS
 } capstan_census_status_t;
 
-/* "none", "pending", "in-progress", "succeeded", "failed", "expired". */
+/* "none", "pending", "in-progress", "succeeded", "failed", "expired",
+ * "throttled". */
 const char *capstan_census_status_name(capstan_census_status_t s);
 
 #define CAPSTAN_CENSUS_TOP 10         /* devices per list */

@@ -74,7 +74,9 @@ int capstan_devices_query_parse(const char *query, capstan_devices_query_t *q, c
       }
       Capstan__OpStatus st;
       if (capstan_op_status_parse(value, &st) < 0) {
-        *why = "status must be one of pending, in-progress, succeeded, failed, expired, none";
+        *why =
+            "status must be one of pending, in-progress, throttled, succeeded, failed, expired, "
+            "none";
         return CAPSTAN_EINVAL;
       }
       q->status = (int)st;
@@ -132,6 +134,7 @@ static void device_members(capstan_json_t *j, const Capstan__Device *d) {
   capstan_json_kstr(j, "last_operation", capstan_operation_name(d->last_operation));
   capstan_json_kuint(j, "attempts", d->attempts);
   capstan_json_ktime(j, "created_at", d->has_created_at ? d->created_at : 0);
+  capstan_json_ktime(j, "retry_after", d->has_retry_after ? d->retry_after : 0);
   capstan_json_ktime(j, "status_changed_at", d->has_status_changed_at ? d->status_changed_at : 0);
   capstan_json_ktime(j, "last_attempt_at", d->has_last_attempt_at ? d->last_attempt_at : 0);
   capstan_json_kstr(j, "cert_type", d->has_cert_der ? capstan_cert_type_name(d->cert_type) : NULL);

@@ -243,8 +243,9 @@ static void render_devices(capstan_json_t *j, const capstan_status_t *st,
                            const capstan_census_t *c) {
   /* The CLI's order (`capstan report status`). */
   static const capstan_census_status_t kOrder[] = {
-      CAPSTAN_CENSUS_PENDING, CAPSTAN_CENSUS_IN_PROGRESS, CAPSTAN_CENSUS_SUCCEEDED,
-      CAPSTAN_CENSUS_FAILED,  CAPSTAN_CENSUS_EXPIRED,     CAPSTAN_CENSUS_NONE};
+      CAPSTAN_CENSUS_PENDING,   CAPSTAN_CENSUS_IN_PROGRESS, CAPSTAN_CENSUS_THROTTLED,
+      CAPSTAN_CENSUS_SUCCEEDED, CAPSTAN_CENSUS_FAILED,      CAPSTAN_CENSUS_EXPIRED,
+      CAPSTAN_CENSUS_NONE};
   capstan_json_key(j, "devices");
   capstan_json_open(j, '{');
   capstan_json_kuint(j, "total", c->total);
@@ -265,8 +266,10 @@ static void render_devices(capstan_json_t *j, const capstan_status_t *st,
 
 static void render_progress(capstan_json_t *j, const capstan_status_t *st,
                             const capstan_census_t *c, double now) {
-  uint64_t remaining =
-      c->by_status[CAPSTAN_CENSUS_PENDING] + c->by_status[CAPSTAN_CENSUS_IN_PROGRESS];
+  /* Throttled phones come back (RETRY_LATER): they are still to do. */
+  uint64_t remaining = c->by_status[CAPSTAN_CENSUS_PENDING] +
+                       c->by_status[CAPSTAN_CENSUS_IN_PROGRESS] +
+                       c->by_status[CAPSTAN_CENSUS_THROTTLED];
   uint64_t done = c->by_status[CAPSTAN_CENSUS_SUCCEEDED];
   uint64_t failed = c->by_status[CAPSTAN_CENSUS_FAILED];
   uint64_t expired = c->by_status[CAPSTAN_CENSUS_EXPIRED];

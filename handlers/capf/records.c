@@ -77,6 +77,8 @@ static Capstan__OpStatus op_status(capf_status_t s) {
       return CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS;
     case CAPF_STATUS_EXPIRED:
       return CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED;
+    case CAPF_STATUS_THROTTLED:
+      return CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED;
     case CAPF_STATUS_FAILED:
       break;
   }
@@ -93,6 +95,10 @@ static int audit_status(capstan_txn_t *txn, const capf_record_t *r) {
       return capstan_audit_appendf(txn, r->device, "operation_expired",
                                    "peer=%s operation=%s reason=\"%s\"", r->peer, op,
                                    r->reason ? r->reason : "deadline passed");
+    case CAPF_STATUS_THROTTLED:
+      return capstan_audit_appendf(txn, r->device, "throttled",
+                                   "peer=%s operation=%s retry_after=%lld", r->peer, op,
+                                   (long long)r->retry_after);
     case CAPF_STATUS_FAILED:
       break;
   }
@@ -111,6 +117,10 @@ int capf_record_apply(capstan_txn_t *txn, void *arg) {
   int rc = 0;
   switch (r->kind) {
     case CAPF_RECORD_STATUS:
+      if (r->status == CAPF_STATUS_THROTTLED) {
+        rc = capstan_devices_set_throttled(txn, r->device, r->retry_after, r->now);
+        return rc < 0 ? rc : audit_status(txn, r);
+      }
       rc = capstan_devices_set_status(txn, r->device, op_status(r->status), r->reason, r->now,
                                       r->count_attempt);
       return rc < 0 ? rc : audit_status(txn, r);

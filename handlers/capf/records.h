@@ -64,6 +64,7 @@ typedef enum {
   CAPF_STATUS_IN_PROGRESS,
   CAPF_STATUS_FAILED,
   CAPF_STATUS_EXPIRED,
+  CAPF_STATUS_THROTTLED, /* sent RETRY_LATER: back at retry_after */
 } capf_status_t;
 
 /* One durable write. It is read on the writer thread, possibly more than
@@ -82,6 +83,7 @@ typedef struct capf_record {
   capf_status_t status;
   const char *reason; /* static string; STATUS, and FETCHED without a certificate */
   int count_attempt;
+  int64_t retry_after; /* STATUS THROTTLED: unix seconds */
   /* SEEN_CERT, ISSUED, INSTALLED, FETCHED: the certificate (owned) */
   uint8_t serial[CAPSTAN_SERIAL_LEN]; /* ISSUED, INSTALLED */
   uint8_t *der;                       /* NULL for INSTALLED, and FETCHED without one */

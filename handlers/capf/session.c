@@ -38,6 +38,7 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "core/base/phone.h"
 #include "core/base/names.h"
 
 /* --- States, events, timers ----------------------------------------------- */
@@ -342,12 +343,16 @@ static void send_end_session(capf_session_t *s, uint8_t reason) {
   send_built(s, &b);
 }
 
-static void send_retry_later(capf_session_t *s) {
+/* RETRY_DELAY as sent (a 16-bit element). */
+static unsigned retry_delay(const capf_session_t *s) {
   unsigned delay = s->shared->settings.retry_delay_seconds;
+  return delay > 65535 ? 65535 : delay;
+}
+
+static void send_retry_later(capf_session_t *s) {
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_RETRY_LATER, s->session_id, 1);
-  capstan_capf_builder_add_u16(&b, CAPSTAN_CAPF_EL_RETRY_DELAY,
-                               (uint16_t)(delay > 65535 ? 65535 : delay));
+  capstan_capf_builder_add_u16(&b, CAPSTAN_CAPF_EL_RETRY_DELAY, (uint16_t)retry_delay(s));
   send_built(s, &b);
 }
 
@@ -927,12 +932,19 @@ static void handshake_timed_out(capf_session_t *s, const event_arg_t *e) {
   close_session(s, CAPF_RESULT_TIMEOUT);
 }
 
+/* The hold ran out: RETRY_LATER, and the device shows when the phone is
+ * due back (not "in progress" with no session behind it). */
 static void hold_expired(capf_session_t *s, const event_arg_t *e) {
   (void)e;
   capf_shared_t *sh = s->shared;
   capstan_throttle_cancel(&sh->throttle, &s->waiter);
   capstan_metric_set(sh->m.keygen_waiting, sh->throttle.waiting);
   capstan_metric_inc(sh->m.throttled_retry_later);
+  LOG_INFO("event=capf_retry_later device=%s peer=%s retry_delay=%u", s->device, s->peer_host,
+           sh->settings.retry_delay_seconds);
+  capf_record_t *r = status_record(s, CAPF_STATUS_THROTTLED, NULL, 0);
+  if (r != NULL) r->retry_after = r->now + (int64_t)retry_delay(s);
+  submit_record(s, r, 0);
   send_retry_later(s);
   close_session(s, CAPF_RESULT_RETRY_LATER);
 }
@@ -1125,5 +1137,11 @@ void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why) {
 }
 
 void capf_session_abort(capf_session_t *s, capf_result_t result) {
+  /* Cut off at the drain deadline in the middle of its operation: the
+   * device says so (the writer commits it before the server exits). */
+  if (result == CAPF_RESULT_SHUTDOWN && !s->finished &&
+      operation_failure(s->state, END_DROPPED) != NULL) {
+    record_status(s, CAPF_STATUS_FAILED, CAPSTAN_REASON_INTERRUPTED, 0);
+  }
   close_session(s, result);
 }

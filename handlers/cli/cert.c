@@ -232,7 +232,7 @@ int capstan_cli_cert_main(int argc, char **argv) {
 
 /* ---- reports --------------------------------------------------------------------- */
 
-#define NSTATUS 6
+#define NSTATUS (CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED + 1)
 
 typedef struct {
   uint64_t by_status[NSTATUS];
@@ -325,8 +325,9 @@ static int run_expiring(capstan_cli_t *c) {
 static int run_status(capstan_cli_t *c) {
   static const Capstan__OpStatus order[NSTATUS] = {
       CAPSTAN__OP_STATUS__OP_STATUS_PENDING,   CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
-      CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED, CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
-      CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED,   CAPSTAN__OP_STATUS__OP_STATUS_NONE};
+      CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED, CAPSTAN__OP_STATUS__OP_STATUS_SUCCEEDED,
+      CAPSTAN__OP_STATUS__OP_STATUS_FAILED,    CAPSTAN__OP_STATUS__OP_STATUS_EXPIRED,
+      CAPSTAN__OP_STATUS__OP_STATUS_NONE};
   report_ctx_t r = {0};
   int rc = capstan_cli_read(c, report_all, &r, "cannot read devices");
   if (rc != 0) return rc;

@@ -31,6 +31,9 @@ int capstan_cli_report_main(int argc, char **argv);
 int capstan_cli_init_main(int argc, char **argv);
 int capstan_cli_serve_main(int argc, char **argv);
 int capstan_cli_audit_main(int argc, char **argv);
+int capstan_cli_reload_main(int argc, char **argv);
+int capstan_cli_backup_main(int argc, char **argv);
+int capstan_cli_restore_main(int argc, char **argv);
 
 /* ---- Shared helpers ---------------------------------------------------- */
 

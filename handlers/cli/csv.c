@@ -452,7 +452,8 @@ bool capstan_device_should_rearm(const Capstan__Device *d, Capstan__Operation ne
   if (new_op != d->operation) return true;
   if (new_op == CAPSTAN__OPERATION__OPERATION_NONE) return false;
   return d->status != CAPSTAN__OP_STATUS__OP_STATUS_PENDING &&
-         d->status != CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS;
+         d->status != CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS &&
+         d->status != CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED;
 }
 
 static int import_fail(char *err, size_t errlen, const capstan_device_import_opts_t *o, size_t line,

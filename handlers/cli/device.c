@@ -139,8 +139,7 @@ static int set_encrypted(void *ctx, const char *a, char *why, size_t len) {
 
 static int set_status(void *ctx, const char *a, char *why, size_t len) {
   opts_t *o = ctx;
-  /* The metric label spelling (capstan_devices{status="in_progress"}) is
-   * taken too; the CLI prints "in-progress". */
+  /* The metric label's spelling of earlier versions, for old scripts. */
   if (strcmp(a, "in_progress") == 0) a = "in-progress";
   return one_of(capstan_op_status_parse(a, &o->status), "--status", capstan_op_status_names(), a,
                 why, len);
@@ -490,6 +489,7 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   capstan_cli_json_string(f, capstan_op_status_name(d->status));
   fputs(",\"status_reason\":", f);
   capstan_cli_json_string(f, d->status_reason);
+  json_time(f, "retry_after", d->retry_after, d->has_retry_after);
   fputs(",\"last_operation\":", f);
   capstan_cli_json_string(f, capstan_operation_name(d->last_operation));
   fprintf(f, ",\"attempts\":%u", d->attempts);
@@ -1183,10 +1183,10 @@ static const capstan_cli_sub_t device_subs[] = {
      "         [--operation install|delete|troubleshoot|none] [--auth string|null|lsc|mic]\n"
      "         filters combine (all must match); --prefix: the name starts with P (case\n"
      "         matters: MAC names are stored upper-case, SEP0011...)\n"
-     "         STATUS: pending, in-progress, succeeded, failed, expired, none (nothing\n"
-     "         scheduled): the spelling of every status the CLI prints. The metric\n"
-     "         capstan_devices{status=...} labels in-progress as in_progress (its label\n"
-     "         values use '_'); --status takes that spelling too\n"
+     "         STATUS: pending, in-progress, throttled, succeeded, failed, expired, none\n"
+     "         (nothing scheduled): the one spelling of the CLI, its --json and the\n"
+     "         capstan_devices{status=...} metric label; in_progress (the label's\n"
+     "         spelling in earlier versions) is taken too\n"
      "         columns: NAME OPERATION AUTH KEY STATUS ATTEMPTS DEADLINE REASON; DEADLINE\n"
      "         is the completes-by time in local time with the zone (TZ), '-' for none;\n"
      "         --json: completes_by in UTC",

@@ -16,6 +16,11 @@ typedef struct {
 
 static const command_t commands[] = {
     {"serve", capstan_cli_serve_main, "run the server in the foreground"},
+    {"reload", capstan_cli_reload_main,
+     "make the server of the data directory reload certificates and settings"},
+    {"backup", capstan_cli_backup_main,
+     "copy the store (private keys included) to a file, also while serving"},
+    {"restore", capstan_cli_restore_main, "make a backup file the store of a data directory"},
     {"init", capstan_cli_init_main, "create the data directory and the CAPF and TFTP identities"},
     {"device", capstan_cli_device_main,
      "add, set, show, list, remove, import, export devices; their history; auth strings"},

@@ -211,6 +211,42 @@ const char *capstan_cli_data_dir(const capstan_cli_t *c) {
   return capstan_store_data_dir(c->data_dir);
 }
 
+int capstan_cli_normalize_path(const char *path, const char *cwd, char *out, size_t len) {
+  if (len < 2) return CAPSTAN_ERANGE;
+  size_t n = 0; /* out holds "" (the root) or "/a/b" */
+  for (int pass = path[0] == '/' ? 1 : 0; pass < 2; pass++) {
+    const char *p = pass == 0 ? cwd : path;
+    while (*p != '\0') {
+      while (*p == '/') p++;
+      const char *end = strchr(p, '/');
+      size_t seg = end != NULL ? (size_t)(end - p) : strlen(p);
+      if (seg == 0 || (seg == 1 && p[0] == '.')) {
+        /* nothing */
+      } else if (seg == 2 && p[0] == '.' && p[1] == '.') {
+        while (n > 0 && out[n - 1] != '/') n--;
+        if (n > 0) n--;
+      } else {
+        if (n + 1 + seg + 1 > len) return CAPSTAN_ERANGE;
+        out[n++] = '/';
+        memcpy(out + n, p, seg);
+        n += seg;
+      }
+      p += seg;
+    }
+  }
+  if (n == 0) out[n++] = '/';
+  out[n] = '\0';
+  return 0;
+}
+
+bool capstan_cli_is_default_data_dir(const char *dir) {
+  char cwd[4096], a[4096], b[4096];
+  if (getcwd(cwd, sizeof(cwd)) == NULL) return false;
+  return capstan_cli_normalize_path(dir, cwd, a, sizeof(a)) == 0 &&
+         capstan_cli_normalize_path(CAPSTAN_STORE_DEFAULT_DIR, cwd, b, sizeof(b)) == 0 &&
+         strcmp(a, b) == 0;
+}
+
 int capstan_cli_open_store(const capstan_cli_t *c, capstan_cli_store_how_t how,
                            capstan_store_t **out) {
   const char *dir = capstan_cli_data_dir(c);

@@ -114,6 +114,17 @@ int capstan_cli_usage_error(const capstan_cli_t *c, const char *fmt, ...)
  * ./capstan-data (capstan_store_data_dir; borrowed). */
 const char *capstan_cli_data_dir(const capstan_cli_t *c);
 
+/* |path| made absolute against |cwd| (when relative) and normalised
+ * lexically: no ".", "..", repeated or trailing "/" (symbolic links are not
+ * followed). 0, or CAPSTAN_ERANGE when it does not fit |len| bytes. */
+int capstan_cli_normalize_path(const char *path, const char *cwd, char *out, size_t len);
+
+/* True when |dir| names the built-in default data directory,
+ * CAPSTAN_STORE_DEFAULT_DIR of the current directory, however it is written
+ * ("./capstan-data", "capstan-data/", its absolute path). `capstan serve`
+ * initialises only this one without --init. */
+bool capstan_cli_is_default_data_dir(const char *dir);
+
 /* How capstan_cli_open_store opens the store. */
 typedef enum {
   CAPSTAN_CLI_STORE_EXISTING = 0, /* it must exist */

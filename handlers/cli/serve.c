@@ -1,12 +1,20 @@
 /* `capstan serve`: its command line and config file, turned into the
- * plain options of handlers/serve. */
+ * plain options of handlers/serve; the data directory's checks (a new store
+ * only with --init, or in the default directory) and its lock (one server
+ * per store, its pid in DIR/serve.pid) around the server's run. */
+#include <dirent.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "core/base/error.h"
 #include "handlers/cli/cli.h"
 #include "handlers/serve/serve.h"
+#include "storage/lock.h"
+#include "storage/records.h"
 #include "storage/store.h"
 
 #define CONFIG_LINE_MAX 1024
@@ -22,6 +30,7 @@ enum {
   OPT_SUBJECT,
   OPT_DRAIN_SECONDS,
   OPT_CONFIG,
+  OPT_INIT,
   NOPTS
 };
 
@@ -42,14 +51,18 @@ static const capstan_cli_opt_t serve_opts[NOPTS] = {
     [OPT_SUBJECT] = {"subject", true, NULL},
     [OPT_DRAIN_SECONDS] = {"drain-seconds", true, NULL},
     [OPT_CONFIG] = {"config", true, read_config},
+    [OPT_INIT] = {"init", false, NULL},
 };
 
 /* Where a config-file key goes: a slot of |f|, or NULL for an unknown key
- * (config itself included: files do not nest). */
+ * (config itself included: files do not nest; init neither: creating a
+ * store is a decision for one command line, not for every start). */
 static char **config_slot(serve_file_t *f, const char *key) {
   if (strcmp(key, "data-dir") == 0) return &f->data_dir;
   for (int i = 0; i < NOPTS; i++) {
-    if (i != OPT_CONFIG && strcmp(key, serve_opts[i].name) == 0) return &f->value[i];
+    if (i != OPT_CONFIG && i != OPT_INIT && strcmp(key, serve_opts[i].name) == 0) {
+      return &f->value[i];
+    }
   }
   return NULL;
 }
@@ -106,6 +119,139 @@ static const char *pick(const capstan_cli_t *c, int opt, const char *def) {
   return file->value[opt] != NULL ? file->value[opt] : def;
 }
 
+/* --- The data directory ----------------------------------------------------- */
+
+typedef enum { DIR_MISSING, DIR_NOT_DIR, DIR_EMPTY, DIR_OTHER, DIR_STORE } dir_state_t;
+
+/* What |dir| holds. A serve.pid left by a server that never made a store
+ * does not count as content. 0, or a negative errno when it cannot tell. */
+static int dir_state(const char *dir, dir_state_t *out) {
+  struct stat st;
+  if (stat(dir, &st) != 0) {
+    if (errno != ENOENT) return -errno;
+    *out = DIR_MISSING;
+    return 0;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    *out = DIR_NOT_DIR;
+    return 0;
+  }
+  char path[PATH_MAX];
+  snprintf(path, sizeof(path), "%s/data.mdb", dir);
+  if (stat(path, &st) == 0) {
+    *out = DIR_STORE;
+    return 0;
+  }
+  DIR *d = opendir(dir);
+  if (d == NULL) return -errno;
+  *out = DIR_EMPTY;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+        strcmp(e->d_name, CAPSTAN_SERVE_PID_FILE) != 0) {
+      *out = DIR_OTHER;
+      break;
+    }
+  }
+  closedir(d);
+  return 0;
+}
+
+/* An existing store must already hold both identities: creating them is
+ * what --init is for. */
+static int check_identities(const char *dir) {
+  capstan_store_t *store = NULL;
+  int err = capstan_store_open(dir, 0, &store);
+  if (err < 0) {
+    capstan_cli_error("serve: cannot open the store in '%s': %s", dir, capstan_strerror(err));
+    return CAPSTAN_EXIT_ERROR;
+  }
+  static const char *const kWhich[] = {CAPSTAN_IDENTITY_CAPF, CAPSTAN_IDENTITY_TFTP};
+  const char *missing = NULL;
+  for (size_t i = 0; i < 2 && missing == NULL && err == 0; i++) {
+    Capstan__Identity *id = NULL;
+    err = capstan_store_identity_load(store, kWhich[i], &id);
+    if (err == CAPSTAN_ENOENT) {
+      missing = kWhich[i];
+      err = 0;
+    }
+    capstan__identity__free_unpacked(id, NULL);
+  }
+  capstan_store_close(store);
+  if (err < 0) {
+    capstan_cli_error("serve: cannot read the identities in '%s': %s", dir, capstan_strerror(err));
+    return CAPSTAN_EXIT_ERROR;
+  }
+  if (missing != NULL) {
+    capstan_cli_error(
+        "serve: the store in '%s' has no %s identity yet: add --init to create it "
+        "(phones that trust another server's certificates will not trust it)",
+        dir, strcmp(missing, CAPSTAN_IDENTITY_CAPF) == 0 ? "CAPF" : "TFTP");
+    return CAPSTAN_EXIT_USAGE;
+  }
+  return 0;
+}
+
+/* A mistyped --data-dir must not start a server with new CAPF and TFTP
+ * identities, which phones that trust the real ones reject: a missing,
+ * empty or foreign directory, or a store without identities, is refused
+ * unless --init is given or it is the default directory (the README's
+ * first start). Sets *create when the server may make the store. Returns 0
+ * or the exit code after saying why. */
+static int check_data_dir(const capstan_cli_t *c, const char *dir, bool *create) {
+  *create = capstan_cli_has(c, OPT_INIT) || capstan_cli_is_default_data_dir(dir);
+  dir_state_t st;
+  int err = dir_state(dir, &st);
+  if (err < 0) {
+    capstan_cli_error("serve: cannot read the data directory '%s': %s", dir, strerror(-err));
+    return CAPSTAN_EXIT_ERROR;
+  }
+  if (st == DIR_NOT_DIR) {
+    capstan_cli_error("serve: the data directory '%s' is not a directory", dir);
+    return CAPSTAN_EXIT_USAGE;
+  }
+  if (st == DIR_STORE) return *create ? 0 : check_identities(dir);
+  if (*create) {
+    if (st == DIR_MISSING && mkdir(dir, 0700) != 0 && errno != EEXIST) {
+      capstan_cli_error("serve: cannot create the data directory '%s': %s", dir, strerror(errno));
+      return CAPSTAN_EXIT_ERROR;
+    }
+    return 0;
+  }
+  capstan_cli_error(
+      "serve: the data directory '%s' %s. Not starting: a new store would get new CAPF and TFTP "
+      "identities, which phones that trust the existing ones reject. Check the path; to create a "
+      "new store there, add --init",
+      dir,
+      st == DIR_MISSING ? "does not exist"
+      : st == DIR_EMPTY ? "is empty"
+                        : "holds no capstan store (no data.mdb)");
+  return CAPSTAN_EXIT_USAGE;
+}
+
+/* One server per store: the lock is held until the process ends. */
+static int take_lock(const char *dir, capstan_dirlock_t **lock) {
+  pid_t holder = 0, server = 0;
+  int err = capstan_dirlock_acquire(dir, CAPSTAN_DIRLOCK_SERVE, lock, &holder);
+  if (err == 0) return 0;
+  if (err != CAPSTAN_EBUSY) {
+    capstan_cli_error("serve: cannot lock '%s/%s': %s", dir, CAPSTAN_SERVE_PID_FILE,
+                      capstan_strerror(err));
+  } else if (capstan_dirlock_server(dir, &server, NULL) == 0) {
+    capstan_cli_error(
+        "serve: another capstan serve (pid %ld) is already running on '%s': one "
+        "server per store (stop it first; 'capstan reload --data-dir %s' makes it "
+        "re-read its certificates and settings)",
+        (long)server, dir, dir);
+  } else {
+    capstan_cli_error(
+        "serve: '%s' is locked by process %ld (a capstan restore?): try again when "
+        "it has finished",
+        dir, (long)holder);
+  }
+  return CAPSTAN_EXIT_ERROR;
+}
+
 static int run_serve(capstan_cli_t *c) {
   serve_file_t *file = c->ctx;
   if (c->data_dir == NULL) c->data_dir = file->data_dir;
@@ -132,7 +278,13 @@ static int run_serve(capstan_cli_t *c) {
       .subject = pick(c, OPT_SUBJECT, NULL),
       .drain_seconds = drain_seconds,
   };
-  return capstan_serve_run(&opt);
+  int rc = check_data_dir(c, opt.data_dir, &opt.init);
+  if (rc != 0) return rc;
+  capstan_dirlock_t *lock = NULL;
+  if ((rc = take_lock(opt.data_dir, &lock)) != 0) return rc;
+  rc = capstan_serve_run(&opt);
+  capstan_dirlock_release(lock);
+  return rc;
 }
 
 int capstan_cli_serve_main(int argc, char **argv) {
@@ -144,21 +296,31 @@ int capstan_cli_serve_main(int argc, char **argv) {
       .usage = "capstan serve [options]",
       .help =
           "Runs the CAPF server and the phone file servers in the foreground, logging to\n"
-          "stderr. An empty data directory is initialised first (as `capstan init`).\n"
+          "stderr. The data directory must hold a store made by `capstan init` (or\n"
+          "`capstan restore`): a missing or empty directory is refused (exit 2) unless\n"
+          "--init is given, so that a mistyped path never starts a server with new CAPF\n"
+          "and TFTP identities. Only the default ./capstan-data is initialised without it.\n"
+          "One server per store: a second serve on the same directory is refused; the\n"
+          "running one's pid is in DIR/serve.pid while it runs.\n"
           "\n"
           "  --data-dir DIR          data directory (default ./capstan-data or $CAPSTAN_DATA_DIR)\n"
+          "  --init                  create the directory, the store and the identities when\n"
+          "                          missing (as `capstan init`)\n"
           "  --capf-listen H:P       CAPF TLS listener (default [::]:3804)\n"
           "  --admin-listen H:P      metrics/status listener (default 127.0.0.1:9464)\n"
           "  --http-listen H:P       phone file HTTP listener (default [::]:6970; 'off')\n"
           "  --tftp-listen H:P       phone file TFTP listener (default [::]:69; 'off')\n"
           "  --files-dir DIR         static files (firmware, ringtones) served to phones\n"
-          "  --subject \"O=..,C=..\"   subject attributes for certificates made at first start\n"
+          "  --subject \"O=..,C=..\"   subject attributes for certificates made by --init\n"
           "  --drain-seconds N       on SIGTERM, wait up to N s (0-3600) for sessions (default "
           "30)\n"
           "  --config FILE           read the same keys from FILE, one 'key = value' a line;\n"
           "                          command-line options win\n"
           "\n"
-          "Signals: SIGTERM/SIGINT drain and exit; SIGHUP reloads certificates and settings.\n"
+          "Signals: SIGTERM/SIGINT drain and exit: CAPF sessions finish (new ones are\n"
+          "refused) while /healthz, /metrics and phone files keep answering; SIGHUP\n"
+          "reloads certificates and settings: `capstan reload --data-dir DIR` sends it to\n"
+          "the server of DIR.\n"
           "Live settings: capstan config set KEY VALUE (applied within a second).\n"
           "Threads run as SCHED_BATCH (a woken thread does not preempt a signature in\n"
           "progress); `chrt --other --all-tasks --pid 0 PID` reverts to SCHED_OTHER.",

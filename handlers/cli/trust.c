@@ -48,7 +48,7 @@
 
 #define RELOAD_HINT                                                                   \
   "a running capstan server applies trust changes within a second; to apply them at " \
-  "once: kill -HUP $(pidof capstan)"
+  "once: capstan reload (with the same --data-dir)"
 
 /* ---- Helpers ------------------------------------------------------------------------ */
 

@@ -214,14 +214,17 @@ DRAIN_BY_STOP(tftp_drain, tftp, capstan_tftp_server_stop)
 /* --- The table ------------------------------------------------------------- */
 
 /* In start order: the file service needs the CAPF port; HTTP and TFTP need
- * the file service. */
+ * the file service. Drain stages: CAPF sessions finish first (stage 0)
+ * while /healthz, /metrics and the phone files keep answering (phones that
+ * rebooted still boot); then those listeners stop (1); then the file
+ * service they read (2). */
 const capstan_serve_listener_t capstan_serve_listeners[] = {
     {"capf", 0, capf_start, capf_apply, capf_reload, capf_drain},
-    {"stats", 0, stats_start, NULL, NULL, stats_drain},
-    {"admin", 0, admin_start, admin_apply, NULL, admin_drain},
-    {"files", 1, files_start, files_apply, files_reload, files_drain},
-    {"http", 0, http_start, http_apply, NULL, http_drain},
-    {"tftp", 0, tftp_start, tftp_apply, NULL, tftp_drain},
+    {"stats", 1, stats_start, NULL, NULL, stats_drain},
+    {"admin", 1, admin_start, admin_apply, NULL, admin_drain},
+    {"files", 2, files_start, files_apply, files_reload, files_drain},
+    {"http", 1, http_start, http_apply, NULL, http_drain},
+    {"tftp", 1, tftp_start, tftp_apply, NULL, tftp_drain},
 };
 const size_t capstan_serve_listener_count =
     sizeof(capstan_serve_listeners) / sizeof(capstan_serve_listeners[0]);

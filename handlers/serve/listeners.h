@@ -43,9 +43,11 @@ typedef void (*capstan_serve_done_fn)(void *arg);
  * apply_settings and reload may be NULL and do nothing for a row whose
  * object is NULL. drain stops accepting, finishes work in flight up to
  * |deadline_ms|, releases the row's object (setting it NULL) and then
- * calls done(arg) once, at once when there is nothing to drain. Rows of
- * stage 0 drain together first; rows of stage 1 (services that stage-0
- * rows use) drain after all of them. */
+ * calls done(arg) once, at once when there is nothing to drain. The rows
+ * of one stage drain together, stage after stage: 0 the CAPF sessions
+ * (bounded by --drain-seconds), 1 the listeners that keep answering
+ * meanwhile (admin, phone files over HTTP and TFTP) and the gauges they
+ * serve, 2 the services those listeners use (the file service). */
 typedef struct capstan_serve_listener {
   const char *name;
   unsigned stage;
@@ -56,7 +58,7 @@ typedef struct capstan_serve_listener {
                 void *arg);
 } capstan_serve_listener_t;
 
-#define CAPSTAN_SERVE_STAGES 2
+#define CAPSTAN_SERVE_STAGES 3
 
 extern const capstan_serve_listener_t capstan_serve_listeners[];
 extern const size_t capstan_serve_listener_count;

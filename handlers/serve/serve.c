@@ -2,7 +2,8 @@
  * (the rows of listeners.c); the store's writer thread and the libuv thread
  * pool do the rest.
  *
- * Life cycle: open (and if needed initialise) the store, start the writer,
+ * Life cycle: open (with --init, initialise) the store, fail what a stopped
+ * server left in progress, start the writer,
  * start the listeners, run. SIGHUP reloads certificates and settings;
  * admin commands' setting changes are noticed by polling the store's
  * transaction id once a second; the same poll removes audit events older
@@ -31,6 +32,7 @@
 #include "core/settings.h"
 #include "handlers/serve/listeners.h"
 #include "storage/audit.h"
+#include "storage/devices.h"
 #include "storage/store.h"
 
 #define SETTINGS_POLL_MS 1000
@@ -301,19 +303,46 @@ static int start_rows(server_t *srv) {
   return 0;
 }
 
+/* --- Start-up ------------------------------------------------------------- */
+
+static int reconcile_txn(capstan_txn_t *txn, void *arg) {
+  return capstan_devices_reconcile_interrupted(txn, (int64_t)time(NULL), arg);
+}
+
+/* Devices left in progress by a server that stopped during their
+ * operation: before anything listens no session can be running (the data
+ * directory's lock keeps other servers away), so each of them is failed
+ * with why, and runs again when its phone comes back. Failed rather than
+ * pending: the operator sees that an attempt was cut short (an LSC may have
+ * been issued and not confirmed), and the attempt counts stay true. */
+static int reconcile_interrupted(capstan_store_t *store) {
+  size_t n = 0;
+  int rc = capstan_store_write(store, reconcile_txn, &n);
+  if (rc < 0) {
+    LOG_ERROR("event=reconcile_failed error=%s", capstan_strerror(rc));
+    return rc;
+  }
+  if (n > 0) {
+    LOG_WARN("event=reconciled_interrupted devices=%zu status=failed reason=\"%s\"", n,
+             CAPSTAN_REASON_INTERRUPTED);
+  }
+  return 0;
+}
+
 int capstan_serve_run(const capstan_serve_options_t *opt) {
   server_t srv = {.opt = opt};
   tune_process();
   int exit_code = 1;
   capstan_store_t *store = NULL;
-  int rc = capstan_store_open(opt->data_dir, CAPSTAN_STORE_CREATE, &store);
+  int rc = capstan_store_open(opt->data_dir, opt->init ? CAPSTAN_STORE_CREATE : 0, &store);
   if (rc < 0) {
     LOG_ERROR("event=store_open_failed dir=%s error=%s", opt->data_dir, capstan_strerror(rc));
     goto out;
   }
   int created = 0;
-  if (capstan_init_identities(store, opt->subject, &created) < 0) goto out;
+  if (opt->init && capstan_init_identities(store, opt->subject, &created) < 0) goto out;
   if (created) LOG_INFO("event=initialised dir=%s identities=%d", opt->data_dir, created);
+  if (reconcile_interrupted(store) < 0) goto out;
   uv_loop_t *loop = uv_default_loop();
   if (capstan_store_writer_start(store, loop) < 0) goto out;
   srv.settings_txnid = capstan_store_txnid(store);

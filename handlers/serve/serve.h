@@ -5,6 +5,8 @@
 #ifndef CAPSTAN_HANDLERS_SERVE_SERVE_H
 #define CAPSTAN_HANDLERS_SERVE_SERVE_H
 
+#include <stdbool.h>
+
 /* What the server runs with. Strings are borrowed for the whole run;
  * "off" for http_listen or tftp_listen disables that listener. */
 typedef struct capstan_serve_options {
@@ -15,6 +17,7 @@ typedef struct capstan_serve_options {
   const char *tftp_listen;
   const char *files_dir; /* NULL: no static files */
   const char *subject;   /* for identities made at first start; may be NULL */
+  bool init;             /* create the store and the identities when missing */
   unsigned drain_seconds;
 } capstan_serve_options_t;
 
@@ -27,7 +30,9 @@ typedef struct capstan_serve_options {
 #define CAPSTAN_SERVE_DRAIN_SECONDS_MAX 3600
 
 /* Runs the server in the foreground until SIGTERM or SIGINT has drained
- * it. Opens (and initialises, if empty) the store in opt->data_dir.
+ * it. Opens the store in opt->data_dir (with opt->init: creates it and its
+ * identities when missing). The caller holds the data directory's lock
+ * (storage/lock.h) for the whole run.
  * Returns the process exit code: 0 after a clean drain, 1 when it could not
  * start (logged). */
 int capstan_serve_run(const capstan_serve_options_t *opt);

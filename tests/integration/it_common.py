@@ -57,6 +57,7 @@ def serve_argv(data_dir, http="127.0.0.1:0", tftp="127.0.0.1:0"):
     return [
         capstan_bin(),
         "serve",
+        "--init",
         "--data-dir",
         data_dir,
         "--capf-listen",

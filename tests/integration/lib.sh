@@ -245,7 +245,7 @@ srv_start() {
     SRV_LOG[$name]="$dir/server.log"
     echo "=== start attempt $attempt: capf=$capf admin=$admin http=$http tftp=$tftp" \
       >>"${SRV_LOG[$name]}"
-    "$CAPSTAN_BIN" serve --data-dir "${SRV_DATA[$name]}" \
+    "$CAPSTAN_BIN" serve --init --data-dir "${SRV_DATA[$name]}" \
       --capf-listen "127.0.0.1:$capf" --admin-listen "127.0.0.1:$admin" \
       --http-listen "$http_arg" --tftp-listen "$tftp_arg" --drain-seconds 5 \
       "$@" </dev/null >>"${SRV_LOG[$name]}" 2>&1 &

@@ -12,7 +12,7 @@ fi
 dir="$IT_TMP/v6"
 mkdir -p "$dir"
 log="$dir/server.log"
-"$CAPSTAN_BIN" serve --data-dir "$dir/data" --capf-listen "[::]:0" --admin-listen 127.0.0.1:0 \
+"$CAPSTAN_BIN" serve --init --data-dir "$dir/data" --capf-listen "[::]:0" --admin-listen 127.0.0.1:0 \
   --http-listen off --tftp-listen off --drain-seconds 5 </dev/null >"$log" 2>&1 &
 pid=$!
 ready() { grep -q 'event=ready' "$log"; }

@@ -72,6 +72,24 @@ metric_expect main capstan_capf_keygen_waiting 0
 metric_expect main capstan_capf_keygen_active 1
 metric_expect main 'capstan_capf_sessions_total{operation="install",result="retry_later"}' 1
 json_expect "$(device_json main SEP0000F00D0004)" md5hash null certs_issued 0
+# The device says it was throttled and when the phone is due back (not
+# "in-progress" with no session behind it): one spelling in the CLI, JSON
+# and the metric label.
+DJ=$(device_json main SEP0000F00D0004)
+json_expect "$DJ" status throttled attempts 1
+BACK=$(jq -r .retry_after <<<"$DJ")
+want=$(date -u -d "$BACK" +%H:%M:%S) || fail "retry_after is not a time: $BACK"
+json_expect "$DJ" status_reason "retry after $want UTC"
+delta=$(($(date -u -d "$BACK" +%s) - $(date -u +%s)))
+((delta > 30 && delta <= 42)) || fail "retry_after is $delta s from now, expected about 42"
+cap main device list --status throttled >"$OUT"
+has "$OUT" "SEP0000F00D0004"
+has "$OUT" "retry after $want UTC"
+it_wait_for 20 '[[ $(metric main "capstan_devices{status=\"throttled\"}") == 1 ]]' ||
+  fail "capstan_devices{status=\"throttled\"} is not 1"
+metric main 'capstan_devices{status="in-progress"}' >/dev/null
+curl -sf "http://127.0.0.1:${SRV_ADMIN[main]}/metrics" | grep -q 'status="in_progress"' &&
+  fail "the metric label still spells in_progress"
 
 kill -TERM "$D"
 wait "$D" 2>/dev/null

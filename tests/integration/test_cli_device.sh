@@ -139,7 +139,7 @@ expect 0 "list text" -- "$BIN" device list
 contains "$WORK/out" "DEADLINE" "list: deadline column"
 contains "$WORK/out" "2030-06-01 09:00 XST" "list: deadline in local time with the zone"
 expect 0 "list --help" -- "$BIN" device list --help
-contains "$WORK/out" "in_progress" "list --help: the metric label mapping"
+contains "$WORK/out" "metric label" "list --help: the metric label spelling"
 unset TZ
 
 tally_exit

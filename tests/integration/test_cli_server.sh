@@ -38,7 +38,7 @@ rc=0
 [ "$rc" -eq 2 ] && grep -q "drain-seconds must be a whole number" "$WORK/usage.err" &&
   [ ! -e "$WORK/never" ] && pass || fail "serve --drain-seconds 3x: exit $rc, $(cat "$WORK/usage.err")"
 
-"$BIN" serve --data-dir "$DATA" --capf-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+"$BIN" serve --init --data-dir "$DATA" --capf-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --http-listen 127.0.0.1:0 --tftp-listen 127.0.0.1:0 2>"$LOG" &
 SERVER_PID=$!
 if ! wait_for "event=ready" 60; then

@@ -121,7 +121,7 @@ has "$ERR" "certificate 2 (CN=No CA Flag Root"
 # The good CA, as PEM into CAPF-trust (the default purpose).
 run 0 trust add "$C/good.pem"
 has "$OUT" "1 certificate added to capf-trust"
-has "$OUT" "kill -HUP"
+has "$OUT" "capstan reload"
 FP=$(openssl x509 -in "$C/good.pem" -outform DER | sha256sum | cut -d' ' -f1)
 has "$OUT" "added $FP capf-trust CN=Test Root CA"
 # Again (as DER): already there, nothing changes.

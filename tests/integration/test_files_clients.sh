@@ -68,7 +68,7 @@ ln -s "$WORK" "$FILES/sub/dirlink"
 "$CAPSTAN" device add $ENC --operation install --auth null --key rsa2048 \
   --encrypted-config on --data-dir "$DATA" >/dev/null || fail "device add $ENC"
 
-"$CAPSTAN" serve --data-dir "$DATA" --capf-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+"$CAPSTAN" serve --init --data-dir "$DATA" --capf-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --http-listen 127.0.0.1:0 --tftp-listen 127.0.0.1:0 --files-dir "$FILES" \
   --drain-seconds 5 2>"$LOGF" &
 SRV_PID=$!

@@ -817,6 +817,10 @@ static void test_throttle_retry_later(void **state) {
   uint16_t delay = 0;
   assert_int_equal(capstan_capf_get_retry_delay(&m, &delay), 0);
   assert_int_equal(delay, 120);
+  /* The device says when the phone is due back, not "in progress". */
+  assert_status_record(b, 1, CAPF_STATUS_THROTTLED, NULL);
+  assert_int_equal(b->records[1]->retry_after, b->records[1]->now + 120);
+  assert_int_equal(b->records[1]->count_attempt, 0);
   assert_int_equal(b->closes, 1);
   assert_int_equal(b->s.result, CAPF_RESULT_RETRY_LATER);
   assert_int_equal(g_shared.throttle.waiting, 0);
@@ -1108,8 +1112,18 @@ static void test_abort_and_send_failure(void **state) {
   assert_int_equal(f->nsent, 2); /* no END_SESSION */
   assert_int_equal(f->s.result, CAPF_RESULT_SHUTDOWN);
   assert_int_equal(f->timer_ms, NO_TIMER);
+  /* Cut off in key generation: the device says the server stopped. */
+  assert_int_equal(f->nrecords, 2);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, CAPSTAN_REASON_INTERRUPTED);
   capf_session_timed_out(&f->s); /* a late timer changes nothing */
   assert_int_equal(f->nsent, 2);
+  fake_free(f);
+
+  /* Before authentication nothing is under way: nothing to record. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  capf_session_handshake_done(&f->s);
+  capf_session_abort(&f->s, CAPF_RESULT_SHUTDOWN);
+  assert_int_equal(f->nrecords, 0);
   fake_free(f);
 
   f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);

@@ -96,7 +96,7 @@ static int start_server(void) {
     if (fd < 0) _exit(127);
     dup2(fd, 2);
     close(fd);
-    execl(g_bin, g_bin, "serve", "--data-dir", g_dir, "--capf-listen", "127.0.0.1:0",
+    execl(g_bin, g_bin, "serve", "--init", "--data-dir", g_dir, "--capf-listen", "127.0.0.1:0",
           "--admin-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--tftp-listen",
           "127.0.0.1:0", (char *)NULL);
     _exit(127);

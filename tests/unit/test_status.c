@@ -548,9 +548,10 @@ static void test_status_render(void **state) {
   capstan_json_init(&j);
   capstan_status_render(st, &c, 1000000 + 60, &j);
   char *s = take(&j);
-  assert_non_null(strstr(s,
-                         "\"by_status\":{\"pending\":90,\"in-progress\":10,\"succeeded\":880,"
-                         "\"failed\":20,\"expired\":0,\"none\":0}"));
+  assert_non_null(
+      strstr(s,
+             "\"by_status\":{\"pending\":90,\"in-progress\":10,\"throttled\":0,\"succeeded\":880,"
+             "\"failed\":20,\"expired\":0,\"none\":0}"));
   /* 100 left at 0.5 a second: 200 s. */
   assert_non_null(strstr(s,
                          "\"scheduled\":1000,\"remaining\":100,\"succeeded\":880,"

@@ -334,6 +334,88 @@ static void test_names(void **state) {
   assert_int_equal(capstan_auth_mode_parse("none", &am), CAPSTAN_EINVAL);
 }
 
+/* RETRY_LATER from the throttle: status throttled, the time the phone is
+ * due back, said in the reason; the phone's next session clears both. */
+static void test_throttled(void **state) {
+  fixture_t *f = *state;
+  assert_int_equal(capstan_devices_set_status(
+                       &f->txn, DEV, CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS, NULL, 600, true),
+                   0);
+  /* 1970-01-02T03:04:05Z + 60 s */
+  int64_t back = 86400 + 3 * 3600 + 4 * 60 + 5 + 60;
+  assert_int_equal(capstan_devices_set_throttled(&f->txn, DEV, back, 620), 0);
+  Capstan__Device *d = get(f);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED);
+  assert_string_equal(capstan_op_status_name(d->status), "throttled");
+  assert_string_equal(d->status_reason, "retry after 03:05:05 UTC");
+  assert_true(d->has_retry_after);
+  assert_int_equal(d->retry_after, back);
+  assert_int_equal(d->attempts, 1);
+  assert_int_equal(d->status_changed_at, 620);
+  capstan__device__free_unpacked(d, NULL);
+
+  assert_int_equal(capstan_devices_set_status(
+                       &f->txn, DEV, CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS, NULL, 700, true),
+                   0);
+  d = get(f);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS);
+  assert_null(d->status_reason);
+  assert_false(d->has_retry_after);
+  assert_int_equal(d->attempts, 2);
+  capstan__device__free_unpacked(d, NULL);
+
+  Capstan__OpStatus st;
+  assert_int_equal(capstan_op_status_parse("throttled", &st), 0);
+  assert_int_equal(st, CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED);
+}
+
+/* Start-up: what a stopped server left in progress is failed with why, its
+ * operation kept; every other status stays as it is. */
+static void test_reconcile_interrupted(void **state) {
+  fixture_t *f = *state;
+  static const char *const kNames[] = {"SEP0000000000A1", "SEP0000000000A2", "SEP0000000000A3"};
+  for (int i = 0; i < 3; i++) {
+    Capstan__Device *d = capstan_device_new(kNames[i]);
+    d->has_operation = 1;
+    d->operation = CAPSTAN__OPERATION__OPERATION_INSTALL;
+    capstan_device_rearm(d, 100);
+    assert_int_equal(capstan_store_device_put(&f->txn, d), 0);
+    capstan__device__free_unpacked(d, NULL);
+  }
+  assert_int_equal(
+      capstan_devices_set_status(&f->txn, kNames[0], CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
+                                 NULL, 200, true),
+      0);
+  assert_int_equal(
+      capstan_devices_set_status(&f->txn, kNames[1], CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
+                                 NULL, 200, true),
+      0);
+  assert_int_equal(capstan_devices_set_throttled(&f->txn, kNames[2], 300, 200), 0);
+  size_t n = 99;
+  assert_int_equal(capstan_devices_reconcile_interrupted(&f->txn, 400, &n), 0);
+  assert_int_equal(n, 2);
+  for (int i = 0; i < 2; i++) {
+    Capstan__Device *d = NULL;
+    assert_int_equal(capstan_store_device_get(&f->txn, kNames[i], &d), 0);
+    assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_FAILED);
+    assert_string_equal(d->status_reason, CAPSTAN_REASON_INTERRUPTED);
+    assert_int_equal(d->operation, CAPSTAN__OPERATION__OPERATION_INSTALL);
+    assert_int_equal(d->attempts, 1);
+    assert_int_equal(d->status_changed_at, 400);
+    capstan__device__free_unpacked(d, NULL);
+  }
+  Capstan__Device *d = NULL;
+  assert_int_equal(capstan_store_device_get(&f->txn, kNames[2], &d), 0);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_THROTTLED);
+  capstan__device__free_unpacked(d, NULL);
+  d = get(f);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_PENDING);
+  capstan__device__free_unpacked(d, NULL);
+  /* Nothing left to reconcile. */
+  assert_int_equal(capstan_devices_reconcile_interrupted(&f->txn, 500, &n), 0);
+  assert_int_equal(n, 0);
+}
+
 /* The CLI's stale-certificate commands on a store the domain operations
  * filled: delete one by serial, refuse a live one, then delete all. */
 static int run_cert_cli(const char *dir, const char *a1, const char *a2) {
@@ -478,6 +560,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_seen_cert_and_status, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deleted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cert_events_audited, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_throttled, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_reconcile_interrupted, setup, teardown),
       cmocka_unit_test(test_names),
       cmocka_unit_test_setup_teardown(test_cli_delete_stale, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cli_bulk_set_expiring, setup, teardown),
