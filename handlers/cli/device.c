@@ -856,12 +856,38 @@ static int run_import(capstan_cli_t *c) {
         "deadline): a phone that connects gets its operation expired, not run",
         fname, rows[first_past].line, t, past, past == 1 ? "" : "s");
   }
+  bool dry_run = c->seen & O(DRY_RUN);
   capstan_store_t *s;
-  if (capstan_cli_open_store(c, CAPSTAN_CLI_STORE_CREATE, &s) != 0) {
+  /* A dry run creates nothing, not even the store. */
+  if (capstan_cli_open_store(c, dry_run ? CAPSTAN_CLI_STORE_OPTIONAL : CAPSTAN_CLI_STORE_CREATE,
+                             &s) != 0) {
     free(rows);
     return CAPSTAN_EXIT_ERROR;
   }
-  bool dry_run = c->seen & O(DRY_RUN);
+  if (s == NULL) {
+    /* No store yet: every row is new, and only a string-mode row without a
+     * string (and no generation) could still fail the import. */
+    size_t missing_line = 0;
+    for (size_t i = 0; i < nrows && missing_line == 0; i++) {
+      if (rows[i].auth_mode == CAPSTAN__AUTH_MODE__AUTH_MODE_STRING &&
+          rows[i].auth_string[0] == '\0' && o->generate == CAPSTAN_GENERATE_NONE) {
+        missing_line = rows[i].line;
+      }
+    }
+    free(rows);
+    if (missing_line != 0) {
+      capstan_cli_error(
+          "%s:%zu: column 'auth_string': required when auth_mode is string (or use "
+          "--generate-auth-strings unique|shared)",
+          fname, missing_line);
+      capstan_cli_error("nothing was imported");
+      return CAPSTAN_EXIT_ERROR;
+    }
+    printf("no capstan data in '%s' yet: all %zu rows would be added\n", capstan_cli_data_dir(c),
+           nrows);
+    printf("dry run: nothing was changed\n");
+    return CAPSTAN_EXIT_OK;
+  }
   capstan_device_import_stats_t st;
   capstan_device_import_opts_t io = {
       .fname = fname,

@@ -81,6 +81,16 @@ printf '%s\nSEP0000000000A,install,null,,,\n' "$HDR" >"$WORK/short.csv"
 expect 1 "import short SEP name" -- "$BIN" device import "$WORK/short.csv" --any-name
 contains "$WORK/err" "short.csv:2: column 'name': 'SEP0000000000A' starts with SEP" "import: short SEP name refused"
 
+# --- a dry run creates nothing, not even the store ---------------------------
+expect 0 "dry run before any store" -- "$BIN" device import "$WORK/names.csv" --any-name --dry-run --data-dir "$WORK/none"
+contains "$WORK/out" "all 3 rows would be added" "dry run without a store: every row added"
+contains "$WORK/out" "dry run: nothing was changed" "dry run without a store: nothing changed"
+[ ! -e "$WORK/none" ] && pass || fail "dry run created the data directory"
+printf '%s\nSEP0000000000A1,install,string,,,\n' "$HDR" >"$WORK/nostring.csv"
+expect 1 "dry run without a store: a string row without a string" -- "$BIN" device import "$WORK/nostring.csv" --dry-run --data-dir "$WORK/none"
+contains "$WORK/err" "nostring.csv:2: column 'auth_string': required" "dry run without a store: the missing string named"
+[ ! -e "$WORK/none" ] && pass || fail "dry run created the data directory"
+
 # --- deadlines ("completes by") -------------------------------------------------
 export TZ=XST-5 # UTC+5, named XST: a POSIX TZ string needs no zone database
 D=SEP0000000000D1
