@@ -10,11 +10,13 @@
  * second and failures by reason.
  * The devices must exist on the server: see bench/README.md. To rehearse a
  * maintenance window, --devices takes the phones (names, authentication
- * modes and strings) from the CSV `capstan device export` writes, and
- * --max-retries makes phones come back after RETRY_LATER or a failed
- * connection, as real phones do. */
+ * modes and strings) from the CSV `capstan device export` writes, --lsc-dir
+ * keeps each phone's LSC between runs, --mic-ca gives phones MICs from a
+ * test manufacturing CA, and --max-retries makes phones come back after
+ * RETRY_LATER or a failed connection, as real phones do. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/pem.h>
@@ -30,6 +33,7 @@
 #include <uv.h>
 
 #include "bench/phone/phone.h"
+#include "bench/phone/phone_pki.h"
 #include "core/base/error.h"
 
 #define MAX_OUTCOMES 64
@@ -67,6 +71,8 @@ typedef struct {
   int waiting;
   int timer_init;
   uv_timer_t timer;
+  /* The phone's certificates: its LSC (--lsc-dir) and MIC (--mic-ca). */
+  capstan_identity_t lsc, mic;
   /* --storm */
   capstan_phone_boot_t *boot; /* NULL when not booting */
   unsigned boots;
@@ -110,6 +116,12 @@ struct bench {
   /* --devices: names and credentials per phone (NULL: generated names). */
   device_t *devices;
   int auth_set; /* --auth given: it overrides the CSV's auth_mode */
+  /* --lsc-dir: each phone's LSC, NAME.der + NAME.key.der (PKCS#8). */
+  const char *lsc_dir;
+  /* --mic-ca: the manufacturing CA that issues each MIC phone's MIC. */
+  capstan_identity_t mic_ca;
+  int mic_key_alg;
+  unsigned mic_key_bits;
   /* Retries (--max-retries, --retry-cap-seconds, --backoff-seconds). */
   unsigned max_retries;
   double retry_cap_s, backoff_s;
@@ -199,8 +211,8 @@ static int csv_split(char *line, char **fields, int max) {
 }
 
 /* Reads the devices of a CSV with a header line naming its columns: `name`
- * (required), `auth_mode` (string, null; another value or no column: the
- * --auth mode), `auth_string` and `operation` (rows whose
+ * (required), `auth_mode` (string, null, lsc, mic; another value or no
+ * column: the --auth mode), `auth_string` and `operation` (rows whose
  * operation is "none" are skipped: those devices have nothing to do). This
  * is what `capstan device export` writes, and what `device import` reads.
  * Returns 0 and the devices (malloc'd) or -1 with a message on stderr. */
@@ -266,11 +278,7 @@ static int read_devices(const char *path, capstan_phone_auth_t default_auth, dev
     memset(d, 0, sizeof(*d));
     snprintf(d->name, sizeof(d->name), "%s", fields[col_name]);
     d->auth = default_auth;
-    capstan_phone_auth_t mode;
-    if (col_mode >= 0 && col_mode < nf && capstan_phone_parse_auth(fields[col_mode], &mode) == 0 &&
-        mode != CAPSTAN_PHONE_AUTH_LSC && mode != CAPSTAN_PHONE_AUTH_MIC) {
-      d->auth = mode;
-    }
+    if (col_mode >= 0 && col_mode < nf) capstan_phone_parse_auth(fields[col_mode], &d->auth);
     if (col_string >= 0 && col_string < nf) {
       if (strlen(fields[col_string]) >= sizeof(d->auth_string)) {
         fprintf(stderr, "capstan-bench: %s:%lu: authentication string too long\n", path, lineno);
@@ -301,6 +309,167 @@ static int read_devices(const char *path, capstan_phone_auth_t default_auth, dev
   *out = devs;
   *count = n;
   return 0;
+}
+
+/* ---- Certificates: --lsc-dir, --mic-ca ----------------------------------------- */
+
+#define MAX_DER_FILE (64 * 1024)
+
+static int read_small_file(const char *path, uint8_t **out, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return errno == ENOENT ? CAPSTAN_ENOENT : CAPSTAN_EIO;
+  uint8_t *buf = malloc(MAX_DER_FILE);
+  if (buf == NULL) {
+    fclose(f);
+    return CAPSTAN_ENOMEM;
+  }
+  size_t n = fread(buf, 1, MAX_DER_FILE, f);
+  fclose(f);
+  if (n == MAX_DER_FILE) {
+    free(buf);
+    return CAPSTAN_ERANGE;
+  }
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
+/* Writes |data| to |path| through a temporary file and a rename, mode 0600. */
+static int write_small_file(const char *path, const uint8_t *data, size_t len) {
+  char tmp[4096];
+  if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) return CAPSTAN_EINVAL;
+  FILE *f = fopen(tmp, "wb");
+  if (f == NULL) return CAPSTAN_EIO;
+  fchmod(fileno(f), 0600);
+  int ok = fwrite(data, 1, len, f) == len;
+  ok = (fclose(f) == 0) && ok;
+  if (!ok || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return CAPSTAN_EIO;
+  }
+  return 0;
+}
+
+static int lsc_paths(const bench_t *b, const char *name, char *cert, char *key, size_t size) {
+  if ((size_t)snprintf(cert, size, "%s/%s.der", b->lsc_dir, name) >= size ||
+      (size_t)snprintf(key, size, "%s/%s.key.der", b->lsc_dir, name) >= size) {
+    return CAPSTAN_EINVAL;
+  }
+  return 0;
+}
+
+/* Loads DIR/NAME.der and DIR/NAME.key.der into |out| (zeroed). */
+static int load_lsc(const bench_t *b, const char *name, capstan_identity_t *out) {
+  char cp[4096], kp[4096];
+  int rc = lsc_paths(b, name, cp, kp, sizeof(cp));
+  if (rc != 0) return rc;
+  uint8_t *cert = NULL, *key = NULL;
+  size_t clen = 0, klen = 0;
+  rc = read_small_file(cp, &cert, &clen);
+  if (rc == 0) rc = read_small_file(kp, &key, &klen);
+  if (rc == 0) rc = capstan_identity_from_der(cert, clen, key, klen, out);
+  free(cert);
+  if (key != NULL) OPENSSL_cleanse(key, klen);
+  free(key);
+  return rc;
+}
+
+/* Keeps the LSC a phone holds at the end of a session in --lsc-dir: writes
+ * it, or removes the files when the phone holds none (after a delete). */
+static int save_lsc(const bench_t *b, const char *name, const capstan_identity_t *id) {
+  char cp[4096], kp[4096];
+  int rc = lsc_paths(b, name, cp, kp, sizeof(cp));
+  if (rc != 0) return rc;
+  if (id->cert == NULL) {
+    unlink(cp);
+    unlink(kp);
+    return 0;
+  }
+  uint8_t *cder = NULL, *kder = NULL;
+  size_t clen = 0, klen = 0;
+  rc = capstan_identity_to_der(id, &cder, &clen, &kder, &klen);
+  if (rc == 0) rc = write_small_file(kp, kder, klen);
+  if (rc == 0) rc = write_small_file(cp, cder, clen);
+  free(cder);
+  if (kder != NULL) OPENSSL_cleanse(kder, klen);
+  free(kder);
+  return rc;
+}
+
+/* The manufacturing CA of --mic-ca FILE.pem (its certificate and private
+ * key, PEM): read when the file exists, else created (a test CA,
+ * capstan_phone_create_test_ca) and written there, mode 0600. Returns 0,
+ * or -1 with a message on stderr. */
+static int load_or_create_mic_ca(const char *path, capstan_identity_t *ca) {
+  FILE *f = fopen(path, "r");
+  if (f != NULL) {
+    ca->cert = PEM_read_X509(f, NULL, NULL, NULL);
+    rewind(f);
+    ca->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    if (ca->cert == NULL || ca->key == NULL || X509_check_private_key(ca->cert, ca->key) != 1) {
+      fprintf(stderr, "capstan-bench: %s: expected a CA certificate and its private key (PEM)\n",
+              path);
+      capstan_identity_cleanup(ca);
+      return -1;
+    }
+    return 0;
+  }
+  if (errno != ENOENT) {
+    fprintf(stderr, "capstan-bench: cannot open %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  int rc = capstan_phone_create_test_ca("capstan-bench manufacturing CA", ca);
+  if (rc != 0) {
+    fprintf(stderr, "capstan-bench: cannot create a test CA: %s\n", capstan_strerror(rc));
+    return -1;
+  }
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  f = fd >= 0 ? fdopen(fd, "w") : NULL;
+  int ok = f != NULL && PEM_write_X509(f, ca->cert) == 1 &&
+           PEM_write_PrivateKey(f, ca->key, NULL, NULL, 0, NULL, NULL) == 1;
+  if (f != NULL) ok = (fclose(f) == 0) && ok;
+  if (!ok) {
+    fprintf(stderr, "capstan-bench: cannot write %s\n", path);
+    if (fd >= 0) unlink(path);
+    capstan_identity_cleanup(ca);
+    return -1;
+  }
+  fprintf(stderr, "capstan-bench: created the manufacturing CA %s\n", path);
+  return 0;
+}
+
+static int write_cert_pem(const char *path, X509 *cert) {
+  FILE *f = fopen(path, "w");
+  int ok = f != NULL && PEM_write_X509(f, cert) == 1;
+  if (f != NULL) ok = (fclose(f) == 0) && ok;
+  if (!ok) fprintf(stderr, "capstan-bench: cannot write %s\n", path);
+  return ok ? 0 : -1;
+}
+
+/* A MIC for phone |name| under the --mic-ca CA, for a key from the pool:
+ * CN "CP-8845-<name>" (a MIC's CN is "<model>-<device name>"). */
+static int issue_mic(bench_t *b, const char *name, capstan_identity_t *out) {
+  EVP_PKEY *key = NULL;
+  int rc = capstan_phone_keypool_get(b->cfg.keys, b->mic_key_alg, b->mic_key_bits, &key);
+  if (rc != 0) return rc;
+  char cn[80];
+  snprintf(cn, sizeof(cn), "CP-8845-%s", name);
+  uint8_t *der = NULL;
+  size_t len = 0;
+  rc = capstan_phone_issue_test_leaf(&b->mic_ca, cn, key, &der, &len);
+  if (rc == 0) {
+    const uint8_t *p = der;
+    out->cert = d2i_X509(NULL, &p, (long)len);
+    if (out->cert == NULL) rc = CAPSTAN_ECRYPTO;
+  }
+  free(der);
+  if (rc == 0) {
+    out->key = key;
+  } else {
+    EVP_PKEY_free(key);
+  }
+  return rc;
 }
 
 /* Outcomes that are the operation succeeding; everything else is listed
@@ -403,6 +572,11 @@ static int schedule_retry(bench_t *b, slot_t *s, const capstan_phone_result_t *r
   return 1;
 }
 
+static void slot_finish(slot_t *s) {
+  capstan_identity_cleanup(&s->lsc);
+  capstan_identity_cleanup(&s->mic);
+}
+
 static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_result_t *res) {
   slot_t *s = arg;
   bench_t *b = s->bench;
@@ -412,6 +586,16 @@ static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_resul
   b->active--;
   char name[64];
   phone_name(b, s->index, name, sizeof(name));
+  /* The phone keeps the LSC it holds at the end of a session that ran. */
+  if (res->kind != CAPSTAN_PHONE_RESULT_ERROR) {
+    if (b->lsc_dir != NULL && res->operation != CAPSTAN_PHONE_OP_NONE &&
+        save_lsc(b, name, &res->lsc) != 0) {
+      fprintf(stderr, "capstan-bench: cannot save the LSC of %s in %s\n", name, b->lsc_dir);
+    }
+    capstan_identity_cleanup(&s->lsc);
+    s->lsc = res->lsc;
+    memset(&res->lsc, 0, sizeof(res->lsc));
+  }
   if (schedule_retry(b, s, res)) {
     start_more(b);
     return;
@@ -440,6 +624,7 @@ static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_resul
       break;
   }
   if (s->attempts > 1 && is_success(key)) b->ok_after_retries++;
+  slot_finish(s);
   count_outcome(b, key);
   maybe_report_hold(b);
   if (b->finished == b->phones || (b->stopping && b->active == 0)) {
@@ -596,6 +781,7 @@ static void fail_phone(bench_t *b, slot_t *s, const char *outcome) {
   b->finished++;
   b->errors++;
   count_outcome(b, outcome);
+  slot_finish(s);
 }
 
 /* Runs a session of phone |i|: its first (i == b->started) or a retry. */
@@ -622,6 +808,38 @@ static int start_session(bench_t *b, unsigned long i) {
     s->index = i;
     b->started++;
   }
+  if (first && !b->storm) {
+    /* The phone's certificates: the LSC an earlier run left in --lsc-dir,
+     * and a MIC from the manufacturing CA. */
+    if (b->lsc_dir != NULL) {
+      int rc = load_lsc(b, name, &s->lsc);
+      if (rc != 0 && rc != CAPSTAN_ENOENT) {
+        fprintf(stderr, "capstan-bench: cannot load the LSC of %s from %s: %s\n", name, b->lsc_dir,
+                capstan_strerror(rc));
+      }
+    }
+    if (c.auth == CAPSTAN_PHONE_AUTH_LSC && s->lsc.cert == NULL) {
+      if (b->errors < 5) {
+        fprintf(stderr, "capstan-bench: %s authenticates by LSC but has none%s%s\n", name,
+                b->lsc_dir ? " in " : " (no --lsc-dir)", b->lsc_dir ? b->lsc_dir : "");
+      }
+      fail_phone(b, s, "error_no_lsc");
+      return CAPSTAN_ENOENT;
+    }
+    if (c.auth == CAPSTAN_PHONE_AUTH_MIC) {
+      int rc = b->mic_ca.cert != NULL ? issue_mic(b, name, &s->mic) : CAPSTAN_EINVAL;
+      if (rc != 0) {
+        if (b->errors < 5) {
+          fprintf(stderr, "capstan-bench: %s authenticates by MIC: %s\n", name,
+                  b->mic_ca.cert ? capstan_strerror(rc) : "no --mic-ca");
+        }
+        fail_phone(b, s, "error_no_mic");
+        return rc;
+      }
+    }
+  }
+  c.lsc = s->lsc;
+  c.mic = s->mic;
   b->active++;
   b->sessions++;
   s->attempts++;
@@ -865,18 +1083,25 @@ static void raise_nofile(unsigned long want) {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: capstan-bench --connect HOST:PORT (--phones N | --devices FILE.csv) [options]\n"
+          "       capstan-bench --mic-ca FILE.pem [--mic-ca-out CERT.pem]   (make the CA only)\n"
           "  --concurrency C      sessions in flight at most (default 100)\n"
           "  --rate R             start at most R sessions per second (default: no limit)\n"
           "  --name-prefix P      device names: P + hex counter, 15 chars (default SEP)\n"
           "  --first N            counter of the first device (default 0)\n"
           "  --print-names        print the N device names, one per line, and exit\n"
-          "  --auth MODE          null | string | absent (default null; given,\n"
+          "  --auth MODE          null | string | absent | lsc | mic (default null; given,\n"
           "                       it overrides the auth_mode of --devices)\n"
           "  --auth-string S      the authentication string (--auth string)\n"
           "  --devices FILE.csv   the phones: one per row of a CSV with a header, as\n"
           "                       'capstan device export' writes it: name, auth_mode,\n"
           "                       auth_string per device (rows with operation none are\n"
           "                       left out); --phones N takes the first N\n"
+          "  --lsc-dir DIR        each phone's LSC, DIR/NAME.der + NAME.key.der: loaded at\n"
+          "                       start (auth lsc needs it), written after each session\n"
+          "  --mic-ca FILE.pem    manufacturing CA (certificate + key) that issues each mic\n"
+          "                       phone's MIC (CN CP-8845-NAME); created when missing;\n"
+          "                       without --connect: only create it and exit\n"
+          "  --mic-ca-out F.pem   write the CA's certificate, for 'capstan trust add'\n"
           "  --max-retries N      a phone comes back at most N times (default 0) after\n"
           "                       RETRY_LATER (it waits RETRY_DELAY), or a refused, reset\n"
           "                       or timed-out connection (backoff with jitter)\n"
@@ -943,6 +1168,9 @@ int main(int argc, char **argv) {
       {"tftp-retries", required_argument, NULL, 'y'},
       {"keep-alive", no_argument, NULL, 'L'},
       {"devices", required_argument, NULL, 'V'},
+      {"lsc-dir", required_argument, NULL, 'l'},
+      {"mic-ca", required_argument, NULL, 'm'},
+      {"mic-ca-out", required_argument, NULL, 'M'},
       {"max-retries", required_argument, NULL, 'x'},
       {"retry-cap-seconds", required_argument, NULL, 'Y'},
       {"backoff-seconds", required_argument, NULL, 'W'},
@@ -959,7 +1187,7 @@ int main(int argc, char **argv) {
   int print_names = 0;
   int concurrency_set = 0;
   const char *files = NULL, *tftp_cert = NULL;
-  const char *devices_csv = NULL;
+  const char *devices_csv = NULL, *mic_ca = NULL, *mic_ca_out = NULL;
   b.reboots = 1;
   b.retry_cap_s = 600;
   b.backoff_s = 1;
@@ -995,15 +1223,23 @@ int main(int argc, char **argv) {
         print_names = 1;
         break;
       case 'a':
-        if (capstan_phone_parse_auth(optarg, &b.cfg.auth) != 0 ||
-            b.cfg.auth == CAPSTAN_PHONE_AUTH_LSC || b.cfg.auth == CAPSTAN_PHONE_AUTH_MIC) {
-          fprintf(stderr, "capstan-bench: --auth must be null, string or absent\n");
+        if (capstan_phone_parse_auth(optarg, &b.cfg.auth) != 0) {
+          fprintf(stderr, "capstan-bench: --auth must be null, string, absent, lsc or mic\n");
           return 2;
         }
         b.auth_set = 1;
         break;
       case 'V':
         devices_csv = optarg;
+        break;
+      case 'l':
+        b.lsc_dir = optarg;
+        break;
+      case 'm':
+        mic_ca = optarg;
+        break;
+      case 'M':
+        mic_ca_out = optarg;
         break;
       case 'x':
         b.max_retries = (unsigned)strtoul(optarg, &end, 10);
@@ -1112,6 +1348,19 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
+  if (mic_ca_out != NULL && mic_ca == NULL) {
+    fprintf(stderr, "capstan-bench: --mic-ca-out needs --mic-ca FILE.pem (the CA's key)\n");
+    return 2;
+  }
+  /* --mic-ca without --connect: make (or read) the CA, write its
+   * certificate, and stop: `capstan trust add` it before the run. */
+  int ca_only = mic_ca != NULL && connect == NULL && !print_names && !b.storm;
+  if (ca_only) {
+    int rc = load_or_create_mic_ca(mic_ca, &b.mic_ca);
+    if (rc == 0 && mic_ca_out != NULL) rc = write_cert_pem(mic_ca_out, b.mic_ca.cert);
+    capstan_identity_cleanup(&b.mic_ca);
+    return rc == 0 ? 0 : 1;
+  }
   if (devices_csv != NULL) {
     unsigned long n = 0;
     if (read_devices(devices_csv, b.cfg.auth, &b.devices, &n) != 0) return 1;
@@ -1120,7 +1369,7 @@ int main(int argc, char **argv) {
   if (optind != argc || b.phones == 0 ||
       (connect == NULL && !print_names && !(b.storm && files != NULL)) ||
       (b.storm && files == NULL && !print_names) || (b.storm && b.hold) ||
-      (b.storm && b.max_retries > 0)) {
+      (b.storm && (b.max_retries > 0 || b.lsc_dir != NULL || mic_ca != NULL))) {
     usage(stderr);
     free(b.devices);
     return 2;
@@ -1172,6 +1421,16 @@ int main(int argc, char **argv) {
   if (capstan_phone_parse_key_spec(key_spec, &key_alg, &key_bits) != 0) {
     fprintf(stderr, "capstan-bench: bad --key %s\n", key_spec);
     return 2;
+  }
+  b.mic_key_alg = key_alg;
+  b.mic_key_bits = key_bits;
+  if (b.lsc_dir != NULL && mkdir(b.lsc_dir, 0700) != 0 && errno != EEXIST) {
+    fprintf(stderr, "capstan-bench: cannot create %s: %s\n", b.lsc_dir, strerror(errno));
+    return 1;
+  }
+  if (mic_ca != NULL) {
+    if (load_or_create_mic_ca(mic_ca, &b.mic_ca) != 0) return 1;
+    if (mic_ca_out != NULL && write_cert_pem(mic_ca_out, b.mic_ca.cert) != 0) return 1;
   }
   srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
   if (b.bind_count == 0) b.bind_count = 1;
@@ -1252,6 +1511,8 @@ int main(int argc, char **argv) {
   uv_loop_close(b.loop);
 
 out:
+  for (unsigned long i = 0; b.slots != NULL && i < b.phones; i++) slot_finish(&b.slots[i]);
+  capstan_identity_cleanup(&b.mic_ca);
   free(b.devices);
   free(b.ready);
   free(b.slots);

@@ -3,8 +3,8 @@
 # window"): phones with their own authentication strings from the CSV that
 # `capstan device export` writes; a throttled window (max-concurrent-keygen,
 # RETRY_LATER) that every phone still finishes because it comes back after
-# RETRY_DELAY; phones that back off from a refused connection. Loopback
-# only, small numbers.
+# RETRY_DELAY; an LSC round with the LSCs the first round saved; a MIC round
+# with a manufacturing CA added to CAPF-trust. Loopback only, small numbers.
 . "$(dirname "$0")/lib.sh"
 BENCH_BIN="$CAPSTAN_BUILD_DIR/capstan-bench"
 it_require "$CAPSTAN_BIN" "$BENCH_BIN" curl jq
@@ -77,11 +77,15 @@ phone main --name "$ONE" --auth string --auth-string "$(printf '%06d' $(((10#$MI
 json_expect "$PHONE_JSON" result end reason 7
 cap main device import "$W/devices.csv" >/dev/null # re-arm the refused one
 
-bench strings --devices "$W/devices.csv"
+bench strings --devices "$W/devices.csv" --lsc-dir "$W/lsc"
 all_installed "string round"
+[[ $(find "$W/lsc" -name 'SEP00BE*.key.der' | wc -l) == "$N" ]] || fail "not $N LSCs saved"
 [[ "$(bget .sessions)" == "$N" && "$(bget '.retries.retry_later')" == 0 ]] ||
   fail "string round: unexpected retries: $BENCH_JSON"
-json_expect "$(device_json main "$ONE")" status succeeded
+# The device store agrees: each has its certificate, and the saved one is it.
+DJ=$(device_json main "$ONE")
+want=$(openssl x509 -inform DER -in "$W/lsc/$ONE.der" -outform DER 2>/dev/null | md5sum | cut -d' ' -f1)
+json_expect "$DJ" status succeeded md5hash "$want"
 
 # --- Round 2: a throttled window, phones come back after RETRY_LATER ---------------
 cap main config set max-concurrent-keygen 5 >/dev/null
@@ -96,7 +100,7 @@ bench throttled-noretry --devices "$W/devices.csv" --phones 30 --keygen-delay 0.
 [[ $BENCH_RC -eq 1 && "$(bget .gave_up)" == 0 ]] || fail "no-retry run: $BENCH_JSON"
 cap main device import "$W/devices.csv" >/dev/null
 # With retries every phone finishes.
-bench throttled --devices "$W/devices.csv" --keygen-delay 0.3 \
+bench throttled --devices "$W/devices.csv" --lsc-dir "$W/lsc" --keygen-delay 0.3 \
   --max-retries 1000 --retry-cap-seconds 2
 all_installed "throttled round"
 RL=$(bget '.retries.retry_later')
@@ -121,6 +125,37 @@ BENCH_JSON=$(tail -n 1 "$W/dead.json")
 [[ "$(bget '.retries.connect_failed')" == 10 && "$(bget .gave_up)" == 5 &&
   "$(bget '.outcomes.error_connect_failed')" == 5 && "$(bget .sessions)" == 15 ]] ||
   fail "refused connections: $BENCH_JSON"
+
+# --- Round 3: authentication by LSC, with the LSCs of the earlier rounds ------------
+cap main device bulk-set --name-prefix SEP00BE --operation install --auth lsc >/dev/null
+cap main device export "$W/devices-lsc.csv" >/dev/null
+[[ $(grep -c ',install,lsc,' "$W/devices-lsc.csv") == "$N" ]] || fail "bulk-set to lsc"
+before=$(md5sum "$W/lsc/$ONE.der" | cut -d' ' -f1)
+bench lsc --devices "$W/devices-lsc.csv" --lsc-dir "$W/lsc"
+all_installed "LSC round"
+after=$(md5sum "$W/lsc/$ONE.der" | cut -d' ' -f1)
+[[ "$before" != "$after" ]] || fail "the LSC round did not save the new LSC"
+# Without its LSC a phone cannot authenticate by LSC: the bench says so.
+cap main device bulk-set --name-prefix SEP00BE --operation install --auth lsc >/dev/null
+bench nolsc --devices "$W/devices-lsc.csv" --phones 3 --lsc-dir "$W/empty"
+[[ "$(bget '.outcomes.error_no_lsc')" == 3 && $BENCH_RC -eq 1 ]] || fail "no LSC: $BENCH_JSON"
+
+# --- Round 4: authentication by MIC, from a manufacturing CA in CAPF-trust ---------
+timeout 60 "$BENCH_BIN" --mic-ca "$W/mfg.pem" --mic-ca-out "$W/mfg-cert.pem" 2>"$W/mfg.err" ||
+  fail "creating the manufacturing CA: $(cat "$W/mfg.err")"
+[[ "$(stat -c %a "$W/mfg.pem")" == 600 ]] || fail "the CA key file is not 0600"
+cap main trust add "$W/mfg-cert.pem" >/dev/null
+cap main device bulk-set --name-prefix SEP00BE --operation install --auth mic >/dev/null
+cap main device export "$W/devices-mic.csv" >/dev/null
+# The server notices the trust change itself (reload on trust_generation).
+it_wait_for 20 "grep -q 'event=reload cause=trust_changed' '${SRV_LOG[main]}'" ||
+  fail "the server did not reload CAPF-trust"
+bench mic --devices "$W/devices-mic.csv" --mic-ca "$W/mfg.pem" --lsc-dir "$W/lsc"
+all_installed "MIC round"
+# The CA is read back from the file: a second run uses the same one.
+cap main device bulk-set --name-prefix SEP00BE --operation install --auth mic >/dev/null
+bench mic2 --devices "$W/devices-mic.csv" --phones 10 --mic-ca "$W/mfg.pem"
+[[ "$(bget '.outcomes.ok_install_reason_1')" == 10 && $BENCH_RC -eq 0 ]] || fail "second MIC run: $BENCH_JSON"
 
 srv_stop main
 it_pass
