@@ -30,7 +30,9 @@ bench() {
     echo "== capstan-bench $label $* -> rc=$rc"
     cat "$W/$label.json" "$W/$label.err"
   } >>"$IT_TMP/phones.log"
-  [[ $rc -eq 86 ]] && fail "capstan-bench $label: sanitizer report"
+  if [[ $rc -eq 86 ]] || grep -qE 'Sanitizer|runtime error:' "$W/$label.err"; then
+    fail "capstan-bench $label: sanitizer report"
+  fi
   BENCH_JSON=$(tail -n 1 "$W/$label.json")
   [[ "$BENCH_JSON" == "{"* ]] || fail "capstan-bench $label: no JSON report (rc=$rc)"
   BENCH_RC=$rc
@@ -118,9 +120,11 @@ settings_applied 8
 
 # --- A refused connection: phones back off and give up, counted ---------------------
 DEAD=$(it_free_port tcp)
+rc=0
 timeout 60 "$BENCH_BIN" --connect "127.0.0.1:$DEAD" --devices "$W/devices.csv" --phones 5 \
   --key ec256 --key-cache "$IT_KEYS" --key-pool 4 --max-retries 2 --backoff-seconds 0.05 \
-  --json >"$W/dead.json" 2>"$W/dead.err" && fail "a bench against a closed port succeeded"
+  --json >"$W/dead.json" 2>"$W/dead.err" || rc=$?
+[[ $rc -eq 1 ]] || fail "a bench against a closed port exited $rc (expected 1): $(cat "$W/dead.err")"
 BENCH_JSON=$(tail -n 1 "$W/dead.json")
 [[ "$(bget '.retries.connect_failed')" == 10 && "$(bget .gave_up)" == 5 &&
   "$(bget '.outcomes.error_connect_failed')" == 5 && "$(bget .sessions)" == 15 ]] ||
