@@ -57,14 +57,17 @@ settings_applied() {
 }
 
 # --- Round 1: authentication strings from the exported CSV ------------------------
-# Devices in string mode get unique generated strings; the export carries
-# them; the bench gives each phone its own.
+# Devices in string mode get generated strings (one shared at import, then
+# unique ones from generate-auth-strings); the export carries them; the
+# bench gives each phone its own.
 {
   echo "name,operation,auth_mode,auth_string,key,completes_by"
   timeout 30 "$BENCH_BIN" --phones "$N" --name-prefix SEP00BE --print-names |
     sed 's/$/,install,string,,ec256,/'
 } >"$W/import.csv"
-cap main device import "$W/import.csv" --generate-auth-strings unique >/dev/null
+cap main device import "$W/import.csv" --generate-auth-strings shared >/dev/null
+# ... then each its own (what an operator does before handing strings out).
+cap main device generate-auth-strings --unique >/dev/null
 cap main device export "$W/devices.csv" >/dev/null
 head -n 1 "$W/devices.csv" | grep -q '^name,operation,auth_mode,auth_string,' ||
   fail "export header changed: $(head -n 1 "$W/devices.csv")"
