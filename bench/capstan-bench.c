@@ -8,8 +8,15 @@
  * hash says so and the phone then boots again, encrypted configuration),
  * and the report gives download time percentiles per step, files per
  * second and failures by reason.
- * The devices must exist on the server: see bench/README.md. */
+ * The devices must exist on the server: see bench/README.md. To rehearse a
+ * maintenance window, --devices takes the phones (names, authentication
+ * modes and strings) from the CSV `capstan device export` writes, --lsc-dir
+ * keeps each phone's LSC between runs, --mic-ca gives phones MICs from a
+ * test manufacturing CA, and --max-retries makes phones come back after
+ * RETRY_LATER or a failed connection, as real phones do. */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
@@ -17,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -24,6 +33,7 @@
 #include <uv.h>
 
 #include "bench/phone/phone.h"
+#include "bench/phone/phone_pki.h"
 #include "core/base/error.h"
 
 #define MAX_OUTCOMES 64
@@ -37,11 +47,32 @@ typedef struct {
 
 typedef struct bench bench_t;
 
+/* One device of --devices FILE.csv: its name and how it authenticates. */
+typedef struct {
+  char name[32];
+  capstan_phone_auth_t auth;
+  char auth_string[16];
+} device_t;
+
+/* Errors after which a phone comes back (--max-retries): RETRY_LATER, and a
+ * connection refused, reset or timed out. */
+enum { RETRY_LATER, RETRY_CONNECT, RETRY_TLS, RETRY_CLOSED, RETRY_TIMEOUT, RETRY_CAUSES };
+static const char *const retry_cause_names[RETRY_CAUSES] = {"retry_later", "connect_failed",
+                                                            "tls_failed", "closed", "timeout"};
+
 typedef struct {
   bench_t *bench;
   unsigned long index;
   capstan_phone_t *phone; /* NULL when not running */
   int holding;
+  /* Retries: sessions run so far, and the timer of a phone waiting to come
+   * back (waiting: between a retryable error and its next session). */
+  unsigned attempts;
+  int waiting;
+  int timer_init;
+  uv_timer_t timer;
+  /* The phone's certificates: its LSC (--lsc-dir) and MIC (--mic-ca). */
+  capstan_identity_t lsc, mic;
   /* --storm */
   capstan_phone_boot_t *boot; /* NULL when not booting */
   unsigned boots;
@@ -82,6 +113,23 @@ struct bench {
   uint32_t bind_base; /* IPv4, host order; 0 = no bind */
   unsigned long bind_count;
 
+  /* --devices: names and credentials per phone (NULL: generated names). */
+  device_t *devices;
+  int auth_set; /* --auth given: it overrides the CSV's auth_mode */
+  /* --lsc-dir: each phone's LSC, NAME.der + NAME.key.der (PKCS#8). */
+  const char *lsc_dir;
+  /* --mic-ca: the manufacturing CA that issues each MIC phone's MIC. */
+  capstan_identity_t mic_ca;
+  int mic_key_alg;
+  unsigned mic_key_bits;
+  /* Retries (--max-retries, --retry-cap-seconds, --backoff-seconds). */
+  unsigned max_retries;
+  double retry_cap_s, backoff_s;
+  unsigned long *ready; /* ring of slot indices due back, waiting for a slot */
+  unsigned long ready_head, ready_n;
+  unsigned long waiting; /* phones between a retryable error and their next session */
+  unsigned long sessions, retries[RETRY_CAUSES], retried_phones, ok_after_retries, gave_up;
+
   /* --storm */
   int storm;
   capstan_phone_boot_config_t boot_cfg;
@@ -100,6 +148,15 @@ static void make_name(const bench_t *b, unsigned long n, char *out, size_t size)
   snprintf(out, size, "%s%0*lX", b->prefix, digits, n);
 }
 
+/* The name of phone |i|: from --devices, or the prefix and counter. */
+static void phone_name(const bench_t *b, unsigned long i, char *out, size_t size) {
+  if (b->devices != NULL) {
+    snprintf(out, size, "%s", b->devices[i].name);
+  } else {
+    make_name(b, b->first + i, out, size);
+  }
+}
+
 static void count_outcome(bench_t *b, const char *key) {
   for (unsigned i = 0; i < b->n_outcomes; i++) {
     if (strcmp(b->outcomes[i].key, key) == 0) {
@@ -112,6 +169,314 @@ static void count_outcome(bench_t *b, const char *key) {
     b->outcomes[b->n_outcomes].count = 1;
     b->n_outcomes++;
   }
+}
+
+/* ---- --devices FILE.csv ------------------------------------------------------ */
+
+/* Splits one CSV line (RFC 4180 quoting, as `capstan device export` writes
+ * it; no line breaks inside fields) in place into at most |max| fields.
+ * Returns the number of fields, or -1 on a malformed quote. */
+static int csv_split(char *line, char **fields, int max) {
+  int n = 0;
+  char *r = line, *w = line;
+  for (;;) {
+    if (n == max) return -1;
+    fields[n++] = w;
+    if (*r == '"') {
+      r++;
+      for (;;) {
+        if (*r == '\0') return -1;
+        if (*r == '"') {
+          if (r[1] == '"') {
+            *w++ = '"';
+            r += 2;
+            continue;
+          }
+          r++;
+          break;
+        }
+        *w++ = *r++;
+      }
+      if (*r != ',' && *r != '\0') return -1;
+    } else {
+      while (*r != ',' && *r != '\0') *w++ = *r++;
+    }
+    if (*r == '\0') {
+      *w = '\0';
+      return n;
+    }
+    *w++ = '\0';
+    r++;
+  }
+}
+
+/* Reads the devices of a CSV with a header line naming its columns: `name`
+ * (required), `auth_mode` (string, null, lsc, mic; another value or no
+ * column: the --auth mode), `auth_string` and `operation` (rows whose
+ * operation is "none" are skipped: those devices have nothing to do). This
+ * is what `capstan device export` writes, and what `device import` reads.
+ * Returns 0 and the devices (malloc'd) or -1 with a message on stderr. */
+static int read_devices(const char *path, capstan_phone_auth_t default_auth, device_t **out,
+                        unsigned long *count) {
+  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+  if (f == NULL) {
+    fprintf(stderr, "capstan-bench: cannot open %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  unsigned long lineno = 0, n = 0, alloc = 0, skipped = 0;
+  int col_name = -1, col_mode = -1, col_string = -1, col_op = -1, rc = 0;
+  device_t *devs = NULL;
+  while ((len = getline(&line, &cap, f)) != -1) {
+    lineno++;
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+    if (len == 0) continue;
+    char *fields[64];
+    int nf = csv_split(line, fields, 64);
+    if (nf < 0) {
+      fprintf(stderr, "capstan-bench: %s:%lu: malformed CSV line\n", path, lineno);
+      rc = -1;
+      break;
+    }
+    if (col_name < 0) {
+      for (int i = 0; i < nf; i++) {
+        if (strcmp(fields[i], "name") == 0) col_name = i;
+        if (strcmp(fields[i], "auth_mode") == 0) col_mode = i;
+        if (strcmp(fields[i], "auth_string") == 0) col_string = i;
+        if (strcmp(fields[i], "operation") == 0) col_op = i;
+      }
+      if (col_name < 0) {
+        fprintf(stderr, "capstan-bench: %s:%lu: the header has no 'name' column\n", path, lineno);
+        rc = -1;
+        break;
+      }
+      continue;
+    }
+    if (col_op >= 0 && col_op < nf && strcmp(fields[col_op], "none") == 0) {
+      skipped++;
+      continue;
+    }
+    if (col_name >= nf || fields[col_name][0] == '\0' ||
+        strlen(fields[col_name]) >= sizeof(devs[0].name)) {
+      fprintf(stderr, "capstan-bench: %s:%lu: missing or too long device name\n", path, lineno);
+      rc = -1;
+      break;
+    }
+    if (n == alloc) {
+      alloc = alloc ? alloc * 2 : 1024;
+      device_t *nd = realloc(devs, alloc * sizeof(*nd));
+      if (nd == NULL) {
+        fprintf(stderr, "capstan-bench: out of memory\n");
+        rc = -1;
+        break;
+      }
+      devs = nd;
+    }
+    device_t *d = &devs[n];
+    memset(d, 0, sizeof(*d));
+    snprintf(d->name, sizeof(d->name), "%s", fields[col_name]);
+    d->auth = default_auth;
+    if (col_mode >= 0 && col_mode < nf) capstan_phone_parse_auth(fields[col_mode], &d->auth);
+    if (col_string >= 0 && col_string < nf) {
+      if (strlen(fields[col_string]) >= sizeof(d->auth_string)) {
+        fprintf(stderr, "capstan-bench: %s:%lu: authentication string too long\n", path, lineno);
+        rc = -1;
+        break;
+      }
+      snprintf(d->auth_string, sizeof(d->auth_string), "%s", fields[col_string]);
+    }
+    n++;
+  }
+  free(line);
+  if (f != stdin) fclose(f);
+  if (rc == 0 && col_name < 0) {
+    fprintf(stderr, "capstan-bench: %s: empty file (no header line)\n", path);
+    rc = -1;
+  }
+  if (rc == 0 && n == 0) {
+    fprintf(stderr, "capstan-bench: %s: no device with an operation\n", path);
+    rc = -1;
+  }
+  if (rc != 0) {
+    free(devs);
+    return -1;
+  }
+  if (skipped > 0) {
+    fprintf(stderr, "capstan-bench: %s: %lu devices with operation none left out\n", path, skipped);
+  }
+  *out = devs;
+  *count = n;
+  return 0;
+}
+
+/* ---- Certificates: --lsc-dir, --mic-ca ----------------------------------------- */
+
+#define MAX_DER_FILE (64 * 1024)
+
+static int read_small_file(const char *path, uint8_t **out, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return errno == ENOENT ? CAPSTAN_ENOENT : CAPSTAN_EIO;
+  uint8_t *buf = malloc(MAX_DER_FILE);
+  if (buf == NULL) {
+    fclose(f);
+    return CAPSTAN_ENOMEM;
+  }
+  size_t n = fread(buf, 1, MAX_DER_FILE, f);
+  fclose(f);
+  if (n == MAX_DER_FILE) {
+    free(buf);
+    return CAPSTAN_ERANGE;
+  }
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
+/* Writes |data| to |path| through a temporary file and a rename, mode 0600. */
+static int write_small_file(const char *path, const uint8_t *data, size_t len) {
+  char tmp[4096];
+  if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) return CAPSTAN_EINVAL;
+  FILE *f = fopen(tmp, "wb");
+  if (f == NULL) return CAPSTAN_EIO;
+  fchmod(fileno(f), 0600);
+  int ok = fwrite(data, 1, len, f) == len;
+  ok = (fclose(f) == 0) && ok;
+  if (!ok || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return CAPSTAN_EIO;
+  }
+  return 0;
+}
+
+static int lsc_paths(const bench_t *b, const char *name, char *cert, char *key, size_t size) {
+  if ((size_t)snprintf(cert, size, "%s/%s.der", b->lsc_dir, name) >= size ||
+      (size_t)snprintf(key, size, "%s/%s.key.der", b->lsc_dir, name) >= size) {
+    return CAPSTAN_EINVAL;
+  }
+  return 0;
+}
+
+/* Loads DIR/NAME.der and DIR/NAME.key.der into |out| (zeroed). */
+static int load_lsc(const bench_t *b, const char *name, capstan_identity_t *out) {
+  char cp[4096], kp[4096];
+  int rc = lsc_paths(b, name, cp, kp, sizeof(cp));
+  if (rc != 0) return rc;
+  uint8_t *cert = NULL, *key = NULL;
+  size_t clen = 0, klen = 0;
+  rc = read_small_file(cp, &cert, &clen);
+  if (rc == 0) rc = read_small_file(kp, &key, &klen);
+  if (rc == 0) rc = capstan_identity_from_der(cert, clen, key, klen, out);
+  free(cert);
+  if (key != NULL) OPENSSL_cleanse(key, klen);
+  free(key);
+  return rc;
+}
+
+/* Keeps the LSC a phone holds at the end of a session in --lsc-dir: writes
+ * it, or removes the files when the phone holds none (after a delete). */
+static int save_lsc(const bench_t *b, const char *name, const capstan_identity_t *id) {
+  char cp[4096], kp[4096];
+  int rc = lsc_paths(b, name, cp, kp, sizeof(cp));
+  if (rc != 0) return rc;
+  if (id->cert == NULL) {
+    unlink(cp);
+    unlink(kp);
+    return 0;
+  }
+  uint8_t *cder = NULL, *kder = NULL;
+  size_t clen = 0, klen = 0;
+  rc = capstan_identity_to_der(id, &cder, &clen, &kder, &klen);
+  if (rc == 0) rc = write_small_file(kp, kder, klen);
+  if (rc == 0) rc = write_small_file(cp, cder, clen);
+  free(cder);
+  if (kder != NULL) OPENSSL_cleanse(kder, klen);
+  free(kder);
+  return rc;
+}
+
+/* The manufacturing CA of --mic-ca FILE.pem (its certificate and private
+ * key, PEM): read when the file exists, else created (a test CA,
+ * capstan_phone_create_test_ca) and written there, mode 0600. Returns 0,
+ * or -1 with a message on stderr. */
+static int load_or_create_mic_ca(const char *path, capstan_identity_t *ca) {
+  FILE *f = fopen(path, "r");
+  if (f != NULL) {
+    ca->cert = PEM_read_X509(f, NULL, NULL, NULL);
+    rewind(f);
+    ca->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    if (ca->cert == NULL || ca->key == NULL || X509_check_private_key(ca->cert, ca->key) != 1) {
+      fprintf(stderr, "capstan-bench: %s: expected a CA certificate and its private key (PEM)\n",
+              path);
+      capstan_identity_cleanup(ca);
+      return -1;
+    }
+    return 0;
+  }
+  if (errno != ENOENT) {
+    fprintf(stderr, "capstan-bench: cannot open %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  int rc = capstan_phone_create_test_ca("capstan-bench manufacturing CA", ca);
+  if (rc != 0) {
+    fprintf(stderr, "capstan-bench: cannot create a test CA: %s\n", capstan_strerror(rc));
+    return -1;
+  }
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  f = fd >= 0 ? fdopen(fd, "w") : NULL;
+  int ok = f != NULL && PEM_write_X509(f, ca->cert) == 1 &&
+           PEM_write_PrivateKey(f, ca->key, NULL, NULL, 0, NULL, NULL) == 1;
+  if (f != NULL) ok = (fclose(f) == 0) && ok;
+  if (!ok) {
+    fprintf(stderr, "capstan-bench: cannot write %s\n", path);
+    if (fd >= 0) unlink(path);
+    capstan_identity_cleanup(ca);
+    return -1;
+  }
+  fprintf(stderr, "capstan-bench: created the manufacturing CA %s\n", path);
+  return 0;
+}
+
+static int write_cert_pem(const char *path, X509 *cert) {
+  FILE *f = fopen(path, "w");
+  int ok = f != NULL && PEM_write_X509(f, cert) == 1;
+  if (f != NULL) ok = (fclose(f) == 0) && ok;
+  if (!ok) fprintf(stderr, "capstan-bench: cannot write %s\n", path);
+  return ok ? 0 : -1;
+}
+
+/* A MIC for phone |name| under the --mic-ca CA, for a key from the pool:
+ * CN "CP-8845-<name>" (a MIC's CN is "<model>-<device name>"). */
+static int issue_mic(bench_t *b, const char *name, capstan_identity_t *out) {
+  EVP_PKEY *key = NULL;
+  int rc = capstan_phone_keypool_get(b->cfg.keys, b->mic_key_alg, b->mic_key_bits, &key);
+  if (rc != 0) return rc;
+  char cn[80];
+  snprintf(cn, sizeof(cn), "CP-8845-%s", name);
+  uint8_t *der = NULL;
+  size_t len = 0;
+  rc = capstan_phone_issue_test_leaf(&b->mic_ca, cn, key, &der, &len);
+  if (rc == 0) {
+    const uint8_t *p = der;
+    out->cert = d2i_X509(NULL, &p, (long)len);
+    if (out->cert == NULL) rc = CAPSTAN_ECRYPTO;
+  }
+  free(der);
+  if (rc == 0) {
+    out->key = key;
+  } else {
+    EVP_PKEY_free(key);
+  }
+  return rc;
+}
+
+/* Outcomes that are the operation succeeding; everything else is listed
+ * under "failures". */
+static int is_success(const char *key) {
+  return strcmp(key, "ok_install_reason_1") == 0 || strcmp(key, "ok_delete_reason_1") == 0 ||
+         strcmp(key, "ok_fetch_reason_0") == 0;
 }
 
 static void start_more(bench_t *b);
@@ -127,6 +492,89 @@ static void close_aux_handles(bench_t *b) {
   if (!uv_is_closing((uv_handle_t *)&b->hold_timer)) uv_close((uv_handle_t *)&b->hold_timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&b->sigint)) uv_close((uv_handle_t *)&b->sigint, NULL);
   if (!uv_is_closing((uv_handle_t *)&b->sigterm)) uv_close((uv_handle_t *)&b->sigterm, NULL);
+  for (unsigned long i = 0; b->slots != NULL && i < b->phones; i++) {
+    slot_t *s = &b->slots[i];
+    if (s->timer_init && !uv_is_closing((uv_handle_t *)&s->timer)) {
+      uv_timer_stop(&s->timer);
+      uv_close((uv_handle_t *)&s->timer, NULL);
+    }
+  }
+}
+
+/* The retry cause of a session's error, or -1 when the phone would not come
+ * back after it (the server broke the protocol, refused a certificate...). */
+static int retry_cause(const capstan_phone_result_t *res) {
+  if (res->kind != CAPSTAN_PHONE_RESULT_ERROR) return -1;
+  switch (res->error) {
+    case CAPSTAN_PHONE_ERR_RETRY_LATER:
+      return RETRY_LATER;
+    case CAPSTAN_PHONE_ERR_CONNECT:
+      return RETRY_CONNECT;
+    case CAPSTAN_PHONE_ERR_TLS:
+      return RETRY_TLS;
+    case CAPSTAN_PHONE_ERR_CLOSED:
+      return RETRY_CLOSED;
+    case CAPSTAN_PHONE_ERR_TIMEOUT:
+      return RETRY_TIMEOUT;
+    default:
+      return -1;
+  }
+}
+
+/* How long a phone waits before it comes back, in milliseconds. After
+ * RETRY_LATER: RETRY_DELAY, as a real phone does. After a refused, reset or
+ * timed-out connection: an exponential backoff from --backoff-seconds,
+ * doubled at each retry, with jitter (a random point in its upper half) so
+ * that phones turned away together do not all come back together. Both
+ * capped at --retry-cap-seconds. */
+static uint64_t retry_delay_ms(const bench_t *b, const slot_t *s, int cause, int retry_delay) {
+  double d;
+  if (cause == RETRY_LATER && retry_delay >= 0) {
+    d = retry_delay;
+  } else {
+    unsigned k = s->attempts > 0 ? s->attempts - 1 : 0;
+    d = b->backoff_s * ldexp(1.0, k > 30 ? 30 : (int)k);
+    if (d > b->retry_cap_s) d = b->retry_cap_s;
+    d = d * (0.5 + 0.5 * ((double)random() / (double)RAND_MAX));
+  }
+  if (d > b->retry_cap_s) d = b->retry_cap_s;
+  return (uint64_t)(d * 1000.0);
+}
+
+static void on_retry_timer(uv_timer_t *t) {
+  slot_t *s = t->data;
+  bench_t *b = s->bench;
+  /* Due back: it starts as soon as the concurrency allows. */
+  b->ready[(b->ready_head + b->ready_n) % b->phones] = s->index;
+  b->ready_n++;
+  start_more(b);
+}
+
+/* A phone whose session ended with a retryable error and that has retries
+ * left waits, then comes back. Returns 1 when it will. */
+static int schedule_retry(bench_t *b, slot_t *s, const capstan_phone_result_t *res) {
+  int cause = retry_cause(res);
+  if (cause < 0 || b->stopping) return 0;
+  if (s->attempts > b->max_retries) {
+    if (b->max_retries > 0) b->gave_up++;
+    return 0;
+  }
+  if (!s->timer_init) {
+    if (uv_timer_init(b->loop, &s->timer) != 0) return 0;
+    s->timer.data = s;
+    s->timer_init = 1;
+  }
+  b->retries[cause]++;
+  if (s->attempts == 1) b->retried_phones++;
+  s->waiting = 1;
+  b->waiting++;
+  uv_timer_start(&s->timer, on_retry_timer, retry_delay_ms(b, s, cause, res->retry_delay), 0);
+  return 1;
+}
+
+static void slot_finish(slot_t *s) {
+  capstan_identity_cleanup(&s->lsc);
+  capstan_identity_cleanup(&s->mic);
 }
 
 static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_result_t *res) {
@@ -136,6 +584,22 @@ static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_resul
   if (s->holding) b->holding--;
   s->holding = 0;
   b->active--;
+  char name[64];
+  phone_name(b, s->index, name, sizeof(name));
+  /* The phone keeps the LSC it holds at the end of a session that ran. */
+  if (res->kind != CAPSTAN_PHONE_RESULT_ERROR) {
+    if (b->lsc_dir != NULL && res->operation != CAPSTAN_PHONE_OP_NONE &&
+        save_lsc(b, name, &res->lsc) != 0) {
+      fprintf(stderr, "capstan-bench: cannot save the LSC of %s in %s\n", name, b->lsc_dir);
+    }
+    capstan_identity_cleanup(&s->lsc);
+    s->lsc = res->lsc;
+    memset(&res->lsc, 0, sizeof(res->lsc));
+  }
+  if (schedule_retry(b, s, res)) {
+    start_more(b);
+    return;
+  }
   b->finished++;
   char key[48];
   switch (res->kind) {
@@ -154,11 +618,13 @@ static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_resul
       b->errors++;
       snprintf(key, sizeof(key), "error_%s", capstan_phone_error_name(res->error));
       if (b->errors <= 5) {
-        fprintf(stderr, "capstan-bench: phone %lu: %s: %s\n", s->index,
+        fprintf(stderr, "capstan-bench: phone %lu (%s): %s: %s\n", s->index, name,
                 capstan_phone_error_name(res->error), res->detail);
       }
       break;
   }
+  if (s->attempts > 1 && is_success(key)) b->ok_after_retries++;
+  slot_finish(s);
   count_outcome(b, key);
   maybe_report_hold(b);
   if (b->finished == b->phones || (b->stopping && b->active == 0)) {
@@ -227,8 +693,11 @@ static void on_boot_done(capstan_phone_boot_t *boot, void *arg, capstan_phone_bo
   if (res->failure == CAPSTAN_PHONE_BOOT_NONE && res->enrolled && s->boots <= b->reboots &&
       !b->stopping) {
     char name[64];
-    make_name(b, b->first + s->index, name, sizeof(name));
+    phone_name(b, s->index, name, sizeof(name));
     b->boot_cfg.phone.device_name = name;
+    if (b->devices != NULL && b->devices[s->index].auth_string[0] != '\0') {
+      b->boot_cfg.phone.auth_string = b->devices[s->index].auth_string;
+    }
     if (b->bind_base != 0) {
       struct sockaddr_in *sin = (struct sockaddr_in *)&b->boot_cfg.phone.bind_addr;
       memset(&b->boot_cfg.phone.bind_addr, 0, sizeof(b->boot_cfg.phone.bind_addr));
@@ -307,12 +776,24 @@ static void maybe_report_hold(bench_t *b) {
     uv_timer_start(&b->hold_timer, on_hold_timer, (uint64_t)(b->hold_seconds * 1000.0), 0);
 }
 
-static int start_one(bench_t *b) {
-  unsigned long i = b->started;
+/* A phone that cannot run a session at all: it finishes with |outcome|. */
+static void fail_phone(bench_t *b, slot_t *s, const char *outcome) {
+  b->finished++;
+  b->errors++;
+  count_outcome(b, outcome);
+  slot_finish(s);
+}
+
+/* Runs a session of phone |i|: its first (i == b->started) or a retry. */
+static int start_session(bench_t *b, unsigned long i) {
   char name[64];
-  make_name(b, b->first + i, name, sizeof(name));
+  phone_name(b, i, name, sizeof(name));
   capstan_phone_config_t c = b->cfg;
   c.device_name = name;
+  if (b->devices != NULL) {
+    if (!b->auth_set) c.auth = b->devices[i].auth;
+    if (b->devices[i].auth_string[0] != '\0') c.auth_string = b->devices[i].auth_string;
+  }
   if (b->bind_base != 0) {
     struct sockaddr_in *sin = (struct sockaddr_in *)&c.bind_addr;
     memset(&c.bind_addr, 0, sizeof(c.bind_addr));
@@ -321,13 +802,51 @@ static int start_one(bench_t *b) {
     c.has_bind = 1;
   }
   slot_t *s = &b->slots[i];
-  s->bench = b;
-  s->index = i;
-  b->started++;
+  int first = i == b->started;
+  if (first) {
+    s->bench = b;
+    s->index = i;
+    b->started++;
+  }
+  if (first && !b->storm) {
+    /* The phone's certificates: the LSC an earlier run left in --lsc-dir,
+     * and a MIC from the manufacturing CA. */
+    if (b->lsc_dir != NULL) {
+      int rc = load_lsc(b, name, &s->lsc);
+      if (rc != 0 && rc != CAPSTAN_ENOENT) {
+        fprintf(stderr, "capstan-bench: cannot load the LSC of %s from %s: %s\n", name, b->lsc_dir,
+                capstan_strerror(rc));
+      }
+    }
+    if (c.auth == CAPSTAN_PHONE_AUTH_LSC && s->lsc.cert == NULL) {
+      if (b->errors < 5) {
+        fprintf(stderr, "capstan-bench: %s authenticates by LSC but has none%s%s\n", name,
+                b->lsc_dir ? " in " : " (no --lsc-dir)", b->lsc_dir ? b->lsc_dir : "");
+      }
+      fail_phone(b, s, "error_no_lsc");
+      return CAPSTAN_ENOENT;
+    }
+    if (c.auth == CAPSTAN_PHONE_AUTH_MIC) {
+      int rc = b->mic_ca.cert != NULL ? issue_mic(b, name, &s->mic) : CAPSTAN_EINVAL;
+      if (rc != 0) {
+        if (b->errors < 5) {
+          fprintf(stderr, "capstan-bench: %s authenticates by MIC: %s\n", name,
+                  b->mic_ca.cert ? capstan_strerror(rc) : "no --mic-ca");
+        }
+        fail_phone(b, s, "error_no_mic");
+        return rc;
+      }
+    }
+  }
+  c.lsc = s->lsc;
+  c.mic = s->mic;
   b->active++;
+  b->sessions++;
+  s->attempts++;
   int rc;
   if (b->storm) {
     b->boot_cfg.phone.device_name = name;
+    b->boot_cfg.phone.auth_string = c.auth_string;
     b->boot_cfg.phone.bind_addr = c.bind_addr;
     b->boot_cfg.phone.has_bind = c.has_bind;
     rc = start_boot(b, s, NULL, b->trusted);
@@ -337,21 +856,31 @@ static int start_one(bench_t *b) {
   if (rc != 0) {
     /* Could not even start (memory): count it as a failure and go on. */
     b->active--;
-    b->finished++;
-    b->errors++;
-    count_outcome(b, "error_start");
+    fail_phone(b, s, "error_start");
     return rc;
   }
   return 0;
 }
 
 static void start_more(bench_t *b) {
-  while (!b->stopping && b->started < b->phones && b->active < b->concurrency) {
+  while (!b->stopping && b->active < b->concurrency) {
+    if (b->ready_n > 0) {
+      /* Phones coming back go first, and are not held to --rate: that is
+       * the rate of phones turned on. */
+      unsigned long i = b->ready[b->ready_head];
+      b->ready_head = (b->ready_head + 1) % b->phones;
+      b->ready_n--;
+      b->slots[i].waiting = 0;
+      b->waiting--;
+      start_session(b, i);
+      continue;
+    }
+    if (b->started >= b->phones) break;
     if (b->rate > 0) {
       if (b->tokens < 1.0) return;
       b->tokens -= 1.0;
     }
-    start_one(b);
+    start_session(b, b->started);
   }
   if (b->finished == b->phones && b->t_end == 0) {
     b->t_end = uv_hrtime();
@@ -383,7 +912,16 @@ static void on_signal(uv_signal_t *sig, int signum) {
   for (unsigned long i = 0; i < b->phones; i++) {
     if (b->slots[i].phone != NULL) capstan_phone_abort(b->slots[i].phone);
     if (b->slots[i].boot != NULL) capstan_phone_boot_abort(b->slots[i].boot);
+    if (b->slots[i].waiting) {
+      /* Waiting to come back: it gives up now. */
+      uv_timer_stop(&b->slots[i].timer);
+      b->slots[i].waiting = 0;
+      b->waiting--;
+      b->gave_up++;
+      fail_phone(b, &b->slots[i], "error_stopped");
+    }
   }
+  b->ready_n = 0;
   if (b->active == 0) close_aux_handles(b);
 }
 
@@ -399,13 +937,6 @@ static double percentile(const double *v, unsigned long n, double p) {
   if (rank < 1) rank = 1;
   if (rank > n) rank = n;
   return v[rank - 1];
-}
-
-/* Outcomes that are the operation succeeding; everything else is listed
- * under "failures". */
-static int is_success(const char *key) {
-  return strcmp(key, "ok_install_reason_1") == 0 || strcmp(key, "ok_delete_reason_1") == 0 ||
-         strcmp(key, "ok_fetch_reason_0") == 0;
 }
 
 static void report(bench_t *b) {
@@ -435,7 +966,12 @@ static void report(bench_t *b) {
       printf("%s\"%s\":%lu", first ? "" : ",", b->outcomes[i].key, b->outcomes[i].count);
       first = 0;
     }
-    printf("}}\n");
+    printf("},\"sessions\":%lu,\"retries\":{", b->sessions);
+    for (int i = 0; i < RETRY_CAUSES; i++) {
+      printf("%s\"%s\":%lu", i ? "," : "", retry_cause_names[i], b->retries[i]);
+    }
+    printf("},\"retried_phones\":%lu,\"ok_after_retries\":%lu,\"gave_up\":%lu}\n",
+           b->retried_phones, b->ok_after_retries, b->gave_up);
   } else {
     printf("phones=%lu finished=%lu concurrency=%lu ok=%lu end=%lu errors=%lu wall_s=%.3f\n",
            b->phones, b->finished, b->concurrency, b->ok, b->end, b->errors, wall);
@@ -443,6 +979,10 @@ static void report(bench_t *b) {
            sps);
     printf("latency_ms p50=%.2f p90=%.2f p99=%.2f max=%.2f (successful sessions: %lu)\n", p50, p90,
            p99, max, b->n_latencies);
+    printf("sessions=%lu retries:", b->sessions);
+    for (int i = 0; i < RETRY_CAUSES; i++) printf(" %s=%lu", retry_cause_names[i], b->retries[i]);
+    printf(" retried_phones=%lu ok_after_retries=%lu gave_up=%lu\n", b->retried_phones,
+           b->ok_after_retries, b->gave_up);
     printf("outcomes:");
     for (unsigned i = 0; i < b->n_outcomes; i++) {
       printf(" %s=%lu", b->outcomes[i].key, b->outcomes[i].count);
@@ -542,14 +1082,31 @@ static void raise_nofile(unsigned long want) {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: capstan-bench --connect HOST:PORT --phones N [options]\n"
+          "usage: capstan-bench --connect HOST:PORT (--phones N | --devices FILE.csv) [options]\n"
+          "       capstan-bench --mic-ca FILE.pem [--mic-ca-out CERT.pem]   (make the CA only)\n"
           "  --concurrency C      sessions in flight at most (default 100)\n"
           "  --rate R             start at most R sessions per second (default: no limit)\n"
           "  --name-prefix P      device names: P + hex counter, 15 chars (default SEP)\n"
           "  --first N            counter of the first device (default 0)\n"
           "  --print-names        print the N device names, one per line, and exit\n"
-          "  --auth MODE          null | string | absent (default null)\n"
+          "  --auth MODE          null | string | absent | lsc | mic (default null; given,\n"
+          "                       it overrides the auth_mode of --devices)\n"
           "  --auth-string S      the authentication string (--auth string)\n"
+          "  --devices FILE.csv   the phones: one per row of a CSV with a header, as\n"
+          "                       'capstan device export' writes it: name, auth_mode,\n"
+          "                       auth_string per device (rows with operation none are\n"
+          "                       left out); --phones N takes the first N\n"
+          "  --lsc-dir DIR        each phone's LSC, DIR/NAME.der + NAME.key.der: loaded at\n"
+          "                       start (auth lsc needs it), written after each session\n"
+          "  --mic-ca FILE.pem    manufacturing CA (certificate + key) that issues each mic\n"
+          "                       phone's MIC (CN CP-8845-NAME); created when missing;\n"
+          "                       without --connect: only create it and exit\n"
+          "  --mic-ca-out F.pem   write the CA's certificate, for 'capstan trust add'\n"
+          "  --max-retries N      a phone comes back at most N times (default 0) after\n"
+          "                       RETRY_LATER (it waits RETRY_DELAY), or a refused, reset\n"
+          "                       or timed-out connection (backoff with jitter)\n"
+          "  --retry-cap-seconds S  never wait longer than S before coming back (default 600)\n"
+          "  --backoff-seconds S  first backoff after a connection error (default 1; doubles)\n"
           "  --key SPEC           key pool to pre-generate: rsa2048 (default), ec256, ...\n"
           "  --key-pool K         keys per kind in the pool (default 16)\n"
           "  --key-cache DIR      keep the pool in DIR (PKCS#8 DER) across runs\n"
@@ -610,6 +1167,13 @@ int main(int argc, char **argv) {
       {"tftp-rto", required_argument, NULL, 'o'},
       {"tftp-retries", required_argument, NULL, 'y'},
       {"keep-alive", no_argument, NULL, 'L'},
+      {"devices", required_argument, NULL, 'V'},
+      {"lsc-dir", required_argument, NULL, 'l'},
+      {"mic-ca", required_argument, NULL, 'm'},
+      {"mic-ca-out", required_argument, NULL, 'M'},
+      {"max-retries", required_argument, NULL, 'x'},
+      {"retry-cap-seconds", required_argument, NULL, 'Y'},
+      {"backoff-seconds", required_argument, NULL, 'W'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
@@ -623,7 +1187,10 @@ int main(int argc, char **argv) {
   int print_names = 0;
   int concurrency_set = 0;
   const char *files = NULL, *tftp_cert = NULL;
+  const char *devices_csv = NULL, *mic_ca = NULL, *mic_ca_out = NULL;
   b.reboots = 1;
+  b.retry_cap_s = 600;
+  b.backoff_s = 1;
   int c;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     char *end = NULL;
@@ -656,11 +1223,35 @@ int main(int argc, char **argv) {
         print_names = 1;
         break;
       case 'a':
-        if (capstan_phone_parse_auth(optarg, &b.cfg.auth) != 0 ||
-            b.cfg.auth == CAPSTAN_PHONE_AUTH_LSC || b.cfg.auth == CAPSTAN_PHONE_AUTH_MIC) {
-          fprintf(stderr, "capstan-bench: --auth must be null, string or absent\n");
+        if (capstan_phone_parse_auth(optarg, &b.cfg.auth) != 0) {
+          fprintf(stderr, "capstan-bench: --auth must be null, string, absent, lsc or mic\n");
           return 2;
         }
+        b.auth_set = 1;
+        break;
+      case 'V':
+        devices_csv = optarg;
+        break;
+      case 'l':
+        b.lsc_dir = optarg;
+        break;
+      case 'm':
+        mic_ca = optarg;
+        break;
+      case 'M':
+        mic_ca_out = optarg;
+        break;
+      case 'x':
+        b.max_retries = (unsigned)strtoul(optarg, &end, 10);
+        if (end == optarg || *end || b.max_retries > 1000000) goto bad;
+        break;
+      case 'Y':
+        b.retry_cap_s = strtod(optarg, &end);
+        if (end == optarg || *end || b.retry_cap_s < 0 || b.retry_cap_s > 86400) goto bad;
+        break;
+      case 'W':
+        b.backoff_s = strtod(optarg, &end);
+        if (end == optarg || *end || b.backoff_s < 0 || b.backoff_s > 86400) goto bad;
         break;
       case 's':
         b.cfg.auth_string = optarg;
@@ -757,20 +1348,40 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
+  if (mic_ca_out != NULL && mic_ca == NULL) {
+    fprintf(stderr, "capstan-bench: --mic-ca-out needs --mic-ca FILE.pem (the CA's key)\n");
+    return 2;
+  }
+  /* --mic-ca without --connect: make (or read) the CA, write its
+   * certificate, and stop: `capstan trust add` it before the run. */
+  int ca_only = mic_ca != NULL && connect == NULL && !print_names && !b.storm;
+  if (ca_only) {
+    int rc = load_or_create_mic_ca(mic_ca, &b.mic_ca);
+    if (rc == 0 && mic_ca_out != NULL) rc = write_cert_pem(mic_ca_out, b.mic_ca.cert);
+    capstan_identity_cleanup(&b.mic_ca);
+    return rc == 0 ? 0 : 1;
+  }
+  if (devices_csv != NULL) {
+    unsigned long n = 0;
+    if (read_devices(devices_csv, b.cfg.auth, &b.devices, &n) != 0) return 1;
+    if (b.phones == 0 || b.phones > n) b.phones = n;
+  }
   if (optind != argc || b.phones == 0 ||
       (connect == NULL && !print_names && !(b.storm && files != NULL)) ||
-      (b.storm && files == NULL && !print_names) || (b.storm && b.hold)) {
+      (b.storm && files == NULL && !print_names) || (b.storm && b.hold) ||
+      (b.storm && (b.max_retries > 0 || b.lsc_dir != NULL || mic_ca != NULL))) {
     usage(stderr);
+    free(b.devices);
     return 2;
   }
   size_t plen = strlen(b.prefix);
-  if (plen >= NAME_LEN) {
+  if (b.devices == NULL && plen >= NAME_LEN) {
     fprintf(stderr, "capstan-bench: --name-prefix must be shorter than %d characters\n", NAME_LEN);
     return 2;
   }
   /* The counter must fit in the digits the prefix leaves. */
   int digits = (int)(NAME_LEN - plen);
-  if (digits < 16) {
+  if (b.devices == NULL && digits < 16) {
     unsigned long long cap = 1ull << (4 * digits);
     if ((unsigned long long)b.first + b.phones > cap) {
       fprintf(stderr, "capstan-bench: %lu phones do not fit in %d hex digits after %s\n", b.phones,
@@ -781,9 +1392,10 @@ int main(int argc, char **argv) {
   if (print_names) {
     char name[64];
     for (unsigned long i = 0; i < b.phones; i++) {
-      make_name(&b, b.first + i, name, sizeof(name));
+      phone_name(&b, i, name, sizeof(name));
       printf("%s\n", name);
     }
+    free(b.devices);
     return 0;
   }
   if (connect != NULL && capstan_phone_parse_addr(connect, &b.cfg.addr) != 0) {
@@ -810,6 +1422,17 @@ int main(int argc, char **argv) {
     fprintf(stderr, "capstan-bench: bad --key %s\n", key_spec);
     return 2;
   }
+  b.mic_key_alg = key_alg;
+  b.mic_key_bits = key_bits;
+  if (b.lsc_dir != NULL && mkdir(b.lsc_dir, 0700) != 0 && errno != EEXIST) {
+    fprintf(stderr, "capstan-bench: cannot create %s: %s\n", b.lsc_dir, strerror(errno));
+    return 1;
+  }
+  if (mic_ca != NULL) {
+    if (load_or_create_mic_ca(mic_ca, &b.mic_ca) != 0) return 1;
+    if (mic_ca_out != NULL && write_cert_pem(mic_ca_out, b.mic_ca.cert) != 0) return 1;
+  }
+  srandom((unsigned)(uv_hrtime() ^ (uint64_t)getpid()));
   if (b.bind_count == 0) b.bind_count = 1;
   if (b.bind_base != 0 && b.cfg.addr.ss_family != AF_INET) {
     fprintf(stderr, "capstan-bench: --bind-base needs an IPv4 --connect address\n");
@@ -826,7 +1449,8 @@ int main(int argc, char **argv) {
   capstan_phone_keypool_t *keys = capstan_phone_keypool_new(key_cache, (unsigned)key_pool);
   b.slots = calloc(b.phones, sizeof(*b.slots));
   b.latencies = calloc(b.phones, sizeof(*b.latencies));
-  if (ctx == NULL || keys == NULL || b.slots == NULL || b.latencies == NULL) {
+  b.ready = calloc(b.phones, sizeof(*b.ready));
+  if (ctx == NULL || keys == NULL || b.slots == NULL || b.latencies == NULL || b.ready == NULL) {
     fprintf(stderr, "capstan-bench: setup failed%s%s\n", ctx == NULL ? ": " : "",
             ctx == NULL ? err : "");
     goto out;
@@ -887,6 +1511,10 @@ int main(int argc, char **argv) {
   uv_loop_close(b.loop);
 
 out:
+  for (unsigned long i = 0; b.slots != NULL && i < b.phones; i++) slot_finish(&b.slots[i]);
+  capstan_identity_cleanup(&b.mic_ca);
+  free(b.devices);
+  free(b.ready);
   free(b.slots);
   free(b.latencies);
   for (int i = 0; i < CAPSTAN_PHONE_STEP_COUNT; i++) free(b.steps[i].v);

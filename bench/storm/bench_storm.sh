@@ -75,7 +75,7 @@ max_phones=$(( http_phones > tftp_phones ? http_phones : tftp_phones ))
 { echo "name,operation,auth_mode,auth_string,key,completes_by"
   "$bench" --phones "$max_phones" --name-prefix SEP0000 --print-names | sed "s/\$/,$operation,null,,rsa2048,/"; } > "$work/devices.csv"
 
-import_devices() { "$capstan" device import "$work/devices.csv" --data-dir "$work/d" >/dev/null; }
+import_devices() { "$capstan" device import "$work/devices.csv" --rearm --data-dir "$work/d" >/dev/null; }
 
 start_server() {
   rm -f "$work/log"

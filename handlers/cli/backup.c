@@ -133,23 +133,6 @@ static int run_backup(capstan_cli_t *c) {
 
 /* --- restore -------------------------------------------------------------- */
 
-/* True when |dir| holds anything but a serve.pid. */
-static int dir_has_content(const char *dir, bool *out) {
-  DIR *d = opendir(dir);
-  if (d == NULL) return -errno;
-  *out = false;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
-        strcmp(e->d_name, CAPSTAN_SERVE_PID_FILE) != 0) {
-      *out = true;
-      break;
-    }
-  }
-  closedir(d);
-  return 0;
-}
-
 static int lock_for_restore(const char *dir, capstan_dirlock_t **lock) {
   pid_t holder = 0, server = 0;
   int err = capstan_dirlock_acquire(dir, CAPSTAN_DIRLOCK_RESTORE, lock, &holder);
@@ -184,7 +167,7 @@ static int run_restore(capstan_cli_t *c) {
   }
   if ((rc = lock_for_restore(dir, &lock)) != 0) goto out;
   bool content = false;
-  int err = dir_has_content(dir, &content);
+  int err = capstan_cli_dir_has_content(dir, &content);
   if (err != 0) {
     capstan_cli_error("restore: cannot read '%s': %s", dir, strerror(-err));
     rc = CAPSTAN_EXIT_ERROR;

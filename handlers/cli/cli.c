@@ -1,5 +1,6 @@
 #include "handlers/cli/cli.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <openssl/asn1.h>
 #include <openssl/rand.h>
@@ -11,6 +12,7 @@
 
 #include "core/base/error.h"
 #include "storage/devices.h"
+#include "storage/lock.h"
 
 void capstan_cli_error(const char *fmt, ...) {
   va_list ap;
@@ -275,4 +277,20 @@ int capstan_cli_write_text(const char *path, const char *text, const char *what)
   }
   if (f != stdout && fclose(f) != 0) rc = CAPSTAN_EXIT_ERROR;
   return rc;
+}
+
+int capstan_cli_dir_has_content(const char *dir, bool *out) {
+  *out = false;
+  DIR *d = opendir(dir);
+  if (d == NULL) return -errno;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+        strcmp(e->d_name, CAPSTAN_SERVE_PID_FILE) != 0) {
+      *out = true;
+      break;
+    }
+  }
+  closedir(d);
+  return 0;
 }

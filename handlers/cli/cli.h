@@ -110,6 +110,10 @@ int capstan_cli_write_text(const char *path, const char *text, const char *what)
  * it does not parse. */
 int capstan_cli_cert_not_after(const uint8_t *der, size_t len, int64_t *out);
 
+/* Whether directory |dir| holds anything but a serve.pid (one left by a
+ * server that never made a store is no content). 0, or a negative errno. */
+int capstan_cli_dir_has_content(const char *dir, bool *out);
+
 /* Hex of |len| bytes into |out| (2 * len + 1 bytes). */
 void capstan_cli_hex(const uint8_t *data, size_t len, char *out);
 

@@ -142,18 +142,10 @@ static int dir_state(const char *dir, dir_state_t *out) {
     *out = DIR_STORE;
     return 0;
   }
-  DIR *d = opendir(dir);
-  if (d == NULL) return -errno;
-  *out = DIR_EMPTY;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
-    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
-        strcmp(e->d_name, CAPSTAN_SERVE_PID_FILE) != 0) {
-      *out = DIR_OTHER;
-      break;
-    }
-  }
-  closedir(d);
+  bool content = false;
+  int err = capstan_cli_dir_has_content(dir, &content);
+  if (err != 0) return err;
+  *out = content ? DIR_OTHER : DIR_EMPTY;
   return 0;
 }
 
