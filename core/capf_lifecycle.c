@@ -177,6 +177,8 @@ typedef struct status_read {
   capstan_capf_status_t *st;
 } status_read_t;
 
+static bool trust_holds(capstan_txn_t *txn, X509 *cert, const char *purpose);
+
 static int read_status(capstan_txn_t *txn, void *arg) {
   status_read_t *r = arg;
   capstan_capf_status_t *st = r->st;
@@ -187,6 +189,10 @@ static int read_status(capstan_txn_t *txn, void *arg) {
   st->previous_trust_days = s.capf_previous_trust_days;
   rc = capstan_capf_previous_trusted(txn, r->now, &st->previous, &st->nprevious, NULL);
   if (rc < 0) return rc;
+  size_t depth = st->capf.chain != NULL ? sk_X509_num(st->capf.chain) : 0;
+  X509 *root = depth > 0 ? sk_X509_value(st->capf.chain, depth - 1) : NULL;
+  st->root_in_capf_trust = root == NULL || trust_holds(txn, root, CAPSTAN_TRUST_PURPOSE_CAPF);
+  st->root_in_cm_trust = root == NULL || trust_holds(txn, root, CAPSTAN_TRUST_PURPOSE_CM);
   Capstan__PendingCapfKey *p = NULL;
   rc = capstan_store_capf_pending_get(txn, &p);
   if (rc == CAPSTAN_ENOENT) return 0;

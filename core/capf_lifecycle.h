@@ -46,6 +46,9 @@ typedef struct capstan_capf_status {
   capstan_capf_previous_t *previous; /* still trusted at |now|, oldest first */
   size_t nprevious;
   unsigned previous_trust_days;
+  /* A CA-signed CAPF's root (the last of the chain) in each trust store;
+   * both true for a self-signed CAPF (implicitly trusted). */
+  bool root_in_capf_trust, root_in_cm_trust;
 } capstan_capf_status_t;
 
 int capstan_capf_status_load(capstan_store_t *store, int64_t now, capstan_capf_status_t *out);

@@ -143,6 +143,12 @@ static void print_status_json(const capstan_capf_status_t *st, const char *resul
     facts_free(&f);
   }
   printf("],\"previous_trust_days\":%u", st->previous_trust_days);
+  if (capstan_pki_is_self_signed(st->capf.cert)) {
+    printf(",\"root_in_capf_trust\":null,\"root_in_callmanager_trust\":null");
+  } else {
+    printf(",\"root_in_capf_trust\":%s,\"root_in_callmanager_trust\":%s",
+           st->root_in_capf_trust ? "true" : "false", st->root_in_cm_trust ? "true" : "false");
+  }
   if (warnings != NULL) {
     printf(",\"warnings\":[");
     for (size_t i = 0; i < nwarnings; i++) {
@@ -175,6 +181,17 @@ static void print_status_text(const capstan_capf_status_t *st) {
     printf("chain[%zu]:     %s (serial %s, until %s, sha256 %s)\n", i + 1,
            f.subject ? f.subject : "?", f.serial, f.not_after, f.sha256);
     facts_free(&f);
+  }
+  if (!st->root_in_capf_trust || !st->root_in_cm_trust) {
+    printf(
+        "root trust:   MISSING from %s: phones and call control may fail TLS; "
+        "'capstan trust add ROOT.pem --purpose %s'\n",
+        !st->root_in_cm_trust && !st->root_in_capf_trust ? "CAPF-trust and CallManager-trust"
+        : !st->root_in_cm_trust                          ? "CallManager-trust"
+                                                         : "CAPF-trust",
+        !st->root_in_cm_trust ? "callmanager-trust" : "capf-trust");
+  } else if (depth > 0) {
+    printf("root trust:   in CAPF-trust and CallManager-trust\n");
   }
   if (st->has_pending) {
     char created[40];

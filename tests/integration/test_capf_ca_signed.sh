@@ -431,6 +431,11 @@ cli_expect "$D" 1 trust remove "$ROOT_SHA" --purpose callmanager-trust
 has "$ERR" "is not in callmanager-trust; nothing changed"
 jq -e --arg r "$ROOT_SHA" 'any(.[]; .fingerprint == $r and .purposes == ["capf-trust"])' \
   <<<"$(cap main trust list --json)" >/dev/null || fail "root after leaving CallManager-trust"
+json_expect "$(cap main cert capf show --json)" root_in_capf_trust true root_in_callmanager_trust false
+cli_expect "$D" 0 cert capf show
+has "$OUT" "root trust:   MISSING from CallManager-trust"
+cli_expect "$D" 0 trust add "$P/root.pem" --purpose callmanager-trust
+json_expect "$(cap main cert capf show --json)" root_in_capf_trust true root_in_callmanager_trust true
 
 assert_eq 1 "$(grep -c 'event=ready' "${SRV_LOG[main]}")" "server starts (it must not restart)"
 srv_stop main
