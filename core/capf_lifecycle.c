@@ -707,6 +707,21 @@ int capstan_trust_removal_impact(capstan_txn_t *txn, X509 *cert, size_t *holding
   return rc;
 }
 
+/* The previous certificate with |serial| still trusted at |now|, into
+ * f->found (a copy), inside |txn|. */
+static int find_retiring(capstan_txn_t *txn, const uint8_t *serial, size_t serial_len, int64_t now,
+                         retire_find_t *f) {
+  *f = (retire_find_t){.serial = serial, .serial_len = serial_len, .now = now};
+  capstan_settings_t s;
+  int rc = capstan_settings_read(txn, &s);
+  if (rc < 0) return rc;
+  f->window = (int64_t)s.capf_previous_trust_days * SECONDS_PER_DAY;
+  rc = capstan_store_capf_previous_iterate(txn, find_previous, f);
+  if (rc == 0) rc = f->rc;
+  if (rc == 0 && f->found == NULL) rc = CAPSTAN_ENOENT;
+  return rc;
+}
+
 int capstan_capf_retire(capstan_store_t *store, const uint8_t *serial, size_t serial_len,
                         bool force, size_t *holding, X509 **retired) {
   *holding = 0;
@@ -714,38 +729,43 @@ int capstan_capf_retire(capstan_store_t *store, const uint8_t *serial, size_t se
   capstan_txn_t txn;
   capstan_identity_t live = {0};
   X509 *cert = NULL;
-  int rc = capstan_store_begin(store, true, &txn);
-  if (rc < 0) return rc;
-  capstan_settings_t s;
   int64_t now = (int64_t)time(NULL);
-  retire_find_t f = {.serial = serial, .serial_len = serial_len, .now = now};
-  if ((rc = capstan_settings_read(&txn, &s)) < 0) goto out;
-  f.window = (int64_t)s.capf_previous_trust_days * SECONDS_PER_DAY;
-  rc = capstan_store_capf_previous_iterate(&txn, find_previous, &f);
-  if (rc == 0) rc = f.rc;
-  if (rc == 0 && f.found == NULL) rc = CAPSTAN_ENOENT;
-  if (rc < 0) goto out;
-  if ((rc = capstan_pki_parse_cert(f.found->cert_der.data, f.found->cert_der.len, &cert)) < 0) {
-    goto out;
-  }
-  if ((rc = capstan_identity_get(&txn, CAPSTAN_IDENTITY_CAPF, &live)) < 0) goto out;
+  retire_find_t f = {0};
+  /* Count the holders in a read transaction: parsing every device's LSC
+   * must not hold the single writer (enrollments commit meanwhile). The
+   * count cannot grow before the write: a previous CAPF issues nothing. */
+  int rc = capstan_store_begin(store, false, &txn);
+  if (rc < 0) return rc;
+  rc = find_retiring(&txn, serial, serial_len, now, &f);
+  if (rc == 0) rc = capstan_pki_parse_cert(f.found->cert_der.data, f.found->cert_der.len, &cert);
+  if (rc == 0) rc = capstan_identity_get(&txn, CAPSTAN_IDENTITY_CAPF, &live);
   holding_count_t h = {.retiring = cert, .live = live.cert};
-  if ((rc = capstan_store_device_iterate(&txn, count_holding, &h)) < 0) goto out;
+  if (rc == 0) rc = capstan_store_device_iterate(&txn, count_holding, &h);
+  capstan_store_abort(&txn);
+  if (f.found != NULL) capstan__previous_capf__free_unpacked(f.found, NULL);
+  f.found = NULL;
+  if (rc < 0) goto done;
   *holding = h.n;
   if (h.n > 0 && !force) {
     rc = CAPSTAN_EBUSY;
-    goto out;
+    goto done;
   }
-  f.found->has_retired_at = 1;
-  f.found->retired_at = now;
-  if ((rc = capstan_store_capf_previous_put(&txn, f.found)) < 0) goto out;
+  if ((rc = capstan_store_begin(store, true, &txn)) < 0) goto done;
+  /* Found again in the write transaction: still trusted, not retired. */
+  rc = find_retiring(&txn, serial, serial_len, now, &f);
+  if (rc == 0) {
+    f.found->has_retired_at = 1;
+    f.found->retired_at = now;
+    rc = capstan_store_capf_previous_put(&txn, f.found);
+  }
   char what[DESCRIBE_LEN], detail[DESCRIBE_LEN + 64];
   describe("", cert, what, sizeof(what));
   snprintf(detail, sizeof(detail), "%s devices_holding=%zu forced=%s", what, h.n,
            force && h.n > 0 ? "yes" : "no");
-  rc = capstan_store_audit_append(&txn, 0, NULL, "capf_retired", detail);
+  if (rc == 0) rc = capstan_store_audit_append(&txn, 0, NULL, "capf_retired", detail);
   if (rc == 0) rc = capstan_settings_bump_trust_generation(&txn);
   if (rc == 0) rc = capstan_store_commit(&txn);
+  capstan_store_abort(&txn);
   if (rc == 0) {
     LOG_INFO("event=capf_retired %s", detail);
     if (retired != NULL) {
@@ -753,8 +773,7 @@ int capstan_capf_retire(capstan_store_t *store, const uint8_t *serial, size_t se
       cert = NULL;
     }
   }
-out:
-  capstan_store_abort(&txn);
+done:
   if (f.found != NULL) capstan__previous_capf__free_unpacked(f.found, NULL);
   capstan_identity_cleanup(&live);
   X509_free(cert);
