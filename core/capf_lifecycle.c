@@ -13,6 +13,7 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "core/files/sgnhdr.h"
 #include "core/identities.h"
 #include "core/settings.h"
 #include "storage/records.h"
@@ -512,6 +513,21 @@ static int read_import(capstan_txn_t *txn, void *arg) {
   return capstan_store_trust_iterate(txn, collect_candidate, r);
 }
 
+/* Whether |cert| fits an ITL record (core/files/itl.c): phones get the live
+ * CAPF from every ITL, so one that does not fit would break them all. */
+static bool itl_listable(X509 *cert) {
+  uint8_t serial[CAPSTAN_SGN_MAX_SERIAL];
+  size_t len = 0;
+  char *subject = NULL, *issuer = NULL;
+  bool ok = capstan_pki_serial_bytes(cert, serial, sizeof(serial), &len) == 0 &&
+            capstan_pki_dn_string(X509_get_subject_name(cert), &subject) == 0 &&
+            capstan_pki_dn_string(X509_get_issuer_name(cert), &issuer) == 0 &&
+            strlen(subject) < CAPSTAN_SGN_MAX_NAME && strlen(issuer) < CAPSTAN_SGN_MAX_NAME;
+  free(subject);
+  free(issuer);
+  return ok;
+}
+
 /* 0 when the stored pending key is |key|, CAPSTAN_EEXIST otherwise. */
 static int pending_still(capstan_txn_t *txn, EVP_PKEY *key) {
   Capstan__PendingCapfKey *p = NULL;
@@ -570,6 +586,15 @@ int capstan_capf_import(capstan_store_t *store, const uint8_t *cert_der, size_t 
                                      flags & CAPSTAN_PKI_IMPORT_STRICT, &out->import);
   if (rc < 0) goto out;
   capstan_identity_t *next = &out->import.id;
+  if (!itl_listable(next->cert)) {
+    capstan_identity_cleanup(next);
+    out->import.rule = 0;
+    out->import.why =
+        "the certificate cannot be listed in ITL files (a serial over 20 octets, "
+        "or a subject or issuer name over 1023 characters)";
+    rc = CAPSTAN_EINVAL;
+    goto out;
+  }
   size_t depth = next->chain != NULL ? sk_X509_num(next->chain) : 0;
   X509 *root = depth > 0 ? sk_X509_value(next->chain, depth - 1) : NULL;
   /* --trust-root puts the root where an upload would: the same rules. */

@@ -258,6 +258,16 @@ refused() {
   unchanged "import $cert ($rule: $why)"
 }
 
+# Not a numbered rule, but every ITL lists the live CAPF: a serial over 20
+# octets (RFC 5280's bound) would break every ITL, so it is refused.
+osl x509 -req -in "$P/capf.csr" -CA "$P/int.pem" -CAkey "$P/int.key" \
+  -set_serial 0x7f0102030405060708090a0b0c0d0e0f1011121314 -days 730 -sha256 \
+  -extfile "$P/ext.cnf" -extensions subca -out "$P/long_serial.pem"
+cli_expect "$D" 1 cert capf import "$P/long_serial.pem" --chain "$P/chain.pem" --trust-root
+has "$ERR" "import refused: the certificate cannot be listed in ITL files"
+has "$ERR" "nothing changed"
+unchanged "import long_serial (ITL)"
+
 # Rule 1: a certificate for a key openssl made (same name, same profile).
 osl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$P/other.key"
 osl req -new -key "$P/other.key" -subj "/CN=$CN/O=Example Corp/OU=Voice/C=NZ" -config "$P/ext.cnf" \
