@@ -493,6 +493,11 @@ int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_
   for (size_t i = 0; err == 0 && i < l.n; i++) {
     err = capstan_devices_set_status(txn, l.names[i], CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
                                      CAPSTAN_REASON_INTERRUPTED, now, false);
+    /* The attempt's outcome, as a session that ended would have written. */
+    if (err == 0) {
+      err = capstan_audit_appendf(txn, l.names[i], "attempt_failed", "reason=\"%s\" at=startup",
+                                  CAPSTAN_REASON_INTERRUPTED);
+    }
   }
   if (err == 0) *count = l.n;
   for (size_t i = 0; i < l.n; i++) free(l.names[i]);

@@ -903,7 +903,9 @@ static int run_import(capstan_cli_t *c) {
   };
   size_t created = 0, updated = 0;
   capstan_txn_t txn;
-  rc = capstan_store_begin(s, true, &txn);
+  /* A dry run only reads: it must not hold the writer (the server's
+   * enrollments) while it prints, perhaps into a pager. */
+  rc = capstan_store_begin(s, !dry_run, &txn);
   if (rc != 0) {
     snprintf(err, sizeof(err), "cannot start a transaction: %s", capstan_strerror(rc));
   } else {
