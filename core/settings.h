@@ -41,8 +41,9 @@
     "CAPF connections at once from one address: keeps one client from taking every slot "          \
     "(a NAT or load balancer is one address); beyond it RETRY_LATER")                              \
   X("max-handshakes", max_handshakes, UINT, 1, 100000,                                             \
-    "CAPF TLS handshakes in progress at once (newcomers wait in the kernel backlog): keeps the "   \
-    "crypto workers finishing handshakes instead of timing them all out")                          \
+    "CAPF TLS handshakes in progress at once (newcomers wait in the server's queue, accepted "     \
+    "but not started): keeps the crypto workers finishing handshakes instead of timing them all "  \
+    "out")                                                                                         \
   X("capf-host", capf_host, HOST, 0, 0,                                                            \
     "CAPF host name or address given to phones (empty: the listener address)")                     \
   X("enc-config-digest", enc_config_sha512, DIGEST, 0, 1,                                          \

@@ -38,6 +38,7 @@
 #define LISTENER_RCVBUF (4 << 20)
 /* drain_client: datagrams read per transfer socket, and their size (an
  * ACK or ERROR is far smaller; anything longer counts as truncated). */
+#define DRAIN_TRANSFERS_MAX 16 /* transfers of one client read per request */
 #define DRAIN_PER_TRANSFER 4
 #define DRAIN_PKT_MAX 600
 /* Blocks of a window sent with one sendmmsg. */
@@ -637,7 +638,9 @@ static void on_transfer_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
  * handled exactly as in on_transfer_recv (an ACK moves its transfer on). */
 static void drain_client(capstan_tftp_server_t *srv, capstan_conntrack_entry_t *c) {
   transfer_t *t = c->data;
-  while (t != NULL) {
+  /* Bounded: a request (whose source may be forged) must not cost a system
+   * call per transfer of a busy address at the peak of a storm. */
+  for (int drained = 0; t != NULL && drained < DRAIN_TRANSFERS_MAX; drained++) {
     /* Handling a packet can only end |t| itself (and free |c| when |t| was
      * its last transfer, in which case |next| is NULL). */
     transfer_t *next = t->client_next;
