@@ -552,7 +552,8 @@ static int run_retire(capstan_cli_t *c) {
     capstan_cli_error(
         "%zu device%s still hold%s an LSC from CAPF serial %s: retiring it now "
         "makes their next operation by existing certificate fail with \"LSC "
-        "invalid\" (--force to retire anyway; 'capstan device list' shows them)",
+        "invalid\" (--force to retire anyway; those phones then need a new enrollment by "
+        "another authentication mode, e.g. --auth null or string)",
         holding, holding == 1 ? "" : "s", holding == 1 ? "s" : "", c->args[0]);
     return CAPSTAN_EXIT_ERROR;
   }
