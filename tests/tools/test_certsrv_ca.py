@@ -26,7 +26,9 @@ accepted (others are denied with CERTSRV_E_UNSUPPORTED_CERT_TYPE); a request
 without CertAttrib CertificateTemplate is denied as a real enterprise CA
 does. Pending: the submission is pending; GET certnew.cer for its ReqID
 answers the error page `pending_polls` times in all, then the certificate
-(pending_polls < 0: only after POST /control {"approve": "all" | ReqID}).
+(pending_polls < 0: only after POST /control {"approve": "all" | ReqID}),
+issued as `after_pending` says, or as the current mode if it issues.
+stall_all: stall (or hangup) certnew.cer and certnew.p7b too.
 
 HTTPS on 127.0.0.1; prints {"port": N, ...} when ready; stops on SIGTERM.
 """
@@ -113,6 +115,14 @@ class CertsrvHandler(tc.Handler):
             return self.page("<P ID=locPageTitle> <B> Welcome </B>\n")
         if p == "/certsrv/certfnsh.asp" and self.command == "POST":
             return self.submit(body)
+        if p in ("/certsrv/certnew.cer", "/certsrv/certnew.p7b"):
+            s = self.server.state.snapshot()
+            if s["mode"] == "stall" and s["stall_all"]:
+                self.record(result="stall")
+                self.stall()
+            if s["mode"] == "hangup" and s["stall_all"]:
+                self.record(result="hangup")
+                return self.hangup()
         if p == "/certsrv/certnew.cer" and self.command in ("GET", "HEAD"):
             return self.retrieve(q)
         if p == "/certsrv/certnew.p7b" and self.command in ("GET", "HEAD"):
@@ -207,10 +217,6 @@ class CertsrvHandler(tc.Handler):
             self.record(result="bad-reqid")
             return self.error_page("bad ReqID %r" % rid, "The parameter is incorrect. 0x80070057")
         r = srv.requests.get(reqid)
-        if s["mode"] == "stall" and s["stall_all"]:
-            self.stall()
-        if s["mode"] == "hangup" and s["stall_all"]:
-            return self.hangup()
         if r is None:
             self.record(result="unknown-reqid", reqid=reqid)
             return self.error_page(
@@ -218,8 +224,9 @@ class CertsrvHandler(tc.Handler):
             )
         if r["state"] == "pending":
             if srv.state.pending_step(reqid, int(s["pending_polls"])):
-                # Issued as the mode now says (a wrong-* mode set meanwhile applies).
-                mode = s["mode"] if s["mode"] not in ("pending", "refuse", "stall", "hangup") else "issue"
+                # Issued as after_pending says, or as the mode set meanwhile if
+                # it is one that issues (issue or wrong-*).
+                mode = s["mode"] if s["mode"] in tc.ISSUING_MODES else s["after_pending"]
                 self.issue_now(reqid, r["csr"], mode, s)
                 r = srv.requests[reqid]
             else:

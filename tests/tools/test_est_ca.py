@@ -16,8 +16,12 @@ without it any label or none is accepted. HTTPS on 127.0.0.1, its own server
 certificate from its CA. Prints {"port": N, "url": ...} on stdout when
 ready; stops on SIGTERM.
 
-Pending: the answer is 202 with Retry-After; the same CSR (same DER) sent
-again is answered 202 `pending_polls` times in all, then issued.
+Pending: the answer is 202 with Retry-After (seconds, or an HTTP date with
+retry_after_date); the same CSR (same DER) sent again is answered 202
+`pending_polls` times in all, then issued as `after_pending` says.
+stall_all: stall (or hang up) cacerts too. chain: the enroll answer holds
+the CA chain too (a PKCS#7 SET: no order is promised). cte/wrap: send
+Content-Transfer-Encoding: base64 / break base64 into 64-column lines.
 """
 
 import email.utils
@@ -101,7 +105,7 @@ class EstHandler(tc.Handler):
                     ra = email.utils.formatdate(time.time() + int(s["retry_after"]), usegmt=True)
                 self.record(result="pending", label=label, subject=subject, csr_id=tc.csr_id(csr))
                 return self.send(202, "request pending\n", headers=[("Retry-After", ra)])
-            mode = "issue"
+            mode = s["after_pending"]
         cert = self.server.ca.issue(csr, mode, int(s["validity_days"]))
         self.record(
             result="issued" if mode == "issue" else "issued-" + mode,

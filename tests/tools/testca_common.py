@@ -11,7 +11,8 @@ Behaviours ("mode"), set with --mode or POST /control {"mode": ...}:
   pending        answer pending (EST 202 + Retry-After, certsrv "Certificate
                  Pending"); the same request asked again is pending
                  `pending_polls` times in all, then issued (pending_polls < 0:
-                 only when approved: POST /control {"approve": "all"})
+                 only when approved: POST /control {"approve": "all"}); it
+                 is issued as `after_pending` says (issue or a wrong-* mode)
   refuse         EST: `status` (default 403) with `message`; certsrv: the
                  "denied" disposition page with `message` (or a plain HTTP
                  `status` error if status is set to something other than 200)
@@ -60,6 +61,9 @@ MODES = (
     "expired",
 )
 
+# The modes that answer with a certificate.
+ISSUING_MODES = ("issue", "wrong-key", "wrong-subject", "no-keyusage", "sign-only", "wrong-ca", "expired")
+
 DEFAULT_SETTINGS = {
     "mode": "issue",
     "retry_after": 1,  # EST 202 Retry-After, seconds
@@ -68,7 +72,8 @@ DEFAULT_SETTINGS = {
     "status": None,  # refuse: HTTP status (EST default 403)
     "message": "refused by the test CA",
     "stall_seconds": 60,
-    "stall_all": False,  # stall the CA-chain requests too
+    "stall_all": False,  # stall/hangup also the CA-chain and certsrv retrieval requests
+    "after_pending": "issue",  # how a pending request is issued in the end (issue or a wrong-* mode)
     "chain": False,  # EST: put the CA chain in the enroll answer too
     "cte": True,  # EST: send Content-Transfer-Encoding: base64
     "wrap": True,  # base64 bodies in 64-column lines
@@ -308,6 +313,8 @@ class State:
                 elif k in DEFAULT_SETTINGS:
                     if k == "mode" and v not in MODES:
                         raise ValueError("unknown mode %r (one of %s)" % (v, ", ".join(MODES)))
+                    if k == "after_pending" and v not in ISSUING_MODES:
+                        raise ValueError("after_pending must be one of %s" % ", ".join(ISSUING_MODES))
                     self.settings[k] = v
                 else:
                     raise ValueError("unknown control key %r" % k)
