@@ -2,6 +2,7 @@
 # them all at the end (test_cli.sh, test_cli_server.sh): source it, call
 # `pass` or `fail MESSAGE` once per check, and end the script with
 # `tally_exit` (its status is the script's: 0 only when nothing failed).
+# The check helpers below keep their files in $WORK, which the script sets.
 failures=0
 passes=0
 
@@ -14,4 +15,38 @@ pass() { passes=$((passes + 1)); }
 tally_exit() {
   echo "$passes passed, $failures failed"
   [ "$failures" -eq 0 ]
+}
+
+# expect CODE DESCRIPTION -- command...: runs it, keeps stdout/stderr in
+# $WORK/out and $WORK/err, checks the exit code.
+expect() {
+  local want="$1" what="$2"
+  shift 3
+  "$@" >"$WORK/out" 2>"$WORK/err"
+  local got=$?
+  if [ "$got" -ne "$want" ]; then
+    fail "$what: exit $got, want $want: $*"
+    sed 's/^/  stderr: /' "$WORK/err" >&2
+  else
+    pass
+  fi
+}
+contains() { # FILE TEXT DESCRIPTION
+  if grep -qF -- "$2" "$1"; then pass; else
+    fail "$3: '$2' not in $(basename "$1"):"
+    sed 's/^/  /' "$1" >&2
+  fi
+}
+lacks() {
+  if grep -qF -- "$2" "$1"; then
+    fail "$3: '$2' unexpectedly in $(basename "$1")"
+  else pass; fi
+}
+json_ok() { # FILE PYTHON-EXPR-ON-d DESCRIPTION
+  if python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert ($2), d" "$1" 2>"$WORK/pyerr"; then
+    pass
+  else
+    fail "$3"
+    sed 's/^/  /' "$WORK/pyerr" "$1" >&2
+  fi
 }

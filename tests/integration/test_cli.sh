@@ -11,39 +11,6 @@ trap 'rm -rf "$WORK"' EXIT
 export CAPSTAN_DATA_DIR="$WORK/data"
 . "$(dirname "$0")/tally.sh"
 
-# expect CODE DESCRIPTION -- command...: runs it, keeps stdout/stderr in
-# $WORK/out and $WORK/err, checks the exit code.
-expect() {
-  local want="$1" what="$2"
-  shift 3
-  "$@" >"$WORK/out" 2>"$WORK/err"
-  local got=$?
-  if [ "$got" -ne "$want" ]; then
-    fail "$what: exit $got, want $want: $*"
-    sed 's/^/  stderr: /' "$WORK/err" >&2
-  else
-    pass
-  fi
-}
-contains() { # FILE TEXT DESCRIPTION
-  if grep -qF -- "$2" "$1"; then pass; else
-    fail "$3: '$2' not in $(basename "$1"):"
-    sed 's/^/  /' "$1" >&2
-  fi
-}
-lacks() {
-  if grep -qF -- "$2" "$1"; then
-    fail "$3: '$2' unexpectedly in $(basename "$1")"
-  else pass; fi
-}
-json_ok() { # FILE PYTHON-EXPR-ON-d DESCRIPTION
-  if python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert ($2), d" "$1" 2>"$WORK/pyerr"; then
-    pass
-  else
-    fail "$3"
-    sed 's/^/  /' "$WORK/pyerr" "$1" >&2
-  fi
-}
 
 # --- before anything exists ----------------------------------------------
 expect 1 "cert export before init" -- "$BIN" cert export capf
