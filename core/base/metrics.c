@@ -121,8 +121,8 @@ capstan_metric_t *capstan_metrics_gauge_fn(const char *name, const char *help, c
   return m;
 }
 
-capstan_metric_t *capstan_metrics_counter_fn(const char *name, const char *help,
-                                             const char *labels, capstan_metric_fn fn, void *arg) {
+capstan_metric_t *capstan_metrics_counter_fn(const char *name, const char *help, const char *labels,
+                                             capstan_metric_fn fn, void *arg) {
   capstan_metric_t *m = capstan_metrics_gauge_fn(name, help, labels, fn, arg);
   if (m != NULL) m->fn_counter = 1;
   return m;

@@ -137,7 +137,7 @@ assert_eq "$N" "$(jq -r '.by_status.succeeded' <<<"$st")" "devices succeeded (re
 
 lscs_rc=0
 "$IT_PYTHON" - "${SRV_DATA[main]}" "$N" "$W/A.pem" "$W/B.pem" "$W/C.pem" \
-  "$B_T0" "$((B_LIVE + SLACK))" "$C_T0" "$((C_LIVE + SLACK))" >"$W/lscs.json" 2>"$W/lscs.err" \
+  "$B_T0" "$((B_LIVE + SLACK))" "$C_T0" "$((C_LIVE + SLACK))" "$IT_DIR" >"$W/lscs.json" 2>"$W/lscs.err" \
   <<'EOF' || lscs_rc=$?
 # Reads the devices and certs databases (mdb_dump; records.proto decoded by
 # hand) and classifies every device's LSC by the CAPF that signed it.
@@ -151,37 +151,12 @@ capfs = {k: x509.load_pem_x509_certificate(open(p, "rb").read())
          for k, p in zip("ABC", sys.argv[3:6])}
 b_t0, b_new, c_t0, c_new = (int(x) for x in sys.argv[6:10])
 
-def varint(b, i):
-    v = s = 0
-    while True:
-        c = b[i]; i += 1
-        v |= (c & 0x7f) << s; s += 7
-        if not c & 0x80:
-            return v, i
+sys.path.insert(0, sys.argv[10])
+from store_dump import records
 
-def fields(b):
-    out, i = {}, 0
-    while i < len(b):
-        k, i = varint(b, i)
-        f, t = k >> 3, k & 7
-        if t == 0:
-            v, i = varint(b, i)
-        elif t == 2:
-            m, i = varint(b, i); v = b[i:i + m]; i += m
-        elif t == 1:
-            v = b[i:i + 8]; i += 8
-        elif t == 5:
-            v = b[i:i + 4]; i += 4
-        else:
-            raise ValueError("wire type %d" % t)
-        out.setdefault(f, []).append(v)
-    return out
 
 def dump(db):
-    txt = subprocess.run(["mdb_dump", "-s", db, data], check=True, capture_output=True,
-                         text=True).stdout
-    body = txt.split("HEADER=END\n", 1)[1].split("DATA=END", 1)[0].split()
-    return [fields(bytes.fromhex(body[j + 1])) for j in range(0, len(body), 2)]
+    return [f for _, f in records(data, db)]
 
 def signed_by(cert, ca):
     if cert.issuer != ca.subject:

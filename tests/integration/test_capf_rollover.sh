@@ -39,7 +39,7 @@ it_sanitized && SWITCH_BOUND=8
 # --- Helpers ------------------------------------------------------------------
 
 # Python: the ITL's CAPF records (verify_files.py's own reader), the store's
-# audit log (mdb_dump, protobuf decoded by hand: records.proto AuditEvent).
+# audit log (store_dump.py: mdb_dump, records.proto AuditEvent decoded by hand).
 ITL_CAPF_PY='
 import hashlib, struct, sys
 sys.path.insert(0, sys.argv[1])
@@ -49,38 +49,12 @@ fps = sorted(hashlib.sha256(r[9]).hexdigest() for r in v.parse_records(h["payloa
              if struct.unpack(">H", r[4])[0] == 4)
 print(" ".join(fps))'
 AUDIT_PY='
-import subprocess, sys
-def varint(b, i):
-    v = s = 0
-    while True:
-        c = b[i]; i += 1
-        v |= (c & 0x7f) << s; s += 7
-        if not c & 0x80:
-            return v, i
-def fields(b):
-    out, i = {}, 0
-    while i < len(b):
-        k, i = varint(b, i)
-        f, t = k >> 3, k & 7
-        if t == 0:
-            v, i = varint(b, i)
-        elif t == 2:
-            n, i = varint(b, i); v = b[i:i + n]; i += n
-        elif t == 1:
-            v = b[i:i + 8]; i += 8
-        elif t == 5:
-            v = b[i:i + 4]; i += 4
-        else:
-            raise ValueError("wire type %d" % t)
-        out.setdefault(f, []).append(v)
-    return out
-txt = subprocess.run(["mdb_dump", "-s", "audit", sys.argv[1]], check=True,
-                     capture_output=True, text=True).stdout
-body = txt.split("HEADER=END\n", 1)[1].split("DATA=END", 1)[0].split()
-for j in range(0, len(body), 2):
-    f = fields(bytes.fromhex(body[j + 1]))
+import sys
+sys.path.insert(0, sys.argv[2])
+from store_dump import records
+for key, f in records(sys.argv[1], "audit"):
     s = lambda n: f.get(n, [b""])[0].decode()
-    print(int.from_bytes(bytes.fromhex(body[j]), "big") // 10**9, s(4), s(5))'
+    print(int.from_bytes(key, "big") // 10**9, s(4), s(5))'
 
 lower_hex() { tr -d ':' | tr 'A-F' 'a-f'; }
 # sha256 / serial / notAfter (epoch) / subject of a PEM or DER certificate.
@@ -422,7 +396,7 @@ it_log "7. expiry metric follows A, B, C, D; warning logged: $warn"
 
 # --- 8. The audit log --------------------------------------------------------
 
-"$IT_PYTHON" -c "$AUDIT_PY" "$DATA" >"$W/audit.txt" 2>"$W/audit.err" ||
+"$IT_PYTHON" -c "$AUDIT_PY" "$DATA" "$IT_DIR" >"$W/audit.txt" 2>"$W/audit.err" ||
   fail "reading the audit log: $(cat "$W/audit.err")"
 awk '$2 ~ /^capf_/ || ($2 == "setting_changed" && $3 ~ /^capf-previous/)' "$W/audit.txt" | cut -d' ' -f2- >"$W/audit.capf"
 {
