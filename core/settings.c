@@ -64,6 +64,7 @@ const capstan_setting_info_t *capstan_settings_find(const char *name) {
     }                        \
     return 0;
 #define ACCESS_DIGEST(field) ACCESS_BOOL(field)
+#define ACCESS_ISSUER(field) ACCESS_UINT(field)
 #define ACCESS_HOST(field)                              \
   case SETTING_##field:                                 \
     if (set) {                                          \
@@ -86,6 +87,22 @@ static int access_field(capstan_settings_t *s, int id, bool set, unsigned *u, co
 
 static bool is_label_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+}
+
+static const char *const kIssuerNames[] = {"capf", "est", "mscs", "offline"};
+
+const char *capstan_issuer_name(unsigned issuer) {
+  return issuer < sizeof(kIssuerNames) / sizeof(kIssuerNames[0]) ? kIssuerNames[issuer] : "?";
+}
+
+int capstan_issuer_parse(const char *name, unsigned *out) {
+  for (unsigned i = 0; i < sizeof(kIssuerNames) / sizeof(kIssuerNames[0]); i++) {
+    if (strcmp(name, kIssuerNames[i]) == 0) {
+      *out = i;
+      return 0;
+    }
+  }
+  return CAPSTAN_EINVAL;
 }
 
 int capstan_settings_host_valid(const char *host) {
@@ -173,6 +190,13 @@ int capstan_settings_set(capstan_settings_t *s, const char *name, const char *va
         return CAPSTAN_EINVAL;
       }
       break;
+    case CAPSTAN_SETTING_ISSUER:
+      if (capstan_issuer_parse(value, &u) < 0) {
+        snprintf(err, errlen, "%s must be capf, est, mscs or offline, got '%s'", info->name,
+                 value);
+        return CAPSTAN_EINVAL;
+      }
+      break;
     case CAPSTAN_SETTING_HOST:
       if (value[0] != '\0') {
         if (!capstan_settings_host_valid(value)) {
@@ -206,6 +230,9 @@ int capstan_settings_get(const capstan_settings_t *s, const char *name, char *bu
     case CAPSTAN_SETTING_DIGEST:
       n = snprintf(buf, len, "%s", u ? "sha512" : "sha1");
       break;
+    case CAPSTAN_SETTING_ISSUER:
+      n = snprintf(buf, len, "%s", capstan_issuer_name(u));
+      break;
     default:
       n = snprintf(buf, len, "%s", str != NULL ? str : "");
       break;
@@ -220,6 +247,7 @@ int capstan_settings_get(const capstan_settings_t *s, const char *name, char *bu
 #define FROM_UINT(field) out->field = rec->field;
 #define FROM_BOOL(field) out->field = rec->field != 0;
 #define FROM_DIGEST(field) FROM_BOOL(field)
+#define FROM_ISSUER(field) FROM_UINT(field)
 #define FROM_HOST(field) \
   snprintf(out->field, sizeof(out->field), "%s", rec->field != NULL ? rec->field : "");
 #define FROM(cli, field, kind, min, max, help) FROM_##kind(field)
@@ -240,6 +268,7 @@ static void from_record(const Capstan__Settings *rec, capstan_settings_t *out) {
   }
 #define TO_BOOL(field) TO_UINT(field)
 #define TO_DIGEST(field) TO_UINT(field)
+#define TO_ISSUER(field) TO_UINT(field)
 #define TO_HOST(field)                                                                   \
   if (strcmp(s->field, cur.field) != 0 &&                                                \
       capstan_record_set_string(&rec->field, s->field[0] != '\0' ? s->field : NULL) < 0) \
@@ -303,6 +332,7 @@ int capstan_settings_bump_trust_generation(capstan_txn_t *txn) {
   if (a->field != b->field) return false;
 #define SAME_BOOL(field) SAME_UINT(field)
 #define SAME_DIGEST(field) SAME_UINT(field)
+#define SAME_ISSUER(field) SAME_UINT(field)
 #define SAME_HOST(field) \
   if (strcmp(a->field, b->field) != 0) return false;
 #define SAME(cli, field, kind, min, max, help) SAME_##kind(field)

@@ -66,6 +66,9 @@
     "admin HTTP connections at once (/metrics, /healthz): beyond it 503")                          \
   X("admin-max-connections-per-address", admin_max_connections_per_address, UINT, 1, 100000,       \
     "admin HTTP connections at once from one address: beyond it 503")                              \
+  X("issuer", issuer, ISSUER, 0, 3,                                                                \
+    "who signs phones' LSCs: capf (this server), est or mscs (an online CA: `capstan ca set`), "  \
+    "offline (requests wait for `capstan csr export` and `csr import`)")                            \
   X("files-retry-after-seconds", files_retry_after_seconds, UINT, 1, 3600,                         \
     "delay a phone refused by an HTTP or TFTP limit is asked to wait (Retry-After, the TFTP "      \
     "busy message)")
@@ -74,6 +77,7 @@
 #define CAPSTAN_SETTING_FIELD_UINT(field) unsigned field;
 #define CAPSTAN_SETTING_FIELD_BOOL(field) bool field;
 #define CAPSTAN_SETTING_FIELD_DIGEST(field) bool field; /* false sha1, true sha512 */
+#define CAPSTAN_SETTING_FIELD_ISSUER(field) unsigned field; /* capstan_issuer_t */
 #define CAPSTAN_SETTING_FIELD_HOST(field) char field[CAPSTAN_SETTING_HOST_MAX + 1]; /* "" unset */
 #define CAPSTAN_SETTING_FIELD(cli, field, kind, min, max, help) CAPSTAN_SETTING_FIELD_##kind(field)
 
@@ -86,11 +90,27 @@ typedef struct capstan_settings {
   uint64_t trust_generation;
 } capstan_settings_t;
 
+/* Who signs the phones' LSCs (external-ca.md; records.proto's Issuer). */
+typedef enum {
+  CAPSTAN_ISSUER_CAPF = 0,   /* the CAPF key, in the same session */
+  CAPSTAN_ISSUER_EST = 1,    /* an online CA over EST (RFC 7030) */
+  CAPSTAN_ISSUER_MSCS = 2,   /* an online Microsoft CA (certsrv) */
+  CAPSTAN_ISSUER_OFFLINE = 3 /* the operator carries requests and certificates */
+} capstan_issuer_t;
+
+/* "capf", "est", "mscs", "offline"; "?" for anything else. */
+const char *capstan_issuer_name(unsigned issuer);
+/* The issuer named |name|: 0 with *out set, or CAPSTAN_EINVAL. */
+int capstan_issuer_parse(const char *name, unsigned *out);
+/* EST or MSCS: a CA answers in the phone's session. */
+#define CAPSTAN_ISSUER_IS_ONLINE(i) ((i) == CAPSTAN_ISSUER_EST || (i) == CAPSTAN_ISSUER_MSCS)
+
 typedef enum {
   CAPSTAN_SETTING_UINT,   /* integer in [min, max] */
   CAPSTAN_SETTING_BOOL,   /* on | off */
   CAPSTAN_SETTING_HOST,   /* host name or IP literal; "" = unset */
   CAPSTAN_SETTING_DIGEST, /* sha1 | sha512 */
+  CAPSTAN_SETTING_ISSUER, /* capf | est | mscs | offline (capstan_issuer_t) */
 } capstan_setting_kind_t;
 
 typedef struct {

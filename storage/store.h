@@ -44,7 +44,9 @@ typedef struct capstan_store capstan_store_t;
  *   SETTINGS  "settings"                     -> Settings
  *   AUDIT     8-byte big-endian unix ns      -> AuditEvent
  *   AUDIT_DEVICE device name -> the AUDIT keys of its events (sorted
- *             duplicates of 8 bytes each: an index, storage/audit.h) */
+ *             duplicates of 8 bytes each: an index, storage/audit.h)
+ *   CSR       32-byte SHA-256 of the request's public key -> CertRequest
+ *   (PKI also holds "ca" -> CaConfig and "ca_health" -> CaHealth) */
 #define CAPSTAN_STORE_DBS(X)        \
   X(DEVICES, "devices")             \
   X(CERTS, "certs")                 \
@@ -54,7 +56,8 @@ typedef struct capstan_store capstan_store_t;
   X(SETTINGS, "settings")           \
   X(AUDIT, "audit")                 \
   X(CAPF_PREVIOUS, "capf_previous") \
-  X(AUDIT_DEVICE, "audit_device")
+  X(AUDIT_DEVICE, "audit_device")  \
+  X(CSR, "csr")
 
 typedef enum {
 #define CAPSTAN_STORE_DB_ENUM(id, name) CAPSTAN_DB_##id,
@@ -66,6 +69,8 @@ typedef enum {
 /* Identity keys in the PKI database. */
 #define CAPSTAN_IDENTITY_CAPF "capf"
 #define CAPSTAN_IDENTITY_TFTP "tftp"
+#define CAPSTAN_PKI_CA_CONFIG "ca"
+#define CAPSTAN_PKI_CA_HEALTH "ca_health"
 
 #define CAPSTAN_SERIAL_LEN 16
 #define CAPSTAN_STORE_MAP_SIZE ((size_t)4 << 30) /* 4 GiB of address space */

@@ -393,6 +393,10 @@ int capstan_capf_get_public_key(const capstan_capf_msg_t *m, capstan_capf_slice_
   return get_nonempty(m, CAPSTAN_CAPF_EL_PUBLIC_KEY, out);
 }
 
+int capstan_capf_get_cert_request(const capstan_capf_msg_t *m, capstan_capf_slice_t *out) {
+  return get_nonempty(m, CAPSTAN_CAPF_EL_CERT_REQUEST, out);
+}
+
 int capstan_capf_get_sudi_data(const capstan_capf_msg_t *m, capstan_capf_slice_t *out) {
   return get_nonempty(m, CAPSTAN_CAPF_EL_SUDI_DATA, out);
 }

@@ -97,7 +97,8 @@ typedef enum {
   X(KEY_TYPE, 17)                \
   X(EC_CURVE, 18)                \
   X(DIGEST_TYPE, 19)             \
-  X(SHA2_SIGNED_DATA, 20)
+  X(SHA2_SIGNED_DATA, 20)        \
+  X(CERT_REQUEST, 21) /* extension: phone-sent DER PKCS#10 (SIGN_CERT_RESPONSE) */
 
 typedef enum {
 #define X(id, v) CAPSTAN_CAPF_EL_##id = v,
@@ -105,7 +106,7 @@ typedef enum {
 #undef X
 } capstan_capf_element_t;
 /* Highest known tag; parsed element slots are indexed by tag 0..this. */
-#define CAPSTAN_CAPF_EL_MAX 20
+#define CAPSTAN_CAPF_EL_MAX 21
 
 #define CAPSTAN_CAPF_REASONS(X) \
   X(NO_ACTION, 0)               \
@@ -299,6 +300,10 @@ int capstan_capf_get_sha2_signed_data(const capstan_capf_msg_t *m, uint8_t *hash
 /* Non-empty raw values. */
 int capstan_capf_get_signed_data(const capstan_capf_msg_t *m, capstan_capf_slice_t *out);
 int capstan_capf_get_public_key(const capstan_capf_msg_t *m, capstan_capf_slice_t *out);
+
+/* SIGN_CERT_RESPONSE's CERT_REQUEST (extension): the phone's DER PKCS#10
+ * request, not yet parsed. 0, or CAPSTAN_EPROTO when missing or empty. */
+int capstan_capf_get_cert_request(const capstan_capf_msg_t *m, capstan_capf_slice_t *out);
 int capstan_capf_get_sudi_data(const capstan_capf_msg_t *m, capstan_capf_slice_t *out);
 
 /* Splits a SUDI_DATA value: 0x00 | u16 len | cert DER | 0x01 | u16 len |

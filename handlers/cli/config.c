@@ -137,6 +137,9 @@ static int run_list(capstan_cli_t *c) {
         case CAPSTAN_SETTING_DIGEST:
           snprintf(range, sizeof(range), "sha1|sha512");
           break;
+        case CAPSTAN_SETTING_ISSUER:
+          snprintf(range, sizeof(range), "capf|est|mscs|offline");
+          break;
         case CAPSTAN_SETTING_HOST:
           snprintf(range, sizeof(range), "host|IP");
           break;
