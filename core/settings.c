@@ -192,8 +192,7 @@ int capstan_settings_set(capstan_settings_t *s, const char *name, const char *va
       break;
     case CAPSTAN_SETTING_ISSUER:
       if (capstan_issuer_parse(value, &u) < 0) {
-        snprintf(err, errlen, "%s must be capf, est, mscs or offline, got '%s'", info->name,
-                 value);
+        snprintf(err, errlen, "%s must be capf, est, mscs or offline, got '%s'", info->name, value);
         return CAPSTAN_EINVAL;
       }
       break;

@@ -67,8 +67,8 @@
   X("admin-max-connections-per-address", admin_max_connections_per_address, UINT, 1, 100000,       \
     "admin HTTP connections at once from one address: beyond it 503")                              \
   X("issuer", issuer, ISSUER, 0, 3,                                                                \
-    "who signs phones' LSCs: capf (this server), est or mscs (an online CA: `capstan ca set`), "  \
-    "offline (requests wait for `capstan csr export` and `csr import`)")                            \
+    "who signs phones' LSCs: capf (this server), est or mscs (an online CA: `capstan ca set`), "   \
+    "offline (requests wait for `capstan csr export` and `csr import`)")                           \
   X("files-retry-after-seconds", files_retry_after_seconds, UINT, 1, 3600,                         \
     "delay a phone refused by an HTTP or TFTP limit is asked to wait (Retry-After, the TFTP "      \
     "busy message)")
@@ -76,7 +76,7 @@
 #define CAPSTAN_SETTING_HOST_MAX 253 /* RFC 1123 host name */
 #define CAPSTAN_SETTING_FIELD_UINT(field) unsigned field;
 #define CAPSTAN_SETTING_FIELD_BOOL(field) bool field;
-#define CAPSTAN_SETTING_FIELD_DIGEST(field) bool field; /* false sha1, true sha512 */
+#define CAPSTAN_SETTING_FIELD_DIGEST(field) bool field;     /* false sha1, true sha512 */
 #define CAPSTAN_SETTING_FIELD_ISSUER(field) unsigned field; /* capstan_issuer_t */
 #define CAPSTAN_SETTING_FIELD_HOST(field) char field[CAPSTAN_SETTING_HOST_MAX + 1]; /* "" unset */
 #define CAPSTAN_SETTING_FIELD(cli, field, kind, min, max, help) CAPSTAN_SETTING_FIELD_##kind(field)

@@ -39,7 +39,7 @@ typedef struct capstan_ca_config {
   char template_name[CAPSTAN_CA_TEMPLATE_MAX + 1];
   char username[CAPSTAN_CA_USER_MAX + 1];
   char password[CAPSTAN_CA_PASSWORD_MAX + 1]; /* never logged or printed */
-  uint8_t *ca_bundle_pem;                      /* owned; NULL: the system's anchors */
+  uint8_t *ca_bundle_pem;                     /* owned; NULL: the system's anchors */
   size_t ca_bundle_len;
   unsigned timeout_seconds;    /* each HTTP request; default 30 */
   unsigned phone_wait_seconds; /* longest a phone waits in its session; default 120 */
@@ -49,7 +49,7 @@ typedef struct capstan_ca_config {
   int64_t chain_fetched_at;
 } capstan_ca_config_t;
 
-void capstan_ca_config_init(capstan_ca_config_t *c); /* empty, defaults */
+void capstan_ca_config_init(capstan_ca_config_t *c);    /* empty, defaults */
 void capstan_ca_config_cleanup(capstan_ca_config_t *c); /* frees, wipes the password */
 int capstan_ca_config_copy(const capstan_ca_config_t *src, capstan_ca_config_t *dst);
 
@@ -149,6 +149,12 @@ typedef struct capstan_ca_health {
 } capstan_ca_health_t;
 void capstan_ca_client_health(const capstan_ca_client_t *c, capstan_ca_health_t *out);
 
+/* The health record (pki "ca_health") the server writes for `capstan ca
+ * show`, inside |txn| (in_flight is not stored). Reading a store without
+ * one gives zeros. */
+int capstan_ca_health_write(capstan_txn_t *txn, const capstan_ca_health_t *h);
+int capstan_ca_health_read(capstan_txn_t *txn, capstan_ca_health_t *out);
+
 /* Cancels every request (no done callback runs) and frees the client once
  * its handles are closed (the loop must run on). NULL is ignored. */
 void capstan_ca_client_free(capstan_ca_client_t *c);
@@ -163,7 +169,7 @@ void capstan_ca_client_free(capstan_ca_client_t *c);
  * refused", "TLS: certificate verify failed: host name mismatch",
  * "HTTP 401: credentials refused"). */
 typedef enum { CAPSTAN_CA_OP_CHAIN, CAPSTAN_CA_OP_AUTH } capstan_ca_op_t;
-int capstan_ca_run_sync(capstan_issuer_t issuer, const capstan_ca_config_t *cfg,
-                        capstan_ca_op_t op, capstan_ca_result_t *out);
+int capstan_ca_run_sync(capstan_issuer_t issuer, const capstan_ca_config_t *cfg, capstan_ca_op_t op,
+                        capstan_ca_result_t *out);
 
 #endif

@@ -105,8 +105,7 @@ int capstan_csr_record_installed(capstan_txn_t *txn, const char *device, int64_t
 /* Reads one request. CAPSTAN_ENOENT when there is none. */
 int capstan_csr_get(capstan_txn_t *txn, const uint8_t key[32], capstan_cert_request_t *out);
 /* |device|'s latest request (Device.cert_request). CAPSTAN_ENOENT: none. */
-int capstan_csr_get_for_device(capstan_txn_t *txn, const char *device,
-                               capstan_cert_request_t *out);
+int capstan_csr_get_for_device(capstan_txn_t *txn, const char *device, capstan_cert_request_t *out);
 
 /* Calls |fn| for every request (key order); |fn| returning non-zero stops
  * the walk and is returned. The request is valid only during the call. */

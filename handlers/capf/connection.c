@@ -1,5 +1,6 @@
 #include "handlers/capf/connection.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "core/base/conntrack.h"
@@ -101,7 +102,7 @@ static int hook_work(capf_session_t *s, capf_job_t *j) {
    * the last job is done. */
   if (j->kind == CAPF_JOB_VERIFY) {
     j->u.verify.trust = c->pki->ids->capf_trust;
-  } else {
+  } else if (j->kind == CAPF_JOB_ISSUE) {
     j->u.issue.capf = &c->pki->ids->capf;
   }
   j->req.data = c;
@@ -114,6 +115,46 @@ static int hook_work(capf_session_t *s, capf_job_t *j) {
   return rc;
 }
 
+static void on_ca_done(capstan_ca_request_t *req, const capstan_ca_result_t *r, void *data) {
+  (void)req;
+  capf_conn_t *c = data;
+  c->ca_req = NULL;
+  capf_session_ca_answered(&c->session, r);
+  conn_unref(c);
+}
+
+static int hook_ca_submit(capf_session_t *s, const uint8_t *csr, size_t csr_len,
+                          const uint8_t *spki, size_t spki_len, const char *request_id) {
+  capf_conn_t *c = conn_of(s);
+  if (s->shared->ca == NULL) return CAPSTAN_ENOENT;
+  /* The issued certificate must chain to CAPF-trust as this session knows
+   * it (its snapshot outlives the request: the request holds a reference
+   * to the connection). */
+  c->ca_req = capstan_ca_submit(s->shared->ca, s->device, csr, csr_len, spki, spki_len, request_id,
+                                c->pki->ids->capf_trust, on_ca_done, c);
+  if (c->ca_req == NULL) return CAPSTAN_ENOMEM;
+  c->refs++;
+  return 0;
+}
+
+static void hook_ca_cancel(capf_session_t *s) {
+  capf_conn_t *c = conn_of(s);
+  if (c->ca_req == NULL) return;
+  capstan_ca_cancel(c->ca_req);
+  c->ca_req = NULL;
+  conn_unref(c);
+}
+
+void capf_conn_ca_reset(capf_conn_t *c) {
+  if (c->ca_req == NULL) return;
+  capstan_ca_cancel(c->ca_req);
+  c->ca_req = NULL;
+  capstan_ca_result_t r = {.outcome = CAPSTAN_CA_UNAVAILABLE};
+  snprintf(r.reason, sizeof(r.reason), "CA unavailable: the CA configuration changed");
+  capf_session_ca_answered(&c->session, &r);
+  conn_unref(c);
+}
+
 static const capf_session_hooks_t kHooks = {
     .send = hook_send,
     .hold_output = hook_hold_output,
@@ -123,6 +164,8 @@ static const capf_session_hooks_t kHooks = {
     .load_device = hook_load_device,
     .record = hook_record,
     .work = hook_work,
+    .ca_submit = hook_ca_submit,
+    .ca_cancel = hook_ca_cancel,
 };
 
 /* --- TLS ------------------------------------------------------------------ */

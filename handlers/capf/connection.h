@@ -39,9 +39,10 @@ struct capf_conn {
   const capf_conn_owner_t *owner;
   void *owner_arg;
   struct sockaddr_storage peer;
-  capf_conn_t *prev, *next; /* the server's list of started connections */
-  capf_conn_t *wait_next;   /* the server's queue of connections not yet started */
-  unsigned refs;            /* TLS connection, timer, records and jobs in flight */
+  capf_conn_t *prev, *next;     /* the server's list of started connections */
+  capf_conn_t *wait_next;       /* the server's queue of connections not yet started */
+  capstan_ca_request_t *ca_req; /* the session's request to the online CA, if any */
+  unsigned refs; /* TLS connection, timer, records, jobs and a CA request in flight */
   unsigned started : 1;
   unsigned handshake_pending : 1;
   unsigned refusing : 1; /* the server's: over a limit, to be told RETRY_LATER */
@@ -72,5 +73,10 @@ void capf_conn_set_keepalive(capf_conn_t *c, unsigned minutes);
 
 /* Ends the session now (drain deadline): END_SESSION is not sent. */
 void capf_conn_abort(capf_conn_t *c);
+
+/* The online CA client is being replaced (its configuration changed): the
+ * request in flight, if any, is dropped and the session hears "CA
+ * unavailable" (the phone is told to come back). */
+void capf_conn_ca_reset(capf_conn_t *c);
 
 #endif

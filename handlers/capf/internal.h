@@ -87,6 +87,9 @@ typedef struct capf_metrics {
   capstan_metric_t *protocol_errors;
   capstan_metric_t *timeouts_handshake, *timeouts_step, *timeouts_keygen;
   capstan_metric_t *certs_issued;
+  /* External issuers: phones' certificate requests (accepted, rejected by
+   * a check, not made) and hand-overs the phone refused. */
+  capstan_metric_t *csr_ok, *csr_rejected, *csr_none, *handovers_refused;
   capstan_metric_t *connections_active;
 } capf_metrics_t;
 
@@ -107,6 +110,8 @@ typedef struct capf_settings {
   unsigned max_handshakes;
   int legacy_tls;
   int enable_ipv6;
+  unsigned issuer;                /* capstan_issuer_t */
+  unsigned ca_phone_wait_seconds; /* the CA configuration's phone wait */
 } capf_settings_t;
 
 /* What every session of one server shares (loop thread only). */
@@ -114,6 +119,8 @@ typedef struct capf_shared {
   capf_settings_t settings;
   capf_metrics_t m;
   capstan_throttle_t throttle; /* phone key generations (R17) */
+  /* The online CA (issuer est or mscs with a CA configured), else NULL. */
+  struct capstan_ca_client *ca;
 } capf_shared_t;
 
 #endif

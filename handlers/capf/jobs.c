@@ -1,8 +1,10 @@
 /* Worker-thread crypto for CAPF sessions: verifying authentication by
- * existing certificate and issuing LSCs. Runs off the loop; touches only
+ * existing certificate, issuing LSCs, and checking a phone's certificate
+ * request for an external CA. Runs off the loop; touches only
  * its job. */
 #include "handlers/capf/jobs.h"
 
+#include <openssl/err.h>
 #include <openssl/mem.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +71,25 @@ capf_job_t *capf_job_new_issue(const char *device, capstan_capf_slice_t phone_sp
   return j;
 }
 
+capf_job_t *capf_job_new_check_csr(const char *device, capstan_capf_slice_t csr,
+                                   const uint8_t *phone_spki, size_t phone_spki_len, int key_alg,
+                                   unsigned key_bits) {
+  capf_job_t *j = job_new(CAPF_JOB_CHECK_CSR, device);
+  if (j == NULL) return NULL;
+  capf_csr_job_t *c = &j->u.csr;
+  c->csr_der = capf_dup_bytes(csr.data, csr.len);
+  c->csr_len = csr.len;
+  c->phone_spki = capf_dup_bytes(phone_spki, phone_spki_len);
+  c->phone_spki_len = phone_spki_len;
+  c->key_alg = key_alg;
+  c->key_bits = key_bits;
+  if (c->csr_der == NULL || c->phone_spki == NULL) {
+    capf_job_free(j);
+    return NULL;
+  }
+  return j;
+}
+
 void capf_job_free(capf_job_t *j) {
   if (j == NULL) return;
   switch (j->kind) {
@@ -83,6 +104,10 @@ void capf_job_free(capf_job_t *j) {
       free(j->u.issue.phone_spki);
       free(j->u.issue.lsc_der);
       free(j->u.issue.lsc_spki);
+      break;
+    case CAPF_JOB_CHECK_CSR:
+      free(j->u.csr.csr_der);
+      free(j->u.csr.phone_spki);
       break;
   }
   free(j);
@@ -183,6 +208,67 @@ static void issue_run(capf_job_t *j) {
   EVP_PKEY_free(key);
 }
 
+/* The request's CN must be exactly the device name (an LSC names its
+ * device, R8; a MIC-style "<model>-<name>" is not a request's subject). */
+static int request_names_device(X509_REQ *req, const char *device) {
+  X509_NAME *subject = X509_REQ_get_subject_name(req);
+  int idx = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  if (idx < 0 || X509_NAME_get_index_by_NID(subject, NID_commonName, idx) >= 0) return 0;
+  uint8_t *cn = NULL;
+  int n = ASN1_STRING_to_UTF8(&cn, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)));
+  if (n < 0) return 0;
+  int ok = (size_t)n == strlen(device) && memcmp(cn, device, (size_t)n) == 0;
+  OPENSSL_free(cn);
+  return ok;
+}
+
+/* Everything capf-protocol.md asks of a phone's request before a CA sees
+ * it: the key is the one the device asked for and the phone sent in
+ * KEY_GEN_RESPONSE, the request is signed by that key, and it names the
+ * device. */
+static void check_csr_run(capf_job_t *j) {
+  capf_csr_job_t *c = &j->u.csr;
+  EVP_PKEY *phone_key = NULL, *req_key = NULL;
+  X509_REQ *req = NULL;
+  uint8_t *req_spki = NULL;
+  size_t req_spki_len = 0;
+  j->status = capstan_pki_check_public_key(c->phone_spki, c->phone_spki_len, c->key_alg,
+                                           c->key_bits, &phone_key, &j->why);
+  if (j->status < 0) goto out;
+  j->status = CAPSTAN_EACCES;
+  const uint8_t *p = c->csr_der;
+  req = d2i_X509_REQ(NULL, &p, (long)c->csr_len);
+  if (req == NULL || p != c->csr_der + c->csr_len) {
+    j->why = "certificate request malformed";
+    goto out;
+  }
+  req_key = X509_REQ_get_pubkey(req);
+  if (req_key == NULL || capstan_pki_public_key_to_der(req_key, &req_spki, &req_spki_len) < 0) {
+    j->why = "certificate request malformed";
+    goto out;
+  }
+  if (X509_REQ_verify(req, req_key) != 1) {
+    j->why = "certificate request signature invalid";
+    goto out;
+  }
+  if (req_spki_len != c->phone_spki_len || memcmp(req_spki, c->phone_spki, req_spki_len) != 0) {
+    j->why = "certificate request is for another key";
+    goto out;
+  }
+  if (!request_names_device(req, j->device)) {
+    j->why = "certificate request names another device";
+    goto out;
+  }
+  j->status = 0;
+  j->why = NULL;
+out:
+  ERR_clear_error();
+  free(req_spki);
+  EVP_PKEY_free(req_key);
+  EVP_PKEY_free(phone_key);
+  X509_REQ_free(req);
+}
+
 void capf_job_run(capf_job_t *j) {
   switch (j->kind) {
     case CAPF_JOB_VERIFY:
@@ -190,6 +276,9 @@ void capf_job_run(capf_job_t *j) {
       return;
     case CAPF_JOB_ISSUE:
       issue_run(j);
+      return;
+    case CAPF_JOB_CHECK_CSR:
+      check_csr_run(j);
       return;
   }
 }

@@ -53,7 +53,20 @@ typedef struct capf_issue_job {
   int64_t not_after;
 } capf_issue_job_t;
 
-typedef enum { CAPF_JOB_VERIFY, CAPF_JOB_ISSUE } capf_job_kind_t;
+/* Inputs: the phone's certificate request (CERT_REQUEST, extension) and the
+ * public key of its KEY_GEN_RESPONSE, and the key the device asked for.
+ * The request is checked before anything goes to a CA (capf-protocol.md
+ * "Certificate requests from the phone"). */
+typedef struct capf_csr_job {
+  uint8_t *csr_der;
+  size_t csr_len;
+  uint8_t *phone_spki;
+  size_t phone_spki_len;
+  int key_alg;
+  unsigned key_bits;
+} capf_csr_job_t;
+
+typedef enum { CAPF_JOB_VERIFY, CAPF_JOB_ISSUE, CAPF_JOB_CHECK_CSR } capf_job_kind_t;
 
 /* A job as the session and its host pass it around: which one, for which
  * device, and how it ended. */
@@ -66,6 +79,7 @@ typedef struct capf_job {
   union {
     capf_verify_job_t verify;
     capf_issue_job_t issue;
+    capf_csr_job_t csr;
   } u;
 } capf_job_t;
 
@@ -79,6 +93,12 @@ capf_job_t *capf_job_new_verify(const char *device, uint32_t session_id, int cer
  * when out of memory. */
 capf_job_t *capf_job_new_issue(const char *device, capstan_capf_slice_t phone_spki, int key_alg,
                                unsigned key_bits, unsigned validity_days);
+
+/* A CSR check job for |device| with copies of the request and the phone's
+ * public key. NULL when out of memory. */
+capf_job_t *capf_job_new_check_csr(const char *device, capstan_capf_slice_t csr,
+                                   const uint8_t *phone_spki, size_t phone_spki_len, int key_alg,
+                                   unsigned key_bits);
 
 /* Runs |j| (a worker thread): sets status, why and the outputs. The
  * borrowed trust or signer must have been filled in by the host. */

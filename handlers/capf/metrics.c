@@ -78,6 +78,18 @@ void capf_metrics_register(capf_metrics_t *m) {
   m->timeouts_handshake = capstan_metrics_counter(to, to_help, "timer=\"handshake\"");
   m->timeouts_step = capstan_metrics_counter(to, to_help, "timer=\"step\"");
   m->timeouts_keygen = capstan_metrics_counter(to, to_help, "timer=\"keygen\"");
-  m->certs_issued = capstan_metrics_counter("capstan_capf_certificates_issued_total",
-                                            "LSCs signed and recorded", NULL);
+  m->certs_issued =
+      capstan_metrics_counter("capstan_capf_certificates_issued_total",
+                              "LSCs signed (or received from a CA) and recorded", NULL);
+  const char *cr = "capstan_capf_cert_requests_total";
+  const char *cr_help =
+      "Phones' certificate requests for an external CA, by result (ok, rejected: a check "
+      "failed, none: the phone made none)";
+  m->csr_ok = capstan_metrics_counter(cr, cr_help, "result=\"ok\"");
+  m->csr_rejected = capstan_metrics_counter(cr, cr_help, "result=\"rejected\"");
+  m->csr_none = capstan_metrics_counter(cr, cr_help, "result=\"none\"");
+  m->handovers_refused = capstan_metrics_counter(
+      "capstan_capf_handovers_refused_total",
+      "Certificates from a CA that a phone refused in a later session (a new request follows)",
+      NULL);
 }

@@ -3,6 +3,7 @@
  * operations of storage/devices.h. */
 #include "handlers/capf/records.h"
 
+#include <openssl/mem.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include "core/base/error.h"
 #include "core/base/names.h"
 #include "core/pki/pki.h"
+#include "core/ca/requests.h"
 #include "storage/devices.h"
 
 /* Numbers that cross from the schema to the session unchanged. */
@@ -35,10 +37,7 @@ _Static_assert((int)CAPSTAN_CAPF_CERT_LSC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_
 
 CAPSTAN_DEFINE_NAME_FN(, capf_record_kind_name, capf_record_kind_t, CAPF_RECORD_KINDS, "?")
 
-int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *out) {
-  Capstan__Device *d = NULL;
-  int rc = capstan_store_device_load(store, name, &d);
-  if (rc < 0) return rc;
+static void device_from_record(const Capstan__Device *d, capf_device_t *out) {
   *out = (capf_device_t){
       .operation = (capf_operation_t)d->operation,
       .auth_mode = (capstan_capf_auth_type_t)d->auth_mode,
@@ -49,8 +48,45 @@ int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *ou
   if (d->auth_string != NULL && strlen(d->auth_string) <= CAPF_AUTH_STRING_MAX) {
     strcpy(out->auth_string, d->auth_string);
   }
-  capstan__device__free_unpacked(d, NULL);
-  return 0;
+}
+
+/* An install may continue a request an external CA has answered (or not
+ * yet): the certificate waiting for the phone, or that one is pending. */
+static int load_request(capstan_txn_t *txn, const char *name, capf_device_t *out) {
+  int rc = capstan_csr_handover(txn, name, &out->handover_der, &out->handover_len,
+                                out->handover_key, out->handover_md5);
+  if (rc != CAPSTAN_ENOENT) return rc;
+  capstan_cert_request_t req = {0};
+  rc = capstan_csr_get_for_device(txn, name, &req);
+  if (rc == 0) out->request_pending = req.status == CAPSTAN_CSR_PENDING;
+  capstan_cert_request_cleanup(&req);
+  return rc == CAPSTAN_ENOENT ? 0 : rc;
+}
+
+int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *out) {
+  *out = (capf_device_t){0};
+  capstan_txn_t txn;
+  int rc = capstan_store_begin(store, false, &txn);
+  if (rc < 0) return rc;
+  Capstan__Device *d = NULL;
+  rc = capstan_store_device_get(&txn, name, &d);
+  if (rc == 0) {
+    device_from_record(d, out);
+    if (d->operation == CAPSTAN__OPERATION__OPERATION_INSTALL && d->has_cert_request) {
+      rc = load_request(&txn, name, out);
+    }
+    capstan__device__free_unpacked(d, NULL);
+  }
+  capstan_store_abort(&txn);
+  if (rc < 0) capf_device_cleanup(out);
+  return rc;
+}
+
+void capf_device_cleanup(capf_device_t *d) {
+  free(d->handover_der);
+  d->handover_der = NULL;
+  d->handover_len = 0;
+  OPENSSL_cleanse(d->auth_string, sizeof(d->auth_string));
 }
 
 capf_record_t *capf_record_new(capf_record_kind_t kind, const char *device) {
@@ -137,7 +173,19 @@ int capf_record_apply(capstan_txn_t *txn, void *arg) {
     case CAPF_RECORD_INSTALLED:
       rc = capstan_devices_record_installed(txn, r->device, r->serial, r->spki, r->spki_len, r->md5,
                                             r->now);
+      if (rc == 0 && r->handover) rc = capstan_csr_record_installed(txn, r->device, r->now);
       return rc < 0 ? rc : audit_succeeded(txn, r);
+    case CAPF_RECORD_CSR_PENDING:
+      return capstan_csr_record_pending(txn, r->device, r->der, r->der_len, r->spki, r->spki_len,
+                                        r->issuer, r->ca_request_id, r->next_poll_at, r->reason,
+                                        r->now);
+    case CAPF_RECORD_HANDOVER_REFUSED:
+      rc = capstan_csr_record_refused_by_phone(txn, r->device, r->now);
+      return rc < 0
+                 ? rc
+                 : capstan_audit_appendf(
+                       txn, r->device, "attempt_failed", "peer=%s operation=install reason=\"%s\"",
+                       r->peer, "the phone refused the certificate; a new request follows");
     case CAPF_RECORD_DELETED:
       rc = capstan_devices_record_deleted(txn, r->device, r->now);
       return rc < 0 ? rc : audit_succeeded(txn, r);

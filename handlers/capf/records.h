@@ -36,20 +36,33 @@ typedef struct capf_device {
   int key_alg;
   unsigned key_bits;
   int64_t completes_by; /* unix seconds; 0 = no deadline */
+  /* External issuers (external-ca.md): a certificate an offline or
+   * pending online request brought, waiting for this phone (owned; NULL
+   * when none), or a request of the device still waiting for its CA. */
+  uint8_t *handover_der;
+  size_t handover_len;
+  uint8_t handover_key[CAPSTAN_SERIAL_LEN]; /* its certs database key */
+  char handover_md5[33];
+  int request_pending;
 } capf_device_t;
 
-/* Reads device |name| in a read transaction (loop thread: microseconds).
- * Returns 0, CAPSTAN_ENOENT for an unknown device, or a store error. */
+/* Reads device |name| (and, for an install, its latest certificate
+ * request) in a read transaction (loop thread: microseconds). Returns 0,
+ * CAPSTAN_ENOENT for an unknown device, or a store error. Release with
+ * capf_device_cleanup. */
 int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *out);
+void capf_device_cleanup(capf_device_t *d);
 
 /* The kinds of durable record a session writes. */
-#define CAPF_RECORD_KINDS(X)                                                   \
-  X(STATUS, "status")       /* set the status (+reason), maybe count */        \
-  X(SEEN_CERT, "seen_cert") /* the certificate the phone authenticated with */ \
-  X(ISSUED, "issued")       /* a new LSC, before it goes to the phone */       \
-  X(INSTALLED, "installed") /* the phone stored it */                          \
-  X(DELETED, "deleted")     /* the phone deleted its LSC */                    \
-  X(FETCHED, "fetched")     /* troubleshoot done */
+#define CAPF_RECORD_KINDS(X)                                                                 \
+  X(STATUS, "status")                     /* set the status (+reason), maybe count */        \
+  X(SEEN_CERT, "seen_cert")               /* the certificate the phone authenticated with */ \
+  X(ISSUED, "issued")                     /* a new LSC, before it goes to the phone */       \
+  X(INSTALLED, "installed")               /* the phone stored it */                          \
+  X(DELETED, "deleted")                   /* the phone deleted its LSC */                    \
+  X(FETCHED, "fetched")                   /* troubleshoot done */                            \
+  X(CSR_PENDING, "csr_pending")           /* a checked request waits for its CA */           \
+  X(HANDOVER_REFUSED, "handover_refused") /* the phone refused a CA's cert */
 
 typedef enum {
 #define X(id, name) CAPF_RECORD_##id,
@@ -81,7 +94,8 @@ typedef struct capf_record {
   capf_operation_t operation;
   /* STATUS */
   capf_status_t status;
-  const char *reason; /* static string; STATUS, and FETCHED without a certificate */
+  const char *reason;    /* static string or reason_text; STATUS, FETCHED without a certificate */
+  char reason_text[256]; /* a reason made at run time (a CA's answer) */
   int count_attempt;
   int64_t retry_after; /* STATUS THROTTLED: unix seconds */
   /* SEEN_CERT, ISSUED, INSTALLED, FETCHED: the certificate (owned) */
@@ -93,6 +107,12 @@ typedef struct capf_record {
   char md5[33];
   int cert_type; /* CAPSTAN_CAPF_CERT_* */
   int64_t not_after;
+  int handover; /* INSTALLED: the certificate came from a certificate request */
+  /* CSR_PENDING: the request (der/der_len) and public key (spki), for whom,
+   * and for an online CA's "pending", its request id and next poll. */
+  unsigned issuer;
+  char ca_request_id[64];
+  int64_t next_poll_at;
 } capf_record_t;
 
 /* A zeroed record of |kind| for |device|, stamped with the time now. NULL

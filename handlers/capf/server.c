@@ -13,6 +13,7 @@
 #include "core/base/netaddr.h"
 #include "core/identities.h"
 #include "handlers/capf/admission.h"
+#include "handlers/capf/ca_service.h"
 #include "handlers/capf/capf.h"
 #include "handlers/capf/connection.h"
 #include "handlers/capf/internal.h"
@@ -37,8 +38,9 @@ struct capstan_capf_server {
   uv_tcp_t listener;
   int port;
   capstan_store_t *store;
-  capf_pki_t *pki;      /* what new connections present; each keeps its own */
-  capf_shared_t shared; /* settings, metrics, throttle: read by sessions */
+  capf_pki_t *pki;           /* what new connections present; each keeps its own */
+  capf_shared_t shared;      /* settings, metrics, throttle: read by sessions */
+  capf_ca_service_t *ca_svc; /* the online CA client and the pending-request poller */
   capf_admission_t admission;
   capf_conn_t *conns; /* every started connection, for keep-alive updates and drain */
   unsigned nsessions; /* admitted connections (the limits count these) */
@@ -186,6 +188,9 @@ int capstan_capf_server_reload(capstan_capf_server_t *srv) {
   }
   capf_pki_unref(srv->pki);
   srv->pki = pki;
+  /* `capstan ca set` moves the trust generation too: the CA configuration
+   * is read again with the trust it checks certificates against. */
+  capf_ca_service_update(srv->ca_svc, srv->shared.settings.issuer, pki);
   /* Operators alert on this (capf-lifecycle.md: a CAPF that expires stops
    * every enrollment). */
   int64_t not_after = 0;
@@ -223,6 +228,12 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
   c->max_handshakes = s->max_handshakes;
   c->legacy_tls = s->legacy_tls;
   c->enable_ipv6 = s->enable_ipv6;
+  unsigned old_issuer = c->issuer;
+  c->issuer = s->issuer;
+  if (old_issuer != c->issuer) {
+    LOG_INFO("event=capf_issuer issuer=%s", capstan_issuer_name(c->issuer));
+    capf_ca_service_update(srv->ca_svc, c->issuer, srv->pki);
+  }
   capstan_throttle_configure(&srv->shared.throttle, s->max_concurrent_keygen,
                              s->max_new_keygen_per_second);
   /* More handshakes allowed: start connections that wait for a slot. */
@@ -422,6 +433,18 @@ static void on_connection(uv_stream_t *listener, int status) {
   accept_one(srv);
 }
 
+/* The online CA client is about to be replaced: sessions drop their
+ * requests to it. */
+static void reset_ca_requests(void *arg) {
+  capstan_capf_server_t *srv = arg;
+  capf_conn_t *it = srv->conns;
+  while (it != NULL) {
+    capf_conn_t *next = it->next;
+    capf_conn_ca_reset(it);
+    it = next;
+  }
+}
+
 int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const char *host_port,
                               const capstan_settings_t *settings, capstan_capf_server_t **out) {
   struct sockaddr_storage addr;
@@ -442,6 +465,12 @@ int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const cha
   capstan_throttle_init(&srv->shared.throttle, loop, settings->max_concurrent_keygen,
                         settings->max_new_keygen_per_second);
   capstan_capf_server_apply_settings(srv, settings);
+  srv->ca_svc = capf_ca_service_start(loop, store, &srv->shared, reset_ca_requests, srv);
+  if (srv->ca_svc == NULL) {
+    rc = CAPSTAN_ENOMEM;
+    goto err_free;
+  }
+  capf_ca_service_update(srv->ca_svc, srv->shared.settings.issuer, srv->pki);
   uv_tcp_init(loop, &srv->listener);
   uv_timer_init(loop, &srv->drain_timer);
   srv->drain_timer.data = srv;
@@ -498,6 +527,8 @@ static void on_handle_closed(uv_handle_t *h) {
 static void finish_drain(capstan_capf_server_t *srv) {
   if (srv->draining != 1) return;
   srv->draining = 2;
+  capf_ca_service_stop(srv->ca_svc);
+  srv->ca_svc = NULL;
   srv->shared.throttle.timer.data = srv;
   uv_close((uv_handle_t *)&srv->shared.throttle.timer, on_handle_closed);
   uv_close((uv_handle_t *)&srv->drain_timer, on_handle_closed);

@@ -15,6 +15,16 @@
  *           -KEY_GEN_RESPONSE-> SIGNING -signed-> RECORDING -recorded-> WAIT_STORE
  *           -STORE_CERT_RESPONSE-----------------------------------------'
  *
+ *  install with an external issuer (setting `issuer`, external-ca.md):
+ *      WAIT_KEYGEN -KEY_GEN_RESPONSE-> WAIT_CSR -SIGN_CERT_RESPONSE-> CHECKING_CSR -checked->
+ *        online:  ASKING_CA -answered: issued-> RECORDING -> WAIT_STORE (as above)
+ *                           -answered: pending, due within the phone's wait-> CA_RETRY -timer->
+ *                            ASKING_CA
+ *                           -pending beyond the wait / refused / unavailable-> ENDING (RETRY_LATER)
+ *        offline: ENDING (the request recorded as pending; RETRY_LATER)
+ *      a later session, the request's certificate waiting: authenticated -> WAIT_STORE
+ *           -STORE_CERT_RESPONSE refused-> RESTARTING -recorded-> a new install (key generation)
+ *
  *  A failure whose reason the device record must keep goes to ENDING, which
  *  waits for that record before END_SESSION (so `device show` already
  *  explains what the phone is told). Any other end goes straight to
@@ -40,6 +50,7 @@
 #include "core/base/log.h"
 #include "core/base/phone.h"
 #include "core/base/names.h"
+#include "core/ca/requests.h"
 
 /* --- States, events, timers ----------------------------------------------- */
 
@@ -52,11 +63,14 @@ CAPSTAN_DEFINE_NAME_FN(, capf_state_name, capf_state_t, CAPF_STATES, "?")
   X(STORE_CERT_RESPONSE, "STORE_CERT_RESPONSE")             \
   X(FETCH_CERT_RESPONSE, "FETCH_CERT_RESPONSE")             \
   X(DELETE_CERT_RESPONSE, "DELETE_CERT_RESPONSE")           \
+  X(SIGN_CERT_RESPONSE, "SIGN_CERT_RESPONSE")               \
   X(IN_PROGRESS, "REQUEST_IN_PROGRESS")                     \
   X(OTHER_MESSAGE, "other_message") /* any other */         \
   X(ADMITTED, "admitted")           /* throttle */          \
   X(VERIFIED, "verified")           /* worker */            \
   X(SIGNED, "signed")               /* worker */            \
+  X(CSR_CHECKED, "csr_checked")     /* worker */            \
+  X(CA_ANSWERED, "ca_answered")     /* the online CA */     \
   X(RECORDED, "recorded")           /* an awaited commit */ \
   X(TIMEOUT, "timeout")
 
@@ -74,7 +88,8 @@ static int is_message(event_t ev) {
 
 typedef struct event_arg {
   const capstan_capf_msg_t *msg; /* message events */
-  capf_job_t *job;               /* VERIFIED, SIGNED */
+  capf_job_t *job;               /* VERIFIED, SIGNED, CSR_CHECKED */
+  const capstan_ca_result_t *ca; /* CA_ANSWERED */
   int status;                    /* RECORDED */
 } event_arg_t;
 
@@ -85,14 +100,21 @@ typedef struct transition {
   uint32_t to; /* the states |action| may move to, besides CLOSING */
 } transition_t;
 
-typedef enum { TIMER_NONE, TIMER_HANDSHAKE, TIMER_STEP, TIMER_KEYGEN, TIMER_HOLD } timer_kind_t;
+typedef enum {
+  TIMER_NONE,
+  TIMER_HANDSHAKE,
+  TIMER_STEP,
+  TIMER_KEYGEN,
+  TIMER_HOLD,
+  TIMER_CA /* what is left of the phone's wait for the CA */
+} timer_kind_t;
 
 #define TO(st) (1u << CAPF_ST_##st)
 _Static_assert(CAPF_ST_COUNT <= 32, "states fit a 32-bit set");
 
 /* Where authentication leads, by the device's scheduled operation. */
 #define AUTHENTICATED \
-  (TO(THROTTLED) | TO(WAIT_KEYGEN) | TO(WAIT_FETCH) | TO(WAIT_DELETE) | TO(ENDING))
+  (TO(THROTTLED) | TO(WAIT_KEYGEN) | TO(WAIT_FETCH) | TO(WAIT_DELETE) | TO(WAIT_STORE) | TO(ENDING))
 
 static void greet(capf_session_t *s, const event_arg_t *e);
 static void check_auth(capf_session_t *s, const event_arg_t *e);
@@ -100,6 +122,13 @@ static void cert_auth_verified(capf_session_t *s, const event_arg_t *e);
 static void keygen_admitted(capf_session_t *s, const event_arg_t *e);
 static void keygen_in_progress(capf_session_t *s, const event_arg_t *e);
 static void sign_phone_key(capf_session_t *s, const event_arg_t *e);
+static void check_csr(capf_session_t *s, const event_arg_t *e);
+static void no_csr(capf_session_t *s, const event_arg_t *e);
+static void csr_checked(capf_session_t *s, const event_arg_t *e);
+static void ca_answered(capf_session_t *s, const event_arg_t *e);
+static void ca_wait_over(capf_session_t *s, const event_arg_t *e);
+static void ask_ca_again(capf_session_t *s, const event_arg_t *e);
+static void restart_install(capf_session_t *s, const event_arg_t *e);
 static void record_issued(capf_session_t *s, const event_arg_t *e);
 static void send_store_request(capf_session_t *s, const event_arg_t *e);
 static void check_stored(capf_session_t *s, const event_arg_t *e);
@@ -144,9 +173,44 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
             },
         [CAPF_ST_WAIT_KEYGEN] =
             {
-                [EV_KEY_GEN_RESPONSE] = {sign_phone_key, TO(SIGNING) | TO(ENDING)},
+                [EV_KEY_GEN_RESPONSE] = {sign_phone_key, TO(SIGNING) | TO(WAIT_CSR) | TO(ENDING)},
                 [EV_IN_PROGRESS] = {keygen_in_progress, 0},
                 [EV_TIMEOUT] = {phone_timed_out, TO(ENDING)},
+            },
+        /* Any answer to SIGN_CERT_REQUEST but a request, or none in time:
+         * "phone cannot make a certificate request" (capf-protocol.md). */
+        [CAPF_ST_WAIT_CSR] =
+            {
+                [EV_SIGN_CERT_RESPONSE] = {check_csr, TO(CHECKING_CSR) | TO(ENDING)},
+                [EV_IN_PROGRESS] = {wait_on, 0},
+                [EV_AUTH_RESPONSE] = {no_csr, TO(ENDING)},
+                [EV_KEY_GEN_RESPONSE] = {no_csr, TO(ENDING)},
+                [EV_STORE_CERT_RESPONSE] = {no_csr, TO(ENDING)},
+                [EV_FETCH_CERT_RESPONSE] = {no_csr, TO(ENDING)},
+                [EV_DELETE_CERT_RESPONSE] = {no_csr, TO(ENDING)},
+                [EV_OTHER_MESSAGE] = {no_csr, TO(ENDING)},
+                [EV_TIMEOUT] = {no_csr, TO(ENDING)},
+            },
+        [CAPF_ST_CHECKING_CSR] =
+            {
+                [EV_CSR_CHECKED] = {csr_checked, TO(ASKING_CA) | TO(ENDING)},
+                [EV_IN_PROGRESS] = {wait_on, 0},
+            },
+        [CAPF_ST_ASKING_CA] =
+            {
+                [EV_CA_ANSWERED] = {ca_answered, TO(RECORDING) | TO(CA_RETRY) | TO(ENDING)},
+                [EV_IN_PROGRESS] = {wait_on, 0},
+                [EV_TIMEOUT] = {ca_wait_over, TO(ENDING)},
+            },
+        [CAPF_ST_CA_RETRY] =
+            {
+                [EV_IN_PROGRESS] = {wait_on, 0},
+                [EV_TIMEOUT] = {ask_ca_again, TO(ASKING_CA) | TO(ENDING)},
+            },
+        [CAPF_ST_RESTARTING] =
+            {
+                [EV_RECORDED] = {restart_install, TO(THROTTLED) | TO(WAIT_KEYGEN) | TO(ENDING)},
+                [EV_IN_PROGRESS] = {wait_on, 0},
             },
         [CAPF_ST_SIGNING] =
             {
@@ -160,7 +224,8 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
             },
         [CAPF_ST_WAIT_STORE] =
             {
-                [EV_STORE_CERT_RESPONSE] = {check_stored, TO(CONCLUDING) | TO(ENDING)},
+                [EV_STORE_CERT_RESPONSE] = {check_stored,
+                                            TO(CONCLUDING) | TO(RESTARTING) | TO(ENDING)},
                 [EV_TIMEOUT] = {phone_timed_out, TO(ENDING)},
             },
         [CAPF_ST_WAIT_FETCH] =
@@ -192,7 +257,8 @@ static const timer_kind_t kStateTimer[CAPF_ST_COUNT] = {
     [CAPF_ST_HANDSHAKE] = TIMER_HANDSHAKE, [CAPF_ST_WAIT_AUTH] = TIMER_STEP,
     [CAPF_ST_THROTTLED] = TIMER_HOLD,      [CAPF_ST_WAIT_KEYGEN] = TIMER_KEYGEN,
     [CAPF_ST_WAIT_STORE] = TIMER_STEP,     [CAPF_ST_WAIT_FETCH] = TIMER_STEP,
-    [CAPF_ST_WAIT_DELETE] = TIMER_STEP,
+    [CAPF_ST_WAIT_DELETE] = TIMER_STEP,    [CAPF_ST_WAIT_CSR] = TIMER_STEP,
+    [CAPF_ST_ASKING_CA] = TIMER_CA,
 };
 
 /* What the log says of a message that has no transition in a state. */
@@ -236,6 +302,11 @@ static void arm_state_timer(capf_session_t *s) {
       /* A hold of 0 seconds means "no holding": RETRY_LATER at once. */
       s->hooks->start_timer(s, (uint64_t)c->throttle_hold_seconds * 1000);
       return;
+    case TIMER_CA: {
+      double left = s->ca_deadline - capstan_now_seconds();
+      s->hooks->start_timer(s, left > 0.001 ? (uint64_t)(left * 1000) : 1);
+      return;
+    }
   }
   if (secs > 0) {
     s->hooks->start_timer(s, (uint64_t)secs * 1000);
@@ -310,7 +381,14 @@ static void release_keygen_slot(capf_session_t *s) {
 }
 
 /* Closes the connection after queued messages are written. */
+static void cancel_ca_request(capf_session_t *s) {
+  if (!s->asking_ca) return;
+  s->asking_ca = 0;
+  s->hooks->ca_cancel(s);
+}
+
 static void close_session(capf_session_t *s, capf_result_t result) {
+  cancel_ca_request(s);
   finish(s, result);
   s->state = CAPF_ST_CLOSING;
   s->hooks->stop_timer(s);
@@ -381,7 +459,11 @@ static capf_record_t *status_record(capf_session_t *s, capf_status_t status, con
   capf_record_t *r = capf_record_new(CAPF_RECORD_STATUS, s->device);
   if (r == NULL) return NULL;
   r->status = status;
-  r->reason = reason;
+  if (reason != NULL) {
+    /* The record keeps its own copy: a reason may be a CA's words. */
+    snprintf(r->reason_text, sizeof(r->reason_text), "%s", reason);
+    r->reason = r->reason_text;
+  }
   r->count_attempt = count_attempt;
   return r;
 }
@@ -432,7 +514,14 @@ static const char *operation_failure(capf_state_t st, end_cause_t cause) {
       return STEP_REASON(cause, "during key generation");
     case CAPF_ST_SIGNING:
     case CAPF_ST_RECORDING:
+    case CAPF_ST_CHECKING_CSR:
+    case CAPF_ST_RESTARTING:
       return STEP_REASON(cause, "while the server was working");
+    case CAPF_ST_WAIT_CSR:
+      return STEP_REASON(cause, "before sending its certificate request");
+    case CAPF_ST_ASKING_CA:
+    case CAPF_ST_CA_RETRY:
+      return STEP_REASON(cause, "while the CA was asked");
     case CAPF_ST_WAIT_STORE:
       return STEP_REASON(cause, "before confirming it stored the certificate");
     case CAPF_ST_WAIT_FETCH:
@@ -448,7 +537,7 @@ static const char *operation_failure(capf_state_t st, end_cause_t cause) {
  * flight: a session ending here may wait for its record. */
 static int phones_turn(capf_state_t st) {
   return st == CAPF_ST_WAIT_KEYGEN || st == CAPF_ST_WAIT_STORE || st == CAPF_ST_WAIT_FETCH ||
-         st == CAPF_ST_WAIT_DELETE;
+         st == CAPF_ST_WAIT_DELETE || st == CAPF_ST_WAIT_CSR;
 }
 
 /* Input can break the protocol in any state, inside a transition or
@@ -586,11 +675,13 @@ static void start_install(capf_session_t *s) {
   go(s, CAPF_ST_THROTTLED);
 }
 
-static void start_operation(capf_session_t *s) {
+static void begin_install(capf_session_t *s, capf_device_t *d);
+
+static void start_operation(capf_session_t *s, capf_device_t *d) {
   record_status(s, CAPF_STATUS_IN_PROGRESS, NULL, 1);
   switch (s->operation) {
     case CAPF_OPERATION_INSTALL:
-      start_install(s);
+      begin_install(s, d);
       return;
     case CAPF_OPERATION_TROUBLESHOOT:
       /* A failed send closes the connection: the drop is recorded then. */
@@ -607,8 +698,11 @@ static void start_operation(capf_session_t *s) {
   }
 }
 
-/* After authentication: nothing scheduled, deadline passed, or go. */
-static void authenticated(capf_session_t *s, const capf_device_t *d) {
+static void wait_for_ca(capf_session_t *s);
+
+/* After authentication: nothing scheduled, deadline passed, a request
+ * still with its CA, or go. */
+static void authenticated(capf_session_t *s, capf_device_t *d) {
   if (s->operation == CAPF_OPERATION_NONE) {
     end_with(s, CAPSTAN_CAPF_REASON_NO_ACTION, CAPF_RESULT_NO_ACTION);
     return;
@@ -619,7 +713,16 @@ static void authenticated(capf_session_t *s, const capf_device_t *d) {
                     CAPSTAN_CAPF_REASON_NO_ACTION, CAPF_RESULT_EXPIRED);
     return;
   }
-  start_operation(s);
+  s->issuer = s->shared->settings.issuer;
+  /* Its earlier request still waits for a CA: a new key now would make
+   * that request (perhaps already exported and being signed) stale. With
+   * the issuer back at capf the request no longer matters. */
+  if (s->operation == CAPF_OPERATION_INSTALL && d->request_pending &&
+      s->issuer != CAPSTAN_ISSUER_CAPF && d->handover_der == NULL) {
+    wait_for_ca(s);
+    return;
+  }
+  start_operation(s, d);
 }
 
 /* Constant-time comparison of the typed string with the record: compare
@@ -707,7 +810,7 @@ static void check_auth(capf_session_t *s, const event_arg_t *e) {
       auth_failed(s, "device has no authentication mode");
       break;
   }
-  OPENSSL_cleanse(d.auth_string, sizeof(d.auth_string));
+  capf_device_cleanup(&d);
 }
 
 static void cert_auth_verified(capf_session_t *s, const event_arg_t *e) {
@@ -739,7 +842,7 @@ static void cert_auth_verified(capf_session_t *s, const event_arg_t *e) {
   capf_device_t d;
   if (load_device(s, &d) < 0) return;
   authenticated(s, &d);
-  OPENSSL_cleanse(d.auth_string, sizeof(d.auth_string));
+  capf_device_cleanup(&d);
 }
 
 /* --- Install -------------------------------------------------------------- */
@@ -749,7 +852,8 @@ static void keygen_in_progress(capf_session_t *s, const event_arg_t *e) {
   LOG_DEBUG("event=capf_keygen_in_progress device=%s", s->device);
 }
 
-/* The phone's new key: check it and sign the LSC on a worker (EV_SIGNED). */
+/* The phone's new key: check it and sign the LSC on a worker (EV_SIGNED),
+ * or with an external issuer ask the phone for its certificate request. */
 static void sign_phone_key(capf_session_t *s, const event_arg_t *e) {
   capstan_metric_observe(s->shared->m.keygen_duration,
                          capstan_now_seconds() - s->keygen_started_at);
@@ -757,6 +861,17 @@ static void sign_phone_key(capf_session_t *s, const event_arg_t *e) {
   capstan_capf_slice_t spki;
   if (capstan_capf_get_public_key(e->msg, &spki) < 0) {
     fail_operation(s, "key generation failed on the phone", CAPF_RESULT_FAILED);
+    return;
+  }
+  if (s->issuer != CAPSTAN_ISSUER_CAPF) {
+    free(s->phone_spki);
+    s->phone_spki = capf_dup_bytes(spki.data, spki.len);
+    s->phone_spki_len = spki.len;
+    if (s->phone_spki == NULL || send_simple(s, CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST) < 0) {
+      close_session(s, CAPF_RESULT_SERVER_ERROR);
+      return;
+    }
+    go(s, CAPF_ST_WAIT_CSR);
     return;
   }
   capf_job_t *j = capf_job_new_issue(s->device, spki, s->key_alg, s->key_bits,
@@ -769,29 +884,16 @@ static void sign_phone_key(capf_session_t *s, const event_arg_t *e) {
   if (s->hooks->work(s, j) < 0) close_session(s, CAPF_RESULT_SERVER_ERROR);
 }
 
-/* The LSC is signed: record it before the phone sees it (EV_RECORDED). */
-static void record_issued(capf_session_t *s, const event_arg_t *e) {
-  capf_job_t *j = e->job;
-  if (j->status < 0) {
-    fail_operation(s, j->why ? j->why : "LSC issue failed", CAPF_RESULT_FAILED);
-    return;
-  }
-  capf_issue_job_t *i = &j->u.issue;
+/* The session holds a new LSC (s->lsc_*): record it before the phone sees
+ * it (EV_RECORDED, then STORE_CERT_REQUEST). */
+static void record_lsc(capf_session_t *s, int64_t not_after) {
   capstan_metric_inc(s->shared->m.certs_issued);
-  s->lsc_der = i->lsc_der;
-  s->lsc_len = i->lsc_len;
-  s->lsc_spki = i->lsc_spki;
-  s->lsc_spki_len = i->lsc_spki_len;
-  memcpy(s->serial, i->serial, sizeof(s->serial));
-  memcpy(s->lsc_md5, i->md5, sizeof(s->lsc_md5));
-  i->lsc_der = NULL;
-  i->lsc_spki = NULL;
   capf_record_t *r = capf_record_new(CAPF_RECORD_ISSUED, s->device);
   if (r != NULL) {
     memcpy(r->serial, s->serial, sizeof(r->serial));
     r->der = capf_dup_bytes(s->lsc_der, s->lsc_len);
     r->der_len = s->lsc_len;
-    r->not_after = i->not_after;
+    r->not_after = not_after;
     memcpy(r->md5, s->lsc_md5, sizeof(r->md5));
     if (r->der == NULL) {
       capf_record_free(r);
@@ -804,12 +906,26 @@ static void record_issued(capf_session_t *s, const event_arg_t *e) {
   }
 }
 
-static void send_store_request(capf_session_t *s, const event_arg_t *e) {
-  if (e->status < 0) {
-    /* Never hand out a certificate that is not on record. */
-    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+/* The LSC is signed by the CAPF key. */
+static void record_issued(capf_session_t *s, const event_arg_t *e) {
+  capf_job_t *j = e->job;
+  if (j->status < 0) {
+    fail_operation(s, j->why ? j->why : "LSC issue failed", CAPF_RESULT_FAILED);
     return;
   }
+  capf_issue_job_t *i = &j->u.issue;
+  s->lsc_der = i->lsc_der;
+  s->lsc_len = i->lsc_len;
+  s->lsc_spki = i->lsc_spki;
+  s->lsc_spki_len = i->lsc_spki_len;
+  memcpy(s->serial, i->serial, sizeof(s->serial));
+  memcpy(s->lsc_md5, i->md5, sizeof(s->lsc_md5));
+  i->lsc_der = NULL;
+  i->lsc_spki = NULL;
+  record_lsc(s, i->not_after);
+}
+
+static void send_store_cert(capf_session_t *s) {
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST, s->session_id, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_CERTIFICATE_TYPE, CAPSTAN_CAPF_CERT_LSC);
@@ -821,15 +937,48 @@ static void send_store_request(capf_session_t *s, const event_arg_t *e) {
   go(s, CAPF_ST_WAIT_STORE);
 }
 
+static void send_store_request(capf_session_t *s, const event_arg_t *e) {
+  if (e->status < 0) {
+    /* Never hand out a certificate that is not on record. */
+    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+    return;
+  }
+  send_store_cert(s);
+}
+
+static void drop_lsc(capf_session_t *s) {
+  free(s->lsc_der);
+  free(s->lsc_spki);
+  s->lsc_der = s->lsc_spki = NULL;
+  s->lsc_len = s->lsc_spki_len = 0;
+}
+
 static void check_stored(capf_session_t *s, const event_arg_t *e) {
   uint8_t reason = 0;
-  if (capstan_capf_get_reason(e->msg, &reason) < 0 ||
-      reason != CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE) {
+  int stored = capstan_capf_get_reason(e->msg, &reason) == 0 &&
+               reason == CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE;
+  if (!stored && s->handover) {
+    /* The certificate a CA signed for the phone's earlier request: the
+     * phone may have lost that key. Start over in this session with a new
+     * key and request; the old one and its certificate become stale. */
+    capstan_metric_inc(s->shared->m.handovers_refused);
+    LOG_INFO("event=capf_handover_refused device=%s peer=%s reason=%u", s->device, s->peer_host,
+             reason);
+    s->handover = 0;
+    drop_lsc(s);
+    go(s, CAPF_ST_RESTARTING);
+    if (submit_record(s, capf_record_new(CAPF_RECORD_HANDOVER_REFUSED, s->device), 1) < 0) {
+      close_session(s, CAPF_RESULT_SERVER_ERROR);
+    }
+    return;
+  }
+  if (!stored) {
     fail_operation(s, "phone did not store the certificate", CAPF_RESULT_FAILED);
     return;
   }
   capf_record_t *r = capf_record_new(CAPF_RECORD_INSTALLED, s->device);
   if (r != NULL) {
+    r->handover = s->handover;
     memcpy(r->serial, s->serial, sizeof(r->serial));
     r->spki = capf_dup_bytes(s->lsc_spki, s->lsc_spki_len);
     r->spki_len = s->lsc_spki_len;
@@ -837,6 +986,215 @@ static void check_stored(capf_session_t *s, const event_arg_t *e) {
   }
   go(s, CAPF_ST_CONCLUDING);
   if (submit_record(s, r, 1) < 0) close_session(s, CAPF_RESULT_SERVER_ERROR);
+}
+
+/* --- External issuers (external-ca.md) ------------------------------------- */
+
+/* The phone's request waits for its CA (offline, or an online CA that has
+ * not decided): the phone comes back later. The device says why. */
+static void wait_for_ca(capf_session_t *s) {
+  LOG_INFO("event=capf_request_waiting device=%s peer=%s issuer=%s", s->device, s->peer_host,
+           capstan_issuer_name(s->issuer));
+  s->hooks->hold_output(s); /* RETRY_LATER and close_notify in one write */
+  send_retry_later(s);
+  close_session(s, CAPF_RESULT_RETRY_LATER);
+}
+
+/* The operation failed for a reason the phone cannot help (its CA): it is
+ * recorded, and the phone is told to come back (RETRY_LATER) instead of
+ * END_SESSION. */
+static void fail_then_retry(capf_session_t *s, const char *reason) {
+  LOG_INFO("event=capf_operation_failed device=%s peer=%s reason=\"%s\"", s->device, s->peer_host,
+           reason);
+  s->end_retry = 1;
+  record_then_end(s, CAPF_STATUS_FAILED, reason, 0, CAPSTAN_CAPF_REASON_INVALID_ELEMENT,
+                  CAPF_RESULT_FAILED);
+}
+
+/* The checked request is kept for its CA (CertRequest, pending): by the
+ * operator (offline) or the server's poller (an online CA's "pending").
+ * Once it is on record the phone hears RETRY_LATER. */
+static void park_request(capf_session_t *s, const char *reason, int64_t next_poll_at) {
+  capf_record_t *r = capf_record_new(CAPF_RECORD_CSR_PENDING, s->device);
+  if (r != NULL) {
+    r->der = capf_dup_bytes(s->csr_der, s->csr_len);
+    r->der_len = s->csr_len;
+    r->spki = capf_dup_bytes(s->phone_spki, s->phone_spki_len);
+    r->spki_len = s->phone_spki_len;
+    r->issuer = s->issuer;
+    snprintf(r->ca_request_id, sizeof(r->ca_request_id), "%s", s->ca_request_id);
+    r->next_poll_at = next_poll_at;
+    snprintf(r->reason_text, sizeof(r->reason_text), "%s", reason);
+    r->reason = r->reason_text;
+    if (r->der == NULL || r->spki == NULL) {
+      capf_record_free(r);
+      r = NULL;
+    }
+  }
+  LOG_INFO("event=capf_request_pending device=%s peer=%s issuer=%s reason=\"%s\"", s->device,
+           s->peer_host, capstan_issuer_name(s->issuer), reason);
+  finish(s, CAPF_RESULT_RETRY_LATER);
+  s->end_retry = 1;
+  go(s, CAPF_ST_ENDING);
+  if (submit_record(s, r, 1) < 0) end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, s->result);
+}
+
+/* An install with an external issuer may hand over the certificate an
+ * earlier request brought; an online CA takes RSA keys only. */
+static void begin_install(capf_session_t *s, capf_device_t *d) {
+  if (d->handover_der != NULL) {
+    X509 *cert = NULL;
+    EVP_PKEY *key = NULL;
+    int ok = capstan_pki_parse_cert(d->handover_der, d->handover_len, &cert) == 0 &&
+             (key = X509_get_pubkey(cert)) != NULL &&
+             capstan_pki_public_key_to_der(key, &s->lsc_spki, &s->lsc_spki_len) == 0;
+    EVP_PKEY_free(key);
+    X509_free(cert);
+    if (!ok) {
+      close_session(s, CAPF_RESULT_SERVER_ERROR);
+      return;
+    }
+    s->lsc_der = d->handover_der;
+    s->lsc_len = d->handover_len;
+    d->handover_der = NULL;
+    memcpy(s->serial, d->handover_key, sizeof(s->serial));
+    memcpy(s->lsc_md5, d->handover_md5, sizeof(s->lsc_md5));
+    s->handover = 1;
+    LOG_INFO("event=capf_handover device=%s peer=%s md5=%s", s->device, s->peer_host, s->lsc_md5);
+    send_store_cert(s);
+    return;
+  }
+  if (CAPSTAN_ISSUER_IS_ONLINE(s->issuer) && s->key_alg == CAPSTAN_KEY_EC) {
+    fail_operation(s, "EC keys are not supported with an online CA", CAPF_RESULT_FAILED);
+    return;
+  }
+  start_install(s);
+}
+
+static void restart_install(capf_session_t *s, const event_arg_t *e) {
+  if (e->status < 0) {
+    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+    return;
+  }
+  if (CAPSTAN_ISSUER_IS_ONLINE(s->issuer) && s->key_alg == CAPSTAN_KEY_EC) {
+    fail_operation(s, "EC keys are not supported with an online CA", CAPF_RESULT_FAILED);
+    return;
+  }
+  start_install(s);
+}
+
+static void check_csr(capf_session_t *s, const event_arg_t *e) {
+  uint8_t reason = 0;
+  capstan_capf_slice_t csr;
+  if (capstan_capf_get_reason(e->msg, &reason) < 0 ||
+      reason != CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE ||
+      capstan_capf_get_cert_request(e->msg, &csr) < 0) {
+    no_csr(s, e);
+    return;
+  }
+  capf_job_t *j = capf_job_new_check_csr(s->device, csr, s->phone_spki, s->phone_spki_len,
+                                         s->key_alg, s->key_bits);
+  if (j == NULL) {
+    close_session(s, CAPF_RESULT_SERVER_ERROR);
+    return;
+  }
+  go(s, CAPF_ST_CHECKING_CSR);
+  if (s->hooks->work(s, j) < 0) close_session(s, CAPF_RESULT_SERVER_ERROR);
+}
+
+static void no_csr(capf_session_t *s, const event_arg_t *e) {
+  (void)e;
+  capstan_metric_inc(s->shared->m.csr_none);
+  fail_operation(s, "phone cannot make a certificate request", CAPF_RESULT_FAILED);
+}
+
+static void ask_ca(capf_session_t *s) {
+  if (s->hooks->ca_submit(s, s->csr_der, s->csr_len, s->phone_spki, s->phone_spki_len,
+                          s->ca_request_id) < 0) {
+    fail_then_retry(s, "CA unavailable: no CA is configured (capstan ca set)");
+    return;
+  }
+  s->asking_ca = 1;
+  go(s, CAPF_ST_ASKING_CA);
+}
+
+static void csr_checked(capf_session_t *s, const event_arg_t *e) {
+  capf_job_t *j = e->job;
+  if (j->status == CAPSTAN_ENOMEM || j->status == CAPSTAN_EIO) {
+    close_session(s, CAPF_RESULT_SERVER_ERROR);
+    return;
+  }
+  if (j->status < 0) {
+    capstan_metric_inc(s->shared->m.csr_rejected);
+    fail_operation(s, j->why ? j->why : "certificate request refused", CAPF_RESULT_FAILED);
+    return;
+  }
+  capstan_metric_inc(s->shared->m.csr_ok);
+  free(s->csr_der);
+  s->csr_der = j->u.csr.csr_der;
+  s->csr_len = j->u.csr.csr_len;
+  j->u.csr.csr_der = NULL;
+  if (s->issuer == CAPSTAN_ISSUER_OFFLINE) {
+    park_request(s, "waiting for the offline CA (capstan csr export, then csr import)", 0);
+    return;
+  }
+  s->ca_deadline = capstan_now_seconds() + (double)s->shared->settings.ca_phone_wait_seconds;
+  ask_ca(s);
+}
+
+static void ca_answered(capf_session_t *s, const event_arg_t *e) {
+  const capstan_ca_result_t *r = e->ca;
+  s->asking_ca = 0;
+  switch (r->outcome) {
+    case CAPSTAN_CA_ISSUED: {
+      int64_t not_after = 0;
+      X509 *cert = NULL;
+      s->lsc_der = capf_dup_bytes(r->cert_der, r->cert_len);
+      s->lsc_len = r->cert_len;
+      s->lsc_spki = capf_dup_bytes(s->phone_spki, s->phone_spki_len);
+      s->lsc_spki_len = s->phone_spki_len;
+      if (s->lsc_der == NULL || s->lsc_spki == NULL ||
+          capstan_pki_parse_cert(r->cert_der, r->cert_len, &cert) < 0 ||
+          capstan_pki_cert_validity(cert, NULL, &not_after) < 0) {
+        X509_free(cert);
+        close_session(s, CAPF_RESULT_SERVER_ERROR);
+        return;
+      }
+      X509_free(cert);
+      capstan_csr_cert_key(r->cert_der, r->cert_len, s->serial);
+      capstan_pki_md5hash(r->cert_der, r->cert_len, s->lsc_md5);
+      record_lsc(s, not_after);
+      return;
+    }
+    case CAPSTAN_CA_PENDING:
+      snprintf(s->ca_request_id, sizeof(s->ca_request_id), "%s", r->request_id);
+      if ((double)r->retry_at < s->ca_deadline) {
+        /* Asked again in this session while the phone's wait allows. */
+        double in = (double)r->retry_at - (double)unix_now();
+        go(s, CAPF_ST_CA_RETRY);
+        s->hooks->start_timer(s, in > 0 ? (uint64_t)(in * 1000) : 0);
+        return;
+      }
+      park_request(s, r->reason[0] ? r->reason : "waiting for the CA", r->retry_at);
+      return;
+    default:
+      fail_then_retry(s, r->reason[0] ? r->reason : "CA unavailable");
+      return;
+  }
+}
+
+/* The phone has waited as long as it may: the CA keeps the request and
+ * the server's poller asks again; the phone gets the certificate in its
+ * next session. */
+static void ca_wait_over(capf_session_t *s, const event_arg_t *e) {
+  (void)e;
+  cancel_ca_request(s);
+  park_request(s, "the CA had not answered within the phone's wait", unix_now());
+}
+
+static void ask_ca_again(capf_session_t *s, const event_arg_t *e) {
+  (void)e;
+  ask_ca(s);
 }
 
 /* --- Troubleshoot and delete ---------------------------------------------- */
@@ -914,6 +1272,12 @@ static void end_succeeded(capf_session_t *s, const event_arg_t *e) {
 
 static void end_as_recorded(capf_session_t *s, const event_arg_t *e) {
   (void)e; /* a failed write is logged by the host; the phone's answer stands */
+  if (s->end_retry) {
+    s->hooks->hold_output(s);
+    send_retry_later(s);
+    close_session(s, s->result);
+    return;
+  }
   end_with(s, s->end_reason, s->result);
 }
 
@@ -989,7 +1353,9 @@ void capf_session_cleanup(capf_session_t *s) {
   free(s->rx);
   free(s->lsc_der);
   free(s->lsc_spki);
-  s->rx = s->lsc_der = s->lsc_spki = NULL;
+  free(s->phone_spki);
+  free(s->csr_der);
+  s->rx = s->lsc_der = s->lsc_spki = s->phone_spki = s->csr_der = NULL;
 }
 
 void capf_session_start(capf_session_t *s) {
@@ -1014,6 +1380,8 @@ static event_t message_event(int command) {
       return EV_FETCH_CERT_RESPONSE;
     case CAPSTAN_CAPF_CMD_DELETE_CERT_RESPONSE:
       return EV_DELETE_CERT_RESPONSE;
+    case CAPSTAN_CAPF_CMD_SIGN_CERT_RESPONSE:
+      return EV_SIGN_CERT_RESPONSE;
     case CAPSTAN_CAPF_CMD_REQUEST_IN_PROGRESS:
       return EV_IN_PROGRESS;
     default:
@@ -1109,7 +1477,16 @@ void capf_session_recorded(capf_session_t *s, const capf_record_t *r, int status
 }
 
 void capf_session_worked(capf_session_t *s, capf_job_t *j) {
-  dispatch(s, j->kind == CAPF_JOB_VERIFY ? EV_VERIFIED : EV_SIGNED, &(event_arg_t){.job = j});
+  event_t ev = j->kind == CAPF_JOB_VERIFY      ? EV_VERIFIED
+               : j->kind == CAPF_JOB_CHECK_CSR ? EV_CSR_CHECKED
+                                               : EV_SIGNED;
+  dispatch(s, ev, &(event_arg_t){.job = j});
+}
+
+void capf_session_ca_answered(capf_session_t *s, const capstan_ca_result_t *r) {
+  if (!s->asking_ca) return; /* cancelled meanwhile */
+  s->asking_ca = 0;
+  dispatch(s, EV_CA_ANSWERED, &(event_arg_t){.ca = r});
 }
 
 void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why) {
@@ -1131,6 +1508,7 @@ void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why) {
     finish(s, r);
   }
   s->state = CAPF_ST_CLOSING;
+  cancel_ca_request(s);
   capstan_throttle_cancel(&sh->throttle, &s->waiter);
   release_keygen_slot(s);
   capstan_metric_set(sh->m.keygen_waiting, sh->throttle.waiting);

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/ca/ca.h"
 #include "core/tls.h"
 #include "handlers/capf/internal.h"
 #include "handlers/capf/jobs.h"
@@ -23,19 +24,24 @@
 #define CAPF_MAX_PHONE_MESSAGE 16384
 
 /* The states; session.c draws how they connect. */
-#define CAPF_STATES(X)          \
-  X(HANDSHAKE, "handshake")     \
-  X(WAIT_AUTH, "wait_auth")     \
-  X(VERIFYING, "verifying")     \
-  X(THROTTLED, "throttled")     \
-  X(WAIT_KEYGEN, "wait_keygen") \
-  X(SIGNING, "signing")         \
-  X(WAIT_STORE, "wait_store")   \
-  X(WAIT_FETCH, "wait_fetch")   \
-  X(WAIT_DELETE, "wait_delete") \
-  X(RECORDING, "recording")     \
-  X(CONCLUDING, "concluding")   \
-  X(ENDING, "ending")           \
+#define CAPF_STATES(X)            \
+  X(HANDSHAKE, "handshake")       \
+  X(WAIT_AUTH, "wait_auth")       \
+  X(VERIFYING, "verifying")       \
+  X(THROTTLED, "throttled")       \
+  X(WAIT_KEYGEN, "wait_keygen")   \
+  X(WAIT_CSR, "wait_csr")         \
+  X(CHECKING_CSR, "checking_csr") \
+  X(ASKING_CA, "asking_ca")       \
+  X(CA_RETRY, "ca_retry")         \
+  X(RESTARTING, "restarting")     \
+  X(SIGNING, "signing")           \
+  X(WAIT_STORE, "wait_store")     \
+  X(WAIT_FETCH, "wait_fetch")     \
+  X(WAIT_DELETE, "wait_delete")   \
+  X(RECORDING, "recording")       \
+  X(CONCLUDING, "concluding")     \
+  X(ENDING, "ending")             \
   X(CLOSING, "closing")
 
 typedef enum {
@@ -74,6 +80,15 @@ typedef struct capf_session_hooks {
    * follows on the loop, then the host frees |j|. A negative return: |j| is
    * freed, no callback follows. */
   int (*work)(capf_session_t *s, capf_job_t *j);
+  /* Asks the online CA to sign |csr| for the session's device (whose key
+   * is |spki|); |request_id| non-empty asks for a request the CA left
+   * pending. capf_session_ca_answered follows on the loop, unless
+   * ca_cancel comes first. A negative return: no CA to ask (none
+   * configured), no callback follows. */
+  int (*ca_submit)(capf_session_t *s, const uint8_t *csr, size_t csr_len, const uint8_t *spki,
+                   size_t spki_len, const char *request_id);
+  /* Drops the outstanding CA request: no callback follows. */
+  void (*ca_cancel)(capf_session_t *s);
 } capf_session_hooks_t;
 
 /* One session. The host embeds it (no allocation of its own) and reads
@@ -102,6 +117,18 @@ struct capf_session {
   uint8_t *lsc_spki;
   size_t lsc_spki_len;
   char lsc_md5[33];
+  /* External issuers: the issuer this session's install uses (the setting
+   * when it authenticated), the phone's key and request, and the CA. */
+  unsigned issuer;
+  uint8_t *phone_spki;
+  size_t phone_spki_len;
+  uint8_t *csr_der;
+  size_t csr_len;
+  double ca_deadline; /* when the phone's wait for the CA ends */
+  char ca_request_id[CAPSTAN_CA_REQUEST_ID_MAX + 1];
+  unsigned asking_ca : 1; /* a CA request is outstanding */
+  unsigned handover : 1;  /* the LSC in hand came from a certificate request */
+  unsigned end_retry : 1; /* CAPF_ST_ENDING: RETRY_LATER instead of END_SESSION */
   double started_at, handshake_started_at, keygen_started_at;
   unsigned holds_keygen_slot : 1;
   unsigned finished : 1;
@@ -144,6 +171,8 @@ void capf_session_recorded(capf_session_t *s, const capf_record_t *r, int status
 /* A job queued by the work hook ended; the session may take its outputs
  * (it NULLs what it takes). */
 void capf_session_worked(capf_session_t *s, capf_job_t *j);
+/* The CA answered the request of the ca_submit hook. */
+void capf_session_ca_answered(capf_session_t *s, const capstan_ca_result_t *r);
 /* The connection is closed (by either side); |why| says how. Records what
  * the phone left unfinished; nothing is sent. */
 void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why);

@@ -18,6 +18,7 @@
 #include "core/base/error.h"
 #include "bench/phone/phone_pki.h"
 #include "core/pki/pki.h"
+#include "core/ca/requests.h"
 #include "handlers/capf/session.h"
 
 /* ---- the fake host ------------------------------------------------------- */
@@ -44,6 +45,11 @@ typedef struct fake {
   int record_fails;
   capf_job_t *jobs[MAX_QUEUED];
   int njobs;
+  /* The online CA: what the session asked, and whether it dropped it. */
+  int ca_submits, ca_cancels, ca_fails;
+  uint8_t ca_csr[64];
+  size_t ca_csr_len;
+  char ca_request_id[64];
 } fake_t;
 
 static fake_t *F(capf_session_t *s) {
@@ -77,6 +83,11 @@ static int hook_load_device(capf_session_t *s, const char *name, capf_device_t *
   f->loads++;
   if (f->load_rc < 0) return f->load_rc;
   *out = f->device;
+  /* Each load owns its copy, as capf_device_load's. */
+  if (f->device.handover_der != NULL) {
+    out->handover_der = malloc(f->device.handover_len);
+    memcpy(out->handover_der, f->device.handover_der, f->device.handover_len);
+  }
   return 0;
 }
 static int hook_record(capf_session_t *s, capf_record_t *r) {
@@ -96,7 +107,26 @@ static int hook_work(capf_session_t *s, capf_job_t *j) {
   return 0;
 }
 
+static int hook_ca_submit(capf_session_t *s, const uint8_t *csr, size_t csr_len,
+                          const uint8_t *spki, size_t spki_len, const char *request_id) {
+  fake_t *f = F(s);
+  (void)spki;
+  (void)spki_len;
+  if (f->ca_fails) return CAPSTAN_ENOENT;
+  f->ca_submits++;
+  assert_true(csr_len <= sizeof(f->ca_csr));
+  memcpy(f->ca_csr, csr, csr_len);
+  f->ca_csr_len = csr_len;
+  snprintf(f->ca_request_id, sizeof(f->ca_request_id), "%s", request_id);
+  return 0;
+}
+static void hook_ca_cancel(capf_session_t *s) {
+  F(s)->ca_cancels++;
+}
+
 static const capf_session_hooks_t kFakeHooks = {
+    .ca_submit = hook_ca_submit,
+    .ca_cancel = hook_ca_cancel,
     .send = hook_send,
     .hold_output = hook_hold_output,
     .close = hook_close,
@@ -178,6 +208,7 @@ static void fake_free(fake_t *f) {
   }
   for (int i = 0; i < f->nsent; i++) free(f->sent[i]);
   capf_session_cleanup(&f->s);
+  free(f->device.handover_der);
   free(f);
 }
 
@@ -1142,6 +1173,372 @@ static void test_abort_and_send_failure(void **state) {
   fake_free(f);
 }
 
+/* ---- external issuers (external-ca.md, capf-protocol.md extension) ------- */
+
+static const uint8_t kCsr[] = {0x30, 0x0a, 'c', 's', 'r', 1, 2, 3, 4, 5, 6, 7};
+
+static void sign_cert_response(fake_t *f, uint8_t reason, int with_request) {
+  capstan_capf_builder_t b;
+  begin(f, &b, CAPSTAN_CAPF_CMD_SIGN_CERT_RESPONSE);
+  capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_REASON, reason);
+  if (with_request)
+    capstan_capf_builder_add_bytes(&b, CAPSTAN_CAPF_EL_CERT_REQUEST, kCsr, sizeof(kCsr));
+  phone_send(f, &b);
+}
+
+/* Up to SIGN_CERT_REQUEST: an install with |issuer|, key generated. */
+static fake_t *external_install(unsigned issuer) {
+  g_shared.settings.issuer = issuer;
+  g_shared.settings.ca_phone_wait_seconds = 120;
+  fake_t *f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  authenticate(f, NULL);
+  keygen_response(f);
+  assert_int_equal(f->njobs, 0); /* nothing is signed here */
+  sent(f, 2, CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST);
+  assert_int_equal(f->s.state, CAPF_ST_WAIT_CSR);
+  assert_int_equal(f->timer_ms, 20000); /* the step timer */
+  assert_int_equal(g_shared.throttle.active, 0);
+  return f;
+}
+
+/* The phone's request, checked by the worker with |status|/|why|. */
+static void csr_checked(fake_t *f, int status, const char *why) {
+  sign_cert_response(f, CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE, 1);
+  assert_int_equal(f->s.state, CAPF_ST_CHECKING_CSR);
+  assert_int_equal(f->njobs, 1);
+  capf_job_t *j = f->jobs[0];
+  assert_int_equal(j->kind, CAPF_JOB_CHECK_CSR);
+  assert_memory_equal(j->u.csr.csr_der, kCsr, sizeof(kCsr));
+  assert_memory_equal(j->u.csr.phone_spki, kPhoneKey, sizeof(kPhoneKey));
+  assert_int_equal(j->u.csr.key_bits, 2048);
+  j->status = status;
+  j->why = why;
+  work_done(f, 0);
+}
+
+/* Asserts the last message is RETRY_LATER, sent with the close. */
+static void assert_retry_later(fake_t *f) {
+  capstan_capf_msg_t m = sent(f, f->nsent - 1, CAPSTAN_CAPF_CMD_RETRY_LATER);
+  uint16_t delay = 0;
+  assert_int_equal(capstan_capf_get_retry_delay(&m, &delay), 0);
+  assert_int_equal(delay, 120);
+  assert_true(f->held);
+  assert_int_equal(f->closes, 1);
+  assert_int_equal(f->s.state, CAPF_ST_CLOSING);
+}
+
+static void test_external_offline_request(void **state) {
+  (void)state;
+  double ok = capstan_metric_value(g_shared.m.csr_ok);
+  fake_t *f = external_install(CAPSTAN_ISSUER_OFFLINE);
+  simple(f, CAPSTAN_CAPF_CMD_REQUEST_IN_PROGRESS); /* allowed while it makes the request */
+  csr_checked(f, 0, NULL);
+  assert_int_equal(capstan_metric_value(g_shared.m.csr_ok), ok + 1);
+  /* Kept as pending before the phone hears anything. */
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  assert_int_equal(f->nrecords, 2);
+  capf_record_t *r = f->records[1];
+  assert_int_equal(r->kind, CAPF_RECORD_CSR_PENDING);
+  assert_true(r->awaited);
+  assert_int_equal(r->der_len, sizeof(kCsr));
+  assert_memory_equal(r->der, kCsr, sizeof(kCsr));
+  assert_int_equal(r->spki_len, sizeof(kPhoneKey));
+  assert_int_equal(r->issuer, CAPSTAN_ISSUER_OFFLINE);
+  assert_non_null(strstr(r->reason, "offline CA"));
+  assert_int_equal(f->nsent, 3);
+  commit(f, 1, 0);
+  assert_retry_later(f);
+  assert_int_equal(f->s.result, CAPF_RESULT_RETRY_LATER);
+  assert_int_equal(f->ca_submits, 0);
+  fake_free(f);
+
+  /* Its next session, the request still pending: RETRY_LATER at once, no
+   * new key (that would make the exported request stale). */
+  g_shared.settings.issuer = CAPSTAN_ISSUER_OFFLINE;
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  f->device.request_pending = 1;
+  authenticate(f, NULL);
+  assert_int_equal(f->nrecords, 0);
+  assert_retry_later(f);
+  fake_free(f);
+
+  /* The issuer is back at capf: the pending request no longer holds it. */
+  g_shared.settings.issuer = CAPSTAN_ISSUER_CAPF;
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  f->device.request_pending = 1;
+  authenticate(f, NULL);
+  sent(f, 1, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST);
+  fake_free(f);
+}
+
+static void test_external_phone_without_request(void **state) {
+  (void)state;
+  const char *cannot = "phone cannot make a certificate request";
+  double none = capstan_metric_value(g_shared.m.csr_none);
+  /* REASON=7 alone. */
+  fake_t *f = external_install(CAPSTAN_ISSUER_OFFLINE);
+  sign_cert_response(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, 0);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, cannot);
+  commit(f, 1, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  fake_free(f);
+  /* REASON=1 without the request. */
+  f = external_install(CAPSTAN_ISSUER_EST);
+  sign_cert_response(f, CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE, 0);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, cannot);
+  fake_free(f);
+  /* Another command. */
+  f = external_install(CAPSTAN_ISSUER_EST);
+  keygen_response(f);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, cannot);
+  fake_free(f);
+  /* Nothing before the step timer. */
+  f = external_install(CAPSTAN_ISSUER_MSCS);
+  capf_session_timed_out(&f->s);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, cannot);
+  commit(f, 1, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->ca_submits, 0); /* nothing went to a CA */
+  fake_free(f);
+  assert_int_equal(capstan_metric_value(g_shared.m.csr_none), none + 4);
+
+  /* A request that fails a check: its reason, END 7, no CA. */
+  double rejected = capstan_metric_value(g_shared.m.csr_rejected);
+  f = external_install(CAPSTAN_ISSUER_EST);
+  csr_checked(f, CAPSTAN_EACCES, "certificate request is for another key");
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, "certificate request is for another key");
+  commit(f, 1, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->ca_submits, 0);
+  assert_int_equal(capstan_metric_value(g_shared.m.csr_rejected), rejected + 1);
+  fake_free(f);
+
+  /* The phone leaves while it makes the request. */
+  f = external_install(CAPSTAN_ISSUER_OFFLINE);
+  capf_session_closed(&f->s, CAPSTAN_TLS_CLOSE_PEER_EOF);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED,
+                       "phone disconnected before sending its certificate request");
+  fake_free(f);
+}
+
+/* A certificate with a real structure (the session reads its validity and
+ * public key), made once. */
+static uint8_t *g_cert;
+static size_t g_cert_len;
+static void make_cert(void) {
+  if (g_cert != NULL) return;
+  capstan_identity_t id = {0};
+  assert_int_equal(capstan_pki_create_capf(NULL, &id), 0);
+  assert_int_equal(capstan_pki_cert_to_der(id.cert, &g_cert, &g_cert_len), 0);
+  capstan_identity_cleanup(&id);
+}
+
+static void ca_answer(fake_t *f, capstan_ca_outcome_t outcome, const char *reason, int64_t retry_at,
+                      const char *request_id) {
+  capstan_ca_result_t r = {.outcome = outcome, .retry_at = retry_at};
+  snprintf(r.reason, sizeof(r.reason), "%s", reason);
+  snprintf(r.request_id, sizeof(r.request_id), "%s", request_id);
+  if (outcome == CAPSTAN_CA_ISSUED) {
+    make_cert();
+    r.cert_der = g_cert;
+    r.cert_len = g_cert_len;
+  }
+  capf_session_ca_answered(&f->s, &r);
+}
+
+static void test_external_online_issued(void **state) {
+  (void)state;
+  fake_t *f = external_install(CAPSTAN_ISSUER_EST);
+  csr_checked(f, 0, NULL);
+  assert_int_equal(f->s.state, CAPF_ST_ASKING_CA);
+  assert_int_equal(f->ca_submits, 1);
+  assert_memory_equal(f->ca_csr, kCsr, sizeof(kCsr));
+  assert_string_equal(f->ca_request_id, "");
+  assert_true(f->timer_ms > 118000 && f->timer_ms <= 120000); /* the phone's wait */
+  simple(f, CAPSTAN_CAPF_CMD_REQUEST_IN_PROGRESS);
+  assert_int_equal(f->s.state, CAPF_ST_ASKING_CA);
+
+  ca_answer(f, CAPSTAN_CA_ISSUED, "", 0, "");
+  /* Recorded before the phone sees it, keyed as capstan_csr_cert_key says. */
+  assert_int_equal(f->s.state, CAPF_ST_RECORDING);
+  assert_int_equal(f->nsent, 3);
+  capf_record_t *r = f->records[1];
+  assert_int_equal(r->kind, CAPF_RECORD_ISSUED);
+  assert_true(r->awaited);
+  assert_int_equal(r->der_len, g_cert_len);
+  assert_memory_equal(r->der, g_cert, g_cert_len);
+  uint8_t key[CAPSTAN_SERIAL_LEN];
+  capstan_csr_cert_key(g_cert, g_cert_len, key);
+  assert_memory_equal(r->serial, key, sizeof(key));
+  char md5[33];
+  capstan_pki_md5hash(g_cert, g_cert_len, md5);
+  assert_string_equal(r->md5, md5);
+  assert_true(r->not_after > 0);
+  commit(f, 1, 0);
+  capstan_capf_msg_t m = sent(f, 3, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST);
+  uint8_t type = 0;
+  capstan_capf_slice_t der;
+  assert_int_equal(capstan_capf_get_certificate(&m, &type, &der), 0);
+  assert_int_equal(der.len, g_cert_len);
+  with_reason(f, CAPSTAN_CAPF_CMD_STORE_CERT_RESPONSE, CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE);
+  r = f->records[2];
+  assert_int_equal(r->kind, CAPF_RECORD_INSTALLED);
+  assert_false(r->handover);
+  assert_int_equal(r->spki_len, sizeof(kPhoneKey));
+  commit(f, 2, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE);
+  assert_int_equal(f->s.result, CAPF_RESULT_OK);
+  assert_int_equal(f->ca_cancels, 0);
+  fake_free(f);
+}
+
+static void test_external_online_pending_and_failures(void **state) {
+  (void)state;
+  /* Pending, due within the phone's wait: asked again in the session. */
+  fake_t *f = external_install(CAPSTAN_ISSUER_MSCS);
+  csr_checked(f, 0, NULL);
+  ca_answer(f, CAPSTAN_CA_PENDING, "CA: pending", (int64_t)time(NULL) + 2, "42");
+  assert_int_equal(f->s.state, CAPF_ST_CA_RETRY);
+  assert_true(f->timer_ms <= 2000 && f->timer_ms >= 900);
+  capf_session_timed_out(&f->s);
+  assert_int_equal(f->s.state, CAPF_ST_ASKING_CA);
+  assert_int_equal(f->ca_submits, 2);
+  assert_string_equal(f->ca_request_id, "42");
+  /* Then the CA says no: failed with its words, and the phone comes back. */
+  ca_answer(f, CAPSTAN_CA_REFUSED, "CA refused: Denied by Policy Module", 0, "");
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, "CA refused: Denied by Policy Module");
+  commit(f, 1, 0);
+  assert_retry_later(f);
+  assert_int_equal(f->s.result, CAPF_RESULT_FAILED);
+  fake_free(f);
+
+  /* Pending beyond the wait: kept for the poller with its request id. */
+  f = external_install(CAPSTAN_ISSUER_MSCS);
+  csr_checked(f, 0, NULL);
+  int64_t later = (int64_t)time(NULL) + 3600;
+  ca_answer(f, CAPSTAN_CA_PENDING, "CA: request 77 pending", later, "77");
+  capf_record_t *r = f->records[1];
+  assert_int_equal(r->kind, CAPF_RECORD_CSR_PENDING);
+  assert_string_equal(r->ca_request_id, "77");
+  assert_int_equal(r->next_poll_at, later);
+  assert_int_equal(r->issuer, CAPSTAN_ISSUER_MSCS);
+  commit(f, 1, 0);
+  assert_retry_later(f);
+  assert_int_equal(f->s.result, CAPF_RESULT_RETRY_LATER);
+  fake_free(f);
+
+  /* The CA does not answer within the phone's wait: dropped, kept pending. */
+  f = external_install(CAPSTAN_ISSUER_EST);
+  csr_checked(f, 0, NULL);
+  capf_session_timed_out(&f->s);
+  assert_int_equal(f->ca_cancels, 1);
+  assert_int_equal(f->records[1]->kind, CAPF_RECORD_CSR_PENDING);
+  ca_answer(f, CAPSTAN_CA_ISSUED, "", 0, ""); /* a late answer is nobody's */
+  commit(f, 1, 0);
+  assert_retry_later(f);
+  fake_free(f);
+
+  /* Unavailable, timed out, a bad certificate: failed with the reason. */
+  const capstan_ca_outcome_t bad[] = {CAPSTAN_CA_UNAVAILABLE, CAPSTAN_CA_TIMED_OUT,
+                                      CAPSTAN_CA_BAD_CERT};
+  const char *why[] = {"CA unavailable", "CA timed out",
+                       "CA returned a certificate for another key"};
+  for (int i = 0; i < 3; i++) {
+    f = external_install(CAPSTAN_ISSUER_EST);
+    csr_checked(f, 0, NULL);
+    ca_answer(f, bad[i], why[i], 0, "");
+    assert_status_record(f, 1, CAPF_STATUS_FAILED, why[i]);
+    assert_int_equal(f->nsent, 3); /* no certificate, nothing yet */
+    commit(f, 1, 0);
+    assert_retry_later(f);
+    fake_free(f);
+  }
+
+  /* No CA configured. */
+  f = external_install(CAPSTAN_ISSUER_EST);
+  f->ca_fails = 1;
+  csr_checked(f, 0, NULL);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED,
+                       "CA unavailable: no CA is configured (capstan ca set)");
+  fake_free(f);
+
+  /* The phone leaves while the CA is asked: the request is dropped. */
+  f = external_install(CAPSTAN_ISSUER_EST);
+  csr_checked(f, 0, NULL);
+  capf_session_closed(&f->s, CAPSTAN_TLS_CLOSE_PEER_EOF);
+  assert_int_equal(f->ca_cancels, 1);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, "phone disconnected while the CA was asked");
+  fake_free(f);
+
+  /* An online CA takes RSA keys only: no key generation for an EC device. */
+  g_shared.settings.issuer = CAPSTAN_ISSUER_EST;
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  f->device.key_alg = CAPSTAN_KEY_EC;
+  f->device.key_bits = 256;
+  authenticate(f, NULL);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED, "EC keys are not supported with an online CA");
+  commit(f, 1, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->nsent, 2); /* AUTH_REQUEST, END_SESSION */
+  fake_free(f);
+  g_shared.settings.issuer = CAPSTAN_ISSUER_CAPF;
+}
+
+static void test_external_handover(void **state) {
+  (void)state;
+  make_cert();
+  g_shared.settings.issuer = CAPSTAN_ISSUER_OFFLINE;
+  /* Stored: INSTALLED, marked as a hand-over. */
+  fake_t *f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  f->device.handover_der = malloc(g_cert_len);
+  memcpy(f->device.handover_der, g_cert, g_cert_len);
+  f->device.handover_len = g_cert_len;
+  memset(f->device.handover_key, 0x5a, sizeof(f->device.handover_key));
+  strcpy(f->device.handover_md5, "00112233445566778899aabbccddeeff");
+  authenticate(f, NULL);
+  capstan_capf_msg_t m = sent(f, 1, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST);
+  uint8_t type = 0;
+  capstan_capf_slice_t der;
+  assert_int_equal(capstan_capf_get_certificate(&m, &type, &der), 0);
+  assert_int_equal(der.len, g_cert_len);
+  assert_memory_equal(der.data, g_cert, g_cert_len);
+  assert_int_equal(f->s.state, CAPF_ST_WAIT_STORE);
+  with_reason(f, CAPSTAN_CAPF_CMD_STORE_CERT_RESPONSE, CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE);
+  capf_record_t *r = f->records[1];
+  assert_int_equal(r->kind, CAPF_RECORD_INSTALLED);
+  assert_true(r->handover);
+  assert_int_equal(r->serial[0], 0x5a);
+  assert_string_equal(r->md5, "00112233445566778899aabbccddeeff");
+  assert_true(r->spki_len > 0);
+  commit(f, 1, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE);
+  fake_free(f);
+
+  /* Refused: the old request goes stale and a new key is asked for in the
+   * same session. */
+  double refused = capstan_metric_value(g_shared.m.handovers_refused);
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  f->device.handover_der = malloc(g_cert_len);
+  memcpy(f->device.handover_der, g_cert, g_cert_len);
+  f->device.handover_len = g_cert_len;
+  authenticate(f, NULL);
+  with_reason(f, CAPSTAN_CAPF_CMD_STORE_CERT_RESPONSE, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->s.state, CAPF_ST_RESTARTING);
+  assert_int_equal(f->records[1]->kind, CAPF_RECORD_HANDOVER_REFUSED);
+  assert_true(f->records[1]->awaited);
+  assert_int_equal(f->nsent, 2);
+  assert_int_equal(capstan_metric_value(g_shared.m.handovers_refused), refused + 1);
+  commit(f, 1, 0);
+  sent(f, 2, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST);
+  assert_int_equal(f->s.state, CAPF_ST_WAIT_KEYGEN);
+  keygen_response(f);
+  sent(f, 3, CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST);
+  fake_free(f);
+  g_shared.settings.issuer = CAPSTAN_ISSUER_CAPF;
+  free(g_cert);
+  g_cert = NULL;
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_install_by_auth_string),
@@ -1162,6 +1559,11 @@ int main(void) {
       cmocka_unit_test(test_split_reads),
       cmocka_unit_test(test_peer_hangs_up),
       cmocka_unit_test(test_abort_and_send_failure),
+      cmocka_unit_test(test_external_offline_request),
+      cmocka_unit_test(test_external_phone_without_request),
+      cmocka_unit_test(test_external_online_issued),
+      cmocka_unit_test(test_external_online_pending_and_failures),
+      cmocka_unit_test(test_external_handover),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,449 @@
+#include "handlers/capf/ca_service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
+#include "core/ca/ca.h"
+#include "core/ca/requests.h"
+
+#define POLL_INTERVAL_MS 5000
+/* Pending requests asked about at once: a CA that approves a backlog must
+ * not see thousands of requests in one second from us. */
+#define POLL_MAX_IN_FLIGHT 16
+/* When a CA could not be reached about a pending request, ask again in: */
+#define POLL_RETRY_UNREACHABLE_SECONDS 60
+#define HEALTH_WRITE_SECONDS 10
+
+/* A pending request the poller asks the CA about (copies: the scan's
+ * transaction is over when it is submitted). */
+typedef struct poll_item {
+  capf_ca_service_t *svc;
+  uint8_t key[32];
+  char device[CAPSTAN_DEVICE_NAME_MAX + 1];
+  uint8_t *csr_der;
+  size_t csr_len;
+  uint8_t *spki;
+  size_t spki_len;
+  char request_id[CAPSTAN_CA_REQUEST_ID_MAX + 1];
+  capstan_ca_request_t *req;
+  struct poll_item *next; /* in flight, or in a scan's list */
+} poll_item_t;
+
+/* The scan runs on the thread pool: thousands of requests are decoded
+ * there, not on the loop. */
+typedef struct scan_job {
+  uv_work_t work;
+  capf_ca_service_t *svc;
+  unsigned issuer; /* poll requests made for this issuer */
+  int64_t now;
+  unsigned room; /* how many due requests to take */
+  uint8_t skip[POLL_MAX_IN_FLIGHT][32];
+  unsigned nskip;
+  int status;
+  uint64_t pending;
+  int64_t oldest;
+  poll_item_t *due;
+} scan_job_t;
+
+struct capf_ca_service {
+  uv_loop_t *loop;
+  capstan_store_t *store;
+  capf_shared_t *shared;
+  capf_ca_reset_fn reset;
+  void *reset_arg;
+  uv_timer_t timer;
+  unsigned issuer;
+  capstan_ca_config_t cfg;
+  capstan_ca_client_t *client;
+  capf_pki_t *pki;
+  poll_item_t *in_flight;
+  unsigned n_in_flight;
+  int scanning;
+  int stopping;
+  int64_t health_written_at;
+  uint64_t health_requests_written;
+  capstan_metric_t *csr_pending, *csr_oldest;
+};
+
+static void item_free(poll_item_t *it) {
+  if (it == NULL) return;
+  free(it->csr_der);
+  free(it->spki);
+  free(it);
+}
+
+/* --- The client --------------------------------------------------------- */
+
+static int bytes_equal(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen) {
+  return alen == blen && (alen == 0 || memcmp(a, b, alen) == 0);
+}
+
+/* What a client is made from (the chain and the phone wait are not). */
+static int same_connection(const capstan_ca_config_t *a, const capstan_ca_config_t *b) {
+  return strcmp(a->url, b->url) == 0 && strcmp(a->label, b->label) == 0 &&
+         strcmp(a->template_name, b->template_name) == 0 && strcmp(a->username, b->username) == 0 &&
+         strcmp(a->password, b->password) == 0 &&
+         bytes_equal(a->ca_bundle_pem, a->ca_bundle_len, b->ca_bundle_pem, b->ca_bundle_len) &&
+         a->timeout_seconds == b->timeout_seconds;
+}
+
+static void drop_client(capf_ca_service_t *svc) {
+  if (svc->client == NULL) return;
+  /* Sessions and the poller let go of their requests first: the client
+   * drops its requests without calling anyone back. */
+  svc->reset(svc->reset_arg);
+  while (svc->in_flight != NULL) {
+    poll_item_t *it = svc->in_flight;
+    svc->in_flight = it->next;
+    capstan_ca_cancel(it->req);
+    item_free(it);
+  }
+  svc->n_in_flight = 0;
+  capstan_ca_client_free(svc->client);
+  svc->client = NULL;
+  svc->shared->ca = NULL;
+}
+
+void capf_ca_service_update(capf_ca_service_t *svc, unsigned issuer, capf_pki_t *pki) {
+  if (svc == NULL || svc->stopping) return;
+  if (pki != svc->pki) {
+    capf_pki_t *old = svc->pki;
+    svc->pki = capf_pki_ref(pki);
+    if (old != NULL) capf_pki_unref(old);
+  }
+  capstan_ca_config_t cfg;
+  capstan_ca_config_init(&cfg);
+  capstan_txn_t txn;
+  int rc = capstan_store_begin(svc->store, false, &txn);
+  if (rc == 0) {
+    rc = capstan_ca_config_read(&txn, &cfg);
+    capstan_store_abort(&txn);
+  }
+  if (rc < 0) {
+    LOG_ERROR("event=ca_config_read_failed error=%s", capstan_strerror(rc));
+    capstan_ca_config_cleanup(&cfg);
+    return;
+  }
+  svc->shared->settings.ca_phone_wait_seconds = cfg.phone_wait_seconds;
+  int online = CAPSTAN_ISSUER_IS_ONLINE(issuer) && cfg.url[0] != '\0';
+  int same =
+      svc->client != NULL && online && issuer == svc->issuer && same_connection(&cfg, &svc->cfg);
+  if (!same) {
+    drop_client(svc);
+    if (online) {
+      char err[256] = "";
+      svc->client =
+          capstan_ca_client_new(svc->loop, (capstan_issuer_t)issuer, &cfg, err, sizeof(err));
+      if (svc->client == NULL) {
+        LOG_ERROR("event=ca_client_failed issuer=%s error=\"%s\"", capstan_issuer_name(issuer),
+                  err[0] ? err : "out of memory");
+      } else {
+        LOG_INFO("event=ca_client_ready issuer=%s url=%s", capstan_issuer_name(issuer), cfg.url);
+      }
+    } else if (CAPSTAN_ISSUER_IS_ONLINE(issuer)) {
+      LOG_WARN("event=ca_not_configured issuer=%s hint=\"capstan ca set --url ...\"",
+               capstan_issuer_name(issuer));
+    }
+    svc->shared->ca = svc->client;
+  }
+  svc->issuer = issuer;
+  capstan_ca_config_cleanup(&svc->cfg);
+  svc->cfg = cfg; /* takes its buffers */
+}
+
+/* --- Results of the poller ---------------------------------------------- */
+
+/* What the poller writes for one answer (the writer thread reads it). */
+typedef struct poll_write {
+  uint8_t key[32];
+  char device[CAPSTAN_DEVICE_NAME_MAX + 1];
+  capstan_ca_outcome_t outcome;
+  char reason[CAPSTAN_CA_REASON_MAX + 1];
+  uint8_t *cert_der;
+  size_t cert_len;
+  uint8_t **chain_der;
+  size_t *chain_lens;
+  size_t chain_count;
+  int64_t next_poll_at;
+  int64_t now;
+} poll_write_t;
+
+static void poll_write_free(poll_write_t *w) {
+  free(w->cert_der);
+  for (size_t i = 0; i < w->chain_count; i++) free(w->chain_der[i]);
+  free(w->chain_der);
+  free(w->chain_lens);
+  free(w);
+}
+
+static int poll_write_apply(capstan_txn_t *txn, void *arg) {
+  const poll_write_t *w = arg;
+  switch (w->outcome) {
+    case CAPSTAN_CA_ISSUED:
+      return capstan_csr_record_issued(txn, w->key, w->cert_der, w->cert_len,
+                                       (const uint8_t *const *)w->chain_der, w->chain_lens,
+                                       w->chain_count, w->now);
+    case CAPSTAN_CA_REFUSED:
+    case CAPSTAN_CA_BAD_CERT:
+      return capstan_csr_record_failed(txn, w->key, w->reason, w->now);
+    default:
+      return capstan_csr_record_polled(txn, w->key, w->next_poll_at, w->reason, w->now);
+  }
+}
+
+static void poll_written(void *arg, int status) {
+  poll_write_t *w = arg;
+  if (status < 0 && status != CAPSTAN_ENOENT && status != CAPSTAN_EEXIST) {
+    LOG_ERROR("event=ca_poll_record_failed device=%s error=%s", w->device,
+              capstan_strerror(status));
+  } else if (status == 0 && w->outcome == CAPSTAN_CA_ISSUED) {
+    LOG_INFO("event=ca_request_issued device=%s note=\"the phone gets it at its next session\"",
+             w->device);
+  }
+  poll_write_free(w);
+}
+
+static poll_write_t *poll_write_new(const poll_item_t *it, const capstan_ca_result_t *r) {
+  poll_write_t *w = calloc(1, sizeof(*w));
+  if (w == NULL) return NULL;
+  memcpy(w->key, it->key, sizeof(w->key));
+  snprintf(w->device, sizeof(w->device), "%s", it->device);
+  w->outcome = r->outcome;
+  snprintf(w->reason, sizeof(w->reason), "%s", r->reason);
+  w->now = (int64_t)time(NULL);
+  w->next_poll_at = r->outcome == CAPSTAN_CA_PENDING && r->retry_at > 0
+                        ? r->retry_at
+                        : w->now + POLL_RETRY_UNREACHABLE_SECONDS;
+  if (r->outcome != CAPSTAN_CA_ISSUED) return w;
+  w->cert_der = malloc(r->cert_len);
+  w->chain_der = calloc(r->chain_count + 1, sizeof(*w->chain_der));
+  w->chain_lens = calloc(r->chain_count + 1, sizeof(*w->chain_lens));
+  if (w->cert_der == NULL || w->chain_der == NULL || w->chain_lens == NULL) goto oom;
+  memcpy(w->cert_der, r->cert_der, r->cert_len);
+  w->cert_len = r->cert_len;
+  for (size_t i = 0; i < r->chain_count; i++) {
+    w->chain_der[i] = malloc(r->chain_lens[i]);
+    if (w->chain_der[i] == NULL) goto oom;
+    w->chain_count = i + 1;
+    memcpy(w->chain_der[i], r->chain_der[i], r->chain_lens[i]);
+    w->chain_lens[i] = r->chain_lens[i];
+  }
+  return w;
+oom:
+  poll_write_free(w);
+  return NULL;
+}
+
+static void on_poll_answer(capstan_ca_request_t *req, const capstan_ca_result_t *r, void *data) {
+  (void)req;
+  poll_item_t *it = data;
+  capf_ca_service_t *svc = it->svc;
+  for (poll_item_t **p = &svc->in_flight; *p != NULL; p = &(*p)->next) {
+    if (*p == it) {
+      *p = it->next;
+      svc->n_in_flight--;
+      break;
+    }
+  }
+  LOG_INFO("event=ca_poll device=%s result=%s reason=\"%s\"", it->device,
+           capstan_ca_outcome_name(r->outcome), r->reason);
+  poll_write_t *w = poll_write_new(it, r);
+  if (w == NULL || capstan_store_submit(svc->store, poll_write_apply, w, poll_written) < 0) {
+    LOG_ERROR("event=ca_poll_record_failed device=%s error=%s", it->device,
+              capstan_strerror(w == NULL ? CAPSTAN_ENOMEM : CAPSTAN_EIO));
+    if (w != NULL) poll_write_free(w);
+  }
+  item_free(it);
+}
+
+/* --- The scan ------------------------------------------------------------ */
+
+typedef struct scan_visit {
+  scan_job_t *job;
+  poll_item_t **tail;
+  unsigned taken;
+} scan_visit_t;
+
+static int in_skip(const scan_job_t *j, const uint8_t key[32]) {
+  for (unsigned i = 0; i < j->nskip; i++) {
+    if (memcmp(j->skip[i], key, 32) == 0) return 1;
+  }
+  return 0;
+}
+
+static int scan_visit(const capstan_cert_request_t *r, void *arg) {
+  scan_visit_t *v = arg;
+  scan_job_t *j = v->job;
+  if (r->status != CAPSTAN_CSR_PENDING) return 0;
+  j->pending++;
+  if (j->oldest == 0 || r->created_at < j->oldest) j->oldest = r->created_at;
+  if (v->taken >= j->room || r->issuer != j->issuer || r->next_poll_at > j->now ||
+      in_skip(j, r->key)) {
+    return 0;
+  }
+  poll_item_t *it = calloc(1, sizeof(*it));
+  if (it == NULL) return 0;
+  memcpy(it->key, r->key, sizeof(it->key));
+  snprintf(it->device, sizeof(it->device), "%s", r->device);
+  snprintf(it->request_id, sizeof(it->request_id), "%s", r->ca_request_id);
+  it->csr_der = malloc(r->csr_len ? r->csr_len : 1);
+  it->spki = malloc(r->spki_len ? r->spki_len : 1);
+  if (it->csr_der == NULL || it->spki == NULL) {
+    item_free(it);
+    return 0;
+  }
+  memcpy(it->csr_der, r->csr_der, r->csr_len);
+  it->csr_len = r->csr_len;
+  memcpy(it->spki, r->spki, r->spki_len);
+  it->spki_len = r->spki_len;
+  *v->tail = it;
+  v->tail = &it->next;
+  v->taken++;
+  return 0;
+}
+
+static void scan_run(uv_work_t *w) {
+  scan_job_t *j = (scan_job_t *)w;
+  capstan_txn_t txn;
+  j->status = capstan_store_begin(j->svc->store, false, &txn);
+  if (j->status < 0) return;
+  scan_visit_t v = {.job = j, .tail = &j->due};
+  j->status = capstan_csr_each(&txn, scan_visit, &v);
+  capstan_store_abort(&txn);
+}
+
+static void scan_done(uv_work_t *w, int status) {
+  scan_job_t *j = (scan_job_t *)w;
+  capf_ca_service_t *svc = j->svc;
+  svc->scanning = 0;
+  if (status == 0 && j->status == 0) {
+    capstan_metric_set(svc->csr_pending, (double)j->pending);
+    capstan_metric_set(svc->csr_oldest, (double)j->oldest);
+  } else if (j->status < 0) {
+    LOG_ERROR("event=ca_poll_scan_failed error=%s", capstan_strerror(j->status));
+  }
+  while (j->due != NULL) {
+    poll_item_t *it = j->due;
+    j->due = it->next;
+    it->next = NULL;
+    /* The issuer or the client may have changed while the scan ran. */
+    if (svc->stopping || svc->client == NULL || svc->issuer != j->issuer || svc->pki == NULL) {
+      item_free(it);
+      continue;
+    }
+    it->svc = svc;
+    it->req =
+        capstan_ca_submit(svc->client, it->device, it->csr_der, it->csr_len, it->spki, it->spki_len,
+                          it->request_id, svc->pki->ids->capf_trust, on_poll_answer, it);
+    if (it->req == NULL) {
+      item_free(it);
+      continue;
+    }
+    it->next = svc->in_flight;
+    svc->in_flight = it;
+    svc->n_in_flight++;
+  }
+  free(j);
+  if (svc->stopping == 2) { /* stopped while the scan ran */
+    capstan_ca_config_cleanup(&svc->cfg);
+    free(svc);
+  }
+}
+
+/* --- Health -------------------------------------------------------------- */
+
+static int health_apply(capstan_txn_t *txn, void *arg) {
+  return capstan_ca_health_write(txn, arg);
+}
+
+static void health_written(void *arg, int status) {
+  if (status < 0) LOG_WARN("event=ca_health_write_failed error=%s", capstan_strerror(status));
+  free(arg);
+}
+
+static void write_health(capf_ca_service_t *svc, int64_t now) {
+  if (svc->client == NULL || now - svc->health_written_at < HEALTH_WRITE_SECONDS) return;
+  capstan_ca_health_t *h = malloc(sizeof(*h));
+  if (h == NULL) return;
+  capstan_ca_client_health(svc->client, h);
+  if (h->requests == svc->health_requests_written) {
+    free(h);
+    return;
+  }
+  svc->health_written_at = now;
+  svc->health_requests_written = h->requests;
+  if (capstan_store_submit(svc->store, health_apply, h, health_written) < 0) free(h);
+}
+
+/* --- Timer --------------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t) {
+  capf_ca_service_t *svc = t->data;
+  if (svc->stopping || svc->scanning) return;
+  int64_t now = (int64_t)time(NULL);
+  write_health(svc, now);
+  scan_job_t *j = calloc(1, sizeof(*j));
+  if (j == NULL) return;
+  j->svc = svc;
+  j->issuer = svc->issuer;
+  j->now = now;
+  j->room = svc->client != NULL ? POLL_MAX_IN_FLIGHT - svc->n_in_flight : 0;
+  for (poll_item_t *it = svc->in_flight; it != NULL && j->nskip < POLL_MAX_IN_FLIGHT;
+       it = it->next) {
+    memcpy(j->skip[j->nskip++], it->key, 32);
+  }
+  if (uv_queue_work(svc->loop, &j->work, scan_run, scan_done) < 0) {
+    free(j);
+    return;
+  }
+  svc->scanning = 1;
+}
+
+capf_ca_service_t *capf_ca_service_start(uv_loop_t *loop, capstan_store_t *store,
+                                         capf_shared_t *shared, capf_ca_reset_fn reset,
+                                         void *reset_arg) {
+  capf_ca_service_t *svc = calloc(1, sizeof(*svc));
+  if (svc == NULL) return NULL;
+  svc->loop = loop;
+  svc->store = store;
+  svc->shared = shared;
+  svc->reset = reset;
+  svc->reset_arg = reset_arg;
+  capstan_ca_config_init(&svc->cfg);
+  svc->csr_pending = capstan_metrics_gauge(
+      "capstan_csr_pending",
+      "Phones' certificate requests waiting for a CA (offline: the operator; online: pending)",
+      NULL);
+  svc->csr_oldest = capstan_metrics_gauge(
+      "capstan_csr_pending_oldest_timestamp_seconds",
+      "When the oldest certificate request still waiting for a CA was made (0: none)", NULL);
+  uv_timer_init(loop, &svc->timer);
+  svc->timer.data = svc;
+  uv_timer_start(&svc->timer, on_tick, 0, POLL_INTERVAL_MS);
+  return svc;
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  capf_ca_service_t *svc = h->data;
+  if (svc->scanning) {
+    /* The scan's completion still needs the service: it is freed there. */
+    svc->stopping = 2;
+    return;
+  }
+  capstan_ca_config_cleanup(&svc->cfg);
+  free(svc);
+}
+
+void capf_ca_service_stop(capf_ca_service_t *svc) {
+  if (svc == NULL) return;
+  svc->stopping = 1;
+  drop_client(svc);
+  if (svc->pki != NULL) capf_pki_unref(svc->pki);
+  svc->pki = NULL;
+  uv_close((uv_handle_t *)&svc->timer, on_timer_closed);
+}
