@@ -118,6 +118,7 @@ int capstan_capf_command_is_server_sent(int command) {
     case CAPSTAN_CAPF_CMD_DELETE_CERT_REQUEST:
     case CAPSTAN_CAPF_CMD_END_SESSION:
     case CAPSTAN_CAPF_CMD_RETRY_LATER:
+    case CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST: /* extension: external issuers only */
       return 1;
     default:
       return 0;
