@@ -138,7 +138,7 @@ int capstan_phone_make_csr(EVP_PKEY *key, const char *device_name, capstan_phone
 
 /* The phone's pending key on disk (PKCS#8 DER; see key_file below). Load:
  * 0, CAPSTAN_ENOENT when there is no file, CAPSTAN_EINVAL when it is not a
- * key, CAPSTAN_EIO. Save: written to PATH.tmp (mode 0600), synced, renamed
+ * key, CAPSTAN_EIO. Save: written to PATH.tmp (mode 0600) and renamed
  * over PATH; 0 or a negative error. */
 int capstan_phone_load_key_file(const char *path, EVP_PKEY **out);
 int capstan_phone_save_key_file(const char *path, EVP_PKEY *key);
