@@ -4,6 +4,10 @@
  * END_SESSION with any reason), 1 on error (connect, TLS, protocol, timeout,
  * RETRY_LATER, a bad certificate), 2 on bad usage. See bench/README.md.
  *
+ * Against an external CA (SIGN_CERT_REQUEST), --key-file keeps the key of
+ * the phone's certificate request across runs, for the hand-over of its
+ * certificate in a later session; --csr-mode and --refuse-store misbehave.
+ *
  * With --boot http|tftp the phone runs its boot sequence instead (ITL,
  * signed configuration, CAPF when the certificate hash says so, encrypted
  * configuration) and exits 0 when the boot succeeded, 1 when it failed. */

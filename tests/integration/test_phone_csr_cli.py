@@ -234,8 +234,10 @@ class FakeServer:
             timeout=TIMEOUT * 2,
         )
         t.join(TIMEOUT * 2)
-        log("capstan-phone %s -> rc=%d %s %s" % (" ".join(phone_args), p.returncode,
-                                                  p.stdout.strip(), p.stderr.strip()))
+        log(
+            "capstan-phone %s -> rc=%d %s %s"
+            % (" ".join(phone_args), p.returncode, p.stdout.strip(), p.stderr.strip())
+        )
         if "error" in out:
             raise out["error"]
         lines = p.stdout.strip().splitlines()
@@ -272,7 +274,7 @@ def main():
         c.auth()
         spki = c.keygen()
         reason, req = c.sign()
-        check(reason == 1 and req, "SIGN_CERT_RESPONSE: reason %d, request %r" % (reason, bool(req)))
+        check(reason == 1 and req, "SIGN_CERT_RESPONSE: reason %d, request %r" % (reason, req))
         check_request(req, spki)
         c.retry_later(600)
         return req
