@@ -344,8 +344,9 @@ static void finish(capstan_phone_t *p) {
     snprintf(r->detail, sizeof(r->detail), "session ended without an outcome");
   }
   /* The key of a request still without its certificate goes with the
-   * result, for the phone's next session. */
-  EVP_PKEY *pending = p->did_keygen ? p->new_key : p->pending_key;
+   * result, for the phone's next session (a failed key generation leaves
+   * the earlier one). */
+  EVP_PKEY *pending = p->new_key != NULL ? p->new_key : p->pending_key;
   if (pending != NULL && pending != p->stored_key) {
     EVP_PKEY_up_ref(pending);
     r->pending_key = pending;
