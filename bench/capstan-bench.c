@@ -73,6 +73,9 @@ typedef struct {
   uv_timer_t timer;
   /* The phone's certificates: its LSC (--lsc-dir) and MIC (--mic-ca). */
   capstan_identity_t lsc, mic;
+  /* The key of a certificate request still waiting for its certificate
+   * (external CA: the phone comes back for it after RETRY_LATER). */
+  EVP_PKEY *pending_key;
   /* --storm */
   capstan_phone_boot_t *boot; /* NULL when not booting */
   unsigned boots;
@@ -99,6 +102,9 @@ struct bench {
   outcome_t outcomes[MAX_OUTCOMES];
   unsigned n_outcomes;
   unsigned long ok, end, errors, enrollments;
+  /* Certificate requests (external CA): sessions that sent one, that got a
+   * certificate without KEY_GEN_REQUEST (hand-over), refused stores. */
+  unsigned long csr_sent, handovers, stores_refused;
   uint64_t t_start, t_end;
   int stopping;
   int hold;
@@ -575,6 +581,8 @@ static int schedule_retry(bench_t *b, slot_t *s, const capstan_phone_result_t *r
 static void slot_finish(slot_t *s) {
   capstan_identity_cleanup(&s->lsc);
   capstan_identity_cleanup(&s->mic);
+  EVP_PKEY_free(s->pending_key);
+  s->pending_key = NULL;
 }
 
 static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_result_t *res) {
@@ -586,6 +594,14 @@ static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_resul
   b->active--;
   char name[64];
   phone_name(b, s->index, name, sizeof(name));
+  if (res->csr_sent) b->csr_sent++;
+  if (res->handover) b->handovers++;
+  b->stores_refused += res->stores_refused;
+  /* The phone keeps the key of a request it has no certificate for yet, for
+   * when it comes back. */
+  EVP_PKEY_free(s->pending_key);
+  s->pending_key = res->pending_key;
+  res->pending_key = NULL;
   /* The phone keeps the LSC it holds at the end of a session that ran. */
   if (res->kind != CAPSTAN_PHONE_RESULT_ERROR) {
     if (b->lsc_dir != NULL && res->operation != CAPSTAN_PHONE_OP_NONE &&
@@ -840,6 +856,16 @@ static int start_session(bench_t *b, unsigned long i) {
   }
   c.lsc = s->lsc;
   c.mic = s->mic;
+  /* A request made in an earlier session: in memory, and with --lsc-dir
+   * also on disk (DIR/NAME.pending.der, read and written by the phone) so
+   * that a later run gets its certificate. */
+  c.pending_key = s->pending_key;
+  char key_file[4096];
+  if (b->lsc_dir != NULL && !b->storm &&
+      (size_t)snprintf(key_file, sizeof(key_file), "%s/%s.pending.der", b->lsc_dir, name) <
+          sizeof(key_file)) {
+    c.key_file = key_file;
+  }
   b->active++;
   b->sessions++;
   s->attempts++;
@@ -970,8 +996,11 @@ static void report(bench_t *b) {
     for (int i = 0; i < RETRY_CAUSES; i++) {
       printf("%s\"%s\":%lu", i ? "," : "", retry_cause_names[i], b->retries[i]);
     }
-    printf("},\"retried_phones\":%lu,\"ok_after_retries\":%lu,\"gave_up\":%lu}\n",
-           b->retried_phones, b->ok_after_retries, b->gave_up);
+    printf(
+        "},\"retried_phones\":%lu,\"ok_after_retries\":%lu,\"gave_up\":%lu,\"csr_sent\":%lu,"
+        "\"handovers\":%lu,\"stores_refused\":%lu}\n",
+        b->retried_phones, b->ok_after_retries, b->gave_up, b->csr_sent, b->handovers,
+        b->stores_refused);
   } else {
     printf("phones=%lu finished=%lu concurrency=%lu ok=%lu end=%lu errors=%lu wall_s=%.3f\n",
            b->phones, b->finished, b->concurrency, b->ok, b->end, b->errors, wall);
@@ -983,6 +1012,8 @@ static void report(bench_t *b) {
     for (int i = 0; i < RETRY_CAUSES; i++) printf(" %s=%lu", retry_cause_names[i], b->retries[i]);
     printf(" retried_phones=%lu ok_after_retries=%lu gave_up=%lu\n", b->retried_phones,
            b->ok_after_retries, b->gave_up);
+    printf("certificate requests: csr_sent=%lu handovers=%lu stores_refused=%lu\n", b->csr_sent,
+           b->handovers, b->stores_refused);
     printf("outcomes:");
     for (unsigned i = 0; i < b->n_outcomes; i++) {
       printf(" %s=%lu", b->outcomes[i].key, b->outcomes[i].count);
@@ -1097,7 +1128,9 @@ static void usage(FILE *f) {
           "                       auth_string per device (rows with operation none are\n"
           "                       left out); --phones N takes the first N\n"
           "  --lsc-dir DIR        each phone's LSC, DIR/NAME.der + NAME.key.der: loaded at\n"
-          "                       start (auth lsc needs it), written after each session\n"
+          "                       start (auth lsc needs it), written after each session;\n"
+          "                       and NAME.pending.der, the key of a certificate request\n"
+          "                       still waiting for its certificate (external CA)\n"
           "  --mic-ca FILE.pem    manufacturing CA (certificate + key) that issues each mic\n"
           "                       phone's MIC (CN CP-8845-NAME); created when missing;\n"
           "                       without --connect: only create it and exit\n"
@@ -1113,6 +1146,8 @@ static void usage(FILE *f) {
           "  --keygen-delay SEC   simulated phone key generation time (default 0)\n"
           "  --ca-pem FILE        verify the server certificate\n"
           "  --timeout SEC        per-step timeout (default 30)\n"
+          "  --ca-wait SEC        after a certificate request (SIGN_CERT_RESPONSE), wait at\n"
+          "                       most SEC for the server while it asks its CA (default 180)\n"
           "  --bind-base IP       bind phones to local IPv4 addresses from IP on (e.g.\n"
           "                       127.1.0.1: loopback is a /8), spreading them over\n"
           "  --bind-count N       N addresses (default 1): servers limit connections per address\n"
@@ -1152,6 +1187,7 @@ int main(int argc, char **argv) {
       {"keygen-delay", required_argument, NULL, 'd'},
       {"ca-pem", required_argument, NULL, 'A'},
       {"timeout", required_argument, NULL, 't'},
+      {"ca-wait", required_argument, NULL, 'w'},
       {"hold", no_argument, NULL, 'H'},
       {"hold-seconds", required_argument, NULL, 'S'},
       {"json", no_argument, NULL, 'j'},
@@ -1278,6 +1314,11 @@ int main(int argc, char **argv) {
         d = strtod(optarg, &end);
         if (end == optarg || *end || d <= 0 || d > 86400) goto bad;
         b.cfg.step_timeout_ms = (uint64_t)(d * 1000.0) + 1;
+        break;
+      case 'w':
+        d = strtod(optarg, &end);
+        if (end == optarg || *end || d <= 0 || d > 86400) goto bad;
+        b.cfg.ca_wait_ms = (uint64_t)(d * 1000.0) + 1;
         break;
       case 'H':
         b.hold = 1;

@@ -203,6 +203,8 @@ struct capstan_phone_boot {
   capstan_phone_boot_config_t cfg;
   char name[DEVICE_NAME_LEN + 1];
   char *auth_string;
+  char *key_file;        /* the CAPF session's pending key file (copy) */
+  EVP_PKEY *pending_key; /* and its pending key (own reference) */
   capstan_identity_t lsc, mic, sudi;
   X509 *trusted;
   boot_state_t state;
@@ -228,6 +230,8 @@ static void boot_free(capstan_phone_boot_t *b) {
   capstan_identity_cleanup(&b->sudi);
   X509_free(b->trusted);
   EVP_PKEY_free(b->tftp_pub);
+  EVP_PKEY_free(b->pending_key);
+  free(b->key_file);
   free(b->auth_string);
   capstan_phone_boot_result_cleanup(&b->res);
   free(b);
@@ -707,6 +711,16 @@ int capstan_phone_boot_start(uv_loop_t *loop, const capstan_phone_boot_config_t 
     if (b->auth_string == NULL) rc = CAPSTAN_ENOMEM;
   }
   b->cfg.phone.auth_string = b->auth_string;
+  if (rc == 0 && cfg->phone.key_file != NULL) {
+    b->key_file = strdup(cfg->phone.key_file);
+    if (b->key_file == NULL) rc = CAPSTAN_ENOMEM;
+  }
+  b->cfg.phone.key_file = b->key_file;
+  if (cfg->phone.pending_key != NULL) {
+    b->pending_key = cfg->phone.pending_key;
+    EVP_PKEY_up_ref(b->pending_key);
+  }
+  b->cfg.phone.pending_key = b->pending_key;
   if (rc == 0) rc = copy_identity(&cfg->phone.lsc, &b->lsc);
   if (rc == 0) rc = copy_identity(&cfg->phone.mic, &b->mic);
   if (rc == 0) rc = copy_identity(&cfg->phone.sudi, &b->sudi);

@@ -57,7 +57,14 @@ int capstan_phone_parse_auth(const char *name, capstan_phone_auth_t *out) {
   return CAPSTAN_EINVAL;
 }
 
-/* States of one session. */
+/* States of one session. After KEY_GEN_RESPONSE the phone is in WAIT_STORE,
+ * where SIGN_CERT_REQUEST may come (once); after its SIGN_CERT_RESPONSE it
+ * waits for the CA's certificate in WAIT_CA (STORE_CERT_REQUEST, or
+ * RETRY_LATER when the request is kept for later), or, when it sent no
+ * usable request (a misbehaviour mode), for the server's END_SESSION in
+ * WAIT_REJECT. A STORE_CERT_REQUEST right after authentication is a
+ * hand-over (a certificate for the pending key); when the phone refuses it,
+ * the server may start over with KEY_GEN_REQUEST (WAIT_RESTART). */
 #define PHONE_STATES(X) \
   X(CONNECTING)         \
   X(HANDSHAKE)          \
@@ -65,6 +72,9 @@ int capstan_phone_parse_auth(const char *name, capstan_phone_auth_t *out) {
   X(WAIT_OPERATION)     \
   X(KEYGEN)             \
   X(WAIT_STORE)         \
+  X(WAIT_CA)            \
+  X(WAIT_REJECT)        \
+  X(WAIT_RESTART)       \
   X(WAIT_END)           \
   X(CLOSING)
 
@@ -156,6 +166,7 @@ int capstan_phone_parse_addr(const char *hostport, struct sockaddr_storage *out)
 void capstan_phone_result_cleanup(capstan_phone_result_t *res) {
   if (res == NULL) return;
   capstan_identity_cleanup(&res->lsc);
+  EVP_PKEY_free(res->pending_key);
   free(res->received_cert);
   memset(res, 0, sizeof(*res));
 }
@@ -211,6 +222,12 @@ size_t capstan_phone_result_json(const capstan_phone_result_t *res, char *buf, s
             res->key_bits);
   }
   appendf(buf, size, &off,
+          "\"csr_requested\":%s,\"csr_sent\":%s,\"handover\":%s,\"store_refused\":%u,"
+          "\"lsc_stored\":%s,\"key_file_written\":%s,\"pending_key\":%s,",
+          res->csr_requested ? "true" : "false", res->csr_sent ? "true" : "false",
+          res->handover ? "true" : "false", res->stores_refused, res->lsc_stored ? "true" : "false",
+          res->key_file_written ? "true" : "false", res->pending_key ? "true" : "false");
+  appendf(buf, size, &off,
           "\"messages\":%u,\"connect_ms\":%.3f,\"handshake_ms\":%.3f,\"total_ms\":%.3f}",
           res->messages_received, res->connect_ms, res->handshake_ms, res->total_ms);
   if (off >= size) {
@@ -251,7 +268,13 @@ struct capstan_phone {
   size_t in_len;
   int have_session;
   uint32_t session_id;
-  EVP_PKEY *new_key; /* the key sent in KEY_GEN_RESPONSE */
+  EVP_PKEY *new_key;     /* the key sent in KEY_GEN_RESPONSE */
+  EVP_PKEY *pending_key; /* the key of an earlier request (hand-over) */
+  EVP_PKEY *stored_key;  /* the key of the certificate stored (borrowed) */
+  char *key_file;
+  int did_keygen;     /* a KEY_GEN_REQUEST came in this session */
+  int sign_answered;  /* SIGN_CERT_REQUEST answered for the current key */
+  int store_refusals; /* refuse_store: refusals done */
   int holding;
   int got_end;
   uint64_t t0;
@@ -289,11 +312,22 @@ static uint64_t step_timeout(const capstan_phone_t *p) {
   return p->cfg.step_timeout_ms ? p->cfg.step_timeout_ms : PHONE_DEFAULT_STEP_TIMEOUT_MS;
 }
 
+/* While the server asks its CA, the phone waits the longer of the two. */
+static uint64_t ca_wait(const capstan_phone_t *p) {
+  uint64_t w = p->cfg.ca_wait_ms ? p->cfg.ca_wait_ms : CAPSTAN_PHONE_DEFAULT_CA_WAIT_MS;
+  return w > step_timeout(p) ? w : step_timeout(p);
+}
+
 static void on_timer(uv_timer_t *t);
 
 static void arm_step_timer(capstan_phone_t *p) {
   if (p->closing) return;
   uv_timer_start(&p->timer, on_timer, step_timeout(p), 0);
+}
+
+static void arm_ca_timer(capstan_phone_t *p) {
+  if (p->closing) return;
+  uv_timer_start(&p->timer, on_timer, ca_wait(p), 0);
 }
 
 static void finish(capstan_phone_t *p) {
@@ -309,6 +343,14 @@ static void finish(capstan_phone_t *p) {
     r->error = CAPSTAN_PHONE_ERR_INTERNAL;
     snprintf(r->detail, sizeof(r->detail), "session ended without an outcome");
   }
+  /* The key of a request still without its certificate goes with the
+   * result, for the phone's next session (a failed key generation leaves
+   * the earlier one). */
+  EVP_PKEY *pending = p->new_key != NULL ? p->new_key : p->pending_key;
+  if (pending != NULL && pending != p->stored_key) {
+    EVP_PKEY_up_ref(pending);
+    r->pending_key = pending;
+  }
   /* The phone's LSC goes with the result. */
   r->lsc = p->lsc;
   memset(&p->lsc, 0, sizeof(p->lsc));
@@ -319,6 +361,8 @@ static void finish(capstan_phone_t *p) {
   capstan_identity_cleanup(&p->mic);
   capstan_identity_cleanup(&p->sudi);
   EVP_PKEY_free(p->new_key);
+  EVP_PKEY_free(p->pending_key);
+  free(p->key_file);
   free(p->auth_string);
   free(p->in);
   free(p);
@@ -550,6 +594,10 @@ static void on_keygen_request(capstan_phone_t *p, const capstan_capf_msg_t *m) {
   p->res.operation = CAPSTAN_PHONE_OP_INSTALL;
   p->res.key_alg = key_type;
   p->res.key_bits = bits;
+  p->did_keygen = 1;
+  p->sign_answered = 0;
+  EVP_PKEY_free(p->new_key);
+  p->new_key = NULL;
   if (!p->cfg.keygen_fail) {
     int alg = key_type, kbits = (int)bits;
     if (p->cfg.answer_key_bits != 0) {
@@ -565,6 +613,17 @@ static void on_keygen_request(capstan_phone_t *p, const capstan_capf_msg_t *m) {
     if (rc != 0) {
       FAIL(p, CAPSTAN_PHONE_ERR_INTERNAL, "key generation failed: %s", capstan_strerror(rc));
       return;
+    }
+    /* The phone keeps the key of its request until a certificate for it
+     * comes, maybe in a later session: on disk before it is sent. */
+    if (p->key_file != NULL) {
+      rc = capstan_phone_save_key_file(p->key_file, p->new_key);
+      if (rc != 0) {
+        FAIL(p, CAPSTAN_PHONE_ERR_INTERNAL, "cannot write the key file %s: %s", p->key_file,
+             capstan_strerror(rc));
+        return;
+      }
+      p->res.key_file_written = 1;
     }
   }
   if (p->cfg.hold || p->cfg.keygen_delay_ms > 0) {
@@ -591,10 +650,18 @@ static int cert_matches_key(X509 *cert, EVP_PKEY *key) {
   return ok;
 }
 
+/* STORE_CERT_REQUEST: after KEY_GEN_RESPONSE (and maybe a certificate
+ * request) for the key sent then; right after authentication (a hand-over)
+ * for the pending key of an earlier request. */
 static void on_store_request(capstan_phone_t *p, const capstan_capf_msg_t *m) {
   uint8_t type = 0;
   capstan_capf_slice_t der;
   uint8_t cert_type;
+  int handover = !p->did_keygen;
+  if (handover) {
+    p->res.handover = 1;
+    p->res.operation = CAPSTAN_PHONE_OP_INSTALL;
+  }
   int rc = capstan_capf_get_certificate_type(m, &cert_type);
   if (rc == 0 && cert_type != CAPSTAN_CAPF_CERT_LSC) {
     FAIL(p, CAPSTAN_PHONE_ERR_PROTOCOL, "STORE_CERT_REQUEST: CERTIFICATE_TYPE %u", cert_type);
@@ -617,6 +684,7 @@ static void on_store_request(capstan_phone_t *p, const capstan_capf_msg_t *m) {
   memcpy(p->res.received_cert, der.data, der.len);
   p->res.received_cert_len = der.len;
 
+  EVP_PKEY *key = handover ? p->pending_key : p->new_key;
   int reason = p->cfg.store_reason ? p->cfg.store_reason : CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE;
   X509 *cert = NULL;
   if (type != CAPSTAN_CAPF_CERT_LSC) {
@@ -626,23 +694,79 @@ static void on_store_request(capstan_phone_t *p, const capstan_capf_msg_t *m) {
   } else if (capstan_pki_parse_cert(der.data, der.len, &cert) != 0) {
     note_error(p, CAPSTAN_PHONE_ERR_BAD_CERT, "STORE_CERT_REQUEST: certificate does not parse");
     reason = CAPSTAN_CAPF_REASON_INVALID_ELEMENT;
-  } else if (!cert_matches_key(cert, p->new_key)) {
+  } else if (handover && key == NULL) {
     note_error(p, CAPSTAN_PHONE_ERR_BAD_CERT,
-               "STORE_CERT_REQUEST: certificate is not for the key the phone sent");
+               "STORE_CERT_REQUEST without KEY_GEN_REQUEST, and the phone has no pending key");
+    reason = CAPSTAN_CAPF_REASON_INVALID_ELEMENT;
+  } else if (!cert_matches_key(cert, key)) {
+    note_error(p, CAPSTAN_PHONE_ERR_BAD_CERT, "STORE_CERT_REQUEST: certificate is not for %s",
+               handover ? "the phone's pending key" : "the key the phone sent");
+    reason = CAPSTAN_CAPF_REASON_INVALID_ELEMENT;
+  } else if (p->cfg.refuse_store && p->store_refusals == 0) {
+    p->store_refusals++;
     reason = CAPSTAN_CAPF_REASON_INVALID_ELEMENT;
   }
   ERR_clear_error();
   if (reason == CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE) {
     capstan_identity_cleanup(&p->lsc);
     p->lsc.cert = cert;
-    p->lsc.key = p->new_key;
-    EVP_PKEY_up_ref(p->new_key);
+    p->lsc.key = key;
+    EVP_PKEY_up_ref(key);
+    p->stored_key = key;
+    p->res.lsc_stored = 1;
     cert = NULL;
+  } else {
+    p->res.stores_refused++;
   }
   X509_free(cert);
   if (send_simple(p, CAPSTAN_CAPF_CMD_STORE_CERT_RESPONSE, reason) != 0) return;
-  p->state = ST_WAIT_END;
+  /* A refused hand-over: the server may start over with a new request. */
+  p->state =
+      handover && reason != CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE ? ST_WAIT_RESTART : ST_WAIT_END;
   arm_step_timer(p);
+}
+
+/* SIGN_CERT_REQUEST (no element), once after KEY_GEN_RESPONSE: the phone
+ * answers with a request for its new key, as its csr_mode says. */
+static void on_sign_request(capstan_phone_t *p, const capstan_capf_msg_t *m) {
+  if (m->element_count != 0) {
+    FAIL(p, CAPSTAN_PHONE_ERR_PROTOCOL, "SIGN_CERT_REQUEST carries %u element(s); it has none",
+         m->element_count);
+    return;
+  }
+  p->res.csr_requested = 1;
+  p->sign_answered = 1;
+  capstan_phone_csr_mode_t mode = p->cfg.csr_mode;
+  if (mode == CAPSTAN_PHONE_CSR_SILENT) {
+    /* The server's step timer must end this, with END_SESSION. */
+    p->state = ST_WAIT_REJECT;
+    arm_ca_timer(p);
+    return;
+  }
+  capstan_capf_builder_t b;
+  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_SIGN_CERT_RESPONSE, reply_session(p), 0);
+  if (mode == CAPSTAN_PHONE_CSR_REFUSE) {
+    capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_REASON, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  } else {
+    uint8_t *der = NULL;
+    size_t len = 0;
+    int rc = capstan_phone_make_csr(p->new_key, p->name, mode, &der, &len);
+    if (rc != 0) {
+      capstan_capf_builder_cleanup(&b);
+      FAIL(p, CAPSTAN_PHONE_ERR_INTERNAL, "cannot make the certificate request: %s",
+           capstan_strerror(rc));
+      return;
+    }
+    capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_REASON, CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE);
+    capstan_capf_builder_add_bytes(&b, CAPSTAN_CAPF_EL_CERT_REQUEST, der, len);
+    free(der);
+  }
+  if (send_msg(p, &b) != 0) return;
+  p->res.csr_sent = mode != CAPSTAN_PHONE_CSR_REFUSE;
+  /* A good request: the server asks its CA, which may take long. A bad one
+   * (or none): the server must end the operation, and nothing else. */
+  p->state = mode == CAPSTAN_PHONE_CSR_OK ? ST_WAIT_CA : ST_WAIT_REJECT;
+  arm_ca_timer(p);
 }
 
 static void on_fetch_request(capstan_phone_t *p) {
@@ -695,7 +819,9 @@ static int check_server_message(capstan_phone_t *p, const capstan_capf_msg_t *m)
          (unsigned)m->session_id, (unsigned)p->session_id);
     return -1;
   }
-  if (!capstan_capf_command_is_server_sent(m->command)) {
+  /* SIGN_CERT_REQUEST is server-sent too (extension; no element). */
+  if (!capstan_capf_command_is_server_sent(m->command) &&
+      m->command != CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST) {
     FAIL(p, CAPSTAN_PHONE_ERR_PROTOCOL, "server sent phone command %s", cmd);
     return -1;
   }
@@ -742,6 +868,12 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
       FAIL(p, CAPSTAN_PHONE_ERR_PROTOCOL, "END_SESSION without a valid REASON");
       return;
     }
+    if (p->state == ST_WAIT_REJECT && reason == CAPSTAN_CAPF_REASON_UPDATE_CERTIFICATE) {
+      FAIL(p, CAPSTAN_PHONE_ERR_PROTOCOL,
+           "END_SESSION REASON=1 after certificate request mode %s (no usable request)",
+           capstan_phone_csr_mode_name(p->cfg.csr_mode));
+      return;
+    }
     p->res.end_reason = reason;
     p->got_end = 1;
     p->holding = 0;
@@ -785,6 +917,10 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
         case CAPSTAN_CAPF_CMD_DELETE_CERT_REQUEST:
           on_delete_request(p);
           return;
+        case CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST:
+          /* A hand-over: the certificate for an earlier request. */
+          on_store_request(p, m);
+          return;
         case CAPSTAN_CAPF_CMD_RETRY_LATER:
           on_retry_later(p, m);
           return;
@@ -793,10 +929,31 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
           return;
       }
     case ST_WAIT_STORE:
-      if (m->command != CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST) {
-        unexpected(p, m);
-      } else {
+      if (m->command == CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST) {
         on_store_request(p, m);
+      } else if (m->command == CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST && !p->sign_answered) {
+        on_sign_request(p, m);
+      } else {
+        unexpected(p, m);
+      }
+      return;
+    case ST_WAIT_CA:
+      if (m->command == CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST) {
+        on_store_request(p, m);
+      } else if (m->command == CAPSTAN_CAPF_CMD_RETRY_LATER) {
+        /* The request is kept: the certificate comes in a later session. */
+        on_retry_later(p, m);
+      } else {
+        unexpected(p, m);
+      }
+      return;
+    case ST_WAIT_RESTART:
+      if (m->command == CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST) {
+        on_keygen_request(p, m);
+      } else if (m->command == CAPSTAN_CAPF_CMD_RETRY_LATER) {
+        on_retry_later(p, m);
+      } else {
+        unexpected(p, m);
       }
       return;
     default:
@@ -925,6 +1082,19 @@ int capstan_phone_start(uv_loop_t *loop, const capstan_phone_config_t *cfg,
     if (p->auth_string == NULL) rc = CAPSTAN_ENOMEM;
   }
   p->cfg.auth_string = p->auth_string;
+  if (rc == 0 && cfg->key_file != NULL) {
+    p->key_file = strdup(cfg->key_file);
+    if (p->key_file == NULL) rc = CAPSTAN_ENOMEM;
+  }
+  p->cfg.key_file = p->key_file;
+  p->cfg.pending_key = NULL;
+  if (rc == 0 && cfg->pending_key != NULL) {
+    EVP_PKEY_up_ref(cfg->pending_key);
+    p->pending_key = cfg->pending_key;
+  } else if (rc == 0 && p->key_file != NULL) {
+    rc = capstan_phone_load_key_file(p->key_file, &p->pending_key);
+    if (rc == CAPSTAN_ENOENT) rc = 0;
+  }
   if (rc == 0) rc = copy_identity(&cfg->lsc, &p->lsc);
   if (rc == 0) rc = copy_identity(&cfg->mic, &p->mic);
   if (rc == 0) rc = copy_identity(&cfg->sudi, &p->sudi);
@@ -936,6 +1106,8 @@ int capstan_phone_start(uv_loop_t *loop, const capstan_phone_config_t *cfg,
     capstan_identity_cleanup(&p->lsc);
     capstan_identity_cleanup(&p->mic);
     capstan_identity_cleanup(&p->sudi);
+    EVP_PKEY_free(p->pending_key);
+    free(p->key_file);
     free(p->auth_string);
     free(p);
     return rc;

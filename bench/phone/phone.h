@@ -97,6 +97,52 @@ const char *capstan_phone_auth_name(capstan_phone_auth_t mode);
 /* Returns 0 and the mode for "string", "null", "absent", "lsc", "mic". */
 int capstan_phone_parse_auth(const char *name, capstan_phone_auth_t *out);
 
+/* ---- Certificate requests (SIGN_CERT_REQUEST, extension) ------------------ */
+
+/* How the phone answers SIGN_CERT_REQUEST (docs/spec/capf-protocol.md,
+ * "Certificate requests from the phone"): "ok" sends SIGN_CERT_RESPONSE
+ * {REASON=1, CERT_REQUEST} with a PKCS#10 request for the key it sent in
+ * KEY_GEN_RESPONSE, subject CN=<device name>, signed by that key with
+ * SHA-256. The others misbehave, to test the server's checks. */
+#define CAPSTAN_PHONE_CSR_MODES(X)                                              \
+  X(OK, "ok")                       /* the correct request */                   \
+  X(REFUSE, "refuse")               /* REASON=7 alone: the phone cannot */      \
+  X(WRONG_KEY, "wrong-key")         /* a request for (signed by) another key */ \
+  X(WRONG_CN, "wrong-cn")           /* CN=SEP000000000000 */                    \
+  X(BAD_SIGNATURE, "bad-signature") /* a byte of the signature flipped */       \
+  X(GARBAGE, "garbage")             /* CERT_REQUEST of random bytes */          \
+  X(SILENT, "silent")               /* never answer SIGN_CERT_REQUEST */
+
+typedef enum {
+#define X(id, name) CAPSTAN_PHONE_CSR_##id,
+  CAPSTAN_PHONE_CSR_MODES(X)
+#undef X
+} capstan_phone_csr_mode_t;
+
+const char *capstan_phone_csr_mode_name(capstan_phone_csr_mode_t mode);
+/* Returns 0 and the mode for "ok", "refuse", "wrong-key", "wrong-cn",
+ * "bad-signature", "garbage", "silent"; else CAPSTAN_EINVAL. */
+int capstan_phone_parse_csr_mode(const char *name, capstan_phone_csr_mode_t *out);
+
+/* The CERT_REQUEST the phone sends in |mode| for its key |key| (DER,
+ * malloc'd in |*der|): OK a PKCS#10 request (version 1, subject CN =
+ * |device_name| only, no attributes, SHA-256 signature by |key|);
+ * WRONG_KEY the same for a fresh key of the same type and size (blocks
+ * while an RSA key is generated); WRONG_CN with CN=SEP000000000000 (or
+ * SEPFFFFFFFFFFFF when that is the device); BAD_SIGNATURE the correct
+ * request with the last byte of its signature changed (it still parses);
+ * GARBAGE 300 random bytes that are not DER. REFUSE and SILENT send no
+ * request: CAPSTAN_EINVAL. Returns 0 or a negative error. */
+int capstan_phone_make_csr(EVP_PKEY *key, const char *device_name, capstan_phone_csr_mode_t mode,
+                           uint8_t **der, size_t *len);
+
+/* The phone's pending key on disk (PKCS#8 DER; see key_file below). Load:
+ * 0, CAPSTAN_ENOENT when there is no file, CAPSTAN_EINVAL when it is not a
+ * key, CAPSTAN_EIO. Save: written to PATH.tmp (mode 0600) and renamed
+ * over PATH; 0 or a negative error. */
+int capstan_phone_load_key_file(const char *path, EVP_PKEY **out);
+int capstan_phone_save_key_file(const char *path, EVP_PKEY *key);
+
 typedef struct capstan_phone capstan_phone_t;
 
 typedef struct {
@@ -136,16 +182,39 @@ typedef struct {
   /* How long to wait for the server at each step (connect, handshake, each
    * expected message), in milliseconds; 0 means 30000. */
   uint64_t step_timeout_ms;
+  /* After SIGN_CERT_RESPONSE (or a SIGN_CERT_REQUEST left unanswered), how
+   * long to wait for the server's next message while it asks its CA, in
+   * milliseconds; 0 means CAPSTAN_PHONE_DEFAULT_CA_WAIT_MS. */
+  uint64_t ca_wait_ms;
+
+  /* The key of an earlier certificate request (offline CA: the phone made
+   * its request in an earlier session and keeps the key). A
+   * STORE_CERT_REQUEST that comes without a KEY_GEN_REQUEST before it in the
+   * session (a hand-over) must be for this key. Borrowed (the phone takes a
+   * reference). When NULL and |key_file| names an existing file, the phone
+   * loads it from there at start. */
+  EVP_PKEY *pending_key;
+  /* PKCS#8 DER file of the pending key (copied; NULL: none): read at start
+   * (above), and written (0600) with every key the phone sends in
+   * KEY_GEN_RESPONSE, before it sends it. A file that is not a key makes
+   * capstan_phone_start fail with CAPSTAN_EINVAL. */
+  const char *key_file;
 
   /* Misbehaviour knobs for tests of the server (defaults: 0 = normal). */
-  uint8_t version;          /* VERSION in AUTH_RESPONSE; 0 means 3 */
-  int keygen_fail;          /* KEY_GEN_RESPONSE {REASON=7}, no key */
-  int answer_key_alg;       /* with answer_key_bits: answer with this key */
-  unsigned answer_key_bits; /* instead of the requested one (0: off) */
-  int store_reason;         /* STORE_CERT_RESPONSE reason; 0 means 1 */
-  int stall;                /* never answer AUTH_REQUEST */
-  int bad_session_id;       /* answer with session id + 1 */
+  uint8_t version;                   /* VERSION in AUTH_RESPONSE; 0 means 3 */
+  int keygen_fail;                   /* KEY_GEN_RESPONSE {REASON=7}, no key */
+  int answer_key_alg;                /* with answer_key_bits: answer with this key */
+  unsigned answer_key_bits;          /* instead of the requested one (0: off) */
+  int store_reason;                  /* STORE_CERT_RESPONSE reason; 0 means 1 */
+  int stall;                         /* never answer AUTH_REQUEST */
+  int bad_session_id;                /* answer with session id + 1 */
+  capstan_phone_csr_mode_t csr_mode; /* how to answer SIGN_CERT_REQUEST */
+  /* Answer the first STORE_CERT_REQUEST of the session with REASON=7 and
+   * keep the old LSC (later ones as usual). */
+  int refuse_store;
 } capstan_phone_config_t;
+
+#define CAPSTAN_PHONE_DEFAULT_CA_WAIT_MS 180000
 
 /* Result kinds: "ok" (an operation ran and END_SESSION came), "end"
  * (END_SESSION right after authentication, no operation), "error". */
@@ -211,6 +280,19 @@ typedef struct {
   /* The certificate received in FETCH/STORE (DER, owned), for tests. */
   uint8_t *received_cert;
   size_t received_cert_len;
+  /* Certificate requests and hand-overs (extension). */
+  int csr_requested;       /* SIGN_CERT_REQUEST received */
+  int csr_sent;            /* SIGN_CERT_RESPONSE {REASON=1, CERT_REQUEST} sent */
+  int handover;            /* a STORE_CERT_REQUEST came with no KEY_GEN_REQUEST
+                            * before it in the session (certificate for the
+                            * pending key) */
+  unsigned stores_refused; /* STORE_CERT_RESPONSE with a REASON other than 1 */
+  int lsc_stored;          /* a certificate was stored as the new LSC */
+  int key_file_written;    /* the new key was written to key_file */
+  /* The key of a request the phone holds no certificate for at the end (the
+   * key it sent in this session, or the pending key it came with), for its
+   * next session (config pending_key); owned, NULL if none. */
+  EVP_PKEY *pending_key;
   /* Milliseconds from start: TCP connected, TLS done, first message, end. */
   double connect_ms, handshake_ms, first_message_ms, total_ms;
   unsigned messages_received;
@@ -226,7 +308,10 @@ void capstan_phone_result_cleanup(capstan_phone_result_t *res);
 /* Writes the result as one JSON object line (no newline) into |buf|:
  * {"result":"ok","reason":1,"operation":"install","error":"none",
  *  "detail":"","cert_md5":"...","session_id":N,"retry_delay":-1,
- *  "total_ms":12.3}. Returns the length (truncated to size-1). */
+ *  "in_progress":false,"key":"rsa2048","csr_requested":true,"csr_sent":true,
+ *  "handover":false,"store_refused":0,"lsc_stored":true,"key_file_written":true,
+ *  "pending_key":false,"messages":5,...,"total_ms":12.3} ("key" only after a
+ *  KEY_GEN_REQUEST). Returns the length (truncated to size-1). */
 size_t capstan_phone_result_json(const capstan_phone_result_t *res, char *buf, size_t size);
 
 /* ---- Running phones ------------------------------------------------------ */

@@ -4,6 +4,10 @@
  * END_SESSION with any reason), 1 on error (connect, TLS, protocol, timeout,
  * RETRY_LATER, a bad certificate), 2 on bad usage. See bench/README.md.
  *
+ * Against an external CA (SIGN_CERT_REQUEST), --key-file keeps the key of
+ * the phone's certificate request across runs, for the hand-over of its
+ * certificate in a later session; --csr-mode and --refuse-store misbehave.
+ *
  * With --boot http|tftp the phone runs its boot sequence instead (ITL,
  * signed configuration, CAPF when the certificate hash says so, encrypted
  * configuration) and exits 0 when the boot succeeded, 1 when it failed. */
@@ -39,6 +43,13 @@ static void usage(FILE *f) {
           "  --key-cache DIR      reuse generated keys from DIR (PKCS#8 DER files)\n"
           "  --ca-pem FILE        verify the server against these PEM certificates\n"
           "  --timeout SEC        wait at most SEC for each server step (default 30)\n"
+          "  --ca-wait SEC        after SIGN_CERT_RESPONSE, wait at most SEC for the server\n"
+          "                       while it asks its CA (default 180; at least --timeout)\n"
+          "  --key-file FILE.der  the key of the phone's certificate request (PKCS#8 DER):\n"
+          "                       read at start when it exists (a STORE_CERT_REQUEST with no\n"
+          "                       KEY_GEN_REQUEST before it must be for this key: offline\n"
+          "                       CA hand-over), written (0600) with every new key the\n"
+          "                       phone sends in KEY_GEN_RESPONSE\n"
           "  --json               print one JSON line\n"
           "boot sequence (files, then CAPF when needed):\n"
           "  --boot http|tftp     run the boot sequence over this transport\n"
@@ -56,6 +67,15 @@ static void usage(FILE *f) {
           "  --keygen-fail        answer KEY_GEN_REQUEST with REASON=7\n"
           "  --answer-key SPEC    answer with this key (rsa1024, ec256, ...) instead\n"
           "  --store-reason N     STORE_CERT_RESPONSE reason (default 1)\n"
+          "  --refuse-store       answer the first STORE_CERT_REQUEST with REASON=7, keeping\n"
+          "                       the old LSC (a refused hand-over: the server starts over)\n"
+          "  --csr-mode MODE      answer SIGN_CERT_REQUEST with: ok (default: a PKCS#10\n"
+          "                       request, CN=<name>, signed by the new key, SHA-256) |\n"
+          "                       refuse (REASON=7 alone) | wrong-key (request for another\n"
+          "                       key) | wrong-cn (CN=SEP000000000000) | bad-signature (a\n"
+          "                       byte of the signature flipped) | garbage (random bytes) |\n"
+          "                       silent (no answer); after a mode other than ok the\n"
+          "                       server must end the session, with a REASON other than 1\n"
           "  --stall              never answer AUTH_REQUEST\n"
           "  --bad-session-id     answer with the wrong session id\n");
 }
@@ -240,6 +260,10 @@ int main(int argc, char **argv) {
     OPT_STORE_REASON,
     OPT_STALL,
     OPT_BAD_SESSION,
+    OPT_CA_WAIT,
+    OPT_KEY_FILE,
+    OPT_REFUSE_STORE,
+    OPT_CSR_MODE,
     OPT_BOOT,
     OPT_FILES,
     OPT_BOOT_ONLY,
@@ -274,6 +298,10 @@ int main(int argc, char **argv) {
       {"store-reason", required_argument, NULL, OPT_STORE_REASON},
       {"stall", no_argument, NULL, OPT_STALL},
       {"bad-session-id", no_argument, NULL, OPT_BAD_SESSION},
+      {"ca-wait", required_argument, NULL, OPT_CA_WAIT},
+      {"key-file", required_argument, NULL, OPT_KEY_FILE},
+      {"refuse-store", no_argument, NULL, OPT_REFUSE_STORE},
+      {"csr-mode", required_argument, NULL, OPT_CSR_MODE},
       {"boot", required_argument, NULL, OPT_BOOT},
       {"files", required_argument, NULL, OPT_FILES},
       {"boot-only", no_argument, NULL, OPT_BOOT_ONLY},
@@ -401,6 +429,31 @@ int main(int argc, char **argv) {
       case OPT_BAD_SESSION:
         cfg.bad_session_id = 1;
         break;
+      case OPT_CA_WAIT: {
+        double s = strtod(optarg, &end);
+        if (end == optarg || *end != '\0' || s <= 0 || s > 86400) {
+          fprintf(stderr, "capstan-phone: bad --ca-wait %s\n", optarg);
+          return 2;
+        }
+        cfg.ca_wait_ms = (uint64_t)(s * 1000.0);
+        if (cfg.ca_wait_ms == 0) cfg.ca_wait_ms = 1;
+        break;
+      }
+      case OPT_KEY_FILE:
+        cfg.key_file = optarg;
+        break;
+      case OPT_REFUSE_STORE:
+        cfg.refuse_store = 1;
+        break;
+      case OPT_CSR_MODE:
+        if (capstan_phone_parse_csr_mode(optarg, &cfg.csr_mode) != 0) {
+          fprintf(stderr,
+                  "capstan-phone: bad --csr-mode %s (ok, refuse, wrong-key, wrong-cn, "
+                  "bad-signature, garbage, silent)\n",
+                  optarg);
+          return 2;
+        }
+        break;
       case OPT_BOOT:
         if (capstan_phone_parse_transport(optarg, &transport) != 0) {
           fprintf(stderr, "capstan-phone: bad --boot %s (http or tftp)\n", optarg);
@@ -492,6 +545,17 @@ int main(int argc, char **argv) {
   }
   keys = capstan_phone_keypool_new(key_cache, 1);
   if (keys == NULL) goto out;
+  if (cfg.key_file != NULL) {
+    /* A key file that is there must be a key: say so before connecting. */
+    EVP_PKEY *pending = NULL;
+    rc = capstan_phone_load_key_file(cfg.key_file, &pending);
+    EVP_PKEY_free(pending);
+    if (rc != 0 && rc != CAPSTAN_ENOENT) {
+      fprintf(stderr, "capstan-phone: cannot read the key file %s: %s\n", cfg.key_file,
+              capstan_strerror(rc));
+      goto out;
+    }
+  }
   cfg.ssl_ctx = ctx;
   cfg.keys = keys;
   cfg.lsc = lsc;
@@ -532,15 +596,17 @@ int main(int argc, char **argv) {
     }
   }
   if (json) {
-    char line[1024];
+    char line[2048];
     capstan_phone_result_json(&res, line, sizeof(line));
     printf("%s\n", line);
   } else {
     printf(
-        "result=%s reason=%d operation=%s error=%s cert_md5=%s session_id=%u total_ms=%.1f%s%s\n",
+        "result=%s reason=%d operation=%s error=%s cert_md5=%s session_id=%u csr_sent=%d "
+        "handover=%d store_refused=%u lsc_stored=%d retry_delay=%d total_ms=%.1f%s%s\n",
         capstan_phone_result_name(res.kind), res.end_reason,
         capstan_phone_operation_name(res.operation), capstan_phone_error_name(res.error),
-        res.lsc_md5[0] ? res.lsc_md5 : "-", (unsigned)res.session_id, res.total_ms,
+        res.lsc_md5[0] ? res.lsc_md5 : "-", (unsigned)res.session_id, res.csr_sent, res.handover,
+        res.stores_refused, res.lsc_stored, res.retry_delay, res.total_ms,
         res.detail[0] ? " detail=" : "", res.detail);
   }
   fflush(stdout);
