@@ -126,6 +126,8 @@ int capstan_capf_command_is_server_sent(int command) {
 }
 
 int capstan_capf_server_may_send(int command, int tag) {
+  /* SIGN_CERT_REQUEST carries nothing (capf-protocol.md extension). */
+  if (command == CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST) return 0;
   switch (tag) {
     case CAPSTAN_CAPF_EL_REASON:
     case CAPSTAN_CAPF_EL_CERTIFICATE_TYPE:

@@ -619,13 +619,14 @@ static void test_builder_server_side_policy(void **state) {
   assert_int_equal(capstan_capf_builder_begin(&b, 24, 1, 0), CAPSTAN_EINVAL);
   capstan_capf_builder_cleanup(&b);
 
-  const int server_cmds[] = {1, 3, 9, 11, 13, 15, 16};
+  const int server_cmds[] = {1, 3, 9, 11, 13, 15, 16, 22};
   for (size_t i = 0; i < sizeof(server_cmds) / sizeof(server_cmds[0]); i++) {
     int cmd = server_cmds[i];
     for (int tag = 0; tag <= 255; tag++) {
       assert_int_equal(capstan_capf_builder_begin(&b, cmd, 1, 1), 0);
-      int allowed = tag == 1 || tag == 3 || tag == 4 || tag == 7 || tag == 8 || tag == 10 ||
-                    tag == 17 || tag == 18 || (tag == 12 && cmd == CAPSTAN_CAPF_CMD_RETRY_LATER);
+      int allowed = cmd != CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST &&
+                    (tag == 1 || tag == 3 || tag == 4 || tag == 7 || tag == 8 || tag == 10 ||
+                     tag == 17 || tag == 18 || (tag == 12 && cmd == CAPSTAN_CAPF_CMD_RETRY_LATER));
       assert_int_equal(capstan_capf_server_may_send(cmd, tag), allowed);
       int rc = capstan_capf_builder_add_u8(&b, tag, 0);
       assert_int_equal(rc, allowed ? 0 : CAPSTAN_EINVAL);
