@@ -37,7 +37,7 @@ static int parse_http_date(const char *s, int64_t *out) {
                                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
   char wd[4], mon[4], zone[4];
   int day, year, hh, mm, ss;
-  if (sscanf(s, "%3s %d %3s %d %d:%d:%d %3s", wd, &day, mon, &year, &hh, &mm, &ss, zone) != 8) {
+  if (sscanf(s, "%3s, %d %3s %d %d:%d:%d %3s", wd, &day, mon, &year, &hh, &mm, &ss, zone) != 8) {
     return -1;
   }
   if (strcmp(zone, "GMT") != 0) return -1;
