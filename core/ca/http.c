@@ -40,6 +40,7 @@ struct ca_http {
   uv_getaddrinfo_t gai;
   uv_connect_t connect;
   int tcp_open, gai_pending, open_handles;
+  int last_connect_error;
   struct addrinfo *addrs, *next_addr;
 
   char host[CAPSTAN_CA_HOST_MAX + 1];
@@ -406,15 +407,31 @@ static int load_bundle(ca_http_t *h, const uint8_t *pem, size_t len) {
   return added > 0 ? 0 : -1;
 }
 
-static void try_connect(ca_http_t *h, int last_error);
+static void try_connect(ca_http_t *h);
+
+/* A failed attempt's handle is closed before the next address is tried:
+ * the uv_tcp_t is reused, and may not be initialised again while closing. */
+static void on_close_then_retry(uv_handle_t *handle) {
+  ca_http_t *h = handle->data;
+  h->open_handles--;
+  if (h->finished) {
+    release(h);
+    return;
+  }
+  try_connect(h);
+}
+
+static void attempt_failed(ca_http_t *h, int error) {
+  h->last_connect_error = error;
+  h->tcp_open = 0;
+  uv_close((uv_handle_t *)&h->tcp, on_close_then_retry);
+}
 
 static void on_connect(uv_connect_t *req, int status) {
   ca_http_t *h = req->data;
   if (h->finished) return;
   if (status != 0) {
-    uv_close((uv_handle_t *)&h->tcp, on_close);
-    h->tcp_open = 0;
-    try_connect(h, status);
+    attempt_failed(h, status);
     return;
   }
   if (uv_read_start((uv_stream_t *)&h->tcp, on_alloc, on_read) != 0) {
@@ -424,8 +441,8 @@ static void on_connect(uv_connect_t *req, int status) {
   pump(h);
 }
 
-/* Connects to the next address; |last_error| is the previous attempt's. */
-static void try_connect(ca_http_t *h, int last_error) {
+/* Connects to the next address, or fails with the last attempt's error. */
+static void try_connect(ca_http_t *h) {
   while (h->next_addr) {
     struct addrinfo *ai = h->next_addr;
     h->next_addr = ai->ai_next;
@@ -436,13 +453,11 @@ static void try_connect(ca_http_t *h, int last_error) {
     h->open_handles++;
     h->connect.data = h;
     int r = uv_tcp_connect(&h->connect, &h->tcp, ai->ai_addr, on_connect);
-    if (r == 0) return;
-    last_error = r;
-    uv_close((uv_handle_t *)&h->tcp, on_close);
-    h->tcp_open = 0;
+    if (r != 0) attempt_failed(h, r);
+    return;
   }
   finish(h, CA_HTTP_FAILED, "connect to %s:%u: %s", h->host, (unsigned)h->port,
-         last_error ? uv_strerror(last_error) : "no usable address");
+         h->last_connect_error ? uv_strerror(h->last_connect_error) : "no usable address");
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
@@ -459,7 +474,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   }
   h->addrs = res;
   h->next_addr = res;
-  try_connect(h, 0);
+  try_connect(h);
 }
 
 /* ---- start ------------------------------------------------------------------ */
