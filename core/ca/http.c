@@ -480,7 +480,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 /* ---- start ------------------------------------------------------------------ */
 
 static int build_request(ca_http_t *h, const ca_http_request_t *rq) {
-  char auth[600] = "";
+  char auth[800] = ""; /* base64 of 511 bytes is 684 */
   if (rq->username && rq->username[0]) {
     char cred[CAPSTAN_CA_USER_MAX + CAPSTAN_CA_PASSWORD_MAX + 2];
     int n = snprintf(cred, sizeof cred, "%s:%s", rq->username, rq->password ? rq->password : "");

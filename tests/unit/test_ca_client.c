@@ -271,6 +271,14 @@ static outcome_t submit_cfg(capstan_issuer_t issuer, const capstan_ca_config_t *
   capstan_ca_client_health(c, &h);
   assert_int_equal(h.requests, 1);
   assert_int_equal(h.in_flight, 0);
+  if (o.outcome == CAPSTAN_CA_ISSUED || o.outcome == CAPSTAN_CA_PENDING) {
+    assert_int_equal(h.failures, 0);
+    assert_true(h.last_success_at > 0);
+  } else {
+    assert_int_equal(h.failures, 1);
+    assert_string_equal(h.last_error, o.reason);
+  }
+  assert_true(h.last_latency_seconds > 0);
   capstan_ca_client_free(c);
   uv_run(&G.loop, UV_RUN_DEFAULT);
   return o;
@@ -361,10 +369,20 @@ static int teardown(void **state) {
 static void test_est_issue(void **state) {
   (void)state;
   reset(&G.est);
+  capstan_metric_t *issued = capstan_metrics_counter("capstan_ca_requests_total",
+                                                     "Exchanges with the online CA, by outcome",
+                                                     "mode=\"est\",result=\"issued\"");
+  double before = capstan_metric_value(issued);
   outcome_t o = submit(CAPSTAN_ISSUER_EST, &G.est, NULL);
   expect(&o, CAPSTAN_CA_ISSUED, NULL);
   assert_int_equal(o.http_status, 200);
   assert_true(o.has_cert && o.cert_matches);
+  assert_true(capstan_metric_value(issued) == before + 1);
+  assert_true(capstan_metric_value(capstan_metrics_gauge(
+                  "capstan_ca_up", "1 when the last exchange reached the online CA", "")) == 1);
+  assert_true(capstan_metric_value(capstan_metrics_gauge(
+                  "capstan_ca_last_success_timestamp_seconds",
+                  "When an exchange with the online CA last succeeded (unix time)", "")) > 0);
 }
 
 static void test_est_issue_with_chain_picked_by_key(void **state) {
@@ -545,6 +563,8 @@ static void test_connection_refused(void **state) {
   char want[100];
   snprintf(want, sizeof want, "connect to 127.0.0.1:%d: connection refused", ntohs(a.sin_port));
   expect(&o, CAPSTAN_CA_UNAVAILABLE, want);
+  assert_true(capstan_metric_value(capstan_metrics_gauge(
+                  "capstan_ca_up", "1 when the last exchange reached the online CA", "")) == 0);
   capstan_ca_config_cleanup(&cfg);
 }
 
