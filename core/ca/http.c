@@ -263,6 +263,12 @@ static void tls_error(ca_http_t *h, const char *during) {
 
 static void feed_parser(ca_http_t *h, const char *data, size_t len) {
   if (h->message_complete) return; /* trailing bytes after the answer are ignored */
+  if (len == 0) {
+    /* The end of the stream: it completes an answer without a length;
+     * anything else is reported by the caller as a cut answer. */
+    http_parser_execute(&h->parser, &h->settings, NULL, 0);
+    return;
+  }
   h->received += len;
   if (h->received > CAPSTAN_CA_MAX_RESPONSE) {
     finish(h, CA_HTTP_FAILED, "the CA's answer is larger than %d bytes", CAPSTAN_CA_MAX_RESPONSE);

@@ -13,7 +13,10 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <openssl/bytestring.h>
+#include <openssl/ec_key.h>
 #include <openssl/evp.h>
+#include <openssl/nid.h>
+#include <openssl/x509v3.h>
 #include <openssl/mem.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
@@ -84,42 +87,22 @@ static STACK_OF(X509) * pem_certs(const uint8_t *pem, size_t len) {
   return out;
 }
 
-static void start_ca(test_ca_t *ca, const char *script, const char *name, const char *extra1,
-                     const char *extra2) {
-  const char *src = getenv("CAPSTAN_SOURCE_DIR");
-  if (!src) fail_msg("CAPSTAN_SOURCE_DIR is not set (run the test through ctest)");
-  char tool[512], root[300], tls[300], err[300];
-  snprintf(tool, sizeof tool, "%s/tests/tools/%s", src, script);
-  snprintf(ca->dir, sizeof ca->dir, "%s/%s", G.tmp, name);
-  assert_int_equal(mkdir(ca->dir, 0700), 0);
-  snprintf(root, sizeof root, "%s/root.pem", ca->dir);
-  snprintf(tls, sizeof tls, "%s/tls.pem", ca->dir);
-  snprintf(err, sizeof err, "%s/stderr.log", ca->dir);
+/* Starts |argv| with stdout on a pipe and stderr into |errlog|, and waits
+ * (bounded) for its ready line {"port": N, ...}: the port. */
+static pid_t spawn_ready(char *const argv[], const char *errlog, int *port) {
   int fds[2];
   assert_int_equal(pipe(fds), 0);
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
     dup2(fds[1], 1);
-    int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int e = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (e >= 0) dup2(e, 2);
     close(fds[0]);
-    char *argv[12];
-    int i = 0;
-    argv[i++] = "/usr/bin/python3";
-    argv[i++] = tool;
-    argv[i++] = "--root-out";
-    argv[i++] = root;
-    argv[i++] = "--tls-cert-out";
-    argv[i++] = tls;
-    if (extra1) argv[i++] = (char *)extra1;
-    if (extra2) argv[i++] = (char *)extra2;
-    argv[i] = NULL;
     execv(argv[0], argv);
     _exit(127);
   }
   close(fds[1]);
-  ca->pid = pid;
   char line[1024];
   size_t n = 0;
   time_t deadline = time(NULL) + READY_SECONDS;
@@ -133,14 +116,42 @@ static void start_ca(test_ca_t *ca, const char *script, const char *name, const 
   }
   close(fds[0]);
   line[n] = 0;
-  const char *port = strstr(line, "\"port\": ");
-  if (!port) {
+  const char *at = strstr(line, "\"port\": ");
+  if (!at) {
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
     size_t elen = 0;
-    uint8_t *log = read_file(err, &elen);
-    fail_msg("%s did not start (python3 and python3-cryptography are needed): %s", script,
+    uint8_t *log = read_file(errlog, &elen);
+    fail_msg("%s did not start (python3 and python3-cryptography are needed): %s", argv[1],
              log ? (char *)log : "(no stderr)");
   }
-  ca->port = atoi(port + 8);
+  *port = atoi(at + 8);
+  return pid;
+}
+
+static void start_ca(test_ca_t *ca, const char *script, const char *name, const char *extra1,
+                     const char *extra2) {
+  const char *src = getenv("CAPSTAN_SOURCE_DIR");
+  if (!src) fail_msg("CAPSTAN_SOURCE_DIR is not set (run the test through ctest)");
+  char tool[512], root[300], tls[300], err[300];
+  snprintf(tool, sizeof tool, "%s/tests/tools/%s", src, script);
+  snprintf(ca->dir, sizeof ca->dir, "%s/%s", G.tmp, name);
+  assert_int_equal(mkdir(ca->dir, 0700), 0);
+  snprintf(root, sizeof root, "%s/root.pem", ca->dir);
+  snprintf(tls, sizeof tls, "%s/tls.pem", ca->dir);
+  snprintf(err, sizeof err, "%s/stderr.log", ca->dir);
+  char *argv[12];
+  int i = 0;
+  argv[i++] = "/usr/bin/python3";
+  argv[i++] = tool;
+  argv[i++] = "--root-out";
+  argv[i++] = root;
+  argv[i++] = "--tls-cert-out";
+  argv[i++] = tls;
+  if (extra1) argv[i++] = (char *)extra1;
+  if (extra2) argv[i++] = (char *)extra2;
+  argv[i] = NULL;
+  ca->pid = spawn_ready(argv, err, &ca->port);
   snprintf(ca->url, sizeof ca->url, "https://127.0.0.1:%d", ca->port);
   ca->root_pem = read_file(root, &ca->root_len);
   assert_non_null(ca->root_pem);
@@ -334,6 +345,15 @@ static void expect(const outcome_t *o, capstan_ca_outcome_t want, const char *re
   assert_null(strstr(o->reason, "secret")); /* the password never shows */
 }
 
+static struct {
+  pid_t pid;
+  int port;
+  uint8_t *cert_pem;
+  size_t cert_len;
+} H;
+
+static void start_hostile(void);
+
 /* ---- setup -------------------------------------------------------------------- */
 
 static int setup(void **state) {
@@ -344,6 +364,7 @@ static int setup(void **state) {
   start_ca(&G.est, "test_est_ca.py", "est", NULL, NULL);
   start_ca(&G.est_int, "test_est_ca.py", "est-int", "--intermediate", NULL);
   start_ca(&G.mscs, "test_certsrv_ca.py", "mscs", "--template", "CapstanPhone");
+  start_hostile();
   make_phone();
   return 0;
 }
@@ -353,6 +374,9 @@ static int teardown(void **state) {
   stop_ca(&G.est);
   stop_ca(&G.est_int);
   stop_ca(&G.mscs);
+  test_ca_t h = {.pid = H.pid};
+  stop_ca(&h);
+  free(H.cert_pem);
   uv_run(&G.loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&G.loop), 0);
   EVP_PKEY_free(G.phone);
@@ -878,6 +902,129 @@ static void test_config_validation(void **state) {
   capstan_ca_config_cleanup(&cfg);
 }
 
+/* ---- a hostile HTTPS server: answers no CA would give ---------------------------- */
+
+/* Python (stdlib only) on loopback; the first path segment picks the
+ * answer. Each connection in its own thread, so a silent one blocks none. */
+static const char HOSTILE_PY[] =
+    "import socket, ssl, sys, threading, time\n"
+    "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n"
+    "ctx.load_cert_chain(sys.argv[1], sys.argv[2])\n"
+    "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(16)\n"
+    "ANSWERS = {\n"
+    "  b'/big/': b'HTTP/1.1 200 OK\\r\\nContent-Length: 2097152\\r\\n\\r\\n' + b'A' * 2097152,\n"
+    "  b'/garbage/': b'SMTP ready\\r\\n\\r\\n',\n"
+    "  b'/eof/': b'HTTP/1.1 403 Forbidden\\r\\nContent-Type: text/plain\\r\\n\\r\\nnot you\\n',\n"
+    "  b'/midway/': b'HTTP/1.1 200 OK\\r\\nContent-Length: 100\\r\\n\\r\\nshort',\n"
+    "  b'/headers/': b'HTTP/1.1 200 OK\\r\\nX-Big: ' + b'h' * 200000 + b'\\r\\n\\r\\n',\n"
+    "}\n"
+    "def serve(c):\n"
+    "    try:\n"
+    "        t = ctx.wrap_socket(c, server_side=True)\n"
+    "        data = b''\n"
+    "        while b'\\r\\n\\r\\n' not in data:\n"
+    "            d = t.recv(65536)\n"
+    "            if not d: break\n"
+    "            data += d\n"
+    "        path = data.split(b' ')[1] if data.count(b' ') > 1 else b'/'\n"
+    "        for k, v in ANSWERS.items():\n"
+    "            if path.startswith(k):\n"
+    "                t.sendall(v)\n"
+    "        if path.startswith(b'/silent/'): time.sleep(5)\n"
+    "    except Exception:\n"
+    "        pass\n"
+    "    finally:\n"
+    "        c.close()\n"
+    "print('{\"port\": %d}' % s.getsockname()[1], flush=True)\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    threading.Thread(target=serve, args=(c,), daemon=True).start()\n";
+
+/* A self-signed EC certificate for 127.0.0.1, written as cert.pem/key.pem. */
+static void hostile_cert(const char *cert_path, const char *key_path) {
+  EVP_PKEY *key = EVP_PKEY_new();
+  EC_KEY *ec = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
+  assert_int_equal(EC_KEY_generate_key(ec), 1);
+  EVP_PKEY_assign_EC_KEY(key, ec);
+  X509 *x = X509_new();
+  X509_set_version(x, X509_VERSION_3);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+  X509_NAME *name = X509_NAME_new();
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const uint8_t *)"hostile", -1, -1, 0);
+  X509_set_subject_name(x, name);
+  X509_set_issuer_name(x, name);
+  X509_NAME_free(name);
+  ASN1_TIME_set(X509_getm_notBefore(x), time(NULL) - 3600);
+  ASN1_TIME_set(X509_getm_notAfter(x), time(NULL) + 86400);
+  X509_set_pubkey(x, key);
+  X509V3_CTX v3;
+  X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+  X509_EXTENSION *ext = X509V3_EXT_nconf_nid(NULL, &v3, NID_subject_alt_name, "IP:127.0.0.1");
+  assert_non_null(ext);
+  X509_add_ext(x, ext, -1);
+  X509_EXTENSION_free(ext);
+  assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+  BIO *b = BIO_new_file(cert_path, "w");
+  PEM_write_bio_X509(b, x);
+  BIO_free(b);
+  b = BIO_new_file(key_path, "w");
+  PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL);
+  BIO_free(b);
+  X509_free(x);
+  EVP_PKEY_free(key);
+}
+
+static void start_hostile(void) {
+  char cert[300], key[300], err[300];
+  snprintf(cert, sizeof cert, "%s/hostile-cert.pem", G.tmp);
+  snprintf(key, sizeof key, "%s/hostile-key.pem", G.tmp);
+  snprintf(err, sizeof err, "%s/hostile-stderr.log", G.tmp);
+  hostile_cert(cert, key);
+  char *argv[] = {"/usr/bin/python3", "-c", (char *)HOSTILE_PY, cert, key, NULL};
+  H.pid = spawn_ready(argv, err, &H.port);
+  H.cert_pem = read_file(cert, &H.cert_len);
+  assert_non_null(H.cert_pem);
+}
+
+static capstan_ca_result_t hostile(const char *mode, unsigned timeout) {
+  capstan_ca_config_t cfg;
+  capstan_ca_config_init(&cfg);
+  snprintf(cfg.url, sizeof cfg.url, "https://127.0.0.1:%d/%s", H.port, mode);
+  cfg.ca_bundle_pem = malloc(H.cert_len);
+  memcpy(cfg.ca_bundle_pem, H.cert_pem, H.cert_len);
+  cfg.ca_bundle_len = H.cert_len;
+  cfg.timeout_seconds = timeout;
+  capstan_ca_result_t r;
+  assert_int_not_equal(capstan_ca_run_sync(CAPSTAN_ISSUER_EST, &cfg, CAPSTAN_CA_OP_CHAIN, &r), 0);
+  capstan_ca_config_cleanup(&cfg);
+  return r;
+}
+
+static void expect_result(capstan_ca_result_t *r, capstan_ca_outcome_t want, const char *part) {
+  if (r->outcome != want || !strstr(r->reason, part)) {
+    fail_msg("expected %s \"%s\", got %s \"%s\"", capstan_ca_outcome_name(want), part,
+             capstan_ca_outcome_name(r->outcome), r->reason);
+  }
+  capstan_ca_result_cleanup(r);
+}
+
+static void test_hostile_answers(void **state) {
+  (void)state;
+  capstan_ca_result_t r = hostile("big", 10);
+  expect_result(&r, CAPSTAN_CA_UNAVAILABLE, "larger than 1048576 bytes");
+  r = hostile("garbage", 10);
+  expect_result(&r, CAPSTAN_CA_UNAVAILABLE, "not valid HTTP");
+  r = hostile("headers", 10);
+  expect_result(&r, CAPSTAN_CA_UNAVAILABLE, "not valid HTTP");
+  r = hostile("midway", 10);
+  expect_result(&r, CAPSTAN_CA_UNAVAILABLE, "in the middle of its answer");
+  /* A body that ends with the connection (no length, no close_notify). */
+  r = hostile("eof", 10);
+  expect_result(&r, CAPSTAN_CA_REFUSED, "CA refused: 403 not you");
+  r = hostile("silent", 1);
+  expect_result(&r, CAPSTAN_CA_TIMED_OUT, "CA timed out");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_retry_after_parsing),
@@ -906,6 +1053,7 @@ int main(void) {
       cmocka_unit_test(test_mscs_template_refused),
       cmocka_unit_test(test_mscs_wrong_key_and_password),
       cmocka_unit_test(test_run_sync_mscs),
+      cmocka_unit_test(test_hostile_answers),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
