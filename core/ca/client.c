@@ -70,7 +70,7 @@ static void record(capstan_ca_client_t *c, const capstan_ca_result_t *r) {
   capstan_metric_observe(
       capstan_metrics_histogram("capstan_ca_request_duration_seconds",
                                 "Time an exchange with the online CA took", labels,
-                                capstan_buckets_fast, capstan_buckets_fast_n),
+                                capstan_buckets_slow, capstan_buckets_slow_n),
       r->latency_seconds);
   int reached = r->outcome != CAPSTAN_CA_UNAVAILABLE && r->outcome != CAPSTAN_CA_TIMED_OUT;
   capstan_metric_set(

@@ -10,6 +10,7 @@
  * after: there is one way out. */
 #include <arpa/inet.h>
 #include <http_parser.h>
+#include <limits.h>
 #include <openssl/base64.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -245,6 +246,7 @@ static int flush_out(ca_http_t *h) {
 static void tls_error(ca_http_t *h, const char *during) {
   long vr = SSL_get_verify_result(h->ssl);
   if (vr != X509_V_OK) {
+    ERR_clear_error(); /* the loop thread's queue is shared with the listeners */
     finish(h, CA_HTTP_FAILED, "TLS: certificate verify failed (%s)",
            X509_verify_cert_error_string(vr));
     return;
@@ -399,6 +401,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 /* ---- connect ------------------------------------------------------------- */
 
 static int load_bundle(ca_http_t *h, const uint8_t *pem, size_t len) {
+  if (len > INT_MAX) return -1;
   X509_STORE *store = SSL_CTX_get_cert_store(h->ctx);
   BIO *bio = BIO_new_mem_buf(pem, (int)len);
   if (!bio) return -1;
