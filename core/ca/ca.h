@@ -141,6 +141,13 @@ capstan_ca_request_t *capstan_ca_submit(capstan_ca_client_t *c, const char *devi
                                         const char *request_id, STACK_OF(X509) * trust,
                                         capstan_ca_done_fn done, void *data);
 
+/* Fetches the CA's chain on the loop (EST cacerts; MSCS
+ * certnew.p7b?ReqID=CACert&Enc=b64), e.g. daily: |done| gets ISSUED with
+ * the certificates in chain_der (cert_der NULL), or the failure. Same
+ * rules as capstan_ca_submit; cancel with capstan_ca_cancel. */
+capstan_ca_request_t *capstan_ca_fetch_chain(capstan_ca_client_t *c, capstan_ca_done_fn done,
+                                             void *data);
+
 /* The requester went away: |done| will not run; the exchange is dropped.
  * Not from inside |done| (the request ends when done returns). */
 void capstan_ca_cancel(capstan_ca_request_t *req);

@@ -433,6 +433,14 @@ capstan_ca_request_t *capstan_ca_submit(capstan_ca_client_t *c, const char *devi
   return request_launch(req, step);
 }
 
+capstan_ca_request_t *capstan_ca_fetch_chain(capstan_ca_client_t *c, capstan_ca_done_fn done,
+                                             void *data) {
+  if (!c || !done) return NULL;
+  capstan_ca_request_t *req = request_new(c, KIND_CHAIN, done, data);
+  if (!req) return NULL;
+  return request_launch(req, c->issuer == CAPSTAN_ISSUER_EST ? STEP_EST_CACERTS : STEP_MSCS_CHAIN);
+}
+
 void capstan_ca_cancel(capstan_ca_request_t *req) {
   if (!req) return;
   ca_http_cancel(req->http); /* its done callback will not run */

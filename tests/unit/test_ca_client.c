@@ -639,6 +639,32 @@ static void test_cancel_in_flight(void **state) {
   capstan_ca_config_cleanup(&cfg);
 }
 
+static void test_fetch_chain_on_the_loop(void **state) {
+  (void)state;
+  const test_ca_t *cas[] = {&G.est_int, &G.mscs};
+  capstan_issuer_t issuers[] = {CAPSTAN_ISSUER_EST, CAPSTAN_ISSUER_MSCS};
+  size_t want[] = {2, 1};
+  for (int i = 0; i < 2; i++) {
+    reset(cas[i]);
+    capstan_ca_config_t cfg;
+    config_for(&cfg, cas[i]);
+    char err[256];
+    capstan_ca_client_t *c = capstan_ca_client_new(&G.loop, issuers[i], &cfg, err, sizeof err);
+    assert_non_null(c);
+    outcome_t o;
+    memset(&o, 0, sizeof o);
+    assert_non_null(capstan_ca_fetch_chain(c, on_done, &o));
+    assert_int_equal(o.called, 0);
+    run_until(&o);
+    expect(&o, CAPSTAN_CA_ISSUED, "CA chain");
+    assert_int_equal(o.chain_count, want[i]);
+    assert_false(o.has_cert);
+    capstan_ca_client_free(c);
+    uv_run(&G.loop, UV_RUN_DEFAULT);
+    capstan_ca_config_cleanup(&cfg);
+  }
+}
+
 static void test_run_sync_chain_est(void **state) {
   (void)state;
   reset(&G.est_int);
@@ -1045,6 +1071,7 @@ int main(void) {
       cmocka_unit_test(test_tls_host_name_mismatch),
       cmocka_unit_test(test_connection_refused),
       cmocka_unit_test(test_cancel_in_flight),
+      cmocka_unit_test(test_fetch_chain_on_the_loop),
       cmocka_unit_test(test_run_sync_chain_est),
       cmocka_unit_test(test_mscs_issue),
       cmocka_unit_test(test_mscs_plain_link),
