@@ -3,6 +3,7 @@
  * phones need, valid now, chaining to CAPF-trust. A CA that is wrong (or
  * an offline import that is) must never reach a phone: each rule fails
  * with its own sentence so the operator knows what to fix at the CA. */
+#include <openssl/err.h>
 #include <openssl/mem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -93,6 +94,7 @@ int capstan_ca_check_certificate(const uint8_t *der, size_t len, STACK_OF(X509) 
   X509 *x = der ? d2i_X509(NULL, &p, (long)len) : NULL;
   if (!x || p != der + len) {
     X509_free(x);
+    ERR_clear_error();
     *why = "certificate does not parse";
     return CAPSTAN_EACCES;
   }
@@ -108,6 +110,7 @@ int capstan_ca_check_certificate(const uint8_t *der, size_t len, STACK_OF(X509) 
   if (!fail) fail = check_validity(x, now);
   if (!fail) fail = check_chain(x, chain, trust, now);
   X509_free(x);
+  ERR_clear_error(); /* a failed check leaves BoringSSL errors behind */
   if (fail) {
     *why = fail;
     return CAPSTAN_EACCES;

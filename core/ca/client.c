@@ -2,6 +2,7 @@
  * (EST: simpleenroll; certsrv: certfnsh.asp, then certnew.cer, and the
  * CA's chain when none is configured), then the check of what the CA
  * issued, then one done callback. Health and metrics are kept here. */
+#include <openssl/err.h>
 #include <openssl/mem.h>
 #include <openssl/x509.h>
 #include <stdio.h>
@@ -115,6 +116,7 @@ static void request_free(capstan_ca_request_t *req) {
 /* Runs on the loop from an HTTP callback, so never inside submit. */
 static void complete(capstan_ca_request_t *req) {
   capstan_ca_client_t *c = req->client;
+  ERR_clear_error(); /* hostile answers leave parse errors; the loop's queue is shared */
   req->result.latency_seconds = capstan_now_seconds() - req->started;
   record(c, &req->result);
   unlink_request(req); /* the done callback may free the client */

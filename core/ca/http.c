@@ -292,6 +292,9 @@ static void feed_parser(ca_http_t *h, const char *data, size_t len) {
 /* Drives the handshake, sends the request once, reads what there is. */
 static void pump(ca_http_t *h) {
   if (h->finished) return;
+  /* SSL_get_error reads the thread's error queue, which the loop's other
+   * users share: start clean so their leftovers are not taken for ours. */
+  ERR_clear_error();
   if (!h->handshake_done) {
     int r = SSL_do_handshake(h->ssl);
     if (r != 1) {
