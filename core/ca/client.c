@@ -4,6 +4,7 @@
  * issued, then one done callback. Health and metrics are kept here. */
 #include <openssl/err.h>
 #include <openssl/mem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ struct capstan_ca_client {
   capstan_issuer_t issuer;
   capstan_ca_config_t cfg;
   ca_url_t url;
+  SSL_CTX *ctx;
   capstan_ca_request_t *requests; /* in flight */
   capstan_ca_health_t health;
 };
@@ -186,8 +188,7 @@ static int start_step(capstan_ca_request_t *req, step_t step) {
   rq.target = target;
   rq.username = cfg->username;
   rq.password = cfg->password;
-  rq.ca_bundle_pem = cfg->ca_bundle_pem;
-  rq.ca_bundle_len = cfg->ca_bundle_len;
+  rq.ctx = c->ctx;
   rq.timeout_seconds = cfg->timeout_seconds;
   rq.method = "GET";
   char *body = NULL;
@@ -367,8 +368,16 @@ capstan_ca_client_t *capstan_ca_client_new(uv_loop_t *loop, capstan_issuer_t iss
     free(c);
     return NULL;
   }
+  char why[160];
+  c->ctx = ca_http_ctx_new(cfg->ca_bundle_pem, cfg->ca_bundle_len, why, sizeof why);
+  if (!c->ctx) {
+    snprintf(err, errlen, "TLS: %s", why);
+    free(c);
+    return NULL;
+  }
   if (capstan_ca_config_copy(cfg, &c->cfg) != 0) {
     snprintf(err, errlen, "out of memory");
+    SSL_CTX_free(c->ctx);
     free(c);
     return NULL;
   }
@@ -461,6 +470,7 @@ void capstan_ca_client_free(capstan_ca_client_t *c) {
   /* The cancelled exchanges own copies of what they need and close their
    * handles on the loop by themselves; nothing here waits for them. */
   capstan_ca_config_cleanup(&c->cfg);
+  SSL_CTX_free(c->ctx); /* exchanges still closing hold their own reference */
   free(c);
 }
 

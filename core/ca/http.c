@@ -403,20 +403,50 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
 
 /* ---- connect ------------------------------------------------------------- */
 
-static int load_bundle(ca_http_t *h, const uint8_t *pem, size_t len) {
-  if (len > INT_MAX) return -1;
-  X509_STORE *store = SSL_CTX_get_cert_store(h->ctx);
+/* Adds the PEM certificates in |pem| to |store|: how many. */
+static int add_pem_certs(X509_STORE *store, const uint8_t *pem, size_t len) {
+  if (len > INT_MAX) return 0;
   BIO *bio = BIO_new_mem_buf(pem, (int)len);
-  if (!bio) return -1;
+  if (!bio) return 0;
   int added = 0;
   X509 *x;
   while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
     if (X509_STORE_add_cert(store, x)) added++;
     X509_free(x);
   }
-  ERR_clear_error();
+  ERR_clear_error(); /* the end of the PEM stream is an "error" */
   BIO_free(bio);
-  return added > 0 ? 0 : -1;
+  return added;
+}
+
+/* Debian's bundle of the system's anchors (ca-certificates). */
+#define SYSTEM_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+
+SSL_CTX *ca_http_ctx_new(const uint8_t *bundle, size_t len, char *err, size_t errlen) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+  if (!ctx) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  if (bundle && len) {
+    if (add_pem_certs(store, bundle, len) == 0) {
+      snprintf(err, errlen, "the CA bundle holds no PEM certificate");
+      SSL_CTX_free(ctx);
+      return NULL;
+    }
+  } else if (!X509_STORE_load_locations(store, SYSTEM_BUNDLE, NULL) &&
+             !SSL_CTX_set_default_verify_paths(ctx)) {
+    ERR_clear_error();
+    snprintf(err, errlen, "no CA bundle is set and the system's (%s) cannot be read",
+             SYSTEM_BUNDLE);
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  ERR_clear_error();
+  return ctx;
 }
 
 static void try_connect(ca_http_t *h);
@@ -539,19 +569,8 @@ static int build_request(ca_http_t *h, const ca_http_request_t *rq) {
 
 /* Sets up TLS; a sentence in h->error on failure. */
 static int setup_tls(ca_http_t *h, const ca_http_request_t *rq) {
-  h->ctx = SSL_CTX_new(TLS_method());
-  if (!h->ctx) return -1;
-  SSL_CTX_set_min_proto_version(h->ctx, TLS1_2_VERSION);
-  SSL_CTX_set_verify(h->ctx, SSL_VERIFY_PEER, NULL);
-  if (rq->ca_bundle_pem && rq->ca_bundle_len) {
-    if (load_bundle(h, rq->ca_bundle_pem, rq->ca_bundle_len) != 0) {
-      snprintf(h->error, sizeof h->error, "TLS: the CA bundle holds no PEM certificate");
-      return -1;
-    }
-  } else if (!SSL_CTX_set_default_verify_paths(h->ctx)) {
-    snprintf(h->error, sizeof h->error, "TLS: the system's trust anchors cannot be loaded");
-    return -1;
-  }
+  if (!rq->ctx || !SSL_CTX_up_ref(rq->ctx)) return -1;
+  h->ctx = rq->ctx;
   h->ssl = SSL_new(h->ctx);
   if (!h->ssl) return -1;
   BIO *inner = NULL;

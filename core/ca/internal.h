@@ -5,6 +5,7 @@
 #define CAPSTAN_CORE_CA_INTERNAL_H
 
 #include <stddef.h>
+#include <openssl/ssl.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -39,8 +40,7 @@ typedef struct ca_http_request {
   size_t body_len;
   const char *username; /* Basic authentication when non-empty */
   const char *password;
-  const uint8_t *ca_bundle_pem; /* NULL: the system's default anchors */
-  size_t ca_bundle_len;
+  SSL_CTX *ctx; /* from ca_http_ctx_new; the exchange takes a reference */
   unsigned timeout_seconds;
 } ca_http_request_t;
 
@@ -63,6 +63,13 @@ typedef struct ca_http_response {
  * the call only. */
 typedef void (*ca_http_done_fn)(void *data, ca_http_outcome_t outcome, const char *error,
                                 const ca_http_response_t *resp);
+
+/* The TLS client context for a CA: TLS 1.2 or later, the server's
+ * certificate verified against the PEM |bundle|, or with none the system's
+ * anchors (Debian's ca-certificates bundle). Built once per client: the
+ * bundle is parsed and the system's file read then, never per request.
+ * NULL with |err| set. */
+SSL_CTX *ca_http_ctx_new(const uint8_t *bundle, size_t len, char *err, size_t errlen);
 
 /* Starts one exchange on |loop|; everything in |rq| is copied. |done| runs
  * exactly once from a later loop callback unless ca_http_cancel comes

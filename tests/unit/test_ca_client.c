@@ -321,12 +321,14 @@ static void control(const test_ca_t *ca, const char *json) {
   rq.content_type = "application/json";
   rq.body = (const uint8_t *)json;
   rq.body_len = strlen(json);
-  rq.ca_bundle_pem = ca->root_pem;
-  rq.ca_bundle_len = ca->root_len;
+  char err[160];
+  rq.ctx = ca_http_ctx_new(ca->root_pem, ca->root_len, err, sizeof err);
+  assert_non_null(rq.ctx);
   rq.timeout_seconds = 10;
   int status = 0;
   assert_non_null(ca_http_start(&G.loop, &rq, control_done, &status));
   uv_run(&G.loop, UV_RUN_DEFAULT);
+  SSL_CTX_free(rq.ctx);
   if (status != 200) fail_msg("control %s: HTTP %d", json, status);
 }
 
@@ -530,6 +532,18 @@ static void test_tls_bundle_without_the_issuer(void **state) {
   cfg.ca_bundle_len = G.mscs.root_len;
   outcome_t o = submit_cfg(CAPSTAN_ISSUER_EST, &cfg, &G.est, NULL);
   expect(&o, CAPSTAN_CA_UNAVAILABLE, "TLS: certificate verify failed");
+  /* No bundle: the system's anchors, which do not hold the test CA either. */
+  free(cfg.ca_bundle_pem);
+  cfg.ca_bundle_pem = NULL;
+  cfg.ca_bundle_len = 0;
+  o = submit_cfg(CAPSTAN_ISSUER_EST, &cfg, &G.est, NULL);
+  expect(&o, CAPSTAN_CA_UNAVAILABLE, "TLS: certificate verify failed");
+  /* A bundle without a certificate is refused when the client is made. */
+  cfg.ca_bundle_pem = (uint8_t *)strdup("not a certificate\n");
+  cfg.ca_bundle_len = strlen((char *)cfg.ca_bundle_pem);
+  char err[256];
+  assert_null(capstan_ca_client_new(&G.loop, CAPSTAN_ISSUER_EST, &cfg, err, sizeof err));
+  assert_string_equal(err, "TLS: the CA bundle holds no PEM certificate");
   capstan_ca_config_cleanup(&cfg);
 }
 
