@@ -117,7 +117,10 @@ typedef void (*capstan_ca_done_fn)(capstan_ca_request_t *req, const capstan_ca_r
  * CA URL must start with https://"). Metrics are registered on first use:
  * capstan_ca_requests_total{mode,result},
  * capstan_ca_request_duration_seconds{mode}, capstan_ca_up (1 when the last
- * exchange reached the CA), capstan_ca_last_success_timestamp_seconds. */
+ * exchange reached the CA), capstan_ca_last_success_timestamp_seconds.
+ * The TLS context is built here: the bundle parsed (a bundle without a
+ * certificate is refused) or, with none, Debian's ca-certificates bundle
+ * read from disk once. */
 capstan_ca_client_t *capstan_ca_client_new(uv_loop_t *loop, capstan_issuer_t issuer,
                                            const capstan_ca_config_t *cfg, char *err,
                                            size_t errlen);
@@ -134,7 +137,9 @@ capstan_ca_client_t *capstan_ca_client_new(uv_loop_t *loop, capstan_issuer_t iss
  * digits). EST has no request id: a pending EST request is polled by
  * submitting the same CSR again. An MSCS certificate is checked with the
  * configured chain, or with the CA's chain (certnew.p7b?ReqID=CACert)
- * fetched for it when none is configured. */
+ * fetched for it when none is configured: up to three exchanges, each
+ * bounded by timeout_seconds (a caller with a deadline keeps its own timer
+ * and cancels). */
 capstan_ca_request_t *capstan_ca_submit(capstan_ca_client_t *c, const char *device,
                                         const uint8_t *csr_der, size_t csr_len,
                                         const uint8_t *phone_spki, size_t spki_len,
