@@ -357,9 +357,8 @@ static void pump(ca_http_t *h) {
 }
 
 static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  (void)handle;
   (void)suggested;
-  ca_http_t *h = handle->data;
-  (void)h;
   buf->base = malloc(READ_CHUNK);
   buf->len = buf->base ? READ_CHUNK : 0;
 }
