@@ -679,6 +679,36 @@ static void test_fetch_chain_on_the_loop(void **state) {
   }
 }
 
+typedef struct free_in_done {
+  capstan_ca_client_t *client;
+  int called;
+} free_in_done_t;
+
+static void done_frees_client(capstan_ca_request_t *req, const capstan_ca_result_t *r, void *data) {
+  (void)req;
+  (void)r;
+  free_in_done_t *f = data;
+  f->called++;
+  capstan_ca_client_free(f->client); /* the other request is cancelled */
+}
+
+static void test_done_may_free_the_client(void **state) {
+  (void)state;
+  reset(&G.est);
+  capstan_ca_config_t cfg;
+  config_for(&cfg, &G.est);
+  char err[256];
+  free_in_done_t f = {capstan_ca_client_new(&G.loop, CAPSTAN_ISSUER_EST, &cfg, err, sizeof err), 0};
+  assert_non_null(f.client);
+  assert_non_null(capstan_ca_fetch_chain(f.client, done_frees_client, &f));
+  assert_non_null(capstan_ca_fetch_chain(f.client, done_frees_client, &f));
+  time_t deadline = time(NULL) + 30;
+  while (!f.called && time(NULL) < deadline) uv_run(&G.loop, UV_RUN_ONCE);
+  uv_run(&G.loop, UV_RUN_DEFAULT);
+  assert_int_equal(f.called, 1);
+  capstan_ca_config_cleanup(&cfg);
+}
+
 static void test_run_sync_chain_est(void **state) {
   (void)state;
   reset(&G.est_int);
@@ -1086,6 +1116,7 @@ int main(void) {
       cmocka_unit_test(test_connection_refused),
       cmocka_unit_test(test_cancel_in_flight),
       cmocka_unit_test(test_fetch_chain_on_the_loop),
+      cmocka_unit_test(test_done_may_free_the_client),
       cmocka_unit_test(test_run_sync_chain_est),
       cmocka_unit_test(test_mscs_issue),
       cmocka_unit_test(test_mscs_plain_link),
