@@ -117,7 +117,10 @@ typedef void (*capstan_ca_done_fn)(capstan_ca_request_t *req, const capstan_ca_r
  * CA URL must start with https://"). Metrics are registered on first use:
  * capstan_ca_requests_total{mode,result},
  * capstan_ca_request_duration_seconds{mode}, capstan_ca_up (1 when the last
- * exchange reached the CA), capstan_ca_last_success_timestamp_seconds. */
+ * exchange reached the CA), capstan_ca_last_success_timestamp_seconds.
+ * The TLS context is built here: the bundle parsed (a bundle without a
+ * certificate is refused) or, with none, Debian's ca-certificates bundle
+ * read from disk once. */
 capstan_ca_client_t *capstan_ca_client_new(uv_loop_t *loop, capstan_issuer_t issuer,
                                            const capstan_ca_config_t *cfg, char *err,
                                            size_t errlen);
@@ -129,17 +132,34 @@ capstan_ca_client_t *capstan_ca_client_new(uv_loop_t *loop, capstan_issuer_t iss
  * while the request runs) before it is reported. |done| runs exactly once,
  * on the loop, from a later callback (never inside this call), unless the
  * request is cancelled first. Returns the request (owned by the client
- * until done returns or cancel) or NULL when out of memory. */
+ * until done returns or cancel) or NULL when out of memory or the
+ * arguments are unusable (no CSR, a request id with EST or not made of
+ * digits). EST has no request id: a pending EST request is polled by
+ * submitting the same CSR again. An MSCS certificate is checked with the
+ * configured chain, or with the CA's chain (certnew.p7b?ReqID=CACert)
+ * fetched for it when none is configured: up to three exchanges, each
+ * bounded by timeout_seconds (a caller with a deadline keeps its own timer
+ * and cancels). */
 capstan_ca_request_t *capstan_ca_submit(capstan_ca_client_t *c, const char *device,
                                         const uint8_t *csr_der, size_t csr_len,
                                         const uint8_t *phone_spki, size_t spki_len,
                                         const char *request_id, STACK_OF(X509) * trust,
                                         capstan_ca_done_fn done, void *data);
 
-/* The requester went away: |done| will not run; the exchange is dropped. */
+/* Fetches the CA's chain on the loop (EST cacerts; MSCS
+ * certnew.p7b?ReqID=CACert&Enc=b64), e.g. daily: |done| gets ISSUED with
+ * the certificates in chain_der (cert_der NULL), or the failure. Same
+ * rules as capstan_ca_submit; cancel with capstan_ca_cancel. */
+capstan_ca_request_t *capstan_ca_fetch_chain(capstan_ca_client_t *c, capstan_ca_done_fn done,
+                                             void *data);
+
+/* The requester went away: |done| will not run; the exchange is dropped.
+ * Not from inside |done| (the request ends when done returns). */
 void capstan_ca_cancel(capstan_ca_request_t *req);
 
-/* Health, as the status page and `ca show` report it. */
+/* Health, as the status page and `ca show` report it. A success is an
+ * exchange that ended ISSUED or PENDING; any other outcome is a failure
+ * (last_error holds its reason). */
 typedef struct capstan_ca_health {
   int64_t last_success_at, last_error_at; /* unix seconds, 0 = never */
   char last_error[CAPSTAN_CA_REASON_MAX + 1];
@@ -168,6 +188,11 @@ void capstan_ca_client_free(capstan_ca_client_t *c);
  * says plainly what failed ("connect to ca.example.com:443: connection
  * refused", "TLS: certificate verify failed: host name mismatch",
  * "HTTP 401: credentials refused"). */
+/* Returns 0 when the operation succeeded (out->outcome is then ISSUED:
+ * for CHAIN, out->chain_der holds the CA's certificates; for AUTH, reason
+ * says "credentials accepted (HTTP n)"); CAPSTAN_EINVAL when |cfg| is
+ * unusable, CAPSTAN_ENOMEM, or CAPSTAN_EIO with out->outcome and
+ * out->reason saying what failed. |out| is always set: clean it up. */
 typedef enum { CAPSTAN_CA_OP_CHAIN, CAPSTAN_CA_OP_AUTH } capstan_ca_op_t;
 int capstan_ca_run_sync(capstan_issuer_t issuer, const capstan_ca_config_t *cfg, capstan_ca_op_t op,
                         capstan_ca_result_t *out);
