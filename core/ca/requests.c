@@ -232,6 +232,20 @@ int capstan_csr_record_pending(capstan_txn_t *txn, const char *device, const uin
     if (err != 0) goto done;
   }
 
+  /* The same request again (a phone that retries): it keeps its age. */
+  int64_t created = now;
+  Capstan__CertRequest *same;
+  err = capstan_store_csr_get(txn, key, &same);
+  if (err == 0) {
+    if (same->status == CAPSTAN__CSR_STATUS__CSR_STATUS_PENDING && same->has_created_at &&
+        same->device != NULL && strcmp(same->device, d->name) == 0) {
+      created = same->created_at;
+    }
+    capstan__cert_request__free_unpacked(same, NULL);
+  } else if (err != CAPSTAN_ENOENT) {
+    goto done;
+  }
+
   Capstan__CertRequest rec = CAPSTAN__CERT_REQUEST__INIT;
   SET(&rec, schema_version, 1);
   rec.device = d->name;
@@ -239,7 +253,7 @@ int capstan_csr_record_pending(capstan_txn_t *txn, const char *device, const uin
   rec.csr_der.len = csr_len;
   rec.public_key.data = (uint8_t *)spki;
   rec.public_key.len = spki_len;
-  SET(&rec, created_at, now);
+  SET(&rec, created_at, created);
   SET(&rec, status, CAPSTAN__CSR_STATUS__CSR_STATUS_PENDING);
   SET(&rec, status_changed_at, now);
   SET(&rec, issuer, issuer);

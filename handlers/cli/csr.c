@@ -421,6 +421,11 @@ static int import_one(capstan_store_t *st, const import_cert_t *ic, STACK_OF(X50
   }
   err = capstan_csr_record_issued(&txn, key, ic->der, ic->len, chain_der, chain_lens, chain_count,
                                   (int64_t)time(NULL));
+  if (err == CAPSTAN_ENOENT) {
+    capstan_cli_error("%s: certificate %zu: the device %s no longer exists", ic->file, ic->position,
+                      req.device);
+    goto out;
+  }
   if (err == 0) err = capstan_store_commit(&txn);
   if (err != 0) {
     capstan_cli_store_error("cannot record the certificate", err);

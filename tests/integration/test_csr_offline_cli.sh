@@ -280,6 +280,24 @@ cli_expect "$D" 0 config set issuer offline
 cli_expect "$D" 0 device add SEP000000000B03 --operation install --auth null --key ec256
 lacks "$ERR" "EC keys"
 
+# --- a running server counts the pending requests ----------------------------------------
+# A02's requests were deleted: it makes a new one (2 hours old).
+osl req -new -newkey rsa:2048 -nodes -keyout "$P/A02b.key" -subj "/CN=SEP000000000A02" \
+  -out "$P/A02b.csr"
+timeout 30 "$SEED" --data-dir "$D" --device SEP000000000A02 --csr "$P/A02b.csr" --age 7200 ||
+  fail "seed A02 again"
+SRV_DATA[main]="$D"
+srv_start main
+pending_is() { [[ "$(metric main capstan_csr_pending)" == "$1" ]]; }
+it_wait_for 20 pending_is 1 || fail "capstan_csr_pending: $(metric main capstan_csr_pending), want 1"
+curl -sf --max-time 10 "http://127.0.0.1:${SRV_ADMIN[main]}/status.json" >"$IT_TMP/status.json" ||
+  fail "GET /status.json"
+jq -e '.certificate_requests.pending == 1 and .certificate_requests.oldest_pending_age_seconds >= 7200
+  and (.certificate_requests.oldest_pending_at | test("Z$"))' "$IT_TMP/status.json" >/dev/null ||
+  fail "status.json: $(jq -c .certificate_requests "$IT_TMP/status.json")"
+srv_stop main
+lacks "${SRV_LOG[main]}" "S3cret"
+
 # --- help ---------------------------------------------------------------------------------
 cli_expect "$D" 0 csr --help
 has "$OUT" "capstan csr import"
