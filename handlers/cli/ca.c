@@ -312,10 +312,15 @@ static int run_set(capstan_cli_t *c) {
     goto out;
   }
   /* Describe what changed, never the password itself. */
-  char detail[1400] = "";
+  /* Room for every field at its longest: nothing is cut. */
+  char detail[2048] = "";
   size_t dl = 0;
-#define ADD_DETAIL(...) \
-  dl += (size_t)snprintf(detail + dl, dl < sizeof(detail) ? sizeof(detail) - dl : 0, __VA_ARGS__)
+#define ADD_DETAIL(...)                                                      \
+  do {                                                                       \
+    if (dl < sizeof(detail)) {                                               \
+      dl += (size_t)snprintf(detail + dl, sizeof(detail) - dl, __VA_ARGS__); \
+    }                                                                        \
+  } while (0)
   if (url[0] != '\0') ADD_DETAIL("url=%s ", cfg.url);
   if ((v = c->value[OPT_LABEL]) != NULL) {
     snprintf(cfg.label, sizeof(cfg.label), "%s", v);
@@ -349,7 +354,8 @@ static int run_set(capstan_cli_t *c) {
     ADD_DETAIL("phone_wait_seconds=%u ", wait);
   }
 #undef ADD_DETAIL
-  if (dl > 0 && dl < sizeof(detail)) detail[dl - 1] = '\0';
+  if (dl >= sizeof(detail)) dl = sizeof(detail) - 1;
+  if (dl > 0 && detail[dl - 1] == ' ') detail[dl - 1] = '\0';
   if ((err = capstan_ca_config_write(&txn, &cfg)) != 0 ||
       (err = capstan_store_audit_append(&txn, 0, NULL, "ca_set", detail)) != 0 ||
       (err = capstan_settings_bump_trust_generation(&txn)) != 0 ||

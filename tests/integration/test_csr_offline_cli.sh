@@ -265,8 +265,15 @@ if command -v mdb_dump >/dev/null; then
   mdb_dump -p -s audit "$D" >"$IT_TMP/audit.dump" 2>/dev/null || true
   lacks "$IT_TMP/audit.dump" "S3cret"
 fi
+# `ca test` against a loopback port nobody listens on: it fails, and says so
+# (never a name that needs DNS: the tests stay on loopback).
+cli_expect "$D" 0 ca set --url "https://127.0.0.1:$(it_free_port tcp)/.well-known/est" \
+  --timeout-seconds 5
 cli_expect "$D" 1 ca test
 has "$ERR" "ca test:"
+cli_expect "$D" 0 ca show --json
+jq -e '.chain == [] and .chain_fetched_at == null and .password_set == true' "$OUT" >/dev/null ||
+  fail "a failed ca test stores no chain: $(cat "$OUT")"
 
 # --- EC keys with an online CA --------------------------------------------------------------
 cli_expect "$D" 0 config set issuer est
