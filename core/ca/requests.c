@@ -4,6 +4,7 @@
  * operator what the phone waits for. */
 #include "core/ca/requests.h"
 
+#include <openssl/evp.h>
 #include <openssl/mem.h>
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -325,6 +326,20 @@ int capstan_csr_record_issued(capstan_txn_t *txn, const uint8_t key[32], const u
   if (err != 0) return CAPSTAN_EINVAL;
   int64_t not_before = 0, not_after = 0;
   err = capstan_pki_cert_validity(cert, &not_before, &not_after);
+  /* The request's key is the certificate's (|key| is the SHA-256 of its
+   * SPKI): a certificate never lands on another phone's request, whatever
+   * the caller checked. */
+  uint8_t *spki = NULL, cert_key_id[32];
+  size_t spki_len = 0;
+  EVP_PKEY *pub = err == 0 ? X509_get_pubkey(cert) : NULL;
+  if (pub == NULL || capstan_pki_public_key_to_der(pub, &spki, &spki_len) != 0) {
+    err = CAPSTAN_EINVAL;
+  } else {
+    capstan_csr_key(spki, spki_len, cert_key_id);
+    if (memcmp(cert_key_id, key, 32) != 0) err = CAPSTAN_EINVAL;
+  }
+  free(spki);
+  EVP_PKEY_free(pub);
   X509_free(cert);
   if (err != 0) return CAPSTAN_EINVAL;
 

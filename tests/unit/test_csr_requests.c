@@ -373,9 +373,30 @@ static void test_issued_and_handover(void **state) {
   /* Not pending any more: a second certificate changes nothing. */
   assert_int_equal(capstan_csr_record_issued(&f->txn, r.id, cert, cert_len, NULL, NULL, 0, 1200),
                    CAPSTAN_EEXIST);
-  uint8_t nokey[32] = {0};
-  assert_int_equal(capstan_csr_record_issued(&f->txn, nokey, cert, cert_len, NULL, NULL, 0, 1200),
-                   CAPSTAN_ENOENT);
+  /* A certificate for another key never lands on this request. */
+  phone_req_t other;
+  make_request(DEV, &other);
+  uint8_t *other_cert;
+  size_t other_len;
+  make_cert(&other, DEV, 16, &other_cert, &other_len);
+  pending(f, OTHER, &other, 1150);
+  assert_int_equal(
+      capstan_csr_record_issued(&f->txn, other.id, cert, cert_len, NULL, NULL, 0, 1200),
+      CAPSTAN_EINVAL);
+  assert_int_equal(status_of(f, other.id), CAPSTAN_CSR_PENDING);
+  /* No request for the key at all. */
+  phone_req_t never;
+  make_request(DEV, &never);
+  uint8_t *never_cert;
+  size_t never_len;
+  make_cert(&never, DEV, 16, &never_cert, &never_len);
+  assert_int_equal(
+      capstan_csr_record_issued(&f->txn, never.id, never_cert, never_len, NULL, NULL, 0, 1200),
+      CAPSTAN_ENOENT);
+  free(never_cert);
+  free_request(&never);
+  free(other_cert);
+  free_request(&other);
 
   char names[512];
   events_t ev = events(f, DEV);
