@@ -265,6 +265,28 @@ if command -v mdb_dump >/dev/null; then
   mdb_dump -p -s audit "$D" >"$IT_TMP/audit.dump" 2>/dev/null || true
   lacks "$IT_TMP/audit.dump" "S3cret"
 fi
+# The CA's chain as `ca test` stores it: its root not in CAPF-trust yet.
+osl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$P/estroot.key" \
+  -subj "/O=capstan csr test/CN=EST Root" -days 30 -extensions root -config "$P/ext.cnf" \
+  -out "$P/estroot.pem"
+cat "$P/inter.pem" "$P/estroot.pem" >"$IT_TMP/est_chain.pem"
+timeout 30 "$SEED" --data-dir "$D" --ca-chain "$IT_TMP/est_chain.pem" || fail "seed the CA chain"
+cli_expect "$D" 0 ca show
+has "$OUT" "chain 1:           O=capstan csr test,CN=Test Issuing CA"
+has "$OUT" "chain 2:           O=capstan csr test,CN=EST Root"
+has "$OUT" "root in CAPF-trust:  NO"
+has "$OUT" "capstan trust add ca-root.pem --data-dir $D"
+cli_expect "$D" 0 ca show --json
+jq -e '(.chain | length) == 2 and .root_in_capf_trust == false' "$OUT" >/dev/null ||
+  fail "ca show --json chain: $(cat "$OUT")"
+cli_expect "$D" 0 ca show --root-pem
+cp "$OUT" "$IT_TMP/ca-root.pem"
+cmp -s <(openssl x509 -in "$IT_TMP/ca-root.pem" -outform DER) \
+  <(openssl x509 -in "$P/estroot.pem" -outform DER) || fail "ca show --root-pem is not the root"
+cli_expect "$D" 0 trust add "$IT_TMP/ca-root.pem"
+cli_expect "$D" 0 ca show
+has "$OUT" "root in CAPF-trust:  yes"
+
 # `ca test` against a loopback port nobody listens on: it fails, and says so
 # (never a name that needs DNS: the tests stay on loopback).
 cli_expect "$D" 0 ca set --url "https://127.0.0.1:$(it_free_port tcp)/.well-known/est" \
@@ -272,8 +294,8 @@ cli_expect "$D" 0 ca set --url "https://127.0.0.1:$(it_free_port tcp)/.well-know
 cli_expect "$D" 1 ca test
 has "$ERR" "ca test:"
 cli_expect "$D" 0 ca show --json
-jq -e '.chain == [] and .chain_fetched_at == null and .password_set == true' "$OUT" >/dev/null ||
-  fail "a failed ca test stores no chain: $(cat "$OUT")"
+jq -e '(.chain | length) == 2 and .password_set == true' "$OUT" >/dev/null ||
+  fail "a failed ca test keeps the chain it had: $(cat "$OUT")"
 
 # --- EC keys with an online CA --------------------------------------------------------------
 cli_expect "$D" 0 config set issuer est
