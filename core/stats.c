@@ -7,6 +7,7 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
+#include "core/ca/requests.h"
 #include "storage/devices.h"
 #include <string.h>
 
@@ -26,14 +27,14 @@ struct capstan_stats {
   void *done_arg;
   /* Filled on the worker, published on the loop. */
   double by_status[NSTATUS];
-  double stale, expiring, certs, devices;
+  double stale, expiring, certs, devices, csr_pending;
   /* Devices whose "completes by" deadline passed with the operation
    * unfinished: marked expired by a write after the scan. */
   char **overdue;
   size_t n_overdue, cap_overdue;
   int sweeping;
   int ok;
-  capstan_metric_t *g_status[NSTATUS], *g_stale, *g_expiring, *g_devices;
+  capstan_metric_t *g_status[NSTATUS], *g_stale, *g_expiring, *g_devices, *g_csr_pending;
 };
 
 typedef struct scan {
@@ -120,13 +121,19 @@ static int count_cert(const Capstan__IssuedCert *c, void *arg) {
 static int scan_store(capstan_txn_t *txn, void *arg) {
   int rc = capstan_store_device_iterate(txn, count_device, arg);
   if (rc == 0) rc = capstan_store_cert_iterate(txn, count_cert, arg);
+  if (rc == 0) {
+    uint64_t pending = 0;
+    int64_t oldest = 0;
+    rc = capstan_csr_count_pending(txn, &pending, &oldest);
+    ((scan_t *)arg)->st->csr_pending = (double)pending;
+  }
   return rc;
 }
 
 static void work_run(uv_work_t *req) {
   capstan_stats_t *st = req->data;
   for (int i = 0; i < NSTATUS; i++) st->by_status[i] = 0;
-  st->stale = st->expiring = st->certs = st->devices = 0;
+  st->stale = st->expiring = st->certs = st->devices = st->csr_pending = 0;
   free_overdue(st);
   scan_t scan = {.st = st, .now = (int64_t)time(NULL)};
   st->ok = capstan_store_read(st->store, scan_store, &scan) == 0;
@@ -165,6 +172,7 @@ static void work_done(uv_work_t *req, int status) {
   capstan_metric_set(st->g_stale, st->stale);
   capstan_metric_set(st->g_expiring, st->expiring);
   capstan_metric_set(st->g_devices, st->devices);
+  capstan_metric_set(st->g_csr_pending, st->csr_pending);
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -193,6 +201,8 @@ int capstan_stats_start(uv_loop_t *loop, capstan_store_t *store, unsigned interv
       "capstan_certs_stale", "LSCs issued, never confirmed by the phone, superseded", NULL);
   st->g_expiring = capstan_metrics_gauge("capstan_certs_expiring_30d",
                                          "Issued or installed LSCs expiring within 30 days", NULL);
+  st->g_csr_pending = capstan_metrics_gauge(
+      "capstan_csr_pending", "Phones' certificate requests waiting for a CA (store scan)", NULL);
   uv_timer_init(loop, &st->timer);
   st->timer.data = st;
   uv_timer_start(&st->timer, on_timer, 0, interval_ms);

@@ -117,6 +117,25 @@ int capstan_store_settings_get(capstan_txn_t *txn, Capstan__Settings **out);
 int capstan_store_settings_put(capstan_txn_t *txn, const Capstan__Settings *s);
 int capstan_store_settings_load(capstan_store_t *store, Capstan__Settings **out);
 
+/* Phones' certificate requests (csr database), keyed by the SHA-256 of
+ * their public key (core/ca/requests.h computes it). put needs device,
+ * csr_der and public_key. */
+int capstan_store_csr_get(capstan_txn_t *txn, const uint8_t key[32], Capstan__CertRequest **out);
+int capstan_store_csr_put(capstan_txn_t *txn, const uint8_t key[32],
+                          const Capstan__CertRequest *r);
+int capstan_store_csr_delete(capstan_txn_t *txn, const uint8_t key[32]);
+typedef int (*capstan_store_csr_fn)(const uint8_t key[32], const Capstan__CertRequest *r,
+                                    void *arg);
+int capstan_store_csr_iterate(capstan_txn_t *txn, capstan_store_csr_fn fn, void *arg);
+
+/* The online CA's configuration (pki "ca") and its health as the server
+ * last wrote it (pki "ca_health"). get gives CAPSTAN_ENOENT when none is
+ * stored. */
+int capstan_store_ca_config_get(capstan_txn_t *txn, Capstan__CaConfig **out);
+int capstan_store_ca_config_put(capstan_txn_t *txn, const Capstan__CaConfig *c);
+int capstan_store_ca_health_get(capstan_txn_t *txn, Capstan__CaHealth **out);
+int capstan_store_ca_health_put(capstan_txn_t *txn, const Capstan__CaHealth *h);
+
 /* Audit events: appended with capstan_store_audit_append (storage/audit.h,
  * which also reads, queries and prunes them as plain structs). */
 typedef int (*capstan_store_audit_fn)(const Capstan__AuditEvent *e, void *arg);

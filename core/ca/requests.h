@@ -56,6 +56,9 @@ void capstan_cert_request_cleanup(capstan_cert_request_t *r);
 void capstan_csr_key(const uint8_t *spki, size_t spki_len, uint8_t out[32]);
 
 /* A phone's checked request becomes |device|'s pending request (issuer,
+ * created at |now|; the same request again from the same device keeps its
+ * first created_at, so a phone that retries does not look younger. The
+ * device must exist: CAPSTAN_ENOENT otherwise. Issuer,
  * and for an online CA's "pending" its request id, next poll and the CA's
  * words in |reason|; NULL/0 otherwise). The device's earlier request, if
  * pending or issued and not this one, becomes STALE ("superseded by a
@@ -73,8 +76,11 @@ int capstan_csr_record_pending(capstan_txn_t *txn, const char *device, const uin
  * recorded like a self-signed LSC (certs database keyed by
  * capstan_csr_cert_key, device history, cert_issued audit event), the
  * request becomes ISSUED with it, and the phone gets it in its next
- * session. CAPSTAN_ENOENT: no such request; CAPSTAN_EEXIST... when the
- * request is not PENDING (stale, already issued): nothing changes. */
+ * session (the device's status says so when this is its latest request).
+ * CAPSTAN_ENOENT: no such request (or its device is gone); CAPSTAN_EEXIST
+ * when the request is not PENDING (stale, failed, already issued);
+ * CAPSTAN_EINVAL when |cert_der| does not parse or is not for the
+ * request's key. These refusals come before any write. */
 int capstan_csr_record_issued(capstan_txn_t *txn, const uint8_t key[32], const uint8_t *cert_der,
                               size_t cert_len, const uint8_t *const *chain_der,
                               const size_t *chain_lens, size_t chain_count, int64_t now);
@@ -96,10 +102,13 @@ int capstan_csr_record_polled(capstan_txn_t *txn, const uint8_t key[32], int64_t
                               const char *reason, int64_t now);
 
 /* The phone refused the handed-over certificate: its request and the
- * certificate become STALE ("the phone refused the certificate"). */
+ * certificate become STALE ("the phone refused the certificate").
+ * CAPSTAN_ENOENT when the device's latest request is not ISSUED. */
 int capstan_csr_record_refused_by_phone(capstan_txn_t *txn, const char *device, int64_t now);
 
-/* The phone stored it: the request becomes INSTALLED. */
+/* The phone stored it: the request becomes INSTALLED (the certificate's
+ * own record is the session's: capstan_devices_record_installed).
+ * CAPSTAN_ENOENT when the device's latest request is not ISSUED. */
 int capstan_csr_record_installed(capstan_txn_t *txn, const char *device, int64_t now);
 
 /* Reads one request. CAPSTAN_ENOENT when there is none. */

@@ -10,6 +10,7 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
+#include "core/ca/requests.h"
 #include "core/identities.h"
 #include "core/pki/pki.h"
 #include "storage/devices.h"
@@ -145,7 +146,7 @@ static int scan_txn(capstan_txn_t *txn, void *arg) {
   int rc = capstan_store_device_iterate(txn, count_device, s);
   if (rc < 0) return rc;
   read_capf(txn, &s->out->capf);
-  return 0;
+  return capstan_csr_count_pending(txn, &s->out->csr_pending, &s->out->csr_oldest_at);
 }
 
 int capstan_census_scan(capstan_store_t *store, capstan_census_t *out) {

@@ -87,6 +87,10 @@ typedef struct capstan_census {
   capstan_census_reason_t reasons[CAPSTAN_CENSUS_REASONS];
   uint64_t other_reasons;
   capstan_census_capf_t capf;
+  /* Phones' certificate requests waiting for a CA (core/ca/requests.h),
+   * and when the oldest of them was made (0 when none). */
+  uint64_t csr_pending;
+  int64_t csr_oldest_at;
 } capstan_census_t;
 
 /* Takes a census of |store| now, on the calling thread (the thread pool

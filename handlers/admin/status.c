@@ -470,6 +470,23 @@ static void render_capf(capstan_json_t *j, const capstan_census_t *c, double now
   capstan_json_close(j, '}');
 }
 
+/* Requests waiting for a CA (offline: for the operator's `capstan csr
+ * export`), and how long the oldest has waited. */
+static void render_requests(capstan_json_t *j, const capstan_census_t *c, double now) {
+  capstan_json_key(j, "certificate_requests");
+  capstan_json_open(j, '{');
+  capstan_json_kuint(j, "pending", c->csr_pending);
+  if (c->csr_pending > 0 && c->csr_oldest_at > 0) {
+    capstan_json_ktime(j, "oldest_pending_at", c->csr_oldest_at);
+    double age = now - (double)c->csr_oldest_at;
+    capstan_json_knum(j, "oldest_pending_age_seconds", age > 0 ? floor(age) : 0, 0);
+  } else {
+    capstan_json_knull(j, "oldest_pending_at");
+    capstan_json_knull(j, "oldest_pending_age_seconds");
+  }
+  capstan_json_close(j, '}');
+}
+
 void capstan_status_render(capstan_status_t *st, const capstan_census_t *c, double now,
                            capstan_json_t *j) {
   reading_t r = {0};
@@ -487,6 +504,7 @@ void capstan_status_render(capstan_status_t *st, const capstan_census_t *c, doub
   render_reasons(j, c);
   render_limits(j, st);
   render_capf(j, c, now);
+  render_requests(j, c, now);
   capstan_json_close(j, '}');
 }
 

@@ -13,6 +13,7 @@
 #include "core/files/encconf.h"
 #include "core/base/error.h"
 #include "core/pki/pki.h"
+#include "core/settings.h"
 #include "storage/devices.h"
 
 /* Options of the device subcommands (one table); each subcommand takes a
@@ -414,11 +415,26 @@ static int add_or_set(capstan_cli_t *c, bool is_add) {
     err = capstan_store_audit_append(&txn, 0, name, is_add ? "device_added" : "device_changed",
                                      detail);
   }
+  /* An online CA signs RSA keys only (external-ca.md): say so now rather
+   * than when the phone's operation fails. A warning, not a refusal: the
+   * issuer may change before the phone comes. */
+  bool ec_online = false;
+  if (err == 0 && d->key_alg == CAPSTAN__KEY_ALG__KEY_ALG_EC && (is_add || (c->seen & O(KEY)))) {
+    capstan_settings_t settings;
+    err = capstan_settings_read(&txn, &settings);
+    ec_online = err == 0 && CAPSTAN_ISSUER_IS_ONLINE(settings.issuer);
+  }
   if (err == 0) err = capstan_store_commit(&txn);
   if (err != 0) {
     ret =
         capstan_cli_store_error(is_add ? "cannot add the device" : "cannot change the device", err);
     goto out;
+  }
+  if (ec_online) {
+    capstan_cli_error(
+        "warning: EC keys are not supported with an online CA: the phone's "
+        "operation will fail (use --key rsa2048, or 'capstan config set issuer "
+        "capf|offline')");
   }
   if (generated[0] != '\0') printf("authentication string for %s: %s\n", name, generated);
   printf("%s %s: operation %s, status %s\n", is_add ? "added" : "updated", name,

@@ -17,6 +17,9 @@
 
 /* ---- Subcommands ------------------------------------------------------- */
 int capstan_cli_trust_main(int argc, char **argv);
+/* `capstan csr ...` (csr.c) and `capstan ca ...` (ca.c). */
+int capstan_cli_csr_main(int argc, char **argv);
+int capstan_cli_ca_main(int argc, char **argv);
 int capstan_cli_template_main(int argc, char **argv);
 /* `capstan device config set|show|clear ...`: argv[0] is "config". */
 int capstan_cli_devconfig_main(int argc, char **argv);

@@ -31,6 +31,9 @@ static const command_t commands[] = {
     {"report", capstan_cli_report_main, "operation status counts; expiring certificates"},
     {"trust", capstan_cli_trust_main, "add, list, remove, export CAPF-trust and CallManager-trust"},
     {"template", capstan_cli_template_main, "base configuration templates; assign them to devices"},
+    {"csr", capstan_cli_csr_main,
+     "phones' certificate requests for an offline CA: list, export, import"},
+    {"ca", capstan_cli_ca_main, "the online CA (EST or Microsoft CA): set, show, test"},
     {"audit", capstan_cli_audit_main, "the audit log: who changed what, and what the server did"},
 };
 

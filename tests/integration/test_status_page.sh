@@ -102,6 +102,8 @@ assert_eq "[]" "$(jq -c .limits <<<"$S")" "limits"
 json_expect "$(jq -c .capf_certificate <<<"$S")" signed_by self expired false key rsa2048 chain_length 0
 jq -e '.capf_certificate.days_left > 3000' <<<"$S" >/dev/null || fail "CAPF days left"
 json_expect "$(jq -c .issuer <<<"$S")" mode capf label "self-signed CAPF" ca_health null
+jq -e '.certificate_requests == {"pending":0,"oldest_pending_at":null,"oldest_pending_age_seconds":null}' \
+  <<<"$S" >/dev/null || fail "certificate requests: $(jq -c .certificate_requests <<<"$S")"
 expiry=$(metric main capstan_capf_certificate_expiry_timestamp_seconds)
 assert_eq "$(date -u -d "@${expiry%.*}" +%Y-%m-%dT%H:%M:%SZ)" \
   "$(jq -r .capf_certificate.not_after <<<"$S")" "CAPF expiry: metric vs status.json"

@@ -14,6 +14,7 @@
 
 #include "core/base/error.h"
 #include "core/base/metrics.h"
+#include "core/ca/requests.h"
 #include "core/identities.h"
 #include "handlers/admin/census.h"
 #include "handlers/admin/devices_api.h"
@@ -310,6 +311,31 @@ static void test_census_scan(void **state) {
   assert_string_equal(c.capf.subject, c.capf.issuer);
   assert_true(c.capf.not_after > c.capf.not_before);
   assert_int_equal(c.capf.chain, 0);
+  /* Certificate requests waiting for a CA: none, then two (the oldest's
+   * time counts), and one that is no longer pending does not. */
+  assert_int_equal(c.csr_pending, 0);
+  assert_int_equal(c.csr_oldest_at, 0);
+  const uint8_t csr[] = {0x30, 0x00}, spki_a[] = {0x30, 0x01, 0x0a}, spki_b[] = {0x30, 0x01, 0x0b};
+  capstan_txn_t txn;
+  assert_int_equal(capstan_store_begin(f->store, true, &txn), 0);
+  assert_int_equal(capstan_csr_record_pending(&txn, "SEP000000000001", csr, sizeof(csr), spki_a,
+                                              sizeof(spki_a), 3, NULL, 0, NULL, 5000),
+                   0);
+  assert_int_equal(capstan_csr_record_pending(&txn, "SEP000000000002", csr, sizeof(csr), spki_b,
+                                              sizeof(spki_b), 3, NULL, 0, NULL, 4000),
+                   0);
+  uint8_t key_b[32];
+  capstan_csr_key(spki_b, sizeof(spki_b), key_b);
+  assert_int_equal(capstan_store_commit(&txn), 0);
+  assert_int_equal(capstan_census_scan(f->store, &c), 0);
+  assert_int_equal(c.csr_pending, 2);
+  assert_int_equal(c.csr_oldest_at, 4000);
+  assert_int_equal(capstan_store_begin(f->store, true, &txn), 0);
+  assert_int_equal(capstan_csr_record_failed(&txn, key_b, "CA refused", 6000), 0);
+  assert_int_equal(capstan_store_commit(&txn), 0);
+  assert_int_equal(capstan_census_scan(f->store, &c), 0);
+  assert_int_equal(c.csr_pending, 1);
+  assert_int_equal(c.csr_oldest_at, 5000);
 }
 
 /* The cache: a census is reused while the store is unchanged, taken again
@@ -577,7 +603,23 @@ static void test_status_render(void **state) {
   assert_non_null(strstr(s, "\"days_left\":9,\"expired\":false,\"signed_by\":\"ca\","));
   assert_non_null(strstr(s, "\"label\":\"CA-signed CAPF\""));
   assert_non_null(strstr(s, "\"store_changed_since\":false}"));
+  assert_non_null(strstr(s,
+                         "\"certificate_requests\":{\"pending\":0,\"oldest_pending_at\":null,"
+                         "\"oldest_pending_age_seconds\":null}"));
   free(s);
+  /* Requests waiting: how many, and the oldest's age. */
+  c.csr_pending = 3;
+  c.csr_oldest_at = 1000000 - 3600;
+  capstan_json_init(&j);
+  capstan_status_render(st, &c, 1000000 + 60, &j);
+  s = take(&j);
+  assert_non_null(strstr(s,
+                         "\"certificate_requests\":{\"pending\":3,"
+                         "\"oldest_pending_at\":\"1970-01-12T12:46:40Z\","
+                         "\"oldest_pending_age_seconds\":3660}"));
+  free(s);
+  c.csr_pending = 0;
+  c.csr_oldest_at = 0;
   /* A write since the census. */
   put_device(f->store, "SEP000000000001", CAPSTAN__OP_STATUS__OP_STATUS_PENDING, 10, 0, NULL);
   /* Later refusals of the HTTP limit show up, by server. */
