@@ -169,11 +169,10 @@ typedef struct capstan_ca_health {
 } capstan_ca_health_t;
 void capstan_ca_client_health(const capstan_ca_client_t *c, capstan_ca_health_t *out);
 
-/* The health record (pki "ca_health") the server writes for `capstan ca
- * show`, inside |txn| (in_flight is not stored). Reading a store without
- * one gives zeros. */
+/* Stores |h| as the CA's health record (pki "ca_health", CaHealth)
+ * inside |txn|: the server writes it for `capstan ca show` and the status
+ * page (in_flight is not stored). */
 int capstan_ca_health_write(capstan_txn_t *txn, const capstan_ca_health_t *h);
-int capstan_ca_health_read(capstan_txn_t *txn, capstan_ca_health_t *out);
 
 /* Cancels every request (no done callback runs) and frees the client once
  * its handles are closed (the loop must run on). NULL is ignored. */

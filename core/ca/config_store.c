@@ -108,3 +108,20 @@ int capstan_ca_config_write(capstan_txn_t *txn, const capstan_ca_config_t *c) {
   rec.updated_at = (int64_t)time(NULL);
   return capstan_store_ca_config_put(txn, &rec);
 }
+
+int capstan_ca_health_write(capstan_txn_t *txn, const capstan_ca_health_t *h) {
+  Capstan__CaHealth rec = CAPSTAN__CA_HEALTH__INIT;
+  rec.has_last_success_at = h->last_success_at != 0;
+  rec.last_success_at = h->last_success_at;
+  rec.has_last_error_at = h->last_error_at != 0;
+  rec.last_error_at = h->last_error_at;
+  rec.last_error = h->last_error[0] != '\0' ? (char *)h->last_error : NULL;
+  double ms = h->last_latency_seconds * 1000.0;
+  rec.has_last_latency_ms = 1;
+  rec.last_latency_ms = ms <= 0 ? 0 : ms >= 4e9 ? UINT32_MAX : (uint32_t)ms;
+  rec.has_requests = 1;
+  rec.requests = h->requests;
+  rec.has_failures = 1;
+  rec.failures = h->failures;
+  return capstan_store_ca_health_put(txn, &rec);
+}

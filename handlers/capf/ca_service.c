@@ -45,8 +45,6 @@ typedef struct scan_job {
   uint8_t skip[POLL_MAX_IN_FLIGHT][32];
   unsigned nskip;
   int status;
-  uint64_t pending;
-  int64_t oldest;
   poll_item_t *due;
 } scan_job_t;
 
@@ -67,7 +65,6 @@ struct capf_ca_service {
   int stopping;
   int64_t health_written_at;
   uint64_t health_requests_written;
-  capstan_metric_t *csr_pending, *csr_oldest;
 };
 
 static void item_free(poll_item_t *it) {
@@ -280,8 +277,6 @@ static int scan_visit(const capstan_cert_request_t *r, void *arg) {
   scan_visit_t *v = arg;
   scan_job_t *j = v->job;
   if (r->status != CAPSTAN_CSR_PENDING) return 0;
-  j->pending++;
-  if (j->oldest == 0 || r->created_at < j->oldest) j->oldest = r->created_at;
   if (v->taken >= j->room || r->issuer != j->issuer || r->next_poll_at > j->now ||
       in_skip(j, r->key)) {
     return 0;
@@ -321,10 +316,7 @@ static void scan_done(uv_work_t *w, int status) {
   scan_job_t *j = (scan_job_t *)w;
   capf_ca_service_t *svc = j->svc;
   svc->scanning = 0;
-  if (status == 0 && j->status == 0) {
-    capstan_metric_set(svc->csr_pending, (double)j->pending);
-    capstan_metric_set(svc->csr_oldest, (double)j->oldest);
-  } else if (j->status < 0) {
+  if (status == 0 && j->status < 0) {
     LOG_ERROR("event=ca_poll_scan_failed error=%s", capstan_strerror(j->status));
   }
   while (j->due != NULL) {
@@ -387,12 +379,14 @@ static void on_tick(uv_timer_t *t) {
   if (svc->stopping || svc->scanning) return;
   int64_t now = (int64_t)time(NULL);
   write_health(svc, now);
+  /* Only an online CA is polled; core/stats.c counts what waits. */
+  if (svc->client == NULL || svc->n_in_flight >= POLL_MAX_IN_FLIGHT) return;
   scan_job_t *j = calloc(1, sizeof(*j));
   if (j == NULL) return;
   j->svc = svc;
   j->issuer = svc->issuer;
   j->now = now;
-  j->room = svc->client != NULL ? POLL_MAX_IN_FLIGHT - svc->n_in_flight : 0;
+  j->room = POLL_MAX_IN_FLIGHT - svc->n_in_flight;
   for (poll_item_t *it = svc->in_flight; it != NULL && j->nskip < POLL_MAX_IN_FLIGHT;
        it = it->next) {
     memcpy(j->skip[j->nskip++], it->key, 32);
@@ -415,13 +409,6 @@ capf_ca_service_t *capf_ca_service_start(uv_loop_t *loop, capstan_store_t *store
   svc->reset = reset;
   svc->reset_arg = reset_arg;
   capstan_ca_config_init(&svc->cfg);
-  svc->csr_pending = capstan_metrics_gauge(
-      "capstan_csr_pending",
-      "Phones' certificate requests waiting for a CA (offline: the operator; online: pending)",
-      NULL);
-  svc->csr_oldest = capstan_metrics_gauge(
-      "capstan_csr_pending_oldest_timestamp_seconds",
-      "When the oldest certificate request still waiting for a CA was made (0: none)", NULL);
   uv_timer_init(loop, &svc->timer);
   svc->timer.data = svc;
   uv_timer_start(&svc->timer, on_tick, 0, POLL_INTERVAL_MS);

@@ -3,8 +3,8 @@
  * `issuer` setting or the CA configuration (`capstan ca set`) changes, and
  * the poller that keeps asking an online CA about requests it left
  * pending, so that the phone finds its certificate at its next session.
- * It also keeps capstan_csr_pending (requests waiting for any CA) and the
- * CA's health record (`capstan ca show`). Loop thread only. */
+ * It also writes the CA's health record (`capstan ca show`, the status
+ * page). Loop thread only. */
 #ifndef CAPSTAN_HANDLERS_CAPF_CA_SERVICE_H
 #define CAPSTAN_HANDLERS_CAPF_CA_SERVICE_H
 

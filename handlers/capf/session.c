@@ -1168,9 +1168,11 @@ static void ca_answered(capf_session_t *s, const event_arg_t *e) {
     }
     case CAPSTAN_CA_PENDING:
       snprintf(s->ca_request_id, sizeof(s->ca_request_id), "%s", r->request_id);
-      if ((double)r->retry_at < s->ca_deadline) {
+      /* retry_at is wall-clock; the phone's wait runs on the monotonic
+       * clock of the timers. */
+      double in = (double)r->retry_at - (double)unix_now();
+      if (capstan_now_seconds() + in < s->ca_deadline) {
         /* Asked again in this session while the phone's wait allows. */
-        double in = (double)r->retry_at - (double)unix_now();
         go(s, CAPF_ST_CA_RETRY);
         s->hooks->start_timer(s, in > 0 ? (uint64_t)(in * 1000) : 0);
         return;

@@ -124,7 +124,7 @@ struct capf_session {
   size_t phone_spki_len;
   uint8_t *csr_der;
   size_t csr_len;
-  double ca_deadline; /* when the phone's wait for the CA ends */
+  double ca_deadline; /* when the phone's wait for the CA ends (capstan_now_seconds) */
   char ca_request_id[CAPSTAN_CA_REQUEST_ID_MAX + 1];
   unsigned asking_ca : 1; /* a CA request is outstanding */
   unsigned handover : 1;  /* the LSC in hand came from a certificate request */
