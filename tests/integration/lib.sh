@@ -452,3 +452,38 @@ py() { "$IT_PYTHON" "$IT_PY" "$@"; }
 assert_eq() {
   [[ "$1" == "$2" ]] || fail "${3:-values differ}: expected '$1', got '$2'"
 }
+
+# --- Test CAs (tests/tools/test_est_ca.py, test_certsrv_ca.py) -------------
+
+declare -A CA_URL=() CA_DIR=()
+
+# testca_start NAME TOOL [ARGS...]: starts a test CA (TOOL: est or certsrv)
+# on a loopback port, in the background (stopped at cleanup), and waits for
+# its ready line. Sets CA_URL[NAME] and CA_DIR[NAME], which holds root.pem
+# (the root: CAPF-trust and the TLS bundle), chain.pem (issuing CA first)
+# and stderr.log.
+testca_start() {
+  local name=$1 tool=$2
+  shift 2
+  local dir="$IT_TMP/ca-$name"
+  mkdir -p "$dir"
+  CA_DIR[$name]=$dir
+  "$IT_PYTHON" "$CAPSTAN_SOURCE_DIR/tests/tools/test_${tool}_ca.py" --root-out "$dir/root.pem" \
+    --tls-cert-out "$dir/tls.pem" --chain-out "$dir/chain.pem" "$@" \
+    >"$dir/ready" 2>"$dir/stderr.log" </dev/null &
+  local i
+  for ((i = 0; i < 300; i++)); do
+    [[ -s "$dir/ready" ]] && break
+    sleep 0.1
+  done
+  [[ -s "$dir/ready" ]] || { cat "$dir/stderr.log" >&2; fail "test CA '$name' not ready within 30 s"; }
+  CA_URL[$name]=$(jq -r .url <"$dir/ready") || fail "test CA '$name': bad ready line"
+  it_log "test CA '$name' ($tool) at ${CA_URL[$name]}"
+}
+
+# testca_control NAME JSON: changes the test CA's behaviour (POST /control);
+# prints its state (settings, log, pending) as JSON.
+testca_control() {
+  curl -sf --max-time 10 --cacert "${CA_DIR[$1]}/root.pem" -H 'Content-Type: application/json' \
+    --data "$2" "${CA_URL[$1]}/control" || fail "test CA '$1': POST /control $2 failed"
+}
