@@ -44,6 +44,7 @@ static void device_from_record(const Capstan__Device *d, capf_device_t *out) {
       .key_alg = (int)d->key_alg,
       .key_bits = d->key_bits,
       .completes_by = d->completes_by,
+      .issuer = d->issuer != 0 ? (int)d->issuer - 1 : -1,
   };
   if (d->auth_string != NULL && strlen(d->auth_string) <= CAPF_AUTH_STRING_MAX) {
     strcpy(out->auth_string, d->auth_string);

@@ -36,6 +36,7 @@ typedef struct capf_device {
   int key_alg;
   unsigned key_bits;
   int64_t completes_by; /* unix seconds; 0 = no deadline */
+  int issuer;           /* capstan_issuer_t of the device's own --issuer; -1: the setting's */
   /* External issuers (external-ca.md): a certificate an offline or
    * pending online request brought, waiting for this phone (owned; NULL
    * when none), or a request of the device still waiting for its CA. */

@@ -713,7 +713,7 @@ static void authenticated(capf_session_t *s, capf_device_t *d) {
                     CAPSTAN_CAPF_REASON_NO_ACTION, CAPF_RESULT_EXPIRED);
     return;
   }
-  s->issuer = s->shared->settings.issuer;
+  s->issuer = d->issuer >= 0 ? (unsigned)d->issuer : s->shared->settings.issuer;
   /* Its earlier request still waits for a CA: a new key now would make
    * that request (perhaps already exported and being signed) stale. With
    * the issuer back at capf the request no longer matters. */

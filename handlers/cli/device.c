@@ -44,6 +44,7 @@ enum {
   OPT_REPLACE_AUTH, /* import: replace authentication strings already set */
   OPT_PREFIX,       /* list: --prefix (or --name-prefix, as for bulk-set) */
   OPT_OUT,          /* cert: --out FILE */
+  OPT_ISSUER,       /* add/set: --issuer capf|est|mscs|offline|default */
   NOPTS
 };
 #define O(x) CAPSTAN_CLI_OPT(OPT_##x)
@@ -55,6 +56,7 @@ typedef struct {
   const char *auth_string;
   Capstan__KeyAlg key_alg;
   uint32_t key_bits;
+  uint32_t issuer; /* Device.issuer: 0 default, else capstan_issuer_t + 1 */
   int64_t completes_by;
   bool encrypted;
   Capstan__OpStatus status;
@@ -100,6 +102,21 @@ static int set_key(void *ctx, const char *a, char *why, size_t len) {
   opts_t *o = ctx;
   return one_of(capstan_key_parse(a, &o->key_alg, &o->key_bits), "--key", capstan_key_names(), a,
                 why, len);
+}
+
+static int set_issuer(void *ctx, const char *a, char *why, size_t len) {
+  opts_t *o = ctx;
+  unsigned issuer = 0;
+  if (strcmp(a, "default") == 0) {
+    o->issuer = 0;
+    return 0;
+  }
+  if (capstan_issuer_parse(a, &issuer) == 0) {
+    o->issuer = issuer + 1;
+    return 0;
+  }
+  snprintf(why, len, "--issuer must be capf, est, mscs, offline or default, got '%s'", a);
+  return -1;
 }
 
 static int set_completes_by(void *ctx, const char *a, char *why, size_t len) {
@@ -190,6 +207,7 @@ static const capstan_cli_opt_t device_opts[NOPTS] = {
     [OPT_AUTH] = {"auth", true, set_auth},
     [OPT_AUTH_STRING] = {"auth-string", true, set_auth_string},
     [OPT_KEY] = {"key", true, set_key},
+    [OPT_ISSUER] = {"issuer", true, set_issuer},
     [OPT_COMPLETES_BY] = {"completes-by", true, set_completes_by},
     [OPT_TEMPLATE] = {"template", true, set_template},
     [OPT_ENCRYPTED] = {"encrypted-config", true, set_encrypted},
@@ -262,6 +280,10 @@ static int apply_opts(const capstan_cli_t *c, Capstan__Device *d, bool is_new, i
     d->has_completes_by = o->completes_by != 0;
     d->completes_by = o->completes_by;
   }
+  if (c->seen & O(ISSUER)) {
+    d->has_issuer = o->issuer != 0;
+    d->issuer = o->issuer;
+  }
   if (c->seen & O(ENCRYPTED)) {
     d->has_encrypted_config = 1;
     d->encrypted_config = o->encrypted;
@@ -295,6 +317,8 @@ static void describe_change(const capstan_cli_t *c, const Capstan__Device *d, bo
   if (c->seen & O(AUTH_STRING)) ADD("auth-string=set");
   if (c->seen & O(GENERATE)) ADD("auth-string=generated");
   if (is_new || (c->seen & O(KEY))) ADD("key=%s", capstan_key_name(d->key_alg, d->key_bits));
+  if (c->seen & O(ISSUER))
+    ADD("issuer=%s", d->issuer ? capstan_issuer_name(d->issuer - 1) : "default");
   if (c->seen & O(COMPLETES_BY)) {
     char t[40] = "none";
     if (d->has_completes_by && d->completes_by != 0) {
@@ -419,10 +443,12 @@ static int add_or_set(capstan_cli_t *c, bool is_add) {
    * than when the phone's operation fails. A warning, not a refusal: the
    * issuer may change before the phone comes. */
   bool ec_online = false;
-  if (err == 0 && d->key_alg == CAPSTAN__KEY_ALG__KEY_ALG_EC && (is_add || (c->seen & O(KEY)))) {
+  if (err == 0 && d->key_alg == CAPSTAN__KEY_ALG__KEY_ALG_EC &&
+      (is_add || (c->seen & (O(KEY) | O(ISSUER))))) {
     capstan_settings_t settings;
     err = capstan_settings_read(&txn, &settings);
-    ec_online = err == 0 && CAPSTAN_ISSUER_IS_ONLINE(settings.issuer);
+    unsigned issuer = d->issuer != 0 ? d->issuer - 1 : settings.issuer;
+    ec_online = err == 0 && CAPSTAN_ISSUER_IS_ONLINE(issuer);
   }
   if (err == 0) err = capstan_store_commit(&txn);
   if (err != 0) {
@@ -483,6 +509,8 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   }
   fputs(",\"key\":", f);
   capstan_cli_json_string(f, capstan_key_name(d->key_alg, d->key_bits));
+  fputs(",\"issuer\":", f); /* null: the cluster's setting */
+  capstan_cli_json_string(f, d->issuer != 0 ? capstan_issuer_name(d->issuer - 1) : NULL);
   json_time(f, "completes_by", d->completes_by, d->has_completes_by);
   fprintf(f, ",\"encrypted_config\":%s", d->encrypted_config ? "true" : "false");
   fprintf(f, ",\"template\":");
@@ -592,6 +620,8 @@ static int run_show(capstan_cli_t *c) {
       printf("%-18s %s\n", "auth string:", "-");
     }
     printf("%-18s %s\n", "key:", capstan_key_name(d->key_alg, d->key_bits));
+    printf("%-18s %s\n", "issuer:",
+           d->issuer != 0 ? capstan_issuer_name(d->issuer - 1) : "the cluster's (config issuer)");
     char deadline[96] = "-";
     if (d->has_completes_by && d->completes_by != 0) {
       capstan_cli_format_deadline(d->completes_by, deadline, sizeof(deadline));
@@ -1201,13 +1231,17 @@ out:
   "         64 of A-Z a-z 0-9 . _ - starting with a letter)"
 #define ADDSET_OPTS                                                                               \
   (O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(GENERATE) | O(LENGTH) | O(KEY) | O(COMPLETES_BY) | \
-   O(ENCRYPTED) | O(TEMPLATE) | O(ANY_NAME))
+   O(ENCRYPTED) | O(TEMPLATE) | O(ANY_NAME) | O(ISSUER))
 #define ADDSET_USAGE                                                                        \
   " NAME --operation install|delete|troubleshoot|none --auth string|null|lsc|mic\n"         \
   "         [--auth-string DIGITS | --generate-auth-string [--auth-string-length 4..10]]\n" \
   "         [--key rsa512|rsa1024|rsa2048|rsa3072|rsa4096|ec256|ec384|ec521]\n"             \
   "         [--completes-by DEADLINE|none] [--encrypted-config on|off]\n"                   \
-  "         [--template NAME|none] [--any-name] [--data-dir DIR]\n" NAME_HELP "\n" DEADLINE_HELP
+  "         [--template NAME|none] [--issuer capf|est|mscs|offline|default]\n"              \
+  "         [--any-name] [--data-dir DIR]\n" NAME_HELP "\n" DEADLINE_HELP                   \
+  "\n"                                                                                      \
+  "         --issuer: who signs this device's LSC instead of the cluster's 'issuer'\n"      \
+  "         setting (a pilot of a CA on a few phones); default: follow the setting"
 
 #define DEVICE_USAGE                                \
   "capstan device <command> ... [--data-dir DIR]\n" \

@@ -175,6 +175,7 @@ static fake_t *fake_make(capf_operation_t op, capstan_capf_auth_type_t mode, int
       .auth_mode = mode,
       .key_alg = CAPSTAN_KEY_RSA,
       .key_bits = 2048,
+      .issuer = -1, /* the cluster's setting */
   };
   strcpy(f->device.auth_string, "123456");
   capf_session_init(&f->s, &kFakeHooks, &g_shared, "192.0.2.7");
@@ -1260,6 +1261,23 @@ static void test_external_offline_request(void **state) {
   authenticate(f, NULL);
   assert_int_equal(f->nrecords, 0);
   assert_retry_later(f);
+  fake_free(f);
+
+  /* A device of its own issuer (--issuer) follows it, not the setting. */
+  g_shared.settings.issuer = CAPSTAN_ISSUER_CAPF;
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  f->device.issuer = CAPSTAN_ISSUER_OFFLINE;
+  authenticate(f, NULL);
+  keygen_response(f);
+  sent(f, 2, CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST);
+  fake_free(f);
+  g_shared.settings.issuer = CAPSTAN_ISSUER_OFFLINE;
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  f->device.issuer = CAPSTAN_ISSUER_CAPF;
+  authenticate(f, NULL);
+  keygen_response(f);
+  assert_int_equal(f->njobs, 1); /* signed by the CAPF */
+  assert_int_equal(f->jobs[0]->kind, CAPF_JOB_ISSUE);
   fake_free(f);
 
   /* The issuer is back at capf: the pending request no longer holds it. */
