@@ -1149,8 +1149,8 @@ static bool bulk_match(const capstan_cli_t *c, const Capstan__Device *d) {
 
 static int run_bulk_set(capstan_cli_t *c) {
   const uint64_t filters = O(STATUS) | O(NAME_PREFIX) | O(EXPIRES_BEFORE);
-  const uint64_t changes =
-      O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(KEY) | O(COMPLETES_BY) | O(ENCRYPTED);
+  const uint64_t changes = O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(KEY) | O(COMPLETES_BY) |
+                           O(ENCRYPTED) | O(ISSUER);
   bool dry_run = c->seen & O(DRY_RUN);
   if (!(c->seen & (filters | O(ALL)))) {
     return capstan_cli_usage_error(
@@ -1311,12 +1311,13 @@ static const capstan_cli_sub_t device_subs[] = {
     {"export", 0, false, 1, 1, "capstan device export FILE.csv|-", run_export},
     {"bulk-set",
      O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(KEY) | O(COMPLETES_BY) | O(ENCRYPTED) | O(STATUS) |
-         O(NAME_PREFIX) | O(EXPIRES_BEFORE) | O(ALL) | O(DRY_RUN),
+         O(NAME_PREFIX) | O(EXPIRES_BEFORE) | O(ALL) | O(DRY_RUN) | O(ISSUER),
      false, 0, 0,
      "capstan device bulk-set (--all | [--status STATUS] [--name-prefix P]\n"
      "         [--expires-before DATE]) [--dry-run] CHANGES\n"
      "         CHANGES: --operation, --auth, --auth-string, --key, --completes-by,\n"
-     "         --encrypted-config as for 'device set'; one transaction for all devices\n"
+     "         --encrypted-config, --issuer as for 'device set'; one transaction for all\n"
+     "         devices\n"
      "         (--expires-before: the current certificate's notAfter is before DATE)",
      run_bulk_set},
     {"generate-auth-strings", O(UNIQUE) | O(SHARED) | O(STATUS) | O(LENGTH), false, 0, 0,
