@@ -140,6 +140,7 @@ void capstan_identities_unref(capstan_identities_t *ids) {
   capstan_identity_cleanup(&ids->tftp);
   sk_X509_pop_free(ids->capf_previous, X509_free);
   sk_X509_pop_free(ids->capf_trust, X509_free);
+  sk_X509_pop_free(ids->capf_intermediates, X509_free);
   free(ids);
 }
 
@@ -216,6 +217,31 @@ static int load_previous(capstan_txn_t *txn, capstan_identities_t *ids) {
   return rc;
 }
 
+/* The online CA's chain (the issuing CAs under a root in CAPF-trust):
+ * untrusted intermediates for "by existing certificate". */
+static int load_ca_chain(capstan_txn_t *txn, capstan_identities_t *ids) {
+  ids->capf_intermediates = sk_X509_new_null();
+  if (ids->capf_intermediates == NULL) return CAPSTAN_ENOMEM;
+  Capstan__CaConfig *cfg = NULL;
+  int rc = capstan_store_ca_config_get(txn, &cfg);
+  if (rc == CAPSTAN_ENOENT) return 0;
+  if (rc < 0) {
+    LOG_WARN("event=ca_config_unreadable error=%s", capstan_strerror(rc));
+    return 0;
+  }
+  for (size_t i = 0; i < cfg->n_chain_der; i++) {
+    X509 *cert = NULL;
+    if (capstan_pki_parse_cert(cfg->chain_der[i].data, cfg->chain_der[i].len, &cert) < 0) continue;
+    if (!sk_X509_push(ids->capf_intermediates, cert)) {
+      X509_free(cert);
+      rc = CAPSTAN_ENOMEM;
+      break;
+    }
+  }
+  capstan__ca_config__free_unpacked(cfg, NULL);
+  return rc < 0 ? rc : 0;
+}
+
 /* Anchors for "by existing certificate": the live CAPF and its issuers,
  * the trusted previous CAPFs and the CAPF-trust store. */
 static int load_capf_trust(capstan_txn_t *txn, capstan_identities_t *ids) {
@@ -231,7 +257,7 @@ static int load_capf_trust(capstan_txn_t *txn, capstan_identities_t *ids) {
   if (collect.rc < 0) return collect.rc;
   /* A read error leaves the built-in anchors only, as before uploads. */
   if (rc < 0) LOG_WARN("event=capf_trust_unreadable error=%s", capstan_strerror(rc));
-  return 0;
+  return load_ca_chain(txn, ids);
 }
 
 static int load_all(capstan_txn_t *txn, void *arg) {

@@ -41,6 +41,10 @@ typedef struct capstan_identities {
    * the uploaded certificates in the CAPF-trust store. NULL unless
    * CAPSTAN_IDENTITIES_CAPF_TRUST. */
   STACK_OF(X509) * capf_trust;
+  /* Not anchors: the online CA's chain as last fetched (CaConfig), so that
+   * an LSC an issuing CA under a trusted root signed still builds its path
+   * (by existing certificate). Empty unless CAPSTAN_IDENTITIES_CAPF_TRUST. */
+  STACK_OF(X509) * capf_intermediates;
 } capstan_identities_t;
 
 /* Loads the identities |what| asks for (CAPSTAN_IDENTITIES_* ored) and the

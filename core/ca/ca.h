@@ -153,6 +153,12 @@ capstan_ca_request_t *capstan_ca_submit(capstan_ca_client_t *c, const char *devi
 capstan_ca_request_t *capstan_ca_fetch_chain(capstan_ca_client_t *c, capstan_ca_done_fn done,
                                              void *data);
 
+/* Replaces the chain the client completes a CA's answer with when the
+ * answer holds none (the daily fetch of the CA's chain). 0 or
+ * CAPSTAN_ENOMEM (the old chain stays). */
+int capstan_ca_client_set_chain(capstan_ca_client_t *c, const uint8_t *const *der,
+                                const size_t *lens, size_t count);
+
 /* The requester went away: |done| will not run; the exchange is dropped.
  * Not from inside |done| (the request ends when done returns). */
 void capstan_ca_cancel(capstan_ca_request_t *req);

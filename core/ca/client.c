@@ -460,6 +460,25 @@ void capstan_ca_cancel(capstan_ca_request_t *req) {
   request_free(req);
 }
 
+int capstan_ca_client_set_chain(capstan_ca_client_t *c, const uint8_t *const *der,
+                                const size_t *lens, size_t count) {
+  uint8_t **d = NULL;
+  size_t *l = NULL, n = 0;
+  for (size_t i = 0; i < count; i++) {
+    if (ca_der_list_append(&d, &l, &n, der[i], lens[i]) != 0) {
+      ca_der_list_free(d, l, n);
+      return CAPSTAN_ENOMEM;
+    }
+  }
+  /* Requests copy the configured chain when their answer comes, on this
+   * thread: nothing holds the old one. */
+  ca_der_list_free(c->cfg.chain_der, c->cfg.chain_lens, c->cfg.chain_count);
+  c->cfg.chain_der = d;
+  c->cfg.chain_lens = l;
+  c->cfg.chain_count = n;
+  return 0;
+}
+
 void capstan_ca_client_health(const capstan_ca_client_t *c, capstan_ca_health_t *out) {
   *out = c->health;
 }

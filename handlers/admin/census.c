@@ -13,6 +13,7 @@
 #include "core/ca/requests.h"
 #include "core/identities.h"
 #include "core/pki/pki.h"
+#include "core/settings.h"
 #include "storage/devices.h"
 
 #define X(id)                                                                         \
@@ -141,11 +142,40 @@ static void read_capf(capstan_txn_t *txn, capstan_census_capf_t *out) {
   capstan_identity_cleanup(&id);
 }
 
+static int read_issuer(capstan_txn_t *txn, capstan_census_issuer_t *out) {
+  memset(out, 0, sizeof(*out));
+  capstan_settings_t settings;
+  int rc = capstan_settings_read(txn, &settings);
+  if (rc < 0) return rc;
+  out->issuer = settings.issuer;
+  Capstan__CaConfig *cfg = NULL;
+  rc = capstan_store_ca_config_get(txn, &cfg);
+  if (rc == 0) {
+    copy_str(out->ca_url, sizeof(out->ca_url), cfg->url != NULL ? cfg->url : "");
+    capstan__ca_config__free_unpacked(cfg, NULL);
+  } else if (rc != CAPSTAN_ENOENT) {
+    return rc;
+  }
+  Capstan__CaHealth *h = NULL;
+  rc = capstan_store_ca_health_get(txn, &h);
+  if (rc == CAPSTAN_ENOENT) return 0;
+  if (rc < 0) return rc;
+  out->has_health = 1;
+  out->last_success_at = h->last_success_at;
+  out->last_error_at = h->last_error_at;
+  copy_str(out->last_error, sizeof(out->last_error), h->last_error != NULL ? h->last_error : "");
+  out->last_latency_ms = h->last_latency_ms;
+  capstan__ca_health__free_unpacked(h, NULL);
+  return 0;
+}
+
 static int scan_txn(capstan_txn_t *txn, void *arg) {
   scan_t *s = arg;
   int rc = capstan_store_device_iterate(txn, count_device, s);
   if (rc < 0) return rc;
   read_capf(txn, &s->out->capf);
+  rc = read_issuer(txn, &s->out->issuer);
+  if (rc < 0) return rc;
   return capstan_csr_count_pending(txn, &s->out->csr_pending, &s->out->csr_oldest_at);
 }
 

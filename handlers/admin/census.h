@@ -68,6 +68,17 @@ typedef struct capstan_census_capf {
   size_t chain; /* certificates above it sent in the handshake */
 } capstan_census_capf_t;
 
+/* Who signs LSCs (the `issuer` setting) and, for an online CA, how it is
+ * doing as the server last wrote it (CaHealth). */
+typedef struct capstan_census_issuer {
+  unsigned issuer;  /* capstan_issuer_t */
+  char ca_url[256]; /* "" when no CA is configured */
+  int has_health;
+  int64_t last_success_at, last_error_at;
+  char last_error[256];
+  uint32_t last_latency_ms;
+} capstan_census_issuer_t;
+
 typedef struct capstan_census {
   int64_t at;          /* unix seconds when the scan began */
   double at_mono;      /* the same, monotonic (capstan_now_seconds) */
@@ -87,6 +98,7 @@ typedef struct capstan_census {
   capstan_census_reason_t reasons[CAPSTAN_CENSUS_REASONS];
   uint64_t other_reasons;
   capstan_census_capf_t capf;
+  capstan_census_issuer_t issuer;
   /* Phones' certificate requests waiting for a CA (core/ca/requests.h),
    * and when the oldest of them was made (0 when none). */
   uint64_t csr_pending;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/base/error.h"
+#include "core/settings.h"
 #include "core/base/log.h"
 #include "core/files/encconf.h"
 #include "handlers/admin/admin.h"
@@ -121,6 +122,8 @@ static void device_members(capstan_json_t *j, const Capstan__Device *d) {
   capstan_json_kstr(j, "auth_mode", capstan_auth_mode_name(d->auth_mode));
   capstan_json_kbool(j, "auth_string_set", d->auth_string != NULL && d->auth_string[0] != '\0');
   capstan_json_kstr(j, "key", capstan_key_name(d->key_alg, d->key_bits));
+  /* null: the cluster's issuer setting (as `capstan device show --json`) */
+  capstan_json_kstr(j, "issuer", d->issuer != 0 ? capstan_issuer_name(d->issuer - 1) : NULL);
   capstan_json_ktime(j, "completes_by", d->has_completes_by ? d->completes_by : 0);
   capstan_json_kbool(j, "encrypted_config", d->encrypted_config);
   capstan_json_kstr(j, "template",

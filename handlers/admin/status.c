@@ -11,6 +11,7 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
+#include "core/settings.h"
 #include "handlers/admin/admin.h"
 #include "handlers/admin/devices_api.h"
 #include "handlers/admin/series.h"
@@ -458,15 +459,44 @@ static void render_capf(capstan_json_t *j, const capstan_census_t *c, double now
     capstan_json_kuint(j, "chain_length", f->chain);
     capstan_json_close(j, '}');
   }
-  /* Who signs LSCs: today always the CAPF itself. */
+  /* Who signs LSCs (the issuer setting), and how an online CA is doing. */
+  const capstan_census_issuer_t *is = &c->issuer;
   capstan_json_key(j, "issuer");
   capstan_json_open(j, '{');
-  capstan_json_kstr(j, "mode", "capf");
-  capstan_json_kstr(j, "label",
-                    !f->present      ? "CAPF (no certificate)"
-                    : f->self_signed ? "self-signed CAPF"
-                                     : "CA-signed CAPF");
-  capstan_json_knull(j, "ca_health");
+  capstan_json_kstr(j, "mode", capstan_issuer_name(is->issuer));
+  char label[320];
+  switch (is->issuer) {
+    case CAPSTAN_ISSUER_EST:
+    case CAPSTAN_ISSUER_MSCS:
+      snprintf(label, sizeof(label), "%s %s",
+               is->issuer == CAPSTAN_ISSUER_EST ? "EST CA" : "Microsoft CA",
+               is->ca_url[0] ? is->ca_url : "(not configured: capstan ca set)");
+      break;
+    case CAPSTAN_ISSUER_OFFLINE:
+      snprintf(label, sizeof(label), "offline CA (capstan csr export / import)");
+      break;
+    default:
+      snprintf(label, sizeof(label), "%s",
+               !f->present      ? "CAPF (no certificate)"
+               : f->self_signed ? "self-signed CAPF"
+                                : "CA-signed CAPF");
+      break;
+  }
+  capstan_json_kstr(j, "label", label);
+  capstan_json_key(j, "ca_health");
+  if (!CAPSTAN_ISSUER_IS_ONLINE(is->issuer) || !is->has_health) {
+    capstan_json_null(j);
+  } else {
+    capstan_json_open(j, '{');
+    capstan_json_ktime(j, "last_success_at", is->last_success_at);
+    capstan_json_ktime(j, "last_error_at", is->last_error_at);
+    capstan_json_kstr(j, "last_error", is->last_error[0] ? is->last_error : NULL);
+    capstan_json_kuint(j, "last_latency_ms", is->last_latency_ms);
+    /* Up: the last exchange reached the CA and did not fail. */
+    capstan_json_kbool(j, "up",
+                       is->last_success_at != 0 && is->last_success_at >= is->last_error_at);
+    capstan_json_close(j, '}');
+  }
   capstan_json_close(j, '}');
 }
 

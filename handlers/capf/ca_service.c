@@ -10,6 +10,7 @@
 #include "core/base/metrics.h"
 #include "core/ca/ca.h"
 #include "core/ca/requests.h"
+#include "core/settings.h"
 
 #define POLL_INTERVAL_MS 5000
 /* Pending requests asked about at once: a CA that approves a backlog must
@@ -18,6 +19,10 @@
 /* When a CA could not be reached about a pending request, ask again in: */
 #define POLL_RETRY_UNREACHABLE_SECONDS 60
 #define HEALTH_WRITE_SECONDS 10
+/* The CA's chain is fetched when the client is made and then daily
+ * (external-ca.md); after a failure, again within the hour. */
+#define CHAIN_REFRESH_SECONDS 86400
+#define CHAIN_RETRY_SECONDS 3600
 
 /* A pending request the poller asks the CA about (copies: the scan's
  * transaction is over when it is submitted). */
@@ -65,6 +70,8 @@ struct capf_ca_service {
   int stopping;
   int64_t health_written_at;
   uint64_t health_requests_written;
+  capstan_ca_request_t *chain_req; /* the chain being fetched */
+  int64_t chain_due_at;            /* unix seconds */
 };
 
 static void item_free(poll_item_t *it) {
@@ -91,6 +98,8 @@ static int same_connection(const capstan_ca_config_t *a, const capstan_ca_config
 
 static void drop_client(capf_ca_service_t *svc) {
   if (svc->client == NULL) return;
+  if (svc->chain_req != NULL) capstan_ca_cancel(svc->chain_req);
+  svc->chain_req = NULL;
   /* Sessions and the poller let go of their requests first: the client
    * drops its requests without calling anyone back. */
   svc->reset(svc->reset_arg);
@@ -141,6 +150,7 @@ void capf_ca_service_update(capf_ca_service_t *svc, unsigned issuer, capf_pki_t 
                   err[0] ? err : "out of memory");
       } else {
         LOG_INFO("event=ca_client_ready issuer=%s url=%s", capstan_issuer_name(issuer), cfg.url);
+        svc->chain_due_at = cfg.chain_fetched_at + CHAIN_REFRESH_SECONDS;
       }
     } else if (CAPSTAN_ISSUER_IS_ONLINE(issuer)) {
       LOG_WARN("event=ca_not_configured issuer=%s hint=\"capstan ca set --url ...\"",
@@ -372,6 +382,97 @@ static void write_health(capf_ca_service_t *svc, int64_t now) {
   if (capstan_store_submit(svc->store, health_apply, h, health_written) < 0) free(h);
 }
 
+/* --- The CA's chain, daily -------------------------------------------------- */
+
+typedef struct chain_write {
+  uint8_t **der;
+  size_t *lens;
+  size_t count;
+  int64_t now;
+} chain_write_t;
+
+static void chain_write_free(chain_write_t *w) {
+  for (size_t i = 0; i < w->count; i++) free(w->der[i]);
+  free(w->der);
+  free(w->lens);
+  free(w);
+}
+
+/* Onto the stored configuration as it is now (an operator's `ca set` may
+ * have changed other fields meanwhile). */
+static int chain_apply(capstan_txn_t *txn, void *arg) {
+  chain_write_t *w = arg;
+  capstan_ca_config_t cfg;
+  int rc = capstan_ca_config_read(txn, &cfg);
+  if (rc < 0) return rc;
+  int changed = cfg.chain_count != w->count;
+  for (size_t i = 0; !changed && i < w->count; i++) {
+    changed = !bytes_equal(cfg.chain_der[i], cfg.chain_lens[i], w->der[i], w->lens[i]);
+  }
+  for (size_t i = 0; i < cfg.chain_count; i++) free(cfg.chain_der[i]);
+  free(cfg.chain_der);
+  free(cfg.chain_lens);
+  cfg.chain_der = w->der;
+  cfg.chain_lens = w->lens;
+  cfg.chain_count = w->count;
+  cfg.chain_fetched_at = w->now;
+  rc = capstan_ca_config_write(txn, &cfg);
+  cfg.chain_der = NULL; /* still the request's: a replayed batch writes it again */
+  cfg.chain_lens = NULL;
+  cfg.chain_count = 0;
+  capstan_ca_config_cleanup(&cfg);
+  /* A new chain: sessions take it for "by existing certificate" at the
+   * reload this causes (core/identities.c). */
+  if (rc == 0 && changed) rc = capstan_settings_bump_trust_generation(txn);
+  return rc;
+}
+
+static void chain_written(void *arg, int status) {
+  if (status < 0) LOG_WARN("event=ca_chain_write_failed error=%s", capstan_strerror(status));
+  chain_write_free(arg);
+}
+
+static void on_chain(capstan_ca_request_t *req, const capstan_ca_result_t *r, void *data) {
+  (void)req;
+  capf_ca_service_t *svc = data;
+  svc->chain_req = NULL;
+  int64_t now = (int64_t)time(NULL);
+  if (r->outcome != CAPSTAN_CA_ISSUED || r->chain_count == 0) {
+    LOG_WARN("event=ca_chain_failed reason=\"%s\" retry_in=%d", r->reason, CHAIN_RETRY_SECONDS);
+    svc->chain_due_at = now + CHAIN_RETRY_SECONDS;
+    return;
+  }
+  svc->chain_due_at = now + CHAIN_REFRESH_SECONDS;
+  chain_write_t *w = calloc(1, sizeof(*w));
+  if (w == NULL) return;
+  w->now = now;
+  w->der = calloc(r->chain_count, sizeof(*w->der));
+  w->lens = calloc(r->chain_count, sizeof(*w->lens));
+  if (w->der == NULL || w->lens == NULL) {
+    chain_write_free(w);
+    return;
+  }
+  for (size_t i = 0; i < r->chain_count; i++) {
+    w->der[i] = malloc(r->chain_lens[i]);
+    if (w->der[i] == NULL) {
+      chain_write_free(w);
+      return;
+    }
+    w->count = i + 1;
+    memcpy(w->der[i], r->chain_der[i], r->chain_lens[i]);
+    w->lens[i] = r->chain_lens[i];
+  }
+  LOG_INFO("event=ca_chain_fetched certificates=%zu", w->count);
+  capstan_ca_client_set_chain(svc->client, (const uint8_t *const *)w->der, w->lens, w->count);
+  if (capstan_store_submit(svc->store, chain_apply, w, chain_written) < 0) chain_write_free(w);
+}
+
+static void refresh_chain(capf_ca_service_t *svc, int64_t now) {
+  if (svc->client == NULL || svc->chain_req != NULL || now < svc->chain_due_at) return;
+  svc->chain_req = capstan_ca_fetch_chain(svc->client, on_chain, svc);
+  if (svc->chain_req == NULL) svc->chain_due_at = now + CHAIN_RETRY_SECONDS;
+}
+
 /* --- Timer --------------------------------------------------------------- */
 
 static void on_tick(uv_timer_t *t) {
@@ -379,6 +480,7 @@ static void on_tick(uv_timer_t *t) {
   if (svc->stopping || svc->scanning) return;
   int64_t now = (int64_t)time(NULL);
   write_health(svc, now);
+  refresh_chain(svc, now);
   /* Only an online CA is polled; core/stats.c counts what waits. */
   if (svc->client == NULL || svc->n_in_flight >= POLL_MAX_IN_FLIGHT) return;
   scan_job_t *j = calloc(1, sizeof(*j));

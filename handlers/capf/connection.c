@@ -102,6 +102,7 @@ static int hook_work(capf_session_t *s, capf_job_t *j) {
    * the last job is done. */
   if (j->kind == CAPF_JOB_VERIFY) {
     j->u.verify.trust = c->pki->ids->capf_trust;
+    j->u.verify.intermediates = c->pki->ids->capf_intermediates;
   } else if (j->kind == CAPF_JOB_ISSUE) {
     j->u.issue.capf = &c->pki->ids->capf;
   }

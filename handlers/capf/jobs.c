@@ -159,7 +159,7 @@ static void verify_run(capf_job_t *j) {
       capstan_pki_verify_signed_data(key, v->sig2_hash, data, data_len, v->sig2, v->sig2_len) == 0;
   free(data);
   if (!ok) goto out;
-  if (capstan_pki_verify_chain(cert, NULL, v->trust) < 0) {
+  if (capstan_pki_verify_chain(cert, v->intermediates, v->trust) < 0) {
     j->why = v->cert_type == CAPSTAN_CAPF_CERT_MIC ? "MIC invalid" : "LSC invalid";
     goto out;
   }

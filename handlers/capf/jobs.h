@@ -29,7 +29,8 @@ typedef struct capf_verify_job {
   int sig2_hash;
   uint8_t *sudi; /* NULL when the phone sent none */
   size_t sudi_len;
-  STACK_OF(X509) * trust; /* anchors; borrowed from the identity snapshot */
+  STACK_OF(X509) * trust;         /* anchors; borrowed from the identity snapshot */
+  STACK_OF(X509) * intermediates; /* untrusted (the online CA's chain); borrowed, may be NULL */
   uint8_t *spki;
   size_t spki_len;
   char md5[33];

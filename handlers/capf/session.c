@@ -380,13 +380,14 @@ static void release_keygen_slot(capf_session_t *s) {
   capstan_metric_set(s->shared->m.keygen_waiting, s->shared->throttle.waiting);
 }
 
-/* Closes the connection after queued messages are written. */
+/* Drops the session's request to the online CA, if one is out. */
 static void cancel_ca_request(capf_session_t *s) {
   if (!s->asking_ca) return;
   s->asking_ca = 0;
   s->hooks->ca_cancel(s);
 }
 
+/* Closes the connection after queued messages are written. */
 static void close_session(capf_session_t *s, capf_result_t result) {
   cancel_ca_request(s);
   finish(s, result);
