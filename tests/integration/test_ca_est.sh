@@ -57,7 +57,7 @@ issued() {
 # --- An enrollment: the LSC is the CA's, recorded before the phone had it ----
 D=SEP0A0000000001
 cap main device add "$D" --operation install --auth null >/dev/null
-phone main --name "$D" --save-cert "$IT_TMP/lsc.der"
+phone main --name "$D" --save-cert "$IT_TMP/lsc.der" --save-key "$IT_TMP/lsc.key"
 json_expect "$PHONE_JSON" result ok csr_sent true lsc_stored true
 openssl x509 -inform DER -in "$IT_TMP/lsc.der" -out "$IT_TMP/lsc.pem" || fail "LSC does not parse"
 openssl verify -CAfile "$CA/root.pem" -untrusted "$CA/issuing.pem" "$IT_TMP/lsc.pem" >/dev/null ||
@@ -79,6 +79,20 @@ assert_eq 1 "$(issued issued)" "issued counted"
 # The CA saw exactly one enrollment, with our Basic credentials.
 testca_control est '{}' | jq -e '[.log[] | select(.result == "issued")] | length == 1' >/dev/null ||
   fail "the CA did not log one issued enrollment"
+
+# The phone authenticates with that LSC later (the issuing CA is not in
+# CAPF-trust, only the root: the CA's chain completes the path).
+cap main device set "$D" --operation troubleshoot --auth lsc >/dev/null
+phone main --name "$D" --auth lsc --cert "$IT_TMP/lsc.der" --key "$IT_TMP/lsc.key"
+json_expect "$PHONE_JSON" result ok reason 0 operation fetch
+jq -e '.status == "succeeded"' <<<"$(device_json main "$D")" >/dev/null ||
+  fail "authentication by the CA's LSC: $(device_json main "$D")"
+# The status page says who signs and how the CA is doing.
+status_issuer() {
+  curl -sf --max-time 5 "http://127.0.0.1:${SRV_ADMIN[main]}/status.json" |
+    jq -e '.issuer.mode == "est" and (.issuer.label | startswith("EST CA https://127.0.0.1:")) and .issuer.ca_health.up == true' >/dev/null
+}
+it_wait_for 30 status_issuer || fail "status.json issuer: $(curl -s "http://127.0.0.1:${SRV_ADMIN[main]}/status.json" | jq -c .issuer)"
 
 # --- Everything a CA can do wrong ------------------------------------------
 # mode | what the device's reason says | the metric's result label
