@@ -48,7 +48,6 @@ int capstan_phone_parse_csr_mode(const char *name, capstan_phone_csr_mode_t *out
  * |key| with SHA-256 (ECDSA with SHA-256 for EC). */
 static int make_req(EVP_PKEY *key, const char *cn, uint8_t **der, size_t *len) {
   int rc = CAPSTAN_ECRYPTO;
-  uint8_t *buf = NULL;
   X509_REQ *req = X509_REQ_new();
   X509_NAME *name = X509_NAME_new();
   if (req == NULL || name == NULL ||
@@ -57,21 +56,8 @@ static int make_req(EVP_PKEY *key, const char *cn, uint8_t **der, size_t *len) {
       !X509_REQ_set_pubkey(req, key) || !X509_REQ_sign(req, key, EVP_sha256())) {
     goto done;
   }
-  int n = i2d_X509_REQ(req, NULL);
-  if (n <= 0) goto done;
-  buf = malloc((size_t)n);
-  if (buf == NULL) {
-    rc = CAPSTAN_ENOMEM;
-    goto done;
-  }
-  uint8_t *p = buf;
-  if (i2d_X509_REQ(req, &p) != n) goto done;
-  *der = buf;
-  *len = (size_t)n;
-  buf = NULL;
-  rc = 0;
+  rc = capstan_pki_req_to_der(req, der, len);
 done:
-  free(buf);
   X509_REQ_free(req);
   X509_NAME_free(name);
   ERR_clear_error();

@@ -158,14 +158,7 @@ void ca_est_enroll_answer(const ca_http_response_t *resp, const uint8_t *spki, s
                   (long long)(out->retry_at - now));
     return;
   }
-  if (resp->status != 200) {
-    if (resp->status >= 400) {
-      refused(resp, out);
-    } else {
-      ca_result_set(out, CAPSTAN_CA_UNAVAILABLE, "CA answered an unexpected HTTP %d", resp->status);
-    }
-    return;
-  }
+  if (ca_http_expect_200(resp, out, refused) < 0) return;
   if (bag_from_answer(resp, out) != 0) return;
   /* A certs-only bag has no order: the phone's certificate is the one
    * with the phone's key; the others are the chain. */
@@ -186,15 +179,7 @@ void ca_est_enroll_answer(const ca_http_response_t *resp, const uint8_t *spki, s
 }
 
 void ca_est_cacerts_answer(const ca_http_response_t *resp, capstan_ca_result_t *out) {
-  out->http_status = resp->status;
-  if (resp->status != 200) {
-    if (resp->status >= 400) {
-      refused(resp, out);
-    } else {
-      ca_result_set(out, CAPSTAN_CA_UNAVAILABLE, "CA answered an unexpected HTTP %d", resp->status);
-    }
-    return;
-  }
+  if (ca_http_expect_200(resp, out, refused) < 0) return;
   if (bag_from_answer(resp, out) != 0) return;
   ca_result_set(out, CAPSTAN_CA_ISSUED, "CA chain: %zu certificate%s", out->chain_count,
                 out->chain_count == 1 ? "" : "s");

@@ -104,6 +104,13 @@ void ca_sanitize_line(const char *text, size_t len, size_t max, char *out, size_
 void ca_result_set(capstan_ca_result_t *r, capstan_ca_outcome_t o, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Every answer but 200 ends the exchange: 4xx/5xx as the CA's refusal
+ * (|refuse| words it for EST or certsrv), anything else as unexpected.
+ * Sets out->http_status; 0 for a 200, -1 when |out| holds the outcome. */
+typedef void (*ca_refusal_fn)(const ca_http_response_t *resp, capstan_ca_result_t *out);
+int ca_http_expect_200(const ca_http_response_t *resp, capstan_ca_result_t *out,
+                       ca_refusal_fn refuse);
+
 /* The DER SubjectPublicKeyInfo of |x| (OPENSSL_free it), or NULL. */
 uint8_t *ca_cert_spki(X509 *x, size_t *len);
 

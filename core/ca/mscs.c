@@ -196,15 +196,7 @@ static void pending(const char *reqid, int64_t now, capstan_ca_result_t *out) {
 
 int ca_mscs_submit_answer(const ca_http_response_t *resp, int64_t now, capstan_ca_result_t *out,
                           char *reqid, size_t reqid_len) {
-  out->http_status = resp->status;
-  if (resp->status != 200) {
-    if (resp->status >= 400) {
-      http_refused(resp, out);
-    } else {
-      ca_result_set(out, CAPSTAN_CA_UNAVAILABLE, "CA answered an unexpected HTTP %d", resp->status);
-    }
-    return 0;
-  }
+  if (ca_http_expect_200(resp, out, http_refused) < 0) return 0;
   const char *page = (const char *)resp->body, *end = page + resp->body_len;
   /* Issued: a link to certnew.cer?ReqID=<n>& (or &amp;). */
   static const char link[] = "certnew.cer?ReqID=";
@@ -256,15 +248,7 @@ static uint8_t *pem_body(const ca_http_response_t *resp, const char *label, size
 
 void ca_mscs_cert_answer(const ca_http_response_t *resp, const char *reqid, int64_t now,
                          capstan_ca_result_t *out) {
-  out->http_status = resp->status;
-  if (resp->status != 200) {
-    if (resp->status >= 400) {
-      http_refused(resp, out);
-    } else {
-      ca_result_set(out, CAPSTAN_CA_UNAVAILABLE, "CA answered an unexpected HTTP %d", resp->status);
-    }
-    return;
-  }
+  if (ca_http_expect_200(resp, out, http_refused) < 0) return;
   size_t len = 0;
   uint8_t *der = pem_body(resp, "CERTIFICATE", &len);
   if (!der && resp->body_len > 0 && resp->body[0] == 0x30) { /* Enc=bin by mistake: DER */
@@ -307,15 +291,7 @@ void ca_mscs_cert_answer(const ca_http_response_t *resp, const char *reqid, int6
 }
 
 void ca_mscs_chain_answer(const ca_http_response_t *resp, capstan_ca_result_t *out) {
-  out->http_status = resp->status;
-  if (resp->status != 200) {
-    if (resp->status >= 400) {
-      http_refused(resp, out);
-    } else {
-      ca_result_set(out, CAPSTAN_CA_UNAVAILABLE, "CA answered an unexpected HTTP %d", resp->status);
-    }
-    return;
-  }
+  if (ca_http_expect_200(resp, out, http_refused) < 0) return;
   size_t len = 0;
   uint8_t *der = pem_body(resp, "PKCS7", &len);
   if (!der) der = ca_base64_decode_lenient(resp->body, resp->body_len, &len);

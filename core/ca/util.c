@@ -161,3 +161,15 @@ uint8_t *ca_cert_spki(X509 *x, size_t *len) {
   *len = (size_t)n;
   return buf; /* OPENSSL_malloc'd: OPENSSL_free */
 }
+
+int ca_http_expect_200(const ca_http_response_t *resp, capstan_ca_result_t *out,
+                       ca_refusal_fn refuse) {
+  out->http_status = resp->status;
+  if (resp->status == 200) return 0;
+  if (resp->status >= 400) {
+    refuse(resp, out);
+  } else {
+    ca_result_set(out, CAPSTAN_CA_UNAVAILABLE, "CA answered an unexpected HTTP %d", resp->status);
+  }
+  return -1;
+}

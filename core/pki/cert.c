@@ -536,7 +536,6 @@ int capstan_pki_make_capf_csr(EVP_PKEY *key, const X509_NAME *subject, uint8_t *
       .omit_ski = 1,
   };
   int rc = CAPSTAN_ECRYPTO;
-  uint8_t *buf = NULL;
   STACK_OF(X509_EXTENSION) *exts = make_extensions(&spec);
   X509_REQ *req = X509_REQ_new();
   if (exts == NULL || req == NULL || !X509_REQ_set_version(req, X509_REQ_VERSION_1) ||
@@ -544,21 +543,8 @@ int capstan_pki_make_capf_csr(EVP_PKEY *key, const X509_NAME *subject, uint8_t *
       !X509_REQ_add_extensions(req, exts) || !X509_REQ_sign(req, key, EVP_sha256())) {
     goto done;
   }
-  int n = i2d_X509_REQ(req, NULL);
-  if (n <= 0) goto done;
-  buf = malloc((size_t)n);
-  if (buf == NULL) {
-    rc = CAPSTAN_ENOMEM;
-    goto done;
-  }
-  uint8_t *p = buf;
-  if (i2d_X509_REQ(req, &p) != n) goto done;
-  *der = buf;
-  *der_len = (size_t)n;
-  buf = NULL;
-  rc = 0;
+  rc = capstan_pki_req_to_der(req, der, der_len);
 done:
-  free(buf);
   X509_REQ_free(req);
   sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
   return rc != 0 ? pki_fail(rc) : 0;

@@ -118,6 +118,25 @@ int capstan_pki_cert_to_der(const X509 *cert, uint8_t **der, size_t *len) {
   return 0;
 }
 
+int capstan_pki_req_to_der(const X509_REQ *req, uint8_t **der, size_t *len) {
+  if (der == NULL || len == NULL) return CAPSTAN_EINVAL;
+  *der = NULL;
+  *len = 0;
+  if (req == NULL) return CAPSTAN_EINVAL;
+  int n = i2d_X509_REQ((X509_REQ *)req, NULL);
+  if (n <= 0) return pki_fail(CAPSTAN_ECRYPTO);
+  uint8_t *buf = malloc((size_t)n);
+  if (buf == NULL) return pki_fail(CAPSTAN_ENOMEM);
+  uint8_t *p = buf;
+  if (i2d_X509_REQ((X509_REQ *)req, &p) != n) {
+    free(buf);
+    return pki_fail(CAPSTAN_ECRYPTO);
+  }
+  *der = buf;
+  *len = (size_t)n;
+  return 0;
+}
+
 int capstan_pki_public_key_to_der(const EVP_PKEY *key, uint8_t **der, size_t *len) {
   if (der == NULL || len == NULL) return CAPSTAN_EINVAL;
   *der = NULL;

@@ -172,6 +172,9 @@ int capstan_pki_parse_cert(const uint8_t *der, size_t len, X509 **out);
 /* Encode |cert| as DER; |*der| malloc'd. */
 int capstan_pki_cert_to_der(const X509 *cert, uint8_t **der, size_t *len);
 
+/* Encode |req| (PKCS#10) as DER; |*der| malloc'd. */
+int capstan_pki_req_to_der(const X509_REQ *req, uint8_t **der, size_t *len);
+
 /* Encode the public half of |key| as a DER SubjectPublicKeyInfo; malloc'd. */
 int capstan_pki_public_key_to_der(const EVP_PKEY *key, uint8_t **der, size_t *len);
 
