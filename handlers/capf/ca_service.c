@@ -139,6 +139,12 @@ void capf_ca_service_update(capf_ca_service_t *svc, unsigned issuer, capf_pki_t 
   int online = CAPSTAN_ISSUER_IS_ONLINE(issuer) && cfg.url[0] != '\0';
   int same =
       svc->client != NULL && online && issuer == svc->issuer && same_connection(&cfg, &svc->cfg);
+  if (same && cfg.chain_count > 0) {
+    /* `capstan ca test` stored a newer chain: the client completes answers
+     * with it from now on. */
+    capstan_ca_client_set_chain(svc->client, (const uint8_t *const *)cfg.chain_der,
+                                cfg.chain_lens, cfg.chain_count);
+  }
   if (!same) {
     drop_client(svc);
     if (online) {
