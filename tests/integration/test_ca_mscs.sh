@@ -147,13 +147,14 @@ reqid=$(testca_control ms '{}' | jq -r --arg d "$Q" \
 [[ $reqid =~ ^[0-9]+$ ]] || fail "the CA logged no pending submission for $Q: $(ca_log)"
 csr_status_is "$Q" pending || fail "no pending request for $Q: $(cap main csr list)"
 cap main csr list --json >"$IT_TMP/csr.json"
-jq -e --arg d "$Q" --arg id "$reqid" '[.[] | select(.device == $d) | tostring
-    | contains($id)] | any' "$IT_TMP/csr.json" >/dev/null ||
+# The request id is in its reason (csr list has no column of its own for it).
+jq -e --arg d "$Q" --arg r "CA holds request $reqid for approval" \
+  '[.[] | select(.device == $d and .reason == $r)] | length == 1' "$IT_TMP/csr.json" >/dev/null ||
   fail "csr list does not show the CA's request id $reqid: $(cat "$IT_TMP/csr.json")"
 jq -e --arg d "$Q" '.[] | select(.device == $d) | .issuer == "mscs"' "$IT_TMP/csr.json" >/dev/null ||
   fail "the request is not mscs's: $(cat "$IT_TMP/csr.json")"
 cap main csr list >"$IT_TMP/csr.txt"
-has "$IT_TMP/csr.txt" "$reqid"
+has "$IT_TMP/csr.txt" "CA holds request $reqid for approval"
 jq -e '.status == "pending"' <<<"$(device_json main "$Q")" >/dev/null ||
   fail "the device should be pending: $(device_json main "$Q")"
 [[ $(ca_count pending) -ge 1 ]] || fail "pending not counted"
