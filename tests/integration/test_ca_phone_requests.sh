@@ -50,6 +50,7 @@ for issuer in est offline; do
     d=$(printf 'SEP0F00000000%02d' "$n")
     n=$((n + 1))
     before=$(creq "$label")
+    step_before=$(metric main 'capstan_capf_timeouts_total{timer="step"}')
     cap main device add "$d" --operation install --auth null >/dev/null
     # The device follows the cluster's issuer (issuer null in device show).
     jq -e '.issuer == null' <<<"$(device_json main "$d")" >/dev/null || fail "$d: own issuer"
@@ -61,6 +62,16 @@ for issuer in est offline; do
     [[ $mode == refuse || $mode == silent ]] && sent=false
     json_expect "$PHONE_JSON" result ok reason 7 error none csr_requested true csr_sent "$sent" \
       lsc_stored false handover false
+    if [[ $mode == silent ]]; then
+      # Given up by the step timer (3 s), not by anything else.
+      assert_eq $((step_before + 1)) "$(metric main 'capstan_capf_timeouts_total{timer="step"}')" \
+        "$issuer/silent: the step timer"
+      jq -e '.total_ms >= 2500' <<<"$PHONE_JSON" >/dev/null ||
+        fail "$issuer/silent: ended before the step timer: $PHONE_JSON"
+    else
+      assert_eq "$step_before" "$(metric main 'capstan_capf_timeouts_total{timer="step"}')" \
+        "$issuer/$mode: no timer"
+    fi
     dev=$(device_json main "$d")
     jq -e --arg r "$reason" '.status == "failed" and .status_reason == $r' <<<"$dev" >/dev/null ||
       fail "$issuer/$mode: device should be failed with '$reason': $dev"
