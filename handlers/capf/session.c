@@ -124,6 +124,7 @@ static void keygen_in_progress(capf_session_t *s, const event_arg_t *e);
 static void sign_phone_key(capf_session_t *s, const event_arg_t *e);
 static void check_csr(capf_session_t *s, const event_arg_t *e);
 static void no_csr(capf_session_t *s, const event_arg_t *e);
+static void csr_timed_out(capf_session_t *s, const event_arg_t *e);
 static void csr_checked(capf_session_t *s, const event_arg_t *e);
 static void ca_answered(capf_session_t *s, const event_arg_t *e);
 static void ca_wait_over(capf_session_t *s, const event_arg_t *e);
@@ -189,7 +190,7 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
                 [EV_FETCH_CERT_RESPONSE] = {no_csr, TO(ENDING)},
                 [EV_DELETE_CERT_RESPONSE] = {no_csr, TO(ENDING)},
                 [EV_OTHER_MESSAGE] = {no_csr, TO(ENDING)},
-                [EV_TIMEOUT] = {no_csr, TO(ENDING)},
+                [EV_TIMEOUT] = {csr_timed_out, TO(ENDING)},
             },
         [CAPF_ST_CHECKING_CSR] =
             {
@@ -1107,6 +1108,13 @@ static void no_csr(capf_session_t *s, const event_arg_t *e) {
   (void)e;
   capstan_metric_inc(s->shared->m.csr_none);
   fail_operation(s, "phone cannot make a certificate request", CAPF_RESULT_FAILED);
+}
+
+/* No answer to SIGN_CERT_REQUEST before the step timer: counted with the
+ * other sessions a timer ended, then failed like any missing request. */
+static void csr_timed_out(capf_session_t *s, const event_arg_t *e) {
+  capstan_metric_inc(s->shared->m.timeouts_step);
+  no_csr(s, e);
 }
 
 static void ask_ca(capf_session_t *s) {

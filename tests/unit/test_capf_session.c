@@ -1310,9 +1310,11 @@ static void test_external_phone_without_request(void **state) {
   keygen_response(f);
   assert_status_record(f, 1, CAPF_STATUS_FAILED, cannot);
   fake_free(f);
-  /* Nothing before the step timer. */
+  /* Nothing before the step timer: also counted as a step timeout. */
+  double step = capstan_metric_value(g_shared.m.timeouts_step);
   f = external_install(CAPSTAN_ISSUER_MSCS);
   capf_session_timed_out(&f->s);
+  assert_int_equal(capstan_metric_value(g_shared.m.timeouts_step), step + 1);
   assert_status_record(f, 1, CAPF_STATUS_FAILED, cannot);
   commit(f, 1, 0);
   assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
