@@ -238,11 +238,18 @@ int capstan_csr_record_pending(capstan_txn_t *txn, const char *device, const uin
   Capstan__CertRequest *same;
   err = capstan_store_csr_get(txn, key, &same);
   if (err == 0) {
-    if (same->status == CAPSTAN__CSR_STATUS__CSR_STATUS_PENDING && same->has_created_at &&
-        same->device != NULL && strcmp(same->device, d->name) == 0) {
-      created = same->created_at;
-    }
+    int live = same->status == CAPSTAN__CSR_STATUS__CSR_STATUS_PENDING ||
+               same->status == CAPSTAN__CSR_STATUS__CSR_STATUS_ISSUED;
+    int mine = same->device != NULL && strcmp(same->device, d->name) == 0;
+    if (live && mine && same->has_created_at) created = same->created_at;
     capstan__cert_request__free_unpacked(same, NULL);
+    /* Requests are matched to certificates by key: another device's live
+     * request for this key stays theirs (a phone cannot take another's
+     * request by presenting its public key). */
+    if (live && !mine) {
+      err = CAPSTAN_EEXIST;
+      goto done;
+    }
   } else if (err != CAPSTAN_ENOENT) {
     goto done;
   }
@@ -365,7 +372,8 @@ int capstan_csr_record_issued(capstan_txn_t *txn, const uint8_t key[32], const u
   }
   rec->has_next_poll_at = 0;
   rec->next_poll_at = 0;
-  err = set_status(txn, key, rec, CAPSTAN_CSR_ISSUED, NULL, now);
+  err = set_status(txn, key, rec, CAPSTAN_CSR_ISSUED,
+                   "issued: the phone gets it in its next session", now);
   if (err != 0) goto done;
 
   /* The device's latest request is this one: it waits for the phone. */
@@ -458,7 +466,7 @@ int capstan_csr_record_installed(capstan_txn_t *txn, const char *device, int64_t
   Capstan__CertRequest *rec;
   int err = latest_in(txn, device, CAPSTAN__CSR_STATUS__CSR_STATUS_ISSUED, key, &rec);
   if (err != 0) return err;
-  err = set_status(txn, key, rec, CAPSTAN_CSR_INSTALLED, NULL, now);
+  err = set_status(txn, key, rec, CAPSTAN_CSR_INSTALLED, "the phone stored the certificate", now);
   capstan__cert_request__free_unpacked(rec, NULL);
   return err;
 }

@@ -65,7 +65,8 @@ void capstan_csr_key(const uint8_t *spki, size_t spki_len, uint8_t out[32]);
  * newer request"; an issued certificate of it becomes stale too). The
  * device's status becomes PENDING with a reason an operator understands
  * ("waiting for the offline CA: capstan csr export" / "waiting for the CA
- * to approve request 42"). Audit: csr_pending. */
+ * to approve request 42"). Audit: csr_pending. CAPSTAN_EEXIST: another
+ * device's pending or issued request has this key (nothing changes). */
 int capstan_csr_record_pending(capstan_txn_t *txn, const char *device, const uint8_t *csr_der,
                                size_t csr_len, const uint8_t *spki, size_t spki_len,
                                unsigned issuer, const char *ca_request_id, int64_t next_poll_at,

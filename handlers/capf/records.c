@@ -35,6 +35,8 @@ _Static_assert((int)CAPSTAN_CAPF_CERT_LSC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_
                    (int)CAPSTAN_CAPF_CERT_MIC == (int)CAPSTAN__CERT_TYPE__CERT_TYPE_MIC,
                "certificate type numbers are the wire's");
 
+#define KEY_IN_ANOTHER_REQUEST "the phone's key is already in another device's certificate request"
+
 CAPSTAN_DEFINE_NAME_FN(, capf_record_kind_name, capf_record_kind_t, CAPF_RECORD_KINDS, "?")
 
 static void device_from_record(const Capstan__Device *d, capf_device_t *out) {
@@ -177,9 +179,18 @@ int capf_record_apply(capstan_txn_t *txn, void *arg) {
       if (rc == 0 && r->handover) rc = capstan_csr_record_installed(txn, r->device, r->now);
       return rc < 0 ? rc : audit_succeeded(txn, r);
     case CAPF_RECORD_CSR_PENDING:
-      return capstan_csr_record_pending(txn, r->device, r->der, r->der_len, r->spki, r->spki_len,
-                                        r->issuer, r->ca_request_id, r->next_poll_at, r->reason,
-                                        r->now);
+      rc = capstan_csr_record_pending(txn, r->device, r->der, r->der_len, r->spki, r->spki_len,
+                                      r->issuer, r->ca_request_id, r->next_poll_at, r->reason,
+                                      r->now);
+      if (rc != CAPSTAN_EEXIST) return rc;
+      /* Another device's request holds this key: this one fails, that one
+       * is untouched. */
+      rc = capstan_devices_set_status(txn, r->device, CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
+                                      KEY_IN_ANOTHER_REQUEST, r->now, 0);
+      return rc < 0 ? rc
+                    : capstan_audit_appendf(txn, r->device, "attempt_failed",
+                                            "peer=%s operation=install reason=\"%s\"", r->peer,
+                                            KEY_IN_ANOTHER_REQUEST);
     case CAPF_RECORD_HANDOVER_REFUSED:
       rc = capstan_csr_record_refused_by_phone(txn, r->device, r->now);
       return rc < 0

@@ -1144,7 +1144,7 @@ static void csr_checked(capf_session_t *s, const event_arg_t *e) {
   s->csr_len = j->u.csr.csr_len;
   j->u.csr.csr_der = NULL;
   if (s->issuer == CAPSTAN_ISSUER_OFFLINE) {
-    park_request(s, "waiting for the offline CA (capstan csr export, then csr import)", 0);
+    park_request(s, "waiting for the offline CA: capstan csr export", 0);
     return;
   }
   s->ca_deadline = capstan_now_seconds() + (double)s->shared->settings.ca_phone_wait_seconds;

@@ -265,6 +265,16 @@ static void test_pending(void **state) {
   assert_string_equal(got.reason, "taken under submission");
   capstan_cert_request_cleanup(&got);
 
+  /* Another device presenting DEV's key (its request is pending): refused,
+   * DEV's request untouched. */
+  assert_int_equal(capstan_csr_record_pending(&f->txn, OTHER, r.csr, r.csr_len, r.spki, r.spki_len,
+                                              CAPSTAN_ISSUER_OFFLINE, NULL, 0, NULL, 1002),
+                   CAPSTAN_EEXIST);
+  assert_int_equal(capstan_csr_get(&f->txn, r.id, &got), 0);
+  assert_string_equal(got.device, DEV);
+  assert_int_equal(got.status, CAPSTAN_CSR_PENDING);
+  capstan_cert_request_cleanup(&got);
+
   /* Unknown device, empty input. */
   assert_int_equal(capstan_csr_record_pending(&f->txn, "SEP000000000001", r.csr, r.csr_len, r.spki,
                                               r.spki_len, 3, NULL, 0, NULL, 1),
