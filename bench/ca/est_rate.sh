@@ -35,8 +35,9 @@
 #   seconds on every enroll (then answers correctly). Per round, the
 #   self-signed rate of --self-phones S phones at --self-concurrency ALONE
 #   and WITH --est-concurrency E phones waiting on the CA (started first;
-#   the measurement starts once the server has them all in session; they
-#   are stopped after it). The order alternates by round. Prints both rates,
+#   the measurement starts --settle seconds, default stall + 2, after the
+#   server holds 95% of them in session; they are stopped after it; with
+#   KEEP_JSON=FILE in the environment each S run's JSON is appended there). The order alternates by round. Prints both rates,
 #   the ratio WITH/ALONE and, per round, the EST enrollments done during the
 #   WITH window and the server's CPU in both windows; the end prints the
 #   medians and the median ratio. The E phones' own enrollments (a TLS
