@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# External CA (EST) benchmark, issue 11 (external-ca.md).
+#
+#   bench/ca/est_rate.sh [--runs 3] [--phones 3000] [--concurrency "100 1000"]
+#                        [--rounds 5] [--self-phones 3000] [--self-concurrency 200]
+#                        [--est-concurrency 1000] [--est-phones 12000] [--stall 2] [--settle S]
+#                        [--control-stall 45] [--est-server-ms 2.1]
+#                        [--ca-backlog 1024] [--part all|rate|mix] [--build build]
+#
+# One server (`capstan serve`, loopback, fresh data directory, cluster issuer
+# est, max-connections-per-address 100000: one source address stands for all
+# phones) and the test EST CA (tests/tools/test_est_ca.py: Python
+# ThreadingHTTPServer, TLS, Basic auth, an issuing CA under a root; the
+# server trusts the root with `capstan trust add` and verifies the CA's TLS
+# with it). CA timeouts are generous (`ca set --timeout-seconds 60
+# --phone-wait-seconds 120`, capstan-bench --ca-wait 120) so that slowness
+# shows as rate, not failures. --ca-backlog: the CA's listen backlog
+# (socketserver's request_queue_size; the tool itself keeps Python's
+# default of 5, which at hundreds of phones overflows: the server's
+# connections to the CA then wait for SYN retransmissions, 1 s, 3 s, 7 s...;
+# `listen_overflows` counts them). The default, 1024, lets the CA's CPU
+# bound it instead; --ca-backlog 5 measures the tool as it is.
+#
+# CPU placement (2-core machine): the server alone on CPU 0; the CA and the
+# phone simulator(s) on the other CPUs (taskset), as with a CA and phones on
+# the network. The CPU of each is read separately: the server's and the
+# CA's from /proc/PID/stat (utime + stime, all threads), the simulator's
+# from getrusage, each divided by the enrollments of the run.
+#
+# Part 1 (rate): enrollments/s through issuer est, the CA answering at once
+#   (mode issue), at each --concurrency, --runs runs each, medians. Per run:
+#   server, CA and simulator CPU ms per enrollment.
+# Part 2 (mix): devices SEPA... have `--issuer capf` (self-signed, group S),
+#   devices SEPE... follow the cluster (est, group E); the CA stalls --stall
+#   seconds on every enroll (then answers correctly). Per round, the
+#   self-signed rate of --self-phones S phones at --self-concurrency ALONE
+#   and WITH --est-concurrency E phones waiting on the CA (started first;
+#   the measurement starts --settle seconds, default stall + 2, after the
+#   server holds 95% of them in session; they are stopped after it; with
+#   KEEP_JSON=FILE in the environment each S run's JSON is appended there). The order alternates by round. Prints both rates,
+#   the ratio WITH/ALONE and, per round, the EST enrollments done during the
+#   WITH window and the server's CPU in both windows; the end prints the
+#   medians and the median ratio. The E phones' own enrollments (a TLS
+#   handshake, the CSR, the CA exchange, the check, the record) cost the
+#   server CPU too: each round also prints how many the server did during
+#   the window and the S rate the server's remaining CPU predicts.
+#   Then the control (--control-stall, 0 = none): the same rounds with a CA
+#   that answers only after --control-stall seconds and a short settle, so
+#   that all E phones are waiting on the CA for the whole window and none
+#   enrolls: what waiting alone costs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=3 phones=3000 concurrencies="100 1000" rounds=5 self_phones=3000 self_conc=200
+est_conc=1000 est_phones=12000 stall=2 settle= control_stall=45 part=all est_server_ms=2.1 build=build ca_backlog=1024
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=$2; shift 2 ;;
+    --phones) phones=$2; shift 2 ;;
+    --concurrency) concurrencies=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --self-phones) self_phones=$2; shift 2 ;;
+    --self-concurrency) self_conc=$2; shift 2 ;;
+    --est-concurrency) est_conc=$2; shift 2 ;;
+    --est-phones) est_phones=$2; shift 2 ;;
+    --stall) stall=$2; shift 2 ;;
+    --settle) settle=$2; shift 2 ;;
+    --control-stall) control_stall=$2; shift 2 ;;
+    --est-server-ms) est_server_ms=$2; shift 2 ;;
+    --part) part=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    --ca-backlog) ca_backlog=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+case "$part" in all | rate | mix) ;; *) echo "--part all|rate|mix" >&2; exit 2 ;; esac
+capstan=$build/capstan bench=$build/capstan-bench
+cores=$(nproc)
+[ "$cores" -ge 2 ] || { echo "needs at least 2 cores (the server is pinned to CPU 0)" >&2; exit 2; }
+server_cpu=(taskset -c 0) other_cpu=(taskset -c "1-$((cores - 1))")
+work=$(mktemp -d /tmp/capstan-estbench.XXXXXX)
+server_pid= ca_pid= est_pid=
+cleanup() {
+  for p in $est_pid $server_pid $ca_pid; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cap() { "$capstan" "$@" --data-dir "$work/d"; }
+
+# Device counts: part 1 uses SEPB..., part 2 SEPA... (self-signed) and SEPE... (EST).
+rate_total=0
+for c in $concurrencies; do rate_total=$((rate_total + runs * (phones > c ? phones : c))); done
+[ "$part" = mix ] && rate_total=0
+s_total=$((rounds * 2 * self_phones)) e_total=$((rounds * est_phones))
+if [ "$control_stall" != 0 ]; then s_total=$((s_total * 2)) e_total=$((e_total + rounds * 2 * est_conc)); fi
+[ "$part" = rate ] && s_total=0 e_total=0
+
+start_ca() {
+  printf 'bench pass\n' >"$work/password"
+  # The tool as it is, with only its listen backlog set (socketserver's
+  # request_queue_size, 5 unless --ca-backlog says otherwise).
+  "${other_cpu[@]}" python3 -c '
+import sys
+sys.path.insert(0, "tests/tools")
+import testca_common, test_est_ca
+testca_common.Server.request_queue_size = int(sys.argv[1])
+sys.argv = ["test_est_ca.py"] + sys.argv[2:]
+sys.exit(test_est_ca.main())' "$ca_backlog" --root-out "$work/root.pem" \
+    --tls-cert-out "$work/tls.pem" --chain-out "$work/chain.pem" --intermediate \
+    --username capf --password-file "$work/password" >"$work/ca.ready" 2>"$work/ca.log" </dev/null &
+  ca_pid=$!
+  for _ in $(seq 1 300); do [ -s "$work/ca.ready" ] && break; sleep 0.1; done
+  [ -s "$work/ca.ready" ] || { cat "$work/ca.log" >&2; echo "test CA not ready" >&2; exit 1; }
+  ca_url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$work/ca.ready")
+}
+ca_control() {
+  curl -sf --max-time 10 --cacert "$work/root.pem" -H 'Content-Type: application/json' \
+    --data "$1" "$ca_url/control" >/dev/null
+}
+
+start_server() {
+  cap init >/dev/null
+  { echo "name,operation,auth_mode,auth_string,key,completes_by"
+    if [ "$rate_total" -gt 0 ]; then "$bench" --connect 127.0.0.1:1 --phones "$rate_total" --name-prefix SEPB --print-names; fi
+    if [ "$s_total" -gt 0 ]; then "$bench" --connect 127.0.0.1:1 --phones "$s_total" --name-prefix SEPA --print-names; fi
+    if [ "$e_total" -gt 0 ]; then "$bench" --connect 127.0.0.1:1 --phones "$e_total" --name-prefix SEPE --print-names; fi
+  } | sed '1!s/$/,install,null,,rsa2048,/' >"$work/devices.csv"
+  cap device import "$work/devices.csv" >/dev/null
+  if [ "$s_total" -gt 0 ]; then cap device bulk-set --name-prefix SEPA --issuer capf >/dev/null; fi
+  cap config set max-connections-per-address 100000 >/dev/null
+  cap trust add "$work/root.pem" >/dev/null
+  cap ca set --url "$ca_url" --username capf --password-file "$work/password" \
+    --ca-file "$work/root.pem" --timeout-seconds 60 --phone-wait-seconds 120 >/dev/null
+  cap ca test --mode est >/dev/null
+  cap config set issuer est >/dev/null
+  "${server_cpu[@]}" "$capstan" serve --init --data-dir "$work/d" --capf-listen 127.0.0.1:0 \
+    --admin-listen 127.0.0.1:0 --http-listen off --tftp-listen off 2>"$work/log" &
+  server_pid=$!
+  for _ in $(seq 1 100); do grep -q 'event=ready' "$work/log" 2>/dev/null && break; sleep 0.1; done
+  port=$(grep -o 'capf_port=[0-9]*' "$work/log" | head -1 | cut -d= -f2)
+  admin=$(grep -o 'admin_port=[0-9]*' "$work/log" | head -1 | cut -d= -f2)
+  for _ in $(seq 1 100); do grep -q 'event=ca_client_ready issuer=est' "$work/log" && break; sleep 0.1; done
+  grep -q 'event=ca_client_ready issuer=est' "$work/log" || { tail "$work/log" >&2; echo "no EST client" >&2; exit 1; }
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+# Seconds the server's threads were runnable but waited for a CPU (the run
+# queue: /proc/PID/task/*/schedstat, 2nd field): CPU 0 taken by something else.
+runq_s() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.3f", s / 1e9}'; }
+cpu_s() { awk -v t="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / t}' /proc/"$1"/stat; }
+metric() { # NAME{LABELS} as printed: its value (0 when absent)
+  curl -s --max-time 10 "http://127.0.0.1:$admin/metrics" | awk -v s="$1" '$1 == s {v = $2} END {print v + 0}'
+}
+# TcpExt ListenOverflows of this network namespace: connections a listener's
+# full accept queue dropped (the client's SYN is then resent after 1 s, 3 s...).
+overflows() { awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else for (i = 1; i <= NF; i++) if (n[i] == "ListenOverflows") print $i }' /proc/net/netstat; }
+issued_est() { metric 'capstan_ca_requests_total{mode="est",result="issued"}'; }
+ca_lat_sum() { metric 'capstan_ca_request_duration_seconds_sum{mode="est"}'; }
+ca_lat_n() { metric 'capstan_ca_request_duration_seconds_count{mode="est"}'; }
+# run_bench ARGS...: capstan-bench --json on the simulator CPUs; prints its
+# JSON line with "sim_cpu_s" (the simulator's rusage) added.
+run_bench() {
+  "${other_cpu[@]}" python3 -c '
+import json, resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+d = json.loads(p.stdout.strip().splitlines()[-1])
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+d["sim_cpu_s"] = ru.ru_utime + ru.ru_stime
+print(json.dumps(d))' "$bench" --connect 127.0.0.1:"$port" --key-cache "$work/keys" --ca-wait 120 --json "$@"
+}
+field() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(*[eval(e, {}, {"d": d}) for e in sys.argv[2:]])' "$@"; }
+
+echo "machine: $cores cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {print int($2/1024/1024)" GiB"}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "set-up: CA listen backlog $ca_backlog; server pinned to CPU 0; test EST CA (python3 $(python3 -c 'import platform; print(platform.python_version())')) and simulator on CPUs 1-$((cores - 1))"
+
+"$bench" --connect 127.0.0.1:1 --phones 1 --key-cache "$work/keys" >/dev/null 2>&1 || true
+start_ca
+start_server
+
+if [ "$part" != mix ]; then
+  echo "== part 1: enrollments/s through issuer est (CA mode issue) =="
+  first=0
+  for c in $concurrencies; do
+    rates=() srvs=() cas=() sims=()
+    for r in $(seq 1 "$runs"); do
+      n=$phones; [ "$n" -lt "$c" ] && n=$c
+      s0=$(cpu_s "$server_pid") c0=$(cpu_s "$ca_pid") i0=$(issued_est) o0=$(overflows)
+      out=$(run_bench --phones "$n" --first "$first" --name-prefix SEPB --concurrency "$c")
+      s1=$(cpu_s "$server_pid") c1=$(cpu_s "$ca_pid") i1=$(issued_est) o1=$(overflows)
+      first=$((first + n))
+      read -r rate ok fails p50 p99 sim csr wall kinds < <(field "$out" 'd["enrollments_per_s"]' 'd["enrollments"]' \
+        'd["phones"] - d["enrollments"]' 'd["latency_ms"]["p50"]' 'd["latency_ms"]["p99"]' 'd["sim_cpu_s"]' 'd["csr_sent"]' 'd["wall_s"]' '",".join("%s:%s" % kv for kv in d["failures"].items()) or "-"')
+      line=$(awk -v s0="$s0" -v s1="$s1" -v c0="$c0" -v c1="$c1" -v sim="$sim" -v ok="$ok" -v w="$wall" 'BEGIN {
+        d = ok > 0 ? ok : 1
+        printf "server_ms=%.3f ca_ms=%.3f sim_ms=%.3f (CPU ms per enrollment; cores busy: server %.2f, CA %.2f, simulator %.2f)",
+          (s1 - s0) * 1000 / d, (c1 - c0) * 1000 / d, sim * 1000 / d, (s1 - s0) / w, (c1 - c0) / w, sim / w }')
+      echo "concurrency=$c run=$r phones=$n enrollments_per_s=$rate $line ca_issued=$((i1 - i0)) csr_sent=$csr listen_overflows=$((o1 - o0)) p50_ms=$p50 p99_ms=$p99 failures=$fails ($kinds)"
+      rates+=("$rate")
+      srvs+=("$(sed 's/.*server_ms=\([0-9.]*\).*/\1/' <<<"$line")")
+      cas+=("$(sed 's/.*ca_ms=\([0-9.]*\).*/\1/' <<<"$line")")
+      sims+=("$(sed 's/.*sim_ms=\([0-9.]*\).*/\1/' <<<"$line")")
+    done
+    est_server_ms=$(printf '%s\n' "${srvs[@]}" | median)
+    echo "concurrency=$c median_enrollments_per_s=$(printf '%s\n' "${rates[@]}" | median)" \
+      "median_server_ms=$(printf '%s\n' "${srvs[@]}" | median)" \
+      "median_ca_ms=$(printf '%s\n' "${cas[@]}" | median)" \
+      "median_sim_ms=$(printf '%s\n' "${sims[@]}" | median)" \
+      "(CA-bound rate at 1 core = $(awk -v m="$(printf '%s\n' "${cas[@]}" | median)" 'BEGIN {printf "%.0f", 1000 / m}')/s," \
+      "server-bound = $(awk -v m="$(printf '%s\n' "${srvs[@]}" | median)" 'BEGIN {printf "%.0f", 1000 / m}')/s)"
+  done
+fi
+
+[ "$part" = rate ] && exit 0
+# est_server_ms: the server's CPU per EST enrollment (part 1's median at the
+# last concurrency, or --est-server-ms), to account for the E phones' own
+# work in part 2.
+s_first=0 e_first=0
+# self_run: one measured run of group S; sets run_rate run_srv (server CPU
+# seconds) run_ok run_fail (phones not enrolled).
+self_run() {
+  local s0 s1 out q0 q1
+  s0=$(cpu_s "$server_pid") q0=$(runq_s "$server_pid")
+  out=$(run_bench --phones "$self_phones" --first "$s_first" --name-prefix SEPA --concurrency "$self_conc")
+  s1=$(cpu_s "$server_pid") q1=$(runq_s "$server_pid")
+  run_runq=$(awk -v a="$q0" -v b="$q1" 'BEGIN {printf "%.2f", b - a}')
+  [ -n "${KEEP_JSON:-}" ] && echo "$out" >>"$KEEP_JSON"
+  s_first=$((s_first + self_phones))
+  read -r run_rate run_ok run_fail < <(field "$out" 'd["enrollments_per_s"]' 'd["enrollments"]' 'd["phones"] - d["enrollments"]')
+  run_srv=$(awk -v a="$s0" -v b="$s1" 'BEGIN {printf "%.2f", b - a}')
+}
+alone() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  self_run
+  t1=$(date +%s.%N)
+  a_rate=$run_rate a_srv=$run_srv a_ok=$run_ok a_fail=$run_fail a_runq=$run_runq
+  a_wall=$(awk -v t0="$t0" -v t1="$t1" 'BEGIN {printf "%.2f", t1 - t0}')
+}
+with() {
+  "${other_cpu[@]}" "$bench" --connect 127.0.0.1:"$port" --key-cache "$work/keys" --ca-wait 120 \
+    --phones "$est_n" --first "$e_first" --name-prefix SEPE --concurrency "$est_conc" --json \
+    >"$work/est.json" 2>/dev/null &
+  est_pid=$!
+  e_first=$((e_first + est_n))
+  # Measure once the server holds (nearly) all of them in session.
+  local t0=$SECONDS active=0
+  while [ $((SECONDS - t0)) -lt 60 ]; do
+    active=$(metric capstan_capf_sessions_active)
+    [ "${active%.*}" -ge $((est_conc * 95 / 100)) ] && break
+    sleep 0.2
+  done
+  # Then past the first answers (--settle, default stall + 2 s): the E phones
+  # are in their steady state, every one that gets its certificate replaced
+  # by a new one. (A --stall longer than the measurement with a short
+  # --settle instead keeps all of them waiting on the CA throughout.)
+  sleep "$settle"
+  local i0 c0 e0 i1 c1 e1 el0 el1 l0 l1 n0 n1
+  w_active=$(metric capstan_capf_sessions_active | cut -d. -f1)
+  i0=$(issued_est) c0=$(cpu_s "$ca_pid") e0=$(cpu_s "$est_pid") l0=$(ca_lat_sum) n0=$(ca_lat_n) el0=$(date +%s.%N)
+  self_run
+  w_rate=$run_rate w_srv=$run_srv w_ok=$run_ok w_fail=$run_fail w_runq=$run_runq
+  i1=$(issued_est) c1=$(cpu_s "$ca_pid") e1=$(cpu_s "$est_pid") l1=$(ca_lat_sum) n1=$(ca_lat_n) el1=$(date +%s.%N)
+  w_ca_latency=$(awk -v a="$l0" -v b="$l1" -v x="$n0" -v y="$n1" 'BEGIN {printf "%.2f", (y > x) ? (b - a) / (y - x) : 0}')
+  w_wall=$(awk -v t0="$el0" -v t1="$el1" 'BEGIN {printf "%.2f", t1 - t0}')
+  if kill -0 "$est_pid" 2>/dev/null; then w_est_running=yes; else w_est_running=NO; fi
+  w_est_rate=$(awk -v a="$i0" -v b="$i1" -v t="$w_wall" 'BEGIN {printf "%.0f", (b - a) / t}')
+  w_ca_cores=$(awk -v a="$c0" -v b="$c1" -v t="$w_wall" 'BEGIN {printf "%.2f", (b - a) / t}')
+  w_esim_cores=$(awk -v a="$e0" -v b="$e1" -v t="$w_wall" 'BEGIN {printf "%.2f", (b - a) / t}')
+  kill "$est_pid" 2>/dev/null || true
+  wait "$est_pid" 2>/dev/null || true
+  est_pid=
+  # Let the server drop the abandoned sessions before the next measurement.
+  for _ in $(seq 1 300); do
+    [ "$(metric capstan_capf_sessions_active | cut -d. -f1)" -le 0 ] && break
+    sleep 0.2
+  done
+}
+mix_rounds() { # STALL SETTLE PHONES_PER_ROUND
+  stall=$1 settle=$2 est_n=$3
+  echo "== part 2: self-signed rate ALONE and WITH $est_conc EST phones waiting on a CA that answers in ${stall} s (settle ${settle} s) =="
+  ca_control "{\"mode\": \"stall\", \"stall_seconds\": $stall}"
+  a_rates=() w_rates=() ratios=()
+  for r in $(seq 1 "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then alone; with; else with; alone; fi
+    ratio=$(awk -v a="$a_rate" -v w="$w_rate" 'BEGIN {printf "%.3f", w / a}')
+    echo "round=$r order=$([ $((r % 2)) = 1 ] && echo alone,with || echo with,alone)" \
+      "alone_per_s=$a_rate with_per_s=$w_rate ratio=$ratio" \
+      "| alone: server_cores=$(awk -v s="$a_srv" -v t="$a_wall" 'BEGIN {printf "%.2f", s / t}')" \
+      "server_ms_per_self=$(awk -v s="$a_srv" -v n="$a_ok" 'BEGIN {printf "%.3f", s * 1000 / n}')" \
+      "server_runq_wait=$(awk -v s="$a_runq" -v t="$a_wall" 'BEGIN {printf "%.2f", s / t}')" \
+      "| with: server_cores=$(awk -v s="$w_srv" -v t="$w_wall" 'BEGIN {printf "%.2f", s / t}')" \
+      "server_runq_wait=$(awk -v s="$w_runq" -v t="$w_wall" 'BEGIN {printf "%.2f", s / t}')" \
+      "est_sessions_at_start=$w_active est_issued_per_s=$w_est_rate ca_exchange_s=$w_ca_latency ca_cores=$w_ca_cores est_sim_cores=$w_esim_cores" \
+      "est_phones_left_at_end=$w_est_running" \
+      "| server CPU left for S = with_cores - est_issued_per_s x ${est_server_ms} ms; / alone ms per S enrollment:" \
+      "predicted_with_per_s=$(awk -v c="$w_srv" -v t="$w_wall" -v e="$w_est_rate" -v m="$est_server_ms" -v s="$a_srv" -v n="$a_ok" \
+        'BEGIN {printf "%.0f", (c / t - e * m / 1000) / (s / n)}')" \
+      "| not_enrolled alone/with=$a_fail/$w_fail"
+    a_rates+=("$a_rate") w_rates+=("$w_rate") ratios+=("$ratio")
+  done
+  echo "stall=${stall} median_alone_per_s=$(printf '%s\n' "${a_rates[@]}" | median)" \
+    "median_with_per_s=$(printf '%s\n' "${w_rates[@]}" | median)" \
+    "median_ratio=$(printf '%s\n' "${ratios[@]}" | median)"
+}
+mix_rounds "$stall" "${settle:-$(awk -v s="$stall" 'BEGIN {print s + 2}')}" "$est_phones"
+[ "$control_stall" = 0 ] || mix_rounds "$control_stall" 8 $((2 * est_conc))
