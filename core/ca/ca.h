@@ -29,6 +29,7 @@
 #define CAPSTAN_CA_REASON_MAX 255
 #define CAPSTAN_CA_DEFAULT_TIMEOUT_SECONDS 30
 #define CAPSTAN_CA_DEFAULT_PHONE_WAIT_SECONDS 120
+#define CAPSTAN_CA_DEFAULT_MAX_REQUESTS 64
 /* Largest HTTP answer read from a CA (headers + body); more is an error. */
 #define CAPSTAN_CA_MAX_RESPONSE (1024 * 1024)
 
@@ -43,6 +44,7 @@ typedef struct capstan_ca_config {
   size_t ca_bundle_len;
   unsigned timeout_seconds;    /* each HTTP request; default 30 */
   unsigned phone_wait_seconds; /* longest a phone waits in its session; default 120 */
+  unsigned max_requests;       /* exchanges with the CA at once; the rest queue; default 64 */
   uint8_t **chain_der;         /* owned: the CA's chain as last fetched (cacerts) */
   size_t *chain_lens;
   size_t chain_count;

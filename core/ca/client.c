@@ -35,15 +35,24 @@ struct capstan_ca_client {
   capstan_ca_config_t cfg;
   ca_url_t url;
   SSL_CTX *ctx;
-  capstan_ca_request_t *requests; /* in flight */
+  capstan_ca_request_t *requests; /* in flight, started or queued */
+  /* At most cfg.max_requests exchanges run at once; later requests wait
+   * here, oldest first (a thousand phones at once must not knock the CA
+   * over with a thousand TLS connections). */
+  unsigned active;
+  capstan_ca_request_t *queue_head, *queue_tail;
   capstan_ca_health_t health;
 };
 
 struct capstan_ca_request {
   capstan_ca_client_t *client;
   capstan_ca_request_t *prev, *next;
+  capstan_ca_request_t *qprev, *qnext; /* the client's queue, while not started */
+  unsigned holds_slot : 1;             /* one of the client's active slots */
+  unsigned queued : 1;
   kind_t kind;
   step_t step;
+  step_t first_step; /* what a queued request starts with */
   char device[CAPSTAN_SETTING_HOST_MAX + 1];
   uint8_t *csr, *spki;
   size_t csr_len, spki_len;
@@ -115,13 +124,50 @@ static void request_free(capstan_ca_request_t *req) {
   free(req);
 }
 
+static int start_step(capstan_ca_request_t *req, step_t step);
+static void complete(capstan_ca_request_t *req);
+
+static void dequeue(capstan_ca_request_t *req) {
+  capstan_ca_client_t *c = req->client;
+  if (req->qprev) {
+    req->qprev->qnext = req->qnext;
+  } else {
+    c->queue_head = req->qnext;
+  }
+  if (req->qnext) {
+    req->qnext->qprev = req->qprev;
+  } else {
+    c->queue_tail = req->qprev;
+  }
+  req->qprev = req->qnext = NULL;
+  req->queued = 0;
+}
+
+/* A started request left: the oldest queued ones take the free slots. */
+static void release_slot(capstan_ca_client_t *c) {
+  if (c->active) c->active--;
+  while (c->queue_head && c->active < c->cfg.max_requests) {
+    capstan_ca_request_t *next = c->queue_head;
+    dequeue(next);
+    if (start_step(next, next->first_step) == 0) {
+      next->holds_slot = 1;
+      c->active++;
+    } else {
+      ca_result_set(&next->result, CAPSTAN_CA_UNAVAILABLE, "CA unavailable: out of memory");
+      complete(next); /* its done runs later than its submit, as promised */
+    }
+  }
+}
+
 /* Runs on the loop from an HTTP callback, so never inside submit. */
 static void complete(capstan_ca_request_t *req) {
   capstan_ca_client_t *c = req->client;
   ERR_clear_error(); /* hostile answers leave parse errors; the loop's queue is shared */
   req->result.latency_seconds = capstan_now_seconds() - req->started;
   record(c, &req->result);
-  unlink_request(req); /* the done callback may free the client */
+  unlink_request(req);
+  /* Before done, which may free the client. */
+  if (req->holds_slot) release_slot(c);
   req->done(req, &req->result, req->data);
   request_free(req);
 }
@@ -398,9 +444,27 @@ static capstan_ca_request_t *request_new(capstan_ca_client_t *c, kind_t kind,
 
 static capstan_ca_request_t *request_launch(capstan_ca_request_t *req, step_t step) {
   capstan_ca_client_t *c = req->client;
-  if (start_step(req, step) != 0) {
-    request_free(req);
-    return NULL;
+  unsigned limit = c->cfg.max_requests ? c->cfg.max_requests : CAPSTAN_CA_DEFAULT_MAX_REQUESTS;
+  c->cfg.max_requests = limit;
+  if (c->active < limit) {
+    if (start_step(req, step) != 0) {
+      request_free(req);
+      return NULL;
+    }
+    req->holds_slot = 1;
+    c->active++;
+  } else {
+    /* Its time at the CA starts when it does: the HTTP timeout is per
+     * exchange; the requester's own timer bounds the wait. */
+    req->first_step = step;
+    req->queued = 1;
+    req->qprev = c->queue_tail;
+    if (c->queue_tail) {
+      c->queue_tail->qnext = req;
+    } else {
+      c->queue_head = req;
+    }
+    c->queue_tail = req;
   }
   req->next = c->requests;
   if (c->requests) c->requests->prev = req;
@@ -454,10 +518,14 @@ capstan_ca_request_t *capstan_ca_fetch_chain(capstan_ca_client_t *c, capstan_ca_
 
 void capstan_ca_cancel(capstan_ca_request_t *req) {
   if (!req) return;
+  capstan_ca_client_t *c = req->client;
   ca_http_cancel(req->http); /* its done callback will not run */
   req->http = NULL;
+  if (req->queued) dequeue(req);
   unlink_request(req);
+  int held = req->holds_slot;
   request_free(req);
+  if (held) release_slot(c);
 }
 
 int capstan_ca_client_set_chain(capstan_ca_client_t *c, const uint8_t *const *der,
@@ -485,6 +553,8 @@ void capstan_ca_client_health(const capstan_ca_client_t *c, capstan_ca_health_t 
 
 void capstan_ca_client_free(capstan_ca_client_t *c) {
   if (!c) return;
+  /* The queue first, so that cancelling a started request starts none. */
+  while (c->queue_head) capstan_ca_cancel(c->queue_head);
   while (c->requests) capstan_ca_cancel(c->requests);
   /* The cancelled exchanges own copies of what they need and close their
    * handles on the loop by themselves; nothing here waits for them. */

@@ -13,6 +13,7 @@ void capstan_ca_config_init(capstan_ca_config_t *c) {
   memset(c, 0, sizeof *c);
   c->timeout_seconds = CAPSTAN_CA_DEFAULT_TIMEOUT_SECONDS;
   c->phone_wait_seconds = CAPSTAN_CA_DEFAULT_PHONE_WAIT_SECONDS;
+  c->max_requests = CAPSTAN_CA_DEFAULT_MAX_REQUESTS;
 }
 
 void capstan_ca_config_cleanup(capstan_ca_config_t *c) {
@@ -32,6 +33,7 @@ int capstan_ca_config_copy(const capstan_ca_config_t *src, capstan_ca_config_t *
   memcpy(dst->password, src->password, sizeof dst->password);
   dst->timeout_seconds = src->timeout_seconds;
   dst->phone_wait_seconds = src->phone_wait_seconds;
+  dst->max_requests = src->max_requests;
   dst->chain_fetched_at = src->chain_fetched_at;
   if (src->ca_bundle_pem && src->ca_bundle_len) {
     dst->ca_bundle_pem = malloc(src->ca_bundle_len);

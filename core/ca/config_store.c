@@ -51,6 +51,7 @@ int capstan_ca_config_read(capstan_txn_t *txn, capstan_ca_config_t *out) {
   }
   if (rec->has_timeout_seconds) out->timeout_seconds = rec->timeout_seconds;
   if (rec->has_phone_wait_seconds) out->phone_wait_seconds = rec->phone_wait_seconds;
+  if (rec->has_max_requests && rec->max_requests > 0) out->max_requests = rec->max_requests;
   if (rec->n_chain_der > 0) {
     out->chain_der = calloc(rec->n_chain_der, sizeof(*out->chain_der));
     out->chain_lens = calloc(rec->n_chain_der, sizeof(*out->chain_lens));
@@ -93,6 +94,8 @@ int capstan_ca_config_write(capstan_txn_t *txn, const capstan_ca_config_t *c) {
   rec.timeout_seconds = c->timeout_seconds;
   rec.has_phone_wait_seconds = 1;
   rec.phone_wait_seconds = c->phone_wait_seconds;
+  rec.has_max_requests = 1;
+  rec.max_requests = c->max_requests;
   ProtobufCBinaryData chain[64];
   for (size_t i = 0; i < c->chain_count; i++) {
     chain[i].data = c->chain_der[i];

@@ -93,7 +93,7 @@ static int same_connection(const capstan_ca_config_t *a, const capstan_ca_config
          strcmp(a->template_name, b->template_name) == 0 && strcmp(a->username, b->username) == 0 &&
          strcmp(a->password, b->password) == 0 &&
          bytes_equal(a->ca_bundle_pem, a->ca_bundle_len, b->ca_bundle_pem, b->ca_bundle_len) &&
-         a->timeout_seconds == b->timeout_seconds;
+         a->timeout_seconds == b->timeout_seconds && a->max_requests == b->max_requests;
 }
 
 static void drop_client(capf_ca_service_t *svc) {
@@ -142,8 +142,8 @@ void capf_ca_service_update(capf_ca_service_t *svc, unsigned issuer, capf_pki_t 
   if (same && cfg.chain_count > 0) {
     /* `capstan ca test` stored a newer chain: the client completes answers
      * with it from now on. */
-    capstan_ca_client_set_chain(svc->client, (const uint8_t *const *)cfg.chain_der,
-                                cfg.chain_lens, cfg.chain_count);
+    capstan_ca_client_set_chain(svc->client, (const uint8_t *const *)cfg.chain_der, cfg.chain_lens,
+                                cfg.chain_count);
   }
   if (!same) {
     drop_client(svc);

@@ -30,6 +30,7 @@ enum {
   OPT_CA_FILE,
   OPT_TIMEOUT,
   OPT_PHONE_WAIT,
+  OPT_MAX_REQUESTS,
   OPT_MODE,
   OPT_ROOT_PEM,
 };
@@ -38,6 +39,8 @@ enum {
 #define TIMEOUT_MAX 600
 #define PHONE_WAIT_MIN 1
 #define PHONE_WAIT_MAX 3600
+#define MAX_REQUESTS_MIN 1
+#define MAX_REQUESTS_MAX 4096
 #define PASSWORD_FILE_MAX 4096
 #define CA_FILE_MAX CAPSTAN_PKI_MAX_PEM_TEXT
 
@@ -146,8 +149,7 @@ static int parse_range(const char *opt, const char *v, unsigned min, unsigned ma
   *out = (unsigned)n;
   return 0;
 bad:
-  capstan_cli_error("--%s must be a whole number of seconds from %u to %u, got '%s'", opt, min, max,
-                    v);
+  capstan_cli_error("--%s must be a whole number from %u to %u, got '%s'", opt, min, max, v);
   return CAPSTAN_EINVAL;
 }
 
@@ -238,8 +240,9 @@ static int read_ca_file(const char *path, uint8_t **pem_out, size_t *pem_len, si
 /* ---- set ---------------------------------------------------------------- */
 
 static int run_set(capstan_cli_t *c) {
-  static const int settable[] = {OPT_URL,           OPT_LABEL,   OPT_TEMPLATE, OPT_USERNAME,
-                                 OPT_PASSWORD_FILE, OPT_CA_FILE, OPT_TIMEOUT,  OPT_PHONE_WAIT};
+  static const int settable[] = {OPT_URL,      OPT_LABEL,         OPT_TEMPLATE,
+                                 OPT_USERNAME, OPT_PASSWORD_FILE, OPT_CA_FILE,
+                                 OPT_TIMEOUT,  OPT_PHONE_WAIT,    OPT_MAX_REQUESTS};
   bool any = false;
   for (size_t i = 0; i < CAPSTAN_CLI_COUNT(settable); i++) any |= capstan_cli_has(c, settable[i]);
   if (!any) return capstan_cli_usage_error(c, "nothing to set");
@@ -273,9 +276,13 @@ static int run_set(capstan_cli_t *c) {
         CAPSTAN_CA_USER_MAX);
     return CAPSTAN_EXIT_USAGE;
   }
-  unsigned timeout = 0, wait = 0;
+  unsigned timeout = 0, wait = 0, max_requests = 0;
   if ((v = c->value[OPT_TIMEOUT]) != NULL &&
       parse_range("timeout-seconds", v, TIMEOUT_MIN, TIMEOUT_MAX, &timeout) != 0) {
+    return CAPSTAN_EXIT_USAGE;
+  }
+  if ((v = c->value[OPT_MAX_REQUESTS]) != NULL &&
+      parse_range("max-requests", v, MAX_REQUESTS_MIN, MAX_REQUESTS_MAX, &max_requests) != 0) {
     return CAPSTAN_EXIT_USAGE;
   }
   if ((v = c->value[OPT_PHONE_WAIT]) != NULL &&
@@ -352,6 +359,10 @@ static int run_set(capstan_cli_t *c) {
   if (c->value[OPT_PHONE_WAIT] != NULL) {
     cfg.phone_wait_seconds = wait;
     ADD_DETAIL("phone_wait_seconds=%u ", wait);
+  }
+  if (c->value[OPT_MAX_REQUESTS] != NULL) {
+    cfg.max_requests = max_requests;
+    ADD_DETAIL("max_requests=%u ", max_requests);
   }
 #undef ADD_DETAIL
   if (dl >= sizeof(detail)) dl = sizeof(detail) - 1;
@@ -492,8 +503,8 @@ static int run_show(capstan_cli_t *c) {
     print_json_field("username", s.cfg.username, true);
     printf(",\"password_set\":%s,\"ca_file_certificates\":%zu",
            s.cfg.password[0] ? "true" : "false", s.bundle_certs);
-    printf(",\"timeout_seconds\":%u,\"phone_wait_seconds\":%u", s.cfg.timeout_seconds,
-           s.cfg.phone_wait_seconds);
+    printf(",\"timeout_seconds\":%u,\"phone_wait_seconds\":%u,\"max_requests\":%u",
+           s.cfg.timeout_seconds, s.cfg.phone_wait_seconds, s.cfg.max_requests);
     printf(",\"chain_fetched_at\":");
     capstan_cli_json_string(stdout, s.cfg.chain_fetched_at ? fetched : NULL);
     printf(",\"chain\":[");
@@ -516,6 +527,7 @@ static int run_show(capstan_cli_t *c) {
     }
     printf("timeout:             %u s per request\n", s.cfg.timeout_seconds);
     printf("phone wait:          %u s\n", s.cfg.phone_wait_seconds);
+    printf("requests at once:    %u (more wait in the server's queue)\n", s.cfg.max_requests);
     printf("chain fetched:       %s\n", fetched);
   }
   for (size_t i = 0; i < s.cfg.chain_count; i++) {
@@ -692,7 +704,7 @@ out:
 #define CA_USAGE                                                                        \
   "capstan ca set [--url URL] [--label L] [--template NAME] [--username U]\n"           \
   "                 [--password-file F] [--ca-file BUNDLE.pem] [--timeout-seconds N]\n" \
-  "                 [--phone-wait-seconds N]\n"                                         \
+  "                 [--phone-wait-seconds N] [--max-requests N]\n"                      \
   "       capstan ca show [--json] [--root-pem]\n"                                      \
   "       capstan ca test [--mode est|mscs]\n"                                          \
   "       (all take --data-dir DIR)"
@@ -715,6 +727,9 @@ out:
   "          --phone-wait-seconds N  longest a phone's session waits for its certificate,\n" \
   "                               1 to 3600 (default 120); after that the request stays\n"   \
   "                               pending and the phone gets it in a later session\n"        \
+  "          --max-requests N     requests to the CA at once, 1 to 4096 (default 64);\n"     \
+  "                               the rest wait in the server's queue, so that a\n"          \
+  "                               thousand phones at once do not knock the CA over\n"        \
   "          A running server applies the change within a second.\n"                         \
   "  show    the settings (the password only as set / not set), the CA's chain as last\n"    \
   "          fetched and whether its root is in CAPF-trust, and how the CA has been\n"       \
@@ -734,6 +749,7 @@ int capstan_cli_ca_main(int argc, char **argv) {
       [OPT_CA_FILE] = {"ca-file", true, NULL},
       [OPT_TIMEOUT] = {"timeout-seconds", true, NULL},
       [OPT_PHONE_WAIT] = {"phone-wait-seconds", true, NULL},
+      [OPT_MAX_REQUESTS] = {"max-requests", true, NULL},
       [OPT_MODE] = {"mode", true, check_mode},
       [OPT_ROOT_PEM] = {"root-pem", false, NULL},
   };
@@ -742,7 +758,7 @@ int capstan_cli_ca_main(int argc, char **argv) {
        CAPSTAN_CLI_OPT(OPT_URL) | CAPSTAN_CLI_OPT(OPT_LABEL) | CAPSTAN_CLI_OPT(OPT_TEMPLATE) |
            CAPSTAN_CLI_OPT(OPT_USERNAME) | CAPSTAN_CLI_OPT(OPT_PASSWORD_FILE) |
            CAPSTAN_CLI_OPT(OPT_CA_FILE) | CAPSTAN_CLI_OPT(OPT_TIMEOUT) |
-           CAPSTAN_CLI_OPT(OPT_PHONE_WAIT),
+           CAPSTAN_CLI_OPT(OPT_PHONE_WAIT) | CAPSTAN_CLI_OPT(OPT_MAX_REQUESTS),
        false, 0, 0, NULL, run_set},
       {"show", CAPSTAN_CLI_OPT(OPT_ROOT_PEM), true, 0, 0, NULL, run_show},
       {"test", CAPSTAN_CLI_OPT(OPT_MODE), false, 0, 0, NULL, run_test},

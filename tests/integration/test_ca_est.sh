@@ -33,6 +33,10 @@ has "$IT_TMP/test.out" "401"
 cap main ca set --password-file "$IT_TMP/password" >/dev/null
 cli_expect "${SRV_DATA[main]}" 0 ca test --mode est
 has "$OUT" "chain"
+cli_expect "${SRV_DATA[main]}" 2 ca set --max-requests 0
+has "$ERR" "--max-requests must be a whole number from 1 to 4096"
+cap main ca set --max-requests 8 >/dev/null
+cap main ca show --json | jq -e '.max_requests == 8' >/dev/null || fail "ca show: max_requests"
 cap main ca show >"$IT_TMP/show"
 has "$IT_TMP/show" "${CA_URL[est]}"
 lacks "$IT_TMP/show" "s3cret"

@@ -653,6 +653,53 @@ static void test_cancel_in_flight(void **state) {
   capstan_ca_config_cleanup(&cfg);
 }
 
+/* max_requests 2: four requests to a CA that answers each after 1 s run two
+ * at a time (the last two cannot finish before 2 s); a queued request
+ * cancelled gets no callback and frees its place. */
+static void test_requests_at_once_are_bounded(void **state) {
+  (void)state;
+  reset(&G.est);
+  control(&G.est, "{\"mode\": \"stall\", \"stall_seconds\": 1}");
+  capstan_ca_config_t cfg;
+  config_for(&cfg, &G.est);
+  cfg.max_requests = 2;
+  char err[256];
+  capstan_ca_client_t *c =
+      capstan_ca_client_new(&G.loop, CAPSTAN_ISSUER_EST, &cfg, err, sizeof err);
+  assert_non_null(c);
+  outcome_t o[5];
+  double done_at[5];
+  memset(o, 0, sizeof o);
+  capstan_ca_request_t *r[5];
+  double t0 = capstan_now_seconds();
+  for (int i = 0; i < 5; i++) {
+    r[i] = capstan_ca_submit(c, DEVICE, G.csr, G.csr_len, G.spki, G.spki_len, NULL, G.est.trust,
+                             on_done, &o[i]);
+    assert_non_null(r[i]);
+  }
+  capstan_ca_cancel(r[3]); /* queued: dropped without a callback */
+  capstan_ca_health_t h;
+  capstan_ca_client_health(c, &h);
+  assert_int_equal(h.in_flight, 4);
+  int idx[] = {0, 1, 2, 4};
+  time_t deadline = time(NULL) + 30;
+  for (int k = 0; k < 4; k++) {
+    while (!o[idx[k]].called && time(NULL) < deadline) uv_run(&G.loop, UV_RUN_ONCE);
+    assert_int_equal(o[idx[k]].called, 1);
+    done_at[idx[k]] = capstan_now_seconds() - t0;
+    expect(&o[idx[k]], CAPSTAN_CA_ISSUED, "issued");
+  }
+  assert_int_equal(o[3].called, 0);
+  /* The queued two started only when the first two were done. */
+  assert_true(done_at[2] >= 1.9);
+  assert_true(done_at[4] >= 1.9);
+  capstan_ca_client_health(c, &h);
+  assert_int_equal(h.in_flight, 0);
+  capstan_ca_client_free(c);
+  uv_run(&G.loop, UV_RUN_DEFAULT);
+  capstan_ca_config_cleanup(&cfg);
+}
+
 static void test_fetch_chain_on_the_loop(void **state) {
   (void)state;
   const test_ca_t *cas[] = {&G.est_int, &G.mscs};
@@ -1115,6 +1162,7 @@ int main(void) {
       cmocka_unit_test(test_tls_host_name_mismatch),
       cmocka_unit_test(test_connection_refused),
       cmocka_unit_test(test_cancel_in_flight),
+      cmocka_unit_test(test_requests_at_once_are_bounded),
       cmocka_unit_test(test_fetch_chain_on_the_loop),
       cmocka_unit_test(test_done_may_free_the_client),
       cmocka_unit_test(test_run_sync_chain_est),
