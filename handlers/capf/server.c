@@ -228,6 +228,8 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
   c->max_handshakes = s->max_handshakes;
   c->legacy_tls = s->legacy_tls;
   c->enable_ipv6 = s->enable_ipv6;
+  c->auth_max_failures = s->auth_max_failures;
+  c->auth_delay_max_seconds = s->auth_delay_max_seconds;
   unsigned old_issuer = c->issuer;
   c->issuer = s->issuer;
   if (old_issuer != c->issuer) {

@@ -42,6 +42,7 @@
   X(RECORDING, "recording")       \
   X(CONCLUDING, "concluding")     \
   X(ENDING, "ending")             \
+  X(DELAYING, "delaying")         \
   X(CLOSING, "closing")
 
 typedef enum {
@@ -136,6 +137,9 @@ struct capf_session {
   capf_op_label_t op_label;
   capf_result_t result; /* valid once finished */
   uint8_t end_reason;   /* CAPF_ST_ENDING: the END_SESSION reason once recorded */
+  /* A wrong authentication string: how long END_SESSION waits once the
+   * failure is recorded (CAPF_ST_DELAYING; the per-address delay). */
+  unsigned long end_delay_ms;
 };
 
 /* Sets |s| up in CAPF_ST_HANDSHAKE with a fresh session id; nothing is
