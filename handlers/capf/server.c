@@ -556,6 +556,12 @@ void capstan_capf_server_drain(capstan_capf_server_t *srv, uint64_t deadline_ms,
   srv->listening = 0;
   uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
   close_waiting(srv);
+  /* Phones held only by the wrong-string delay are answered now. */
+  for (capf_conn_t *it = srv->conns; it != NULL;) {
+    capf_conn_t *next = it->next;
+    capf_session_draining(&it->session);
+    it = next;
+  }
   LOG_INFO("event=capf_draining sessions=%u deadline_ms=%llu", srv->nsessions + srv->nrefusing,
            (unsigned long long)deadline_ms);
   if (srv->nsessions == 0 && srv->nrefusing == 0) {

@@ -1619,6 +1619,10 @@ void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why) {
   capstan_metric_set(sh->m.keygen_waiting, sh->throttle.waiting);
 }
 
+void capf_session_draining(capf_session_t *s) {
+  if (s->state == CAPF_ST_DELAYING) dispatch(s, EV_TIMEOUT, &(event_arg_t){0});
+}
+
 void capf_session_abort(capf_session_t *s, capf_result_t result) {
   /* Cut off at the drain deadline in the middle of its operation: the
    * device says so (the writer commits it before the server exits). */

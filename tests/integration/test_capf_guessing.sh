@@ -117,5 +117,19 @@ for s in $RIGHT "${WRONG[@]}"; do
   if grep -q -- "$s" <<<"$audit"; then fail "an authentication string ($s) is in the audit log"; fi
 done
 
+# --- Drain: a phone held by the delay hears END_SESSION at once ------------
+cap main device set $B --operation install >/dev/null
+timeout 60 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --key-cache "$IT_KEYS" --json \
+  --name $B --auth string --auth-string 999999 >"$IT_TMP/drain.json" 2>"$IT_TMP/drain.err" &
+held=$!
+it_wait_for 20 '[[ $(grep -c "event=capf_auth_delayed device=$B" "$LOG") == 2 ]]' ||
+  fail "the phone was not held by the delay"
+start=$SECONDS
 srv_stop main
+wait $held
+PHONE_JSON=$(cat "$IT_TMP/drain.json")
+json_expect "$PHONE_JSON" result end reason 7
+ms_below 6000
+((SECONDS - start < 5)) || fail "the drain waited for the delay"
+grep -q 'event=capf_drain_deadline' "$LOG" && fail "the drain ran to its deadline"
 it_pass

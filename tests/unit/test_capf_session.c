@@ -1083,6 +1083,20 @@ static void test_string_guessing(void **state) {
   assert_int_equal(f->s.result, CAPF_RESULT_AUTH_FAILED);
   fake_free(f);
 
+  /* The server drains: a phone held by the delay is answered at once. */
+  f = fake_from("192.0.2.51", 0);
+  authenticate(f, "000000");
+  commit(f, 0, 0);
+  assert_int_equal(f->s.state, CAPF_ST_DELAYING);
+  capf_session_draining(&f->s);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  fake_free(f);
+  f = fake_from("192.0.2.51", 0); /* any other state goes on */
+  capf_session_handshake_done(&f->s);
+  capf_session_draining(&f->s);
+  assert_int_equal(f->s.state, CAPF_ST_WAIT_AUTH);
+  fake_free(f);
+
   /* The cap, and no delay at all with auth-delay-max-seconds 0. */
   set_guessing(1000, 3);
   for (int i = 0; i < 3; i++) {
@@ -1097,7 +1111,7 @@ static void test_string_guessing(void **state) {
   assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
   fake_free(f);
   assert_int_equal(capstan_metric_value(g_shared.m.auth_failures[CAPSTAN_CAPF_AUTH_STRING]),
-                   failures + 10);
+                   failures + 11);
   set_guessing(0, 0);
 }
 
