@@ -16,8 +16,10 @@ srv_start main
 LOG=${SRV_LOG[main]}
 A=SEP0000C0E55001
 B=SEP0000C0E55002
-RIGHT=482913
-WRONG=(111111 222222 333333 444444 555555)
+RIGHT=48291375
+WRONG=(61830472 92057318 30498617 75120963 18364059)
+RIGHT_B=73184602
+WRONG_B=(52907134 69415280)
 
 # The defaults, then a shorter cap for this test (a live setting).
 [[ $(cap main config get auth-max-failures) == 5 ]] || fail "auth-max-failures default"
@@ -31,7 +33,7 @@ applied() {
 it_wait_for 20 applied || fail "auth-delay-max-seconds not applied"
 
 cap main device add $A --operation install --auth string --auth-string $RIGHT --key ec256 >/dev/null
-cap main device add $B --operation install --auth string --auth-string 731846 --key ec256 >/dev/null
+cap main device add $B --operation install --auth string --auth-string $RIGHT_B --key ec256 >/dev/null
 
 # ms_at_least MIN / ms_below MAX: the last phone's total_ms.
 total_ms() { json_get "$PHONE_JSON" total_ms; }
@@ -73,7 +75,7 @@ json_expect "$(device_json main $A)" status failed status_reason "$LOCKED" auth_
 metric_expect main capstan_capf_auth_locked_refused_total 1
 
 # --- The address, not the device: B's first wrong string waits the cap -----
-phone main --name $B --auth string --auth-string 000000
+phone main --name $B --auth string --auth-string "${WRONG_B[0]}"
 json_expect "$PHONE_JSON" result end reason 7
 ms_at_least 6000
 json_expect "$(device_json main $B)" status failed status_reason "authentication failed" \
@@ -87,7 +89,7 @@ json_expect "$PHONE_JSON" result ok reason 1 operation install
 ms_below 6000
 json_expect "$(device_json main $A)" status succeeded auth_failures 0
 # B's right string resets its count.
-phone main --name $B --auth string --auth-string 731846
+phone main --name $B --auth string --auth-string $RIGHT_B
 json_expect "$PHONE_JSON" result ok reason 1 operation install
 json_expect "$(device_json main $B)" status succeeded auth_failures 0
 
@@ -107,7 +109,7 @@ grep -q "event=capf_auth_delayed device=$B peer=127.0.0.1 delay_ms=6000 wrong_st
   "$LOG" || fail "B's delay is not logged with the address's count"
 grep -q "event=capf_auth_failed device=$A peer=127.0.0.1 mode=string reason=\"locked\"" "$LOG" ||
   fail "the refusal of a locked device is not logged"
-for s in $RIGHT 731846 000000 "${WRONG[@]}"; do
+for s in $RIGHT $RIGHT_B "${WRONG[@]}" "${WRONG_B[@]}"; do
   if grep -q -- "$s" "$LOG"; then fail "an authentication string ($s) is in the server log"; fi
 done
 # The audit log says what happened, never the string.
@@ -120,7 +122,7 @@ done
 # --- Drain: a phone held by the delay hears END_SESSION at once ------------
 cap main device set $B --operation install >/dev/null
 timeout 60 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --key-cache "$IT_KEYS" --json \
-  --name $B --auth string --auth-string 999999 >"$IT_TMP/drain.json" 2>"$IT_TMP/drain.err" &
+  --name $B --auth string --auth-string "${WRONG_B[1]}" >"$IT_TMP/drain.json" 2>"$IT_TMP/drain.err" &
 held=$!
 it_wait_for 20 '[[ $(grep -c "event=capf_auth_delayed device=$B" "$LOG") == 2 ]]' ||
   fail "the phone was not held by the delay"
@@ -132,4 +134,5 @@ json_expect "$PHONE_JSON" result end reason 7
 ms_below 6000
 ((SECONDS - start < 5)) || fail "the drain waited for the delay"
 grep -q 'event=capf_drain_deadline' "$LOG" && fail "the drain ran to its deadline"
+if grep -q -- "${WRONG_B[1]}" "$LOG"; then fail "an authentication string is in the server log"; fi
 it_pass
