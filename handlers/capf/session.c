@@ -32,9 +32,9 @@
  *  guessing.h) before END_SESSION: the loop is never blocked, and the
  *  phone holds no handshake slot (it gave that back after its handshake).
  *  A device with auth-max-failures wrong strings in a row is locked: its
- *  strings are refused unread until the operator re-arms it. Any other end goes straight to
- *  CLOSING. Every state may reach CLOSING: the peer hangs up, a send fails,
- *  the drain deadline passes.
+ *  strings are refused unread until the operator re-arms it. Any other end
+ *  goes straight to CLOSING. Every state may reach CLOSING: the peer hangs
+ *  up, a send fails, the drain deadline passes.
  *
  * kTransitions below is the one place that says which event each state
  * takes and where it may lead; go() refuses any other move. States that
