@@ -129,6 +129,7 @@ typedef struct capf_shared {
   struct capstan_ca_client *ca;
   /* Wrong authentication strings by peer address (the per-address delay). */
   capf_guess_table_t guesses;
+  int draining; /* the server drains: no new wrong-string delay starts */
 } capf_shared_t;
 
 #endif

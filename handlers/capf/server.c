@@ -556,7 +556,9 @@ void capstan_capf_server_drain(capstan_capf_server_t *srv, uint64_t deadline_ms,
   srv->listening = 0;
   uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
   close_waiting(srv);
-  /* Phones held only by the wrong-string delay are answered now. */
+  /* Phones held only by the wrong-string delay are answered now, and
+   * those whose failure is still being recorded are not held. */
+  srv->shared.draining = 1;
   for (capf_conn_t *it = srv->conns; it != NULL;) {
     capf_conn_t *next = it->next;
     capf_session_draining(&it->session);

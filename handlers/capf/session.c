@@ -1356,7 +1356,7 @@ static void end_succeeded(capf_session_t *s, const event_arg_t *e) {
 
 static void end_as_recorded(capf_session_t *s, const event_arg_t *e) {
   (void)e; /* a failed write is logged by the host; the phone's answer stands */
-  if (s->end_delay_ms > 0) {
+  if (s->end_delay_ms > 0 && !s->shared->draining) {
     go(s, CAPF_ST_DELAYING);
     s->hooks->start_timer(s, s->end_delay_ms);
     return;

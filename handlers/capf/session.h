@@ -180,7 +180,8 @@ void capf_session_ca_answered(capf_session_t *s, const capstan_ca_result_t *r);
 /* The connection is closed (by either side); |why| says how. Records what
  * the phone left unfinished; nothing is sent. */
 void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why);
-/* The server is draining: a phone held only by the wrong-string delay
+/* The server is draining (the host has set shared->draining, so no new
+ * delay starts): a phone held only by the wrong-string delay
  * (CAPF_ST_DELAYING) hears its END_SESSION now rather than hold the drain
  * up; any other state goes on. */
 void capf_session_draining(capf_session_t *s);

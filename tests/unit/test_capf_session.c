@@ -1091,6 +1091,17 @@ static void test_string_guessing(void **state) {
   capf_session_draining(&f->s);
   assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
   fake_free(f);
+  /* A failure still being recorded when the drain begins is not held. */
+  f = fake_from("192.0.2.52", 0);
+  authenticate(f, "000000");
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  g_shared.draining = 1;
+  capf_session_draining(&f->s);
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  commit(f, 0, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  g_shared.draining = 0;
+  fake_free(f);
   f = fake_from("192.0.2.51", 0); /* any other state goes on */
   capf_session_handshake_done(&f->s);
   capf_session_draining(&f->s);
@@ -1111,7 +1122,7 @@ static void test_string_guessing(void **state) {
   assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
   fake_free(f);
   assert_int_equal(capstan_metric_value(g_shared.m.auth_failures[CAPSTAN_CAPF_AUTH_STRING]),
-                   failures + 11);
+                   failures + 12);
   set_guessing(0, 0);
 }
 
