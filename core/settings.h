@@ -71,7 +71,13 @@
     "offline (requests wait for `capstan csr export` and `csr import`)")                           \
   X("files-retry-after-seconds", files_retry_after_seconds, UINT, 1, 3600,                         \
     "delay a phone refused by an HTTP or TFTP limit is asked to wait (Retry-After, the TFTP "      \
-    "busy message)")
+    "busy message)")                                                                               \
+  X("auth-max-failures", auth_max_failures, UINT, 1, 1000,                                         \
+    "wrong authentication strings in a row after which a device's operation is locked until "      \
+    "the operator re-arms it (capstan device set NAME --operation ...)")                           \
+  X("auth-delay-max-seconds", auth_delay_max_seconds, UINT, 0, 300,                                \
+    "longest delay before a wrong authentication string is answered: the delay doubles from 1 s "  \
+    "with each wrong string from one address, halving per quiet minute (0: no delay)")
 
 #define CAPSTAN_SETTING_HOST_MAX 253 /* RFC 1123 host name */
 #define CAPSTAN_SETTING_FIELD_UINT(field) unsigned field;

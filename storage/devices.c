@@ -432,6 +432,60 @@ int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__Op
   return err;
 }
 
+void capstan_auth_locked_reason(unsigned failures, const char *name, Capstan__Operation op,
+                                char *buf, size_t len) {
+  snprintf(buf, len,
+           "locked: %u wrong authentication strings; capstan device set %s --operation %s "
+           "re-arms it",
+           failures, name,
+           op == CAPSTAN__OPERATION__OPERATION_NONE ? "install" : capstan_operation_name(op));
+}
+
+int capstan_devices_wrong_string(capstan_txn_t *txn, const char *name, bool counted, unsigned max,
+                                 const char *reason, int64_t now, char *stored, size_t len,
+                                 unsigned *failures) {
+  Capstan__Device *d;
+  int err = capstan_store_device_get(txn, name, &d);
+  if (err != 0) return err;
+  unsigned n = d->auth_failures;
+  if (counted && n < UINT32_MAX) n++;
+  SET(d, auth_failures, n);
+  char locked[CAPSTAN_AUTH_LOCKED_REASON_MAX];
+  if (max > 0 && n >= max) {
+    capstan_auth_locked_reason(n, name, d->operation, locked, sizeof(locked));
+    reason = locked;
+  }
+  if (d->status != CAPSTAN__OP_STATUS__OP_STATUS_FAILED) SET(d, status_changed_at, now);
+  SET(d, status, CAPSTAN__OP_STATUS__OP_STATUS_FAILED);
+  SET(d, updated_at, now);
+  d->has_retry_after = 0;
+  d->retry_after = 0;
+  err = capstan_record_set_string(&d->status_reason, reason);
+  if (err == 0) {
+    SET(d, attempts, d->attempts + 1);
+    SET(d, last_attempt_at, now);
+    err = capstan_store_device_put(txn, d);
+  }
+  if (err == 0 && stored != NULL && len > 0) snprintf(stored, len, "%s", reason ? reason : "");
+  if (err == 0 && failures != NULL) *failures = n;
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+int capstan_devices_clear_wrong_strings(capstan_txn_t *txn, const char *name, int64_t now) {
+  Capstan__Device *d;
+  int err = capstan_store_device_get(txn, name, &d);
+  if (err != 0) return err;
+  if (d->auth_failures != 0 || d->has_auth_failures) {
+    d->has_auth_failures = 0;
+    d->auth_failures = 0;
+    SET(d, updated_at, now);
+    err = capstan_store_device_put(txn, d);
+  }
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
 void capstan_throttled_reason(int64_t retry_after, char *buf, size_t len) {
   time_t t = (time_t)retry_after;
   struct tm tm;
@@ -540,6 +594,8 @@ void capstan_device_rearm(Capstan__Device *d, int64_t now) {
   if (d->status != st || !d->has_status) SET(d, status_changed_at, now);
   SET(d, status, st);
   SET(d, attempts, 0);
+  d->has_auth_failures = 0; /* a re-armed operation accepts strings again */
+  d->auth_failures = 0;
   free(d->status_reason);
   d->status_reason = NULL;
   d->has_retry_after = 0;

@@ -92,6 +92,29 @@ int capstan_devices_record_seen_cert(capstan_txn_t *txn, const char *name, const
 int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__OpStatus status,
                                const char *reason, int64_t now, bool count_attempt);
 
+/* String guessing (the setting auth-max-failures). The status reason of
+ * a device locked by |failures| wrong strings in a row:
+ * "locked: 5 wrong authentication strings; capstan device set NAME
+ * --operation install re-arms it" (CAPSTAN_AUTH_LOCKED_REASON_MAX is
+ * enough). */
+#define CAPSTAN_AUTH_LOCKED_REASON_MAX 160
+void capstan_auth_locked_reason(unsigned failures, const char *name, Capstan__Operation op,
+                                char *buf, size_t len);
+
+/* A wrong authentication string for |name| (|counted|), or a string
+ * refused unread because the device is locked (!|counted|): with
+ * |counted| auth_failures grows by one. The status becomes FAILED with
+ * |reason|, or with the lock reason once auth_failures reaches |max|; the
+ * attempt is counted. The reason stored is copied into |stored| (len
+ * bytes, may be NULL) and *failures (may be NULL) is the count. */
+int capstan_devices_wrong_string(capstan_txn_t *txn, const char *name, bool counted, unsigned max,
+                                 const char *reason, int64_t now, char *stored, size_t len,
+                                 unsigned *failures);
+
+/* A right authentication string: auth_failures back to 0. Nothing else
+ * changes. */
+int capstan_devices_clear_wrong_strings(capstan_txn_t *txn, const char *name, int64_t now);
+
 /* The status reason of a throttled device: "retry after HH:MM:SS UTC"
  * (|retry_after| in unix seconds), into |buf| of len bytes
  * (CAPSTAN_THROTTLED_REASON_MAX is enough). */
@@ -118,7 +141,8 @@ int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_
 int capstan_devices_record_deleted(capstan_txn_t *txn, const char *name, int64_t now);
 
 /* Re-arms a device for its operation: status PENDING (NONE when the
- * operation is NONE), reason cleared, attempts 0. Does not write. */
+ * operation is NONE), reason cleared, attempts 0, wrong authentication
+ * strings 0 (a locked device accepts strings again). Does not write. */
 void capstan_device_rearm(Capstan__Device *d, int64_t now);
 
 #endif

@@ -136,6 +136,7 @@ static void device_members(capstan_json_t *j, const Capstan__Device *d) {
   capstan_json_kstr(j, "status_reason", d->status_reason);
   capstan_json_kstr(j, "last_operation", capstan_operation_name(d->last_operation));
   capstan_json_kuint(j, "attempts", d->attempts);
+  capstan_json_kuint(j, "auth_failures", d->auth_failures);
   capstan_json_ktime(j, "created_at", d->has_created_at ? d->created_at : 0);
   capstan_json_ktime(j, "retry_after", d->has_retry_after ? d->retry_after : 0);
   capstan_json_ktime(j, "status_changed_at", d->has_status_changed_at ? d->status_changed_at : 0);

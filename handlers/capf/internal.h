@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 
 #include "core/base/metrics.h"
+#include "handlers/capf/guessing.h"
 #include "core/identities.h"
 #include "core/throttle.h"
 
@@ -91,6 +92,9 @@ typedef struct capf_metrics {
    * a check, not made) and hand-overs the phone refused. */
   capstan_metric_t *csr_ok, *csr_rejected, *csr_none, *handovers_refused;
   capstan_metric_t *connections_active;
+  /* String guessing: devices locked by wrong strings, strings refused
+   * unread because their device is locked, wrong strings answered late. */
+  capstan_metric_t *auth_lockouts, *auth_locked_refused, *auth_delayed;
 } capf_metrics_t;
 
 /* Registers (or finds: the registry is process-wide) every CAPF metric. */
@@ -110,8 +114,10 @@ typedef struct capf_settings {
   unsigned max_handshakes;
   int legacy_tls;
   int enable_ipv6;
-  unsigned issuer;                /* capstan_issuer_t */
-  unsigned ca_phone_wait_seconds; /* the CA configuration's phone wait */
+  unsigned issuer;                 /* capstan_issuer_t */
+  unsigned ca_phone_wait_seconds;  /* the CA configuration's phone wait */
+  unsigned auth_max_failures;      /* wrong strings in a row that lock a device */
+  unsigned auth_delay_max_seconds; /* cap of the per-address delay; 0: none */
 } capf_settings_t;
 
 /* What every session of one server shares (loop thread only). */
@@ -121,6 +127,9 @@ typedef struct capf_shared {
   capstan_throttle_t throttle; /* phone key generations (R17) */
   /* The online CA (issuer est or mscs with a CA configured), else NULL. */
   struct capstan_ca_client *ca;
+  /* Wrong authentication strings by peer address (the per-address delay). */
+  capf_guess_table_t guesses;
+  int draining; /* the server drains: no new wrong-string delay starts */
 } capf_shared_t;
 
 #endif

@@ -88,6 +88,19 @@ void capf_metrics_register(capf_metrics_t *m) {
   m->csr_ok = capstan_metrics_counter(cr, cr_help, "result=\"ok\"");
   m->csr_rejected = capstan_metrics_counter(cr, cr_help, "result=\"rejected\"");
   m->csr_none = capstan_metrics_counter(cr, cr_help, "result=\"none\"");
+  m->auth_lockouts = capstan_metrics_counter(
+      "capstan_capf_auth_lockouts_total",
+      "Devices whose operation was locked by wrong authentication strings in a row "
+      "(auth-max-failures): no string is accepted until the operator re-arms it",
+      NULL);
+  m->auth_locked_refused = capstan_metrics_counter(
+      "capstan_capf_auth_locked_refused_total",
+      "Authentication strings refused unread because their device is locked", NULL);
+  m->auth_delayed = capstan_metrics_counter(
+      "capstan_capf_auth_delayed_total",
+      "Wrong authentication strings answered after a delay (per address, doubling up to "
+      "auth-delay-max-seconds)",
+      NULL);
   m->handovers_refused = capstan_metrics_counter(
       "capstan_capf_handovers_refused_total",
       "Certificates from a CA that a phone refused in a later session (a new request follows)",

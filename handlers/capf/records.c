@@ -47,6 +47,7 @@ static void device_from_record(const Capstan__Device *d, capf_device_t *out) {
       .key_bits = d->key_bits,
       .completes_by = d->completes_by,
       .issuer = d->issuer != 0 ? (int)d->issuer - 1 : -1,
+      .auth_failures = d->auth_failures,
   };
   if (d->auth_string != NULL && strlen(d->auth_string) <= CAPF_AUTH_STRING_MAX) {
     strcpy(out->auth_string, d->auth_string);
@@ -151,11 +152,34 @@ static int audit_succeeded(capstan_txn_t *txn, const capf_record_t *r) {
                                r->peer, capstan_operation_name((Capstan__Operation)r->operation));
 }
 
+/* A wrong string, or one refused because the device is locked: the
+ * count, the status (the lock reason once locked) and the audit events:
+ * "attempt_failed" with the reason stored, and "auth_locked" when this
+ * string locked the device. Never the string. */
+static int apply_wrong_string(capstan_txn_t *txn, const capf_record_t *r) {
+  char stored[CAPSTAN_AUTH_LOCKED_REASON_MAX];
+  unsigned failures = 0;
+  int counted = r->auth_string == CAPF_AUTH_STRING_WRONG;
+  int rc = capstan_devices_wrong_string(txn, r->device, counted, r->auth_max_failures,
+                                        r->reason ? r->reason : "authentication failed", r->now,
+                                        stored, sizeof(stored), &failures);
+  if (rc < 0) return rc;
+  const char *op = capstan_operation_name((Capstan__Operation)r->operation);
+  rc = capstan_audit_appendf(txn, r->device, "attempt_failed", "peer=%s operation=%s reason=\"%s\"",
+                             r->peer, op, stored);
+  if (rc == 0 && counted && r->auth_max_failures > 0 && failures == r->auth_max_failures) {
+    rc = capstan_audit_appendf(txn, r->device, "auth_locked",
+                               "peer=%s operation=%s wrong_strings=%u", r->peer, op, failures);
+  }
+  return rc;
+}
+
 int capf_record_apply(capstan_txn_t *txn, void *arg) {
   const capf_record_t *r = arg;
   int rc = 0;
   switch (r->kind) {
     case CAPF_RECORD_STATUS:
+      if (r->auth_string != CAPF_AUTH_STRING_NONE) return apply_wrong_string(txn, r);
       if (r->status == CAPF_STATUS_THROTTLED) {
         rc = capstan_devices_set_throttled(txn, r->device, r->retry_after, r->now);
         return rc < 0 ? rc : audit_status(txn, r);
@@ -163,6 +187,8 @@ int capf_record_apply(capstan_txn_t *txn, void *arg) {
       rc = capstan_devices_set_status(txn, r->device, op_status(r->status), r->reason, r->now,
                                       r->count_attempt);
       return rc < 0 ? rc : audit_status(txn, r);
+    case CAPF_RECORD_STRING_OK:
+      return capstan_devices_clear_wrong_strings(txn, r->device, r->now);
     case CAPF_RECORD_SEEN_CERT:
       rc = capstan_devices_record_seen_cert(txn, r->device, r->der, r->der_len,
                                             (Capstan__CertType)r->cert_type, r->md5, r->spki,

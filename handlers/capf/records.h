@@ -35,8 +35,9 @@ typedef struct capf_device {
   char auth_string[CAPF_AUTH_STRING_MAX + 1]; /* "" when none; never logged */
   int key_alg;
   unsigned key_bits;
-  int64_t completes_by; /* unix seconds; 0 = no deadline */
-  int issuer;           /* capstan_issuer_t of the device's own --issuer; -1: the setting's */
+  int64_t completes_by;   /* unix seconds; 0 = no deadline */
+  int issuer;             /* capstan_issuer_t of the device's own --issuer; -1: the setting's */
+  unsigned auth_failures; /* wrong authentication strings in a row */
   /* External issuers (external-ca.md): a certificate an offline or
    * pending online request brought, waiting for this phone (owned; NULL
    * when none), or a request of the device still waiting for its CA. */
@@ -63,7 +64,8 @@ void capf_device_cleanup(capf_device_t *d);
   X(DELETED, "deleted")                   /* the phone deleted its LSC */                    \
   X(FETCHED, "fetched")                   /* troubleshoot done */                            \
   X(CSR_PENDING, "csr_pending")           /* a checked request waits for its CA */           \
-  X(HANDOVER_REFUSED, "handover_refused") /* the phone refused a CA's cert */
+  X(HANDOVER_REFUSED, "handover_refused") /* the phone refused a CA's cert */                \
+  X(STRING_OK, "string_ok")               /* a right auth string: wrong ones reset */
 
 typedef enum {
 #define X(id, name) CAPF_RECORD_##id,
@@ -80,6 +82,13 @@ typedef enum {
   CAPF_STATUS_EXPIRED,
   CAPF_STATUS_THROTTLED, /* sent RETRY_LATER: back at retry_after */
 } capf_status_t;
+
+/* What a failed status says of an authentication string. */
+typedef enum {
+  CAPF_AUTH_STRING_NONE = 0,
+  CAPF_AUTH_STRING_WRONG,  /* counted: at auth_max_failures the device locks */
+  CAPF_AUTH_STRING_LOCKED, /* the device was locked: refused unread */
+} capf_auth_string_t;
 
 /* One durable write. It is read on the writer thread, possibly more than
  * once (a batch replay), so it holds its own copies of everything. */
@@ -99,6 +108,11 @@ typedef struct capf_record {
   char reason_text[256]; /* a reason made at run time (a CA's answer) */
   int count_attempt;
   int64_t retry_after; /* STATUS THROTTLED: unix seconds */
+  /* STATUS FAILED by an authentication string (capstan_devices_wrong_string):
+   * a wrong string, counted against the device, or one refused unread
+   * because the device is locked; |auth_max_failures| the setting. */
+  capf_auth_string_t auth_string;
+  unsigned auth_max_failures;
   /* SEEN_CERT, ISSUED, INSTALLED, FETCHED: the certificate (owned) */
   uint8_t serial[CAPSTAN_SERIAL_LEN]; /* ISSUED, INSTALLED */
   uint8_t *der;                       /* NULL for INSTALLED, and FETCHED without one */

@@ -228,6 +228,8 @@ void capstan_capf_server_apply_settings(capstan_capf_server_t *srv, const capsta
   c->max_handshakes = s->max_handshakes;
   c->legacy_tls = s->legacy_tls;
   c->enable_ipv6 = s->enable_ipv6;
+  c->auth_max_failures = s->auth_max_failures;
+  c->auth_delay_max_seconds = s->auth_delay_max_seconds;
   unsigned old_issuer = c->issuer;
   c->issuer = s->issuer;
   if (old_issuer != c->issuer) {
@@ -554,6 +556,14 @@ void capstan_capf_server_drain(capstan_capf_server_t *srv, uint64_t deadline_ms,
   srv->listening = 0;
   uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
   close_waiting(srv);
+  /* Phones held only by the wrong-string delay are answered now, and
+   * those whose failure is still being recorded are not held. */
+  srv->shared.draining = 1;
+  for (capf_conn_t *it = srv->conns; it != NULL;) {
+    capf_conn_t *next = it->next;
+    capf_session_draining(&it->session);
+    it = next;
+  }
   LOG_INFO("event=capf_draining sessions=%u deadline_ms=%llu", srv->nsessions + srv->nrefusing,
            (unsigned long long)deadline_ms);
   if (srv->nsessions == 0 && srv->nrefusing == 0) {

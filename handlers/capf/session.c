@@ -27,9 +27,14 @@
  *
  *  A failure whose reason the device record must keep goes to ENDING, which
  *  waits for that record before END_SESSION (so `device show` already
- *  explains what the phone is told). Any other end goes straight to
- *  CLOSING. Every state may reach CLOSING: the peer hangs up, a send fails,
- *  the drain deadline passes.
+ *  explains what the phone is told). A wrong authentication string then
+ *  waits in DELAYING on the session's timer (the per-address delay of
+ *  guessing.h) before END_SESSION: the loop is never blocked, and the
+ *  phone holds no handshake slot (it gave that back after its handshake).
+ *  A device with auth-max-failures wrong strings in a row is locked: its
+ *  strings are refused unread until the operator re-arms it. Any other end
+ *  goes straight to CLOSING. Every state may reach CLOSING: the peer hangs
+ *  up, a send fails, the drain deadline passes.
  *
  * kTransitions below is the one place that says which event each state
  * takes and where it may lead; go() refuses any other move. States that
@@ -137,6 +142,7 @@ static void record_fetched(capf_session_t *s, const event_arg_t *e);
 static void check_deleted(capf_session_t *s, const event_arg_t *e);
 static void end_succeeded(capf_session_t *s, const event_arg_t *e);
 static void end_as_recorded(capf_session_t *s, const event_arg_t *e);
+static void end_delayed(capf_session_t *s, const event_arg_t *e);
 static void wait_on(capf_session_t *s, const event_arg_t *e);
 static void handshake_timed_out(capf_session_t *s, const event_arg_t *e);
 static void hold_expired(capf_session_t *s, const event_arg_t *e);
@@ -248,7 +254,13 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
          * the outcome is being recorded and END_SESSION follows. */
         [CAPF_ST_ENDING] =
             {
-                [EV_RECORDED] = {end_as_recorded, 0},
+                [EV_RECORDED] = {end_as_recorded, TO(DELAYING)},
+            },
+        /* A wrong authentication string, recorded: END_SESSION when the
+         * per-address delay is over. The phone is not heard here either. */
+        [CAPF_ST_DELAYING] =
+            {
+                [EV_TIMEOUT] = {end_delayed, 0},
             },
         [CAPF_ST_CLOSING] = {{0}},
 };
@@ -623,6 +635,69 @@ static void auth_failed(capf_session_t *s, const char *reason) {
                   CAPF_RESULT_AUTH_FAILED);
 }
 
+/* A wrong string, or one refused because the device is locked: recorded
+ * (the device's count, its status and the lock reason come from the
+ * store), then END_SESSION 7 after |delay_ms|. */
+static void string_failed(capf_session_t *s, capf_auth_string_t kind, unsigned long delay_ms) {
+  capstan_metric_inc(s->shared->m.auth_failures[CAPSTAN_CAPF_AUTH_STRING]);
+  capf_record_t *r = status_record(s, CAPF_STATUS_FAILED, "authentication failed", 1);
+  if (r != NULL) {
+    r->auth_string = kind;
+    r->auth_max_failures = s->shared->settings.auth_max_failures;
+  }
+  finish(s, CAPF_RESULT_AUTH_FAILED);
+  s->end_reason = CAPSTAN_CAPF_REASON_INVALID_ELEMENT;
+  s->end_delay_ms = delay_ms;
+  go(s, CAPF_ST_ENDING);
+  if (submit_record(s, r, 1) < 0) {
+    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_AUTH_FAILED);
+  }
+}
+
+/* The device has had auth-max-failures wrong strings in a row (0: no
+ * limit): its operation takes no string until the operator re-arms it.
+ * The string is not even compared, and not delayed: it tells nothing. */
+static int string_locked(capf_session_t *s, const capf_device_t *d) {
+  unsigned max = s->shared->settings.auth_max_failures;
+  if (max == 0 || d->auth_failures < max) return 0;
+  capstan_metric_inc(s->shared->m.auth_locked_refused);
+  LOG_WARN(
+      "event=capf_auth_failed device=%s peer=%s mode=string reason=\"locked\" "
+      "wrong_strings=%u max=%u",
+      s->device, s->peer_host, d->auth_failures, max);
+  string_failed(s, CAPF_AUTH_STRING_LOCKED, 0);
+  return 1;
+}
+
+/* A wrong (or missing) string: counted against the device, which locks
+ * at auth-max-failures, and against the peer's address, whose wrong
+ * strings are answered ever later (guessing.h). */
+static void wrong_string(capf_session_t *s, const capf_device_t *d) {
+  capf_shared_t *sh = s->shared;
+  unsigned max = sh->settings.auth_max_failures;
+  unsigned n = d->auth_failures + 1;
+  unsigned from_address = 0;
+  unsigned long delay_ms = capf_guess_wrong(&sh->guesses, s->peer_host, capstan_now_seconds(),
+                                            sh->settings.auth_delay_max_seconds, &from_address);
+  LOG_WARN(
+      "event=capf_auth_failed device=%s peer=%s mode=string reason=\"authentication "
+      "failed\" wrong_strings=%u",
+      s->device, s->peer_host, n);
+  if (max > 0 && n == max) {
+    capstan_metric_inc(sh->m.auth_lockouts);
+    LOG_WARN(
+        "event=capf_auth_locked device=%s peer=%s wrong_strings=%u note=\"no string is "
+        "accepted until the operation is re-armed: capstan device set %s --operation ...\"",
+        s->device, s->peer_host, n, s->device);
+  }
+  if (delay_ms > 0) {
+    capstan_metric_inc(sh->m.auth_delayed);
+    LOG_INFO("event=capf_auth_delayed device=%s peer=%s delay_ms=%lu wrong_strings_from_address=%u",
+             s->device, s->peer_host, delay_ms, from_address);
+  }
+  string_failed(s, CAPF_AUTH_STRING_WRONG, delay_ms);
+}
+
 static void send_keygen_request(capf_session_t *s) {
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST, s->session_id, 1);
@@ -789,10 +864,16 @@ static void check_auth(capf_session_t *s, const event_arg_t *e) {
   int rc;
   switch (d.auth_mode) {
     case CAPSTAN_CAPF_AUTH_STRING:
+      if (string_locked(s, &d)) break;
       if (capstan_capf_get_auth_password(m, &typed) < 0 ||
           !auth_string_matches(&typed, d.auth_string)) {
-        auth_failed(s, "authentication failed");
+        wrong_string(s, &d);
         break;
+      }
+      /* The right string: the device's count of wrong ones starts over
+       * (the address's does not: a guesser may know one string). */
+      if (d.auth_failures > 0) {
+        submit_record(s, capf_record_new(CAPF_RECORD_STRING_OK, s->device), 0);
       }
       authenticated(s, &d);
       break;
@@ -1283,12 +1364,22 @@ static void end_succeeded(capf_session_t *s, const event_arg_t *e) {
 
 static void end_as_recorded(capf_session_t *s, const event_arg_t *e) {
   (void)e; /* a failed write is logged by the host; the phone's answer stands */
+  if (s->end_delay_ms > 0 && !s->shared->draining) {
+    go(s, CAPF_ST_DELAYING);
+    s->hooks->start_timer(s, s->end_delay_ms);
+    return;
+  }
   if (s->end_retry) {
     s->hooks->hold_output(s);
     send_retry_later(s);
     close_session(s, s->result);
     return;
   }
+  end_with(s, s->end_reason, s->result);
+}
+
+static void end_delayed(capf_session_t *s, const event_arg_t *e) {
+  (void)e;
   end_with(s, s->end_reason, s->result);
 }
 
@@ -1410,6 +1501,16 @@ static void on_message(capf_session_t *s, const uint8_t *msg, size_t len) {
     protocol_error(s, "wrong session id");
     return;
   }
+  /* A known element that is malformed is a protocol error wherever it
+   * appears, whether or not this message or the device's mode needs it. */
+  int bad_tag = 0;
+  if (capstan_capf_validate(&m, &bad_tag) < 0) {
+    char what[96];
+    snprintf(what, sizeof(what), "%s with a malformed %s element",
+             capstan_capf_command_name(m.command), capstan_capf_element_name(bad_tag));
+    protocol_error(s, what);
+    return;
+  }
   if (capstan_log_enabled(CAPSTAN_LOG_DEBUG)) {
     char desc[256];
     capstan_capf_msg_describe(&m, desc, sizeof(desc));
@@ -1424,7 +1525,7 @@ static void on_message(capf_session_t *s, const uint8_t *msg, size_t len) {
  * its operation (a second message pipelined behind it must not answer the
  * phone before the record commits). */
 static int hears_phone(const capf_session_t *s) {
-  return s->state != CAPF_ST_ENDING && s->state != CAPF_ST_CLOSING;
+  return s->state != CAPF_ST_ENDING && s->state != CAPF_ST_DELAYING && s->state != CAPF_ST_CLOSING;
 }
 
 /* Frames the decrypted stream into messages. Complete messages are handled
@@ -1477,8 +1578,9 @@ void capf_session_received(capf_session_t *s, const uint8_t *data, size_t len) {
 }
 
 void capf_session_timed_out(capf_session_t *s) {
-  LOG_INFO("event=capf_timeout device=%s peer=%s state=%s", device_or_dash(s), s->peer_host,
-           capf_state_name(s->state));
+  if (s->state != CAPF_ST_DELAYING) /* the delay is logged when it starts */
+    LOG_INFO("event=capf_timeout device=%s peer=%s state=%s", device_or_dash(s), s->peer_host,
+             capf_state_name(s->state));
   dispatch(s, EV_TIMEOUT, &(event_arg_t){0});
 }
 
@@ -1523,6 +1625,10 @@ void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why) {
   capstan_throttle_cancel(&sh->throttle, &s->waiter);
   release_keygen_slot(s);
   capstan_metric_set(sh->m.keygen_waiting, sh->throttle.waiting);
+}
+
+void capf_session_draining(capf_session_t *s) {
+  if (s->state == CAPF_ST_DELAYING) dispatch(s, EV_TIMEOUT, &(event_arg_t){0});
 }
 
 void capf_session_abort(capf_session_t *s, capf_result_t result) {

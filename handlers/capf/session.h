@@ -42,6 +42,7 @@
   X(RECORDING, "recording")       \
   X(CONCLUDING, "concluding")     \
   X(ENDING, "ending")             \
+  X(DELAYING, "delaying")         \
   X(CLOSING, "closing")
 
 typedef enum {
@@ -136,6 +137,9 @@ struct capf_session {
   capf_op_label_t op_label;
   capf_result_t result; /* valid once finished */
   uint8_t end_reason;   /* CAPF_ST_ENDING: the END_SESSION reason once recorded */
+  /* A wrong authentication string: how long END_SESSION waits once the
+   * failure is recorded (CAPF_ST_DELAYING; the per-address delay). */
+  unsigned long end_delay_ms;
 };
 
 /* Sets |s| up in CAPF_ST_HANDSHAKE with a fresh session id; nothing is
@@ -176,6 +180,11 @@ void capf_session_ca_answered(capf_session_t *s, const capstan_ca_result_t *r);
 /* The connection is closed (by either side); |why| says how. Records what
  * the phone left unfinished; nothing is sent. */
 void capf_session_closed(capf_session_t *s, capstan_tls_close_reason_t why);
+/* The server is draining (the host has set shared->draining, so no new
+ * delay starts): a phone held only by the wrong-string delay
+ * (CAPF_ST_DELAYING) hears its END_SESSION now rather than hold the drain
+ * up; any other state goes on. */
+void capf_session_draining(capf_session_t *s);
 /* Ends the session now with |result| (drain deadline: SHUTDOWN; the host
  * could not start it: SERVER_ERROR). END_SESSION is not sent. */
 void capf_session_abort(capf_session_t *s, capf_result_t result);

@@ -418,6 +418,58 @@ int capstan_capf_parse_sudi(capstan_capf_slice_t sudi, capstan_capf_slice_t *cer
   return 0;
 }
 
+/* The rule of each known element's value (capf-protocol.md "Elements").
+ * Raw values whose layout the protocol does not fix (REASON_INFO,
+ * CERTIFICATE_ID, SIGNED_DATA, PUBLIC_KEY, DIGEST_TYPE, CERT_REQUEST) take
+ * any bytes here, empty included: the getter of a mode that needs one
+ * refuses it empty. */
+static int validate_element(const capstan_capf_msg_t *m, int tag) {
+  uint8_t u8;
+  uint16_t u16;
+  char name[CAPSTAN_CAPF_DEVICE_NAME_MAX + 1];
+  capstan_capf_slice_t v;
+  switch (tag) {
+    case CAPSTAN_CAPF_EL_REASON:
+    case CAPSTAN_CAPF_EL_VERSION:
+    case CAPSTAN_CAPF_EL_AUTH_TYPE:
+      return capstan_capf_get_u8(m, tag, &u8);
+    case CAPSTAN_CAPF_EL_CERTIFICATE_TYPE:
+      return capstan_capf_get_certificate_type(m, &u8);
+    case CAPSTAN_CAPF_EL_KEY_TYPE:
+      return capstan_capf_get_key_type(m, &u8);
+    case CAPSTAN_CAPF_EL_EC_CURVE:
+      return capstan_capf_get_ec_curve(m, &u8);
+    case CAPSTAN_CAPF_EL_KEY_SIZE:
+    case CAPSTAN_CAPF_EL_RETRY_DELAY:
+      return capstan_capf_get_u16(m, tag, &u16);
+    case CAPSTAN_CAPF_EL_CERTIFICATE:
+      return capstan_capf_get_certificate(m, NULL, NULL);
+    case CAPSTAN_CAPF_EL_DEVICE_NAME:
+      return capstan_capf_get_device_name(m, name);
+    case CAPSTAN_CAPF_EL_AUTH_PASSWORD:
+      return capstan_capf_get_auth_password(m, &v);
+    case CAPSTAN_CAPF_EL_SHA2_SIGNED_DATA:
+      return capstan_capf_get_sha2_signed_data(m, NULL, NULL);
+    case CAPSTAN_CAPF_EL_SUDI_DATA: {
+      int rc = capstan_capf_get_sudi_data(m, &v);
+      return rc == 0 ? capstan_capf_parse_sudi(v, NULL, NULL, NULL) : rc;
+    }
+    default:
+      return 0;
+  }
+}
+
+int capstan_capf_validate(const capstan_capf_msg_t *m, int *bad_tag) {
+  for (int tag = 0; tag <= CAPSTAN_CAPF_EL_MAX; tag++) {
+    if (!capstan_capf_msg_has(m, tag)) continue;
+    if (validate_element(m, tag) != 0) {
+      if (bad_tag != NULL) *bad_tag = tag;
+      return CAPSTAN_EPROTO;
+    }
+  }
+  return 0;
+}
+
 void capstan_capf_msg_describe(const capstan_capf_msg_t *m, char *buf, size_t size) {
   if (size == 0) return;
   int n = snprintf(buf, size, "%s session=0x%08x elements=", capstan_capf_command_name(m->command),

@@ -312,6 +312,20 @@ int capstan_capf_get_sudi_data(const capstan_capf_msg_t *m, capstan_capf_slice_t
 int capstan_capf_parse_sudi(capstan_capf_slice_t sudi, capstan_capf_slice_t *cert,
                             capstan_capf_slice_t *sha1_sig, capstan_capf_slice_t *sha512_sig);
 
+/* Checks the value of every known element |m| carries against the
+ * protocol's layout for it, whether or not the message or the mode needs
+ * that element: the sizes of 1-byte and u16 elements, CERTIFICATE_TYPE,
+ * KEY_TYPE and EC_CURVE in their tables, CERTIFICATE's prefix (lengths
+ * agreeing, type LSC or MIC, DER not empty), DEVICE_NAME and AUTH_PASSWORD
+ * as their getters read them (one trailing NUL, within their limits),
+ * SHA2_SIGNED_DATA's and SUDI_DATA's layouts. Elements whose layout the
+ * protocol leaves open (REASON_INFO, CERTIFICATE_ID, SIGNED_DATA,
+ * PUBLIC_KEY, DIGEST_TYPE, CERT_REQUEST) pass with any value. Values of
+ * REASON, VERSION and AUTH_TYPE are not judged here (the session does).
+ * Returns 0, or CAPSTAN_EPROTO with *bad_tag (if not NULL) the first
+ * malformed element's tag. */
+int capstan_capf_validate(const capstan_capf_msg_t *m, int *bad_tag);
+
 /* Writes a short description for logs into |buf| (always NUL-terminated when
  * |size| > 0): "AUTH_RESPONSE session=0x0000abcd elements=REASON,VERSION,..."
  * Element names only, never values (they can be secrets). */

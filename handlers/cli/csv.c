@@ -596,7 +596,7 @@ int capstan_device_import_rows(capstan_txn_t *txn, capstan_device_row_t *rows, s
         if (rearms_succeeded) {
           diff_add(&diff, "re-armed: status succeeded -> %s%s", capstan_op_status_name(next),
                    opts->rearm ? "" : " (needs --rearm)");
-        } else if (d->status != next || d->attempts != 0) {
+        } else if (d->status != next || d->attempts != 0 || d->auth_failures != 0) {
           diff_add(&diff, "re-armed: status %s -> %s", capstan_op_status_name(d->status),
                    capstan_op_status_name(next));
         }

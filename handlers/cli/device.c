@@ -537,6 +537,7 @@ static void json_device(FILE *f, const Capstan__Device *d, bool secrets) {
   fputs(",\"last_operation\":", f);
   capstan_cli_json_string(f, capstan_operation_name(d->last_operation));
   fprintf(f, ",\"attempts\":%u", d->attempts);
+  fprintf(f, ",\"auth_failures\":%u", d->auth_failures);
   json_time(f, "created_at", d->created_at, d->has_created_at);
   json_time(f, "status_changed_at", d->status_changed_at, d->has_status_changed_at);
   json_time(f, "last_attempt_at", d->last_attempt_at, d->has_last_attempt_at);
@@ -642,6 +643,7 @@ static int run_show(capstan_cli_t *c) {
     printf("%-18s %s\n", "status reason:", d->status_reason != NULL ? d->status_reason : "-");
     printf("%-18s %s\n", "last operation:", capstan_operation_name(d->last_operation));
     printf("%-18s %u\n", "attempts:", d->attempts);
+    if (d->auth_failures > 0) printf("%-18s %u in a row\n", "wrong strings:", d->auth_failures);
     show_time("last attempt:", d->last_attempt_at, d->has_last_attempt_at);
     show_time("status changed:", d->status_changed_at, d->has_status_changed_at);
     show_time("created:", d->created_at, d->has_created_at);
@@ -1149,8 +1151,8 @@ static bool bulk_match(const capstan_cli_t *c, const Capstan__Device *d) {
 
 static int run_bulk_set(capstan_cli_t *c) {
   const uint64_t filters = O(STATUS) | O(NAME_PREFIX) | O(EXPIRES_BEFORE);
-  const uint64_t changes = O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(KEY) | O(COMPLETES_BY) |
-                           O(ENCRYPTED) | O(ISSUER);
+  const uint64_t changes =
+      O(OPERATION) | O(AUTH) | O(AUTH_STRING) | O(KEY) | O(COMPLETES_BY) | O(ENCRYPTED) | O(ISSUER);
   bool dry_run = c->seen & O(DRY_RUN);
   if (!(c->seen & (filters | O(ALL)))) {
     return capstan_cli_usage_error(
@@ -1251,7 +1253,8 @@ static const capstan_cli_sub_t device_subs[] = {
     {"add", ADDSET_OPTS, false, 1, 1, "capstan device add" ADDSET_USAGE, run_add},
     {"set", ADDSET_OPTS, false, 1, 1,
      "capstan device set NAME [options of 'device add']\n"
-     "         (--operation re-arms the device: status pending, attempts 0;\n"
+     "         (--operation re-arms the device: status pending, attempts 0, wrong\n"
+     "         authentication strings 0, which unlocks a device they locked;\n"
      "         a device stored under a name the name rule now refuses can still be set)",
      run_set},
     {"show", O(SHOW_SECRETS), true, 1, 1, "capstan device show NAME [--json] [--show-secrets]",

@@ -17,6 +17,9 @@ static void exercise(const capstan_capf_msg_t *m) {
   capstan_capf_slice_t s, c, s1, s2;
   char name[CAPSTAN_CAPF_DEVICE_NAME_MAX + 1];
   char desc[128];
+  int bad_tag = -1;
+  /* A malformed message names one of its own elements. */
+  if (capstan_capf_validate(m, &bad_tag) < 0 && !capstan_capf_msg_has(m, bad_tag)) __builtin_trap();
   (void)capstan_capf_get_reason(m, &u8);
   (void)capstan_capf_get_version(m, &u8);
   (void)capstan_capf_get_auth_type(m, &u8);

@@ -593,7 +593,60 @@ def _(c):
     expect_status(c, "SEPC0FFEE000001", "failed")
 
 
-@case("authentication string over the limit (a 300-byte AUTH_PASSWORD)")
+# A known element that is malformed is a protocol error wherever it appears,
+# whether or not the message or the device's mode needs it.
+EL_SUDI_DATA = 16
+EL_SHA2_SIGNED_DATA = 20
+
+
+@case("null-string AUTH_RESPONSE with a CERTIFICATE whose prefix lies", **{PROTO_ERRORS: 1})
+def _(c):
+    name = c.device("B")
+    bad = el(h.EL_CERTIFICATE, b"\x01\xff\xff\x00\x01" + b"\xaa\xbb")
+    with phone_at_auth(c) as p:
+        p.send(msg(h.AUTH_RESPONSE, p.session_id, auth_elements(name=name.encode() + b"\0") + bad))
+        p.expect_end(h.REASON_INVALID)
+    # Nothing started: no KEY_GEN_REQUEST, the device still waits for its phone.
+    expect_status(c, name, "pending")
+
+
+for _label, _element in (
+    ("CERTIFICATE_TYPE 3", el(h.EL_CERTIFICATE_TYPE, b"\x03")),
+    ("CERTIFICATE without DER", el(h.EL_CERTIFICATE, b"\x01\x00\x02\x00\x01")),
+    ("KEY_SIZE of one byte", el(h.EL_KEY_SIZE, b"\x08")),
+    ("KEY_TYPE 7", el(h.EL_KEY_TYPE, b"\x07")),
+    ("EC_CURVE of two bytes", el(h.EL_EC_CURVE, b"\x00\x00")),
+    ("AUTH_TYPE empty", el(h.EL_AUTH_TYPE, b"")),
+    ("SHA2_SIGNED_DATA whose length lies", el(EL_SHA2_SIGNED_DATA, b"\x03\x00\x09abc")),
+    ("SUDI_DATA cut short", el(EL_SUDI_DATA, b"\x00\x00\x01a\x01\x00\x01")),
+):
+
+    @case("null-string AUTH_RESPONSE with a malformed %s" % _label, **{PROTO_ERRORS: 1})
+    def _(c, element=_element):
+        name = c.device("B")
+        with phone_at_auth(c) as p:
+            p.send(
+                msg(h.AUTH_RESPONSE, p.session_id, auth_elements(name=name.encode() + b"\0") + element)
+            )
+            p.expect_end(h.REASON_INVALID)
+        expect_status(c, name, "pending")
+
+
+@case("KEY_GEN_RESPONSE with a malformed CERTIFICATE it does not need", **{PROTO_ERRORS: 1})
+def _(c):
+    p, name = phone_at_keygen(c)
+    with p:
+        bad = el(h.EL_CERTIFICATE, b"\x01\xff\xff\x00\x01\xaa\xbb")
+        p.send(msg(h.KEY_GEN_RESPONSE, p.session_id, el(h.EL_PUBLIC_KEY, h.rsa_spki(1024)) + bad))
+        p.expect_end(h.REASON_INVALID)
+    d = expect_status(c, name, "failed", "protocol error from the phone during key generation")
+    check(d["certs_issued"] == 0, "%s: a certificate was issued" % name)
+
+
+# A malformed AUTH_PASSWORD (longer than capstan's 64 bytes) is a protocol
+# error, not a wrong string: it tests no string, so it is neither counted
+# against the device nor delayed.
+@case("authentication string over the limit (a 300-byte AUTH_PASSWORD)", **{PROTO_ERRORS: 1})
 def _(c):
     with phone_at_auth(c) as p:
         p.send_auth("SEPC0FFEE000001", password=b"4" * 300)
@@ -964,18 +1017,21 @@ def _(c):
     )
 
 
-@case("by LSC: empty signatures and a bad hash id", **{LSC_FAIL: 1})
+# A malformed SHA2_SIGNED_DATA or SUDI_DATA is a protocol error before any
+# authentication is tried (capstan_capf_validate), not a failed
+# authentication: the device is not even read.
+@case("by LSC: empty signatures and a bad hash id", **{LSC_FAIL: 0, PROTO_ERRORS: 1})
 def _(c):
     lsc_auth(c, el(h.EL_CERTIFICATE, cert_value(c.sample_der)) + el(6, b"") + el(20, sha2(b"x", 9)))
 
 
-@case("by LSC: SHA2_SIGNED_DATA length that lies", **{LSC_FAIL: 1})
+@case("by LSC: SHA2_SIGNED_DATA length that lies", **{LSC_FAIL: 0, PROTO_ERRORS: 1})
 def _(c):
     bad = b"\x03" + struct.pack(">H", 500) + os.urandom(128)
     lsc_auth(c, el(h.EL_CERTIFICATE, cert_value(c.sample_der)) + el(6, os.urandom(128)) + el(20, bad))
 
 
-@case("by LSC: garbage SUDI_DATA", **{LSC_FAIL: 1})
+@case("by LSC: garbage SUDI_DATA", **{LSC_FAIL: 0, PROTO_ERRORS: 1})
 def _(c):
     lsc_auth(
         c,

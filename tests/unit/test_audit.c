@@ -52,7 +52,7 @@ static int64_t now_ns(void) {
 
 /* What a query returned, as "device:event:detail:user" lines. */
 typedef struct {
-  char lines[64][160];
+  char lines[64][256];
   int64_t at[64];
   size_t n;
   size_t stop_after; /* 0: never */
@@ -63,7 +63,7 @@ static int collect(const capstan_audit_event_t *e, void *arg) {
   assert_true(s->n < 64);
   if (s->n > 0) assert_true(e->at_ns > s->at[s->n - 1]); /* strictly in order */
   s->at[s->n] = e->at_ns;
-  snprintf(s->lines[s->n++], 160, "%s:%s:%s:%s", e->device ? e->device : "-", e->event,
+  snprintf(s->lines[s->n++], 256, "%s:%s:%s:%s", e->device ? e->device : "-", e->event,
            e->detail ? e->detail : "-", e->user ? e->user : "-");
   return s->stop_after != 0 && s->n == s->stop_after ? 1 : 0;
 }
@@ -413,6 +413,105 @@ static void test_capf_records_audited(void **state) {
   assert_int_equal(s.n, 0);
 }
 
+/* Wrong authentication strings (records.c -> capstan_devices_wrong_string):
+ * counted in the device, locked at the maximum with the reason that says
+ * how to re-arm, audited without the string, reset by a right string and
+ * by a re-arm. */
+static capf_record_t *string_record(capf_auth_string_t kind) {
+  capf_record_t *r = capf_record_new(CAPF_RECORD_STATUS, A);
+  r->status = CAPF_STATUS_FAILED;
+  r->reason = "authentication failed";
+  r->count_attempt = 1;
+  r->auth_string = kind;
+  r->auth_max_failures = 3;
+  return r;
+}
+
+static Capstan__Device *device_a(fixture_t *f) {
+  capstan_txn_t txn;
+  Capstan__Device *d = NULL;
+  assert_int_equal(capstan_store_begin(f->store, false, &txn), 0);
+  assert_int_equal(capstan_store_device_get(&txn, A, &d), 0);
+  capstan_store_abort(&txn);
+  return d;
+}
+
+static int rearm_fn(capstan_txn_t *txn, void *arg) {
+  (void)arg;
+  Capstan__Device *d = NULL;
+  int rc = capstan_store_device_get(txn, A, &d);
+  if (rc < 0) return rc;
+  capstan_device_rearm(d, 5);
+  rc = capstan_store_device_put(txn, d);
+  capstan__device__free_unpacked(d, NULL);
+  return rc;
+}
+
+static void test_capf_wrong_strings(void **state) {
+  fixture_t *f = *state;
+  static const char *kLocked = "locked: 3 wrong authentication strings; capstan device set " A
+                               " --operation install re-arms it";
+  assert_int_equal(capstan_store_write(f->store, add_device_fn, NULL), 0);
+  apply(f, string_record(CAPF_AUTH_STRING_WRONG));
+  apply(f, string_record(CAPF_AUTH_STRING_WRONG));
+  Capstan__Device *d = device_a(f);
+  assert_int_equal(d->auth_failures, 2);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_FAILED);
+  assert_string_equal(d->status_reason, "authentication failed");
+  assert_int_equal(d->attempts, 2);
+  capstan__device__free_unpacked(d, NULL);
+  capf_device_t cd;
+  assert_int_equal(capf_device_load(f->store, A, &cd), 0);
+  assert_int_equal(cd.auth_failures, 2);
+  capf_device_cleanup(&cd);
+
+  /* The third locks it. */
+  apply(f, string_record(CAPF_AUTH_STRING_WRONG));
+  d = device_a(f);
+  assert_int_equal(d->auth_failures, 3);
+  assert_string_equal(d->status_reason, kLocked);
+  capstan__device__free_unpacked(d, NULL);
+  /* A string refused because it is locked is not counted again. */
+  apply(f, string_record(CAPF_AUTH_STRING_LOCKED));
+  d = device_a(f);
+  assert_int_equal(d->auth_failures, 3);
+  assert_int_equal(d->attempts, 4);
+  assert_string_equal(d->status_reason, kLocked);
+  capstan__device__free_unpacked(d, NULL);
+
+  seen_t s;
+  query(f, 0, A, &s);
+  assert_int_equal(s.n, 5);
+  assert_string_equal(s.lines[0], A
+                      ":attempt_failed:peer=192.0.2.7 operation=install reason=\"authentication "
+                      "failed\":-");
+  assert_string_equal(s.lines[3],
+                      A ":auth_locked:peer=192.0.2.7 operation=install wrong_strings=3:-");
+  char want[256];
+  snprintf(want, sizeof(want), A ":attempt_failed:peer=192.0.2.7 operation=install reason=\"%s\":-",
+           kLocked);
+  assert_string_equal(s.lines[2], want);
+  assert_string_equal(s.lines[4], want);
+
+  /* A re-arm unlocks it. */
+  assert_int_equal(capstan_store_write(f->store, rearm_fn, NULL), 0);
+  d = device_a(f);
+  assert_int_equal(d->auth_failures, 0);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_PENDING);
+  capstan__device__free_unpacked(d, NULL);
+
+  /* A right string resets the count. */
+  apply(f, string_record(CAPF_AUTH_STRING_WRONG));
+  d = device_a(f);
+  assert_int_equal(d->auth_failures, 1);
+  capstan__device__free_unpacked(d, NULL);
+  apply(f, capf_record_new(CAPF_RECORD_STRING_OK, A));
+  d = device_a(f);
+  assert_int_equal(d->auth_failures, 0);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_FAILED); /* unchanged */
+  capstan__device__free_unpacked(d, NULL);
+}
+
 /* The user an admin command records. */
 static void test_actor_format(void **state) {
   char buf[CAPSTAN_CLI_ACTOR_MAX];
@@ -486,6 +585,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_served_noted_late, setup, teardown),
       cmocka_unit_test_setup_teardown(test_index_built_on_open, setup, teardown),
       cmocka_unit_test_setup_teardown(test_capf_records_audited, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_capf_wrong_strings, setup, teardown),
       cmocka_unit_test(test_actor_format),
       cmocka_unit_test(test_parse_since),
   };

@@ -964,6 +964,196 @@ static void test_timeouts(void **state) {
   fake_free(f);
 }
 
+/* ---- string guessing ----------------------------------------------------- */
+
+static void set_guessing(unsigned max_failures, unsigned delay_max) {
+  g_shared.settings.auth_max_failures = max_failures;
+  g_shared.settings.auth_delay_max_seconds = delay_max;
+  memset(&g_shared.guesses, 0, sizeof(g_shared.guesses));
+}
+
+static fake_t *fake_from(const char *peer, unsigned auth_failures) {
+  fake_t *f = calloc(1, sizeof(*f));
+  assert_non_null(f);
+  f->timer_ms = NO_TIMER;
+  f->device = (capf_device_t){
+      .operation = CAPF_OPERATION_INSTALL,
+      .auth_mode = CAPSTAN_CAPF_AUTH_STRING,
+      .key_alg = CAPSTAN_KEY_RSA,
+      .key_bits = 2048,
+      .issuer = -1,
+      .auth_failures = auth_failures,
+  };
+  strcpy(f->device.auth_string, "123456");
+  capf_session_init(&f->s, &kFakeHooks, &g_shared, peer);
+  capf_session_start(&f->s);
+  return f;
+}
+
+/* A wrong string: recorded (counted against the device), then held in
+ * DELAYING for |delay_ms| on the session's timer, then END_SESSION 7. */
+static void wrong_string_delayed(fake_t *f, uint64_t delay_ms) {
+  authenticate(f, "654321");
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  assert_int_equal(f->nrecords, 1);
+  capf_record_t *r = f->records[0];
+  assert_int_equal(r->auth_string, CAPF_AUTH_STRING_WRONG);
+  assert_int_equal(r->auth_max_failures, g_shared.settings.auth_max_failures);
+  assert_int_equal(r->count_attempt, 1);
+  assert_true(r->awaited);
+  commit(f, 0, 0);
+  assert_int_equal(f->s.state, CAPF_ST_DELAYING);
+  assert_int_equal(f->timer_ms, delay_ms);
+  assert_int_equal(f->nsent, 1); /* AUTH_REQUEST only: the answer waits */
+  assert_int_equal(f->closes, 0);
+  /* Whatever the phone says meanwhile is not heard. */
+  auth_response(f, "SEP001122334455", "123456");
+  assert_int_equal(f->s.state, CAPF_ST_DELAYING);
+  assert_int_equal(f->loads, 1);
+  capf_session_timed_out(&f->s);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->s.result, CAPF_RESULT_AUTH_FAILED);
+}
+
+static void test_string_guessing(void **state) {
+  (void)state;
+  set_guessing(3, 30);
+  double delayed = capstan_metric_value(g_shared.m.auth_delayed);
+  double lockouts = capstan_metric_value(g_shared.m.auth_lockouts);
+  double refused = capstan_metric_value(g_shared.m.auth_locked_refused);
+  double failures = capstan_metric_value(g_shared.m.auth_failures[CAPSTAN_CAPF_AUTH_STRING]);
+
+  /* One address: 1 s, 2 s, 4 s, ... */
+  fake_t *f = fake_from("192.0.2.7", 0);
+  wrong_string_delayed(f, 1000);
+  fake_free(f);
+  f = fake_from("192.0.2.7", 1);
+  wrong_string_delayed(f, 2000);
+  fake_free(f);
+  /* Another address starts at 1 s. */
+  f = fake_from("198.51.100.1", 0);
+  wrong_string_delayed(f, 1000);
+  fake_free(f);
+  assert_int_equal(capstan_metric_value(g_shared.m.auth_delayed), delayed + 3);
+  assert_int_equal(capstan_metric_value(g_shared.m.auth_lockouts), lockouts);
+
+  /* The device's third wrong string in a row locks it. */
+  f = fake_from("192.0.2.7", 2);
+  wrong_string_delayed(f, 4000);
+  assert_int_equal(capstan_metric_value(g_shared.m.auth_lockouts), lockouts + 1);
+  fake_free(f);
+
+  /* Locked: even the right string is refused, unread and at once. */
+  f = fake_from("192.0.2.99", 3);
+  authenticate(f, "123456");
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  assert_int_equal(f->nrecords, 1);
+  assert_int_equal(f->records[0]->auth_string, CAPF_AUTH_STRING_LOCKED);
+  assert_int_equal(f->records[0]->status, CAPF_STATUS_FAILED);
+  commit(f, 0, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->nsent, 2); /* no KEY_GEN_REQUEST */
+  assert_int_equal(capstan_metric_value(g_shared.m.auth_locked_refused), refused + 1);
+  fake_free(f);
+
+  /* The right string below the limit: no delay, the count is reset. */
+  f = fake_from("192.0.2.7", 2);
+  authenticate(f, "123456");
+  assert_int_equal(f->s.state, CAPF_ST_WAIT_KEYGEN);
+  assert_int_equal(f->records[0]->kind, CAPF_RECORD_STRING_OK);
+  assert_false(f->records[0]->awaited);
+  assert_status_record(f, 1, CAPF_STATUS_IN_PROGRESS, NULL);
+  fake_free(f);
+  /* ... and none when there was nothing to reset. */
+  f = fake_from("192.0.2.7", 0);
+  authenticate(f, "123456");
+  assert_int_equal(f->s.state, CAPF_ST_WAIT_KEYGEN);
+  assert_int_equal(f->nrecords, 1);
+  assert_status_record(f, 0, CAPF_STATUS_IN_PROGRESS, NULL);
+  fake_free(f);
+
+  /* The phone hangs up while it is held: nothing more is recorded. */
+  f = fake_from("192.0.2.50", 0);
+  authenticate(f, "000000");
+  commit(f, 0, 0);
+  assert_int_equal(f->s.state, CAPF_ST_DELAYING);
+  capf_session_closed(&f->s, CAPSTAN_TLS_CLOSE_PEER_EOF);
+  assert_int_equal(f->s.state, CAPF_ST_CLOSING);
+  assert_int_equal(f->nrecords, 1);
+  assert_int_equal(f->s.result, CAPF_RESULT_AUTH_FAILED);
+  fake_free(f);
+
+  /* The server drains: a phone held by the delay is answered at once. */
+  f = fake_from("192.0.2.51", 0);
+  authenticate(f, "000000");
+  commit(f, 0, 0);
+  assert_int_equal(f->s.state, CAPF_ST_DELAYING);
+  capf_session_draining(&f->s);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  fake_free(f);
+  /* A failure still being recorded when the drain begins is not held. */
+  f = fake_from("192.0.2.52", 0);
+  authenticate(f, "000000");
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  g_shared.draining = 1;
+  capf_session_draining(&f->s);
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  commit(f, 0, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  g_shared.draining = 0;
+  fake_free(f);
+  f = fake_from("192.0.2.51", 0); /* any other state goes on */
+  capf_session_handshake_done(&f->s);
+  capf_session_draining(&f->s);
+  assert_int_equal(f->s.state, CAPF_ST_WAIT_AUTH);
+  fake_free(f);
+
+  /* The cap, and no delay at all with auth-delay-max-seconds 0. */
+  set_guessing(1000, 3);
+  for (int i = 0; i < 3; i++) {
+    f = fake_from("203.0.113.5", 0);
+    wrong_string_delayed(f, i == 0 ? 1000 : i == 1 ? 2000 : 3000);
+    fake_free(f);
+  }
+  set_guessing(3, 0);
+  f = fake_from("203.0.113.5", 0);
+  authenticate(f, "654321");
+  commit(f, 0, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  fake_free(f);
+  assert_int_equal(capstan_metric_value(g_shared.m.auth_failures[CAPSTAN_CAPF_AUTH_STRING]),
+                   failures + 12);
+  set_guessing(0, 0);
+}
+
+static void test_guess_table(void **state) {
+  (void)state;
+  static capf_guess_table_t t;
+  unsigned n = 0;
+  assert_int_equal(capf_guess_wrong(&t, "a", 100.0, 30, &n), 1000);
+  assert_int_equal(n, 1);
+  assert_int_equal(capf_guess_wrong(&t, "a", 101.0, 30, &n), 2000);
+  assert_int_equal(capf_guess_wrong(&t, "a", 102.0, 30, &n), 4000);
+  assert_int_equal(n, 3);
+  /* A quiet minute halves the count (3 -> 1), two quarter it. */
+  assert_int_equal(capf_guess_wrong(&t, "a", 162.5, 30, &n), 2000);
+  assert_int_equal(n, 2);
+  assert_int_equal(capf_guess_wrong(&t, "a", 400.0, 30, &n), 1000);
+  /* The table stays bounded: many addresses, the oldest makes room. */
+  char host[32];
+  for (int i = 0; i < CAPF_GUESS_ADDRESSES * 3; i++) {
+    snprintf(host, sizeof(host), "10.0.%d.%d", i / 256, i % 256);
+    assert_int_equal(capf_guess_wrong(&t, host, 500.0 + i * 0.001, 30, &n), 1000);
+  }
+  assert_int_equal(t.used, CAPF_GUESS_ADDRESSES);
+  /* No delay, nothing counted. */
+  assert_int_equal(capf_guess_wrong(&t, "b", 600.0, 0, &n), 0);
+  assert_int_equal(n, 0);
+  /* The cap holds however many wrong strings. */
+  for (int i = 0; i < 100; i++) capf_guess_wrong(&t, "c", 700.0, 30, &n);
+  assert_int_equal(capf_guess_wrong(&t, "c", 700.0, 30, &n), 30000);
+}
+
 /* ---- protocol errors ----------------------------------------------------- */
 
 static void test_protocol_errors(void **state) {
@@ -1019,6 +1209,52 @@ static void test_protocol_errors(void **state) {
   const uint8_t big[] = {0x55, 0x02, 0, 0, 0, 1, 0xff, 0xff};
   capf_session_received(&f->s, big, sizeof(big));
   assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  fake_free(f);
+
+  /* A known element that is malformed, though the mode does not need it:
+   * a null-string device's AUTH_RESPONSE with a CERTIFICATE whose prefix
+   * lies (0x01 0xffff 0x00 0x01, then two bytes). */
+  double before = capstan_metric_value(g_shared.m.protocol_errors);
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  capf_session_handshake_done(&f->s);
+  begin(f, &b, CAPSTAN_CAPF_CMD_AUTH_RESPONSE);
+  capstan_capf_builder_add_string(&b, CAPSTAN_CAPF_EL_DEVICE_NAME, "SEP001122334455", 15);
+  static const uint8_t bad_cert[] = {0x01, 0xff, 0xff, 0x00, 0x01, 0xaa, 0xbb};
+  capstan_capf_builder_add_bytes(&b, CAPSTAN_CAPF_EL_CERTIFICATE, bad_cert, sizeof(bad_cert));
+  phone_send(f, &b);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->s.result, CAPF_RESULT_PROTOCOL_ERROR);
+  assert_int_equal(f->loads, 0);
+  assert_int_equal(f->nsent, 2); /* AUTH_REQUEST, END_SESSION: no KEY_GEN_REQUEST */
+  assert_int_equal(capstan_metric_value(g_shared.m.protocol_errors), before + 1);
+  fake_free(f);
+
+  /* The same mid-operation (a KEY_SIZE of one byte in KEY_GEN_RESPONSE):
+   * the device is failed with the reason. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  authenticate(f, NULL);
+  begin(f, &b, CAPSTAN_CAPF_CMD_KEY_GEN_RESPONSE);
+  capstan_capf_builder_add_bytes(&b, CAPSTAN_CAPF_EL_PUBLIC_KEY, kPhoneKey, sizeof(kPhoneKey));
+  capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_KEY_SIZE, 8);
+  phone_send(f, &b);
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  assert_status_record(f, 1, CAPF_STATUS_FAILED,
+                       "protocol error from the phone during key generation");
+  commit(f, 1, 0);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->njobs, 0);
+  fake_free(f);
+
+  /* A malformed SUDI_DATA with certificate authentication: no job. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_LSC);
+  capf_session_handshake_done(&f->s);
+  begin(f, &b, CAPSTAN_CAPF_CMD_AUTH_RESPONSE);
+  capstan_capf_builder_add_string(&b, CAPSTAN_CAPF_EL_DEVICE_NAME, "SEP001122334455", 15);
+  static const uint8_t bad_sudi[] = {0x00, 0x00, 0x01, 0xaa, 0x01};
+  capstan_capf_builder_add_bytes(&b, CAPSTAN_CAPF_EL_SUDI_DATA, bad_sudi, sizeof(bad_sudi));
+  phone_send(f, &b);
+  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  assert_int_equal(f->njobs, 0);
   fake_free(f);
 
   /* AUTH_RESPONSE without a device name, and from a newer protocol. */
@@ -1576,6 +1812,8 @@ int main(void) {
       cmocka_unit_test(test_refused_over_limit),
       cmocka_unit_test(test_timeouts),
       cmocka_unit_test(test_protocol_errors),
+      cmocka_unit_test(test_string_guessing),
+      cmocka_unit_test(test_guess_table),
       cmocka_unit_test(test_split_reads),
       cmocka_unit_test(test_peer_hangs_up),
       cmocka_unit_test(test_abort_and_send_failure),

@@ -208,7 +208,7 @@ static void test_host(void **state) {
 }
 
 static void test_table(void **state) {
-  assert_int_equal(capstan_settings_count(), 26);
+  assert_int_equal(capstan_settings_count(), 28);
   for (size_t i = 0; i < capstan_settings_count(); i++) {
     const capstan_setting_info_t *info = capstan_settings_info(i);
     assert_non_null(info);

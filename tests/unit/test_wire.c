@@ -563,6 +563,72 @@ static void test_certificate_prefix(void **state) {
   assert_int_equal(capstan_capf_get_certificate(&p, &type, &der), CAPSTAN_ENOENT);
 }
 
+/* capstan_capf_validate: every known element judged, needed or not. */
+static void expect_valid(const char *hex) {
+  uint8_t buf[256];
+  capstan_capf_msg_t p;
+  parse_ok(hex, buf, sizeof(buf), &p);
+  int bad = -1;
+  assert_int_equal(capstan_capf_validate(&p, &bad), 0);
+  assert_int_equal(bad, -1);
+}
+
+static void expect_invalid(const char *hex, int tag) {
+  uint8_t buf[256];
+  capstan_capf_msg_t p;
+  parse_ok(hex, buf, sizeof(buf), &p);
+  int bad = -1;
+  assert_int_equal(capstan_capf_validate(&p, &bad), CAPSTAN_EPROTO);
+  assert_int_equal(bad, tag);
+  assert_int_equal(capstan_capf_validate(&p, NULL), CAPSTAN_EPROTO);
+}
+
+static void test_validate(void **state) {
+  (void)state;
+  /* An AUTH_RESPONSE as a phone sends it, a null string, unknown tags. */
+  expect_valid(
+      "55 02 00000001 0022 01 0001 01 07 0001 03 0d 0010 534550303031313232333334343535 00"
+      " 0b 0001 00 63 0000");
+  expect_valid("55 02 00000001 0000");
+  /* The issue's case: a null-string AUTH_RESPONSE with a CERTIFICATE whose
+   * prefix lies (0x01 0xffff 0x00 0x01, then two bytes). */
+  expect_invalid(
+      "55 02 00000001 001d 0d 0010 534550303031313232333334343535 00"
+      " 04 0007 01 ffff 00 01 aabb",
+      CAPSTAN_CAPF_EL_CERTIFICATE);
+  expect_valid("55 02 00000001 000b 04 0008 01 0005 00 01 aabbcc");
+  expect_invalid("55 02 00000001 0003 04 0000", CAPSTAN_CAPF_EL_CERTIFICATE);
+  /* 1-byte elements: 0 or 2 bytes. */
+  expect_invalid("55 02 00000001 0003 01 0000", CAPSTAN_CAPF_EL_REASON);
+  expect_invalid("55 02 00000001 0005 07 0002 0303", CAPSTAN_CAPF_EL_VERSION);
+  expect_invalid("55 02 00000001 0005 08 0002 0001", CAPSTAN_CAPF_EL_AUTH_TYPE);
+  expect_invalid("55 02 00000001 0004 03 0001 03", CAPSTAN_CAPF_EL_CERTIFICATE_TYPE);
+  expect_invalid("55 02 00000001 0004 11 0001 02", CAPSTAN_CAPF_EL_KEY_TYPE);
+  expect_invalid("55 02 00000001 0004 12 0001 03", CAPSTAN_CAPF_EL_EC_CURVE);
+  /* A version above 3 is well formed: the session refuses it. */
+  expect_valid("55 02 00000001 0004 07 0001 04");
+  /* u16 elements. */
+  expect_invalid("55 04 00000001 0004 0a 0001 08", CAPSTAN_CAPF_EL_KEY_SIZE);
+  expect_invalid("55 04 00000001 0006 0c 0003 000001", CAPSTAN_CAPF_EL_RETRY_DELAY);
+  /* Strings: without the NUL, an interior NUL, too long. */
+  expect_invalid("55 02 00000001 0004 0b 0001 31", CAPSTAN_CAPF_EL_AUTH_PASSWORD);
+  expect_invalid("55 02 00000001 0007 0b 0004 31003200", CAPSTAN_CAPF_EL_AUTH_PASSWORD);
+  expect_invalid("55 02 00000001 0006 0d 0003 534550", CAPSTAN_CAPF_EL_DEVICE_NAME);
+  expect_invalid("55 02 00000001 0004 0d 0001 00", CAPSTAN_CAPF_EL_DEVICE_NAME);
+  /* SHA2_SIGNED_DATA and SUDI_DATA layouts. */
+  expect_valid("55 02 00000001 0009 14 0006 03 0003 aabbcc");
+  expect_invalid("55 02 00000001 0009 14 0006 03 0004 aabbcc", CAPSTAN_CAPF_EL_SHA2_SIGNED_DATA);
+  expect_invalid("55 02 00000001 0009 14 0006 07 0003 aabbcc", CAPSTAN_CAPF_EL_SHA2_SIGNED_DATA);
+  expect_valid("55 02 00000001 000f 10 000c 00 0001 aa 01 0001 bb 03 0001 cc");
+  expect_invalid("55 02 00000001 000e 10 000b 00 0001 aa 01 0001 bb 03 0001",
+                 CAPSTAN_CAPF_EL_SUDI_DATA);
+  expect_invalid("55 02 00000001 0003 10 0000", CAPSTAN_CAPF_EL_SUDI_DATA);
+  /* Raw values whose layout the protocol leaves open pass, even empty. */
+  expect_valid("55 04 00000001 000f 09 0000 06 0000 02 0000 05 0000 13 0000");
+  /* The first malformed element is named. */
+  expect_invalid("55 02 00000001 0006 01 0000 07 0000", CAPSTAN_CAPF_EL_REASON);
+}
+
 static void test_sha2_and_sudi(void **state) {
   (void)state;
   uint8_t buf[128];
@@ -781,6 +847,7 @@ int main(void) {
       cmocka_unit_test(test_strings),
       cmocka_unit_test(test_certificate_prefix),
       cmocka_unit_test(test_sha2_and_sudi),
+      cmocka_unit_test(test_validate),
       cmocka_unit_test(test_builder_server_side_policy),
       cmocka_unit_test(test_builder_size_limits),
       cmocka_unit_test(test_names),
