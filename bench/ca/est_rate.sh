@@ -5,7 +5,9 @@
 #                        [--rounds 5] [--self-phones 3000] [--self-concurrency 200]
 #                        [--est-concurrency 1000] [--est-phones 12000] [--stall 2] [--settle S]
 #                        [--control-stall 45] [--est-server-ms 2.1]
-#                        [--ca-backlog 1024] [--part all|rate|mix] [--build build]
+#                        [--ca-backlog 1024] [--part all|rate|mix|latency] [--build build]
+#                        [--only latency] [--lat-concurrency "1000 200"] [--lat-est-phones P]
+#                        [--lat-delay 2]
 #
 # One server (`capstan serve`, loopback, fresh data directory, cluster issuer
 # est, max-connections-per-address 100000: one source address stands for all
@@ -48,10 +50,30 @@
 #   that answers only after --control-stall seconds and a short settle, so
 #   that all E phones are waiting on the CA for the whole window and none
 #   enrolls: what waiting alone costs.
+# Part 3 (latency; `--only latency` = `--part latency` runs only it): what
+#   the CA's latency itself costs, the EST work held equal. Per N in
+#   --lat-concurrency, --rounds rounds; each round measures the self-signed
+#   rate (--self-phones at --self-concurrency, as in part 2) beside N E
+#   phones placed two ways, the order alternating by round:
+#     (a) "ca-slow": the CA answers in --lat-delay s (stall mode), the E
+#         phones generate their keys at once;
+#     (b) "phone-slow": the CA answers at once (issue mode), the E phones
+#         take --lat-delay s to generate their keys (capstan-bench
+#         --keygen-delay: REQUEST_IN_PROGRESS, then KEY_GEN_RESPONSE later).
+#   Both cycles are about --lat-delay s plus the work, so both groups finish
+#   about N / delay enrollments per second (printed: est_issued_per_s in
+#   each window; compare them). Each measurement: the E group started
+#   (--lat-est-phones phones, default max(12 N, 4000)), 95% in session, a
+#   settle of delay + 2 s, then a 4-s window of E alone (the server's CPU
+#   per EST enrollment, the E rate) and then the S run beside them. Ratio =
+#   S rate in (a) / in (b). Also per window: the server's RSS, open file
+#   descriptors, threads' run-queue wait, and CPU of the event loop and the
+#   work pool (user+sys).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=3 phones=3000 concurrencies="100 1000" rounds=5 self_phones=3000 self_conc=200
 est_conc=1000 est_phones=12000 stall=2 settle= control_stall=45 part=all est_server_ms=2.1 build=build ca_backlog=1024
+lat_concs="1000 200" lat_est_phones= lat_delay=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
@@ -66,13 +88,17 @@ while [ $# -gt 0 ]; do
     --settle) settle=$2; shift 2 ;;
     --control-stall) control_stall=$2; shift 2 ;;
     --est-server-ms) est_server_ms=$2; shift 2 ;;
-    --part) part=$2; shift 2 ;;
+    --part | --only) part=$2; shift 2 ;;
+    --lat-concurrency) lat_concs=$2; shift 2 ;;
+    --lat-est-phones) lat_est_phones=$2; shift 2 ;;
+    --lat-delay) lat_delay=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --ca-backlog) ca_backlog=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-case "$part" in all | rate | mix) ;; *) echo "--part all|rate|mix" >&2; exit 2 ;; esac
+case "$part" in all | rate | mix | latency) ;; *) echo "--part all|rate|mix|latency" >&2; exit 2 ;; esac
+lat_n_phones() { [ -n "$lat_est_phones" ] && { echo "$lat_est_phones"; return; }; local n=$(($1 * 12)); [ "$n" -lt 4000 ] && n=4000; echo "$n"; }
 capstan=$build/capstan bench=$build/capstan-bench
 cores=$(nproc)
 [ "$cores" -ge 2 ] || { echo "needs at least 2 cores (the server is pinned to CPU 0)" >&2; exit 2; }
@@ -90,10 +116,15 @@ cap() { "$capstan" "$@" --data-dir "$work/d"; }
 # Device counts: part 1 uses SEPB..., part 2 SEPA... (self-signed) and SEPE... (EST).
 rate_total=0
 for c in $concurrencies; do rate_total=$((rate_total + runs * (phones > c ? phones : c))); done
-[ "$part" = mix ] && rate_total=0
+case "$part" in mix | latency) rate_total=0 ;; esac
 s_total=$((rounds * 2 * self_phones)) e_total=$((rounds * est_phones))
 if [ "$control_stall" != 0 ]; then s_total=$((s_total * 2)) e_total=$((e_total + rounds * 2 * est_conc)); fi
-[ "$part" = rate ] && s_total=0 e_total=0
+case "$part" in rate | latency) s_total=0 e_total=0 ;; esac
+if [ "$part" = all ] || [ "$part" = latency ]; then
+  for n in $lat_concs; do
+    s_total=$((s_total + rounds * 2 * self_phones)) e_total=$((e_total + rounds * 2 * $(lat_n_phones "$n")))
+  done
+fi
 
 start_ca() {
   printf 'bench pass\n' >"$work/password"
@@ -177,7 +208,7 @@ echo "set-up: CA listen backlog $ca_backlog; server pinned to CPU 0; test EST CA
 start_ca
 start_server
 
-if [ "$part" != mix ]; then
+if [ "$part" = all ] || [ "$part" = rate ]; then
   echo "== part 1: enrollments/s through issuer est (CA mode issue) =="
   first=0
   for c in $concurrencies; do
@@ -302,5 +333,106 @@ mix_rounds() { # STALL SETTLE PHONES_PER_ROUND
     "median_with_per_s=$(printf '%s\n' "${w_rates[@]}" | median)" \
     "median_ratio=$(printf '%s\n' "${ratios[@]}" | median)"
 }
-mix_rounds "$stall" "${settle:-$(awk -v s="$stall" 'BEGIN {print s + 2}')}" "$est_phones"
-[ "$control_stall" = 0 ] || mix_rounds "$control_stall" 8 $((2 * est_conc))
+if [ "$part" != latency ]; then
+  mix_rounds "$stall" "${settle:-$(awk -v s="$stall" 'BEGIN {print s + 2}')}" "$est_phones"
+  [ "$control_stall" = 0 ] || mix_rounds "$control_stall" 8 $((2 * est_conc))
+fi
+[ "$part" = mix ] && exit 0
+
+# Part 3.
+rss_mb() { awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' /proc/"$1"/status; }
+fds() { ls /proc/"$1"/fd 2>/dev/null | wc -l; }
+# The server's CPU ticks (user, system): its event loop (the main thread)
+# and the rest (the work pool): "loop:user:sys pool:user:sys".
+thread_ticks() {
+  for f in /proc/"$1"/task/*/stat; do cat "$f" 2>/dev/null; done |
+    sed 's/^\([0-9]*\) ([^)]*) /\1 /' | awk -v pid="$1" '{k = ($1 == pid) ? "loop" : "pool"; u[k] += $13; s[k] += $14}
+      END {for (k in u) printf "%s:%d:%d ", k, u[k], s[k]}'
+}
+# thread_delta BEFORE AFTER SECONDS: cores per thread name, user+sys.
+thread_delta() {
+  awk -v a="$1" -v b="$2" -v t="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    n = split(a, x, " "); for (i = 1; i <= n; i++) { split(x[i], f, ":"); u0[f[1]] = f[2]; s0[f[1]] = f[3] }
+    n = split(b, x, " "); for (i = 1; i <= n; i++) { split(x[i], f, ":");
+      printf "%s=%.2f+%.2f ", f[1], (f[2] - u0[f[1]]) / hz / t, (f[3] - s0[f[1]]) / hz / t } }'
+}
+# lat_with MODE N PHONES: one measurement (MODE ca-slow or phone-slow); sets
+# l_rate l_ok l_fail l_srv_cores l_runq l_est_rate l_est_alone_rate
+# l_est_ms l_ca_lat l_rss l_fds l_left l_sessions.
+lat_with() {
+  local mode=$1 n=$2 np=$3 extra=()
+  if [ "$mode" = ca-slow ]; then
+    ca_control "{\"mode\": \"stall\", \"stall_seconds\": $lat_delay}"
+  else
+    ca_control '{"mode": "issue"}'
+    extra=(--keygen-delay "$lat_delay")
+  fi
+  "${other_cpu[@]}" "$bench" --connect 127.0.0.1:"$port" --key-cache "$work/keys" --ca-wait 120 \
+    --phones "$np" --first "$e_first" --name-prefix SEPE --concurrency "$n" "${extra[@]}" --json \
+    >"$work/est.json" 2>/dev/null &
+  est_pid=$!
+  e_first=$((e_first + np))
+  local t0=$SECONDS active=0
+  while [ $((SECONDS - t0)) -lt 60 ]; do
+    active=$(metric capstan_capf_sessions_active)
+    [ "${active%.*}" -ge $((n * 95 / 100)) ] && break
+    sleep 0.2
+  done
+  sleep "$(awk -v d="$lat_delay" 'BEGIN {print d + 2}')"
+  local s0 s1 i0 i1 t_0 t_1 l0 l1 n0 n1
+  # E alone for 4 s: the server's CPU per EST enrollment.
+  s0=$(cpu_s "$server_pid") i0=$(issued_est) t_0=$(date +%s.%N)
+  sleep 4
+  s1=$(cpu_s "$server_pid") i1=$(issued_est) t_1=$(date +%s.%N)
+  l_est_alone_rate=$(awk -v a="$i0" -v b="$i1" -v t0="$t_0" -v t1="$t_1" 'BEGIN {printf "%.0f", (b - a) / (t1 - t0)}')
+  l_est_ms=$(awk -v a="$s0" -v b="$s1" -v x="$i0" -v y="$i1" 'BEGIN {printf "%.3f", (y > x) ? (b - a) * 1000 / (y - x) : 0}')
+  l_est_alone_cores=$(awk -v a="$s0" -v b="$s1" -v t0="$t_0" -v t1="$t_1" 'BEGIN {printf "%.2f", (b - a) / (t1 - t0)}')
+  # Then the S run beside them.
+  l_sessions=$(metric capstan_capf_sessions_active | cut -d. -f1) l_rss=$(rss_mb "$server_pid") l_fds=$(fds "$server_pid")
+  local th0 th1
+  th0=$(thread_ticks "$server_pid")
+  i0=$(issued_est) l0=$(ca_lat_sum) n0=$(ca_lat_n) t_0=$(date +%s.%N)
+  self_run
+  i1=$(issued_est) l1=$(ca_lat_sum) n1=$(ca_lat_n) t_1=$(date +%s.%N)
+  th1=$(thread_ticks "$server_pid")
+  l_rss="$l_rss/$(rss_mb "$server_pid")" l_fds="$l_fds/$(fds "$server_pid")"
+  l_rate=$run_rate l_ok=$run_ok l_fail=$run_fail
+  local wall
+  wall=$(awk -v t0="$t_0" -v t1="$t_1" 'BEGIN {printf "%.3f", t1 - t0}')
+  l_srv_cores=$(awk -v s="$run_srv" -v t="$wall" 'BEGIN {printf "%.2f", s / t}')
+  l_threads=$(thread_delta "$th0" "$th1" "$wall")
+  l_runq=$(awk -v s="$run_runq" -v t="$wall" 'BEGIN {printf "%.2f", s / t}')
+  l_est_rate=$(awk -v a="$i0" -v b="$i1" -v t="$wall" 'BEGIN {printf "%.0f", (b - a) / t}')
+  l_ca_lat=$(awk -v a="$l0" -v b="$l1" -v x="$n0" -v y="$n1" 'BEGIN {printf "%.2f", (y > x) ? (b - a) / (y - x) : 0}')
+  if kill -0 "$est_pid" 2>/dev/null; then l_left=yes; else l_left=NO; fi
+  kill "$est_pid" 2>/dev/null || true
+  wait "$est_pid" 2>/dev/null || true
+  est_pid=
+  for _ in $(seq 1 300); do
+    [ "$(metric capstan_capf_sessions_active | cut -d. -f1)" -le 0 ] && break
+    sleep 0.2
+  done
+}
+for n in $lat_concs; do
+  np=$(lat_n_phones "$n")
+  echo "== part 3: self-signed rate beside $n EST phones, (a) CA answers in ${lat_delay} s vs (b) phones take ${lat_delay} s for their keys, CA at once =="
+  a_rates=() b_rates=() ratios=()
+  for r in $(seq 1 "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then order="ca-slow phone-slow"; else order="phone-slow ca-slow"; fi
+    for m in $order; do
+      lat_with "$m" "$n" "$np"
+      echo "  N=$n round=$r mode=$m self_per_s=$l_rate est_issued_per_s=$l_est_rate" \
+        "| E alone 4 s before: est_issued_per_s=$l_est_alone_rate server_cores=$l_est_alone_cores server_ms_per_est=$l_est_ms" \
+        "| S window: server_cores=$l_srv_cores server_runq_wait=$l_runq ca_exchange_s=$l_ca_lat sessions_at_start=$l_sessions" \
+        "rss_mb=$l_rss fds=$l_fds est_phones_left_at_end=$l_left not_enrolled=$l_fail" \
+        "| server threads, cores user+sys: $l_threads"
+      if [ "$m" = ca-slow ]; then a_rate=$l_rate a_est=$l_est_rate; else b_rate=$l_rate b_est=$l_est_rate; fi
+    done
+    ratio=$(awk -v a="$a_rate" -v b="$b_rate" 'BEGIN {printf "%.3f", a / b}')
+    echo "N=$n round=$r order=${order// /,} ca_slow_per_s=$a_rate phone_slow_per_s=$b_rate ratio=$ratio est_per_s a/b=$a_est/$b_est"
+    a_rates+=("$a_rate") b_rates+=("$b_rate") ratios+=("$ratio")
+  done
+  echo "N=$n median_ca_slow_per_s=$(printf '%s\n' "${a_rates[@]}" | median)" \
+    "median_phone_slow_per_s=$(printf '%s\n' "${b_rates[@]}" | median)" \
+    "median_ratio=$(printf '%s\n' "${ratios[@]}" | median)"
+done
