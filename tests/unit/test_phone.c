@@ -38,8 +38,9 @@
 #include "core/base/error.h"
 #include "core/pki/pki.h"
 #include "handlers/capf/wire.h"
+#include "tests/unit/fake_capf_server.h"
 
-#define IO_TIMEOUT_S 20
+#define IO_TIMEOUT_S FAKE_IO_TIMEOUT_S
 #define NAME "SEP001122334455"
 
 /* ---- Shared fixtures ------------------------------------------------------ */
@@ -103,11 +104,8 @@ typedef enum {
 } scenario_t;
 
 typedef struct {
+  fake_server_t fs; /* first: the server's script gets back here by a cast */
   scenario_t scenario;
-  int listen_fd;
-  uint16_t port;
-  SSL_CTX *ctx;
-  uint32_t session_id;
   /* What the phone must send. */
   capstan_phone_auth_t auth;
   const char *auth_string;
@@ -120,64 +118,29 @@ typedef struct {
   EVP_PKEY *expect_cert_key; /* to verify its signatures */
   int expect_sudi;
   /* What the server saw and did. */
-  char failure[256];
   uint8_t *issued; /* the LSC it sent (DER, malloc'd) */
   size_t issued_len;
-  int finished; /* the script ran to its end */
 } fake_t;
 
-static void fake_fail(fake_t *f, const char *fmt, ...) {
-  if (f->failure[0] != '\0') return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(f->failure, sizeof(f->failure), fmt, ap);
-  va_end(ap);
-}
-
-#define CHECK(f, cond, ...)      \
-  do {                           \
-    if (!(cond)) {               \
-      fake_fail(f, __VA_ARGS__); \
-      return -1;                 \
-    }                            \
-  } while (0)
-
-static int fake_send(fake_t *f, SSL *ssl, capstan_capf_builder_t *b) {
-  uint8_t *msg = NULL;
-  size_t len = 0;
-  CHECK(f, capstan_capf_builder_finish(b, &msg, &len) == 0, "server: cannot build");
-  int n = SSL_write(ssl, msg, (int)len);
-  OPENSSL_free(msg);
-  CHECK(f, n == (int)len, "server: SSL_write failed");
-  return 0;
-}
+#define CHECK(f, cond, ...) FAKE_CHECK(&(f)->fs, cond, __VA_ARGS__)
 
 static int fake_send_simple(fake_t *f, SSL *ssl, int cmd, uint32_t sid, int tag, int value) {
   capstan_capf_builder_t b;
   capstan_capf_builder_begin(&b, cmd, sid, 1);
   if (tag >= 0) capstan_capf_builder_add_u8(&b, tag, (uint8_t)value);
-  return fake_send(f, ssl, &b);
+  return fake_send(&f->fs, ssl, &b);
 }
 
 /* Reads one message, which must arrive alone in one TLS record. */
 static int fake_read(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap, size_t *len,
                      capstan_capf_msg_t *m) {
-  int n = SSL_read(ssl, buf, (int)cap);
-  CHECK(f, n > 0, "server: read failed or peer closed (%d)", SSL_get_error(ssl, n));
-  size_t ml = 0;
-  CHECK(f, capstan_capf_frame(buf, (size_t)n, &ml) == 0 && ml == (size_t)n,
-        "server: a record that is not exactly one message (%d bytes)", n);
-  CHECK(f, capstan_capf_parse(buf, ml, m) == 0, "server: malformed phone message");
-  CHECK(f, m->session_id == f->session_id, "server: phone used session id 0x%08x",
-        (unsigned)m->session_id);
-  *len = ml;
-  return 0;
+  return fake_read_msg(&f->fs, ssl, buf, cap, m, len, NULL);
 }
 
 /* Builds the AUTH_RESPONSE the phone must send for string/null modes. */
 static size_t expected_auth_response(const fake_t *f, uint8_t *out, size_t cap) {
   capstan_capf_builder_t b;
-  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_AUTH_RESPONSE, f->session_id, 0);
+  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_AUTH_RESPONSE, f->fs.session_id, 0);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_REASON, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_VERSION, 3);
   capstan_capf_builder_add_string(&b, CAPSTAN_CAPF_EL_DEVICE_NAME, NAME, strlen(NAME));
@@ -222,7 +185,7 @@ static int check_cert_auth(fake_t *f, const capstan_capf_msg_t *m) {
     capstan_capf_slice_t sudi;
     X509 *sudi_cert = NULL;
     CHECK(f, capstan_capf_get_sudi_data(m, &sudi) == 0, "server: no SUDI_DATA");
-    CHECK(f, capstan_pki_verify_sudi(sudi.data, sudi.len, f->session_id, &sudi_cert) == 0,
+    CHECK(f, capstan_pki_verify_sudi(sudi.data, sudi.len, f->fs.session_id, &sudi_cert) == 0,
           "server: SUDI_DATA does not verify");
     X509_free(sudi_cert);
   } else {
@@ -235,7 +198,7 @@ static int run_install(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap) {
   size_t len;
   capstan_capf_msg_t m;
   capstan_capf_builder_t b;
-  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST, f->session_id, 1);
+  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST, f->fs.session_id, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_KEY_TYPE, (uint8_t)f->key_alg);
   if (f->key_alg == CAPSTAN_KEY_RSA) {
     capstan_capf_builder_add_u16(&b, CAPSTAN_CAPF_EL_KEY_SIZE, (uint16_t)f->key_bits);
@@ -245,16 +208,16 @@ static int run_install(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap) {
                                 : f->key_bits == 384 ? 1
                                                      : 2);
   }
-  if (fake_send(f, ssl, &b) != 0) return -1;
+  if (fake_send(&f->fs, ssl, &b) != 0) return -1;
   if (fake_read(f, ssl, buf, cap, &len, &m) != 0) return -1;
   if (f->expect_in_progress) {
     /* Exactly 55 11 <sid> 00 00. */
     uint8_t want[8] = {0x55,
                        0x11,
-                       (uint8_t)(f->session_id >> 24),
-                       (uint8_t)(f->session_id >> 16),
-                       (uint8_t)(f->session_id >> 8),
-                       (uint8_t)f->session_id,
+                       (uint8_t)(f->fs.session_id >> 24),
+                       (uint8_t)(f->fs.session_id >> 16),
+                       (uint8_t)(f->fs.session_id >> 8),
+                       (uint8_t)f->fs.session_id,
                        0,
                        0};
     CHECK(f, len == 8 && memcmp(buf, want, 8) == 0, "server: bad REQUEST_IN_PROGRESS");
@@ -276,18 +239,18 @@ static int run_install(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap) {
                                  &not_after);
   EVP_PKEY_free(key);
   CHECK(f, rc == 0, "server: cannot issue");
-  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST, f->session_id, 1);
+  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST, f->fs.session_id, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_CERTIFICATE_TYPE, 1);
   capstan_capf_builder_add_certificate(&b, 1, f->issued, f->issued_len);
-  if (fake_send(f, ssl, &b) != 0) return -1;
+  if (fake_send(&f->fs, ssl, &b) != 0) return -1;
   if (fake_read(f, ssl, buf, cap, &len, &m) != 0) return -1;
   uint8_t want[12] = {0x55, 0x0a, 0, 0, 0, 0, 0x00, 0x04, 0x01, 0x00, 0x01, 0x01};
-  want[2] = (uint8_t)(f->session_id >> 24);
-  want[3] = (uint8_t)(f->session_id >> 16);
-  want[4] = (uint8_t)(f->session_id >> 8);
-  want[5] = (uint8_t)f->session_id;
+  want[2] = (uint8_t)(f->fs.session_id >> 24);
+  want[3] = (uint8_t)(f->fs.session_id >> 16);
+  want[4] = (uint8_t)(f->fs.session_id >> 8);
+  want[5] = (uint8_t)f->fs.session_id;
   CHECK(f, len == 12 && memcmp(buf, want, 12) == 0, "server: bad STORE_CERT_RESPONSE");
-  return fake_send_simple(f, ssl, CAPSTAN_CAPF_CMD_END_SESSION, f->session_id,
+  return fake_send_simple(f, ssl, CAPSTAN_CAPF_CMD_END_SESSION, f->fs.session_id,
                           CAPSTAN_CAPF_EL_REASON, 1);
 }
 
@@ -296,7 +259,7 @@ static int run_script(fake_t *f, SSL *ssl) {
   size_t len;
   capstan_capf_msg_t m;
   capstan_capf_builder_t b;
-  uint32_t sid = f->session_id;
+  uint32_t sid = f->fs.session_id;
 
   switch (f->scenario) {
     case SC_SILENT:
@@ -314,7 +277,7 @@ static int run_script(fake_t *f, SSL *ssl) {
       capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_VERSION, 3);
       capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_AUTH_TYPE, 0);
       capstan_capf_builder_add_string(&b, CAPSTAN_CAPF_EL_DEVICE_NAME, "x", 1);
-      if (fake_send(f, ssl, &b) != 0) return -1;
+      if (fake_send(&f->fs, ssl, &b) != 0) return -1;
       SSL_read(ssl, buf, sizeof(buf));
       return 0;
     case SC_SPLIT: {
@@ -334,7 +297,7 @@ static int run_script(fake_t *f, SSL *ssl) {
       capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_AUTH_REQUEST, sid, 1);
       capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_VERSION, 3);
       capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_AUTH_TYPE, 0);
-      if (fake_send(f, ssl, &b) != 0) return -1;
+      if (fake_send(&f->fs, ssl, &b) != 0) return -1;
   }
 
   /* AUTH_RESPONSE. */
@@ -408,7 +371,7 @@ static int run_script(fake_t *f, SSL *ssl) {
     case SC_RETRY_LATER:
       capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_RETRY_LATER, sid, 1);
       capstan_capf_builder_add_u16(&b, CAPSTAN_CAPF_EL_RETRY_DELAY, 30);
-      if (fake_send(f, ssl, &b) != 0) return -1;
+      if (fake_send(&f->fs, ssl, &b) != 0) return -1;
       break;
     case SC_WRONG_SESSION:
       if (fake_send_simple(f, ssl, CAPSTAN_CAPF_CMD_END_SESSION, sid + 1, CAPSTAN_CAPF_EL_REASON,
@@ -419,85 +382,41 @@ static int run_script(fake_t *f, SSL *ssl) {
     case SC_CLOSE_EARLY:
       break;
     default:
-      fake_fail(f, "server: unexpected scenario");
+      fake_fail(&f->fs, "server: unexpected scenario");
       return -1;
   }
-  f->finished = 1;
+  f->fs.finished = 1;
   if (f->scenario == SC_CLOSE_EARLY) return 0; /* close without END_SESSION */
   /* Wait for the phone's close so that nothing is cut short. */
   SSL_read(ssl, buf, sizeof(buf));
   return 0;
 }
 
-static void *fake_main(void *arg) {
-  fake_t *f = arg;
-  struct pollfd pfd = {.fd = f->listen_fd, .events = POLLIN};
-  if (poll(&pfd, 1, IO_TIMEOUT_S * 1000) != 1) {
-    fake_fail(f, "server: no connection");
-    return NULL;
-  }
-  int fd = accept(f->listen_fd, NULL, NULL);
-  if (fd < 0) {
-    fake_fail(f, "server: accept failed");
-    return NULL;
-  }
-  struct timeval tv = {.tv_sec = IO_TIMEOUT_S, .tv_usec = 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  SSL *ssl = SSL_new(f->ctx);
-  if (ssl == NULL || !SSL_set_fd(ssl, fd)) {
-    fake_fail(f, "server: SSL_new");
-  } else if (SSL_accept(ssl) != 1) {
-    if (f->scenario == SC_HANDSHAKE_ONLY) {
-      f->finished = 1;
-    } else {
-      fake_fail(f, "server: handshake failed");
-    }
-  } else if (f->scenario == SC_HANDSHAKE_ONLY) {
-    fake_fail(f, "server: the handshake should have failed");
-  } else {
-    run_script(f, ssl);
-    SSL_shutdown(ssl);
-  }
-  SSL_free(ssl);
-  close(fd);
-  ERR_clear_error();
-  return NULL;
+static int fake_script(fake_server_t *fs, SSL *ssl) {
+  return run_script((fake_t *)fs, ssl);
 }
 
 static void fake_init(fake_t *f, scenario_t sc) {
   memset(f, 0, sizeof(*f));
   f->scenario = sc;
-  f->session_id = 0x5eed0000u | (uint32_t)sc;
+  f->fs.session_id = 0x5eed0000u | (uint32_t)sc;
   f->auth = CAPSTAN_PHONE_AUTH_NULL_STRING;
   f->key_alg = CAPSTAN_KEY_EC;
   f->key_bits = 256;
-  f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-  assert_true(f->listen_fd >= 0);
-  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = 0};
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  assert_int_equal(bind(f->listen_fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-  assert_int_equal(listen(f->listen_fd, 4), 0);
-  socklen_t sl = sizeof(sin);
-  assert_int_equal(getsockname(f->listen_fd, (struct sockaddr *)&sin, &sl), 0);
-  f->port = ntohs(sin.sin_port);
-  f->ctx = SSL_CTX_new(TLS_method());
-  assert_non_null(f->ctx);
-  assert_true(SSL_CTX_set_min_proto_version(f->ctx, TLS1_2_VERSION));
-  assert_true(SSL_CTX_use_certificate(f->ctx, g_capf.cert));
-  assert_true(SSL_CTX_use_PrivateKey(f->ctx, g_capf.key));
+  f->fs.script = fake_script;
+  f->fs.expect_handshake_failure = sc == SC_HANDSHAKE_ONLY;
+  fake_server_listen(&f->fs, &g_capf);
 }
 
 static void fake_cleanup(fake_t *f) {
-  close(f->listen_fd);
-  SSL_CTX_free(f->ctx);
+  fake_server_cleanup(&f->fs);
   free(f->issued);
 }
 
 static void phone_config(capstan_phone_config_t *cfg, const fake_t *f) {
   memset(cfg, 0, sizeof(*cfg));
   char addr[64];
-  snprintf(addr, sizeof(addr), "127.0.0.1:%u", f->port);
+  snprintf(addr, sizeof(addr), "127.0.0.1:%u", f->fs.port);
   assert_int_equal(capstan_phone_parse_addr(addr, &cfg->addr), 0);
   cfg->device_name = NAME;
   cfg->auth = f->auth;
@@ -507,12 +426,7 @@ static void phone_config(capstan_phone_config_t *cfg, const fake_t *f) {
 
 /* Runs the fake server in a thread and one phone in this thread. */
 static void run_pair(fake_t *f, const capstan_phone_config_t *cfg, capstan_phone_result_t *res) {
-  pthread_t th;
-  assert_int_equal(pthread_create(&th, NULL, fake_main, f), 0);
-  int rc = capstan_phone_run_one(cfg, res);
-  pthread_join(th, NULL);
-  assert_int_equal(rc, 0);
-  if (f->failure[0] != '\0') fail_msg("%s", f->failure);
+  fake_server_run_pair(&f->fs, cfg, res);
   if (res->kind == CAPSTAN_PHONE_RESULT_ERROR) {
     fprintf(stderr, "phone: %s: %s\n", capstan_phone_error_name(res->error), res->detail);
   }
@@ -542,12 +456,12 @@ static void install_and_check(capstan_phone_auth_t auth, const char *auth_string
   cfg.ssl_ctx = phone_ctx(g_capf_pem); /* verifies the fake server */
   run_pair(&f, &cfg, res);
   SSL_CTX_free(cfg.ssl_ctx);
-  assert_true(f.finished);
+  assert_true(f.fs.finished);
   assert_int_equal(res->kind, CAPSTAN_PHONE_RESULT_OK);
   assert_int_equal(res->operation, CAPSTAN_PHONE_OP_INSTALL);
   assert_int_equal(res->end_reason, 1);
   assert_int_equal(res->error, CAPSTAN_PHONE_ERR_NONE);
-  assert_int_equal(res->session_id, f.session_id);
+  assert_int_equal(res->session_id, f.fs.session_id);
   assert_int_equal(res->sent_in_progress, delay_ms > 0);
   assert_int_equal(res->key_alg, key_alg);
   assert_int_equal(res->key_bits, bits);
@@ -610,7 +524,7 @@ static void run_lsc_session(scenario_t sc, const capstan_identity_t *lsc, const 
   phone_config(&cfg, &f);
   cfg.lsc = *lsc;
   run_pair(&f, &cfg, res);
-  assert_true(f.finished);
+  assert_true(f.fs.finished);
   assert_int_equal(res->kind, CAPSTAN_PHONE_RESULT_OK);
   fake_cleanup(&f);
 }
@@ -647,7 +561,7 @@ static void test_lsc_auth_fetch_delete(void **state) {
   capstan_phone_config_t cfg;
   phone_config(&cfg, &f);
   run_pair(&f, &cfg, &res);
-  assert_true(f.finished);
+  assert_true(f.fs.finished);
   assert_int_equal(res.kind, CAPSTAN_PHONE_RESULT_OK);
   assert_int_equal(res.operation, CAPSTAN_PHONE_OP_FETCH);
   capstan_phone_result_cleanup(&res);
@@ -681,7 +595,7 @@ static void test_mic_auth_with_sudi(void **state) {
   cfg.mic = mic;
   cfg.sudi = sudi;
   run_pair(&f, &cfg, &res);
-  assert_true(f.finished);
+  assert_true(f.fs.finished);
   assert_int_equal(res.kind, CAPSTAN_PHONE_RESULT_END);
   assert_int_equal(res.end_reason, 9);
   assert_int_equal(res.operation, CAPSTAN_PHONE_OP_NONE);
@@ -741,7 +655,7 @@ static void test_split_message_is_reassembled(void **state) {
   capstan_phone_result_t res;
   phone_config(&cfg, &f);
   run_pair(&f, &cfg, &res);
-  assert_true(f.finished);
+  assert_true(f.fs.finished);
   assert_int_equal(res.kind, CAPSTAN_PHONE_RESULT_END);
   assert_int_equal(res.end_reason, 0);
   capstan_phone_result_cleanup(&res);

@@ -39,8 +39,9 @@
 #include "core/base/error.h"
 #include "core/pki/pki.h"
 #include "handlers/capf/wire.h"
+#include "tests/unit/fake_capf_server.h"
 
-#define IO_TIMEOUT_S 20
+#define IO_TIMEOUT_S FAKE_IO_TIMEOUT_S
 #define NAME "SEP00AABBCCDDEE"
 
 static capstan_identity_t g_capf; /* the fake server's CAPF identity (and "CA") */
@@ -242,15 +243,11 @@ typedef enum {
 } scenario_t;
 
 typedef struct {
+  fake_server_t fs; /* first: the server's script gets back here by a cast */
   scenario_t scenario;
-  int listen_fd;
-  uint16_t port;
-  SSL_CTX *ctx;
-  uint32_t session_id;
   int end_reason;         /* SC_BAD_REQUEST */
   EVP_PKEY *handover_key; /* SC_HANDOVER*: the key to certify */
   /* What the server saw. */
-  char failure[256];
   EVP_PKEY *sent_key; /* the last PUBLIC_KEY of KEY_GEN_RESPONSE */
   uint8_t *csr;       /* the last CERT_REQUEST (malloc'd) */
   size_t csr_len;
@@ -260,55 +257,25 @@ typedef struct {
   unsigned stores;
   uint8_t *issued; /* the last certificate sent (DER) */
   size_t issued_len;
-  int finished;
 } fake_t;
 
-static void fake_fail(fake_t *f, const char *fmt, ...) {
-  if (f->failure[0] != '\0') return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(f->failure, sizeof(f->failure), fmt, ap);
-  va_end(ap);
-}
-
-#define CHECK(f, cond, ...)      \
-  do {                           \
-    if (!(cond)) {               \
-      fake_fail(f, __VA_ARGS__); \
-      return -1;                 \
-    }                            \
-  } while (0)
-
-static int fake_send(fake_t *f, SSL *ssl, capstan_capf_builder_t *b) {
-  uint8_t *msg = NULL;
-  size_t len = 0;
-  CHECK(f, capstan_capf_builder_finish(b, &msg, &len) == 0, "server: cannot build");
-  int n = SSL_write(ssl, msg, (int)len);
-  OPENSSL_free(msg);
-  CHECK(f, n == (int)len, "server: SSL_write failed");
-  return 0;
-}
+#define CHECK(f, cond, ...) FAKE_CHECK(&(f)->fs, cond, __VA_ARGS__)
 
 /* A message with no element, or one u8/u16 element. Not server-side
  * checked, so that SIGN_CERT_REQUEST can be built whatever wire.c says. */
 static int fake_send_cmd(fake_t *f, SSL *ssl, int cmd, int tag, int value, int u16) {
   capstan_capf_builder_t b;
-  capstan_capf_builder_begin(&b, cmd, f->session_id, 0);
+  capstan_capf_builder_begin(&b, cmd, f->fs.session_id, 0);
   if (tag >= 0 && u16) capstan_capf_builder_add_u16(&b, tag, (uint16_t)value);
   if (tag >= 0 && !u16) capstan_capf_builder_add_u8(&b, tag, (uint8_t)value);
-  return fake_send(f, ssl, &b);
+  return fake_send(&f->fs, ssl, &b);
 }
 
 static int fake_read(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap, capstan_capf_msg_t *m,
                      int want_cmd) {
-  int n = SSL_read(ssl, buf, (int)cap);
-  CHECK(f, n > 0, "server: read failed or peer closed (%d) waiting for %s", SSL_get_error(ssl, n),
-        capstan_capf_command_name(want_cmd));
-  size_t ml = 0;
-  CHECK(f, capstan_capf_frame(buf, (size_t)n, &ml) == 0 && ml == (size_t)n,
-        "server: a record that is not exactly one message");
-  CHECK(f, capstan_capf_parse(buf, ml, m) == 0, "server: malformed phone message");
-  CHECK(f, m->session_id == f->session_id, "server: wrong session id");
+  if (fake_read_msg(&f->fs, ssl, buf, cap, m, NULL, capstan_capf_command_name(want_cmd)) != 0) {
+    return -1;
+  }
   CHECK(f, m->command == want_cmd, "server: expected %s, got %s",
         capstan_capf_command_name(want_cmd), capstan_capf_command_name(m->command));
   return 0;
@@ -317,10 +284,10 @@ static int fake_read(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap, capstan_capf
 static int fake_keygen(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap) {
   capstan_capf_msg_t m;
   capstan_capf_builder_t b;
-  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST, f->session_id, 1);
+  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST, f->fs.session_id, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_KEY_TYPE, CAPSTAN_CAPF_KEY_EC);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_EC_CURVE, 0);
-  if (fake_send(f, ssl, &b) != 0) return -1;
+  if (fake_send(&f->fs, ssl, &b) != 0) return -1;
   if (fake_read(f, ssl, buf, cap, &m, CAPSTAN_CAPF_CMD_KEY_GEN_RESPONSE) != 0) return -1;
   capstan_capf_slice_t spki;
   CHECK(f, capstan_capf_get_public_key(&m, &spki) == 0, "server: no PUBLIC_KEY");
@@ -369,10 +336,10 @@ static int fake_store(fake_t *f, SSL *ssl, uint8_t *buf, size_t cap, EVP_PKEY *k
                               &not_after) == 0,
         "server: cannot issue");
   capstan_capf_builder_t b;
-  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST, f->session_id, 1);
+  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST, f->fs.session_id, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_CERTIFICATE_TYPE, 1);
   capstan_capf_builder_add_certificate(&b, 1, f->issued, f->issued_len);
-  if (fake_send(f, ssl, &b) != 0) return -1;
+  if (fake_send(&f->fs, ssl, &b) != 0) return -1;
   if (fake_read(f, ssl, buf, cap, &m, CAPSTAN_CAPF_CMD_STORE_CERT_RESPONSE) != 0) return -1;
   uint8_t reason;
   CHECK(f, capstan_capf_get_reason(&m, &reason) == 0, "server: STORE_CERT_RESPONSE w/o REASON");
@@ -395,16 +362,16 @@ static int run_script(fake_t *f, SSL *ssl) {
   static uint8_t buf[CAPSTAN_CAPF_MAX_MESSAGE];
   capstan_capf_msg_t m;
   capstan_capf_builder_t b;
-  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_AUTH_REQUEST, f->session_id, 1);
+  capstan_capf_builder_begin(&b, CAPSTAN_CAPF_CMD_AUTH_REQUEST, f->fs.session_id, 1);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_VERSION, 3);
   capstan_capf_builder_add_u8(&b, CAPSTAN_CAPF_EL_AUTH_TYPE, 0);
-  if (fake_send(f, ssl, &b) != 0) return -1;
+  if (fake_send(&f->fs, ssl, &b) != 0) return -1;
   if (fake_read(f, ssl, buf, sizeof(buf), &m, CAPSTAN_CAPF_CMD_AUTH_RESPONSE) != 0) return -1;
 
   switch (f->scenario) {
     case SC_SIGN_EARLY:
       if (fake_send_cmd(f, ssl, CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST, -1, 0, 0) != 0) return -1;
-      f->finished = 1;
+      f->fs.finished = 1;
       SSL_read(ssl, buf, sizeof(buf)); /* the phone closes */
       return 0;
     case SC_SIGN_ELEMENT:
@@ -412,14 +379,14 @@ static int run_script(fake_t *f, SSL *ssl) {
       if (fake_send_cmd(f, ssl, CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST, CAPSTAN_CAPF_EL_REASON, 1, 0)) {
         return -1;
       }
-      f->finished = 1;
+      f->fs.finished = 1;
       SSL_read(ssl, buf, sizeof(buf));
       return 0;
     case SC_SIGN_TWICE:
       if (fake_keygen(f, ssl, buf, sizeof(buf)) != 0) return -1;
       if (fake_sign(f, ssl, buf, sizeof(buf)) != 0) return -1;
       if (fake_send_cmd(f, ssl, CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST, -1, 0, 0) != 0) return -1;
-      f->finished = 1;
+      f->fs.finished = 1;
       SSL_read(ssl, buf, sizeof(buf));
       return 0;
     case SC_ONLINE: {
@@ -439,7 +406,7 @@ static int run_script(fake_t *f, SSL *ssl) {
                         1) != 0) {
         return -1;
       }
-      f->finished = 1;
+      f->fs.finished = 1;
       SSL_read(ssl, buf, sizeof(buf));
       return 0;
     case SC_HANDOVER:
@@ -464,7 +431,7 @@ static int run_script(fake_t *f, SSL *ssl) {
                         0) != 0) {
         return -1;
       }
-      f->finished = 1;
+      f->fs.finished = 1;
       SSL_read(ssl, buf, sizeof(buf));
       return 0;
     case SC_BAD_REQUEST_STORE:
@@ -482,74 +449,38 @@ static int run_script(fake_t *f, SSL *ssl) {
               capstan_pki_issue_lsc(&g_capf, NAME, f->sent_key, 365, serial, &f->issued,
                                     &f->issued_len, &na) == 0,
               "server: cannot issue");
-        capstan_capf_builder_begin(&sb, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST, f->session_id, 1);
+        capstan_capf_builder_begin(&sb, CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST, f->fs.session_id, 1);
         capstan_capf_builder_add_u8(&sb, CAPSTAN_CAPF_EL_CERTIFICATE_TYPE, 1);
         capstan_capf_builder_add_certificate(&sb, 1, f->issued, f->issued_len);
-        if (fake_send(f, ssl, &sb) != 0) return -1;
+        if (fake_send(&f->fs, ssl, &sb) != 0) return -1;
       }
-      f->finished = 1;
+      f->fs.finished = 1;
       SSL_read(ssl, buf, sizeof(buf));
       return 0;
   }
   if (fake_send_cmd(f, ssl, CAPSTAN_CAPF_CMD_END_SESSION, CAPSTAN_CAPF_EL_REASON, 1, 0) != 0) {
     return -1;
   }
-  f->finished = 1;
+  f->fs.finished = 1;
   SSL_read(ssl, buf, sizeof(buf));
   return 0;
 }
 
-static void *fake_main(void *arg) {
-  fake_t *f = arg;
-  struct pollfd pfd = {.fd = f->listen_fd, .events = POLLIN};
-  if (poll(&pfd, 1, IO_TIMEOUT_S * 1000) != 1) {
-    fake_fail(f, "server: no connection");
-    return NULL;
-  }
-  int fd = accept(f->listen_fd, NULL, NULL);
-  if (fd < 0) {
-    fake_fail(f, "server: accept failed");
-    return NULL;
-  }
-  struct timeval tv = {.tv_sec = IO_TIMEOUT_S, .tv_usec = 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  SSL *ssl = SSL_new(f->ctx);
-  if (ssl == NULL || !SSL_set_fd(ssl, fd) || SSL_accept(ssl) != 1) {
-    fake_fail(f, "server: handshake failed");
-  } else {
-    run_script(f, ssl);
-    SSL_shutdown(ssl);
-  }
-  SSL_free(ssl);
-  close(fd);
-  ERR_clear_error();
-  return NULL;
+static int fake_script(fake_server_t *fs, SSL *ssl) {
+  return run_script((fake_t *)fs, ssl);
 }
 
 static void fake_init(fake_t *f, scenario_t sc) {
   memset(f, 0, sizeof(*f));
   f->scenario = sc;
-  f->session_id = 0xc5a00000u | (uint32_t)sc;
+  f->fs.session_id = 0xc5a00000u | (uint32_t)sc;
   f->sign_reason = -1;
-  f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-  assert_true(f->listen_fd >= 0);
-  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = 0};
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  assert_int_equal(bind(f->listen_fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-  assert_int_equal(listen(f->listen_fd, 4), 0);
-  socklen_t sl = sizeof(sin);
-  assert_int_equal(getsockname(f->listen_fd, (struct sockaddr *)&sin, &sl), 0);
-  f->port = ntohs(sin.sin_port);
-  f->ctx = SSL_CTX_new(TLS_method());
-  assert_non_null(f->ctx);
-  assert_true(SSL_CTX_use_certificate(f->ctx, g_capf.cert));
-  assert_true(SSL_CTX_use_PrivateKey(f->ctx, g_capf.key));
+  f->fs.script = fake_script;
+  fake_server_listen(&f->fs, &g_capf);
 }
 
 static void fake_cleanup(fake_t *f) {
-  close(f->listen_fd);
-  SSL_CTX_free(f->ctx);
+  fake_server_cleanup(&f->fs);
   EVP_PKEY_free(f->sent_key);
   free(f->csr);
   free(f->issued);
@@ -558,7 +489,7 @@ static void fake_cleanup(fake_t *f) {
 static void phone_config(capstan_phone_config_t *cfg, const fake_t *f) {
   memset(cfg, 0, sizeof(*cfg));
   char addr[64];
-  snprintf(addr, sizeof(addr), "127.0.0.1:%u", f->port);
+  snprintf(addr, sizeof(addr), "127.0.0.1:%u", f->fs.port);
   assert_int_equal(capstan_phone_parse_addr(addr, &cfg->addr), 0);
   cfg->device_name = NAME;
   cfg->auth = CAPSTAN_PHONE_AUTH_NULL_STRING;
@@ -566,13 +497,8 @@ static void phone_config(capstan_phone_config_t *cfg, const fake_t *f) {
 }
 
 static void run_pair(fake_t *f, const capstan_phone_config_t *cfg, capstan_phone_result_t *res) {
-  pthread_t th;
-  assert_int_equal(pthread_create(&th, NULL, fake_main, f), 0);
-  int rc = capstan_phone_run_one(cfg, res);
-  pthread_join(th, NULL);
-  assert_int_equal(rc, 0);
-  if (f->failure[0] != '\0') fail_msg("%s", f->failure);
-  assert_true(f->finished);
+  fake_server_run_pair(&f->fs, cfg, res);
+  assert_true(f->fs.finished);
 }
 
 /* ---- Session tests --------------------------------------------------------------- */
@@ -861,11 +787,11 @@ static void test_silent_mode(void **state) {
   cfg.step_timeout_ms = 300;
   cfg.ca_wait_ms = 300;
   pthread_t th;
-  assert_int_equal(pthread_create(&th, NULL, fake_main, &f), 0);
+  assert_int_equal(pthread_create(&th, NULL, fake_server_main, &f.fs), 0);
   assert_int_equal(capstan_phone_run_one(&cfg, &res), 0);
   pthread_join(th, NULL);
   /* The fake failed reading SIGN_CERT_RESPONSE: that is the point. */
-  assert_non_null(strstr(f.failure, "SIGN_CERT_RESPONSE"));
+  assert_non_null(strstr(f.fs.failure, "SIGN_CERT_RESPONSE"));
   assert_int_equal(res.kind, CAPSTAN_PHONE_RESULT_ERROR);
   assert_int_equal(res.error, CAPSTAN_PHONE_ERR_TIMEOUT);
   assert_non_null(strstr(res.detail, "WAIT_REJECT"));
