@@ -49,6 +49,12 @@ int capstan_store_map_err(int rc, const char *op) {
 
 /* ---- Environment ------------------------------------------------------ */
 
+/* The databases a store of an earlier release lacks (added since the
+ * first): a backup it wrote must still restore. */
+static bool added_later(int db) {
+  return db == CAPSTAN_DB_CAPF_PREVIOUS || db == CAPSTAN_DB_AUDIT_DEVICE || db == CAPSTAN_DB_CSR;
+}
+
 int capstan_store_open_dbis(capstan_store_t *s, bool readonly) {
   MDB_txn *txn;
   int rc = mdb_txn_begin(s->env, NULL, readonly ? MDB_RDONLY : 0, &txn);
@@ -58,6 +64,10 @@ int capstan_store_open_dbis(capstan_store_t *s, bool readonly) {
     unsigned flags = i == CAPSTAN_DB_AUDIT_DEVICE ? MDB_DUPSORT | MDB_DUPFIXED : 0;
     rc = mdb_dbi_open(txn, capstan_store_db_names[i], (readonly ? 0 : MDB_CREATE) | flags,
                       &s->dbi[i]);
+    if (rc == MDB_NOTFOUND && readonly && added_later(i)) {
+      s->absent |= 1u << i;
+      continue;
+    }
     if (rc != 0) {
       mdb_txn_abort(txn);
       /* A read-only store (a backup) lacking one of the databases is not
@@ -66,7 +76,7 @@ int capstan_store_open_dbis(capstan_store_t *s, bool readonly) {
     }
   }
   capstan_txn_t t = {.mdb = txn, .store = s, .write = true};
-  int err = capstan_store_audit_reindex(&t);
+  int err = readonly ? 0 : capstan_store_audit_reindex(&t);
   if (err != 0) {
     mdb_txn_abort(txn);
     return err;

@@ -24,13 +24,17 @@ typedef struct writer writer_t;
 struct capstan_store {
   MDB_env *env;
   MDB_dbi dbi[CAPSTAN_DB_COUNT];
+  /* Databases a read-only store (a backup) does not have because an
+   * earlier release wrote it (a bit per capstan_db_t): they read empty. */
+  uint32_t absent;
   writer_t *writer;
   char *dir;
   char *actor; /* stamped on audit events as their user; NULL: none */
 };
 
-/* Opens the named databases of |s| (creating them unless |readonly|; a
- * missing one is then CAPSTAN_EINVAL). */
+/* Opens the named databases of |s| (creating them unless |readonly|).
+ * Read-only, a database an earlier release did not have reads as empty
+ * (|absent|); any other missing one is CAPSTAN_EINVAL: not a capstan store. */
 int capstan_store_open_dbis(capstan_store_t *s, bool readonly);
 
 /* Counts a failed operation in capstan_storage_errors_total{op}. */
@@ -39,6 +43,9 @@ void capstan_store_count_error(const char *op);
 /* The one place LMDB codes become ours (storage/store.h lists them);
  * failures are logged and counted under |op|. */
 int capstan_store_map_err(int rc, const char *op);
+
+/* True when |db| is absent from |txn|'s read-only store (reads as empty). */
+#define CAPSTAN_STORE_ABSENT(txn, db) (((txn)->store->absent >> (db)) & 1u)
 
 /* CAPSTAN_EINVAL unless |txn| is open and |db| is one of the databases. */
 int capstan_store_check_db(const capstan_txn_t *txn, capstan_db_t db);

@@ -37,6 +37,7 @@ int capstan_store_get(capstan_txn_t *txn, capstan_db_t db, const void *key, size
   int err = capstan_store_check_db(txn, db);
   if (err != 0) return err;
   if (klen == 0 || klen > 511) return CAPSTAN_EINVAL;
+  if (CAPSTAN_STORE_ABSENT(txn, db)) return CAPSTAN_ENOENT;
   MDB_val k = {.mv_size = klen, .mv_data = (void *)key}, v;
   int rc = mdb_get(txn->mdb, txn->store->dbi[db], &k, &v);
   if (rc != 0) return capstan_store_map_err(rc, "get");
@@ -84,6 +85,7 @@ int capstan_store_iterate_after(capstan_txn_t *txn, capstan_db_t db, const void 
   int err = capstan_store_check_db(txn, db);
   if (err != 0) return err;
   if (after != NULL && (alen == 0 || alen > 511)) return CAPSTAN_EINVAL;
+  if (CAPSTAN_STORE_ABSENT(txn, db)) return 0;
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[db], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "iterate");
@@ -115,6 +117,7 @@ int capstan_store_count(capstan_txn_t *txn, capstan_db_t db, uint64_t *out) {
   *out = 0;
   int err = capstan_store_check_db(txn, db);
   if (err != 0) return err;
+  if (CAPSTAN_STORE_ABSENT(txn, db)) return 0;
   MDB_stat st;
   int rc = mdb_stat(txn->mdb, txn->store->dbi[db], &st);
   if (rc != 0) return capstan_store_map_err(rc, "stat");

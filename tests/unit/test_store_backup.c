@@ -10,8 +10,16 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
 #include "core/base/error.h"
+#include "core/ca/requests.h"
 #include "storage/devices.h"
+#include "storage/records.h"
 #include "storage/store.h"
 #include "store_test_util.h"
 
@@ -92,6 +100,82 @@ static void test_backup_open_install(void **state) {
   test_rmdir(root);
 }
 
+/* A backup an earlier release wrote: an LMDB file with the databases of
+ * the first release only (made here with LMDB itself), one device in it. */
+static void write_old_store(const char *path, int with_devices) {
+  static const char *const kFirst[] = {"devices",   "certs",    "pki",  "trust",
+                                       "templates", "settings", "audit"};
+  MDB_env *env;
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+  assert_int_equal(mdb_env_open(env, path, MDB_NOSUBDIR, 0600), 0);
+  MDB_txn *txn;
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  for (size_t i = with_devices ? 0 : 1; i < sizeof(kFirst) / sizeof(kFirst[0]); i++) {
+    MDB_dbi dbi;
+    assert_int_equal(mdb_dbi_open(txn, kFirst[i], MDB_CREATE, &dbi), 0);
+    if (i == 0) {
+      Capstan__Device *d = capstan_device_new("SEP0000000000AA");
+      size_t n = protobuf_c_message_get_packed_size(&d->base);
+      uint8_t *buf = malloc(n);
+      protobuf_c_message_pack(&d->base, buf);
+      MDB_val k = {.mv_size = strlen(d->name), .mv_data = d->name},
+              v = {.mv_size = n, .mv_data = buf};
+      assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+      free(buf);
+      capstan__device__free_unpacked(d, NULL);
+    }
+  }
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  char lock[700];
+  snprintf(lock, sizeof(lock), "%s-lock", path);
+  unlink(lock);
+}
+
+static int count_requests(const capstan_cert_request_t *r, void *arg) {
+  (void)r;
+  (*(int *)arg)++;
+  return 0;
+}
+
+static void test_backup_of_an_earlier_release(void **state) {
+  (void)state;
+  char *root = test_tmpdir();
+  char file[700], target[600], bad[700];
+  snprintf(file, sizeof(file), "%s/old.mdb", root);
+  snprintf(bad, sizeof(bad), "%s/bad.mdb", root);
+  snprintf(target, sizeof(target), "%s/target", root);
+  write_old_store(file, 1);
+  capstan_store_t *b = NULL;
+  assert_int_equal(capstan_store_open_backup(file, &b), 0);
+  assert_true(has_device(b, "SEP0000000000AA"));
+  /* What it lacks reads as empty. */
+  capstan_txn_t t;
+  assert_int_equal(capstan_store_begin(b, false, &t), 0);
+  int n = 0;
+  assert_int_equal(capstan_csr_each(&t, count_requests, &n), 0);
+  assert_int_equal(n, 0);
+  uint64_t count = 1;
+  assert_int_equal(capstan_store_count(&t, CAPSTAN_DB_CAPF_PREVIOUS, &count), 0);
+  assert_int_equal(count, 0);
+  capstan_store_abort(&t);
+  /* Restored, it is a store of this release (the databases are made). */
+  assert_int_equal(mkdir(target, 0700), 0);
+  assert_int_equal(capstan_store_install(b, target), 0);
+  capstan_store_close(b);
+  capstan_store_t *s = NULL;
+  assert_int_equal(capstan_store_open(target, 0, &s), 0);
+  assert_true(has_device(s, "SEP0000000000AA"));
+  put_device(s, "SEP0000000000BB");
+  capstan_store_close(s);
+  /* A file without the devices database is not a capstan store. */
+  write_old_store(bad, 0);
+  assert_int_equal(capstan_store_open_backup(bad, &b), CAPSTAN_EINVAL);
+  test_rmdir(strdup(target));
+  test_rmdir(root);
+}
+
 static void test_not_a_backup(void **state) {
   (void)state;
   char *root = test_tmpdir();
@@ -116,6 +200,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_backup_open_install),
       cmocka_unit_test(test_not_a_backup),
+      cmocka_unit_test(test_backup_of_an_earlier_release),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
