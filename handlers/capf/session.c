@@ -1020,10 +1020,19 @@ static void send_store_cert(capf_session_t *s) {
   go(s, CAPF_ST_WAIT_STORE);
 }
 
+/* The store could not record a step (a full disk, an I/O error): nothing
+ * more happens in this session, and the phone is asked to come back
+ * (RETRY_LATER) rather than told it failed: the fault is the server's and
+ * passes (issue 13, R26). The host has logged and counted the failure. */
+static void store_failed(capf_session_t *s) {
+  if (s->state != CAPF_ST_CLOSING) s->hooks->hold_output(s);
+  send_retry_later(s);
+  close_session(s, CAPF_RESULT_SERVER_ERROR);
+}
+
 static void send_store_request(capf_session_t *s, const event_arg_t *e) {
   if (e->status < 0) {
-    /* Never hand out a certificate that is not on record. */
-    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+    store_failed(s); /* never hand out a certificate that is not on record */
     return;
   }
   send_store_cert(s);
@@ -1156,7 +1165,7 @@ static void begin_install(capf_session_t *s, capf_device_t *d) {
 
 static void restart_install(capf_session_t *s, const event_arg_t *e) {
   if (e->status < 0) {
-    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+    store_failed(s);
     return;
   }
   if (CAPSTAN_ISSUER_IS_ONLINE(s->issuer) && s->key_alg == CAPSTAN_KEY_EC) {
@@ -1351,7 +1360,7 @@ static void check_deleted(capf_session_t *s, const event_arg_t *e) {
 
 static void end_succeeded(capf_session_t *s, const event_arg_t *e) {
   if (e->status < 0) {
-    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+    store_failed(s); /* its outcome is not on record: the operation runs again */
     return;
   }
   uint8_t reason = s->operation == CAPF_OPERATION_TROUBLESHOOT

@@ -524,10 +524,14 @@ static void test_install_failures(void **state) {
   assert_int_equal(f->s.result, CAPF_RESULT_FAILED);
   fake_free(f);
 
-  /* The ISSUED record does not commit: the certificate never leaves. */
+  /* The ISSUED record does not commit (a full disk): the certificate never
+   * leaves, and the phone is asked to come back. */
   f = signed_install();
   commit(f, 1, CAPSTAN_ENOSPC);
-  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  capstan_capf_msg_t rl = sent(f, f->nsent - 1, CAPSTAN_CAPF_CMD_RETRY_LATER);
+  (void)rl;
+  assert_true(f->held);
+  assert_int_equal(f->closes, 1);
   for (int i = 0; i < f->nsent; i++) {
     capstan_capf_msg_t m;
     assert_int_equal(capstan_capf_parse(f->sent[i], f->sent_len[i], &m), 0);
