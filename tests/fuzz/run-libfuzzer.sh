@@ -2,14 +2,15 @@
 # Coverage-guided fuzzing of every tests/fuzz target with clang's libFuzzer,
 # AddressSanitizer and UndefinedBehaviorSanitizer (issue 13).
 #
-#   tests/fuzz/run-libfuzzer.sh --minutes N [options] [TARGET...]
+#   tests/fuzz/run-libfuzzer.sh --minutes N [options] [TARGET[:MINUTES]...]
 #
 # For each target (default: every tests/fuzz/fuzz_*.c): runs it for N
 # minutes (or --runs R executions, whichever ends first) from the committed
 # corpus (tests/fuzz/corpus/<target>/) plus what earlier runs grew (kept in
 # the build directory), merges what it found into the committed corpus with
 # -merge=1 (only inputs that add coverage are added; the seeds stay), and
-# prints each target's executions, time and findings, then line coverage of
+# prints each target's executions (TARGET:MINUTES gives that target its
+# own time), time and findings, then line coverage of
 # the files it aims at (a separate clang source-based coverage build, run
 # over the merged corpus: llvm-profdata + llvm-cov report).
 #
@@ -58,6 +59,8 @@ while [ $# -gt 0 ]; do
     --max-add) MAX_ADD=$2; shift 2 ;;
     -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run-libfuzzer.sh: unknown option $1" >&2; exit 2 ;;
+    *:*) [[ ${1##*:} =~ ^[0-9]+$ ]] || { echo "run-libfuzzer.sh: bad minutes in $1" >&2; exit 2; }
+      TARGETS+=("${1%%:*}"); printf -v "MIN_${1%%:*}" %s "${1##*:}"; shift ;;
     *) TARGETS+=("${1%.c}"); shift ;;
   esac
 done
@@ -133,7 +136,9 @@ fi
 fuzz_one() { # target
   local t=$1 work=$BUILD/work/$1 art=$BUILD/artifacts/$1 log=$BUILD/logs/$1.log
   mkdir -p "$work" "$art"
-  local args=(-max_len="$(max_len "$t")" -max_total_time=$((MINUTES * 60)) -artifact_prefix="$art/"
+  local var=MIN_$t
+  local minutes=${!var:-$MINUTES}
+  local args=(-max_len="$(max_len "$t")" -max_total_time=$((minutes * 60)) -artifact_prefix="$art/"
     -print_final_stats=1 -timeout=25 -rss_limit_mb=2048)
   [ -n "$RUNS" ] && args+=(-runs="$RUNS")
   local start=$SECONDS rc=0
