@@ -155,6 +155,7 @@ typedef struct {
   int fd, intruder;
   int tid;              /* the transfer's port, once heard from */
   int intruder_tid;     /* a transfer the other port asked for */
+  int intruder_asked;   /* the other port sent something to the listener */
   int ports[MAX_PORTS]; /* every transfer port heard from */
   int nports;
   int file;         /* index in g_files, or -1 */
@@ -265,13 +266,14 @@ static void drain(client_t *c) {
     socklen_t fl = sizeof(from);
     ssize_t n = recvfrom(c->intruder, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
     if (n < 0) break;
-    /* The main transfer answers another port with an error (unknown
-     * transfer ID) only; the intruder's own requests may start transfers. */
     CHECK(n >= 4 && buf[0] == 0);
     int port = ntohs(from.sin_port);
-    if (c->tid != 0 && port == c->tid) {
+    if (!c->intruder_asked) {
+      /* It asked for nothing: it hears errors only (unknown transfer ID). */
       CHECK(buf[1] == CAPSTAN_TFTP_OP_ERROR);
     } else if (port != g_port && buf[1] != CAPSTAN_TFTP_OP_ERROR) {
+      /* Its own transfer (which may have the port an ended transfer of
+       * the client had: the kernel reuses ephemeral ports). */
       c->intruder_tid = port;
     }
   }
@@ -370,10 +372,12 @@ static void run_input(in_t *in) {
         send_to(c.intruder, c.tid, a, 4);
         break;
       case 6: /* the request again (a retransmission), or from the other port */
+        if (ev & 0x10) c.intruder_asked = 1;
         send_to((ev & 0x10) ? c.intruder : c.fd, g_port, pkt, len);
         break;
       case 7: /* raw bytes to the listener */
         n = take(in, 600, &bytes);
+        c.intruder_asked = 1; /* raw bytes may be a request */
         send_to(c.intruder, g_port, bytes, n);
         break;
       case 8: { /* a while: the retransmit timer may fire */
