@@ -3,13 +3,12 @@
  * hooks (as tests/unit/test_capf_session.c does) and the input is a script:
  * the first three bytes choose the device (operation, auth mode, key,
  * issuer, a hand-over certificate, a pending request, what loading it
- * returns) and the server (cluster issuer, a full key-generation
- * throttle); every later byte is an event: phone bytes (raw, or a message
- * built from the input with the right session id, in one or two reads), a
- * handshake done, a timer firing, the oldest record committed or failed,
- * the oldest job done or failed (with plausible outputs), an answer of the
- * CA (each outcome), send and record failures, a throttle slot freed, the
- * connection closed, a drain abort.
+ * returns, whether an online CA is configured) and the server (cluster issuer, a full
+ * key-generation throttle); every later byte is an event: phone bytes (raw, or a message built from
+ * the input with the right session id, in one or two reads), a handshake done, a timer firing, the
+ * oldest record committed or failed, the oldest job done or failed (with plausible outputs), an
+ * answer of the CA (each outcome), send and record failures, a throttle slot freed, the connection
+ * closed, a drain abort.
  *
  * Checked after every input: nothing is sent once the connection is
  * closing or closed; every message the server sends parses and carries the
@@ -63,6 +62,7 @@ typedef struct fake {
   capf_job_t *jobs[MAX_QUEUED];
   int jhead, jtail;
   int ca_outstanding;
+  int no_ca;      /* the online CA is not configured: ca_submit refuses */
   int issued_ok;  /* ISSUED records committed */
   int store_sent; /* STORE_CERT_REQUESTs that were not a hand-over */
   int nsent;
@@ -145,7 +145,8 @@ static int hook_ca_submit(capf_session_t *s, const uint8_t *csr, size_t csr_len,
   CHECK(!f->closed);
   CHECK(csr != NULL && csr_len > 0 && spki != NULL && request_id != NULL);
   (void)spki_len;
-  if (!CAPSTAN_ISSUER_IS_ONLINE(s->issuer)) return CAPSTAN_ENOENT; /* no CA configured */
+  if (!CAPSTAN_ISSUER_IS_ONLINE(s->issuer) || f->no_ca)
+    return CAPSTAN_ENOENT; /* no CA configured */
   CHECK(!f->ca_outstanding);
   f->ca_outstanding = 1;
   return 0;
@@ -425,6 +426,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   f->timer_ms = NO_TIMER;
   static const int kLoad[] = {0, CAPSTAN_ENOENT, CAPSTAN_EIO, 0};
   f->load_rc = kLoad[(dev2 >> 4) & 3];
+  f->no_ca = (dev2 >> 7) & 1;
   if (f->load_rc == CAPSTAN_EIO) f->faults = 1;
   static const unsigned kRsaBits[] = {1024, 2048, 4096, 3072};
   static const unsigned kEcBits[] = {256, 384, 521, 0};
