@@ -153,10 +153,11 @@ static size_t take(in_t *in, size_t max, const uint8_t **out) {
 
 typedef struct {
   int fd, intruder;
-  int tid;              /* the transfer's port, once heard from */
-  int intruder_tid;     /* a transfer the other port asked for */
-  int intruder_asked;   /* the other port sent something to the listener */
-  int ports[MAX_PORTS]; /* every transfer port heard from */
+  int tid;                 /* the transfer's port, once heard from */
+  int intruder_tid;        /* a transfer the other port asked for */
+  int port, intruder_port; /* the client's own ports */
+  int intruder_asked;      /* the other port sent something to the listener */
+  int ports[MAX_PORTS];    /* every transfer port heard from */
   int nports;
   int file;         /* index in g_files, or -1 */
   int octet;        /* octet mode: DATA contents are checked */
@@ -181,6 +182,13 @@ static int udp_socket(void) {
     usleep(1000);
   }
   return -1;
+}
+
+static int local_port(int fd) {
+  struct sockaddr_in sa;
+  socklen_t len = sizeof(sa);
+  if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0) return -1;
+  return ntohs(sa.sin_port);
 }
 
 static void send_to(int fd, int port, const void *pkt, size_t len) {
@@ -239,8 +247,14 @@ static void drain(client_t *c) {
     ssize_t n = recvfrom(c->fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
     if (n < 0) break;
     int port = ntohs(from.sin_port);
+    if (port == c->intruder_port) continue; /* the harness's own packet (a reused port) */
     CHECK(n >= 4);
     uint16_t op = (uint16_t)(buf[0] << 8 | buf[1]);
+    if (op != CAPSTAN_TFTP_OP_DATA && op != CAPSTAN_TFTP_OP_OACK && op != CAPSTAN_TFTP_OP_ERROR) {
+      fprintf(stderr,
+              "fuzz_tftp_session: op %u from port %d (listener %d, client %d, intruder %d)\n", op,
+              port, g_port, c->port, c->intruder_port);
+    }
     CHECK(op == CAPSTAN_TFTP_OP_DATA || op == CAPSTAN_TFTP_OP_OACK || op == CAPSTAN_TFTP_OP_ERROR);
     if (op == CAPSTAN_TFTP_OP_ERROR) CHECK(buf[n - 1] == 0);
     if (port == g_port) {
@@ -327,6 +341,8 @@ static void run_input(in_t *in) {
     if (c.intruder >= 0) close(c.intruder);
     return;
   }
+  c.port = local_port(c.fd);
+  c.intruder_port = local_port(c.intruder);
   uint8_t pkt[1100];
   size_t len = build_request(in, &c, pkt, sizeof(pkt));
   send_to(c.fd, g_port, pkt, len);
