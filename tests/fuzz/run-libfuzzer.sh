@@ -88,7 +88,7 @@ done
 # (the coverage report lists these).
 max_len() {
   case "$1" in
-    fuzz_tftp_request) echo 1024 ;;
+    fuzz_tftp_request|fuzz_files_service) echo 1024 ;;
     fuzz_capf_session|fuzz_tftp_session|fuzz_config_file|fuzz_device_csv) echo 4096 ;;
     fuzz_http|fuzz_pki_sudi|fuzz_files_cnfxml) echo 8192 ;;
     fuzz_capf_wire|fuzz_x509_inputs|fuzz_files_sgn|fuzz_files_itl|fuzz_ca_answers) echo 16384 ;;
@@ -102,14 +102,15 @@ target_files() {
     fuzz_tftp_request) echo handlers/tftp/tftp_packet.c ;;
     fuzz_tftp_session) echo handlers/tftp/tftp.c handlers/tftp/tftp_packet.c ;;
     fuzz_http) echo handlers/http/server.c handlers/http/files.c ;;
-    fuzz_x509_inputs) echo core/pki/cert.c core/pki/verify.c core/pki/pki.c core/ca/check.c handlers/capf/jobs.c ;;
+    fuzz_x509_inputs) echo core/pki/pki.c core/pki/ca.c core/pki/verify.c core/ca/check.c handlers/capf/jobs.c ;;
+    fuzz_files_service) echo core/files/service.c core/files/itl.c core/files/sgn.c core/files/cnfxml.c ;;
     fuzz_files_sgn) echo core/files/sgnhdr.c core/files/sgn.c core/files/itl.c core/files/encconf.c ;;
     fuzz_files_itl) echo core/files/itl.c core/files/sgnhdr.c core/files/sgn.c ;;
     fuzz_files_cnfxml) echo core/files/cnfxml.c ;;
     fuzz_ca_answers) echo core/ca/est.c core/ca/mscs.c core/ca/util.c core/ca/http.c ;;
     fuzz_pki_sudi) echo core/pki/verify.c handlers/capf/wire.c ;;
     fuzz_device_csv) echo handlers/cli/csv.c ;;
-    fuzz_config_file) echo handlers/cli/serve.c ;;
+    fuzz_config_file) echo handlers/cli/serve.c core/settings.c handlers/cli/options.c handlers/cli/cli.c ;;
     *) echo "" ;;
   esac
 }
@@ -214,11 +215,11 @@ if [ $COVERAGE -eq 1 ]; then
       files=()
       for f in $(target_files "$t"); do files+=("$SRC/$f"); done
       echo "-- $t: line coverage over tests/fuzz/corpus/$t ($(ls "$SRC/tests/fuzz/corpus/$t" | wc -l) inputs)"
-      if [ ${#files[@]} -gt 0 ]; then
-        "$LLVMCOV" report "$BUILD/cov/$t" -instr-profile="$prof/$t.profdata" "${files[@]}" |
-          awk 'NR==1 || /^-/ {next} {printf "   %-32s lines %6s of %5s covered  (%s)\n", $1, $8-$9, $8, $10}' |
-          sed "s|$SRC/||"
-      fi
+      for f in "${files[@]}"; do
+        # One file per report, so that llvm-cov prints its whole path.
+        "$LLVMCOV" report "$BUILD/cov/$t" -instr-profile="$prof/$t.profdata" "$f" |
+          awk -v name="${f#"$SRC"/}" '$1 == "TOTAL" {printf "   %-34s lines %6s of %5s covered  (%s)\n", name, $8-$9, $8, $10}'
+      done
     done
   fi
 fi
