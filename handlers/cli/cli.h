@@ -30,6 +30,9 @@ int capstan_cli_capf_main(int argc, char **argv);
 int capstan_cli_report_main(int argc, char **argv);
 int capstan_cli_init_main(int argc, char **argv);
 int capstan_cli_serve_main(int argc, char **argv);
+/* Reads |path| as `capstan serve --config` does (for tests/fuzz): 0, or -1
+ * with |why| naming the line. What it read is freed. */
+int capstan_cli_serve_read_config(const char *path, char *why, size_t whylen);
 int capstan_cli_audit_main(int argc, char **argv);
 int capstan_cli_reload_main(int argc, char **argv);
 int capstan_cli_backup_main(int argc, char **argv);

@@ -112,6 +112,14 @@ static int read_config(void *ctx, const char *path, char *why, size_t whylen) {
   return rc;
 }
 
+int capstan_cli_serve_read_config(const char *path, char *why, size_t whylen) {
+  serve_file_t f = {0};
+  int rc = read_config(&f, path, why, whylen);
+  for (int i = 0; i < NOPTS; i++) free(f.value[i]);
+  free(f.data_dir);
+  return rc;
+}
+
 /* An option's value: the command line, else a config file, else |def|. */
 static const char *pick(const capstan_cli_t *c, int opt, const char *def) {
   const serve_file_t *file = c->ctx;

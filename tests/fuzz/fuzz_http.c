@@ -90,16 +90,35 @@ static void init(void) {
   g_ready = 1;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  if (!g_ready) init();
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) abort();
+/* A loopback connection to the server. Loopback connect completes in the
+ * kernel backlog without the loop, but it can fail now and then (EINTR,
+ * ephemeral ports in TIME_WAIT, a full backlog): the harness retries,
+ * turning the loop meanwhile so the server accepts and closes, and never
+ * aborts for its own socket's sake. -1 when it could not connect. */
+static int connect_to_server(void) {
   struct sockaddr_in sa = {0};
   sa.sin_family = AF_INET;
   sa.sin_port = htons((uint16_t)g_port);
   inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  /* Loopback connect completes in the kernel backlog without the loop. */
-  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) abort();
+  for (int attempt = 0; attempt < 100; attempt++) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd >= 0) {
+      if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) return fd;
+      int err = errno;
+      close(fd);
+      if (attempt == 10) fprintf(stderr, "fuzz_http: connect: %s (retrying)\n", strerror(err));
+    }
+    uv_run(&g_loop, UV_RUN_NOWAIT);
+    usleep(attempt < 10 ? 1000 : 20000);
+  }
+  fprintf(stderr, "fuzz_http: could not connect to the server; input skipped\n");
+  return -1;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (!g_ready) init();
+  int fd = connect_to_server();
+  if (fd < 0) return 0; /* the harness's own trouble, not the server's: skip */
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   size_t off = 0;
   int shut = 0, eof = 0;
