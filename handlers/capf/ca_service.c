@@ -35,6 +35,7 @@ typedef struct poll_item {
   uint8_t *spki;
   size_t spki_len;
   char request_id[CAPSTAN_CA_REQUEST_ID_MAX + 1];
+  unsigned issuer; /* the client that asks: the one of the issuer it was made for */
   capstan_ca_request_t *req;
   struct poll_item *next; /* in flight, or in a scan's list */
 } poll_item_t;
@@ -44,7 +45,7 @@ typedef struct poll_item {
 typedef struct scan_job {
   uv_work_t work;
   capf_ca_service_t *svc;
-  unsigned issuer; /* poll requests made for this issuer */
+  unsigned issuers; /* poll requests made for these issuers (a bit each) */
   int64_t now;
   unsigned room; /* how many due requests to take */
   uint8_t skip[POLL_MAX_IN_FLIGHT][32];
@@ -60,8 +61,13 @@ struct capf_ca_service {
   capf_ca_reset_fn reset;
   void *reset_arg;
   uv_timer_t timer;
-  unsigned issuer;
+  unsigned issuer; /* the cluster's setting */
   capstan_ca_config_t cfg;
+  /* One client per online issuer the configured CA can serve (indexed by
+   * capstan_issuer_t): the cluster's, and the other for devices that have
+   * their own --issuer. |client| is the primary one (the cluster's issuer,
+   * else EST): its health is written and its chain fetched daily. */
+  capstan_ca_client_t *clients[CAPSTAN_ISSUER_OFFLINE + 1];
   capstan_ca_client_t *client;
   capf_pki_t *pki;
   poll_item_t *in_flight;
@@ -97,7 +103,7 @@ static int same_connection(const capstan_ca_config_t *a, const capstan_ca_config
 }
 
 static void drop_client(capf_ca_service_t *svc) {
-  if (svc->client == NULL) return;
+  if (svc->clients[CAPSTAN_ISSUER_EST] == NULL && svc->clients[CAPSTAN_ISSUER_MSCS] == NULL) return;
   if (svc->chain_req != NULL) capstan_ca_cancel(svc->chain_req);
   svc->chain_req = NULL;
   /* Sessions and the poller let go of their requests first: the client
@@ -110,9 +116,34 @@ static void drop_client(capf_ca_service_t *svc) {
     item_free(it);
   }
   svc->n_in_flight = 0;
-  capstan_ca_client_free(svc->client);
+  for (unsigned i = 0; i <= CAPSTAN_ISSUER_OFFLINE; i++) {
+    capstan_ca_client_free(svc->clients[i]);
+    svc->clients[i] = NULL;
+    svc->shared->ca[i] = NULL;
+  }
   svc->client = NULL;
-  svc->shared->ca = NULL;
+}
+
+/* Makes the client of |issuer| (EST or MSCS) for |cfg|; a failure is
+ * logged when |loud| (the cluster's own issuer), else only noted. */
+static void make_client(capf_ca_service_t *svc, unsigned issuer, const capstan_ca_config_t *cfg,
+                        int loud) {
+  char err[256] = "";
+  capstan_ca_client_t *c =
+      capstan_ca_client_new(svc->loop, (capstan_issuer_t)issuer, cfg, err, sizeof(err));
+  if (c == NULL) {
+    if (loud) {
+      LOG_ERROR("event=ca_client_failed issuer=%s error=\"%s\"", capstan_issuer_name(issuer),
+                err[0] ? err : "out of memory");
+    } else {
+      LOG_DEBUG("event=ca_client_unavailable issuer=%s error=\"%s\"", capstan_issuer_name(issuer),
+                err);
+    }
+    return;
+  }
+  LOG_INFO("event=ca_client_ready issuer=%s url=%s", capstan_issuer_name(issuer), cfg->url);
+  svc->clients[issuer] = c;
+  svc->shared->ca[issuer] = c;
 }
 
 void capf_ca_service_update(capf_ca_service_t *svc, unsigned issuer, capf_pki_t *pki) {
@@ -136,33 +167,35 @@ void capf_ca_service_update(capf_ca_service_t *svc, unsigned issuer, capf_pki_t 
     return;
   }
   svc->shared->settings.ca_phone_wait_seconds = cfg.phone_wait_seconds;
-  int online = CAPSTAN_ISSUER_IS_ONLINE(issuer) && cfg.url[0] != '\0';
-  int same =
-      svc->client != NULL && online && issuer == svc->issuer && same_connection(&cfg, &svc->cfg);
-  if (same && cfg.chain_count > 0) {
-    /* `capstan ca test` stored a newer chain: the client completes answers
+  int configured = cfg.url[0] != '\0';
+  int same = configured && svc->cfg.url[0] != '\0' && same_connection(&cfg, &svc->cfg);
+  if (same) {
+    /* `capstan ca test` stored a newer chain: the clients complete answers
      * with it from now on. */
-    capstan_ca_client_set_chain(svc->client, (const uint8_t *const *)cfg.chain_der, cfg.chain_lens,
-                                cfg.chain_count);
-  }
-  if (!same) {
-    drop_client(svc);
-    if (online) {
-      char err[256] = "";
-      svc->client =
-          capstan_ca_client_new(svc->loop, (capstan_issuer_t)issuer, &cfg, err, sizeof(err));
-      if (svc->client == NULL) {
-        LOG_ERROR("event=ca_client_failed issuer=%s error=\"%s\"", capstan_issuer_name(issuer),
-                  err[0] ? err : "out of memory");
-      } else {
-        LOG_INFO("event=ca_client_ready issuer=%s url=%s", capstan_issuer_name(issuer), cfg.url);
-        svc->chain_due_at = cfg.chain_fetched_at + CHAIN_REFRESH_SECONDS;
-      }
-    } else if (CAPSTAN_ISSUER_IS_ONLINE(issuer)) {
-      LOG_WARN("event=ca_not_configured issuer=%s hint=\"capstan ca set --url ...\"",
-               capstan_issuer_name(issuer));
+    for (unsigned i = 0; cfg.chain_count > 0 && i <= CAPSTAN_ISSUER_OFFLINE; i++) {
+      if (svc->clients[i] == NULL) continue;
+      capstan_ca_client_set_chain(svc->clients[i], (const uint8_t *const *)cfg.chain_der,
+                                  cfg.chain_lens, cfg.chain_count);
     }
-    svc->shared->ca = svc->client;
+  } else {
+    drop_client(svc);
+    if (configured) {
+      /* Devices may have an online issuer of their own (--issuer) even
+       * when the cluster's is capf or offline: both protocols are ready
+       * when the CA's settings allow them (certsrv needs a template). */
+      make_client(svc, CAPSTAN_ISSUER_EST, &cfg, issuer == CAPSTAN_ISSUER_EST);
+      make_client(svc, CAPSTAN_ISSUER_MSCS, &cfg, issuer == CAPSTAN_ISSUER_MSCS);
+      svc->chain_due_at = cfg.chain_fetched_at + CHAIN_REFRESH_SECONDS;
+    }
+  }
+  /* The cluster's issuer only chooses the primary client: a change of it
+   * lets the requests in flight go on. */
+  svc->client =
+      svc->clients[issuer == CAPSTAN_ISSUER_MSCS ? CAPSTAN_ISSUER_MSCS : CAPSTAN_ISSUER_EST];
+  if (CAPSTAN_ISSUER_IS_ONLINE(issuer) && svc->clients[issuer] == NULL &&
+      (issuer != svc->issuer || !same)) {
+    LOG_WARN("event=ca_not_configured issuer=%s hint=\"capstan ca set --url ...%s\"",
+             capstan_issuer_name(issuer), issuer == CAPSTAN_ISSUER_MSCS ? " --template NAME" : "");
   }
   svc->issuer = issuer;
   capstan_ca_config_cleanup(&svc->cfg);
@@ -293,8 +326,8 @@ static int scan_visit(const capstan_cert_request_t *r, void *arg) {
   scan_visit_t *v = arg;
   scan_job_t *j = v->job;
   if (r->status != CAPSTAN_CSR_PENDING) return 0;
-  if (v->taken >= j->room || r->issuer != j->issuer || r->next_poll_at > j->now ||
-      in_skip(j, r->key)) {
+  if (v->taken >= j->room || r->issuer > 31 || !((j->issuers >> r->issuer) & 1u) ||
+      r->next_poll_at > j->now || in_skip(j, r->key)) {
     return 0;
   }
   poll_item_t *it = calloc(1, sizeof(*it));
@@ -302,6 +335,7 @@ static int scan_visit(const capstan_cert_request_t *r, void *arg) {
   memcpy(it->key, r->key, sizeof(it->key));
   snprintf(it->device, sizeof(it->device), "%s", r->device);
   snprintf(it->request_id, sizeof(it->request_id), "%s", r->ca_request_id);
+  it->issuer = r->issuer;
   it->csr_der = malloc(r->csr_len ? r->csr_len : 1);
   it->spki = malloc(r->spki_len ? r->spki_len : 1);
   if (it->csr_der == NULL || it->spki == NULL) {
@@ -339,14 +373,16 @@ static void scan_done(uv_work_t *w, int status) {
     poll_item_t *it = j->due;
     j->due = it->next;
     it->next = NULL;
-    /* The issuer or the client may have changed while the scan ran. */
-    if (svc->stopping || svc->client == NULL || svc->issuer != j->issuer || svc->pki == NULL) {
+    /* The clients may have changed while the scan ran. */
+    capstan_ca_client_t *client =
+        it->issuer <= CAPSTAN_ISSUER_OFFLINE && !svc->stopping ? svc->clients[it->issuer] : NULL;
+    if (client == NULL || svc->pki == NULL) {
       item_free(it);
       continue;
     }
     it->svc = svc;
     it->req =
-        capstan_ca_submit(svc->client, it->device, it->csr_der, it->csr_len, it->spki, it->spki_len,
+        capstan_ca_submit(client, it->device, it->csr_der, it->csr_len, it->spki, it->spki_len,
                           it->request_id, svc->pki->ids->capf_trust, on_poll_answer, it);
     if (it->req == NULL) {
       item_free(it);
@@ -469,7 +505,10 @@ static void on_chain(capstan_ca_request_t *req, const capstan_ca_result_t *r, vo
     w->lens[i] = r->chain_lens[i];
   }
   LOG_INFO("event=ca_chain_fetched certificates=%zu", w->count);
-  capstan_ca_client_set_chain(svc->client, (const uint8_t *const *)w->der, w->lens, w->count);
+  for (unsigned i = 0; i <= CAPSTAN_ISSUER_OFFLINE; i++) {
+    if (svc->clients[i] == NULL) continue;
+    capstan_ca_client_set_chain(svc->clients[i], (const uint8_t *const *)w->der, w->lens, w->count);
+  }
   if (capstan_store_submit(svc->store, chain_apply, w, chain_written) < 0) chain_write_free(w);
 }
 
@@ -488,11 +527,15 @@ static void on_tick(uv_timer_t *t) {
   write_health(svc, now);
   refresh_chain(svc, now);
   /* Only an online CA is polled; core/stats.c counts what waits. */
-  if (svc->client == NULL || svc->n_in_flight >= POLL_MAX_IN_FLIGHT) return;
+  unsigned issuers = 0;
+  for (unsigned i = 0; i <= CAPSTAN_ISSUER_OFFLINE; i++) {
+    if (svc->clients[i] != NULL) issuers |= 1u << i;
+  }
+  if (issuers == 0 || svc->n_in_flight >= POLL_MAX_IN_FLIGHT) return;
   scan_job_t *j = calloc(1, sizeof(*j));
   if (j == NULL) return;
   j->svc = svc;
-  j->issuer = svc->issuer;
+  j->issuers = issuers;
   j->now = now;
   j->room = POLL_MAX_IN_FLIGHT - svc->n_in_flight;
   for (poll_item_t *it = svc->in_flight; it != NULL && j->nskip < POLL_MAX_IN_FLIGHT;

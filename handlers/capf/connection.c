@@ -127,11 +127,12 @@ static void on_ca_done(capstan_ca_request_t *req, const capstan_ca_result_t *r, 
 static int hook_ca_submit(capf_session_t *s, const uint8_t *csr, size_t csr_len,
                           const uint8_t *spki, size_t spki_len, const char *request_id) {
   capf_conn_t *c = conn_of(s);
-  if (s->shared->ca == NULL) return CAPSTAN_ENOENT;
+  capstan_ca_client_t *ca = s->issuer < 4 ? s->shared->ca[s->issuer] : NULL;
+  if (ca == NULL) return CAPSTAN_ENOENT;
   /* The issued certificate must chain to CAPF-trust as this session knows
    * it (its snapshot outlives the request: the request holds a reference
    * to the connection). */
-  c->ca_req = capstan_ca_submit(s->shared->ca, s->device, csr, csr_len, spki, spki_len, request_id,
+  c->ca_req = capstan_ca_submit(ca, s->device, csr, csr_len, spki, spki_len, request_id,
                                 c->pki->ids->capf_trust, on_ca_done, c);
   if (c->ca_req == NULL) return CAPSTAN_ENOMEM;
   c->refs++;

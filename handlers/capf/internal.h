@@ -125,8 +125,9 @@ typedef struct capf_shared {
   capf_settings_t settings;
   capf_metrics_t m;
   capstan_throttle_t throttle; /* phone key generations (R17) */
-  /* The online CA (issuer est or mscs with a CA configured), else NULL. */
-  struct capstan_ca_client *ca;
+  /* The online CA's client for each issuer (indexed by capstan_issuer_t:
+   * EST and MSCS when a CA is configured), else NULL. */
+  struct capstan_ca_client *ca[4];
   /* Wrong authentication strings by peer address (the per-address delay). */
   capf_guess_table_t guesses;
   int draining; /* the server drains: no new wrong-string delay starts */

@@ -41,10 +41,24 @@ cap main ca show >"$IT_TMP/show"
 has "$IT_TMP/show" "${CA_URL[est]}"
 lacks "$IT_TMP/show" "s3cret"
 
-cap main config set issuer est >/dev/null
-# The server takes the issuer and the CA within a second or two.
+# A pilot: the cluster stays on capf, one device has the CA sign its LSC.
+# (The server makes its CA clients once it sees the CA configured.)
 it_wait_for 20 grep -q "'event=ca_client_ready issuer=est'" "${SRV_LOG[main]}" ||
   fail "the server did not make its EST client"
+cap main device add SEP0F0000000001 --operation install --auth null --issuer est >/dev/null
+phone main --name SEP0F0000000001 --save-cert "$IT_TMP/pilot.der"
+json_expect "$PHONE_JSON" result ok csr_sent true
+openssl verify -CAfile "$CA/root.pem" -untrusted "$CA/issuing.pem" \
+  <(openssl x509 -inform DER -in "$IT_TMP/pilot.der") >/dev/null || fail "pilot LSC is not the CA's"
+cap main device add SEP0F0000000002 --operation install --auth null >/dev/null
+phone main --name SEP0F0000000002 --save-cert "$IT_TMP/own.der"
+json_expect "$PHONE_JSON" result ok csr_sent false # the cluster's issuer: the CAPF signs
+testca_control est '{"reset_log": true}' >/dev/null
+
+cap main config set issuer est >/dev/null
+# The server takes the issuer within a second or two.
+it_wait_for 20 grep -q "'event=capf_issuer issuer=est'" "${SRV_LOG[main]}" ||
+  fail "the server did not take the issuer"
 
 # capstan_ca_requests_total{mode="est",result=$1}; 0 while the series is absent.
 # csr_status_is DEVICE STATUS: DEVICE has one request in STATUS.
@@ -79,7 +93,7 @@ cap main audit list --device "$D" --json >"$IT_TMP/audit.json"
 order=$(jq -r '[.[] | .event] | join(" ")' "$IT_TMP/audit.json")
 [[ "$order" == *"cert_issued"*"cert_installed"*"operation_succeeded"* ]] ||
   fail "audit order: $order"
-assert_eq 1 "$(issued issued)" "issued counted"
+assert_eq 2 "$(issued issued)" "issued counted (the pilot's and this one)"
 # The CA saw exactly one enrollment, with our Basic credentials.
 testca_control est '{}' | jq -e '[.log[] | select(.result == "issued")] | length == 1' >/dev/null ||
   fail "the CA did not log one issued enrollment"
