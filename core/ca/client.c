@@ -149,13 +149,22 @@ static void release_slot(capstan_ca_client_t *c) {
   while (c->queue_head && c->active < c->cfg.max_requests) {
     capstan_ca_request_t *next = c->queue_head;
     dequeue(next);
-    if (start_step(next, next->first_step) == 0) {
-      next->holds_slot = 1;
-      c->active++;
-    } else {
-      ca_result_set(&next->result, CAPSTAN_CA_UNAVAILABLE, "CA unavailable: out of memory");
-      complete(next); /* its done runs later than its submit, as promised */
+    if (start_step(next, next->first_step) != 0) {
+      /* Out of memory: it waits at the head for the next free slot (or
+       * its requester's own timer), rather than calling back from inside
+       * whoever freed this slot. */
+      next->queued = 1;
+      next->qnext = c->queue_head;
+      if (c->queue_head) {
+        c->queue_head->qprev = next;
+      } else {
+        c->queue_tail = next;
+      }
+      c->queue_head = next;
+      break;
     }
+    next->holds_slot = 1;
+    c->active++;
   }
 }
 

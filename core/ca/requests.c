@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/base/error.h"
 #include "core/pki/pki.h"
@@ -407,7 +408,7 @@ int capstan_csr_record_failed(capstan_txn_t *txn, const uint8_t key[32], const c
 }
 
 int capstan_csr_record_polled(capstan_txn_t *txn, const uint8_t key[32], int64_t next_poll_at,
-                              const char *reason, int64_t now) {
+                              const char *ca_request_id, const char *reason, int64_t now) {
   if (key == NULL) return CAPSTAN_EINVAL;
   Capstan__CertRequest *rec;
   int err = capstan_store_csr_get(txn, key, &rec);
@@ -418,6 +419,13 @@ int capstan_csr_record_polled(capstan_txn_t *txn, const uint8_t key[32], int64_t
   }
   SET(rec, next_poll_at, next_poll_at);
   SET(rec, polls, rec->polls + 1);
+  /* The CA's id for it, once the CA gave one (a submit answered "pending"
+   * after the phone's wait): polls ask about that request from now on
+   * instead of submitting it again. */
+  if (ca_request_id != NULL && ca_request_id[0] != '\0' &&
+      (err = capstan_record_set_string(&rec->ca_request_id, ca_request_id)) != 0) {
+    goto done;
+  }
   if ((err = set_reason(rec, reason)) != 0) goto done;
   err = capstan_store_csr_put(txn, key, rec);
   if (err != 0) goto done;
@@ -589,6 +597,13 @@ int capstan_csr_handover(capstan_txn_t *txn, const char *device, uint8_t **der, 
   }
   err = capstan_store_cert_get(txn, rec->cert_key.data, &c);
   if (err != 0) goto done;
+  /* Checked when it came; not handed out once it expired or stopped being
+   * the device's (stale, deleted): the install then starts over. */
+  if (c->status != CAPSTAN__CERT_STATUS__CERT_STATUS_ISSUED ||
+      (c->not_after != 0 && c->not_after <= (int64_t)time(NULL))) {
+    err = CAPSTAN_ENOENT;
+    goto done;
+  }
   *der = malloc(c->der.len ? c->der.len : 1);
   if (*der == NULL) {
     err = CAPSTAN_ENOMEM;

@@ -100,7 +100,7 @@ int capstan_csr_record_failed(capstan_txn_t *txn, const uint8_t key[32], const c
 
 /* Still pending after a poll: next poll time, count, the CA's words. */
 int capstan_csr_record_polled(capstan_txn_t *txn, const uint8_t key[32], int64_t next_poll_at,
-                              const char *reason, int64_t now);
+                              const char *ca_request_id, const char *reason, int64_t now);
 
 /* The phone refused the handed-over certificate: its request and the
  * certificate become STALE ("the phone refused the certificate").

@@ -210,6 +210,7 @@ typedef struct poll_write {
   char device[CAPSTAN_DEVICE_NAME_MAX + 1];
   capstan_ca_outcome_t outcome;
   char reason[CAPSTAN_CA_REASON_MAX + 1];
+  char request_id[CAPSTAN_CA_REQUEST_ID_MAX + 1]; /* the CA's id, once it gave one */
   uint8_t *cert_der;
   size_t cert_len;
   uint8_t **chain_der;
@@ -238,7 +239,8 @@ static int poll_write_apply(capstan_txn_t *txn, void *arg) {
     case CAPSTAN_CA_BAD_CERT:
       return capstan_csr_record_failed(txn, w->key, w->reason, w->now);
     default:
-      return capstan_csr_record_polled(txn, w->key, w->next_poll_at, w->reason, w->now);
+      return capstan_csr_record_polled(txn, w->key, w->next_poll_at, w->request_id, w->reason,
+                                       w->now);
   }
 }
 
@@ -261,6 +263,7 @@ static poll_write_t *poll_write_new(const poll_item_t *it, const capstan_ca_resu
   snprintf(w->device, sizeof(w->device), "%s", it->device);
   w->outcome = r->outcome;
   snprintf(w->reason, sizeof(w->reason), "%s", r->reason);
+  snprintf(w->request_id, sizeof(w->request_id), "%s", r->request_id);
   w->now = (int64_t)time(NULL);
   w->next_poll_at = r->outcome == CAPSTAN_CA_PENDING && r->retry_at > 0
                         ? r->retry_at

@@ -499,8 +499,14 @@ static void test_polled(void **state) {
   assert_int_equal(capstan_csr_record_pending(&f->txn, DEV, r.csr, r.csr_len, r.spki, r.spki_len,
                                               CAPSTAN_ISSUER_MSCS, "7", 1060, NULL, 1000),
                    0);
-  assert_int_equal(capstan_csr_record_polled(&f->txn, r.id, 1120, "still pending", 1060), 0);
-  assert_int_equal(capstan_csr_record_polled(&f->txn, r.id, 1180, "still pending 2", 1120), 0);
+  assert_int_equal(capstan_csr_record_polled(&f->txn, r.id, 1120, NULL, "still pending", 1060), 0);
+  /* The CA gave its id at last (a submit answered "pending"): kept. */
+  assert_int_equal(capstan_csr_record_polled(&f->txn, r.id, 1180, "77", "still pending 2", 1120),
+                   0);
+  capstan_cert_request_t polled = {0};
+  assert_int_equal(capstan_csr_get(&f->txn, r.id, &polled), 0);
+  assert_string_equal(polled.ca_request_id, "77");
+  capstan_cert_request_cleanup(&polled);
   capstan_cert_request_t got;
   assert_int_equal(capstan_csr_get(&f->txn, r.id, &got), 0);
   assert_int_equal(got.status, CAPSTAN_CSR_PENDING);
