@@ -128,8 +128,8 @@ static void write_old_store(const char *path, int with_devices) {
   }
   assert_int_equal(mdb_txn_commit(txn), 0);
   mdb_env_close(env);
-  char lock[700];
-  snprintf(lock, sizeof(lock), "%s-lock", path);
+  char lock[4096];
+  assert_true((size_t)snprintf(lock, sizeof(lock), "%s-lock", path) < sizeof(lock));
   unlink(lock);
 }
 
