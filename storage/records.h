@@ -121,8 +121,7 @@ int capstan_store_settings_load(capstan_store_t *store, Capstan__Settings **out)
  * their public key (core/ca/requests.h computes it). put needs device,
  * csr_der and public_key. */
 int capstan_store_csr_get(capstan_txn_t *txn, const uint8_t key[32], Capstan__CertRequest **out);
-int capstan_store_csr_put(capstan_txn_t *txn, const uint8_t key[32],
-                          const Capstan__CertRequest *r);
+int capstan_store_csr_put(capstan_txn_t *txn, const uint8_t key[32], const Capstan__CertRequest *r);
 int capstan_store_csr_delete(capstan_txn_t *txn, const uint8_t key[32]);
 typedef int (*capstan_store_csr_fn)(const uint8_t key[32], const Capstan__CertRequest *r,
                                     void *arg);

@@ -56,7 +56,7 @@ typedef struct capstan_store capstan_store_t;
   X(SETTINGS, "settings")           \
   X(AUDIT, "audit")                 \
   X(CAPF_PREVIOUS, "capf_previous") \
-  X(AUDIT_DEVICE, "audit_device")  \
+  X(AUDIT_DEVICE, "audit_device")   \
   X(CSR, "csr")
 
 typedef enum {
