@@ -42,6 +42,7 @@ struct capstan_ca_client {
   unsigned active;
   capstan_ca_request_t *queue_head, *queue_tail;
   capstan_ca_health_t health;
+  ca_addr_cache_t addrs; /* the CA's addresses as last resolved */
 };
 
 struct capstan_ca_request {
@@ -245,6 +246,7 @@ static int start_step(capstan_ca_request_t *req, step_t step) {
   rq.password = cfg->password;
   rq.ctx = c->ctx;
   rq.timeout_seconds = cfg->timeout_seconds;
+  rq.addr_cache = &c->addrs;
   rq.method = "GET";
   char *body = NULL;
   size_t body_len = 0;

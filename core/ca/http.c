@@ -1,9 +1,8 @@
 /* One HTTPS/1.1 exchange with a CA on the loop, never blocking it: resolve
- * (uv_getaddrinfo), connect (uv_tcp_t, each address in turn), TLS 1.2+
- * with BoringSSL over a BIO pair (the server name checked against the
- * configured bundle or the system's anchors), one request with
- * "Connection: close", the answer parsed with http-parser and capped at
- * CAPSTAN_CA_MAX_RESPONSE. One timer bounds the whole exchange.
+ * (uv_getaddrinfo, unless the client's address cache answers), connect (uv_tcp_t, each address in
+ * turn), TLS 1.2+ with BoringSSL over a BIO pair (the server name checked against the configured
+ * bundle or the system's anchors), one request with "Connection: close", the answer parsed with
+ * http-parser and capped at CAPSTAN_CA_MAX_RESPONSE. One timer bounds the whole exchange.
  *
  * The done callback always runs from the close callback of the last
  * handle, so never inside ca_http_start, and the struct is freed right
@@ -43,6 +42,8 @@ struct ca_http {
   int tcp_open, gai_pending, open_handles;
   int last_connect_error;
   struct addrinfo *addrs, *next_addr;
+  int addrs_ours;              /* from ca_addr_list, not the resolver */
+  ca_addr_cache_t *addr_cache; /* the client's, or NULL */
 
   char host[CAPSTAN_CA_HOST_MAX + 1];
   uint16_t port;
@@ -88,7 +89,13 @@ static void release(ca_http_t *h) {
     h->done(h->data, h->outcome, h->outcome == CA_HTTP_ANSWERED ? "" : h->error,
             h->outcome == CA_HTTP_ANSWERED ? &h->resp : NULL);
   }
-  if (h->addrs) uv_freeaddrinfo(h->addrs);
+  if (h->addrs) {
+    if (h->addrs_ours) {
+      ca_addr_list_free(h->addrs);
+    } else {
+      uv_freeaddrinfo(h->addrs);
+    }
+  }
   SSL_free(h->ssl);
   BIO_free(h->net);
   SSL_CTX_free(h->ctx);
@@ -497,6 +504,8 @@ static void try_connect(ca_http_t *h) {
     if (r != 0) attempt_failed(h, r);
     return;
   }
+  /* Every cached address failed: the CA may have moved; resolve anew next time. */
+  if (h->addrs_ours && h->addr_cache) h->addr_cache->count = 0;
   finish(h, CA_HTTP_FAILED, "connect to %s:%u: %s", h->host, (unsigned)h->port,
          h->last_connect_error ? uv_strerror(h->last_connect_error) : "no usable address");
 }
@@ -515,7 +524,79 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   }
   h->addrs = res;
   h->next_addr = res;
+  if (h->addr_cache) ca_addr_cache_fill(h->addr_cache, res, uv_now(h->loop));
   try_connect(h);
+}
+
+void ca_addr_cache_fill(ca_addr_cache_t *c, const struct addrinfo *res, uint64_t now_ms) {
+  c->count = 0;
+  for (const struct addrinfo *ai = res; ai && c->count < CA_ADDR_CACHE_MAX; ai = ai->ai_next) {
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
+    if (ai->ai_addrlen > sizeof c->addr[0]) continue;
+    memcpy(&c->addr[c->count], ai->ai_addr, ai->ai_addrlen);
+    c->len[c->count] = ai->ai_addrlen;
+    c->count++;
+  }
+  c->expires_ms = now_ms + CA_ADDR_CACHE_SECONDS * 1000u;
+}
+
+/* One entry of a list we build: the addrinfo and the address it points to. */
+typedef struct addr_entry {
+  struct addrinfo ai;
+  struct sockaddr_storage ss;
+} addr_entry_t;
+
+static struct addrinfo *addr_list_append(struct addrinfo **head, struct addrinfo **tail,
+                                         const void *sa, socklen_t len) {
+  addr_entry_t *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  memcpy(&e->ss, sa, len);
+  e->ai.ai_family = ((const struct sockaddr *)sa)->sa_family;
+  e->ai.ai_socktype = SOCK_STREAM;
+  e->ai.ai_addr = (struct sockaddr *)&e->ss;
+  e->ai.ai_addrlen = len;
+  if (*tail) {
+    (*tail)->ai_next = &e->ai;
+  } else {
+    *head = &e->ai;
+  }
+  *tail = &e->ai;
+  return &e->ai;
+}
+
+void ca_addr_list_free(struct addrinfo *list) {
+  while (list) {
+    struct addrinfo *next = list->ai_next;
+    free((addr_entry_t *)(void *)list); /* ai is the entry's first member */
+    list = next;
+  }
+}
+
+struct addrinfo *ca_addr_list(const char *host, uint16_t port, const ca_addr_cache_t *c,
+                              uint64_t now_ms) {
+  struct addrinfo *head = NULL, *tail = NULL;
+  struct sockaddr_in v4;
+  struct sockaddr_in6 v6;
+  memset(&v4, 0, sizeof v4);
+  memset(&v6, 0, sizeof v6);
+  if (inet_pton(AF_INET, host, &v4.sin_addr) == 1) {
+    v4.sin_family = AF_INET;
+    v4.sin_port = htons(port);
+    return addr_list_append(&head, &tail, &v4, sizeof v4);
+  }
+  if (inet_pton(AF_INET6, host, &v6.sin6_addr) == 1) {
+    v6.sin6_family = AF_INET6;
+    v6.sin6_port = htons(port);
+    return addr_list_append(&head, &tail, &v6, sizeof v6);
+  }
+  if (!c || c->count == 0 || now_ms >= c->expires_ms) return NULL;
+  for (size_t i = 0; i < c->count; i++) {
+    if (!addr_list_append(&head, &tail, &c->addr[i], c->len[i])) {
+      ca_addr_list_free(head);
+      return NULL;
+    }
+  }
+  return head;
 }
 
 /* ---- start ------------------------------------------------------------------ */
@@ -629,6 +710,15 @@ ca_http_t *ca_http_start(uv_loop_t *loop, const ca_http_request_t *rq, ca_http_d
   }
   uv_timer_start(&h->timer, on_timeout, (uint64_t)h->timeout_seconds * 1000, 0);
 
+  h->addr_cache = rq->addr_cache;
+  struct addrinfo *known = ca_addr_list(h->host, h->port, h->addr_cache, uv_now(loop));
+  if (known) {
+    h->addrs = known;
+    h->next_addr = known;
+    h->addrs_ours = 1;
+    try_connect(h); /* its failures too end through close callbacks */
+    return h;
+  }
   char port[8];
   snprintf(port, sizeof port, "%u", (unsigned)h->port);
   struct addrinfo hints;

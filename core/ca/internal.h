@@ -4,9 +4,11 @@
 #ifndef CAPSTAN_CORE_CA_INTERNAL_H
 #define CAPSTAN_CORE_CA_INTERNAL_H
 
+#include <netdb.h>
 #include <stddef.h>
 #include <openssl/ssl.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "core/ca/ca.h"
@@ -30,6 +32,30 @@ int ca_url_parse(const char *url, ca_url_t *out, char *err, size_t errlen);
 
 typedef struct ca_http ca_http_t;
 
+/* The CA's addresses as last resolved, kept by its client. uv_getaddrinfo
+ * runs on libuv's thread pool, the pool the phones' signatures and TLS
+ * handshakes queue on: under a load of phones every exchange with the CA
+ * waited seconds behind them for its name before connecting (measured:
+ * 5-17 s per exchange, bench/RESULTS.md). So a name is resolved at most
+ * once per CA_ADDR_CACHE_SECONDS (as libcurl caches for 60 s), an address
+ * literal never, and a cache whose every address refused is dropped. */
+#define CA_ADDR_CACHE_MAX 8
+#define CA_ADDR_CACHE_SECONDS 60
+typedef struct ca_addr_cache {
+  struct sockaddr_storage addr[CA_ADDR_CACHE_MAX];
+  socklen_t len[CA_ADDR_CACHE_MAX];
+  size_t count;
+  uint64_t expires_ms; /* uv_now() */
+} ca_addr_cache_t;
+/* The cache from a resolver's answer (TCP, IPv4 and IPv6 only). */
+void ca_addr_cache_fill(ca_addr_cache_t *c, const struct addrinfo *res, uint64_t now_ms);
+/* A fresh address list (free with ca_addr_list_free) for |host|: its own
+ * address when it is a literal, else the cache's when not expired; NULL
+ * when it must be resolved (or out of memory). */
+struct addrinfo *ca_addr_list(const char *host, uint16_t port, const ca_addr_cache_t *c,
+                              uint64_t now_ms);
+void ca_addr_list_free(struct addrinfo *list);
+
 typedef struct ca_http_request {
   const char *method; /* "GET" or "POST" */
   const char *host;
@@ -42,6 +68,9 @@ typedef struct ca_http_request {
   const char *password;
   SSL_CTX *ctx; /* from ca_http_ctx_new; the exchange takes a reference */
   unsigned timeout_seconds;
+  /* The client's (may be NULL): read at the start, written by a live
+   * exchange only, so a client that cancels its exchanges may free it. */
+  ca_addr_cache_t *addr_cache;
 } ca_http_request_t;
 
 typedef enum {

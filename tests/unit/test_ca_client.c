@@ -310,6 +310,18 @@ static void control_done(void *data, ca_http_outcome_t outcome, const char *erro
   *status = resp->status;
 }
 
+static void control_via_done(void *data, ca_http_outcome_t outcome, const char *error,
+                             const ca_http_response_t *resp) {
+  struct {
+    ca_http_outcome_t outcome;
+    char *err;
+    size_t errlen;
+  } *r = data;
+  r->outcome = outcome;
+  snprintf(r->err, r->errlen, "%s", outcome == CA_HTTP_ANSWERED ? "" : error);
+  if (outcome == CA_HTTP_ANSWERED && resp->status != 200) r->outcome = CA_HTTP_FAILED;
+}
+
 /* POST /control with |json| (the test CAs' behaviours). */
 static void control(const test_ca_t *ca, const char *json) {
   ca_http_request_t rq;
@@ -330,6 +342,34 @@ static void control(const test_ca_t *ca, const char *json) {
   uv_run(&G.loop, UV_RUN_DEFAULT);
   SSL_CTX_free(rq.ctx);
   if (status != 200) fail_msg("control %s: HTTP %d", json, status);
+}
+
+/* One POST /control (a harmless query of the mode) to |host| with |cache|;
+ * the outcome, and the error in |err|. */
+static ca_http_outcome_t control_via(const test_ca_t *ca, const char *host, ca_addr_cache_t *cache,
+                                     char *err, size_t errlen) {
+  ca_http_request_t rq;
+  memset(&rq, 0, sizeof rq);
+  rq.method = "POST";
+  rq.host = host;
+  rq.port = (uint16_t)ca->port;
+  rq.target = "/control";
+  rq.content_type = "application/json";
+  rq.body = (const uint8_t *)"{}";
+  rq.body_len = 2;
+  rq.ctx = ca_http_ctx_new(ca->root_pem, ca->root_len, err, errlen);
+  assert_non_null(rq.ctx);
+  rq.timeout_seconds = 10;
+  rq.addr_cache = cache;
+  struct {
+    ca_http_outcome_t outcome;
+    char *err;
+    size_t errlen;
+  } r = {CA_HTTP_TIMED_OUT, err, errlen};
+  assert_non_null(ca_http_start(&G.loop, &rq, control_via_done, &r));
+  uv_run(&G.loop, UV_RUN_DEFAULT);
+  SSL_CTX_free(rq.ctx);
+  return r.outcome;
 }
 
 static void reset(const test_ca_t *ca) {
@@ -580,6 +620,60 @@ static void test_tls_host_name_mismatch(void **state) {
   o = submit_cfg(CAPSTAN_ISSUER_EST, &cfg, &G.est, NULL);
   expect(&o, CAPSTAN_CA_ISSUED, NULL);
   capstan_ca_config_cleanup(&cfg);
+}
+
+/* The CA's name is resolved once per CA_ADDR_CACHE_SECONDS (the resolver
+ * runs on the thread pool the phones' work queues on), an address literal
+ * never, and a cache whose addresses all fail is dropped. */
+static void test_addresses_resolved_once(void **state) {
+  (void)state;
+  ca_addr_cache_t cache;
+  memset(&cache, 0, sizeof cache);
+  struct addrinfo *l = ca_addr_list("127.0.0.1", 443, NULL, 0);
+  assert_non_null(l);
+  assert_int_equal(l->ai_family, AF_INET);
+  assert_int_equal(ntohs(((struct sockaddr_in *)l->ai_addr)->sin_port), 443);
+  assert_null(l->ai_next);
+  ca_addr_list_free(l);
+  l = ca_addr_list("::1", 8443, NULL, 0);
+  assert_non_null(l);
+  assert_int_equal(l->ai_family, AF_INET6);
+  assert_int_equal(ntohs(((struct sockaddr_in6 *)l->ai_addr)->sin6_port), 8443);
+  ca_addr_list_free(l);
+  assert_null(ca_addr_list("localhost", 443, NULL, 0));   /* no cache: resolve */
+  assert_null(ca_addr_list("localhost", 443, &cache, 0)); /* empty cache: resolve */
+
+  /* A name is resolved on the first exchange and kept. */
+  char err[200];
+  assert_int_equal(control_via(&G.est, "localhost", &cache, err, sizeof err), CA_HTTP_ANSWERED);
+  assert_true(cache.count >= 1);
+  uint64_t now = uv_now(&G.loop);
+  assert_true(cache.expires_ms > now && cache.expires_ms <= now + CA_ADDR_CACHE_SECONDS * 1000u);
+  l = ca_addr_list("localhost", (uint16_t)G.est.port, &cache, now);
+  assert_non_null(l);
+  ca_addr_list_free(l);
+  assert_null(ca_addr_list("localhost", 443, &cache, cache.expires_ms)); /* expired */
+
+  /* The next exchange connects to the cached addresses without resolving:
+   * a cache that points elsewhere (a closed port on 127.0.0.1) shows it. */
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(0x7f000001);
+  assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+  socklen_t al = sizeof a;
+  getsockname(s, (struct sockaddr *)&a, &al);
+  close(s);
+  memcpy(&cache.addr[0], &a, sizeof a);
+  cache.len[0] = sizeof a;
+  cache.count = 1;
+  assert_int_equal(control_via(&G.est, "localhost", &cache, err, sizeof err), CA_HTTP_FAILED);
+  assert_non_null(strstr(err, "connection refused"));
+  assert_int_equal(cache.count, 0); /* dropped: every cached address failed */
+  /* ... so the one after resolves again and reaches the CA. */
+  assert_int_equal(control_via(&G.est, "localhost", &cache, err, sizeof err), CA_HTTP_ANSWERED);
+  assert_true(cache.count >= 1);
 }
 
 static void test_connection_refused(void **state) {
@@ -1160,6 +1254,7 @@ int main(void) {
       cmocka_unit_test(test_est_wrong_password),
       cmocka_unit_test(test_tls_bundle_without_the_issuer),
       cmocka_unit_test(test_tls_host_name_mismatch),
+      cmocka_unit_test(test_addresses_resolved_once),
       cmocka_unit_test(test_connection_refused),
       cmocka_unit_test(test_cancel_in_flight),
       cmocka_unit_test(test_requests_at_once_are_bounded),
