@@ -64,7 +64,8 @@ KILLS = int(os.environ.get("CAPSTAN_KILL9_KILLS", "100"))
 DEVICES = 300
 PHONES = 10  # concurrent phone threads
 KEY_POOL = 4  # rsa1024 keys shared by the phones
-MAX_ROUNDS = 6  # installs per device at most (re-armed by the admin thread)
+MAX_ROUNDS = 1000  # installs per device at most (re-armed while the kills go on)
+BENCH_DEVICES = 40  # a second group enrolled by capstan-bench (C phones), ec256
 STARTUP_SHARE = 0.2  # rounds killed during startup
 JUST_AFTER_SHARE = 0.1  # rounds killed right after the ready line, no load
 LOAD_MAX = 1.2 * h.SLOW  # seconds of load before a kill, at most
@@ -76,6 +77,88 @@ IN_PROGRESS = 2  # OpStatus.OP_STATUS_IN_PROGRESS (storage/records.proto)
 
 def device_names():
     return ["SEP0E9%09X" % i for i in range(DEVICES)]
+
+
+def bench_names():
+    return ["SEP0EB%09X" % i for i in range(BENCH_DEVICES)]
+
+
+def bench_bin():
+    b = os.path.join(os.path.dirname(h.capstan_bin()), "capstan-bench")
+    check(os.access(b, os.X_OK), "capstan-bench not found beside %s" % h.capstan_bin())
+    return b
+
+
+class Bench:
+    """capstan-bench enrolling the bench group during one load; it keeps
+    each phone's LSC in --lsc-dir (written after each session, by rename).
+    Killed with the server; what it saved is checked after each start."""
+
+    def __init__(self, data_dir):
+        self.dir = os.path.join(data_dir, "bench")
+        self.lsc_dir = os.path.join(self.dir, "lsc")
+        self.key_cache = os.path.join(self.dir, "keys")
+        os.makedirs(self.lsc_dir)
+        os.makedirs(self.key_cache)
+        self.csv = os.path.join(self.dir, "devices.csv")
+        with open(self.csv, "w") as f:
+            f.write("name,operation,auth_mode,auth_string\n")
+            for n in bench_names():
+                f.write("%s,install,null,\n" % n)
+        self.proc = None
+        self.runs = 0
+        self.seen = {}  # name -> {serial: der} of every LSC found in lsc_dir
+
+    def start(self, capf_port, timeout=5):
+        self.stop()
+        self.proc = subprocess.Popen(
+            [
+                bench_bin(), "--connect", "127.0.0.1:%d" % capf_port, "--devices", self.csv,
+                "--lsc-dir", self.lsc_dir, "--key", "ec256", "--key-pool", "2",
+                "--key-cache", self.key_cache, "--concurrency", "4", "--max-retries", "3",
+                "--backoff-seconds", "0.1", "--retry-cap-seconds", "0.5",
+                "--timeout", str(int(timeout * h.SLOW)), "--json",
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=h._die_with_parent,
+        )
+        self.runs += 1
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.communicate(timeout=30)
+        self.proc = None
+
+    def wait(self, timeout):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise h.TestFailure("capstan-bench did not finish in %.0f s" % timeout)
+        rc = self.proc.returncode
+        self.proc = None
+        return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def scan(self):
+        """Every LSC now in the directory joins |seen|; returns them all as
+        [(name, der, serial)]."""
+        for fn in os.listdir(self.lsc_dir):
+            if not fn.endswith(".der") or fn.endswith(".key.der") or fn.endswith(".pending.der"):
+                continue
+            with open(os.path.join(self.lsc_dir, fn), "rb") as f:
+                der = f.read()
+            serial = x509.load_der_x509_certificate(der).serial_number
+            self.seen.setdefault(fn[: -len(".der")], {})[serial] = der
+        return [(n, der, s) for n, v in self.seen.items() for s, der in v.items()]
+
+    def current(self, name):
+        p = os.path.join(self.lsc_dir, name + ".der")
+        if not os.path.exists(p):
+            return None
+        with open(p, "rb") as f:
+            return f.read()
 
 
 # --- The server --------------------------------------------------------------
@@ -372,7 +455,7 @@ def http_ok(port, path):
         return r.status
 
 
-def check_store(data_dir, load, expect_devices):
+def check_store(data_dir, load, expect_devices, bench=None):
     """The checks after every start; returns the number of certificates
     checked. Raises TestFailure."""
     # The store reads whole: LMDB's own walk of every database and the free
@@ -397,7 +480,7 @@ def check_store(data_dir, load, expect_devices):
     check(isinstance(listed, list), "device list --json is not a list")
     by_name = {d["name"]: d for d in listed}
     if expect_devices:
-        missing = set(device_names()) - set(by_name)
+        missing = (set(device_names()) | set(bench_names())) - set(by_name)
         check(not missing, "devices missing from the list: %s" % sorted(missing)[:5])
     stuck = sorted(n for n, d in by_name.items() if d["status"] == "in-progress")
     check(not stuck, "devices left in-progress after the start: %s" % stuck[:5])
@@ -405,6 +488,9 @@ def check_store(data_dir, load, expect_devices):
     # Nothing received is missing.
     with load.lock:
         snapshot = [(n, list(v)) for n, v in load.received.items()]
+    if bench is not None:
+        for name, der, serial in bench.scan():
+            snapshot.append((name, [(der, serial)]))
     n = 0
     for name, got in snapshot:
         for der, serial in got:
@@ -427,19 +513,33 @@ def check_files(srv):
     check(data2 == data, "the ITL differs over TFTP and HTTP")
 
 
-def after_start(srv, data_dir, load, stats, failures, when):
-    """Waits for the ready line and runs the checks; returns the start time."""
+def after_start(srv, data_dir, load, bench, stats, failures, when, rearm=True):
+    """Waits for the ready line and runs the checks; then re-arms the bench
+    devices that finished (so the next load has work for capstan-bench).
+    Returns the start time."""
     startup = srv.wait_ready(60 * h.SLOW)
     stats["ready_max"] = max(stats["ready_max"], startup)
     try:
         st = http_ok(srv.admin_port, "/healthz")
         check(st == 200, "/healthz answered %d" % st)
-        n, _ = check_store(data_dir, load, True)
+        n, by_name = check_store(data_dir, load, True, bench)
         check_files(srv)
         stats["checked"] += n
         stats["checks"] += 1
     except (h.TestFailure, OSError) as e:
         failures.append("%s: %s" % (when, e))
+        return startup
+    done = [n for n in bench_names() if by_name[n]["status"] == "succeeded"]
+    if rearm and done:
+        csv = os.path.join(bench.dir, "rearm.csv")
+        with open(csv, "w") as f:
+            f.write("name,operation,auth_mode,auth_string,key,completes_by\n")
+            for n in done:
+                f.write("%s,install,null,,ec256,\n" % n)
+        p = h.cli(data_dir, "device", "import", csv, "--rearm", check_rc=False)
+        if p.returncode != 0:
+            failures.append("%s: device import (bench re-arm): %s" % (when, p.stderr.strip()))
+        stats["bench_rearmed"] += len(done)
     return startup
 
 
@@ -451,8 +551,9 @@ def main():
     data_dir = h.fresh_data_dir("capstan-kill9-")
     srv = Server(data_dir)
     load = None
+    bench = None
     failures = []
-    stats = {"before_ready": 0, "startup": 0, "just_after": 0, "load": 0, "checked": 0, "checks": 0, "ready_max": 0.0}
+    stats = {"bench_rearmed": 0, "before_ready": 0, "startup": 0, "just_after": 0, "load": 0, "checked": 0, "checks": 0, "ready_max": 0.0}
     try:
         # How long a first start takes (store creation, identities), on a
         # throwaway directory: the first kill falls somewhere in it.
@@ -477,14 +578,17 @@ def main():
             f.write("name,operation,auth_mode,auth_string,key,completes_by\n")
             for n in device_names():
                 f.write("%s,install,null,,rsa1024,\n" % n)
-        out = h.cli(data_dir, "device", "import", csv)
-        check("created=%d" % DEVICES in out or "%d added" % DEVICES in out, "import said: %r" % out)
+            for n in bench_names():
+                f.write("%s,install,null,,ec256,\n" % n)
+        h.cli(data_dir, "device", "import", csv)
+        bench = Bench(data_dir)
 
         keys = [h.rsa_spki(1024) for _ in range(KEY_POOL)]
         load = Load(device_names(), keys, seed)
         load.data_dir = data_dir
         load.start()
         load.resume(srv)
+        bench.start(srv.capf_port)
 
         state = "up"  # the server is ready, checked, the load running
         while kills < KILLS:
@@ -493,7 +597,7 @@ def main():
                 # Somewhere in the startup (phones paused): opening the
                 # store, the reconcile, the listeners, or just after ready.
                 mode = "startup"
-                time.sleep(rnd.random() * startup * 1.2)
+                time.sleep(rnd.random() * startup)
             elif rnd.random() < JUST_AFTER_SHARE:
                 mode = "just_after"
                 time.sleep(rnd.random() * 0.02)
@@ -505,6 +609,7 @@ def main():
             load.pause()
             before_ready = not srv.ready.is_set()
             srv.kill()
+            bench.stop()
             kills += 1
             stats[mode] += 1
             if before_ready:
@@ -518,14 +623,17 @@ def main():
                 state = "starting"  # the next kill falls in this start
                 continue
             state = "up"
-            startup = after_start(srv, data_dir, load, stats, failures, "after kill %d (%s)" % (kills, mode))
+            startup = after_start(
+                srv, data_dir, load, bench, stats, failures, "after kill %d (%s)" % (kills, mode)
+            )
             if failures:
                 break
             load.resume(srv)
+            bench.start(srv.capf_port)
 
         # The last start: no more kills; every phone finishes.
         if state != "up" and not failures:
-            after_start(srv, data_dir, load, stats, failures, "at the last start")
+            after_start(srv, data_dir, load, bench, stats, failures, "at the last start", rearm=False)
         with load.lock:
             load.looping = False
             # Devices waiting to be re-armed are done.
@@ -534,6 +642,19 @@ def main():
         load.resume(srv)
         if not failures and not load.join(max(10, TOTAL_BOUND - (time.monotonic() - t0))):
             failures.append("the phones did not finish in time (%d devices outstanding)" % load.outstanding)
+        # capstan-bench runs (bounded) until its devices have all succeeded.
+        bench_left = bench_names()
+        for _ in range(5):
+            if failures or not bench_left:
+                break
+            bench.start(srv.capf_port, timeout=10)
+            rc, out, err = bench.wait(120 * h.SLOW)
+            listed = json.loads(h.cli(data_dir, "device", "list", "--json"))
+            ok = {d["name"] for d in listed if d["status"] == "succeeded"}
+            bench_left = [n for n in bench_names() if n not in ok]
+        if bench_left and not failures:
+            failures.append("capstan-bench's devices did not finish: %s (last run rc=%s: %s)"
+                            % (bench_left[:5], rc, err.strip()[-1000:]))
         load.stop.set()
         failures.extend("phone/admin error: " + e for e in load.errors[:10])
 
@@ -545,9 +666,15 @@ def main():
         check(report is None, "sanitizer report:\n%s" % report)
 
         # Final state, every device.
-        n, by_name = check_store(data_dir, load, True)
+        n, by_name = check_store(data_dir, load, True, bench)
         stats["checked"] += n
         if not failures:
+            for name in bench_names():
+                cur = bench.current(name)
+                if by_name[name]["status"] != "succeeded" or cur is None:
+                    failures.append("%s (bench): status %r, LSC file %s" % (name, by_name[name]["status"], cur is not None))
+                elif by_name[name]["md5hash"] != hashlib.md5(cur).hexdigest():
+                    failures.append("%s (bench): md5hash %r is not the LSC the phone holds" % (name, by_name[name]["md5hash"]))
             for name in device_names():
                 d = by_name[name]
                 done = load.completed.get(name)
@@ -571,7 +698,8 @@ def main():
             "%d just after ready, %d under load) "
             "in %.0f s; %d starts checked, %d certificate checks, %d certificates received by %d devices "
             "(%d installs, %d re-armed by %d admin commands, %d sessions retried after a kill, "
-            "%d END_SESSION lost); downloads: %d HTTP, %d TFTP; slowest start %.2f s"
+            "%d END_SESSION lost); capstan-bench: %d runs, %d LSCs seen, %d re-armed; "
+            "downloads: %d HTTP, %d TFTP; slowest start %.2f s"
             % (
                 kills,
                 1,
@@ -589,6 +717,9 @@ def main():
                 load.admin_cmds,
                 load.retries,
                 load.lost_end,
+                bench.runs,
+                sum(len(v) for v in bench.seen.values()),
+                stats["bench_rearmed"],
                 load.downloads["http"],
                 load.downloads["tftp"],
                 stats["ready_max"],
@@ -601,6 +732,8 @@ def main():
         if load is not None:
             load.stop.set()
         srv.kill()
+        if bench is not None:
+            bench.stop()
         if failures:
             h.log("---- server log (tail) ----\n" + srv.log_text(everything=True)[-5000:])
         if not failures or not os.environ.get("CAPSTAN_KILL9_KEEP"):
