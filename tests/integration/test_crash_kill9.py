@@ -10,8 +10,9 @@ is printed; CAPSTAN_KILL9_SEED replays a run):
     session a kill cuts comes back to the next server: a retry), HTTP and
     TFTP downloads of the phone files (the ITL, device configurations), and
     the admin CLI re-arming finished devices (`device import`, so each
-    device gets several certificates over the run) and changing a setting
-    (`config set`).
+    device gets several certificates over the run), changing a setting
+    (`config set`) and taking a backup (`capstan backup`, read back, then
+    `mdb_stat` of the copy) every few seconds.
 The very first round kills the first `serve --init` of the empty data
 directory at a random moment of its initialisation.
 
@@ -280,6 +281,7 @@ class Load:
         self.retries = 0  # sessions a kill cut, tried again
         self.rearmed = 0
         self.admin_cmds = 0
+        self.backups = 0
         self.downloads = {"http": 0, "tftp": 0}
         self.server = None  # (generation, capf, http, tftp port) of the live server
         self.generation = 0
@@ -367,8 +369,12 @@ class Load:
     def admin(self):
         rnd = random.Random(self.seed * 1000 + 999)
         csv = os.path.join(self.data_dir, "rearm.csv")
+        next_backup = time.monotonic() + 2
         while not self.stop.is_set():
             time.sleep(0.15)
+            if time.monotonic() >= next_backup:
+                next_backup = time.monotonic() + 5
+                self.backup()
             with self.lock:
                 names, self.to_rearm = self.to_rearm, []
             if not names:
@@ -397,6 +403,22 @@ class Load:
                 self.rearmed += len(names)
             for n in names:
                 self.todo.put(n)
+
+    def backup(self):
+        """`capstan backup` (one read transaction over the whole store, the
+        copy read back), whatever the server is doing; the copy must pass
+        mdb_stat too."""
+        out = os.path.join(self.data_dir, "backup.mdb")
+        p = h.cli(self.data_dir, "backup", out, "--force", check_rc=False)
+        if p.returncode != 0:
+            with self.lock:
+                self.errors.append("backup failed: %s" % p.stderr.strip())
+            return
+        q = subprocess.run(["mdb_stat", "-n", "-a", out], capture_output=True, text=True, timeout=60 * h.SLOW)
+        with self.lock:
+            self.backups += 1
+            if q.returncode != 0:
+                self.errors.append("mdb_stat of the backup failed: %s" % q.stderr.strip())
 
     # Files: the ITL and device configurations, over HTTP and TFTP.
     def files(self, idx):
@@ -726,7 +748,7 @@ def main():
             "%d just after ready, %d under load) "
             "in %.0f s; %d starts checked, %d certificate checks, %d certificates received by %d devices "
             "(%d installs, %d re-armed by %d admin commands, %d sessions retried after a kill, "
-            "%d END_SESSION lost); capstan-bench: %d runs, %d LSCs seen, %d re-armed; "
+            "%d END_SESSION lost, %d backups); capstan-bench: %d runs, %d LSCs seen, %d re-armed; "
             "downloads: %d HTTP, %d TFTP; slowest start %.2f s; %d in-progress devices reconciled by %d starts"
             % (
                 kills,
@@ -745,6 +767,7 @@ def main():
                 load.admin_cmds,
                 load.retries,
                 load.lost_end,
+                load.backups,
                 bench.runs,
                 sum(len(v) for v in bench.seen.values()),
                 stats["bench_rearmed"],
