@@ -12,7 +12,9 @@ is printed; CAPSTAN_KILL9_SEED replays a run):
     the admin CLI re-arming finished devices (`device import`, so each
     device gets several certificates over the run), changing a setting
     (`config set`) and taking a backup (`capstan backup`, read back, then
-    `mdb_stat` of the copy) every few seconds.
+    `mdb_stat` of the copy) every few seconds; and capstan-bench enrolling
+    a second group of devices (C phones, ec256), each phone's LSC kept in
+    --lsc-dir, killed with the server.
 The very first round kills the first `serve --init` of the empty data
 directory at a random moment of its initialisation.
 
@@ -23,16 +25,23 @@ After every start that reaches the ready line, before the phones resume:
     (store_dump.py: mdb_dump and a hand-written protobuf reader), and
     `capstan device list --json` parsed, with every device in it;
   - nothing received is missing: every certificate any phone has received
-    so far (each phone records it the moment STORE_CERT_REQUEST arrives,
-    before it answers) is in its device's certificate history and in the
-    certs database under that device, compared by serial;
+    so far (each Python phone records it the moment STORE_CERT_REQUEST
+    arrives, before it answers; capstan-bench's are the LSC files it wrote,
+    every version seen) is in its device's certificate history and in the
+    certs database under that device with the same DER, compared by serial;
   - no device is in-progress (the start's reconcile ran before the ready
-    line; the phones are paused, so nothing may be in-progress), both in
-    the CLI's list and in the raw records;
+    line; the phones are paused and capstan-bench is stopped, so nothing
+    may be in-progress), both in the CLI's list and in the raw records;
   - one HTTP and one TFTP download of the ITL succeed.
 At the end the server runs without kills until every phone has finished,
 stops with SIGTERM (exit 0, no sanitizer report), and every device is
-succeeded with the last certificate its phone got installed (md5hash).
+succeeded with the last certificate its phone got installed (md5hash);
+the bench group is re-armed once more so that each bench phone's LSC file
+is the certificate installed last.
+
+The summary line gives the numbers: kills by kind, starts checked,
+certificate checks, certificates received, sessions retried after a kill,
+END_SESSIONs lost, in-progress devices the starts reconciled.
 
 Environment: CAPSTAN_BIN; CAPSTAN_SANITIZE=ON stretches the time bounds
 (never the number of kills); CAPSTAN_KILL9_SEED, CAPSTAN_KILL9_KILLS.
