@@ -62,9 +62,12 @@ static int hook_load_device(capf_session_t *s, const char *name, capf_device_t *
 static void on_recorded(void *arg, int status) {
   capf_record_t *r = arg;
   capf_conn_t *c = r->host;
+  /* During a storage outage the writer has said so once; a line per
+   * phone would bury it. */
   if (status < 0) {
-    LOG_ERROR("event=capf_record_failed device=%s kind=%s error=%s", r->device,
-              capf_record_kind_name(r->kind), capstan_strerror(status));
+    capstan_log(capstan_store_available(c->store) ? CAPSTAN_LOG_ERROR : CAPSTAN_LOG_DEBUG,
+                "event=capf_record_failed device=%s kind=%s error=%s", r->device,
+                capf_record_kind_name(r->kind), capstan_strerror(status));
   }
   capf_session_recorded(&c->session, r, status);
   capf_record_free(r);
