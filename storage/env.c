@@ -260,12 +260,15 @@ int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) 
   pthread_rwlock_rdlock(&store->txn_lock);
   int rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   if (rc == MDB_MAP_RESIZED) {
-    /* Another process grew the map: adopt its size (with no transaction
-     * of ours active) and retry. */
+    /* Another process wrote past our map: take what the store holds now
+     * (LMDB rounds a smaller size up to it), not the other process's map,
+     * so that this one's maximum still holds; with no transaction of ours
+     * active. */
     pthread_rwlock_unlock(&store->txn_lock);
     pthread_rwlock_wrlock(&store->txn_lock);
     MDB_envinfo info;
-    if (mdb_env_set_mapsize(store->env, 0) == 0 && mdb_env_info(store->env, &info) == 0) {
+    if (mdb_env_set_mapsize(store->env, store->map_size) == 0 &&
+        mdb_env_info(store->env, &info) == 0) {
       store->map_size = info.me_mapsize;
     }
     pthread_rwlock_unlock(&store->txn_lock);

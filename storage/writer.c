@@ -153,8 +153,8 @@ static void note_failure(writer_t *w, int err, size_t n) {
   }
   LOG_ERROR(
       "event=storage_unavailable requests=%zu error=\"%s\" hint=\"commits fail: phones are "
-      "told to retry later; see capstan_storage_errors_total. Free space or fix the disk: "
-      "the server recovers by itself\"",
+      "told to retry later, files are served from what is stored; the server recovers by "
+      "itself once the cause is gone (the storage error above says which)\"",
       n, capstan_strerror(err));
 }
 
