@@ -222,7 +222,6 @@ int capstan_store_reopen(capstan_store_t *s) {
   int err = open_env(s);
   if (err == 0) atomic_store(&s->broken, false);
   pthread_rwlock_unlock(&s->txn_lock);
-  if (err == 0) LOG_INFO("event=storage_reopened dir=%s", s->dir);
   return err;
 }
 
@@ -275,7 +274,19 @@ int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) 
     pthread_rwlock_rdlock(&store->txn_lock);
     rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   }
-  if (rc == MDB_PANIC) atomic_store(&store->broken, true);
+  if (rc == MDB_PANIC) {
+    /* A failed write of the meta page: every transaction is refused until
+     * the writer opens the environment again. Said once. */
+    if (!atomic_exchange(&store->broken, true)) {
+      LOG_ERROR(
+          "event=storage_broken error=\"%s\" hint=\"a write of the store failed; the "
+          "server opens it again\"",
+          mdb_strerror(rc));
+    }
+    capstan_store_count_error("begin");
+    pthread_rwlock_unlock(&store->txn_lock);
+    return CAPSTAN_EIO;
+  }
   if (rc != 0) {
     pthread_rwlock_unlock(&store->txn_lock);
     return capstan_store_map_err(rc, "begin");

@@ -50,6 +50,7 @@ typedef struct writer {
   _Atomic uint64_t failed_batches; /* batches that could not commit, ever */
   double last_failure;             /* capstan_now_seconds(); writer thread only */
   bool full_logged;                /* the map limit's hint, once per outage */
+  bool reopen_logged;              /* storage_reopened, once per outage */
 } writer_t;
 
 /* ---- Group-commit writer ---------------------------------------------- */
@@ -162,17 +163,34 @@ static void note_success(writer_t *w, bool wrote) {
   if (!atomic_load(&w->outage) || !wrote) return;
   if (capstan_now_seconds() - w->last_failure < RECOVERED_AFTER_SECONDS) return;
   atomic_store(&w->outage, false);
-  w->full_logged = false;
+  w->full_logged = w->reopen_logged = false;
   capstan_metric_set(m_writable, 1);
   LOG_WARN("event=storage_recovered failed_batches=%llu",
            (unsigned long long)atomic_load(&w->failed_batches));
 }
 
 /* LMDB refuses every transaction after a failed write of its meta page
- * (MDB_PANIC): the environment must be opened again. */
+ * (MDB_PANIC): the environment must be opened again. Logged once per
+ * outage (a failing disk fails every commit's meta page). */
 static bool reopen_if_broken(writer_t *w) {
   if (!atomic_load(&w->store->broken)) return false;
-  return capstan_store_reopen(w->store) == 0;
+  int err = capstan_store_reopen(w->store);
+  if (!w->reopen_logged) {
+    w->reopen_logged = true;
+    capstan_log(err == 0 ? CAPSTAN_LOG_WARN : CAPSTAN_LOG_ERROR,
+                "event=storage_reopened dir=%s error=\"%s\"", w->store->dir,
+                err == 0 ? "none" : capstan_strerror(err));
+  }
+  return err == 0;
+}
+
+/* After a failed commit: whether it broke the environment (a read
+ * transaction says MDB_PANIC), so that it is reopened at once rather than
+ * when the next transaction, perhaps a phone's read, fails. */
+static void check_broken(writer_t *w) {
+  capstan_txn_t txn;
+  if (capstan_store_begin(w->store, false, &txn) == 0) capstan_store_abort(&txn);
+  reopen_if_broken(w);
 }
 
 /* Writes one batch; sets each request's status. All requests share one
@@ -201,6 +219,7 @@ static void write_batch(writer_t *w, write_req_t *batch, size_t n) {
   }
   if (err != 0) {
     note_failure(w, err, n);
+    check_broken(w);
     for (write_req_t *r = batch; r != NULL; r = r->next) {
       if (r->status == 0) r->status = err;
     }
