@@ -276,8 +276,9 @@ int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) 
   }
   if (rc == MDB_PANIC) {
     /* A failed write of the meta page: every transaction is refused until
-     * the writer opens the environment again. Said once. */
-    if (!atomic_exchange(&store->broken, true)) {
+     * the writer opens the environment again. Said once per outage (the
+     * writer clears broken_said when it ends), whichever thread meets it. */
+    if (!atomic_exchange(&store->broken, true) && !atomic_exchange(&store->broken_said, true)) {
       LOG_ERROR(
           "event=storage_broken error=\"%s\" hint=\"a write of the store failed; the "
           "server opens it again\"",

@@ -34,9 +34,10 @@ struct capstan_store {
    * transaction of the process is active, so the writer takes it
    * exclusive for that (capstan_store_grow_map, capstan_store_reopen). */
   pthread_rwlock_t txn_lock;
-  _Atomic size_t map_size; /* the map's size now */
-  _Atomic size_t map_max;  /* how far capstan_store_grow_map may take it */
-  _Atomic bool broken;     /* LMDB said MDB_PANIC: only a reopen helps */
+  _Atomic size_t map_size;  /* the map's size now */
+  _Atomic size_t map_max;   /* how far capstan_store_grow_map may take it */
+  _Atomic bool broken;      /* LMDB said MDB_PANIC: only a reopen helps */
+  _Atomic bool broken_said; /* event=storage_broken logged in this outage */
   char *dir;
   char *actor; /* stamped on audit events as their user; NULL: none */
 };

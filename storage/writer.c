@@ -164,6 +164,7 @@ static void note_success(writer_t *w, bool wrote) {
   if (capstan_now_seconds() - w->last_failure < RECOVERED_AFTER_SECONDS) return;
   atomic_store(&w->outage, false);
   w->full_logged = w->reopen_logged = false;
+  atomic_store(&w->store->broken_said, false);
   capstan_metric_set(m_writable, 1);
   LOG_WARN("event=storage_recovered failed_batches=%llu",
            (unsigned long long)atomic_load(&w->failed_batches));
