@@ -65,6 +65,8 @@ sf_during_outage() {
     fail "no event=storage_unavailable within 60 s of the fault"
   it_wait_for 30 "[[ \$(metric main capstan_storage_writable) == 0 ]]" ||
     fail "capstan_storage_writable is not 0 during the fault"
+  [[ $(curl -sf --max-time 10 "http://127.0.0.1:${SRV_ADMIN[main]}/status.json" |
+    jq .storage.writable) == false ]] || fail "the status page does not show the store unwritable"
   sleep 4 # phones keep coming meanwhile
   srv_alive main || fail "the server died during the fault"
   (($(metric main 'capstan_storage_errors_total{op="commit"}') + \
@@ -90,6 +92,8 @@ sf_after_recovery() {
   it_wait_for 10 "[[ \$(metric main capstan_storage_writable) == 1 ]]" ||
     fail "capstan_storage_writable is not back to 1"
   [[ "${SRV_PID[main]}" == "$pid" ]] && srv_alive main || fail "the server restarted or died"
+  [[ $(curl -sf --max-time 10 "http://127.0.0.1:${SRV_ADMIN[main]}/status.json" |
+    jq .storage.writable) == true ]] || fail "the status page does not show the store writable"
   local log=${SRV_LOG[main]} n
   for ev in storage_unavailable storage_recovered; do
     n=$(grep -c "event=$ev" "$log")
