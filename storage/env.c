@@ -253,24 +253,42 @@ uint64_t capstan_store_size_bytes(capstan_store_t *store) {
 
 /* ---- Transactions ----------------------------------------------------- */
 
+/* Takes the map size the store needs now that another process wrote past
+ * ours: what the store holds (LMDB rounds a smaller size up to it), not
+ * the other process's map, so that this one's maximum still holds. The
+ * caller holds txn_lock exclusive. */
+static void adopt_map(capstan_store_t *store) {
+  MDB_envinfo info;
+  if (mdb_env_set_mapsize(store->env, store->map_size) == 0 &&
+      mdb_env_info(store->env, &info) == 0) {
+    store->map_size = info.me_mapsize;
+  }
+  atomic_store(&store->resized, false);
+}
+
+void capstan_store_adopt_map(capstan_store_t *store) {
+  if (!atomic_load(&store->resized)) return;
+  pthread_rwlock_wrlock(&store->txn_lock);
+  adopt_map(store);
+  pthread_rwlock_unlock(&store->txn_lock);
+}
+
 int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) {
   memset(txn, 0, sizeof(*txn));
   MDB_txn *t = NULL;
   pthread_rwlock_rdlock(&store->txn_lock);
   int rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   if (rc == MDB_MAP_RESIZED) {
-    /* Another process wrote past our map: take what the store holds now
-     * (LMDB rounds a smaller size up to it), not the other process's map,
-     * so that this one's maximum still holds; with no transaction of ours
-     * active. */
+    /* Another process wrote past our map. It may be adopted only with no
+     * transaction of this process open: at once when none is, else (this
+     * thread may hold one) by the writer, which waits for that. */
     pthread_rwlock_unlock(&store->txn_lock);
-    pthread_rwlock_wrlock(&store->txn_lock);
-    MDB_envinfo info;
-    if (mdb_env_set_mapsize(store->env, store->map_size) == 0 &&
-        mdb_env_info(store->env, &info) == 0) {
-      store->map_size = info.me_mapsize;
+    if (pthread_rwlock_trywrlock(&store->txn_lock) == 0) {
+      adopt_map(store);
+      pthread_rwlock_unlock(&store->txn_lock);
+    } else {
+      atomic_store(&store->resized, true);
     }
-    pthread_rwlock_unlock(&store->txn_lock);
     pthread_rwlock_rdlock(&store->txn_lock);
     rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   }

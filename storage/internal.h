@@ -38,6 +38,7 @@ struct capstan_store {
   _Atomic size_t map_max;   /* how far capstan_store_grow_map may take it */
   _Atomic bool broken;      /* LMDB said MDB_PANIC: only a reopen helps */
   _Atomic bool broken_said; /* event=storage_broken logged in this outage */
+  _Atomic bool resized;     /* another process wrote past the map: adopt it */
   char *dir;
   char *actor; /* stamped on audit events as their user; NULL: none */
 };
@@ -51,6 +52,11 @@ int capstan_store_open_dbis(capstan_store_t *s, bool readonly);
  * has ended (the caller holds none). CAPSTAN_ENOSPC when it is at map_max
  * already. */
 int capstan_store_grow_map(capstan_store_t *s);
+
+/* When a transaction met a map another process grew and could not adopt
+ * it (a transaction of this process was open), adopts it, waiting until
+ * none is open: the writer calls it holding none. */
+void capstan_store_adopt_map(capstan_store_t *s);
 
 /* Closes and opens the environment again, once every transaction of this
  * process has ended (the caller holds none): after a failed write of the

@@ -204,7 +204,8 @@ static void write_batch(writer_t *w, write_req_t *batch, size_t n) {
   double t0 = capstan_now_seconds();
   capstan_txn_t txn;
   int err;
-  bool reopened = reopen_if_broken(w);
+  capstan_store_adopt_map(w->store);
+  bool reopened = reopen_if_broken(w), adopted = false;
   capstan_store_quiet_errors(atomic_load(&w->outage));
   uint64_t txnid = capstan_store_txnid(w->store);
   for (write_req_t *r = batch; r != NULL; r = r->next) r->status = 0;
@@ -215,6 +216,11 @@ static void write_batch(writer_t *w, write_req_t *batch, size_t n) {
     /* A full map grows (no transaction of ours is open now) and the batch
      * runs again in it; at the maximum the batch fails. */
     if (err == CAPSTAN_ENOSPC && capstan_store_grow_map(w->store) == 0) continue;
+    if (err != 0 && !adopted && atomic_load(&w->store->resized)) {
+      capstan_store_adopt_map(w->store); /* another process grew the store */
+      adopted = true;
+      continue;
+    }
     if (err != 0 && !reopened && (reopened = reopen_if_broken(w))) continue;
     break;
   }
@@ -266,10 +272,11 @@ static void *writer_main(void *arg) {
       due.tv_sec += IDLE_CHECK_MS / 1000;
       pthread_cond_timedwait(&w->cond, &w->lock, &due);
       w->idle = false;
-      /* Readers fail until the environment is opened again: do not wait
-       * for a write to do it. */
-      if (atomic_load(&w->store->broken)) {
+      /* Readers fail until the environment is opened again (or the map a
+       * CLI grew is adopted): do not wait for a write to do it. */
+      if (atomic_load(&w->store->broken) || atomic_load(&w->store->resized)) {
         pthread_mutex_unlock(&w->lock);
+        capstan_store_adopt_map(w->store);
         reopen_if_broken(w);
         pthread_mutex_lock(&w->lock);
       }
