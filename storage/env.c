@@ -220,7 +220,13 @@ int capstan_store_reopen(capstan_store_t *s) {
   mdb_env_close(s->env);
   s->env = NULL;
   int err = open_env(s);
-  if (err == 0) atomic_store(&s->broken, false);
+  if (err == 0) {
+    atomic_store(&s->broken, false);
+  } else if (s->env != NULL) {
+    /* Still broken: transactions fail (env NULL) until a reopen works. */
+    mdb_env_close(s->env);
+    s->env = NULL;
+  }
   pthread_rwlock_unlock(&s->txn_lock);
   return err;
 }
@@ -238,17 +244,24 @@ void capstan_store_close(capstan_store_t *store) {
   free(store);
 }
 
+/* Both read the environment, which the writer may be reopening: under
+ * txn_lock, as a transaction would. */
 uint64_t capstan_store_txnid(capstan_store_t *store) {
   MDB_envinfo info;
-  if (mdb_env_info(store->env, &info) != 0) return 0;
-  return (uint64_t)info.me_last_txnid;
+  pthread_rwlock_rdlock(&store->txn_lock);
+  int rc = store->env != NULL ? mdb_env_info(store->env, &info) : EINVAL;
+  pthread_rwlock_unlock(&store->txn_lock);
+  return rc == 0 ? (uint64_t)info.me_last_txnid : 0;
 }
 
 uint64_t capstan_store_size_bytes(capstan_store_t *store) {
   MDB_envinfo info;
   MDB_stat st;
-  if (mdb_env_info(store->env, &info) != 0 || mdb_env_stat(store->env, &st) != 0) return 0;
-  return ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+  pthread_rwlock_rdlock(&store->txn_lock);
+  int rc = store->env != NULL ? mdb_env_info(store->env, &info) : EINVAL;
+  if (rc == 0) rc = mdb_env_stat(store->env, &st);
+  pthread_rwlock_unlock(&store->txn_lock);
+  return rc == 0 ? ((uint64_t)info.me_last_pgno + 1) * st.ms_psize : 0;
 }
 
 /* ---- Transactions ----------------------------------------------------- */
@@ -277,7 +290,9 @@ int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) 
   memset(txn, 0, sizeof(*txn));
   MDB_txn *t = NULL;
   pthread_rwlock_rdlock(&store->txn_lock);
-  int rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
+  /* No environment: a reopen after MDB_PANIC failed; the writer tries again. */
+  int rc =
+      store->env == NULL ? MDB_PANIC : mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   if (rc == MDB_MAP_RESIZED) {
     /* Another process wrote past our map. It may be adopted only with no
      * transaction of this process open: at once when none is, else (this
