@@ -193,7 +193,8 @@ int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop);
 int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void *arg,
                          capstan_store_done_fn done);
 /* False during a storage outage: from the first batch that failed to
- * commit until one commits again some seconds after the last failure
+ * commit (or the first transaction refused as MDB_PANIC) until one commits
+ * again some seconds after the last failure
  * (logged once each way: event=storage_unavailable, event=storage_recovered;
  * gauge capstan_storage_writable). Callers log their own failures quietly
  * meanwhile. True without a writer. */

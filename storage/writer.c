@@ -396,7 +396,9 @@ int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void
 
 bool capstan_store_available(capstan_store_t *store) {
   writer_t *w = store->writer;
-  return w == NULL || !atomic_load(&w->outage);
+  /* Broken counts from the first transaction that met it, which may come
+   * before the writer has noted the failed commit. */
+  return !atomic_load(&store->broken) && (w == NULL || !atomic_load(&w->outage));
 }
 
 uint64_t capstan_store_failed_batches(capstan_store_t *store) {

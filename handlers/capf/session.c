@@ -617,9 +617,7 @@ static int load_device(capf_session_t *s, capf_device_t *d) {
     return rc;
   }
   if (rc < 0) {
-    /* The store said why (once); the phone comes back (R26). */
-    LOG_WARN("event=capf_store_read_failed device=%s error=%s", s->device, capstan_strerror(rc));
-    store_failed(s);
+    store_failed(s); /* the host has logged it; the phone comes back (R26) */
     return rc;
   }
   s->operation = d->operation;
