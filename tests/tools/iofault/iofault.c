@@ -46,7 +46,7 @@ static int fault_now(scope_t *scope) {
   buf[n] = '\0';
   char what[16] = "", where[16] = "all";
   if (sscanf(buf, "%15s %15s", what, where) < 1) return 0;
-  *scope = strcmp(where, "meta") == 0 ? SCOPE_META
+  *scope = strcmp(where, "meta") == 0   ? SCOPE_META
            : strcmp(where, "sync") == 0 ? SCOPE_SYNC
                                         : SCOPE_ALL;
   if (strcmp(what, "EIO") == 0) return EIO;
@@ -89,7 +89,7 @@ ssize_t write(int fd, const void *buf, size_t count) {
     errno = err;
     return -1;
   }
-  return REAL("write", ssize_t (*)(int, const void *, size_t))(fd, buf, count);
+  return REAL("write", ssize_t(*)(int, const void *, size_t))(fd, buf, count);
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
@@ -98,7 +98,7 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
     errno = err;
     return -1;
   }
-  return REAL("pwrite", ssize_t (*)(int, const void *, size_t, off_t))(fd, buf, count, offset);
+  return REAL("pwrite", ssize_t(*)(int, const void *, size_t, off_t))(fd, buf, count, offset);
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
@@ -107,7 +107,7 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
     errno = err;
     return -1;
   }
-  return REAL("pwrite64", ssize_t (*)(int, const void *, size_t, off_t))(fd, buf, count, offset);
+  return REAL("pwrite64", ssize_t(*)(int, const void *, size_t, off_t))(fd, buf, count, offset);
 }
 
 ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t offset) {
@@ -116,7 +116,7 @@ ssize_t pwritev(int fd, const struct iovec *iov, int n, off_t offset) {
     errno = err;
     return -1;
   }
-  return REAL("pwritev", ssize_t (*)(int, const struct iovec *, int, off_t))(fd, iov, n, offset);
+  return REAL("pwritev", ssize_t(*)(int, const struct iovec *, int, off_t))(fd, iov, n, offset);
 }
 
 ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t offset) {
@@ -125,8 +125,7 @@ ssize_t pwritev64(int fd, const struct iovec *iov, int n, off_t offset) {
     errno = err;
     return -1;
   }
-  return REAL("pwritev64", ssize_t (*)(int, const struct iovec *, int, off_t))(fd, iov, n,
-                                                                              offset);
+  return REAL("pwritev64", ssize_t(*)(int, const struct iovec *, int, off_t))(fd, iov, n, offset);
 }
 
 int fsync(int fd) {
