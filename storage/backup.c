@@ -61,6 +61,7 @@ int capstan_store_open_backup(const char *path, capstan_store_t **out) {
   if (!S_ISREG(st.st_mode)) return CAPSTAN_EINVAL;
   capstan_store_t *s = calloc(1, sizeof(*s));
   if (s == NULL) return CAPSTAN_ENOMEM;
+  pthread_rwlock_init(&s->txn_lock, NULL);
   int err;
   s->dir = strdup(path);
   if (s->dir == NULL) {

@@ -58,3 +58,12 @@ int capstan_store_settings_load(capstan_store_t *store, Capstan__Settings **out)
   *out = NULL;
   return capstan_store_read(store, settings_load_fn, out);
 }
+
+int capstan_store_touch(capstan_txn_t *txn) {
+  Capstan__Settings *s;
+  int err = capstan_store_settings_get(txn, &s);
+  if (err != 0) return err;
+  err = capstan_store_settings_put(txn, s);
+  capstan__settings__free_unpacked(s, NULL);
+  return err;
+}

@@ -538,25 +538,50 @@ static int collect_in_progress(const Capstan__Device *d, void *arg) {
   return 0;
 }
 
-int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_t *count) {
-  *count = 0;
+static int name_cmp(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int capstan_devices_fail_in_progress(capstan_txn_t *txn, int64_t now, const char *reason,
+                                     const char *at, char *const *live, size_t nlive,
+                                     size_t *failed, size_t *skipped) {
+  *failed = 0;
+  if (skipped != NULL) *skipped = 0;
   /* Names first, writes after: no record changes under the cursor. */
   name_list_t l = {0};
   int err = capstan_store_device_iterate(txn, collect_in_progress, &l);
   if (err == 0) err = l.err;
+  size_t n = 0, kept = 0;
   for (size_t i = 0; err == 0 && i < l.n; i++) {
-    err = capstan_devices_set_status(txn, l.names[i], CAPSTAN__OP_STATUS__OP_STATUS_FAILED,
-                                     CAPSTAN_REASON_INTERRUPTED, now, false);
+    if (nlive > 0 && bsearch(&l.names[i], live, nlive, sizeof(*live), name_cmp) != NULL) {
+      kept++; /* its session is still running: it ends the attempt itself */
+      continue;
+    }
+    err = capstan_devices_set_status(txn, l.names[i], CAPSTAN__OP_STATUS__OP_STATUS_FAILED, reason,
+                                     now, false);
     /* The attempt's outcome, as a session that ended would have written. */
     if (err == 0) {
-      err = capstan_audit_appendf(txn, l.names[i], "attempt_failed", "reason=\"%s\" at=startup",
-                                  CAPSTAN_REASON_INTERRUPTED);
+      err = capstan_audit_appendf(txn, l.names[i], "attempt_failed", "reason=\"%s\" at=%s", reason,
+                                  at);
     }
+    n++;
   }
-  if (err == 0) *count = l.n;
+  if (err == 0) {
+    *failed = n;
+    if (skipped != NULL) *skipped = kept;
+  }
   for (size_t i = 0; i < l.n; i++) free(l.names[i]);
   free(l.names);
   return err;
+}
+
+void capstan_devices_sort_names(char **names, size_t n) {
+  if (n > 1) qsort(names, n, sizeof(*names), name_cmp);
+}
+
+int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_t *count) {
+  return capstan_devices_fail_in_progress(txn, now, CAPSTAN_REASON_INTERRUPTED, "startup", NULL, 0,
+                                          count, NULL);
 }
 
 int capstan_devices_record_deleted(capstan_txn_t *txn, const char *name, int64_t now) {

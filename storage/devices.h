@@ -134,6 +134,19 @@ int capstan_devices_set_throttled(capstan_txn_t *txn, const char *name, int64_t 
  * after any failed attempt. *count is how many changed. */
 int capstan_devices_reconcile_interrupted(capstan_txn_t *txn, int64_t now, size_t *count);
 
+/* The running server's repair after a storage outage: every device
+ * IN_PROGRESS whose name is not in |live| (the devices of the sessions
+ * running now, sorted with capstan_devices_sort_names; may be NULL when
+ * |nlive| is 0) becomes FAILED with |reason|, its audit log saying
+ * at=|at|; its operation stays scheduled, as above. *failed is how many
+ * changed, *skipped (may be NULL) how many were left to their sessions. */
+int capstan_devices_fail_in_progress(capstan_txn_t *txn, int64_t now, const char *reason,
+                                     const char *at, char *const *live, size_t nlive,
+                                     size_t *failed, size_t *skipped);
+
+/* Sorts |names| for capstan_devices_fail_in_progress. */
+void capstan_devices_sort_names(char **names, size_t n);
+
 /* Records a completed delete operation: the device's current LSC fields
  * are cleared (a MIC on record is kept), every certificate of its history
  * that is ISSUED or INSTALLED becomes DELETED, and the status is SUCCEEDED

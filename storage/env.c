@@ -1,5 +1,6 @@
 /* The environment: opening the LMDB environment and its named databases,
  * transactions, and the mapping of LMDB's errors to ours. */
+#define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,22 +27,31 @@ void capstan_store_count_error(const char *op) {
       "capstan_storage_errors_total", "Storage operations that failed, by operation", labels));
 }
 
+static _Thread_local bool t_quiet;
+
+void capstan_store_quiet_errors(bool quiet) {
+  t_quiet = quiet;
+}
+
 /* The one place LMDB codes become ours. */
 int capstan_store_map_err(int rc, const char *op) {
+  capstan_log_level_t level = t_quiet ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR;
   switch (rc) {
     case MDB_SUCCESS:
       return 0;
     case MDB_NOTFOUND:
       return CAPSTAN_ENOENT;
     case MDB_MAP_FULL:
-      LOG_ERROR("event=storage_full op=%s error=\"%s\"", op, mdb_strerror(rc));
-      capstan_store_count_error(op);
+      /* Not yet a failure: the server's writer grows the map and writes
+       * again; it logs and counts a map that cannot grow (op="grow"). */
+      LOG_DEBUG("event=storage_full op=%s error=\"%s\"", op, mdb_strerror(rc));
       return CAPSTAN_ENOSPC;
     case ENOMEM:
       capstan_store_count_error(op);
       return CAPSTAN_ENOMEM;
     default:
-      LOG_ERROR("event=storage_error op=%s code=%d error=\"%s\"", op, rc, mdb_strerror(rc));
+      capstan_log(level, "event=storage_error op=%s code=%d error=\"%s\"", op, rc,
+                  mdb_strerror(rc));
       capstan_store_count_error(op);
       return CAPSTAN_EIO;
   }
@@ -92,6 +102,33 @@ const char *capstan_store_data_dir(const char *opt) {
   return CAPSTAN_STORE_DEFAULT_DIR;
 }
 
+/* Creates and opens s->env on s->dir with the map at s->map_size, and its
+ * named databases. */
+static int open_env(capstan_store_t *s) {
+  int rc = mdb_env_create(&s->env);
+  if (rc != 0) {
+    s->env = NULL;
+    return capstan_store_map_err(rc, "open");
+  }
+  if ((rc = mdb_env_set_maxdbs(s->env, MAX_DBS)) != 0 ||
+      (rc = mdb_env_set_mapsize(s->env, s->map_size)) != 0 ||
+      (rc = mdb_env_set_maxreaders(s->env, 1022)) != 0) {
+    return capstan_store_map_err(rc, "open");
+  }
+  rc = mdb_env_open(s->env, s->dir, MDB_NOTLS, 0600);
+  if (rc != 0) {
+    LOG_ERROR("event=storage_open_failed dir=%s error=\"%s\"", s->dir, mdb_strerror(rc));
+    return rc == EACCES ? CAPSTAN_EACCES : capstan_store_map_err(rc, "open");
+  }
+  MDB_envinfo info;
+  if (mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
+  /* Readers left behind by killed CLI processes hold old pages. */
+  int dead = 0;
+  mdb_reader_check(s->env, &dead);
+  if (dead > 0) LOG_INFO("event=storage_stale_readers_cleared count=%d", dead);
+  return capstan_store_open_dbis(s, false);
+}
+
 int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
   *out = NULL;
   if (dir == NULL || dir[0] == '\0') return CAPSTAN_EINVAL;
@@ -116,39 +153,81 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
 
   capstan_store_t *s = calloc(1, sizeof(*s));
   if (s == NULL) return CAPSTAN_ENOMEM;
+  /* Reader-preferring (glibc's default, said here because it matters): a
+   * thread may begin a read inside another while the writer waits to
+   * resize, and must not deadlock there. */
+  pthread_rwlockattr_t la;
+  pthread_rwlockattr_init(&la);
+  pthread_rwlockattr_setkind_np(&la, PTHREAD_RWLOCK_PREFER_READER_NP);
+  pthread_rwlock_init(&s->txn_lock, &la);
+  pthread_rwlockattr_destroy(&la);
   int err;
   s->dir = strdup(dir);
   if (s->dir == NULL) {
     err = CAPSTAN_ENOMEM;
     goto err;
   }
-  int rc = mdb_env_create(&s->env);
-  if (rc != 0) {
-    err = capstan_store_map_err(rc, "open");
-    goto err;
-  }
-  if ((rc = mdb_env_set_maxdbs(s->env, MAX_DBS)) != 0 ||
-      (rc = mdb_env_set_mapsize(s->env, CAPSTAN_STORE_MAP_SIZE)) != 0 ||
-      (rc = mdb_env_set_maxreaders(s->env, 1022)) != 0) {
-    err = capstan_store_map_err(rc, "open");
-    goto err;
-  }
-  rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600);
-  if (rc != 0) {
-    LOG_ERROR("event=storage_open_failed dir=%s error=\"%s\"", dir, mdb_strerror(rc));
-    err = rc == EACCES ? CAPSTAN_EACCES : capstan_store_map_err(rc, "open");
-    goto err;
-  }
-  /* Readers left behind by killed CLI processes hold old pages. */
-  int dead = 0;
-  mdb_reader_check(s->env, &dead);
-  if (dead > 0) LOG_INFO("event=storage_stale_readers_cleared count=%d", dead);
-  err = capstan_store_open_dbis(s, false);
+  s->map_size = s->map_max = CAPSTAN_STORE_MAP_SIZE;
+  err = open_env(s);
   if (err != 0) goto err;
   *out = s;
   return 0;
 err:
   capstan_store_close(s);
+  return err;
+}
+
+int capstan_store_set_map(capstan_store_t *s, size_t size, size_t max) {
+  if (s == NULL || size == 0 || max < size) return CAPSTAN_EINVAL;
+  pthread_rwlock_wrlock(&s->txn_lock);
+  int rc = mdb_env_set_mapsize(s->env, size);
+  MDB_envinfo info;
+  /* LMDB keeps the map at least as large as the data already written. */
+  if (rc == 0 && mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
+  s->map_max = max > s->map_size ? max : s->map_size;
+  pthread_rwlock_unlock(&s->txn_lock);
+  return capstan_store_map_err(rc, "open");
+}
+
+size_t capstan_store_map_size(capstan_store_t *s) {
+  return s->map_size;
+}
+
+size_t capstan_store_map_max(capstan_store_t *s) {
+  return s->map_max;
+}
+
+int capstan_store_grow_map(capstan_store_t *s) {
+  pthread_rwlock_wrlock(&s->txn_lock);
+  int err = CAPSTAN_ENOSPC;
+  if (s->map_size < s->map_max) {
+    size_t old = s->map_size;
+    size_t next = old * 2 < s->map_max ? old * 2 : s->map_max;
+    int rc = mdb_env_set_mapsize(s->env, next);
+    if (rc == 0) {
+      s->map_size = next;
+      LOG_INFO("event=storage_map_grown from_bytes=%zu to_bytes=%zu max_bytes=%zu", old, next,
+               s->map_max);
+    }
+    err = capstan_store_map_err(rc, "grow");
+  }
+  pthread_rwlock_unlock(&s->txn_lock);
+  return err;
+}
+
+int capstan_store_reopen(capstan_store_t *s) {
+  pthread_rwlock_wrlock(&s->txn_lock);
+  mdb_env_close(s->env);
+  s->env = NULL;
+  int err = open_env(s);
+  if (err == 0) {
+    atomic_store(&s->broken, false);
+  } else if (s->env != NULL) {
+    /* Still broken: transactions fail (env NULL) until a reopen works. */
+    mdb_env_close(s->env);
+    s->env = NULL;
+  }
+  pthread_rwlock_unlock(&s->txn_lock);
   return err;
 }
 
@@ -159,36 +238,93 @@ void capstan_store_close(capstan_store_t *store) {
     abort();
   }
   if (store->env != NULL) mdb_env_close(store->env);
+  pthread_rwlock_destroy(&store->txn_lock);
   free(store->dir);
   free(store->actor);
   free(store);
 }
 
+/* Both read the environment, which the writer may be reopening: under
+ * txn_lock, as a transaction would. */
 uint64_t capstan_store_txnid(capstan_store_t *store) {
   MDB_envinfo info;
-  if (mdb_env_info(store->env, &info) != 0) return 0;
-  return (uint64_t)info.me_last_txnid;
+  pthread_rwlock_rdlock(&store->txn_lock);
+  int rc = store->env != NULL ? mdb_env_info(store->env, &info) : EINVAL;
+  pthread_rwlock_unlock(&store->txn_lock);
+  return rc == 0 ? (uint64_t)info.me_last_txnid : 0;
 }
 
 uint64_t capstan_store_size_bytes(capstan_store_t *store) {
   MDB_envinfo info;
   MDB_stat st;
-  if (mdb_env_info(store->env, &info) != 0 || mdb_env_stat(store->env, &st) != 0) return 0;
-  return ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+  pthread_rwlock_rdlock(&store->txn_lock);
+  int rc = store->env != NULL ? mdb_env_info(store->env, &info) : EINVAL;
+  if (rc == 0) rc = mdb_env_stat(store->env, &st);
+  pthread_rwlock_unlock(&store->txn_lock);
+  return rc == 0 ? ((uint64_t)info.me_last_pgno + 1) * st.ms_psize : 0;
 }
 
 /* ---- Transactions ----------------------------------------------------- */
 
+/* Takes the map size the store needs now that another process wrote past
+ * ours: what the store holds (LMDB rounds a smaller size up to it), not
+ * the other process's map, so that this one's maximum still holds. The
+ * caller holds txn_lock exclusive. */
+static void adopt_map(capstan_store_t *store) {
+  MDB_envinfo info;
+  if (mdb_env_set_mapsize(store->env, store->map_size) == 0 &&
+      mdb_env_info(store->env, &info) == 0) {
+    store->map_size = info.me_mapsize;
+  }
+  atomic_store(&store->resized, false);
+}
+
+void capstan_store_adopt_map(capstan_store_t *store) {
+  if (!atomic_load(&store->resized)) return;
+  pthread_rwlock_wrlock(&store->txn_lock);
+  adopt_map(store);
+  pthread_rwlock_unlock(&store->txn_lock);
+}
+
 int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) {
   memset(txn, 0, sizeof(*txn));
   MDB_txn *t = NULL;
-  int rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
+  pthread_rwlock_rdlock(&store->txn_lock);
+  /* No environment: a reopen after MDB_PANIC failed; the writer tries again. */
+  int rc =
+      store->env == NULL ? MDB_PANIC : mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   if (rc == MDB_MAP_RESIZED) {
-    /* Another process grew the map: adopt its size and retry. */
-    mdb_env_set_mapsize(store->env, 0);
+    /* Another process wrote past our map. It may be adopted only with no
+     * transaction of this process open: at once when none is, else (this
+     * thread may hold one) by the writer, which waits for that. */
+    pthread_rwlock_unlock(&store->txn_lock);
+    if (pthread_rwlock_trywrlock(&store->txn_lock) == 0) {
+      adopt_map(store);
+      pthread_rwlock_unlock(&store->txn_lock);
+    } else {
+      atomic_store(&store->resized, true);
+    }
+    pthread_rwlock_rdlock(&store->txn_lock);
     rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   }
-  if (rc != 0) return capstan_store_map_err(rc, "begin");
+  if (rc == MDB_PANIC) {
+    /* A failed write of the meta page: every transaction is refused until
+     * the writer opens the environment again. Said once per outage (the
+     * writer clears broken_said when it ends), whichever thread meets it. */
+    if (!atomic_exchange(&store->broken, true) && !atomic_exchange(&store->broken_said, true)) {
+      LOG_ERROR(
+          "event=storage_broken error=\"%s\" hint=\"a write of the store failed; the "
+          "server opens it again\"",
+          mdb_strerror(rc));
+    }
+    capstan_store_count_error("begin");
+    pthread_rwlock_unlock(&store->txn_lock);
+    return CAPSTAN_EIO;
+  }
+  if (rc != 0) {
+    pthread_rwlock_unlock(&store->txn_lock);
+    return capstan_store_map_err(rc, "begin");
+  }
   txn->mdb = t;
   txn->store = store;
   txn->write = write;
@@ -199,6 +335,7 @@ int capstan_store_commit(capstan_txn_t *txn) {
   if (txn->mdb == NULL) return CAPSTAN_EINVAL;
   int rc = mdb_txn_commit(txn->mdb);
   txn->mdb = NULL;
+  pthread_rwlock_unlock(&txn->store->txn_lock);
   return capstan_store_map_err(rc, "commit");
 }
 
@@ -206,6 +343,7 @@ void capstan_store_abort(capstan_txn_t *txn) {
   if (txn == NULL || txn->mdb == NULL) return;
   mdb_txn_abort(txn->mdb);
   txn->mdb = NULL;
+  pthread_rwlock_unlock(&txn->store->txn_lock);
 }
 
 int capstan_store_read(capstan_store_t *store, capstan_store_txn_fn fn, void *arg) {

@@ -6,6 +6,7 @@
 
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <time.h>
 #include <uv.h>
@@ -28,6 +29,16 @@ struct capstan_store {
    * earlier release wrote it (a bit per capstan_db_t): they read empty. */
   uint32_t absent;
   writer_t *writer;
+  /* Every transaction of this process holds this shared, from begin to
+   * commit or abort: LMDB may resize or reopen the map only while no
+   * transaction of the process is active, so the writer takes it
+   * exclusive for that (capstan_store_grow_map, capstan_store_reopen). */
+  pthread_rwlock_t txn_lock;
+  _Atomic size_t map_size;  /* the map's size now */
+  _Atomic size_t map_max;   /* how far capstan_store_grow_map may take it */
+  _Atomic bool broken;      /* LMDB said MDB_PANIC: only a reopen helps */
+  _Atomic bool broken_said; /* event=storage_broken logged in this outage */
+  _Atomic bool resized;     /* another process wrote past the map: adopt it */
   char *dir;
   char *actor; /* stamped on audit events as their user; NULL: none */
 };
@@ -36,6 +47,26 @@ struct capstan_store {
  * Read-only, a database an earlier release did not have reads as empty
  * (|absent|); any other missing one is CAPSTAN_EINVAL: not a capstan store. */
 int capstan_store_open_dbis(capstan_store_t *s, bool readonly);
+
+/* Doubles the map, up to map_max, once every transaction of this process
+ * has ended (the caller holds none). CAPSTAN_ENOSPC when it is at map_max
+ * already. */
+int capstan_store_grow_map(capstan_store_t *s);
+
+/* When a transaction met a map another process grew and could not adopt
+ * it (a transaction of this process was open), adopts it, waiting until
+ * none is open: the writer calls it holding none. */
+void capstan_store_adopt_map(capstan_store_t *s);
+
+/* Closes and opens the environment again, once every transaction of this
+ * process has ended (the caller holds none): after a failed write of the
+ * meta page LMDB refuses every transaction (MDB_PANIC) until then. */
+int capstan_store_reopen(capstan_store_t *s);
+
+/* While set on a thread, failures it maps are logged at debug level only
+ * (still counted): the writer says once that the store is unavailable
+ * instead of once per request. */
+void capstan_store_quiet_errors(bool quiet);
 
 /* Counts a failed operation in capstan_storage_errors_total{op}. */
 void capstan_store_count_error(const char *op);

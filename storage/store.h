@@ -111,6 +111,15 @@ uint64_t capstan_store_txnid(capstan_store_t *store);
 /* Bytes of the map in use (last page number * page size). */
 uint64_t capstan_store_size_bytes(capstan_store_t *store);
 
+/* The map (the most the store can hold) starts at |size| bytes and the
+ * server's writer grows it, doubling, up to |max| when it fills (a write
+ * then fails with CAPSTAN_ENOSPC only at |max|). Never below what the
+ * store holds already. Call before the writer starts, with no transaction
+ * open. Without it the map is CAPSTAN_STORE_MAP_SIZE and does not grow. */
+int capstan_store_set_map(capstan_store_t *store, size_t size, size_t max);
+size_t capstan_store_map_size(capstan_store_t *store);
+size_t capstan_store_map_max(capstan_store_t *store);
+
 /* ---- Backup and restore ---------------------------------------------- */
 
 /* Writes a consistent, compacted copy of |store| (one read transaction:
@@ -155,6 +164,10 @@ typedef int (*capstan_store_txn_fn)(capstan_txn_t *txn, void *arg);
 int capstan_store_read(capstan_store_t *store, capstan_store_txn_fn fn, void *arg);
 int capstan_store_write(capstan_store_t *store, capstan_store_txn_fn fn, void *arg);
 
+/* Writes the settings record again as it is: a write that changes
+ * nothing, whose commit shows that the store takes writes. */
+int capstan_store_touch(capstan_txn_t *txn);
+
 /* Number of records in |db|. */
 int capstan_store_count(capstan_txn_t *txn, capstan_db_t db, uint64_t *out);
 
@@ -179,6 +192,16 @@ int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop);
  * fails; otherwise done is called exactly once, later. */
 int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void *arg,
                          capstan_store_done_fn done);
+/* False during a storage outage: from the first batch that failed to
+ * commit (or the first transaction refused as MDB_PANIC) until one commits
+ * again some seconds after the last failure
+ * (logged once each way: event=storage_unavailable, event=storage_recovered;
+ * gauge capstan_storage_writable). Callers log their own failures quietly
+ * meanwhile. True without a writer. */
+bool capstan_store_available(capstan_store_t *store);
+/* Batches that failed to commit since the writer started. */
+uint64_t capstan_store_failed_batches(capstan_store_t *store);
+
 /* Call on the loop thread. Writes every queued request, calls every
  * pending done callback (on this thread, before returning), stops the
  * thread and closes its libuv handle: run the loop once more afterwards

@@ -12,7 +12,16 @@
 #include "core/base/metrics.h"
 #include "storage/internal.h"
 
-static capstan_metric_t *m_commit_seconds, *m_commits, *m_batch_size;
+static capstan_metric_t *m_commit_seconds, *m_commits, *m_batch_size, *m_writable;
+
+/* An outage (commits failing) ends when a commit that wrote succeeds this
+ * long after the last failure: on a nearly full disk small commits
+ * succeed between failing large ones, and the operator should read one
+ * "unavailable" and one "recovered", not a flapping pair per batch. */
+#define RECOVERED_AFTER_SECONDS 3.0
+/* How often an idle writer looks whether the environment needs reopening
+ * (a reader on another thread met MDB_PANIC). */
+#define IDLE_CHECK_MS 1000
 
 typedef struct write_req {
   capstan_store_write_fn fn;
@@ -35,6 +44,13 @@ typedef struct writer {
   bool stopping;
   bool idle;                   /* waiting for a request */
   struct timespec last_commit; /* CLOCK_MONOTONIC, when the last batch began */
+  /* Commits failing (storage unavailable): set at the first failure,
+   * cleared by a commit RECOVERED_AFTER_SECONDS after the last one. */
+  _Atomic bool outage;
+  _Atomic uint64_t failed_batches; /* batches that could not commit, ever */
+  double last_failure;             /* capstan_now_seconds(); writer thread only */
+  bool full_logged;                /* the map limit's hint, once per outage */
+  bool reopen_logged;              /* storage_reopened, once per outage */
 } writer_t;
 
 /* ---- Group-commit writer ---------------------------------------------- */
@@ -52,6 +68,14 @@ static double size_gauge(void *arg) {
   return v;
 }
 
+static double map_gauge(void *arg) {
+  pthread_mutex_lock(&g_gauge_lock);
+  capstan_store_t *s = atomic_load(&g_gauge_store);
+  double v = s == NULL ? 0 : arg != NULL ? (double)s->map_max : (double)s->map_size;
+  pthread_mutex_unlock(&g_gauge_lock);
+  return v;
+}
+
 static void register_metrics(void) {
   static const double batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
   m_commit_seconds =
@@ -65,8 +89,8 @@ static void register_metrics(void) {
                                 batch_bounds, sizeof(batch_bounds) / sizeof(batch_bounds[0]));
   /* Error series exist from the start, so a rate() over them works before
    * the first error. */
-  static const char *const ops[] = {"open",    "begin",  "get",    "put",   "delete",
-                                    "iterate", "commit", "unpack", "audit", "stat"};
+  static const char *const ops[] = {"open",   "begin",  "get",   "put",  "delete", "iterate",
+                                    "commit", "unpack", "audit", "stat", "grow"};
   for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
     char labels[64];
     snprintf(labels, sizeof(labels), "op=\"%s\"", ops[i]);
@@ -75,12 +99,24 @@ static void register_metrics(void) {
   }
   capstan_metrics_gauge_fn("capstan_storage_size_bytes", "Bytes of the LMDB map in use", "",
                            size_gauge, NULL);
+  capstan_metrics_gauge_fn("capstan_storage_map_bytes", "Size of the LMDB map now", "", map_gauge,
+                           NULL);
+  capstan_metrics_gauge_fn("capstan_storage_map_max_bytes",
+                           "How far the LMDB map may grow (--store-max-mib)", "", map_gauge,
+                           (void *)1);
+  m_writable = capstan_metrics_gauge(
+      "capstan_storage_writable",
+      "1 while the store commits, 0 during an outage (full disk, I/O errors, map at its maximum)",
+      "");
+  capstan_metric_set(m_writable, 1);
 }
 
 /* Runs every request of |batch| not yet failed in one write transaction.
  * Returns 0 when all succeeded and the transaction is open in |txn|, 1 when
  * a request failed (its status set, the transaction aborted: its partial
- * writes must not stay), or a negative error for the transaction itself. */
+ * writes must not stay), CAPSTAN_ENOSPC when the map is full (no request is
+ * to blame: the batch may run again in a larger map), or a negative error
+ * for the transaction itself. */
 static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn) {
   int err = capstan_store_begin(w->store, true, txn);
   if (err != 0) return err;
@@ -88,12 +124,74 @@ static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn) {
     if (r->status != 0) continue;
     int rc = r->fn(txn, r->arg);
     if (rc != 0) {
-      r->status = rc;
       capstan_store_abort(txn);
+      if (rc == CAPSTAN_ENOSPC) return rc;
+      r->status = rc;
       return 1;
     }
   }
   return 0;
+}
+
+/* The first failure of an outage is logged; the rest are counted only
+ * (capstan_storage_errors_total) until the outage ends. */
+static void note_failure(writer_t *w, int err, size_t n) {
+  w->last_failure = capstan_now_seconds();
+  atomic_fetch_add(&w->failed_batches, 1);
+  capstan_metric_set(m_writable, 0);
+  if (err == CAPSTAN_ENOSPC) capstan_store_count_error("grow");
+  if (err == CAPSTAN_ENOSPC && !w->full_logged) {
+    w->full_logged = true;
+    LOG_ERROR(
+        "event=storage_map_full map_bytes=%zu max_bytes=%zu hint=\"the store reached its "
+        "maximum size: raise it with capstan serve --store-max-mib (or store-max-mib in the "
+        "config file) and restart the server\"",
+        (size_t)w->store->map_size, (size_t)w->store->map_max);
+  }
+  if (atomic_exchange(&w->outage, true)) {
+    LOG_DEBUG("event=storage_batch_failed requests=%zu error=\"%s\"", n, capstan_strerror(err));
+    return;
+  }
+  LOG_ERROR(
+      "event=storage_unavailable requests=%zu error=\"%s\" hint=\"commits fail: phones are "
+      "told to retry later, files are served from what is stored; the server recovers by "
+      "itself once the cause is gone (the storage error above says which)\"",
+      n, capstan_strerror(err));
+}
+
+static void note_success(writer_t *w, bool wrote) {
+  if (!atomic_load(&w->outage) || !wrote) return;
+  if (capstan_now_seconds() - w->last_failure < RECOVERED_AFTER_SECONDS) return;
+  atomic_store(&w->outage, false);
+  w->full_logged = w->reopen_logged = false;
+  atomic_store(&w->store->broken_said, false);
+  capstan_metric_set(m_writable, 1);
+  LOG_WARN("event=storage_recovered failed_batches=%llu",
+           (unsigned long long)atomic_load(&w->failed_batches));
+}
+
+/* LMDB refuses every transaction after a failed write of its meta page
+ * (MDB_PANIC): the environment must be opened again. Logged once per
+ * outage (a failing disk fails every commit's meta page). */
+static bool reopen_if_broken(writer_t *w) {
+  if (!atomic_load(&w->store->broken)) return false;
+  int err = capstan_store_reopen(w->store);
+  if (!w->reopen_logged) {
+    w->reopen_logged = true;
+    capstan_log(err == 0 ? CAPSTAN_LOG_WARN : CAPSTAN_LOG_ERROR,
+                "event=storage_reopened dir=%s error=\"%s\"", w->store->dir,
+                err == 0 ? "none" : capstan_strerror(err));
+  }
+  return err == 0;
+}
+
+/* After a failed commit: whether it broke the environment (a read
+ * transaction says MDB_PANIC), so that it is reopened at once rather than
+ * when the next transaction, perhaps a phone's read, fails. */
+static void check_broken(writer_t *w) {
+  capstan_txn_t txn;
+  if (capstan_store_begin(w->store, false, &txn) == 0) capstan_store_abort(&txn);
+  reopen_if_broken(w);
 }
 
 /* Writes one batch; sets each request's status. All requests share one
@@ -106,17 +204,34 @@ static void write_batch(writer_t *w, write_req_t *batch, size_t n) {
   double t0 = capstan_now_seconds();
   capstan_txn_t txn;
   int err;
+  capstan_store_adopt_map(w->store);
+  bool reopened = reopen_if_broken(w), adopted = false;
+  capstan_store_quiet_errors(atomic_load(&w->outage));
+  uint64_t txnid = capstan_store_txnid(w->store);
   for (write_req_t *r = batch; r != NULL; r = r->next) r->status = 0;
   for (;;) {
     err = run_batch(w, batch, &txn);
-    if (err != 1) break;
+    if (err == 1) continue;
+    if (err == 0) err = capstan_store_commit(&txn);
+    /* A full map grows (no transaction of ours is open now) and the batch
+     * runs again in it; at the maximum the batch fails. */
+    if (err == CAPSTAN_ENOSPC && capstan_store_grow_map(w->store) == 0) continue;
+    if (err != 0 && !adopted && atomic_load(&w->store->resized)) {
+      capstan_store_adopt_map(w->store); /* another process grew the store */
+      adopted = true;
+      continue;
+    }
+    if (err != 0 && !reopened && (reopened = reopen_if_broken(w))) continue;
+    break;
   }
-  if (err == 0) err = capstan_store_commit(&txn);
   if (err != 0) {
-    LOG_ERROR("event=storage_batch_failed requests=%zu error=\"%s\"", n, capstan_strerror(err));
+    note_failure(w, err, n);
+    check_broken(w);
     for (write_req_t *r = batch; r != NULL; r = r->next) {
       if (r->status == 0) r->status = err;
     }
+  } else {
+    note_success(w, capstan_store_txnid(w->store) != txnid);
   }
   capstan_metric_observe(m_commit_seconds, capstan_now_seconds() - t0);
   capstan_metric_inc(m_commits);
@@ -152,8 +267,19 @@ static void *writer_main(void *arg) {
   for (;;) {
     while (w->queue_head == NULL && !w->stopping) {
       w->idle = true;
-      pthread_cond_wait(&w->cond, &w->lock);
+      struct timespec due;
+      clock_gettime(CLOCK_MONOTONIC, &due);
+      due.tv_sec += IDLE_CHECK_MS / 1000;
+      pthread_cond_timedwait(&w->cond, &w->lock, &due);
       w->idle = false;
+      /* Readers fail until the environment is opened again (or the map a
+       * CLI grew is adopted): do not wait for a write to do it. */
+      if (atomic_load(&w->store->broken) || atomic_load(&w->store->resized)) {
+        pthread_mutex_unlock(&w->lock);
+        capstan_store_adopt_map(w->store);
+        reopen_if_broken(w);
+        pthread_mutex_lock(&w->lock);
+      }
     }
     if (w->queue_head == NULL) break; /* stopping and drained */
     wait_for_spacing(w);
@@ -266,6 +392,18 @@ int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void
   if (w->idle) pthread_cond_signal(&w->cond);
   pthread_mutex_unlock(&w->lock);
   return 0;
+}
+
+bool capstan_store_available(capstan_store_t *store) {
+  writer_t *w = store->writer;
+  /* Broken counts from the first transaction that met it, which may come
+   * before the writer has noted the failed commit. */
+  return !atomic_load(&store->broken) && (w == NULL || !atomic_load(&w->outage));
+}
+
+uint64_t capstan_store_failed_batches(capstan_store_t *store) {
+  writer_t *w = store->writer;
+  return w == NULL ? 0 : atomic_load(&w->failed_batches);
 }
 
 void capstan_store_writer_stop(capstan_store_t *store) {

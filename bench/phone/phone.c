@@ -880,13 +880,16 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
     begin_close(p);
     return;
   }
+  /* The server may answer any step with RETRY_LATER: over a connection
+   * limit (in place of AUTH_REQUEST), while a CA decides or is down, or when
+   * it could not record a step (a full disk): the session ends and the
+   * phone comes back. */
+  if (m->command == CAPSTAN_CAPF_CMD_RETRY_LATER) {
+    on_retry_later(p, m);
+    return;
+  }
   switch (p->state) {
     case ST_WAIT_AUTH_REQUEST: {
-      /* A server over a connection limit says so instead of AUTH_REQUEST. */
-      if (m->command == CAPSTAN_CAPF_CMD_RETRY_LATER) {
-        on_retry_later(p, m);
-        return;
-      }
       if (m->command != CAPSTAN_CAPF_CMD_AUTH_REQUEST) {
         unexpected(p, m);
         return;
@@ -921,9 +924,6 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
           /* A hand-over: the certificate for an earlier request. */
           on_store_request(p, m);
           return;
-        case CAPSTAN_CAPF_CMD_RETRY_LATER:
-          on_retry_later(p, m);
-          return;
         default:
           unexpected(p, m);
           return;
@@ -940,9 +940,6 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
     case ST_WAIT_CA:
       if (m->command == CAPSTAN_CAPF_CMD_STORE_CERT_REQUEST) {
         on_store_request(p, m);
-      } else if (m->command == CAPSTAN_CAPF_CMD_RETRY_LATER) {
-        /* The request is kept: the certificate comes in a later session. */
-        on_retry_later(p, m);
       } else {
         unexpected(p, m);
       }
@@ -950,8 +947,6 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
     case ST_WAIT_RESTART:
       if (m->command == CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST) {
         on_keygen_request(p, m);
-      } else if (m->command == CAPSTAN_CAPF_CMD_RETRY_LATER) {
-        on_retry_later(p, m);
       } else {
         unexpected(p, m);
       }

@@ -180,5 +180,9 @@ const char *capstan_name_list_text(const char *list, char *buf, size_t cap);
  * the next start every device still in progress gets it (no session of a
  * server that has just started can be running). */
 #define CAPSTAN_REASON_INTERRUPTED "interrupted: the server stopped during the operation"
+/* Why an operation ended when the store could not record its outcome (a
+ * full disk, I/O errors): set by the running server's repair once it
+ * writes again, on devices no session of it is running. */
+#define CAPSTAN_REASON_STORAGE_ERROR "storage error: the outcome could not be recorded"
 
 #endif

@@ -74,6 +74,7 @@ typedef struct served_note {
 } served_note_t;
 
 typedef struct served_batch {
+  capstan_store_t *store;
   size_t n;
   size_t appended; /* set by the write */
   served_note_t notes[];
@@ -312,8 +313,11 @@ static int served_write(capstan_txn_t *txn, void *arg) {
 
 static void served_done(void *arg, int status) {
   served_batch_t *b = arg;
+  /* During a storage outage the writer has said so once. */
   if (status < 0) {
-    LOG_WARN("event=files_served_not_recorded files=%zu error=%s", b->n, capstan_strerror(status));
+    capstan_log(capstan_store_available(b->store) ? CAPSTAN_LOG_WARN : CAPSTAN_LOG_DEBUG,
+                "event=files_served_not_recorded files=%zu error=%s", b->n,
+                capstan_strerror(status));
   }
   free(b);
 }
@@ -386,6 +390,7 @@ static void note_served(capstan_files_service_t *svc, cache_entry_t *e) {
       return;
     }
     svc->served->n = 0;
+    svc->served->store = svc->store;
   }
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);

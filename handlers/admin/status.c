@@ -265,6 +265,19 @@ static void render_devices(capstan_json_t *j, const capstan_status_t *st,
   capstan_json_close(j, '}');
 }
 
+/* Whether the store takes writes (R26: a full disk, I/O errors or the map
+ * at its maximum show here as well as in the log and the metrics). */
+static void render_storage(capstan_json_t *j, const capstan_status_t *st) {
+  capstan_json_key(j, "storage");
+  capstan_json_open(j, '{');
+  capstan_json_kbool(j, "writable", capstan_store_available(st->store));
+  capstan_json_kuint(j, "failed_batches", capstan_store_failed_batches(st->store));
+  capstan_json_kuint(j, "size_bytes", capstan_store_size_bytes(st->store));
+  capstan_json_kuint(j, "map_bytes", capstan_store_map_size(st->store));
+  capstan_json_kuint(j, "map_max_bytes", capstan_store_map_max(st->store));
+  capstan_json_close(j, '}');
+}
+
 static void render_progress(capstan_json_t *j, const capstan_status_t *st,
                             const capstan_census_t *c, double now) {
   /* Throttled phones come back (RETRY_LATER): they are still to do. */
@@ -526,6 +539,7 @@ void capstan_status_render(capstan_status_t *st, const capstan_census_t *c, doub
   capstan_json_ktime(j, "generated_at", (int64_t)now);
   render_node(j, st, &r, now);
   render_devices(j, st, c);
+  render_storage(j, st);
   render_progress(j, st, c, now);
   render_rates(j, st, &r, now);
   render_throttle(j, st, &r);

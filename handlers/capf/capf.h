@@ -40,4 +40,9 @@ void capstan_capf_server_drain(capstan_capf_server_t *srv, uint64_t deadline_ms,
 /* Sessions open now (for the status page and tests). */
 unsigned capstan_capf_server_sessions(const capstan_capf_server_t *srv);
 
+/* The device names of the sessions open now that will still record their
+ * outcome (they have named their device and not finished), as an array of *n strings the caller
+ * frees (each and the array). srv may be NULL (no CAPF listener): none. 0 or CAPSTAN_ENOMEM. */
+int capstan_capf_server_live_devices(const capstan_capf_server_t *srv, char ***names, size_t *n);
+
 #endif

@@ -56,15 +56,25 @@ static void hook_stop_timer(capf_session_t *s) {
 }
 
 static int hook_load_device(capf_session_t *s, const char *name, capf_device_t *out) {
-  return capf_device_load(conn_of(s)->store, name, out);
+  capstan_store_t *store = conn_of(s)->store;
+  int rc = capf_device_load(store, name, out);
+  /* During a storage outage the writer has said so once. */
+  if (rc < 0 && rc != CAPSTAN_ENOENT) {
+    capstan_log(capstan_store_available(store) ? CAPSTAN_LOG_ERROR : CAPSTAN_LOG_DEBUG,
+                "event=capf_store_read_failed device=%s error=%s", name, capstan_strerror(rc));
+  }
+  return rc;
 }
 
 static void on_recorded(void *arg, int status) {
   capf_record_t *r = arg;
   capf_conn_t *c = r->host;
+  /* During a storage outage the writer has said so once; a line per
+   * phone would bury it. */
   if (status < 0) {
-    LOG_ERROR("event=capf_record_failed device=%s kind=%s error=%s", r->device,
-              capf_record_kind_name(r->kind), capstan_strerror(status));
+    capstan_log(capstan_store_available(c->store) ? CAPSTAN_LOG_ERROR : CAPSTAN_LOG_DEBUG,
+                "event=capf_record_failed device=%s kind=%s error=%s", r->device,
+                capf_record_kind_name(r->kind), capstan_strerror(status));
   }
   capf_session_recorded(&c->session, r, status);
   capf_record_free(r);

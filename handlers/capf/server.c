@@ -513,6 +513,30 @@ unsigned capstan_capf_server_sessions(const capstan_capf_server_t *srv) {
   return srv->nsessions;
 }
 
+int capstan_capf_server_live_devices(const capstan_capf_server_t *srv, char ***names, size_t *n) {
+  *names = NULL;
+  *n = 0;
+  size_t count = 0;
+  for (capf_conn_t *c = srv != NULL ? srv->conns : NULL; c != NULL; c = c->next) count++;
+  if (count == 0) return 0;
+  char **out = calloc(count, sizeof(*out));
+  if (out == NULL) return CAPSTAN_ENOMEM;
+  size_t k = 0;
+  for (capf_conn_t *c = srv->conns; c != NULL; c = c->next) {
+    /* A finished session has queued its last record already. */
+    if (c->session.device[0] == '\0' || c->session.finished) continue;
+    if ((out[k] = strdup(c->session.device)) == NULL) {
+      for (size_t i = 0; i < k; i++) free(out[i]);
+      free(out);
+      return CAPSTAN_ENOMEM;
+    }
+    k++;
+  }
+  *names = out;
+  *n = k;
+  return 0;
+}
+
 /* --- Drain ---------------------------------------------------------------- */
 
 static void on_handle_closed(uv_handle_t *h) {

@@ -604,9 +604,11 @@ static void greet(capf_session_t *s, const event_arg_t *e) {
   go(s, CAPF_ST_WAIT_AUTH);
 }
 
+static void store_failed(capf_session_t *s);
+
 /* Reads the session's device and takes the operation, mode and key from it.
  * Returns 0, or a negative error after ending the session: END 9 for an
- * unknown device, 7 when the store cannot be read. */
+ * unknown device, RETRY_LATER when the store cannot be read. */
 static int load_device(capf_session_t *s, capf_device_t *d) {
   int rc = s->hooks->load_device(s, s->device, d);
   if (rc == CAPSTAN_ENOENT) {
@@ -615,8 +617,7 @@ static int load_device(capf_session_t *s, capf_device_t *d) {
     return rc;
   }
   if (rc < 0) {
-    LOG_ERROR("event=capf_store_read_failed device=%s error=%s", s->device, capstan_strerror(rc));
-    end_with(s, CAPSTAN_CAPF_REASON_INVALID_ELEMENT, CAPF_RESULT_SERVER_ERROR);
+    store_failed(s); /* the host has logged it; the phone comes back (R26) */
     return rc;
   }
   s->operation = d->operation;

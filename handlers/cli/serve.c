@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,8 @@ enum {
   OPT_FILES_DIR,
   OPT_SUBJECT,
   OPT_DRAIN_SECONDS,
+  OPT_STORE_MAP_MIB,
+  OPT_STORE_MAX_MIB,
   OPT_CONFIG,
   OPT_INIT,
   NOPTS
@@ -50,6 +53,8 @@ static const capstan_cli_opt_t serve_opts[NOPTS] = {
     [OPT_FILES_DIR] = {"files-dir", true, NULL},
     [OPT_SUBJECT] = {"subject", true, NULL},
     [OPT_DRAIN_SECONDS] = {"drain-seconds", true, NULL},
+    [OPT_STORE_MAP_MIB] = {"store-map-mib", true, NULL},
+    [OPT_STORE_MAX_MIB] = {"store-max-mib", true, NULL},
     [OPT_CONFIG] = {"config", true, read_config},
     [OPT_INIT] = {"init", false, NULL},
 };
@@ -252,21 +257,42 @@ static int take_lock(const char *dir, capstan_dirlock_t **lock) {
   return CAPSTAN_EXIT_ERROR;
 }
 
+/* A whole number from |min| to |max| in *out (unchanged when |text| is
+ * NULL); false for anything else: a typo must not become 0. */
+static bool parse_bounded(const char *text, unsigned min, unsigned max, unsigned *out) {
+  if (text == NULL) return true;
+  char *end = NULL;
+  unsigned long v = text[0] >= '0' && text[0] <= '9' ? strtoul(text, &end, 10) : ULONG_MAX;
+  if (end == NULL || *end != '\0' || v < min || v > max) return false;
+  *out = (unsigned)v;
+  return true;
+}
+
 static int run_serve(capstan_cli_t *c) {
   serve_file_t *file = c->ctx;
   if (c->data_dir == NULL) c->data_dir = file->data_dir;
   const char *drain = pick(c, OPT_DRAIN_SECONDS, NULL);
   unsigned drain_seconds = CAPSTAN_SERVE_DRAIN_SECONDS;
-  if (drain != NULL) {
-    /* A typo here would otherwise drain for 0 s and cut every phone off. */
-    char *end = NULL;
-    unsigned long v = drain[0] >= '0' && drain[0] <= '9' ? strtoul(drain, &end, 10) : ULONG_MAX;
-    if (end == NULL || *end != '\0' || v > CAPSTAN_SERVE_DRAIN_SECONDS_MAX) {
-      return capstan_cli_usage_error(
-          c, "--drain-seconds must be a whole number from 0 to %u, got '%s'",
-          CAPSTAN_SERVE_DRAIN_SECONDS_MAX, drain);
-    }
-    drain_seconds = (unsigned)v;
+  /* A typo here would otherwise drain for 0 s and cut every phone off. */
+  if (!parse_bounded(drain, 0, CAPSTAN_SERVE_DRAIN_SECONDS_MAX, &drain_seconds)) {
+    return capstan_cli_usage_error(c,
+                                   "--drain-seconds must be a whole number from 0 to %u, got '%s'",
+                                   CAPSTAN_SERVE_DRAIN_SECONDS_MAX, drain);
+  }
+  const char *map = pick(c, OPT_STORE_MAP_MIB, NULL), *max = pick(c, OPT_STORE_MAX_MIB, NULL);
+  unsigned map_mib = CAPSTAN_SERVE_STORE_MAP_MIB, max_mib = CAPSTAN_SERVE_STORE_MAX_MIB;
+  if (!parse_bounded(map, 1, CAPSTAN_SERVE_STORE_MIB_MAX, &map_mib) ||
+      !parse_bounded(max, 1, CAPSTAN_SERVE_STORE_MIB_MAX, &max_mib)) {
+    return capstan_cli_usage_error(c,
+                                   "--store-map-mib and --store-max-mib must be whole numbers "
+                                   "from 1 to %u",
+                                   CAPSTAN_SERVE_STORE_MIB_MAX);
+  }
+  /* Only a maximum given: the map starts there when that is smaller. */
+  if (map == NULL && map_mib > max_mib) map_mib = max_mib;
+  if (map_mib > max_mib) {
+    return capstan_cli_usage_error(c, "--store-map-mib (%u) is larger than --store-max-mib (%u)",
+                                   map_mib, max_mib);
   }
   capstan_serve_options_t opt = {
       .data_dir = capstan_cli_data_dir(c),
@@ -277,6 +303,8 @@ static int run_serve(capstan_cli_t *c) {
       .files_dir = pick(c, OPT_FILES_DIR, NULL),
       .subject = pick(c, OPT_SUBJECT, NULL),
       .drain_seconds = drain_seconds,
+      .store_map_mib = map_mib,
+      .store_max_mib = max_mib,
   };
   int rc = check_data_dir(c, opt.data_dir, &opt.init);
   if (rc != 0) return rc;
@@ -314,6 +342,10 @@ int capstan_cli_serve_main(int argc, char **argv) {
           "  --subject \"O=..,C=..\"   subject attributes for certificates made by --init\n"
           "  --drain-seconds N       on SIGTERM, wait up to N s (0-3600) for sessions (default "
           "30)\n"
+          "  --store-max-mib N       the most the store may hold, in MiB (default 65536): its\n"
+          "                          map grows to it as it fills; past it phones are told to\n"
+          "                          retry later (event=storage_map_full)\n"
+          "  --store-map-mib N       the store's map at start, in MiB (default 4096)\n"
           "  --config FILE           read the same keys from FILE, one 'key = value' a line;\n"
           "                          command-line options win\n"
           "\n"

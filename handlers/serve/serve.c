@@ -39,6 +39,7 @@
 #define EXPIRY_CHECK_SECONDS 86400 /* the CAPF expiry warning, once a day */
 #define AUDIT_PRUNE_SECONDS 3600   /* audit events past their retention, hourly */
 #define AUDIT_PRUNE_RETRY_SECONDS 60
+#define STORAGE_REPAIR_SECONDS 2 /* between repairs while the store fails */
 
 typedef struct server {
   const capstan_serve_options_t *opt;
@@ -55,6 +56,11 @@ typedef struct server {
    * with the writer. */
   int64_t next_audit_prune;
   int audit_prune_busy;
+  /* The storage repair: the writer's failed batches it has covered, and
+   * whether one is with the writer. */
+  uint64_t repaired_failures;
+  int64_t next_repair;
+  int repair_busy;
   int stopping;
   unsigned stage;    /* drain stage in progress */
   unsigned draining; /* rows of that stage still draining */
@@ -155,6 +161,82 @@ static void check_audit_retention(server_t *srv) {
   srv->audit_prune_busy = 1;
 }
 
+/* --- Storage repair ------------------------------------------------------- */
+
+/* After a storage outage some devices stay IN_PROGRESS: their session
+ * could not record its outcome (or the phone's confirmation), told the
+ * phone to retry, and ended. Once commits succeed again, each device in
+ * progress without a running session of this process is failed with why,
+ * its operation still scheduled, as at start-up (reconcile_interrupted).
+ * The repair runs on the writer like any write, so every record a session
+ * queued before it is already written: only sessions running when it is
+ * queued can still end their devices' attempts, and they are skipped. It
+ * is queued every STORAGE_REPAIR_SECONDS while the store fails (its write
+ * is what shows the store writable again) and once more after the last
+ * failure. */
+typedef struct storage_repair {
+  server_t *srv;
+  char **live; /* sorted */
+  size_t nlive;
+  uint64_t failures; /* the writer's failed batches when it was queued */
+  int64_t now;
+  size_t failed;
+} storage_repair_t;
+
+static int storage_repair_write(capstan_txn_t *txn, void *arg) {
+  storage_repair_t *r = arg;
+  int err = capstan_devices_fail_in_progress(txn, r->now, CAPSTAN_REASON_STORAGE_ERROR,
+                                             "storage_repair", r->live, r->nlive, &r->failed, NULL);
+  /* A write even when no device needs it: during an outage, its commit is
+   * what tells the writer the store takes writes again. */
+  if (err == 0) err = capstan_store_touch(txn);
+  return err;
+}
+
+static void storage_repair_free(storage_repair_t *r) {
+  for (size_t i = 0; i < r->nlive; i++) free(r->live[i]);
+  free(r->live);
+  free(r);
+}
+
+static void storage_repair_done(void *arg, int status) {
+  storage_repair_t *r = arg;
+  server_t *srv = r->srv;
+  srv->repair_busy = 0;
+  if (status == 0) {
+    srv->repaired_failures = r->failures;
+    if (r->failed > 0) {
+      LOG_WARN("event=storage_repaired devices=%zu status=failed reason=\"%s\"", r->failed,
+               CAPSTAN_REASON_STORAGE_ERROR);
+    }
+  }
+  storage_repair_free(r);
+}
+
+static void check_storage_repair(server_t *srv) {
+  capstan_store_t *store = srv->ctx.store;
+  int64_t now = (int64_t)time(NULL);
+  if (srv->stopping || srv->repair_busy || now < srv->next_repair) return;
+  uint64_t failures = capstan_store_failed_batches(store);
+  if (failures == srv->repaired_failures && capstan_store_available(store)) return;
+  storage_repair_t *r = calloc(1, sizeof(*r));
+  if (r == NULL) return;
+  r->srv = srv;
+  r->failures = failures;
+  r->now = now;
+  if (capstan_capf_server_live_devices(srv->ctx.capf, &r->live, &r->nlive) < 0) {
+    storage_repair_free(r);
+    return;
+  }
+  capstan_devices_sort_names(r->live, r->nlive);
+  if (capstan_store_submit(store, storage_repair_write, r, storage_repair_done) < 0) {
+    storage_repair_free(r);
+    return;
+  }
+  srv->repair_busy = 1;
+  srv->next_repair = now + STORAGE_REPAIR_SECONDS;
+}
+
 static void apply_settings(server_t *srv) {
   capstan_settings_t s;
   if (capstan_settings_load(srv->ctx.store, &s) < 0) return;
@@ -192,6 +274,7 @@ static void on_poll(uv_timer_t *t) {
   server_t *srv = t->data;
   check_capf_clock(srv);
   check_audit_retention(srv);
+  check_storage_repair(srv);
   uint64_t txnid = capstan_store_txnid(srv->ctx.store);
   if (txnid == srv->settings_txnid) return;
   srv->settings_txnid = txnid;
@@ -342,6 +425,15 @@ int capstan_serve_run(const capstan_serve_options_t *opt) {
   int created = 0;
   if (opt->init && capstan_init_identities(store, opt->subject, &created) < 0) goto out;
   if (created) LOG_INFO("event=initialised dir=%s identities=%d", opt->data_dir, created);
+  rc = capstan_store_set_map(store, (size_t)opt->store_map_mib << 20,
+                             (size_t)opt->store_max_mib << 20);
+  if (rc < 0) {
+    LOG_ERROR("event=store_map_failed map_mib=%u max_mib=%u error=%s", opt->store_map_mib,
+              opt->store_max_mib, capstan_strerror(rc));
+    goto out;
+  }
+  LOG_INFO("event=store_map map_bytes=%zu max_bytes=%zu", capstan_store_map_size(store),
+           capstan_store_map_max(store));
   if (reconcile_interrupted(store) < 0) goto out;
   uv_loop_t *loop = uv_default_loop();
   if (capstan_store_writer_start(store, loop) < 0) goto out;

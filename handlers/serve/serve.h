@@ -19,6 +19,10 @@ typedef struct capstan_serve_options {
   const char *subject;   /* for identities made at first start; may be NULL */
   bool init;             /* create the store and the identities when missing */
   unsigned drain_seconds;
+  /* The store's map: its size at start and how far it grows when full
+   * (MiB; at the maximum, writes fail and phones are told to retry). */
+  unsigned store_map_mib;
+  unsigned store_max_mib;
 } capstan_serve_options_t;
 
 /* The defaults `capstan serve --help` documents. */
@@ -28,6 +32,9 @@ typedef struct capstan_serve_options {
 #define CAPSTAN_SERVE_TFTP_LISTEN "[::]:69"
 #define CAPSTAN_SERVE_DRAIN_SECONDS 30
 #define CAPSTAN_SERVE_DRAIN_SECONDS_MAX 3600
+#define CAPSTAN_SERVE_STORE_MAP_MIB 4096    /* address space, not disk */
+#define CAPSTAN_SERVE_STORE_MAX_MIB 65536   /* 64 GiB */
+#define CAPSTAN_SERVE_STORE_MIB_MAX 1048576 /* 1 TiB: the largest either may be */
 
 /* Runs the server in the foreground until SIGTERM or SIGINT has drained
  * it. Opens the store in opt->data_dir (with opt->init: creates it and its

@@ -679,11 +679,15 @@ static void test_unknown_device_and_store_error(void **state) {
   assert_int_equal(f->nrecords, 0);
   fake_free(f);
 
+  /* The store cannot be read (a failing disk): the phone comes back. */
   f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
   f->load_rc = CAPSTAN_EIO;
   authenticate(f, "123456");
-  assert_ended(f, CAPSTAN_CAPF_REASON_INVALID_ELEMENT);
+  sent(f, f->nsent - 1, CAPSTAN_CAPF_CMD_RETRY_LATER);
+  assert_true(f->held);
+  assert_int_equal(f->closes, 1);
   assert_int_equal(f->s.result, CAPF_RESULT_SERVER_ERROR);
+  assert_int_equal(f->nrecords, 0);
   fake_free(f);
 }
 

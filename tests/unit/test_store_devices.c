@@ -416,6 +416,53 @@ static void test_reconcile_interrupted(void **state) {
   assert_int_equal(n, 0);
 }
 
+/* The running server's repair after a storage outage: devices in progress
+ * without a running session are failed with the storage reason, those
+ * with one (the sorted |live| names) are left to it. */
+static void test_fail_in_progress_skips_live(void **state) {
+  fixture_t *f = *state;
+  static const char *const kNames[] = {"SEP0000000000B1", "SEP0000000000B2", "SEP0000000000B3"};
+  for (int i = 0; i < 3; i++) {
+    Capstan__Device *d = capstan_device_new(kNames[i]);
+    d->has_operation = 1;
+    d->operation = CAPSTAN__OPERATION__OPERATION_INSTALL;
+    capstan_device_rearm(d, 100);
+    assert_int_equal(capstan_store_device_put(&f->txn, d), 0);
+    capstan__device__free_unpacked(d, NULL);
+    assert_int_equal(
+        capstan_devices_set_status(&f->txn, kNames[i], CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
+                                   NULL, 200, true),
+        0);
+  }
+  char *live[] = {strdup("SEP0000000000B3"), strdup("SEP0000000000B2")};
+  capstan_devices_sort_names(live, 2);
+  assert_string_equal(live[0], "SEP0000000000B2");
+  size_t failed = 99, skipped = 99;
+  assert_int_equal(capstan_devices_fail_in_progress(&f->txn, 400, CAPSTAN_REASON_STORAGE_ERROR,
+                                                    "storage_repair", live, 2, &failed, &skipped),
+                   0);
+  assert_int_equal(failed, 1);
+  assert_int_equal(skipped, 2);
+  Capstan__Device *d = NULL;
+  assert_int_equal(capstan_store_device_get(&f->txn, kNames[0], &d), 0);
+  assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_FAILED);
+  assert_string_equal(d->status_reason, CAPSTAN_REASON_STORAGE_ERROR);
+  assert_int_equal(d->operation, CAPSTAN__OPERATION__OPERATION_INSTALL);
+  capstan__device__free_unpacked(d, NULL);
+  for (int i = 1; i < 3; i++) {
+    assert_int_equal(capstan_store_device_get(&f->txn, kNames[i], &d), 0);
+    assert_int_equal(d->status, CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS);
+    capstan__device__free_unpacked(d, NULL);
+  }
+  /* Their sessions gone, the next repair fails them too. */
+  assert_int_equal(capstan_devices_fail_in_progress(&f->txn, 500, CAPSTAN_REASON_STORAGE_ERROR,
+                                                    "storage_repair", NULL, 0, &failed, NULL),
+                   0);
+  assert_int_equal(failed, 2);
+  free(live[0]);
+  free(live[1]);
+}
+
 /* The CLI's stale-certificate commands on a store the domain operations
  * filled: delete one by serial, refuse a live one, then delete all. */
 static int run_cert_cli(const char *dir, const char *a1, const char *a2) {
@@ -562,6 +609,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_cert_events_audited, setup, teardown),
       cmocka_unit_test_setup_teardown(test_throttled, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reconcile_interrupted, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fail_in_progress_skips_live, setup, teardown),
       cmocka_unit_test(test_names),
       cmocka_unit_test_setup_teardown(test_cli_delete_stale, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cli_bulk_set_expiring, setup, teardown),
