@@ -192,6 +192,8 @@ int capstan_admin_start(uv_loop_t *loop, const char *host_port, const capstan_ht
     defaults.retry_after_seconds = 1;
     defaults.max_refusing = 64;
     defaults.settings_prefix = "admin-";
+    /* The operator reads /metrics most when phones are being refused. */
+    defaults.uses_descriptor_reserve = 1;
     cfg = &defaults;
   }
   capstan_admin_t *admin = calloc(1, sizeof(*admin));

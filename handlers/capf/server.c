@@ -11,6 +11,7 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/netaddr.h"
+#include "core/descriptors.h"
 #include "core/identities.h"
 #include "handlers/capf/admission.h"
 #include "handlers/capf/ca_service.h"
@@ -374,6 +375,12 @@ static void accept_one(capstan_capf_server_t *srv) {
     capf_conn_discard(c);
     return;
   }
+  uv_os_fd_t fd = -1;
+  uv_fileno((uv_handle_t *)capstan_tls_conn_tcp(c->tls), &fd);
+  if (capstan_descriptors_admit(fd, "capf") < 0) {
+    capf_conn_discard(c);
+    return;
+  }
   const capf_settings_t *set = &srv->shared.settings;
   capf_admission_input_t in = {
       .draining = srv->draining,
@@ -429,6 +436,10 @@ static void accept_one(capstan_capf_server_t *srv) {
 static void on_connection(uv_stream_t *listener, int status) {
   capstan_capf_server_t *srv = listener->data;
   if (status < 0) {
+    if (capstan_descriptors_note(status, "capf")) {
+      capstan_descriptors_release_spare();
+      return;
+    }
     LOG_WARN("event=capf_accept_failed error=%s", uv_strerror(status));
     return;
   }

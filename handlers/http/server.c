@@ -37,6 +37,7 @@
 #include "core/base/metrics.h"
 #include "core/base/netaddr.h"
 #include "core/base/names.h"
+#include "core/descriptors.h"
 
 #define READ_BUF_BYTES (64 * 1024)
 #define LINGER_MS 2000 /* at most; see CONN_LINGER */
@@ -1063,6 +1064,10 @@ static void server_reject(capstan_http_server_t *srv, conn_t *c, int reason, int
 static void on_connection(uv_stream_t *listener, int status) {
   capstan_http_server_t *srv = listener->data;
   if (status < 0) {
+    if (capstan_descriptors_note(status, srv->cfg.name)) {
+      capstan_descriptors_release_spare();
+      return;
+    }
     LOG_WARN("event=http_accept_failed server=%s error=%s", srv->cfg.name, uv_err_name(status));
     return;
   }
@@ -1091,6 +1096,12 @@ static void on_connection(uv_stream_t *listener, int status) {
   uv_timer_init(srv->loop, &c->timer);
   c->open_handles = 2;
   if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  uv_os_fd_t fd = -1;
+  uv_fileno((uv_handle_t *)&c->tcp, &fd);
+  if (!srv->cfg.uses_descriptor_reserve && capstan_descriptors_admit(fd, srv->cfg.name) < 0) {
     conn_close(c);
     return;
   }
