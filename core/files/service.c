@@ -18,6 +18,7 @@
 #include "core/base/phone.h"
 #include "core/capf_lifecycle.h"
 #include "core/descriptors.h"
+#include "core/memory_shortage.h"
 #include "core/files/cnfxml.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
@@ -519,8 +520,10 @@ static void build_done(uv_work_t *req, int status) {
   capstan_metric_observe(svc->build_duration, capstan_now_seconds() - j->started);
   if (rc < 0) {
     capstan_metric_inc(svc->build_errors);
-    /* That condition is logged once, by the descriptors module. */
-    if (!capstan_descriptors_note(rc, "files"))
+    /* Running out of descriptors or memory is logged once, as a condition. */
+    if (rc == CAPSTAN_ENOMEM)
+      capstan_memory_shortage_note("files");
+    else if (!capstan_descriptors_note(rc, "files"))
       LOG_ERROR("event=file_build_failed file=%s error=%s why=\"%s\"", j->name,
                 capstan_strerror(rc), j->why ? j->why : "-");
   } else {

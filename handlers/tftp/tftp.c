@@ -19,6 +19,7 @@
 #include "core/base/netaddr.h"
 #include "core/base/names.h"
 #include "core/descriptors.h"
+#include "core/memory_shortage.h"
 #include "handlers/tftp/tftp_packet.h"
 
 /* One receive buffer per server, shared by the listener and every transfer
@@ -735,6 +736,7 @@ static void transfer_start(capstan_tftp_server_t *srv, const capstan_tftp_reques
                            const struct sockaddr *peer) {
   transfer_t *t = calloc(1, sizeof(*t));
   if (t == NULL) {
+    capstan_memory_shortage_note("tftp");
     reject(srv, peer, CAPSTAN_TFTP_REJECT_RESOURCES, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
     return;
   }
