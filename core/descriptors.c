@@ -11,8 +11,9 @@
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 
-/* How often the open descriptors are counted while short of them. */
-#define RECOVERY_CHECK_MS 500
+/* How often the process looks at its descriptors: while short, it counts
+ * them; otherwise it checks that one is left. */
+#define CHECK_MS 500
 
 static struct {
   uv_loop_t *loop;
@@ -62,15 +63,33 @@ static void take_spare(void) {
 
 static void recover(long open_now, rlim_t limit) {
   g.exhausted = 0;
-  uv_timer_stop(&g.timer);
   capstan_metric_set(g.m_exhausted, 0);
   LOG_INFO("event=descriptors_recovered after_ms=%" PRIu64 " refused=%.0f open=%ld limit=%llu",
            uv_now(g.loop) - g.since_ms, capstan_metric_value(g.m_refused) - g.refused_before,
            open_now, (unsigned long long)limit);
 }
 
+static void start_condition(const char *where, int err);
+
+/* When libuv's accept meets EMFILE it accepts and closes the pending
+ * connections on its own reserve descriptor, without a word to the
+ * listener: the one sign is that no descriptor is left. */
+static void watch(void) {
+  if (g.spare < 0) return;
+  int fd = fcntl(g.spare, F_DUPFD_CLOEXEC, 0);
+  if (fd >= 0) {
+    close(fd);
+    return;
+  }
+  if (errno == EMFILE || errno == ENFILE) start_condition("watch", -errno);
+}
+
 static void on_check(uv_timer_t *t) {
   (void)t;
+  if (!g.exhausted) {
+    watch();
+    return;
+  }
   take_spare();
   rlim_t limit = soft_limit();
   long open_now = count_open();
@@ -91,7 +110,6 @@ static void start_condition(const char *where, int err) {
       "hint=\"raise the open-files limit (LimitNOFILE=, ulimit -n) or lower max-connections\"",
       where, err < 0 ? uv_err_name(err) : "reserve_reached", (unsigned long long)limit,
       (unsigned long long)reserve_for(limit));
-  uv_timer_start(&g.timer, on_check, RECOVERY_CHECK_MS, RECOVERY_CHECK_MS);
 }
 
 int capstan_descriptors_start(uv_loop_t *loop) {
@@ -106,6 +124,7 @@ int capstan_descriptors_start(uv_loop_t *loop) {
   int rc = uv_timer_init(loop, &g.timer);
   if (rc < 0) return rc;
   uv_unref((uv_handle_t *)&g.timer);
+  uv_timer_start(&g.timer, on_check, CHECK_MS, CHECK_MS);
   g.started = 1;
   take_spare();
   return 0;

@@ -14,9 +14,11 @@
  *                                                transfers or files refused
  *                                                for want of a descriptor
  *
- * While short, a timer counts the open descriptors twice a second and ends
- * the condition when they are well below the limit again (or the limit was
- * raised): no restart. Loop thread only. */
+ * A timer looks twice a second: otherwise the process would not know when
+ * libuv, out of descriptors at accept, closes connections by itself; and
+ * while short, it counts the open descriptors and ends the condition when
+ * they are well below the limit again (or the limit was raised): no
+ * restart. Loop thread only. */
 #ifndef CAPSTAN_CORE_DESCRIPTORS_H
 #define CAPSTAN_CORE_DESCRIPTORS_H
 

@@ -7,7 +7,9 @@
 # server is busy, the condition is logged once and shown in /metrics, and
 # when the idle connections go the server recovers by itself: phones
 # enroll and files download again. Every certificate a phone received is on
-# record. One server, never restarted.
+# record. Then the limit is lowered below what the server holds (libuv
+# then closes new connections on its own): noticed, logged, recovered
+# when the limit is raised. One server, never restarted.
 . "$(dirname "$0")/lib.sh"
 it_require "$CAPSTAN_BIN" "$PHONE_BIN" curl jq tftp prlimit openssl "$IT_PYTHON"
 it_watchdog 180
@@ -118,6 +120,22 @@ cmp -s "$IT_TMP/got-http.txt" "$FILES/hello.txt" || fail "HTTP file differs afte
 cmp -s "$IT_TMP/got.txt" "$FILES/hello.txt" || fail "TFTP file differs after recovery"
 assert_eq 1 "$(log_count 'event=descriptors_exhausted')" "descriptors_exhausted log lines"
 assert_eq 1 "$(log_count 'event=descriptors_recovered')" "descriptors_recovered log lines"
+
+# The limit lowered below what the server holds: libuv's own reserve
+# descriptor closes new connections silently, the server still notices.
+prlimit --pid "$PID" --nofile=$(($(open_fds) - 4)): || fail "prlimit --nofile below the open count"
+# (Not even /metrics can be answered now: the log line says it.)
+it_wait_for 10 "grep -q 'event=descriptors_exhausted where=watch error=EMFILE' '$LOG'" ||
+  fail "a limit below the open count went unnoticed"
+phone main --name SEP00000000FD02 --auth null --timeout 10 --save-cert "$IT_TMP/fd02.der"
+[[ $PHONE_RC -eq 1 && ! -e "$IT_TMP/fd02.der" ]] || fail "a phone enrolled with no descriptor left"
+prlimit --pid "$PID" --nofile="$LIMIT": || fail "prlimit --nofile back to $LIMIT"
+it_wait_for 10 metric_is capstan_descriptors_exhausted 0 || fail "no recovery after the limit was raised"
+phone main --name SEP00000000FD02 --auth null --save-cert "$IT_TMP/fd02.der"
+json_expect "$PHONE_JSON" result ok reason 1
+on_record SEP00000000FD02 "$IT_TMP/fd02.der"
+assert_eq 2 "$(log_count 'event=descriptors_exhausted')" "descriptors_exhausted log lines (two episodes)"
+assert_eq 2 "$(log_count 'event=descriptors_recovered')" "descriptors_recovered log lines (two episodes)"
 
 srv_stop main
 it_pass
