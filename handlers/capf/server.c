@@ -371,7 +371,6 @@ static void accept_one(capstan_capf_server_t *srv) {
     /* Accepting needs no memory, but closing what was accepted would need
      * a handle: leave the connection pending and come back to it. */
     capstan_memory_shortage_note("capf_accept");
-    capstan_metric_inc(m->rejected_error);
     uv_timer_start(&srv->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, 0);
     return;
   }
