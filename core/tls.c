@@ -12,6 +12,7 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/names.h"
+#include "core/memory_shortage.h"
 
 /* Largest private-key result: RSA-4096 signature or decryption. */
 #define KEY_OP_MAX_OUT 1024
@@ -285,6 +286,13 @@ static void log_tls_failure(capstan_tls_conn_t *conn, const char *what) {
   char buf[160];
   ERR_error_string_n(err, buf, sizeof(buf));
   LOG_DEBUG("event=tls_%s reason=\"%s\"", what, err ? buf : "none");
+  /* The machine's fault, not the peer's: reported as a condition. */
+  for (uint32_t e; (e = ERR_get_error()) != 0;) {
+    if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE) {
+      capstan_memory_shortage_note("tls");
+      break;
+    }
+  }
   ERR_clear_error();
 }
 

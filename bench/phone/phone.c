@@ -933,6 +933,10 @@ static void on_message(capstan_phone_t *p, const capstan_capf_msg_t *m) {
         on_store_request(p, m);
       } else if (m->command == CAPSTAN_CAPF_CMD_SIGN_CERT_REQUEST && !p->sign_answered) {
         on_sign_request(p, m);
+      } else if (m->command == CAPSTAN_CAPF_CMD_RETRY_LATER) {
+        /* The server could not issue or record the certificate (a full
+         * disk, no memory: issue 13): the phone comes back. */
+        on_retry_later(p, m);
       } else {
         unexpected(p, m);
       }

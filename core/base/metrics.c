@@ -255,8 +255,24 @@ static void render_series(out_t *o, const capstan_metric_t *m) {
 }
 
 int capstan_metrics_render(char **out, size_t *len) {
-  out_t o = {.data = malloc(4096), .cap = 4096};
-  if (o.data == NULL) return CAPSTAN_ENOMEM;
+  char *buf = NULL;
+  size_t cap = 0;
+  int rc = capstan_metrics_render_into(&buf, &cap, len);
+  if (rc < 0) {
+    free(buf);
+    return rc;
+  }
+  *out = buf;
+  return 0;
+}
+
+int capstan_metrics_render_into(char **buf, size_t *cap, size_t *len) {
+  out_t o = {.data = *buf, .cap = *cap};
+  if (o.data == NULL || o.cap == 0) {
+    o.data = malloc(4096);
+    if (o.data == NULL) return CAPSTAN_ENOMEM;
+    o.cap = 4096;
+  }
   static const char *const kTypes[] = {"counter", "gauge", "gauge", "histogram"};
   pthread_mutex_lock(&g_lock);
   const char *family = NULL;
@@ -269,11 +285,9 @@ int capstan_metrics_render(char **out, size_t *len) {
     render_series(&o, m);
   }
   pthread_mutex_unlock(&g_lock);
-  if (o.failed) {
-    free(o.data);
-    return CAPSTAN_ENOMEM;
-  }
-  *out = o.data;
+  *buf = o.data;
+  *cap = o.cap;
+  if (o.failed) return CAPSTAN_ENOMEM;
   *len = o.len;
   return 0;
 }

@@ -52,6 +52,11 @@ uint64_t capstan_metric_count(const capstan_metric_t *m); /* histogram count */
 /* Renders every metric. On success *out is a malloc'd buffer the caller
  * frees and *len its length. */
 int capstan_metrics_render(char **out, size_t *len);
+/* The same into the caller's malloc'd buffer *buf of *cap bytes (NULL and 0
+ * for none), grown as needed: afterwards *buf and *cap describe the buffer,
+ * which the caller still owns and frees, on failure too. A buffer kept
+ * from one call to the next renders without allocating. */
+int capstan_metrics_render_into(char **buf, size_t *cap, size_t *len);
 
 /* Every registered series, in rendering order, for readers inside the
  * process (the status page): |fn| gets the family name, the preformatted

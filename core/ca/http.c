@@ -23,6 +23,7 @@
 
 #include "core/base/error.h"
 #include "core/ca/internal.h"
+#include "core/descriptors.h"
 
 /* The BIO pair's buffers: larger than one TLS record plus a socket read,
  * so one read always fits once BoringSSL has drained the previous one. */
@@ -501,7 +502,10 @@ static void try_connect(ca_http_t *h) {
     h->open_handles++;
     h->connect.data = h;
     int r = uv_tcp_connect(&h->connect, &h->tcp, ai->ai_addr, on_connect);
-    if (r != 0) attempt_failed(h, r);
+    if (r != 0) {
+      capstan_descriptors_note(r, "ca_client"); /* the condition, logged once */
+      attempt_failed(h, r);
+    }
     return;
   }
   /* Every cached address failed: the CA may have moved; resolve anew next time. */

@@ -1,5 +1,6 @@
 #include "core/files/service.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/evp.h>
@@ -16,6 +17,8 @@
 #include "core/base/error.h"
 #include "core/base/phone.h"
 #include "core/capf_lifecycle.h"
+#include "core/descriptors.h"
+#include "core/memory_shortage.h"
 #include "core/files/cnfxml.h"
 #include "core/files/encconf.h"
 #include "core/files/itl.h"
@@ -470,8 +473,12 @@ static void build_run(uv_work_t *req) {
     case BUILD_READ_FILE: {
       int fd = open(j->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
       struct stat st;
+      if (fd < 0) {
+        /* Out of descriptors is the machine's fault, not a missing file. */
+        j->status = errno == EMFILE || errno == ENFILE ? -errno : CAPSTAN_ENOENT;
+        break;
+      }
       j->status = CAPSTAN_ENOENT;
-      if (fd < 0) break;
       if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size <= STATIC_FILE_MAX) {
         j->out = malloc(st.st_size ? (size_t)st.st_size : 1);
         size_t got = 0;
@@ -481,7 +488,7 @@ static void build_run(uv_work_t *req) {
           got += (size_t)r;
         }
         j->out_len = got;
-        j->status = (j->out && got == (size_t)st.st_size) ? 0 : CAPSTAN_EIO;
+        j->status = j->out == NULL ? CAPSTAN_ENOMEM : got == (size_t)st.st_size ? 0 : CAPSTAN_EIO;
       }
       close(fd);
       break;
@@ -498,6 +505,14 @@ static void notify(waiter_t *w, int status, capstan_blob_t *blob, capstan_file_k
   }
 }
 
+/* What a waiter hears of a build's outcome |rc|: the file, no such file,
+ * try later (the machine is short of memory or descriptors), or an error. */
+static int waiter_status(int rc) {
+  if (rc == 0 || rc == CAPSTAN_ENOENT) return rc;
+  if (rc == CAPSTAN_ENOMEM || capstan_descriptors_is_exhaustion(rc)) return CAPSTAN_EBUSY;
+  return CAPSTAN_EIO;
+}
+
 static void build_done(uv_work_t *req, int status) {
   build_job_t *j = req->data;
   capstan_files_service_t *svc = j->svc;
@@ -510,8 +525,12 @@ static void build_done(uv_work_t *req, int status) {
   capstan_metric_observe(svc->build_duration, capstan_now_seconds() - j->started);
   if (rc < 0) {
     capstan_metric_inc(svc->build_errors);
-    LOG_ERROR("event=file_build_failed file=%s error=%s why=\"%s\"", j->name, capstan_strerror(rc),
-              j->why ? j->why : "-");
+    /* Running out of descriptors or memory is logged once, as a condition. */
+    if (rc == CAPSTAN_ENOMEM)
+      capstan_memory_shortage_note("files");
+    else if (!capstan_descriptors_note(rc, "files"))
+      LOG_ERROR("event=file_build_failed file=%s error=%s why=\"%s\"", j->name,
+                capstan_strerror(rc), j->why ? j->why : "-");
   } else {
     capstan_metric_inc(svc->builds[j->file_kind]);
   }
@@ -524,8 +543,7 @@ static void build_done(uv_work_t *req, int status) {
       if (j->waiters != NULL) note_served(svc, e);
     }
   }
-  notify(j->waiters, rc == 0 ? 0 : (rc == CAPSTAN_ENOENT ? CAPSTAN_ENOENT : CAPSTAN_EIO), blob,
-         j->file_kind);
+  notify(j->waiters, waiter_status(rc), blob, j->file_kind);
   capstan_blob_unref(blob);
   job_free(j);
   svc->jobs--;

@@ -108,8 +108,9 @@ void capstan_pki_md5hash(const uint8_t *der, size_t len, char out[33]);
  * 256/384/521 meaning P-256/P-384/P-521, point on the curve. Returns 0 and the key in |*out|
  * (caller frees), or CAPSTAN_EINVAL with a static reason in |*why|:
  * "malformed public key", "key type mismatch", "key size mismatch",
- * "curve mismatch", "bad RSA exponent", "unsupported key request". |why| may
- * be NULL. */
+ * "curve mismatch", "bad RSA exponent", "unsupported key request"; or
+ * CAPSTAN_ENOMEM ("out of memory") when parsing failed for want of memory,
+ * not for the key. |why| may be NULL. */
 int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, unsigned key_bits,
                                  EVP_PKEY **out, const char **why);
 

@@ -67,13 +67,28 @@ static int ec_curve_nid(unsigned key_bits) {
   }
 }
 
+/* Whether the BoringSSL call that just failed on this thread (its error
+ * queue cleared before) failed for want of memory, the machine's fault
+ * rather than the input's: it says so, or it could not even say why
+ * (recording an error allocates the thread's error state the first time;
+ * a parse failure otherwise always names its reason). */
+static int failed_for_memory(void) {
+  int n = 0;
+  for (uint32_t e; (e = ERR_get_error()) != 0; n++) {
+    if (ERR_GET_REASON(e) == ERR_R_MALLOC_FAILURE) return 1;
+  }
+  return n == 0;
+}
+
 int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, unsigned key_bits,
                                  EVP_PKEY **out, const char **why) {
   const char *reason = NULL;
+  int no_memory = 0;
   EVP_PKEY *key = NULL;
   if (out != NULL) *out = NULL;
   if (why != NULL) *why = NULL;
   if (out == NULL) return CAPSTAN_EINVAL;
+  ERR_clear_error(); /* what fails below is this key's */
   if (!capstan_key_valid(key_alg, key_bits) ||
       (key_alg == CAPSTAN_KEY_EC && ec_curve_nid(key_bits) == NID_undef)) {
     reason = "unsupported key request";
@@ -86,6 +101,7 @@ int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, u
   CBS cbs;
   CBS_init(&cbs, spki, len);
   key = EVP_parse_public_key(&cbs);
+  if (key == NULL) no_memory = failed_for_memory();
   if (key == NULL || CBS_len(&cbs) != 0) {
     reason = "malformed public key";
     goto err;
@@ -121,6 +137,7 @@ int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, u
     /* The parser already refuses points off the curve; checking again keeps
      * that promise independent of the BoringSSL version. */
     if (!EC_KEY_check_key(ec)) {
+      no_memory = failed_for_memory();
       reason = "malformed public key";
       goto err;
     }
@@ -129,6 +146,10 @@ int capstan_pki_check_public_key(const uint8_t *spki, size_t len, int key_alg, u
   return 0;
 err:
   EVP_PKEY_free(key);
+  if (no_memory) {
+    if (why != NULL) *why = "out of memory";
+    return pki_fail(CAPSTAN_ENOMEM);
+  }
   if (why != NULL) *why = reason;
   return pki_fail(CAPSTAN_EINVAL);
 }

@@ -78,10 +78,38 @@ void capstan_admin_json_error(capstan_http_response_t *res, int status, const ch
   capstan_admin_respond_owned(res, status, "application/json; charset=utf-8", body, len);
 }
 
+/* The buffer of the last /metrics answer, kept for the next one once
+ * written: a scrape then needs no new memory, so /metrics still answers
+ * while the process is out of memory (capstan_memory_exhausted says so).
+ * Loop thread only; never freed. */
+static struct {
+  char *buf;
+  size_t cap;
+  capstan_blob_t blob;
+  int in_use; /* an answer is being written from it */
+} g_metrics_page;
+
+static void metrics_page_written(capstan_blob_t *blob) {
+  (void)blob;
+  g_metrics_page.in_use = 0;
+}
+
 static void route_metrics(void *arg, const capstan_http_request_t *req,
                           capstan_http_response_t *res) {
-  char *text = NULL;
   size_t len = 0;
+  if (!g_metrics_page.in_use &&
+      capstan_metrics_render_into(&g_metrics_page.buf, &g_metrics_page.cap, &len) == 0) {
+    g_metrics_page.in_use = 1;
+    g_metrics_page.blob = (capstan_blob_t){.data = (const uint8_t *)g_metrics_page.buf,
+                                           .len = len,
+                                           .refs = 1,
+                                           .free_fn = metrics_page_written};
+    capstan_http_respond_blob(res, 200, "text/plain; version=0.0.4; charset=utf-8",
+                              &g_metrics_page.blob);
+    return;
+  }
+  /* An answer is still being written from it: this one renders on its own. */
+  char *text = NULL;
   int rc = capstan_metrics_render(&text, &len);
   if (rc < 0) {
     LOG_WARN("event=metrics_render_failed error=%s", capstan_strerror(rc));
@@ -192,6 +220,8 @@ int capstan_admin_start(uv_loop_t *loop, const char *host_port, const capstan_ht
     defaults.retry_after_seconds = 1;
     defaults.max_refusing = 64;
     defaults.settings_prefix = "admin-";
+    /* The operator reads /metrics most when phones are being refused. */
+    defaults.uses_descriptor_reserve = 1;
     cfg = &defaults;
   }
   capstan_admin_t *admin = calloc(1, sizeof(*admin));

@@ -11,6 +11,8 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/netaddr.h"
+#include "core/descriptors.h"
+#include "core/memory_shortage.h"
 #include "core/identities.h"
 #include "handlers/capf/admission.h"
 #include "handlers/capf/ca_service.h"
@@ -28,6 +30,8 @@
  * max-handshakes, so refusals never delay an admitted phone's handshake
  * slot. */
 #define CAPF_MAX_REFUSING 64
+/* How soon a connection left pending for want of memory is tried again. */
+#define ACCEPT_RETRY_MS 100
 /* After a keep-alive change, sessions set their own socket options this long:
  * a socket the kernel accepted before the change carries the old values,
  * and even a full backlog is accepted well within it. */
@@ -49,7 +53,10 @@ struct capstan_capf_server {
   uv_timer_t drain_timer;
   void (*drain_done)(void *arg);
   void *drain_arg;
-  unsigned handles_open; /* listener, drain timer, throttle timer */
+  unsigned handles_open; /* listener, drain timer, throttle timer, accept retry timer */
+  /* A connection that could not be given memory stays pending (libuv
+   * stops watching the listener meanwhile) and is accepted again later. */
+  uv_timer_t accept_retry;
   /* Admission of handshakes: at most max-handshakes run at once, so in a
    * storm the workers finish the sessions already started instead of
    * spreading over all of them and timing everyone out. An admitted
@@ -351,6 +358,8 @@ static capstan_metric_t *refusal_counter(capf_metrics_t *m, capf_refusal_t r) {
   }
 }
 
+static void on_accept_retry(uv_timer_t *t);
+
 /* Accepts the pending connection and starts its session (or queues it for
  * a handshake slot), or refuses it. */
 static void accept_one(capstan_capf_server_t *srv) {
@@ -359,18 +368,20 @@ static void accept_one(capstan_capf_server_t *srv) {
   capf_conn_t *c = capf_conn_new(srv->loop, srv->store, srv->pki, srv->shared.settings.legacy_tls,
                                  &srv->shared, &kConnOwner, srv);
   if (c == NULL) {
-    /* Accept and drop so the listener does not spin on a pending socket. */
-    uv_tcp_t *tmp = malloc(sizeof(*tmp));
-    if (tmp != NULL) {
-      uv_tcp_init(srv->loop, tmp);
-      if (uv_accept(listener, (uv_stream_t *)tmp) == 0) LOG_ERROR("event=capf_accept_no_memory");
-      uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
-    }
-    capstan_metric_inc(m->rejected_error);
+    /* Accepting needs no memory, but closing what was accepted would need
+     * a handle: leave the connection pending and come back to it. */
+    capstan_memory_shortage_note("capf_accept");
+    uv_timer_start(&srv->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, 0);
     return;
   }
   if (capf_conn_accept(c, listener) < 0) {
     capstan_metric_inc(m->rejected_error);
+    capf_conn_discard(c);
+    return;
+  }
+  uv_os_fd_t fd = -1;
+  uv_fileno((uv_handle_t *)capstan_tls_conn_tcp(c->tls), &fd);
+  if (capstan_descriptors_admit(fd, "capf") < 0) {
     capf_conn_discard(c);
     return;
   }
@@ -426,9 +437,18 @@ static void accept_one(capstan_capf_server_t *srv) {
   capstan_metric_set(m->waiting, srv->nwaiting);
 }
 
+static void on_accept_retry(uv_timer_t *t) {
+  capstan_capf_server_t *srv = t->data;
+  if (srv->listening) accept_one(srv);
+}
+
 static void on_connection(uv_stream_t *listener, int status) {
   capstan_capf_server_t *srv = listener->data;
   if (status < 0) {
+    if (capstan_descriptors_note(status, "capf")) {
+      capstan_descriptors_release_spare();
+      return;
+    }
     LOG_WARN("event=capf_accept_failed error=%s", uv_strerror(status));
     return;
   }
@@ -476,8 +496,10 @@ int capstan_capf_server_start(uv_loop_t *loop, capstan_store_t *store, const cha
   uv_tcp_init(loop, &srv->listener);
   uv_timer_init(loop, &srv->drain_timer);
   srv->drain_timer.data = srv;
+  uv_timer_init(loop, &srv->accept_retry);
+  srv->accept_retry.data = srv;
   srv->listener.data = srv;
-  srv->handles_open = 3;
+  srv->handles_open = 4;
   rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
   if (rc == 0) {
     /* Accepted sockets inherit these (Linux copies them at accept): seven
@@ -558,6 +580,7 @@ static void finish_drain(capstan_capf_server_t *srv) {
   srv->shared.throttle.timer.data = srv;
   uv_close((uv_handle_t *)&srv->shared.throttle.timer, on_handle_closed);
   uv_close((uv_handle_t *)&srv->drain_timer, on_handle_closed);
+  uv_close((uv_handle_t *)&srv->accept_retry, on_handle_closed);
 }
 
 static void on_drain_deadline(uv_timer_t *t) {

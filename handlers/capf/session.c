@@ -136,6 +136,7 @@ static void ca_wait_over(capf_session_t *s, const event_arg_t *e);
 static void ask_ca_again(capf_session_t *s, const event_arg_t *e);
 static void restart_install(capf_session_t *s, const event_arg_t *e);
 static void record_issued(capf_session_t *s, const event_arg_t *e);
+static void store_failed(capf_session_t *s);
 static void send_store_request(capf_session_t *s, const event_arg_t *e);
 static void check_stored(capf_session_t *s, const event_arg_t *e);
 static void record_fetched(capf_session_t *s, const event_arg_t *e);
@@ -993,6 +994,11 @@ static void record_lsc(capf_session_t *s, int64_t not_after) {
 /* The LSC is signed by the CAPF key. */
 static void record_issued(capf_session_t *s, const event_arg_t *e) {
   capf_job_t *j = e->job;
+  if (j->status == CAPSTAN_ENOMEM) {
+    /* The server's fault, and it passes: the phone comes back. */
+    store_failed(s);
+    return;
+  }
   if (j->status < 0) {
     fail_operation(s, j->why ? j->why : "LSC issue failed", CAPF_RESULT_FAILED);
     return;

@@ -7,6 +7,10 @@
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 
+/* Retry-After of a 503 when the machine is short of memory or descriptors:
+ * such a shortage passes in seconds or needs an operator. */
+#define BUSY_RETRY_AFTER_SECONDS "10"
+
 #define RESULTS(X)          \
   X(OK, "ok")               \
   X(NOT_FOUND, "not_found") \
@@ -123,6 +127,12 @@ static void on_file(void *ctx, int status, capstan_blob_t *blob, capstan_file_ki
     capstan_metric_inc(g_m.requests[fr->kind][RESULT_DENIED]);
     LOG_INFO("event=http_file_denied peer=%s kind=%s reason=source_refused", fr->peer, kind_name);
     respond_text(res, 404, "file not found\n");
+  } else if (status == CAPSTAN_EBUSY) {
+    /* The machine is short of memory or descriptors (logged where it was
+     * met): the phone comes back. */
+    capstan_metric_inc(g_m.requests[fr->kind][RESULT_ERROR]);
+    capstan_http_response_add_header(res, "Retry-After: " BUSY_RETRY_AFTER_SECONDS);
+    respond_text(res, 503, "server busy, retry later\n");
   } else {
     capstan_metric_inc(g_m.requests[fr->kind][RESULT_ERROR]);
     LOG_WARN("event=http_file_error peer=%s kind=%s error=%s", fr->peer, kind_name,

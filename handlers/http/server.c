@@ -37,6 +37,8 @@
 #include "core/base/metrics.h"
 #include "core/base/netaddr.h"
 #include "core/base/names.h"
+#include "core/descriptors.h"
+#include "core/memory_shortage.h"
 
 #define READ_BUF_BYTES (64 * 1024)
 #define LINGER_MS 2000 /* at most; see CONN_LINGER */
@@ -50,6 +52,8 @@
  * somaxconn): a reset storm arrives faster than a busy loop accepts, and an
  * overflowing backlog delays phones by SYN retransmits or resets them. */
 #define LISTEN_BACKLOG 4096
+/* How soon a connection left pending for want of memory is tried again. */
+#define ACCEPT_RETRY_MS 100
 #define PEER_TEXT_MAX (INET6_ADDRSTRLEN + 8)
 
 /* Reads land here and are consumed before the read callback returns, so one
@@ -170,11 +174,14 @@ struct capstan_http_server {
   void *arg;
   int port;
   conn_t *conns;
-  unsigned nconns;          /* accepted and admitted connections (in the list) */
-  unsigned nrefusing;       /* connections in the list being told 503 (not in nconns) */
-  unsigned alloc_conns;     /* every conn_t not yet freed, admitted or not */
-  unsigned closing_rejects; /* bare rejected sockets whose close is pending */
+  unsigned nconns;      /* accepted and admitted connections (in the list) */
+  unsigned nrefusing;   /* connections in the list being told 503 (not in nconns) */
+  unsigned alloc_conns; /* every conn_t not yet freed, admitted or not */
   int listener_open;
+  /* A connection that could not be given memory stays pending (libuv
+   * stops watching the listener meanwhile) and is accepted again later. */
+  uv_timer_t accept_retry;
+  int accept_retry_open;
   int stopping;
   void (*done)(void *arg);
   void *done_arg;
@@ -523,7 +530,7 @@ void capstan_http_respond_blob(capstan_http_response_t *res, int status, const c
   }
   res->head = malloc(HEAD_BYTES_MAX);
   if (res->head == NULL) {
-    LOG_WARN("event=http_oom server=%s peer=%s", c->srv->cfg.name, c->peer);
+    capstan_memory_shortage_note("http");
     c->state = CONN_WRITING; /* nothing to write; end as a failed write */
     conn_end_request(c, CAPSTAN_ENOMEM);
     conn_close(c);
@@ -547,7 +554,7 @@ void capstan_http_respond(capstan_http_response_t *res, int status, const char *
   if (len > 0) {
     blob = capstan_blob_new(body, len);
     if (blob == NULL) {
-      LOG_WARN("event=http_oom server=%s", res->conn->srv->cfg.name);
+      capstan_memory_shortage_note("http");
       status = 503;
       content_type = NULL;
     }
@@ -585,7 +592,10 @@ static int on_message_begin(http_parser *p) {
   conn_t *c = p->data;
   if (c->rs == NULL) {
     c->rs = request_new(c);
-    if (c->rs == NULL) return conn_set_error(c, -1, "out_of_memory");
+    if (c->rs == NULL) {
+      capstan_memory_shortage_note("http");
+      return conn_set_error(c, -1, "out_of_memory");
+    }
   }
   c->state = CONN_HEADERS;
   c->requests++;
@@ -680,7 +690,10 @@ static int on_body(http_parser *p, const char *at, size_t len) {
     if (cap < 256 && max >= 256) cap = 256;
     if (cap > max) cap = max;
     uint8_t *grown = realloc(rs->body, cap);
-    if (grown == NULL) return conn_set_error(c, 503, "out_of_memory");
+    if (grown == NULL) {
+      capstan_memory_shortage_note("http");
+      return conn_set_error(c, 503, "out_of_memory");
+    }
     rs->body = grown;
     rs->body_cap = cap;
   }
@@ -1031,13 +1044,6 @@ static void conn_close(conn_t *c) {
 
 /* --- Listener ------------------------------------------------------------ */
 
-static void on_reject_closed(uv_handle_t *h) {
-  capstan_http_server_t *srv = h->data;
-  free(h);
-  srv->closing_rejects--;
-  server_maybe_done(srv);
-}
-
 /* Counts and logs a connection over limit |reason|; |dropped| when it is
  * closed unanswered (flood ceiling) rather than told 503. */
 static void server_reject(capstan_http_server_t *srv, conn_t *c, int reason, int dropped) {
@@ -1060,24 +1066,35 @@ static void server_reject(capstan_http_server_t *srv, conn_t *c, int reason, int
       srv->cfg.retry_after_seconds, srv->nconns, srv->nrefusing, (unsigned long long)held, hint);
 }
 
+static void accept_one(capstan_http_server_t *srv);
+
 static void on_connection(uv_stream_t *listener, int status) {
   capstan_http_server_t *srv = listener->data;
   if (status < 0) {
+    if (capstan_descriptors_note(status, srv->cfg.name)) {
+      capstan_descriptors_release_spare();
+      return;
+    }
     LOG_WARN("event=http_accept_failed server=%s error=%s", srv->cfg.name, uv_err_name(status));
     return;
   }
+  accept_one(srv);
+}
+
+static void on_accept_retry(uv_timer_t *t) {
+  capstan_http_server_t *srv = t->data;
+  if (!srv->stopping) accept_one(srv);
+}
+
+/* Accepts the pending connection and starts reading it, or refuses it. */
+static void accept_one(capstan_http_server_t *srv) {
+  uv_stream_t *listener = (uv_stream_t *)&srv->listener;
   conn_t *c = calloc(1, sizeof(*c));
   if (c == NULL) {
-    /* Accept into a bare handle and close it: an unaccepted connection
-     * would stall the listener. */
-    uv_tcp_t *t = malloc(sizeof(*t));
-    if (t == NULL) return;
-    uv_tcp_init(srv->loop, t);
-    t->data = srv;
-    uv_accept(listener, (uv_stream_t *)t);
-    srv->closing_rejects++;
-    uv_close((uv_handle_t *)t, on_reject_closed);
-    LOG_WARN("event=http_oom server=%s", srv->cfg.name);
+    /* Accepting needs no memory, but closing what was accepted would need
+     * a handle: leave the connection pending and come back to it. */
+    capstan_memory_shortage_note("http_accept");
+    uv_timer_start(&srv->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, 0);
     return;
   }
   srv->alloc_conns++;
@@ -1091,6 +1108,12 @@ static void on_connection(uv_stream_t *listener, int status) {
   uv_timer_init(srv->loop, &c->timer);
   c->open_handles = 2;
   if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+    conn_close(c);
+    return;
+  }
+  uv_os_fd_t fd = -1;
+  uv_fileno((uv_handle_t *)&c->tcp, &fd);
+  if (!srv->cfg.uses_descriptor_reserve && capstan_descriptors_admit(fd, srv->cfg.name) < 0) {
     conn_close(c);
     return;
   }
@@ -1200,6 +1223,9 @@ int capstan_http_server_start(uv_loop_t *loop, const char *host_port,
     uv_close((uv_handle_t *)&srv->listener, on_failed_listener_closed);
     return rc;
   }
+  uv_timer_init(loop, &srv->accept_retry);
+  srv->accept_retry.data = srv;
+  srv->accept_retry_open = 1;
   struct sockaddr_storage bound;
   int blen = sizeof(bound);
   if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen) == 0) {
@@ -1240,7 +1266,7 @@ unsigned capstan_http_server_connections(const capstan_http_server_t *srv) {
 }
 
 static void server_maybe_done(capstan_http_server_t *srv) {
-  if (!srv->stopping || srv->listener_open || srv->alloc_conns > 0 || srv->closing_rejects > 0) {
+  if (!srv->stopping || srv->listener_open || srv->accept_retry_open || srv->alloc_conns > 0) {
     return;
   }
   void (*done)(void *) = srv->done;
@@ -1257,12 +1283,19 @@ static void on_listener_closed(uv_handle_t *h) {
   server_maybe_done(srv);
 }
 
+static void on_accept_retry_closed(uv_handle_t *h) {
+  capstan_http_server_t *srv = h->data;
+  srv->accept_retry_open = 0;
+  server_maybe_done(srv);
+}
+
 void capstan_http_server_stop(capstan_http_server_t *srv, void (*done)(void *arg), void *arg) {
   if (srv == NULL || srv->stopping) return;
   srv->stopping = 1;
   srv->done = done;
   srv->done_arg = arg;
   uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+  uv_close((uv_handle_t *)&srv->accept_retry, on_accept_retry_closed);
   conn_t *next;
   for (conn_t *c = srv->conns; c != NULL; c = next) {
     next = c->next;

@@ -121,6 +121,10 @@ typedef struct capstan_http_config {
   unsigned max_requests_per_connection; /* default 1000, then Connection: close */
   int allow_any_method;                 /* default 0: the server answers 405 to
                                            anything but GET and HEAD */
+  int uses_descriptor_reserve;          /* default 0: connections are closed at accept while
+                                           the process is short of descriptors
+                                           (core/descriptors.h); 1 for the admin listener, so
+                                           /metrics answers meanwhile */
 } capstan_http_config_t;
 
 /* Fills |cfg| with the defaults above and |name|. */

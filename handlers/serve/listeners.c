@@ -83,6 +83,7 @@ static int admin_start(capstan_serve_ctx_t *ctx) {
   cfg.retry_after_seconds = 1; /* scrapers and scripts on the operator's side */
   cfg.max_refusing = 64;
   cfg.settings_prefix = "admin-";
+  cfg.uses_descriptor_reserve = 1; /* /metrics answers while phones are refused */
   int rc = capstan_admin_start(ctx->loop, ctx->opt->admin_listen, &cfg, &ctx->admin);
   if (rc == 0) rc = capstan_admin_enable_status(ctx->admin, ctx->loop, ctx->store);
   if (rc < 0) {

@@ -26,6 +26,8 @@
 
 #include "core/base/error.h"
 #include "core/capf_lifecycle.h"
+#include "core/descriptors.h"
+#include "core/memory_shortage.h"
 #include "core/identities.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
@@ -297,6 +299,8 @@ static void on_row_drained(void *arg) {
   uv_close((uv_handle_t *)&srv->sigint, NULL);
   uv_close((uv_handle_t *)&srv->sighup, NULL);
   uv_close((uv_handle_t *)&srv->poll, NULL);
+  capstan_descriptors_stop();
+  capstan_memory_shortage_stop();
   /* Sessions are gone: commit what they queued, then let the loop end. */
   capstan_store_writer_stop(srv->ctx.store);
 }
@@ -450,6 +454,8 @@ int capstan_serve_run(const capstan_serve_options_t *opt) {
   uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
   uv_signal_start(&srv.sigint, on_signal, SIGINT);
   uv_signal_start(&srv.sighup, on_signal, SIGHUP);
+  if (capstan_descriptors_start(loop) < 0 || capstan_memory_shortage_start(loop) < 0)
+    goto out_writer;
   uv_timer_init(loop, &srv.poll);
   srv.poll.data = &srv;
   uv_timer_start(&srv.poll, on_poll, SETTINGS_POLL_MS, SETTINGS_POLL_MS);

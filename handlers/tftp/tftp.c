@@ -18,6 +18,8 @@
 #include "core/base/metrics.h"
 #include "core/base/netaddr.h"
 #include "core/base/names.h"
+#include "core/descriptors.h"
+#include "core/memory_shortage.h"
 #include "handlers/tftp/tftp_packet.h"
 
 /* One receive buffer per server, shared by the listener and every transfer
@@ -673,6 +675,9 @@ static void on_file(void *ctx, int status, capstan_blob_t *blob, capstan_file_ki
     } else if (status == CAPSTAN_EACCES) {
       send_error_to(&t->sock, peer, CAPSTAN_TFTP_ERR_ACCESS, "Access violation");
       transfer_finish(t, RESULT_DENIED);
+    } else if (status == CAPSTAN_EBUSY) {
+      send_error_to(&t->sock, peer, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
+      transfer_finish(t, RESULT_ERROR);
     } else {
       send_error_to(&t->sock, peer, CAPSTAN_TFTP_ERR_UNDEFINED, "Error reading file");
       transfer_finish(t, RESULT_ERROR);
@@ -731,6 +736,7 @@ static void transfer_start(capstan_tftp_server_t *srv, const capstan_tftp_reques
                            const struct sockaddr *peer) {
   transfer_t *t = calloc(1, sizeof(*t));
   if (t == NULL) {
+    capstan_memory_shortage_note("tftp");
     reject(srv, peer, CAPSTAN_TFTP_REJECT_RESOURCES, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
     return;
   }
@@ -745,6 +751,7 @@ static void transfer_start(capstan_tftp_server_t *srv, const capstan_tftp_reques
   int family = srv->bind_addr.ss_family;
   int rc = uv_udp_init_ex(srv->loop, &t->sock, family);
   if (rc != 0) {
+    capstan_descriptors_note(rc, "tftp");
     transfer_release(t, 1);
     reject(srv, peer, CAPSTAN_TFTP_REJECT_RESOURCES, CAPSTAN_TFTP_ERR_UNDEFINED, "server busy");
     return;
@@ -759,6 +766,7 @@ static void transfer_start(capstan_tftp_server_t *srv, const capstan_tftp_reques
   }
   rc = uv_udp_bind(&t->sock, (const struct sockaddr *)&srv->bind_addr, 0);
   if (rc == 0) rc = uv_fileno((uv_handle_t *)&t->sock, &t->fd);
+  if (rc == 0) rc = capstan_descriptors_admit(t->fd, "tftp");
   if (rc == 0) rc = uv_udp_recv_start(&t->sock, alloc_transfer, on_transfer_recv);
   capstan_conntrack_entry_t *c = NULL;
   if (rc == 0) rc = capstan_conntrack_acquire(&srv->clients, peer, UINT_MAX, &c);
