@@ -406,6 +406,29 @@ thread_delta() {
     n = split(b, x, " "); for (i = 1; i <= n; i++) { split(x[i], f, ":");
       printf "%s=%.2f+%.2f ", f[1], (f[2] - u0[f[1]]) / hz / t, (f[3] - s0[f[1]]) / hz / t } }'
 }
+# window_stats WALL: from the caller's th0/th1, i0/i1, l0/l1, n0/n1 and
+# run_runq, the window's l_threads l_runq l_est_rate l_ca_lat.
+window_stats() {
+  l_threads=$(thread_delta "$th0" "$th1" "$1")
+  l_runq=$(awk -v s="$run_runq" -v t="$1" 'BEGIN {printf "%.2f", s / t}')
+  l_est_rate=$(awk -v a="$i0" -v b="$i1" -v t="$1" 'BEGIN {printf "%.0f", (b - a) / t}')
+  l_ca_lat=$(awk -v a="$l0" -v b="$l1" -v x="$n0" -v y="$n1" 'BEGIN {printf "%.2f", (y > x) ? (b - a) / (y - x) : 0}')
+}
+# stop_e_phones: l_left (were the E phones still running: yes/NO, - for
+# none), then stops them and waits for the server's sessions to end.
+stop_e_phones() {
+  l_left=-
+  if [ -n "$est_pid" ]; then
+    if kill -0 "$est_pid" 2>/dev/null; then l_left=yes; else l_left=NO; fi
+    kill "$est_pid" 2>/dev/null || true
+    wait "$est_pid" 2>/dev/null || true
+    est_pid=
+  fi
+  for _ in $(seq 1 300); do
+    [ "$(metric capstan_capf_sessions_active | cut -d. -f1)" -le 0 ] && break
+    sleep 0.2
+  done
+}
 # lat_with MODE N PHONES: one measurement (MODE ca-slow or phone-slow); sets
 # l_rate l_ok l_fail l_srv_cores l_runq l_est_rate l_est_alone_rate
 # l_est_ms l_ca_lat l_rss l_fds l_left l_sessions.
@@ -450,18 +473,8 @@ lat_with() {
   local wall
   wall=$(awk -v t0="$t_0" -v t1="$t_1" 'BEGIN {printf "%.3f", t1 - t0}')
   l_srv_cores=$(awk -v s="$run_srv" -v t="$wall" 'BEGIN {printf "%.2f", s / t}')
-  l_threads=$(thread_delta "$th0" "$th1" "$wall")
-  l_runq=$(awk -v s="$run_runq" -v t="$wall" 'BEGIN {printf "%.2f", s / t}')
-  l_est_rate=$(awk -v a="$i0" -v b="$i1" -v t="$wall" 'BEGIN {printf "%.0f", (b - a) / t}')
-  l_ca_lat=$(awk -v a="$l0" -v b="$l1" -v x="$n0" -v y="$n1" 'BEGIN {printf "%.2f", (y > x) ? (b - a) / (y - x) : 0}')
-  if kill -0 "$est_pid" 2>/dev/null; then l_left=yes; else l_left=NO; fi
-  kill "$est_pid" 2>/dev/null || true
-  wait "$est_pid" 2>/dev/null || true
-  est_pid=
-  for _ in $(seq 1 300); do
-    [ "$(metric capstan_capf_sessions_active | cut -d. -f1)" -le 0 ] && break
-    sleep 0.2
-  done
+  window_stats "$wall"
+  stop_e_phones
 }
 lat_list=$lat_concs
 [ "$part" = arrival ] && lat_list=
@@ -523,21 +536,8 @@ arr_with() {
   wall=$(awk -v t0="$t_0" -v t1="$t_1" 'BEGIN {printf "%.3f", t1 - t0}')
   l_srv_cores=$(awk -v s="$run_srv" -v t="$wall" 'BEGIN {printf "%.2f", s / t}')
   l_ca_cores=$(awk -v a="$c0" -v b="$c1" -v t="$wall" 'BEGIN {printf "%.2f", (b - a) / t}')
-  l_threads=$(thread_delta "$th0" "$th1" "$wall")
-  l_runq=$(awk -v s="$run_runq" -v t="$wall" 'BEGIN {printf "%.2f", s / t}')
-  l_est_rate=$(awk -v a="$i0" -v b="$i1" -v t="$wall" 'BEGIN {printf "%.0f", (b - a) / t}')
-  l_ca_lat=$(awk -v a="$l0" -v b="$l1" -v x="$n0" -v y="$n1" 'BEGIN {printf "%.2f", (y > x) ? (b - a) / (y - x) : 0}')
-  l_left=-
-  if [ -n "$est_pid" ]; then
-    if kill -0 "$est_pid" 2>/dev/null; then l_left=yes; else l_left=NO; fi
-    kill "$est_pid" 2>/dev/null || true
-    wait "$est_pid" 2>/dev/null || true
-    est_pid=
-  fi
-  for _ in $(seq 1 300); do
-    [ "$(metric capstan_capf_sessions_active | cut -d. -f1)" -le 0 ] && break
-    sleep 0.2
-  done
+  window_stats "$wall"
+  stop_e_phones
 }
 for r in $arr_rates; do
   echo "== part 4: self-signed rate beside EST phones arriving at $r/s, (a) CA answers in ${lat_delay} s vs (b) CA answers at once; (c) no EST phones =="

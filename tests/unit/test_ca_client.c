@@ -622,6 +622,18 @@ static void test_tls_host_name_mismatch(void **state) {
   capstan_ca_config_cleanup(&cfg);
 }
 
+/* A loopback port that was just free: bound, read, closed. */
+static void closed_port(struct sockaddr_in *a) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  memset(a, 0, sizeof *a);
+  a->sin_family = AF_INET;
+  a->sin_addr.s_addr = htonl(0x7f000001);
+  assert_int_equal(bind(s, (struct sockaddr *)a, sizeof *a), 0);
+  socklen_t al = sizeof *a;
+  getsockname(s, (struct sockaddr *)a, &al);
+  close(s);
+}
+
 /* The CA's name is resolved once per CA_ADDR_CACHE_SECONDS (the resolver
  * runs on the thread pool the phones' work queues on), an address literal
  * never, and a cache whose addresses all fail is dropped. */
@@ -656,15 +668,8 @@ static void test_addresses_resolved_once(void **state) {
 
   /* The next exchange connects to the cached addresses without resolving:
    * a cache that points elsewhere (a closed port on 127.0.0.1) shows it. */
-  int s = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(0x7f000001);
-  assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
-  socklen_t al = sizeof a;
-  getsockname(s, (struct sockaddr *)&a, &al);
-  close(s);
+  closed_port(&a);
   memcpy(&cache.addr[0], &a, sizeof a);
   cache.len[0] = sizeof a;
   cache.count = 1;
@@ -678,16 +683,8 @@ static void test_addresses_resolved_once(void **state) {
 
 static void test_connection_refused(void **state) {
   (void)state;
-  /* A port that was just free: bind, read it, close. */
-  int s = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(0x7f000001);
-  assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
-  socklen_t al = sizeof a;
-  getsockname(s, (struct sockaddr *)&a, &al);
-  close(s);
+  closed_port(&a);
   capstan_ca_config_t cfg;
   config_for(&cfg, &G.est);
   snprintf(cfg.url, sizeof cfg.url, "https://127.0.0.1:%d", ntohs(a.sin_port));
