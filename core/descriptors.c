@@ -167,3 +167,7 @@ void capstan_descriptors_release_spare(void) {
   close(g.spare);
   g.spare = -1;
 }
+
+int capstan_descriptors_exhausted_now(void) {
+  return g.exhausted;
+}

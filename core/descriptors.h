@@ -51,4 +51,7 @@ int capstan_descriptors_note(int err, const char *where);
  * capstan_descriptors_admit and by the timer. */
 void capstan_descriptors_release_spare(void);
 
+/* Whether the condition holds now (loop thread: the status page). */
+int capstan_descriptors_exhausted_now(void);
+
 #endif

@@ -85,3 +85,7 @@ void capstan_memory_shortage_note(const char *where) {
       where);
   uv_timer_start(&g.timer, on_check, RECOVERY_CHECK_MS, RECOVERY_CHECK_MS);
 }
+
+int capstan_memory_shortage_now(void) {
+  return g.exhausted;
+}

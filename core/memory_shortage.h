@@ -25,4 +25,7 @@ void capstan_memory_shortage_stop(void);
 /* An allocation made for |where| ("capf_accept", "files", ...) failed. */
 void capstan_memory_shortage_note(const char *where);
 
+/* Whether the condition holds now (loop thread: the status page). */
+int capstan_memory_shortage_now(void);
+
 #endif

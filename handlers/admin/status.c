@@ -11,6 +11,8 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "core/base/metrics.h"
+#include "core/descriptors.h"
+#include "core/memory_shortage.h"
 #include "core/settings.h"
 #include "handlers/admin/admin.h"
 #include "handlers/admin/devices_api.h"
@@ -278,6 +280,16 @@ static void render_storage(capstan_json_t *j, const capstan_status_t *st) {
   capstan_json_close(j, '}');
 }
 
+/* The process's own resources (R26): out of descriptors or of memory, each
+ * a condition of the whole server, as logged and in the metrics. */
+static void render_resources(capstan_json_t *j) {
+  capstan_json_key(j, "resources");
+  capstan_json_open(j, '{');
+  capstan_json_kbool(j, "descriptors_exhausted", capstan_descriptors_exhausted_now());
+  capstan_json_kbool(j, "memory_exhausted", capstan_memory_shortage_now());
+  capstan_json_close(j, '}');
+}
+
 static void render_progress(capstan_json_t *j, const capstan_status_t *st,
                             const capstan_census_t *c, double now) {
   /* Throttled phones come back (RETRY_LATER): they are still to do. */
@@ -540,6 +552,7 @@ void capstan_status_render(capstan_status_t *st, const capstan_census_t *c, doub
   render_node(j, st, &r, now);
   render_devices(j, st, c);
   render_storage(j, st);
+  render_resources(j);
   render_progress(j, st, c, now);
   render_rates(j, st, &r, now);
   render_throttle(j, st, &r);

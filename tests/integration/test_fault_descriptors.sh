@@ -76,6 +76,9 @@ it_wait_for 20 '[[ -s "$IT_TMP/held.ready" ]]' || fail "the idle connections wer
 it_wait_for 20 metric_is capstan_descriptors_exhausted 1 || fail "gauge capstan_descriptors_exhausted never 1"
 grep -q "event=descriptors_exhausted where=capf .*limit=$LIMIT" "$LOG" ||
   fail "no descriptors_exhausted log line naming the listener and the limit"
+# The status page says so too (the admin listener may use the reserve).
+[[ $(curl -sf --max-time 10 "http://127.0.0.1:${SRV_ADMIN[main]}/status.json" |
+  jq -r .resources.descriptors_exhausted) == true ]] || fail "status.json does not say descriptors are exhausted"
 
 # No spinning: the server's CPU time over 3 s while exhausted.
 t0=$(cpu_ticks)
@@ -109,6 +112,9 @@ kill -TERM "$HOLDER"
 wait "$HOLDER" 2>/dev/null
 it_wait_for 10 metric_is capstan_descriptors_exhausted 0 || fail "no recovery after the idle connections closed"
 grep -q 'event=descriptors_recovered .*refused=' "$LOG" || fail "no descriptors_recovered log line"
+[[ $(curl -sf --max-time 10 "http://127.0.0.1:${SRV_ADMIN[main]}/status.json" |
+  jq -c .resources) == '{"descriptors_exhausted":false,"memory_exhausted":false}' ]] ||
+  fail "status.json still says a resource is exhausted after the recovery"
 phone main --name SEP00000000FD03 --auth null --save-cert "$IT_TMP/fd03.der"
 json_expect "$PHONE_JSON" result ok reason 1
 on_record SEP00000000FD03 "$IT_TMP/fd03.der"

@@ -105,6 +105,12 @@ done
 ((failures > 0)) || fail "no allocation failed under the cap in 3 rounds: the test proves nothing"
 assert_eq 1 "$(scrape capstan_memory_exhausted)" "capstan_memory_exhausted under the cap"
 assert_eq 1 "$(grep -c 'event=memory_exhausted' "$LOG")" "memory_exhausted log lines"
+# The status page says so too (answering needs a little memory: retried).
+status_says() {
+  [[ $(curl -sf --max-time 5 "http://127.0.0.1:${SRV_ADMIN[main]}/status.json" |
+    jq -r .resources.memory_exhausted) == "$1" ]]
+}
+it_wait_for 10 status_says true || fail "status.json does not say memory is exhausted"
 
 # Every certificate a phone holds is on record.
 held=0
@@ -120,6 +126,7 @@ it_log "phones holding a certificate after the capped run: $held of $N"
 prlimit --pid "$PID" --as=unlimited: || fail "prlimit --as=unlimited"
 metric_is() { [[ "$(metric main "$1")" == "$2" ]]; }
 it_wait_for 10 metric_is capstan_memory_exhausted 0 || fail "no recovery after the cap was lifted"
+status_says false || fail "status.json still says memory is exhausted after the recovery"
 assert_eq 1 "$(grep -c 'event=memory_recovered' "$LOG")" "memory_recovered log lines"
 cap main device add SEPFB0000000001 --operation install --auth null --key ec256 >/dev/null
 phone main --name SEPFB0000000001 --auth null --save-cert "$IT_TMP/after.der" --timeout 30
