@@ -363,6 +363,19 @@ cap_try() {
 # device_json NAME DEVICE: prints `capstan device show DEVICE --json`.
 device_json() { cap "$1" device show "$2" --json; }
 
+# lsc_on_record NAME DEVICE CERT: the LSC a phone saved (DER file CERT) is in
+# DEVICE's certificate history on server NAME, once.
+lsc_on_record() {
+  local serial dj
+  serial=$(openssl x509 -inform der -in "$3" -noout -serial) || fail "$2: LSC unreadable"
+  serial=${serial#serial=}
+  serial=${serial,,}
+  while ((${#serial} < 32)); do serial=0$serial; done
+  dj=$(device_json "$1" "$2")
+  jq -e --arg s "$serial" '[.cert_history[] | select(.serial == $s)] | length == 1' \
+    <<<"$dj" >/dev/null || fail "$2: LSC $serial the phone holds is not on record: $dj"
+}
+
 # --- Phones -----------------------------------------------------------------
 
 PHONE_JSON=""

@@ -50,7 +50,6 @@ Environment: CAPSTAN_BIN; CAPSTAN_SANITIZE=ON stretches the time bounds
 import hashlib
 import json
 import os
-import queue
 import random
 import re
 import shutil
@@ -66,8 +65,8 @@ import files_lib as fl  # noqa: E402
 import hostile_lib as h  # noqa: E402
 import store_dump  # noqa: E402
 from hostile_lib import check  # noqa: E402
+import crash_lib as cl  # noqa: E402
 
-from cryptography import x509  # noqa: E402
 
 KILLS = int(os.environ.get("CAPSTAN_KILL9_KILLS", "100"))
 DEVICES = 300
@@ -159,7 +158,7 @@ class Bench:
                 continue
             with open(os.path.join(self.lsc_dir, fn), "rb") as f:
                 der = f.read()
-            serial = x509.load_der_x509_certificate(der).serial_number
+            serial = cl.serial_of(der)
             self.seen.setdefault(fn[: -len(".der")], {})[serial] = der
         return [(n, der, s) for n, v in self.seen.items() for s, der in v.items()]
 
@@ -268,46 +267,23 @@ class Server:
 # --- The load ----------------------------------------------------------------
 
 
-class Load:
-    """Phones enrolling from a queue of device names; the admin thread
-    re-arms finished devices; file clients download. Everything pauses
-    while |up| is clear and follows the server to its new ports."""
+class Load(cl.Phones):
+    """The phones (crash_lib.Phones); the admin thread re-arms finished
+    devices; file clients download. Everything pauses while |up| is clear
+    and follows the server to its new ports."""
+
+    error_grace = 0.3
 
     def __init__(self, names, keys, seed):
-        self.todo = queue.Queue()
-        for n in names:
-            self.todo.put(n)
-        self.keys = keys
-        self.seed = seed
-        self.lock = threading.Lock()
-        self.received = {}  # name -> [(der, serial int), ...] in order received
-        self.round_start = {}  # name -> index into received where this round began
+        super().__init__(names, keys, seed)
         self.rounds = {}  # name -> installs completed
-        self.completed = {}  # name -> der of the last completed install
         self.to_rearm = []  # names finished, waiting for the admin thread
-        self.n_received = 0
-        self.lost_end = 0  # completions seen only as END_SESSION 0 on retry
-        self.retries = 0  # sessions a kill cut, tried again
         self.rearmed = 0
         self.admin_cmds = 0
         self.backups = 0
         self.downloads = {"http": 0, "tftp": 0}
-        self.server = None  # (generation, capf, http, tftp port) of the live server
-        self.generation = 0
-        self.up = threading.Event()
-        self.stop = threading.Event()
         self.looping = True  # while the kill loop runs, finished devices are re-armed
-        self.errors = []
-        self.outstanding = len(names)  # devices queued or in a phone's hands
-        self.threads = []
         self.data_dir = None
-
-    # Phones.
-    def sink(self, name, der):
-        serial = x509.load_der_x509_certificate(der).serial_number
-        with self.lock:
-            self.received.setdefault(name, []).append((der, serial))
-            self.n_received += 1
 
     def finish(self, name, der, lost_end=False):
         with self.lock:
@@ -319,59 +295,6 @@ class Load:
                 self.to_rearm.append(name)
             else:
                 self.outstanding -= 1
-
-    def phone(self, idx):
-        rnd = random.Random(self.seed * 1000 + idx)
-        while not self.stop.is_set():
-            try:
-                name = self.todo.get(timeout=0.2)
-            except queue.Empty:
-                with self.lock:
-                    if self.outstanding == 0:
-                        return
-                continue
-            with self.lock:
-                self.round_start[name] = len(self.received.get(name, []))
-            tries = 0
-            while not self.stop.is_set():
-                if not self.up.wait(0.2):
-                    continue
-                ports = self.server
-                tries += 1
-                if tries > 1:
-                    with self.lock:
-                        self.retries += 1
-                try:
-                    der = h.enroll(ports[1], name, spki=rnd.choice(self.keys), cert_sink=self.sink)
-                except h.EndSession as e:
-                    # A kill lost the END_SESSION {1} of a session the server
-                    # had finished: on retry it has nothing to do. The phone
-                    # holds the last certificate it got this round.
-                    with self.lock:
-                        got = self.received.get(name, [])[self.round_start[name] :]
-                    if e.reason == h.REASON_NO_ACTION and got:
-                        self.finish(name, got[-1][0], lost_end=True)
-                        break
-                    self.error_if_up(ports, str(e))
-                    time.sleep(0.05)
-                    continue
-                except (h.Closed, OSError):
-                    time.sleep(0.02)  # the server is being killed; retry
-                    continue
-                except h.TestFailure as e:
-                    self.error_if_up(ports, "%s: %s" % (name, e))
-                    time.sleep(0.05)
-                    continue
-                self.finish(name, der)
-                break
-
-    def error_if_up(self, ports, what):
-        # Only a failure against a server that is still the live one counts:
-        # anything may happen to a session a kill cuts.
-        time.sleep(0.3)
-        with self.lock:
-            if self.up.is_set() and self.server == ports:
-                self.errors.append(what)
 
     # The admin: `device import` re-arms finished devices (they get another
     # certificate), now and then a `config set`.
@@ -391,10 +314,7 @@ class Load:
                     if self.outstanding == 0:
                         return
                 continue
-            with open(csv, "w") as f:
-                f.write("name,operation,auth_mode,auth_string,key,completes_by\n")
-                for n in names:
-                    f.write("%s,install,null,,rsa1024,\n" % n)
+            cl.write_install_csv(csv, [(names, "rsa1024")])
             p = h.cli(self.data_dir, "device", "import", csv, "--rearm", check_rc=False)
             if p.returncode != 0:
                 with self.lock:
@@ -455,29 +375,8 @@ class Load:
                 time.sleep(0.05)  # cut by a kill (checked after each start instead)
 
     def start(self):
-        for i in range(PHONES):
-            self.threads.append(threading.Thread(target=self.phone, args=(i,), daemon=True))
-        for i in range(FILE_CLIENTS):
-            self.threads.append(threading.Thread(target=self.files, args=(i,), daemon=True))
-        self.threads.append(threading.Thread(target=self.admin, daemon=True))
-        for t in self.threads:
-            t.start()
-
-    def resume(self, srv):
-        with self.lock:
-            self.generation += 1
-            self.server = (self.generation, srv.capf_port, srv.http_port, srv.tftp_port)
-        self.up.set()
-
-    def pause(self):
-        with self.lock:
-            self.up.clear()
-
-    def join(self, bound):
-        deadline = time.monotonic() + bound
-        for t in self.threads:
-            t.join(max(0.1, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self.threads)
+        others = [lambda i=i: self.files(i) for i in range(FILE_CLIENTS)] + [self.admin]
+        super().start(PHONES, others)
 
 
 # --- Checks after a start ----------------------------------------------------
@@ -526,12 +425,8 @@ def check_store(data_dir, load, expect_devices, bench=None):
             snapshot.append((name, [(der, serial)]))
     n = 0
     for name, got in snapshot:
+        cl.check_on_record(name, got, history.get(name, set()))
         for der, serial in got:
-            check(
-                serial in history.get(name, ()),
-                "%s: certificate serial %032x was handed to the phone but is not in its history "
-                "(history: %s)" % (name, serial, sorted("%032x" % s for s in history.get(name, ()))),
-            )
             check(serial in certs, "%s: serial %032x not in the certs database" % (name, serial))
             check(certs[serial][0] == name, "%s: serial %032x recorded for %s" % (name, serial, certs[serial][0]))
             check(certs[serial][1] == der, "%s: serial %032x recorded with other DER" % (name, serial))
@@ -585,10 +480,7 @@ def rearm_bench(data_dir, bench, stats, failures, when, by_name=None):
     if not done:
         return
     csv = os.path.join(bench.dir, "rearm.csv")
-    with open(csv, "w") as f:
-        f.write("name,operation,auth_mode,auth_string,key,completes_by\n")
-        for n in done:
-            f.write("%s,install,null,,ec256,\n" % n)
+    cl.write_install_csv(csv, [(done, "ec256")])
     p = h.cli(data_dir, "device", "import", csv, "--rearm", check_rc=False)
     if p.returncode != 0:
         failures.append("%s: device import (bench re-arm): %s" % (when, p.stderr.strip()))
@@ -629,15 +521,7 @@ def main():
 
         srv.start()
         startup = srv.wait_ready(60 * h.SLOW)
-        h.cli(data_dir, "config", "set", "max-connections-per-address", "1000")
-        csv = os.path.join(data_dir, "devices.csv")
-        with open(csv, "w") as f:
-            f.write("name,operation,auth_mode,auth_string,key,completes_by\n")
-            for n in device_names():
-                f.write("%s,install,null,,rsa1024,\n" % n)
-            for n in bench_names():
-                f.write("%s,install,null,,ec256,\n" % n)
-        h.cli(data_dir, "device", "import", csv)
+        cl.import_devices(data_dir, [(device_names(), "rsa1024"), (bench_names(), "ec256")])
         bench = Bench(data_dir)
 
         keys = [h.rsa_spki(1024) for _ in range(KEY_POOL)]
@@ -650,7 +534,7 @@ def main():
         check_files(srv)
         stats["checks"] += 1
         load.start()
-        load.resume(srv)
+        load.resume(srv.capf_port, srv.http_port, srv.tftp_port)
         bench.start(srv.capf_port)
 
         state = "up"  # the server is ready, checked, the load running
@@ -691,7 +575,7 @@ def main():
             )
             if failures:
                 break
-            load.resume(srv)
+            load.resume(srv.capf_port, srv.http_port, srv.tftp_port)
             bench.start(srv.capf_port)
 
         # The last start: no more kills; every phone finishes.
@@ -702,7 +586,7 @@ def main():
             # Devices waiting to be re-armed are done.
             load.outstanding -= len(load.to_rearm)
             load.to_rearm = []
-        load.resume(srv)
+        load.resume(srv.capf_port, srv.http_port, srv.tftp_port)
         if not failures and not load.join(max(10, TOTAL_BOUND - (time.monotonic() - t0))):
             failures.append("the phones did not finish in time (%d devices outstanding)" % load.outstanding)
         # capstan-bench: the run of the last load ends by itself (the server
@@ -728,12 +612,7 @@ def main():
         load.stop.set()
         failures.extend("phone/admin error: " + e for e in load.errors[:10])
 
-        alive = srv.alive()
-        rc = srv.stop()
-        check(alive, "the server died during the final round")
-        check(rc == 0, "server exit code %s after SIGTERM" % rc)
-        report = srv.sanitizer_report()
-        check(report is None, "sanitizer report:\n%s" % report)
+        cl.stop_checked(srv)
 
         # Final state, every device.
         n, by_name = check_store(data_dir, load, True, bench)
@@ -757,11 +636,10 @@ def main():
                     failures.append("%s: md5hash %r is not the phone's last certificate" % (name, d["md5hash"]))
             # A sample through `device show`: the installed certificate's status.
             for name in rnd.sample(device_names(), 10):
-                dj = h.device_json(data_dir, name)
-                st = {e["serial"]: e["status"] for e in dj["cert_history"]}
-                sh = "%032x" % x509.load_der_x509_certificate(load.completed[name]).serial_number
-                if st.get(sh) != "installed":
-                    failures.append("%s: last certificate %s has status %r" % (name, sh, st.get(sh)))
+                try:
+                    cl.check_installed(h.device_json(data_dir, name), name, load.completed[name])
+                except h.TestFailure as e:
+                    failures.append(str(e))
         elapsed = time.monotonic() - t0
         h.log(
             "kill9: %d kills (%d in the first init, %d during startup (%d of them before the ready line), "
@@ -802,25 +680,19 @@ def main():
     except h.TestFailure as e:
         failures.append(str(e))
     finally:
-        if load is not None:
-            load.stop.set()
-        srv.kill()
         if bench is not None:
             bench.stop()
-        if failures:
-            h.log("---- server log (tail) ----\n" + srv.log_text(everything=True)[-5000:])
+        cl.wind_up(load, srv, failures, lambda: srv.log_text(everything=True))
         if not failures or not os.environ.get("CAPSTAN_KILL9_KEEP"):
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             h.log("data directory kept: %s" % data_dir)
 
-    if failures:
-        h.log("\nkill9 seed %d: %d FAILURE(S):" % (seed, len(failures)))
-        for f in failures[:30]:
-            h.log("  - " + f)
-        return 1
-    h.log("kill9: seed %d: every certificate handed out is on record across %d kills" % (seed, KILLS))
-    return 0
+    return cl.report(
+        failures,
+        "kill9 seed %d: " % seed,
+        "kill9: seed %d: every certificate handed out is on record across %d kills" % (seed, KILLS),
+    )
 
 
 if __name__ == "__main__":

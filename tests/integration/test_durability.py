@@ -19,16 +19,15 @@ Environment: CAPSTAN_BIN; CAPSTAN_SANITIZE=ON stretches the time bounds.
 
 import hashlib
 import os
-import queue
 import random
 import shutil
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hostile_lib as h  # noqa: E402
 from hostile_lib import check  # noqa: E402
+import crash_lib as cl  # noqa: E402
 
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
@@ -44,119 +43,31 @@ def device_names():
     return ["SEP0D0%09X" % i for i in range(DEVICES)]
 
 
-class Load:
-    """Phones enrolling from a queue of device names; survive server kills."""
+class Load(cl.Phones):
+    """The phones (crash_lib.Phones), each also saving every certificate it
+    receives to a file in cert_dir."""
 
     def __init__(self, names, cert_dir, keys):
-        self.todo = queue.Queue()
-        for n in names:
-            self.todo.put(n)
+        super().__init__(names, keys)
         self.cert_dir = cert_dir
-        self.keys = keys
-        self.lock = threading.Lock()
-        self.received = {}  # name -> [der, ...] in order received
-        self.completed = {}  # name -> der of the session that ended with END_SESSION 1
-        self.n_received = 0
-        self.port = None
-        self.up = threading.Event()
-        self.stop = threading.Event()
-        self.errors = []  # unexpected failures while the server was up
-        self.remaining = len(names)
-        self.lost_end = 0  # END_SESSION {1} lost in a kill, no action on retry
-        self.threads = []
 
     def sink(self, name, der):
-        with self.lock:
-            self.received.setdefault(name, []).append(der)
-            self.n_received += 1
-            k = len(self.received[name])
+        k = super().sink(name, der)
         with open(os.path.join(self.cert_dir, "%s.%d.der" % (name, k)), "wb") as f:
             f.write(der)
 
-    def worker(self, idx):
-        rnd = random.Random(idx)
-        while not self.stop.is_set():
-            try:
-                name = self.todo.get(timeout=0.2)
-            except queue.Empty:
-                with self.lock:
-                    if self.remaining == 0:
-                        return
-                continue
-            while not self.stop.is_set():
-                if not self.up.wait(0.2):
-                    continue
-                port = self.port
-                try:
-                    der = h.enroll(port, name, spki=rnd.choice(self.keys), cert_sink=self.sink)
-                except h.EndSession as e:
-                    # The server finished this device in an earlier session
-                    # whose END_SESSION {1} was lost in a kill: on retry it
-                    # has nothing to do. The phone holds the last certificate
-                    # it received; the final check requires that one to be
-                    # the installed one.
-                    with self.lock:
-                        got = self.received.get(name)
-                        if e.reason == h.REASON_NO_ACTION and got:
-                            self.completed[name] = got[-1]
-                            self.lost_end += 1
-                            self.remaining -= 1
-                            break
-                        if self.up.is_set() and self.port == port:
-                            self.errors.append(str(e))
-                    time.sleep(0.05)
-                    continue
-                except (h.Closed, OSError):
-                    # Expected while the server is being killed; retry.
-                    if self.up.is_set():
-                        time.sleep(0.05)
-                    continue
-                except h.TestFailure as e:
-                    if self.up.is_set() and self.port == port:
-                        with self.lock:
-                            self.errors.append("%s: %s" % (name, e))
-                    time.sleep(0.05)
-                    continue
-                with self.lock:
-                    self.completed[name] = der
-                    self.remaining -= 1
-                break
 
-    def start(self):
-        for i in range(PHONES):
-            t = threading.Thread(target=self.worker, args=(i,), daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def join(self, bound):
-        deadline = time.monotonic() + bound
-        for t in self.threads:
-            t.join(max(0.1, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self.threads)
-
-
-def serial_hex(der):
-    return "%032x" % x509.load_der_x509_certificate(der).serial_number
-
-
-def check_device(data_dir, name, ders, completed_der=None):
+def check_device(data_dir, name, got, completed_der=None):
+    """GOT: what the phone for NAME received, [(der, serial), ...]."""
     d = h.device_json(data_dir, name)
     check(d["name"] == name, "device show %s returned %r" % (name, d["name"]))
-    on_record = {e["serial"] for e in d["cert_history"]}
-    for der in ders:
+    for der, _serial in got:
         cert = x509.load_der_x509_certificate(der)
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         check(cn and cn[0].value == name, "%s: certificate subject %s" % (name, cert.subject))
-        sh = serial_hex(der)
-        check(
-            sh in on_record,
-            "%s: certificate serial %s was handed to the phone but is not on record "
-            "(on record: %s)" % (name, sh, sorted(on_record)),
-        )
+    cl.check_on_record(name, got, {int(e["serial"], 16) for e in d["cert_history"]})
     if completed_der is not None:
-        sh = serial_hex(completed_der)
-        st = {e["serial"]: e["status"] for e in d["cert_history"]}
-        check(st.get(sh) == "installed", "%s: completed cert %s has status %r" % (name, sh, st.get(sh)))
+        cl.check_installed(d, name, completed_der)
         md5 = hashlib.md5(completed_der).hexdigest()
         check(d["md5hash"] == md5, "%s: md5hash %r, phone's certificate %s" % (name, d["md5hash"], md5))
         check(d["status"] == "succeeded", "%s: status %r after END_SESSION 1" % (name, d["status"]))
@@ -192,21 +103,14 @@ def main():
     load = None
     try:
         h.cli(data_dir, "init")
-        h.cli(data_dir, "config", "set", "max-connections-per-address", "1000")
-        csv = os.path.join(data_dir, "devices.csv")
-        with open(csv, "w") as f:
-            f.write("name,operation,auth_mode,auth_string,key,completes_by\n")
-            for n in device_names():
-                f.write("%s,install,null,,rsa1024,\n" % n)
-        out = h.cli(data_dir, "device", "import", csv)
+        out = cl.import_devices(data_dir, [(device_names(), "rsa1024")])
         check("%d added" % DEVICES in out, "import said: %r" % out)
 
         keys = [h.rsa_spki(1024) for _ in range(KEY_POOL)]
         load = Load(device_names(), cert_dir, keys)
         start_checked(server)
-        load.port = server.capf_port
-        load.up.set()
-        load.start()
+        load.resume(server.capf_port)
+        load.start(PHONES)
 
         rnd = random.Random(os.getpid())
         checked = set()
@@ -223,7 +127,7 @@ def main():
                 check(server.alive(), "the server died on its own")
                 time.sleep(0.005)
             time.sleep(rnd.random() * 0.05)
-            load.up.clear()
+            load.pause()
             server.kill()
             with load.lock:
                 n = load.n_received
@@ -242,22 +146,16 @@ def main():
                 except h.TestFailure as e:
                     failures.append("after kill %d: %s" % (k + 1, e))
             check_list(data_dir)
-            load.port = server.capf_port
-            load.up.set()
+            load.resume(server.capf_port)
             check(time.monotonic() - started < TOTAL_BOUND, "out of time")
 
         if not load.join(max(10, TOTAL_BOUND - (time.monotonic() - started))):
             load.stop.set()
-            failures.append("the phones did not finish in time (%d devices left)" % load.remaining)
+            failures.append("the phones did not finish in time (%d devices left)" % load.outstanding)
         load.stop.set()
         failures.extend("phone error: " + e for e in load.errors[:10])
 
-        alive = server.alive()
-        rc = server.stop()
-        check(alive, "the server died during the final round")
-        check(rc == 0, "server exit code %s after SIGTERM" % rc)
-        report = server.sanitizer_report()
-        check(report is None, "sanitizer report:\n%s" % report)
+        cl.stop_checked(server)
 
         # Final state, every device.
         devices = check_list(data_dir)
@@ -300,20 +198,10 @@ def main():
     except h.TestFailure as e:
         failures.append(str(e))
     finally:
-        if load is not None:
-            load.stop.set()
-        server.kill()
-        if failures:
-            h.log("---- server log (tail) ----\n" + server.log_text()[-5000:])
+        cl.wind_up(load, server, failures)
         shutil.rmtree(data_dir, ignore_errors=True)
 
-    if failures:
-        h.log("\n%d FAILURE(S):" % len(failures))
-        for f in failures[:30]:
-            h.log("  - " + f)
-        return 1
-    h.log("durability: every certificate handed out is on record, across %d kills" % KILLS)
-    return 0
+    return cl.report(failures, "", "durability: every certificate handed out is on record, across %d kills" % KILLS)
 
 
 if __name__ == "__main__":

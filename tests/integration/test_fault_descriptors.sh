@@ -32,18 +32,6 @@ open_fds() { ls "/proc/$PID/fd" | wc -l; }
 log_count() { grep -c -- "$1" "$LOG"; }
 metric_is() { [[ "$(metric main "$1")" == "$2" ]]; }
 
-# on_record DEVICE CERT: the LSC a phone saved is in the device's history.
-on_record() {
-  local serial dj
-  serial=$(openssl x509 -inform der -in "$2" -noout -serial) || fail "$1: LSC unreadable"
-  serial=${serial#serial=}
-  serial=${serial,,}
-  while ((${#serial} < 32)); do serial=0$serial; done
-  dj=$(device_json main "$1")
-  jq -e --arg s "$serial" '[.cert_history[] | select(.serial == $s)] | length == 1' \
-    <<<"$dj" >/dev/null || fail "$1: LSC $serial the phone holds is not on record: $dj"
-}
-
 # A phone in its session before the shortage: it finishes during it.
 timeout 120 "$PHONE_BIN" --connect "127.0.0.1:${SRV_CAPF[main]}" --name SEP00000000FD01 \
   --auth null --keygen-delay 6 --timeout 60 --key-cache "$IT_KEYS" --json \
@@ -104,7 +92,7 @@ refused=$(metric main capstan_descriptors_refused_total)
 # The early phone finished meanwhile, certificate on record.
 wait "$EARLY" || fail "the phone in session during the shortage failed: $(cat "$IT_TMP/fd01.json")"
 json_expect "$(cat "$IT_TMP/fd01.json")" result ok reason 1
-on_record SEP00000000FD01 "$IT_TMP/fd01.der"
+lsc_on_record main SEP00000000FD01 "$IT_TMP/fd01.der"
 assert_eq 1 "$(log_count 'event=descriptors_exhausted')" "descriptors_exhausted log lines"
 
 # The idle connections go: the server recovers by itself.
@@ -117,7 +105,7 @@ grep -q 'event=descriptors_recovered .*refused=' "$LOG" || fail "no descriptors_
   fail "status.json still says a resource is exhausted after the recovery"
 phone main --name SEP00000000FD03 --auth null --save-cert "$IT_TMP/fd03.der"
 json_expect "$PHONE_JSON" result ok reason 1
-on_record SEP00000000FD03 "$IT_TMP/fd03.der"
+lsc_on_record main SEP00000000FD03 "$IT_TMP/fd03.der"
 curl -sf --max-time 10 -o "$IT_TMP/got-http.txt" "http://127.0.0.1:${SRV_HTTP[main]}/hello.txt" ||
   fail "HTTP download after recovery"
 cmp -s "$IT_TMP/got-http.txt" "$FILES/hello.txt" || fail "HTTP file differs after recovery"
@@ -139,7 +127,7 @@ prlimit --pid "$PID" --nofile="$LIMIT": || fail "prlimit --nofile back to $LIMIT
 it_wait_for 10 metric_is capstan_descriptors_exhausted 0 || fail "no recovery after the limit was raised"
 phone main --name SEP00000000FD02 --auth null --save-cert "$IT_TMP/fd02.der"
 json_expect "$PHONE_JSON" result ok reason 1
-on_record SEP00000000FD02 "$IT_TMP/fd02.der"
+lsc_on_record main SEP00000000FD02 "$IT_TMP/fd02.der"
 assert_eq 2 "$(log_count 'event=descriptors_exhausted')" "descriptors_exhausted log lines (two episodes)"
 assert_eq 2 "$(log_count 'event=descriptors_recovered')" "descriptors_recovered log lines (two episodes)"
 

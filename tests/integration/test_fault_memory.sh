@@ -23,18 +23,6 @@ PID=${SRV_PID[main]}
 LOG=${SRV_LOG[main]}
 CAPF="127.0.0.1:${SRV_CAPF[main]}"
 
-# on_record DEVICE CERT: the LSC a phone saved is in the device's history.
-on_record() {
-  local serial dj
-  serial=$(openssl x509 -inform der -in "$2" -noout -serial) || fail "$1: LSC unreadable"
-  serial=${serial#serial=}
-  serial=${serial,,}
-  while ((${#serial} < 32)); do serial=0$serial; done
-  dj=$(device_json main "$1")
-  jq -e --arg s "$serial" '[.cert_history[] | select(.serial == $s)] | length == 1' \
-    <<<"$dj" >/dev/null || fail "$1: LSC $serial the phone holds is not on record: $dj"
-}
-
 # The phones of the load: enrolled with a saved LSC each.
 N=40
 "$BENCH_BIN" --connect "$CAPF" --phones $N --name-prefix SEPFA --print-names >"$IT_TMP/names"
@@ -117,7 +105,7 @@ held=0
 for cert in "$IT_TMP"/lsc/*.der; do
   [[ -e $cert && $cert != *.key.der && $cert != *.pending.der ]] || continue
   dev=$(basename "$cert" .der)
-  on_record "$dev" "$cert"
+  lsc_on_record main "$dev" "$cert"
   held=$((held + 1))
 done
 it_log "phones holding a certificate after the capped run: $held of $N"
@@ -131,7 +119,7 @@ assert_eq 1 "$(grep -c 'event=memory_recovered' "$LOG")" "memory_recovered log l
 cap main device add SEPFB0000000001 --operation install --auth null --key ec256 >/dev/null
 phone main --name SEPFB0000000001 --auth null --save-cert "$IT_TMP/after.der" --timeout 30
 json_expect "$PHONE_JSON" result ok reason 1
-on_record SEPFB0000000001 "$IT_TMP/after.der"
+lsc_on_record main SEPFB0000000001 "$IT_TMP/after.der"
 "$BENCH_BIN" --connect "$CAPF" --storm --files "127.0.0.1:${SRV_HTTP[main]}" --boot-only \
   --phones 20 --name-prefix SEPFA --concurrency 10 --json >"$IT_TMP/http2.json" 2>>"$IT_TMP/phones.log" ||
   fail "HTTP boots after the cap was lifted: $(cat "$IT_TMP/http2.json")"

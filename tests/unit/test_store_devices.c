@@ -27,18 +27,29 @@ typedef struct {
   capstan_txn_t txn;
 } fixture_t;
 
-static int setup(void **state) {
-  fixture_t *f = calloc(1, sizeof(*f));
-  f->dir = test_tmpdir();
-  assert_int_equal(capstan_store_open(f->dir, CAPSTAN_STORE_CREATE, &f->store), 0);
-  assert_int_equal(capstan_store_begin(f->store, true, &f->txn), 0);
-  Capstan__Device *d = capstan_device_new(DEV);
+/* Device NAME with an install armed at 100; with |in_progress|, its
+ * session then started at 200 (attempt 1). */
+static void put_install(fixture_t *f, const char *name, bool in_progress) {
+  Capstan__Device *d = capstan_device_new(name);
   d->has_operation = 1;
   d->operation = CAPSTAN__OPERATION__OPERATION_INSTALL;
   capstan_device_rearm(d, 100);
   assert_int_equal(capstan_store_device_put(&f->txn, d), 0);
   capstan__device__free_unpacked(d, NULL);
-  d = capstan_device_new("other-phone");
+  if (in_progress) {
+    assert_int_equal(capstan_devices_set_status(
+                         &f->txn, name, CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS, NULL, 200, true),
+                     0);
+  }
+}
+
+static int setup(void **state) {
+  fixture_t *f = calloc(1, sizeof(*f));
+  f->dir = test_tmpdir();
+  assert_int_equal(capstan_store_open(f->dir, CAPSTAN_STORE_CREATE, &f->store), 0);
+  assert_int_equal(capstan_store_begin(f->store, true, &f->txn), 0);
+  put_install(f, DEV, false);
+  Capstan__Device *d = capstan_device_new("other-phone");
   assert_int_equal(capstan_store_device_put(&f->txn, d), 0);
   capstan__device__free_unpacked(d, NULL);
   *state = f;
@@ -374,22 +385,7 @@ static void test_throttled(void **state) {
 static void test_reconcile_interrupted(void **state) {
   fixture_t *f = *state;
   static const char *const kNames[] = {"SEP0000000000A1", "SEP0000000000A2", "SEP0000000000A3"};
-  for (int i = 0; i < 3; i++) {
-    Capstan__Device *d = capstan_device_new(kNames[i]);
-    d->has_operation = 1;
-    d->operation = CAPSTAN__OPERATION__OPERATION_INSTALL;
-    capstan_device_rearm(d, 100);
-    assert_int_equal(capstan_store_device_put(&f->txn, d), 0);
-    capstan__device__free_unpacked(d, NULL);
-  }
-  assert_int_equal(
-      capstan_devices_set_status(&f->txn, kNames[0], CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
-                                 NULL, 200, true),
-      0);
-  assert_int_equal(
-      capstan_devices_set_status(&f->txn, kNames[1], CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
-                                 NULL, 200, true),
-      0);
+  for (int i = 0; i < 3; i++) put_install(f, kNames[i], i < 2);
   assert_int_equal(capstan_devices_set_throttled(&f->txn, kNames[2], 300, 200), 0);
   size_t n = 99;
   assert_int_equal(capstan_devices_reconcile_interrupted(&f->txn, 400, &n), 0);
@@ -422,18 +418,7 @@ static void test_reconcile_interrupted(void **state) {
 static void test_fail_in_progress_skips_live(void **state) {
   fixture_t *f = *state;
   static const char *const kNames[] = {"SEP0000000000B1", "SEP0000000000B2", "SEP0000000000B3"};
-  for (int i = 0; i < 3; i++) {
-    Capstan__Device *d = capstan_device_new(kNames[i]);
-    d->has_operation = 1;
-    d->operation = CAPSTAN__OPERATION__OPERATION_INSTALL;
-    capstan_device_rearm(d, 100);
-    assert_int_equal(capstan_store_device_put(&f->txn, d), 0);
-    capstan__device__free_unpacked(d, NULL);
-    assert_int_equal(
-        capstan_devices_set_status(&f->txn, kNames[i], CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS,
-                                   NULL, 200, true),
-        0);
-  }
+  for (int i = 0; i < 3; i++) put_install(f, kNames[i], true);
   char *live[] = {strdup("SEP0000000000B3"), strdup("SEP0000000000B2")};
   capstan_devices_sort_names(live, 2);
   assert_string_equal(live[0], "SEP0000000000B2");
