@@ -309,6 +309,21 @@ self_run() {
   read -r run_rate run_ok run_fail < <(field "$out" 'd["enrollments_per_s"]' 'd["enrollments"]' 'd["phones"] - d["enrollments"]')
   run_srv=$(awk -v a="$s0" -v b="$s1" 'BEGIN {printf "%.2f", b - a}')
 }
+# stop_e_phones: l_left (were the E phones still running: yes/NO, - for
+# none), then stops them and waits for the server's sessions to end.
+stop_e_phones() {
+  l_left=-
+  if [ -n "$est_pid" ]; then
+    if kill -0 "$est_pid" 2>/dev/null; then l_left=yes; else l_left=NO; fi
+    kill "$est_pid" 2>/dev/null || true
+    wait "$est_pid" 2>/dev/null || true
+    est_pid=
+  fi
+  for _ in $(seq 1 300); do
+    [ "$(metric capstan_capf_sessions_active | cut -d. -f1)" -le 0 ] && break
+    sleep 0.2
+  done
+}
 alone() {
   local t0 t1
   t0=$(date +%s.%N)
@@ -343,18 +358,12 @@ with() {
   i1=$(issued_est) c1=$(cpu_s "$ca_pid") e1=$(cpu_s "$est_pid") l1=$(ca_lat_sum) n1=$(ca_lat_n) el1=$(date +%s.%N)
   w_ca_latency=$(awk -v a="$l0" -v b="$l1" -v x="$n0" -v y="$n1" 'BEGIN {printf "%.2f", (y > x) ? (b - a) / (y - x) : 0}')
   w_wall=$(awk -v t0="$el0" -v t1="$el1" 'BEGIN {printf "%.2f", t1 - t0}')
-  if kill -0 "$est_pid" 2>/dev/null; then w_est_running=yes; else w_est_running=NO; fi
   w_est_rate=$(awk -v a="$i0" -v b="$i1" -v t="$w_wall" 'BEGIN {printf "%.0f", (b - a) / t}')
   w_ca_cores=$(awk -v a="$c0" -v b="$c1" -v t="$w_wall" 'BEGIN {printf "%.2f", (b - a) / t}')
   w_esim_cores=$(awk -v a="$e0" -v b="$e1" -v t="$w_wall" 'BEGIN {printf "%.2f", (b - a) / t}')
-  kill "$est_pid" 2>/dev/null || true
-  wait "$est_pid" 2>/dev/null || true
-  est_pid=
-  # Let the server drop the abandoned sessions before the next measurement.
-  for _ in $(seq 1 300); do
-    [ "$(metric capstan_capf_sessions_active | cut -d. -f1)" -le 0 ] && break
-    sleep 0.2
-  done
+  # The server drops the abandoned sessions before the next measurement.
+  stop_e_phones
+  w_est_running=$l_left
 }
 mix_rounds() { # STALL SETTLE PHONES_PER_ROUND
   stall=$1 settle=$2 est_n=$3
@@ -413,21 +422,6 @@ window_stats() {
   l_runq=$(awk -v s="$run_runq" -v t="$1" 'BEGIN {printf "%.2f", s / t}')
   l_est_rate=$(awk -v a="$i0" -v b="$i1" -v t="$1" 'BEGIN {printf "%.0f", (b - a) / t}')
   l_ca_lat=$(awk -v a="$l0" -v b="$l1" -v x="$n0" -v y="$n1" 'BEGIN {printf "%.2f", (y > x) ? (b - a) / (y - x) : 0}')
-}
-# stop_e_phones: l_left (were the E phones still running: yes/NO, - for
-# none), then stops them and waits for the server's sessions to end.
-stop_e_phones() {
-  l_left=-
-  if [ -n "$est_pid" ]; then
-    if kill -0 "$est_pid" 2>/dev/null; then l_left=yes; else l_left=NO; fi
-    kill "$est_pid" 2>/dev/null || true
-    wait "$est_pid" 2>/dev/null || true
-    est_pid=
-  fi
-  for _ in $(seq 1 300); do
-    [ "$(metric capstan_capf_sessions_active | cut -d. -f1)" -le 0 ] && break
-    sleep 0.2
-  done
 }
 # lat_with MODE N PHONES: one measurement (MODE ca-slow or phone-slow); sets
 # l_rate l_ok l_fail l_srv_cores l_runq l_est_rate l_est_alone_rate
