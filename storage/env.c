@@ -177,13 +177,35 @@ err:
   return err;
 }
 
+/* Resizes the open environment's map to |size| (LMDB keeps it at least as
+ * large as the data) and updates map_size; the caller holds txn_lock
+ * exclusive. LMDB 0.9.24 unmaps the old map before it maps the new one,
+ * and when that mmap fails (ENOMEM under an address-space limit: ulimit -v,
+ * LimitAS=) it leaves the environment with no map and its meta page
+ * pointers dangling: the next transaction would crash. So the environment
+ * is then closed and opened again at the size it had; when even that
+ * fails it stays closed and broken (transactions fail with CAPSTAN_EIO and
+ * the writer's reopen tries again). Returns LMDB's code for the resize. */
+static int set_mapsize_locked(capstan_store_t *s, size_t size) {
+  MDB_envinfo info;
+  int rc = mdb_env_set_mapsize(s->env, size);
+  if (rc == 0) {
+    if (mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
+    return 0;
+  }
+  mdb_env_close(s->env);
+  s->env = NULL;
+  if (open_env(s) == 0) return rc; /* open_env set map_size from the old one */
+  if (s->env != NULL) mdb_env_close(s->env);
+  s->env = NULL;
+  atomic_store(&s->broken, true);
+  return rc;
+}
+
 int capstan_store_set_map(capstan_store_t *s, size_t size, size_t max) {
   if (s == NULL || size == 0 || max < size) return CAPSTAN_EINVAL;
   pthread_rwlock_wrlock(&s->txn_lock);
-  int rc = mdb_env_set_mapsize(s->env, size);
-  MDB_envinfo info;
-  /* LMDB keeps the map at least as large as the data already written. */
-  if (rc == 0 && mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
+  int rc = s->env == NULL ? MDB_PANIC : set_mapsize_locked(s, size);
   s->map_max = max > s->map_size ? max : s->map_size;
   pthread_rwlock_unlock(&s->txn_lock);
   return capstan_store_map_err(rc, "open");
@@ -200,16 +222,27 @@ size_t capstan_store_map_max(capstan_store_t *s) {
 int capstan_store_grow_map(capstan_store_t *s) {
   pthread_rwlock_wrlock(&s->txn_lock);
   int err = CAPSTAN_ENOSPC;
-  if (s->map_size < s->map_max) {
+  if (s->env == NULL) {
+    err = CAPSTAN_EIO; /* a failed reopen: the writer reopens it first */
+  } else if (s->map_size < s->map_max) {
     size_t old = s->map_size;
     size_t next = old * 2 < s->map_max ? old * 2 : s->map_max;
-    int rc = mdb_env_set_mapsize(s->env, next);
+    int rc = set_mapsize_locked(s, next);
     if (rc == 0) {
-      s->map_size = next;
       LOG_INFO("event=storage_map_grown from_bytes=%zu to_bytes=%zu max_bytes=%zu", old, next,
                s->map_max);
+    } else {
+      /* Not the map being full: the address space (or memory) refused the
+       * larger map, and raising --store-max-mib would not help. Quiet
+       * (debug) while the writer is in an outage, like the other errors. */
+      capstan_log(t_quiet ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR,
+                  "event=storage_map_grow_failed from_bytes=%zu to_bytes=%zu error=\"%s\" "
+                  "store=%s hint=\"the process may not map more memory (ulimit -v, LimitAS=)\"",
+                  old, next, mdb_strerror(rc), s->env != NULL ? "reopened" : "closed");
     }
     err = capstan_store_map_err(rc, "grow");
+    /* ENOSPC would read as "at the maximum" to the caller. */
+    if (err == CAPSTAN_ENOSPC) err = CAPSTAN_EIO;
   }
   pthread_rwlock_unlock(&s->txn_lock);
   return err;
@@ -220,6 +253,8 @@ int capstan_store_reopen(capstan_store_t *s) {
   mdb_env_close(s->env);
   s->env = NULL;
   int err = open_env(s);
+  /* A fresh environment maps what the store holds: nothing left to adopt. */
+  atomic_store(&s->resized, false);
   if (err == 0) {
     atomic_store(&s->broken, false);
   } else if (s->env != NULL) {
@@ -271,12 +306,16 @@ uint64_t capstan_store_size_bytes(capstan_store_t *store) {
  * the other process's map, so that this one's maximum still holds. The
  * caller holds txn_lock exclusive. */
 static void adopt_map(capstan_store_t *store) {
-  MDB_envinfo info;
-  if (mdb_env_set_mapsize(store->env, store->map_size) == 0 &&
-      mdb_env_info(store->env, &info) == 0) {
-    store->map_size = info.me_mapsize;
-  }
   atomic_store(&store->resized, false);
+  if (store->env == NULL) return; /* a failed reopen: the next one adopts it */
+  int rc = set_mapsize_locked(store, store->map_size);
+  if (rc != 0) {
+    capstan_log(t_quiet ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR,
+                "event=storage_map_adopt_failed map_bytes=%zu error=\"%s\" store=%s",
+                (size_t)store->map_size, mdb_strerror(rc),
+                store->env != NULL ? "reopened" : "closed");
+    capstan_store_count_error("grow");
+  }
 }
 
 void capstan_store_adopt_map(capstan_store_t *store) {
@@ -305,7 +344,9 @@ int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) 
       atomic_store(&store->resized, true);
     }
     pthread_rwlock_rdlock(&store->txn_lock);
-    rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
+    /* Unlocked meanwhile: a failed adopt or reopen may have closed it. */
+    rc = store->env == NULL ? MDB_PANIC
+                            : mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   }
   if (rc == MDB_PANIC) {
     /* A failed write of the meta page: every transaction is refused until

@@ -50,7 +50,9 @@ int capstan_store_open_dbis(capstan_store_t *s, bool readonly);
 
 /* Doubles the map, up to map_max, once every transaction of this process
  * has ended (the caller holds none). CAPSTAN_ENOSPC when it is at map_max
- * already. */
+ * already; another error when the larger map could not be mapped (logged
+ * as storage_map_grow_failed): the environment is then open again at its
+ * old size or, if that failed too, closed and broken until a reopen. */
 int capstan_store_grow_map(capstan_store_t *s);
 
 /* When a transaction met a map another process grew and could not adopt
