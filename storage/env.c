@@ -219,8 +219,8 @@ size_t capstan_store_map_max(capstan_store_t *s) {
   return s->map_max;
 }
 
-int capstan_store_grow_map(capstan_store_t *s) {
-  pthread_rwlock_wrlock(&s->txn_lock);
+/* capstan_store_grow_map with txn_lock held exclusive. */
+static int grow_map_locked(capstan_store_t *s) {
   int err = CAPSTAN_ENOSPC;
   if (s->env == NULL) {
     err = CAPSTAN_EIO; /* a failed reopen: the writer reopens it first */
@@ -244,6 +244,12 @@ int capstan_store_grow_map(capstan_store_t *s) {
     /* ENOSPC would read as "at the maximum" to the caller. */
     if (err == CAPSTAN_ENOSPC) err = CAPSTAN_EIO;
   }
+  return err;
+}
+
+int capstan_store_grow_map(capstan_store_t *s) {
+  pthread_rwlock_wrlock(&s->txn_lock);
+  int err = grow_map_locked(s);
   pthread_rwlock_unlock(&s->txn_lock);
   return err;
 }
@@ -397,13 +403,25 @@ int capstan_store_read(capstan_store_t *store, capstan_store_txn_fn fn, void *ar
 }
 
 int capstan_store_write(capstan_store_t *store, capstan_store_txn_fn fn, void *arg) {
-  capstan_txn_t txn;
-  int err = capstan_store_begin(store, true, &txn);
-  if (err != 0) return err;
-  err = fn(&txn, arg);
-  if (err != 0) {
-    capstan_store_abort(&txn);
-    return err;
+  for (;;) {
+    capstan_txn_t txn;
+    int err = capstan_store_begin(store, true, &txn);
+    if (err != 0) return err;
+    err = fn(&txn, arg);
+    if (err != 0) {
+      capstan_store_abort(&txn);
+    } else {
+      err = capstan_store_commit(&txn);
+    }
+    /* Without a writer (a command, or the server before its writer
+     * starts) nothing else grows a full map: grow it here and write again
+     * (fn only reads its argument, as the writer's requests). Only when
+     * no transaction of this process is open (this thread may hold one):
+     * else the map cannot be resized and the write stays full. */
+    if (err != CAPSTAN_ENOSPC || store->writer != NULL) return err;
+    if (pthread_rwlock_trywrlock(&store->txn_lock) != 0) return err;
+    int grown = grow_map_locked(store);
+    pthread_rwlock_unlock(&store->txn_lock);
+    if (grown != 0) return err;
   }
-  return capstan_store_commit(&txn);
 }
