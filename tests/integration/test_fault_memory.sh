@@ -111,6 +111,7 @@ held=0
 for cert in "$IT_TMP"/lsc/*.der; do
   [[ -e $cert && $cert != *.key.der && $cert != *.pending.der ]] || continue
   dev=$(basename "$cert" .der)
+  dev=${dev%%.*} # NAME.SERIAL.der: a certificate it stored in a session that failed after
   on_record "$dev" "$cert"
   held=$((held + 1))
 done
