@@ -28,6 +28,9 @@ void capstan_store_count_error(const char *op) {
 }
 
 static _Thread_local bool t_quiet;
+/* A process whose writer grows a full map (capstan_store_set_map called):
+ * MAP_FULL is not yet a failure there. In a command it is. */
+static _Atomic bool g_map_grows;
 
 void capstan_store_quiet_errors(bool quiet) {
   t_quiet = quiet;
@@ -42,9 +45,19 @@ int capstan_store_map_err(int rc, const char *op) {
     case MDB_NOTFOUND:
       return CAPSTAN_ENOENT;
     case MDB_MAP_FULL:
-      /* Not yet a failure: the server's writer grows the map and writes
-       * again; it logs and counts a map that cannot grow (op="grow"). */
-      LOG_DEBUG("event=storage_full op=%s error=\"%s\"", op, mdb_strerror(rc));
+      /* In the server not yet a failure: its writer grows the map and
+       * writes again; it logs and counts a map that cannot grow
+       * (op="grow"). A command has no writer: it is the command's failure. */
+      if (atomic_load(&g_map_grows) || t_quiet) {
+        LOG_DEBUG("event=storage_full op=%s error=\"%s\"", op, mdb_strerror(rc));
+      } else {
+        LOG_ERROR(
+            "event=storage_map_full op=%s error=\"%s\" hint=\"the store's map is full: "
+            "the server grows it as it writes, up to --store-max-mib; raise that if the server "
+            "says storage_map_full too\"",
+            op, mdb_strerror(rc));
+        capstan_store_count_error(op);
+      }
       return CAPSTAN_ENOSPC;
     case ENOMEM:
       capstan_store_count_error(op);
@@ -129,6 +142,8 @@ static int open_env(capstan_store_t *s) {
   return capstan_store_open_dbis(s, false);
 }
 
+static int set_mapsize_locked(capstan_store_t *s, size_t size);
+
 int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
   *out = NULL;
   if (dir == NULL || dir[0] == '\0') return CAPSTAN_EINVAL;
@@ -170,6 +185,19 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
   s->map_size = s->map_max = CAPSTAN_STORE_MAP_SIZE;
   err = open_env(s);
   if (err != 0) goto err;
+  /* Map at least what the server's map has grown to (0: the stored size),
+   * not only the data (what LMDB rounds a smaller map up to): else a
+   * command's write needing a new page fails although the server has
+   * room. The server sets its own with capstan_store_set_map. */
+  int rc = set_mapsize_locked(s, 0);
+  if (rc == 0 && s->map_size < CAPSTAN_STORE_MAP_SIZE) {
+    rc = set_mapsize_locked(s, CAPSTAN_STORE_MAP_SIZE);
+  }
+  if (s->env == NULL) {
+    err = capstan_store_map_err(rc, "open");
+    goto err;
+  }
+  s->map_max = s->map_size;
   *out = s;
   return 0;
 err:
@@ -207,6 +235,8 @@ int capstan_store_set_map(capstan_store_t *s, size_t size, size_t max) {
   pthread_rwlock_wrlock(&s->txn_lock);
   int rc = s->env == NULL ? MDB_PANIC : set_mapsize_locked(s, size);
   s->map_max = max > s->map_size ? max : s->map_size;
+  s->map_set = true;
+  atomic_store(&g_map_grows, true);
   pthread_rwlock_unlock(&s->txn_lock);
   return capstan_store_map_err(rc, "open");
 }
@@ -420,7 +450,16 @@ int capstan_store_write(capstan_store_t *store, capstan_store_txn_fn fn, void *a
      * else the map cannot be resized and the write stays full. */
     if (err != CAPSTAN_ENOSPC || store->writer != NULL) return err;
     if (pthread_rwlock_trywrlock(&store->txn_lock) != 0) return err;
-    int grown = grow_map_locked(store);
+    int grown;
+    if (store->map_set) {
+      grown = grow_map_locked(store);
+    } else {
+      /* A command: the server may have grown the map since it opened. */
+      size_t before = store->map_size;
+      grown = store->env == NULL ? MDB_PANIC : set_mapsize_locked(store, 0);
+      if (grown == 0 && store->map_size <= before) grown = CAPSTAN_ENOSPC;
+      if (grown == 0) store->map_max = store->map_size;
+    }
     pthread_rwlock_unlock(&store->txn_lock);
     if (grown != 0) return err;
   }

@@ -39,6 +39,10 @@ struct capstan_store {
   _Atomic bool broken;      /* LMDB said MDB_PANIC: only a reopen helps */
   _Atomic bool broken_said; /* event=storage_broken logged in this outage */
   _Atomic bool resized;     /* another process wrote past the map: adopt it */
+  /* capstan_store_set_map set this process's own map and maximum (the
+   * server). Else (a command) the map follows the stored one: the largest
+   * any process used, which LMDB keeps in the meta page. */
+  bool map_set;
   char *dir;
   char *actor; /* stamped on audit events as their user; NULL: none */
 };

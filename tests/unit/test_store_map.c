@@ -129,9 +129,32 @@ static void test_grow_fails_under_address_limit(void **state) {
   test_rmdir(dir);
 }
 
+/* A command opening a store the server grew past 4 GiB maps what the server
+ * grew it to (LMDB keeps the largest map in the meta page), not only the
+ * data: else its writes needing a new page fail while the server has room.
+ * The map is address space only: nothing near 8 GiB is written. */
+static void test_command_adopts_grown_map(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  assert_non_null(dir);
+  capstan_store_t *s;
+  assert_int_equal(capstan_store_open(dir, CAPSTAN_STORE_CREATE, &s), 0);
+  assert_int_equal(capstan_store_set_map(s, 1 * MIB, 8192 * MIB), 0);
+  while (capstan_store_map_size(s) < 8192 * MIB) assert_int_equal(capstan_store_grow_map(s), 0);
+  assert_int_equal(put_device(s, "SEP000000000001"), 0); /* the meta page records 8 GiB */
+  capstan_store_close(s);
+
+  assert_int_equal(capstan_store_open(dir, 0, &s), 0);
+  assert_int_equal(capstan_store_map_size(s), 8192 * MIB);
+  assert_int_equal(put_device(s, "SEP000000000002"), 0);
+  capstan_store_close(s);
+  test_rmdir(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grow_fails_under_address_limit),
+      cmocka_unit_test(test_command_adopts_grown_map),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
