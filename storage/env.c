@@ -116,8 +116,12 @@ const char *capstan_store_data_dir(const char *opt) {
 }
 
 /* Creates and opens s->env on s->dir with the map at s->map_size, and its
- * named databases. */
-static int open_env(capstan_store_t *s) {
+ * named databases. |again|: this process opened it before (a reopen), so
+ * the databases exist and are opened in a read transaction: a write
+ * transaction would wait for a command's (LMDB has one writer across
+ * processes) while the caller holds txn_lock exclusive, freezing every read
+ * of the server, its loop's included. */
+static int open_env(capstan_store_t *s, bool again) {
   int rc = mdb_env_create(&s->env);
   if (rc != 0) {
     s->env = NULL;
@@ -139,7 +143,7 @@ static int open_env(capstan_store_t *s) {
   int dead = 0;
   mdb_reader_check(s->env, &dead);
   if (dead > 0) LOG_INFO("event=storage_stale_readers_cleared count=%d", dead);
-  return capstan_store_open_dbis(s, false);
+  return capstan_store_open_dbis(s, again);
 }
 
 static int set_mapsize_locked(capstan_store_t *s, size_t size);
@@ -183,7 +187,7 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
     goto err;
   }
   s->map_size = s->map_max = CAPSTAN_STORE_MAP_SIZE;
-  err = open_env(s);
+  err = open_env(s, false);
   if (err != 0) goto err;
   /* Map at least what the server's map has grown to (0: the stored size),
    * not only the data (what LMDB rounds a smaller map up to): else a
@@ -223,7 +227,7 @@ static int set_mapsize_locked(capstan_store_t *s, size_t size) {
   }
   mdb_env_close(s->env);
   s->env = NULL;
-  if (open_env(s) == 0) return rc; /* open_env set map_size from the old one */
+  if (open_env(s, true) == 0) return rc; /* open_env set map_size from the old one */
   if (s->env != NULL) mdb_env_close(s->env);
   s->env = NULL;
   atomic_store(&s->broken, true);
@@ -288,7 +292,7 @@ int capstan_store_reopen(capstan_store_t *s) {
   pthread_rwlock_wrlock(&s->txn_lock);
   mdb_env_close(s->env);
   s->env = NULL;
-  int err = open_env(s);
+  int err = open_env(s, true);
   /* A fresh environment maps what the store holds: nothing left to adopt. */
   atomic_store(&s->resized, false);
   if (err == 0) {

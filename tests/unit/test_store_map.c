@@ -10,6 +10,7 @@
 #include <cmocka.h>
 #include <signal.h>
 #include <stdio.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -151,10 +152,54 @@ static void test_command_adopts_grown_map(void **state) {
   test_rmdir(dir);
 }
 
+/* A reopen (after MDB_PANIC or a failed resize, txn_lock held exclusive:
+ * every read of the server waits) must not wait for a command's write
+ * transaction, which LMDB serialises across processes. */
+static void test_reopen_beside_command_write(void **state) {
+  (void)state;
+  char *dir = test_tmpdir();
+  assert_non_null(dir);
+  capstan_store_t *s;
+  assert_int_equal(capstan_store_open(dir, CAPSTAN_STORE_CREATE, &s), 0);
+  int ready[2];
+  assert_int_equal(pipe(ready), 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    /* The command: its own environment (LMDB's is not fork-safe), one
+     * write transaction held for 20 s. */
+    capstan_store_t *c;
+    capstan_txn_t txn;
+    if (capstan_store_open(dir, 0, &c) != 0 || capstan_store_begin(c, true, &txn) != 0) _exit(1);
+    if (write(ready[1], "x", 1) != 1) _exit(2);
+    sleep(20);
+    capstan_store_abort(&txn);
+    _exit(0);
+  }
+  close(ready[1]);
+  char x;
+  assert_int_equal(read(ready[0], &x, 1), 1);
+  close(ready[0]);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  assert_int_equal(capstan_store_reopen(s), 0);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  kill(pid, SIGKILL);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  /* Milliseconds when it does not wait; 20 s when it does. */
+  assert_true(t1.tv_sec - t0.tv_sec < 10);
+  assert_int_equal(load_device(s, "SEP000000000009"), CAPSTAN_ENOENT);
+  capstan_store_close(s);
+  test_rmdir(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grow_fails_under_address_limit),
       cmocka_unit_test(test_command_adopts_grown_map),
+      cmocka_unit_test(test_reopen_beside_command_write),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
