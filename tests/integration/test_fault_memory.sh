@@ -111,9 +111,8 @@ held=0
 for cert in "$IT_TMP"/lsc/*.der; do
   [[ -e $cert && $cert != *.key.der && $cert != *.pending.der ]] || continue
   dev=$(basename "$cert" .der)
-  dev=${dev%%.*} # NAME.SERIAL.der: a certificate it stored in a session that failed after
-  on_record "$dev" "$cert"
-  held=$((held + 1))
+  on_record "${dev%%.*}" "$cert" # NAME.SERIAL.der: each certificate NAME ever stored
+  [[ $dev == *.* ]] || held=$((held + 1))
 done
 it_log "phones holding a certificate after the capped run: $held of $N"
 
