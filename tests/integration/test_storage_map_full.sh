@@ -67,6 +67,7 @@ IN_PROGRESS=$(cap main device list --status in-progress --json | jq length)
 # The load was stopped while phones were being told to retry: their
 # devices stay in progress (no repair can write at the maximum).
 ((IN_PROGRESS > 0)) || fail "no device left in progress: the restart at the maximum is not exercised"
+it_log "restart at the maximum: $IN_PROGRESS devices left in progress"
 SRV_DATA[same]=${SRV_DATA[main]}
 srv_start same --files --store-map-mib 1 --store-max-mib 2
 grep -q "event=reconcile_skipped error=.* max_bytes=$MAX" "${SRV_LOG[same]}" ||
