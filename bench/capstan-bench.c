@@ -35,6 +35,7 @@
 #include "bench/phone/phone.h"
 #include "bench/phone/phone_pki.h"
 #include "core/base/error.h"
+#include "core/pki/pki.h"
 
 #define MAX_OUTCOMES 64
 /* Device names are "SEP" + 12 hex digits: 15 characters. */
@@ -402,6 +403,30 @@ static int save_lsc(const bench_t *b, const char *name, const capstan_identity_t
   return rc;
 }
 
+/* Keeps a certificate the phone stored in --lsc-dir as NAME.SERIALHEX.der
+ * too (the certificate only: the phone's key goes with NAME.der), so that
+ * every certificate a phone ever accepted stays for the tests to find on
+ * record, not only the one it holds at the end. */
+static int save_lsc_history(const bench_t *b, const char *name, const capstan_identity_t *id) {
+  if (id->cert == NULL) return 0;
+  uint8_t serial[32];
+  size_t slen = 0;
+  int rc = capstan_pki_serial_bytes(id->cert, serial, sizeof(serial), &slen);
+  if (rc != 0) return rc;
+  char hex[2 * sizeof(serial) + 1];
+  for (size_t i = 0; i < slen; i++) snprintf(hex + 2 * i, 3, "%02x", serial[i]);
+  hex[2 * slen] = '\0';
+  char path[4096];
+  if ((size_t)snprintf(path, sizeof(path), "%s/%s.%s.der", b->lsc_dir, name, hex) >= sizeof(path))
+    return CAPSTAN_EINVAL;
+  uint8_t *der = NULL;
+  size_t len = 0;
+  rc = capstan_pki_cert_to_der(id->cert, &der, &len);
+  if (rc == 0) rc = write_small_file(path, der, len);
+  free(der);
+  return rc;
+}
+
 /* The manufacturing CA of --mic-ca FILE.pem (its certificate and private
  * key, PEM): read when the file exists, else created (a test CA,
  * capstan_phone_create_test_ca) and written there, mode 0600. Returns 0,
@@ -602,11 +627,17 @@ static void on_phone_done(capstan_phone_t *phone, void *arg, capstan_phone_resul
   EVP_PKEY_free(s->pending_key);
   s->pending_key = res->pending_key;
   res->pending_key = NULL;
-  /* The phone keeps the LSC it holds at the end of a session that ran. */
-  if (res->kind != CAPSTAN_PHONE_RESULT_ERROR) {
-    if (b->lsc_dir != NULL && res->operation != CAPSTAN_PHONE_OP_NONE &&
+  /* The phone keeps the LSC it holds at the end of a session that ran, and
+   * a certificate it stored whatever came after (a real phone does: the
+   * server may fail to record the installation and say RETRY_LATER after
+   * the phone took the certificate; that certificate must be on record). */
+  if (res->kind != CAPSTAN_PHONE_RESULT_ERROR || res->lsc_stored) {
+    if (b->lsc_dir != NULL && (res->operation != CAPSTAN_PHONE_OP_NONE || res->lsc_stored) &&
         save_lsc(b, name, &res->lsc) != 0) {
       fprintf(stderr, "capstan-bench: cannot save the LSC of %s in %s\n", name, b->lsc_dir);
+    }
+    if (b->lsc_dir != NULL && res->lsc_stored && save_lsc_history(b, name, &res->lsc) != 0) {
+      fprintf(stderr, "capstan-bench: cannot save the stored LSC of %s in %s\n", name, b->lsc_dir);
     }
     capstan_identity_cleanup(&s->lsc);
     s->lsc = res->lsc;
@@ -1129,6 +1160,7 @@ static void usage(FILE *f) {
           "                       left out); --phones N takes the first N\n"
           "  --lsc-dir DIR        each phone's LSC, DIR/NAME.der + NAME.key.der: loaded at\n"
           "                       start (auth lsc needs it), written after each session;\n"
+          "                       NAME.SERIALHEX.der, every certificate a phone stored;\n"
           "                       and NAME.pending.der, the key of a certificate request\n"
           "                       still waiting for its certificate (external CA)\n"
           "  --mic-ca FILE.pem    manufacturing CA (certificate + key) that issues each mic\n"

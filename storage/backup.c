@@ -37,6 +37,13 @@ int capstan_store_backup(capstan_store_t *store, const char *path, uint64_t *byt
   if (fd < 0) return -errno;
   int err = 0;
   int rc = mdb_env_copyfd2(store->env, fd, MDB_CP_COMPACT);
+  if (rc == MDB_MAP_RESIZED && ftruncate(fd, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0) {
+    /* The server wrote past this process's map since it opened (it grew
+     * the map): adopt the size the store needs and copy again, once. */
+    atomic_store(&store->resized, true);
+    capstan_store_adopt_map(store);
+    rc = store->env != NULL ? mdb_env_copyfd2(store->env, fd, MDB_CP_COMPACT) : MDB_PANIC;
+  }
   if (rc != 0) {
     LOG_ERROR("event=storage_backup_failed path=%s error=\"%s\"", path, mdb_strerror(rc));
     err = rc > 0 ? -rc : capstan_store_map_err(rc, "backup");

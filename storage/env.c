@@ -28,6 +28,9 @@ void capstan_store_count_error(const char *op) {
 }
 
 static _Thread_local bool t_quiet;
+/* A process whose writer grows a full map (capstan_store_set_map called):
+ * MAP_FULL is not yet a failure there. In a command it is. */
+static _Atomic bool g_map_grows;
 
 void capstan_store_quiet_errors(bool quiet) {
   t_quiet = quiet;
@@ -42,9 +45,19 @@ int capstan_store_map_err(int rc, const char *op) {
     case MDB_NOTFOUND:
       return CAPSTAN_ENOENT;
     case MDB_MAP_FULL:
-      /* Not yet a failure: the server's writer grows the map and writes
-       * again; it logs and counts a map that cannot grow (op="grow"). */
-      LOG_DEBUG("event=storage_full op=%s error=\"%s\"", op, mdb_strerror(rc));
+      /* In the server not yet a failure: its writer grows the map and
+       * writes again; it logs and counts a map that cannot grow
+       * (op="grow"). A command has no writer: it is the command's failure. */
+      if (atomic_load(&g_map_grows) || t_quiet) {
+        LOG_DEBUG("event=storage_full op=%s error=\"%s\"", op, mdb_strerror(rc));
+      } else {
+        LOG_ERROR(
+            "event=storage_map_full op=%s error=\"%s\" hint=\"the store's map is full: "
+            "the server grows it as it writes, up to --store-max-mib; raise that if the server "
+            "says storage_map_full too\"",
+            op, mdb_strerror(rc));
+        capstan_store_count_error(op);
+      }
       return CAPSTAN_ENOSPC;
     case ENOMEM:
       capstan_store_count_error(op);
@@ -103,8 +116,12 @@ const char *capstan_store_data_dir(const char *opt) {
 }
 
 /* Creates and opens s->env on s->dir with the map at s->map_size, and its
- * named databases. */
-static int open_env(capstan_store_t *s) {
+ * named databases. |again|: this process opened it before (a reopen), so
+ * the databases exist and are opened in a read transaction: a write
+ * transaction would wait for a command's (LMDB has one writer across
+ * processes) while the caller holds txn_lock exclusive, freezing every read
+ * of the server, its loop's included. */
+static int open_env(capstan_store_t *s, bool again) {
   int rc = mdb_env_create(&s->env);
   if (rc != 0) {
     s->env = NULL;
@@ -126,8 +143,10 @@ static int open_env(capstan_store_t *s) {
   int dead = 0;
   mdb_reader_check(s->env, &dead);
   if (dead > 0) LOG_INFO("event=storage_stale_readers_cleared count=%d", dead);
-  return capstan_store_open_dbis(s, false);
+  return capstan_store_open_dbis(s, again);
 }
+
+static int set_mapsize_locked(capstan_store_t *s, size_t size);
 
 int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
   *out = NULL;
@@ -168,8 +187,21 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
     goto err;
   }
   s->map_size = s->map_max = CAPSTAN_STORE_MAP_SIZE;
-  err = open_env(s);
+  err = open_env(s, false);
   if (err != 0) goto err;
+  /* Map at least what the server's map has grown to (0: the stored size),
+   * not only the data (what LMDB rounds a smaller map up to): else a
+   * command's write needing a new page fails although the server has
+   * room. The server sets its own with capstan_store_set_map. */
+  int rc = set_mapsize_locked(s, 0);
+  if (rc == 0 && s->map_size < CAPSTAN_STORE_MAP_SIZE) {
+    rc = set_mapsize_locked(s, CAPSTAN_STORE_MAP_SIZE);
+  }
+  if (s->env == NULL) {
+    err = capstan_store_map_err(rc, "open");
+    goto err;
+  }
+  s->map_max = s->map_size;
   *out = s;
   return 0;
 err:
@@ -177,14 +209,38 @@ err:
   return err;
 }
 
+/* Resizes the open environment's map to |size| (LMDB keeps it at least as
+ * large as the data) and updates map_size; the caller holds txn_lock
+ * exclusive. LMDB 0.9.24 unmaps the old map before it maps the new one,
+ * and when that mmap fails (ENOMEM under an address-space limit: ulimit -v,
+ * LimitAS=) it leaves the environment with no map and its meta page
+ * pointers dangling: the next transaction would crash. So the environment
+ * is then closed and opened again at the size it had; when even that
+ * fails it stays closed and broken (transactions fail with CAPSTAN_EIO and
+ * the writer's reopen tries again). Returns LMDB's code for the resize. */
+static int set_mapsize_locked(capstan_store_t *s, size_t size) {
+  MDB_envinfo info;
+  int rc = mdb_env_set_mapsize(s->env, size);
+  if (rc == 0) {
+    if (mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
+    return 0;
+  }
+  mdb_env_close(s->env);
+  s->env = NULL;
+  if (open_env(s, true) == 0) return rc; /* open_env set map_size from the old one */
+  if (s->env != NULL) mdb_env_close(s->env);
+  s->env = NULL;
+  atomic_store(&s->broken, true);
+  return rc;
+}
+
 int capstan_store_set_map(capstan_store_t *s, size_t size, size_t max) {
   if (s == NULL || size == 0 || max < size) return CAPSTAN_EINVAL;
   pthread_rwlock_wrlock(&s->txn_lock);
-  int rc = mdb_env_set_mapsize(s->env, size);
-  MDB_envinfo info;
-  /* LMDB keeps the map at least as large as the data already written. */
-  if (rc == 0 && mdb_env_info(s->env, &info) == 0) s->map_size = info.me_mapsize;
+  int rc = s->env == NULL ? MDB_PANIC : set_mapsize_locked(s, size);
   s->map_max = max > s->map_size ? max : s->map_size;
+  s->map_set = true;
+  atomic_store(&g_map_grows, true);
   pthread_rwlock_unlock(&s->txn_lock);
   return capstan_store_map_err(rc, "open");
 }
@@ -197,20 +253,37 @@ size_t capstan_store_map_max(capstan_store_t *s) {
   return s->map_max;
 }
 
-int capstan_store_grow_map(capstan_store_t *s) {
-  pthread_rwlock_wrlock(&s->txn_lock);
+/* capstan_store_grow_map with txn_lock held exclusive. */
+static int grow_map_locked(capstan_store_t *s) {
   int err = CAPSTAN_ENOSPC;
-  if (s->map_size < s->map_max) {
+  if (s->env == NULL) {
+    err = CAPSTAN_EIO; /* a failed reopen: the writer reopens it first */
+  } else if (s->map_size < s->map_max) {
     size_t old = s->map_size;
     size_t next = old * 2 < s->map_max ? old * 2 : s->map_max;
-    int rc = mdb_env_set_mapsize(s->env, next);
+    int rc = set_mapsize_locked(s, next);
     if (rc == 0) {
-      s->map_size = next;
       LOG_INFO("event=storage_map_grown from_bytes=%zu to_bytes=%zu max_bytes=%zu", old, next,
                s->map_max);
+    } else {
+      /* Not the map being full: the address space (or memory) refused the
+       * larger map, and raising --store-max-mib would not help. Quiet
+       * (debug) while the writer is in an outage, like the other errors. */
+      capstan_log(t_quiet ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR,
+                  "event=storage_map_grow_failed from_bytes=%zu to_bytes=%zu error=\"%s\" "
+                  "store=%s hint=\"the process may not map more memory (ulimit -v, LimitAS=)\"",
+                  old, next, mdb_strerror(rc), s->env != NULL ? "reopened" : "closed");
     }
     err = capstan_store_map_err(rc, "grow");
+    /* ENOSPC would read as "at the maximum" to the caller. */
+    if (err == CAPSTAN_ENOSPC) err = CAPSTAN_EIO;
   }
+  return err;
+}
+
+int capstan_store_grow_map(capstan_store_t *s) {
+  pthread_rwlock_wrlock(&s->txn_lock);
+  int err = grow_map_locked(s);
   pthread_rwlock_unlock(&s->txn_lock);
   return err;
 }
@@ -219,7 +292,9 @@ int capstan_store_reopen(capstan_store_t *s) {
   pthread_rwlock_wrlock(&s->txn_lock);
   mdb_env_close(s->env);
   s->env = NULL;
-  int err = open_env(s);
+  int err = open_env(s, true);
+  /* A fresh environment maps what the store holds: nothing left to adopt. */
+  atomic_store(&s->resized, false);
   if (err == 0) {
     atomic_store(&s->broken, false);
   } else if (s->env != NULL) {
@@ -271,12 +346,16 @@ uint64_t capstan_store_size_bytes(capstan_store_t *store) {
  * the other process's map, so that this one's maximum still holds. The
  * caller holds txn_lock exclusive. */
 static void adopt_map(capstan_store_t *store) {
-  MDB_envinfo info;
-  if (mdb_env_set_mapsize(store->env, store->map_size) == 0 &&
-      mdb_env_info(store->env, &info) == 0) {
-    store->map_size = info.me_mapsize;
-  }
   atomic_store(&store->resized, false);
+  if (store->env == NULL) return; /* a failed reopen: the next one adopts it */
+  int rc = set_mapsize_locked(store, store->map_size);
+  if (rc != 0) {
+    capstan_log(t_quiet ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR,
+                "event=storage_map_adopt_failed map_bytes=%zu error=\"%s\" store=%s",
+                (size_t)store->map_size, mdb_strerror(rc),
+                store->env != NULL ? "reopened" : "closed");
+    capstan_store_count_error("grow");
+  }
 }
 
 void capstan_store_adopt_map(capstan_store_t *store) {
@@ -305,7 +384,9 @@ int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) 
       atomic_store(&store->resized, true);
     }
     pthread_rwlock_rdlock(&store->txn_lock);
-    rc = mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
+    /* Unlocked meanwhile: a failed adopt or reopen may have closed it. */
+    rc = store->env == NULL ? MDB_PANIC
+                            : mdb_txn_begin(store->env, NULL, write ? 0 : MDB_RDONLY, &t);
   }
   if (rc == MDB_PANIC) {
     /* A failed write of the meta page: every transaction is refused until
@@ -356,13 +437,34 @@ int capstan_store_read(capstan_store_t *store, capstan_store_txn_fn fn, void *ar
 }
 
 int capstan_store_write(capstan_store_t *store, capstan_store_txn_fn fn, void *arg) {
-  capstan_txn_t txn;
-  int err = capstan_store_begin(store, true, &txn);
-  if (err != 0) return err;
-  err = fn(&txn, arg);
-  if (err != 0) {
-    capstan_store_abort(&txn);
-    return err;
+  for (;;) {
+    capstan_txn_t txn;
+    int err = capstan_store_begin(store, true, &txn);
+    if (err != 0) return err;
+    err = fn(&txn, arg);
+    if (err != 0) {
+      capstan_store_abort(&txn);
+    } else {
+      err = capstan_store_commit(&txn);
+    }
+    /* Without a writer (a command, or the server before its writer
+     * starts) nothing else grows a full map: grow it here and write again
+     * (fn only reads its argument, as the writer's requests). Only when
+     * no transaction of this process is open (this thread may hold one):
+     * else the map cannot be resized and the write stays full. */
+    if (err != CAPSTAN_ENOSPC || store->writer != NULL) return err;
+    if (pthread_rwlock_trywrlock(&store->txn_lock) != 0) return err;
+    int grown;
+    if (store->map_set) {
+      grown = grow_map_locked(store);
+    } else {
+      /* A command: the server may have grown the map since it opened. */
+      size_t before = store->map_size;
+      grown = store->env == NULL ? MDB_PANIC : set_mapsize_locked(store, 0);
+      if (grown == 0 && store->map_size <= before) grown = CAPSTAN_ENOSPC;
+      if (grown == 0) store->map_max = store->map_size;
+    }
+    pthread_rwlock_unlock(&store->txn_lock);
+    if (grown != 0) return err;
   }
-  return capstan_store_commit(&txn);
 }

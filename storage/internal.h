@@ -39,6 +39,10 @@ struct capstan_store {
   _Atomic bool broken;      /* LMDB said MDB_PANIC: only a reopen helps */
   _Atomic bool broken_said; /* event=storage_broken logged in this outage */
   _Atomic bool resized;     /* another process wrote past the map: adopt it */
+  /* capstan_store_set_map set this process's own map and maximum (the
+   * server). Else (a command) the map follows the stored one: the largest
+   * any process used, which LMDB keeps in the meta page. */
+  bool map_set;
   char *dir;
   char *actor; /* stamped on audit events as their user; NULL: none */
 };
@@ -50,7 +54,9 @@ int capstan_store_open_dbis(capstan_store_t *s, bool readonly);
 
 /* Doubles the map, up to map_max, once every transaction of this process
  * has ended (the caller holds none). CAPSTAN_ENOSPC when it is at map_max
- * already. */
+ * already; another error when the larger map could not be mapped (logged
+ * as storage_map_grow_failed): the environment is then open again at its
+ * old size or, if that failed too, closed and broken until a reopen. */
 int capstan_store_grow_map(capstan_store_t *s);
 
 /* When a transaction met a map another process grew and could not adopt

@@ -159,7 +159,10 @@ void capstan_store_abort(capstan_txn_t *txn);
 
 /* Runs fn inside one transaction: a read transaction for capstan_store_read,
  * a write transaction committed when fn returns 0 (aborted otherwise) for
- * capstan_store_write. Returns fn's error or the commit's. */
+ * capstan_store_write. Returns fn's error or the commit's. Without a
+ * writer started, capstan_store_write grows a full map (up to its maximum,
+ * capstan_store_set_map) and runs fn again: fn must be replayable, as the
+ * writer's functions. CAPSTAN_ENOSPC: full at the maximum. */
 typedef int (*capstan_store_txn_fn)(capstan_txn_t *txn, void *arg);
 int capstan_store_read(capstan_store_t *store, capstan_store_txn_fn fn, void *arg);
 int capstan_store_write(capstan_store_t *store, capstan_store_txn_fn fn, void *arg);

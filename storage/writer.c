@@ -214,8 +214,15 @@ static void write_batch(writer_t *w, write_req_t *batch, size_t n) {
     if (err == 1) continue;
     if (err == 0) err = capstan_store_commit(&txn);
     /* A full map grows (no transaction of ours is open now) and the batch
-     * runs again in it; at the maximum the batch fails. */
-    if (err == CAPSTAN_ENOSPC && capstan_store_grow_map(w->store) == 0) continue;
+     * runs again in it; at the maximum the batch fails (map full). A grow
+     * that failed otherwise (the larger map could not be mapped: logged as
+     * storage_map_grow_failed) fails the batch with its own error, so that
+     * it is not reported as the maximum reached. */
+    if (err == CAPSTAN_ENOSPC) {
+      int grown = capstan_store_grow_map(w->store);
+      if (grown == 0) continue;
+      if (grown != CAPSTAN_ENOSPC) err = grown;
+    }
     if (err != 0 && !adopted && atomic_load(&w->store->resized)) {
       capstan_store_adopt_map(w->store); /* another process grew the store */
       adopted = true;

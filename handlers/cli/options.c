@@ -277,7 +277,11 @@ int capstan_cli_open_store(const capstan_cli_t *c, capstan_cli_store_how_t how,
 
 int capstan_cli_store_error(const char *what, int err) {
   if (err == CAPSTAN_ENOSPC) {
-    fprintf(stderr, "capstan: %s: the store is full (4 GiB map): remove old records\n", what);
+    /* The command maps what the server's map has grown to, 4 GiB at least. */
+    fprintf(stderr,
+            "capstan: %s: the store is full (its map as large as the server grew it, 4 GiB at "
+            "least): let the server grow it (--store-max-mib) or remove old records\n",
+            what);
   } else {
     fprintf(stderr, "capstan: %s: %s\n", what, capstan_strerror(err));
   }

@@ -401,10 +401,22 @@ static int reconcile_txn(capstan_txn_t *txn, void *arg) {
  * directory's lock keeps other servers away), so each of them is failed
  * with why, and runs again when its phone comes back. Failed rather than
  * pending: the operator sees that an attempt was cut short (an LSC may have
- * been issued and not confirmed), and the attempt counts stay true. */
+ * been issued and not confirmed), and the attempt counts stay true.
+ * Returns 1 when the store is full at its maximum and nothing was done. */
 static int reconcile_interrupted(capstan_store_t *store) {
   size_t n = 0;
-  int rc = capstan_store_write(store, reconcile_txn, &n);
+  int rc = capstan_store_write(store, reconcile_txn, &n); /* grows a full map */
+  if (rc == CAPSTAN_ENOSPC) {
+    /* Full at --store-max-mib (a restart after the map filled): start
+     * anyway, so that files are served; the writer's repair of devices
+     * left in progress fails them once writes work (a larger maximum). */
+    LOG_WARN(
+        "event=reconcile_skipped error=%s map_bytes=%zu max_bytes=%zu hint=\"the store is "
+        "full at its maximum: raise --store-max-mib (or store-max-mib in the config file) and "
+        "restart; devices left in progress are repaired once writes work\"",
+        capstan_strerror(rc), capstan_store_map_size(store), capstan_store_map_max(store));
+    return 1;
+  }
   if (rc < 0) {
     LOG_ERROR("event=reconcile_failed error=%s", capstan_strerror(rc));
     return rc;
@@ -438,7 +450,12 @@ int capstan_serve_run(const capstan_serve_options_t *opt) {
   }
   LOG_INFO("event=store_map map_bytes=%zu max_bytes=%zu", capstan_store_map_size(store),
            capstan_store_map_max(store));
-  if (reconcile_interrupted(store) < 0) goto out;
+  rc = reconcile_interrupted(store);
+  if (rc < 0) goto out;
+  /* Skipped (the map full): the runtime repair fails the devices left in
+   * progress instead, as soon as a write succeeds. No failed batch would
+   * queue it if the first writes fit, so it is owed from the start. */
+  if (rc > 0) srv.repaired_failures = UINT64_MAX;
   uv_loop_t *loop = uv_default_loop();
   if (capstan_store_writer_start(store, loop) < 0) goto out;
   srv.settings_txnid = capstan_store_txnid(store);

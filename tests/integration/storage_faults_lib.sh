@@ -107,9 +107,11 @@ sf_after_recovery() {
     fail "devices still in progress: $(cap main device list --status in-progress)"
 }
 
-# Every LSC a phone of load NAME was given (its --lsc-dir) is on record:
-# in its device's cert_history and in the certs database (read with
-# mdb_dump, apart from capstan's code). Sets SF_HELD.
+# Every LSC a phone of load NAME stored (its --lsc-dir: NAME.der, the one
+# it holds, and NAME.SERIAL.der, each it ever stored, kept whatever the
+# session's outcome) is on record: in its device's cert_history and in the
+# certs database (read with mdb_dump, apart from capstan's code). Sets
+# SF_HELD: the phones holding one.
 sf_certs_on_record() {
   local out
   out=$(PYTHONPATH="$IT_DIR" "$IT_PYTHON" - "${SRV_DATA[main]}" "$SF/lsc-$1" <<'PY'
@@ -121,20 +123,27 @@ data, lsc_dir = sys.argv[1:]
 history = {k.decode(): {int.from_bytes(s, "big") for s in f.get(21, [])}
            for k, f in records(data, "devices")}
 certs = {int.from_bytes(k, "big") for k, _ in records(data, "certs")}
-held = 0
+held = stored = 0
 for path in sorted(glob.glob(os.path.join(lsc_dir, "*.der"))):
     if path.endswith((".key.der", ".pending.der")):
         continue
-    device = os.path.basename(path)[:-len(".der")]
+    parts = os.path.basename(path)[:-len(".der")].split(".")
+    device = parts[0]
     with open(path, "rb") as f:
         serial = x509.load_der_x509_certificate(f.read()).serial_number
+    if len(parts) == 2 and int(parts[1], 16) != serial:
+        print(f"MISNAMED {path}")
+        sys.exit(1)
     if serial not in history.get(device, set()) or serial not in certs:
         print(f"MISSING {device} {serial:x}")
         sys.exit(1)
-    held += 1
-print(held)
+    if len(parts) == 1:
+        held += 1
+    else:
+        stored += 1
+print(held, stored)
 PY
   ) || fail "load '$1': an LSC a phone holds is not on record: $out"
-  SF_HELD=$out
-  it_log "load '$1': all $SF_HELD LSCs the phones hold are on record"
+  SF_HELD=${out% *}
+  it_log "load '$1': all $SF_HELD LSCs the phones hold and all ${out#* } they stored are on record"
 }

@@ -159,7 +159,8 @@ class Bench:
             with open(os.path.join(self.lsc_dir, fn), "rb") as f:
                 der = f.read()
             serial = cl.serial_of(der)
-            self.seen.setdefault(fn[: -len(".der")], {})[serial] = der
+            # NAME.der, or NAME.SERIAL.der: every certificate it ever stored.
+            self.seen.setdefault(fn[: -len(".der")].split(".")[0], {})[serial] = der
         return [(n, der, s) for n, v in self.seen.items() for s, der in v.items()]
 
     def current(self, name):

@@ -105,8 +105,8 @@ held=0
 for cert in "$IT_TMP"/lsc/*.der; do
   [[ -e $cert && $cert != *.key.der && $cert != *.pending.der ]] || continue
   dev=$(basename "$cert" .der)
-  lsc_on_record main "$dev" "$cert"
-  held=$((held + 1))
+  lsc_on_record main "${dev%%.*}" "$cert" # NAME.SERIAL.der: each certificate NAME ever stored
+  [[ $dev == *.* ]] || held=$((held + 1))
 done
 it_log "phones holding a certificate after the capped run: $held of $N"
 

@@ -8,7 +8,8 @@
 # event=storage_map_full once with the hint to raise --store-max-mib and
 # event=storage_unavailable once, shows it in the metrics (writable 0, map at
 # its maximum, errors{op="grow"}), tells the phones RETRY_LATER and keeps
-# serving files. Raising the maximum as the hint says (a restart with a
+# serving files. A restart at the same maximum starts (event=reconcile_skipped)
+# and serves files. Raising the maximum as the hint says (a restart with a
 # larger --store-max-mib) lets every remaining phone enroll; no device is
 # left in progress and every LSC a phone holds is on record.
 . "$(dirname "$0")/storage_faults_lib.sh"
@@ -58,6 +59,30 @@ n=$(grep -E 'level=(error|warn)' "${SRV_LOG[main]}" | grep -cE 'event=(capf_reco
 kill -TERM "${SF_PID[first]}"
 sf_wait_load first
 srv_stop main
+
+# A restart at the same maximum (before the operator raises it) must start
+# and serve files: the start-up reconcile of the devices left in progress
+# meets the full map, grows it if it can and else starts anyway, saying so.
+IN_PROGRESS=$(cap main device list --status in-progress --json | jq length)
+# The load was stopped while phones were being told to retry: their
+# devices stay in progress (no repair can write at the maximum).
+((IN_PROGRESS > 0)) || fail "no device left in progress: the restart at the maximum is not exercised"
+it_log "restart at the maximum: $IN_PROGRESS devices left in progress"
+SRV_DATA[same]=${SRV_DATA[main]}
+srv_start same --files --store-map-mib 1 --store-max-mib 2
+grep -q "event=reconcile_skipped error=.* max_bytes=$MAX" "${SRV_LOG[same]}" ||
+  fail "the restart at the maximum did not say it skipped the reconcile of $IN_PROGRESS devices"
+! grep -q 'event=reconcile_failed' "${SRV_LOG[same]}" || fail "event=reconcile_failed at the restart"
+st=$(curl -sS --max-time 10 -o "$SF/itl-same.tlv" -w '%{http_code}' \
+  "http://127.0.0.1:${SRV_HTTP[same]}/ITLFile.tlv") || fail "HTTP ITLFile.tlv after the restart"
+[[ "$st" == 200 && -s "$SF/itl-same.tlv" ]] ||
+  fail "HTTP ITLFile.tlv after the restart at the maximum: status $st"
+timeout 20 curl -sS --max-time 15 -o "$SF/itl-same.tftp" \
+  "tftp://127.0.0.1:${SRV_TFTP[same]}/ITLFile.tlv" || fail "TFTP ITLFile.tlv after the restart"
+cmp -s "$SF/itl-same.tlv" "$SF/itl-same.tftp" || fail "TFTP and HTTP ITLFile.tlv differ after the restart"
+srv_alive same || fail "the server restarted at the maximum did not stay up"
+srv_stop same
+
 SRV_DATA[big]=${SRV_DATA[main]}
 srv_start big --files --store-max-mib 16
 # The phones of the devices not yet enrolled (capstan-bench leaves out

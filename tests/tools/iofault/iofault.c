@@ -9,12 +9,16 @@
  *                            errno ("EIO" or "ENOSPC") and what fails:
  *                              all   every write and sync (the default)
  *                              meta  only writes to LMDB's meta pages (the
- *                                    first two pages: offset < 8192), the
- *                                    last write of a commit
+ *                                    first two pages: offset below twice
+ *                                    the OS page size, the size LMDB's
+ *                                    pages have), the last write of a
+ *                                    commit
  *                              sync  only fsync, fdatasync and msync
  *
- * Wrapped: write, pwrite, pwrite64, pwritev, pwritev64, fsync, fdatasync,
- * msync (msync names no file: it fails for every mapping while on). */
+ * Wrapped: write, writev (LMDB flushes runs of adjacent pages with lseek
+ * and writev), pwrite, pwrite64, pwritev, pwritev64, pwritev2, pwritev64v2,
+ * fsync, fdatasync, msync (msync names no file: it fails for every mapping
+ * while on). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -27,8 +31,6 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <unistd.h>
-
-#define META_END 8192 /* two 4 KiB LMDB meta pages */
 
 typedef enum { SCOPE_ALL, SCOPE_META, SCOPE_SYNC } scope_t;
 typedef enum { CALL_WRITE, CALL_SYNC } call_t;
@@ -73,7 +75,9 @@ static int should_fail(int fd, call_t call, off_t offset) {
   scope_t scope = SCOPE_ALL;
   int err = fault_now(&scope);
   if (err == 0) return 0;
-  if (scope == SCOPE_META && (call != CALL_WRITE || offset < 0 || offset >= META_END)) return 0;
+  /* LMDB's pages are the OS page's size; the meta pages are the first two. */
+  off_t meta_end = 2 * (off_t)sysconf(_SC_PAGESIZE);
+  if (scope == SCOPE_META && (call != CALL_WRITE || offset < 0 || offset >= meta_end)) return 0;
   if (scope == SCOPE_SYNC && call != CALL_SYNC) return 0;
   if (fd >= 0 && !in_dir(fd)) return 0;
   return err;
@@ -90,6 +94,21 @@ ssize_t write(int fd, const void *buf, size_t count) {
     return -1;
   }
   return REAL("write", ssize_t(*)(int, const void *, size_t))(fd, buf, count);
+}
+
+/* Where a write at the file position (write, writev) lands, for the meta
+ * scope: -1 when unknown. */
+static off_t position(int fd) {
+  return lseek(fd, 0, SEEK_CUR);
+}
+
+ssize_t writev(int fd, const struct iovec *iov, int n) {
+  int err = should_fail(fd, CALL_WRITE, position(fd));
+  if (err != 0) {
+    errno = err;
+    return -1;
+  }
+  return REAL("writev", ssize_t(*)(int, const struct iovec *, int))(fd, iov, n);
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
@@ -153,4 +172,25 @@ int msync(void *addr, size_t len, int flags) {
     return -1;
   }
   return REAL("msync", int (*)(void *, size_t, int))(addr, len, flags);
+}
+
+/* pwritev2 with an offset of -1 writes at the file position. */
+ssize_t pwritev2(int fd, const struct iovec *iov, int n, off_t offset, int flags) {
+  int err = should_fail(fd, CALL_WRITE, offset == -1 ? position(fd) : offset);
+  if (err != 0) {
+    errno = err;
+    return -1;
+  }
+  return REAL("pwritev2", ssize_t(*)(int, const struct iovec *, int, off_t, int))(fd, iov, n,
+                                                                                  offset, flags);
+}
+
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int n, off_t offset, int flags) {
+  int err = should_fail(fd, CALL_WRITE, offset == -1 ? position(fd) : offset);
+  if (err != 0) {
+    errno = err;
+    return -1;
+  }
+  return REAL("pwritev64v2", ssize_t(*)(int, const struct iovec *, int, off_t, int))(fd, iov, n,
+                                                                                     offset, flags);
 }
