@@ -5,10 +5,13 @@
  * issuer, a hand-over certificate, a pending request, what loading it
  * returns, whether an online CA is configured) and the server (cluster issuer, a full
  * key-generation throttle); every later byte is an event: phone bytes (raw, or a message built from
- * the input with the right session id, in one or two reads), a handshake done, a timer firing, the
- * oldest record committed or failed, the oldest job done or failed (with plausible outputs), an
- * answer of the CA (each outcome), send and record failures, a throttle slot freed, the connection
- * closed, a drain abort.
+ * the input with the right session id, in one or two reads, or raw bytes repeated), a handshake
+ * done, a timer firing, the oldest record committed or failed, the oldest job done or failed (with
+ * plausible outputs), an answer of the CA (each outcome), send and record failures, a throttle slot
+ * freed, the connection closed, a drain abort, and (event byte 0xE6, followed by two bytes) the
+ * wrong-string settings: the auth-max-failures, the device's wrong strings in a row so far, the
+ * per-address delay cap, earlier wrong strings from the peer's address, the server starting to
+ * drain.
  *
  * Checked after every input: nothing is sent once the connection is
  * closing or closed; every message the server sends parses and carries the
@@ -28,8 +31,10 @@
 
 #include "core/base/error.h"
 #include "core/base/log.h"
+#include "core/base/metrics.h"
 #include "core/ca/ca.h"
 #include "core/pki/pki.h"
+#include "handlers/capf/guessing.h"
 #include "handlers/capf/session.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -398,6 +403,29 @@ static void ca_answer(fake_t *f, in_t *in) {
   capf_session_ca_answered(&f->s, &r);
 }
 
+/* Event 0xE6: the wrong-string lockout and delay (session.c string_locked,
+ * wrong_string; guessing.c). Byte a: bits 0-2 auth_max_failures (0: no
+ * limit), bits 3-5 the device's wrong strings in a row so far (what the
+ * store returns: a count at the limit is a locked device), bits 6-7 the
+ * per-address delay cap (none, 1, 4, 60 s). Byte b: bits 0-3 earlier wrong
+ * strings from the peer's address, bit 4 the server drains (as server.c:
+ * shared->draining, then capf_session_draining). */
+static void wrong_string_settings(fake_t *f, in_t *in) {
+  static const unsigned kDelayMax[] = {0, 1, 4, 60};
+  uint8_t a = u8(in), b = u8(in);
+  g_shared.settings.auth_max_failures = a & 7;
+  f->device.auth_failures = (a >> 3) & 7;
+  g_shared.settings.auth_delay_max_seconds = kDelayMax[a >> 6];
+  for (unsigned i = 0; i < (b & 15u); i++) {
+    capf_guess_wrong(&g_shared.guesses, f->s.peer_host, capstan_now_seconds(),
+                     g_shared.settings.auth_delay_max_seconds, NULL);
+  }
+  if ((b & 0x10) && !g_shared.draining) {
+    g_shared.draining = 1;
+    capf_session_draining(&f->s);
+  }
+}
+
 static void take_dummy_slots(void) {
   capstan_throttle_waiter_t w = {0};
   while (capstan_throttle_acquire(&g_shared.throttle, &w) == 1) g_dummy_slots++;
@@ -452,6 +480,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (srv & 0x80) f->faults = 1;
   }
   g_shared.settings.issuer = srv & 3;
+  /* The wrong-string settings start off (event 0xE6 sets them), and no
+   * address has guessed yet: each input stands alone. */
+  g_shared.settings.auth_max_failures = 0;
+  g_shared.settings.auth_delay_max_seconds = 0;
+  g_shared.draining = 0;
+  memset(&g_shared.guesses, 0, sizeof(g_shared.guesses));
   if (srv & 0x04) take_dummy_slots();
 
   double before = outcomes();
@@ -471,7 +505,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         break;
       case 2:
         n = take(&in, 255, &bytes);
-        capf_session_received(&f->s, bytes, n);
+        /* 0xF2: the same bytes in 66 reads (up to 16.8 KiB: more than
+         * CAPF_MAX_PHONE_MESSAGE buffered, which inputs of 4 KiB cannot
+         * carry otherwise). */
+        for (int i = 0; i < (ev == 0xF2 ? 66 : 1); i++) capf_session_received(&f->s, bytes, n);
         break;
       case 3:
         capf_session_handshake_done(&f->s);
@@ -483,8 +520,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         break;
       case 5:
-      case 6:
         commit_next(f, 0);
+        break;
+      case 6:
+        if (ev == 0xE6) {
+          wrong_string_settings(f, &in);
+        } else {
+          commit_next(f, 0);
+        }
         break;
       case 7:
         commit_next(f, (ev & 0x10) ? CAPSTAN_ENOSPC : CAPSTAN_EIO);
