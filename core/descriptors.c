@@ -43,11 +43,24 @@ static rlim_t reserve_for(rlim_t limit) {
   return r;
 }
 
+/* The lowest free descriptor number, or -1 when none is free: the kernel
+ * hands out the lowest first, so it stands for the count where /proc
+ * cannot be read (a chroot or sandbox without it). */
+static long lowest_free(void) {
+  int fd = fcntl(g.spare >= 0 ? g.spare : 0, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  close(fd);
+  return fd;
+}
+
 /* Open descriptors now, or -1 when they cannot be counted (which itself
  * takes a descriptor). Only while short: it costs a directory read. */
 static long count_open(void) {
   DIR *d = opendir("/proc/self/fd");
-  if (d == NULL) return -1;
+  if (d == NULL) {
+    /* Still short; or no /proc, and the shortage must still end. */
+    return errno == EMFILE || errno == ENFILE ? -1 : lowest_free();
+  }
   long n = 0;
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
@@ -75,6 +88,7 @@ static void start_condition(const char *where, int err);
  * connections on its own reserve descriptor, without a word to the
  * listener: the one sign is that no descriptor is left. */
 static void watch(void) {
+  take_spare(); /* given up for a listener's EMFILE: taken back here */
   if (g.spare < 0) return;
   int fd = fcntl(g.spare, F_DUPFD_CLOEXEC, 0);
   if (fd >= 0) {
