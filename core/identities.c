@@ -16,21 +16,33 @@ typedef struct put_identity {
   const char *which;
   Capstan__Identity rec;
   char serial[2 * 20 + 1]; /* hex, for the audit event */
+  bool stored;              /* put by this call (not found there) */
 } put_identity_t;
 
-/* Both identities and one audit event naming what was created. */
+/* Both identities and one audit event naming what was created. An
+ * identity that is in the store by now is kept (another node initialising
+ * the same shared store at once stored it first: the store has one CAPF
+ * and one TFTP identity, never one per node); |stored| counts ours. */
 static int put_identities(capstan_txn_t *txn, void *arg) {
   put_identity_t *ids = arg;
   char detail[160] = "";
   size_t used = 0;
   for (int i = 0; i < 2; i++) {
+    ids[i].stored = false;
     if (ids[i].which == NULL) continue;
-    int rc = capstan_store_identity_put(txn, ids[i].which, &ids[i].rec);
+    Capstan__Identity *there = NULL;
+    int rc = capstan_store_identity_get(txn, ids[i].which, &there);
+    capstan__identity__free_unpacked(there, NULL);
+    if (rc == 0) continue;
+    if (rc != CAPSTAN_ENOENT) return rc;
+    ids[i].stored = true;
+    rc = capstan_store_identity_put(txn, ids[i].which, &ids[i].rec);
     if (rc < 0) return rc;
     int n = snprintf(detail + used, sizeof(detail) - used, "%s%s_serial=%s", used ? " " : "",
                      ids[i].which, ids[i].serial);
     if (n > 0 && (size_t)n < sizeof(detail) - used) used += (size_t)n;
   }
+  if (used == 0) return 0;
   return capstan_store_audit_append(txn, 0, NULL, "identities_created", detail);
 }
 
@@ -120,6 +132,7 @@ int capstan_init_identities(capstan_store_t *store, const char *subject_extra, i
   if (*created > 0) {
     rc = capstan_store_write(store, put_identities, ids);
     if (rc < 0) LOG_ERROR("event=init_store_failed error=%s", capstan_strerror(rc));
+    *created = (int)ids[0].stored + (int)ids[1].stored;
   }
 out:
   for (int i = 0; i < 2; i++) capstan_identity_record_free(&ids[i].rec);

@@ -13,6 +13,7 @@
 #include "core/base/log.h"
 #include "core/base/phone.h"
 #include "storage/internal.h"
+#include "storage/pg_store.h"
 #include "storage/records.h"
 
 #define NS_PER_SECOND INT64_C(1000000000)
@@ -57,6 +58,7 @@ static int index_put(capstan_txn_t *txn, const char *device, const uint8_t key[8
   size_t n;
   int err = capstan_store_name_key(device, &n);
   if (err != 0) return err;
+  if (txn->pg != NULL) return 0; /* the audit table's device column is the index */
   MDB_val k = {.mv_size = n, .mv_data = (void *)device};
   MDB_val v = {.mv_size = 8, .mv_data = (void *)key};
   int rc = mdb_put(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT_DEVICE], &k, &v, MDB_NODUPDATA);
@@ -98,6 +100,14 @@ int capstan_store_audit_append(capstan_txn_t *txn, int64_t at_ns, const char *de
   /* Clocks of several processes (and NTP) can step back; keep keys
    * increasing so events are never overwritten and stay in write order. */
   uint64_t key = (uint64_t)at_ns;
+  if (txn->pg != NULL) {
+    uint64_t last;
+    bool any;
+    err = capstan_pg_audit_last(txn->pg, &last, &any);
+    if (err != 0) return err;
+    if (any && key <= last) key = last + 1;
+    return put_event(txn, key, device, event, detail);
+  }
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "audit");
@@ -155,7 +165,30 @@ static int deliver(const MDB_val *k, const MDB_val *v, capstan_audit_fn fn, void
   return rc;
 }
 
+/* The PostgreSQL back end's rows, delivered as LMDB's are. */
+typedef struct {
+  capstan_audit_fn fn;
+  void *arg;
+} pg_deliver_t;
+
+static int pg_deliver(uint64_t key, const Capstan__AuditEvent *e, void *arg) {
+  pg_deliver_t *d = arg;
+  capstan_audit_event_t plain = {
+      .at_ns = (int64_t)key,
+      .user = e->user,
+      .device = e->device,
+      .event = e->event != NULL ? e->event : "?",
+      .detail = e->detail,
+  };
+  return d->fn(&plain, d->arg);
+}
+
 static int query_all(capstan_txn_t *txn, int64_t since_ns, capstan_audit_fn fn, void *arg) {
+  if (txn->pg != NULL) {
+    pg_deliver_t d = {fn, arg};
+    return capstan_pg_audit_scan(txn->pg, NULL, since_ns > 0 ? (uint64_t)since_ns : 0,
+                                 pg_deliver, &d);
+  }
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "audit");
@@ -178,6 +211,11 @@ static int query_device(capstan_txn_t *txn, int64_t since_ns, const char *device
   size_t n;
   int err = capstan_store_name_key(device, &n);
   if (err != 0) return err;
+  if (txn->pg != NULL) {
+    pg_deliver_t d = {fn, arg};
+    return capstan_pg_audit_scan(txn->pg, device, since_ns > 0 ? (uint64_t)since_ns : 0,
+                                 pg_deliver, &d);
+  }
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT_DEVICE], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "audit");
@@ -231,8 +269,14 @@ int capstan_audit_prune(capstan_txn_t *txn, int64_t now_ns, unsigned retention_d
   int64_t keep = (int64_t)retention_days * SECONDS_PER_DAY * NS_PER_SECOND;
   if (retention_days == 0 || now_ns <= keep) return 0;
   uint64_t before = (uint64_t)(now_ns - keep);
+  int rc = 0;
+  if (txn->pg != NULL) {
+    err = capstan_pg_audit_prune(txn->pg, before, limit, removed, more);
+    if (err != 0) return err;
+    goto pruned;
+  }
   MDB_cursor *cur;
-  int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT], &cur);
+  rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "audit");
   MDB_val k, v;
   for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
@@ -259,6 +303,7 @@ int capstan_audit_prune(capstan_txn_t *txn, int64_t now_ns, unsigned retention_d
   mdb_cursor_close(cur);
   if (err != 0) return err;
   if (rc != 0 && rc != MDB_NOTFOUND) return capstan_store_map_err(rc, "audit");
+pruned:
   if (*removed == 0) return 0;
   char until[32];
   format_utc((int64_t)before, until, sizeof(until));
@@ -282,12 +327,31 @@ static bool changes_files(const char *event) {
 
 /* Whether |device|'s history before |before| has a file_served for
  * |detail| after its last change (within the look back). */
+typedef struct {
+  const char *detail;
+  bool *served;
+} served_scan_t;
+
+/* One event, newest first: 1 stops (a change, or the file served). */
+static int served_step(uint64_t key, const Capstan__AuditEvent *e, void *arg) {
+  served_scan_t *s = arg;
+  if (e->event != NULL && strcmp(e->event, CAPSTAN_AUDIT_FILE_SERVED) == 0) {
+    *s->served = e->detail != NULL && strcmp(e->detail, s->detail) == 0;
+    return *s->served ? 1 : 0;
+  }
+  return changes_files(e->event) ? 1 : 0;
+}
+
 static int served_since_change(capstan_txn_t *txn, const char *device, const char *detail,
                                uint64_t before, bool *served) {
   *served = false;
   size_t n;
   int err = capstan_store_name_key(device, &n);
   if (err != 0) return err;
+  if (txn->pg != NULL) {
+    served_scan_t s = {detail, served};
+    return capstan_pg_audit_scan_back(txn->pg, device, before, SERVED_LOOK_BACK, served_step, &s);
+  }
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT_DEVICE], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "audit");
@@ -344,6 +408,14 @@ int capstan_audit_note_served(capstan_txn_t *txn, int64_t at_ns, const char *dev
    * the first free key from |at_ns| on. */
   uint64_t key = (uint64_t)at_ns;
   for (;;) {
+    if (txn->pg != NULL) {
+      bool taken;
+      err = capstan_pg_audit_key_taken(txn->pg, key, &taken);
+      if (err != 0) return err;
+      if (!taken) break;
+      key++;
+      continue;
+    }
     uint8_t kb[8];
     be64(kb, key);
     MDB_val k = {.mv_size = 8, .mv_data = kb}, v;

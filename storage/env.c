@@ -11,6 +11,7 @@
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 #include "storage/internal.h"
+#include "storage/pg_store.h"
 
 const char *const capstan_store_db_names[CAPSTAN_DB_COUNT] = {
 #define DB_NAME(id, name) name,
@@ -34,6 +35,10 @@ static _Atomic bool g_map_grows;
 
 void capstan_store_quiet_errors(bool quiet) {
   t_quiet = quiet;
+}
+
+bool capstan_store_errors_quiet(void) {
+  return t_quiet;
 }
 
 /* The one place LMDB codes become ours. */
@@ -148,7 +153,118 @@ static int open_env(capstan_store_t *s, bool again) {
 
 static int set_mapsize_locked(capstan_store_t *s, size_t size);
 
+/* ---- Which back end: DIR/store.conf ------------------------------------ */
+
+/* Reads the URL of DIR/store.conf into |url|: 0, CAPSTAN_ENOENT when the
+ * directory has none, CAPSTAN_EINVAL (logged) when it cannot be used. */
+static int read_store_conf(const char *dir, char *url, size_t len) {
+  char path[4096], line[CAPSTAN_STORE_URL_MAX + 64];
+  snprintf(path, sizeof(path), "%s/%s", dir, CAPSTAN_STORE_CONF);
+  FILE *f = fopen(path, "re");
+  if (f == NULL) return errno == ENOENT ? CAPSTAN_ENOENT : -errno;
+  int err = CAPSTAN_EINVAL;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    char *p = line;
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p == '#' || *p == '\n' || *p == '\0') continue;
+    if (strncmp(p, "store", 5) != 0) break;
+    p += 5;
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p++ != '=') break;
+    while (*p == ' ' || *p == '\t') p++;
+    size_t n = strcspn(p, "\r\n");
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+    if (n == 0 || n >= len) break;
+    memcpy(url, p, n);
+    url[n] = '\0';
+    err = 0;
+    break;
+  }
+  fclose(f);
+  if (err != 0) {
+    LOG_ERROR("event=storage_conf_invalid path=%s hint=\"one line: store = postgresql://...\"",
+              path);
+  }
+  return err;
+}
+
+/* Writes DIR/store.conf (0600, through a temporary file, synced). */
+static int write_store_conf(const char *dir, const char *url) {
+  char path[4096], tmp[4200];
+  snprintf(path, sizeof(path), "%s/%s", dir, CAPSTAN_STORE_CONF);
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  FILE *f = fopen(tmp, "we");
+  if (f == NULL) return -errno;
+  chmod(tmp, 0600);
+  fprintf(f,
+          "# The store of this data directory: a PostgreSQL database that several capstan\n"
+          "# nodes may share (written by capstan init --store).\n"
+          "store = %s\n",
+          url);
+  int err = fflush(f) != 0 || fsync(fileno(f)) != 0 ? -errno : 0;
+  if (fclose(f) != 0 && err == 0) err = -errno;
+  if (err == 0 && rename(tmp, path) != 0) err = -errno;
+  if (err != 0) {
+    unlink(tmp);
+    LOG_ERROR("event=storage_conf_write_failed path=%s error=\"%s\"", path, strerror(-err));
+  }
+  return err;
+}
+
+static capstan_store_t *store_new(const char *dir) {
+  capstan_store_t *s = calloc(1, sizeof(*s));
+  if (s == NULL) return NULL;
+  /* Reader-preferring (glibc's default, said here because it matters): a
+   * thread may begin a read inside another while the writer waits to
+   * resize, and must not deadlock there. */
+  pthread_rwlockattr_t la;
+  pthread_rwlockattr_init(&la);
+  pthread_rwlockattr_setkind_np(&la, PTHREAD_RWLOCK_PREFER_READER_NP);
+  pthread_rwlock_init(&s->txn_lock, &la);
+  pthread_rwlockattr_destroy(&la);
+  s->dir = strdup(dir);
+  if (s->dir == NULL) {
+    pthread_rwlock_destroy(&s->txn_lock);
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+static int open_postgres(const char *dir, const char *url, unsigned flags, bool create,
+                         capstan_store_t **out) {
+  capstan_store_t *s = store_new(dir);
+  if (s == NULL) return CAPSTAN_ENOMEM;
+  int err = capstan_pg_open(url, create, (flags & CAPSTAN_STORE_MIGRATE) != 0, &s->pg);
+  if (err == CAPSTAN_ENOENT) {
+    LOG_ERROR("event=postgres_store_missing dir=%s hint=\"the database named in %s/%s holds no "
+              "capstan store: run 'capstan init --data-dir %s --store URL'\"",
+              dir, dir, CAPSTAN_STORE_CONF, dir);
+    err = CAPSTAN_EINVAL;
+  }
+  if (err == 0 && create) err = write_store_conf(dir, url);
+  if (err != 0) {
+    capstan_store_close(s);
+    return err;
+  }
+  *out = s;
+  return 0;
+}
+
+const char *capstan_store_backend(const capstan_store_t *store) {
+  return store->pg != NULL ? "postgresql" : "lmdb";
+}
+
+const char *capstan_store_url(const capstan_store_t *store) {
+  return store->pg != NULL ? capstan_pg_url(store->pg) : NULL;
+}
+
 int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
+  return capstan_store_open_url(dir, NULL, flags, out);
+}
+
+int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
+                           capstan_store_t **out) {
   *out = NULL;
   if (dir == NULL || dir[0] == '\0') return CAPSTAN_EINVAL;
   struct stat st;
@@ -162,30 +278,46 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
     }
   } else if (!S_ISDIR(st.st_mode)) {
     return CAPSTAN_EINVAL;
-  } else if (!(flags & CAPSTAN_STORE_CREATE)) {
+  }
+  char conf_url[CAPSTAN_STORE_URL_MAX];
+  int conf = read_store_conf(dir, conf_url, sizeof(conf_url));
+  bool want_pg = url != NULL && url[0] != '\0';
+  if (conf == 0) {
+    if (want_pg && strcmp(url, conf_url) != 0) {
+      LOG_ERROR("event=storage_conf_differs dir=%s hint=\"this directory's store is the one "
+                "in %s/%s; use another directory for another store\"",
+                dir, dir, CAPSTAN_STORE_CONF);
+      return CAPSTAN_EEXIST;
+    }
+    return open_postgres(dir, conf_url, flags, false, out);
+  }
+  if (conf != CAPSTAN_ENOENT) return conf;
+  char path[4096];
+  snprintf(path, sizeof(path), "%s/data.mdb", dir);
+  bool has_lmdb = stat(path, &st) == 0;
+  if (!has_lmdb && !(flags & CAPSTAN_STORE_CREATE)) {
     /* An empty directory is not a store: do not create one as a side
      * effect of a read-only command. */
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/data.mdb", dir);
-    if (stat(path, &st) != 0) return CAPSTAN_ENOENT;
+    return CAPSTAN_ENOENT;
   }
+  if (!has_lmdb && !want_pg) {
+    const char *env = getenv("CAPSTAN_STORE");
+    if (env != NULL && env[0] != '\0') {
+      url = env;
+      want_pg = true;
+    }
+  }
+  if (want_pg && has_lmdb) {
+    LOG_ERROR("event=storage_conf_differs dir=%s hint=\"this directory holds an LMDB store "
+              "(data.mdb); use another directory for a PostgreSQL store\"",
+              dir);
+    return CAPSTAN_EEXIST;
+  }
+  if (want_pg) return open_postgres(dir, url, flags, true, out);
 
-  capstan_store_t *s = calloc(1, sizeof(*s));
+  capstan_store_t *s = store_new(dir);
   if (s == NULL) return CAPSTAN_ENOMEM;
-  /* Reader-preferring (glibc's default, said here because it matters): a
-   * thread may begin a read inside another while the writer waits to
-   * resize, and must not deadlock there. */
-  pthread_rwlockattr_t la;
-  pthread_rwlockattr_init(&la);
-  pthread_rwlockattr_setkind_np(&la, PTHREAD_RWLOCK_PREFER_READER_NP);
-  pthread_rwlock_init(&s->txn_lock, &la);
-  pthread_rwlockattr_destroy(&la);
   int err;
-  s->dir = strdup(dir);
-  if (s->dir == NULL) {
-    err = CAPSTAN_ENOMEM;
-    goto err;
-  }
   s->map_size = s->map_max = CAPSTAN_STORE_MAP_SIZE;
   err = open_env(s, false);
   if (err != 0) goto err;
@@ -236,6 +368,7 @@ static int set_mapsize_locked(capstan_store_t *s, size_t size) {
 
 int capstan_store_set_map(capstan_store_t *s, size_t size, size_t max) {
   if (s == NULL || size == 0 || max < size) return CAPSTAN_EINVAL;
+  if (s->pg != NULL) return 0; /* no map: PostgreSQL grows by itself */
   pthread_rwlock_wrlock(&s->txn_lock);
   int rc = s->env == NULL ? MDB_PANIC : set_mapsize_locked(s, size);
   s->map_max = max > s->map_size ? max : s->map_size;
@@ -282,6 +415,7 @@ static int grow_map_locked(capstan_store_t *s) {
 }
 
 int capstan_store_grow_map(capstan_store_t *s) {
+  if (s->pg != NULL) return CAPSTAN_EIO;
   pthread_rwlock_wrlock(&s->txn_lock);
   int err = grow_map_locked(s);
   pthread_rwlock_unlock(&s->txn_lock);
@@ -289,6 +423,7 @@ int capstan_store_grow_map(capstan_store_t *s) {
 }
 
 int capstan_store_reopen(capstan_store_t *s) {
+  if (s->pg != NULL) return 0;
   pthread_rwlock_wrlock(&s->txn_lock);
   mdb_env_close(s->env);
   s->env = NULL;
@@ -313,6 +448,7 @@ void capstan_store_close(capstan_store_t *store) {
     abort();
   }
   if (store->env != NULL) mdb_env_close(store->env);
+  capstan_pg_close(store->pg);
   pthread_rwlock_destroy(&store->txn_lock);
   free(store->dir);
   free(store->actor);
@@ -322,6 +458,7 @@ void capstan_store_close(capstan_store_t *store) {
 /* Both read the environment, which the writer may be reopening: under
  * txn_lock, as a transaction would. */
 uint64_t capstan_store_txnid(capstan_store_t *store) {
+  if (store->pg != NULL) return capstan_pg_changes(store->pg);
   MDB_envinfo info;
   pthread_rwlock_rdlock(&store->txn_lock);
   int rc = store->env != NULL ? mdb_env_info(store->env, &info) : EINVAL;
@@ -330,6 +467,7 @@ uint64_t capstan_store_txnid(capstan_store_t *store) {
 }
 
 uint64_t capstan_store_size_bytes(capstan_store_t *store) {
+  if (store->pg != NULL) return capstan_pg_size_bytes(store->pg);
   MDB_envinfo info;
   MDB_stat st;
   pthread_rwlock_rdlock(&store->txn_lock);
@@ -367,6 +505,13 @@ void capstan_store_adopt_map(capstan_store_t *store) {
 
 int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) {
   memset(txn, 0, sizeof(*txn));
+  if (store->pg != NULL) {
+    int err = capstan_pg_begin(store->pg, write, &txn->pg);
+    if (err != 0) return err;
+    txn->store = store;
+    txn->write = write;
+    return 0;
+  }
   MDB_txn *t = NULL;
   pthread_rwlock_rdlock(&store->txn_lock);
   /* No environment: a reopen after MDB_PANIC failed; the writer tries again. */
@@ -413,6 +558,11 @@ int capstan_store_begin(capstan_store_t *store, bool write, capstan_txn_t *txn) 
 }
 
 int capstan_store_commit(capstan_txn_t *txn) {
+  if (txn->pg != NULL) {
+    int err = capstan_pg_commit(txn->store->pg, txn->pg);
+    txn->pg = NULL;
+    return err;
+  }
   if (txn->mdb == NULL) return CAPSTAN_EINVAL;
   int rc = mdb_txn_commit(txn->mdb);
   txn->mdb = NULL;
@@ -421,6 +571,11 @@ int capstan_store_commit(capstan_txn_t *txn) {
 }
 
 void capstan_store_abort(capstan_txn_t *txn) {
+  if (txn != NULL && txn->pg != NULL) {
+    capstan_pg_abort(txn->store->pg, txn->pg);
+    txn->pg = NULL;
+    return;
+  }
   if (txn == NULL || txn->mdb == NULL) return;
   mdb_txn_abort(txn->mdb);
   txn->mdb = NULL;

@@ -21,8 +21,12 @@
 extern const char *const capstan_store_db_names[CAPSTAN_DB_COUNT];
 
 typedef struct writer writer_t;
+typedef struct pg_store pg_store_t;
 
 struct capstan_store {
+  /* The back end: PostgreSQL when |pg| is set (DIR/store.conf names it),
+   * else the LMDB environment |env|. */
+  pg_store_t *pg;
   MDB_env *env;
   MDB_dbi dbi[CAPSTAN_DB_COUNT];
   /* Databases a read-only store (a backup) does not have because an
@@ -73,6 +77,9 @@ int capstan_store_reopen(capstan_store_t *s);
  * (still counted): the writer says once that the store is unavailable
  * instead of once per request. */
 void capstan_store_quiet_errors(bool quiet);
+
+/* Whether this thread's storage errors are logged at debug level. */
+bool capstan_store_errors_quiet(void);
 
 /* Counts a failed operation in capstan_storage_errors_total{op}. */
 void capstan_store_count_error(const char *op);

@@ -7,12 +7,13 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "storage/internal.h"
+#include "storage/pg_store.h"
 #include "storage/records.h"
 
 /* ---- Generic records -------------------------------------------------- */
 
 int capstan_store_check_db(const capstan_txn_t *txn, capstan_db_t db) {
-  if (txn == NULL || txn->mdb == NULL || (int)db < 0 || db >= CAPSTAN_DB_COUNT) {
+  if (txn == NULL || (txn->mdb == NULL && txn->pg == NULL) || (int)db < 0 || db >= CAPSTAN_DB_COUNT) {
     return CAPSTAN_EINVAL;
   }
   return 0;
@@ -38,6 +39,7 @@ int capstan_store_get(capstan_txn_t *txn, capstan_db_t db, const void *key, size
   if (err != 0) return err;
   if (klen == 0 || klen > 511) return CAPSTAN_EINVAL;
   if (CAPSTAN_STORE_ABSENT(txn, db)) return CAPSTAN_ENOENT;
+  if (txn->pg != NULL) return capstan_pg_get(txn->pg, db, key, klen, desc, out);
   MDB_val k = {.mv_size = klen, .mv_data = (void *)key}, v;
   int rc = mdb_get(txn->mdb, txn->store->dbi[db], &k, &v);
   if (rc != 0) return capstan_store_map_err(rc, "get");
@@ -54,6 +56,7 @@ int capstan_store_put(capstan_txn_t *txn, capstan_db_t db, const void *key, size
               msg->descriptor->name);
     return CAPSTAN_EINVAL;
   }
+  if (txn->pg != NULL) return capstan_pg_put(txn->pg, db, key, klen, msg);
   size_t n = protobuf_c_message_get_packed_size(msg);
   MDB_val k = {.mv_size = klen, .mv_data = (void *)key};
   /* Pack straight into the space LMDB reserves for the value. A message
@@ -69,6 +72,7 @@ int capstan_store_del(capstan_txn_t *txn, capstan_db_t db, const void *key, size
   int err = capstan_store_check_db(txn, db);
   if (err != 0) return err;
   if (!txn->write || klen == 0 || klen > 511) return CAPSTAN_EINVAL;
+  if (txn->pg != NULL) return capstan_pg_del(txn->pg, db, key, klen);
   MDB_val k = {.mv_size = klen, .mv_data = (void *)key};
   return capstan_store_map_err(mdb_del(txn->mdb, txn->store->dbi[db], &k, NULL), "delete");
 }
@@ -86,6 +90,7 @@ int capstan_store_iterate_after(capstan_txn_t *txn, capstan_db_t db, const void 
   if (err != 0) return err;
   if (after != NULL && (alen == 0 || alen > 511)) return CAPSTAN_EINVAL;
   if (CAPSTAN_STORE_ABSENT(txn, db)) return 0;
+  if (txn->pg != NULL) return capstan_pg_iterate_after(txn->pg, db, after, alen, desc, fn, arg);
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[db], &cur);
   if (rc != 0) return capstan_store_map_err(rc, "iterate");
@@ -118,6 +123,7 @@ int capstan_store_count(capstan_txn_t *txn, capstan_db_t db, uint64_t *out) {
   int err = capstan_store_check_db(txn, db);
   if (err != 0) return err;
   if (CAPSTAN_STORE_ABSENT(txn, db)) return 0;
+  if (txn->pg != NULL) return capstan_pg_count(txn->pg, db, out);
   MDB_stat st;
   int rc = mdb_stat(txn->mdb, txn->store->dbi[db], &st);
   if (rc != 0) return capstan_store_map_err(rc, "stat");

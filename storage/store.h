@@ -86,6 +86,7 @@ const char *capstan_store_data_dir(const char *opt);
  * writer's fn it is given to you. Treat the fields as read-only. */
 typedef struct capstan_txn {
   MDB_txn *mdb;
+  struct pg_conn *pg; /* the PostgreSQL back end's transaction instead */
   capstan_store_t *store;
   bool write;
 } capstan_txn_t;
@@ -93,12 +94,34 @@ typedef struct capstan_txn {
 /* ---- Environment ----------------------------------------------------- */
 
 /* Flags for capstan_store_open. */
-#define CAPSTAN_STORE_CREATE 1u /* create |dir| (mode 0700) if it is missing */
+#define CAPSTAN_STORE_CREATE 1u  /* create |dir| (mode 0700) if it is missing */
+#define CAPSTAN_STORE_MIGRATE 2u /* PostgreSQL: migrate an older schema */
+
+/* The file in a data directory that puts its store in PostgreSQL: one
+ * line "store = URL" (a libpq URI or key=value string). Without it the
+ * store is LMDB's data.mdb in the directory. */
+#define CAPSTAN_STORE_CONF "store.conf"
+#define CAPSTAN_STORE_URL_MAX 1024
 
 /* Opens (and with CAPSTAN_STORE_CREATE creates) the environment in |dir|.
  * Without CREATE a missing directory or environment gives CAPSTAN_ENOENT.
  * On success *out is owned by the caller: capstan_store_close. */
 int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out);
+
+/* As capstan_store_open; with CAPSTAN_STORE_CREATE and a directory that
+ * has no store yet, |url| (when not NULL or empty; else $CAPSTAN_STORE if
+ * set) puts the store in that PostgreSQL database: DIR/store.conf is
+ * written (mode 0600: a URL may hold a password) and the database gets
+ * capstan's schema, or is joined as it is when it holds a capstan store
+ * already (several nodes share one). A directory that has a store keeps
+ * it: a different |url| is CAPSTAN_EEXIST (logged). */
+int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
+                           capstan_store_t **out);
+
+/* "lmdb" or "postgresql". */
+const char *capstan_store_backend(const capstan_store_t *store);
+/* The PostgreSQL URL (borrowed), NULL for LMDB. */
+const char *capstan_store_url(const capstan_store_t *store);
 
 /* Closes the environment. Accepts NULL. The writer must have been stopped
  * and no transaction may be open. */

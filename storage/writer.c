@@ -11,6 +11,7 @@
 #include "core/base/log.h"
 #include "core/base/metrics.h"
 #include "storage/internal.h"
+#include "storage/pg_store.h"
 
 static capstan_metric_t *m_commit_seconds, *m_commits, *m_batch_size, *m_writable;
 
@@ -342,6 +343,8 @@ static void on_async_closed(uv_handle_t *h) {
 
 int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop) {
   if (store == NULL || loop == NULL || store->writer != NULL) return CAPSTAN_EINVAL;
+  /* A server on a shared store hears the other nodes' commits. */
+  if (store->pg != NULL && capstan_pg_listen_start(store->pg) != 0) return CAPSTAN_ENOMEM;
   writer_t *w = calloc(1, sizeof(*w));
   if (w == NULL) return CAPSTAN_ENOMEM;
   w->store = store;

@@ -35,6 +35,7 @@ int capstan_cli_serve_main(int argc, char **argv);
 int capstan_cli_serve_read_config(const char *path, char *why, size_t whylen);
 int capstan_cli_audit_main(int argc, char **argv);
 int capstan_cli_reload_main(int argc, char **argv);
+int capstan_cli_store_main(int argc, char **argv);
 int capstan_cli_backup_main(int argc, char **argv);
 int capstan_cli_restore_main(int argc, char **argv);
 

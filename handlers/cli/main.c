@@ -22,6 +22,7 @@ static const command_t commands[] = {
      "copy the store (private keys included) to a file, also while serving"},
     {"restore", capstan_cli_restore_main, "make a backup file the store of a data directory"},
     {"init", capstan_cli_init_main, "create the data directory and the CAPF and TFTP identities"},
+    {"store", capstan_cli_store_main, "where the store is (LMDB or PostgreSQL); migrate its schema"},
     {"device", capstan_cli_device_main,
      "add, set, show, list, remove, import, export devices; their history; auth strings"},
     {"config", capstan_cli_config_main, "get, set and list live settings"},

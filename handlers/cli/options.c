@@ -251,8 +251,8 @@ int capstan_cli_open_store(const capstan_cli_t *c, capstan_cli_store_how_t how,
                            capstan_store_t **out) {
   const char *dir = capstan_cli_data_dir(c);
   *out = NULL;
-  int err =
-      capstan_store_open(dir, how == CAPSTAN_CLI_STORE_CREATE ? CAPSTAN_STORE_CREATE : 0, out);
+  int err = capstan_store_open_url(dir, c->store_url,
+                                   how == CAPSTAN_CLI_STORE_CREATE ? CAPSTAN_STORE_CREATE : 0, out);
   if (err == 0) {
     /* Every audit event this command appends names who ran it. */
     char actor[CAPSTAN_CLI_ACTOR_MAX];

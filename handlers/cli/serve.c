@@ -34,6 +34,7 @@ enum {
   OPT_STORE_MAX_MIB,
   OPT_CONFIG,
   OPT_INIT,
+  OPT_STORE,
   NOPTS
 };
 
@@ -57,6 +58,7 @@ static const capstan_cli_opt_t serve_opts[NOPTS] = {
     [OPT_STORE_MAX_MIB] = {"store-max-mib", true, NULL},
     [OPT_CONFIG] = {"config", true, read_config},
     [OPT_INIT] = {"init", false, NULL},
+    [OPT_STORE] = {"store", true, NULL},
 };
 
 /* Where a config-file key goes: a slot of |f|, or NULL for an unknown key
@@ -151,7 +153,9 @@ static int dir_state(const char *dir, dir_state_t *out) {
   }
   char path[PATH_MAX];
   snprintf(path, sizeof(path), "%s/data.mdb", dir);
-  if (stat(path, &st) == 0) {
+  bool lmdb = stat(path, &st) == 0;
+  snprintf(path, sizeof(path), "%s/%s", dir, CAPSTAN_STORE_CONF);
+  if (lmdb || stat(path, &st) == 0) {
     *out = DIR_STORE;
     return 0;
   }
@@ -230,7 +234,7 @@ static int check_data_dir(const capstan_cli_t *c, const char *dir, bool *create)
       dir,
       st == DIR_MISSING ? "does not exist"
       : st == DIR_EMPTY ? "is empty"
-                        : "holds no capstan store (no data.mdb)");
+                        : "holds no capstan store (no data.mdb or store.conf)");
   return CAPSTAN_EXIT_USAGE;
 }
 
@@ -305,6 +309,7 @@ static int run_serve(capstan_cli_t *c) {
       .drain_seconds = drain_seconds,
       .store_map_mib = map_mib,
       .store_max_mib = max_mib,
+      .store_url = pick(c, OPT_STORE, NULL),
   };
   int rc = check_data_dir(c, opt.data_dir, &opt.init);
   if (rc != 0) return rc;
@@ -346,6 +351,10 @@ int capstan_cli_serve_main(int argc, char **argv) {
           "                          map grows to it as it fills; past it phones are told to\n"
           "                          retry later (event=storage_map_full)\n"
           "  --store-map-mib N       the store's map at start, in MiB (default 4096)\n"
+          "  --store URL             with --init: put the store in PostgreSQL (a libpq URL;\n"
+          "                          default $CAPSTAN_STORE), or join the capstan store that\n"
+          "                          database holds: several nodes share one store (see\n"
+          "                          'capstan init --help'); the map options are LMDB's only\n"
           "  --config FILE           read the same keys from FILE, one 'key = value' a line;\n"
           "                          command-line options win\n"
           "\n"

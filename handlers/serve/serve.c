@@ -433,7 +433,8 @@ int capstan_serve_run(const capstan_serve_options_t *opt) {
   tune_process();
   int exit_code = 1;
   capstan_store_t *store = NULL;
-  int rc = capstan_store_open(opt->data_dir, opt->init ? CAPSTAN_STORE_CREATE : 0, &store);
+  int rc = capstan_store_open_url(opt->data_dir, opt->store_url,
+                                  opt->init ? CAPSTAN_STORE_CREATE : 0, &store);
   if (rc < 0) {
     LOG_ERROR("event=store_open_failed dir=%s error=%s", opt->data_dir, capstan_strerror(rc));
     goto out;

@@ -23,6 +23,9 @@ typedef struct capstan_serve_options {
    * (MiB; at the maximum, writes fail and phones are told to retry). */
   unsigned store_map_mib;
   unsigned store_max_mib;
+  /* With init: the PostgreSQL store to create or join (NULL: LMDB, or
+   * $CAPSTAN_STORE). A store that exists already must be this one. */
+  const char *store_url;
 } capstan_serve_options_t;
 
 /* The defaults `capstan serve --help` documents. */

@@ -1,0 +1,740 @@
+/* The PostgreSQL back end: connections, transactions, records and the
+ * audit log's reads (storage/pg_store.h). */
+#define _GNU_SOURCE
+#include "storage/pg_store.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/base/error.h"
+#include "core/base/log.h"
+#include "core/base/metrics.h"
+#include "storage/internal.h"
+
+/* Idle connections kept for reuse; more are opened when threads need them
+ * at once and closed when they come back past this. */
+#define POOL_IDLE_MAX 16
+/* After a failed connect, transactions fail at once for this long rather
+ * than each waiting for the database (the loop thread reads too). */
+#define DOWN_RETRY_SECONDS 1.0
+/* Rows fetched per query when iterating (keyset paging: the callback may
+ * write between pages, in the same transaction). */
+#define PAGE_ROWS 256
+
+struct pg_conn {
+  PGconn *c;
+  pg_store_t *pg;
+  pg_conn_t *next;
+  bool bad;   /* failed: closed instead of pooled */
+  bool write; /* inside a write transaction */
+  bool dirty; /* wrote something: NOTIFY at commit */
+};
+
+struct pg_store {
+  const capstan_libpq_t *pq;
+  char *url;
+  pthread_mutex_t lock;
+  pg_conn_t *idle;
+  size_t idle_count;
+  double down_until;    /* under lock */
+  bool down_said;       /* under lock: the outage is logged */
+  _Atomic bool down;    /* the last attempt to reach the database failed */
+  _Atomic uint64_t changes;
+  pthread_t listener;
+  bool listening;
+  _Atomic bool stopping;
+};
+
+const capstan_libpq_t *capstan_pg_lib(const pg_store_t *pg) {
+  return pg->pq;
+}
+
+const capstan_libpq_t *capstan_pg_lib_of(pg_conn_t *c) {
+  return c->pg->pq;
+}
+
+PGconn *capstan_pg_raw(pg_conn_t *c) {
+  return c->c;
+}
+
+const char *capstan_pg_url(const pg_store_t *pg) {
+  return pg->url;
+}
+
+uint64_t capstan_pg_changes(pg_store_t *pg) {
+  return atomic_load(&pg->changes);
+}
+
+bool capstan_pg_down(pg_store_t *pg) {
+  return atomic_load(&pg->down);
+}
+
+/* ---- Errors ------------------------------------------------------------- */
+
+/* One line of libpq's message (they end with a newline, some span two). */
+static void one_line(const char *in, char *out, size_t len) {
+  snprintf(out, len, "%s", in != NULL && in[0] != '\0' ? in : "unknown error");
+  for (char *p = out; *p != '\0'; p++) {
+    if (*p == '\n' || *p == '"') *p = (p[1] == '\0') ? '\0' : ' ';
+  }
+}
+
+/* Maps a failed result (or none) to our codes; logs and counts under |op|.
+ * A broken connection is marked so that it is not pooled again. */
+static int fail(pg_store_t *pg, pg_conn_t *c, PGresult *r, const char *op) {
+  const capstan_libpq_t *pq = pg->pq;
+  const char *state = r != NULL ? pq->result_error_field(r, PG_DIAG_SQLSTATE) : NULL;
+  char msg[300];
+  one_line(r != NULL ? pq->result_error_message(r) : pq->error_message(c->c), msg, sizeof(msg));
+  if (c->c == NULL || pq->status(c->c) != CONNECTION_OK) c->bad = true;
+  int err = CAPSTAN_EIO;
+  if (state != NULL && strncmp(state, "23", 2) == 0) err = CAPSTAN_EINVAL; /* a constraint */
+  capstan_log(capstan_store_errors_quiet() ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR,
+              "event=storage_error op=%s backend=postgresql sqlstate=%s error=\"%s\"", op,
+              state != NULL ? state : "none", msg);
+  capstan_store_count_error(op);
+  if (r != NULL) pq->clear(r);
+  return err;
+}
+
+/* ---- Connections -------------------------------------------------------- */
+
+PGconn *capstan_pg_connect(pg_store_t *pg) {
+  /* Defaults first: the URL's own settings (dbname is expanded in place)
+   * override them. Bounded so that a database that is gone is noticed:
+   * connect within 5 s, a peer that stops answering within 10 s. */
+  const char *keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
+                        "keepalives_count", "tcp_user_timeout", "application_name",
+                        "dbname", NULL};
+  const char *vals[] = {"5", "10", "5", "3", "10000", "capstan", pg->url, NULL};
+  capstan_libpq_thread();
+  PGconn *c = pg->pq->connectdb_params(keys, vals, 1);
+  if (c == NULL) return NULL;
+  if (pg->pq->status(c) != CONNECTION_OK) return c; /* the caller reports it */
+  /* Durable before a phone sees anything, whatever the server's default. */
+  PGresult *r = pg->pq->exec(c, "SET synchronous_commit = on");
+  pg->pq->clear(r);
+  return c;
+}
+
+/* Notes that the database answered (again). */
+static void note_up(pg_store_t *pg) {
+  if (!atomic_load(&pg->down)) return;
+  pthread_mutex_lock(&pg->lock);
+  bool said = pg->down_said;
+  pg->down_said = false;
+  pg->down_until = 0;
+  atomic_store(&pg->down, false);
+  pthread_mutex_unlock(&pg->lock);
+  if (said) LOG_WARN("event=postgres_reachable");
+}
+
+static void note_down(pg_store_t *pg, const char *why) {
+  pthread_mutex_lock(&pg->lock);
+  pg->down_until = capstan_now_seconds() + DOWN_RETRY_SECONDS;
+  bool say = !pg->down_said;
+  pg->down_said = true;
+  atomic_store(&pg->down, true);
+  pthread_mutex_unlock(&pg->lock);
+  if (say) {
+    LOG_ERROR(
+        "event=postgres_unreachable error=\"%s\" hint=\"new operations are told to retry "
+        "later and files are served from what this node has; it reconnects by itself\"",
+        why);
+  }
+}
+
+static void conn_free(pg_store_t *pg, pg_conn_t *c) {
+  if (c == NULL) return;
+  if (c->c != NULL) pg->pq->finish(c->c);
+  free(c);
+}
+
+/* A pooled connection, or a new one; NULL (reported) when none. */
+static pg_conn_t *conn_get(pg_store_t *pg, bool *pooled) {
+  pthread_mutex_lock(&pg->lock);
+  pg_conn_t *c = pg->idle;
+  if (c != NULL) {
+    pg->idle = c->next;
+    pg->idle_count--;
+  }
+  bool wait = c == NULL && capstan_now_seconds() < pg->down_until;
+  pthread_mutex_unlock(&pg->lock);
+  *pooled = c != NULL;
+  if (c != NULL) return c;
+  if (wait) {
+    capstan_store_count_error("connect");
+    return NULL;
+  }
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) return NULL;
+  c->pg = pg;
+  c->c = capstan_pg_connect(pg);
+  if (c->c == NULL || pg->pq->status(c->c) != CONNECTION_OK) {
+    char msg[300];
+    one_line(c->c != NULL ? pg->pq->error_message(c->c) : "out of memory", msg, sizeof(msg));
+    capstan_store_count_error("connect");
+    note_down(pg, msg);
+    conn_free(pg, c);
+    return NULL;
+  }
+  note_up(pg);
+  return c;
+}
+
+static void conn_put(pg_store_t *pg, pg_conn_t *c) {
+  if (c->bad || pg->pq->transaction_status(c->c) != PQTRANS_IDLE) {
+    conn_free(pg, c);
+    return;
+  }
+  c->next = NULL;
+  c->write = c->dirty = false;
+  pthread_mutex_lock(&pg->lock);
+  if (pg->idle_count < POOL_IDLE_MAX) {
+    c->next = pg->idle;
+    pg->idle = c;
+    pg->idle_count++;
+    c = NULL;
+  }
+  pthread_mutex_unlock(&pg->lock);
+  conn_free(pg, c);
+}
+
+/* ---- Transactions ------------------------------------------------------- */
+
+int capstan_pg_begin(pg_store_t *pg, bool write, pg_conn_t **out) {
+  *out = NULL;
+  capstan_libpq_thread(); /* a pooled connection may be used by a new thread */
+  /* A pooled connection may have died with the database (a restart): drop
+   * it and take the next, up to a fresh one. */
+  for (int attempt = 0; attempt <= POOL_IDLE_MAX + 1; attempt++) {
+    bool pooled;
+    pg_conn_t *c = conn_get(pg, &pooled);
+    if (c == NULL) return CAPSTAN_EIO;
+    const char *sql = write ? "BEGIN; SELECT pg_advisory_xact_lock(1667330163, 1)"
+                            : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    PGresult *r = pg->pq->exec(c->c, sql);
+    ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+      pg->pq->clear(r);
+      c->write = write;
+      c->dirty = false;
+      *out = c;
+      return 0;
+    }
+    if (pooled && pg->pq->status(c->c) != CONNECTION_OK) {
+      if (r != NULL) pg->pq->clear(r);
+      conn_free(pg, c);
+      continue;
+    }
+    int err = fail(pg, c, r, "begin");
+    if (c->bad) {
+      char msg[300];
+      one_line(pg->pq->error_message(c->c), msg, sizeof(msg));
+      note_down(pg, msg);
+    }
+    conn_free(pg, c);
+    return err;
+  }
+  return CAPSTAN_EIO;
+}
+
+int capstan_pg_commit(pg_store_t *pg, pg_conn_t *c) {
+  /* A transaction that wrote tells every node, in the same commit. */
+  const char *sql = c->write && c->dirty ? "NOTIFY " CAPSTAN_PG_CHANNEL "; COMMIT" : "COMMIT";
+  PGresult *r = pg->pq->exec(c->c, sql);
+  int err = 0;
+  if (r == NULL || pg->pq->result_status(r) != PGRES_COMMAND_OK) {
+    /* A COMMIT that failed, or whose answer was lost with the connection:
+     * the outcome is unknown, and the caller treats it as not written. */
+    err = fail(pg, c, r, "commit");
+    if (c->bad) note_down(pg, "the connection was lost at commit");
+  } else {
+    pg->pq->clear(r);
+    if (c->dirty) atomic_fetch_add(&pg->changes, 1);
+  }
+  conn_put(pg, c);
+  return err;
+}
+
+void capstan_pg_abort(pg_store_t *pg, pg_conn_t *c) {
+  if (c == NULL) return;
+  if (!c->bad) {
+    PGresult *r = pg->pq->exec(c->c, "ROLLBACK");
+    if (r == NULL || pg->pq->result_status(r) != PGRES_COMMAND_OK) c->bad = true;
+    if (r != NULL) pg->pq->clear(r);
+  }
+  conn_put(pg, c);
+}
+
+/* ---- Queries ------------------------------------------------------------ */
+
+/* Runs |sql| with up to 4 binary parameters; results in binary. Returns the
+ * result (PGRES_TUPLES_OK or COMMAND_OK) or NULL after fail(). */
+static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *vals,
+                       const int *lens, const char *op, int *err) {
+  pg_store_t *pg = c->pg;
+  const int formats[4] = {1, 1, 1, 1};
+  PGresult *r = pg->pq->exec_params(c->c, sql, n, NULL, (const char *const *)vals, lens, formats, 1);
+  ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
+  if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+    *err = 0;
+    return r;
+  }
+  *err = fail(pg, c, r, op);
+  if (c->bad) note_down(pg, "the connection was lost");
+  return NULL;
+}
+
+int capstan_pg_exec(pg_conn_t *c, const char *sql, const char *op) {
+  pg_store_t *pg = c->pg;
+  PGresult *r = pg->pq->exec(c->c, sql);
+  ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
+  if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+    pg->pq->clear(r);
+    return 0;
+  }
+  return fail(pg, c, r, op);
+}
+
+static uint64_t rd_be64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+  return v;
+}
+
+static void wr_be64(uint8_t out[8], uint64_t v) {
+  for (int i = 7; i >= 0; i--) {
+    out[i] = (uint8_t)v;
+    v >>= 8;
+  }
+}
+
+static int unpack(pg_conn_t *c, const ProtobufCMessageDescriptor *desc, const PGresult *r, int row, int col,
+                  const char *dbname, ProtobufCMessage **out) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  size_t n = (size_t)pq->getlength(r, row, col);
+  *out = protobuf_c_message_unpack(desc, NULL, n, (const uint8_t *)pq->getvalue(r, row, col));
+  if (*out == NULL) {
+    LOG_ERROR("event=storage_record_unreadable db=%s type=%s bytes=%zu backend=postgresql",
+              dbname, desc->name, n);
+    capstan_store_count_error("unpack");
+    return CAPSTAN_EIO;
+  }
+  return 0;
+}
+
+/* The table of |db|; AUDIT_DEVICE has none (the audit table's device
+ * column is the index). */
+static const char *table(capstan_db_t db) {
+  return capstan_store_db_names[db];
+}
+
+int capstan_pg_get(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
+                   const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out) {
+  char sql[128];
+  snprintf(sql, sizeof(sql), "SELECT v FROM %s WHERE k = $1", table(db));
+  const void *vals[] = {key};
+  int lens[] = {(int)klen}, err;
+  PGresult *r = query(c, sql, 1, vals, lens, "get", &err);
+  if (r == NULL) return err;
+  if (c->pg->pq->ntuples(r) == 0) {
+    err = CAPSTAN_ENOENT;
+  } else {
+    err = unpack(c, desc, r, 0, 0, table(db), out);
+  }
+  c->pg->pq->clear(r);
+  return err;
+}
+
+/* The text of an enum's value, for the status columns (their CHECK lists
+ * the same names, pg_schema.c). */
+static const char *enum_name(const ProtobufCEnumDescriptor *d, int value) {
+  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(d, value);
+  return v != NULL ? v->name : "unknown";
+}
+
+int capstan_pg_put(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
+                   const ProtobufCMessage *msg) {
+  size_t n = protobuf_c_message_get_packed_size(msg);
+  uint8_t one = 0, *buf = n > 0 ? malloc(n) : &one;
+  if (buf == NULL) return CAPSTAN_ENOMEM;
+  if (n > 0) protobuf_c_message_pack(msg, buf);
+  /* The columns beside the record that the schema's constraints check. */
+  const char *extra = NULL, *extra_val = NULL;
+  switch (db) {
+    case CAPSTAN_DB_DEVICES:
+      extra = "status";
+      extra_val = enum_name(&capstan__op_status__descriptor,
+                            (int)((const Capstan__Device *)msg)->status);
+      break;
+    case CAPSTAN_DB_CERTS:
+      extra = "status";
+      extra_val = enum_name(&capstan__cert_status__descriptor,
+                            (int)((const Capstan__IssuedCert *)msg)->status);
+      break;
+    case CAPSTAN_DB_CSR:
+      extra = "status";
+      extra_val = enum_name(&capstan__csr_status__descriptor,
+                            (int)((const Capstan__CertRequest *)msg)->status);
+      break;
+    case CAPSTAN_DB_AUDIT:
+      extra = "device";
+      extra_val = ((const Capstan__AuditEvent *)msg)->device;
+      break;
+    default:
+      break;
+  }
+  char sql[256];
+  const void *vals[3] = {key, buf, extra_val};
+  int lens[3] = {(int)klen, (int)n, extra_val != NULL ? (int)strlen(extra_val) : 0};
+  if (extra != NULL) {
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO %s (k, v, %s) VALUES ($1, $2, $3) ON CONFLICT (k) DO UPDATE SET v = "
+             "EXCLUDED.v, %s = EXCLUDED.%s",
+             table(db), extra, extra, extra);
+  } else {
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO %s (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+             table(db));
+  }
+  int err;
+  PGresult *r = query(c, sql, extra != NULL ? 3 : 2, vals, lens, "put", &err);
+  if (n > 0) free(buf);
+  if (r == NULL) return err;
+  c->pg->pq->clear(r);
+  c->dirty = true;
+  return 0;
+}
+
+int capstan_pg_del(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen) {
+  char sql[128];
+  snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE k = $1", table(db));
+  const void *vals[] = {key};
+  int lens[] = {(int)klen}, err;
+  PGresult *r = query(c, sql, 1, vals, lens, "delete", &err);
+  if (r == NULL) return err;
+  const char *count = c->pg->pq->cmd_tuples(r);
+  err = count != NULL && strcmp(count, "0") == 0 ? CAPSTAN_ENOENT : 0;
+  c->pg->pq->clear(r);
+  if (err == 0) c->dirty = true;
+  return err;
+}
+
+int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, size_t alen,
+                             const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
+                             void *arg) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  char first[128], next[128];
+  snprintf(first, sizeof(first), "SELECT k, v FROM %s ORDER BY k LIMIT %d", table(db), PAGE_ROWS);
+  snprintf(next, sizeof(next), "SELECT k, v FROM %s WHERE k > $1 ORDER BY k LIMIT %d", table(db),
+           PAGE_ROWS);
+  /* The last key of the page before (keys are at most 511 bytes). */
+  uint8_t last[512];
+  size_t last_len = 0;
+  bool from_start = after == NULL;
+  if (!from_start) {
+    memcpy(last, after, alen);
+    last_len = alen;
+  }
+  for (;;) {
+    const void *vals[] = {last};
+    int lens[] = {(int)last_len}, err;
+    PGresult *r = query(c, from_start ? first : next, from_start ? 0 : 1, vals, lens, "iterate",
+                        &err);
+    if (r == NULL) return err;
+    from_start = false;
+    int rows = pq->ntuples(r);
+    for (int i = 0; i < rows && err == 0; i++) {
+      size_t kl = (size_t)pq->getlength(r, i, 0);
+      const void *k = pq->getvalue(r, i, 0);
+      if (kl == 0 || kl > sizeof(last)) continue;
+      memcpy(last, k, kl);
+      last_len = kl;
+      ProtobufCMessage *msg;
+      err = unpack(c, desc, r, i, 1, table(db), &msg);
+      if (err != 0) break;
+      err = fn(last, kl, msg, arg);
+      protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    pq->clear(r);
+    if (err > 0) return 0; /* stopped by fn */
+    if (err < 0) return err;
+    if (rows < PAGE_ROWS) return 0;
+  }
+}
+
+/* An int8 column of a binary result. */
+static uint64_t int8_at(const capstan_libpq_t *pq, const PGresult *r, int row, int col) {
+  if (pq->getisnull(r, row, col) || pq->getlength(r, row, col) != 8) return 0;
+  return rd_be64((const uint8_t *)pq->getvalue(r, row, col));
+}
+
+int capstan_pg_count(pg_conn_t *c, capstan_db_t db, uint64_t *out) {
+  char sql[128];
+  snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table(db));
+  int err;
+  PGresult *r = query(c, sql, 0, NULL, NULL, "stat", &err);
+  if (r == NULL) return err;
+  *out = c->pg->pq->ntuples(r) == 1 ? int8_at(c->pg->pq, r, 0, 0) : 0;
+  c->pg->pq->clear(r);
+  return 0;
+}
+
+/* ---- The audit log ------------------------------------------------------ */
+
+int capstan_pg_audit_last(pg_conn_t *c, uint64_t *last, bool *any) {
+  int err;
+  PGresult *r = query(c, "SELECT k FROM audit ORDER BY k DESC LIMIT 1", 0, NULL, NULL, "audit",
+                      &err);
+  if (r == NULL) return err;
+  const capstan_libpq_t *pq = c->pg->pq;
+  *any = pq->ntuples(r) == 1 && pq->getlength(r, 0, 0) == 8;
+  *last = *any ? rd_be64((const uint8_t *)pq->getvalue(r, 0, 0)) : 0;
+  pq->clear(r);
+  return 0;
+}
+
+int capstan_pg_audit_key_taken(pg_conn_t *c, uint64_t key, bool *taken) {
+  uint8_t kb[8];
+  wr_be64(kb, key);
+  const void *vals[] = {kb};
+  int lens[] = {8}, err;
+  PGresult *r = query(c, "SELECT 1 FROM audit WHERE k = $1", 1, vals, lens, "audit", &err);
+  if (r == NULL) return err;
+  *taken = c->pg->pq->ntuples(r) > 0;
+  c->pg->pq->clear(r);
+  return 0;
+}
+
+/* Calls fn for each row (k, v) of |r|; the return as fn's (> 0 stops). */
+static int deliver_rows(pg_conn_t *c, PGresult *r, capstan_pg_audit_fn fn, void *arg,
+                        uint64_t *last) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  int rows = pq->ntuples(r), err = 0;
+  for (int i = 0; i < rows && err == 0; i++) {
+    if (pq->getlength(r, i, 0) != 8) continue;
+    uint64_t key = rd_be64((const uint8_t *)pq->getvalue(r, i, 0));
+    *last = key;
+    ProtobufCMessage *msg;
+    err = unpack(c, &capstan__audit_event__descriptor, r, i, 1, "audit", &msg);
+    if (err != 0) break;
+    err = fn(key, (const Capstan__AuditEvent *)msg, arg);
+    protobuf_c_message_free_unpacked(msg, NULL);
+  }
+  return err;
+}
+
+int capstan_pg_audit_scan(pg_conn_t *c, const char *device, uint64_t from, capstan_pg_audit_fn fn,
+                          void *arg) {
+  char sql[160];
+  snprintf(sql, sizeof(sql), "SELECT k, v FROM audit WHERE k >= $1%s ORDER BY k LIMIT %d",
+           device != NULL ? " AND device = $2" : "", PAGE_ROWS);
+  uint8_t kb[8];
+  wr_be64(kb, from);
+  for (;;) {
+    const void *vals[] = {kb, device};
+    int lens[] = {8, device != NULL ? (int)strlen(device) : 0}, err;
+    PGresult *r = query(c, sql, device != NULL ? 2 : 1, vals, lens, "audit", &err);
+    if (r == NULL) return err;
+    int rows = c->pg->pq->ntuples(r);
+    uint64_t last = 0;
+    err = deliver_rows(c, r, fn, arg, &last);
+    c->pg->pq->clear(r);
+    if (err > 0) return 0;
+    if (err < 0) return err;
+    if (rows < PAGE_ROWS || last == UINT64_MAX) return 0;
+    wr_be64(kb, last + 1);
+  }
+}
+
+int capstan_pg_audit_scan_back(pg_conn_t *c, const char *device, uint64_t before, int max,
+                               capstan_pg_audit_fn fn, void *arg) {
+  char sql[160];
+  snprintf(sql, sizeof(sql),
+           "SELECT k, v FROM audit WHERE device = $2 AND k < $1 ORDER BY k DESC LIMIT %d", max);
+  uint8_t kb[8];
+  wr_be64(kb, before);
+  const void *vals[] = {kb, device};
+  int lens[] = {8, (int)strlen(device)}, err;
+  PGresult *r = query(c, sql, 2, vals, lens, "audit", &err);
+  if (r == NULL) return err;
+  uint64_t last = 0;
+  err = deliver_rows(c, r, fn, arg, &last);
+  c->pg->pq->clear(r);
+  return err < 0 ? err : 0;
+}
+
+int capstan_pg_audit_prune(pg_conn_t *c, uint64_t before, size_t limit, size_t *removed,
+                           bool *more) {
+  *removed = 0;
+  *more = false;
+  uint8_t kb[8];
+  wr_be64(kb, before);
+  char sql[200];
+  snprintf(sql, sizeof(sql),
+           "DELETE FROM audit WHERE k IN (SELECT k FROM audit WHERE k < $1 ORDER BY k LIMIT %zu)",
+           limit);
+  const void *vals[] = {kb};
+  int lens[] = {8}, err;
+  PGresult *r = query(c, sql, 1, vals, lens, "audit", &err);
+  if (r == NULL) return err;
+  *removed = (size_t)strtoull(c->pg->pq->cmd_tuples(r), NULL, 10);
+  c->pg->pq->clear(r);
+  if (*removed > 0) c->dirty = true;
+  r = query(c, "SELECT 1 FROM audit WHERE k < $1 LIMIT 1", 1, vals, lens, "audit", &err);
+  if (r == NULL) return err;
+  *more = c->pg->pq->ntuples(r) > 0;
+  c->pg->pq->clear(r);
+  return 0;
+}
+
+/* ---- The listener ------------------------------------------------------- */
+
+/* Waits up to |ms| for |fd| to be readable; false when stopping. */
+static bool wait_readable(pg_store_t *pg, int fd, int ms) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  if (fd >= 0) poll(&p, 1, ms);
+  return !atomic_load(&pg->stopping);
+}
+
+static void sleep_unless_stopping(pg_store_t *pg, int ms) {
+  for (int i = 0; i < ms / 100 && !atomic_load(&pg->stopping); i++) usleep(100 * 1000);
+}
+
+/* Counts every NOTIFY of the channel: each is a commit somewhere that may
+ * change what this node serves (settings, trust, identities, a device's
+ * files). Reconnects by itself, counting one change for what it missed. */
+static void *listener_main(void *arg) {
+  pg_store_t *pg = arg;
+  const capstan_libpq_t *pq = pg->pq;
+  PGconn *conn = NULL;
+  while (!atomic_load(&pg->stopping)) {
+    if (conn == NULL) {
+      conn = capstan_pg_connect(pg);
+      PGresult *r = NULL;
+      if (conn != NULL && pq->status(conn) == CONNECTION_OK) {
+        r = pq->exec(conn, "LISTEN " CAPSTAN_PG_CHANNEL);
+      }
+      if (r == NULL || pq->result_status(r) != PGRES_COMMAND_OK) {
+        if (r != NULL) pq->clear(r);
+        if (conn != NULL) pq->finish(conn);
+        conn = NULL;
+        sleep_unless_stopping(pg, 1000);
+        continue;
+      }
+      pq->clear(r);
+      atomic_fetch_add(&pg->changes, 1);
+    }
+    if (!wait_readable(pg, pq->socket(conn), 200)) break;
+    if (!pq->consume_input(conn) || pq->status(conn) != CONNECTION_OK) {
+      pq->finish(conn);
+      conn = NULL;
+      continue;
+    }
+    PGnotify *n;
+    while ((n = pq->notifies(conn)) != NULL) {
+      atomic_fetch_add(&pg->changes, 1);
+      pq->freemem(n);
+    }
+  }
+  if (conn != NULL) pq->finish(conn);
+  return NULL;
+}
+
+int capstan_pg_listen_start(pg_store_t *pg) {
+  if (pg->listening) return 0;
+  if (pthread_create(&pg->listener, NULL, listener_main, pg) != 0) return CAPSTAN_ENOMEM;
+  pg->listening = true;
+  return 0;
+}
+
+uint64_t capstan_pg_size_bytes(pg_store_t *pg) {
+  pg_conn_t *c;
+  if (capstan_pg_begin(pg, false, &c) != 0) return 0;
+  int err;
+  PGresult *r =
+      query(c, "SELECT pg_database_size(current_database())::int8", 0, NULL, NULL, "stat", &err);
+  uint64_t n = 0;
+  if (r != NULL) {
+    n = pg->pq->ntuples(r) == 1 ? int8_at(pg->pq, r, 0, 0) : 0;
+    pg->pq->clear(r);
+  }
+  capstan_pg_abort(pg, c);
+  return n;
+}
+
+/* ---- Open and close ----------------------------------------------------- */
+
+int capstan_pg_open(const char *url, bool create, bool migrate, pg_store_t **out) {
+  *out = NULL;
+  const capstan_libpq_t *pq = capstan_libpq();
+  if (pq == NULL) return CAPSTAN_EIO;
+  if (!pq->conninfo_valid(url)) {
+    LOG_ERROR("event=postgres_url_invalid hint=\"a libpq URI (postgresql://user@host:port/db"
+              "?sslmode=verify-full) or key=value string\"");
+    return CAPSTAN_EINVAL;
+  }
+  pg_store_t *pg = calloc(1, sizeof(*pg));
+  if (pg == NULL) return CAPSTAN_ENOMEM;
+  pg->pq = pq;
+  pthread_mutex_init(&pg->lock, NULL);
+  pg->url = strdup(url);
+  if (pg->url == NULL) {
+    capstan_pg_close(pg);
+    return CAPSTAN_ENOMEM;
+  }
+  /* Most opens find the schema current (a read); creating or migrating it
+   * is done in a write transaction, so two nodes initialising one database
+   * at once do it one after the other. */
+  int err = 0;
+  for (int write = 0; write < 2; write++) {
+    pg_conn_t *c;
+    err = capstan_pg_begin(pg, write == 1, &c);
+    if (err != 0) break;
+    err = capstan_pg_schema_check(c, write == 1, create, migrate);
+    if (err == 1) {
+      c->dirty = true; /* a change: running nodes hear of it */
+      err = 0;
+    }
+    if (err == CAPSTAN_EBUSY && write == 0) {
+      capstan_pg_abort(pg, c);
+      continue; /* needs a write */
+    }
+    if (err == 0) {
+      err = capstan_pg_commit(pg, c);
+    } else {
+      capstan_pg_abort(pg, c);
+    }
+    break;
+  }
+  if (err != 0) {
+    capstan_pg_close(pg);
+    return err;
+  }
+  *out = pg;
+  return 0;
+}
+
+void capstan_pg_close(pg_store_t *pg) {
+  if (pg == NULL) return;
+  if (pg->listening) {
+    atomic_store(&pg->stopping, true);
+    pthread_join(pg->listener, NULL);
+  }
+  while (pg->idle != NULL) {
+    pg_conn_t *c = pg->idle;
+    pg->idle = c->next;
+    conn_free(pg, c);
+  }
+  pthread_mutex_destroy(&pg->lock);
+  free(pg->url);
+  free(pg);
+}
