@@ -72,6 +72,14 @@ uint64_t capstan_pg_size_bytes(pg_store_t *pg);
 /* Whether the last attempt to reach the database failed. */
 bool capstan_pg_down(pg_store_t *pg);
 
+/* Nodes (storage/store.h): the heartbeat and the leader lock are the
+ * listener thread's. */
+#define CAPSTAN_PG_LOCK_LEADER 2
+int capstan_pg_node_start(pg_store_t *pg, const char *name, const char *detail);
+bool capstan_pg_leader(pg_store_t *pg);
+int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **out, size_t *n);
+int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t *n);
+
 /* Records (storage/records.h semantics). */
 int capstan_pg_get(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
                    const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out);

@@ -143,6 +143,50 @@ int capstan_store_set_map(capstan_store_t *store, size_t size, size_t max);
 size_t capstan_store_map_size(capstan_store_t *store);
 size_t capstan_store_map_max(capstan_store_t *store);
 
+/* ---- Nodes: several servers on one store ------------------------------ */
+
+/* A node whose heartbeat is older than this is dead: another node takes
+ * over its work (the heartbeat is written every CAPSTAN_NODE_HEARTBEAT_MS). */
+#define CAPSTAN_NODE_DEAD_SECONDS 10
+#define CAPSTAN_NODE_HEARTBEAT_MS 2000
+#define CAPSTAN_NODE_NAME_MAX 128
+
+typedef struct {
+  char name[CAPSTAN_NODE_NAME_MAX];
+  char version[32];
+  char detail[256]; /* what the node says of itself: its addresses */
+  int pid;
+  int64_t started_at;   /* unix seconds */
+  double heartbeat_age; /* seconds since its last heartbeat, by the store's clock */
+  bool alive;           /* heartbeat_age below CAPSTAN_NODE_DEAD_SECONDS */
+  bool leader;          /* this process, and it runs the once-only work */
+  bool self;            /* this process */
+} capstan_store_node_t;
+
+/* Names the server of this process |name| (unique among the nodes of the
+ * store: the default is host:CAPF port) with |detail|. On PostgreSQL its
+ * row in the nodes table is written now and every heartbeat after, and it
+ * competes for the once-only work (an advisory lock held by its listener
+ * connection: when the node dies the database drops it and another node
+ * takes it within a heartbeat). Devices it puts in progress carry its
+ * name. On LMDB the node is alone and always the leader. */
+int capstan_store_node_start(capstan_store_t *store, const char *name, const char *detail);
+/* The name given to capstan_store_node_start, or NULL. */
+const char *capstan_store_node_name(const capstan_store_t *store);
+/* Whether this node runs the work that must happen once per store
+ * (expiry checks, CA polling, audit retention, repairing what a dead node
+ * left in progress). Always true on LMDB. */
+bool capstan_store_leader(capstan_store_t *store);
+/* Every node of the store, this one included (on LMDB, this one only).
+ * *out is the caller's to free(). */
+int capstan_store_nodes(capstan_store_t *store, capstan_store_node_t **out, size_t *n);
+/* Inside |txn|: the names of the nodes alive now, other than this one
+ * (empty on LMDB), sorted; free each and the array. */
+int capstan_store_live_nodes(capstan_txn_t *txn, char ***names, size_t *n);
+/* Whether the store is reachable (PostgreSQL: the last attempt to reach
+ * the database succeeded; LMDB: always). */
+bool capstan_store_reachable(capstan_store_t *store);
+
 /* ---- Backup and restore ---------------------------------------------- */
 
 /* Writes a consistent, compacted copy of |store| (one read transaction:
