@@ -7,6 +7,9 @@
 #                                    (also written to DIR/url)
 #   pg_cluster.sh createdb DIR NAME  a new database NAME ([a-z0-9_], <= 63);
 #                                    prints its URL .../NAME?sslmode=require
+#   pg_cluster.sh newdb DIR [PREFIX] a new database with a name of its own
+#                                    (PREFIX_<pid>_<ns>, default prefix d);
+#                                    prints its URL as createdb
 #   pg_cluster.sh stop DIR           fast shutdown (no-op when not running)
 #   pg_cluster.sh kill DIR           SIGKILL the postmaster: an outage (its
 #                                    backends then exit; waited for, bounded)
@@ -292,6 +295,13 @@ cmd_createdb() {
   echo "$(cat "$DIR/url")/$name?sslmode=require"
 }
 
+cmd_newdb() {
+  local prefix="${1:-d}"
+  prefix="${prefix,,}"
+  prefix="${prefix//[^a-z0-9_]/_}"
+  cmd_createdb "$(printf '%s_%d_%s' "${prefix:0:30}" "$$" "$(date +%s%N)")"
+}
+
 [[ $# -ge 2 ]] || usage
 cmd=$1
 DIR=$2
@@ -303,6 +313,10 @@ case "$cmd" in
   createdb)
     [[ $# -eq 3 ]] || usage
     cmd_createdb "$3"
+    ;;
+  newdb)
+    [[ $# -le 3 ]] || usage
+    cmd_newdb "${3:-}"
     ;;
   stop) cmd_stop ;;
   kill) cmd_kill ;;
