@@ -223,6 +223,16 @@ it_store_args() {
   it_log "data directory $1: store $url"
 }
 
+# it_new_store: in PostgreSQL mode, points CAPSTAN_STORE at a new database,
+# for the next data directory the test creates by itself (not through
+# srv_prepare or srv_start); nothing otherwise.
+it_new_store() {
+  it_pg_mode || return 0
+  CAPSTAN_STORE=$(timeout 60 "$IT_PG_TOOL" newdb "$CAPSTAN_TEST_PG" "c_${IT_NAME}") ||
+    fail "PostgreSQL mode: no new database in $CAPSTAN_TEST_PG"
+  export CAPSTAN_STORE
+}
+
 # --- Servers ----------------------------------------------------------------
 
 # srv_prepare NAME [capstan init options]: creates server NAME's data
