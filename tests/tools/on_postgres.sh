@@ -14,6 +14,7 @@
 # The cluster is stopped whatever way this script ends; if it is killed
 # outright (SIGKILL, e.g. a ctest timeout), a detached guard stops the
 # cluster and removes the directory once this script's process is gone.
+# CAPSTAN_PG_TMPDIR: where the cluster's directory is made (default /tmp).
 
 set -uo pipefail
 
@@ -24,7 +25,9 @@ PGC="$TOOLS/pg_cluster.sh"
   exit 2
 }
 
-PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/capstan-pg.XXXXXX") || exit 1
+# Under /tmp, not $TMPDIR: the unix socket's path must stay short (107
+# bytes) and, as root, every parent must let the cluster's user through.
+PG_DIR=$(mktemp -d "${CAPSTAN_PG_TMPDIR:-/tmp}/capstan-pg.XXXXXX") || exit 1
 CHILD=""
 
 # shellcheck disable=SC2317 # called by the traps
