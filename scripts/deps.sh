@@ -5,10 +5,16 @@
 #   scripts/deps.sh --package  to build the .deb (scripts/package.sh)
 #   scripts/deps.sh --test     to build and run every test (the package's too)
 set -euo pipefail
+# libpq-dev: libpq-fe.h for the PostgreSQL store's types (libpq.so.5 is
+# loaded at run time, with dlmopen).
 build_pkgs=(build-essential cmake pkg-config android-libboringssl-dev libuv1-dev liblmdb-dev
-  libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev libexpat1-dev)
+  libprotobuf-c-dev protobuf-c-compiler libhttp-parser-dev libexpat1-dev libpq-dev)
 test_pkgs=(libcmocka-dev python3 python3-cryptography curl tftp-hpa atftp openssl android-boringssl
   lmdb-utils procps iproute2 jq valgrind prometheus chromium)
+# postgresql-15: initdb, pg_ctl and psql (/usr/lib/postgresql/15/bin) for the
+# tests' private clusters (tests/tools/pg_cluster.sh); the cluster Debian may
+# start on 5432 at install is not used.
+test_pkgs+=(postgresql-15)
 # dpkg-shlibdeps (dpkg-dev) for the package's Depends, help2man for its man
 # pages; the package test also runs systemd-analyze (systemd) and strace.
 package_pkgs=(dpkg-dev help2man)

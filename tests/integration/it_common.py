@@ -5,6 +5,7 @@ Python 3 standard library only.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -34,11 +35,55 @@ def capstan_bin():
     return b
 
 
+# PostgreSQL mode (tests/tools/on_postgres.sh): the directory of a private
+# cluster (tests/tools/pg_cluster.sh). Every data directory the helpers
+# create (`init` through cli(), `serve --init` through serve_argv()) gets a
+# fresh database of its own there; one a test creates by other means falls
+# back to CAPSTAN_STORE (one database for the whole test).
+PG_DIR = os.environ.get("CAPSTAN_TEST_PG") or None
+PG_TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "pg_cluster.sh")
+_pg_seq = 0
+
+
+def pg_mode():
+    return PG_DIR is not None
+
+
+def store_args(data_dir):
+    """The options that choose the store of DATA_DIR when a command is about
+    to create it: in PostgreSQL mode, when DATA_DIR is missing or empty,
+    ["--store", URL] of a database made for it now (two data directories
+    never share a store); [] otherwise (LMDB, or an existing directory, which
+    remembers its store)."""
+    global _pg_seq
+    if not PG_DIR:
+        return []
+    if os.path.isdir(data_dir) and os.listdir(data_dir):
+        return []
+    _pg_seq += 1
+    test = re.sub(r"[^a-z0-9_]", "_", os.path.splitext(os.path.basename(sys.argv[0]))[0].lower())
+    db = "c_%s_%d_%d" % (test[:40], os.getpid(), _pg_seq)
+    p = subprocess.run([PG_TOOL, "createdb", PG_DIR, db], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise TestFailure("PostgreSQL mode: createdb %s failed: %s" % (db, p.stderr.strip()))
+    url = p.stdout.strip()
+    log("data directory %s: store %s" % (data_dir, url))
+    return ["--store", url]
+
+
+def _creates(args):
+    """True for the commands that create a data directory."""
+    return args[:1] == ("init",) or (args[:1] == ("serve",) and "--init" in args)
+
+
 def cli(data_dir, *args, check_rc=True, stdin=None, timeout=60):
     """`capstan ARGS --data-dir DATA_DIR`: its stdout; a non-zero exit fails
-    the test. With check_rc=False, the CompletedProcess whatever the exit."""
+    the test. With check_rc=False, the CompletedProcess whatever the exit.
+    In PostgreSQL mode, `init` of a new data directory gets a database of
+    its own (store_args)."""
+    extra = store_args(data_dir) if _creates(args) else []
     p = subprocess.run(
-        [capstan_bin(), *args, "--data-dir", data_dir],
+        [capstan_bin(), *args, "--data-dir", data_dir, *extra],
         input=stdin,
         capture_output=True,
         text=True,
@@ -53,7 +98,9 @@ def cli(data_dir, *args, check_rc=True, stdin=None, timeout=60):
 
 def serve_argv(data_dir, http="127.0.0.1:0", tftp="127.0.0.1:0"):
     """`capstan serve` on DATA_DIR with the CAPF and admin listeners on
-    kernel-picked loopback ports; HTTP and TFTP as given ("off" for none)."""
+    kernel-picked loopback ports; HTTP and TFTP as given ("off" for none).
+    In PostgreSQL mode, a new DATA_DIR gets a database of its own
+    (store_args): call it just before the server starts."""
     return [
         capstan_bin(),
         "serve",
@@ -70,6 +117,7 @@ def serve_argv(data_dir, http="127.0.0.1:0", tftp="127.0.0.1:0"):
         tftp,
         "--drain-seconds",
         "5",
+        *store_args(data_dir),
     ]
 
 

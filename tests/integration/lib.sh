@@ -18,6 +18,12 @@
 #   CAPSTAN_BUILD_DIR  the build directory (capstan-phone is there)
 #   CAPSTAN_SOURCE_DIR the source tree
 #   CAPSTAN_SANITIZE   ON when the build uses ASan/UBSan
+#   CAPSTAN_TEST_PG    PostgreSQL mode (tests/tools/on_postgres.sh): the
+#                      directory of a private cluster (pg_cluster.sh); every
+#                      data directory srv_prepare or srv_start creates gets a
+#                      fresh database of its own there (--store URL). A data
+#                      directory a test creates itself falls back to
+#                      CAPSTAN_STORE, one database for the whole test.
 
 set -uo pipefail
 
@@ -189,6 +195,44 @@ it_wait_for() {
   eval "$@"
 }
 
+# --- PostgreSQL mode ---------------------------------------------------------
+
+IT_PG_TOOL="$CAPSTAN_SOURCE_DIR/tests/tools/pg_cluster.sh"
+IT_PG_SEQ=0
+
+# True in PostgreSQL mode (tests/tools/on_postgres.sh).
+it_pg_mode() { [[ -n "${CAPSTAN_TEST_PG:-}" ]]; }
+
+# it_store_args DATA_DIR: sets the array IT_STORE_ARGS to the options that
+# choose the store of a data directory about to be created: in PostgreSQL
+# mode, when DATA_DIR is missing or empty, `--store URL` of a database made
+# for it now (so that two data directories never share a store); nothing
+# otherwise (LMDB, or an existing directory, which remembers its store).
+# Call it in the test's shell, not in $(...).
+it_store_args() {
+  IT_STORE_ARGS=()
+  it_pg_mode || return 0
+  [[ -d "$1" && -n "$(ls -A "$1" 2>/dev/null)" ]] && return 0
+  IT_PG_SEQ=$((IT_PG_SEQ + 1))
+  local name="${IT_NAME,,}"
+  name="${name//[^a-z0-9_]/_}"
+  local db="c_${name:0:40}_$$_${IT_PG_SEQ}" url
+  url=$(timeout 60 "$IT_PG_TOOL" createdb "$CAPSTAN_TEST_PG" "$db") ||
+    fail "PostgreSQL mode: createdb $db in $CAPSTAN_TEST_PG failed"
+  IT_STORE_ARGS=(--store "$url")
+  it_log "data directory $1: store $url"
+}
+
+# it_new_store: in PostgreSQL mode, points CAPSTAN_STORE at a new database,
+# for the next data directory the test creates by itself (not through
+# srv_prepare or srv_start); nothing otherwise.
+it_new_store() {
+  it_pg_mode || return 0
+  CAPSTAN_STORE=$(timeout 60 "$IT_PG_TOOL" newdb "$CAPSTAN_TEST_PG" "c_${IT_NAME}") ||
+    fail "PostgreSQL mode: no new database in $CAPSTAN_TEST_PG"
+  export CAPSTAN_STORE
+}
+
 # --- Servers ----------------------------------------------------------------
 
 # srv_prepare NAME [capstan init options]: creates server NAME's data
@@ -201,7 +245,9 @@ srv_prepare() {
   local dir="$IT_TMP/srv-$name"
   mkdir -p "$dir"
   SRV_DATA[$name]="$dir/data"
-  timeout 120 "$CAPSTAN_BIN" init --data-dir "${SRV_DATA[$name]}" "$@" >"$dir/init.log" 2>&1 || {
+  it_store_args "${SRV_DATA[$name]}"
+  timeout 120 "$CAPSTAN_BIN" init --data-dir "${SRV_DATA[$name]}" "${IT_STORE_ARGS[@]}" "$@" \
+    >"$dir/init.log" 2>&1 || {
     cat "$dir/init.log" >&2
     fail "capstan init for server '$name' failed"
   }
@@ -245,7 +291,8 @@ srv_start() {
     SRV_LOG[$name]="$dir/server.log"
     echo "=== start attempt $attempt: capf=$capf admin=$admin http=$http tftp=$tftp" \
       >>"${SRV_LOG[$name]}"
-    "$CAPSTAN_BIN" serve --init --data-dir "${SRV_DATA[$name]}" \
+    it_store_args "${SRV_DATA[$name]}"
+    "$CAPSTAN_BIN" serve --init --data-dir "${SRV_DATA[$name]}" "${IT_STORE_ARGS[@]}" \
       --capf-listen "127.0.0.1:$capf" --admin-listen "127.0.0.1:$admin" \
       --http-listen "$http_arg" --tftp-listen "$tftp_arg" --drain-seconds 5 \
       "$@" </dev/null >>"${SRV_LOG[$name]}" 2>&1 &

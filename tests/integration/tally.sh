@@ -17,6 +17,20 @@ tally_exit() {
   [ "$failures" -eq 0 ]
 }
 
+# new_store: in PostgreSQL mode (CAPSTAN_TEST_PG, tests/tools/on_postgres.sh),
+# points CAPSTAN_STORE at a new database, for the next data directory the
+# script creates (the first one may use the database on_postgres.sh made);
+# nothing otherwise.
+new_store() {
+  [ -n "${CAPSTAN_TEST_PG:-}" ] || return 0
+  CAPSTAN_STORE=$("$(dirname "${BASH_SOURCE[0]}")/../tools/pg_cluster.sh" newdb "$CAPSTAN_TEST_PG" \
+    "$(basename "$0" .sh)") || {
+    echo "FAIL: PostgreSQL mode: no new database in $CAPSTAN_TEST_PG" >&2
+    exit 1
+  }
+  export CAPSTAN_STORE
+}
+
 # expect CODE DESCRIPTION -- command...: runs it, keeps stdout/stderr in
 # $WORK/out and $WORK/err, checks the exit code.
 expect() {

@@ -96,6 +96,7 @@ expect 0 "export" -- "$BIN" device export "$WORK/out1.csv"
 grep -q '^SEP000000000007,install,string,000007,rsa2048,2031-06-01T00:00:00Z$' "$WORK/out1.csv" && pass || fail "exported row"
 
 # Round trip into a fresh directory gives the same file.
+new_store
 expect 0 "import elsewhere" -- "$BIN" device import "$WORK/out1.csv" --any-name --data-dir "$WORK/data2"
 expect 0 "export elsewhere" -- "$BIN" device export - --data-dir "$WORK/data2"
 cmp -s "$WORK/out" "$WORK/out1.csv" && pass || fail "export/import round trip differs"

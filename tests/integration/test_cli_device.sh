@@ -91,6 +91,7 @@ unset TZ
 
 # --- device list: filters and the deadline column -----------------------------
 export CAPSTAN_DATA_DIR="$WORK/list"
+new_store
 export TZ=XST-5
 "$BIN" device add SEP0000AA000001 --operation install --auth null --completes-by 2030-06-01T09:00 >/dev/null 2>&1
 "$BIN" device add SEP0000AA000002 --operation delete --auth lsc >/dev/null 2>&1

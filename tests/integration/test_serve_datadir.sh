@@ -35,7 +35,7 @@ refused "$IT_TMP/empty" "is empty"
 mkdir "$IT_TMP/foreign"
 echo notes >"$IT_TMP/foreign/notes.txt"
 refused "$IT_TMP/foreign" "holds no capstan store"
-[[ ! -e "$IT_TMP/foreign/data.mdb" ]] || fail "serve made a store in a foreign directory"
+assert_eq notes.txt "$(ls -A "$IT_TMP/foreign")" "the foreign directory after serve (a store made there?)"
 
 # A store that `device add` made has no identities: serve does not make them.
 cli_expect "$IT_TMP/noid" 0 device add SEP00000D1D0001 --operation install --auth null
@@ -44,6 +44,7 @@ cli_expect "$IT_TMP/noid" 1 cert capf show
 it_log "missing, empty, foreign and identity-less directories refused"
 
 # --- The default directory starts on its own ------------------------------------
+it_new_store # PostgreSQL mode: noid above has the test's CAPSTAN_STORE
 mkdir "$IT_TMP/cwd"
 (cd "$IT_TMP/cwd" && exec env -u CAPSTAN_DATA_DIR "$CAPSTAN_BIN" serve "${ARGS[@]}" \
   </dev/null >"$IT_TMP/default.log" 2>&1) &
@@ -52,7 +53,7 @@ it_wait_for 60 'grep -q event=ready "$IT_TMP/default.log"' || {
   cat "$IT_TMP/default.log" >&2
   fail "serve on the default directory did not start"
 }
-[[ -f "$IT_TMP/cwd/capstan-data/data.mdb" ]] || fail "no store in ./capstan-data"
+it_pg_mode || [[ -f "$IT_TMP/cwd/capstan-data/data.mdb" ]] || fail "no store in ./capstan-data"
 assert_eq "$DPID" "$(cat "$IT_TMP/cwd/capstan-data/serve.pid")" "serve.pid of the default server"
 grep -q "event=initialised" "$IT_TMP/default.log" || fail "no event=initialised on the default dir"
 kill -TERM "$DPID"
