@@ -159,7 +159,7 @@ typedef struct {
   int64_t started_at;   /* unix seconds */
   double heartbeat_age; /* seconds since its last heartbeat, by the store's clock */
   bool alive;           /* heartbeat_age below CAPSTAN_NODE_DEAD_SECONDS */
-  bool leader;          /* this process, and it runs the once-only work */
+  bool leader;          /* runs the once-only work (another node: as its heartbeat said) */
   bool self;            /* this process */
 } capstan_store_node_t;
 
