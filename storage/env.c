@@ -348,7 +348,7 @@ int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
      * effect of a read-only command. */
     return CAPSTAN_ENOENT;
   }
-  if (!has_lmdb && !want_pg) {
+  if (!has_lmdb && url == NULL) {
     const char *env = getenv("CAPSTAN_STORE");
     if (env != NULL && env[0] != '\0') {
       url = env;

@@ -474,6 +474,45 @@ int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, s
   }
 }
 
+int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn fn, void *arg) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  char first[128], next[128];
+  snprintf(first, sizeof(first), "SELECT k, v FROM %s ORDER BY k LIMIT %d", table(db), PAGE_ROWS);
+  snprintf(next, sizeof(next), "SELECT k, v FROM %s WHERE k > $1 ORDER BY k LIMIT %d", table(db),
+           PAGE_ROWS);
+  uint8_t last[512];
+  size_t last_len = 0;
+  for (bool from_start = true;; from_start = false) {
+    const void *vals[] = {last};
+    int lens[] = {(int)last_len}, err;
+    PGresult *r = query(c, from_start ? first : next, from_start ? 0 : 1, vals, lens, "iterate",
+                        &err);
+    if (r == NULL) return err;
+    int rows = pq->ntuples(r);
+    for (int i = 0; i < rows && err == 0; i++) {
+      size_t kl = (size_t)pq->getlength(r, i, 0);
+      if (kl == 0 || kl > sizeof(last)) continue;
+      memcpy(last, pq->getvalue(r, i, 0), kl);
+      last_len = kl;
+      err = fn(last, kl, pq->getvalue(r, i, 1), (size_t)pq->getlength(r, i, 1), arg);
+    }
+    pq->clear(r);
+    if (err != 0) return err > 0 ? 0 : err;
+    if (rows < PAGE_ROWS) return 0;
+  }
+}
+
+int capstan_pg_clear(pg_conn_t *c) {
+  char sql[512];
+  size_t n = 0;
+  for (int db = 0; db < CAPSTAN_DB_COUNT; db++) {
+    if (db == CAPSTAN_DB_AUDIT_DEVICE) continue;
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, "DELETE FROM %s;", table(db));
+  }
+  c->dirty = true;
+  return capstan_pg_exec(c, sql, "restore");
+}
+
 /* An int8 column of a binary result. */
 static uint64_t int8_at(const capstan_libpq_t *pq, const PGresult *r, int row, int col) {
   if (pq->getisnull(r, row, col) || pq->getlength(r, row, col) != 8) return 0;
@@ -482,7 +521,11 @@ static uint64_t int8_at(const capstan_libpq_t *pq, const PGresult *r, int row, i
 
 int capstan_pg_count(pg_conn_t *c, capstan_db_t db, uint64_t *out) {
   char sql[128];
-  snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table(db));
+  if (db == CAPSTAN_DB_AUDIT_DEVICE) {
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM audit WHERE device IS NOT NULL");
+  } else {
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table(db));
+  }
   int err;
   PGresult *r = query(c, sql, 0, NULL, NULL, "stat", &err);
   if (r == NULL) return err;
