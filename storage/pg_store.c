@@ -121,6 +121,7 @@ PGconn *capstan_pg_connect(pg_store_t *pg) {
   PGconn *c = pg->pq->connectdb_params(keys, vals, 1);
   if (c == NULL) return NULL;
   if (pg->pq->status(c) != CONNECTION_OK) return c; /* the caller reports it */
+  capstan_libpq_check_keys();
   /* Durable before a phone sees anything, whatever the server's default. */
   PGresult *r = pg->pq->exec(c, "SET synchronous_commit = on");
   pg->pq->clear(r);
