@@ -85,7 +85,8 @@ bool capstan_pg_down(pg_store_t *pg) {
 static void one_line(const char *in, char *out, size_t len) {
   snprintf(out, len, "%s", in != NULL && in[0] != '\0' ? in : "unknown error");
   for (char *p = out; *p != '\0'; p++) {
-    if (*p == '\n' || *p == '"') *p = (p[1] == '\0') ? '\0' : ' ';
+    if (*p == '"') *p = '\'';
+    if (*p == '\n' || *p == '\t') *p = (p[1] == '\0') ? '\0' : ' ';
   }
 }
 
