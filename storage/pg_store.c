@@ -864,24 +864,8 @@ int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t 
   return 0;
 }
 
-static double gauge_reachable(void *arg) {
-  return capstan_pg_down(arg) ? 0 : 1;
-}
-
-static double gauge_leader(void *arg) {
-  return capstan_pg_leader(arg) ? 1 : 0;
-}
-
 int capstan_pg_listen_start(pg_store_t *pg) {
   if (pg->listening) return 0;
-  /* The server's: the database's reachability and this node's role. */
-  capstan_metrics_gauge_fn("capstan_store_reachable",
-                           "1 while the shared database (PostgreSQL) answers, 0 while this node "
-                           "cannot reach it",
-                           "", gauge_reachable, pg);
-  capstan_metrics_gauge_fn("capstan_cluster_leader",
-                           "1 on the node that runs the once-only work of a shared store", "",
-                           gauge_leader, pg);
   if (pthread_create(&pg->listener, NULL, listener_main, pg) != 0) return CAPSTAN_ENOMEM;
   pg->listening = true;
   return 0;
