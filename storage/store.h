@@ -165,7 +165,8 @@ typedef struct {
 } capstan_store_node_t;
 
 /* Names the server of this process |name| (unique among the nodes of the
- * store: the default is host:CAPF port) with |detail|. On PostgreSQL its
+ * store and the same across its restarts: the default is host:data
+ * directory) with |detail|. On PostgreSQL its
  * row in the nodes table is written now and every heartbeat after, and it
  * competes for the once-only work (an advisory lock held by its listener
  * connection: when the node dies the database drops it and another node
