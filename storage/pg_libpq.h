@@ -47,8 +47,7 @@ typedef struct {
                            const char *const *values, const int *lengths, const int *formats,
                            int result_format);
   PGresult *(*get_result)(PGconn *conn);
-  PGresult *(*prepare)(PGconn *conn, const char *name, const char *query, int n,
-                       const Oid *types);
+  PGresult *(*prepare)(PGconn *conn, const char *name, const char *query, int n, const Oid *types);
   PGresult *(*exec_prepared)(PGconn *conn, const char *name, int n, const char *const *values,
                              const int *lengths, const int *formats, int result_format);
   int (*send_query_prepared)(PGconn *conn, const char *name, int n, const char *const *values,

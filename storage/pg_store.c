@@ -57,9 +57,9 @@ struct pg_store {
   pthread_mutex_t lock;
   pg_conn_t *idle;
   size_t idle_count;
-  double down_until;    /* under lock */
-  bool down_said;       /* under lock: the outage is logged */
-  _Atomic bool down;    /* the last attempt to reach the database failed */
+  double down_until; /* under lock */
+  bool down_said;    /* under lock: the outage is logged */
+  _Atomic bool down; /* the last attempt to reach the database failed */
   _Atomic uint64_t changes;
   pthread_t listener;
   bool listening;
@@ -128,9 +128,14 @@ PGconn *capstan_pg_connect(pg_store_t *pg) {
   /* Defaults first: the URL's own settings (dbname is expanded in place)
    * override them. Bounded so that a database that is gone is noticed:
    * connect within 5 s, a peer that stops answering within 10 s. */
-  const char *keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
-                        "keepalives_count", "tcp_user_timeout", "application_name",
-                        "dbname", NULL};
+  const char *keys[] = {"connect_timeout",
+                        "keepalives_idle",
+                        "keepalives_interval",
+                        "keepalives_count",
+                        "tcp_user_timeout",
+                        "application_name",
+                        "dbname",
+                        NULL};
   const char *vals[] = {"5", "10", "5", "3", "10000", "capstan", pg->url, NULL};
   capstan_libpq_thread();
   PGconn *c = pg->pq->connectdb_params(keys, vals, 1);
@@ -439,9 +444,9 @@ static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *
   bool fresh_try = c->need_begin;
   int perr = prepared(c, sql, n, name);
   if (perr == 0) {
-    r = c->need_begin ? begin_with(c, name, n, (const char *const *)vals, lens, formats, 1)
-                      : pg->pq->exec_prepared(c->c, name, n, (const char *const *)vals, lens,
-                                              formats, 1);
+    r = c->need_begin
+            ? begin_with(c, name, n, (const char *const *)vals, lens, formats, 1)
+            : pg->pq->exec_prepared(c->c, name, n, (const char *const *)vals, lens, formats, 1);
   }
   if (r == NULL && c->bad && fresh_try) {
     /* A pooled connection the database dropped (a restart): nothing of
@@ -501,14 +506,14 @@ static void wr_be64(uint8_t out[8], uint64_t v) {
   }
 }
 
-static int unpack(pg_conn_t *c, const ProtobufCMessageDescriptor *desc, const PGresult *r, int row, int col,
-                  const char *dbname, ProtobufCMessage **out) {
+static int unpack(pg_conn_t *c, const ProtobufCMessageDescriptor *desc, const PGresult *r, int row,
+                  int col, const char *dbname, ProtobufCMessage **out) {
   const capstan_libpq_t *pq = c->pg->pq;
   size_t n = (size_t)pq->getlength(r, row, col);
   *out = protobuf_c_message_unpack(desc, NULL, n, (const uint8_t *)pq->getvalue(r, row, col));
   if (*out == NULL) {
-    LOG_ERROR("event=storage_record_unreadable db=%s type=%s bytes=%zu backend=postgresql",
-              dbname, desc->name, n);
+    LOG_ERROR("event=storage_record_unreadable db=%s type=%s bytes=%zu backend=postgresql", dbname,
+              desc->name, n);
     capstan_store_count_error("unpack");
     return CAPSTAN_EIO;
   }
@@ -556,8 +561,8 @@ int capstan_pg_put(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
   switch (db) {
     case CAPSTAN_DB_DEVICES:
       extra = "status";
-      extra_val = enum_name(&capstan__op_status__descriptor,
-                            (int)((const Capstan__Device *)msg)->status);
+      extra_val =
+          enum_name(&capstan__op_status__descriptor, (int)((const Capstan__Device *)msg)->status);
       break;
     case CAPSTAN_DB_CERTS:
       extra = "status";
@@ -631,8 +636,8 @@ int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, s
   for (;;) {
     const void *vals[] = {last};
     int lens[] = {(int)last_len}, err;
-    PGresult *r = query(c, from_start ? first : next, from_start ? 0 : 1, vals, lens, "iterate",
-                        &err);
+    PGresult *r =
+        query(c, from_start ? first : next, from_start ? 0 : 1, vals, lens, "iterate", &err);
     if (r == NULL) return err;
     from_start = false;
     int rows = pq->ntuples(r);
@@ -666,8 +671,8 @@ int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn f
   for (bool from_start = true;; from_start = false) {
     const void *vals[] = {last};
     int lens[] = {(int)last_len}, err;
-    PGresult *r = query(c, from_start ? first : next, from_start ? 0 : 1, vals, lens, "iterate",
-                        &err);
+    PGresult *r =
+        query(c, from_start ? first : next, from_start ? 0 : 1, vals, lens, "iterate", &err);
     if (r == NULL) return err;
     int rows = pq->ntuples(r);
     for (int i = 0; i < rows && err == 0; i++) {
@@ -719,8 +724,8 @@ int capstan_pg_count(pg_conn_t *c, capstan_db_t db, uint64_t *out) {
 
 int capstan_pg_audit_last(pg_conn_t *c, uint64_t *last, bool *any) {
   int err;
-  PGresult *r = query(c, "SELECT k FROM audit ORDER BY k DESC LIMIT 1", 0, NULL, NULL, "audit",
-                      &err);
+  PGresult *r =
+      query(c, "SELECT k FROM audit ORDER BY k DESC LIMIT 1", 0, NULL, NULL, "audit", &err);
   if (r == NULL) return err;
   const capstan_libpq_t *pq = c->pg->pq;
   *any = pq->ntuples(r) == 1 && pq->getlength(r, 0, 0) == 8;
@@ -855,9 +860,10 @@ static void heartbeat(pg_store_t *pg, PGconn *conn) {
     if (r != NULL) pq->clear(r);
     if (got) {
       atomic_store(&pg->leader, true);
-      LOG_INFO("event=cluster_leader node=%s hint=\"this node runs the once-only work: expiry "
-               "checks, CA polling, audit retention, repairs of dead nodes' devices\"",
-               name);
+      LOG_INFO(
+          "event=cluster_leader node=%s hint=\"this node runs the once-only work: expiry "
+          "checks, CA polling, audit retention, repairs of dead nodes' devices\"",
+          name);
     }
   }
   char pid[16];
@@ -916,8 +922,9 @@ static void *listener_main(void *arg) {
       pq->finish(conn);
       conn = NULL;
       if (atomic_exchange(&pg->leader, false)) {
-        LOG_WARN("event=cluster_leader_lost hint=\"the connection to the database broke; "
-                 "another node takes the once-only work\"");
+        LOG_WARN(
+            "event=cluster_leader_lost hint=\"the connection to the database broke; "
+            "another node takes the once-only work\"");
       }
       continue;
     }
@@ -1010,8 +1017,8 @@ int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **ou
     nd->alive = nd->heartbeat_age < CAPSTAN_NODE_DEAD_SECONDS;
     nd->self = self != NULL && strcmp(nd->name, self) == 0;
     /* Our own from the lock itself; others' as their last heartbeat said. */
-    nd->leader = nd->self ? capstan_pg_leader(pg)
-                          : nd->alive && strcmp(pq->getvalue(r, i, 6), "t") == 0;
+    nd->leader =
+        nd->self ? capstan_pg_leader(pg) : nd->alive && strcmp(pq->getvalue(r, i, 6), "t") == 0;
   }
   pq->clear(r);
   capstan_pg_abort(pg, c);
@@ -1029,10 +1036,11 @@ int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t 
   const capstan_libpq_t *pq = c->pg->pq;
   int err = ensure_begun(c);
   if (err != 0) return err;
-  PGresult *r = pq->exec_params(c->c,
-                                "SELECT name FROM nodes WHERE name <> $1 AND heartbeat_at > now() - "
-                                "make_interval(secs => $2::int) ORDER BY name",
-                                2, NULL, vals, NULL, NULL, 0);
+  PGresult *r =
+      pq->exec_params(c->c,
+                      "SELECT name FROM nodes WHERE name <> $1 AND heartbeat_at > now() - "
+                      "make_interval(secs => $2::int) ORDER BY name",
+                      2, NULL, vals, NULL, NULL, 0);
   if (r == NULL || pq->result_status(r) != PGRES_TUPLES_OK) return fail(c->pg, c, r, "nodes");
   int rows = pq->ntuples(r);
   char **out = calloc(rows > 0 ? (size_t)rows : 1, sizeof(*out));
@@ -1079,8 +1087,9 @@ int capstan_pg_open(const char *url, bool create, bool migrate, pg_store_t **out
   const capstan_libpq_t *pq = capstan_libpq();
   if (pq == NULL) return CAPSTAN_EIO;
   if (!pq->conninfo_valid(url)) {
-    LOG_ERROR("event=postgres_url_invalid hint=\"a libpq URI (postgresql://user@host:port/db"
-              "?sslmode=verify-full) or key=value string\"");
+    LOG_ERROR(
+        "event=postgres_url_invalid hint=\"a libpq URI (postgresql://user@host:port/db"
+        "?sslmode=verify-full) or key=value string\"");
     return CAPSTAN_EINVAL;
   }
   pg_store_t *pg = calloc(1, sizeof(*pg));

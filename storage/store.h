@@ -116,8 +116,7 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out);
  * already (several nodes share one); |url| "" creates LMDB whatever
  * $CAPSTAN_STORE says. A directory that has a store keeps
  * it: a different |url| is CAPSTAN_EEXIST (logged). */
-int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
-                           capstan_store_t **out);
+int capstan_store_open_url(const char *dir, const char *url, unsigned flags, capstan_store_t **out);
 
 /* "lmdb" or "postgresql". */
 const char *capstan_store_backend(const capstan_store_t *store);

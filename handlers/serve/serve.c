@@ -42,7 +42,7 @@
 #define EXPIRY_CHECK_SECONDS 86400 /* the CAPF expiry warning, once a day */
 #define AUDIT_PRUNE_SECONDS 3600   /* audit events past their retention, hourly */
 #define AUDIT_PRUNE_RETRY_SECONDS 60
-#define STORAGE_REPAIR_SECONDS 2 /* between repairs while the store fails */
+#define STORAGE_REPAIR_SECONDS 2   /* between repairs while the store fails */
 #define DEAD_NODE_REPAIR_SECONDS 5 /* between the leader's repairs of dead nodes' devices */
 
 typedef struct server {
@@ -185,7 +185,7 @@ typedef struct storage_repair {
   server_t *srv;
   const char *reason, *at; /* CAPSTAN_REASON_STORAGE_ERROR, or NODE_DIED */
   bool dead_nodes;         /* the leader's repair of dead nodes' devices */
-  char **live; /* sorted */
+  char **live;             /* sorted */
   size_t nlive;
   uint64_t failures; /* the writer's failed batches when it was queued */
   int64_t now;
@@ -317,7 +317,6 @@ static void on_poll(uv_timer_t *t) {
   srv->settings_txnid = txnid;
   apply_settings(srv);
 }
-
 
 /* --- Signals and drain ---------------------------------------------------- */
 
