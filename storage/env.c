@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/base/error.h"
 #include "core/base/log.h"
@@ -237,9 +238,10 @@ static int open_postgres(const char *dir, const char *url, unsigned flags, bool 
   if (s == NULL) return CAPSTAN_ENOMEM;
   int err = capstan_pg_open(url, create, (flags & CAPSTAN_STORE_MIGRATE) != 0, &s->pg);
   if (err == CAPSTAN_ENOENT) {
-    LOG_ERROR("event=postgres_store_missing dir=%s hint=\"the database named in %s/%s holds no "
-              "capstan store: run 'capstan init --data-dir %s --store URL'\"",
-              dir, dir, CAPSTAN_STORE_CONF, dir);
+    LOG_ERROR(
+        "event=postgres_store_missing dir=%s hint=\"the database named in %s/%s holds no "
+        "capstan store: run 'capstan init --data-dir %s --store URL'\"",
+        dir, dir, CAPSTAN_STORE_CONF, dir);
     err = CAPSTAN_EINVAL;
   }
   if (err == 0 && create) err = write_store_conf(dir, url);
@@ -257,6 +259,53 @@ const char *capstan_store_backend(const capstan_store_t *store) {
 
 const char *capstan_store_url(const capstan_store_t *store) {
   return store->pg != NULL ? capstan_pg_url(store->pg) : NULL;
+}
+
+/* ---- Nodes ---------------------------------------------------------------- */
+
+int capstan_store_node_start(capstan_store_t *store, const char *name, const char *detail) {
+  if (name == NULL || name[0] == '\0' || strlen(name) >= CAPSTAN_NODE_NAME_MAX) {
+    return CAPSTAN_EINVAL;
+  }
+  char *copy = strdup(name);
+  if (copy == NULL) return CAPSTAN_ENOMEM;
+  free(store->node);
+  store->node = copy;
+  return store->pg != NULL ? capstan_pg_node_start(store->pg, name, detail) : 0;
+}
+
+const char *capstan_store_node_name(const capstan_store_t *store) {
+  return store->node;
+}
+
+bool capstan_store_leader(capstan_store_t *store) {
+  return store->pg == NULL || capstan_pg_leader(store->pg);
+}
+
+bool capstan_store_reachable(capstan_store_t *store) {
+  return store->pg == NULL || !capstan_pg_down(store->pg);
+}
+
+int capstan_store_nodes(capstan_store_t *store, capstan_store_node_t **out, size_t *n) {
+  if (store->pg != NULL) return capstan_pg_nodes(store->pg, store->node, out, n);
+  *n = 0;
+  *out = calloc(1, sizeof(**out));
+  if (*out == NULL) return CAPSTAN_ENOMEM;
+  if (store->node == NULL) return 0;
+  capstan_store_node_t *self = *out;
+  snprintf(self->name, sizeof(self->name), "%s", store->node);
+  snprintf(self->version, sizeof(self->version), "%s", CAPSTAN_VERSION);
+  self->pid = (int)getpid();
+  self->alive = self->leader = self->self = true;
+  *n = 1;
+  return 0;
+}
+
+int capstan_store_live_nodes(capstan_txn_t *txn, char ***names, size_t *n) {
+  *names = NULL;
+  *n = 0;
+  if (txn->pg == NULL) return 0; /* LMDB: this node is the only one */
+  return capstan_pg_live_nodes(txn->pg, txn->store->node, names, n);
 }
 
 int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
@@ -284,9 +333,10 @@ int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
   bool want_pg = url != NULL && url[0] != '\0';
   if (conf == 0) {
     if (want_pg && strcmp(url, conf_url) != 0) {
-      LOG_ERROR("event=storage_conf_differs dir=%s hint=\"this directory's store is the one "
-                "in %s/%s; use another directory for another store\"",
-                dir, dir, CAPSTAN_STORE_CONF);
+      LOG_ERROR(
+          "event=storage_conf_differs dir=%s hint=\"this directory's store is the one "
+          "in %s/%s; use another directory for another store\"",
+          dir, dir, CAPSTAN_STORE_CONF);
       return CAPSTAN_EEXIST;
     }
     return open_postgres(dir, conf_url, flags, false, out);
@@ -300,7 +350,7 @@ int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
      * effect of a read-only command. */
     return CAPSTAN_ENOENT;
   }
-  if (!has_lmdb && !want_pg) {
+  if (!has_lmdb && url == NULL) {
     const char *env = getenv("CAPSTAN_STORE");
     if (env != NULL && env[0] != '\0') {
       url = env;
@@ -308,9 +358,10 @@ int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
     }
   }
   if (want_pg && has_lmdb) {
-    LOG_ERROR("event=storage_conf_differs dir=%s hint=\"this directory holds an LMDB store "
-              "(data.mdb); use another directory for a PostgreSQL store\"",
-              dir);
+    LOG_ERROR(
+        "event=storage_conf_differs dir=%s hint=\"this directory holds an LMDB store "
+        "(data.mdb); use another directory for a PostgreSQL store\"",
+        dir);
     return CAPSTAN_EEXIST;
   }
   if (want_pg) return open_postgres(dir, url, flags, true, out);
@@ -452,6 +503,7 @@ void capstan_store_close(capstan_store_t *store) {
   pthread_rwlock_destroy(&store->txn_lock);
   free(store->dir);
   free(store->actor);
+  free(store->node);
   free(store);
 }
 
