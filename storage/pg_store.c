@@ -472,6 +472,9 @@ static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *
   }
   ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
   if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+    /* The database answers: an outage seen on another connection is over
+     * (the pool may never need a new connection to find out). */
+    note_up(pg);
     *err = 0;
     return r;
   }
