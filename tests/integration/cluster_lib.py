@@ -313,9 +313,28 @@ def stop_all(nodes, pg):
         pg.stop()
 
 
+def node_answers(node, timeout=3):
+    """True when the node's admin listener answers /healthz in time."""
+    try:
+        node.http_admin("/healthz", timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 (any failure: it does not answer)
+        return False
+
+
 def dump_logs(nodes, pg):
     for n in nodes:
         log("---- node %s log (tail; %s) ----\n%s" % (n.name, n.logfile, n.log_text()[-5000:]))
+        # A node alive that no longer answers is hung: its threads' stacks
+        # say where (gdb, when installed; bounded).
+        if n.alive() and not node_answers(n) and shutil.which("gdb"):
+            try:
+                p = subprocess.run(["gdb", "-p", str(n.pid), "-batch", "-ex", "thread apply all bt 25"],
+                                   capture_output=True, text=True, timeout=60)
+                stacks = "\n".join(l for l in p.stdout.splitlines() if l.startswith(("Thread", "#")))
+                log("---- node %s does not answer /healthz: its threads ----\n%s" % (n.name, stacks[-12000:]))
+            except (OSError, subprocess.TimeoutExpired) as e:
+                log("gdb on node %s: %s" % (n.name, e))
     if pg is not None:
         log("---- postgres.log (tail) ----\n" + pg.log_tail())
 
