@@ -634,6 +634,10 @@ void capstan_store_abort(capstan_txn_t *txn) {
   pthread_rwlock_unlock(&txn->store->txn_lock);
 }
 
+int capstan_store_settle(capstan_txn_t *txn) {
+  return txn->pg != NULL ? capstan_pg_settle(txn->pg) : 0;
+}
+
 int capstan_store_read(capstan_store_t *store, capstan_store_txn_fn fn, void *arg) {
   capstan_txn_t txn;
   int err = capstan_store_begin(store, false, &txn);

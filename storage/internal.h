@@ -79,6 +79,12 @@ int capstan_store_reopen(capstan_store_t *s);
  * instead of once per request. */
 void capstan_store_quiet_errors(bool quiet);
 
+/* The answers of |txn|'s writes so far: PostgreSQL sends a write
+ * transaction's writes without waiting for each answer, so a failed write
+ * is known only here (or at commit). 0 or the first failure; always 0 on
+ * LMDB, whose writes answer at once. */
+int capstan_store_settle(capstan_txn_t *txn);
+
 /* Whether this thread's storage errors are logged at debug level. */
 bool capstan_store_errors_quiet(void);
 

@@ -82,6 +82,8 @@ static void load(void) {
       {(void **)&g_pq.enter_pipeline, "PQenterPipelineMode"},
       {(void **)&g_pq.exit_pipeline, "PQexitPipelineMode"},
       {(void **)&g_pq.pipeline_sync, "PQpipelineSync"},
+      {(void **)&g_pq.send_flush_request, "PQsendFlushRequest"},
+      {(void **)&g_pq.flush, "PQflush"},
       {(void **)&g_conninfo_parse, "PQconninfoParse"},
       {(void **)&g_conninfo_free, "PQconninfoFree"},
   };

@@ -55,6 +55,8 @@ typedef struct {
   int (*enter_pipeline)(PGconn *conn);
   int (*exit_pipeline)(PGconn *conn);
   int (*pipeline_sync)(PGconn *conn);
+  int (*send_flush_request)(PGconn *conn);
+  int (*flush)(PGconn *conn);
   int (*conninfo_valid)(const char *conninfo); /* 1 when libpq parses it */
 } capstan_libpq_t;
 

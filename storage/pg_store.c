@@ -32,6 +32,9 @@
 /* Rows fetched per query when iterating (keyset paging: the callback may
  * write between pages, in the same transaction). */
 #define PAGE_ROWS 256
+/* Answers owed before a write waits for them (the server's answers must
+ * not fill the socket while this side only sends). */
+#define INFLIGHT_MAX 256
 
 struct pg_conn {
   PGconn *c;
@@ -49,6 +52,16 @@ struct pg_conn {
   bool pending;
   uint64_t stmts[STMTS_MAX]; /* hashes of the statements prepared on |c| */
   int nstmts;
+  /* A write transaction sends its writes without waiting for their
+   * answers (pipeline mode): |inflight| answers are owed, read before the
+   * next statement whose answer is needed, at the latest at commit. A
+   * write's error is then seen there (capstan_pg_settle says which). */
+  bool piped;
+  int inflight;
+  /* The audit log's last key, known in this write transaction (writers are
+   * serialised: no other appends meanwhile). */
+  bool audit_known;
+  uint64_t audit_last;
 };
 
 struct pg_store {
@@ -219,7 +232,8 @@ static void conn_put(pg_store_t *pg, pg_conn_t *c) {
     return;
   }
   c->next = NULL;
-  c->write = c->dirty = c->need_begin = false;
+  c->write = c->dirty = c->need_begin = c->piped = c->audit_known = false;
+  c->inflight = 0;
   pthread_mutex_lock(&pg->lock);
   if (pg->idle_count < POOL_IDLE_MAX) {
     c->next = pg->idle;
@@ -300,15 +314,27 @@ int capstan_pg_begin(pg_store_t *pg, bool write, pg_conn_t **out) {
  * statement that cannot be cached (the cache full) is prepared under the
  * unnamed name, as libpq's exec_params would. Returns 0 or the error
  * (logged; c->bad when the connection broke). */
-static int prepared(pg_conn_t *c, const char *sql, int n, char name[24]) {
+static uint64_t stmt_hash(const char *sql) {
   uint64_t h = 1469598103934665603ull; /* FNV-1a */
   for (const char *p = sql; *p != '\0'; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+  return h;
+}
+
+/* Whether |sql| is prepared on |c| (its name in |name|). */
+static bool is_prepared(const pg_conn_t *c, const char *sql, char name[24]) {
+  uint64_t h = stmt_hash(sql);
   for (int i = 0; i < c->nstmts; i++) {
     if (c->stmts[i] == h) {
       snprintf(name, 24, "c%016llx", (unsigned long long)h);
-      return 0;
+      return true;
     }
   }
+  return false;
+}
+
+static int prepared(pg_conn_t *c, const char *sql, int n, char name[24]) {
+  if (is_prepared(c, sql, name)) return 0;
+  uint64_t h = stmt_hash(sql);
   bool keep = c->nstmts < STMTS_MAX;
   if (keep) {
     snprintf(name, 24, "c%016llx", (unsigned long long)h);
@@ -321,6 +347,141 @@ static int prepared(pg_conn_t *c, const char *sql, int n, char name[24]) {
   pq->clear(r);
   if (keep) c->stmts[c->nstmts++] = h;
   return 0;
+}
+
+/* ---- A write transaction's pipeline -------------------------------------- */
+
+/* Reads the answers owed for the writes sent so far, asking the server for
+ * them first when |request|. Returns the first error (logged) or 0. */
+static int collect(pg_conn_t *c, bool request) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  if (c->inflight == 0) return 0;
+  if (request && (!pq->send_flush_request(c->c) || pq->flush(c->c) != 0)) {
+    c->inflight = 0;
+    c->bad = true;
+    return fail(c->pg, c, NULL, "put");
+  }
+  int err = 0;
+  while (c->inflight > 0) {
+    PGresult *r = pq->get_result(c->c);
+    if (r == NULL) {
+      c->bad = true;
+      if (err == 0) err = fail(c->pg, c, NULL, "put");
+      break;
+    }
+    ExecStatusType st = pq->result_status(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || err != 0) {
+      pq->clear(r); /* after the first error the rest are "aborted" */
+    } else {
+      err = fail(c->pg, c, r, "put");
+    }
+    if ((r = pq->get_result(c->c)) != NULL) { /* the NULL that ends each answer */
+      pq->clear(r);
+      c->bad = true;
+      if (err == 0) err = CAPSTAN_EIO;
+      break;
+    }
+    c->inflight--;
+  }
+  c->inflight = 0;
+  return err;
+}
+
+/* Leaves pipeline mode after a failure or to abort: a sync ends the
+ * pipeline's aborted state, every answer owed is read and dropped. */
+static void pipe_reset(pg_conn_t *c) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  if (!c->piped) return;
+  c->piped = false;
+  if (c->bad || !pq->pipeline_sync(c->c)) {
+    c->bad = true;
+    return;
+  }
+  bool synced = false;
+  for (int i = 0; i < 2 * c->inflight + 8 && !synced; i++) {
+    PGresult *r = pq->get_result(c->c);
+    if (r == NULL) continue;
+    synced = pq->result_status(r) == PGRES_PIPELINE_SYNC;
+    pq->clear(r);
+  }
+  c->inflight = 0;
+  if (!synced || !pq->exit_pipeline(c->c)) c->bad = true;
+}
+
+/* Leaves pipeline mode with every answer read: for statements that need
+ * their answer at once (PQexec, PQprepare). Returns a write's error. */
+static int unpipe(pg_conn_t *c) {
+  if (!c->piped) return 0;
+  int err = collect(c, true);
+  if (err != 0) {
+    pipe_reset(c);
+    return err;
+  }
+  c->piped = false;
+  if (!c->pg->pq->exit_pipeline(c->c)) {
+    c->bad = true;
+    return fail(c->pg, c, NULL, "put");
+  }
+  return 0;
+}
+
+/* Sends a write of a write transaction without waiting for its answer. */
+static int send_write(pg_conn_t *c, const char *sql, int n, const char *const *vals,
+                      const int *lens) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  static const int formats[4] = {1, 1, 1, 1};
+  char name[24];
+  if (!is_prepared(c, sql, name)) {
+    int err = unpipe(c);
+    if (err == 0) err = prepared(c, sql, n, name);
+    if (err != 0) return err;
+  }
+  if (!c->piped) {
+    if (!pq->enter_pipeline(c->c)) {
+      c->bad = true;
+      return fail(c->pg, c, NULL, "put");
+    }
+    c->piped = true;
+  }
+  if (!pq->send_query_prepared(c->c, name, n, vals, lens, formats, 1)) {
+    c->bad = true;
+    return fail(c->pg, c, NULL, "put");
+  }
+  c->inflight++;
+  c->dirty = true;
+  return c->inflight >= INFLIGHT_MAX ? collect(c, true) : 0;
+}
+
+/* A read (or a write whose answer is needed) inside a piped write
+ * transaction: sent behind the writes, one round trip for all. */
+static PGresult *piped_read(pg_conn_t *c, const char *name, int n, const char *const *vals,
+                            const int *lens, const int *formats, int *err) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  if (!pq->send_query_prepared(c->c, name, n, vals, lens, formats, 1) ||
+      !pq->send_flush_request(c->c) || pq->flush(c->c) != 0) {
+    c->bad = true;
+    *err = fail(c->pg, c, NULL, "get");
+    return NULL;
+  }
+  *err = collect(c, false);
+  PGresult *r = pq->get_result(c->c);
+  PGresult *end = r != NULL ? pq->get_result(c->c) : NULL;
+  if (r == NULL || end != NULL) {
+    if (end != NULL) pq->clear(end);
+    if (r != NULL) pq->clear(r);
+    c->bad = true;
+    if (*err == 0) *err = fail(c->pg, c, NULL, "get");
+    return NULL;
+  }
+  if (*err != 0) {
+    pq->clear(r);
+    return NULL;
+  }
+  return r;
+}
+
+int capstan_pg_settle(pg_conn_t *c) {
+  return c->piped ? collect(c, true) : 0;
 }
 
 #define READ_BEGIN "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -400,11 +561,16 @@ int capstan_pg_commit(pg_store_t *pg, pg_conn_t *c) {
     end_read(pg, c);
     return 0;
   }
+  /* The writes' answers first: one that failed fails the commit. */
+  int err = unpipe(c);
+  if (err != 0) {
+    capstan_pg_abort(pg, c);
+    return err;
+  }
   /* A transaction that wrote tells every node, in the same commit. */
   const char *sql = c->write && c->dirty ? "NOTIFY " CAPSTAN_PG_CHANNEL "; COMMIT" : "COMMIT";
   PGresult *r = pg->pq->exec(c->c, sql);
-  int err = 0;
-  if (r == NULL || pg->pq->result_status(r) != PGRES_COMMAND_OK) {
+    if (r == NULL || pg->pq->result_status(r) != PGRES_COMMAND_OK) {
     /* A COMMIT that failed, or whose answer was lost with the connection:
      * the outcome is unknown, and the caller treats it as not written. */
     err = fail(pg, c, r, "commit");
@@ -423,6 +589,7 @@ void capstan_pg_abort(pg_store_t *pg, pg_conn_t *c) {
     end_read(pg, c);
     return;
   }
+  pipe_reset(c);
   if (!c->bad) {
     PGresult *r = pg->pq->exec(c->c, "ROLLBACK");
     if (r == NULL || pg->pq->result_status(r) != PGRES_COMMAND_OK) c->bad = true;
@@ -442,11 +609,23 @@ static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *
   PGresult *r = NULL;
   char name[24];
   bool fresh_try = c->need_begin;
-  int perr = prepared(c, sql, n, name);
-  if (perr == 0) {
-    r = c->need_begin
-            ? begin_with(c, name, n, (const char *const *)vals, lens, formats, 1)
-            : pg->pq->exec_prepared(c->c, name, n, (const char *const *)vals, lens, formats, 1);
+  int perr = 0;
+  if (c->piped && is_prepared(c, sql, name)) {
+    /* Behind the writes in flight, one round trip for all. */
+    r = piped_read(c, name, n, (const char *const *)vals, lens, formats, &perr);
+    if (r == NULL) {
+      *err = perr; /* logged */
+      if (c->bad) note_down(pg, "the connection was lost");
+      return NULL;
+    }
+  } else {
+    perr = unpipe(c);
+    if (perr == 0) perr = prepared(c, sql, n, name);
+    if (perr == 0) {
+      r = c->need_begin
+              ? begin_with(c, name, n, (const char *const *)vals, lens, formats, 1)
+              : pg->pq->exec_prepared(c->c, name, n, (const char *const *)vals, lens, formats, 1);
+    }
   }
   if (r == NULL && c->bad && fresh_try) {
     /* A pooled connection the database dropped (a restart): nothing of
@@ -485,7 +664,8 @@ static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *
 
 int capstan_pg_exec(pg_conn_t *c, const char *sql, const char *op) {
   pg_store_t *pg = c->pg;
-  int err = ensure_begun(c);
+  int err = unpipe(c);
+  if (err == 0) err = ensure_begun(c);
   if (err != 0) return err;
   PGresult *r = pg->pq->exec(c->c, sql);
   ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
@@ -597,13 +777,15 @@ int capstan_pg_put(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
              "INSERT INTO %s (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
              table(db));
   }
-  int err;
-  PGresult *r = query(c, sql, extra != NULL ? 3 : 2, vals, lens, "put", &err);
+  /* Sent without waiting for the answer (collected before the next read
+   * or at commit). */
+  int err = send_write(c, sql, extra != NULL ? 3 : 2, (const char *const *)vals, lens);
   if (n > 0) free(buf);
-  if (r == NULL) return err;
-  c->pg->pq->clear(r);
-  c->dirty = true;
-  return 0;
+  if (err == 0 && db == CAPSTAN_DB_AUDIT && klen == 8 && c->audit_known) {
+    uint64_t k = rd_be64(key);
+    if (k > c->audit_last) c->audit_last = k;
+  }
+  return err;
 }
 
 int capstan_pg_del(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen) {
@@ -726,6 +908,11 @@ int capstan_pg_count(pg_conn_t *c, capstan_db_t db, uint64_t *out) {
 /* ---- The audit log ------------------------------------------------------ */
 
 int capstan_pg_audit_last(pg_conn_t *c, uint64_t *last, bool *any) {
+  if (c->write && c->audit_known) {
+    *any = true;
+    *last = c->audit_last;
+    return 0;
+  }
   int err;
   PGresult *r =
       query(c, "SELECT k FROM audit ORDER BY k DESC LIMIT 1", 0, NULL, NULL, "audit", &err);
@@ -734,6 +921,11 @@ int capstan_pg_audit_last(pg_conn_t *c, uint64_t *last, bool *any) {
   *any = pq->ntuples(r) == 1 && pq->getlength(r, 0, 0) == 8;
   *last = *any ? rd_be64((const uint8_t *)pq->getvalue(r, 0, 0)) : 0;
   pq->clear(r);
+  /* Writers are serialised: what this transaction appends is the rest. */
+  if (c->write && *any) {
+    c->audit_known = true;
+    c->audit_last = *last;
+  }
   return 0;
 }
 

@@ -80,6 +80,10 @@ bool capstan_pg_leader(pg_store_t *pg);
 int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **out, size_t *n);
 int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t *n);
 
+/* Reads the answers of the writes sent so far in |c|'s write transaction
+ * (they are sent without waiting): the first failure, or 0. */
+int capstan_pg_settle(pg_conn_t *c);
+
 /* Records (storage/records.h semantics). */
 int capstan_pg_get(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
                    const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out);

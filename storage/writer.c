@@ -118,18 +118,28 @@ static void register_metrics(void) {
  * writes must not stay), CAPSTAN_ENOSPC when the map is full (no request is
  * to blame: the batch may run again in a larger map), or a negative error
  * for the transaction itself. */
-static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn) {
+static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn, bool *careful) {
   int err = capstan_store_begin(w->store, true, txn);
   if (err != 0) return err;
   for (write_req_t *r = batch; r != NULL; r = r->next) {
     if (r->status != 0) continue;
     int rc = r->fn(txn, r->arg);
+    /* PostgreSQL answers a write later (storage/internal.h): replaying
+     * carefully, each request's writes are answered before the next. */
+    if (rc == 0 && *careful) rc = capstan_store_settle(txn);
     if (rc != 0) {
       capstan_store_abort(txn);
       if (rc == CAPSTAN_ENOSPC) return rc;
       r->status = rc;
       return 1;
     }
+  }
+  /* A write that failed without its request knowing: find which by
+   * running the batch again carefully. */
+  if (!*careful && capstan_store_settle(txn) != 0) {
+    capstan_store_abort(txn);
+    *careful = true;
+    return 1;
   }
   return 0;
 }
@@ -210,8 +220,9 @@ static void write_batch(writer_t *w, write_req_t *batch, size_t n) {
   capstan_store_quiet_errors(atomic_load(&w->outage));
   uint64_t txnid = capstan_store_txnid(w->store);
   for (write_req_t *r = batch; r != NULL; r = r->next) r->status = 0;
+  bool careful = false;
   for (;;) {
-    err = run_batch(w, batch, &txn);
+    err = run_batch(w, batch, &txn, &careful);
     if (err == 1) continue;
     if (err == 0) err = capstan_store_commit(&txn);
     /* A full map grows (no transaction of ours is open now) and the batch
