@@ -84,6 +84,7 @@ static void load(void) {
       {(void **)&g_pq.pipeline_sync, "PQpipelineSync"},
       {(void **)&g_pq.send_flush_request, "PQsendFlushRequest"},
       {(void **)&g_pq.flush, "PQflush"},
+      {(void **)&g_pq.set_notice_processor, "PQsetNoticeProcessor"},
       {(void **)&g_conninfo_parse, "PQconninfoParse"},
       {(void **)&g_conninfo_free, "PQconninfoFree"},
   };

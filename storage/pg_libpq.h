@@ -57,6 +57,7 @@ typedef struct {
   int (*pipeline_sync)(PGconn *conn);
   int (*send_flush_request)(PGconn *conn);
   int (*flush)(PGconn *conn);
+  PQnoticeProcessor (*set_notice_processor)(PGconn *conn, PQnoticeProcessor proc, void *arg);
   int (*conninfo_valid)(const char *conninfo); /* 1 when libpq parses it */
 } capstan_libpq_t;
 

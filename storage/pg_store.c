@@ -32,6 +32,8 @@
 /* Rows fetched per query when iterating (keyset paging: the callback may
  * write between pages, in the same transaction). */
 #define PAGE_ROWS 256
+/* How often the listener reads the database's size (a gauge). */
+#define SIZE_REFRESH_SECONDS 10
 /* Answers owed before a write waits for them (the server's answers must
  * not fill the socket while this side only sends). */
 #define INFLIGHT_MAX 256
@@ -74,8 +76,9 @@ struct pg_store {
   bool down_said;    /* under lock: the outage is logged */
   _Atomic bool down; /* the last attempt to reach the database failed */
   _Atomic uint64_t changes;
+  _Atomic uint64_t size_bytes; /* the database's size, as the listener last read it */
   pthread_t listener;
-  bool listening;
+  _Atomic bool listening;
   _Atomic bool stopping;
   /* The node (capstan_pg_node_start); under lock. */
   char *node, *node_detail;
@@ -137,6 +140,14 @@ static int fail(pg_store_t *pg, pg_conn_t *c, PGresult *r, const char *op) {
 
 /* ---- Connections -------------------------------------------------------- */
 
+/* libpq's notices and warnings (a server that shuts down says so) go to
+ * the log as one line, not to stderr. */
+static void on_notice(void *arg, const char *message) {
+  char msg[300];
+  one_line(message, msg, sizeof(msg));
+  LOG_WARN("event=postgres_notice message=\"%s\"", msg);
+}
+
 PGconn *capstan_pg_connect(pg_store_t *pg) {
   /* Defaults first: the URL's own settings (dbname is expanded in place)
    * override them. Bounded so that a database that is gone is noticed:
@@ -153,6 +164,7 @@ PGconn *capstan_pg_connect(pg_store_t *pg) {
   capstan_libpq_thread();
   PGconn *c = pg->pq->connectdb_params(keys, vals, 1);
   if (c == NULL) return NULL;
+  pg->pq->set_notice_processor(c, on_notice, NULL);
   if (pg->pq->status(c) != CONNECTION_OK) return c; /* the caller reports it */
   capstan_libpq_check_keys();
   /* Durable before a phone sees anything, whatever the server's default. */
@@ -202,7 +214,12 @@ static pg_conn_t *conn_get(pg_store_t *pg, bool *pooled) {
     pg->idle = c->next;
     pg->idle_count--;
   }
-  bool wait = c == NULL && capstan_now_seconds() < pg->down_until;
+  /* While the database is unreachable: in the server the listener thread
+   * reconnects (and ends the outage), so no other thread waits for a
+   * connect (the loop thread reads: a connect to a host that drops
+   * packets takes connect_timeout); a command tries again after a second. */
+  bool wait = c == NULL && (pg->listening ? atomic_load(&pg->down)
+                                          : capstan_now_seconds() < pg->down_until);
   pthread_mutex_unlock(&pg->lock);
   *pooled = c != NULL;
   if (c != NULL) return c;
@@ -1078,6 +1095,8 @@ static void heartbeat(pg_store_t *pg, PGconn *conn) {
   free(detail);
 }
 
+static void read_size(pg_store_t *pg, PGconn *conn);
+
 /* The listener thread: counts every NOTIFY of the channel (each is a
  * commit somewhere that may change what this node serves: settings,
  * trust, identities, a device's files), writes the node's heartbeat and
@@ -1089,7 +1108,7 @@ static void *listener_main(void *arg) {
   const capstan_libpq_t *pq = pg->pq;
   capstan_libpq_thread();
   PGconn *conn = NULL;
-  double next_beat = 0;
+  double next_beat = 0, next_size = 0;
   while (!atomic_load(&pg->stopping)) {
     if (conn == NULL) {
       conn = capstan_pg_connect(pg);
@@ -1098,6 +1117,9 @@ static void *listener_main(void *arg) {
         r = pq->exec(conn, "LISTEN " CAPSTAN_PG_CHANNEL);
       }
       if (r == NULL || pq->result_status(r) != PGRES_COMMAND_OK) {
+        char msg[300];
+        one_line(conn != NULL ? pq->error_message(conn) : "out of memory", msg, sizeof(msg));
+        note_down(pg, msg);
         if (r != NULL) pq->clear(r);
         if (conn != NULL) pq->finish(conn);
         conn = NULL;
@@ -1105,15 +1127,26 @@ static void *listener_main(void *arg) {
         continue;
       }
       pq->clear(r);
+      note_up(pg);
       atomic_fetch_add(&pg->changes, 1);
-      next_beat = 0;
+      next_beat = next_size = 0;
+    }
+    if (capstan_now_seconds() >= next_size) {
+      read_size(pg, conn);
+      next_size = capstan_now_seconds() + SIZE_REFRESH_SECONDS;
     }
     if (capstan_now_seconds() >= next_beat) {
       heartbeat(pg, conn);
       next_beat = capstan_now_seconds() + CAPSTAN_NODE_HEARTBEAT_MS / 1000.0;
+      /* The heartbeat went through: the database answers, whatever failed
+       * on other connections (their threads do not reconnect meanwhile). */
+      if (pq->status(conn) == CONNECTION_OK) note_up(pg);
     }
     if (!wait_readable(pg, pq->socket(conn), 200)) break;
     if (!pq->consume_input(conn) || pq->status(conn) != CONNECTION_OK) {
+      char msg[300];
+      one_line(pq->error_message(conn), msg, sizeof(msg));
+      note_down(pg, msg);
       pq->finish(conn);
       conn = NULL;
       if (atomic_exchange(&pg->leader, false)) {
@@ -1255,12 +1288,28 @@ int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t 
 
 int capstan_pg_listen_start(pg_store_t *pg) {
   if (pg->listening) return 0;
-  if (pthread_create(&pg->listener, NULL, listener_main, pg) != 0) return CAPSTAN_ENOMEM;
-  pg->listening = true;
+  atomic_store(&pg->listening, true);
+  if (pthread_create(&pg->listener, NULL, listener_main, pg) != 0) {
+    atomic_store(&pg->listening, false);
+    return CAPSTAN_ENOMEM;
+  }
   return 0;
 }
 
+/* The database's size on the listener's connection (no other thread waits
+ * for it: the metrics and the status page read the last value). */
+static void read_size(pg_store_t *pg, PGconn *conn) {
+  const capstan_libpq_t *pq = pg->pq;
+  PGresult *r = pq->exec(conn, "SELECT pg_database_size(current_database())");
+  if (r != NULL && pq->result_status(r) == PGRES_TUPLES_OK && pq->ntuples(r) == 1) {
+    atomic_store(&pg->size_bytes, strtoull(pq->getvalue(r, 0, 0), NULL, 10));
+  }
+  if (r != NULL) pq->clear(r);
+}
+
 uint64_t capstan_pg_size_bytes(pg_store_t *pg) {
+  if (pg->listening) return atomic_load(&pg->size_bytes);
+  /* A command: read it now. */
   pg_conn_t *c;
   if (capstan_pg_begin(pg, false, &c) != 0) return 0;
   int err;

@@ -12,7 +12,8 @@ it_watchdog 240
 PGC="$CAPSTAN_SOURCE_DIR/tests/tools/pg_cluster.sh"
 PG="$(mktemp -d /tmp/capstan-pgstore.XXXXXX)"
 pg_stop() { timeout 60 "$PGC" stop "$PG" >/dev/null 2>&1; rm -rf "$PG"; }
-trap 'pg_stop' EXIT
+# lib.sh's cleanup (servers, the watchdog, the temporary directory), then ours.
+trap 'pg_stop; it_cleanup' EXIT
 timeout 90 "$PGC" start "$PG" >/dev/null || fail "PostgreSQL did not start"
 URL=$(timeout 60 "$PGC" createdb "$PG" store1) || fail "createdb failed"
 C() { timeout 60 "$CAPSTAN_BIN" "$@"; }
