@@ -13,6 +13,8 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "storage/internal.h"
+#include "storage/pg_store.h"
+#include "storage/records.h"
 
 #define PATH_MAX_LEN 4096
 
@@ -27,7 +29,137 @@ static int sync_parent(const char *path) {
   return err;
 }
 
+/* ---- Copying a store whole (the PostgreSQL back end's backup and restore) */
+
+/* The record type under |key| of |db| (the pki database holds several). */
+static const ProtobufCMessageDescriptor *record_type(capstan_db_t db, const void *key,
+                                                     size_t klen) {
+  switch (db) {
+    case CAPSTAN_DB_DEVICES:
+      return &capstan__device__descriptor;
+    case CAPSTAN_DB_CERTS:
+      return &capstan__issued_cert__descriptor;
+    case CAPSTAN_DB_TRUST:
+      return &capstan__trust_cert__descriptor;
+    case CAPSTAN_DB_TEMPLATES:
+      return &capstan__template__descriptor;
+    case CAPSTAN_DB_SETTINGS:
+      return &capstan__settings__descriptor;
+    case CAPSTAN_DB_AUDIT:
+      return &capstan__audit_event__descriptor;
+    case CAPSTAN_DB_CAPF_PREVIOUS:
+      return &capstan__previous_capf__descriptor;
+    case CAPSTAN_DB_CSR:
+      return &capstan__cert_request__descriptor;
+    case CAPSTAN_DB_PKI: {
+      static const struct {
+        const char *key;
+        const ProtobufCMessageDescriptor *type;
+      } kPki[] = {{CAPSTAN_IDENTITY_CAPF, &capstan__identity__descriptor},
+                  {CAPSTAN_IDENTITY_TFTP, &capstan__identity__descriptor},
+                  {"capf_pending", &capstan__pending_capf_key__descriptor},
+                  {CAPSTAN_PKI_CA_CONFIG, &capstan__ca_config__descriptor},
+                  {CAPSTAN_PKI_CA_HEALTH, &capstan__ca_health__descriptor}};
+      for (size_t i = 0; i < sizeof(kPki) / sizeof(kPki[0]); i++) {
+        if (klen == strlen(kPki[i].key) && memcmp(key, kPki[i].key, klen) == 0) {
+          return kPki[i].type;
+        }
+      }
+      return NULL;
+    }
+    default:
+      return NULL; /* audit_device: rebuilt from the audit log */
+  }
+}
+
+typedef struct {
+  capstan_txn_t *to;
+  capstan_db_t db;
+  size_t copied;
+} copy_t;
+
+static int copy_one(const void *key, size_t klen, const void *val, size_t vlen, void *arg) {
+  copy_t *c = arg;
+  const ProtobufCMessageDescriptor *type = record_type(c->db, key, klen);
+  if (type == NULL) {
+    LOG_WARN("event=storage_copy_skipped db=%s key_bytes=%zu reason=\"unknown record\"",
+             capstan_store_db_names[c->db], klen);
+    return 0;
+  }
+  /* Through the record's type: the PostgreSQL tables keep a status or a
+   * device beside it. Unknown fields of a newer release are kept. */
+  ProtobufCMessage *msg = protobuf_c_message_unpack(type, NULL, vlen, val);
+  if (msg == NULL) {
+    LOG_ERROR("event=storage_record_unreadable db=%s type=%s bytes=%zu",
+              capstan_store_db_names[c->db], type->name, vlen);
+    return CAPSTAN_EIO;
+  }
+  int err = capstan_store_put(c->to, c->db, key, klen, msg);
+  protobuf_c_message_free_unpacked(msg, NULL);
+  if (err == 0) c->copied++;
+  return err;
+}
+
+/* Copies every record of |from| into |to| (which the caller emptied). */
+static int copy_store(capstan_txn_t *from, capstan_txn_t *to) {
+  size_t total = 0;
+  for (int db = 0; db < CAPSTAN_DB_COUNT; db++) {
+    if (db == CAPSTAN_DB_AUDIT_DEVICE) continue;
+    copy_t c = {.to = to, .db = (capstan_db_t)db};
+    int err = capstan_store_iterate_raw(from, (capstan_db_t)db, copy_one, &c);
+    if (err != 0) return err;
+    total += c.copied;
+  }
+  LOG_INFO("event=storage_copied records=%zu from=%s to=%s", total,
+           capstan_store_backend(from->store), capstan_store_backend(to->store));
+  /* An LMDB copy indexes its audit log by device (an empty index is
+   * rebuilt from the log). */
+  return to->pg == NULL ? capstan_store_audit_reindex(to) : 0;
+}
+
+static void remove_lmdb_dir(const char *dir) {
+  char path[PATH_MAX_LEN + 16];
+  snprintf(path, sizeof(path), "%s/data.mdb", dir);
+  unlink(path);
+  snprintf(path, sizeof(path), "%s/lock.mdb", dir);
+  unlink(path);
+  rmdir(dir);
+}
+
+/* A PostgreSQL store's backup is the same LMDB file as an LMDB store's:
+ * its records copied (one read transaction: a snapshot, the nodes go on
+ * writing) into a temporary LMDB store beside |path|, then that store's
+ * compacted copy. `capstan restore` takes it into either back end. */
+static int backup_postgres(capstan_store_t *store, const char *path, uint64_t *bytes) {
+  char dir[PATH_MAX_LEN];
+  int n = snprintf(dir, sizeof(dir), "%s.tmpdir-%ld", path, (long)getpid());
+  if (n < 0 || (size_t)n >= sizeof(dir)) return CAPSTAN_ERANGE;
+  remove_lmdb_dir(dir);
+  capstan_store_t *copy = NULL;
+  int err = capstan_store_open_url(dir, "", CAPSTAN_STORE_CREATE, &copy);
+  if (err != 0) return err;
+  capstan_txn_t from, to;
+  err = capstan_store_begin(store, false, &from);
+  if (err == 0) {
+    err = capstan_store_begin(copy, true, &to);
+    if (err == 0) {
+      err = copy_store(&from, &to);
+      if (err == 0) {
+        err = capstan_store_commit(&to);
+      } else {
+        capstan_store_abort(&to);
+      }
+    }
+    capstan_store_abort(&from);
+  }
+  if (err == 0) err = capstan_store_backup(copy, path, bytes);
+  capstan_store_close(copy);
+  remove_lmdb_dir(dir);
+  return err;
+}
+
 int capstan_store_backup(capstan_store_t *store, const char *path, uint64_t *bytes) {
+  if (store->pg != NULL) return backup_postgres(store, path, bytes);
   char tmp[PATH_MAX_LEN];
   int n = snprintf(tmp, sizeof(tmp), "%s.tmp-%ld", path, (long)getpid());
   if (n < 0 || (size_t)n >= sizeof(tmp)) return CAPSTAN_ERANGE;
@@ -98,7 +230,37 @@ err:
   return err;
 }
 
+/* Into a PostgreSQL store: every record replaced by the backup's, in one
+ * transaction (all or nothing). */
+static int install_postgres(capstan_store_t *from, capstan_store_t *into) {
+  capstan_txn_t src, dst;
+  int err = capstan_store_begin(from, false, &src);
+  if (err != 0) return err;
+  err = capstan_store_begin(into, true, &dst);
+  if (err == 0) {
+    err = capstan_pg_clear(dst.pg);
+    if (err == 0) err = copy_store(&src, &dst);
+    if (err == 0) {
+      err = capstan_store_commit(&dst);
+    } else {
+      capstan_store_abort(&dst);
+    }
+  }
+  capstan_store_abort(&src);
+  return err;
+}
+
 int capstan_store_install(capstan_store_t *from, const char *dir) {
+  char conf[PATH_MAX_LEN];
+  struct stat st;
+  snprintf(conf, sizeof(conf), "%s/%s", dir, CAPSTAN_STORE_CONF);
+  if (stat(conf, &st) == 0) {
+    capstan_store_t *into = NULL;
+    int err = capstan_store_open(dir, 0, &into);
+    if (err == 0) err = install_postgres(from, into);
+    capstan_store_close(into);
+    return err;
+  }
   char data[PATH_MAX_LEN], lock[PATH_MAX_LEN];
   int n = snprintf(data, sizeof(data), "%s/data.mdb", dir);
   int m = snprintf(lock, sizeof(lock), "%s/lock.mdb", dir);

@@ -423,6 +423,11 @@ int capstan_devices_set_status(capstan_txn_t *txn, const char *name, Capstan__Op
   }
   if (err == 0 && reason != NULL) err = capstan_record_set_string(&d->status_reason, reason);
   if (err == 0 && reason == NULL) err = capstan_record_set_string(&d->status_reason, NULL);
+  if (err == 0) {
+    bool mine = status == CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS;
+    err = capstan_record_set_string(&d->in_progress_node,
+                                    mine ? capstan_store_node_name(txn->store) : NULL);
+  }
   if (err == 0 && count_attempt) {
     SET(d, attempts, d->attempts + 1);
     SET(d, last_attempt_at, now);
@@ -515,11 +520,23 @@ typedef struct {
   char **names;
   size_t n, cap;
   int err;
+  /* Other nodes alive now (sorted): their devices are theirs to end. */
+  char **others;
+  size_t nothers, theirs;
+  const char *self;
 } name_list_t;
+
+static int name_cmp(const void *a, const void *b);
 
 static int collect_in_progress(const Capstan__Device *d, void *arg) {
   name_list_t *l = arg;
   if (d->status != CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS) return 0;
+  const char *owner = d->in_progress_node;
+  if (owner != NULL && l->nothers > 0 && (l->self == NULL || strcmp(owner, l->self) != 0) &&
+      bsearch(&owner, l->others, l->nothers, sizeof(*l->others), name_cmp) != NULL) {
+    l->theirs++;
+    return 0;
+  }
   if (l->n == l->cap) {
     size_t cap = l->cap ? l->cap * 2 : 64;
     char **p = realloc(l->names, cap * sizeof(*p));
@@ -548,10 +565,11 @@ int capstan_devices_fail_in_progress(capstan_txn_t *txn, int64_t now, const char
   *failed = 0;
   if (skipped != NULL) *skipped = 0;
   /* Names first, writes after: no record changes under the cursor. */
-  name_list_t l = {0};
-  int err = capstan_store_device_iterate(txn, collect_in_progress, &l);
+  name_list_t l = {.self = capstan_store_node_name(txn->store)};
+  int err = capstan_store_live_nodes(txn, &l.others, &l.nothers);
+  if (err == 0) err = capstan_store_device_iterate(txn, collect_in_progress, &l);
   if (err == 0) err = l.err;
-  size_t n = 0, kept = 0;
+  size_t n = 0, kept = l.theirs;
   for (size_t i = 0; err == 0 && i < l.n; i++) {
     if (nlive > 0 && bsearch(&l.names[i], live, nlive, sizeof(*live), name_cmp) != NULL) {
       kept++; /* its session is still running: it ends the attempt itself */
@@ -572,6 +590,8 @@ int capstan_devices_fail_in_progress(capstan_txn_t *txn, int64_t now, const char
   }
   for (size_t i = 0; i < l.n; i++) free(l.names[i]);
   free(l.names);
+  for (size_t i = 0; i < l.nothers; i++) free(l.others[i]);
+  free(l.others);
   return err;
 }
 

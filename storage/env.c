@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/base/error.h"
 #include "core/base/log.h"
@@ -259,6 +260,53 @@ const char *capstan_store_url(const capstan_store_t *store) {
   return store->pg != NULL ? capstan_pg_url(store->pg) : NULL;
 }
 
+/* ---- Nodes ---------------------------------------------------------------- */
+
+int capstan_store_node_start(capstan_store_t *store, const char *name, const char *detail) {
+  if (name == NULL || name[0] == '\0' || strlen(name) >= CAPSTAN_NODE_NAME_MAX) {
+    return CAPSTAN_EINVAL;
+  }
+  char *copy = strdup(name);
+  if (copy == NULL) return CAPSTAN_ENOMEM;
+  free(store->node);
+  store->node = copy;
+  return store->pg != NULL ? capstan_pg_node_start(store->pg, name, detail) : 0;
+}
+
+const char *capstan_store_node_name(const capstan_store_t *store) {
+  return store->node;
+}
+
+bool capstan_store_leader(capstan_store_t *store) {
+  return store->pg == NULL || capstan_pg_leader(store->pg);
+}
+
+bool capstan_store_reachable(capstan_store_t *store) {
+  return store->pg == NULL || !capstan_pg_down(store->pg);
+}
+
+int capstan_store_nodes(capstan_store_t *store, capstan_store_node_t **out, size_t *n) {
+  if (store->pg != NULL) return capstan_pg_nodes(store->pg, store->node, out, n);
+  *n = 0;
+  *out = calloc(1, sizeof(**out));
+  if (*out == NULL) return CAPSTAN_ENOMEM;
+  if (store->node == NULL) return 0;
+  capstan_store_node_t *self = *out;
+  snprintf(self->name, sizeof(self->name), "%s", store->node);
+  snprintf(self->version, sizeof(self->version), "%s", CAPSTAN_VERSION);
+  self->pid = (int)getpid();
+  self->alive = self->leader = self->self = true;
+  *n = 1;
+  return 0;
+}
+
+int capstan_store_live_nodes(capstan_txn_t *txn, char ***names, size_t *n) {
+  *names = NULL;
+  *n = 0;
+  if (txn->pg == NULL) return 0; /* LMDB: this node is the only one */
+  return capstan_pg_live_nodes(txn->pg, txn->store->node, names, n);
+}
+
 int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out) {
   return capstan_store_open_url(dir, NULL, flags, out);
 }
@@ -300,7 +348,7 @@ int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
      * effect of a read-only command. */
     return CAPSTAN_ENOENT;
   }
-  if (!has_lmdb && !want_pg) {
+  if (!has_lmdb && url == NULL) {
     const char *env = getenv("CAPSTAN_STORE");
     if (env != NULL && env[0] != '\0') {
       url = env;
@@ -452,6 +500,7 @@ void capstan_store_close(capstan_store_t *store) {
   pthread_rwlock_destroy(&store->txn_lock);
   free(store->dir);
   free(store->actor);
+  free(store->node);
   free(store);
 }
 

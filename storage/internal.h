@@ -49,6 +49,7 @@ struct capstan_store {
   bool map_set;
   char *dir;
   char *actor; /* stamped on audit events as their user; NULL: none */
+  char *node;  /* capstan_store_node_start's name (the server); NULL: none */
 };
 
 /* Opens the named databases of |s| (creating them unless |readonly|).

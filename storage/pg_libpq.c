@@ -4,6 +4,7 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -11,12 +12,15 @@
 
 #define LIBPQ_SONAME "libpq.so.5"
 /* Thread-specific data indices the namespace's libc is made to skip (see
- * load): more than the main program's libraries use. */
-#define RESERVED_KEYS 128
+ * load): more than the main program's libraries use, and few enough that
+ * OpenSSL's keys stay in the first block of 32. */
+#define RESERVED_KEYS 16
 
 static capstan_libpq_t g_pq;
 /* The namespace's own libc's __ctype_init (see capstan_libpq_thread). */
 static void (*g_ctype_init)(void);
+static int (*g_key_create)(pthread_key_t *, void (*)(void *));
+static int (*g_key_delete)(pthread_key_t);
 static const capstan_libpq_t *g_loaded;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -96,21 +100,42 @@ static void load(void) {
     return;
   }
   /* Thread-specific data keys: each libc numbers its keys from 0 in a
-   * table of its own, but both store the values in the same per-thread
-   * array, and a thread exits through the main libc, which runs ITS
-   * destructor of each index that holds a value. OpenSSL's keys (made in
-   * the namespace) then met BoringSSL's destructor and the writer thread
-   * aborted at exit (free(): invalid pointer, measured). Taking the
-   * namespace's low indices here, before libpq first uses OpenSSL, puts
-   * OpenSSL's keys where the main libc has none: their values are then
-   * left at thread exit (a few bytes per thread that used TLS to the
-   * database; the server's such threads live as long as it does). */
+   * table of its own, but both keep the values in the same per-thread
+   * array. Keys of the two that shared an index would read each other's
+   * values (BoringSSL's thread state would be OpenSSL's), and a thread
+   * exits through the main libc, which runs ITS destructor of each index
+   * holding a value: the writer thread aborted there (free(): invalid
+   * pointer, measured). So the namespace's libc is made to skip the
+   * indices the main program uses (its few keys take the lowest free
+   * indices), and OpenSSL's keys land above them. They stay below 32: an
+   * index past the first block of 32 gets an array its libc allocates and
+   * the main libc frees (ASan: "free on address which was not
+   * malloc()-ed"). At thread exit the main libc finds OpenSSL's values
+   * under keys it never made and leaves them (a few bytes per thread that
+   * used TLS to the database; the server's such threads live as long as
+   * it does). */
   int (*key_create)(pthread_key_t *, void (*)(void *)) =
       (int (*)(pthread_key_t *, void (*)(void *)))dlsym(libc, "pthread_key_create");
-  for (int i = 0; i < RESERVED_KEYS && key_create != NULL; i++) {
+  pthread_key_t probe;
+  if (key_create == NULL || pthread_key_create(&probe, NULL) != 0) {
+    LOG_ERROR("event=postgres_library_unusable reason=\"no thread-specific key\"");
+    dlclose(h);
+    return;
+  }
+  pthread_key_delete(probe);
+  if (probe >= RESERVED_KEYS) {
+    LOG_ERROR("event=postgres_library_unusable reason=\"the process uses %u thread-specific "
+              "keys, more than the %d kept apart from libpq's\"",
+              (unsigned)probe, RESERVED_KEYS);
+    dlclose(h);
+    return;
+  }
+  for (int i = 0; i < RESERVED_KEYS; i++) {
     pthread_key_t unused;
     if (key_create(&unused, NULL) != 0) break;
   }
+  g_key_create = key_create;
+  g_key_delete = (int (*)(pthread_key_t))dlsym(libc, "pthread_key_delete");
   g_pq.conninfo_valid = conninfo_valid;
   g_loaded = &g_pq;
   /* The handle stays open for the life of the process. */
@@ -120,6 +145,22 @@ const capstan_libpq_t *capstan_libpq(void) {
   pthread_once(&g_once, load);
   capstan_libpq_thread();
   return g_loaded;
+}
+
+void capstan_libpq_check_keys(void) {
+  static _Atomic bool checked;
+  if (g_key_create == NULL || g_key_delete == NULL || atomic_exchange(&checked, true)) return;
+  pthread_key_t next;
+  if (g_key_create(&next, NULL) != 0) return;
+  g_key_delete(next);
+  /* 32: the first block of the per-thread array (see load). */
+  if (next >= 32) {
+    LOG_ERROR("event=postgres_library_keys next_key=%u hint=\"libpq's OpenSSL made more "
+              "thread-specific keys than expected: threads that used it may fail at exit\"",
+              (unsigned)next);
+  } else {
+    LOG_DEBUG("event=postgres_library_keys next_key=%u", (unsigned)next);
+  }
 }
 
 void capstan_libpq_thread(void) {

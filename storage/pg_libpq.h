@@ -55,4 +55,8 @@ const capstan_libpq_t *capstan_libpq(void);
  * does it for the thread that calls it. */
 void capstan_libpq_thread(void);
 
+/* Once, after the first connection: checks that libpq's OpenSSL kept its
+ * thread-specific keys where load() left room for them (logged). */
+void capstan_libpq_check_keys(void);
+
 #endif

@@ -54,7 +54,7 @@ static int migrate_to_1(pg_conn_t *c) {
        * seconds (storage/pg_cluster.c). */
       "CREATE TABLE nodes (name text PRIMARY KEY, started_at timestamptz NOT NULL, "
       "heartbeat_at timestamptz NOT NULL, pid integer NOT NULL, version text NOT NULL, "
-      "detail text NOT NULL DEFAULT '');",
+      "detail text NOT NULL DEFAULT '', leader boolean NOT NULL DEFAULT false);",
       ops, certs, csrs);
   return capstan_pg_exec(c, sql, "migrate");
 }

@@ -50,6 +50,9 @@ struct pg_store {
   pthread_t listener;
   bool listening;
   _Atomic bool stopping;
+  /* The node (capstan_pg_node_start); under lock. */
+  char *node, *node_detail;
+  _Atomic bool leader; /* the listener's connection holds the leader lock */
 };
 
 const capstan_libpq_t *capstan_pg_lib(const pg_store_t *pg) {
@@ -82,7 +85,8 @@ bool capstan_pg_down(pg_store_t *pg) {
 static void one_line(const char *in, char *out, size_t len) {
   snprintf(out, len, "%s", in != NULL && in[0] != '\0' ? in : "unknown error");
   for (char *p = out; *p != '\0'; p++) {
-    if (*p == '\n' || *p == '"') *p = (p[1] == '\0') ? '\0' : ' ';
+    if (*p == '"') *p = '\'';
+    if (*p == '\n' || *p == '\t') *p = (p[1] == '\0') ? '\0' : ' ';
   }
 }
 
@@ -118,6 +122,7 @@ PGconn *capstan_pg_connect(pg_store_t *pg) {
   PGconn *c = pg->pq->connectdb_params(keys, vals, 1);
   if (c == NULL) return NULL;
   if (pg->pq->status(c) != CONNECTION_OK) return c; /* the caller reports it */
+  capstan_libpq_check_keys();
   /* Durable before a phone sees anything, whatever the server's default. */
   PGresult *r = pg->pq->exec(c, "SET synchronous_commit = on");
   pg->pq->clear(r);
@@ -471,6 +476,45 @@ int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, s
   }
 }
 
+int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn fn, void *arg) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  char first[128], next[128];
+  snprintf(first, sizeof(first), "SELECT k, v FROM %s ORDER BY k LIMIT %d", table(db), PAGE_ROWS);
+  snprintf(next, sizeof(next), "SELECT k, v FROM %s WHERE k > $1 ORDER BY k LIMIT %d", table(db),
+           PAGE_ROWS);
+  uint8_t last[512];
+  size_t last_len = 0;
+  for (bool from_start = true;; from_start = false) {
+    const void *vals[] = {last};
+    int lens[] = {(int)last_len}, err;
+    PGresult *r = query(c, from_start ? first : next, from_start ? 0 : 1, vals, lens, "iterate",
+                        &err);
+    if (r == NULL) return err;
+    int rows = pq->ntuples(r);
+    for (int i = 0; i < rows && err == 0; i++) {
+      size_t kl = (size_t)pq->getlength(r, i, 0);
+      if (kl == 0 || kl > sizeof(last)) continue;
+      memcpy(last, pq->getvalue(r, i, 0), kl);
+      last_len = kl;
+      err = fn(last, kl, pq->getvalue(r, i, 1), (size_t)pq->getlength(r, i, 1), arg);
+    }
+    pq->clear(r);
+    if (err != 0) return err > 0 ? 0 : err;
+    if (rows < PAGE_ROWS) return 0;
+  }
+}
+
+int capstan_pg_clear(pg_conn_t *c) {
+  char sql[512];
+  size_t n = 0;
+  for (int db = 0; db < CAPSTAN_DB_COUNT; db++) {
+    if (db == CAPSTAN_DB_AUDIT_DEVICE) continue;
+    n += (size_t)snprintf(sql + n, sizeof(sql) - n, "DELETE FROM %s;", table(db));
+  }
+  c->dirty = true;
+  return capstan_pg_exec(c, sql, "restore");
+}
+
 /* An int8 column of a binary result. */
 static uint64_t int8_at(const capstan_libpq_t *pq, const PGresult *r, int row, int col) {
   if (pq->getisnull(r, row, col) || pq->getlength(r, row, col) != 8) return 0;
@@ -479,7 +523,11 @@ static uint64_t int8_at(const capstan_libpq_t *pq, const PGresult *r, int row, i
 
 int capstan_pg_count(pg_conn_t *c, capstan_db_t db, uint64_t *out) {
   char sql[128];
-  snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table(db));
+  if (db == CAPSTAN_DB_AUDIT_DEVICE) {
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM audit WHERE device IS NOT NULL");
+  } else {
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table(db));
+  }
   int err;
   PGresult *r = query(c, sql, 0, NULL, NULL, "stat", &err);
   if (r == NULL) return err;
@@ -609,13 +657,59 @@ static void sleep_unless_stopping(pg_store_t *pg, int ms) {
   for (int i = 0; i < ms / 100 && !atomic_load(&pg->stopping); i++) usleep(100 * 1000);
 }
 
-/* Counts every NOTIFY of the channel: each is a commit somewhere that may
- * change what this node serves (settings, trust, identities, a device's
- * files). Reconnects by itself, counting one change for what it missed. */
+/* The node's row: inserted or refreshed (heartbeat); its session also
+ * asks for the leader lock while it does not hold it. */
+static void heartbeat(pg_store_t *pg, PGconn *conn) {
+  const capstan_libpq_t *pq = pg->pq;
+  pthread_mutex_lock(&pg->lock);
+  char *name = pg->node != NULL ? strdup(pg->node) : NULL;
+  char *detail = pg->node_detail != NULL ? strdup(pg->node_detail) : NULL;
+  pthread_mutex_unlock(&pg->lock);
+  if (name == NULL) {
+    free(detail);
+    return;
+  }
+  if (!atomic_load(&pg->leader)) {
+    PGresult *r = pq->exec(conn, "SELECT pg_try_advisory_lock(1667330163, 2)");
+    bool got = r != NULL && pq->result_status(r) == PGRES_TUPLES_OK && pq->ntuples(r) == 1 &&
+               strcmp(pq->getvalue(r, 0, 0), "t") == 0;
+    if (r != NULL) pq->clear(r);
+    if (got) {
+      atomic_store(&pg->leader, true);
+      LOG_INFO("event=cluster_leader node=%s hint=\"this node runs the once-only work: expiry "
+               "checks, CA polling, audit retention, repairs of dead nodes' devices\"",
+               name);
+    }
+  }
+  char pid[16];
+  snprintf(pid, sizeof(pid), "%d", (int)getpid());
+  const char *vals[] = {name, pid, CAPSTAN_VERSION, detail != NULL ? detail : "",
+                        atomic_load(&pg->leader) ? "t" : "f"};
+  PGresult *r = pq->exec_params(
+      conn,
+      "INSERT INTO nodes (name, started_at, heartbeat_at, pid, version, detail, leader) "
+      "VALUES ($1, now(), now(), $2::int, $3, $4, $5::boolean) ON CONFLICT (name) DO UPDATE SET "
+      "heartbeat_at = now(), pid = EXCLUDED.pid, version = EXCLUDED.version, "
+      "detail = EXCLUDED.detail, leader = EXCLUDED.leader, started_at = CASE WHEN nodes.pid = "
+      "EXCLUDED.pid THEN nodes.started_at ELSE now() END",
+      5, NULL, vals, NULL, NULL, 0);
+  if (r != NULL) pq->clear(r);
+  free(name);
+  free(detail);
+}
+
+/* The listener thread: counts every NOTIFY of the channel (each is a
+ * commit somewhere that may change what this node serves: settings,
+ * trust, identities, a device's files), writes the node's heartbeat and
+ * holds the leader lock on the same connection, so that the lock goes
+ * when the node can no longer say it is alive. Reconnects by itself,
+ * counting one change for what it may have missed. */
 static void *listener_main(void *arg) {
   pg_store_t *pg = arg;
   const capstan_libpq_t *pq = pg->pq;
+  capstan_libpq_thread();
   PGconn *conn = NULL;
+  double next_beat = 0;
   while (!atomic_load(&pg->stopping)) {
     if (conn == NULL) {
       conn = capstan_pg_connect(pg);
@@ -632,11 +726,20 @@ static void *listener_main(void *arg) {
       }
       pq->clear(r);
       atomic_fetch_add(&pg->changes, 1);
+      next_beat = 0;
+    }
+    if (capstan_now_seconds() >= next_beat) {
+      heartbeat(pg, conn);
+      next_beat = capstan_now_seconds() + CAPSTAN_NODE_HEARTBEAT_MS / 1000.0;
     }
     if (!wait_readable(pg, pq->socket(conn), 200)) break;
     if (!pq->consume_input(conn) || pq->status(conn) != CONNECTION_OK) {
       pq->finish(conn);
       conn = NULL;
+      if (atomic_exchange(&pg->leader, false)) {
+        LOG_WARN("event=cluster_leader_lost hint=\"the connection to the database broke; "
+                 "another node takes the once-only work\"");
+      }
       continue;
     }
     PGnotify *n;
@@ -645,12 +748,140 @@ static void *listener_main(void *arg) {
       pq->freemem(n);
     }
   }
-  if (conn != NULL) pq->finish(conn);
+  if (conn != NULL) {
+    /* A node that stops says so: its row goes (a dead node's stays, and
+     * shows as dead). */
+    pthread_mutex_lock(&pg->lock);
+    char *name = pg->node != NULL ? strdup(pg->node) : NULL;
+    pthread_mutex_unlock(&pg->lock);
+    if (name != NULL) {
+      const char *vals[] = {name};
+      PGresult *r =
+          pq->exec_params(conn, "DELETE FROM nodes WHERE name = $1", 1, NULL, vals, NULL, NULL, 0);
+      if (r != NULL) pq->clear(r);
+      free(name);
+    }
+    pq->finish(conn);
+  }
+  atomic_store(&pg->leader, false);
   return NULL;
+}
+
+int capstan_pg_node_start(pg_store_t *pg, const char *name, const char *detail) {
+  char *n = strdup(name), *d = strdup(detail != NULL ? detail : "");
+  if (n == NULL || d == NULL) {
+    free(n);
+    free(d);
+    return CAPSTAN_ENOMEM;
+  }
+  pthread_mutex_lock(&pg->lock);
+  free(pg->node);
+  free(pg->node_detail);
+  pg->node = n;
+  pg->node_detail = d;
+  pthread_mutex_unlock(&pg->lock);
+  return capstan_pg_listen_start(pg);
+}
+
+bool capstan_pg_leader(pg_store_t *pg) {
+  return atomic_load(&pg->leader);
+}
+
+/* Copies |v| into |out| (truncated). */
+static void copy_text(char *out, size_t len, const char *v) {
+  snprintf(out, len, "%s", v != NULL ? v : "");
+}
+
+int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
+  pg_conn_t *c;
+  int err = capstan_pg_begin(pg, false, &c);
+  if (err != 0) return err;
+  const capstan_libpq_t *pq = pg->pq;
+  PGresult *r = pq->exec(c->c,
+                         "SELECT name, version, detail, pid, extract(epoch FROM started_at)::int8, "
+                         "extract(epoch FROM now() - heartbeat_at)::float8, leader FROM nodes "
+                         "ORDER BY name");
+  if (r == NULL || pq->result_status(r) != PGRES_TUPLES_OK) {
+    err = fail(pg, c, r, "nodes");
+    capstan_pg_abort(pg, c);
+    return err;
+  }
+  int rows = pq->ntuples(r);
+  capstan_store_node_t *nodes = calloc(rows > 0 ? (size_t)rows : 1, sizeof(*nodes));
+  if (nodes == NULL) {
+    pq->clear(r);
+    capstan_pg_abort(pg, c);
+    return CAPSTAN_ENOMEM;
+  }
+  for (int i = 0; i < rows; i++) {
+    capstan_store_node_t *nd = &nodes[i];
+    copy_text(nd->name, sizeof(nd->name), pq->getvalue(r, i, 0));
+    copy_text(nd->version, sizeof(nd->version), pq->getvalue(r, i, 1));
+    copy_text(nd->detail, sizeof(nd->detail), pq->getvalue(r, i, 2));
+    nd->pid = atoi(pq->getvalue(r, i, 3));
+    nd->started_at = strtoll(pq->getvalue(r, i, 4), NULL, 10);
+    nd->heartbeat_age = strtod(pq->getvalue(r, i, 5), NULL);
+    nd->alive = nd->heartbeat_age < CAPSTAN_NODE_DEAD_SECONDS;
+    nd->self = self != NULL && strcmp(nd->name, self) == 0;
+    /* Our own from the lock itself; others' as their last heartbeat said. */
+    nd->leader = nd->self ? capstan_pg_leader(pg)
+                          : nd->alive && strcmp(pq->getvalue(r, i, 6), "t") == 0;
+  }
+  pq->clear(r);
+  capstan_pg_abort(pg, c);
+  *out = nodes;
+  *n = (size_t)rows;
+  return 0;
+}
+
+int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t *n) {
+  *names = NULL;
+  *n = 0;
+  char dead[16];
+  snprintf(dead, sizeof(dead), "%d", CAPSTAN_NODE_DEAD_SECONDS);
+  const char *vals[] = {self != NULL ? self : "", dead};
+  const capstan_libpq_t *pq = c->pg->pq;
+  PGresult *r = pq->exec_params(c->c,
+                                "SELECT name FROM nodes WHERE name <> $1 AND heartbeat_at > now() - "
+                                "make_interval(secs => $2::int) ORDER BY name",
+                                2, NULL, vals, NULL, NULL, 0);
+  if (r == NULL || pq->result_status(r) != PGRES_TUPLES_OK) return fail(c->pg, c, r, "nodes");
+  int rows = pq->ntuples(r), err = 0;
+  char **out = calloc(rows > 0 ? (size_t)rows : 1, sizeof(*out));
+  for (int i = 0; out != NULL && i < rows; i++) {
+    if ((out[i] = strdup(pq->getvalue(r, i, 0))) == NULL) err = CAPSTAN_ENOMEM;
+  }
+  pq->clear(r);
+  if (out == NULL || err != 0) {
+    for (int i = 0; out != NULL && i < rows; i++) free(out[i]);
+    free(out);
+    return CAPSTAN_ENOMEM;
+  }
+  *names = out;
+  *n = (size_t)rows;
+  return 0;
+}
+
+static double gauge_reachable(void *arg) {
+  return capstan_pg_down(arg) ? 0 : 1;
+}
+
+static double gauge_leader(void *arg) {
+  return capstan_pg_leader(arg) ? 1 : 0;
 }
 
 int capstan_pg_listen_start(pg_store_t *pg) {
   if (pg->listening) return 0;
+  /* The server's: the database's reachability and this node's role. */
+  capstan_metrics_gauge_fn("capstan_store_reachable",
+                           "1 while the shared database (PostgreSQL) answers, 0 while this node "
+                           "cannot reach it",
+                           "", gauge_reachable, pg);
+  capstan_metrics_gauge_fn("capstan_cluster_leader",
+                           "1 on the node that runs the once-only work of a shared store", "",
+                           gauge_leader, pg);
   if (pthread_create(&pg->listener, NULL, listener_main, pg) != 0) return CAPSTAN_ENOMEM;
   pg->listening = true;
   return 0;
@@ -735,6 +966,8 @@ void capstan_pg_close(pg_store_t *pg) {
     conn_free(pg, c);
   }
   pthread_mutex_destroy(&pg->lock);
+  free(pg->node);
+  free(pg->node_detail);
   free(pg->url);
   free(pg);
 }

@@ -90,6 +90,10 @@ int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, s
                              const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
                              void *arg);
 int capstan_pg_count(pg_conn_t *c, capstan_db_t db, uint64_t *out);
+int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn fn, void *arg);
+/* Deletes every record of every table (a restore replaces the store);
+ * the nodes and the schema stay. */
+int capstan_pg_clear(pg_conn_t *c);
 
 /* The audit log (storage/audit.c keeps the rules; these are its reads). */
 int capstan_pg_audit_last(pg_conn_t *c, uint64_t *last, bool *any);

@@ -118,6 +118,25 @@ int capstan_store_iterate_after(capstan_txn_t *txn, capstan_db_t db, const void 
   return rc == MDB_NOTFOUND ? 0 : capstan_store_map_err(rc, "iterate");
 }
 
+int capstan_store_iterate_raw(capstan_txn_t *txn, capstan_db_t db, capstan_store_raw_fn fn,
+                              void *arg) {
+  int err = capstan_store_check_db(txn, db);
+  if (err != 0) return err;
+  if (CAPSTAN_STORE_ABSENT(txn, db)) return 0;
+  if (txn->pg != NULL) return capstan_pg_iterate_raw(txn->pg, db, fn, arg);
+  MDB_cursor *cur;
+  int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[db], &cur);
+  if (rc != 0) return capstan_store_map_err(rc, "iterate");
+  MDB_val k, v;
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && err == 0;
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    err = fn(k.mv_data, k.mv_size, v.mv_data, v.mv_size, arg);
+  }
+  mdb_cursor_close(cur);
+  if (err != 0) return err > 0 ? 0 : err;
+  return rc == MDB_NOTFOUND ? 0 : capstan_store_map_err(rc, "iterate");
+}
+
 int capstan_store_count(capstan_txn_t *txn, capstan_db_t db, uint64_t *out) {
   *out = 0;
   int err = capstan_store_check_db(txn, db);

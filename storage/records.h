@@ -44,6 +44,13 @@ int capstan_store_iterate_after(capstan_txn_t *txn, capstan_db_t db, const void 
                                 const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
                                 void *arg);
 
+/* The same over the packed records, unread: for copying a store whole
+ * (backup, restore). */
+typedef int (*capstan_store_raw_fn)(const void *key, size_t klen, const void *val, size_t vlen,
+                                    void *arg);
+int capstan_store_iterate_raw(capstan_txn_t *txn, capstan_db_t db, capstan_store_raw_fn fn,
+                              void *arg);
+
 /* ---- Typed records ---------------------------------------------------- */
 
 /* Devices, keyed by name. put rejects a name that fails

@@ -113,7 +113,8 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out);
  * set) puts the store in that PostgreSQL database: DIR/store.conf is
  * written (mode 0600: a URL may hold a password) and the database gets
  * capstan's schema, or is joined as it is when it holds a capstan store
- * already (several nodes share one). A directory that has a store keeps
+ * already (several nodes share one); |url| "" creates LMDB whatever
+ * $CAPSTAN_STORE says. A directory that has a store keeps
  * it: a different |url| is CAPSTAN_EEXIST (logged). */
 int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
                            capstan_store_t **out);
@@ -159,7 +160,7 @@ typedef struct {
   int64_t started_at;   /* unix seconds */
   double heartbeat_age; /* seconds since its last heartbeat, by the store's clock */
   bool alive;           /* heartbeat_age below CAPSTAN_NODE_DEAD_SECONDS */
-  bool leader;          /* this process, and it runs the once-only work */
+  bool leader;          /* runs the once-only work (another node: as its heartbeat said) */
   bool self;            /* this process */
 } capstan_store_node_t;
 
@@ -194,7 +195,9 @@ bool capstan_store_reachable(capstan_store_t *store);
  * |path|: through a temporary file beside it, created mode 0600 (the copy
  * holds the identities' private keys), fsynced, then renamed over |path|
  * and the directory fsynced. The file is an LMDB data file that
- * capstan_store_open_backup opens. *bytes (may be NULL) is its size.
+ * capstan_store_open_backup opens. *bytes (may be NULL) is its size. A
+ * PostgreSQL store's backup is the same kind of file: its records, read
+ * in one snapshot, in an LMDB store.
  * Errors: a negative errno (the temporary file is removed), or a store
  * error. */
 int capstan_store_backup(capstan_store_t *store, const char *path, uint64_t *bytes);
@@ -210,7 +213,10 @@ int capstan_store_open_backup(const char *path, capstan_store_t **out);
  * capstan_store_backup writes it, replacing any store there, and LMDB's
  * lock file of the replaced store removed (a process that still has the old
  * store open keeps the old file, not a mix). The caller holds the
- * directory's restore lock (storage/lock.h), so no server runs on it. */
+ * directory's restore lock (storage/lock.h), so no server runs on it.
+ * A directory whose store is in PostgreSQL gets the backup's records in
+ * place of every record there, in one transaction: stop every node of
+ * that store first (the lock guards this directory only). */
 int capstan_store_install(capstan_store_t *from, const char *dir);
 
 /* ---- Transactions ----------------------------------------------------- */

@@ -184,5 +184,9 @@ const char *capstan_name_list_text(const char *list, char *buf, size_t cap);
  * full disk, I/O errors): set by the running server's repair once it
  * writes again, on devices no session of it is running. */
 #define CAPSTAN_REASON_STORAGE_ERROR "storage error: the outcome could not be recorded"
+/* The reason of a device left IN_PROGRESS by a node that died (several
+ * nodes on one store): the leader fails it, its operation still scheduled,
+ * so the phone's next session (on any node) runs it again. */
+#define CAPSTAN_REASON_NODE_DIED "interrupted: the node that ran the session stopped"
 
 #endif

@@ -131,6 +131,7 @@ struct capstan_files_service {
   int freeing;
   capstan_metric_t *builds[CAPSTAN_FILE_KIND_COUNT];
   capstan_metric_t *hits[CAPSTAN_FILE_KIND_COUNT];
+  capstan_metric_t *stale; /* served from the cache while the store could not be read */
   capstan_metric_t *build_duration;
   capstan_metric_t *build_errors;
   capstan_metric_t *enc_ec, *enc_no_cert;
@@ -698,6 +699,12 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
      * directory (operators keep hand-made configurations there). */
     if (rc == CAPSTAN_ENOENT) {
       open_static(svc, name, cb, ctx);
+    } else if (e != NULL && e->blob != NULL) {
+      /* The store cannot be read (a shared database unreachable): the
+       * phone gets what this node last served it, and the metric says
+       * how often that happened. */
+      capstan_metric_inc(svc->stale);
+      cb(ctx, 0, capstan_blob_ref(e->blob), kind);
     } else {
       cb(ctx, CAPSTAN_EIO, NULL, kind);
     }
@@ -932,6 +939,11 @@ int capstan_files_service_new(uv_loop_t *loop, capstan_store_t *store,
     svc->hits[k] = capstan_metrics_counter("capstan_files_cache_hits_total",
                                            "Phone file requests served from the cache", labels);
   }
+  svc->stale = capstan_metrics_counter(
+      "capstan_files_served_stale_total",
+      "Phone files served from this node's cache because the store could not be read (a shared "
+      "database unreachable)",
+      NULL);
   svc->build_duration = capstan_metrics_histogram("capstan_files_build_duration_seconds",
                                                   "Time to produce a phone file on a worker", NULL,
                                                   capstan_buckets_fast, capstan_buckets_fast_n);

@@ -277,7 +277,36 @@ static void render_storage(capstan_json_t *j, const capstan_status_t *st) {
   capstan_json_kuint(j, "size_bytes", capstan_store_size_bytes(st->store));
   capstan_json_kuint(j, "map_bytes", capstan_store_map_size(st->store));
   capstan_json_kuint(j, "map_max_bytes", capstan_store_map_max(st->store));
+  capstan_json_kstr(j, "backend", capstan_store_backend(st->store));
+  capstan_json_kbool(j, "reachable", capstan_store_reachable(st->store));
   capstan_json_close(j, '}');
+}
+
+/* Every node of the store (several share a PostgreSQL store; on LMDB this
+ * one): its heartbeat, and which runs the once-only work. Throttle bounds
+ * and the other figures of this page are this node's own. */
+static void render_nodes(capstan_json_t *j, const capstan_status_t *st) {
+  capstan_store_node_t *nodes = NULL;
+  size_t n = 0;
+  int err = capstan_store_nodes(st->store, &nodes, &n);
+  capstan_json_key(j, "nodes");
+  capstan_json_open(j, '[');
+  for (size_t i = 0; err == 0 && i < n; i++) {
+    const capstan_store_node_t *nd = &nodes[i];
+    capstan_json_open(j, '{');
+    capstan_json_kstr(j, "name", nd->name);
+    capstan_json_kbool(j, "self", nd->self);
+    capstan_json_kbool(j, "alive", nd->alive);
+    capstan_json_kbool(j, "leader", nd->leader);
+    capstan_json_knum(j, "heartbeat_age_seconds", nd->heartbeat_age, 1);
+    capstan_json_kint(j, "pid", nd->pid);
+    capstan_json_kstr(j, "version", nd->version);
+    capstan_json_ktime(j, "started_at", nd->started_at);
+    capstan_json_kstr(j, "detail", nd->detail);
+    capstan_json_close(j, '}');
+  }
+  capstan_json_close(j, ']');
+  free(nodes);
 }
 
 /* The process's own resources (R26): out of descriptors or of memory, each
@@ -552,6 +581,7 @@ void capstan_status_render(capstan_status_t *st, const capstan_census_t *c, doub
   render_node(j, st, &r, now);
   render_devices(j, st, c);
   render_storage(j, st);
+  render_nodes(j, st);
   render_resources(j);
   render_progress(j, st, c, now);
   render_rates(j, st, &r, now);

@@ -527,8 +527,11 @@ static void on_tick(uv_timer_t *t) {
   capf_ca_service_t *svc = t->data;
   if (svc->stopping || svc->scanning) return;
   int64_t now = (int64_t)time(NULL);
-  write_health(svc, now);
   refresh_chain(svc, now);
+  /* Several nodes on one store: one of them (the leader) writes the CA's
+   * health and polls the CA for what waits, not every node the same. */
+  if (!capstan_store_leader(svc->store)) return;
+  write_health(svc, now);
   /* Only an online CA is polled; core/stats.c counts what waits. */
   unsigned issuers = 0;
   for (unsigned i = 0; i <= CAPSTAN_ISSUER_OFFLINE; i++) {

@@ -35,6 +35,7 @@ enum {
   OPT_CONFIG,
   OPT_INIT,
   OPT_STORE,
+  OPT_NODE_NAME,
   NOPTS
 };
 
@@ -59,6 +60,7 @@ static const capstan_cli_opt_t serve_opts[NOPTS] = {
     [OPT_CONFIG] = {"config", true, read_config},
     [OPT_INIT] = {"init", false, NULL},
     [OPT_STORE] = {"store", true, NULL},
+    [OPT_NODE_NAME] = {"node-name", true, NULL},
 };
 
 /* Where a config-file key goes: a slot of |f|, or NULL for an unknown key
@@ -310,6 +312,7 @@ static int run_serve(capstan_cli_t *c) {
       .store_map_mib = map_mib,
       .store_max_mib = max_mib,
       .store_url = pick(c, OPT_STORE, NULL),
+      .node_name = pick(c, OPT_NODE_NAME, NULL),
   };
   int rc = check_data_dir(c, opt.data_dir, &opt.init);
   if (rc != 0) return rc;
@@ -355,6 +358,8 @@ int capstan_cli_serve_main(int argc, char **argv) {
           "                          default $CAPSTAN_STORE), or join the capstan store that\n"
           "                          database holds: several nodes share one store (see\n"
           "                          'capstan init --help'); the map options are LMDB's only\n"
+          "  --node-name NAME        this node's name among the nodes of a shared store\n"
+          "                          (default host/capf-listen); shown on the status page\n"
           "  --config FILE           read the same keys from FILE, one 'key = value' a line;\n"
           "                          command-line options win\n"
           "\n"

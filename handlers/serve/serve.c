@@ -42,6 +42,7 @@
 #define AUDIT_PRUNE_SECONDS 3600   /* audit events past their retention, hourly */
 #define AUDIT_PRUNE_RETRY_SECONDS 60
 #define STORAGE_REPAIR_SECONDS 2 /* between repairs while the store fails */
+#define DEAD_NODE_REPAIR_SECONDS 5 /* between the leader's repairs of dead nodes' devices */
 
 typedef struct server {
   const capstan_serve_options_t *opt;
@@ -62,6 +63,7 @@ typedef struct server {
    * whether one is with the writer. */
   uint64_t repaired_failures;
   int64_t next_repair;
+  int64_t next_dead_node_repair;
   int repair_busy;
   int stopping;
   unsigned stage;    /* drain stage in progress */
@@ -99,7 +101,8 @@ static void check_capf_clock(server_t *srv) {
     LOG_INFO("event=reload cause=capf_previous_trust_ended");
     each_reload(srv);
   }
-  if (now >= srv->next_expiry_check) {
+  /* One node of several checks (and logs) the CAPF certificate's expiry. */
+  if (now >= srv->next_expiry_check && capstan_store_leader(srv->ctx.store)) {
     capstan_capf_check_expiry(srv->ctx.store, now);
     srv->next_expiry_check = now + EXPIRY_CHECK_SECONDS;
   }
@@ -148,6 +151,7 @@ static void audit_prune_done(void *arg, int status) {
 static void check_audit_retention(server_t *srv) {
   int64_t now = (int64_t)time(NULL);
   if (srv->stopping || srv->audit_prune_busy || now < srv->next_audit_prune) return;
+  if (!capstan_store_leader(srv->ctx.store)) return; /* another node prunes the shared log */
   audit_prune_t *p = calloc(1, sizeof(*p));
   if (p == NULL) return;
   struct timespec ts;
@@ -178,6 +182,8 @@ static void check_audit_retention(server_t *srv) {
  * failure. */
 typedef struct storage_repair {
   server_t *srv;
+  const char *reason, *at; /* CAPSTAN_REASON_STORAGE_ERROR, or NODE_DIED */
+  bool dead_nodes;         /* the leader's repair of dead nodes' devices */
   char **live; /* sorted */
   size_t nlive;
   uint64_t failures; /* the writer's failed batches when it was queued */
@@ -187,11 +193,11 @@ typedef struct storage_repair {
 
 static int storage_repair_write(capstan_txn_t *txn, void *arg) {
   storage_repair_t *r = arg;
-  int err = capstan_devices_fail_in_progress(txn, r->now, CAPSTAN_REASON_STORAGE_ERROR,
-                                             "storage_repair", r->live, r->nlive, &r->failed, NULL);
+  int err = capstan_devices_fail_in_progress(txn, r->now, r->reason, r->at, r->live, r->nlive,
+                                             &r->failed, NULL);
   /* A write even when no device needs it: during an outage, its commit is
    * what tells the writer the store takes writes again. */
-  if (err == 0) err = capstan_store_touch(txn);
+  if (err == 0 && !r->dead_nodes) err = capstan_store_touch(txn);
   return err;
 }
 
@@ -205,38 +211,66 @@ static void storage_repair_done(void *arg, int status) {
   storage_repair_t *r = arg;
   server_t *srv = r->srv;
   srv->repair_busy = 0;
-  if (status == 0) {
+  if (status == 0 && r->dead_nodes) {
+    if (r->failed > 0) {
+      LOG_WARN("event=dead_nodes_repaired devices=%zu status=failed reason=\"%s\"", r->failed,
+               r->reason);
+    }
+  } else if (status == 0) {
     srv->repaired_failures = r->failures;
     if (r->failed > 0) {
       LOG_WARN("event=storage_repaired devices=%zu status=failed reason=\"%s\"", r->failed,
-               CAPSTAN_REASON_STORAGE_ERROR);
+               r->reason);
     }
   }
   storage_repair_free(r);
 }
 
-static void check_storage_repair(server_t *srv) {
-  capstan_store_t *store = srv->ctx.store;
-  int64_t now = (int64_t)time(NULL);
-  if (srv->stopping || srv->repair_busy || now < srv->next_repair) return;
-  uint64_t failures = capstan_store_failed_batches(store);
-  if (failures == srv->repaired_failures && capstan_store_available(store)) return;
+/* Queues a repair of the devices in progress that no session of this
+ * process runs (and, on a shared store, that no other live node put
+ * there): the storage repair after an outage, or the leader's repair of
+ * what dead nodes left. */
+static void queue_repair(server_t *srv, bool dead_nodes, uint64_t failures, int64_t now) {
   storage_repair_t *r = calloc(1, sizeof(*r));
   if (r == NULL) return;
   r->srv = srv;
   r->failures = failures;
   r->now = now;
+  r->dead_nodes = dead_nodes;
+  r->reason = dead_nodes ? CAPSTAN_REASON_NODE_DIED : CAPSTAN_REASON_STORAGE_ERROR;
+  r->at = dead_nodes ? "dead_node_repair" : "storage_repair";
   if (capstan_capf_server_live_devices(srv->ctx.capf, &r->live, &r->nlive) < 0) {
     storage_repair_free(r);
     return;
   }
   capstan_devices_sort_names(r->live, r->nlive);
-  if (capstan_store_submit(store, storage_repair_write, r, storage_repair_done) < 0) {
+  if (capstan_store_submit(srv->ctx.store, storage_repair_write, r, storage_repair_done) < 0) {
     storage_repair_free(r);
     return;
   }
   srv->repair_busy = 1;
-  srv->next_repair = now + STORAGE_REPAIR_SECONDS;
+}
+
+static void check_storage_repair(server_t *srv) {
+  capstan_store_t *store = srv->ctx.store;
+  int64_t now = (int64_t)time(NULL);
+  if (srv->stopping || srv->repair_busy) return;
+  uint64_t failures = capstan_store_failed_batches(store);
+  if (now >= srv->next_repair &&
+      (failures != srv->repaired_failures || !capstan_store_available(store))) {
+    queue_repair(srv, false, failures, now);
+    srv->next_repair = now + STORAGE_REPAIR_SECONDS;
+    return;
+  }
+  /* Several nodes: a node that died mid-session left its devices in
+   * progress; the leader fails them (operation still scheduled) once the
+   * node's heartbeat is CAPSTAN_NODE_DEAD_SECONDS old, so the phones'
+   * next sessions, on any node, run them again. */
+  if (capstan_store_node_name(store) != NULL && strcmp(capstan_store_backend(store), "lmdb") != 0 &&
+      capstan_store_leader(store) && now >= srv->next_dead_node_repair) {
+    queue_repair(srv, true, 0, now);
+    srv->next_dead_node_repair = now + DEAD_NODE_REPAIR_SECONDS;
+  }
 }
 
 static void apply_settings(server_t *srv) {
@@ -282,6 +316,7 @@ static void on_poll(uv_timer_t *t) {
   srv->settings_txnid = txnid;
   apply_settings(srv);
 }
+
 
 /* --- Signals and drain ---------------------------------------------------- */
 
@@ -428,6 +463,19 @@ static int reconcile_interrupted(capstan_store_t *store) {
   return 0;
 }
 
+/* --node-name, else host/CAPF listener: unique among nodes that share a
+ * store and the same across restarts of one. */
+static void node_name(const capstan_serve_options_t *opt, char *out, size_t len) {
+  if (opt->node_name != NULL && opt->node_name[0] != '\0') {
+    snprintf(out, len, "%s", opt->node_name);
+    return;
+  }
+  char host[64] = "localhost";
+  gethostname(host, sizeof(host) - 1);
+  host[sizeof(host) - 1] = '\0';
+  snprintf(out, len, "%s/%s", host, opt->capf_listen);
+}
+
 int capstan_serve_run(const capstan_serve_options_t *opt) {
   server_t srv = {.opt = opt};
   tune_process();
@@ -451,6 +499,13 @@ int capstan_serve_run(const capstan_serve_options_t *opt) {
   }
   LOG_INFO("event=store_map map_bytes=%zu max_bytes=%zu", capstan_store_map_size(store),
            capstan_store_map_max(store));
+  /* Named before the reconcile: on a shared store it fails only this
+   * node's devices left in progress (and dead nodes'), not those of nodes
+   * running now. */
+  char node[CAPSTAN_NODE_NAME_MAX];
+  node_name(opt, node, sizeof(node));
+  if (capstan_store_node_start(store, node, "starting") < 0) goto out;
+  LOG_INFO("event=node name=\"%s\" store=%s", node, capstan_store_backend(store));
   rc = reconcile_interrupted(store);
   if (rc < 0) goto out;
   /* Skipped (the map full): the runtime repair fails the devices left in
@@ -482,6 +537,10 @@ int capstan_serve_run(const capstan_serve_options_t *opt) {
     uv_run(loop, UV_RUN_DEFAULT);
     goto out_writer;
   }
+  char detail[256];
+  snprintf(detail, sizeof(detail), "capf_port=%d data_dir=%s",
+           capstan_capf_server_port(srv.ctx.capf), opt->data_dir);
+  capstan_store_node_start(store, node, detail);
   LOG_INFO("event=ready version=%s data_dir=%s capf=%s capf_port=%d pid=%d", CAPSTAN_VERSION,
            opt->data_dir, opt->capf_listen, capstan_capf_server_port(srv.ctx.capf), (int)getpid());
   uv_run(loop, UV_RUN_DEFAULT);
