@@ -150,13 +150,13 @@ measure() { # one|two
     sb=$!
     wait "$sa" "$sb" || true
   fi
-  first=$((first + phones))
   p1=$(pg_cpu_s)
   for n in "${nodes[@]}"; do s1+=("$(proc_cpu_s "${pid[$n]}")"); v=$(metric "$n" capstan_storage_commits_total); w1=$((w1 + ${v:-0})); done
   l1=$(pg_sql "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
   sleep 11
   x1=$(pg_sql "SELECT xact_commit FROM pg_stat_database WHERE datname = '$db'")
   for n in "${nodes[@]}"; do
+    [ -n "${TWO_NODES_DEBUG:-}" ] && cat "$work/out.$n" >&2
     read -r o w f q < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["enrollments"], d["wall_s"], d["errors"], d["latency_ms"]["p99"])' "$work/out.$n")
     ok=$((ok + o)) fails=$((fails + f))
     wall=$(awk -v a="$wall" -v b="$w" 'BEGIN {print (b > a) ? b : a}')
@@ -171,23 +171,24 @@ measure() { # one|two
         mode, ok, ok / wall, srv * 1000 / ok, (p1 - p0) * 1000 / ok, w, w / wall, (w > 0) ? ok / w : 0, x, x / wall, l / ok, p99, fails, load }'
 }
 field() { sed "s/.* $1=\([0-9.]*\).*/\1/"; }
-declare -A col=()
+declare -A col=([one.x]= [two.x]=)
 keys="enrollments_per_s server_ms_per_enr pg_ms_per_enr group_commits_per_s enr_per_commit xact_commits_per_s wal_bytes_per_enr"
 for r in $(seq 1 "$runs"); do
-  if [ $((r % 2)) = 1 ]; then order="one two"; else order="two one"; fi
+  if [ $((r % 2)) = 1 ]; then order="${TWO_NODES_ORDER:-one two}"; else order="two one"; fi
   for m in $order; do
-    line=$(measure "$m")
+    line=$(measure "$m") # a subshell: $first moves on here
+    first=$((first + phones))
     echo "run=$r $line"
-    for k in $keys; do col[$m.$k]+="$(field "$k" <<<"$line") "; done
+    for k in $keys; do col[$m.$k]=${col[$m.$k]:-}"$(field "$k" <<<"$line") "; done
   done
 done
 for m in one two; do
   out="median nodes=$m"
-  for k in $keys; do out+=" $k=$(tr ' ' '\n' <<<"${col[$m.$k]}" | grep . | median)"; done
+  for k in $keys; do out+=" $k=$(tr ' ' '\n' <<<"${col[$m.$k]:-}" | grep . | median)"; done
   echo "$out"
 done
 for k in $keys; do
-  a=$(tr ' ' '\n' <<<"${col[one.$k]}" | grep . | median) b=$(tr ' ' '\n' <<<"${col[two.$k]}" | grep . | median)
+  a=$(tr ' ' '\n' <<<"${col[one.$k]:-}" | grep . | median) b=$(tr ' ' '\n' <<<"${col[two.$k]:-}" | grep . | median)
   printf 'ratio_two_over_one %s=%s\n' "$k" "$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", (a > 0) ? b / a : 0}')"
 done
 
