@@ -16,7 +16,7 @@ typedef struct put_identity {
   const char *which;
   Capstan__Identity rec;
   char serial[2 * 20 + 1]; /* hex, for the audit event */
-  bool stored;              /* put by this call (not found there) */
+  bool stored;             /* put by this call (not found there) */
 } put_identity_t;
 
 /* Both identities and one audit event naming what was created. An

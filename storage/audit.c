@@ -186,8 +186,8 @@ static int pg_deliver(uint64_t key, const Capstan__AuditEvent *e, void *arg) {
 static int query_all(capstan_txn_t *txn, int64_t since_ns, capstan_audit_fn fn, void *arg) {
   if (txn->pg != NULL) {
     pg_deliver_t d = {fn, arg};
-    return capstan_pg_audit_scan(txn->pg, NULL, since_ns > 0 ? (uint64_t)since_ns : 0,
-                                 pg_deliver, &d);
+    return capstan_pg_audit_scan(txn->pg, NULL, since_ns > 0 ? (uint64_t)since_ns : 0, pg_deliver,
+                                 &d);
   }
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT], &cur);
@@ -213,8 +213,8 @@ static int query_device(capstan_txn_t *txn, int64_t since_ns, const char *device
   if (err != 0) return err;
   if (txn->pg != NULL) {
     pg_deliver_t d = {fn, arg};
-    return capstan_pg_audit_scan(txn->pg, device, since_ns > 0 ? (uint64_t)since_ns : 0,
-                                 pg_deliver, &d);
+    return capstan_pg_audit_scan(txn->pg, device, since_ns > 0 ? (uint64_t)since_ns : 0, pg_deliver,
+                                 &d);
   }
   MDB_cursor *cur;
   int rc = mdb_cursor_open(txn->mdb, txn->store->dbi[CAPSTAN_DB_AUDIT_DEVICE], &cur);

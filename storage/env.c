@@ -238,9 +238,10 @@ static int open_postgres(const char *dir, const char *url, unsigned flags, bool 
   if (s == NULL) return CAPSTAN_ENOMEM;
   int err = capstan_pg_open(url, create, (flags & CAPSTAN_STORE_MIGRATE) != 0, &s->pg);
   if (err == CAPSTAN_ENOENT) {
-    LOG_ERROR("event=postgres_store_missing dir=%s hint=\"the database named in %s/%s holds no "
-              "capstan store: run 'capstan init --data-dir %s --store URL'\"",
-              dir, dir, CAPSTAN_STORE_CONF, dir);
+    LOG_ERROR(
+        "event=postgres_store_missing dir=%s hint=\"the database named in %s/%s holds no "
+        "capstan store: run 'capstan init --data-dir %s --store URL'\"",
+        dir, dir, CAPSTAN_STORE_CONF, dir);
     err = CAPSTAN_EINVAL;
   }
   if (err == 0 && create) err = write_store_conf(dir, url);
@@ -332,9 +333,10 @@ int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
   bool want_pg = url != NULL && url[0] != '\0';
   if (conf == 0) {
     if (want_pg && strcmp(url, conf_url) != 0) {
-      LOG_ERROR("event=storage_conf_differs dir=%s hint=\"this directory's store is the one "
-                "in %s/%s; use another directory for another store\"",
-                dir, dir, CAPSTAN_STORE_CONF);
+      LOG_ERROR(
+          "event=storage_conf_differs dir=%s hint=\"this directory's store is the one "
+          "in %s/%s; use another directory for another store\"",
+          dir, dir, CAPSTAN_STORE_CONF);
       return CAPSTAN_EEXIST;
     }
     return open_postgres(dir, conf_url, flags, false, out);
@@ -356,9 +358,10 @@ int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
     }
   }
   if (want_pg && has_lmdb) {
-    LOG_ERROR("event=storage_conf_differs dir=%s hint=\"this directory holds an LMDB store "
-              "(data.mdb); use another directory for a PostgreSQL store\"",
-              dir);
+    LOG_ERROR(
+        "event=storage_conf_differs dir=%s hint=\"this directory holds an LMDB store "
+        "(data.mdb); use another directory for a PostgreSQL store\"",
+        dir);
     return CAPSTAN_EEXIST;
   }
   if (want_pg) return open_postgres(dir, url, flags, true, out);

@@ -73,6 +73,15 @@ static void load(void) {
       {(void **)&g_pq.ssl_attribute, "PQsslAttribute"},
       {(void **)&g_pq.transaction_status, "PQtransactionStatus"},
       {(void **)&g_pq.lib_version, "PQlibVersion"},
+      {(void **)&g_pq.send_query, "PQsendQuery"},
+      {(void **)&g_pq.send_query_params, "PQsendQueryParams"},
+      {(void **)&g_pq.get_result, "PQgetResult"},
+      {(void **)&g_pq.prepare, "PQprepare"},
+      {(void **)&g_pq.exec_prepared, "PQexecPrepared"},
+      {(void **)&g_pq.send_query_prepared, "PQsendQueryPrepared"},
+      {(void **)&g_pq.enter_pipeline, "PQenterPipelineMode"},
+      {(void **)&g_pq.exit_pipeline, "PQexitPipelineMode"},
+      {(void **)&g_pq.pipeline_sync, "PQpipelineSync"},
       {(void **)&g_conninfo_parse, "PQconninfoParse"},
       {(void **)&g_conninfo_free, "PQconninfoFree"},
   };
@@ -92,7 +101,8 @@ static void load(void) {
    * for the calling thread. */
   Lmid_t lmid;
   void *libc = NULL;
-  if (dlinfo(h, RTLD_DI_LMID, &lmid) == 0) libc = dlmopen(lmid, "libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  if (dlinfo(h, RTLD_DI_LMID, &lmid) == 0)
+    libc = dlmopen(lmid, "libc.so.6", RTLD_NOW | RTLD_NOLOAD);
   if (libc != NULL) g_ctype_init = (void (*)(void))dlsym(libc, "__ctype_init");
   if (g_ctype_init == NULL) {
     LOG_ERROR("event=postgres_library_unusable library=libc.so.6 missing=__ctype_init");
@@ -124,9 +134,10 @@ static void load(void) {
   }
   pthread_key_delete(probe);
   if (probe >= RESERVED_KEYS) {
-    LOG_ERROR("event=postgres_library_unusable reason=\"the process uses %u thread-specific "
-              "keys, more than the %d kept apart from libpq's\"",
-              (unsigned)probe, RESERVED_KEYS);
+    LOG_ERROR(
+        "event=postgres_library_unusable reason=\"the process uses %u thread-specific "
+        "keys, more than the %d kept apart from libpq's\"",
+        (unsigned)probe, RESERVED_KEYS);
     dlclose(h);
     return;
   }
@@ -155,9 +166,10 @@ void capstan_libpq_check_keys(void) {
   g_key_delete(next);
   /* 32: the first block of the per-thread array (see load). */
   if (next >= 32) {
-    LOG_ERROR("event=postgres_library_keys next_key=%u hint=\"libpq's OpenSSL made more "
-              "thread-specific keys than expected: threads that used it may fail at exit\"",
-              (unsigned)next);
+    LOG_ERROR(
+        "event=postgres_library_keys next_key=%u hint=\"libpq's OpenSSL made more "
+        "thread-specific keys than expected: threads that used it may fail at exit\"",
+        (unsigned)next);
   } else {
     LOG_DEBUG("event=postgres_library_keys next_key=%u", (unsigned)next);
   }

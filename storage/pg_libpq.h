@@ -42,6 +42,19 @@ typedef struct {
   const char *(*ssl_attribute)(PGconn *conn, const char *name);
   PGTransactionStatusType (*transaction_status)(const PGconn *conn);
   int (*lib_version)(void);
+  int (*send_query)(PGconn *conn, const char *query);
+  int (*send_query_params)(PGconn *conn, const char *command, int n, const Oid *types,
+                           const char *const *values, const int *lengths, const int *formats,
+                           int result_format);
+  PGresult *(*get_result)(PGconn *conn);
+  PGresult *(*prepare)(PGconn *conn, const char *name, const char *query, int n, const Oid *types);
+  PGresult *(*exec_prepared)(PGconn *conn, const char *name, int n, const char *const *values,
+                             const int *lengths, const int *formats, int result_format);
+  int (*send_query_prepared)(PGconn *conn, const char *name, int n, const char *const *values,
+                             const int *lengths, const int *formats, int result_format);
+  int (*enter_pipeline)(PGconn *conn);
+  int (*exit_pipeline)(PGconn *conn);
+  int (*pipeline_sync)(PGconn *conn);
   int (*conninfo_valid)(const char *conninfo); /* 1 when libpq parses it */
 } capstan_libpq_t;
 

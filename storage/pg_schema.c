@@ -64,8 +64,8 @@ static int (*const kSteps[CAPSTAN_PG_SCHEMA_VERSION])(pg_conn_t *) = {migrate_to
 /* The stored version: 0 when capstan_meta is missing. */
 static int stored_version(pg_conn_t *c, int *version) {
   const capstan_libpq_t *pq = capstan_pg_lib_of(c);
-  PGresult *r = pq->exec(capstan_pg_raw(c),
-                         "SELECT value FROM capstan_meta WHERE key = 'schema_version'");
+  PGresult *r =
+      pq->exec(capstan_pg_raw(c), "SELECT value FROM capstan_meta WHERE key = 'schema_version'");
   ExecStatusType st = r != NULL ? pq->result_status(r) : PGRES_FATAL_ERROR;
   if (st != PGRES_TUPLES_OK) {
     const char *state = r != NULL ? pq->result_error_field(r, PG_DIAG_SQLSTATE) : NULL;
@@ -91,16 +91,18 @@ int capstan_pg_schema_check(pg_conn_t *c, bool write, bool create, bool migrate)
   if (err != 0) return err;
   if (version == CAPSTAN_PG_SCHEMA_VERSION) return 0;
   if (version > CAPSTAN_PG_SCHEMA_VERSION) {
-    LOG_ERROR("event=postgres_schema_newer stored=%d supported=%d hint=\"this store was written "
-              "by a newer capstan: run that version\"",
-              version, CAPSTAN_PG_SCHEMA_VERSION);
+    LOG_ERROR(
+        "event=postgres_schema_newer stored=%d supported=%d hint=\"this store was written "
+        "by a newer capstan: run that version\"",
+        version, CAPSTAN_PG_SCHEMA_VERSION);
     return CAPSTAN_EINVAL;
   }
   if (version == 0 && !create) return CAPSTAN_ENOENT;
   if (version > 0 && !migrate) {
-    LOG_ERROR("event=postgres_schema_old stored=%d supported=%d hint=\"run 'capstan store "
-              "migrate' (with every node stopped or upgraded)\"",
-              version, CAPSTAN_PG_SCHEMA_VERSION);
+    LOG_ERROR(
+        "event=postgres_schema_old stored=%d supported=%d hint=\"run 'capstan store "
+        "migrate' (with every node stopped or upgraded)\"",
+        version, CAPSTAN_PG_SCHEMA_VERSION);
     return CAPSTAN_EINVAL;
   }
   if (!write) return CAPSTAN_EBUSY;
@@ -115,8 +117,8 @@ int capstan_pg_schema_check(pg_conn_t *c, bool write, bool create, bool migrate)
     err = kSteps[v](c);
     if (err != 0) return err;
     char sql[128];
-    snprintf(sql, sizeof(sql),
-             "UPDATE capstan_meta SET value = '%d' WHERE key = 'schema_version'", v + 1);
+    snprintf(sql, sizeof(sql), "UPDATE capstan_meta SET value = '%d' WHERE key = 'schema_version'",
+             v + 1);
     err = capstan_pg_exec(c, sql, "migrate");
     if (err != 0) return err;
     LOG_INFO("event=postgres_schema_migrated to=%d", v + 1);

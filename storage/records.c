@@ -13,7 +13,8 @@
 /* ---- Generic records -------------------------------------------------- */
 
 int capstan_store_check_db(const capstan_txn_t *txn, capstan_db_t db) {
-  if (txn == NULL || (txn->mdb == NULL && txn->pg == NULL) || (int)db < 0 || db >= CAPSTAN_DB_COUNT) {
+  if (txn == NULL || (txn->mdb == NULL && txn->pg == NULL) || (int)db < 0 ||
+      db >= CAPSTAN_DB_COUNT) {
     return CAPSTAN_EINVAL;
   }
   return 0;

@@ -116,8 +116,7 @@ int capstan_store_open(const char *dir, unsigned flags, capstan_store_t **out);
  * already (several nodes share one); |url| "" creates LMDB whatever
  * $CAPSTAN_STORE says. A directory that has a store keeps
  * it: a different |url| is CAPSTAN_EEXIST (logged). */
-int capstan_store_open_url(const char *dir, const char *url, unsigned flags,
-                           capstan_store_t **out);
+int capstan_store_open_url(const char *dir, const char *url, unsigned flags, capstan_store_t **out);
 
 /* "lmdb" or "postgresql". */
 const char *capstan_store_backend(const capstan_store_t *store);
@@ -165,7 +164,8 @@ typedef struct {
 } capstan_store_node_t;
 
 /* Names the server of this process |name| (unique among the nodes of the
- * store: the default is host:CAPF port) with |detail|. On PostgreSQL its
+ * store and the same across its restarts: the default is host:data
+ * directory) with |detail|. On PostgreSQL its
  * row in the nodes table is written now and every heartbeat after, and it
  * competes for the once-only work (an advisory lock held by its listener
  * connection: when the node dies the database drops it and another node

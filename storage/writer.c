@@ -341,10 +341,27 @@ static void on_async_closed(uv_handle_t *h) {
   free(w);
 }
 
+static double gauge_reachable(void *arg) {
+  return capstan_store_reachable(arg) ? 1 : 0;
+}
+
+static double gauge_leader(void *arg) {
+  return capstan_store_leader(arg) ? 1 : 0;
+}
+
 int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop) {
   if (store == NULL || loop == NULL || store->writer != NULL) return CAPSTAN_EINVAL;
   /* A server on a shared store hears the other nodes' commits. */
   if (store->pg != NULL && capstan_pg_listen_start(store->pg) != 0) return CAPSTAN_ENOMEM;
+  /* On LMDB both are 1: the store is local, and the node is alone. */
+  capstan_metrics_gauge_fn("capstan_store_reachable",
+                           "1 while the store answers (a shared PostgreSQL database: 0 while this "
+                           "node cannot reach it)",
+                           "", gauge_reachable, store);
+  capstan_metrics_gauge_fn("capstan_cluster_leader",
+                           "1 on the node that runs the once-only work of the store (on LMDB, the "
+                           "only node)",
+                           "", gauge_leader, store);
   writer_t *w = calloc(1, sizeof(*w));
   if (w == NULL) return CAPSTAN_ENOMEM;
   w->store = store;

@@ -22,9 +22,10 @@ static int run_init(capstan_cli_t *c) {
     return CAPSTAN_EXIT_ERROR;
   }
   if (created == 0 && shared) {
-    printf("capstan: %s joined the store in PostgreSQL (its CAPF and TFTP identities are the "
-           "store's)\n",
-           dir);
+    printf(
+        "capstan: %s joined the store in PostgreSQL (its CAPF and TFTP identities are the "
+        "store's)\n",
+        dir);
   } else if (created == 0) {
     printf("capstan: %s is already initialised\n", dir);
   } else {
@@ -39,7 +40,8 @@ int capstan_cli_init_main(int argc, char **argv) {
       [OPT_STORE] = {"store", true, NULL},
   };
   static const capstan_cli_sub_t subs[] = {
-      {NULL, CAPSTAN_CLI_OPT(OPT_SUBJECT) | CAPSTAN_CLI_OPT(OPT_STORE), false, 0, 0, NULL, run_init},
+      {NULL, CAPSTAN_CLI_OPT(OPT_SUBJECT) | CAPSTAN_CLI_OPT(OPT_STORE), false, 0, 0, NULL,
+       run_init},
   };
   static const capstan_cli_cmd_t cmd = {
       .name = "init",

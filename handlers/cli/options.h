@@ -87,11 +87,11 @@ typedef struct {
 struct capstan_cli {
   const capstan_cli_cmd_t *cmd;
   const capstan_cli_sub_t *sub;
-  void *ctx;            /* the command's own context, as given */
-  const char *data_dir; /* --data-dir as given, or NULL (see capstan_cli_data_dir) */
+  void *ctx;             /* the command's own context, as given */
+  const char *data_dir;  /* --data-dir as given, or NULL (see capstan_cli_data_dir) */
   const char *store_url; /* where a store the command creates goes (init --store) */
-  bool json;            /* --json */
-  uint64_t seen;        /* CAPSTAN_CLI_OPT bits of the options given */
+  bool json;             /* --json */
+  uint64_t seen;         /* CAPSTAN_CLI_OPT bits of the options given */
   const char *value[CAPSTAN_CLI_MAX_OPTS]; /* the last value of each option given */
   char **args;                             /* positional arguments after the subcommand word */
   int nargs;

@@ -359,7 +359,7 @@ int capstan_cli_serve_main(int argc, char **argv) {
           "                          database holds: several nodes share one store (see\n"
           "                          'capstan init --help'); the map options are LMDB's only\n"
           "  --node-name NAME        this node's name among the nodes of a shared store\n"
-          "                          (default host/capf-listen); shown on the status page\n"
+          "                          (default host:data-dir); keep it across restarts\n"
           "  --config FILE           read the same keys from FILE, one 'key = value' a line;\n"
           "                          command-line options win\n"
           "\n"

@@ -14,6 +14,7 @@
 #include "handlers/serve/serve.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -41,7 +42,7 @@
 #define EXPIRY_CHECK_SECONDS 86400 /* the CAPF expiry warning, once a day */
 #define AUDIT_PRUNE_SECONDS 3600   /* audit events past their retention, hourly */
 #define AUDIT_PRUNE_RETRY_SECONDS 60
-#define STORAGE_REPAIR_SECONDS 2 /* between repairs while the store fails */
+#define STORAGE_REPAIR_SECONDS 2   /* between repairs while the store fails */
 #define DEAD_NODE_REPAIR_SECONDS 5 /* between the leader's repairs of dead nodes' devices */
 
 typedef struct server {
@@ -184,7 +185,7 @@ typedef struct storage_repair {
   server_t *srv;
   const char *reason, *at; /* CAPSTAN_REASON_STORAGE_ERROR, or NODE_DIED */
   bool dead_nodes;         /* the leader's repair of dead nodes' devices */
-  char **live; /* sorted */
+  char **live;             /* sorted */
   size_t nlive;
   uint64_t failures; /* the writer's failed batches when it was queued */
   int64_t now;
@@ -316,7 +317,6 @@ static void on_poll(uv_timer_t *t) {
   srv->settings_txnid = txnid;
   apply_settings(srv);
 }
-
 
 /* --- Signals and drain ---------------------------------------------------- */
 
@@ -463,8 +463,11 @@ static int reconcile_interrupted(capstan_store_t *store) {
   return 0;
 }
 
-/* --node-name, else host/CAPF listener: unique among nodes that share a
- * store and the same across restarts of one. */
+/* --node-name, else host:data directory: unique among the nodes that
+ * share a store (one server per data directory, storage/lock.h) and the
+ * same across restarts of one, so that a restarted node knows the devices
+ * it left in progress as its own. A path too long for a name is replaced
+ * by its hash. */
 static void node_name(const capstan_serve_options_t *opt, char *out, size_t len) {
   if (opt->node_name != NULL && opt->node_name[0] != '\0') {
     snprintf(out, len, "%s", opt->node_name);
@@ -473,7 +476,13 @@ static void node_name(const capstan_serve_options_t *opt, char *out, size_t len)
   char host[64] = "localhost";
   gethostname(host, sizeof(host) - 1);
   host[sizeof(host) - 1] = '\0';
-  snprintf(out, len, "%s/%s", host, opt->capf_listen);
+  char dir[PATH_MAX];
+  if (realpath(opt->data_dir, dir) == NULL) snprintf(dir, sizeof(dir), "%s", opt->data_dir);
+  int n = snprintf(out, len, "%s:%s", host, dir);
+  if (n > 0 && (size_t)n < len) return;
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (const char *p = dir; *p != '\0'; p++) h = (h ^ (uint8_t)*p) * 1099511628211ull;
+  snprintf(out, len, "%s:%016llx", host, (unsigned long long)h);
 }
 
 int capstan_serve_run(const capstan_serve_options_t *opt) {

@@ -26,8 +26,8 @@ typedef struct capstan_serve_options {
   /* With init: the PostgreSQL store to create or join (NULL: LMDB, or
    * $CAPSTAN_STORE). A store that exists already must be this one. */
   const char *store_url;
-  /* This node's name among the nodes of a shared store (NULL: host/CAPF
-   * listener). */
+  /* This node's name among the nodes of a shared store (NULL: host:data
+   * directory). */
   const char *node_name;
 } capstan_serve_options_t;
 

@@ -233,6 +233,26 @@ it_new_store() {
   export CAPSTAN_STORE
 }
 
+# it_copy_store SRC DST: DST becomes a data directory holding a copy of
+# SRC's store, to branch it (try something on the copy): `cp -a` of an LMDB
+# directory; in PostgreSQL mode a copy of SRC's directory would share its
+# store, so DST gets a database of its own and SRC's records through
+# `capstan backup` and `capstan restore`.
+it_copy_store() {
+  if ! it_pg_mode; then
+    cp -a "$1" "$2" || fail "cp -a $1 $2"
+    return 0
+  fi
+  local url
+  url=$(timeout 60 "$IT_PG_TOOL" newdb "$CAPSTAN_TEST_PG" "c_copy") ||
+    fail "PostgreSQL mode: no new database in $CAPSTAN_TEST_PG"
+  timeout 60 "$CAPSTAN_BIN" backup "$IT_TMP/copy-store.bak" --force --data-dir "$1" >/dev/null &&
+    timeout 60 "$CAPSTAN_BIN" init --data-dir "$2" --store "$url" >/dev/null &&
+    timeout 60 "$CAPSTAN_BIN" restore "$IT_TMP/copy-store.bak" --data-dir "$2" --force >/dev/null ||
+    fail "copying the store of $1 to $2 failed"
+  rm -f "$IT_TMP/copy-store.bak"
+}
+
 # --- Servers ----------------------------------------------------------------
 
 # srv_prepare NAME [capstan init options]: creates server NAME's data

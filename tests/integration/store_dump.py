@@ -1,7 +1,10 @@
 """Reads a capstan store's records independently of capstan's code: LMDB
-through Debian's `mdb_dump` (lmdb-utils), protobuf wire format decoded by
-hand (field numbers as in storage/records.proto). For the integration tests
-that check what was recorded."""
+through Debian's `mdb_dump` (lmdb-utils), a PostgreSQL store (the data
+directory's store.conf names it) through `psql`, protobuf wire format
+decoded by hand (field numbers as in storage/records.proto). For the
+integration tests that check what was recorded."""
+import os
+import re
 import subprocess
 
 
@@ -41,8 +44,33 @@ def fields(b):
     return out
 
 
+def store_url(data_dir):
+    """The PostgreSQL URL of |data_dir|'s store, None for LMDB."""
+    try:
+        with open(os.path.join(data_dir, "store.conf")) as f:
+            for line in f:
+                m = re.match(r"\s*store\s*=\s*(\S.*?)\s*$", line)
+                if m:
+                    return m.group(1)
+    except FileNotFoundError:
+        return None
+    return None
+
+
 def records(data_dir, db):
     """Every (key bytes, fields) of database |db| in the store at |data_dir|."""
+    url = store_url(data_dir)
+    if url is not None:
+        if not re.fullmatch(r"[a-z_]+", db):
+            raise ValueError("database name %r" % db)
+        txt = subprocess.run(["psql", url, "-XAtq", "-F", " ", "-c",
+                              "SELECT encode(k, 'hex'), encode(v, 'hex') FROM %s ORDER BY k" % db],
+                             check=True, capture_output=True, text=True, timeout=120).stdout
+        out = []
+        for line in txt.splitlines():
+            k, _, v = line.partition(" ")
+            out.append((bytes.fromhex(k), fields(bytes.fromhex(v))))
+        return out
     txt = subprocess.run(["mdb_dump", "-s", db, data_dir], check=True, capture_output=True,
                          text=True).stdout
     body = txt.split("HEADER=END\n", 1)[1].split("DATA=END", 1)[0].split()

@@ -372,7 +372,7 @@ refused 7 "a CA of the chain has a CN containing CAPF-" under_int_capf --chain "
 ca_sub int_nods "/O=Example Corp/CN=Example Issuing CA No DS" inter_nods root
 sign under_nods subca int_nods
 chain chain_nods int_nods root
-cp -a "$D" "$IT_TMP/data-nods"
+it_copy_store "$D" "$IT_TMP/data-nods"
 cli_expect "$IT_TMP/data-nods" 0 cert capf import "$P/under_nods.pem" --chain "$P/chain_nods.pem" --trust-root --json
 NODS_SHA=$(openssl x509 -in "$P/under_nods.pem" -outform DER | sha256sum | cut -d' ' -f1)
 jq -e --arg s "$NODS_SHA" '.result == "imported" and .sha256 == $s and (.chain | length) == 2' "$OUT" >/dev/null ||
@@ -389,7 +389,7 @@ has "$ERR" "nothing changed"
 unchanged "import --trust-root with a root the trust store refuses"
 # ... and without --trust-root the import goes through, with a warning that
 # the root is in neither store (on a copy).
-cp -a "$D" "$IT_TMP/data-rnods"
+it_copy_store "$D" "$IT_TMP/data-rnods"
 cli_expect "$IT_TMP/data-rnods" 0 cert capf import "$P/under_rnods.pem" --chain "$P/chain_rnods.pem"
 has "$ERR" "warning: the chain's root is missing from CAPF-trust or CallManager-trust"
 cli_expect "$IT_TMP/data-rnods" 0 trust list --json

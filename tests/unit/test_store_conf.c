@@ -50,13 +50,13 @@ static int closed_port(void) {
 
 static void test_bad_conf_refused(void **state) {
   static const char *const kBad[] = {
-      "",                                   /* no line */
-      "# only a comment\n",                 /* no line */
-      "store\n",                            /* no = */
-      "store =\n",                          /* no URL */
-      "url = postgresql://x/y\n",           /* another key */
-      "store postgresql://x/y\n",           /* no = */
-      "stores = postgresql://x/y\n",        /* a longer key */
+      "",                            /* no line */
+      "# only a comment\n",          /* no line */
+      "store\n",                     /* no = */
+      "store =\n",                   /* no URL */
+      "url = postgresql://x/y\n",    /* another key */
+      "store postgresql://x/y\n",    /* no = */
+      "stores = postgresql://x/y\n", /* a longer key */
   };
   for (size_t i = 0; i < sizeof(kBad) / sizeof(kBad[0]); i++) {
     char *dir = test_tmpdir();
