@@ -218,8 +218,8 @@ static pg_conn_t *conn_get(pg_store_t *pg, bool *pooled) {
    * reconnects (and ends the outage), so no other thread waits for a
    * connect (the loop thread reads: a connect to a host that drops
    * packets takes connect_timeout); a command tries again after a second. */
-  bool wait = c == NULL && (pg->listening ? atomic_load(&pg->down)
-                                          : capstan_now_seconds() < pg->down_until);
+  bool wait = c == NULL &&
+              (pg->listening ? atomic_load(&pg->down) : capstan_now_seconds() < pg->down_until);
   pthread_mutex_unlock(&pg->lock);
   *pooled = c != NULL;
   if (c != NULL) return c;
@@ -587,7 +587,7 @@ int capstan_pg_commit(pg_store_t *pg, pg_conn_t *c) {
   /* A transaction that wrote tells every node, in the same commit. */
   const char *sql = c->write && c->dirty ? "NOTIFY " CAPSTAN_PG_CHANNEL "; COMMIT" : "COMMIT";
   PGresult *r = pg->pq->exec(c->c, sql);
-    if (r == NULL || pg->pq->result_status(r) != PGRES_COMMAND_OK) {
+  if (r == NULL || pg->pq->result_status(r) != PGRES_COMMAND_OK) {
     /* A COMMIT that failed, or whose answer was lost with the connection:
      * the outcome is unknown, and the caller treats it as not written. */
     err = fail(pg, c, r, "commit");
@@ -1262,7 +1262,9 @@ int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t 
   snprintf(dead, sizeof(dead), "%d", CAPSTAN_NODE_DEAD_SECONDS);
   const char *vals[] = {self != NULL ? self : "", dead};
   const capstan_libpq_t *pq = c->pg->pq;
-  int err = ensure_begun(c);
+  /* In the writer's batch the writes before may be in flight. */
+  int err = unpipe(c);
+  if (err == 0) err = ensure_begun(c);
   if (err != 0) return err;
   PGresult *r =
       pq->exec_params(c->c,
@@ -1288,6 +1290,8 @@ int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t 
 
 int capstan_pg_listen_start(pg_store_t *pg) {
   if (pg->listening) return 0;
+  /* The size gauge has a value from the start; the listener refreshes it. */
+  atomic_store(&pg->size_bytes, capstan_pg_size_bytes(pg));
   atomic_store(&pg->listening, true);
   if (pthread_create(&pg->listener, NULL, listener_main, pg) != 0) {
     atomic_store(&pg->listening, false);

@@ -58,9 +58,11 @@ static void hook_stop_timer(capf_session_t *s) {
 static int hook_load_device(capf_session_t *s, const char *name, capf_device_t *out) {
   capstan_store_t *store = conn_of(s)->store;
   int rc = capf_device_load(store, name, out);
-  /* During a storage outage the writer has said so once. */
+  /* During a storage outage the writer (or, for a shared database that
+   * cannot be reached, the store) has said so once. */
   if (rc < 0 && rc != CAPSTAN_ENOENT) {
-    capstan_log(capstan_store_available(store) ? CAPSTAN_LOG_ERROR : CAPSTAN_LOG_DEBUG,
+    bool said = !capstan_store_available(store) || !capstan_store_reachable(store);
+    capstan_log(said ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR,
                 "event=capf_store_read_failed device=%s error=%s", name, capstan_strerror(rc));
   }
   return rc;

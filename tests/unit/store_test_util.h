@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "storage/store.h"
+
 static inline char *test_tmpdir(void) {
   const char *base = getenv("TMPDIR");
   char tmpl[512];
@@ -33,6 +35,25 @@ static inline void test_rmdir(char *dir) {
   }
   rmdir(dir);
   free(dir);
+}
+
+/* Opens (creating) the store of the test's directory |dir|: LMDB, or in
+ * PostgreSQL mode (tests/tools/on_postgres.sh sets CAPSTAN_TEST_PG) a
+ * database made for it now, so that every test's store starts empty. */
+static inline int test_store_open(const char *dir, capstan_store_t **out) {
+  const char *pg = getenv("CAPSTAN_TEST_PG");
+  const char *src = getenv("CAPSTAN_SOURCE_DIR");
+  if (pg == NULL || pg[0] == '\0' || src == NULL) return capstan_store_open_url(dir, "", 1u, out);
+  char cmd[2048], url[1024] = "";
+  snprintf(cmd, sizeof(cmd), "timeout 60 '%s/tests/tools/pg_cluster.sh' newdb '%s' c_unit", src,
+           pg);
+  FILE *p = popen(cmd, "r");
+  if (p == NULL) return -1;
+  if (fgets(url, sizeof(url), p) == NULL) url[0] = '\0';
+  pclose(p);
+  url[strcspn(url, "\r\n")] = '\0';
+  if (url[0] == '\0') return -1;
+  return capstan_store_open_url(dir, url, 1u, out);
 }
 
 #endif

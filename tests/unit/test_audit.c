@@ -31,7 +31,7 @@ typedef struct {
 static int setup(void **state) {
   fixture_t *f = calloc(1, sizeof(*f));
   f->dir = test_tmpdir();
-  assert_int_equal(capstan_store_open(f->dir, CAPSTAN_STORE_CREATE, &f->store), 0);
+  assert_int_equal(test_store_open(f->dir, &f->store), 0);
   *state = f;
   return 0;
 }
@@ -326,6 +326,8 @@ static void test_served_noted_late(void **state) {
  * is opened. */
 static void test_index_built_on_open(void **state) {
   fixture_t *f = *state;
+  /* PostgreSQL's audit table indexes its device column itself. */
+  if (strcmp(capstan_store_backend(f->store), "postgresql") == 0) skip();
   append(f, 0, A, "device_added", NULL);
   append(f, 0, NULL, "setting_changed", NULL);
   append(f, 0, B, "device_added", NULL);

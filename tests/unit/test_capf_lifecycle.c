@@ -35,7 +35,7 @@ static int setup(void **state) {
   assert_non_null(f);
   f->dir = test_tmpdir();
   assert_non_null(f->dir);
-  assert_int_equal(capstan_store_open(f->dir, CAPSTAN_STORE_CREATE, &f->store), 0);
+  assert_int_equal(test_store_open(f->dir, &f->store), 0);
   int created = 0;
   assert_int_equal(capstan_init_identities(f->store, "O=Example,C=NZ", &created), 0);
   assert_int_equal(created, 2);

@@ -67,7 +67,7 @@ static void add_device(fixture_t *f, const char *name) {
 static int setup(void **state) {
   fixture_t *f = calloc(1, sizeof(*f));
   f->dir = test_tmpdir();
-  assert_int_equal(capstan_store_open(f->dir, CAPSTAN_STORE_CREATE, &f->store), 0);
+  assert_int_equal(test_store_open(f->dir, &f->store), 0);
   assert_int_equal(capstan_store_begin(f->store, true, &f->txn), 0);
   add_device(f, DEV);
   add_device(f, OTHER);

@@ -11,6 +11,7 @@
 
 #include "core/base/error.h"
 #include "core/settings.h"
+#include "store_test_util.h"
 #include "storage/records.h"
 
 static capstan_settings_t *fresh(void) {
@@ -232,7 +233,7 @@ static void test_store_round_trip(void **state) {
   char dir[] = "/tmp/capstan-test-settings.XXXXXX";
   assert_non_null(mkdtemp(dir));
   capstan_store_t *store = NULL;
-  assert_int_equal(capstan_store_open(dir, CAPSTAN_STORE_CREATE, &store), 0);
+  assert_int_equal(test_store_open(dir, &store), 0);
   capstan_settings_t defaults, got, want;
   capstan_settings_defaults(&defaults);
   assert_int_equal(defaults.keepalive_minutes, 15);

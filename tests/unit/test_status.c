@@ -207,7 +207,7 @@ typedef struct {
 static int store_setup(void **state) {
   store_fixture_t *f = calloc(1, sizeof(*f));
   f->dir = test_tmpdir();
-  assert_int_equal(capstan_store_open(f->dir, CAPSTAN_STORE_CREATE, &f->store), 0);
+  assert_int_equal(test_store_open(f->dir, &f->store), 0);
   *state = f;
   return 0;
 }

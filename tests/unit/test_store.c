@@ -26,7 +26,7 @@ static int setup(void **state) {
   snprintf(sub, sizeof(sub), "%s/data", f->dir);
   free(f->dir);
   f->dir = strdup(sub);
-  assert_int_equal(capstan_store_open(f->dir, CAPSTAN_STORE_CREATE, &f->store), 0);
+  assert_int_equal(test_store_open(f->dir, &f->store), 0);
   *state = f;
   return 0;
 }
@@ -67,7 +67,9 @@ static void test_open_creates_private_dir(void **state) {
   assert_true(S_ISDIR(st.st_mode));
   assert_int_equal(st.st_mode & 0777, 0700);
   char p[700];
-  snprintf(p, sizeof(p), "%s/data.mdb", f->dir);
+  /* The store's file: LMDB's data, or the URL of a PostgreSQL store. */
+  bool pg = strcmp(capstan_store_backend(f->store), "postgresql") == 0;
+  snprintf(p, sizeof(p), "%s/%s", f->dir, pg ? CAPSTAN_STORE_CONF : "data.mdb");
   assert_int_equal(stat(p, &st), 0);
   assert_int_equal(st.st_mode & 0077, 0);
 }

@@ -46,7 +46,7 @@ static void put_install(fixture_t *f, const char *name, bool in_progress) {
 static int setup(void **state) {
   fixture_t *f = calloc(1, sizeof(*f));
   f->dir = test_tmpdir();
-  assert_int_equal(capstan_store_open(f->dir, CAPSTAN_STORE_CREATE, &f->store), 0);
+  assert_int_equal(test_store_open(f->dir, &f->store), 0);
   assert_int_equal(capstan_store_begin(f->store, true, &f->txn), 0);
   put_install(f, DEV, false);
   Capstan__Device *d = capstan_device_new("other-phone");
