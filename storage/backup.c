@@ -138,6 +138,17 @@ static int backup_postgres(capstan_store_t *store, const char *path, uint64_t *b
   capstan_store_t *copy = NULL;
   int err = capstan_store_open_url(dir, "", CAPSTAN_STORE_CREATE, &copy);
   if (err != 0) return err;
+  /* Room for the whole copy in one transaction: twice the database's size
+   * (its pages hold more than the records), at least the default map. */
+  size_t need = (size_t)capstan_store_size_bytes(store) * 2;
+  if (need > CAPSTAN_STORE_MAP_SIZE) {
+    err = capstan_store_set_map(copy, need, need);
+    if (err != 0) {
+      capstan_store_close(copy);
+      remove_lmdb_dir(dir);
+      return err;
+    }
+  }
   capstan_txn_t from, to;
   err = capstan_store_begin(store, false, &from);
   if (err == 0) {

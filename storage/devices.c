@@ -8,6 +8,7 @@
 #include "core/base/error.h"
 #include "core/base/log.h"
 #include "storage/internal.h"
+#include "storage/pg_store.h"
 
 #define SET(msg, field, v)  \
   do {                      \
@@ -67,6 +68,25 @@ int capstan_store_device_delete(capstan_txn_t *txn, const char *name) {
   int err = capstan_store_name_key(name, &n);
   if (err != 0) return err;
   return capstan_store_del(txn, CAPSTAN_DB_DEVICES, name, n);
+}
+
+typedef struct {
+  capstan_store_device_fn fn;
+  void *arg;
+} in_progress_iter_t;
+
+static int only_in_progress(const Capstan__Device *d, void *arg) {
+  in_progress_iter_t *it = arg;
+  return d->status == CAPSTAN__OP_STATUS__OP_STATUS_IN_PROGRESS ? it->fn(d, it->arg) : 0;
+}
+
+int capstan_store_device_iterate_in_progress(capstan_txn_t *txn, capstan_store_device_fn fn,
+                                             void *arg) {
+  if (txn != NULL && txn->pg != NULL) {
+    return capstan_pg_devices_in_progress(txn->pg, (int (*)(const void *, void *))fn, arg);
+  }
+  in_progress_iter_t it = {fn, arg};
+  return capstan_store_device_iterate(txn, only_in_progress, &it);
 }
 
 int capstan_store_device_iterate(capstan_txn_t *txn, capstan_store_device_fn fn, void *arg) {
@@ -567,7 +587,7 @@ int capstan_devices_fail_in_progress(capstan_txn_t *txn, int64_t now, const char
   /* Names first, writes after: no record changes under the cursor. */
   name_list_t l = {.self = capstan_store_node_name(txn->store)};
   int err = capstan_store_live_nodes(txn, &l.others, &l.nothers);
-  if (err == 0) err = capstan_store_device_iterate(txn, collect_in_progress, &l);
+  if (err == 0) err = capstan_store_device_iterate_in_progress(txn, collect_in_progress, &l);
   if (err == 0) err = l.err;
   size_t n = 0, kept = l.theirs;
   for (size_t i = 0; err == 0 && i < l.n; i++) {

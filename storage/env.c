@@ -2,6 +2,7 @@
  * transactions, and the mapping of LMDB's errors to ours. */
 #define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -194,9 +195,17 @@ static int write_store_conf(const char *dir, const char *url) {
   char path[4096], tmp[4200];
   snprintf(path, sizeof(path), "%s/%s", dir, CAPSTAN_STORE_CONF);
   snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-  FILE *f = fopen(tmp, "we");
-  if (f == NULL) return -errno;
-  chmod(tmp, 0600);
+  /* 0600 from its creation: the URL may hold a password. */
+  unlink(tmp);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return -errno;
+  FILE *f = fdopen(fd, "w");
+  if (f == NULL) {
+    int err = -errno;
+    close(fd);
+    unlink(tmp);
+    return err;
+  }
   fprintf(f,
           "# The store of this data directory: a PostgreSQL database that several capstan\n"
           "# nodes may share (written by capstan init --store).\n"

@@ -61,6 +61,7 @@ static void load(void) {
       {(void **)&g_pq.result_error_message, "PQresultErrorMessage"},
       {(void **)&g_pq.ntuples, "PQntuples"},
       {(void **)&g_pq.cmd_tuples, "PQcmdTuples"},
+      {(void **)&g_pq.cmd_status, "PQcmdStatus"},
       {(void **)&g_pq.getvalue, "PQgetvalue"},
       {(void **)&g_pq.getlength, "PQgetlength"},
       {(void **)&g_pq.getisnull, "PQgetisnull"},

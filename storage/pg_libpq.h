@@ -30,6 +30,7 @@ typedef struct {
   char *(*result_error_message)(const PGresult *res);
   int (*ntuples)(const PGresult *res);
   char *(*cmd_tuples)(PGresult *res);
+  char *(*cmd_status)(PGresult *res);
   char *(*getvalue)(const PGresult *res, int row, int col);
   int (*getlength)(const PGresult *res, int row, int col);
   int (*getisnull)(const PGresult *res, int row, int col);

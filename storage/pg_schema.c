@@ -33,6 +33,8 @@ static int migrate_to_1(pg_conn_t *c) {
       /* One device per name (1..255 bytes), its status one of OpStatus. */
       "CREATE TABLE devices (k bytea PRIMARY KEY CHECK (octet_length(k) BETWEEN 1 AND 255), "
       "v bytea NOT NULL, status text NOT NULL CHECK (status IN (%s)));"
+      /* The repairs look for devices in progress every few seconds. */
+      "CREATE INDEX devices_in_progress ON devices (k) WHERE status = 'OP_STATUS_IN_PROGRESS';"
       /* One certificate per 16-byte serial. */
       "CREATE TABLE certs (k bytea PRIMARY KEY CHECK (octet_length(k) = 16), v bytea NOT NULL, "
       "status text NOT NULL CHECK (status IN (%s)));"
@@ -77,9 +79,23 @@ static int stored_version(pg_conn_t *c, int *version) {
     *version = 0;
     return 0;
   }
-  *version = pq->ntuples(r) == 1 ? atoi(pq->getvalue(r, 0, 0)) : 0;
+  /* Read from the database: only a whole, small, non-negative number is a
+   * version (another is not a capstan schema this build can use). */
+  int err = 0;
+  *version = 0;
+  if (pq->ntuples(r) == 1) {
+    const char *v = pq->getvalue(r, 0, 0);
+    char *end = NULL;
+    long n = strtol(v, &end, 10);
+    if (v[0] < '0' || v[0] > '9' || *end != '\0' || n < 0 || n > 1000000) {
+      LOG_ERROR("event=postgres_schema_invalid value=\"%.32s\"", v);
+      err = CAPSTAN_EINVAL;
+    } else {
+      *version = (int)n;
+    }
+  }
   pq->clear(r);
-  return 0;
+  return err;
 }
 
 int capstan_pg_schema_check(pg_conn_t *c, bool write, bool create, bool migrate) {

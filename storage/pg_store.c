@@ -60,6 +60,10 @@ struct pg_conn {
    * write's error is then seen there (capstan_pg_settle says which). */
   bool piped;
   int inflight;
+  /* A statement of this write transaction failed: PostgreSQL has aborted
+   * the transaction (unlike LMDB, where a failed read leaves it usable),
+   * so it can only roll back, whatever the caller does next. */
+  int failed;
   /* The audit log's last key, known in this write transaction (writers are
    * serialised: no other appends meanwhile). */
   bool audit_known;
@@ -83,6 +87,7 @@ struct pg_store {
   /* The node (capstan_pg_node_start); under lock. */
   char *node, *node_detail;
   _Atomic bool leader; /* the listener's connection holds the leader lock */
+  bool beat_failed;    /* the listener thread's: the last heartbeat failed (logged) */
 };
 
 const capstan_libpq_t *capstan_pg_lib(const pg_store_t *pg) {
@@ -135,6 +140,7 @@ static int fail(pg_store_t *pg, pg_conn_t *c, PGresult *r, const char *op) {
               state != NULL ? state : "none", msg);
   capstan_store_count_error(op);
   if (r != NULL) pq->clear(r);
+  if (c->write && c->failed == 0) c->failed = err;
   return err;
 }
 
@@ -162,13 +168,25 @@ PGconn *capstan_pg_connect(pg_store_t *pg) {
                         NULL};
   const char *vals[] = {"5", "10", "5", "3", "10000", "capstan", pg->url, NULL};
   capstan_libpq_thread();
+  /* One connect at a time: libpq's libc keeps the resolver's state for the
+   * threads its own libc started, and ours were not (unsure whether it is
+   * shared; connects are rare, so they are serialised). */
+  static pthread_mutex_t connecting = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&connecting);
   PGconn *c = pg->pq->connectdb_params(keys, vals, 1);
+  pthread_mutex_unlock(&connecting);
   if (c == NULL) return NULL;
   pg->pq->set_notice_processor(c, on_notice, NULL);
   if (pg->pq->status(c) != CONNECTION_OK) return c; /* the caller reports it */
   capstan_libpq_check_keys();
-  /* Durable before a phone sees anything, whatever the server's default. */
-  PGresult *r = pg->pq->exec(c, "SET synchronous_commit = on");
+  /* Durable before a phone sees anything, whatever the server's default.
+   * The server side notices a node whose host died (keepalives, user
+   * timeout) and ends its session, so that its leader lock goes within
+   * seconds, not the hours of the kernel's defaults. */
+  PGresult *r = pg->pq->exec(c,
+                             "SET synchronous_commit = on; SET tcp_keepalives_idle = 10; "
+                             "SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; "
+                             "SET tcp_user_timeout = 10000");
   pg->pq->clear(r);
   return c;
 }
@@ -185,13 +203,27 @@ static void note_up(pg_store_t *pg) {
   if (said) LOG_WARN("event=postgres_reachable");
 }
 
+static void conn_free(pg_store_t *pg, pg_conn_t *c);
+
+/* A connect failed (or the listener's connection broke): the database is
+ * unreachable. The pooled connections go with it: a thread that took one
+ * would wait for its dead socket (tcp_user_timeout) instead of failing
+ * at once. */
 static void note_down(pg_store_t *pg, const char *why) {
   pthread_mutex_lock(&pg->lock);
   pg->down_until = capstan_now_seconds() + DOWN_RETRY_SECONDS;
   bool say = !pg->down_said;
   pg->down_said = true;
   atomic_store(&pg->down, true);
+  pg_conn_t *idle = pg->idle;
+  pg->idle = NULL;
+  pg->idle_count = 0;
   pthread_mutex_unlock(&pg->lock);
+  while (idle != NULL) {
+    pg_conn_t *next = idle->next;
+    conn_free(pg, idle);
+    idle = next;
+  }
   if (say) {
     LOG_ERROR(
         "event=postgres_unreachable error=\"%s\" hint=\"new operations are told to retry "
@@ -250,7 +282,7 @@ static void conn_put(pg_store_t *pg, pg_conn_t *c) {
   }
   c->next = NULL;
   c->write = c->dirty = c->need_begin = c->piped = c->audit_known = false;
-  c->inflight = 0;
+  c->inflight = c->failed = 0;
   pthread_mutex_lock(&pg->lock);
   if (pg->idle_count < POOL_IDLE_MAX) {
     c->next = pg->idle;
@@ -300,7 +332,7 @@ int capstan_pg_begin(pg_store_t *pg, bool write, pg_conn_t **out) {
       *out = c;
       return 0;
     }
-    PGresult *r = pg->pq->exec(c->c, "BEGIN; SELECT pg_advisory_xact_lock(1667330163, 1)");
+    PGresult *r = pg->pq->exec(c->c, "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(1667330163, 1)");
     ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
       pg->pq->clear(r);
@@ -313,11 +345,6 @@ int capstan_pg_begin(pg_store_t *pg, bool write, pg_conn_t **out) {
       continue;
     }
     int err = fail(pg, c, r, "begin");
-    if (c->bad) {
-      char msg[300];
-      one_line(pg->pq->error_message(c->c), msg, sizeof(msg));
-      note_down(pg, msg);
-    }
     conn_free(pg, c);
     return err;
   }
@@ -491,14 +518,19 @@ static PGresult *piped_read(pg_conn_t *c, const char *name, int n, const char *c
     return NULL;
   }
   if (*err != 0) {
+    /* An earlier write failed: the pipeline discards everything until a
+     * sync, so end it now (the transaction can only roll back). */
     pq->clear(r);
+    pipe_reset(c);
     return NULL;
   }
   return r;
 }
 
 int capstan_pg_settle(pg_conn_t *c) {
-  return c->piped ? collect(c, true) : 0;
+  int err = c->piped ? collect(c, true) : 0;
+  if (err != 0) pipe_reset(c);
+  return c->failed != 0 ? c->failed : err;
 }
 
 #define READ_BEGIN "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -578,8 +610,10 @@ int capstan_pg_commit(pg_store_t *pg, pg_conn_t *c) {
     end_read(pg, c);
     return 0;
   }
-  /* The writes' answers first: one that failed fails the commit. */
+  /* The writes' answers first: one that failed fails the commit, as does
+   * any earlier failure in the transaction. */
   int err = unpipe(c);
+  if (err == 0) err = c->failed;
   if (err != 0) {
     capstan_pg_abort(pg, c);
     return err;
@@ -591,7 +625,14 @@ int capstan_pg_commit(pg_store_t *pg, pg_conn_t *c) {
     /* A COMMIT that failed, or whose answer was lost with the connection:
      * the outcome is unknown, and the caller treats it as not written. */
     err = fail(pg, c, r, "commit");
-    if (c->bad) note_down(pg, "the connection was lost at commit");
+  } else if (strcmp(pg->pq->cmd_status(r), "COMMIT") != 0) {
+    /* PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK. */
+    LOG_ERROR("event=storage_error op=commit backend=postgresql error=\"the transaction was "
+              "rolled back (%s)\"",
+              pg->pq->cmd_status(r));
+    capstan_store_count_error("commit");
+    pg->pq->clear(r);
+    err = CAPSTAN_EIO;
   } else {
     pg->pq->clear(r);
     if (c->dirty) atomic_fetch_add(&pg->changes, 1);
@@ -632,7 +673,6 @@ static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *
     r = piped_read(c, name, n, (const char *const *)vals, lens, formats, &perr);
     if (r == NULL) {
       *err = perr; /* logged */
-      if (c->bad) note_down(pg, "the connection was lost");
       return NULL;
     }
   } else {
@@ -644,7 +684,7 @@ static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *
               : pg->pq->exec_prepared(c->c, name, n, (const char *const *)vals, lens, formats, 1);
     }
   }
-  if (r == NULL && c->bad && fresh_try) {
+  if (r == NULL && c->bad && fresh_try && !atomic_load(&pg->down)) {
     /* A pooled connection the database dropped (a restart): nothing of
      * the transaction ran yet, so it starts again on a new one. */
     PGconn *fresh = capstan_pg_connect(pg);
@@ -663,7 +703,6 @@ static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *
   if (perr != 0) {
     /* Reported by prepared(). */
     *err = perr;
-    if (c->bad) note_down(pg, "the connection was lost");
     return NULL;
   }
   ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
@@ -675,7 +714,6 @@ static PGresult *query(pg_conn_t *c, const char *sql, int n, const void *const *
     return r;
   }
   *err = fail(pg, c, r, op);
-  if (c->bad) note_down(pg, "the connection was lost");
   return NULL;
 }
 
@@ -890,6 +928,25 @@ int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn f
   }
 }
 
+int capstan_pg_devices_in_progress(pg_conn_t *c, int (*fn)(const void *msg, void *arg), void *arg) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  int err;
+  PGresult *r = query(c,
+                      "SELECT k, v FROM devices WHERE status = 'OP_STATUS_IN_PROGRESS' ORDER BY k",
+                      0, NULL, NULL, "iterate", &err);
+  if (r == NULL) return err;
+  int rows = pq->ntuples(r);
+  for (int i = 0; i < rows && err == 0; i++) {
+    ProtobufCMessage *msg;
+    err = unpack(c, &capstan__device__descriptor, r, i, 1, "devices", &msg);
+    if (err != 0) break;
+    err = fn(msg, arg);
+    protobuf_c_message_free_unpacked(msg, NULL);
+  }
+  pq->clear(r);
+  return err > 0 ? 0 : err;
+}
+
 int capstan_pg_clear(pg_conn_t *c) {
   char sql[512];
   size_t n = 0;
@@ -1090,6 +1147,15 @@ static void heartbeat(pg_store_t *pg, PGconn *conn) {
       "detail = EXCLUDED.detail, leader = EXCLUDED.leader, started_at = CASE WHEN nodes.pid = "
       "EXCLUDED.pid THEN nodes.started_at ELSE now() END",
       5, NULL, vals, NULL, NULL, 0);
+  bool ok = r != NULL && pq->result_status(r) == PGRES_COMMAND_OK;
+  if (!ok && !pg->beat_failed) {
+    char msg[300];
+    one_line(r != NULL ? pq->result_error_message(r) : pq->error_message(conn), msg, sizeof(msg));
+    LOG_ERROR("event=cluster_heartbeat_failed node=%s error=\"%s\" hint=\"other nodes will take "
+              "this node for dead\"",
+              name, msg);
+  }
+  pg->beat_failed = !ok;
   if (r != NULL) pq->clear(r);
   free(name);
   free(detail);
@@ -1269,7 +1335,7 @@ int capstan_pg_live_nodes(pg_conn_t *c, const char *self, char ***names, size_t 
   PGresult *r =
       pq->exec_params(c->c,
                       "SELECT name FROM nodes WHERE name <> $1 AND heartbeat_at > now() - "
-                      "make_interval(secs => $2::int) ORDER BY name",
+                      "make_interval(secs => $2::int) ORDER BY name COLLATE \"C\"",
                       2, NULL, vals, NULL, NULL, 0);
   if (r == NULL || pq->result_status(r) != PGRES_TUPLES_OK) return fail(c->pg, c, r, "nodes");
   int rows = pq->ntuples(r);

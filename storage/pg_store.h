@@ -94,6 +94,9 @@ int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, s
                              const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
                              void *arg);
 int capstan_pg_count(pg_conn_t *c, capstan_db_t db, uint64_t *out);
+/* The devices whose status is IN_PROGRESS, by the partial index: fn gets
+ * each unpacked Device (valid during the call); returns as iterate. */
+int capstan_pg_devices_in_progress(pg_conn_t *c, int (*fn)(const void *msg, void *arg), void *arg);
 int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn fn, void *arg);
 /* Deletes every record of every table (a restore replaces the store);
  * the nodes and the schema stay. */

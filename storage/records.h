@@ -60,6 +60,10 @@ int capstan_store_device_put(capstan_txn_t *txn, const Capstan__Device *d);
 int capstan_store_device_delete(capstan_txn_t *txn, const char *name);
 typedef int (*capstan_store_device_fn)(const Capstan__Device *d, void *arg);
 int capstan_store_device_iterate(capstan_txn_t *txn, capstan_store_device_fn fn, void *arg);
+/* The devices IN_PROGRESS only (the repairs' query; PostgreSQL answers it
+ * from a partial index instead of reading every device). */
+int capstan_store_device_iterate_in_progress(capstan_txn_t *txn, capstan_store_device_fn fn,
+                                             void *arg);
 /* Opens its own read transaction. */
 int capstan_store_device_load(capstan_store_t *store, const char *name, Capstan__Device **out);
 

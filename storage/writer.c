@@ -130,6 +130,12 @@ static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn, bool *
     if (rc != 0) {
       capstan_store_abort(txn);
       if (rc == CAPSTAN_ENOSPC) return rc;
+      /* On PostgreSQL an earlier request's write may be what failed
+       * (answered late): find out carefully before blaming this one. */
+      if (!*careful && w->store->pg != NULL) {
+        *careful = true;
+        return 1;
+      }
       r->status = rc;
       return 1;
     }

@@ -1,10 +1,37 @@
 /* `capstan store`: the store of a data directory: where it is, and the
  * PostgreSQL schema's migration. */
 #include <stdio.h>
+#include <string.h>
 
 #include "core/base/error.h"
 #include "handlers/cli/cli.h"
 #include "storage/store.h"
+
+/* |url| with its password, if any, replaced by "***": in a URI's
+ * user:password@ and in a key=value string's password=... */
+static void mask_password(const char *url, char *out, size_t len) {
+  /* "***" may be longer than the password: room for it, else nothing. */
+  if (strlen(url) + 8 > len) {
+    snprintf(out, len, "(%zu bytes, not shown)", strlen(url));
+    return;
+  }
+  snprintf(out, len, "%s", url);
+  char *scheme = strstr(out, "://");
+  if (scheme != NULL) {
+    char *user = scheme + 3, *at = strchr(user, '@'), *slash = strchr(user, '/');
+    char *colon = strchr(user, ':');
+    if (at != NULL && (slash == NULL || at < slash) && colon != NULL && colon < at) {
+      memmove(colon + 4, at, strlen(at) + 1);
+      memcpy(colon + 1, "***", 3);
+    }
+  }
+  char *pw = strstr(out, "password=");
+  if (pw != NULL) {
+    char *v = pw + strlen("password="), *end = v + strcspn(v, " &");
+    memmove(v + 3, end, strlen(end) + 1);
+    memcpy(v, "***", 3);
+  }
+}
 
 static int run_show(capstan_cli_t *c) {
   capstan_store_t *store = NULL;
@@ -13,7 +40,11 @@ static int run_show(capstan_cli_t *c) {
   }
   const char *url = capstan_store_url(store);
   printf("backend: %s\n", capstan_store_backend(store));
-  if (url != NULL) printf("url: %s\n", url);
+  if (url != NULL) {
+    char shown[CAPSTAN_STORE_URL_MAX];
+    mask_password(url, shown, sizeof(shown));
+    printf("url: %s\n", shown);
+  }
   printf("size_bytes: %llu\n", (unsigned long long)capstan_store_size_bytes(store));
   capstan_store_close(store);
   return CAPSTAN_EXIT_OK;
