@@ -332,7 +332,8 @@ int capstan_pg_begin(pg_store_t *pg, bool write, pg_conn_t **out) {
       *out = c;
       return 0;
     }
-    PGresult *r = pg->pq->exec(c->c, "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(1667330163, 1)");
+    PGresult *r = pg->pq->exec(
+        c->c, "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(1667330163, 1)");
     ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
       pg->pq->clear(r);
@@ -627,9 +628,10 @@ int capstan_pg_commit(pg_store_t *pg, pg_conn_t *c) {
     err = fail(pg, c, r, "commit");
   } else if (strcmp(pg->pq->cmd_status(r), "COMMIT") != 0) {
     /* PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK. */
-    LOG_ERROR("event=storage_error op=commit backend=postgresql error=\"the transaction was "
-              "rolled back (%s)\"",
-              pg->pq->cmd_status(r));
+    LOG_ERROR(
+        "event=storage_error op=commit backend=postgresql error=\"the transaction was "
+        "rolled back (%s)\"",
+        pg->pq->cmd_status(r));
     capstan_store_count_error("commit");
     pg->pq->clear(r);
     err = CAPSTAN_EIO;
@@ -931,9 +933,9 @@ int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn f
 int capstan_pg_devices_in_progress(pg_conn_t *c, int (*fn)(const void *msg, void *arg), void *arg) {
   const capstan_libpq_t *pq = c->pg->pq;
   int err;
-  PGresult *r = query(c,
-                      "SELECT k, v FROM devices WHERE status = 'OP_STATUS_IN_PROGRESS' ORDER BY k",
-                      0, NULL, NULL, "iterate", &err);
+  PGresult *r =
+      query(c, "SELECT k, v FROM devices WHERE status = 'OP_STATUS_IN_PROGRESS' ORDER BY k", 0,
+            NULL, NULL, "iterate", &err);
   if (r == NULL) return err;
   int rows = pq->ntuples(r);
   for (int i = 0; i < rows && err == 0; i++) {
@@ -1151,9 +1153,10 @@ static void heartbeat(pg_store_t *pg, PGconn *conn) {
   if (!ok && !pg->beat_failed) {
     char msg[300];
     one_line(r != NULL ? pq->result_error_message(r) : pq->error_message(conn), msg, sizeof(msg));
-    LOG_ERROR("event=cluster_heartbeat_failed node=%s error=\"%s\" hint=\"other nodes will take "
-              "this node for dead\"",
-              name, msg);
+    LOG_ERROR(
+        "event=cluster_heartbeat_failed node=%s error=\"%s\" hint=\"other nodes will take "
+        "this node for dead\"",
+        name, msg);
   }
   pg->beat_failed = !ok;
   if (r != NULL) pq->clear(r);

@@ -428,6 +428,110 @@ static void test_commit_spacing(void **state) {
   assert_true(c.last_done_ns - c.first_submitted_ns >= 19 * 1000000ull);
 }
 
+/* PostgreSQL answers a write transaction's writes late (pipelined): a
+ * write the database refuses must still fail the transaction (nothing of
+ * it stored), even when the code after it ignores the error a later read
+ * reports, and must not hang the connection. LMDB has no such constraint
+ * to break: the test is PostgreSQL's. */
+static bool on_postgres(fixture_t *f) {
+  return strcmp(capstan_store_backend(f->store), "postgresql") == 0;
+}
+
+static Capstan__IssuedCert *bad_cert(void) {
+  static uint8_t der[4] = {1, 2, 3, 4};
+  Capstan__IssuedCert *c = calloc(1, sizeof(*c));
+  capstan__issued_cert__init(c);
+  c->serial = (ProtobufCBinaryData){3, der}; /* the certs table takes 16 bytes only */
+  c->device = "SEP0000000000BD";
+  c->der = (ProtobufCBinaryData){sizeof(der), der};
+  return c;
+}
+
+static void test_refused_write_rolls_back(void **state) {
+  fixture_t *f = *state;
+  if (!on_postgres(f)) skip();
+  capstan_txn_t txn;
+  assert_int_equal(capstan_store_begin(f->store, true, &txn), 0);
+  Capstan__Device *a = capstan_device_new("SEP0000000000AA");
+  assert_int_equal(capstan_store_device_put(&txn, a), 0);
+  Capstan__IssuedCert *c = bad_cert();
+  /* Accepted here: the database's answer comes later. */
+  assert_int_equal(capstan_store_put(&txn, CAPSTAN_DB_CERTS, "abc", 3, &c->base), 0);
+  Capstan__Device *got = NULL;
+  assert_int_not_equal(capstan_store_device_get(&txn, "SEP0000000000AA", &got), 0);
+  /* The caller ignores it and goes on writing: the commit still fails. */
+  Capstan__Device *b = capstan_device_new("SEP0000000000BB");
+  capstan_store_device_put(&txn, b);
+  assert_int_not_equal(capstan_store_commit(&txn), 0);
+  assert_int_equal(capstan_store_device_load(f->store, "SEP0000000000AA", &got), CAPSTAN_ENOENT);
+  assert_int_equal(capstan_store_device_load(f->store, "SEP0000000000BB", &got), CAPSTAN_ENOENT);
+  /* The store goes on: a later transaction commits. */
+  assert_int_equal(capstan_store_begin(f->store, true, &txn), 0);
+  assert_int_equal(capstan_store_device_put(&txn, a), 0);
+  assert_int_equal(capstan_store_commit(&txn), 0);
+  assert_int_equal(capstan_store_device_load(f->store, "SEP0000000000AA", &got), 0);
+  capstan__device__free_unpacked(got, NULL);
+  capstan__device__free_unpacked(a, NULL);
+  capstan__device__free_unpacked(b, NULL);
+  free(c);
+}
+
+/* The writer: of three requests in one batch, the one whose write the
+ * database refuses fails; the other two are committed. */
+typedef struct {
+  int index;
+  int status;
+  int *done;
+  capstan_store_t *store;
+} refused_req_t;
+
+static int refused_write(capstan_txn_t *txn, void *arg) {
+  refused_req_t *r = arg;
+  char name[32];
+  snprintf(name, sizeof(name), "SEP0000000001%02d", r->index);
+  Capstan__Device *d = capstan_device_new(name);
+  int err = capstan_store_device_put(txn, d);
+  capstan__device__free_unpacked(d, NULL);
+  if (err == 0 && r->index == 1) {
+    Capstan__IssuedCert *c = bad_cert();
+    err = capstan_store_put(txn, CAPSTAN_DB_CERTS, "abc", 3, &c->base);
+    free(c);
+  }
+  return err;
+}
+
+static void refused_done(void *arg, int status) {
+  refused_req_t *r = arg;
+  r->status = status;
+  if (++*r->done == 3) capstan_store_writer_stop(r->store);
+}
+
+static void test_writer_refused_write(void **state) {
+  fixture_t *f = *state;
+  if (!on_postgres(f)) skip();
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  assert_int_equal(capstan_store_writer_start(f->store, &loop), 0);
+  int done = 0;
+  refused_req_t reqs[3];
+  for (int i = 0; i < 3; i++) {
+    reqs[i] = (refused_req_t){.index = i, .status = 1, .done = &done, .store = f->store};
+    assert_int_equal(capstan_store_submit(f->store, refused_write, &reqs[i], refused_done), 0);
+  }
+  assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(done, 3);
+  assert_int_equal(reqs[0].status, 0);
+  assert_int_not_equal(reqs[1].status, 0);
+  assert_int_equal(reqs[2].status, 0);
+  Capstan__Device *got = NULL;
+  assert_int_equal(capstan_store_device_load(f->store, "SEP000000000100", &got), 0);
+  capstan__device__free_unpacked(got, NULL);
+  assert_int_equal(capstan_store_device_load(f->store, "SEP000000000101", &got), CAPSTAN_ENOENT);
+  assert_int_equal(capstan_store_device_load(f->store, "SEP000000000102", &got), 0);
+  capstan__device__free_unpacked(got, NULL);
+}
+
 static void test_stop_drains_queue(void **state) {
   fixture_t *f = *state;
   uv_loop_t loop;
@@ -473,6 +577,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_audit_keys_unique, setup, teardown),
       cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_drains_queue, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_refused_write_rolls_back, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_writer_refused_write, setup, teardown),
       cmocka_unit_test_setup_teardown(test_commit_spacing, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
