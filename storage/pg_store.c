@@ -88,6 +88,11 @@ struct pg_store {
   char *node, *node_detail;
   _Atomic bool leader; /* the listener's connection holds the leader lock */
   bool beat_failed;    /* the listener thread's: the last heartbeat failed (logged) */
+  /* The nodes table as the listener last read it (under lock): the status
+   * page reads this copy, not the database, from the loop thread. */
+  capstan_store_node_t *nodes;
+  size_t nnodes;
+  double nodes_at; /* capstan_now_seconds() of that read */
 };
 
 const capstan_libpq_t *capstan_pg_lib(const pg_store_t *pg) {
@@ -859,9 +864,14 @@ int capstan_pg_del(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen) 
   return err;
 }
 
-int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, size_t alen,
-                             const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
-                             void *arg) {
+/* Every (key, packed record) of |db|'s table from the first key after
+ * |after| (NULL: from the first), in key order, a page at a time (keyset
+ * paging: |fn| may write between pages, in the same transaction). |fn|
+ * returns 0 to go on, > 0 to stop, < 0 an error that the scan returns. */
+typedef int (*row_fn)(const uint8_t *key, size_t klen, const PGresult *r, int row, void *arg);
+
+static int scan_pages(pg_conn_t *c, capstan_db_t db, const void *after, size_t alen, row_fn fn,
+                      void *arg) {
   const capstan_libpq_t *pq = c->pg->pq;
   char first[128], next[128];
   snprintf(first, sizeof(first), "SELECT k, v FROM %s ORDER BY k LIMIT %d", table(db), PAGE_ROWS);
@@ -872,6 +882,7 @@ int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, s
   size_t last_len = 0;
   bool from_start = after == NULL;
   if (!from_start) {
+    if (alen == 0 || alen > sizeof(last)) return CAPSTAN_EINVAL;
     memcpy(last, after, alen);
     last_len = alen;
   }
@@ -885,15 +896,10 @@ int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, s
     int rows = pq->ntuples(r);
     for (int i = 0; i < rows && err == 0; i++) {
       size_t kl = (size_t)pq->getlength(r, i, 0);
-      const void *k = pq->getvalue(r, i, 0);
-      if (kl == 0 || kl > sizeof(last)) continue;
-      memcpy(last, k, kl);
+      if (kl == 0 || kl > sizeof(last)) continue; /* not a key of ours: skipped */
+      memcpy(last, pq->getvalue(r, i, 0), kl);
       last_len = kl;
-      ProtobufCMessage *msg;
-      err = unpack(c, desc, r, i, 1, table(db), &msg);
-      if (err != 0) break;
-      err = fn(last, kl, msg, arg);
-      protobuf_c_message_free_unpacked(msg, NULL);
+      err = fn(last, kl, r, i, arg);
     }
     pq->clear(r);
     if (err > 0) return 0; /* stopped by fn */
@@ -902,32 +908,45 @@ int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, s
   }
 }
 
+typedef struct {
+  pg_conn_t *c;
+  capstan_db_t db;
+  const ProtobufCMessageDescriptor *desc;
+  capstan_store_iter_fn fn;
+  void *arg;
+} typed_scan_t;
+
+static int typed_row(const uint8_t *key, size_t klen, const PGresult *r, int row, void *arg) {
+  typed_scan_t *t = arg;
+  ProtobufCMessage *msg;
+  int err = unpack(t->c, t->desc, r, row, 1, table(t->db), &msg);
+  if (err != 0) return err;
+  err = t->fn(key, klen, msg, t->arg);
+  protobuf_c_message_free_unpacked(msg, NULL);
+  return err;
+}
+
+int capstan_pg_iterate_after(pg_conn_t *c, capstan_db_t db, const void *after, size_t alen,
+                             const ProtobufCMessageDescriptor *desc, capstan_store_iter_fn fn,
+                             void *arg) {
+  typed_scan_t t = {c, db, desc, fn, arg};
+  return scan_pages(c, db, after, alen, typed_row, &t);
+}
+
+typedef struct {
+  const capstan_libpq_t *pq;
+  capstan_store_raw_fn fn;
+  void *arg;
+} raw_scan_t;
+
+static int raw_row(const uint8_t *key, size_t klen, const PGresult *r, int row, void *arg) {
+  raw_scan_t *t = arg;
+  return t->fn(key, klen, t->pq->getvalue(r, row, 1), (size_t)t->pq->getlength(r, row, 1), t->arg);
+}
+
 int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn fn, void *arg) {
-  const capstan_libpq_t *pq = c->pg->pq;
-  char first[128], next[128];
-  snprintf(first, sizeof(first), "SELECT k, v FROM %s ORDER BY k LIMIT %d", table(db), PAGE_ROWS);
-  snprintf(next, sizeof(next), "SELECT k, v FROM %s WHERE k > $1 ORDER BY k LIMIT %d", table(db),
-           PAGE_ROWS);
-  uint8_t last[512];
-  size_t last_len = 0;
-  for (bool from_start = true;; from_start = false) {
-    const void *vals[] = {last};
-    int lens[] = {(int)last_len}, err;
-    PGresult *r =
-        query(c, from_start ? first : next, from_start ? 0 : 1, vals, lens, "iterate", &err);
-    if (r == NULL) return err;
-    int rows = pq->ntuples(r);
-    for (int i = 0; i < rows && err == 0; i++) {
-      size_t kl = (size_t)pq->getlength(r, i, 0);
-      if (kl == 0 || kl > sizeof(last)) continue;
-      memcpy(last, pq->getvalue(r, i, 0), kl);
-      last_len = kl;
-      err = fn(last, kl, pq->getvalue(r, i, 1), (size_t)pq->getlength(r, i, 1), arg);
-    }
-    pq->clear(r);
-    if (err != 0) return err > 0 ? 0 : err;
-    if (rows < PAGE_ROWS) return 0;
-  }
+  raw_scan_t t = {c->pg->pq, fn, arg};
+  return scan_pages(c, db, NULL, 0, raw_row, &t);
 }
 
 int capstan_pg_devices_in_progress(pg_conn_t *c, int (*fn)(const void *msg, void *arg), void *arg) {
@@ -1165,6 +1184,7 @@ static void heartbeat(pg_store_t *pg, PGconn *conn) {
 }
 
 static void read_size(pg_store_t *pg, PGconn *conn);
+static void read_nodes(pg_store_t *pg, PGconn *conn);
 
 /* The listener thread: counts every NOTIFY of the channel (each is a
  * commit somewhere that may change what this node serves: settings,
@@ -1206,6 +1226,7 @@ static void *listener_main(void *arg) {
     }
     if (capstan_now_seconds() >= next_beat) {
       heartbeat(pg, conn);
+      read_nodes(pg, conn);
       next_beat = capstan_now_seconds() + CAPSTAN_NODE_HEARTBEAT_MS / 1000.0;
       /* The heartbeat went through: the database answers, whatever failed
        * on other connections (their threads do not reconnect meanwhile). */
@@ -1260,6 +1281,7 @@ int capstan_pg_node_start(pg_store_t *pg, const char *name, const char *detail) 
   pthread_mutex_lock(&pg->lock);
   free(pg->node);
   free(pg->node_detail);
+  free(pg->nodes);
   pg->node = n;
   pg->node_detail = d;
   pthread_mutex_unlock(&pg->lock);
@@ -1275,35 +1297,17 @@ static void copy_text(char *out, size_t len, const char *v) {
   snprintf(out, len, "%s", v != NULL ? v : "");
 }
 
-int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **out, size_t *n) {
-  *out = NULL;
-  *n = 0;
-  pg_conn_t *c;
-  int err = capstan_pg_begin(pg, false, &c);
-  if (err != 0) return err;
-  const capstan_libpq_t *pq = pg->pq;
-  err = ensure_begun(c);
-  if (err != 0) {
-    capstan_pg_abort(pg, c);
-    return err;
-  }
-  PGresult *r = pq->exec(c->c,
-                         "SELECT name, version, detail, pid, extract(epoch FROM started_at)::int8, "
-                         "extract(epoch FROM now() - heartbeat_at)::float8, leader FROM nodes "
-                         "ORDER BY name");
-  if (r == NULL || pq->result_status(r) != PGRES_TUPLES_OK) {
-    err = fail(pg, c, r, "nodes");
-    capstan_pg_abort(pg, c);
-    return err;
-  }
+#define NODES_SQL                                                             \
+  "SELECT name, version, detail, pid, extract(epoch FROM started_at)::int8, " \
+  "extract(epoch FROM now() - heartbeat_at)::float8, leader FROM nodes ORDER BY name"
+
+/* The rows of NODES_SQL (text results from the database: copied with
+ * truncation, numbers parsed); leader as each node's heartbeat said. */
+static capstan_store_node_t *nodes_from(const capstan_libpq_t *pq, const PGresult *r, size_t *n) {
   int rows = pq->ntuples(r);
   capstan_store_node_t *nodes = calloc(rows > 0 ? (size_t)rows : 1, sizeof(*nodes));
-  if (nodes == NULL) {
-    pq->clear(r);
-    capstan_pg_abort(pg, c);
-    return CAPSTAN_ENOMEM;
-  }
-  for (int i = 0; i < rows; i++) {
+  *n = nodes != NULL ? (size_t)rows : 0;
+  for (int i = 0; nodes != NULL && i < rows; i++) {
     capstan_store_node_t *nd = &nodes[i];
     copy_text(nd->name, sizeof(nd->name), pq->getvalue(r, i, 0));
     copy_text(nd->version, sizeof(nd->version), pq->getvalue(r, i, 1));
@@ -1311,16 +1315,71 @@ int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **ou
     nd->pid = atoi(pq->getvalue(r, i, 3));
     nd->started_at = strtoll(pq->getvalue(r, i, 4), NULL, 10);
     nd->heartbeat_age = strtod(pq->getvalue(r, i, 5), NULL);
-    nd->alive = nd->heartbeat_age < CAPSTAN_NODE_DEAD_SECONDS;
-    nd->self = self != NULL && strcmp(nd->name, self) == 0;
-    /* Our own from the lock itself; others' as their last heartbeat said. */
-    nd->leader =
-        nd->self ? capstan_pg_leader(pg) : nd->alive && strcmp(pq->getvalue(r, i, 6), "t") == 0;
+    nd->leader = strcmp(pq->getvalue(r, i, 6), "t") == 0;
   }
-  pq->clear(r);
-  capstan_pg_abort(pg, c);
+  return nodes;
+}
+
+/* The listener's read of the nodes table, kept for capstan_pg_nodes. */
+static void read_nodes(pg_store_t *pg, PGconn *conn) {
+  const capstan_libpq_t *pq = pg->pq;
+  PGresult *r = pq->exec(conn, NODES_SQL);
+  size_t n = 0;
+  capstan_store_node_t *nodes =
+      r != NULL && pq->result_status(r) == PGRES_TUPLES_OK ? nodes_from(pq, r, &n) : NULL;
+  if (r != NULL) pq->clear(r);
+  if (nodes == NULL) return;
+  pthread_mutex_lock(&pg->lock);
+  free(pg->nodes);
+  pg->nodes = nodes;
+  pg->nnodes = n;
+  pg->nodes_at = capstan_now_seconds();
+  pthread_mutex_unlock(&pg->lock);
+}
+
+int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **out, size_t *n) {
+  *out = NULL;
+  *n = 0;
+  capstan_store_node_t *nodes = NULL;
+  double age = 0;
+  if (pg->listening) {
+    /* The server: the listener's copy, aged since it was read. */
+    pthread_mutex_lock(&pg->lock);
+    nodes = calloc(pg->nnodes > 0 ? pg->nnodes : 1, sizeof(*nodes));
+    if (nodes != NULL && pg->nnodes > 0) memcpy(nodes, pg->nodes, pg->nnodes * sizeof(*nodes));
+    if (nodes != NULL) *n = pg->nnodes;
+    age = pg->nnodes > 0 ? capstan_now_seconds() - pg->nodes_at : 0;
+    pthread_mutex_unlock(&pg->lock);
+  } else {
+    /* A command: read it now. */
+    pg_conn_t *c;
+    int err = capstan_pg_begin(pg, false, &c);
+    if (err == 0) err = ensure_begun(c);
+    if (err != 0) {
+      if (c != NULL) capstan_pg_abort(pg, c);
+      return err;
+    }
+    PGresult *r = pg->pq->exec(c->c, NODES_SQL);
+    if (r == NULL || pg->pq->result_status(r) != PGRES_TUPLES_OK) {
+      err = fail(pg, c, r, "nodes");
+      capstan_pg_abort(pg, c);
+      return err;
+    }
+    nodes = nodes_from(pg->pq, r, n);
+    pg->pq->clear(r);
+    capstan_pg_abort(pg, c);
+  }
+  if (nodes == NULL) return CAPSTAN_ENOMEM;
+  for (size_t i = 0; i < *n; i++) {
+    capstan_store_node_t *nd = &nodes[i];
+    nd->heartbeat_age += age;
+    nd->self = self != NULL && strcmp(nd->name, self) == 0;
+    /* This process is alive whatever its last written heartbeat says. */
+    nd->alive = nd->self || nd->heartbeat_age < CAPSTAN_NODE_DEAD_SECONDS;
+    /* Our own from the lock itself; others' as their last heartbeat said. */
+    nd->leader = nd->self ? capstan_pg_leader(pg) : nd->alive && nd->leader;
+  }
   *out = nodes;
-  *n = (size_t)rows;
   return 0;
 }
 
