@@ -1342,7 +1342,10 @@ int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **ou
   *n = 0;
   capstan_store_node_t *nodes = NULL;
   double age = 0;
-  if (pg->listening) {
+  pthread_mutex_lock(&pg->lock);
+  bool cached = pg->listening && pg->nodes_at > 0;
+  pthread_mutex_unlock(&pg->lock);
+  if (cached) {
     /* The server: the listener's copy, aged since it was read. */
     pthread_mutex_lock(&pg->lock);
     nodes = calloc(pg->nnodes > 0 ? pg->nnodes : 1, sizeof(*nodes));
@@ -1351,7 +1354,7 @@ int capstan_pg_nodes(pg_store_t *pg, const char *self, capstan_store_node_t **ou
     age = pg->nnodes > 0 ? capstan_now_seconds() - pg->nodes_at : 0;
     pthread_mutex_unlock(&pg->lock);
   } else {
-    /* A command: read it now. */
+    /* A command, or a server whose listener has not read it yet: now. */
     pg_conn_t *c;
     int err = capstan_pg_begin(pg, false, &c);
     if (err == 0) err = ensure_begun(c);
