@@ -626,6 +626,51 @@ def check_histories(data_dir, names, received, completed, failures):
     return shown
 
 
+class Run:
+    """One cluster test's life, as a `with` block: its directory, its
+    PostgreSQL (run.pg) and nodes (run.nodes) once the body starts them, and
+    its failures. A TestFailure (or a bug of the test) raised in the body is
+    a failure; on the way out, whatever happened, the watchdog is off, the
+    cleanups run, the logs are shown if anything failed, every node and the
+    cluster are stopped and the directory removed."""
+
+    def __init__(self, prefix, bound):
+        require_postgres()
+        watchdog(bound)
+        self.base = tempfile.mkdtemp(prefix=prefix)
+        self.pg = None
+        self.nodes = []
+        self.failures = []
+        self.cleanups = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if kind is not None and issubclass(kind, TestFailure):
+            self.failures.append(str(err))
+        elif kind is not None:
+            import traceback
+
+            self.failures.append("unexpected %s: %s" % (kind.__name__,
+                                                        "".join(traceback.format_exception(kind, err, tb))))
+        signal.alarm(0)
+        for cleanup in self.cleanups:
+            cleanup()
+        if self.failures:
+            dump_logs(self.nodes, self.pg)
+        stop_all(self.nodes, self.pg)
+        remove_dir(self.base)
+        return kind is None or issubclass(kind, Exception)
+
+
+def kill_process(proc):
+    """Kills a helper process the test started, if it still runs."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def report(failures, ok):
     if failures:
         log("\n%d FAILURE(S):" % len(failures))

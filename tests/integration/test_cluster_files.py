@@ -25,13 +25,10 @@ the bounds. Needs postgresql-15 (it starts its own cluster).
 """
 
 import os
-import signal
 import socket
 import ssl
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_lib as c  # noqa: E402
@@ -90,19 +87,14 @@ def itl_certs(data, tftp, capf_any):
 
 
 def main():
-    c.require_postgres()
-    c.watchdog(BOUND)
-    base = tempfile.mkdtemp(prefix="capstan-cluster-files-")
-    pg = None
-    nodes = []
-    failures = []
-    try:
-        pg = c.Pg().start()
+    with c.Run("capstan-cluster-files-", BOUND) as run:
+        base, failures = run.base, run.failures
+        pg = run.pg = c.Pg().start()
         url, dirs = c.init_nodes(pg, "files", ["a", "b"], base)
         c.h.cli(dirs["a"], "device", "add", DEV, "--operation", "install", "--auth", "null", "--key", "rsa1024")
         a = c.Node("a", dirs["a"], files=True)
         b = c.Node("b", dirs["b"], files=True)
-        nodes = [a, b]
+        nodes = run.nodes = [a, b]
         a.start()
         b.start()
         tftp, capf = fl.export_certs(dirs["b"])
@@ -181,17 +173,7 @@ def main():
 
         for n in nodes:
             n.stop()
-    except TestFailure as e:
-        failures.append(str(e))
-    except Exception as e:  # noqa: BLE001 (a bug of the test: reported as a failure)
-        failures.append("unexpected %s: %s" % (type(e).__name__, traceback.format_exc()))
-    finally:
-        signal.alarm(0)
-        if failures:
-            c.dump_logs(nodes, pg)
-        c.stop_all(nodes, pg)
-        c.remove_dir(base)
-    return c.report(failures, "cluster files: node a's changes reach node b's files without a restart")
+    return c.report(run.failures, "cluster files: node a's changes reach node b's files without a restart")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,8 @@ the bounds. Needs postgresql-15 (it starts its own cluster).
 
 import os
 import random
-import shutil
-import signal
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_lib as c  # noqa: E402
@@ -70,21 +66,17 @@ def nodes_view(node):
 
 
 def main():
-    c.require_postgres()
-    c.watchdog(BOUND)
-    base = tempfile.mkdtemp(prefix="capstan-cluster-kill9-")
-    cert_dir = os.path.join(base, "received")
-    os.mkdir(cert_dir)
-    pg = None
-    nodes = []
     load = None
-    failures = []
-    try:
-        pg = c.Pg().start()
+    with c.Run("capstan-cluster-kill9-", BOUND) as run:
+        base, failures = run.base, run.failures
+        cert_dir = os.path.join(base, "received")
+        os.mkdir(cert_dir)
+        run.cleanups.append(lambda: load is not None and load.stop.set())
+        pg = run.pg = c.Pg().start()
         url, dirs = c.init_nodes(pg, "kill9", ["a", "b"], base)
         a = c.Node("a", dirs["a"])
         b = c.Node("b", dirs["b"])
-        nodes = [a, b]
+        nodes = run.nodes = [a, b]
         all_names = names()
         c.import_devices(dirs["a"], all_names + abandoned_names())
         a.start()
@@ -173,19 +165,7 @@ def main():
         log("certs table: %d rows; phones received %d certificates" % (len(table), load.n_received))
         c.check_histories(dirs["b"], all_names, load.received, load.completed, failures)
         b.stop()
-    except TestFailure as e:
-        failures.append(str(e))
-    except Exception as e:  # noqa: BLE001 (a bug of the test: reported as a failure)
-        failures.append("unexpected %s: %s" % (type(e).__name__, traceback.format_exc()))
-    finally:
-        signal.alarm(0)
-        if load is not None:
-            load.stop.set()
-        if failures:
-            c.dump_logs(nodes, pg)
-        c.stop_all(nodes, pg)
-        c.remove_dir(base)
-    return c.report(failures, "cluster kill9: node a killed mid-load, its phones finished on b, every certificate on record")
+    return c.report(run.failures, "cluster kill9: node a killed mid-load, its phones finished on b, every certificate on record")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,9 @@ the bounds. Needs postgresql-15 (it starts its own cluster).
 """
 
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster_lib as c  # noqa: E402
@@ -59,22 +56,18 @@ def tcp_ports_to(pid, port):
 
 
 def main():
-    c.require_postgres()
-    c.watchdog(BOUND)
-    base = tempfile.mkdtemp(prefix="capstan-cluster-pgtls-")
-    pg = None
-    nodes = []
-    failures = []
     phone = None
-    try:
-        pg = c.Pg().start()
+    with c.Run("capstan-cluster-pgtls-", BOUND) as run:
+        base, failures = run.base, run.failures
+        run.cleanups.append(lambda: c.kill_process(phone))
+        pg = run.pg = c.Pg().start()
         pg_port = int(pg.base.rsplit(":", 1)[1])
         url, dirs = c.init_nodes(pg, "pg_tls", ["a"], base)
         check("sslmode=require" in url, "the store URL %s does not ask for TLS" % url)
         for dev in DEVS:
             c.h.cli(dirs["a"], "device", "add", dev, "--operation", "install", "--auth", "null", "--key", "rsa1024")
         a = c.Node("a", dirs["a"])
-        nodes = [a]
+        nodes = run.nodes = [a]
         a.start()
 
         # A phone in flight over CAPF TLS (it holds its key generation 6 s)
@@ -146,20 +139,7 @@ def main():
         log("without TLS: refused (psql and capstan init: %s)" % p.stderr.strip().splitlines()[-1][:160])
 
         a.stop()
-    except TestFailure as e:
-        failures.append(str(e))
-    except Exception as e:  # noqa: BLE001 (a bug of the test: reported as a failure)
-        failures.append("unexpected %s: %s" % (type(e).__name__, traceback.format_exc()))
-    finally:
-        signal.alarm(0)
-        if phone is not None and phone.poll() is None:
-            phone.kill()
-            phone.wait()
-        if failures:
-            c.dump_logs(nodes, pg)
-        c.stop_all(nodes, pg)
-        c.remove_dir(base)
-    return c.report(failures, "cluster pg tls: the server's PostgreSQL connections are TLS beside its CAPF TLS")
+    return c.report(run.failures, "cluster pg tls: the server's PostgreSQL connections are TLS beside its CAPF TLS")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,8 @@ the bounds. Needs postgresql-15 (it starts its own cluster).
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -69,18 +67,13 @@ def bench(node, csv, lsc_dir, out_path):
 
 
 def main():
-    c.require_postgres()
-    c.watchdog(BOUND)
-    base = tempfile.mkdtemp(prefix="capstan-cluster-two-")
-    pg = None
-    nodes = []
-    failures = []
-    try:
-        pg = c.Pg().start()
+    with c.Run("capstan-cluster-two-", BOUND) as run:
+        base, failures = run.base, run.failures
+        pg = run.pg = c.Pg().start()
         url, dirs = c.init_nodes(pg, "two_nodes", ["a", "b"], base)
         a = c.Node("a", dirs["a"])
         b = c.Node("b", dirs["b"])
-        nodes = [a, b]
+        nodes = run.nodes = [a, b]
         a.start()
         b.start()
 
@@ -166,25 +159,7 @@ def main():
 
         for node in nodes:
             node.stop()
-    except TestFailure as e:
-        failures.append(str(e))
-    except Exception as e:  # noqa: BLE001 (a bug of the test: reported as a failure)
-        import traceback
-
-        failures.append("unexpected %s: %s" % (type(e).__name__, traceback.format_exc()))
-    finally:
-        signal_off()
-        if failures:
-            c.dump_logs(nodes, pg)
-        c.stop_all(nodes, pg)
-        c.remove_dir(base)
-    return c.report(failures, "cluster two nodes: %d phones on two nodes, each certificate recorded once" % DEVICES)
-
-
-def signal_off():
-    import signal
-
-    signal.alarm(0)
+    return c.report(run.failures, "cluster two nodes: %d phones on two nodes, each certificate recorded once" % DEVICES)
 
 
 if __name__ == "__main__":
