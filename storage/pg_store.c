@@ -1281,7 +1281,6 @@ int capstan_pg_node_start(pg_store_t *pg, const char *name, const char *detail) 
   pthread_mutex_lock(&pg->lock);
   free(pg->node);
   free(pg->node_detail);
-  free(pg->nodes);
   pg->node = n;
   pg->node_detail = d;
   pthread_mutex_unlock(&pg->lock);
@@ -1526,6 +1525,7 @@ void capstan_pg_close(pg_store_t *pg) {
   pthread_mutex_destroy(&pg->lock);
   free(pg->node);
   free(pg->node_detail);
+  free(pg->nodes);
   free(pg->url);
   free(pg);
 }
