@@ -21,6 +21,7 @@
 extern const char *const capstan_store_db_names[CAPSTAN_DB_COUNT];
 
 typedef struct writer writer_t;
+typedef struct reader reader_t;
 typedef struct pg_store pg_store_t;
 
 struct capstan_store {
@@ -33,6 +34,7 @@ struct capstan_store {
    * earlier release wrote it (a bit per capstan_db_t): they read empty. */
   uint32_t absent;
   writer_t *writer;
+  reader_t *reader; /* PostgreSQL, with a writer: reads for the loop thread */
   /* Every transaction of this process holds this shared, from begin to
    * commit or abort: LMDB may resize or reopen the map only while no
    * transaction of the process is active, so the writer takes it
@@ -73,6 +75,11 @@ void capstan_store_adopt_map(capstan_store_t *s);
  * process has ended (the caller holds none): after a failed write of the
  * meta page LMDB refuses every transaction (MDB_PANIC) until then. */
 int capstan_store_reopen(capstan_store_t *s);
+
+/* The reader threads of a server on PostgreSQL (reader.c), started and
+ * stopped with its writer; on LMDB there are none. */
+int capstan_store_readers_start(capstan_store_t *store, uv_loop_t *loop);
+void capstan_store_readers_stop(capstan_store_t *store);
 
 /* While set on a thread, failures it maps are logged at debug level only
  * (still counted): the writer says once that the store is unavailable

@@ -243,6 +243,8 @@ static void conn_free(pg_store_t *pg, pg_conn_t *c) {
   free(c);
 }
 
+static pg_conn_t *conn_new(pg_store_t *pg);
+
 /* A pooled connection, or a new one; NULL (reported) when none. */
 static pg_conn_t *conn_get(pg_store_t *pg, bool *pooled) {
   pthread_mutex_lock(&pg->lock);
@@ -264,7 +266,12 @@ static pg_conn_t *conn_get(pg_store_t *pg, bool *pooled) {
     capstan_store_count_error("connect");
     return NULL;
   }
-  c = calloc(1, sizeof(*c));
+  return conn_new(pg);
+}
+
+/* A new connection; NULL (reported) when none. */
+static pg_conn_t *conn_new(pg_store_t *pg) {
+  pg_conn_t *c = calloc(1, sizeof(*c));
   if (c == NULL) return NULL;
   c->pg = pg;
   c->c = capstan_pg_connect(pg);
@@ -297,6 +304,20 @@ static void conn_put(pg_store_t *pg, pg_conn_t *c) {
   }
   pthread_mutex_unlock(&pg->lock);
   conn_free(pg, c);
+}
+
+void capstan_pg_pool_fill(pg_store_t *pg, unsigned n) {
+  if (n > POOL_IDLE_MAX) n = POOL_IDLE_MAX;
+  capstan_libpq_thread();
+  for (;;) {
+    pthread_mutex_lock(&pg->lock);
+    bool full = pg->idle_count >= n;
+    pthread_mutex_unlock(&pg->lock);
+    if (full) return;
+    pg_conn_t *c = conn_new(pg);
+    if (c == NULL) return; /* reported; the pool fills as it is used */
+    conn_put(pg, c);
+  }
 }
 
 /* ---- Transactions ------------------------------------------------------- */

@@ -57,6 +57,11 @@ void capstan_pg_close(pg_store_t *pg);
 const char *capstan_pg_url(const pg_store_t *pg);
 
 /* Transactions: begin fills *out with a pooled connection inside BEGIN. */
+/* Opens connections into the pool until it holds |n| (at most its
+ * limit): a server's threads find them ready, and the descriptors it holds
+ * stay what they were at start. A connect that fails is reported and ends
+ * the filling. */
+void capstan_pg_pool_fill(pg_store_t *pg, unsigned n);
 int capstan_pg_begin(pg_store_t *pg, bool write, pg_conn_t **out);
 int capstan_pg_commit(pg_store_t *pg, pg_conn_t *c);
 void capstan_pg_abort(pg_store_t *pg, pg_conn_t *c);

@@ -268,6 +268,20 @@ int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop);
  * fails; otherwise done is called exactly once, later. */
 int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void *arg,
                          capstan_store_done_fn done);
+/* Reads for the loop thread. True when a read waits on the network (a
+ * shared PostgreSQL store, with the writer started): the loop thread then
+ * reads with capstan_store_read_async, not capstan_store_read. False on
+ * LMDB, whose reads are lookups in mapped memory. */
+bool capstan_store_reads_wait(const capstan_store_t *store);
+/* Called on the loop thread with fn's status (or the read transaction's
+ * error). */
+typedef void (*capstan_store_read_done_fn)(void *arg, int status);
+/* Runs fn in a read transaction on a reader thread: fn must only read
+ * |arg| and the store. Returns an error (done never called) when there
+ * are no readers or allocation fails; otherwise done is called exactly
+ * once, later, at the latest by capstan_store_writer_stop. */
+int capstan_store_read_async(capstan_store_t *store, capstan_store_txn_fn fn, void *arg,
+                             capstan_store_read_done_fn done);
 /* False during a storage outage: from the first batch that failed to
  * commit (or the first transaction refused as MDB_PANIC) until one commits
  * again some seconds after the last failure

@@ -406,6 +406,11 @@ int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop) {
   atomic_store(&g_gauge_store, store);
   pthread_mutex_unlock(&g_gauge_lock);
   store->writer = w;
+  rc = capstan_store_readers_start(store, loop);
+  if (rc != 0) {
+    capstan_store_writer_stop(store);
+    return rc;
+  }
   return 0;
 }
 
@@ -452,6 +457,8 @@ uint64_t capstan_store_failed_batches(capstan_store_t *store) {
 
 void capstan_store_writer_stop(capstan_store_t *store) {
   if (store == NULL || store->writer == NULL) return;
+  /* Readers first: what their done callbacks do may queue writes. */
+  capstan_store_readers_stop(store);
   writer_t *w = store->writer;
   pthread_mutex_lock(&w->lock);
   w->stopping = true;

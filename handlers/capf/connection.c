@@ -55,17 +55,56 @@ static void hook_stop_timer(capf_session_t *s) {
   uv_timer_stop(&conn_of(s)->timer);
 }
 
+/* During a storage outage the writer (or, for a shared database that
+ * cannot be reached, the store) has said so once. */
+static void log_load_failure(capstan_store_t *store, const char *name, int rc) {
+  if (rc >= 0 || rc == CAPSTAN_ENOENT) return;
+  bool said = !capstan_store_available(store) || !capstan_store_reachable(store);
+  capstan_log(said ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR,
+              "event=capf_store_read_failed device=%s error=%s", name, capstan_strerror(rc));
+}
+
+/* A device read on a reader thread (a shared database). */
+typedef struct device_load {
+  capf_conn_t *c;
+  char name[CAPSTAN_CAPF_DEVICE_NAME_MAX + 1];
+  capf_device_t device;
+} device_load_t;
+
+static int read_device(capstan_txn_t *txn, void *arg) {
+  device_load_t *l = arg;
+  return capf_device_read(txn, l->name, &l->device);
+}
+
+static void on_device_read(void *arg, int status) {
+  device_load_t *l = arg;
+  capf_conn_t *c = l->c;
+  log_load_failure(c->store, l->name, status);
+  capf_session_device_loaded(&c->session, status, &l->device);
+  capf_device_cleanup(&l->device);
+  free(l);
+  conn_unref(c);
+}
+
 static int hook_load_device(capf_session_t *s, const char *name, capf_device_t *out) {
-  capstan_store_t *store = conn_of(s)->store;
-  int rc = capf_device_load(store, name, out);
-  /* During a storage outage the writer (or, for a shared database that
-   * cannot be reached, the store) has said so once. */
-  if (rc < 0 && rc != CAPSTAN_ENOENT) {
-    bool said = !capstan_store_available(store) || !capstan_store_reachable(store);
-    capstan_log(said ? CAPSTAN_LOG_DEBUG : CAPSTAN_LOG_ERROR,
-                "event=capf_store_read_failed device=%s error=%s", name, capstan_strerror(rc));
+  capf_conn_t *c = conn_of(s);
+  if (!capstan_store_reads_wait(c->store)) {
+    int rc = capf_device_load(c->store, name, out);
+    log_load_failure(c->store, name, rc);
+    return rc;
   }
-  return rc;
+  device_load_t *l = calloc(1, sizeof(*l));
+  if (l == NULL) return CAPSTAN_ENOMEM;
+  l->c = c;
+  snprintf(l->name, sizeof(l->name), "%s", name);
+  c->refs++;
+  int rc = capstan_store_read_async(c->store, read_device, l, on_device_read);
+  if (rc < 0) {
+    c->refs--;
+    free(l);
+    return rc;
+  }
+  return CAPF_LOAD_PENDING;
 }
 
 static void on_recorded(void *arg, int status) {

@@ -67,22 +67,28 @@ static int load_request(capstan_txn_t *txn, const char *name, capf_device_t *out
   return rc == CAPSTAN_ENOENT ? 0 : rc;
 }
 
+int capf_device_read(capstan_txn_t *txn, const char *name, capf_device_t *out) {
+  *out = (capf_device_t){0};
+  Capstan__Device *d = NULL;
+  int rc = capstan_store_device_get(txn, name, &d);
+  if (rc == 0) {
+    device_from_record(d, out);
+    if (d->operation == CAPSTAN__OPERATION__OPERATION_INSTALL && d->has_cert_request) {
+      rc = load_request(txn, name, out);
+    }
+    capstan__device__free_unpacked(d, NULL);
+  }
+  if (rc < 0) capf_device_cleanup(out);
+  return rc;
+}
+
 int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *out) {
   *out = (capf_device_t){0};
   capstan_txn_t txn;
   int rc = capstan_store_begin(store, false, &txn);
   if (rc < 0) return rc;
-  Capstan__Device *d = NULL;
-  rc = capstan_store_device_get(&txn, name, &d);
-  if (rc == 0) {
-    device_from_record(d, out);
-    if (d->operation == CAPSTAN__OPERATION__OPERATION_INSTALL && d->has_cert_request) {
-      rc = load_request(&txn, name, out);
-    }
-    capstan__device__free_unpacked(d, NULL);
-  }
+  rc = capf_device_read(&txn, name, out);
   capstan_store_abort(&txn);
-  if (rc < 0) capf_device_cleanup(out);
   return rc;
 }
 

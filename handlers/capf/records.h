@@ -49,9 +49,11 @@ typedef struct capf_device {
 } capf_device_t;
 
 /* Reads device |name| (and, for an install, its latest certificate
- * request) in a read transaction (loop thread: microseconds). Returns 0,
- * CAPSTAN_ENOENT for an unknown device, or a store error. Release with
- * capf_device_cleanup. */
+ * request) in |txn|. Returns 0, CAPSTAN_ENOENT for an unknown device, or a
+ * store error. Release with capf_device_cleanup. */
+int capf_device_read(capstan_txn_t *txn, const char *name, capf_device_t *out);
+/* The same in a read transaction of its own (on LMDB, on the loop thread:
+ * microseconds). */
 int capf_device_load(capstan_store_t *store, const char *name, capf_device_t *out);
 void capf_device_cleanup(capf_device_t *d);
 

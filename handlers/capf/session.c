@@ -7,6 +7,9 @@
  *      (a connection over a limit: -handshake_done-> RETRY_LATER, CLOSING)
  *                                                       '-(lsc, mic)-> VERIFYING -verified->
  * authenticated
+ *  On a shared database the device is read off the loop (load_device says
+ *  CAPF_LOAD_PENDING): AUTH_RESPONSE -> LOADING -loaded-> as above, and
+ *  VERIFYING -verified-> RELOADING -loaded-> authenticated.
  *
  *  authenticated: operation none -> CLOSING (NO_ACTION); deadline passed -> ENDING
  *      troubleshoot -> WAIT_FETCH -FETCH_CERT_RESPONSE--.
@@ -76,6 +79,7 @@ CAPSTAN_DEFINE_NAME_FN(, capf_state_name, capf_state_t, CAPF_STATES, "?")
   X(SIGNED, "signed")               /* worker */            \
   X(CSR_CHECKED, "csr_checked")     /* worker */            \
   X(CA_ANSWERED, "ca_answered")     /* the online CA */     \
+  X(LOADED, "loaded")               /* a device read */     \
   X(RECORDED, "recorded")           /* an awaited commit */ \
   X(TIMEOUT, "timeout")
 
@@ -93,9 +97,12 @@ static int is_message(event_t ev) {
 
 typedef struct event_arg {
   const capstan_capf_msg_t *msg; /* message events */
+  const uint8_t *raw;            /* message events: the bytes |msg| was parsed from */
+  size_t raw_len;
+  capf_device_t *device;         /* LOADED, when status is 0 */
   capf_job_t *job;               /* VERIFIED, SIGNED, CSR_CHECKED */
   const capstan_ca_result_t *ca; /* CA_ANSWERED */
-  int status;                    /* RECORDED */
+  int status;                    /* RECORDED, LOADED */
 } event_arg_t;
 
 typedef void (*action_fn)(capf_session_t *s, const event_arg_t *e);
@@ -123,7 +130,9 @@ _Static_assert(CAPF_ST_COUNT <= 32, "states fit a 32-bit set");
 
 static void greet(capf_session_t *s, const event_arg_t *e);
 static void check_auth(capf_session_t *s, const event_arg_t *e);
+static void auth_device_loaded(capf_session_t *s, const event_arg_t *e);
 static void cert_auth_verified(capf_session_t *s, const event_arg_t *e);
+static void verified_device_loaded(capf_session_t *s, const event_arg_t *e);
 static void keygen_admitted(capf_session_t *s, const event_arg_t *e);
 static void keygen_in_progress(capf_session_t *s, const event_arg_t *e);
 static void sign_phone_key(capf_session_t *s, const event_arg_t *e);
@@ -165,12 +174,24 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
             },
         [CAPF_ST_WAIT_AUTH] =
             {
-                [EV_AUTH_RESPONSE] = {check_auth, TO(VERIFYING) | AUTHENTICATED},
+                [EV_AUTH_RESPONSE] = {check_auth, TO(LOADING) | TO(VERIFYING) | AUTHENTICATED},
                 [EV_TIMEOUT] = {phone_timed_out, 0},
+            },
+        /* The device is read off the loop (a shared database); no timer:
+         * a read that cannot reach the database fails by itself. */
+        [CAPF_ST_LOADING] =
+            {
+                [EV_LOADED] = {auth_device_loaded, TO(VERIFYING) | AUTHENTICATED},
+                [EV_IN_PROGRESS] = {wait_on, 0},
             },
         [CAPF_ST_VERIFYING] =
             {
-                [EV_VERIFIED] = {cert_auth_verified, AUTHENTICATED},
+                [EV_VERIFIED] = {cert_auth_verified, TO(RELOADING) | AUTHENTICATED},
+                [EV_IN_PROGRESS] = {wait_on, 0},
+            },
+        [CAPF_ST_RELOADING] =
+            {
+                [EV_LOADED] = {verified_device_loaded, AUTHENTICATED},
                 [EV_IN_PROGRESS] = {wait_on, 0},
             },
         [CAPF_ST_THROTTLED] =
@@ -607,11 +628,11 @@ static void greet(capf_session_t *s, const event_arg_t *e) {
 
 static void store_failed(capf_session_t *s);
 
-/* Reads the session's device and takes the operation, mode and key from it.
- * Returns 0, or a negative error after ending the session: END 9 for an
- * unknown device, RETRY_LATER when the store cannot be read. */
-static int load_device(capf_session_t *s, capf_device_t *d) {
-  int rc = s->hooks->load_device(s, s->device, d);
+/* What a device read brought (|rc| as the load_device hook's): 0 with the
+ * operation, mode and key taken from |d|, or a negative error after ending
+ * the session: END 9 for an unknown device, RETRY_LATER when the store
+ * cannot be read. */
+static int take_device(capf_session_t *s, int rc, const capf_device_t *d) {
   if (rc == CAPSTAN_ENOENT) {
     LOG_INFO("event=capf_unknown_device device=%s peer=%s", s->device, s->peer_host);
     end_with(s, CAPSTAN_CAPF_REASON_UNKNOWN_DEVICE, CAPF_RESULT_UNKNOWN_DEVICE);
@@ -626,6 +647,13 @@ static int load_device(capf_session_t *s, capf_device_t *d) {
   s->key_alg = d->key_alg;
   s->key_bits = d->key_bits;
   return 0;
+}
+
+/* Reads the session's device into |d|: take_device's answer, or
+ * CAPF_LOAD_PENDING when EV_LOADED brings it later. */
+static int load_device(capf_session_t *s, capf_device_t *d) {
+  int rc = s->hooks->load_device(s, s->device, d);
+  return rc == CAPF_LOAD_PENDING ? rc : take_device(s, rc, d);
 }
 
 static void auth_failed(capf_session_t *s, const char *reason) {
@@ -845,6 +873,44 @@ static capf_op_label_t op_label(capf_operation_t op) {
   }
 }
 
+/* The device is known: check what AUTH_RESPONSE |m| offers against it. */
+static void authenticate(capf_session_t *s, capf_device_t *d, const capstan_capf_msg_t *m) {
+  s->op_label = op_label(d->operation);
+  capstan_capf_slice_t typed = {0};
+  int rc;
+  switch (d->auth_mode) {
+    case CAPSTAN_CAPF_AUTH_STRING:
+      if (string_locked(s, d)) break;
+      if (capstan_capf_get_auth_password(m, &typed) < 0 ||
+          !auth_string_matches(&typed, d->auth_string)) {
+        wrong_string(s, d);
+        break;
+      }
+      /* The right string: the device's count of wrong ones starts over
+       * (the address's does not: a guesser may know one string). */
+      if (d->auth_failures > 0) {
+        submit_record(s, capf_record_new(CAPF_RECORD_STRING_OK, s->device), 0);
+      }
+      authenticated(s, d);
+      break;
+    case CAPSTAN_CAPF_AUTH_LSC:
+    case CAPSTAN_CAPF_AUTH_MIC:
+      rc = start_cert_auth(s, m);
+      if (rc == CAPSTAN_EACCES) {
+        auth_failed(s, "certificate, SIGNED_DATA or SHA2_SIGNED_DATA missing or malformed");
+      } else if (rc < 0) {
+        close_session(s, CAPF_RESULT_SERVER_ERROR);
+      }
+      break;
+    case CAPSTAN_CAPF_AUTH_NULL_STRING: /* nothing more to check */
+      authenticated(s, d);
+      break;
+    default: /* a record without a usable mode lets nobody in */
+      auth_failed(s, "device has no authentication mode");
+      break;
+  }
+}
+
 static void check_auth(capf_session_t *s, const event_arg_t *e) {
   const capstan_capf_msg_t *m = e->msg;
   uint8_t version = 0;
@@ -860,42 +926,43 @@ static void check_auth(capf_session_t *s, const event_arg_t *e) {
     return;
   }
   capf_device_t d;
-  if (load_device(s, &d) < 0) return;
-  s->op_label = op_label(d.operation);
-  capstan_capf_slice_t typed = {0};
-  int rc;
-  switch (d.auth_mode) {
-    case CAPSTAN_CAPF_AUTH_STRING:
-      if (string_locked(s, &d)) break;
-      if (capstan_capf_get_auth_password(m, &typed) < 0 ||
-          !auth_string_matches(&typed, d.auth_string)) {
-        wrong_string(s, &d);
-        break;
-      }
-      /* The right string: the device's count of wrong ones starts over
-       * (the address's does not: a guesser may know one string). */
-      if (d.auth_failures > 0) {
-        submit_record(s, capf_record_new(CAPF_RECORD_STRING_OK, s->device), 0);
-      }
-      authenticated(s, &d);
-      break;
-    case CAPSTAN_CAPF_AUTH_LSC:
-    case CAPSTAN_CAPF_AUTH_MIC:
-      rc = start_cert_auth(s, m);
-      if (rc == CAPSTAN_EACCES) {
-        auth_failed(s, "certificate, SIGNED_DATA or SHA2_SIGNED_DATA missing or malformed");
-      } else if (rc < 0) {
-        close_session(s, CAPF_RESULT_SERVER_ERROR);
-      }
-      break;
-    case CAPSTAN_CAPF_AUTH_NULL_STRING: /* nothing more to check */
-      authenticated(s, &d);
-      break;
-    default: /* a record without a usable mode lets nobody in */
-      auth_failed(s, "device has no authentication mode");
-      break;
+  int rc = load_device(s, &d);
+  if (rc == CAPF_LOAD_PENDING) {
+    /* The message is needed once the device is known (its string, or the
+     * certificate and signatures): keep it until EV_LOADED. */
+    s->auth_msg = capf_dup_bytes(e->raw, e->raw_len);
+    if (s->auth_msg == NULL) {
+      close_session(s, CAPF_RESULT_SERVER_ERROR);
+      return;
+    }
+    s->auth_msg_len = e->raw_len;
+    go(s, CAPF_ST_LOADING);
+    return;
   }
+  if (rc < 0) return;
+  authenticate(s, &d, m);
   capf_device_cleanup(&d);
+}
+
+static void forget_auth_msg(capf_session_t *s) {
+  if (s->auth_msg == NULL) return;
+  OPENSSL_cleanse(s->auth_msg, s->auth_msg_len); /* it may hold the string */
+  free(s->auth_msg);
+  s->auth_msg = NULL;
+  s->auth_msg_len = 0;
+}
+
+static void auth_device_loaded(capf_session_t *s, const event_arg_t *e) {
+  if (take_device(s, e->status, e->device) == 0) {
+    capstan_capf_msg_t m;
+    /* It parsed when it arrived; the copy parses the same. */
+    if (capstan_capf_parse(s->auth_msg, s->auth_msg_len, &m) == 0) {
+      authenticate(s, e->device, &m);
+    } else {
+      close_session(s, CAPF_RESULT_SERVER_ERROR);
+    }
+  }
+  forget_auth_msg(s);
 }
 
 static void cert_auth_verified(capf_session_t *s, const event_arg_t *e) {
@@ -925,9 +992,18 @@ static void cert_auth_verified(capf_session_t *s, const event_arg_t *e) {
   /* The device record was read before the worker ran; read it again so a
    * change made meanwhile (operation cancelled) is honoured. */
   capf_device_t d;
-  if (load_device(s, &d) < 0) return;
+  int rc = load_device(s, &d);
+  if (rc == CAPF_LOAD_PENDING) {
+    go(s, CAPF_ST_RELOADING);
+    return;
+  }
+  if (rc < 0) return;
   authenticated(s, &d);
   capf_device_cleanup(&d);
+}
+
+static void verified_device_loaded(capf_session_t *s, const event_arg_t *e) {
+  if (take_device(s, e->status, e->device) == 0) authenticated(s, e->device);
 }
 
 /* --- Install -------------------------------------------------------------- */
@@ -1468,6 +1544,7 @@ void capf_session_refuse(capf_session_t *s) {
 }
 
 void capf_session_cleanup(capf_session_t *s) {
+  forget_auth_msg(s);
   free(s->rx);
   free(s->lsc_der);
   free(s->lsc_spki);
@@ -1533,7 +1610,7 @@ static void on_message(capf_session_t *s, const uint8_t *msg, size_t len) {
     LOG_DEBUG("event=capf_message device=%s state=%s msg=\"%s\"", s->device,
               capf_state_name(s->state), desc);
   }
-  dispatch(s, message_event(m.command), &(event_arg_t){.msg = &m});
+  dispatch(s, message_event(m.command), &(event_arg_t){.msg = &m, .raw = msg, .raw_len = len});
 }
 
 /* In ENDING the outcome is being recorded and END_SESSION follows: nothing
@@ -1610,6 +1687,10 @@ void capf_session_worked(capf_session_t *s, capf_job_t *j) {
                : j->kind == CAPF_JOB_CHECK_CSR ? EV_CSR_CHECKED
                                                : EV_SIGNED;
   dispatch(s, ev, &(event_arg_t){.job = j});
+}
+
+void capf_session_device_loaded(capf_session_t *s, int status, capf_device_t *d) {
+  dispatch(s, EV_LOADED, &(event_arg_t){.status = status, .device = d});
 }
 
 void capf_session_ca_answered(capf_session_t *s, const capstan_ca_result_t *r) {

@@ -27,7 +27,9 @@
 #define CAPF_STATES(X)            \
   X(HANDSHAKE, "handshake")       \
   X(WAIT_AUTH, "wait_auth")       \
+  X(LOADING, "loading")           \
   X(VERIFYING, "verifying")       \
+  X(RELOADING, "reloading")       \
   X(THROTTLED, "throttled")       \
   X(WAIT_KEYGEN, "wait_keygen")   \
   X(WAIT_CSR, "wait_csr")         \
@@ -71,7 +73,9 @@ typedef struct capf_session_hooks {
    * |ms| (0: on the next loop iteration), replacing the armed one. */
   void (*start_timer)(capf_session_t *s, uint64_t ms);
   void (*stop_timer)(capf_session_t *s);
-  /* Reads the device now. 0, CAPSTAN_ENOENT, or a store error. */
+  /* Reads the device: 0 with |out| filled now, CAPSTAN_ENOENT, a store
+   * error, or CAPF_LOAD_PENDING: the read waits on the network (a shared
+   * database) and capf_session_device_loaded follows on the loop. */
   int (*load_device)(capf_session_t *s, const char *name, capf_device_t *out);
   /* Takes |r| and queues it for a durable commit; capf_session_recorded
    * follows after the commit, then the host frees |r|. A negative return
@@ -92,6 +96,9 @@ typedef struct capf_session_hooks {
   void (*ca_cancel)(capf_session_t *s);
 } capf_session_hooks_t;
 
+/* load_device's "later": not an error. */
+#define CAPF_LOAD_PENDING 1
+
 /* One session. The host embeds it (no allocation of its own) and reads
  * only state, device and result; everything else is the state machine's. */
 struct capf_session {
@@ -105,6 +112,9 @@ struct capf_session {
   /* Reassembly of a message split across reads; NULL when none pending. */
   uint8_t *rx;
   size_t rx_len;
+  /* CAPF_ST_LOADING: the AUTH_RESPONSE read while its device loads. */
+  uint8_t *auth_msg;
+  size_t auth_msg_len;
   /* The device, once AUTH_RESPONSE named it, and what its record asks. */
   char device[CAPSTAN_CAPF_DEVICE_NAME_MAX + 1];
   capf_operation_t operation;
@@ -175,6 +185,9 @@ void capf_session_recorded(capf_session_t *s, const capf_record_t *r, int status
 /* A job queued by the work hook ended; the session may take its outputs
  * (it NULLs what it takes). */
 void capf_session_worked(capf_session_t *s, capf_job_t *j);
+/* The read load_device left pending ended: |status| as load_device's
+ * return, |d| filled when 0 (the host cleans it up after the call). */
+void capf_session_device_loaded(capf_session_t *s, int status, capf_device_t *d);
 /* The CA answered the request of the ca_submit hook. */
 void capf_session_ca_answered(capf_session_t *s, const capstan_ca_result_t *r);
 /* The connection is closed (by either side); |why| says how. Records what

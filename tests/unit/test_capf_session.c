@@ -40,6 +40,8 @@ typedef struct fake {
   int load_rc;
   capf_device_t device;
   int loads;
+  int load_later; /* a shared database: the read completes later (device_loaded) */
+  int loads_pending;
   capf_record_t *records[MAX_QUEUED];
   int nrecords;
   int record_fails;
@@ -81,6 +83,10 @@ static int hook_load_device(capf_session_t *s, const char *name, capf_device_t *
   fake_t *f = F(s);
   (void)name;
   f->loads++;
+  if (f->load_later) {
+    f->loads_pending++;
+    return CAPF_LOAD_PENDING;
+  }
   if (f->load_rc < 0) return f->load_rc;
   *out = f->device;
   /* Each load owns its copy, as capf_device_load's. */
@@ -90,6 +96,23 @@ static int hook_load_device(capf_session_t *s, const char *name, capf_device_t *
   }
   return 0;
 }
+/* Completes the pending read as the host's reader would: the device (a
+ * copy the host cleans up after the call) or load_rc. */
+static void device_loaded(fake_t *f) {
+  assert_int_equal(f->loads_pending, 1);
+  f->loads_pending--;
+  capf_device_t d = {0};
+  if (f->load_rc == 0) {
+    d = f->device;
+    if (f->device.handover_der != NULL) {
+      d.handover_der = malloc(f->device.handover_len);
+      memcpy(d.handover_der, f->device.handover_der, f->device.handover_len);
+    }
+  }
+  capf_session_device_loaded(&f->s, f->load_rc, f->load_rc == 0 ? &d : NULL);
+  capf_device_cleanup(&d);
+}
+
 static int hook_record(capf_session_t *s, capf_record_t *r) {
   fake_t *f = F(s);
   if (f->record_fails) {
@@ -207,6 +230,7 @@ static void fake_free(fake_t *f) {
     capf_session_worked(&f->s, f->jobs[i]);
     capf_job_free(f->jobs[i]);
   }
+  if (f->loads_pending > 0) device_loaded(f); /* late: the session is closed */
   for (int i = 0; i < f->nsent; i++) free(f->sent[i]);
   capf_session_cleanup(&f->s);
   free(f->device.handover_der);
@@ -809,6 +833,106 @@ static void test_auth_by_certificate(void **state) {
   assert_int_equal(f->closes, 1);
   assert_int_equal(f->nrecords, 0);
   assert_int_equal(f->s.result, CAPF_RESULT_SERVER_ERROR);
+  fake_free(f);
+}
+
+/* ---- the device read later (a shared database) ---------------------------- */
+
+static void test_device_read_later(void **state) {
+  (void)state;
+  /* The string is checked once the device is known, from the kept
+   * AUTH_RESPONSE; the loop is not held meanwhile and no timer runs. */
+  fake_t *f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
+  f->load_later = 1;
+  authenticate(f, "123456");
+  assert_int_equal(f->s.state, CAPF_ST_LOADING);
+  assert_int_equal(f->timer_ms, NO_TIMER);
+  assert_int_equal(f->nsent, 1);
+  assert_int_equal(f->nrecords, 0);
+  simple(f, CAPSTAN_CAPF_CMD_REQUEST_IN_PROGRESS); /* allowed while it loads */
+  assert_int_equal(f->s.state, CAPF_ST_LOADING);
+  device_loaded(f);
+  assert_null(f->s.auth_msg);
+  assert_status_record(f, 0, CAPF_STATUS_IN_PROGRESS, NULL);
+  sent(f, 1, CAPSTAN_CAPF_CMD_KEY_GEN_REQUEST);
+  assert_int_equal(f->s.state, CAPF_ST_WAIT_KEYGEN);
+  fake_free(f);
+
+  /* A wrong string, found after the read. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
+  f->load_later = 1;
+  authenticate(f, "654321");
+  device_loaded(f);
+  assert_status_record(f, 0, CAPF_STATUS_FAILED, "authentication failed");
+  assert_int_equal(f->s.state, CAPF_ST_ENDING);
+  fake_free(f);
+
+  /* Unknown device, and a store that cannot be read: as when read at once. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
+  f->load_later = 1;
+  f->load_rc = CAPSTAN_ENOENT;
+  authenticate(f, "123456");
+  device_loaded(f);
+  assert_ended(f, CAPSTAN_CAPF_REASON_UNKNOWN_DEVICE);
+  fake_free(f);
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
+  f->load_later = 1;
+  f->load_rc = CAPSTAN_EIO;
+  authenticate(f, "123456");
+  device_loaded(f);
+  sent(f, f->nsent - 1, CAPSTAN_CAPF_CMD_RETRY_LATER);
+  assert_int_equal(f->s.result, CAPF_RESULT_SERVER_ERROR);
+  assert_int_equal(f->nrecords, 0);
+  fake_free(f);
+
+  /* Any other message while it loads is the phone's protocol error. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
+  f->load_later = 1;
+  authenticate(f, NULL);
+  keygen_response(f);
+  assert_int_equal(f->s.state, CAPF_ST_CLOSING);
+  assert_int_equal(f->s.result, CAPF_RESULT_PROTOCOL_ERROR);
+  fake_free(f); /* the read completes after the close: ignored */
+
+  /* The phone hangs up while it loads. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
+  f->load_later = 1;
+  authenticate(f, "123456");
+  capf_session_closed(&f->s, CAPSTAN_TLS_CLOSE_PEER_EOF);
+  assert_int_equal(f->s.result, CAPF_RESULT_DISCONNECTED);
+  device_loaded(f);
+  assert_int_equal(f->nsent, 1);
+  assert_int_equal(f->nrecords, 0);
+  fake_free(f);
+
+  /* By certificate: read, verified, read again (the operator may have
+   * changed it meanwhile). */
+  f = fake_new(CAPF_OPERATION_DELETE, CAPSTAN_CAPF_AUTH_LSC);
+  f->load_later = 1;
+  capf_session_handshake_done(&f->s);
+  static const uint8_t cert[] = {0x30, 0x03, 1, 2, 3};
+  static const uint8_t sig[] = {9, 9, 9, 9};
+  capstan_capf_builder_t b;
+  begin(f, &b, CAPSTAN_CAPF_CMD_AUTH_RESPONSE);
+  capstan_capf_builder_add_string(&b, CAPSTAN_CAPF_EL_DEVICE_NAME, "SEP001122334455", 15);
+  capstan_capf_builder_add_certificate(&b, CAPSTAN_CAPF_CERT_LSC, cert, sizeof(cert));
+  capstan_capf_builder_add_bytes(&b, CAPSTAN_CAPF_EL_SIGNED_DATA, sig, sizeof(sig));
+  capstan_capf_builder_add_sha2_signed_data(&b, CAPSTAN_CAPF_HASH_SHA512, sig, sizeof(sig));
+  phone_send(f, &b);
+  assert_int_equal(f->s.state, CAPF_ST_LOADING);
+  device_loaded(f);
+  assert_int_equal(f->s.state, CAPF_ST_VERIFYING);
+  assert_int_equal(f->njobs, 1);
+  assert_int_equal(f->jobs[0]->u.verify.cert_len, sizeof(cert));
+  assert_memory_equal(f->jobs[0]->u.verify.cert_der, cert, sizeof(cert));
+  f->jobs[0]->status = 0;
+  work_done(f, 0);
+  assert_int_equal(f->s.state, CAPF_ST_RELOADING);
+  assert_int_equal(f->loads, 2);
+  f->device.operation = CAPF_OPERATION_NONE; /* cancelled meanwhile */
+  device_loaded(f);
+  assert_int_equal(f->s.result, CAPF_RESULT_NO_ACTION);
+  assert_int_equal(f->s.state, CAPF_ST_CLOSING);
   fake_free(f);
 }
 
@@ -1815,6 +1939,7 @@ int main(void) {
       cmocka_unit_test(test_unknown_device_and_store_error),
       cmocka_unit_test(test_auth_failures),
       cmocka_unit_test(test_auth_by_certificate),
+      cmocka_unit_test(test_device_read_later),
       cmocka_unit_test(test_throttle_admits_in_turn),
       cmocka_unit_test(test_throttle_retry_later),
       cmocka_unit_test(test_refused_over_limit),
