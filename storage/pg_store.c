@@ -38,6 +38,17 @@
  * not fill the socket while this side only sends). */
 #define INFLIGHT_MAX 256
 
+/* A record read ahead for a write transaction (capstan_pg_read_ahead). */
+typedef struct ahead {
+  capstan_db_t db;
+  uint8_t *key;
+  size_t klen;
+  uint8_t *val; /* packed; NULL with |present| false: no such record */
+  size_t vlen;
+  bool present;
+  struct ahead *next;
+} ahead_t;
+
 struct pg_conn {
   PGconn *c;
   pg_store_t *pg;
@@ -68,6 +79,10 @@ struct pg_conn {
    * serialised: no other appends meanwhile). */
   bool audit_known;
   uint64_t audit_last;
+  /* Records this write transaction read ahead, kept current by its own
+   * puts and deletes: a get of one needs no round trip. Nothing else
+   * changes them meanwhile: writers are serialised by the advisory lock. */
+  ahead_t *ahead;
 };
 
 struct pg_store {
@@ -237,8 +252,11 @@ static void note_down(pg_store_t *pg, const char *why) {
   }
 }
 
+static void ahead_free(pg_conn_t *c);
+
 static void conn_free(pg_store_t *pg, pg_conn_t *c) {
   if (c == NULL) return;
+  ahead_free(c);
   if (c->c != NULL) pg->pq->finish(c->c);
   free(c);
 }
@@ -287,7 +305,25 @@ static pg_conn_t *conn_new(pg_store_t *pg) {
   return c;
 }
 
+static void ahead_free(pg_conn_t *c) {
+  while (c->ahead != NULL) {
+    ahead_t *next = c->ahead->next;
+    free(c->ahead->key);
+    free(c->ahead->val);
+    free(c->ahead);
+    c->ahead = next;
+  }
+}
+
+static ahead_t *ahead_find(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen) {
+  for (ahead_t *a = c->ahead; a != NULL; a = a->next) {
+    if (a->db == db && a->klen == klen && memcmp(a->key, key, klen) == 0) return a;
+  }
+  return NULL;
+}
+
 static void conn_put(pg_store_t *pg, pg_conn_t *c) {
+  ahead_free(c);
   if (c->bad || (!c->pending && pg->pq->transaction_status(c->c) != PQTRANS_IDLE)) {
     conn_free(pg, c);
     return;
@@ -794,6 +830,16 @@ static const char *table(capstan_db_t db) {
 
 int capstan_pg_get(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
                    const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out) {
+  const ahead_t *a = c->failed == 0 ? ahead_find(c, db, key, klen) : NULL;
+  if (a != NULL) {
+    if (!a->present) return CAPSTAN_ENOENT;
+    *out = protobuf_c_message_unpack(desc, NULL, a->vlen, a->val);
+    if (*out != NULL) return 0;
+    LOG_ERROR("event=storage_record_unreadable db=%s type=%s bytes=%zu backend=postgresql",
+              table(db), desc->name, a->vlen);
+    capstan_store_count_error("unpack");
+    return CAPSTAN_EIO;
+  }
   char sql[128];
   snprintf(sql, sizeof(sql), "SELECT v FROM %s WHERE k = $1", table(db));
   const void *vals[] = {key};
@@ -863,6 +909,15 @@ int capstan_pg_put(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
   /* Sent without waiting for the answer (collected before the next read
    * or at commit). */
   int err = send_write(c, sql, extra != NULL ? 3 : 2, (const char *const *)vals, lens);
+  ahead_t *a = err == 0 ? ahead_find(c, db, key, klen) : NULL;
+  if (a != NULL) {
+    free(a->val);
+    a->val = n > 0 ? buf : NULL;
+    a->vlen = n;
+    a->present = true;
+    buf = &one; /* kept */
+    n = 0;
+  }
   if (n > 0) free(buf);
   if (err == 0 && db == CAPSTAN_DB_AUDIT && klen == 8 && c->audit_known) {
     uint64_t k = rd_be64(key);
@@ -882,6 +937,13 @@ int capstan_pg_del(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen) 
   err = count != NULL && strcmp(count, "0") == 0 ? CAPSTAN_ENOENT : 0;
   c->pg->pq->clear(r);
   if (err == 0) c->dirty = true;
+  ahead_t *a = ahead_find(c, db, key, klen);
+  if (a != NULL) {
+    free(a->val);
+    a->val = NULL;
+    a->vlen = 0;
+    a->present = false;
+  }
   return err;
 }
 
@@ -989,7 +1051,71 @@ int capstan_pg_devices_in_progress(pg_conn_t *c, int (*fn)(const void *msg, void
   return err > 0 ? 0 : err;
 }
 
+int capstan_pg_read_ahead(pg_conn_t *c, capstan_db_t db, const capstan_store_key_t *keys,
+                          size_t n) {
+  if (!c->write || n == 0) return 0;
+  /* The keys, hex, comma-separated: one text parameter whatever their
+   * number (the statement stays one prepared statement). */
+  size_t len = 0;
+  for (size_t i = 0; i < n; i++) len += 2 * keys[i].klen + 1;
+  char *list = malloc(len + 1);
+  if (list == NULL) return CAPSTAN_ENOMEM;
+  static const char hex[] = "0123456789abcdef";
+  size_t at = 0, asked = 0;
+  int err = 0;
+  for (size_t i = 0; i < n && err == 0; i++) {
+    const capstan_store_key_t *k = &keys[i];
+    if (k->db != db || k->klen == 0 || ahead_find(c, db, k->key, k->klen) != NULL) continue;
+    ahead_t *a = calloc(1, sizeof(*a));
+    uint8_t *copy = malloc(k->klen);
+    if (a == NULL || copy == NULL) {
+      free(a);
+      free(copy);
+      err = CAPSTAN_ENOMEM;
+      break;
+    }
+    memcpy(copy, k->key, k->klen);
+    *a = (ahead_t){.db = db, .key = copy, .klen = k->klen, .next = c->ahead};
+    c->ahead = a;
+    if (asked++ > 0) list[at++] = ',';
+    for (size_t j = 0; j < k->klen; j++) {
+      list[at++] = hex[copy[j] >> 4];
+      list[at++] = hex[copy[j] & 15];
+    }
+  }
+  if (err == 0 && asked > 0) {
+    char sql[192];
+    snprintf(sql, sizeof(sql),
+             "SELECT k, v FROM %s WHERE k = ANY(ARRAY(SELECT decode(h, 'hex') FROM "
+             "unnest(string_to_array($1::text, ',')) AS h))",
+             table(db));
+    const void *vals[] = {list};
+    int lens[] = {(int)at};
+    PGresult *r = query(c, sql, 1, vals, lens, "get", &err);
+    const capstan_libpq_t *pq = c->pg->pq;
+    for (int i = 0; r != NULL && i < pq->ntuples(r); i++) {
+      ahead_t *a = ahead_find(c, db, pq->getvalue(r, i, 0), (size_t)pq->getlength(r, i, 0));
+      size_t vlen = (size_t)pq->getlength(r, i, 1);
+      if (a == NULL || a->present) continue;
+      a->val = malloc(vlen > 0 ? vlen : 1);
+      if (a->val == NULL) {
+        err = CAPSTAN_ENOMEM;
+        break;
+      }
+      memcpy(a->val, pq->getvalue(r, i, 1), vlen);
+      a->vlen = vlen;
+      a->present = true;
+    }
+    if (r != NULL) pq->clear(r);
+  }
+  free(list);
+  /* What could not be read ahead is read when it is asked for. */
+  if (err != 0) ahead_free(c);
+  return err;
+}
+
 int capstan_pg_clear(pg_conn_t *c) {
+  ahead_free(c);
   char sql[512];
   size_t n = 0;
   for (int db = 0; db < CAPSTAN_DB_COUNT; db++) {

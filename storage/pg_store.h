@@ -106,6 +106,10 @@ int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn f
 /* Deletes every record of every table (a restore replaces the store);
  * the nodes and the schema stay. */
 int capstan_pg_clear(pg_conn_t *c);
+/* Reads the records of |db| named in |keys| (others are skipped) in one
+ * query, for the rest of this write transaction (see pg_conn's |ahead|). */
+int capstan_pg_read_ahead(pg_conn_t *c, capstan_db_t db, const capstan_store_key_t *keys,
+                          size_t n);
 
 /* The audit log (storage/audit.c keeps the rules; these are its reads). */
 int capstan_pg_audit_last(pg_conn_t *c, uint64_t *last, bool *any);

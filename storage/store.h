@@ -268,6 +268,21 @@ int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop);
  * fails; otherwise done is called exactly once, later. */
 int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void *arg,
                          capstan_store_done_fn done);
+/* A record a write request reads, named when it is submitted. */
+typedef struct capstan_store_key {
+  capstan_db_t db;
+  const void *key;
+  size_t klen;
+} capstan_store_key_t;
+#define CAPSTAN_STORE_SUBMIT_KEYS_MAX 2
+/* capstan_store_submit for a request that reads the records |keys| name
+ * (at most CAPSTAN_STORE_SUBMIT_KEYS_MAX; the keys' bytes must stay valid
+ * until done): on PostgreSQL the writer reads every record its batch names
+ * in one query per table before running the batch, rather than in a round
+ * trip per read inside the cluster's one write transaction. */
+int capstan_store_submit_reading(capstan_store_t *store, capstan_store_write_fn fn, void *arg,
+                                 capstan_store_done_fn done, const capstan_store_key_t *keys,
+                                 size_t nkeys);
 /* Reads for the loop thread. True when a read waits on the network (a
  * shared PostgreSQL store, with the writer started): the loop thread then
  * reads with capstan_store_read_async, not capstan_store_read. False on

@@ -29,6 +29,8 @@ typedef struct write_req {
   capstan_store_done_fn done;
   void *arg;
   int status;
+  capstan_store_key_t keys[CAPSTAN_STORE_SUBMIT_KEYS_MAX]; /* what fn reads */
+  size_t nkeys;
   struct write_req *next;
 } write_req_t;
 
@@ -118,8 +120,33 @@ static void register_metrics(void) {
  * writes must not stay), CAPSTAN_ENOSPC when the map is full (no request is
  * to blame: the batch may run again in a larger map), or a negative error
  * for the transaction itself. */
+/* On PostgreSQL: the records the batch's requests named, read in one
+ * query per table. */
+static int read_ahead(capstan_txn_t *txn, write_req_t *batch) {
+  size_t n = 0;
+  for (write_req_t *r = batch; r != NULL; r = r->next) n += r->status == 0 ? r->nkeys : 0;
+  if (n == 0) return 0;
+  capstan_store_key_t *keys = malloc(n * sizeof(*keys));
+  if (keys == NULL) return 0; /* read one by one instead */
+  n = 0;
+  for (write_req_t *r = batch; r != NULL; r = r->next) {
+    for (size_t i = 0; r->status == 0 && i < r->nkeys; i++) keys[n++] = r->keys[i];
+  }
+  static const capstan_db_t kTables[] = {CAPSTAN_DB_DEVICES, CAPSTAN_DB_CERTS};
+  int err = 0;
+  for (size_t t = 0; t < sizeof(kTables) / sizeof(kTables[0]) && err == 0; t++) {
+    err = capstan_pg_read_ahead(txn->pg, kTables[t], keys, n);
+  }
+  free(keys);
+  return err;
+}
+
 static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn, bool *careful) {
   int err = capstan_store_begin(w->store, true, txn);
+  if (err == 0 && txn->pg != NULL) {
+    err = read_ahead(txn, batch);
+    if (err != 0) capstan_store_abort(txn);
+  }
   if (err != 0) return err;
   for (write_req_t *r = batch; r != NULL; r = r->next) {
     if (r->status != 0) continue;
@@ -416,7 +443,13 @@ int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop) {
 
 int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void *arg,
                          capstan_store_done_fn done) {
-  if (store == NULL || fn == NULL) return CAPSTAN_EINVAL;
+  return capstan_store_submit_reading(store, fn, arg, done, NULL, 0);
+}
+
+int capstan_store_submit_reading(capstan_store_t *store, capstan_store_write_fn fn, void *arg,
+                                 capstan_store_done_fn done, const capstan_store_key_t *keys,
+                                 size_t nkeys) {
+  if (store == NULL || fn == NULL || nkeys > CAPSTAN_STORE_SUBMIT_KEYS_MAX) return CAPSTAN_EINVAL;
   writer_t *w = store->writer;
   if (w == NULL) return CAPSTAN_EINVAL;
   write_req_t *r = calloc(1, sizeof(*r));
@@ -424,6 +457,8 @@ int capstan_store_submit(capstan_store_t *store, capstan_store_write_fn fn, void
   r->fn = fn;
   r->arg = arg;
   r->done = done;
+  for (size_t i = 0; i < nkeys; i++) r->keys[i] = keys[i];
+  r->nkeys = nkeys;
   pthread_mutex_lock(&w->lock);
   if (w->stopping) {
     pthread_mutex_unlock(&w->lock);

@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/base/conntrack.h"
 #include "core/base/error.h"
@@ -126,7 +127,12 @@ static int hook_record(capf_session_t *s, capf_record_t *r) {
   capf_conn_t *c = conn_of(s);
   r->host = c;
   c->refs++;
-  int rc = capstan_store_submit(c->store, capf_record_apply, r, on_recorded);
+  /* What capf_record_apply reads: the device, and for INSTALLED its new
+   * certificate (on a shared database, read with the rest of the batch). */
+  capstan_store_key_t keys[2] = {{CAPSTAN_DB_DEVICES, r->device, strlen(r->device)},
+                                 {CAPSTAN_DB_CERTS, r->serial, sizeof(r->serial)}};
+  size_t nkeys = r->kind == CAPF_RECORD_INSTALLED ? 2 : 1;
+  int rc = capstan_store_submit_reading(c->store, capf_record_apply, r, on_recorded, keys, nkeys);
   if (rc < 0) {
     c->refs--;
     capf_record_free(r);
