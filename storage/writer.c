@@ -114,33 +114,36 @@ static void register_metrics(void) {
   capstan_metric_set(m_writable, 1);
 }
 
-/* Runs every request of |batch| not yet failed in one write transaction.
- * Returns 0 when all succeeded and the transaction is open in |txn|, 1 when
- * a request failed (its status set, the transaction aborted: its partial
- * writes must not stay), CAPSTAN_ENOSPC when the map is full (no request is
- * to blame: the batch may run again in a larger map), or a negative error
- * for the transaction itself. */
+/* Records read ahead per batch, at most: the transaction looks them up in
+ * a list, and a batch of thousands (a writer far behind) reads the rest
+ * one by one. */
+#define READ_AHEAD_MAX 512
+
 /* On PostgreSQL: the records the batch's requests named, read in one
- * query per table. */
+ * query per table. An error is the transaction's (it can only roll
+ * back); without memory the records are read one by one instead. */
 static int read_ahead(capstan_txn_t *txn, write_req_t *batch) {
+  capstan_store_key_t keys[READ_AHEAD_MAX];
   size_t n = 0;
-  for (write_req_t *r = batch; r != NULL; r = r->next) n += r->status == 0 ? r->nkeys : 0;
-  if (n == 0) return 0;
-  capstan_store_key_t *keys = malloc(n * sizeof(*keys));
-  if (keys == NULL) return 0; /* read one by one instead */
-  n = 0;
   for (write_req_t *r = batch; r != NULL; r = r->next) {
-    for (size_t i = 0; r->status == 0 && i < r->nkeys; i++) keys[n++] = r->keys[i];
+    for (size_t i = 0; r->status == 0 && i < r->nkeys && n < READ_AHEAD_MAX; i++) {
+      keys[n++] = r->keys[i];
+    }
   }
   static const capstan_db_t kTables[] = {CAPSTAN_DB_DEVICES, CAPSTAN_DB_CERTS};
   int err = 0;
   for (size_t t = 0; t < sizeof(kTables) / sizeof(kTables[0]) && err == 0; t++) {
     err = capstan_pg_read_ahead(txn->pg, kTables[t], keys, n);
   }
-  free(keys);
-  return err;
+  return err == CAPSTAN_ENOMEM ? 0 : err;
 }
 
+/* Runs every request of |batch| not yet failed in one write transaction.
+ * Returns 0 when all succeeded and the transaction is open in |txn|, 1 when
+ * a request failed (its status set, the transaction aborted: its partial
+ * writes must not stay), CAPSTAN_ENOSPC when the map is full (no request is
+ * to blame: the batch may run again in a larger map), or a negative error
+ * for the transaction itself. */
 static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn, bool *careful) {
   int err = capstan_store_begin(w->store, true, txn);
   if (err == 0 && txn->pg != NULL) {

@@ -532,6 +532,105 @@ static void test_writer_refused_write(void **state) {
   capstan__device__free_unpacked(got, NULL);
 }
 
+/* Requests that name the devices they read (capstan_store_submit_reading):
+ * on PostgreSQL the writer reads them ahead, once per batch, and each
+ * request must still see what the requests before it in the batch wrote,
+ * and nothing of a request that failed. */
+typedef struct {
+  capstan_store_t *store;
+  int index;
+  int status;
+  int *done;
+} ahead_req_t;
+
+#define AHEAD_REQS 8
+#define AHEAD_FAILS 5 /* this request counts, then fails: its count must not stay */
+
+static int count_on(capstan_txn_t *txn, const char *name) {
+  Capstan__Device *d = NULL;
+  int err = capstan_store_device_get(txn, name, &d);
+  if (err == CAPSTAN_ENOENT) {
+    d = capstan_device_new(name); /* the first request makes it */
+    err = d != NULL ? 0 : CAPSTAN_ENOMEM;
+  }
+  if (err != 0) return err;
+  d->auth_failures++;
+  d->has_auth_failures = 1;
+  err = capstan_store_device_put(txn, d);
+  capstan__device__free_unpacked(d, NULL);
+  return err;
+}
+
+static int ahead_write(capstan_txn_t *txn, void *arg) {
+  ahead_req_t *r = arg;
+  int err = count_on(txn, "SEPAHEAD00001");
+  if (err == 0) err = count_on(txn, "SEPAHEAD00002");
+  if (err == 0 && r->index == 2) err = capstan_store_device_delete(txn, "SEPAHEAD00003");
+  if (err == 0 && r->index == 3) {
+    Capstan__Device *d = NULL;
+    err = capstan_store_device_get(txn, "SEPAHEAD00003", &d);
+    capstan__device__free_unpacked(d, NULL);
+    err = err == CAPSTAN_ENOENT ? 0 : CAPSTAN_EINVAL; /* deleted by request 2 */
+  }
+  if (err == 0 && r->index == AHEAD_FAILS) err = CAPSTAN_ERANGE;
+  return err;
+}
+
+static void ahead_done(void *arg, int status) {
+  ahead_req_t *r = arg;
+  r->status = status;
+  if (++*r->done == AHEAD_REQS) capstan_store_writer_stop(r->store);
+}
+
+static unsigned counted(capstan_store_t *store, const char *name) {
+  Capstan__Device *d = NULL;
+  assert_int_equal(capstan_store_device_load(store, name, &d), 0);
+  unsigned n = d->auth_failures;
+  capstan__device__free_unpacked(d, NULL);
+  return n;
+}
+
+static void test_writer_reads_ahead(void **state) {
+  fixture_t *f = *state;
+  capstan_txn_t txn;
+  assert_int_equal(capstan_store_begin(f->store, true, &txn), 0);
+  const char *existing[] = {"SEPAHEAD00001", "SEPAHEAD00003"};
+  for (int i = 0; i < 2; i++) {
+    Capstan__Device *d = capstan_device_new(existing[i]);
+    assert_int_equal(capstan_store_device_put(&txn, d), 0);
+    capstan__device__free_unpacked(d, NULL);
+  }
+  assert_int_equal(capstan_store_commit(&txn), 0);
+
+  uv_loop_t loop;
+  assert_int_equal(uv_loop_init(&loop), 0);
+  assert_int_equal(capstan_store_writer_start(f->store, &loop), 0);
+  int done = 0;
+  ahead_req_t reqs[AHEAD_REQS];
+  const capstan_store_key_t keys[2] = {{CAPSTAN_DB_DEVICES, "SEPAHEAD00001", 13},
+                                       {CAPSTAN_DB_DEVICES, "SEPAHEAD00002", 13}};
+  const capstan_store_key_t too_many[3] = {keys[0], keys[1], keys[0]};
+  assert_int_equal(
+      capstan_store_submit_reading(f->store, ahead_write, &reqs[0], ahead_done, too_many, 3),
+      CAPSTAN_EINVAL);
+  for (int i = 0; i < AHEAD_REQS; i++) {
+    reqs[i] = (ahead_req_t){.store = f->store, .index = i, .status = 1, .done = &done};
+    assert_int_equal(
+        capstan_store_submit_reading(f->store, ahead_write, &reqs[i], ahead_done, keys, 2), 0);
+  }
+  assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(done, AHEAD_REQS);
+  for (int i = 0; i < AHEAD_REQS; i++) {
+    assert_int_equal(reqs[i].status, i == AHEAD_FAILS ? CAPSTAN_ERANGE : 0);
+  }
+  /* Every request but the failed one counted once on each device. */
+  assert_int_equal(counted(f->store, "SEPAHEAD00001"), AHEAD_REQS - 1);
+  assert_int_equal(counted(f->store, "SEPAHEAD00002"), AHEAD_REQS - 1);
+  Capstan__Device *gone = NULL;
+  assert_int_equal(capstan_store_device_load(f->store, "SEPAHEAD00003", &gone), CAPSTAN_ENOENT);
+}
+
 static void test_stop_drains_queue(void **state) {
   fixture_t *f = *state;
   uv_loop_t loop;
@@ -579,6 +678,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_stop_drains_queue, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refused_write_rolls_back, setup, teardown),
       cmocka_unit_test_setup_teardown(test_writer_refused_write, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_writer_reads_ahead, setup, teardown),
       cmocka_unit_test_setup_teardown(test_commit_spacing, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
