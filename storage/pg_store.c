@@ -206,7 +206,7 @@ PGconn *capstan_pg_connect(pg_store_t *pg) {
   PGresult *r = pg->pq->exec(c,
                              "SET synchronous_commit = on; SET tcp_keepalives_idle = 10; "
                              "SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; "
-                             "SET tcp_user_timeout = 10000");
+                             "SET tcp_user_timeout = 10000; SET statement_timeout = 30000");
   pg->pq->clear(r);
   return c;
 }
@@ -309,6 +309,7 @@ static void ahead_free(pg_conn_t *c) {
   while (c->ahead != NULL) {
     ahead_t *next = c->ahead->next;
     free(c->ahead->key);
+    if (c->ahead->val != NULL) explicit_bzero(c->ahead->val, c->ahead->vlen); /* auth strings */
     free(c->ahead->val);
     free(c->ahead);
     c->ahead = next;
@@ -395,7 +396,9 @@ int capstan_pg_begin(pg_store_t *pg, bool write, pg_conn_t **out) {
       return 0;
     }
     PGresult *r = pg->pq->exec(
-        c->c, "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock(1667330163, 1)");
+        c->c,
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = 0; SELECT "
+        "pg_advisory_xact_lock(1667330163, 1)");
     ExecStatusType st = r != NULL ? pg->pq->result_status(r) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
       pg->pq->clear(r);
@@ -830,7 +833,7 @@ static const char *table(capstan_db_t db) {
 
 int capstan_pg_get(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
                    const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out) {
-  const ahead_t *a = c->failed == 0 ? ahead_find(c, db, key, klen) : NULL;
+  const ahead_t *a = c->failed == 0 && !c->bad ? ahead_find(c, db, key, klen) : NULL;
   if (a != NULL) {
     if (!a->present) return CAPSTAN_ENOENT;
     *out = protobuf_c_message_unpack(desc, NULL, a->vlen, a->val);

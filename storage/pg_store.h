@@ -56,12 +56,13 @@ void capstan_pg_close(pg_store_t *pg);
 /* The libpq URL as given (borrowed). */
 const char *capstan_pg_url(const pg_store_t *pg);
 
-/* Transactions: begin fills *out with a pooled connection inside BEGIN. */
 /* Opens connections into the pool until it holds |n| (at most its
  * limit): a server's threads find them ready, and the descriptors it holds
  * stay what they were at start. A connect that fails is reported and ends
  * the filling. */
 void capstan_pg_pool_fill(pg_store_t *pg, unsigned n);
+
+/* Transactions: begin fills *out with a pooled connection inside BEGIN. */
 int capstan_pg_begin(pg_store_t *pg, bool write, pg_conn_t **out);
 int capstan_pg_commit(pg_store_t *pg, pg_conn_t *c);
 void capstan_pg_abort(pg_store_t *pg, pg_conn_t *c);
@@ -108,8 +109,7 @@ int capstan_pg_iterate_raw(pg_conn_t *c, capstan_db_t db, capstan_store_raw_fn f
 int capstan_pg_clear(pg_conn_t *c);
 /* Reads the records of |db| named in |keys| (others are skipped) in one
  * query, for the rest of this write transaction (see pg_conn's |ahead|). */
-int capstan_pg_read_ahead(pg_conn_t *c, capstan_db_t db, const capstan_store_key_t *keys,
-                          size_t n);
+int capstan_pg_read_ahead(pg_conn_t *c, capstan_db_t db, const capstan_store_key_t *keys, size_t n);
 
 /* The audit log (storage/audit.c keeps the rules; these are its reads). */
 int capstan_pg_audit_last(pg_conn_t *c, uint64_t *last, bool *any);

@@ -89,8 +89,9 @@ static void on_async_closed(uv_handle_t *h) {
   free(r);
 }
 
-/* Ends the threads after every queued read (reads fail fast while the
- * database is down), calls every done, and closes the handle. */
+/* Ends the threads after every queued read (each bounded: a read
+ * statement times out after 30 s, pg_store.c; once the database is known
+ * to be down they fail at once), calls every done, and closes the handle. */
 static void readers_end(reader_t *r) {
   pthread_mutex_lock(&r->lock);
   r->stopping = true;

@@ -261,7 +261,10 @@ typedef int (*capstan_store_write_fn)(capstan_txn_t *txn, void *arg);
 typedef void (*capstan_store_done_fn)(void *arg, int status);
 
 /* Starts the writer thread; done callbacks run on |loop|. Registers the
- * storage metrics. CAPSTAN_EINVAL if already started. */
+ * storage metrics. On PostgreSQL also starts the reader threads of
+ * capstan_store_read_async and opens their connections (the connects
+ * happen here, on the caller's thread). CAPSTAN_EINVAL if already
+ * started. */
 int capstan_store_writer_start(capstan_store_t *store, uv_loop_t *loop);
 /* Queues fn. Call from the loop thread (or any thread). Returns an error
  * (and never calls done) when the writer is not running or allocation
@@ -307,9 +310,11 @@ bool capstan_store_available(capstan_store_t *store);
 /* Batches that failed to commit since the writer started. */
 uint64_t capstan_store_failed_batches(capstan_store_t *store);
 
-/* Call on the loop thread. Writes every queued request, calls every
- * pending done callback (on this thread, before returning), stops the
- * thread and closes its libuv handle: run the loop once more afterwards
+/* Call on the loop thread. Ends the reader threads first (each queued
+ * read runs; their done callbacks run here and may still submit writes),
+ * then writes every queued request, calls every pending done callback (on
+ * this thread, before returning), stops the thread and closes its libuv
+ * handles: run the loop once more afterwards
  * (uv_run) so the handle's memory is released. No-op if not started. */
 void capstan_store_writer_stop(capstan_store_t *store);
 

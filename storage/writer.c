@@ -146,11 +146,15 @@ static int read_ahead(capstan_txn_t *txn, write_req_t *batch) {
  * for the transaction itself. */
 static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn, bool *careful) {
   int err = capstan_store_begin(w->store, true, txn);
-  if (err == 0 && txn->pg != NULL) {
-    err = read_ahead(txn, batch);
-    if (err != 0) capstan_store_abort(txn);
-  }
   if (err != 0) return err;
+  if (txn->pg != NULL && (err = read_ahead(txn, batch)) != 0) {
+    /* As a request's first read that failed (a connection broken after
+     * BEGIN): once more carefully, on a new transaction. */
+    capstan_store_abort(txn);
+    if (*careful) return err;
+    *careful = true;
+    return 1;
+  }
   for (write_req_t *r = batch; r != NULL; r = r->next) {
     if (r->status != 0) continue;
     int rc = r->fn(txn, r->arg);

@@ -552,10 +552,11 @@ static void build_done(uv_work_t *req, int status) {
 }
 
 /* Serves |e| when its key matches, joins a build in flight for the same key,
- * or starts one from |j| (which the call then owns). */
+ * or starts one from |j| (which the call then owns). |txnid|: the store's
+ * change count read before what |j| was made from, so that a change
+ * committed meanwhile makes the next request check again. */
 static void serve_or_build(capstan_files_service_t *svc, cache_entry_t *e, build_job_t *j,
-                           capstan_file_cb cb, void *ctx) {
-  uint64_t txnid = capstan_store_txnid(svc->store);
+                           capstan_file_cb cb, void *ctx, uint64_t txnid) {
   if (e->blob != NULL && memcmp(e->key, j->key, sizeof(j->key)) == 0) {
     e->txnid = txnid;
     capstan_metric_inc(svc->hits[e->kind]);
@@ -681,18 +682,12 @@ static void key_of(build_job_t *j, const char *tag, const uint8_t *a, size_t ale
 static void open_static(capstan_files_service_t *svc, const char *name, capstan_file_cb cb,
                         void *ctx);
 
-static void open_device_file(capstan_files_service_t *svc, const char *name, const char *device,
-                             capstan_file_kind_t kind, capstan_file_cb cb, void *ctx) {
+/* The file |name| of |device| from its record |v| as read (|rc|): built,
+ * served from the cache, or the static directory's. */
+static void device_file_read(capstan_files_service_t *svc, const char *name, const char *device,
+                             capstan_file_kind_t kind, capstan_file_cb cb, void *ctx, int rc,
+                             device_view_t v, uint64_t txnid) {
   cache_entry_t *e = cache_find(svc, name);
-  /* Nothing changed in the store since the key was checked: serve. */
-  if (e && e->blob && e->job == NULL && e->txnid == capstan_store_txnid(svc->store)) {
-    capstan_metric_inc(svc->hits[kind]);
-    note_served(svc, e);
-    cb(ctx, 0, capstan_blob_ref(e->blob), kind);
-    return;
-  }
-  device_view_t v;
-  int rc = load_device(svc, device, &v);
   if (rc < 0) {
     free_view(&v);
     /* Not a device: a file of that name may still be in the static
@@ -803,7 +798,7 @@ static void open_device_file(capstan_files_service_t *svc, const char *name, con
     e->device_version = version;
     e->noted = false;
   }
-  serve_or_build(svc, e, j, cb, ctx);
+  serve_or_build(svc, e, j, cb, ctx, txnid);
   return;
 fail_io:
   job_free(j);
@@ -813,6 +808,80 @@ fail_io:
 nomem:
   free_view(&v);
   cb(ctx, CAPSTAN_ENOMEM, NULL, kind);
+}
+
+/* A device read on a reader thread (a shared database): the request waits
+ * for it as for a signature, and counts as a job of the service. */
+typedef struct device_read {
+  capstan_files_service_t *svc;
+  char *name, *device;
+  capstan_file_kind_t kind;
+  capstan_file_cb cb;
+  void *ctx;
+  uint64_t txnid;        /* the store's change count before the read */
+  Capstan__Device probe; /* names the device until the read replaces it */
+  device_view_t v;
+} device_read_t;
+
+static int read_device_of(capstan_txn_t *txn, void *arg) {
+  return read_device(txn, &((device_read_t *)arg)->v);
+}
+
+static void device_read_done(void *arg, int status) {
+  device_read_t *r = arg;
+  capstan_files_service_t *svc = r->svc;
+  if (status < 0 && r->v.device == &r->probe) r->v.device = NULL;
+  device_file_read(svc, r->name, r->device, r->kind, r->cb, r->ctx, status, r->v, r->txnid);
+  free(r->name);
+  free(r->device);
+  free(r);
+  svc->jobs--;
+  if (svc->freeing && svc->jobs == 0) capstan_files_service_free(svc);
+}
+
+/* Reads the device off the loop: 0, or an error (nothing started). */
+static int read_device_later(capstan_files_service_t *svc, const char *name, const char *device,
+                             capstan_file_kind_t kind, capstan_file_cb cb, void *ctx) {
+  device_read_t *r = calloc(1, sizeof(*r));
+  if (r == NULL) return CAPSTAN_ENOMEM;
+  *r = (device_read_t){
+      .svc = svc, .kind = kind, .cb = cb, .ctx = ctx, .txnid = capstan_store_txnid(svc->store)};
+  r->name = strdup(name);
+  r->device = strdup(device);
+  capstan__device__init(&r->probe);
+  r->probe.name = r->device;
+  r->v.device = &r->probe;
+  int rc = r->name != NULL && r->device != NULL ? 0 : CAPSTAN_ENOMEM;
+  if (rc == 0) rc = capstan_store_read_async(svc->store, read_device_of, r, device_read_done);
+  if (rc < 0) {
+    free(r->name);
+    free(r->device);
+    free(r);
+    return rc;
+  }
+  svc->jobs++;
+  return 0;
+}
+
+static void open_device_file(capstan_files_service_t *svc, const char *name, const char *device,
+                             capstan_file_kind_t kind, capstan_file_cb cb, void *ctx) {
+  cache_entry_t *e = cache_find(svc, name);
+  /* Nothing changed in the store since the key was checked: serve. */
+  if (e && e->blob && e->job == NULL && e->txnid == capstan_store_txnid(svc->store)) {
+    capstan_metric_inc(svc->hits[kind]);
+    note_served(svc, e);
+    cb(ctx, 0, capstan_blob_ref(e->blob), kind);
+    return;
+  }
+  /* On a shared database a read is a round trip: not on the loop. */
+  if (capstan_store_reads_wait(svc->store) &&
+      read_device_later(svc, name, device, kind, cb, ctx) == 0) {
+    return;
+  }
+  uint64_t txnid = capstan_store_txnid(svc->store);
+  device_view_t v;
+  int rc = load_device(svc, device, &v);
+  device_file_read(svc, name, device, kind, cb, ctx, rc, v, txnid);
 }
 
 static void open_cluster_itl(capstan_files_service_t *svc, const char *name, capstan_file_cb cb,
@@ -828,7 +897,7 @@ static void open_cluster_itl(capstan_files_service_t *svc, const char *name, cap
   j->kind = BUILD_ITL;
   j->hash_alg = svc->sha512 ? CAPSTAN_SGN_HASH_SHA512 : CAPSTAN_SGN_HASH_SHA1;
   key_of(j, "itl", NULL, 0, NULL, 0, svc->pki);
-  serve_or_build(svc, e, j, cb, ctx);
+  serve_or_build(svc, e, j, cb, ctx, capstan_store_txnid(svc->store));
 }
 
 /* Static files: the resolved path must stay inside the directory. */
@@ -868,7 +937,7 @@ static void open_static(capstan_files_service_t *svc, const char *name, capstan_
     struct timespec mtime;
   } id = {st.st_dev, st.st_ino, st.st_size, st.st_mtim};
   key_of(j, "static", (const uint8_t *)&id, sizeof(id), NULL, 0, NULL);
-  serve_or_build(svc, e, j, cb, ctx);
+  serve_or_build(svc, e, j, cb, ctx, capstan_store_txnid(svc->store));
 }
 
 static void source_open(capstan_filesource_t *src, const char *name, capstan_file_cb cb,
@@ -992,7 +1061,7 @@ void capstan_files_service_free(capstan_files_service_t *svc) {
     }
   }
   svc->freeing = 1;
-  if (svc->jobs > 0) return; /* build_done finishes the job */
+  if (svc->jobs > 0) return; /* the last build or device read to end finishes the job */
   for (size_t i = 0; i < CACHE_BUCKETS; i++) {
     cache_entry_t *e = svc->buckets[i];
     while (e) {

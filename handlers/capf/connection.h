@@ -42,7 +42,8 @@ struct capf_conn {
   capf_conn_t *prev, *next;     /* the server's list of started connections */
   capf_conn_t *wait_next;       /* the server's queue of connections not yet started */
   capstan_ca_request_t *ca_req; /* the session's request to the online CA, if any */
-  unsigned refs; /* TLS connection, timer, records, jobs and a CA request in flight */
+  unsigned
+      refs; /* TLS connection, timer, records, jobs, a device read and a CA request in flight */
   unsigned started : 1;
   unsigned handshake_pending : 1;
   unsigned refusing : 1; /* the server's: over a limit, to be told RETRY_LATER */

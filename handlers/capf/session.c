@@ -157,6 +157,7 @@ static void wait_on(capf_session_t *s, const event_arg_t *e);
 static void handshake_timed_out(capf_session_t *s, const event_arg_t *e);
 static void hold_expired(capf_session_t *s, const event_arg_t *e);
 static void phone_timed_out(capf_session_t *s, const event_arg_t *e);
+static void load_timed_out(capf_session_t *s, const event_arg_t *e);
 
 /* Every transition: (state, event) -> action, and where it may lead. An
  * event with no entry: a message from the phone is a protocol error (to
@@ -177,12 +178,15 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
                 [EV_AUTH_RESPONSE] = {check_auth, TO(LOADING) | TO(VERIFYING) | AUTHENTICATED},
                 [EV_TIMEOUT] = {phone_timed_out, 0},
             },
-        /* The device is read off the loop (a shared database); no timer:
-         * a read that cannot reach the database fails by itself. */
+        /* The device is read off the loop (a shared database). A database
+         * that answers nothing in a step's time (a lock held, overload)
+         * sends the phone away with RETRY_LATER; the late answer finds the
+         * session closed. */
         [CAPF_ST_LOADING] =
             {
                 [EV_LOADED] = {auth_device_loaded, TO(VERIFYING) | AUTHENTICATED},
                 [EV_IN_PROGRESS] = {wait_on, 0},
+                [EV_TIMEOUT] = {load_timed_out, 0},
             },
         [CAPF_ST_VERIFYING] =
             {
@@ -193,6 +197,7 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
             {
                 [EV_LOADED] = {verified_device_loaded, AUTHENTICATED},
                 [EV_IN_PROGRESS] = {wait_on, 0},
+                [EV_TIMEOUT] = {load_timed_out, 0},
             },
         [CAPF_ST_THROTTLED] =
             {
@@ -290,6 +295,7 @@ static const transition_t kTransitions[CAPF_ST_COUNT][EV_COUNT] =
 /* The timer each state runs while it waits for the phone. */
 static const timer_kind_t kStateTimer[CAPF_ST_COUNT] = {
     [CAPF_ST_HANDSHAKE] = TIMER_HANDSHAKE, [CAPF_ST_WAIT_AUTH] = TIMER_STEP,
+    [CAPF_ST_LOADING] = TIMER_STEP,        [CAPF_ST_RELOADING] = TIMER_STEP,
     [CAPF_ST_THROTTLED] = TIMER_HOLD,      [CAPF_ST_WAIT_KEYGEN] = TIMER_KEYGEN,
     [CAPF_ST_WAIT_STORE] = TIMER_STEP,     [CAPF_ST_WAIT_FETCH] = TIMER_STEP,
     [CAPF_ST_WAIT_DELETE] = TIMER_STEP,    [CAPF_ST_WAIT_CSR] = TIMER_STEP,
@@ -1004,6 +1010,16 @@ static void cert_auth_verified(capf_session_t *s, const event_arg_t *e) {
 
 static void verified_device_loaded(capf_session_t *s, const event_arg_t *e) {
   if (take_device(s, e->status, e->device) == 0) authenticated(s, e->device);
+}
+
+static void load_timed_out(capf_session_t *s, const event_arg_t *e) {
+  (void)e;
+  LOG_WARN(
+      "event=capf_store_read_slow device=%s peer=%s note=\"the store did not answer the "
+      "device read within a step: the phone is told to retry\"",
+      s->device, s->peer_host);
+  forget_auth_msg(s);
+  store_failed(s);
 }
 
 /* --- Install -------------------------------------------------------------- */

@@ -149,8 +149,9 @@ static void files_reload(capstan_serve_ctx_t *ctx) {
 
 static void files_drain(capstan_serve_ctx_t *ctx, uint64_t deadline_ms, capstan_serve_done_fn done,
                         void *arg) {
-  /* Stage 1: the servers that read files have stopped. Signing jobs in
-   * flight finish inside the service before its memory goes. */
+  /* Stage 1: the servers that read files have stopped. Signing jobs and
+   * device reads in flight finish inside the service before its memory
+   * goes. */
   capstan_files_service_free(ctx->files);
   ctx->files = NULL;
   done_now(done, arg);

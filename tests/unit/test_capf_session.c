@@ -841,12 +841,12 @@ static void test_auth_by_certificate(void **state) {
 static void test_device_read_later(void **state) {
   (void)state;
   /* The string is checked once the device is known, from the kept
-   * AUTH_RESPONSE; the loop is not held meanwhile and no timer runs. */
+   * AUTH_RESPONSE; the loop is not held meanwhile, the step timer runs. */
   fake_t *f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
   f->load_later = 1;
   authenticate(f, "123456");
   assert_int_equal(f->s.state, CAPF_ST_LOADING);
-  assert_int_equal(f->timer_ms, NO_TIMER);
+  assert_int_equal(f->timer_ms, 20000);
   assert_int_equal(f->nsent, 1);
   assert_int_equal(f->nrecords, 0);
   simple(f, CAPSTAN_CAPF_CMD_REQUEST_IN_PROGRESS); /* allowed while it loads */
@@ -882,6 +882,22 @@ static void test_device_read_later(void **state) {
   device_loaded(f);
   sent(f, f->nsent - 1, CAPSTAN_CAPF_CMD_RETRY_LATER);
   assert_int_equal(f->s.result, CAPF_RESULT_SERVER_ERROR);
+  assert_int_equal(f->nrecords, 0);
+  fake_free(f);
+
+  /* A store that does not answer within a step: RETRY_LATER, and the
+   * late answer changes nothing. */
+  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
+  f->load_later = 1;
+  authenticate(f, "123456");
+  capf_session_timed_out(&f->s);
+  sent(f, f->nsent - 1, CAPSTAN_CAPF_CMD_RETRY_LATER);
+  assert_int_equal(f->s.state, CAPF_ST_CLOSING);
+  assert_int_equal(f->s.result, CAPF_RESULT_SERVER_ERROR);
+  assert_null(f->s.auth_msg);
+  int nsent = f->nsent;
+  device_loaded(f);
+  assert_int_equal(f->nsent, nsent);
   assert_int_equal(f->nrecords, 0);
   fake_free(f);
 
@@ -928,6 +944,7 @@ static void test_device_read_later(void **state) {
   f->jobs[0]->status = 0;
   work_done(f, 0);
   assert_int_equal(f->s.state, CAPF_ST_RELOADING);
+  assert_int_equal(f->timer_ms, 20000);
   assert_int_equal(f->loads, 2);
   f->device.operation = CAPF_OPERATION_NONE; /* cancelled meanwhile */
   device_loaded(f);
