@@ -838,13 +838,21 @@ static void test_auth_by_certificate(void **state) {
 
 /* ---- the device read later (a shared database) ---------------------------- */
 
+/* A session whose device read completes later (device_loaded) with |rc|,
+ * after the phone authenticated with |password|. */
+static fake_t *authenticated_later(capstan_capf_auth_type_t mode, int rc, const char *password) {
+  fake_t *f = fake_new(CAPF_OPERATION_INSTALL, mode);
+  f->load_later = 1;
+  f->load_rc = rc;
+  authenticate(f, password);
+  return f;
+}
+
 static void test_device_read_later(void **state) {
   (void)state;
   /* The string is checked once the device is known, from the kept
    * AUTH_RESPONSE; the loop is not held meanwhile, the step timer runs. */
-  fake_t *f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
-  f->load_later = 1;
-  authenticate(f, "123456");
+  fake_t *f = authenticated_later(CAPSTAN_CAPF_AUTH_STRING, 0, "123456");
   assert_int_equal(f->s.state, CAPF_ST_LOADING);
   assert_int_equal(f->timer_ms, 20000);
   assert_int_equal(f->nsent, 1);
@@ -859,26 +867,18 @@ static void test_device_read_later(void **state) {
   fake_free(f);
 
   /* A wrong string, found after the read. */
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
-  f->load_later = 1;
-  authenticate(f, "654321");
+  f = authenticated_later(CAPSTAN_CAPF_AUTH_STRING, 0, "654321");
   device_loaded(f);
   assert_status_record(f, 0, CAPF_STATUS_FAILED, "authentication failed");
   assert_int_equal(f->s.state, CAPF_ST_ENDING);
   fake_free(f);
 
   /* Unknown device, and a store that cannot be read: as when read at once. */
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
-  f->load_later = 1;
-  f->load_rc = CAPSTAN_ENOENT;
-  authenticate(f, "123456");
+  f = authenticated_later(CAPSTAN_CAPF_AUTH_STRING, CAPSTAN_ENOENT, "123456");
   device_loaded(f);
   assert_ended(f, CAPSTAN_CAPF_REASON_UNKNOWN_DEVICE);
   fake_free(f);
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
-  f->load_later = 1;
-  f->load_rc = CAPSTAN_EIO;
-  authenticate(f, "123456");
+  f = authenticated_later(CAPSTAN_CAPF_AUTH_STRING, CAPSTAN_EIO, "123456");
   device_loaded(f);
   sent(f, f->nsent - 1, CAPSTAN_CAPF_CMD_RETRY_LATER);
   assert_int_equal(f->s.result, CAPF_RESULT_SERVER_ERROR);
@@ -887,9 +887,7 @@ static void test_device_read_later(void **state) {
 
   /* A store that does not answer within a step: RETRY_LATER, and the
    * late answer changes nothing. */
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
-  f->load_later = 1;
-  authenticate(f, "123456");
+  f = authenticated_later(CAPSTAN_CAPF_AUTH_STRING, 0, "123456");
   capf_session_timed_out(&f->s);
   sent(f, f->nsent - 1, CAPSTAN_CAPF_CMD_RETRY_LATER);
   assert_int_equal(f->s.state, CAPF_ST_CLOSING);
@@ -902,18 +900,14 @@ static void test_device_read_later(void **state) {
   fake_free(f);
 
   /* Any other message while it loads is the phone's protocol error. */
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_NULL_STRING);
-  f->load_later = 1;
-  authenticate(f, NULL);
+  f = authenticated_later(CAPSTAN_CAPF_AUTH_NULL_STRING, 0, NULL);
   keygen_response(f);
   assert_int_equal(f->s.state, CAPF_ST_CLOSING);
   assert_int_equal(f->s.result, CAPF_RESULT_PROTOCOL_ERROR);
   fake_free(f); /* the read completes after the close: ignored */
 
   /* The phone hangs up while it loads. */
-  f = fake_new(CAPF_OPERATION_INSTALL, CAPSTAN_CAPF_AUTH_STRING);
-  f->load_later = 1;
-  authenticate(f, "123456");
+  f = authenticated_later(CAPSTAN_CAPF_AUTH_STRING, 0, "123456");
   capf_session_closed(&f->s, CAPSTAN_TLS_CLOSE_PEER_EOF);
   assert_int_equal(f->s.result, CAPF_RESULT_DISCONNECTED);
   device_loaded(f);
