@@ -140,8 +140,9 @@ static int read_ahead(capstan_txn_t *txn, write_req_t *batch) {
 
 /* Runs every request of |batch| not yet failed in one write transaction.
  * Returns 0 when all succeeded and the transaction is open in |txn|, 1 when
- * a request failed (its status set, the transaction aborted: its partial
- * writes must not stay), CAPSTAN_ENOSPC when the map is full (no request is
+ * the batch is to run again, the transaction aborted (a request failed:
+ * its status set, its partial writes must not stay; or, on PostgreSQL, a
+ * failure whose cause is to be found carefully), CAPSTAN_ENOSPC when the map is full (no request is
  * to blame: the batch may run again in a larger map), or a negative error
  * for the transaction itself. */
 static int run_batch(writer_t *w, write_req_t *batch, capstan_txn_t *txn, bool *careful) {
