@@ -43,9 +43,8 @@ typedef struct ahead {
   capstan_db_t db;
   uint8_t *key;
   size_t klen;
-  uint8_t *val; /* packed; NULL with |present| false: no such record */
+  uint8_t *val; /* packed (at least a byte allocated); NULL: no such record */
   size_t vlen;
-  bool present;
   struct ahead *next;
 } ahead_t;
 
@@ -305,12 +304,21 @@ static pg_conn_t *conn_new(pg_store_t *pg) {
   return c;
 }
 
+/* Replaces |a|'s record with the |vlen| bytes at |val| (taken; at least
+ * one byte allocated; NULL: there is no record). The old copy is wiped:
+ * device records hold authentication strings. */
+static void ahead_set(ahead_t *a, uint8_t *val, size_t vlen) {
+  if (a->val != NULL) explicit_bzero(a->val, a->vlen);
+  free(a->val);
+  a->val = val;
+  a->vlen = val != NULL ? vlen : 0;
+}
+
 static void ahead_free(pg_conn_t *c) {
   while (c->ahead != NULL) {
     ahead_t *next = c->ahead->next;
     free(c->ahead->key);
-    if (c->ahead->val != NULL) explicit_bzero(c->ahead->val, c->ahead->vlen); /* auth strings */
-    free(c->ahead->val);
+    ahead_set(c->ahead, NULL, 0);
     free(c->ahead);
     c->ahead = next;
   }
@@ -811,11 +819,9 @@ static void wr_be64(uint8_t out[8], uint64_t v) {
   }
 }
 
-static int unpack(pg_conn_t *c, const ProtobufCMessageDescriptor *desc, const PGresult *r, int row,
-                  int col, const char *dbname, ProtobufCMessage **out) {
-  const capstan_libpq_t *pq = c->pg->pq;
-  size_t n = (size_t)pq->getlength(r, row, col);
-  *out = protobuf_c_message_unpack(desc, NULL, n, (const uint8_t *)pq->getvalue(r, row, col));
+static int unpack_bytes(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t n,
+                        const char *dbname, ProtobufCMessage **out) {
+  *out = protobuf_c_message_unpack(desc, NULL, n, data);
   if (*out == NULL) {
     LOG_ERROR("event=storage_record_unreadable db=%s type=%s bytes=%zu backend=postgresql", dbname,
               desc->name, n);
@@ -823,6 +829,13 @@ static int unpack(pg_conn_t *c, const ProtobufCMessageDescriptor *desc, const PG
     return CAPSTAN_EIO;
   }
   return 0;
+}
+
+static int unpack(pg_conn_t *c, const ProtobufCMessageDescriptor *desc, const PGresult *r, int row,
+                  int col, const char *dbname, ProtobufCMessage **out) {
+  const capstan_libpq_t *pq = c->pg->pq;
+  return unpack_bytes(desc, (const uint8_t *)pq->getvalue(r, row, col),
+                      (size_t)pq->getlength(r, row, col), dbname, out);
 }
 
 /* The table of |db|; AUDIT_DEVICE has none (the audit table's device
@@ -835,13 +848,7 @@ int capstan_pg_get(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
                    const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out) {
   const ahead_t *a = c->failed == 0 && !c->bad ? ahead_find(c, db, key, klen) : NULL;
   if (a != NULL) {
-    if (!a->present) return CAPSTAN_ENOENT;
-    *out = protobuf_c_message_unpack(desc, NULL, a->vlen, a->val);
-    if (*out != NULL) return 0;
-    LOG_ERROR("event=storage_record_unreadable db=%s type=%s bytes=%zu backend=postgresql",
-              table(db), desc->name, a->vlen);
-    capstan_store_count_error("unpack");
-    return CAPSTAN_EIO;
+    return a->val != NULL ? unpack_bytes(desc, a->val, a->vlen, table(db), out) : CAPSTAN_ENOENT;
   }
   char sql[128];
   snprintf(sql, sizeof(sql), "SELECT v FROM %s WHERE k = $1", table(db));
@@ -914,14 +921,12 @@ int capstan_pg_put(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen,
   int err = send_write(c, sql, extra != NULL ? 3 : 2, (const char *const *)vals, lens);
   ahead_t *a = err == 0 ? ahead_find(c, db, key, klen) : NULL;
   if (a != NULL) {
-    free(a->val);
-    a->val = n > 0 ? buf : NULL;
-    a->vlen = n;
-    a->present = true;
-    buf = &one; /* kept */
-    n = 0;
+    uint8_t *val = n > 0 ? buf : malloc(1); /* the copy takes the packed record */
+    if (val == NULL) err = CAPSTAN_ENOMEM;  /* the transaction then fails */
+    ahead_set(a, val, n);
+  } else if (n > 0) {
+    free(buf);
   }
-  if (n > 0) free(buf);
   if (err == 0 && db == CAPSTAN_DB_AUDIT && klen == 8 && c->audit_known) {
     uint64_t k = rd_be64(key);
     if (k > c->audit_last) c->audit_last = k;
@@ -941,12 +946,7 @@ int capstan_pg_del(pg_conn_t *c, capstan_db_t db, const void *key, size_t klen) 
   c->pg->pq->clear(r);
   if (err == 0) c->dirty = true;
   ahead_t *a = ahead_find(c, db, key, klen);
-  if (a != NULL) {
-    free(a->val);
-    a->val = NULL;
-    a->vlen = 0;
-    a->present = false;
-  }
+  if (a != NULL) ahead_set(a, NULL, 0);
   return err;
 }
 
@@ -1099,15 +1099,14 @@ int capstan_pg_read_ahead(pg_conn_t *c, capstan_db_t db, const capstan_store_key
     for (int i = 0; r != NULL && i < pq->ntuples(r); i++) {
       ahead_t *a = ahead_find(c, db, pq->getvalue(r, i, 0), (size_t)pq->getlength(r, i, 0));
       size_t vlen = (size_t)pq->getlength(r, i, 1);
-      if (a == NULL || a->present) continue;
-      a->val = malloc(vlen > 0 ? vlen : 1);
-      if (a->val == NULL) {
+      if (a == NULL || a->val != NULL) continue;
+      uint8_t *val = malloc(vlen > 0 ? vlen : 1);
+      if (val == NULL) {
         err = CAPSTAN_ENOMEM;
         break;
       }
-      memcpy(a->val, pq->getvalue(r, i, 1), vlen);
-      a->vlen = vlen;
-      a->present = true;
+      memcpy(val, pq->getvalue(r, i, 1), vlen);
+      ahead_set(a, val, vlen);
     }
     if (r != NULL) pq->clear(r);
   }

@@ -646,6 +646,16 @@ class Run:
     def __enter__(self):
         return self
 
+    def two_nodes(self, dbname, files=False):
+        """Starts the run's PostgreSQL and initialises nodes a and b on one
+        store in database |dbname| (not started). Returns (url, dirs, a, b)."""
+        self.pg = Pg().start()
+        url, dirs = init_nodes(self.pg, dbname, ["a", "b"], self.base)
+        a = Node("a", dirs["a"], files=files)
+        b = Node("b", dirs["b"], files=files)
+        self.nodes = [a, b]
+        return url, dirs, a, b
+
     def __exit__(self, kind, err, tb):
         if kind is not None and issubclass(kind, TestFailure):
             self.failures.append(str(err))

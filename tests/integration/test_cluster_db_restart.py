@@ -71,11 +71,8 @@ def main():
         cert_dir = os.path.join(base, "received")
         os.mkdir(cert_dir)
         run.cleanups.append(lambda: load is not None and load.stop.set())
-        pg = run.pg = c.Pg().start()
-        url, dirs = c.init_nodes(pg, "db_restart", ["a", "b"], base)
-        a = c.Node("a", dirs["a"], files=True)
-        b = c.Node("b", dirs["b"], files=True)
-        nodes = run.nodes = [a, b]
+        url, dirs, a, b = run.two_nodes("db_restart", files=True)
+        pg, nodes = run.pg, run.nodes
         all_names = names()
         c.import_devices(dirs["a"], all_names)
         a.start()

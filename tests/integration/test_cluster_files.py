@@ -89,12 +89,9 @@ def itl_certs(data, tftp, capf_any):
 def main():
     with c.Run("capstan-cluster-files-", BOUND) as run:
         base, failures = run.base, run.failures
-        pg = run.pg = c.Pg().start()
-        url, dirs = c.init_nodes(pg, "files", ["a", "b"], base)
+        url, dirs, a, b = run.two_nodes("files", files=True)
         c.h.cli(dirs["a"], "device", "add", DEV, "--operation", "install", "--auth", "null", "--key", "rsa1024")
-        a = c.Node("a", dirs["a"], files=True)
-        b = c.Node("b", dirs["b"], files=True)
-        nodes = run.nodes = [a, b]
+        nodes = run.nodes
         a.start()
         b.start()
         tftp, capf = fl.export_certs(dirs["b"])

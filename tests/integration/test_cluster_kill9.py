@@ -72,11 +72,8 @@ def main():
         cert_dir = os.path.join(base, "received")
         os.mkdir(cert_dir)
         run.cleanups.append(lambda: load is not None and load.stop.set())
-        pg = run.pg = c.Pg().start()
-        url, dirs = c.init_nodes(pg, "kill9", ["a", "b"], base)
-        a = c.Node("a", dirs["a"])
-        b = c.Node("b", dirs["b"])
-        nodes = run.nodes = [a, b]
+        url, dirs, a, b = run.two_nodes("kill9")
+        nodes = run.nodes
         all_names = names()
         c.import_devices(dirs["a"], all_names + abandoned_names())
         a.start()

@@ -69,11 +69,8 @@ def bench(node, csv, lsc_dir, out_path):
 def main():
     with c.Run("capstan-cluster-two-", BOUND) as run:
         base, failures = run.base, run.failures
-        pg = run.pg = c.Pg().start()
-        url, dirs = c.init_nodes(pg, "two_nodes", ["a", "b"], base)
-        a = c.Node("a", dirs["a"])
-        b = c.Node("b", dirs["b"])
-        nodes = run.nodes = [a, b]
+        url, dirs, a, b = run.two_nodes("two_nodes")
+        nodes = run.nodes
         a.start()
         b.start()
 

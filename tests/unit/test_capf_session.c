@@ -760,25 +760,31 @@ static void test_auth_failures(void **state) {
   fake_free(f);
 }
 
-static void auth_by_certificate(fake_t *f) {
-  static const uint8_t cert[] = {0x30, 0x03, 1, 2, 3};
+static const uint8_t kAuthCert[] = {0x30, 0x03, 1, 2, 3};
+
+/* The phone's side of the handshake and an AUTH_RESPONSE by LSC. */
+static void send_cert_auth(fake_t *f) {
   static const uint8_t sig[] = {9, 9, 9, 9};
   capf_session_handshake_done(&f->s);
   capstan_capf_builder_t b;
   begin(f, &b, CAPSTAN_CAPF_CMD_AUTH_RESPONSE);
   capstan_capf_builder_add_string(&b, CAPSTAN_CAPF_EL_DEVICE_NAME, "SEP001122334455", 15);
-  capstan_capf_builder_add_certificate(&b, CAPSTAN_CAPF_CERT_LSC, cert, sizeof(cert));
+  capstan_capf_builder_add_certificate(&b, CAPSTAN_CAPF_CERT_LSC, kAuthCert, sizeof(kAuthCert));
   capstan_capf_builder_add_bytes(&b, CAPSTAN_CAPF_EL_SIGNED_DATA, sig, sizeof(sig));
   capstan_capf_builder_add_sha2_signed_data(&b, CAPSTAN_CAPF_HASH_SHA512, sig, sizeof(sig));
   phone_send(f, &b);
+}
+
+static void auth_by_certificate(fake_t *f) {
+  send_cert_auth(f);
   assert_int_equal(f->s.state, CAPF_ST_VERIFYING);
   assert_int_equal(f->timer_ms, NO_TIMER);
   assert_int_equal(f->njobs, 1);
   capf_job_t *j = f->jobs[0];
   assert_int_equal(j->kind, CAPF_JOB_VERIFY);
   assert_int_equal(j->u.verify.session_id, f->s.session_id);
-  assert_int_equal(j->u.verify.cert_len, sizeof(cert));
-  assert_memory_equal(j->u.verify.cert_der, cert, sizeof(cert));
+  assert_int_equal(j->u.verify.cert_len, sizeof(kAuthCert));
+  assert_memory_equal(j->u.verify.cert_der, kAuthCert, sizeof(kAuthCert));
   assert_int_equal(j->u.verify.sig2_hash, CAPSTAN_CAPF_HASH_SHA512);
   assert_null(j->u.verify.sudi);
 }
@@ -919,22 +925,13 @@ static void test_device_read_later(void **state) {
    * changed it meanwhile). */
   f = fake_new(CAPF_OPERATION_DELETE, CAPSTAN_CAPF_AUTH_LSC);
   f->load_later = 1;
-  capf_session_handshake_done(&f->s);
-  static const uint8_t cert[] = {0x30, 0x03, 1, 2, 3};
-  static const uint8_t sig[] = {9, 9, 9, 9};
-  capstan_capf_builder_t b;
-  begin(f, &b, CAPSTAN_CAPF_CMD_AUTH_RESPONSE);
-  capstan_capf_builder_add_string(&b, CAPSTAN_CAPF_EL_DEVICE_NAME, "SEP001122334455", 15);
-  capstan_capf_builder_add_certificate(&b, CAPSTAN_CAPF_CERT_LSC, cert, sizeof(cert));
-  capstan_capf_builder_add_bytes(&b, CAPSTAN_CAPF_EL_SIGNED_DATA, sig, sizeof(sig));
-  capstan_capf_builder_add_sha2_signed_data(&b, CAPSTAN_CAPF_HASH_SHA512, sig, sizeof(sig));
-  phone_send(f, &b);
+  send_cert_auth(f);
   assert_int_equal(f->s.state, CAPF_ST_LOADING);
   device_loaded(f);
   assert_int_equal(f->s.state, CAPF_ST_VERIFYING);
   assert_int_equal(f->njobs, 1);
-  assert_int_equal(f->jobs[0]->u.verify.cert_len, sizeof(cert));
-  assert_memory_equal(f->jobs[0]->u.verify.cert_der, cert, sizeof(cert));
+  assert_int_equal(f->jobs[0]->u.verify.cert_len, sizeof(kAuthCert));
+  assert_memory_equal(f->jobs[0]->u.verify.cert_der, kAuthCert, sizeof(kAuthCert));
   f->jobs[0]->status = 0;
   work_done(f, 0);
   assert_int_equal(f->s.state, CAPF_ST_RELOADING);
