@@ -2,7 +2,6 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "core/base/conntrack.h"
 #include "core/base/error.h"
@@ -127,11 +126,9 @@ static int hook_record(capf_session_t *s, capf_record_t *r) {
   capf_conn_t *c = conn_of(s);
   r->host = c;
   c->refs++;
-  /* What capf_record_apply reads: the device, and for INSTALLED its new
-   * certificate (on a shared database, read with the rest of the batch). */
-  capstan_store_key_t keys[2] = {{CAPSTAN_DB_DEVICES, r->device, strlen(r->device)},
-                                 {CAPSTAN_DB_CERTS, r->serial, sizeof(r->serial)}};
-  size_t nkeys = r->kind == CAPF_RECORD_INSTALLED ? 2 : 1;
+  /* On a shared database what it reads is read with the rest of the batch. */
+  capstan_store_key_t keys[CAPSTAN_STORE_SUBMIT_KEYS_MAX];
+  size_t nkeys = capf_record_reads(r, keys);
   int rc = capstan_store_submit_reading(c->store, capf_record_apply, r, on_recorded, keys, nkeys);
   if (rc < 0) {
     c->refs--;

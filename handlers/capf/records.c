@@ -180,6 +180,14 @@ static int apply_wrong_string(capstan_txn_t *txn, const capf_record_t *r) {
   return rc;
 }
 
+size_t capf_record_reads(const capf_record_t *r,
+                         capstan_store_key_t keys[CAPSTAN_STORE_SUBMIT_KEYS_MAX]) {
+  keys[0] = (capstan_store_key_t){CAPSTAN_DB_DEVICES, r->device, strlen(r->device)};
+  if (r->kind != CAPF_RECORD_INSTALLED) return 1;
+  keys[1] = (capstan_store_key_t){CAPSTAN_DB_CERTS, r->serial, sizeof(r->serial)};
+  return 2;
+}
+
 int capf_record_apply(capstan_txn_t *txn, void *arg) {
   const capf_record_t *r = arg;
   int rc = 0;

@@ -147,5 +147,10 @@ void capf_record_free(capf_record_t *r);
  * the certificate events (issued, stale, installed, deleted) come from
  * storage/devices.h. */
 int capf_record_apply(capstan_txn_t *txn, void *arg);
+/* The records capf_record_apply reads for |r| (its device; for INSTALLED
+ * also its certificate), for capstan_store_submit_reading: fills |keys|
+ * (pointing into |r|) and returns how many. */
+size_t capf_record_reads(const capf_record_t *r,
+                         capstan_store_key_t keys[CAPSTAN_STORE_SUBMIT_KEYS_MAX]);
 
 #endif
